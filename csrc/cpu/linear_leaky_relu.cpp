@@ -1,0 +1,122 @@
+// CPU kernels of linear_leaky_relu and its backward. The GEMMs go to ATen (MKL/oneDNN); the
+// bias + LeakyReLU epilogue and the mask + bias-gradient backward are single fused passes.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "../loss_math.h"
+
+namespace ganplug {
+namespace {
+
+// Rows per parallel task: about 32k elements, so small layers stay on one thread.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(cols, 1)); }
+
+at::Tensor linear_leaky_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, double negative_slope) {
+  check_linear(input, weight, bias, negative_slope);
+  at::Tensor out = at::mm(input, weight.t()).contiguous();  // (M, N)
+  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t rows = out.size(0), cols = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "linear_leaky_relu_cpu", [&] {
+    using op_t = at::opmath_type<scalar_t>;
+    scalar_t* y = out.data_ptr<scalar_t>();
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const op_t slope = static_cast<op_t>(negative_slope);
+    at::parallel_for(0, rows, row_grain(cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t* row = y + r * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          op_t z = static_cast<op_t>(row[c]);
+          if (bp != nullptr) z += static_cast<op_t>(bp[c]);
+          row[c] = static_cast<scalar_t>(leaky_relu(z, slope));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// dz = dy * mask(y); written into a new tensor of y's shape.
+at::Tensor leaky_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output,
+                                   double negative_slope) {
+  check_leaky_backward(grad_output, output, "leaky_relu_backward");
+  const at::Tensor dy = grad_output.contiguous();
+  const at::Tensor y = output.contiguous();
+  at::Tensor dz = at::empty_like(y, at::MemoryFormat::Contiguous);
+  const int64_t n = y.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "leaky_relu_backward_cpu", [&] {
+    using op_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    const op_t slope = static_cast<op_t>(negative_slope);
+    at::parallel_for(0, n, int64_t{1} << 15, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        dzp[i] = static_cast<scalar_t>(
+            leaky_relu_grad_from_output(static_cast<op_t>(dyp[i]), static_cast<op_t>(yp[i]), slope));
+      }
+    });
+  });
+  return dz;
+}
+
+// (dz, db) with db[c] = sum_r dz[r, c]. Rows are split into fixed blocks whose partial column
+// sums are added in block order, so db does not depend on the thread count.
+std::tuple<at::Tensor, at::Tensor> leaky_relu_bias_backward_cpu(const at::Tensor& grad_output,
+                                                                const at::Tensor& output,
+                                                                double negative_slope) {
+  constexpr const char* op = "leaky_relu_bias_backward";
+  check_leaky_backward(grad_output, output, op);
+  TORCH_CHECK(output.dim() == 2, op, ": output must be 2-D (batch, features), got shape ", output.sizes());
+  const at::Tensor dy = grad_output.contiguous();
+  const at::Tensor y = output.contiguous();
+  at::Tensor dz = at::empty_like(y, at::MemoryFormat::Contiguous);
+  const int64_t rows = y.size(0), cols = y.size(1);
+  at::Tensor db = at::empty({cols}, y.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "leaky_relu_bias_backward_cpu", [&] {
+    using op_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    const op_t slope = static_cast<op_t>(negative_slope);
+    const int64_t block_rows = row_grain(cols);
+    const int64_t blocks = (rows + block_rows - 1) / block_rows;
+    std::vector<op_t> partial(static_cast<size_t>(blocks * cols), op_t(0));
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        op_t* acc = partial.data() + blk * cols;
+        const int64_t r_end = std::min(rows, (blk + 1) * block_rows);
+        for (int64_t r = blk * block_rows; r < r_end; ++r) {
+          for (int64_t c = 0; c < cols; ++c) {
+            const int64_t i = r * cols + c;
+            const op_t g = leaky_relu_grad_from_output(static_cast<op_t>(dyp[i]), static_cast<op_t>(yp[i]), slope);
+            dzp[i] = static_cast<scalar_t>(g);
+            acc[c] += g;
+          }
+        }
+      }
+    });
+    scalar_t* dbp = db.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < cols; ++c) {
+      op_t s = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) s += partial[blk * cols + c];
+      dbp[c] = static_cast<scalar_t>(s);
+    }
+  });
+  return {dz, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganplug, CPU, m) {
+  m.impl("linear_leaky_relu", &linear_leaky_relu_cpu);
+  m.impl("leaky_relu_backward", &leaky_relu_backward_cpu);
+  m.impl("leaky_relu_bias_backward", &leaky_relu_bias_backward_cpu);
+}
+
+}  // namespace ganplug

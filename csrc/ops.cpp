@@ -1,0 +1,33 @@
+// Schemas of the ganplug custom operators. Kernels register per backend in cpu/ and cuda/;
+// fake (meta) kernels and autograd formulas register from Python (ganplug/ops/_library.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(ganplug, m) {
+  // y = leaky_relu(input @ weight.T + bias); input (M, K), weight (N, K), bias (N,), y (M, N).
+  m.def("linear_leaky_relu(Tensor input, Tensor weight, Tensor? bias, float negative_slope) -> Tensor");
+  // dz = dy * (y > 0 ? 1 : slope), the LeakyReLU backward read off the output y.
+  m.def("leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> Tensor");
+  // (dz, db): the same plus the bias gradient db = dz.sum(0), fused in one pass; 2-D only.
+  m.def("leaky_relu_bias_backward(Tensor grad_output, Tensor output, float negative_slope) -> (Tensor, Tensor)");
+
+  // scale * mean(bce_with_logits(logits, target)); target is the tensor if given, else target_value.
+  m.def("bce_loss(Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
+  m.def("bce_loss_backward(Tensor grad, Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
+  // mean(bce(real, real_target)) + mean(bce(fake, fake_target)) in one pass over both.
+  m.def("discriminator_bce(Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> Tensor");
+  m.def("discriminator_bce_backward(Tensor grad, Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> (Tensor, Tensor)");
+
+  // mean(fake) - mean(real), and -mean(fake). Their backward is a broadcast, done in Python.
+  m.def("wasserstein_critic_loss(Tensor real_scores, Tensor fake_scores) -> Tensor");
+  m.def("wasserstein_generator_loss(Tensor fake_scores) -> Tensor");
+
+  // mean_i (||g_i||_2 - target)^2, g of shape (B, ...), norms over all but the first dim.
+  m.def("gradient_penalty(Tensor gradients, float target) -> Tensor");
+  m.def("gradient_penalty_backward(Tensor grad, Tensor gradients, float target) -> Tensor");
+}
+
+// `import ganplug._C` loads this library, which runs the registrations above.
+static struct PyModuleDef ganplug_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&ganplug_module); }

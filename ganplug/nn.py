@@ -1,0 +1,36 @@
+"""Modules built on the fused ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganplug import ops
+
+
+class FusedLinearLeakyReLU(nn.Linear):
+    """nn.Linear followed by LeakyReLU, as one fused op (ganplug.ops.linear_leaky_relu).
+
+    Input (*, in_features) -> output (*, out_features). Parameters, initialisation and state dict
+    are nn.Linear's, so weights load both ways between this module and nn.Linear.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        negative_slope: float = 0.2,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if negative_slope < 0:
+            raise ValueError(f"FusedLinearLeakyReLU: negative_slope must be >= 0, got {negative_slope}")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.linear_leaky_relu(input, self.weight, self.bias, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

@@ -1,0 +1,215 @@
+"""The fused GAN ops. Each runs the compiled kernel of ganplug._C for its device (see `backend`)
+and otherwise the pure-PyTorch twin in `ganplug.ops.reference`, which defines what it computes.
+
+All ops take float32, float64, float16 and bfloat16 (reduced precision computes in float32),
+any leading shape and non-contiguous tensors, are differentiable in every tensor input, and work
+under torch.compile. Under autocast, linear_leaky_relu runs in the autocast dtype and the losses in
+float32, as torch's linear and BCE do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ganplug.ops import reference
+from ganplug.ops._extension import LOAD_ERROR, backend, warn_fallback
+
+if LOAD_ERROR is None:
+    from ganplug.ops import _library  # noqa: F401  (fake kernels and autograd formulas)
+
+__all__ = [
+    "backend",
+    "linear_leaky_relu",
+    "discriminator_bce",
+    "generator_bce",
+    "minimax_generator_loss",
+    "wasserstein_critic_loss",
+    "wasserstein_generator_loss",
+    "gradient_penalty",
+    "reference",
+]
+
+Target = float | torch.Tensor
+
+
+def _use_kernels(x: torch.Tensor) -> bool:
+    if backend(x.device) != "reference":
+        return True
+    warn_fallback(x.device.type)
+    return False
+
+
+def _check_tensor(op: str, name: str, x: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}; convert it with .float()")
+
+
+def _check_nonempty(op: str, name: str, x: torch.Tensor) -> None:
+    if x.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {tuple(x.shape)}); the batch needs at least one sample")
+
+
+def _check_same(op: str, name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}; move both to one device")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} is {x.dtype} but {ref_name} is {ref.dtype}; cast both to one dtype")
+
+
+def _loss_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in float32 under autocast, as torch's BCE does."""
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def linear_leaky_relu(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    """leaky_relu(input @ weight.T + bias, negative_slope) in one fused op.
+
+    input (*, in_features), weight (out_features, in_features), bias (out_features,) or None;
+    returns (*, out_features). negative_slope must be >= 0 (the backward reads the LeakyReLU mask
+    off the output's sign, so only the output is saved).
+    """
+    op = "linear_leaky_relu"
+    _check_tensor(op, "input", input)
+    _check_tensor(op, "weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{op}: input of shape {tuple(input.shape)} does not end in weight's in_features={weight.shape[1]}"
+        )
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
+    _check_nonempty(op, "input", input)
+    if torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    _check_same(op, "weight", weight, "input", input)
+    if bias is not None:
+        _check_same(op, "bias", bias, "input", input)
+    if not _use_kernels(input):
+        return reference.linear_leaky_relu(input, weight, bias, negative_slope)
+    flat = input.reshape(-1, input.shape[-1])
+    out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, float(negative_slope))
+    return out.reshape(*input.shape[:-1], weight.shape[0])
+
+
+def _split_target(op: str, name: str, target: Target, logits: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+    """A target as (tensor expanded to the logits' shape, 0.0) or (None, the float)."""
+    if isinstance(target, torch.Tensor):
+        if target.device != logits.device:
+            raise ValueError(f"{op}: {name} is on {target.device} but the logits are on {logits.device}")
+        try:
+            return target.to(logits.dtype).expand_as(logits), 0.0
+        except RuntimeError:
+            raise ValueError(
+                f"{op}: {name} of shape {tuple(target.shape)} does not broadcast to the logits' shape {tuple(logits.shape)}"
+            ) from None
+    if not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
+        raise ValueError(f"{op}: {name} must be a probability in [0, 1] or a tensor of them, got {target!r}")
+    return None, float(target)
+
+
+def discriminator_bce(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    real_target: Target = 1.0,
+    fake_target: Target = 0.0,
+) -> torch.Tensor:
+    """mean(BCE(real_logits, real_target)) + mean(BCE(fake_logits, fake_target)), a scalar (nats).
+
+    Targets are probabilities: a float (one-sided label smoothing: real_target=0.9) or a tensor
+    broadcastable to its logits (label noise). Logits of any shape; real and fake may differ.
+    """
+    op = "discriminator_bce"
+    _check_tensor(op, "real_logits", real_logits)
+    _check_tensor(op, "fake_logits", fake_logits)
+    _check_nonempty(op, "real_logits", real_logits)
+    _check_nonempty(op, "fake_logits", fake_logits)
+    real_logits, fake_logits = _loss_dtype(real_logits), _loss_dtype(fake_logits)
+    _check_same(op, "fake_logits", fake_logits, "real_logits", real_logits)
+    rt, rv = _split_target(op, "real_target", real_target, real_logits)
+    ft, fv = _split_target(op, "fake_target", fake_target, fake_logits)
+    if not _use_kernels(real_logits):
+        return reference.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
+    return torch.ops.ganplug.discriminator_bce(real_logits, fake_logits, rt, ft, rv, fv)
+
+
+def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
+    """mean(BCE(fake_logits, target)): the non-saturating generator loss, a scalar (nats)."""
+    op = "generator_bce"
+    _check_tensor(op, "fake_logits", fake_logits)
+    _check_nonempty(op, "fake_logits", fake_logits)
+    fake_logits = _loss_dtype(fake_logits)
+    t, value = _split_target(op, "target", target, fake_logits)
+    if not _use_kernels(fake_logits):
+        return reference.generator_bce(fake_logits, target)
+    return torch.ops.ganplug.bce_loss(fake_logits, t, value, 1.0)
+
+
+def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al.
+    (2014), which the generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
+    op = "minimax_generator_loss"
+    _check_tensor(op, "fake_logits", fake_logits)
+    _check_nonempty(op, "fake_logits", fake_logits)
+    fake_logits = _loss_dtype(fake_logits)
+    if not _use_kernels(fake_logits):
+        return reference.minimax_generator_loss(fake_logits)
+    return torch.ops.ganplug.bce_loss(fake_logits, None, 0.0, -1.0)
+
+
+def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """mean(fake_scores) - mean(real_scores): the loss the critic minimises, a scalar."""
+    op = "wasserstein_critic_loss"
+    _check_tensor(op, "real_scores", real_scores)
+    _check_tensor(op, "fake_scores", fake_scores)
+    _check_nonempty(op, "real_scores", real_scores)
+    _check_nonempty(op, "fake_scores", fake_scores)
+    real_scores, fake_scores = _loss_dtype(real_scores), _loss_dtype(fake_scores)
+    _check_same(op, "fake_scores", fake_scores, "real_scores", real_scores)
+    if not _use_kernels(real_scores):
+        return reference.wasserstein_critic_loss(real_scores, fake_scores)
+    return torch.ops.ganplug.wasserstein_critic_loss(real_scores, fake_scores)
+
+
+def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-mean(fake_scores): the generator's Wasserstein loss, a scalar."""
+    op = "wasserstein_generator_loss"
+    _check_tensor(op, "fake_scores", fake_scores)
+    _check_nonempty(op, "fake_scores", fake_scores)
+    fake_scores = _loss_dtype(fake_scores)
+    if not _use_kernels(fake_scores):
+        return reference.wasserstein_generator_loss(fake_scores)
+    return torch.ops.ganplug.wasserstein_generator_loss(fake_scores)
+
+
+def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """mean_i (||g_i||_2 - target)^2 over the batch of gradients (B, ...), norms over all other
+    dims: the WGAN-GP penalty (Gulrajani et al. 2017) before its weight lambda; a scalar."""
+    op = "gradient_penalty"
+    _check_tensor(op, "gradients", gradients)
+    if gradients.dim() == 0:
+        raise ValueError(f"{op}: gradients need a batch dimension (B, ...), got a 0-d tensor")
+    _check_nonempty(op, "gradients", gradients)
+    if not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise ValueError(f"{op}: target must be a finite number, got {target!r}")
+    gradients = _loss_dtype(gradients)
+    if not _use_kernels(gradients):
+        return reference.gradient_penalty(gradients, target)
+    return torch.ops.ganplug.gradient_penalty(gradients, float(target))

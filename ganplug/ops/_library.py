@@ -1,0 +1,261 @@
+"""Fake (shape) kernels and autograd formulas of the torch.ops.ganplug operators.
+
+Every backward is built from ops that are themselves differentiable (the backward ops have
+autograd formulas of their own), so gradients of gradients work: a WGAN-GP or R1 step can
+backpropagate through `autograd.grad(..., create_graph=True)` of a critic made of these ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ops = torch.ops.ganplug
+
+# --- fake kernels: output shapes and dtypes, for torch.compile and opcheck -------------------
+
+
+@torch.library.register_fake("ganplug::linear_leaky_relu")
+def _(input, weight, bias, negative_slope):
+    return input.new_empty((input.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("ganplug::leaky_relu_backward")
+def _(grad_output, output, negative_slope):
+    return output.new_empty(output.shape)
+
+
+@torch.library.register_fake("ganplug::leaky_relu_bias_backward")
+def _(grad_output, output, negative_slope):
+    return output.new_empty(output.shape), output.new_empty(output.shape[1:])
+
+
+def _scalar_like(x, *args):
+    return x.new_empty(())
+
+
+for _name in ("bce_loss", "discriminator_bce", "wasserstein_critic_loss", "wasserstein_generator_loss", "gradient_penalty"):
+    torch.library.register_fake(f"ganplug::{_name}", _scalar_like)
+
+
+@torch.library.register_fake("ganplug::bce_loss_backward")
+def _(grad, logits, target, target_value, scale):
+    return logits.new_empty(logits.shape)
+
+
+@torch.library.register_fake("ganplug::discriminator_bce_backward")
+def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
+    return real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
+
+
+@torch.library.register_fake("ganplug::gradient_penalty_backward")
+def _(grad, gradients, target):
+    return gradients.new_empty(gradients.shape)
+
+
+# --- linear + LeakyReLU ------------------------------------------------------------------------
+
+
+def _linear_setup(ctx, inputs, output):
+    input, weight, bias, negative_slope = inputs
+    ctx.negative_slope = negative_slope
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, output)  # the output's sign is the LeakyReLU mask
+
+
+def _linear_backward(ctx, grad):
+    input, weight, output = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_bias = None
+    if ctx.has_bias and need_bias:
+        grad_pre, grad_bias = ops.leaky_relu_bias_backward(grad, output, ctx.negative_slope)
+    else:
+        grad_pre = ops.leaky_relu_backward(grad, output, ctx.negative_slope)
+    grad_input = grad_pre.mm(weight) if need_input else None
+    grad_weight = grad_pre.t().mm(input) if need_weight else None
+    return grad_input, grad_weight, grad_bias, None
+
+
+torch.library.register_autograd("ganplug::linear_leaky_relu", _linear_backward, setup_context=_linear_setup)
+
+
+def _leaky_setup(ctx, inputs, output):
+    _, output_saved, negative_slope = inputs
+    ctx.negative_slope = negative_slope
+    ctx.save_for_backward(output_saved)
+
+
+def _leaky_backward(ctx, grad):
+    # dz = dy * mask(y) is linear in dy with the same mask; the mask is piecewise constant in y.
+    (output,) = ctx.saved_tensors
+    return ops.leaky_relu_backward(grad, output, ctx.negative_slope), None, None
+
+
+def _leaky_bias_backward(ctx, grad_pre, grad_bias):
+    # (dz, db = dz.sum(0)) is linear in dy: its adjoint applies the mask to grad_pre + grad_bias.
+    (output,) = ctx.saved_tensors
+    return ops.leaky_relu_backward(grad_pre + grad_bias, output, ctx.negative_slope), None, None
+
+
+torch.library.register_autograd("ganplug::leaky_relu_backward", _leaky_backward, setup_context=_leaky_setup)
+torch.library.register_autograd("ganplug::leaky_relu_bias_backward", _leaky_bias_backward, setup_context=_leaky_setup)
+
+
+# --- binary cross-entropy ----------------------------------------------------------------------
+
+
+def _target_grad(grad, logits, coef):
+    """d/dt of coef * sum(bce(x, t)) is -coef * x, times the upstream grad."""
+    return -coef * grad * logits
+
+
+def _bce_grad_of_grad(grad, logits, target, target_value, coef, grad_grad_x):
+    """Adjoint of dx = grad * coef * (sigmoid(x) - t): the gradients of <grad_grad_x, dx> with
+    respect to grad (a scalar), x and t (None when t is the constant target_value)."""
+    s = torch.sigmoid(logits)
+    t = target if target is not None else target_value
+    d_grad = coef * (grad_grad_x * (s - t)).sum()
+    d_logits = coef * grad * grad_grad_x * s * (1 - s)
+    d_target = -coef * grad * grad_grad_x if target is not None else None
+    return d_grad, d_logits, d_target
+
+
+def _bce_setup(ctx, inputs, output):
+    logits, target, target_value, scale = inputs
+    ctx.target_value, ctx.scale = target_value, scale
+    ctx.save_for_backward(logits, target)
+
+
+def _bce_backward(ctx, grad):
+    logits, target = ctx.saved_tensors
+    grad_logits = grad_target = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = ops.bce_loss_backward(grad, logits, target, ctx.target_value, ctx.scale)
+    if target is not None and ctx.needs_input_grad[1]:
+        grad_target = _target_grad(grad, logits, ctx.scale / logits.numel())
+    return grad_logits, grad_target, None, None
+
+
+def _bce_backward_setup(ctx, inputs, output):
+    grad, logits, target, target_value, scale = inputs
+    ctx.target_value, ctx.scale = target_value, scale
+    ctx.save_for_backward(grad, logits, target)
+
+
+def _bce_backward_backward(ctx, grad_grad_x):
+    grad, logits, target = ctx.saved_tensors
+    d_grad, d_logits, d_target = _bce_grad_of_grad(
+        grad, logits, target, ctx.target_value, ctx.scale / logits.numel(), grad_grad_x
+    )
+    return d_grad.reshape(grad.shape), d_logits, d_target, None, None
+
+
+torch.library.register_autograd("ganplug::bce_loss", _bce_backward, setup_context=_bce_setup)
+torch.library.register_autograd("ganplug::bce_loss_backward", _bce_backward_backward, setup_context=_bce_backward_setup)
+
+
+def _dbce_setup(ctx, inputs, output):
+    real, fake, real_target, fake_target, real_value, fake_value = inputs
+    ctx.values = (real_value, fake_value)
+    ctx.save_for_backward(real, fake, real_target, fake_target)
+
+
+def _dbce_backward(ctx, grad):
+    real, fake, real_target, fake_target = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    grad_real = grad_fake = grad_real_target = grad_fake_target = None
+    if need[0] or need[1]:
+        grad_real, grad_fake = ops.discriminator_bce_backward(grad, real, fake, real_target, fake_target, *ctx.values)
+    if real_target is not None and need[2]:
+        grad_real_target = _target_grad(grad, real, 1.0 / real.numel())
+    if fake_target is not None and need[3]:
+        grad_fake_target = _target_grad(grad, fake, 1.0 / fake.numel())
+    return grad_real, grad_fake, grad_real_target, grad_fake_target, None, None
+
+
+def _dbce_backward_setup(ctx, inputs, output):
+    grad, real, fake, real_target, fake_target, real_value, fake_value = inputs
+    ctx.values = (real_value, fake_value)
+    ctx.save_for_backward(grad, real, fake, real_target, fake_target)
+
+
+def _dbce_backward_backward(ctx, grad_grad_real, grad_grad_fake):
+    grad, real, fake, real_target, fake_target = ctx.saved_tensors
+    real_value, fake_value = ctx.values
+    dg_r, d_real, d_real_target = _bce_grad_of_grad(grad, real, real_target, real_value, 1.0 / real.numel(), grad_grad_real)
+    dg_f, d_fake, d_fake_target = _bce_grad_of_grad(grad, fake, fake_target, fake_value, 1.0 / fake.numel(), grad_grad_fake)
+    return (dg_r + dg_f).reshape(grad.shape), d_real, d_fake, d_real_target, d_fake_target, None, None
+
+
+torch.library.register_autograd("ganplug::discriminator_bce", _dbce_backward, setup_context=_dbce_setup)
+torch.library.register_autograd(
+    "ganplug::discriminator_bce_backward", _dbce_backward_backward, setup_context=_dbce_backward_setup
+)
+
+
+# --- Wasserstein: the gradient of a mean is a broadcast, so no kernel is needed ----------------
+
+
+def _wc_setup(ctx, inputs, output):
+    real, fake = inputs
+    ctx.real_shape, ctx.fake_shape = real.shape, fake.shape
+
+
+def _wc_backward(ctx, grad):
+    n_real, n_fake = ctx.real_shape.numel(), ctx.fake_shape.numel()
+    return (-grad / n_real).expand(ctx.real_shape), (grad / n_fake).expand(ctx.fake_shape)
+
+
+def _wg_setup(ctx, inputs, output):
+    (fake,) = inputs
+    ctx.fake_shape = fake.shape
+
+
+def _wg_backward(ctx, grad):
+    return (-grad / ctx.fake_shape.numel()).expand(ctx.fake_shape)
+
+
+torch.library.register_autograd("ganplug::wasserstein_critic_loss", _wc_backward, setup_context=_wc_setup)
+torch.library.register_autograd("ganplug::wasserstein_generator_loss", _wg_backward, setup_context=_wg_setup)
+
+
+# --- gradient penalty --------------------------------------------------------------------------
+
+
+def _gp_setup(ctx, inputs, output):
+    gradients, target = inputs
+    ctx.target = target
+    ctx.save_for_backward(gradients)
+
+
+def _gp_backward(ctx, grad):
+    (gradients,) = ctx.saved_tensors
+    return ops.gradient_penalty_backward(grad, gradients, ctx.target), None
+
+
+def _gp_backward_setup(ctx, inputs, output):
+    grad, gradients, target = inputs
+    ctx.target = target
+    ctx.save_for_backward(grad, gradients)
+
+
+def _gp_backward_backward(ctx, grad_grad):
+    """Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i, with r_i = ||g_i||; rows with r_i = 0 give 0."""
+    grad, gradients = ctx.saved_tensors
+    rows = gradients.shape[0]
+    u = gradients.reshape(rows, -1)
+    w = grad_grad.reshape(rows, -1)
+    r = u.norm(dim=1, keepdim=True)
+    nonzero = r > 0
+    r_safe = torch.where(nonzero, r, torch.ones_like(r))
+    shrink = torch.where(nonzero, 1 - ctx.target / r_safe, torch.zeros_like(r))
+    uw = (u * w).sum(dim=1, keepdim=True)
+    d_grad = (2.0 / rows) * (shrink * uw).sum()
+    curvature = torch.where(nonzero, ctx.target * uw / r_safe**3, torch.zeros_like(r))
+    d_gradients = (2.0 / rows) * grad * (shrink * w + curvature * u)
+    return d_grad.reshape(grad.shape), d_gradients.reshape(gradients.shape), None
+
+
+torch.library.register_autograd("ganplug::gradient_penalty", _gp_backward, setup_context=_gp_setup)
+torch.library.register_autograd(
+    "ganplug::gradient_penalty_backward", _gp_backward_backward, setup_context=_gp_backward_setup
+)

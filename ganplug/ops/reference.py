@@ -1,0 +1,77 @@
+"""The ops in plain PyTorch: the specification every kernel is tested against, and the fallback
+when the compiled extension cannot run.
+
+Reduced-precision inputs (float16, bfloat16) are computed in float32 and the result is cast back,
+as the kernels do. Every function here is differentiable to any order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Target = float | torch.Tensor
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def linear_leaky_relu(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    """leaky_relu(input @ weight.T + bias): input (*, in), weight (out, in), bias (out,) -> (*, out)."""
+    return F.leaky_relu(F.linear(input, weight, bias), negative_slope)
+
+
+def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a * b, where a == 0 gives 0 even when b is infinite."""
+    return torch.where(a == 0, torch.zeros_like(b), a * b)
+
+
+def bce_with_logits(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """Elementwise t * softplus(-x) + (1 - t) * softplus(x), stable for all x including +-inf."""
+    x = logits.to(_compute_dtype(logits))
+    t = torch.as_tensor(target, dtype=x.dtype, device=x.device).expand_as(x)
+    return _weighted(t, F.softplus(-x)) + _weighted(1 - t, F.softplus(x))
+
+
+def discriminator_bce(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    real_target: Target = 1.0,
+    fake_target: Target = 0.0,
+) -> torch.Tensor:
+    """mean(BCE(real, real_target)) + mean(BCE(fake, fake_target)), a scalar."""
+    loss = bce_with_logits(real_logits, real_target).mean() + bce_with_logits(fake_logits, fake_target).mean()
+    return loss.to(real_logits.dtype)
+
+
+def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
+    """mean(BCE(fake, target)): the non-saturating generator loss, a scalar."""
+    return bce_with_logits(fake_logits, target).mean().to(fake_logits.dtype)
+
+
+def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean(log(1 - sigmoid(fake))) = -mean(softplus(fake)): the saturating loss of 2014."""
+    return (-F.softplus(fake_logits.to(_compute_dtype(fake_logits)))).mean().to(fake_logits.dtype)
+
+
+def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """mean(fake) - mean(real): what the critic minimises, a scalar."""
+    dtype = _compute_dtype(real_scores)
+    return (fake_scores.to(dtype).mean() - real_scores.to(dtype).mean()).to(real_scores.dtype)
+
+
+def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-mean(fake), a scalar."""
+    return (-fake_scores.to(_compute_dtype(fake_scores)).mean()).to(fake_scores.dtype)
+
+
+def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """mean_i (||g_i||_2 - target)^2 for gradients (B, ...), norms over all but the batch dim."""
+    g = gradients.to(_compute_dtype(gradients)).reshape(gradients.shape[0], -1)
+    return ((g.norm(2, dim=1) - target) ** 2).mean().to(gradients.dtype)

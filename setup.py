@@ -1,0 +1,82 @@
+"""Builds ganplug._C from csrc/: the C++ kernels always, the CUDA kernels whenever a CUDA toolkit
+is found and torch is a CUDA build (a visible GPU is not needed).
+
+Environment:
+  CUDA_HOME              the toolkit root (default: /usr/local/cuda, else found from nvcc)
+  TORCH_CUDA_ARCH_LIST   GPU architectures to compile for (default "8.0;8.6;8.9;9.0")
+  GANPLUG_BUILD_CUDA=0   build the CPU kernels only
+"""
+
+import glob
+import os
+import shutil
+import site
+import sys
+
+from setuptools import setup
+
+DEFAULT_ARCHS = "8.0;8.6;8.9;9.0"
+
+
+def _is_toolkit(root):
+    return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(root, "include", "cuda_runtime.h")
+    )
+
+
+def find_cuda_home():
+    """The CUDA toolkit root, or None.
+
+    torch's own detection walks up from `which nvcc`, which fails when nvcc on PATH is a wrapper
+    script outside the toolkit; so the standard location is tried before PATH.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    return next((root for root in candidates if _is_toolkit(root)), None)
+
+
+def wheel_cuda_includes():
+    """Include dirs of torch's nvidia wheels (cuBLAS, cuSPARSE headers a bare toolkit may lack)."""
+    roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
+    found = []
+    for root in roots:
+        for path in glob.glob(os.path.join(root, "nvidia", "cu*", "include")):
+            if path not in found:
+                found.append(path)
+    return found
+
+
+cuda_home = None if os.environ.get("GANPLUG_BUILD_CUDA") == "0" else find_cuda_home()
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home  # read when torch.utils.cpp_extension is imported
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+with_cuda = cuda_home is not None and torch.version.cuda is not None
+sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-fopenmp"]  # torch picks the C++ standard it needs
+if with_cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    extension = CUDAExtension(
+        "ganplug._C",
+        sources,
+        include_dirs=wheel_cuda_includes(),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
+    )
+else:
+    extension = CppExtension(
+        "ganplug._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+    )
+
+print(
+    f"ganplug: building ganplug._C with {'CPU and CUDA' if with_cuda else 'CPU'} kernels"
+    + (f" (CUDA_HOME={cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else ""),
+    file=sys.stderr,
+)
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})
