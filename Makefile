@@ -1,0 +1,33 @@
+# One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
+#   make demo    the main job (until the trainer lands: a short WGAN-GP demo of the fused ops)
+#   make test    the test suite
+#   make bench   kernel benchmarks: fused vs eager PyTorch vs torch.compile
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUILT := $(VENV)/.ganplug-built
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+
+.PHONY: setup demo test bench clean
+
+setup: $(BUILT)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(BUILT): $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q "setuptools>=69" wheel ninja "torch>=2.5,<3" "numpy>=1.24,<3"
+	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m ganplug.demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python -m pytest -q benchmarks
+
+clean:
+	rm -rf build ganplug/_C*.so *.egg-info

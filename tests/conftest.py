@@ -1,0 +1,62 @@
+"""Shared fixtures and helpers of the ganplug test suite.
+
+Every op test takes the `device` fixture, so it runs on CPU and, where an NVIDIA GPU is present,
+again on CUDA (the CUDA params carry the `cuda` marker and are skipped without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
+
+# "cpu" always; "cuda" marked (and skipped where no GPU is present).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# Relative tolerances (and matching absolute floors) per dtype.
+RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def tol(dtype: torch.dtype) -> dict[str, float]:
+    return {"rtol": RTOL[dtype], "atol": ATOL[dtype]}
+
+
+def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference is computed in for a comparison: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_env(monkeypatch):
+    """A fixed seed per test, and GANPLUG_OPS unset so the compiled kernels run (the auto mode)."""
+    torch.manual_seed(0)
+    monkeypatch.delenv("GANPLUG_OPS", raising=False)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    # Anything that explicitly requests CUDA through the marker but is not parametrized is still
+    # skipped cleanly without a GPU.
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(requires_cuda)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for subprocess tests, without GANPLUG_OPS."""
+    env = dict(os.environ)
+    env.pop("GANPLUG_OPS", None)
+    return env
