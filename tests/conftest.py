@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
     # Anything that explicitly requests CUDA through the marker but is not parametrized is still
     # skipped cleanly without a GPU.
     for item in items:
-        if "cuda" in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker("cuda") is not None and not HAS_CUDA:
             item.add_marker(requires_cuda)
 
 
@@ -60,3 +60,20 @@ def clean_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GANPLUG_OPS", None)
     return env
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    """actual ~ expected to the relative tolerance of `dtype`; the absolute floor scales with the
+    largest |expected| so that cancellation near zero in reduced precision is not a failure.
+    Compared in expected's dtype (actual is upcast), shapes must match exactly."""
+    assert actual is not None, f"{what}: missing (None)"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(expected).all(), f"{what}: expected has non-finite values"
+    scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().to(expected.dtype),
+        expected.detach(),
+        rtol=RTOL[dtype],
+        atol=ATOL[dtype] * scale,
+        msg=lambda m: f"{what}: {m}",
+    )

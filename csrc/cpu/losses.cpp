@@ -24,6 +24,7 @@ double chunked_sum(int64_t n, const F& f) {
     for (int64_t c = c0; c < c1; ++c) {
       double s = 0;
       const int64_t end = std::min(n, (c + 1) * kChunk);
+#pragma omp simd reduction(+ : s)
       for (int64_t i = c * kChunk; i < end; ++i) s += f(i);
       partial[c] = s;
     }
@@ -69,7 +70,7 @@ at::Tensor bce_grad(const at::Tensor& x, const at::Tensor& t, double t_value, do
   scalar_t* dxp = dx.data_ptr<scalar_t>();
   const op_t tv = static_cast<op_t>(t_value);
   const op_t c = static_cast<op_t>(coef);
-  at::parallel_for(0, x.numel(), kChunk, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, x.numel(), kChunk, [=](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const op_t ti = tp != nullptr ? static_cast<op_t>(tp[i]) : tv;
       dxp[i] = static_cast<scalar_t>(c * bce_with_logits_grad(static_cast<op_t>(xp[i]), ti));

@@ -62,5 +62,5 @@ def warn_fallback(device_type: str) -> None:
         f"ganplug: {cause}; the slow pure-PyTorch reference ops run instead on {device_type}. "
         f"To fix, {fix}; set {ENV_VAR}=reference to choose the reference and silence this.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,  # the user's call: warn_fallback <- _use_kernels <- the op <- caller
     )

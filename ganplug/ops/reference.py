@@ -28,8 +28,8 @@ def linear_leaky_relu(
 
 
 def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a * b, where a == 0 gives 0 even when b is infinite."""
-    return torch.where(a == 0, torch.zeros_like(b), a * b)
+    """a * b, where a == 0 gives 0 even when b is infinite (d/da stays b where b is finite)."""
+    return a * torch.where((a == 0) & b.isinf(), torch.zeros_like(b), b)
 
 
 def bce_with_logits(logits: torch.Tensor, target: Target) -> torch.Tensor:

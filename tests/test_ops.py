@@ -1,0 +1,481 @@
+"""Every public op of ganplug.ops against its twin in ganplug.ops.reference: forward values and the
+gradients of every tensor input, in float64, float32, float16 and bfloat16, on CPU (and CUDA where
+present), for 2-D and 3-D inputs, non-contiguous views, and float or tensor targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FLOAT_DTYPES, assert_close, upcast_dtype
+
+import ganplug.ops as ops
+from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.ops import reference
+
+UPSTREAM = 1.7  # a non-unit upstream gradient for scalar losses, so grad scaling is checked
+
+
+def _leaf(t: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(requires_grad)
+
+
+def _run_both(op_fn, ref_fn, leaves, upstream=None, ref_dtype=None):
+    """Runs op_fn on clones of `leaves` and ref_fn on clones (upcast to ref_dtype if given), then
+    backward with `upstream` (a tensor of the output's shape, or UPSTREAM for scalars).
+    Returns (out_op, out_ref, grads_op, grads_ref)."""
+    a = [_leaf(t, t.requires_grad) for t in leaves]
+    b = [_leaf(t.to(ref_dtype) if ref_dtype is not None else t, t.requires_grad) for t in leaves]
+    out_a = op_fn(*a)
+    out_b = ref_fn(*b)
+    if upstream is None:
+        ga = torch.tensor(UPSTREAM, dtype=out_a.dtype, device=out_a.device)
+        gb = torch.tensor(UPSTREAM, dtype=out_b.dtype, device=out_b.device)
+    else:
+        ga = upstream.to(out_a.dtype)
+        gb = upstream.to(out_b.dtype)
+    if any(t.requires_grad for t in leaves):
+        out_a.backward(ga)
+        out_b.backward(gb)
+    return out_a, out_b, [t.grad for t in a], [t.grad for t in b]
+
+
+def _compare(dtype, leaves, out_a, out_b, grads_a, grads_b, names):
+    assert out_a.dtype == dtype, f"output dtype {out_a.dtype}, expected {dtype}"
+    assert_close(out_a, out_b, dtype, "forward")
+    for leaf, name, ga, gb in zip(leaves, names, grads_a, grads_b):
+        if not leaf.requires_grad:
+            assert ga is None
+            continue
+        assert ga is not None, f"no gradient for {name}"
+        assert ga.dtype == leaf.dtype, f"{name}.grad dtype {ga.dtype} != {leaf.dtype}"
+        assert torch.isfinite(ga).all(), f"{name}.grad is not finite"
+        assert_close(ga, gb, dtype, f"grad of {name}")
+
+
+def test_backend_cpu():
+    assert ops.backend("cpu") == "cpu"
+    assert ops.backend(torch.device("cpu")) == "cpu"
+
+
+# --- linear + LeakyReLU ------------------------------------------------------------------------
+
+
+def _linear_leaves(lead, in_f, out_f, dtype, device, bias=True, margin=0.03):
+    """x (*lead, in_f), w (out_f, in_f), b (out_f,), rounded to dtype, such that every
+    pre-activation (computed exactly in float64 from the rounded values) is at least `margin` from
+    0, so the LeakyReLU mask is the same in every precision and the gradients can be compared."""
+    for _ in range(2000):
+        x = torch.randn(*lead, in_f, dtype=torch.float64).to(dtype)
+        w = (torch.randn(out_f, in_f, dtype=torch.float64) / math.sqrt(in_f)).to(dtype)
+        b = (0.5 * torch.randn(out_f, dtype=torch.float64)).to(dtype) if bias else None
+        z = x.double() @ w.double().t() + (b.double() if bias else 0)
+        if z.abs().min() > margin and (z > 0).any() and (z < 0).any():
+            leaves = [x.to(device), w.to(device)] + ([b.to(device)] if bias else [])
+            return [_leaf(t) for t in leaves]
+    raise AssertionError("could not draw well-separated inputs")
+
+
+def _linear_check(dtype, leaves, op_fn, ref_fn, out_shape):
+    device = leaves[0].device
+    # float16/bfloat16: the reference runs on the same rounded values upcast to float32, which is
+    # what the kernel approximates (it computes the epilogue in float32).
+    ref_dtype = upcast_dtype(dtype) if dtype in (torch.float16, torch.bfloat16) else None
+    upstream = torch.randn(out_shape, dtype=torch.float64, device=device).to(dtype)
+    out_a, out_b, ga, gb = _run_both(op_fn, ref_fn, leaves, upstream, ref_dtype)
+    assert out_a.shape == out_shape
+    names = ["input", "weight", "bias"][: len(leaves)]
+    _compare(dtype, leaves, out_a, out_b, ga, gb, names)
+    return out_a
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("lead", [(7,), (4, 5), ()], ids=["2d", "3d", "1d"])
+def test_linear_leaky_relu_matches_reference(device, dtype, bias, slope, lead):
+    in_f, out_f = 6, 3
+    leaves = _linear_leaves(lead, in_f, out_f, dtype, device, bias)
+
+    def op_fn(x, w, *b):
+        return ops.linear_leaky_relu(x, w, b[0] if b else None, slope)
+
+    def ref_fn(x, w, *b):
+        return reference.linear_leaky_relu(x, w, b[0] if b else None, slope)
+
+    out = _linear_check(dtype, leaves, op_fn, ref_fn, (*lead, out_f))
+    # LeakyReLU really was applied: with slope 0 nothing is negative, otherwise negatives exist.
+    if slope == 0.0:
+        assert (out >= 0).all() and (out == 0).any()
+    else:
+        assert (out < 0).any()
+
+
+def test_linear_leaky_relu_default_slope_is_0_2(device):
+    x = torch.randn(5, 4, device=device, dtype=torch.float64)
+    w = torch.randn(3, 4, device=device, dtype=torch.float64)
+    expected = F.leaky_relu(x @ w.t(), 0.2)
+    torch.testing.assert_close(ops.linear_leaky_relu(x, w), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("lead", [(7,), (4, 5)], ids=["2d", "3d"])
+def test_linear_leaky_relu_non_contiguous(device, dtype, bias, lead):
+    in_f, out_f = 6, 3
+    x, w, *b = _linear_leaves(lead, in_f, out_f, dtype, device, bias)
+    # Leaves whose views are the real inputs: x transposed in its last two dims (or strided),
+    # w transposed, b every other element.
+    if len(lead) == 1:
+        xb = _leaf(torch.stack([x.detach(), torch.zeros_like(x)], dim=-1))  # (M, in, 2)
+        x_view = lambda t: t[..., 0]  # noqa: E731
+    else:
+        xb = _leaf(x.detach().transpose(-1, -2).contiguous())  # (4, in, 5)
+        x_view = lambda t: t.transpose(-1, -2)  # noqa: E731
+    wb = _leaf(w.detach().t().contiguous())  # (in, out)
+    leaves = [xb, wb]
+    if b:
+        bb = _leaf(torch.stack([b[0].detach(), torch.full_like(b[0], 100.0)], dim=1).reshape(-1))  # (2*out,)
+        leaves.append(bb)
+    assert not x_view(xb).is_contiguous() and not wb.t().is_contiguous()
+
+    def op_fn(xb, wb, *bb):
+        return ops.linear_leaky_relu(x_view(xb), wb.t(), bb[0][::2] if bb else None, 0.2)
+
+    def ref_fn(xb, wb, *bb):
+        return reference.linear_leaky_relu(x_view(xb), wb.t(), bb[0][::2] if bb else None, 0.2)
+
+    _linear_check(dtype, leaves, op_fn, ref_fn, (*lead, out_f))
+
+
+@pytest.mark.parametrize("requires", ["input", "weight", "bias", "weight+bias"])
+def test_linear_leaky_relu_partial_requires_grad(device, requires):
+    leaves = _linear_leaves((6,), 5, 4, torch.float64, device, True)
+    for leaf, name in zip(leaves, ["input", "weight", "bias"]):
+        leaf.requires_grad_(name in requires.split("+"))
+    out_a, out_b, ga, gb = _run_both(
+        lambda x, w, b: ops.linear_leaky_relu(x, w, b, 0.1),
+        lambda x, w, b: reference.linear_leaky_relu(x, w, b, 0.1),
+        leaves,
+        torch.randn(6, 4, dtype=torch.float64, device=device),
+    )
+    _compare(torch.float64, leaves, out_a, out_b, ga, gb, ["input", "weight", "bias"])
+
+
+# --- the losses ----------------------------------------------------------------------------------
+
+LOGIT_SHAPES = [(8,), (6, 1), (2, 3, 4)]
+
+
+def _logits(shape, dtype, device, scale=3.0):
+    return _leaf((scale * torch.randn(shape, dtype=torch.float64)).to(dtype).to(device))
+
+
+def _target_tensor(shape, dtype, device, requires_grad):
+    t = (0.8 + 0.15 * torch.rand(shape, dtype=torch.float64)).to(dtype).to(device)
+    return _leaf(t, requires_grad)
+
+
+def _loss_check(dtype, op_fn, ref_fn, leaves, names):
+    out_a, out_b, ga, gb = _run_both(op_fn, ref_fn, leaves)
+    assert out_a.shape == () and out_b.shape == ()
+    _compare(dtype, leaves, out_a, out_b, ga, gb, names)
+    return out_a
+
+
+GEN_TARGETS = ["default", "float0.9", "float0.1", "tensor_same", "tensor_same_nograd", "tensor_1"]
+
+
+def _make_target(kind, logits_shape, dtype, device):
+    """Returns (target argument builder, extra leaves)."""
+    if kind == "default":
+        return None, []
+    if kind.startswith("float"):
+        return float(kind[5:]), []
+    shape = logits_shape if kind.startswith("tensor_same") else (1,)
+    t = _target_tensor(shape, dtype, device, requires_grad=not kind.endswith("nograd"))
+    return t, [t]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
+@pytest.mark.parametrize("target", GEN_TARGETS)
+def test_generator_bce_matches_reference(device, dtype, shape, target):
+    x = _logits(shape, dtype, device)
+    t, extra = _make_target(target, shape, dtype, device)
+    leaves = [x] + extra
+
+    def call(fn):
+        def f(x, *tt):
+            if target == "default":
+                return fn(x)
+            return fn(x, tt[0] if tt else t)
+
+        return f
+
+    out = _loss_check(dtype, call(ops.generator_bce), call(reference.generator_bce), leaves, ["logits", "target"])
+    assert out.item() > 0
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
+@pytest.mark.parametrize("real_kind,fake_kind", [
+    ("default", "default"),
+    ("float0.9", "float0.1"),
+    ("tensor_same", "float0.0"),
+    ("float0.9", "tensor_1"),
+    ("tensor_same", "tensor_same"),
+    ("tensor_1", "tensor_same_nograd"),
+])
+def test_discriminator_bce_matches_reference(device, dtype, shape, real_kind, fake_kind):
+    real = _logits(shape, dtype, device)
+    fake_shape = (5,) + tuple(shape[1:])  # a different batch size from the real logits
+    fake = _logits(fake_shape, dtype, device)
+    rt, r_extra = _make_target(real_kind, shape, dtype, device)
+    ft, f_extra = _make_target(fake_kind, fake_shape, dtype, device)
+    if isinstance(ft, torch.Tensor) and ft.shape == fake_shape:  # fake targets near 0, not near 1
+        ft = _leaf(1 - ft.detach(), ft.requires_grad)
+        f_extra = [ft]
+    leaves = [real, fake] + r_extra + f_extra
+    names = ["real_logits", "fake_logits"] + ["real_target"] * len(r_extra) + ["fake_target"] * len(f_extra)
+
+    def call(fn):
+        def f(real, fake, *tt):
+            it = iter(tt)
+            kwargs = {}
+            if real_kind != "default":
+                kwargs["real_target"] = next(it) if r_extra else rt
+            if fake_kind != "default":
+                kwargs["fake_target"] = next(it) if f_extra else ft
+            return fn(real, fake, **kwargs)
+
+        return f
+
+    out = _loss_check(dtype, call(ops.discriminator_bce), call(reference.discriminator_bce), leaves, names)
+    assert out.item() > 0
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
+def test_minimax_generator_loss_matches_reference(device, dtype, shape):
+    x = _logits(shape, dtype, device)
+    out = _loss_check(dtype, ops.minimax_generator_loss, reference.minimax_generator_loss, [x], ["logits"])
+    assert out.item() < 0
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
+def test_wasserstein_critic_loss_matches_reference(device, dtype, shape):
+    real = _logits(shape, dtype, device)
+    fake = _logits((3,) + tuple(shape[1:]), dtype, device)
+    out = _loss_check(
+        dtype, ops.wasserstein_critic_loss, reference.wasserstein_critic_loss, [real, fake], ["real", "fake"]
+    )
+    # the gradients are the broadcast means, exactly
+    expected = fake.detach().double().mean() - real.detach().double().mean()
+    assert abs(out.double().item() - expected.item()) <= 1e-2 * max(1.0, abs(expected.item())) + 1e-12
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
+def test_wasserstein_generator_loss_matches_reference(device, dtype, shape):
+    x = _logits(shape, dtype, device)
+    _loss_check(dtype, ops.wasserstein_generator_loss, reference.wasserstein_generator_loss, [x], ["fake"])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(6, 5), (4, 2, 3), (5,), (1, 7)], ids=str)
+@pytest.mark.parametrize("target", [1.0, 0.5, 0.0, 2])
+def test_gradient_penalty_matches_reference(device, dtype, shape, target):
+    g = _logits(shape, dtype, device, scale=0.7)
+    out = _loss_check(
+        dtype,
+        lambda g: ops.gradient_penalty(g, target),
+        lambda g: reference.gradient_penalty(g, target),
+        [g],
+        ["gradients"],
+    )
+    assert out.item() > 0
+
+
+def test_gradient_penalty_default_target_is_one(device):
+    g = torch.tensor([[3.0, 4.0], [0.6, 0.8]], dtype=torch.float64, device=device)
+    # norms 5 and 1: ((5-1)^2 + 0) / 2 = 8
+    assert ops.gradient_penalty(g).item() == pytest.approx(8.0, rel=1e-14)
+
+
+# --- non-contiguous inputs of the losses -------------------------------------------------------
+
+
+def _strided(shape, dtype, device, scale=3.0):
+    """A leaf of shape (*shape, 3) whose [..., 1] view is non-contiguous with `shape`."""
+    return _logits((*shape, 3), dtype, device, scale)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    "op_name",
+    [
+        "generator_bce",
+        "generator_bce_tensor_target",
+        "discriminator_bce",
+        "discriminator_bce_tensor_targets",
+        "minimax_generator_loss",
+        "wasserstein_critic_loss",
+        "wasserstein_generator_loss",
+        "gradient_penalty",
+        "gradient_penalty_transposed",
+    ],
+)
+def test_losses_non_contiguous(device, dtype, op_name):
+    sl = lambda t: t[..., 1]  # noqa: E731  (a strided view)
+    tr = lambda t: t.transpose(0, 1)  # noqa: E731  (a transposed view)
+    name = op_name.replace("_tensor_targets", "").replace("_tensor_target", "").replace("_transposed", "")
+    op, ref = getattr(ops, name), getattr(reference, name)
+    if op_name == "generator_bce_tensor_target":
+        x = _strided((6, 2), dtype, device)
+        t = _leaf((0.8 + 0.15 * torch.rand(6, 2, 2, dtype=torch.float64)).to(dtype).to(device))
+        leaves = [x, t]
+        fn = lambda f: lambda x, t: f(sl(x), t[..., 0])  # noqa: E731
+        assert not t[..., 0].is_contiguous()
+    elif op_name in ("discriminator_bce", "discriminator_bce_tensor_targets"):
+        real = _logits((4, 6), dtype, device)  # transposed: (6, 4)
+        fake = _strided((5, 4), dtype, device)
+        leaves = [real, fake]
+        if op_name.endswith("targets"):
+            rt = _leaf((0.8 + 0.15 * torch.rand(4, 6, dtype=torch.float64)).to(dtype).to(device))
+            ft = _leaf((0.05 + 0.15 * torch.rand(4, 2, dtype=torch.float64)).to(dtype).to(device))
+            leaves += [rt, ft]
+            fn = lambda f: lambda r, fk, rt, ft: f(tr(r), sl(fk), tr(rt), ft[:, :1].t())  # noqa: E731
+        else:
+            fn = lambda f: lambda r, fk: f(tr(r), sl(fk), 0.9, 0.1)  # noqa: E731
+    elif op_name == "wasserstein_critic_loss":
+        real, fake = _logits((4, 6), dtype, device), _strided((5, 4), dtype, device)
+        leaves = [real, fake]
+        fn = lambda f: lambda r, fk: f(tr(r), sl(fk))  # noqa: E731
+    elif op_name == "gradient_penalty":
+        g = _strided((5, 2, 3), dtype, device, scale=0.7)
+        leaves = [g]
+        fn = lambda f: lambda g: f(sl(g), 0.5)  # noqa: E731
+    elif op_name == "gradient_penalty_transposed":
+        g = _logits((3, 5, 4), dtype, device, scale=0.7)  # (5, 3, 4) after transposing: rows mix memory
+        leaves = [g]
+        fn = lambda f: lambda g: f(tr(g), 1.0)  # noqa: E731
+    else:  # single-input losses
+        x = _strided((6, 2), dtype, device)
+        leaves = [x]
+        fn = lambda f: lambda x: f(sl(x))  # noqa: E731
+    views = fn(lambda *args: args)(*leaves)
+    assert any(isinstance(v, torch.Tensor) and not v.is_contiguous() for v in views)
+    # (the reference gives exactly zero gradient to the elements outside the views; so must the op)
+    _loss_check(dtype, fn(op), fn(ref), leaves, [f"input{i}" for i in range(len(leaves))])
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def test_target_float_and_full_tensor_agree(device):
+    x = torch.randn(7, 1, dtype=torch.float64, device=device)
+    a = ops.generator_bce(x, 0.9)
+    b = ops.generator_bce(x, torch.full((7, 1), 0.9, dtype=torch.float64, device=device))
+    c = ops.generator_bce(x, torch.tensor([0.9], dtype=torch.float64, device=device))
+    torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+    torch.testing.assert_close(a, c, rtol=1e-14, atol=0)
+    d = ops.discriminator_bce(x, x, 0.9, 0.1)
+    e = ops.discriminator_bce(
+        x, x, torch.full_like(x, 0.9), torch.tensor([0.1], dtype=torch.float64, device=device)
+    )
+    torch.testing.assert_close(d, e, rtol=1e-14, atol=0)
+
+
+def test_target_gradient_closed_form(device):
+    # d/dt mean_i bce(x_i, t_i) = -x_i / n; through a (1,) target the gradient is -mean(x).
+    x = torch.randn(6, 1, dtype=torch.float64, device=device)
+    t = torch.full((6, 1), 0.9, dtype=torch.float64, device=device, requires_grad=True)
+    ops.generator_bce(x, t).backward()
+    torch.testing.assert_close(t.grad, -x / 6, rtol=1e-12, atol=1e-15)
+    t1 = torch.tensor([0.9], dtype=torch.float64, device=device, requires_grad=True)
+    ops.generator_bce(x, t1).backward()
+    torch.testing.assert_close(t1.grad, -x.mean().reshape(1), rtol=1e-12, atol=1e-15)
+    rt = torch.tensor([0.9], dtype=torch.float64, device=device, requires_grad=True)
+    ft = torch.tensor([0.1], dtype=torch.float64, device=device, requires_grad=True)
+    fake = torch.randn(4, 1, dtype=torch.float64, device=device)
+    (2.0 * ops.discriminator_bce(x, fake, rt, ft)).backward()
+    torch.testing.assert_close(rt.grad, -2 * x.mean().reshape(1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(ft.grad, -2 * fake.mean().reshape(1), rtol=1e-12, atol=1e-15)
+
+
+def test_target_of_other_dtype_is_cast(device):
+    x = torch.randn(5, 1, dtype=torch.float32, device=device)
+    t = torch.full((5, 1), 0.9, dtype=torch.float64, device=device, requires_grad=True)
+    out = ops.generator_bce(x, t)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference.generator_bce(x, 0.9), rtol=1e-5, atol=1e-6)
+    out.backward()
+    assert t.grad.dtype == torch.float64
+    torch.testing.assert_close(t.grad, (-x / 5).double(), rtol=1e-5, atol=1e-7)
+
+
+# --- FusedLinearLeakyReLU ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2, 0.01])
+def test_fused_module_state_dict_round_trip(device, slope):
+    fused = FusedLinearLeakyReLU(6, 4, negative_slope=slope, device=device, dtype=torch.float64)
+    linear = torch.nn.Linear(6, 4, device=device, dtype=torch.float64)
+    assert set(fused.state_dict()) == {"weight", "bias"}
+    assert not torch.equal(fused.weight, linear.weight)
+    linear.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 5, 6, device=device, dtype=torch.float64)
+    expected = F.leaky_relu(linear(x), slope)
+    torch.testing.assert_close(fused(x), expected, rtol=1e-12, atol=1e-12)
+    # and back: new weights into the fused module
+    with torch.no_grad():
+        linear.weight.mul_(-2.0)
+        linear.bias.add_(0.5)
+    fused.load_state_dict(linear.state_dict())
+    assert torch.equal(fused.weight, linear.weight) and torch.equal(fused.bias, linear.bias)
+    torch.testing.assert_close(fused(x), F.leaky_relu(linear(x), slope), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_module_gradients_match_linear(device, dtype):
+    fused = FusedLinearLeakyReLU(5, 3, negative_slope=0.2, device=device, dtype=dtype)
+    linear = torch.nn.Linear(5, 3, device=device, dtype=dtype)
+    linear.load_state_dict(fused.state_dict())
+    x = torch.randn(8, 5, device=device, dtype=dtype)
+    g = torch.randn(8, 3, device=device, dtype=dtype)
+    fused(x).backward(g)
+    F.leaky_relu(linear(x), 0.2).backward(g)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.weight.grad, linear.weight.grad, **tol)
+    torch.testing.assert_close(fused.bias.grad, linear.bias.grad, **tol)
+
+
+def test_fused_module_without_bias(device):
+    fused = FusedLinearLeakyReLU(4, 3, negative_slope=0.3, bias=False, device=device, dtype=torch.float64)
+    assert fused.bias is None
+    assert set(fused.state_dict()) == {"weight"}
+    linear = torch.nn.Linear(4, 3, bias=False, device=device, dtype=torch.float64)
+    linear.load_state_dict(fused.state_dict())
+    x = torch.randn(7, 4, device=device, dtype=torch.float64)
+    out = fused(x)
+    torch.testing.assert_close(out, F.leaky_relu(x @ fused.weight.t(), 0.3), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, F.leaky_relu(linear(x), 0.3), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_module_repr_and_defaults():
+    m = FusedLinearLeakyReLU(3, 2, negative_slope=0.1)
+    r = repr(m)
+    assert "negative_slope=0.1" in r
+    assert "in_features=3" in r and "out_features=2" in r and "bias=True" in r
+    assert FusedLinearLeakyReLU(3, 2).negative_slope == 0.2
+    assert isinstance(m, torch.nn.Linear)
+    assert m.weight.dtype == torch.float32
+
+
+def test_fused_module_rejects_negative_slope():
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        FusedLinearLeakyReLU(3, 2, negative_slope=-0.1)
