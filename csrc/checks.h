@@ -37,6 +37,30 @@ inline void check_target(const std::optional<at::Tensor>& target, const at::Tens
               target->sizes(), " but the logits have shape ", logits.sizes());
 }
 
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+inline void check_bce_args(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                           const char* op, const char* logits_name, const char* target_name) {
+  check_floating(logits, op, logits_name);
+  check_nonempty(logits, op, logits_name);
+  check_target(target, logits, op, target_name);
+}
+
+inline void check_score_args(const at::Tensor& real_scores, const at::Tensor& fake_scores, const char* op) {
+  check_floating(real_scores, op, "real_scores");
+  check_like(fake_scores, real_scores, op, "fake_scores", "real_scores");
+  check_nonempty(real_scores, op, "real_scores");
+  check_nonempty(fake_scores, op, "fake_scores");
+}
+
+inline void check_penalty_args(const at::Tensor& gradients, const char* op) {
+  check_floating(gradients, op, "gradients");
+  TORCH_CHECK(gradients.dim() >= 1, op, ": gradients need a batch dimension, got a 0-d tensor");
+  check_nonempty(gradients, op, "gradients");
+}
+
 inline void check_linear(const at::Tensor& input, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias, double negative_slope) {
   constexpr const char* op = "linear_leaky_relu";

@@ -19,7 +19,7 @@ from ganplug import ops
 from ganplug.nn import FusedLinearLeakyReLU
 
 
-LR = 1e-3
+LR = 1e-4  # Adam, betas (0.5, 0.9)
 
 
 def ring8(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -71,7 +71,7 @@ def check_against_reference(seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="generator updates (default 400)")
+    parser.add_argument("--steps", type=int, default=300, help="generator updates (default 300)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -38,10 +38,6 @@ at::Tensor scalar_like(double value, const at::Tensor& like) {
   return at::scalar_tensor(value, like.options());
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
 // mean over x of bce_with_logits(x, t), t the tensor if defined else t_value. x, t contiguous.
 template <typename scalar_t>
 double bce_mean(const at::Tensor& x, const at::Tensor& t, double t_value) {
@@ -77,13 +73,6 @@ at::Tensor bce_grad(const at::Tensor& x, const at::Tensor& t, double t_value, do
     }
   });
   return dx;
-}
-
-void check_bce_args(const at::Tensor& logits, const std::optional<at::Tensor>& target,
-                    const char* op, const char* logits_name, const char* target_name) {
-  check_floating(logits, op, logits_name);
-  check_nonempty(logits, op, logits_name);
-  check_target(target, logits, op, target_name);
 }
 
 at::Tensor bce_loss_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& target,
@@ -136,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cpu(
   constexpr const char* op = "discriminator_bce_backward";
   check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
   check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
+  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
   const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
   const at::Tensor tr = contiguous_or_undefined(real_target), tf = contiguous_or_undefined(fake_target);
   const double g = grad.item<double>();
@@ -156,10 +146,7 @@ double plain_mean(const at::Tensor& x) {
 
 at::Tensor wasserstein_critic_loss_cpu(const at::Tensor& real_scores, const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_critic_loss";
-  check_floating(real_scores, op, "real_scores");
-  check_like(fake_scores, real_scores, op, "fake_scores", "real_scores");
-  check_nonempty(real_scores, op, "real_scores");
-  check_nonempty(fake_scores, op, "fake_scores");
+  check_score_args(real_scores, fake_scores, op);
   const at::Tensor r = real_scores.contiguous(), f = fake_scores.contiguous();
   double loss = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "wasserstein_critic_loss_cpu", [&] {
@@ -196,12 +183,6 @@ std::vector<double> row_norms(const at::Tensor& g, int64_t rows, int64_t cols) {
     }
   });
   return norms;
-}
-
-void check_penalty_args(const at::Tensor& gradients, const char* op) {
-  check_floating(gradients, op, "gradients");
-  TORCH_CHECK(gradients.dim() >= 1, op, ": gradients need a batch dimension, got a 0-d tensor");
-  check_nonempty(gradients, op, "gradients");
 }
 
 at::Tensor gradient_penalty_cpu(const at::Tensor& gradients, double target) {

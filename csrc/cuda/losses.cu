@@ -165,17 +165,6 @@ std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& grad, const at
   return {da, db};
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
-void check_bce_args(const at::Tensor& logits, const std::optional<at::Tensor>& target,
-                    const char* op, const char* logits_name, const char* target_name) {
-  check_floating(logits, op, logits_name);
-  check_nonempty(logits, op, logits_name);
-  check_target(target, logits, op, target_name);
-}
-
 double inv(const at::Tensor& x) { return 1.0 / static_cast<double>(x.numel()); }
 
 at::Tensor bce_loss_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
@@ -223,10 +212,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
 
 at::Tensor wasserstein_critic_loss_cuda(const at::Tensor& real_scores, const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_critic_loss";
-  check_floating(real_scores, op, "real_scores");
-  check_like(fake_scores, real_scores, op, "fake_scores", "real_scores");
-  check_nonempty(real_scores, op, "real_scores");
-  check_nonempty(fake_scores, op, "fake_scores");
+  check_score_args(real_scores, fake_scores, op);
   const at::Tensor r = real_scores.contiguous(), f = fake_scores.contiguous();
   return weighted_sum<Term::kValue>(f, at::Tensor(), 0, inv(f), r, at::Tensor(), 0, -inv(r));
 }
@@ -239,15 +225,14 @@ at::Tensor wasserstein_generator_loss_cuda(const at::Tensor& fake_scores) {
   return weighted_sum<Term::kValue>(f, at::Tensor(), 0, -inv(f), at::Tensor(), at::Tensor(), 0, 0);
 }
 
-void check_penalty_args(const at::Tensor& gradients, const char* op) {
-  check_floating(gradients, op, "gradients");
-  TORCH_CHECK(gradients.dim() >= 1, op, ": gradients need a batch dimension, got a 0-d tensor");
-  check_nonempty(gradients, op, "gradients");
+// One block per row: the grid's x dimension bounds the batch.
+void check_penalty_rows(const at::Tensor& gradients, const char* op) {
+  check_penalty_args(gradients, op);
   TORCH_CHECK(gradients.size(0) <= int64_t{0x7fffffff}, op, ": more than 2^31 - 1 rows");
 }
 
 at::Tensor gradient_penalty_cuda(const at::Tensor& gradients, double target) {
-  check_penalty_args(gradients, "gradient_penalty");
+  check_penalty_rows(gradients, "gradient_penalty");
   const c10::cuda::CUDAGuard guard(gradients.device());
   const at::Tensor g = gradients.contiguous();
   const int64_t rows = g.size(0), cols = g.numel() / rows;
@@ -264,7 +249,7 @@ at::Tensor gradient_penalty_cuda(const at::Tensor& gradients, double target) {
 }
 
 at::Tensor gradient_penalty_backward_cuda(const at::Tensor& grad, const at::Tensor& gradients, double target) {
-  check_penalty_args(gradients, "gradient_penalty_backward");
+  check_penalty_rows(gradients, "gradient_penalty_backward");
   const c10::cuda::CUDAGuard guard(gradients.device());
   const at::Tensor g = gradients.contiguous();
   const at::Tensor upstream = grad.to(g.scalar_type()).contiguous();
