@@ -57,7 +57,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 with_cuda = cuda_home is not None and torch.version.cuda is not None
-sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
 cxx_flags = ["-O3", "-fopenmp"]  # torch picks the C++ standard it needs
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -1,4 +1,6 @@
-"""Fake (shape) kernels and autograd formulas of the torch.ops.ganplug operators.
+"""Fake (shape) kernels of the torch.ops.ganplug operators, and the autograd formulas of
+linear_leaky_relu and of the backward ops. (The loss ops' autograd is in C++, csrc/autograd.cpp:
+a Python wrapper would cost more than the loss itself on a GAN batch.)
 
 Every backward is built from ops that are themselves differentiable (the backward ops have
 autograd formulas of their own), so gradients of gradients work: a WGAN-GP or R1 step can
@@ -103,11 +105,6 @@ torch.library.register_autograd("ganplug::leaky_relu_bias_backward", _leaky_bias
 # --- binary cross-entropy ----------------------------------------------------------------------
 
 
-def _target_grad(grad, logits, coef):
-    """d/dt of coef * sum(bce(x, t)) is -coef * x, times the upstream grad."""
-    return -coef * grad * logits
-
-
 def _bce_grad_of_grad(grad, logits, target, target_value, coef, grad_grad_x):
     """Adjoint of dx = grad * coef * (sigmoid(x) - t): the gradients of <grad_grad_x, dx> with
     respect to grad (a scalar), x and t (None when t is the constant target_value)."""
@@ -117,22 +114,6 @@ def _bce_grad_of_grad(grad, logits, target, target_value, coef, grad_grad_x):
     d_logits = coef * grad * grad_grad_x * s * (1 - s)
     d_target = -coef * grad * grad_grad_x if target is not None else None
     return d_grad, d_logits, d_target
-
-
-def _bce_setup(ctx, inputs, output):
-    logits, target, target_value, scale = inputs
-    ctx.target_value, ctx.scale = target_value, scale
-    ctx.save_for_backward(logits, target)
-
-
-def _bce_backward(ctx, grad):
-    logits, target = ctx.saved_tensors
-    grad_logits = grad_target = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = ops.bce_loss_backward(grad, logits, target, ctx.target_value, ctx.scale)
-    if target is not None and ctx.needs_input_grad[1]:
-        grad_target = _target_grad(grad, logits, ctx.scale / logits.numel())
-    return grad_logits, grad_target, None, None
 
 
 def _bce_backward_setup(ctx, inputs, output):
@@ -149,27 +130,7 @@ def _bce_backward_backward(ctx, grad_grad_x):
     return d_grad.reshape(grad.shape), d_logits, d_target, None, None
 
 
-torch.library.register_autograd("ganplug::bce_loss", _bce_backward, setup_context=_bce_setup)
 torch.library.register_autograd("ganplug::bce_loss_backward", _bce_backward_backward, setup_context=_bce_backward_setup)
-
-
-def _dbce_setup(ctx, inputs, output):
-    real, fake, real_target, fake_target, real_value, fake_value = inputs
-    ctx.values = (real_value, fake_value)
-    ctx.save_for_backward(real, fake, real_target, fake_target)
-
-
-def _dbce_backward(ctx, grad):
-    real, fake, real_target, fake_target = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    grad_real = grad_fake = grad_real_target = grad_fake_target = None
-    if need[0] or need[1]:
-        grad_real, grad_fake = ops.discriminator_bce_backward(grad, real, fake, real_target, fake_target, *ctx.values)
-    if real_target is not None and need[2]:
-        grad_real_target = _target_grad(grad, real, 1.0 / real.numel())
-    if fake_target is not None and need[3]:
-        grad_fake_target = _target_grad(grad, fake, 1.0 / fake.numel())
-    return grad_real, grad_fake, grad_real_target, grad_fake_target, None, None
 
 
 def _dbce_backward_setup(ctx, inputs, output):
@@ -186,50 +147,12 @@ def _dbce_backward_backward(ctx, grad_grad_real, grad_grad_fake):
     return (dg_r + dg_f).reshape(grad.shape), d_real, d_fake, d_real_target, d_fake_target, None, None
 
 
-torch.library.register_autograd("ganplug::discriminator_bce", _dbce_backward, setup_context=_dbce_setup)
 torch.library.register_autograd(
     "ganplug::discriminator_bce_backward", _dbce_backward_backward, setup_context=_dbce_backward_setup
 )
 
 
-# --- Wasserstein: the gradient of a mean is a broadcast, so no kernel is needed ----------------
-
-
-def _wc_setup(ctx, inputs, output):
-    real, fake = inputs
-    ctx.real_shape, ctx.fake_shape = real.shape, fake.shape
-
-
-def _wc_backward(ctx, grad):
-    n_real, n_fake = ctx.real_shape.numel(), ctx.fake_shape.numel()
-    return (-grad / n_real).expand(ctx.real_shape), (grad / n_fake).expand(ctx.fake_shape)
-
-
-def _wg_setup(ctx, inputs, output):
-    (fake,) = inputs
-    ctx.fake_shape = fake.shape
-
-
-def _wg_backward(ctx, grad):
-    return (-grad / ctx.fake_shape.numel()).expand(ctx.fake_shape)
-
-
-torch.library.register_autograd("ganplug::wasserstein_critic_loss", _wc_backward, setup_context=_wc_setup)
-torch.library.register_autograd("ganplug::wasserstein_generator_loss", _wg_backward, setup_context=_wg_setup)
-
-
 # --- gradient penalty --------------------------------------------------------------------------
-
-
-def _gp_setup(ctx, inputs, output):
-    gradients, target = inputs
-    ctx.target = target
-    ctx.save_for_backward(gradients)
-
-
-def _gp_backward(ctx, grad):
-    (gradients,) = ctx.saved_tensors
-    return ops.gradient_penalty_backward(grad, gradients, ctx.target), None
 
 
 def _gp_backward_setup(ctx, inputs, output):
@@ -255,7 +178,6 @@ def _gp_backward_backward(ctx, grad_grad):
     return d_grad.reshape(grad.shape), d_gradients.reshape(gradients.shape), None
 
 
-torch.library.register_autograd("ganplug::gradient_penalty", _gp_backward, setup_context=_gp_setup)
 torch.library.register_autograd(
     "ganplug::gradient_penalty_backward", _gp_backward_backward, setup_context=_gp_backward_setup
 )
