@@ -1,7 +1,7 @@
 // Autograd kernels of the loss ops, in C++: a Python autograd wrapper (torch.library
-// register_autograd) costs ~60 us a call, far more than a loss on a GAN batch takes. Each
-// backward calls a backward op through the dispatcher; those keep their Python autograd formulas
-// (ganplug/ops/_library.py), so gradients of gradients still work.
+// register_autograd) costs ~20 us a call, more than a loss on a GAN batch takes. Each backward
+// calls a backward op that is itself differentiable (the BCE ones here; gradient_penalty_backward
+// in ganplug/ops/_library.py), so gradients of gradients work.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -30,6 +30,72 @@ at::Tensor target_grad(const at::Tensor& grad, const at::Tensor& logits, const a
   return (grad * logits * (-scale)).div(c10::Scalar(logits.sym_numel()));
 }
 
+// Adjoint of dx = grad * coef * (sigmoid(x) - t), coef = scale / n: the gradients of
+// <grad_dx, dx> with respect to grad (shaped like grad), x, and t (undefined when t is constant).
+struct BceGradOfGrad {
+  at::Tensor grad, logits, target;
+};
+
+BceGradOfGrad bce_grad_of_grad(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                               double target_value, double scale, const at::Tensor& grad_dx) {
+  const c10::Scalar n(logits.sym_numel());
+  const at::Tensor s = at::sigmoid(logits);
+  const at::Tensor residual = target.defined() ? s - target : s - target_value;
+  BceGradOfGrad out;
+  out.grad = (grad_dx * residual).sum().mul(scale).div(n).reshape_symint(grad.sym_sizes());
+  out.logits = (grad * grad_dx * s * (1 - s)).mul(scale).div(n);
+  if (target.defined()) out.target = (grad * grad_dx).mul(-scale).div(n);
+  return out;
+}
+
+using BceBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, double, double);
+using DiscriminatorBceBackwardOp = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, double, double);
+
+class BceLossBackward : public torch::autograd::Function<BceLossBackward> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& logits,
+                            const OptTensor& target, double target_value, double scale) {
+    static const auto op = find_op<BceBackwardOp>("ganplug::bce_loss_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({grad, logits, target.value_or(at::Tensor())});
+    ctx->saved_data["target_value"] = target_value;
+    ctx->saved_data["scale"] = scale;
+    return op.call(grad, logits, target, target_value, scale);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const BceGradOfGrad g = bce_grad_of_grad(saved[0], saved[1], saved[2], ctx->saved_data["target_value"].toDouble(),
+                                             ctx->saved_data["scale"].toDouble(), grads[0]);
+    return {g.grad, g.logits, g.target, at::Tensor(), at::Tensor()};
+  }
+};
+
+class DiscriminatorBceBackward : public torch::autograd::Function<DiscriminatorBceBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& real,
+                               const at::Tensor& fake, const OptTensor& real_target, const OptTensor& fake_target,
+                               double real_value, double fake_value) {
+    static const auto op = find_op<DiscriminatorBceBackwardOp>("ganplug::discriminator_bce_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({grad, real, fake, real_target.value_or(at::Tensor()), fake_target.value_or(at::Tensor())});
+    ctx->saved_data["real_value"] = real_value;
+    ctx->saved_data["fake_value"] = fake_value;
+    auto [grad_real, grad_fake] = op.call(grad, real, fake, real_target, fake_target, real_value, fake_value);
+    return {grad_real, grad_fake};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const BceGradOfGrad r = bce_grad_of_grad(saved[0], saved[1], saved[3], ctx->saved_data["real_value"].toDouble(),
+                                             1.0, grads[0]);
+    const BceGradOfGrad f = bce_grad_of_grad(saved[0], saved[2], saved[4], ctx->saved_data["fake_value"].toDouble(),
+                                             1.0, grads[1]);
+    return {r.grad + f.grad, r.logits, f.logits, r.target, f.target, at::Tensor(), at::Tensor()};
+  }
+};
+
 class BceLoss : public torch::autograd::Function<BceLoss> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const OptTensor& target,
@@ -43,13 +109,11 @@ class BceLoss : public torch::autograd::Function<BceLoss> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, double, double)>(
-        "ganplug::bce_loss_backward");
     const auto saved = ctx->get_saved_variables();
     const double target_value = ctx->saved_data["target_value"].toDouble();
     const double scale = ctx->saved_data["scale"].toDouble();
     const at::Tensor& logits = saved[0];
-    return {op.call(grads[0], logits, optional(saved[1]), target_value, scale),
+    return {BceLossBackward::apply(grads[0], logits, optional(saved[1]), target_value, scale),
             target_grad(grads[0], logits, saved[1], scale), at::Tensor(),
             at::Tensor()};
   }
@@ -70,16 +134,13 @@ class DiscriminatorBce : public torch::autograd::Function<DiscriminatorBce> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, double, double)>(
-        "ganplug::discriminator_bce_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &real = saved[0], &fake = saved[1];
-    auto [grad_real, grad_fake] = op.call(grads[0], real, fake, optional(saved[2]), optional(saved[3]),
-                                          ctx->saved_data["real_value"].toDouble(),
-                                          ctx->saved_data["fake_value"].toDouble());
-    return {grad_real,
-            grad_fake,
+    const variable_list grad_logits = DiscriminatorBceBackward::apply(
+        grads[0], real, fake, optional(saved[2]), optional(saved[3]), ctx->saved_data["real_value"].toDouble(),
+        ctx->saved_data["fake_value"].toDouble());
+    return {grad_logits[0],
+            grad_logits[1],
             target_grad(grads[0], real, saved[2], 1.0),
             target_grad(grads[0], fake, saved[3], 1.0),
             at::Tensor(),
@@ -142,6 +203,19 @@ class GradientPenalty : public torch::autograd::Function<GradientPenalty> {
   }
 };
 
+at::Tensor bce_loss_backward_autograd(const at::Tensor& grad, const at::Tensor& logits, const OptTensor& target,
+                                      double target_value, double scale) {
+  return BceLossBackward::apply(grad, logits, target, target_value, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_autograd(const at::Tensor& grad, const at::Tensor& real,
+                                                                       const at::Tensor& fake, const OptTensor& real_target,
+                                                                       const OptTensor& fake_target, double real_value,
+                                                                       double fake_value) {
+  const variable_list out = DiscriminatorBceBackward::apply(grad, real, fake, real_target, fake_target, real_value, fake_value);
+  return {out[0], out[1]};
+}
+
 at::Tensor bce_loss_autograd(const at::Tensor& logits, const OptTensor& target, double target_value, double scale) {
   return BceLoss::apply(logits, target, target_value, scale);
 }
@@ -165,7 +239,9 @@ at::Tensor gradient_penalty_autograd(const at::Tensor& gradients, double target)
 
 TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
   m.impl("bce_loss", &bce_loss_autograd);
+  m.impl("bce_loss_backward", &bce_loss_backward_autograd);
   m.impl("discriminator_bce", &discriminator_bce_autograd);
+  m.impl("discriminator_bce_backward", &discriminator_bce_backward_autograd);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss_autograd);
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_autograd);
   m.impl("gradient_penalty", &gradient_penalty_autograd);

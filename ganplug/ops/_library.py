@@ -1,6 +1,6 @@
 """Fake (shape) kernels of the torch.ops.ganplug operators, and the autograd formulas of
-linear_leaky_relu and of the backward ops. (The loss ops' autograd is in C++, csrc/autograd.cpp:
-a Python wrapper would cost more than the loss itself on a GAN batch.)
+linear_leaky_relu, its backward ops and gradient_penalty_backward. (The other loss ops' autograd
+is in C++, csrc/autograd.cpp: a Python wrapper costs more than the loss itself on a GAN batch.)
 
 Every backward is built from ops that are themselves differentiable (the backward ops have
 autograd formulas of their own), so gradients of gradients work: a WGAN-GP or R1 step can
@@ -100,56 +100,6 @@ def _leaky_bias_backward(ctx, grad_pre, grad_bias):
 
 torch.library.register_autograd("ganplug::leaky_relu_backward", _leaky_backward, setup_context=_leaky_setup)
 torch.library.register_autograd("ganplug::leaky_relu_bias_backward", _leaky_bias_backward, setup_context=_leaky_setup)
-
-
-# --- binary cross-entropy ----------------------------------------------------------------------
-
-
-def _bce_grad_of_grad(grad, logits, target, target_value, coef, grad_grad_x):
-    """Adjoint of dx = grad * coef * (sigmoid(x) - t): the gradients of <grad_grad_x, dx> with
-    respect to grad (a scalar), x and t (None when t is the constant target_value)."""
-    s = torch.sigmoid(logits)
-    t = target if target is not None else target_value
-    d_grad = coef * (grad_grad_x * (s - t)).sum()
-    d_logits = coef * grad * grad_grad_x * s * (1 - s)
-    d_target = -coef * grad * grad_grad_x if target is not None else None
-    return d_grad, d_logits, d_target
-
-
-def _bce_backward_setup(ctx, inputs, output):
-    grad, logits, target, target_value, scale = inputs
-    ctx.target_value, ctx.scale = target_value, scale
-    ctx.save_for_backward(grad, logits, target)
-
-
-def _bce_backward_backward(ctx, grad_grad_x):
-    grad, logits, target = ctx.saved_tensors
-    d_grad, d_logits, d_target = _bce_grad_of_grad(
-        grad, logits, target, ctx.target_value, ctx.scale / logits.numel(), grad_grad_x
-    )
-    return d_grad.reshape(grad.shape), d_logits, d_target, None, None
-
-
-torch.library.register_autograd("ganplug::bce_loss_backward", _bce_backward_backward, setup_context=_bce_backward_setup)
-
-
-def _dbce_backward_setup(ctx, inputs, output):
-    grad, real, fake, real_target, fake_target, real_value, fake_value = inputs
-    ctx.values = (real_value, fake_value)
-    ctx.save_for_backward(grad, real, fake, real_target, fake_target)
-
-
-def _dbce_backward_backward(ctx, grad_grad_real, grad_grad_fake):
-    grad, real, fake, real_target, fake_target = ctx.saved_tensors
-    real_value, fake_value = ctx.values
-    dg_r, d_real, d_real_target = _bce_grad_of_grad(grad, real, real_target, real_value, 1.0 / real.numel(), grad_grad_real)
-    dg_f, d_fake, d_fake_target = _bce_grad_of_grad(grad, fake, fake_target, fake_value, 1.0 / fake.numel(), grad_grad_fake)
-    return (dg_r + dg_f).reshape(grad.shape), d_real, d_fake, d_real_target, d_fake_target, None, None
-
-
-torch.library.register_autograd(
-    "ganplug::discriminator_bce_backward", _dbce_backward_backward, setup_context=_dbce_backward_setup
-)
 
 
 # --- gradient penalty --------------------------------------------------------------------------
