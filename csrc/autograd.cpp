@@ -1,7 +1,6 @@
-// Autograd kernels of the loss ops, in C++: a Python autograd wrapper (torch.library
-// register_autograd) costs ~20 us a call, more than a loss on a GAN batch takes. Each backward
-// calls a backward op that is itself differentiable (the BCE ones here; gradient_penalty_backward
-// in ganplug/ops/_library.py), so gradients of gradients work.
+// Autograd kernels of the loss ops and their backward ops, in C++: a Python autograd wrapper
+// (torch.library register_autograd) costs ~20 us a call, more than a loss on a GAN batch takes.
+// Each backward calls a backward op that is itself differentiable, so gradients of gradients work.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -185,6 +184,40 @@ class WassersteinGeneratorLoss : public torch::autograd::Function<WassersteinGen
   }
 };
 
+// Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i with r_i = ||g_i||; rows with r_i = 0 give 0.
+class GradientPenaltyBackward : public torch::autograd::Function<GradientPenaltyBackward> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& gradients, double target) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>(
+        "ganplug::gradient_penalty_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({grad, gradients});
+    ctx->saved_data["target"] = target;
+    return op.call(grad, gradients, target);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &grad = saved[0], &gradients = saved[1];
+    const double target = ctx->saved_data["target"].toDouble();
+    const c10::SymInt rows = gradients.sym_size(0);
+    const at::Tensor u = gradients.reshape_symint({rows, -1});
+    const at::Tensor w = grads[0].reshape_symint({rows, -1});
+    const at::Tensor r = u.norm(2, at::IntArrayRef{1}, /*keepdim=*/true);
+    const at::Tensor nonzero = r > 0;
+    const at::Tensor zeros = at::zeros_like(r);
+    const at::Tensor r_safe = at::where(nonzero, r, at::ones_like(r));
+    const at::Tensor shrink = at::where(nonzero, 1 - r_safe.reciprocal() * target, zeros);
+    const at::Tensor uw = (u * w).sum(at::IntArrayRef{1}, /*keepdim=*/true);
+    const at::Tensor curvature = at::where(nonzero, uw * target / r_safe.pow(3), zeros);
+    const c10::Scalar batch(rows);
+    const at::Tensor d_grad = (shrink * uw).sum().mul(2.0).div(batch).reshape_symint(grad.sym_sizes());
+    const at::Tensor d_gradients =
+        (grad * (shrink * w + curvature * u)).mul(2.0).div(batch).reshape_symint(gradients.sym_sizes());
+    return {d_grad, d_gradients, at::Tensor()};
+  }
+};
+
 class GradientPenalty : public torch::autograd::Function<GradientPenalty> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gradients, double target) {
@@ -196,10 +229,8 @@ class GradientPenalty : public torch::autograd::Function<GradientPenalty> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>(
-        "ganplug::gradient_penalty_backward");
     const auto saved = ctx->get_saved_variables();
-    return {op.call(grads[0], saved[0], ctx->saved_data["target"].toDouble()), at::Tensor()};
+    return {GradientPenaltyBackward::apply(grads[0], saved[0], ctx->saved_data["target"].toDouble()), at::Tensor()};
   }
 };
 
@@ -231,6 +262,10 @@ at::Tensor wasserstein_critic_loss_autograd(const at::Tensor& real, const at::Te
 
 at::Tensor wasserstein_generator_loss_autograd(const at::Tensor& fake) { return WassersteinGeneratorLoss::apply(fake); }
 
+at::Tensor gradient_penalty_backward_autograd(const at::Tensor& grad, const at::Tensor& gradients, double target) {
+  return GradientPenaltyBackward::apply(grad, gradients, target);
+}
+
 at::Tensor gradient_penalty_autograd(const at::Tensor& gradients, double target) {
   return GradientPenalty::apply(gradients, target);
 }
@@ -245,6 +280,7 @@ TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss_autograd);
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_autograd);
   m.impl("gradient_penalty", &gradient_penalty_autograd);
+  m.impl("gradient_penalty_backward", &gradient_penalty_backward_autograd);
 }
 
 }  // namespace ganplug

@@ -1,6 +1,6 @@
 """Fake (shape) kernels of the torch.ops.ganplug operators, and the autograd formulas of
-linear_leaky_relu, its backward ops and gradient_penalty_backward. (The other loss ops' autograd
-is in C++, csrc/autograd.cpp: a Python wrapper costs more than the loss itself on a GAN batch.)
+linear_leaky_relu and its backward ops. (The loss ops' autograd, backward ops included, is in C++,
+csrc/autograd.cpp: a Python wrapper costs more than the loss itself on a GAN batch.)
 
 Every backward is built from ops that are themselves differentiable (the backward ops have
 autograd formulas of their own), so gradients of gradients work: a WGAN-GP or R1 step can
@@ -100,34 +100,3 @@ def _leaky_bias_backward(ctx, grad_pre, grad_bias):
 
 torch.library.register_autograd("ganplug::leaky_relu_backward", _leaky_backward, setup_context=_leaky_setup)
 torch.library.register_autograd("ganplug::leaky_relu_bias_backward", _leaky_bias_backward, setup_context=_leaky_setup)
-
-
-# --- gradient penalty --------------------------------------------------------------------------
-
-
-def _gp_backward_setup(ctx, inputs, output):
-    grad, gradients, target = inputs
-    ctx.target = target
-    ctx.save_for_backward(grad, gradients)
-
-
-def _gp_backward_backward(ctx, grad_grad):
-    """Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i, with r_i = ||g_i||; rows with r_i = 0 give 0."""
-    grad, gradients = ctx.saved_tensors
-    rows = gradients.shape[0]
-    u = gradients.reshape(rows, -1)
-    w = grad_grad.reshape(rows, -1)
-    r = u.norm(dim=1, keepdim=True)
-    nonzero = r > 0
-    r_safe = torch.where(nonzero, r, torch.ones_like(r))
-    shrink = torch.where(nonzero, 1 - ctx.target / r_safe, torch.zeros_like(r))
-    uw = (u * w).sum(dim=1, keepdim=True)
-    d_grad = (2.0 / rows) * (shrink * uw).sum()
-    curvature = torch.where(nonzero, ctx.target * uw / r_safe**3, torch.zeros_like(r))
-    d_gradients = (2.0 / rows) * grad * (shrink * w + curvature * u)
-    return d_grad.reshape(grad.shape), d_gradients.reshape(gradients.shape), None
-
-
-torch.library.register_autograd(
-    "ganplug::gradient_penalty_backward", _gp_backward_backward, setup_context=_gp_backward_setup
-)
