@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(BUILT): $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install -q "setuptools>=69" wheel ninja "torch>=2.5,<3" "numpy>=1.24,<3"
+	$(BIN)/python -m pip install -q "setuptools>=69" wheel ninja "torch>=2.5,<3" "torchvision>=0.20,<1" "numpy>=1.24,<3"
 	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 

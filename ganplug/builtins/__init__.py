@@ -1,0 +1,165 @@
+"""The built-in architectures, losses and datasets, registered through the same hooks as any
+third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live here: the factories are named
+as ``"module:function"`` strings so listing them does not import torch."""
+
+from __future__ import annotations
+
+from ganplug.plugin import ArchitectureSpec, DatasetSpec, LossSpec, Option, hookimpl
+
+_SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
+
+
+@hookimpl
+def ganplug_architectures() -> list[ArchitectureSpec]:
+    return [
+        ArchitectureSpec(
+            name="mlp",
+            summary="fully connected G and D on fused linear+LeakyReLU layers (Goodfellow et al. 2014)",
+            factory="ganplug.models.mlp:build",
+            options=(
+                Option("g_widths", str, "256,512,1024", "comma-separated hidden widths of G"),
+                Option("d_widths", str, "256,128,64", "comma-separated hidden widths of D"),
+                Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
+                _SLOPE,
+            ),
+        ),
+        ArchitectureSpec(
+            name="dcgan",
+            summary="strided (de)convolutions, BatchNorm in G, for square images 8-128 (Radford et al. 2016)",
+            factory="ganplug.models.dcgan:build",
+            options=(
+                Option("width", int, 64, "channels of D's first and G's last hidden layer"),
+                Option(
+                    "critic_norm",
+                    str,
+                    "auto",
+                    "normalisation in D: auto = batch, or layer under a gradient penalty",
+                    choices=("auto", "batch", "layer", "none"),
+                ),
+                _SLOPE,
+            ),
+        ),
+    ]
+
+
+_LABELS = (
+    Option("label_smoothing", float, 0.0, "one-sided: real targets become 1 - s"),
+    Option("label_noise", float, 0.0, "probability of flipping each target of D"),
+)
+
+
+@hookimpl
+def ganplug_losses() -> list[LossSpec]:
+    return [
+        LossSpec(
+            name="bce",
+            summary="non-saturating binary cross-entropy, -log D(G(z)) for G (Goodfellow et al. 2014)",
+            factory="ganplug.losses:NonSaturatingLoss",
+            options=_LABELS,
+            aliases=("vanilla",),
+        ),
+        LossSpec(
+            name="minimax",
+            summary="the saturating 2014 objective, log(1 - D(G(z))) for G",
+            factory="ganplug.losses:MinimaxLoss",
+            options=_LABELS,
+        ),
+        LossSpec(
+            name="wasserstein",
+            summary="Wasserstein critic with a gradient penalty, weight clipping or none (Arjovsky/Gulrajani et al. 2017)",
+            factory="ganplug.losses:WassersteinLoss",
+            options=(
+                Option(
+                    "lipschitz",
+                    str,
+                    "gp",
+                    "how the critic is kept 1-Lipschitz",
+                    choices=("gp", "clip", "none"),
+                ),
+                Option("gp_weight", float, 10.0, "gradient penalty weight lambda"),
+                Option("clip", float, 0.01, "weight clipping bound c"),
+            ),
+        ),
+        LossSpec(
+            name="hinge",
+            summary="hinge loss for D, -D(G(z)) for G (Lim & Ye 2017; Miyato et al. 2018)",
+            factory="ganplug.losses:HingeLoss",
+        ),
+    ]
+
+
+def _size(default: int) -> Option:
+    return Option("size", int, default, "number of samples drawn once, with the run's seed")
+
+
+_TORCHVISION = (
+    Option("root", str, "", "data directory (--data-dir)"),
+    Option("download", bool, False, "download into root when missing (--download)"),
+    Option("image_size", int, 0, "resize to this square size, 8-128; 0 keeps the native size"),
+)
+
+
+@hookimpl
+def ganplug_datasets() -> list[DatasetSpec]:
+    return [
+        DatasetSpec(
+            name="gaussian",
+            summary="1-D N(4, 1.25), the generator fed by uniform noise",
+            factory="ganplug.data.synthetic:gaussian",
+            options=(
+                Option("mean", float, 4.0, "mean of the target normal"),
+                Option("std", float, 1.25, "standard deviation of the target normal"),
+                _size(65536),
+            ),
+            value_range=None,
+            latent="uniform",
+        ),
+        DatasetSpec(
+            name="ring8",
+            summary="2-D: 8 Gaussians on the unit circle, std 0.01 (mode-collapse benchmark)",
+            factory="ganplug.data.synthetic:ring8",
+            options=(Option("std", float, 0.01, "std of each mode"), _size(65536)),
+            value_range=None,
+        ),
+        DatasetSpec(
+            name="grid25",
+            summary="2-D: 25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (mode-collapse benchmark)",
+            factory="ganplug.data.synthetic:grid25",
+            options=(Option("std", float, 0.05, "std of each mode"), _size(65536)),
+            value_range=None,
+        ),
+        DatasetSpec(
+            name="digits",
+            summary="1797 handwritten 8x8 digits bundled with scikit-learn (no download)",
+            factory="ganplug.data.images:digits",
+            options=(Option("image_size", int, 8, "resize to this square size, 8-128"),),
+        ),
+        DatasetSpec(
+            name="mnist",
+            summary="MNIST 28x28 handwritten digits (torchvision; from --data-dir)",
+            factory="ganplug.data.images:mnist",
+            options=_TORCHVISION,
+        ),
+        DatasetSpec(
+            name="fashion-mnist",
+            summary="Fashion-MNIST 28x28 clothing images (torchvision; from --data-dir)",
+            factory="ganplug.data.images:fashion_mnist",
+            options=_TORCHVISION,
+        ),
+        DatasetSpec(
+            name="cifar10",
+            summary="CIFAR-10 32x32 colour images (torchvision; from --data-dir)",
+            factory="ganplug.data.images:cifar10",
+            options=_TORCHVISION,
+        ),
+        DatasetSpec(
+            name="image-folder",
+            summary="every image under a folder, resized to a square (--data-dir, --image-size)",
+            factory="ganplug.data.images:image_folder",
+            options=(
+                Option("root", str, "", "folder of images, searched recursively (--data-dir)"),
+                Option("image_size", int, 64, "square size, 8-128"),
+                Option("channels", int, 3, "1 for greyscale, 3 for RGB"),
+            ),
+        ),
+    ]

@@ -1,0 +1,28 @@
+"""The hooks a plugin implements. Each returns a list of specs (see :mod:`ganplug.plugin`).
+
+Every hook here is documented in docs/plugins.md and exercised in tests/test_hooks.py; a test
+fails when one is not.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def ganplug_architectures() -> list[ArchitectureSpec]:
+    """Generator/discriminator pairs this plugin adds (``--arch NAME``)."""
+
+
+@hookspec
+def ganplug_losses() -> list[LossSpec]:
+    """Adversarial objectives this plugin adds (``--loss NAME``)."""
+
+
+@hookspec
+def ganplug_datasets() -> list[DatasetSpec]:
+    """Training data this plugin adds (``--dataset NAME``)."""

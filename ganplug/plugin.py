@@ -1,0 +1,220 @@
+"""What a plugin writes: the ``hookimpl`` marker and the spec dataclasses its hooks return.
+
+Importing this module never imports torch, so ``ganplug --help``, ``ganplug plugins`` and
+``ganplug list`` stay fast. A spec names its factory either as a callable or, better, as a
+``"package.module:function"`` string that is imported only when the thing is built.
+
+Factory contracts (what ``spec.load()(...)`` must return):
+
+- architecture: ``factory(ctx: ModelContext, **options) -> (generator, discriminator)``, two
+  ``torch.nn.Module``s. The generator maps ``(N, ctx.latent_dim)`` to ``(N, *ctx.data_shape)``;
+  the discriminator maps ``(N, *ctx.data_shape)`` to logits of shape ``(N,)``. A data shape the
+  architecture cannot handle raises :class:`ganplug.errors.GanplugError` with a one-line reason.
+- loss: ``factory(**options) -> GANLoss`` (see :mod:`ganplug.losses` for the interface).
+- dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
+  float tensor of one sample (or a ``(sample, label)`` tuple) with values in ``spec.value_range``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import pluggy
+
+from ganplug.errors import GanplugError
+
+PROJECT = "ganplug"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+OPTION_TYPES = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword argument a factory accepts: ``--arch-opt NAME=VALUE`` on the command line."""
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise TypeError(f"option {self.name!r}: type must be one of bool, int, float, str")
+
+    def convert(self, value: Any) -> Any:
+        """Turn ``value`` (a string from the command line, or a TOML value) into ``self.type``.
+
+        Raises ``ValueError`` with a message that names the expected type.
+        """
+        kind = self.type.__name__
+        if isinstance(value, str) and self.type is not str:
+            text = value.strip()
+            if self.type is bool:
+                lowered = text.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    value = True
+                elif lowered in ("0", "false", "no", "off"):
+                    value = False
+                else:
+                    raise ValueError(f"expected true or false, got {value!r}")
+            else:
+                try:
+                    value = self.type(text)
+                except ValueError:
+                    raise ValueError(f"expected {kind}, got {value!r}") from None
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not self.type:
+            raise ValueError(f"expected {kind}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    summary: str
+    factory: Callable[..., Any] | str
+    options: tuple[Option, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(self.options))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: option names repeat: {names}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def load(self) -> Callable[..., Any]:
+        """The factory, importing it now when it was given as ``"module:function"``."""
+        if callable(self.factory):
+            return self.factory
+        module_name, _, attr = self.factory.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option of this spec: defaults, overridden by ``given`` after type checks.
+
+        Raises :class:`GanplugError` naming the bad option and the accepted ones.
+        """
+        known = {o.name: o for o in self.options}
+        resolved = {o.name: o.default for o in self.options}
+        for key, value in given.items():
+            option = known.get(key.replace("-", "_"))
+            if option is None:
+                accepted = ", ".join(known) or "none"
+                raise GanplugError(
+                    f"{self.kind} {self.name!r} has no option {key!r} (it accepts: {accepted})"
+                )
+            try:
+                resolved[option.name] = option.convert(value)
+            except ValueError as error:
+                raise GanplugError(f"{self.kind} {self.name!r} option {key}: {error}") from None
+        return resolved
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description for ``ganplug list --json``."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "aliases": list(self.aliases),
+            "options": [
+                {
+                    "name": o.name,
+                    "type": o.type.__name__,
+                    "default": o.default,
+                    "help": o.help,
+                    **({"choices": list(o.choices)} if o.choices else {}),
+                }
+                for o in self.options
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults a loss recommends; every field can be overridden by the user."""
+
+    n_critic: int = 1
+    optimizer: str = "adam"  # "adam" or "rmsprop"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec(_Spec):
+    """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``."""
+
+    kind = "architecture"
+
+
+@dataclass(frozen=True)
+class LossSpec(_Spec):
+    """An adversarial objective: ``factory(**options) -> GANLoss``."""
+
+    kind = "loss"
+
+
+@dataclass(frozen=True)
+class DatasetSpec(_Spec):
+    """Training data: ``factory(ctx: DataContext, **options) -> Dataset``.
+
+    ``value_range`` is the range of the samples (``None``: unbounded, so generators use a linear
+    output instead of tanh); ``latent`` is the noise the generator is fed by default.
+    """
+
+    kind = "dataset"
+    value_range: tuple[float, float] | None = (-1.0, 1.0)
+    latent: str = "normal"
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["value_range"] = list(self.value_range) if self.value_range else None
+        info["latent"] = self.latent
+        return info
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What an architecture factory is told about the run.
+
+    data_shape: one sample, e.g. ``(1, 8, 8)`` for images or ``(2,)`` for 2-D points.
+    bounded: samples lie in [-1, 1] (generator ends in tanh); False means a linear output.
+    critic_batchnorm: False when the loss penalises the critic's input gradient (WGAN-GP), where
+        BatchNorm would couple samples; the discriminator then uses layer norm or none.
+    """
+
+    data_shape: tuple[int, ...]
+    latent_dim: int
+    bounded: bool = True
+    critic_batchnorm: bool = True
+
+
+@dataclass(frozen=True)
+class DataContext:
+    """What a dataset factory is told: ``seed`` fixes any randomness in drawing the data."""
+
+    seed: int = 0
+
+
+__all__ = [
+    "ArchitectureSpec",
+    "DataContext",
+    "DatasetSpec",
+    "LossSpec",
+    "ModelContext",
+    "Option",
+    "Recipe",
+    "hookimpl",
+]
