@@ -1,5 +1,13 @@
-"""The one exception type users see as a one-line message (no traceback unless ``--debug``)."""
+"""Errors users see as one line (no traceback unless ``--debug``), with the exit code they get."""
 
 
 class GanplugError(Exception):
     """Something the user can fix: the message says what was wrong and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(GanplugError):
+    """A bad name, option or value on the command line or in a config file (exit code 2)."""
+
+    exit_code = 2

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from ganplug.errors import GanplugError
+from ganplug.errors import UsageError
 
 PROJECT = "ganplug"
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -105,7 +105,7 @@ class _Spec:
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every option of this spec: defaults, overridden by ``given`` after type checks.
 
-        Raises :class:`GanplugError` naming the bad option and the accepted ones.
+        Raises :class:`ganplug.errors.UsageError` naming the bad option and the accepted ones.
         """
         known = {o.name: o for o in self.options}
         resolved = {o.name: o.default for o in self.options}
@@ -113,13 +113,13 @@ class _Spec:
             option = known.get(key.replace("-", "_"))
             if option is None:
                 accepted = ", ".join(known) or "none"
-                raise GanplugError(
+                raise UsageError(
                     f"{self.kind} {self.name!r} has no option {key!r} (it accepts: {accepted})"
                 )
             try:
                 resolved[option.name] = option.convert(value)
             except ValueError as error:
-                raise GanplugError(f"{self.kind} {self.name!r} option {key}: {error}") from None
+                raise UsageError(f"{self.kind} {self.name!r} option {key}: {error}") from None
         return resolved
 
     def describe(self) -> dict[str, Any]:

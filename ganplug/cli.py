@@ -1,0 +1,343 @@
+"""The ``ganplug`` command line (click). Imports torch only inside the commands that need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ganplug import __version__
+from ganplug.errors import GanplugError, UsageError
+from ganplug.registry import KINDS, get_registry, resolve_kind
+
+# -- shared option helpers ---------------------------------------------------------------------
+
+
+def _complete_names(kind: str):
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        return [name for name in get_registry().names(kind) if name.startswith(incomplete)]
+
+    return complete
+
+
+def parse_pairs(flag: str, pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("width=32", "critic_norm=layer")`` -> ``{"width": "32", ...}``; UsageError if no ``=``."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- the group ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ganplug")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (also GANPLUG_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """Train GANs on fused C++/CUDA kernels, with architectures, losses and datasets from plugins.
+
+    \b
+    Start here:
+      ganplug train --arch dcgan --loss wasserstein   # digits, bundled, no download
+      ganplug list losses                            # what --loss accepts
+      ganplug plugins                                # installed plugins and their status
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List plugins: version, status (ok/failed/disabled) and what each registers."""
+    registry = get_registry()
+    if as_json:
+        _echo_json([info.describe() for info in registry.plugins])
+        return
+    for info in registry.plugins:
+        origin = f"{info.distribution} {info.version}" if info.distribution else "(not installed)"
+        label = "built-in" if info.builtin else origin
+        click.echo(f"{info.name}  [{label}]  {info.status}")
+        if info.error:
+            click.echo(f"    error: {info.error}")
+        for kind, names in info.registers.items():
+            click.echo(f"    {KINDS[kind].plural}: {', '.join(names)}")
+
+
+@cli.command("list")
+@click.argument("kind", metavar="{archs|losses|datasets}")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(kind: str, as_json: bool) -> None:
+    """List architectures, losses or datasets with summaries and options."""
+    resolved = resolve_kind(kind)
+    entries = get_registry().entries(resolved.name)
+    if as_json:
+        _echo_json([{"plugin": e.plugin, **e.spec.describe()} for e in entries])
+        return
+    for entry in entries:
+        spec = entry.spec
+        aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
+        source = "" if entry.plugin == "ganplug" else f"  [{entry.plugin}]"
+        click.echo(f"{spec.name}{aliases}{source}")
+        click.echo(f"    {spec.summary}")
+        for option in spec.options:
+            choices = f" ({'|'.join(option.choices)})" if option.choices else ""
+            click.echo(
+                f"    {option.name}: {option.type.__name__} = {option.default!r}{choices}  {option.help}"
+            )
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+# CLI flags that are shorthands for an option of the chosen loss or dataset.
+SHORTHANDS = {
+    "label_smoothing": ("loss_options", "label_smoothing", "--label-smoothing"),
+    "label_noise": ("loss_options", "label_noise", "--label-noise"),
+    "data_dir": ("data_options", "root", "--data-dir"),
+    "download": ("data_options", "download", "--download"),
+    "image_size": ("data_options", "image_size", "--image-size"),
+}
+OPTION_FLAGS = {"arch_opt": "arch_options", "loss_opt": "loss_options", "data_opt": "data_options"}
+SPEC_OF = {"arch_options": "architecture", "loss_options": "loss", "data_options": "dataset"}
+
+
+def _train_options(func):
+    options = [
+        click.option("--arch", shell_complete=_complete_names("architecture"), help="Architecture [default: dcgan]; see `ganplug list archs`."),
+        click.option("--loss", shell_complete=_complete_names("loss"), help="Loss [default: wasserstein]; see `ganplug list losses`."),
+        click.option("--dataset", shell_complete=_complete_names("dataset"), help="Dataset [default: digits]; see `ganplug list datasets`."),
+        click.option("--arch-opt", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable)."),
+        click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option (repeatable)."),
+        click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Dataset option (repeatable)."),
+        click.option("--steps", type=click.IntRange(min=1), help="Generator updates [default: 2000]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch [default: 64]."),
+        click.option("--n-critic", type=click.IntRange(min=1), help="Critic updates per generator update [default: the loss's]."),
+        click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
+        click.option("--lr-g", type=click.FloatRange(min=0, min_open=True), help="Generator learning rate [default: the loss's]."),
+        click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="Critic learning rate [default: the loss's]."),
+        click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
+        click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z [default: 64 for images, 8 otherwise]."),
+        click.option("--latent", type=click.Choice(["normal", "uniform"]), help="Distribution of z [default: the dataset's]."),
+        click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
+        click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
+        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it."),
+        click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+        click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
+        click.option("--data-dir", type=click.Path(file_okay=False), help="Where torchvision datasets and image folders live."),
+        click.option("--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."),
+        click.option("--image-size", type=int, help="Resize images to this square size (8-128)."),
+        click.option("--sample-every", type=click.IntRange(min=0), help="Steps between sample grids; 0 = end only [default: 250]."),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between checkpoints; 0 = end only [default: 500]."),
+        click.option("--log-every", type=click.IntRange(min=1), help="Steps between metrics.jsonl lines [default: 10]."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
+        click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
+        click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar, log lines only."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"--config: no file {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"--config {path}: not valid TOML ({error})") from None
+
+
+def _parse_betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--betas expects two numbers like 0.5,0.999, got {text!r}") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise UsageError(f"--betas must lie in [0, 1), got {text!r}")
+    return (b1, b2)
+
+
+def build_config(given: dict[str, Any]):
+    """A :class:`TrainConfig` from the command line's explicitly given values (and ``--config``).
+
+    Names and options are checked here, before torch loads, so mistakes fail fast.
+    """
+    from ganplug.train.config import TrainConfig
+
+    values: dict[str, Any] = {}
+    if given.get("config_file"):
+        values = _read_config_file(given["config_file"])
+        try:
+            config = TrainConfig.from_dict(values)
+        except KeyError as error:
+            raise UsageError(f"--config {given['config_file']}: unknown keys {error.args[0]}") from None
+        except TypeError as error:
+            raise UsageError(f"--config {given['config_file']}: {error}") from None
+    else:
+        config = TrainConfig()
+    for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "optimizer",
+                       "lr_g", "lr_d", "latent_dim", "latent", "ema", "amp", "device", "seed",
+                       "sample_every", "checkpoint_every", "log_every"):
+        if given.get(field_name) is not None:
+            setattr(config, field_name, given[field_name])
+    if given.get("betas") is not None:
+        config.betas = _parse_betas(given["betas"])
+    for flag, attribute in OPTION_FLAGS.items():
+        cli_flag = "--" + flag.replace("_", "-")
+        getattr(config, attribute).update(parse_pairs(cli_flag, given.get(flag) or ()))
+    registry = get_registry()
+    specs = {
+        "arch_options": registry.resolve("architecture", config.arch),
+        "loss_options": registry.resolve("loss", config.loss),
+        "data_options": registry.resolve("dataset", config.dataset),
+    }
+    for key, (attribute, option, cli_flag) in SHORTHANDS.items():
+        if given.get(key) is None:
+            continue
+        spec = specs[attribute]
+        if option not in {o.name for o in spec.options}:
+            raise UsageError(
+                f"{cli_flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})"
+            )
+        getattr(config, attribute)[option] = given[key]
+    for attribute, spec in specs.items():
+        setattr(config, attribute, spec.resolve_options(getattr(config, attribute)))
+    return config
+
+
+def _default_run_dir(config) -> Path:
+    base = Path("runs") / f"{config.arch}-{config.loss}-{config.dataset}".replace(":", "_")
+    candidate, number = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = Path(f"{base}-{number}")
+    return candidate
+
+
+@cli.command()
+@_train_options
+@click.pass_context
+def train(ctx: click.Context, **given: Any) -> None:
+    """Train a GAN; writes config, metrics.jsonl, sample grids and checkpoints to --out.
+
+    \b
+    Examples:
+      ganplug train --arch dcgan --loss wasserstein
+      ganplug train --arch mlp --loss bce --dataset ring8 --steps 5000
+      ganplug train --resume runs/dcgan-wasserstein-digits --steps 4000
+    """
+    explicit = {
+        name: value
+        for name, value in given.items()
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    if explicit.get("resume"):
+        _resume(explicit)
+        return
+    config = build_config(explicit)
+    run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
+    from ganplug.train import train as run_training
+
+    run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+
+
+def _resume(explicit: dict[str, Any]) -> None:
+    from ganplug.train import train as run_training
+    from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config
+    from ganplug.train.config import TrainConfig
+
+    checkpoint = find_checkpoint(Path(explicit.pop("resume")))
+    stored = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+    quiet = bool(explicit.pop("quiet", False))
+    if explicit.get("out"):
+        raise UsageError("--resume continues in the run's own directory; drop --out")
+    overrides = {k: v for k, v in explicit.items() if k not in ("config_file",)}
+    if "config_file" in explicit:
+        raise UsageError("--resume takes the run's stored config; drop --config")
+    config = resume_config(stored, overrides)
+    run_training(config, checkpoint.parent.parent, resume_from=checkpoint, quiet=quiet)
+
+
+# -- sample ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory.")
+@click.option("-n", "--num", "num", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output: .png (grid or plot), .npy or .pt.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
+@click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def sample(checkpoint: str, num: int, out: str, seed: int, no_ema: bool, device: str) -> None:
+    """Draw samples from a trained generator into an image or array file."""
+    from ganplug.generate import load_generator, sample as draw
+    from ganplug.train.checkpoint import find_checkpoint
+    from ganplug.train.render import save_samples
+
+    generator = load_generator(find_checkpoint(Path(checkpoint)), ema=not no_ema, device=device)
+    samples = draw(generator, num, seed=seed)
+    save_samples(samples, Path(out), value_range=generator.value_range)
+    click.echo(f"wrote {num} samples to {out}")
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args or bool(os.environ.get("GANPLUG_DEBUG"))
+    args = [arg for arg in args if arg != "--debug"]  # accepted anywhere on the line
+    try:
+        code = cli.main(args=args, prog_name="ganplug", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("ganplug: interrupted", err=True)
+        code = 130
+    except click.UsageError as error:
+        if debug:
+            raise
+        command = error.ctx.command_path if error.ctx else "ganplug"
+        click.echo(f"Error: {error.format_message()} (see: {command} --help)", err=True)
+        code = error.exit_code
+    except click.ClickException as error:
+        if debug:
+            raise
+        click.echo(f"Error: {error.format_message()}", err=True)
+        code = error.exit_code
+    except GanplugError as error:
+        if debug:
+            raise
+        click.echo(f"Error: {error}", err=True)
+        code = error.exit_code
+    except Exception as error:
+        if debug:
+            raise
+        click.echo(
+            f"Error: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
