@@ -1,0 +1,137 @@
+"""DCGAN (Radford et al. 2016): strided (de)convolutions for square images of side 8 to 128.
+
+The side S is halved by k stride-2 stages while it stays even and at least 4 after halving, down
+to a base of ``S / 2**k`` (8 -> 4, k=1; 28 -> 7, k=2; 32 -> 4, k=3; 64 -> 4, k=4; 128 -> 4, k=5).
+
+G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU -> k
+ConvTranspose2d stages halving the channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when
+bounded.
+D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each,
+normalised from the second on -> flatten -> fused linear projection -> logits (N,).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ganplug.errors import GanplugError
+from ganplug.models.mlp import check_context
+from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.plugin import ModelContext
+
+MIN_SIDE, MAX_SIDE = 8, 128
+_SIDES = (8, 16, 32, 64, 128)
+
+
+def num_stages(side: int) -> int:
+    """How many stride-2 stages halve ``side`` while it is even and the half is at least 4."""
+    k = 0
+    while side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+        k += 1
+    return k
+
+
+def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, side, stages) of an image shape dcgan can model; GanplugError otherwise."""
+    shape = tuple(data_shape)
+    if len(shape) != 3:
+        raise GanplugError(
+            f"dcgan needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data"
+        )
+    channels, height, width = shape
+    nearest = min(_SIDES, key=lambda s: (abs(s - max(height, width)), s))
+    if height != width:
+        raise GanplugError(f"dcgan needs square images; got shape {shape}: resize with --image-size {nearest}")
+    if channels < 1 or not MIN_SIDE <= height <= MAX_SIDE or num_stages(height) == 0:
+        raise GanplugError(
+            f"dcgan needs square images of side {MIN_SIDE}-{MAX_SIDE} with a factor of 2; got shape {shape}: "
+            f"resize with --image-size {nearest}"
+        )
+    return channels, height, num_stages(height)
+
+
+def init_dcgan_weights(module: nn.Module) -> nn.Module:
+    """The DCGAN initialisation, in place on every submodule: conv, transposed conv and linear
+    weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), all their biases 0. Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def _critic_norm(kind: str, channels: int) -> nn.Module:
+    """The normalisation after a critic stage: "batch", "layer" (over C, H, W, affine) or "none"."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class DCGANGenerator(nn.Sequential):
+    """(N, latent_dim) -> (N, channels, S, S) with S = base * 2**stages."""
+
+    def __init__(self, latent_dim: int, channels: int, side: int, stages: int, width: int, bounded: bool) -> None:
+        base = side >> stages
+        c = width * 2 ** (stages - 1)
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, c * base * base, bias=False),
+            nn.Unflatten(1, (c, base, base)),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        ]
+        for _ in range(stages - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU()]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh() if bounded else nn.Identity()]
+        super().__init__(*layers)
+
+
+class DCGANDiscriminator(nn.Sequential):
+    """(N, channels, S, S) -> logits (N,); ``norm`` is "batch", "layer" or "none"."""
+
+    def __init__(self, channels: int, side: int, stages: int, width: int, slope: float, norm: str) -> None:
+        layers: list[nn.Module] = []
+        c_in, c = channels, width
+        for stage in range(stages):
+            normed = stage > 0 and norm != "none"
+            layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=not (normed and norm == "batch")))
+            if normed:
+                layers.append(_critic_norm(norm, c))
+            layers.append(nn.LeakyReLU(slope))
+            c_in, c = c, c * 2
+        base = side >> stages
+        layers += [nn.Flatten(), FusedLinearLeakyReLU(c_in * base * base, 1, negative_slope=1.0), nn.Flatten(0)]
+        super().__init__(*layers)
+
+
+def build(
+    ctx: ModelContext, width: int = 64, critic_norm: str = "auto", slope: float = 0.2
+) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+    """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S)."""
+    check_context("dcgan", ctx)
+    channels, side, stages = check_shape(ctx.data_shape)
+    if width < 1:
+        raise GanplugError(f"dcgan option width={width} must be at least 1; write e.g. --arch-opt width=64")
+    if not (math.isfinite(slope) and slope >= 0.0):
+        raise GanplugError(f"dcgan option slope={slope} must be a number >= 0; write e.g. --arch-opt slope=0.2")
+    if critic_norm == "auto":
+        critic_norm = "batch" if ctx.critic_batchnorm else "layer"
+    elif critic_norm == "batch" and not ctx.critic_batchnorm:
+        raise GanplugError(
+            "dcgan option critic_norm=batch conflicts with this loss's gradient penalty (BatchNorm couples the "
+            "samples the penalty treats independently; Gulrajani et al. 2017): use --arch-opt critic_norm=layer"
+        )
+    elif critic_norm not in ("batch", "layer", "none"):
+        raise GanplugError(f"dcgan option critic_norm={critic_norm!r}: expected one of auto, batch, layer, none")
+    generator = DCGANGenerator(ctx.latent_dim, channels, side, stages, width, ctx.bounded)
+    discriminator = DCGANDiscriminator(channels, side, stages, width, slope, critic_norm)
+    return init_dcgan_weights(generator), init_dcgan_weights(discriminator)

@@ -1,0 +1,88 @@
+"""The classic fully connected GAN (Goodfellow et al. 2014) on fused linear+LeakyReLU layers.
+
+G: z (N, latent_dim) -> 256 -> 512 -> 1024 -> (N, *data_shape), tanh when bounded.
+D: x (N, *data_shape) -> flatten -> 256 -> 128 -> 64 -> logits (N,), dropout after each hidden
+layer. Works for any data shape (vectors and images alike).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ganplug.errors import GanplugError
+from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.plugin import ModelContext
+
+
+def parse_widths(name: str, text: str) -> tuple[int, ...]:
+    """``"256,512,1024"`` -> ``(256, 512, 1024)``; anything else raises GanplugError."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise GanplugError(
+            f"mlp option {name}={text!r} is not a comma-separated list of positive integers; "
+            f"write e.g. --arch-opt {name}=256,512,1024"
+        )
+    return tuple(int(p) for p in parts)
+
+
+class MLPGenerator(nn.Sequential):
+    """(N, latent_dim) -> (N, *data_shape): fused linear+LeakyReLU hidden layers, then a linear
+    output, tanh when ``bounded``."""
+
+    def __init__(
+        self, latent_dim: int, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, bounded: bool
+    ) -> None:
+        layers: list[nn.Module] = []
+        prev = latent_dim
+        for width in widths:
+            layers.append(FusedLinearLeakyReLU(prev, width, negative_slope=slope))
+            prev = width
+        layers += [
+            nn.Linear(prev, math.prod(data_shape)),
+            nn.Tanh() if bounded else nn.Identity(),
+            nn.Unflatten(1, tuple(data_shape)),
+        ]
+        super().__init__(*layers)
+
+
+class MLPDiscriminator(nn.Sequential):
+    """(N, *data_shape) -> logits (N,): flatten, fused linear+LeakyReLU hidden layers each followed
+    by dropout, then a fused linear projection to one logit (negative_slope=1.0: no activation)."""
+
+    def __init__(self, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, dropout: float) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = math.prod(data_shape)
+        for width in widths:
+            layers += [FusedLinearLeakyReLU(prev, width, negative_slope=slope), nn.Dropout(dropout)]
+            prev = width
+        layers += [FusedLinearLeakyReLU(prev, 1, negative_slope=1.0), nn.Flatten(0)]
+        super().__init__(*layers)
+
+
+def check_context(arch: str, ctx: ModelContext) -> None:
+    """The checks every architecture shares: a positive latent size and a non-empty data shape."""
+    if ctx.latent_dim < 1:
+        raise GanplugError(f"{arch}: latent_dim must be at least 1, got {ctx.latent_dim}; set --latent-dim 8 or more")
+    if len(ctx.data_shape) == 0 or any(d < 1 for d in ctx.data_shape):
+        raise GanplugError(f"{arch}: data shape {tuple(ctx.data_shape)} has no samples to model; check the dataset")
+
+
+def build(
+    ctx: ModelContext,
+    g_widths: str = "256,512,1024",
+    d_widths: str = "256,128,64",
+    dropout: float = 0.3,
+    slope: float = 0.2,
+) -> tuple[MLPGenerator, MLPDiscriminator]:
+    """The (generator, discriminator) pair for ``ctx``; see the module docstring for the layers."""
+    check_context("mlp", ctx)
+    g = parse_widths("g_widths", g_widths)
+    d = parse_widths("d_widths", d_widths)
+    if not 0.0 <= dropout < 1.0:
+        raise GanplugError(f"mlp option dropout={dropout} is outside [0, 1); write e.g. --arch-opt dropout=0.3")
+    if not (math.isfinite(slope) and slope >= 0.0):
+        raise GanplugError(f"mlp option slope={slope} must be a number >= 0; write e.g. --arch-opt slope=0.2")
+    shape = tuple(ctx.data_shape)
+    return MLPGenerator(ctx.latent_dim, shape, g, slope, ctx.bounded), MLPDiscriminator(shape, d, slope, dropout)
