@@ -1,0 +1,171 @@
+"""The command line: listing, errors as one line with exit code 2, broken plugins on sys.path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganplug.cli import build_config, main, parse_pairs
+from ganplug.errors import UsageError
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ganplug", *args], capture_output=True, text=True, env=full_env
+    )
+
+
+def test_help_lists_the_commands(capsys):
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    for command in ("train", "sample", "list", "plugins"):
+        assert f"  {command} " in out
+
+
+def test_list_losses(capsys):
+    code, out, _ = run_main(capsys, "list", "losses")
+    assert code == 0
+    assert out.splitlines()[0] == "bce (alias vanilla)"
+    assert "lipschitz: str = 'gp' (gp|clip|none)" in out
+
+
+def test_list_json(capsys):
+    code, out, _ = run_main(capsys, "list", "datasets", "--json")
+    assert code == 0
+    datasets = {d["name"]: d for d in json.loads(out)}
+    assert datasets["gaussian"]["latent"] == "uniform"
+    assert datasets["ring8"]["value_range"] is None
+    assert datasets["digits"]["value_range"] == [-1.0, 1.0]
+    assert datasets["digits"]["options"][0] == {
+        "name": "image_size", "type": "int", "default": 8, "help": "resize to this square size, 8-128"
+    }
+
+
+def test_plugins_json(capsys):
+    code, out, _ = run_main(capsys, "plugins", "--json")
+    assert code == 0
+    builtin = json.loads(out)[0]
+    assert (builtin["name"], builtin["status"]) == ("ganplug", "ok")
+    assert "wasserstein" in builtin["registers"]["loss"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["list", "lossses"], "Error: unknown kind 'lossses'. Did you mean 'losses'?"),
+        (["train", "--loss", "wasserstien"], "Error: unknown loss 'wasserstien'. Did you mean 'wasserstein'?"),
+        (["train", "--arch", "gan"], "Error: unknown architecture 'gan'."),
+        (["train", "--steps", "many"], "Error: Invalid value for '--steps': 'many' is not a valid integer"),
+        (["train", "--steps", "0"], "Error: Invalid value for '--steps'"),
+        (["train", "--arch-opt", "width"], "Error: --arch-opt expects KEY=VALUE, got 'width'"),
+        (["train", "--arch-opt", "depth=3"], "Error: architecture 'dcgan' has no option 'depth'"),
+        (["train", "--loss-opt", "lipschitz=spectral"], "Error: loss 'wasserstein' option lipschitz: expected one of gp, clip, none, got 'spectral'"),
+        (["train", "--dataset", "ring8", "--image-size", "16"], "Error: --image-size does not apply to dataset 'ring8'"),
+        (["train", "--loss", "hinge", "--label-smoothing", "0.1"], "Error: --label-smoothing does not apply to loss 'hinge'"),
+        (["train", "--betas", "0.5"], "Error: --betas expects two numbers like 0.5,0.999"),
+        (["train", "--config", "no-such-file.toml"], "Error: --config: no file no-such-file.toml"),
+        (["sample"], "Error: Missing option '--checkpoint'"),
+        (["nonsense"], "Error: No such command 'nonsense'"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(capsys, args, message):
+    code, out, err = run_main(capsys, *args)
+    assert code == 2
+    assert err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_exception(capsys):
+    with pytest.raises(UsageError):
+        main(["--debug", "train", "--loss", "wasserstien"])
+    with pytest.raises(UsageError):  # --debug is accepted after the command too
+        main(["train", "--loss", "wasserstien", "--debug"])
+
+
+def test_parse_pairs():
+    assert parse_pairs("--x", ("a=1", "b-c = two", "d=")) == {"a": "1", "b_c": "two", "d": ""}
+    with pytest.raises(UsageError, match="--x expects KEY=VALUE, got '=1'"):
+        parse_pairs("--x", ("=1",))
+
+
+def test_config_precedence(tmp_path: Path):
+    """Command line over --config over defaults; options merge key by key."""
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(
+        'loss = "bce"\nsteps = 50\nbatch_size = 32\n[arch_options]\nwidth = 16\nslope = 0.1\n'
+    )
+    config = build_config(
+        {"config_file": str(config_file), "steps": 7, "arch_opt": ("width=8",), "label_smoothing": 0.1}
+    )
+    assert (config.arch, config.loss, config.dataset) == ("dcgan", "bce", "digits")
+    assert config.steps == 7  # command line wins
+    assert config.batch_size == 32  # from the file
+    assert config.arch_options == {"width": 8, "critic_norm": "auto", "slope": 0.1}
+    assert config.loss_options == {"label_smoothing": 0.1, "label_noise": 0.0}
+    assert config.lr_g is None  # left for the loss's recipe
+
+
+def test_config_file_with_unknown_keys(tmp_path: Path, capsys):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("stepz = 3\n")
+    code, _, err = run_main(capsys, "train", "--config", str(config_file))
+    assert code == 2 and "unknown keys stepz" in err
+
+
+def _fake_distribution(root: Path, name: str, module_source: str) -> None:
+    """A plugin 'installed' on sys.path: a module and a dist-info with its entry point."""
+    (root / f"{name}.py").write_text(module_source)
+    info = root / f"{name}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[ganplug]\n{name} = {name}\n")
+
+
+def test_a_plugin_whose_import_raises_is_reported_and_skipped(tmp_path: Path):
+    _fake_distribution(tmp_path, "brokenplug", "raise ImportError('needs libfoo 2')\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    listing = run_cli("list", "archs", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.startswith("mlp\n")
+    assert "plugin 'brokenplug' (brokenplug 0.3) skipped: import failed: ImportError: needs libfoo 2" in listing.stderr
+    plugins = json.loads(run_cli("plugins", "--json", env=env).stdout)
+    broken = next(p for p in plugins if p["name"] == "brokenplug")
+    assert (broken["status"], broken["version"], broken["distribution"]) == ("failed", "0.3", "brokenplug")
+
+
+def test_an_installed_plugin_is_used_by_name(tmp_path: Path):
+    _fake_distribution(
+        tmp_path,
+        "extraplug",
+        "from ganplug.plugin import LossSpec, hookimpl\n"
+        "@hookimpl\n"
+        "def ganplug_losses():\n"
+        "    return [LossSpec('softplus', 'a loss', 'ganplug.losses:HingeLoss')]\n",
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    listing = run_cli("list", "losses", env=env)
+    assert "softplus  [extraplug]" in listing.stdout
+    disabled = run_cli("list", "losses", env={**env, "GANPLUG_DISABLE_PLUGINS": "extraplug"})
+    assert "softplus" not in disabled.stdout
+    plugins = run_cli("plugins", env={**env, "GANPLUG_LOAD_PLUGINS": ""}).stdout
+    assert "extraplug  [extraplug 0.3]  disabled" in plugins
+
+
+def test_shell_completion_of_names():
+    completed = run_cli(
+        env={"_GANPLUG_COMPLETE": "bash_complete", "COMP_WORDS": "ganplug train --loss wa", "COMP_CWORD": "3"}
+    )
+    assert "plain,wasserstein" in completed.stdout.splitlines()
