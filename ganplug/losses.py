@@ -8,11 +8,14 @@ detached 0-d tensors that the trainer logs (``wasserstein``, ``gp``, ``d_real``,
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ganplug import ops
+from ganplug.errors import GanplugError
 from ganplug.plugin import Recipe
 
 Critic = Callable[[Tensor], Tensor]
@@ -39,3 +42,203 @@ class GANLoss:
 
     def after_critic_step(self, critic: torch.nn.Module) -> None:
         """Called after each optimiser step of the critic (weight clipping lives here)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in losses
+# --------------------------------------------------------------------------------------------
+
+_DCGAN_RECIPE = Recipe(n_critic=1, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
+_WGAN_GP_RECIPE = Recipe(n_critic=5, optimizer="adam", lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9))
+_WGAN_CLIP_RECIPE = Recipe(n_critic=5, optimizer="rmsprop", lr_g=5e-5, lr_d=5e-5)
+
+
+def _number(loss: str, name: str, value: object) -> float:
+    """``value`` as a finite float, or a one-line :class:`GanplugError` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GanplugError(f"loss {loss!r} option {name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _check(loss: str, name: str, value: float, ok: bool, expected: str) -> None:
+    if not ok:
+        raise GanplugError(f"loss {loss!r} option {name} must be {expected}, got {value!r}")
+
+
+def _target_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _mean_sigmoid(logits: Tensor) -> Tensor:
+    return torch.sigmoid(logits.detach().float()).mean()
+
+
+def _mean(scores: Tensor) -> Tensor:
+    return scores.detach().float().mean()
+
+
+class _LabelledBCELoss(GANLoss):
+    """The cross-entropy critic shared by ``bce`` and ``minimax``, with one-sided label smoothing
+    (real target 1 - s) and label noise (each of D's targets flipped with probability p)."""
+
+    name = "bce"
+    recipe = _DCGAN_RECIPE
+
+    def __init__(self, label_smoothing: float = 0.0, label_noise: float = 0.0) -> None:
+        smoothing = _number(self.name, "label_smoothing", label_smoothing)
+        noise = _number(self.name, "label_noise", label_noise)
+        _check(self.name, "label_smoothing", label_smoothing, 0.0 <= smoothing < 0.5, "in [0, 0.5)")
+        _check(self.name, "label_noise", label_noise, 0.0 <= noise < 0.5, "in [0, 0.5)")
+        self.label_smoothing = smoothing
+        self.label_noise = noise
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(label_smoothing={self.label_smoothing}, "
+            f"label_noise={self.label_noise})"
+        )
+
+    def discriminator_targets(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[float | Tensor, float | Tensor]:
+        """D's targets: floats, or with label noise tensors shaped like the logits, where each
+        entry is flipped (t -> 1 - t) with probability ``label_noise``. Noise is drawn with
+        ``torch.rand`` on the logits' device (the global RNG, whose state the trainer saves)."""
+        real_target = 1.0 - self.label_smoothing
+        fake_target = 0.0
+        if self.label_noise == 0.0:
+            return real_target, fake_target
+        flip_real = torch.rand(real_logits.shape, device=real_logits.device) < self.label_noise
+        flip_fake = torch.rand(fake_logits.shape, device=fake_logits.device) < self.label_noise
+        # float32 (float64 for float64 logits), so that 1 - s is not rounded to bf16 under autocast
+        real_t = torch.where(flip_real, 1.0 - real_target, real_target).to(_target_dtype(real_logits))
+        fake_t = torch.where(flip_fake, 1.0 - fake_target, fake_target).to(_target_dtype(fake_logits))
+        return real_t, fake_t
+
+    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        real_logits = critic(real)
+        fake_logits = critic(fake)
+        real_target, fake_target = self.discriminator_targets(real_logits, fake_logits)
+        loss = ops.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
+        return loss, {"d_real": _mean_sigmoid(real_logits), "d_fake": _mean_sigmoid(fake_logits)}
+
+
+class NonSaturatingLoss(_LabelledBCELoss):
+    """``bce``: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0); G minimises -mean log D(G(z)).
+
+    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``).
+    """
+
+    name = "bce"
+
+    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake_logits = critic(fake)
+        return ops.generator_bce(fake_logits), {"d_fake": _mean_sigmoid(fake_logits)}
+
+
+class MinimaxLoss(_LabelledBCELoss):
+    """``minimax``: D as in ``bce``; G minimises the saturating mean log(1 - D(G(z))).
+
+    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``).
+    """
+
+    name = "minimax"
+
+    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake_logits = critic(fake)
+        return ops.minimax_generator_loss(fake_logits), {"d_fake": _mean_sigmoid(fake_logits)}
+
+
+class WassersteinLoss(GANLoss):
+    """``wasserstein``: the critic minimises mean D(G(z)) - mean D(x) (+ a penalty), G minimises
+    -mean D(G(z)). ``lipschitz`` keeps the critic 1-Lipschitz: ``gp`` adds
+    ``gp_weight * mean (||grad D(x_hat)|| - 1)^2`` on random interpolates x_hat (Gulrajani et al.
+    2017), ``clip`` clamps every critic parameter to [-clip, clip] after each critic step
+    (Arjovsky et al. 2017), ``none`` does neither.
+
+    Stats: ``wasserstein`` (mean D(x) - mean D(G(z)), the estimate of W1), ``gp`` (the penalty
+    before its weight, only with ``lipschitz="gp"``); G's step reports ``fake_score``.
+    """
+
+    name = "wasserstein"
+    recipe = _WGAN_GP_RECIPE  # per instance: the clip recipe under lipschitz="clip"
+
+    def __init__(self, lipschitz: str = "gp", gp_weight: float = 10.0, clip: float = 0.01) -> None:
+        if lipschitz not in ("gp", "clip", "none"):
+            raise GanplugError(
+                f"loss 'wasserstein' option lipschitz must be one of gp, clip, none, got {lipschitz!r}"
+            )
+        weight = _number(self.name, "gp_weight", gp_weight)
+        bound = _number(self.name, "clip", clip)
+        _check(self.name, "gp_weight", gp_weight, weight >= 0.0, ">= 0")
+        _check(self.name, "clip", clip, bound > 0.0, "> 0")
+        self.lipschitz = lipschitz
+        self.gp_weight = weight
+        self.clip = bound
+        self.penalises_critic_gradient = lipschitz == "gp"
+        self.recipe = _WGAN_CLIP_RECIPE if lipschitz == "clip" else _WGAN_GP_RECIPE
+
+    def __repr__(self) -> str:
+        return f"WassersteinLoss(lipschitz={self.lipschitz!r}, gp_weight={self.gp_weight}, clip={self.clip})"
+
+    def gradient_penalty(self, critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
+        """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one
+        eps ~ U(0, 1) per sample (global RNG, on the samples' device); differentiable in the
+        critic's parameters (double backward). Unweighted."""
+        real, fake = real.detach(), fake.detach()
+        eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+        eps = torch.rand(eps_shape, device=real.device, dtype=real.dtype)
+        x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+        scores = critic(x_hat)
+        (grads,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+        return ops.gradient_penalty(grads)
+
+    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        real_scores = critic(real)
+        fake_scores = critic(fake)
+        loss = ops.wasserstein_critic_loss(real_scores, fake_scores)
+        stats = {"wasserstein": -loss.detach().float()}
+        if self.lipschitz == "gp":
+            penalty = self.gradient_penalty(critic, real, fake)
+            loss = loss + self.gp_weight * penalty
+            stats["gp"] = penalty.detach().float()
+        return loss, stats
+
+    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake_scores = critic(fake)
+        return ops.wasserstein_generator_loss(fake_scores), {"fake_score": _mean(fake_scores)}
+
+    def after_critic_step(self, critic: torch.nn.Module) -> None:
+        if self.lipschitz != "clip":
+            return
+        with torch.no_grad():
+            for parameter in critic.parameters():
+                parameter.clamp_(-self.clip, self.clip)
+
+
+class HingeLoss(GANLoss):
+    """``hinge``: D minimises mean relu(1 - D(x)) + mean relu(1 + D(G(z))), G minimises
+    -mean D(G(z)) (Lim & Ye 2017; Miyato et al. 2018).
+
+    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``).
+    """
+
+    name = "hinge"
+    recipe = _DCGAN_RECIPE
+
+    def __repr__(self) -> str:
+        return "HingeLoss()"
+
+    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        real_scores = critic(real)
+        fake_scores = critic(fake)
+        # Computed in float32 under autocast, as the fused losses are.
+        r = real_scores.float() if real_scores.dtype in (torch.float16, torch.bfloat16) else real_scores
+        f = fake_scores.float() if fake_scores.dtype in (torch.float16, torch.bfloat16) else fake_scores
+        loss = torch.relu(1.0 - r).mean() + torch.relu(1.0 + f).mean()
+        return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores)}
+
+    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake_scores = critic(fake)
+        return ops.wasserstein_generator_loss(fake_scores), {"fake_score": _mean(fake_scores)}
+
+
+__all__ = ["GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "WassersteinLoss"]

@@ -12,7 +12,8 @@ Factory contracts (what ``spec.load()(...)`` must return):
   architecture cannot handle raises :class:`ganplug.errors.GanplugError` with a one-line reason.
 - loss: ``factory(**options) -> GANLoss`` (see :mod:`ganplug.losses` for the interface).
 - dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
-  float tensor of one sample (or a ``(sample, label)`` tuple) with values in ``spec.value_range``.
+  float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a
+  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``.
 """
 
 from __future__ import annotations
@@ -143,7 +144,10 @@ class _Spec:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training defaults a loss recommends; every field can be overridden by the user."""
+    """Training defaults a loss recommends; every field can be overridden by the user.
+
+    ``betas`` apply to Adam only.
+    """
 
     n_critic: int = 1
     optimizer: str = "adam"  # "adam" or "rmsprop"
