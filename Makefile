@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/python -m ganplug.demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python -m pytest -q benchmarks

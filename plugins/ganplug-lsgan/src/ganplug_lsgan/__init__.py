@@ -1,0 +1,7 @@
+"""ganplug-lsgan: the least-squares GAN loss and a swiss roll dataset, as a ganplug plugin.
+
+The hooks live in :mod:`ganplug_lsgan.plugin` (entry point ``lsgan`` of group ``ganplug``);
+importing this package does not import torch.
+"""
+
+__version__ = "0.1.0"
