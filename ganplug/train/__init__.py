@@ -1,0 +1,126 @@
+"""Training: ``train(config, run_dir)`` starts or resumes a run; the pieces live in submodules.
+
+- :mod:`~ganplug.train.config`: :class:`TrainConfig` (torch-free)
+- :mod:`~ganplug.train.build`: config -> :class:`Run` (specs, data, loss, models, device)
+- :mod:`~ganplug.train.data_order`: the exactly resumable batch order
+- :mod:`~ganplug.train.trainer`: the loop, metrics, pictures, checkpoints, Ctrl-C
+- :mod:`~ganplug.train.checkpoint`: saving, loading, locating checkpoints; resume rules
+- :mod:`~ganplug.train.render`: PNG pictures of samples; ``.npy``/``.pt`` writers
+- :mod:`~ganplug.train.progress`: the progress line on stderr
+
+Importing this package does not import torch; :func:`train` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
+
+from ganplug.errors import GanplugError
+from ganplug.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from ganplug.train.trainer import Hook
+
+CONFIG_FILE = "config.toml"
+
+
+def config_toml(config: TrainConfig) -> str:
+    """``config`` as TOML: ``None`` values left out, option dicts as tables."""
+    import tomli_w
+
+    data: dict[str, Any] = {k: v for k, v in config.to_dict().items() if v is not None}
+    for key in ("arch_options", "loss_options", "data_options"):
+        data[key] = {k: v for k, v in data.get(key, {}).items() if v is not None}
+    return tomli_w.dumps(data)
+
+
+def write_config(config: TrainConfig, run_dir: Path) -> Path:
+    """Write ``RUN_DIR/config.toml`` atomically; returns its path."""
+    from ganplug.train.checkpoint import atomic_write_bytes
+
+    path = Path(run_dir) / CONFIG_FILE
+    atomic_write_bytes(path, config_toml(config).encode("utf-8"))
+    return path
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """GanplugError unless ``run_dir`` is absent or an empty directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise GanplugError(f"{run_dir} is a file, not a run directory: choose another --out")
+    if (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists():
+        raise GanplugError(
+            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another --out"
+        )
+    if any(run_dir.iterdir()):
+        raise GanplugError(f"{run_dir} is not empty: choose another --out (an empty or new directory)")
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume_from: Path | None = None,
+    quiet: bool = False,
+    stream: TextIO | None = None,
+    hooks: Sequence["Hook"] = (),
+) -> Path:
+    """Train ``config`` into ``run_dir`` and return ``run_dir``.
+
+    New run (``resume_from`` None): ``run_dir`` must be absent or empty; it gets config.toml
+    (the resolved config), metrics.jsonl, samples/ and checkpoints/.
+    Resume: ``resume_from`` is a checkpoint file (or a run directory); ``config`` is the stored
+    config with allowed changes (see :func:`ganplug.train.checkpoint.resume_config`), anything
+    else raises UsageError; the run continues in ``run_dir`` (normally the checkpoint's run).
+    ``stream`` receives progress (default stderr); ``hooks`` see :class:`~ganplug.train.trainer.Trainer`.
+    Ctrl-C saves the last completed step and re-raises KeyboardInterrupt.
+    """
+    from ganplug.train.build import build_run
+    from ganplug.train.checkpoint import check_resumable, find_checkpoint, load_checkpoint, stored_config
+    from ganplug.train.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if resume_from is None:
+        check_new_run_dir(run_dir)
+        run = build_run(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run.config, run_dir)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks)
+        trainer_message = (
+            f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
+            f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}; "
+            f"writing to {run_dir}"
+        )
+    else:
+        checkpoint = find_checkpoint(Path(resume_from))
+        state = load_checkpoint(checkpoint)
+        check_resumable(stored_config(state), config)
+        run = build_run(config)
+        if list(run.data_shape) != list(state["model"]["data_shape"]):
+            raise GanplugError(
+                f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
+                f"{tuple(state['model']['data_shape'])}: start a new run with --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks)
+        trainer.load_state_dict(state)
+        trainer.last_checkpoint = checkpoint
+        if trainer.step >= run.config.steps:
+            raise GanplugError(
+                f"{run_dir} is already at step {trainer.step} of {run.config.steps}: "
+                f"pass --steps N with N > {trainer.step} to train further"
+            )
+        trainer.trim_metrics()
+        write_config(run.config, run_dir)
+        trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}"
+    from ganplug.train.progress import Progress
+
+    Progress(0, quiet=True, stream=stream).message(trainer_message)
+    trainer.fit()
+    return run_dir
+
+
+__all__ = ["TrainConfig", "check_new_run_dir", "config_toml", "train", "write_config"]

@@ -1,0 +1,385 @@
+"""Checkpoints: atomic writing, safe loading, locating them, and what a resume may change.
+
+A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loads with
+``torch.load(weights_only=True)`` (no code runs while loading). Keys::
+
+    format: "ganplug-checkpoint"   version: 1          ganplug_version: str
+    config: dict (the resolved TrainConfig)           model: dict (build.Run.model_info())
+    step: int (generator steps done)                  elapsed_s: float (training time so far)
+    generator, discriminator: state dicts             ema: state dict or None
+    optimizer_g, optimizer_d: optimiser state dicts
+    rng: {"cpu": ByteTensor, "cuda": [ByteTensor, ...] or None}
+    data_order: {"epoch", "position", "size", "batch_size"}
+    fixed_noise: (num_samples, latent_dim) float tensor
+
+Run layout: ``RUN_DIR/checkpoints/step_000500.pt`` (the last :data:`KEEP` kept) and
+``RUN_DIR/checkpoints/latest.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ganplug.errors import GanplugError, UsageError
+from ganplug.train.config import TrainConfig
+
+FORMAT = "ganplug-checkpoint"
+VERSION = 1
+KEEP = 3  # step checkpoints kept besides latest.pt
+LATEST = "latest.pt"
+CHECKPOINTS = "checkpoints"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+REQUIRED_KEYS = (
+    "config", "model", "step", "generator", "discriminator", "optimizer_g", "optimizer_d", "rng",
+    "data_order", "fixed_noise",
+)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort; not every platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
+    """``torch.save`` ``state`` to ``path`` atomically (temp file in the same folder, flush,
+    fsync, ``os.replace``); a crash or Ctrl-C leaves the previous file intact. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def step_checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}.pt"
+
+
+def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_NNNNNN.pt`` in ``directory``, by step."""
+    found = []
+    if Path(directory).is_dir():
+        for entry in Path(directory).iterdir():
+            match = _STEP_FILE.match(entry.name)
+            if match and entry.is_file():
+                found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def write_run_checkpoint(
+    state: Mapping[str, Any], directory: Path, step: int, keep: int = KEEP, stale_after: int | None = None
+) -> Path:
+    """Save ``state`` as ``directory/step_NNNNNN.pt``, point ``latest.pt`` at it (a hard link,
+    or an atomic copy where links are not allowed) and delete all but the newest ``keep`` step
+    files. ``stale_after``: the step a session resumed from; step files after it (a branch
+    abandoned by resuming an older checkpoint, whose metrics lines were dropped too) are deleted
+    as soon as the new branch has a checkpoint. Returns the step file's path."""
+    directory = Path(directory)
+    path = save_checkpoint(state, directory / step_checkpoint_name(step))
+    latest = directory / LATEST
+    tmp = latest.with_name(f".{LATEST}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, latest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    kept = []
+    for other_step, other in step_checkpoints(directory):
+        if stale_after is not None and other_step > stale_after and other_step != step:
+            other.unlink(missing_ok=True)
+        else:
+            kept.append(other)
+    for old in kept[: max(0, len(kept) - keep)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint file ``path`` names: a file as is; a run directory (or its ``checkpoints``
+    folder) gives ``checkpoints/latest.pt``, else its newest step file. GanplugError if none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise GanplugError(f"no run directory or checkpoint at {path}")
+    for directory in (path / CHECKPOINTS, path):
+        if (directory / LATEST).is_file():
+            return directory / LATEST
+        steps = step_checkpoints(directory)
+        if steps:
+            return steps[-1][1]
+    raise GanplugError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint file belongs to: ``RUN_DIR`` of ``RUN_DIR/checkpoints/X.pt``."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != CHECKPOINTS:
+        raise GanplugError(
+            f"{checkpoint} is not inside a run's {CHECKPOINTS}/ folder, so there is no run directory to "
+            f"continue: copy it to RUN_DIR/{CHECKPOINTS}/{LATEST} and pass --resume RUN_DIR"
+        )
+    return checkpoint.parent.parent
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a ganplug checkpoint (a file, or a run directory via :func:`find_checkpoint`).
+
+    Only tensors and plain data are unpickled (``weights_only=True``). GanplugError for a
+    missing file, a file that is not a torch file (or is truncated, or holds refused objects),
+    a torch file without the ganplug format tag (a foreign checkpoint), a newer format version,
+    or missing entries.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = find_checkpoint(path)
+    if not path.exists():
+        raise GanplugError(f"no checkpoint at {path}")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        raise GanplugError(f"{path} could not be read ({error.strerror or error})") from None
+    try:
+        with warnings.catch_warnings():  # a raw pickle of another protocol: refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "weights_only" in message.lower() or "weights only" in message.lower():
+            reason = "it holds objects other than tensors and plain data; refused without running them"
+        else:
+            reason = "not a torch file, or a truncated one"
+        raise GanplugError(f"{path} is not a ganplug checkpoint ({reason})") from error
+    except Exception as error:  # RuntimeError (bad zip), OSError (truncated), EOFError, ValueError, ...
+        raise GanplugError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise GanplugError(
+            f"{path} is a foreign checkpoint (a torch file without the {FORMAT!r} tag): "
+            "ganplug resumes and samples only from checkpoints it wrote"
+        )
+    version = state.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise GanplugError(
+            f"{path} has checkpoint format version {version!r}; this ganplug reads up to {VERSION}: upgrade ganplug"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise GanplugError(f"{path} is a damaged ganplug checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def stored_config(state: Mapping[str, Any]) -> TrainConfig:
+    """The resolved :class:`TrainConfig` a loaded checkpoint holds."""
+    try:
+        return TrainConfig.from_dict(dict(state["config"]))
+    except (KeyError, TypeError) as error:
+        raise GanplugError(f"the checkpoint's config does not fit this ganplug ({error})") from None
+
+
+# -- resuming ----------------------------------------------------------------------------------
+
+# Fields a resume may change: how long, how often to report, where to run.
+RESUMABLE = frozenset({"steps", "sample_every", "checkpoint_every", "log_every", "device", "num_samples", "amp"})
+# Dataset options that only say where the data lives.
+RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
+# Command-line shorthands: name -> (config attribute, option name, flag).
+SHORTHANDS = {
+    "label_smoothing": ("loss_options", "label_smoothing", "--label-smoothing"),
+    "label_noise": ("loss_options", "label_noise", "--label-noise"),
+    "data_dir": ("data_options", "root", "--data-dir"),
+    "download": ("data_options", "download", "--download"),
+    "image_size": ("data_options", "image_size", "--image-size"),
+}
+_PAIR_FLAGS = {"arch_opt": "arch_options", "loss_opt": "loss_options", "data_opt": "data_options"}
+_OPTION_FLAG = {"arch_options": "--arch-opt", "loss_options": "--loss-opt", "data_options": "--data-opt"}
+_SPEC_KIND = {"arch_options": "architecture", "loss_options": "loss", "data_options": "dataset"}
+_IGNORED = frozenset({"quiet", "resume", "out", "config_file"})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _refuse(flag: str, old: Any, new: Any) -> None:
+    raise UsageError(
+        f"{flag} cannot change when resuming (the run has {old!r}, you asked for {new!r}): "
+        "it shapes the run; start a new run with --out instead"
+    )
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name == "betas" and value is not None:
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",")]
+            except ValueError:
+                raise UsageError(f"--betas expects two numbers like 0.5,0.999, got {value!r}") from None
+        return tuple(float(v) for v in value)
+    if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _pairs(flag: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    options = {}
+    for pair in value or ():
+        key, sep, item = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = item.strip()
+    return options
+
+
+def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], flag_of: dict[str, str]) -> dict[str, Any]:
+    """The option table ``attribute`` with ``given`` applied, refusing changes to shaping options."""
+    stored = dict(getattr(config, attribute))
+    if not given:
+        return stored
+    from ganplug.registry import get_registry
+
+    spec_name = {"arch_options": config.arch, "loss_options": config.loss, "data_options": config.dataset}[attribute]
+    spec = get_registry().resolve(_SPEC_KIND[attribute], spec_name)
+    merged = spec.resolve_options({**stored, **given})
+    for key, value in merged.items():
+        if key in stored and stored[key] == value:
+            continue
+        if attribute == "data_options" and key in RESUMABLE_DATA_OPTIONS:
+            continue
+        _refuse(flag_of.get(key, f"{_OPTION_FLAG[attribute]} {key}"), stored.get(key), value)
+    return merged
+
+
+def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The config to resume with: ``stored`` (a checkpoint's resolved config) with ``overrides``.
+
+    ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
+    pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
+    steps, sample_every, checkpoint_every, log_every, device, num_samples, amp and the data's
+    location (root, download) may change; any other value that differs from the stored one raises
+    UsageError naming the option (it shapes the run: start a new one with --out).
+    """
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = dataclasses.replace(
+        stored,
+        arch_options=dict(stored.arch_options),
+        loss_options=dict(stored.loss_options),
+        data_options=dict(stored.data_options),
+    )
+    option_updates: dict[str, dict[str, Any]] = {a: {} for a in _SPEC_KIND}
+    flag_of: dict[str, dict[str, str]] = {a: {} for a in _SPEC_KIND}
+    for name, value in overrides.items():
+        if value is None or name in _IGNORED:
+            continue
+        if name in _PAIR_FLAGS:
+            attribute = _PAIR_FLAGS[name]
+            for key, item in _pairs(_flag(name), value).items():
+                option_updates[attribute][key] = item
+                flag_of[attribute].setdefault(key, f"{_flag(name)} {key}")
+            continue
+        if name in SHORTHANDS:
+            attribute, option, flag = SHORTHANDS[name]
+            option_updates[attribute][option] = value
+            flag_of[attribute][option] = flag
+            continue
+        if name in ("arch_options", "loss_options", "data_options"):
+            for key, item in dict(value).items():
+                option_updates[name][key.replace("-", "_")] = item
+            continue
+        if name not in fields:
+            raise UsageError(f"unknown option {name!r} for a resume")
+        new = _normalise(name, value)
+        old = _normalise(name, getattr(stored, name))
+        if new == old:
+            continue
+        if name not in RESUMABLE:
+            _refuse(_flag(name), old, new)
+        setattr(config, name, new)
+    for attribute, given in option_updates.items():
+        setattr(config, attribute, _merge_options(config, attribute, given, flag_of[attribute]))
+    return config
+
+
+def check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
+    """UsageError when ``config`` differs from ``stored`` in anything a resume may not change."""
+    overrides = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("arch_options", "loss_options", "data_options")
+    }
+    for attribute in ("arch_options", "loss_options", "data_options"):
+        overrides[attribute] = getattr(config, attribute)
+    resume_config(stored, overrides)
+
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "atomic_write_bytes",
+    "check_resumable",
+    "find_checkpoint",
+    "load_checkpoint",
+    "resume_config",
+    "run_dir_of",
+    "save_checkpoint",
+    "stored_config",
+    "write_run_checkpoint",
+]

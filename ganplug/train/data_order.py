@@ -1,0 +1,183 @@
+"""An exactly resumable order of training batches.
+
+Epoch ``e`` visits the dataset in the permutation drawn by a ``torch.Generator`` seeded from
+``(seed, e)``; batches are consecutive slices of it and the last incomplete one is dropped. The
+whole position is ``(epoch, position)`` (``position``: how many samples of the epoch's permutation
+were already used), so a checkpoint holding :meth:`BatchOrder.state_dict` resumes with exactly the
+batches an uninterrupted run would have seen. No global RNG is touched.
+
+A ``TensorDataset`` (its first tensor is the sample) or a dataset exposing a uint8 ``images``
+tensor and ``to_float`` (:class:`ganplug.data.images.UInt8Images`) is indexed directly with the
+permutation slice, and kept on a CUDA device when it fits in 1 GiB; any other dataset goes through
+a ``DataLoader`` whose sampler yields the same indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ganplug.errors import GanplugError
+
+# A TensorDataset up to this size is moved to a CUDA device once, so batches need no copy.
+_DEVICE_CACHE_BYTES = 1 << 30
+_MASK64 = (1 << 64) - 1
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit seed mixing ``seed`` and ``epoch`` (SplitMix64 finaliser; pure integer math)."""
+    x = ((seed & _MASK64) * 0x9E3779B97F4A7C15 + (epoch & _MASK64) + 0x632BE59BD9B4E5F5) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The visiting order of epoch ``epoch``: a permutation of ``range(size)`` (int64, CPU)."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(size, generator=generator)
+
+
+def _first(batch: Any) -> torch.Tensor:
+    """The samples of a collated batch: the batch itself, or the first entry of a tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise GanplugError(f"dataset items must be tensors or (tensor, label) tuples, got {type(batch).__name__}")
+    return batch
+
+
+class BatchOrder:
+    """Batches of ``batch_size`` samples ``(B, *data_shape)`` (float, on ``device``), forever.
+
+    ``next_batch()`` returns the next batch; ``state_dict()`` / ``load_state_dict()`` save and
+    restore the position as plain ints. ``num_workers`` > 0 loads non-tensor datasets in worker
+    processes (the order is the same).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.size = len(dataset)  # type: ignore[arg-type]
+        if batch_size < 1:
+            raise GanplugError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size > self.size:
+            raise GanplugError(
+                f"batch_size {batch_size} is larger than the dataset ({self.size} samples): "
+                f"pass --batch-size {self.size} or less"
+            )
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.batches_per_epoch = self.size // batch_size
+        self.epoch = 0
+        self.position = 0
+        self._perm: torch.Tensor | None = None
+        self._perm_epoch = -1
+        self._iterator: Iterator[Any] | None = None
+        self.samples: torch.Tensor | None = None  # the fast path's whole data, indexed directly
+        self._convert: Callable[[torch.Tensor], torch.Tensor] | None = None
+        samples = None
+        if isinstance(dataset, TensorDataset):
+            samples = dataset.tensors[0]
+            if not samples.is_floating_point():
+                samples = samples.float()
+        elif isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
+            # ganplug.data.images.UInt8Images: uint8 pixels, converted per batch.
+            samples = dataset.images  # type: ignore[attr-defined]
+            self._convert = dataset.to_float  # type: ignore[attr-defined]
+        if samples is not None:
+            if self.device.type == "cuda" and samples.numel() * samples.element_size() <= _DEVICE_CACHE_BYTES:
+                samples = samples.to(self.device)
+            self.samples = samples
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "position", "size", "batch_size"}``: plain ints, checkpoint-safe."""
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position (the dataset size and batch size must match)."""
+        if int(state.get("size", self.size)) != self.size:
+            raise GanplugError(
+                f"the dataset now has {self.size} samples but the checkpoint was trained on {state['size']}: "
+                "resume with the same data, or start a new run with --out"
+            )
+        if int(state.get("batch_size", self.batch_size)) != self.batch_size:
+            raise GanplugError("the batch size differs from the checkpoint's: start a new run with --out")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._iterator = None
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm_epoch != self.epoch:
+            self._perm = epoch_permutation(self.size, self.seed, self.epoch)
+            self._perm_epoch = self.epoch
+            self._iterator = None
+        assert self._perm is not None
+        return self._perm
+
+    def next_indices(self) -> torch.Tensor:
+        """The dataset indices of the next batch, ``(batch_size,)`` int64; advances the position."""
+        if self.position + self.batch_size > self.size:  # drop the incomplete tail
+            self.epoch += 1
+            self.position = 0
+        perm = self._permutation()
+        indices = perm[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return indices
+
+    def next_batch(self) -> torch.Tensor:
+        """The next batch of samples, ``(batch_size, *data_shape)`` float, on the device."""
+        if self.samples is not None:
+            indices = self.next_indices()
+            if self.samples.device != indices.device:
+                indices = indices.to(self.samples.device)
+            batch = self.samples[indices]
+            if self._convert is not None:
+                batch = self._convert(batch)
+        else:
+            batch = self._loader_batch()
+        if not batch.is_floating_point():
+            batch = batch.float()
+        return batch.to(self.device, non_blocking=True)
+
+    def _loader_batch(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.size:
+            self.epoch += 1
+            self.position = 0
+        perm = self._permutation()
+        if self._iterator is None:
+            rest = perm[self.position : self.position + self.batch_size * ((self.size - self.position) // self.batch_size)]
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=rest.tolist(),
+                drop_last=True,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                # A private generator: creating the iterator must not draw from the global RNG.
+                generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)),
+            )
+            self._iterator = iter(loader)
+        batch = _first(next(self._iterator))
+        self.position += self.batch_size
+        if self.position + self.batch_size > self.size:
+            self._iterator = None
+        return batch
+
+
+__all__ = ["BatchOrder", "epoch_permutation", "epoch_seed"]

@@ -1,0 +1,114 @@
+"""Progress on stderr.
+
+On a terminal (and not quiet): one line rewritten in place, at most 10 times a second::
+
+    step 1200/2000  d_loss -0.412  g_loss 1.037  8,412 samples/s  ETA 0:00:31
+
+Quiet, or when stderr is not a terminal (a log file, CI): no bar, one plain line per
+``log_every`` steps instead. Messages (:meth:`Progress.message`) always print on their own line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def format_duration(seconds: float) -> str:
+    """``3723.4`` -> ``"1:02:03"``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Progress:
+    """Reports a run of ``total`` steps that starts at ``start`` (non-zero when resuming)."""
+
+    def __init__(
+        self, total: int, *, start: int = 0, quiet: bool = False, stream: TextIO | None = None, min_interval: float = 0.1
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total = total
+        self.start = start
+        isatty = getattr(self.stream, "isatty", None)
+        self.bar = not quiet and bool(isatty and isatty())
+        self.min_interval = min_interval
+        self._t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._width = 0
+        self._last: dict[str, Any] = {}
+
+    def _eta(self, step: int) -> str:
+        done = step - self.start
+        if done <= 0:
+            return "?"
+        elapsed = time.perf_counter() - self._t0
+        return format_duration(elapsed / done * (self.total - step))
+
+    def _line(self, step: int) -> str:
+        parts = [f"step {step}/{self.total}"]
+        for key in ("d_loss", "g_loss"):
+            if key in self._last:
+                parts.append(f"{key} {self._last[key]:.4g}")
+        if "samples_per_s" in self._last:
+            parts.append(f"{self._last['samples_per_s']:,.0f} samples/s")
+        parts.append(f"ETA {self._eta(step)}")
+        return "  ".join(parts)
+
+    def _draw(self, step: int) -> None:
+        line = self._line(step)
+        pad = max(0, self._width - len(line))
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+        self._width = len(line)
+
+    def _clear(self) -> None:
+        if self.bar and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+    def update(self, step: int) -> None:
+        """Called after every step; redraws the bar now and then (nothing without a bar)."""
+        if not self.bar:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= self.min_interval or step >= self.total:
+            self._last_draw = now
+            self._draw(step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """A metrics record (step, d_loss, g_loss, samples_per_s, ...): a plain line without a bar."""
+        self._last = record
+        step = int(record.get("step", 0))
+        if self.bar:
+            self._last_draw = time.perf_counter()
+            self._draw(step)
+            return
+        fields = "  ".join(
+            f"{key} {_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
+        )
+        self.stream.write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line of its own (the bar is redrawn on the next update)."""
+        self._clear()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.bar and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+__all__ = ["Progress", "format_duration"]

@@ -1,0 +1,507 @@
+"""The adversarial training loop, with metrics, sample pictures, checkpoints and exact resume.
+
+One *step* is one generator update: ``n_critic`` critic updates (each on a fresh real batch and
+``G(z)`` of fresh noise, without gradients into G; then ``loss.after_critic_step(D)``), then one
+generator update through fresh noise, with D's parameters frozen. With ``ema > 0`` a copy of G
+follows ``ema_p <- decay * ema_p + (1 - decay) * p`` after each generator update (BatchNorm
+buffers copied) and draws the sample pictures.
+
+Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
+generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
+a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
+
+Ctrl-C: a first Ctrl-C lets the current step finish, then saves a checkpoint of it and raises
+``KeyboardInterrupt`` (a second one stops at once). A ``KeyboardInterrupt`` raised inside a step
+before any parameter changed (e.g. by a loss) rolls the step back (RNG, data position, BatchNorm
+buffers) and saves the step before; one raised after a parameter changed saves nothing new.
+
+Files in the run directory::
+
+    metrics.jsonl                      one JSON object per log_every steps
+    samples/step_000500.png, latest.png
+    checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+import torch
+from torch import nn
+
+from ganplug import __version__
+from ganplug.errors import GanplugError, UsageError
+from ganplug.train.build import Run, draw_latent
+from ganplug.train.checkpoint import FORMAT, VERSION, atomic_write_bytes, write_run_checkpoint
+from ganplug.train.data_order import BatchOrder, epoch_permutation
+from ganplug.train.progress import Progress, format_duration
+from ganplug.train.render import picture_kind, render, save_png
+
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+CHECKPOINTS = "checkpoints"
+REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
+_CHUNK = 1024  # generator batch when drawing the fixed noise
+
+Hook = Callable[["Trainer", int], None]
+
+
+def make_optimizer(name: str, parameters: Sequence[nn.Parameter], lr: float, betas: Sequence[float]) -> torch.optim.Optimizer:
+    """``adam`` (lr, betas) or ``rmsprop`` (lr) over ``parameters``."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    raise UsageError(f"optimizer must be adam or rmsprop, got {name!r}")
+
+
+def fixed_noise(n: int, latent_dim: int, latent: str, seed: int) -> torch.Tensor:
+    """The noise of the sample pictures: ``(n, latent_dim)`` on CPU, from a generator seeded by
+    ``seed``; ``ganplug.generate.sample(G, n, seed=seed)`` draws the same."""
+    return draw_latent(n, latent_dim, latent, generator=torch.Generator().manual_seed(int(seed)))
+
+
+class _Sums:
+    """Running sums of 0-d tensors on the device (no host sync until :meth:`means`)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: Any) -> None:
+        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        value = value.mean() if value.dim() else value
+        if key in self.sums:
+            self.sums[key] = self.sums[key] + value.to(self.sums[key].device)
+            self.counts[key] += 1
+        else:
+            self.sums[key] = value
+            self.counts[key] = 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        device = self.sums[keys[0]].device
+        values = torch.stack([self.sums[k].to(device) for k in keys]).tolist()  # one sync
+        return {k: v / self.counts[k] for k, v in zip(keys, values)}
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class Trainer:
+    """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``.
+
+    ``hooks`` are called as ``hook(trainer, step)`` before step ``step`` (1-based) starts; an
+    exception there leaves the state of step ``step - 1``. ``stream`` receives the progress
+    output (default stderr).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        run_dir: Path,
+        *,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        self.run = run
+        self.config = run.config
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.stream = stream
+        self.hooks = list(hooks)
+        self.device = run.device
+        self.G = run.generator
+        self.D = run.discriminator
+        self.loss = run.loss
+        cfg = self.config
+        self.opt_g = make_optimizer(cfg.optimizer, [p for p in self.G.parameters() if p.requires_grad], cfg.lr_g, cfg.betas)
+        self.opt_d = make_optimizer(cfg.optimizer, [p for p in self.D.parameters() if p.requires_grad], cfg.lr_d, cfg.betas)
+        self.ema: nn.Module | None = self._new_ema() if cfg.ema > 0 else None
+        self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device)
+        self.fixed_noise = fixed_noise(cfg.num_samples, run.latent_dim, run.latent, cfg.seed).to(self.device)
+        self.step = 0
+        self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step = -1
+        self._resumed_step: int | None = None  # set by load_state_dict until the next checkpoint
+        self.picture = picture_kind(run.data_shape)
+        self._real_plot, self._plot_box = self._plot_reference()
+        self._sums = _Sums()
+        self._in_step = False
+        self._dirty = False
+        self._stop_requested = False
+        self._snapshot: tuple[Any, ...] | None = None
+        self.progress: Progress | None = None
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+    @property
+    def sample_dir(self) -> Path:
+        return self.run_dir / SAMPLES
+
+    def _new_ema(self) -> nn.Module:
+        ema = copy.deepcopy(self.G).eval()
+        ema.requires_grad_(False)
+        return ema
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return draw_latent(n, self.run.latent_dim, self.run.latent, device=self.device)
+
+    def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None]:
+        """Real samples drawn under 1-D/2-D pictures and a fixed plot box around them."""
+        if self.picture not in ("points", "histogram"):
+            return None, None
+        dataset = self.run.dataset
+        size = len(dataset)
+        count = min(size, REAL_PLOT_POINTS)
+        indices = epoch_permutation(size, self.config.seed, -1)[:count]  # private RNG, not epoch 0's
+        samples = self.order.samples
+        if samples is not None and isinstance(dataset, torch.utils.data.TensorDataset):
+            real = samples[indices.to(samples.device)]
+        else:
+            items = [dataset[int(i)] for i in indices]
+            real = torch.stack([x[0] if isinstance(x, (tuple, list)) else x for x in items])
+        real = real.detach().to("cpu", torch.float32)
+        real = real.reshape(real.shape[0], -1)
+        lows, highs = real.min(dim=0).values, real.max(dim=0).values
+        span = (highs - lows).clamp_min(1e-3)
+        lows, highs = lows - 0.25 * span, highs + 0.25 * span
+        if self.picture == "histogram":
+            return real, (float(lows[0]), float(highs[0]))
+        side = float((highs - lows).max())
+        cx, cy = float((lows[0] + highs[0]) / 2), float((lows[1] + highs[1]) / 2)
+        return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        cuda = None
+        if self.device.type == "cuda":
+            cuda = [torch.cuda.get_rng_state(self.device)]
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if self.device.type == "cuda" and state.get("cuda"):
+            torch.cuda.set_rng_state(state["cuda"][0], self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint of the current step (see :mod:`ganplug.train.checkpoint` for keys)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "ganplug_version": __version__,
+            "config": self.config.to_dict(),
+            "model": self.run.model_info(),
+            "step": self.step,
+            "elapsed_s": self.elapsed_before + self._session_elapsed(),
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "rng": self._rng_state(),
+            "data_order": self.order.state_dict(),
+            "fixed_noise": self.fixed_noise.detach().cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a loaded checkpoint (call last: it restores the RNGs)."""
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+            self.opt_g.load_state_dict(state["optimizer_g"])
+            self.opt_d.load_state_dict(state["optimizer_d"])
+            if self.ema is not None:
+                if state.get("ema") is not None:
+                    self.ema.load_state_dict(state["ema"])
+                else:
+                    self.ema = self._new_ema()
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GanplugError(
+                f"the checkpoint does not fit the models built from its config ({first[:200]}): "
+                "was the architecture's plugin changed? start a new run with --out"
+            ) from None
+        self.order.load_state_dict(state["data_order"])
+        self.step = int(state["step"])
+        self.last_checkpoint_step = self._resumed_step = self.step
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        noise = state["fixed_noise"]
+        if tuple(noise.shape) == tuple(self.fixed_noise.shape):
+            self.fixed_noise = noise.to(self.device)
+        self._set_rng_state(state["rng"])
+
+    def _begin_step(self) -> None:
+        """Remember what a step changes before its first optimiser step, for a rollback."""
+        buffers = [b.detach().clone() for m in (self.G, self.D) for b in m.buffers()]
+        self._snapshot = (self._rng_state(), self.order.state_dict(), buffers)
+        self._dirty = False
+        self._in_step = True
+
+    def _rollback(self) -> None:
+        assert self._snapshot is not None
+        rng, order, buffers = self._snapshot
+        with torch.no_grad():
+            for live, saved in zip([b for m in (self.G, self.D) for b in m.buffers()], buffers):
+                live.copy_(saved)
+        self.order.load_state_dict(order)
+        self._set_rng_state(rng)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(True)
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        """One generator step (``n_critic`` critic updates, one generator update, the EMA)."""
+        cfg = self.config
+        G, D, loss, sums = self.G, self.D, self.loss, self._sums
+        for _ in range(cfg.n_critic):
+            real = self.order.next_batch()
+            z = self._noise(cfg.batch_size)
+            with self._autocast():
+                with torch.no_grad():
+                    fake = G(z)
+                d_loss, d_stats = loss.discriminator_loss(D, real, fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self._dirty = True
+            self.opt_d.step()
+            loss.after_critic_step(D)
+            sums.add("d_loss", d_loss)
+            for key, value in (d_stats or {}).items():
+                sums.add(key, value)
+        D.requires_grad_(False)
+        try:
+            z = self._noise(cfg.batch_size)
+            with self._autocast():
+                g_loss, g_stats = loss.generator_loss(D, G(z))
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.opt_g.step()
+        finally:
+            D.requires_grad_(True)
+        sums.add("g_loss", g_loss)
+        for key, value in (g_stats or {}).items():
+            sums.add("g_" + key, value)
+        if self.ema is not None:
+            self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema is not None
+        weight = 1.0 - self.config.ema
+        ema_params = [p for p in self.ema.parameters() if p.is_floating_point()]
+        params = [p.detach() for p in self.G.parameters() if p.is_floating_point()]
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, weight)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.G.buffers()):
+            ema_buffer.copy_(buffer)
+
+    # -- outputs -------------------------------------------------------------------------------------
+
+    def _session_elapsed(self) -> float:
+        start = getattr(self, "_session_start", None)
+        return time.perf_counter() - start if start is not None else 0.0
+
+    def log_metrics(self) -> dict[str, Any]:
+        """Append the means since the last line to metrics.jsonl; GanplugError if a loss is not finite."""
+        now = time.perf_counter()
+        means = self._sums.means()
+        self._sums.clear()
+        record: dict[str, Any] = {"step": self.step}
+        record["d_loss"] = means.pop("d_loss", float("nan"))
+        record["g_loss"] = means.pop("g_loss", float("nan"))
+        for key, value in means.items():
+            record.setdefault(key, value)
+        seconds = max(now - self._window_start, 1e-9)
+        seen = self._window_steps * self.config.n_critic * self.config.batch_size
+        record["samples_per_s"] = round(seen / seconds, 1)
+        record["elapsed_s"] = round(self.elapsed_before + now - self._session_start, 3)
+        self._window_start, self._window_steps = now, 0
+        line = {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if self.progress is not None:
+            self.progress.log(record)
+        bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(record[k])]
+        if bad:
+            raise GanplugError(
+                f"training diverged at step {self.step} ({bad[0]} is {record[bad[0]]}): lower --lr-d/--lr-g "
+                "or change the loss; the last checkpoint is unaffected"
+            )
+        return record
+
+    @torch.no_grad()
+    def generate_fixed(self) -> torch.Tensor:
+        """Samples of the fixed noise from the EMA generator (else G), in eval mode, ``(N, *data_shape)``."""
+        model = self.ema if self.ema is not None else self.G
+        was_training = model.training
+        model.eval()
+        try:
+            with self._autocast():
+                out = torch.cat([model(z) for z in self.fixed_noise.split(_CHUNK)])
+        finally:
+            model.train(was_training)
+        return out.float()
+
+    def write_samples(self) -> Path | None:
+        """``samples/step_NNNNNN.png`` and ``samples/latest.png``; None when the shape has no picture."""
+        if self.picture is None:
+            return None
+        image = render(
+            self.generate_fixed(), value_range=self.run.value_range, real=self._real_plot, box=self._plot_box
+        )
+        path = self.sample_dir / f"step_{self.step:06d}.png"
+        save_png(image, path, self.sample_dir / "latest.png")
+        return path
+
+    def write_checkpoint(self) -> Path:
+        """``checkpoints/step_NNNNNN.pt`` and ``checkpoints/latest.pt`` of the current step."""
+        path = write_run_checkpoint(self.state_dict(), self.checkpoint_dir, self.step, stale_after=self._resumed_step)
+        self.last_checkpoint, self.last_checkpoint_step = path, self.step
+        self._resumed_step = None
+        return path
+
+    def trim_metrics(self) -> None:
+        """Drop metrics lines past the current step (written after the checkpoint resumed from)."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["step"]) > self.step:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue
+            kept.append(line + "\n")
+        atomic_write_bytes(self.metrics_path, "".join(kept).encode("utf-8"))
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop_requested or not self._in_step:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.progress is not None:
+            self.progress.message("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)")
+
+    @contextlib.contextmanager
+    def _sigint_deferred(self):
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                previous = signal.signal(signal.SIGINT, self._on_sigint)
+            except (ValueError, OSError):
+                previous = None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _due(self, every: int) -> bool:
+        return self.step >= self.config.steps or (every > 0 and self.step % every == 0)
+
+    def fit(self) -> None:
+        """Train from the current step to ``config.steps``; see the module docstring for Ctrl-C."""
+        cfg = self.config
+        if self.step >= cfg.steps:
+            raise UsageError(
+                f"the run is already at step {self.step} of {cfg.steps}: pass --steps N with N > {self.step} to train further"
+            )
+        self.progress = Progress(cfg.steps, start=self.step, quiet=self.quiet, stream=self.stream)
+        self._session_start = self._window_start = time.perf_counter()
+        self._window_steps = 0
+        self._stop_requested = False
+        self._sums.clear()
+        try:
+            with self._sigint_deferred():
+                try:
+                    while self.step < cfg.steps:
+                        if self._stop_requested:
+                            raise KeyboardInterrupt
+                        for hook in self.hooks:
+                            hook(self, self.step + 1)
+                        self._begin_step()
+                        self.train_step()
+                        self.step += 1
+                        self._in_step = False
+                        self._window_steps += 1
+                        self.progress.update(self.step)
+                        if self._due(cfg.log_every):
+                            self.log_metrics()
+                        if self._due(cfg.sample_every):
+                            self.write_samples()
+                        if self._due(cfg.checkpoint_every) and self.last_checkpoint_step != self.step:
+                            self.write_checkpoint()
+                except KeyboardInterrupt:
+                    self._interrupted()
+                    raise
+        finally:
+            self.progress.close()
+        samples = self.sample_dir / "latest.png"
+        where = f"samples {samples}, " if self.picture is not None else ""
+        self.progress.message(
+            f"done: step {self.step} in {format_duration(self.elapsed_before + self._session_elapsed())}; "
+            f"{where}checkpoint {self.checkpoint_dir / 'latest.pt'}"
+        )
+
+    def _interrupted(self) -> None:
+        """After a KeyboardInterrupt: save the last completed step if the state allows it."""
+        assert self.progress is not None
+        self.progress.close()
+        resume = f"ganplug train --resume {shlex.quote(str(self.run_dir))}"
+        if self._in_step:
+            if self._dirty:
+                where = f"the last checkpoint is {self.last_checkpoint} (step {self.last_checkpoint_step})" if self.last_checkpoint else "no checkpoint was written"
+                self.progress.message(
+                    f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: {where}"
+                    + (f"; continue with: {resume}" if self.last_checkpoint else "")
+                )
+                return
+            self._rollback()
+            self._in_step = False
+        if self.step == 0:
+            self.progress.message("interrupted before the first step finished: nothing to save")
+            return
+        if self.last_checkpoint_step != self.step:
+            self.write_checkpoint()
+        self.progress.message(
+            f"interrupted: step {self.step} saved in {self.checkpoint_dir / 'latest.pt'}; continue with: {resume}"
+        )
+
+
+__all__ = ["Trainer", "fixed_noise", "make_optimizer"]
