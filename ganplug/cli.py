@@ -260,19 +260,22 @@ def train(ctx: click.Context, **given: Any) -> None:
 
 def _resume(explicit: dict[str, Any]) -> None:
     from ganplug.train import train as run_training
-    from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config
-    from ganplug.train.config import TrainConfig
+    from ganplug.train.checkpoint import (
+        find_checkpoint,
+        load_checkpoint,
+        resume_config,
+        run_dir_of,
+        stored_config,
+    )
 
-    checkpoint = find_checkpoint(Path(explicit.pop("resume")))
-    stored = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
-    quiet = bool(explicit.pop("quiet", False))
     if explicit.get("out"):
         raise UsageError("--resume continues in the run's own directory; drop --out")
-    overrides = {k: v for k, v in explicit.items() if k not in ("config_file",)}
-    if "config_file" in explicit:
+    if explicit.get("config_file"):
         raise UsageError("--resume takes the run's stored config; drop --config")
-    config = resume_config(stored, overrides)
-    run_training(config, checkpoint.parent.parent, resume_from=checkpoint, quiet=quiet)
+    checkpoint = find_checkpoint(Path(explicit["resume"]))
+    run_dir = run_dir_of(checkpoint)
+    config = resume_config(stored_config(load_checkpoint(checkpoint)), explicit)
+    run_training(config, run_dir, resume_from=checkpoint, quiet=bool(explicit.get("quiet")))
 
 
 # -- sample ----------------------------------------------------------------------------------------
