@@ -1,6 +1,6 @@
 # One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
-#   make demo    the main job (until the trainer lands: a short WGAN-GP demo of the fused ops)
-#   make test    the test suite
+#   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled digits
+#   make test    the test suite (ganplug and the example plugin in plugins/)
 #   make bench   kernel benchmarks: fused vs eager PyTorch vs torch.compile
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 BUILT := $(VENV)/.ganplug-built
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup train test bench clean
 
 setup: $(BUILT)
 
@@ -20,8 +20,8 @@ $(BUILT): $(BIN)/python $(SOURCES)
 	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
-demo: setup
-	$(BIN)/python -m ganplug.demo
+train: setup
+	$(BIN)/ganplug train --arch dcgan --loss wasserstein
 
 test: setup
 	$(BIN)/python -m pytest -q

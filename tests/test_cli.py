@@ -169,3 +169,77 @@ def test_shell_completion_of_names():
         env={"_GANPLUG_COMPLETE": "bash_complete", "COMP_WORDS": "ganplug train --loss wa", "COMP_CWORD": "3"}
     )
     assert "plain,wasserstein" in completed.stdout.splitlines()
+
+
+# -- train / sample end to end ------------------------------------------------------------------
+
+TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
+        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "-q"]
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path, capsys) -> Path:
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(capsys, "train", *TINY, "--loss", "bce", "--steps", "4", "--out", str(run_dir))
+    assert code == 0, err
+    return run_dir
+
+
+def test_train_writes_a_run(tiny_run: Path):
+    lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 4
+    assert all(isinstance(line["d_loss"], float) for line in lines)
+    assert (tiny_run / "samples" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tiny_run / "checkpoints" / "latest.pt").is_file()
+    config = (tiny_run / "config.toml").read_text()
+    assert 'loss = "bce"' in config and "lr_g = 0.0002" in config  # the recipe, resolved
+
+
+def test_config_file_of_a_run_reproduces_it(tiny_run: Path, tmp_path: Path, capsys):
+    import torch
+
+    again = tmp_path / "again"
+    code, _, err = run_main(capsys, "train", "--config", str(tiny_run / "config.toml"), "--out", str(again), "-q")
+    assert code == 0, err
+    first = torch.load(tiny_run / "checkpoints" / "latest.pt", weights_only=True)
+    second = torch.load(again / "checkpoints" / "latest.pt", weights_only=True)
+    for name, tensor in first["generator"].items():
+        assert torch.equal(tensor, second["generator"][name]), name
+
+
+def test_an_output_dir_holding_a_run_is_refused(tiny_run: Path, capsys):
+    code, _, err = run_main(capsys, "train", *TINY, "--steps", "4", "--out", str(tiny_run))
+    assert code == 1
+    assert err == f"Error: {tiny_run} already holds a run: pass --resume {tiny_run} to continue it or choose another --out\n"
+
+
+def test_resume_continues_and_refuses_changes(tiny_run: Path, capsys):
+    code, _, err = run_main(capsys, "train", "--resume", str(tiny_run), "--lr-g", "0.1")
+    assert code == 2 and "--lr-g cannot change when resuming" in err and err.count("\n") == 1
+    code, _, err = run_main(capsys, "train", "--resume", str(tiny_run), "--steps", "6", "-q")
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6
+
+
+def test_sample_from_a_checkpoint(tiny_run: Path, tmp_path: Path, capsys):
+    import numpy as np
+
+    code, out, err = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "-n", "10", "--out", str(tmp_path / "s.npy"))
+    assert code == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (10, 2) and np.isfinite(samples).all()
+    code, _, _ = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "s.png"))
+    assert code == 0 and (tmp_path / "s.png").stat().st_size > 0
+    code, _, err = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "s.txt"))
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_sample_reports_a_bad_checkpoint(tmp_path: Path, capsys, content):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run_main(capsys, "sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png"))
+    assert code != 0
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
