@@ -50,7 +50,7 @@ def test_list_json(capsys):
     assert datasets["ring8"]["value_range"] is None
     assert datasets["digits"]["value_range"] == [-1.0, 1.0]
     assert datasets["digits"]["options"][0] == {
-        "name": "image_size", "type": "int", "default": 8, "help": "resize to this square size, 8-128"
+        "name": "image_size", "type": "int", "default": 16, "help": "resize to this square size, 8-128 (native: 8)"
     }
 
 

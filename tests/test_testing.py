@@ -83,7 +83,7 @@ def test_clip_runs_after_critic_step():
 
 @pytest.mark.parametrize(
     "name, shape",
-    [("gaussian", (1,)), ("ring8", (2,)), ("grid25", (2,)), ("digits", (1, 8, 8))],
+    [("gaussian", (1,)), ("ring8", (2,)), ("grid25", (2,)), ("digits", (1, 16, 16))],
 )
 def test_builtin_datasets_pass(name, shape):
     batch = testing.check_dataset(builtin("dataset", name), batch_size=5)

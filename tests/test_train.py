@@ -128,7 +128,7 @@ def test_every_pairing_trains_and_writes_its_outputs(tmp_path, arch, loss_key, d
     assert {p.name for p in samples.iterdir()} == {"step_000001.png", "step_000002.png", "latest.png"}
     assert (samples / "latest.png").read_bytes() == (samples / "step_000002.png").read_bytes()
     if dataset == "digits":
-        side = data_options.get("image_size", 8)
+        side = data_options.get("image_size", 16)
         assert png_size(samples / "latest.png") == grid_size(16, side)
     else:
         assert png_size(samples / "latest.png") == (512, 512)
@@ -378,7 +378,7 @@ def test_load_generator_matches_the_trained_one(tmp_path, ema):
     rng = torch.get_rng_state()
     g = load_generator(tmp_path / "run")  # a run dir resolves to checkpoints/latest.pt
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
-    assert (g.latent_dim, g.latent, g.value_range, g.data_shape, g.step) == (64, "normal", (-1.0, 1.0), (1, 8, 8), 3)
+    assert (g.latent_dim, g.latent, g.value_range, g.data_shape, g.step) == (64, "normal", (-1.0, 1.0), (1, 16, 16), 3)
     assert g.uses_ema == (ema > 0) and not g.training
     z = draw_latent(5, 64, "normal", generator=torch.Generator().manual_seed(1))
     expected_model = trainer.ema if ema > 0 else trainer.G.eval()
@@ -390,7 +390,7 @@ def test_load_generator_matches_the_trained_one(tmp_path, ema):
             assert not torch.equal(raw(z), g(z))
 
     drawn = sample(g, 16, seed=7)  # the run's seed: the fixed noise of its pictures
-    assert drawn.shape == (16, 1, 8, 8) and drawn.device.type == "cpu"
+    assert drawn.shape == (16, 1, 16, 16) and drawn.device.type == "cpu"
     assert torch.equal(drawn, trainer.generate_fixed())
     # Chunks see the same noise (kernels may round differently at another batch size).
     torch.testing.assert_close(sample(g, 16, seed=7, batch_size=5), drawn, rtol=1e-5, atol=1e-6)

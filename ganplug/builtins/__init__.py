@@ -28,7 +28,7 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
             summary="strided (de)convolutions, BatchNorm in G, for square images 8-128 (Radford et al. 2016)",
             factory="ganplug.models.dcgan:build",
             options=(
-                Option("width", int, 64, "channels of D's first and G's last hidden layer"),
+                Option("width", int, 32, "channels of D's first and G's last hidden layer (the paper: 64 at 64x64)"),
                 Option(
                     "critic_norm",
                     str,
@@ -132,7 +132,7 @@ def ganplug_datasets() -> list[DatasetSpec]:
             name="digits",
             summary="1797 handwritten 8x8 digits bundled with scikit-learn (no download)",
             factory="ganplug.data.images:digits",
-            options=(Option("image_size", int, 8, "resize to this square size, 8-128"),),
+            options=(Option("image_size", int, 16, "resize to this square size, 8-128 (native: 8)"),),
         ),
         DatasetSpec(
             name="mnist",

@@ -120,7 +120,7 @@ def _from_uint8(images: Tensor, labels: Tensor | None, image_size: int) -> Datas
 # --------------------------------------------------------------------------------------------
 
 
-def digits(ctx: DataContext, image_size: int = 8) -> TensorDataset:
+def digits(ctx: DataContext, image_size: int = 16) -> TensorDataset:
     """The 1797 8x8 handwritten digits of scikit-learn: ``(image (1, S, S), label)``, values
     0..16 scaled to [-1, 1], resized (bilinear, antialiased) when ``image_size`` is not 8."""
     image_size = _check_image_size("digits", image_size, native_ok=False)
