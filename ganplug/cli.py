@@ -13,6 +13,7 @@ import click
 from ganplug import __version__
 from ganplug.errors import GanplugError, UsageError
 from ganplug.registry import KINDS, get_registry, resolve_kind
+from ganplug.train.config import OPTION_FLAGS, SHORTHANDS
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -98,18 +99,6 @@ def list_command(kind: str, as_json: bool) -> None:
 
 
 # -- train ---------------------------------------------------------------------------------------
-
-# CLI flags that are shorthands for an option of the chosen loss or dataset.
-SHORTHANDS = {
-    "label_smoothing": ("loss_options", "label_smoothing", "--label-smoothing"),
-    "label_noise": ("loss_options", "label_noise", "--label-noise"),
-    "data_dir": ("data_options", "root", "--data-dir"),
-    "download": ("data_options", "download", "--download"),
-    "image_size": ("data_options", "image_size", "--image-size"),
-}
-OPTION_FLAGS = {"arch_opt": "arch_options", "loss_opt": "loss_options", "data_opt": "data_options"}
-SPEC_OF = {"arch_options": "architecture", "loss_options": "loss", "data_options": "dataset"}
-
 
 def _train_options(func):
     options = [

@@ -25,12 +25,12 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
 from ganplug.errors import GanplugError, UsageError
-from ganplug.train.config import TrainConfig
+from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, SPEC_KIND, TrainConfig
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
@@ -61,13 +61,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, flush, fsync and rename it over
+    ``path``: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -75,24 +76,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda handle: handle.write(data))
 
 
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
-    """``torch.save`` ``state`` to ``path`` atomically (temp file in the same folder, flush,
-    fsync, ``os.replace``); a crash or Ctrl-C leaves the previous file intact. Returns ``path``."""
+    """``torch.save`` ``state`` to ``path`` atomically; a crash or Ctrl-C leaves the previous
+    file intact. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _atomic_write(path, lambda handle: torch.save(dict(state), handle))
     return path
 
 
@@ -239,17 +235,7 @@ def stored_config(state: Mapping[str, Any]) -> TrainConfig:
 RESUMABLE = frozenset({"steps", "sample_every", "checkpoint_every", "log_every", "device", "num_samples", "amp"})
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
-# Command-line shorthands: name -> (config attribute, option name, flag).
-SHORTHANDS = {
-    "label_smoothing": ("loss_options", "label_smoothing", "--label-smoothing"),
-    "label_noise": ("loss_options", "label_noise", "--label-noise"),
-    "data_dir": ("data_options", "root", "--data-dir"),
-    "download": ("data_options", "download", "--download"),
-    "image_size": ("data_options", "image_size", "--image-size"),
-}
-_PAIR_FLAGS = {"arch_opt": "arch_options", "loss_opt": "loss_options", "data_opt": "data_options"}
 _OPTION_FLAG = {"arch_options": "--arch-opt", "loss_options": "--loss-opt", "data_options": "--data-opt"}
-_SPEC_KIND = {"arch_options": "architecture", "loss_options": "loss", "data_options": "dataset"}
 _IGNORED = frozenset({"quiet", "resume", "out", "config_file"})
 
 
@@ -297,7 +283,7 @@ def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], f
     from ganplug.registry import get_registry
 
     spec_name = {"arch_options": config.arch, "loss_options": config.loss, "data_options": config.dataset}[attribute]
-    spec = get_registry().resolve(_SPEC_KIND[attribute], spec_name)
+    spec = get_registry().resolve(SPEC_KIND[attribute], spec_name)
     merged = spec.resolve_options({**stored, **given})
     for key, value in merged.items():
         if key in stored and stored[key] == value:
@@ -324,13 +310,13 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
         loss_options=dict(stored.loss_options),
         data_options=dict(stored.data_options),
     )
-    option_updates: dict[str, dict[str, Any]] = {a: {} for a in _SPEC_KIND}
-    flag_of: dict[str, dict[str, str]] = {a: {} for a in _SPEC_KIND}
+    option_updates: dict[str, dict[str, Any]] = {a: {} for a in SPEC_KIND}
+    flag_of: dict[str, dict[str, str]] = {a: {} for a in SPEC_KIND}
     for name, value in overrides.items():
         if value is None or name in _IGNORED:
             continue
-        if name in _PAIR_FLAGS:
-            attribute = _PAIR_FLAGS[name]
+        if name in OPTION_FLAGS:
+            attribute = OPTION_FLAGS[name]
             for key, item in _pairs(_flag(name), value).items():
                 option_updates[attribute][key] = item
                 flag_of[attribute].setdefault(key, f"{_flag(name)} {key}")

@@ -12,6 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# Command-line flags that are shorthands for an option of the chosen loss or dataset:
+# parameter name -> (config attribute, option name, flag).
+SHORTHANDS = {
+    "label_smoothing": ("loss_options", "label_smoothing", "--label-smoothing"),
+    "label_noise": ("loss_options", "label_noise", "--label-noise"),
+    "data_dir": ("data_options", "root", "--data-dir"),
+    "download": ("data_options", "download", "--download"),
+    "image_size": ("data_options", "image_size", "--image-size"),
+}
+# ``--arch-opt KEY=VALUE`` and friends: parameter name -> config attribute.
+OPTION_FLAGS = {"arch_opt": "arch_options", "loss_opt": "loss_options", "data_opt": "data_options"}
+# Config attribute -> the kind of spec its options belong to.
+SPEC_KIND = {"arch_options": "architecture", "loss_options": "loss", "data_options": "dataset"}
+
+
 @dataclass
 class TrainConfig:
     arch: str = "dcgan"
