@@ -243,3 +243,32 @@ def test_sample_reports_a_bad_checkpoint(tmp_path: Path, capsys, content):
     code, _, err = run_main(capsys, "sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png"))
     assert code != 0
     assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_dcgan_trains_on_an_image_folder_of_colour_images(tmp_path: Path, capsys):
+    """--data-dir and --image-size reach the dataset; dcgan adapts to 3 channels."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images" / "nested"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(
+        capsys, "train", "--arch", "dcgan", "--arch-opt", "width=4", "--loss", "hinge",
+        "--dataset", "image-folder", "--data-dir", str(tmp_path / "images"), "--image-size", "16",
+        "--batch-size", "4", "--steps", "2", "--out", str(run_dir), "-q",
+    )
+    assert code == 0, err
+    code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", str(tmp_path / "s.npy"))
+    assert code == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (3, 3, 16, 16) and np.abs(samples).max() <= 1.0
+
+
+def test_missing_data_dir_is_one_line(tmp_path: Path, capsys):
+    code, _, err = run_main(capsys, "train", "--dataset", "image-folder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    assert code != 0 and err.startswith("Error: ") and err.count("\n") == 1
+    assert not (tmp_path / "r" / "checkpoints").exists()
