@@ -76,10 +76,10 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", metavar="{archs|losses|datasets}")
+@click.argument("kind", metavar="{archs|losses|datasets|metrics}")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(kind: str, as_json: bool) -> None:
-    """List architectures, losses or datasets with summaries and options."""
+    """List architectures, losses, datasets or metrics with summaries and options."""
     resolved = resolve_kind(kind)
     entries = get_registry().entries(resolved.name)
     if as_json:
@@ -133,6 +133,8 @@ def _train_options(func):
         click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, log lines only."),
+        click.option("--on-nan", type=click.Choice(["stop", "skip"]), help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step [default: stop]."),
+        click.option("--nproc", type=click.IntRange(min=1), help="Train data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs); --batch-size is the global batch."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -237,14 +239,51 @@ def train(ctx: click.Context, **given: Any) -> None:
         for name, value in given.items()
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     }
-    if explicit.get("resume"):
-        _resume(explicit)
-        return
-    config = build_config(explicit)
-    run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
-    from ganplug.train import train as run_training
+    from ganplug.train.distributed import env_world_size, exit_worker
+    from ganplug.train.trainer import Terminated
 
-    run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+    torchrun_worker = env_world_size() > 1
+    nproc = explicit.pop("nproc", None)
+    if nproc is not None and nproc > 1:
+        from ganplug.train.distributed import launch
+
+        if torchrun_worker:
+            raise UsageError("--nproc: already running under torchrun; drop --nproc")
+        if not explicit.get("resume") and not explicit.get("out"):  # pick the directory once, for every rank
+            explicit["out"] = str(_default_run_dir(build_config(explicit)))
+        args: list[str] = ["train"]
+        for param in ctx.command.params:
+            if param.name not in explicit or not isinstance(param, click.Option):
+                continue
+            flag = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+            value = explicit[param.name]
+            if param.is_flag:
+                args += [flag] if value else []
+            elif param.multiple:
+                for item in value:
+                    args += [flag, str(item)]
+            else:
+                args += [flag, str(value)]
+        raise click.exceptions.Exit(launch(nproc, args))
+
+    try:
+        if explicit.get("resume"):
+            _resume(explicit)
+        else:
+            config = build_config(explicit)
+            if explicit.get("on_nan") is not None:
+                config.on_nan = explicit["on_nan"]
+            run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
+            from ganplug.train import train as run_training
+
+            run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+    except Terminated as stop:  # SIGTERM: the checkpoint is written; exit 128 + signal number
+        click.echo(f"ganplug: terminated by signal {stop.signum}", err=True)
+        if torchrun_worker:
+            exit_worker(stop.exit_code)
+        raise click.exceptions.Exit(stop.exit_code) from None
+    if torchrun_worker:  # done and flushed: skip gloo's racy interpreter shutdown (see exit_worker)
+        exit_worker(0)
 
 
 def _resume(explicit: dict[str, Any]) -> None:
@@ -265,6 +304,52 @@ def _resume(explicit: dict[str, Any]) -> None:
     run_dir = run_dir_of(checkpoint)
     config = resume_config(stored_config(load_checkpoint(checkpoint)), explicit)
     run_training(config, run_dir, resume_from=checkpoint, quiet=bool(explicit.get("quiet")))
+
+
+# -- eval ------------------------------------------------------------------------------------------
+
+
+def _format_metric_value(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+@cli.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory.")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME", help="Only this metric (repeatable) [default: every one that applies].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
+@click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, seed: int, no_ema: bool, device: str) -> None:
+    """Score a trained generator with every metric that applies to its dataset.
+
+    \b
+    Examples:
+      ganplug eval --checkpoint runs/mlp-bce-ring8
+      ganplug eval --checkpoint runs/mlp-bce-ring8/checkpoints/step_000500.pt --json
+      ganplug list metrics                          # what is computed, for which datasets
+    """
+    from ganplug.metrics import evaluate
+
+    report = evaluate(checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names)
+    if as_json:
+        clean = {
+            name: {key: (value if value == value else None) for key, value in values.items()}
+            for name, values in report["metrics"].items()
+        }
+        _echo_json({**report, "metrics": clean})
+        return
+    weights = "EMA" if report["ema"] else "raw"
+    click.echo(f"{report['checkpoint']}: step {report['step']}, {weights} generator, dataset {report['dataset']}, seed {report['seed']}")
+    for name, values in report["metrics"].items():
+        click.echo(f"{name}")
+        width = max((len(key) for key in values), default=0)
+        for key, value in values.items():
+            click.echo(f"    {key:<{width}}  {_format_metric_value(value)}")
 
 
 # -- sample ----------------------------------------------------------------------------------------

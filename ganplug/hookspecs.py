@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec
+from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -26,3 +26,8 @@ def ganplug_losses() -> list[LossSpec]:
 @hookspec
 def ganplug_datasets() -> list[DatasetSpec]:
     """Training data this plugin adds (``--dataset NAME``)."""
+
+
+@hookspec
+def ganplug_metrics() -> list[MetricSpec]:
+    """Sample-quality metrics this plugin adds (computed by ``ganplug eval``)."""

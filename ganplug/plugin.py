@@ -14,6 +14,14 @@ Factory contracts (what ``spec.load()(...)`` must return):
 - dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
   float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a
   ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``.
+- metric: ``factory(**options) -> metric``, a callable
+  ``metric(samples: Tensor, *, dataset: str, dataset_options: dict) -> dict[str, float]``.
+  ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
+  ``dataset`` is the run's dataset name and ``dataset_options`` its resolved options (so a
+  metric follows a run's settings, e.g. the std of a mixture). ``ganplug eval`` draws
+  ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
+  ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
+  cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -189,6 +197,35 @@ class DatasetSpec(_Spec):
         return info
 
 
+# Samples ``ganplug eval`` draws for a metric whose spec has no ``n_samples`` option.
+DEFAULT_METRIC_SAMPLES = 10000
+
+
+@dataclass(frozen=True)
+class MetricSpec(_Spec):
+    """A sample-quality metric: ``factory(**options) -> metric(samples, *, dataset, dataset_options)``
+    returning ``{name: float}``.
+
+    ``datasets``: the dataset names it applies to (``()``: any dataset).
+    """
+
+    kind = "metric"
+    datasets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+
+    def applies_to(self, dataset: str) -> bool:
+        """Whether this metric scores samples of ``dataset`` (a bare dataset name)."""
+        return not self.datasets or dataset in self.datasets
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["datasets"] = list(self.datasets)
+        return info
+
+
 @dataclass(frozen=True)
 class ModelContext:
     """What an architecture factory is told about the run.
@@ -213,10 +250,12 @@ class DataContext:
 
 
 __all__ = [
+    "DEFAULT_METRIC_SAMPLES",
     "ArchitectureSpec",
     "DataContext",
     "DatasetSpec",
     "LossSpec",
+    "MetricSpec",
     "ModelContext",
     "Option",
     "Recipe",

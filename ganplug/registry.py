@@ -23,7 +23,7 @@ import pluggy
 
 from ganplug import hookspecs
 from ganplug.errors import UsageError
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec
+from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec
 
 BUILTIN = "ganplug"
 
@@ -44,6 +44,7 @@ KINDS: dict[str, Kind] = {
         Kind("architecture", "archs", "ganplug_architectures", ArchitectureSpec),
         Kind("loss", "losses", "ganplug_losses", LossSpec),
         Kind("dataset", "datasets", "ganplug_datasets", DatasetSpec),
+        Kind("metric", "metrics", "ganplug_metrics", MetricSpec),
     )
 }
 

@@ -377,6 +377,43 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
 # -- whole plugins -----------------------------------------------------------------------------------
 
 
+def check_metric(
+    spec: Any,
+    samples: Any = None,
+    dataset: str | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, float]:
+    """Build the metric and score ``samples`` of ``dataset``; asserts the result is a non-empty
+    dict of str to float and returns it. By default ``dataset`` is the first the spec names
+    (samples: 256 real ones, drawn with its default options) or ``"any"`` (256 standard-normal
+    2-D points)."""
+    import torch
+
+    label = f"metric {spec.name!r}"
+    metric = spec.load()(**spec.resolve_options(options))
+    assert callable(metric), f"{label}: the factory returned {type(metric).__name__}, expected a callable"
+    if dataset is None:
+        dataset = spec.datasets[0] if spec.datasets else "any"
+    if samples is None and dataset != "any":
+        from ganplug.registry import get_registry
+
+        data_spec = get_registry().resolve("dataset", dataset)
+        resolved = data_spec.resolve_options(dataset_options or {})
+        data = data_spec.load()(DataContext(seed=0), **resolved)
+        samples = torch.stack([_sample_of(data_spec, data[i], i) for i in range(min(256, len(data)))])
+        dataset_options = resolved
+    elif samples is None:
+        samples = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    result = metric(samples, dataset=dataset, dataset_options=dict(dataset_options or {}))
+    assert isinstance(result, dict) and result, f"{label}: returned {result!r}, expected a dict of str to float"
+    for key, value in result.items():
+        assert isinstance(key, str) and isinstance(value, (int, float)), (
+            f"{label}: entry {key!r}: {value!r} is not a float"
+        )
+    return result
+
+
 def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[str]]:
     """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the
     built-ins, assert it loads (status ok) and registers at least one spec, then run
@@ -433,6 +470,8 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
                     )
             elif kind == "loss":
                 check_loss(spec, **given)
-            else:
+            elif kind == "dataset":
                 check_dataset(spec, **given)
+            else:
+                check_metric(spec, **given)
     return dict(info.registers)

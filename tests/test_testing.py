@@ -433,3 +433,30 @@ def test_check_plugin_architecture_options():
     contexts.clear()
     testing.check_plugin(plugin, options={"toy": {"bounded": False}})
     assert contexts == [((2,), False, 4)]
+
+
+def test_check_metric_scores_real_data_of_the_named_dataset():
+    result = testing.check_metric(builtin("metric", "modes"))  # 256 real ring8 samples
+    assert result["modes_captured"] == 8.0 and result["high_quality_pct"] > 95.0
+    fit = testing.check_metric(builtin("metric", "gaussian-fit"))
+    assert abs(fit["mean"] - 4.0) < 0.25 and abs(fit["std"] - 1.25) < 0.25
+
+
+def test_check_metric_rejects_a_metric_that_returns_no_floats():
+    from ganplug.plugin import MetricSpec
+
+    broken = MetricSpec("broken", "s", lambda: (lambda samples, **_: {"score": "high"}))
+    with pytest.raises(AssertionError, match="metric 'broken': entry 'score': 'high' is not a float"):
+        testing.check_metric(broken)
+
+
+def test_check_plugin_runs_metric_checks():
+    from ganplug.plugin import MetricSpec, hookimpl
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_metrics():
+            return [MetricSpec("spread", "s", lambda: (lambda samples, **_: {"std": float(samples.std())}))]
+
+    assert testing.check_plugin(Plugin()) == {"metric": ["spread"]}

@@ -1,10 +1,10 @@
-"""The built-in architectures, losses and datasets, registered through the same hooks as any
+"""The built-in architectures, losses, datasets and metrics, registered through the same hooks as any
 third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live here: the factories are named
 as ``"module:function"`` strings so listing them does not import torch."""
 
 from __future__ import annotations
 
-from ganplug.plugin import ArchitectureSpec, DatasetSpec, LossSpec, Option, hookimpl
+from ganplug.plugin import ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec, Option, hookimpl
 
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
 
@@ -161,5 +161,39 @@ def ganplug_datasets() -> list[DatasetSpec]:
                 Option("image_size", int, 64, "square size, 8-128"),
                 Option("channels", int, 3, "1 for greyscale, 3 for RGB"),
             ),
+        ),
+    ]
+
+
+@hookimpl
+def ganplug_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(
+            name="modes",
+            summary="ring8, grid25: modes captured, % high quality, reverse KL to uniform (PacGAN/VEEGAN protocol)",
+            factory="ganplug.metrics.mixtures:build",
+            options=(
+                Option("n_samples", int, 2500, "samples drawn from the generator"),
+                Option("threshold_std", float, 3.0, "high quality: within this many mode stds of the nearest mode"),
+            ),
+            datasets=("ring8", "grid25"),
+        ),
+        MetricSpec(
+            name="gaussian-fit",
+            summary="gaussian: sample mean, std and Kolmogorov-Smirnov statistic against the target normal",
+            factory="ganplug.metrics.gaussian:build",
+            options=(Option("n_samples", int, 10000, "samples drawn from the generator"),),
+            datasets=("gaussian",),
+        ),
+        MetricSpec(
+            name="digits-quality",
+            summary="digits: Frechet distance, precision/recall/density/coverage, class histogram in a classifier's features; real floor beside",
+            factory="ganplug.metrics.images:build",
+            options=(
+                Option("n_samples", int, 899, "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)"),
+                Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
+                Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
+            ),
+            datasets=("digits",),
         ),
     ]

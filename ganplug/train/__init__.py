@@ -7,16 +7,18 @@
 - :mod:`~ganplug.train.checkpoint`: saving, loading, locating checkpoints; resume rules
 - :mod:`~ganplug.train.render`: PNG pictures of samples; ``.npy``/``.pt`` writers
 - :mod:`~ganplug.train.progress`: the progress line on stderr
+- :mod:`~ganplug.train.distributed`: data-parallel runs under torchrun (``--nproc``)
 
 Importing this package does not import torch; :func:`train` does.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, UsageError
 from ganplug.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -76,19 +78,45 @@ def train(
     config with allowed changes (see :func:`ganplug.train.checkpoint.resume_config`), anything
     else raises UsageError; the run continues in ``run_dir`` (normally the checkpoint's run).
     ``stream`` receives progress (default stderr); ``hooks`` see :class:`~ganplug.train.trainer.Trainer`.
-    Ctrl-C saves the last completed step and re-raises KeyboardInterrupt.
+    Ctrl-C saves the last completed step and re-raises KeyboardInterrupt (SIGTERM: Terminated).
+    Launched by torchrun with several processes, it trains data-parallel (see
+    :mod:`ganplug.train.distributed`); rank 0 alone writes files.
     """
+    from ganplug.train import distributed
+
+    world = distributed.setup(config.device)
+    try:
+        if world is not None and not world.is_main:
+            quiet, stream = True, io.StringIO()
+        done = _train(config, Path(run_dir), resume_from, quiet, stream, hooks, world)
+        distributed.barrier(world)  # no rank leaves the group while another still talks to it
+        return done
+    finally:
+        distributed.teardown(world)
+
+
+def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
+    from ganplug.train import distributed
     from ganplug.train.build import build_run
     from ganplug.train.checkpoint import check_resumable, find_checkpoint, load_checkpoint, stored_config
     from ganplug.train.trainer import Trainer
 
-    run_dir = Path(run_dir)
+    if world is not None and str(config.device).startswith("cuda:"):
+        raise UsageError(
+            f"--device {config.device} names one GPU but {world.world_size} processes run: pass --device cuda "
+            "(each process uses cuda:LOCAL_RANK)"
+        )
+    distributed.check_batch(world, config.batch_size)
+    main = world is None or world.is_main
     if resume_from is None:
         check_new_run_dir(run_dir)
+        distributed.barrier(world)  # every rank checked before rank 0 writes
         run = build_run(config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run.config, run_dir)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks)
+        distributed.broadcast_parameters(world, (run.generator, run.discriminator))
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run.config, run_dir)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, world=world)
         trainer_message = (
             f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
             f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}; "
@@ -104,8 +132,9 @@ def train(
                 f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
                 f"{tuple(state['model']['data_shape'])}: start a new run with --out"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, world=world)
         trainer.load_state_dict(state)
         trainer.last_checkpoint = checkpoint
         if trainer.step >= run.config.steps:
@@ -114,8 +143,12 @@ def train(
                 f"pass --steps N with N > {trainer.step} to train further"
             )
         trainer.trim_metrics()
-        write_config(run.config, run_dir)
+        if main:
+            write_config(run.config, run_dir)
         trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}"
+    if world is not None:
+        per_rank = run.config.batch_size // world.world_size
+        trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"
     from ganplug.train.progress import Progress
 
     Progress(0, quiet=True, stream=stream).message(trainer_message)

@@ -178,6 +178,7 @@ def validate_config(config: TrainConfig) -> None:
         _is_int(c.num_samples) and c.num_samples >= 1,
         f"num_samples must be an integer >= 1, got {c.num_samples!r}",
     )
+    _require(c.on_nan in ("stop", "skip"), f"on_nan must be stop or skip, got {c.on_nan!r}: pass --on-nan stop")
     for name in ("arch_options", "loss_options", "data_options"):
         _require(isinstance(getattr(c, name), dict), f"{name} must be a table of options, got {getattr(c, name)!r}")
 

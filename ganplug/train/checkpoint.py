@@ -11,6 +11,10 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
     rng: {"cpu": ByteTensor, "cuda": [ByteTensor, ...] or None}
     data_order: {"epoch", "position", "size", "batch_size"}
     fixed_noise: (num_samples, latent_dim) float tensor
+    skipped_steps: int (optional; steps dropped by on_nan="skip")
+
+Checkpoints do not depend on the number of training processes (the data position is global,
+the RNG state is rank 0's, which every rank shares), so a run continues with any number.
 
 Run layout: ``RUN_DIR/checkpoints/step_000500.pt`` (the last :data:`KEEP` kept) and
 ``RUN_DIR/checkpoints/latest.pt``.
@@ -92,6 +96,26 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def remove_orphaned_temps(directory: Path) -> None:
+    """Delete temporary files left by writers that died mid-write (``kill -9``): those whose
+    process no longer exists."""
+    if not Path(directory).is_dir():
+        return
+    for entry in Path(directory).iterdir():
+        match = _TEMP_FILE.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except (PermissionError, OSError, OverflowError):
+            pass
+
+
 def step_checkpoint_name(step: int) -> str:
     return f"step_{step:06d}.pt"
 
@@ -116,6 +140,7 @@ def write_run_checkpoint(
     abandoned by resuming an older checkpoint, whose metrics lines were dropped too) are deleted
     as soon as the new branch has a checkpoint. Returns the step file's path."""
     directory = Path(directory)
+    remove_orphaned_temps(directory)
     path = save_checkpoint(state, directory / step_checkpoint_name(step))
     latest = directory / LATEST
     tmp = latest.with_name(f".{LATEST}.tmp-{os.getpid()}")
@@ -232,11 +257,13 @@ def stored_config(state: Mapping[str, Any]) -> TrainConfig:
 # -- resuming ----------------------------------------------------------------------------------
 
 # Fields a resume may change: how long, how often to report, where to run.
-RESUMABLE = frozenset({"steps", "sample_every", "checkpoint_every", "log_every", "device", "num_samples", "amp"})
+RESUMABLE = frozenset(
+    {"steps", "sample_every", "checkpoint_every", "log_every", "device", "num_samples", "amp", "on_nan"}
+)
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
 _OPTION_FLAG = {"arch_options": "--arch-opt", "loss_options": "--loss-opt", "data_options": "--data-opt"}
-_IGNORED = frozenset({"quiet", "resume", "out", "config_file"})
+_IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc"})
 
 
 def _flag(name: str) -> str:
@@ -299,8 +326,8 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
 
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
     pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
-    steps, sample_every, checkpoint_every, log_every, device, num_samples, amp and the data's
-    location (root, download) may change; any other value that differs from the stored one raises
+    steps, sample_every, checkpoint_every, log_every, device, num_samples, amp, on_nan and the
+    data's location (root, download) may change; any other value that differs from the stored one raises
     UsageError naming the option (it shapes the run: start a new one with --out).
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # generator steps between checkpoints; 0 = only at the end
     log_every: int = 10  # generator steps between metrics.jsonl lines
     num_samples: int = 64  # images in a sample grid (fixed noise)
+    on_nan: str = "stop"  # a non-finite loss or weight: "stop" the run, or "skip" the step
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

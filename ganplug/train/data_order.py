@@ -54,7 +54,9 @@ class BatchOrder:
 
     ``next_batch()`` returns the next batch; ``state_dict()`` / ``load_state_dict()`` save and
     restore the position as plain ints. ``num_workers`` > 0 loads non-tensor datasets in worker
-    processes (the order is the same).
+    processes (the order is the same). ``shard=(start, stop)``: batches are that slice of each
+    global batch of ``batch_size`` (one rank's part in distributed training); the position stays
+    global, so the state does not depend on the number of ranks.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class BatchOrder:
         seed: int = 0,
         device: torch.device | str = "cpu",
         num_workers: int = 0,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.size = len(dataset)  # type: ignore[arg-type]
@@ -76,6 +79,9 @@ class BatchOrder:
                 f"pass --batch-size {self.size} or less"
             )
         self.batch_size = batch_size
+        self.shard = (0, batch_size) if shard is None else (int(shard[0]), int(shard[1]))
+        if not 0 <= self.shard[0] < self.shard[1] <= batch_size:
+            raise GanplugError(f"shard {shard} is not a slice of a batch of {batch_size}")
         self.seed = int(seed)
         self.device = torch.device(device)
         self.num_workers = num_workers
@@ -136,7 +142,8 @@ class BatchOrder:
             self.epoch += 1
             self.position = 0
         perm = self._permutation()
-        indices = perm[self.position : self.position + self.batch_size]
+        start, stop = self.shard
+        indices = perm[self.position + start : self.position + stop]
         self.position += self.batch_size
         return indices
 
@@ -162,9 +169,11 @@ class BatchOrder:
         perm = self._permutation()
         if self._iterator is None:
             rest = perm[self.position : self.position + self.batch_size * ((self.size - self.position) // self.batch_size)]
+            start, stop = self.shard
+            rest = rest.view(-1, self.batch_size)[:, start:stop].reshape(-1)
             loader = DataLoader(
                 self.dataset,
-                batch_size=self.batch_size,
+                batch_size=stop - start,
                 sampler=rest.tolist(),
                 drop_last=True,
                 num_workers=self.num_workers,

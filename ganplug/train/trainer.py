@@ -11,9 +11,16 @@ generators for the data order and the fixed noise) and all are saved, so on CPU 
 a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
 
 Ctrl-C: a first Ctrl-C lets the current step finish, then saves a checkpoint of it and raises
-``KeyboardInterrupt`` (a second one stops at once). A ``KeyboardInterrupt`` raised inside a step
+``KeyboardInterrupt`` (a second one stops at once). SIGTERM does the same and raises
+:class:`Terminated` (a ``KeyboardInterrupt`` carrying the signal number; the CLI exits 143). A ``KeyboardInterrupt`` raised inside a step
 before any parameter changed (e.g. by a loss) rolls the step back (RNG, data position, BatchNorm
 buffers) and saves the step before; one raised after a parameter changed saves nothing new.
+
+Divergence (``config.on_nan``): after each step the step's losses and the weights of G and D are
+checked. ``stop`` raises GanplugError naming the step, after flushing metrics and without saving
+the non-finite state (the last good checkpoint stays ``latest.pt``); ``skip`` restores the weights,
+optimiser states and EMA of before the step (the data and RNG move on), warns, and counts the step
+in the ``skipped_steps`` metric.
 
 Files in the run directory::
 
@@ -43,6 +50,7 @@ from ganplug.errors import GanplugError, UsageError
 from ganplug.train.build import Run, draw_latent
 from ganplug.train.checkpoint import FORMAT, VERSION, atomic_write_bytes, write_run_checkpoint
 from ganplug.train.data_order import BatchOrder, epoch_permutation
+from ganplug.train.distributed import World, all_reduce_sum, average_gradients
 from ganplug.train.progress import Progress, format_duration
 from ganplug.train.render import picture_kind, render, save_png
 
@@ -53,6 +61,25 @@ REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
 _CHUNK = 1024  # generator batch when drawing the fixed noise
 
 Hook = Callable[["Trainer", int], None]
+
+
+class Terminated(KeyboardInterrupt):
+    """A stop asked for by a signal other than SIGINT (SIGTERM): ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def make_optimizer(name: str, parameters: Sequence[nn.Parameter], lr: float, betas: Sequence[float]) -> torch.optim.Optimizer:
@@ -87,13 +114,18 @@ class _Sums:
             self.sums[key] = value
             self.counts[key] = 1
 
-    def means(self) -> dict[str, float]:
+    def means(self, world: World | None = None) -> dict[str, float]:
+        """The means; with ``world``, averaged over the ranks too (every rank must call it)."""
         if not self.sums:
             return {}
         keys = list(self.sums)
         device = self.sums[keys[0]].device
-        values = torch.stack([self.sums[k].to(device) for k in keys]).tolist()  # one sync
-        return {k: v / self.counts[k] for k, v in zip(keys, values)}
+        stacked = torch.stack([self.sums[k].to(device) for k in keys])
+        ranks = 1
+        if world is not None:  # every rank has the same keys and counts
+            stacked, ranks = all_reduce_sum(world, stacked), world.world_size
+        values = stacked.tolist()  # one sync
+        return {k: v / (self.counts[k] * ranks) for k, v in zip(keys, values)}
 
     def clear(self) -> None:
         self.sums.clear()
@@ -120,8 +152,11 @@ class Trainer:
         quiet: bool = False,
         stream: TextIO | None = None,
         hooks: Sequence[Hook] = (),
+        world: World | None = None,
     ) -> None:
         self.run = run
+        self.world = world
+        self.is_main = world is None or world.is_main
         self.config = run.config
         self.run_dir = Path(run_dir)
         self.quiet = quiet
@@ -135,7 +170,8 @@ class Trainer:
         self.opt_g = make_optimizer(cfg.optimizer, [p for p in self.G.parameters() if p.requires_grad], cfg.lr_g, cfg.betas)
         self.opt_d = make_optimizer(cfg.optimizer, [p for p in self.D.parameters() if p.requires_grad], cfg.lr_d, cfg.betas)
         self.ema: nn.Module | None = self._new_ema() if cfg.ema > 0 else None
-        self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device)
+        self._shard = world.shard(cfg.batch_size) if world is not None else None
+        self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self._shard)
         self.fixed_noise = fixed_noise(cfg.num_samples, run.latent_dim, run.latent, cfg.seed).to(self.device)
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
@@ -148,7 +184,12 @@ class Trainer:
         self._in_step = False
         self._dirty = False
         self._stop_requested = False
+        self._stop_agreed = False
+        self._stop_signal = signal.SIGINT
         self._snapshot: tuple[Any, ...] | None = None
+        self._weights_snapshot: tuple[Any, ...] | None = None  # on_nan="skip": the state before the step
+        self._step_sums = _Sums()  # this step's values, merged into _sums once the step is finite
+        self.skipped_steps = 0
         self.progress: Progress | None = None
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -177,6 +218,13 @@ class Trainer:
 
     def _noise(self, n: int) -> torch.Tensor:
         return draw_latent(n, self.run.latent_dim, self.run.latent, device=self.device)
+
+    def _batch_noise(self) -> torch.Tensor:
+        """Noise of a step: the global batch's (so every rank's RNG moves alike), this rank's slice."""
+        z = self._noise(self.config.batch_size)
+        if self._shard is not None:
+            z = z[self._shard[0] : self._shard[1]]
+        return z
 
     def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None]:
         """Real samples drawn under 1-D/2-D pictures and a fixed plot box around them."""
@@ -234,6 +282,7 @@ class Trainer:
             "rng": self._rng_state(),
             "data_order": self.order.state_dict(),
             "fixed_noise": self.fixed_noise.detach().cpu(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -258,6 +307,7 @@ class Trainer:
         self.step = int(state["step"])
         self.last_checkpoint_step = self._resumed_step = self.step
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         noise = state["fixed_noise"]
         if tuple(noise.shape) == tuple(self.fixed_noise.shape):
             self.fixed_noise = noise.to(self.device)
@@ -267,6 +317,13 @@ class Trainer:
         """Remember what a step changes before its first optimiser step, for a rollback."""
         buffers = [b.detach().clone() for m in (self.G, self.D) for b in m.buffers()]
         self._snapshot = (self._rng_state(), self.order.state_dict(), buffers)
+        self._step_sums.clear()
+        if self.config.on_nan == "skip":
+            clone = lambda module: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self._weights_snapshot = (
+                clone(self.G), clone(self.D), clone(self.ema) if self.ema is not None else None,
+                copy.deepcopy(self.opt_g.state_dict()), copy.deepcopy(self.opt_d.state_dict()),
+            )
         self._dirty = False
         self._in_step = True
 
@@ -287,16 +344,17 @@ class Trainer:
     def train_step(self) -> None:
         """One generator step (``n_critic`` critic updates, one generator update, the EMA)."""
         cfg = self.config
-        G, D, loss, sums = self.G, self.D, self.loss, self._sums
+        G, D, loss, sums = self.G, self.D, self.loss, self._step_sums
         for _ in range(cfg.n_critic):
             real = self.order.next_batch()
-            z = self._noise(cfg.batch_size)
+            z = self._batch_noise()
             with self._autocast():
                 with torch.no_grad():
                     fake = G(z)
                 d_loss, d_stats = loss.discriminator_loss(D, real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            average_gradients(self.world, self.opt_d.param_groups[0]["params"])
             self._dirty = True
             self.opt_d.step()
             loss.after_critic_step(D)
@@ -305,11 +363,12 @@ class Trainer:
                 sums.add(key, value)
         D.requires_grad_(False)
         try:
-            z = self._noise(cfg.batch_size)
+            z = self._batch_noise()
             with self._autocast():
                 g_loss, g_stats = loss.generator_loss(D, G(z))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
+            average_gradients(self.world, self.opt_g.param_groups[0]["params"])
             self.opt_g.step()
         finally:
             D.requires_grad_(True)
@@ -318,6 +377,71 @@ class Trainer:
             sums.add("g_" + key, value)
         if self.ema is not None:
             self._update_ema()
+
+    def _nonfinite(self) -> str | None:
+        """What is not finite after the step just done (a loss or the weights), or None; one sync."""
+        losses = [k for k in ("d_loss", "g_loss") if k in self._step_sums.sums]
+        flags = [torch.isfinite(self._step_sums.sums[k]).all() for k in losses]
+        for module in (self.G, self.D):
+            ps = [p.detach() for p in module.parameters() if p.is_floating_point()]
+            flags.append(torch.stack([torch.isfinite(p).all() for p in ps]).all() if ps else torch.tensor(True))
+        flags.append(torch.tensor(not self._stop_requested))
+        ok_t = torch.stack([f.to(flags[-2].device) for f in flags]).float()
+        if self.world is not None:  # every rank decides alike: bad anywhere is bad everywhere
+            ok_t = (all_reduce_sum(self.world, ok_t) == self.world.world_size).float()
+        ok = [bool(v) for v in ok_t.tolist()]
+        if not ok.pop():
+            self._stop_agreed = True  # some rank was asked to stop: all stop after this step
+        for key, good in zip(losses, ok):
+            if not good:
+                return f"{key} is {float(self._step_sums.sums[key] / self._step_sums.counts[key])}"
+        for name, good in zip(("G", "D"), ok[len(losses):]):
+            if not good:
+                return f"the weights of {name} are not finite"
+        return None
+
+    def _merge_step_sums(self) -> None:
+        for key, value in self._step_sums.sums.items():
+            if key in self._sums.sums:
+                self._sums.sums[key] = self._sums.sums[key] + value.to(self._sums.sums[key].device)
+                self._sums.counts[key] += self._step_sums.counts[key]
+            else:
+                self._sums.sums[key] = value
+                self._sums.counts[key] = self._step_sums.counts[key]
+        self._step_sums.clear()
+
+    def _restore_weights(self) -> None:
+        assert self._weights_snapshot is not None
+        g, d, ema, opt_g, opt_d = self._weights_snapshot
+        self.G.load_state_dict(g)
+        self.D.load_state_dict(d)
+        if self.ema is not None and ema is not None:
+            self.ema.load_state_dict(ema)
+        self.opt_g.load_state_dict(opt_g)
+        self.opt_d.load_state_dict(opt_d)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+
+    def _diverged(self, step: int, what: str) -> None:
+        """Handle a non-finite step ``step`` (not yet counted) per ``config.on_nan``."""
+        assert self.progress is not None
+        self._step_sums.clear()
+        if self.config.on_nan == "skip":
+            self._restore_weights()
+            self.skipped_steps += 1
+            self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
+            return
+        self._in_step = False
+        if self._window_steps > 0:  # flush the good steps since the last metrics line
+            self.log_metrics()
+        if self.last_checkpoint is not None:
+            kept = f"the last good checkpoint {self.last_checkpoint} (step {self.last_checkpoint_step}) is kept"
+        else:
+            kept = "no checkpoint was written"
+        raise GanplugError(
+            f"training diverged at step {step} ({what}): stopped without saving it; {kept}; "
+            "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
+        )
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -339,7 +463,7 @@ class Trainer:
     def log_metrics(self) -> dict[str, Any]:
         """Append the means since the last line to metrics.jsonl; GanplugError if a loss is not finite."""
         now = time.perf_counter()
-        means = self._sums.means()
+        means = self._sums.means(self.world)
         self._sums.clear()
         record: dict[str, Any] = {"step": self.step}
         record["d_loss"] = means.pop("d_loss", float("nan"))
@@ -350,14 +474,17 @@ class Trainer:
         seen = self._window_steps * self.config.n_critic * self.config.batch_size
         record["samples_per_s"] = round(seen / seconds, 1)
         record["elapsed_s"] = round(self.elapsed_before + now - self._session_start, 3)
+        if self.config.on_nan == "skip":
+            record["skipped_steps"] = self.skipped_steps
         self._window_start, self._window_steps = now, 0
         line = {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        if self.is_main:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
         if self.progress is not None:
             self.progress.log(record)
         bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(record[k])]
-        if bad:
+        if bad and self.config.on_nan == "stop":  # with "skip", a window of skipped steps only has no losses
             raise GanplugError(
                 f"training diverged at step {self.step} ({bad[0]} is {record[bad[0]]}): lower --lr-d/--lr-g "
                 "or change the loss; the last checkpoint is unaffected"
@@ -379,7 +506,7 @@ class Trainer:
 
     def write_samples(self) -> Path | None:
         """``samples/step_NNNNNN.png`` and ``samples/latest.png``; None when the shape has no picture."""
-        if self.picture is None:
+        if self.picture is None or not self.is_main:
             return None
         image = render(
             self.generate_fixed(), value_range=self.run.value_range, real=self._real_plot, box=self._plot_box
@@ -389,15 +516,31 @@ class Trainer:
         return path
 
     def write_checkpoint(self) -> Path:
-        """``checkpoints/step_NNNNNN.pt`` and ``checkpoints/latest.pt`` of the current step."""
-        path = write_run_checkpoint(self.state_dict(), self.checkpoint_dir, self.step, stale_after=self._resumed_step)
+        """``checkpoints/step_NNNNNN.pt`` and ``checkpoints/latest.pt`` of the current step (rank 0 writes)."""
+        if not self.is_main:
+            path = self.checkpoint_dir / ("step_%06d.pt" % self.step)
+            self.last_checkpoint, self.last_checkpoint_step = path, self.step
+            self._resumed_step = None
+            return path
+        try:
+            path = write_run_checkpoint(self.state_dict(), self.checkpoint_dir, self.step, stale_after=self._resumed_step)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            kept = (
+                f"{self.checkpoint_dir / 'latest.pt'} (step {self.last_checkpoint_step}) is intact"
+                if self.last_checkpoint is not None else "no earlier checkpoint exists"
+            )
+            raise GanplugError(
+                f"could not write checkpoint {self.checkpoint_dir / ('step_%06d.pt' % self.step)} at step {self.step}: "
+                f"{reason}; {kept}: free space and --resume {self.run_dir}"
+            ) from None
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         self._resumed_step = None
         return path
 
     def trim_metrics(self) -> None:
         """Drop metrics lines past the current step (written after the checkpoint resumed from)."""
-        if not self.metrics_path.exists():
+        if not self.is_main or not self.metrics_path.exists():
             return
         kept = []
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
@@ -411,26 +554,41 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
 
+    def _stop_exception(self) -> KeyboardInterrupt:
+        return KeyboardInterrupt() if self._stop_signal == signal.SIGINT else Terminated(self._stop_signal)
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop_requested or not self._in_step:
-            raise KeyboardInterrupt
+        # Distributed: the first signal always waits for the step's end, where the ranks agree to stop.
+        if self._stop_requested and signum != signal.SIGINT:
+            return  # a SIGTERM after a stop was asked for (e.g. torchrun passing it on): keep finishing the step
+        if self._stop_requested or (not self._in_step and self.world is None):
+            if not self._stop_requested:
+                self._stop_signal = signum
+            raise self._stop_exception()
         self._stop_requested = True
+        self._stop_signal = signum
         if self.progress is not None:
-            self.progress.message("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)")
+            if signum == signal.SIGINT:
+                self.progress.message("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)")
+            else:
+                self.progress.message(f"{_signal_name(signum)}: finishing this step, then saving a checkpoint")
 
     @contextlib.contextmanager
     def _sigint_deferred(self):
-        previous = None
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            try:
-                previous = signal.signal(signal.SIGINT, self._on_sigint)
-            except (ValueError, OSError):
-                previous = None
+            for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+                if signum is None:
+                    continue
+                try:
+                    previous[signum] = signal.signal(signum, self._on_sigint)
+                except (ValueError, OSError):
+                    pass
         try:
             yield
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _due(self, every: int) -> bool:
         return self.step >= self.config.steps or (every > 0 and self.step % every == 0)
@@ -445,18 +603,25 @@ class Trainer:
         self.progress = Progress(cfg.steps, start=self.step, quiet=self.quiet, stream=self.stream)
         self._session_start = self._window_start = time.perf_counter()
         self._window_steps = 0
-        self._stop_requested = False
+        self._stop_requested = self._stop_agreed = False
+        self._stop_signal = signal.SIGINT
         self._sums.clear()
         try:
             with self._sigint_deferred():
                 try:
                     while self.step < cfg.steps:
-                        if self._stop_requested:
-                            raise KeyboardInterrupt
+                        if self._stop_agreed or (self.world is None and self._stop_requested):
+                            raise self._stop_exception()
                         for hook in self.hooks:
                             hook(self, self.step + 1)
                         self._begin_step()
                         self.train_step()
+                        what = self._nonfinite()
+                        if what is None:
+                            self._merge_step_sums()
+                        else:
+                            self._diverged(self.step + 1, what)
+                        self._weights_snapshot = None
                         self.step += 1
                         self._in_step = False
                         self._window_steps += 1
@@ -499,9 +664,10 @@ class Trainer:
             return
         if self.last_checkpoint_step != self.step:
             self.write_checkpoint()
+        by = "" if self._stop_signal == signal.SIGINT else f" by {_signal_name(self._stop_signal)}"
         self.progress.message(
-            f"interrupted: step {self.step} saved in {self.checkpoint_dir / 'latest.pt'}; continue with: {resume}"
+            f"interrupted{by}: step {self.step} saved in {self.checkpoint_dir / 'latest.pt'}; continue with: {resume}"
         )
 
 
-__all__ = ["Trainer", "fixed_noise", "make_optimizer"]
+__all__ = ["Terminated", "Trainer", "fixed_noise", "make_optimizer"]

@@ -1,0 +1,118 @@
+"""Sample-quality metrics, registered as plugins through ``ganplug_metrics()`` (see
+:class:`ganplug.plugin.MetricSpec`) and computed by ``ganplug eval``.
+
+- :mod:`ganplug.metrics.mixtures`: mode coverage of the 2-D mixtures (PacGAN/VEEGAN protocol).
+- :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
+- :func:`evaluate`: every applicable metric on a trained generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ganplug.errors import GanplugError, UsageError
+from ganplug.plugin import DEFAULT_METRIC_SAMPLES
+
+
+def bare_dataset_name(name: str) -> str:
+    """The dataset name a metric's ``datasets`` refers to: ``"ganplug:ring8"`` or an alias resolved
+    to ``"ring8"`` through the registry; the bare part of the name if its plugin is missing."""
+    from ganplug.registry import get_registry
+
+    try:
+        return get_registry().resolve("dataset", name).name
+    except GanplugError:
+        return name.rpartition(":")[2]
+
+
+def applicable_metrics(dataset: str, names: tuple[str, ...] = ()) -> list[Any]:
+    """The registered :class:`~ganplug.plugin.MetricSpec` s that apply to ``dataset`` (a bare
+    name), in registration order; ``names`` picks some by name (UsageError if one does not
+    apply)."""
+    from ganplug.registry import get_registry
+
+    registry = get_registry()
+    if names:
+        specs = []
+        for name in names:
+            spec = registry.resolve("metric", name)
+            if not spec.applies_to(dataset):
+                raise UsageError(
+                    f"metric {spec.name!r} does not apply to dataset {dataset!r} "
+                    f"(it applies to: {', '.join(spec.datasets)})"
+                )
+            if spec not in specs:
+                specs.append(spec)
+        return specs
+    specs = []
+    for entry in registry.entries("metric"):
+        if entry.spec.applies_to(dataset) and entry.spec not in specs:
+            specs.append(entry.spec)
+    return specs
+
+
+def samples_needed(spec: Any, options: dict[str, Any]) -> int:
+    """How many samples ``spec`` (with resolved ``options``) scores."""
+    n = options.get("n_samples", DEFAULT_METRIC_SAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"metric {spec.name!r} option n_samples must be an integer >= 1, got {n!r}")
+    return n
+
+
+def evaluate(
+    checkpoint: Any,
+    *,
+    seed: int = 0,
+    ema: bool = True,
+    device: str = "cpu",
+    metrics: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Score the generator of ``checkpoint`` (a file or run directory) with every registered
+    metric that applies to its run's dataset (or the ``metrics`` named).
+
+    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}}}``.
+    One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
+    first ``n_samples`` of it. UsageError when no metric applies to the dataset.
+    """
+    from pathlib import Path
+
+    from ganplug.generate import load_generator, sample
+    from ganplug.registry import get_registry
+    from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
+
+    path = find_checkpoint(Path(checkpoint))
+    config = stored_config(load_checkpoint(path))
+    dataset = bare_dataset_name(config.dataset)
+    specs = applicable_metrics(dataset, tuple(metrics))
+    if not specs:
+        known = ", ".join(e.spec.name for e in get_registry().entries("metric")) or "none"
+        raise UsageError(
+            f"no metric applies to dataset {dataset!r} of {path} (registered metrics: {known}; "
+            "see: ganplug list metrics)"
+        )
+    dataset_options = dict(config.data_options)
+    try:  # fill options a run of an older ganplug did not store
+        dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
+    except GanplugError:
+        pass
+    built = []
+    for spec in specs:
+        options = spec.resolve_options({})
+        built.append((spec, spec.load()(**options), samples_needed(spec, options)))
+    generator = load_generator(path, ema=ema, device=device)
+    samples = sample(generator, max(n for _, _, n in built), seed=seed)
+    results = {}
+    for spec, metric, n in built:
+        values = metric(samples[:n], dataset=dataset, dataset_options=dataset_options)
+        results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
+    return {
+        "checkpoint": str(path),
+        "step": int(generator.step),
+        "dataset": dataset,
+        "ema": bool(generator.uses_ema),
+        "seed": int(seed),
+        "metrics": results,
+    }
+
+
+__all__ = ["applicable_metrics", "bare_dataset_name", "evaluate", "samples_needed"]

@@ -1,0 +1,376 @@
+"""Sample quality of the ``digits`` images in the feature space of a small digit classifier.
+
+The classifier (:class:`DigitClassifier`, an MLP on the flattened ``S x S`` image) is trained
+deterministically on a fixed half of scikit-learn's 1797 digits (:func:`digits_split`, a seeded
+permutation: 898 reference images, 899 held out) and cached as a state dict under
+``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per image size and
+:data:`CLASSIFIER_VERSION`; a missing or unreadable cache file is retrained (and rewritten
+atomically). Its features are the penultimate layer's activations.
+
+``digits-quality`` scores generated samples against the reference half and reports, beside each
+number, the same number for the real held-out half (``*_real_floor``: what a perfect generator
+would score with that many samples):
+
+- ``fd``: Fréchet distance of the two feature Gaussians (FID's formula, in this feature space);
+- ``precision``, ``recall`` (Kynkäänniemi et al. 2019) and ``density``, ``coverage`` (Naeem et al.
+  2020) with k-nearest-neighbour radii (``k``, default 5). For two large samples of the same
+  distribution, density ~ 1 and coverage ~ 1 - 2^-k (0.969 at k = 5);
+- ``confident_pct``: % of samples whose top softmax probability is >= ``confidence``;
+- ``classes_covered``: the classes that are the prediction of at least one confident sample
+  (of 10);
+- ``class_kl``: ``KL(p || uniform)`` of the histogram ``p`` of the predicted (argmax) classes of
+  all samples: 0 for balanced classes, ``log 10`` when every sample gets one class;
+- ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor).
+
+The floor uses ``min(N, 899)`` held-out images for ``N`` generated samples.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ganplug.errors import GanplugError
+
+CLASSIFIER_VERSION = "mlp-v1"
+SPLIT_SEED = 0
+TRAIN_SEED = 0
+N_CLASSES = 10
+HIDDEN = (128, 64)
+FEATURE_DIM = HIDDEN[-1]
+_STEPS = 300
+_LR = 3e-3
+_WEIGHT_DECAY = 1e-4
+
+METRIC_KEYS = (
+    "fd",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "confident_pct",
+    "classes_covered",
+    "class_kl",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# the classifier
+# --------------------------------------------------------------------------------------------
+
+
+class DigitClassifier(nn.Module):
+    """MLP ``S*S -> 128 -> 64 -> 10`` (ReLU); :meth:`features` is the 64-d penultimate layer."""
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(self.image_size**2, HIDDEN[0]),
+            nn.ReLU(),
+            nn.Linear(HIDDEN[0], HIDDEN[1]),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(HIDDEN[1], N_CLASSES)
+        self.source = "new"  # "trained" or "cache" once built by digits_classifier()
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.body(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.body(images))
+
+
+def digits_data(image_size: int) -> tuple[Tensor, Tensor]:
+    """All 1797 digits at ``image_size``: images (N, 1, S, S) in [-1, 1] and labels (N,)."""
+    from ganplug.data.images import digits
+    from ganplug.plugin import DataContext
+
+    images, labels = digits(DataContext(seed=0), image_size=image_size).tensors
+    return images, labels
+
+
+def digits_split(n: int = 1797) -> tuple[Tensor, Tensor]:
+    """The fixed (reference, held-out) index halves of ``n`` images: a seeded permutation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    half = n // 2
+    return perm[:half], perm[half:]
+
+
+def cache_dir() -> Path:
+    """``$GANPLUG_CACHE`` when set, else ``~/.cache/ganplug``."""
+    root = os.environ.get("GANPLUG_CACHE", "").strip()
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ganplug"
+
+
+def classifier_path(image_size: int, directory: Path | str | None = None) -> Path:
+    base = Path(directory) if directory is not None else cache_dir()
+    return base / f"digits-classifier-{CLASSIFIER_VERSION}-s{int(image_size)}.pt"
+
+
+class _OneThread:
+    """Deterministic training: one intra-op thread, the global RNG state untouched."""
+
+    def __enter__(self) -> None:
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self._threads)
+
+
+def train_classifier(image_size: int) -> DigitClassifier:
+    """Train :class:`DigitClassifier` on the reference half: full-batch Adam, fixed seed,
+    :data:`_STEPS` steps, one thread (well under a second on a CPU)."""
+    images, labels = digits_data(image_size)
+    train_idx, _ = digits_split(images.shape[0])
+    x, y = images[train_idx], labels[train_idx]
+    with _OneThread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TRAIN_SEED)
+        model = DigitClassifier(image_size)
+        optimizer = torch.optim.Adam(model.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(_STEPS):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    model.source = "trained"
+    return model
+
+
+def _save_atomically(state: dict[str, Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def digits_classifier(image_size: int, directory: Path | str | None = None) -> DigitClassifier:
+    """The cached classifier for ``image_size`` (from ``directory``, default :func:`cache_dir`);
+    trained and cached when the file is missing or unreadable. ``model.source`` says which."""
+    path = classifier_path(image_size, directory)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: keep the RNG
+        model = DigitClassifier(image_size)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception:  # missing, truncated, corrupt, wrong shapes: retrain
+        model = train_classifier(image_size)
+        try:
+            _save_atomically(model.state_dict(), path)
+        except OSError:
+            pass  # an unwritable cache only costs the retraining next time
+    else:
+        model.eval()
+        model.source = "cache"
+    return model
+
+
+@torch.no_grad()
+def classify(model: DigitClassifier, images: Tensor, batch: int = 4096) -> tuple[Tensor, Tensor]:
+    """``(features (N, 64), probabilities (N, 10))``, float64."""
+    feats, probs = [], []
+    for start in range(0, images.shape[0], batch):
+        f = model.features(images[start : start + batch].float())
+        feats.append(f.double())
+        probs.append(torch.softmax(model.head(f).double(), dim=1))
+    return torch.cat(feats), torch.cat(probs)
+
+
+# --------------------------------------------------------------------------------------------
+# the statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
+    """``||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2))``, with the trace of the square root as
+    ``tr((C1^(1/2) C2 C1^(1/2))^(1/2))`` (symmetric eigendecompositions: real, no sqrtm)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    c1, c2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    s1 = _sqrt_psd(c1)
+    middle = s1 @ c2 @ s1
+    tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_sqrt)
+
+
+def feature_frechet_distance(x: Any, y: Any) -> float:
+    """Fréchet distance of the Gaussians fitted to the rows of ``x`` and of ``y``."""
+    x = np.asarray(torch.as_tensor(x, dtype=torch.float64).cpu(), np.float64)
+    y = np.asarray(torch.as_tensor(y, dtype=torch.float64).cpu(), np.float64)
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise GanplugError("the Frechet distance needs at least 2 samples on each side")
+    return frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+
+
+def _kth_neighbour_radii(x: Tensor, k: int) -> Tensor:
+    """Distance of each row of ``x`` to its k-th nearest other row."""
+    d = torch.cdist(x, x)
+    return d.kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself (0)
+
+
+def prdc(real: Any, fake: Any, k: int = 5) -> dict[str, float]:
+    """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020) of
+    ``fake`` (M, D) against ``real`` (N, D) with k-nearest-neighbour balls."""
+    x = torch.as_tensor(real, dtype=torch.float64)
+    y = torch.as_tensor(fake, dtype=torch.float64)
+    n, m = x.shape[0], y.shape[0]
+    if k < 1 or n <= k or m <= k:
+        raise GanplugError(f"precision/recall need more than k = {k} samples on each side, got {n} and {m}")
+    real_radii = _kth_neighbour_radii(x, k)  # (N,)
+    fake_radii = _kth_neighbour_radii(y, k)  # (M,)
+    d = torch.cdist(x, y)  # (N, M)
+    in_real_ball = d <= real_radii[:, None]  # Y_j in B(X_i, r_i)
+    in_fake_ball = d <= fake_radii[None, :]  # X_i in B(Y_j, r'_j)
+    return {
+        "precision": float(in_real_ball.any(dim=0).double().mean()),
+        "recall": float(in_fake_ball.any(dim=1).double().mean()),
+        "density": float(in_real_ball.sum().double() / (k * m)),
+        "coverage": float(in_real_ball.any(dim=1).double().mean()),
+    }
+
+
+def class_statistics(probs: Tensor, confidence: float = 0.9) -> dict[str, float]:
+    """``{"confident_pct", "classes_covered", "class_kl"}`` of class probabilities (N, K)."""
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    k = probs.shape[1]
+    top, predicted = probs.max(dim=1)
+    confident = top >= confidence
+    p = torch.bincount(predicted, minlength=k).double() / probs.shape[0]
+    nz = p > 0
+    return {
+        "confident_pct": 100.0 * float(confident.double().mean()),
+        "classes_covered": float(torch.unique(predicted[confident]).numel()),
+        "class_kl": float((p[nz] * torch.log(p[nz] * k)).sum()),
+    }
+
+
+def score_features(
+    reference: Tensor, features: Tensor, probs: Tensor, k: int = 5, confidence: float = 0.9
+) -> dict[str, float]:
+    """Every statistic of :data:`METRIC_KEYS` for ``features``/``probs`` against ``reference``."""
+    result = {"fd": feature_frechet_distance(reference, features)}
+    result.update(prdc(reference, features, k))
+    result.update(class_statistics(probs, confidence))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# the metric
+# --------------------------------------------------------------------------------------------
+
+
+class DigitsReference:
+    """The classifier of one image size with the reference and held-out features."""
+
+    def __init__(self, image_size: int, directory: Path | str | None = None) -> None:
+        self.model = digits_classifier(image_size, directory)
+        images, labels = digits_data(image_size)
+        train_idx, held_idx = digits_split(images.shape[0])
+        self.reference, _ = classify(self.model, images[train_idx])
+        self.held_features, self.held_probs = classify(self.model, images[held_idx])
+        held_pred = self.held_probs.argmax(dim=1)
+        self.accuracy = float((held_pred == labels[held_idx]).double().mean())
+        self._floors: dict[tuple[int, int, float], dict[str, float]] = {}
+
+    def floor(self, n: int, k: int, confidence: float) -> dict[str, float]:
+        """The statistics of the first ``min(n, held-out size)`` held-out images."""
+        n = min(n, self.held_features.shape[0])
+        key = (n, k, confidence)
+        if key not in self._floors:
+            self._floors[key] = score_features(
+                self.reference, self.held_features[:n], self.held_probs[:n], k, confidence
+            )
+        return self._floors[key]
+
+
+_REFERENCES: dict[tuple[str, int], DigitsReference] = {}
+
+
+def digits_reference(image_size: int) -> DigitsReference:
+    """:class:`DigitsReference` of ``image_size``, kept for the process (per cache directory)."""
+    key = (str(classifier_path(image_size)), int(image_size))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = DigitsReference(image_size)
+    return _REFERENCES[key]
+
+
+def _image_size(dataset: str, dataset_options: Mapping[str, Any]) -> int:
+    size = dataset_options.get("image_size", 16)
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128:
+        raise GanplugError(f"dataset {dataset!r}: image_size must be an integer 8-128, got {size!r}")
+    return size
+
+
+def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
+    """The ``digits-quality`` metric: ``metric(samples, *, dataset, dataset_options)``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GanplugError(f"metric 'digits-quality' option k must be an integer >= 1, got {k!r}")
+    if not 0.0 < confidence <= 1.0:
+        raise GanplugError(f"metric 'digits-quality' option confidence must be in (0, 1], got {confidence!r}")
+
+    def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
+        size = _image_size(dataset, dataset_options)
+        x = torch.as_tensor(samples)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
+            raise GanplugError(
+                f"digits-quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(x).all():
+            raise GanplugError("digits-quality: the samples contain NaN or infinite values")
+        reference = digits_reference(size)
+        features, probs = classify(reference.model, x)
+        scores = score_features(reference.reference, features, probs, k, confidence)
+        floor = reference.floor(x.shape[0], k, confidence)
+        result: dict[str, float] = {}
+        for key in METRIC_KEYS:
+            result[key] = scores[key]
+            result[f"{key}_real_floor"] = floor[key]
+        result["classifier_accuracy"] = reference.accuracy
+        return result
+
+    return metric
+
+
+__all__ = [
+    "CLASSIFIER_VERSION",
+    "DigitClassifier",
+    "DigitsReference",
+    "build",
+    "class_statistics",
+    "classifier_path",
+    "classify",
+    "digits_classifier",
+    "digits_reference",
+    "digits_split",
+    "feature_frechet_distance",
+    "frechet_distance",
+    "prdc",
+    "score_features",
+    "train_classifier",
+]

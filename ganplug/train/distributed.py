@@ -1,0 +1,213 @@
+"""Multi-process data-parallel training (``torchrun ... -m ganplug train`` or ``ganplug train --nproc N``).
+
+Each process (rank) trains the same G and D on its shard of every global batch and the ranks
+average their gradients before each optimiser step, so N processes take the steps one process
+takes with the same global ``batch_size`` (up to float summation order):
+
+- ``batch_size`` is the *global* batch; each rank takes ``batch_size / world_size`` consecutive
+  samples of it (an error unless it divides), from the same epoch permutation
+  (:class:`~ganplug.train.data_order.BatchOrder` with ``shard``), so N ranks see exactly the
+  samples one process would see.
+- The noise of a step is drawn for the whole global batch on every rank (the global RNG is seeded
+  alike and consumed alike on all ranks) and each rank takes its slice.
+- Gradients are averaged with ``all_reduce`` after each ``backward`` (rather than through the
+  ``DistributedDataParallel`` wrapper: its reducer does not support the double backward of a
+  gradient penalty, nor toggling ``requires_grad`` of D between the critic and generator
+  updates); the initial weights are broadcast from rank 0.
+- Metrics are averaged across ranks; rank 0 alone writes config, metrics, samples and
+  checkpoints. Checkpoints hold the global data position and rank 0's RNG state, so a run written
+  with N processes resumes with M (or one).
+- NCCL on CUDA (one GPU per process: ``cuda:LOCAL_RANK``), gloo on CPU.
+
+Exactness: RNG drawn inside the step with the *local* batch's shape (dropout in D, the gradient
+penalty's interpolation weights, label noise) is drawn alike on every rank, so it differs from a
+one-process run (and is shared across ranks); BatchNorm uses per-rank batch statistics. Without
+those (e.g. ``--arch-opt dropout=0`` with bce) the losses match one process within float tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ganplug.errors import GanplugError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    owns_group: bool = False  # setup() created the process group (and teardown() destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch_size: int) -> tuple[int, int]:
+        """``(start, stop)`` of this rank's slice of a global batch."""
+        per_rank = batch_size // self.world_size
+        return self.rank * per_rank, (self.rank + 1) * per_rank
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 when not launched by it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def setup(device: str) -> World | None:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+
+    None when not launched with more than one process. ``device`` is the run's ``--device``:
+    cuda (or auto with a GPU) uses NCCL and ``cuda:LOCAL_RANK``, cpu uses gloo.
+    """
+    world_size = env_world_size()
+    if world_size <= 1:
+        return None
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise GanplugError(
+                f"rank {rank} wants cuda:{local_rank} but only {torch.cuda.device_count()} GPU(s) are visible: "
+                "pass --nproc at most the number of GPUs"
+            )
+        torch.cuda.set_device(local_rank)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(backend=backend)
+    else:
+        backend = dist.get_backend()
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend, owns_group=owns_group)
+
+
+def teardown(world: World | None) -> None:
+    if world is None or not world.owns_group:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+
+def exit_worker(code: int) -> None:
+    """End a torchrun worker process now, skipping interpreter finalisation.
+
+    With gloo, a worker that finished cleanly (barrier, ``destroy_process_group``) still aborts
+    now and then while the interpreter shuts down ("terminate called without an active exception",
+    SIGABRT, seen with torch 2.14 on CPU), which torchrun reports as a failed run. The CLI calls
+    this once its output is written and flushed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def barrier(world: World | None) -> None:
+    if world is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def check_batch(world: World | None, batch_size: int) -> None:
+    if world is not None and batch_size % world.world_size:
+        raise GanplugError(
+            f"--batch-size {batch_size} (the global batch) does not divide among {world.world_size} processes: "
+            f"pass a multiple of {world.world_size}"
+        )
+
+
+def broadcast_parameters(world: World | None, modules: Iterable[torch.nn.Module]) -> None:
+    """Make every rank start from rank 0's weights and buffers."""
+    if world is None:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for module in modules:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(world: World | None, parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the ranks (one flattened all_reduce)."""
+    if world is None:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.world_size
+    offset = 0
+    for g in grads:
+        count = g.numel()
+        g.copy_(flat[offset : offset + count].view_as(g))
+        offset += count
+
+
+def all_reduce_sum(world: World | None, values: torch.Tensor) -> torch.Tensor:
+    if world is None:
+        return values
+    import torch.distributed as dist
+
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
+def launch(nproc: int, args: Sequence[str]) -> int:
+    """Run ``ganplug <args>`` in ``nproc`` processes through torchrun's launcher; its exit code."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "-m", "ganplug", *args,
+    ]
+    process = subprocess.Popen(command)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        if signum != signal.SIGINT:  # Ctrl-C reaches the whole process group by itself
+            process.send_signal(signum)  # torchrun passes it to the workers, which checkpoint and stop
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except (ValueError, OSError):
+            pass
+    try:
+        code = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 + received[0] if received and code != 0 else code
+
+
+__all__ = [
+    "World", "all_reduce_sum", "average_gradients", "barrier", "broadcast_parameters", "check_batch",
+    "env_world_size", "exit_worker", "launch", "setup", "teardown",
+]

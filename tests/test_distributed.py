@@ -1,0 +1,184 @@
+"""Data-parallel training (ganplug.train.distributed): 2 gloo processes launched by
+`ganplug train --nproc 2` take the same steps as one process with the same global batch, and
+checkpoints move between process counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ganplug.errors import GanplugError
+from ganplug.train import TrainConfig, train
+from ganplug.train.checkpoint import load_checkpoint
+from ganplug.train.data_order import BatchOrder
+from ganplug.train.distributed import World, check_batch
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
+
+STEPS = 5
+# bce without label noise and D without dropout: no randomness inside a step besides the noise,
+# so 2 ranks and 1 process draw exactly the same numbers.
+CLI_ARGS = [
+    "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
+    "--arch-opt", "d_widths=16,16", "--arch-opt", "dropout=0", "--data-opt", "size=256", "--batch-size", "16",
+    "--log-every", "1", "--sample-every", "0", "--checkpoint-every", "3", "--device", "cpu", "--seed", "5", "-q",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(steps: int, **knobs) -> TrainConfig:
+    values = dict(
+        arch="mlp", loss="bce", dataset="ring8",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0}, data_options={"size": 256},
+        steps=steps, batch_size=16, log_every=1, sample_every=0, checkpoint_every=3, device="cpu", seed=5,
+    )
+    values.update(knobs)
+    return TrainConfig(**values)
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "ganplug", "train", "--nproc", "2", *args],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_close_runs(a: Path, b: Path, rtol: float = 1e-5) -> float:
+    """Same steps and losses (relative rtol) and allclose weights; returns the largest relative loss gap."""
+    rows_a, rows_b = metrics(a), metrics(b)
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    worst = 0.0
+    for x, y in zip(rows_a, rows_b):
+        for key in ("d_loss", "g_loss", "d_real", "d_fake"):
+            assert math.isclose(x[key], y[key], rel_tol=rtol), (x["step"], key, x[key], y[key])
+            worst = max(worst, abs(x[key] - y[key]) / abs(x[key]))
+    state_a, state_b = load_checkpoint(a), load_checkpoint(b)
+    assert state_a["step"] == state_b["step"] and state_a["data_order"] == state_b["data_order"]
+    assert torch.equal(state_a["rng"]["cpu"], state_b["rng"]["cpu"])  # the ranks drew what one process draws
+    for key in ("generator", "discriminator"):
+        for name, value in state_a[key].items():
+            torch.testing.assert_close(value, state_b[key][name], rtol=1e-5, atol=1e-6)
+    return worst
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ddp") / "two"
+    done = launch(*CLI_ARGS, "--steps", str(STEPS), "--out", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done.stderr
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ddp") / "one"
+    train(config(STEPS), run_dir, quiet=True, stream=io.StringIO())
+    return run_dir
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(two_process_run, one_process_run):
+    run_dir, log = two_process_run
+    assert "in 2 processes (gloo, 8 samples each per batch)" in log
+    assert log.count("done: step 5") == 1  # rank 0 alone reports
+    worst = assert_close_runs(one_process_run, run_dir)
+    assert worst < 1e-5
+    # rank 0 alone wrote the files: one line per step, the checkpoints of steps 3 and 5
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000003.pt", "step_000005.pt"]
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, two_process_run, one_process_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_process_run[0], run_dir)
+    checkpoint = run_dir / "checkpoints" / "step_000003.pt"
+    stored = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+    train(stored, run_dir, resume_from=checkpoint, quiet=True, stream=io.StringIO())  # steps 4 and 5 alone
+    assert_close_runs(one_process_run, run_dir)
+
+
+def test_a_one_process_checkpoint_resumes_in_two_with_a_gradient_penalty(tmp_path):
+    """WGAN-GP (double backward, dropout, RNG in the loss) trains in 2 processes after 1."""
+    run_dir = tmp_path / "gp"
+    gp = config(2, loss="wasserstein", loss_options={"lipschitz": "gp"}, n_critic=2, ema=0.9)
+    gp.arch_options["dropout"] = 0.3
+    train(gp, run_dir, quiet=True, stream=io.StringIO())
+    done = launch("--resume", str(run_dir), "--steps", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr and "in 2 processes" in done.stderr
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 4
+    for key in ("generator", "discriminator", "ema"):
+        assert all(torch.isfinite(v).all() for v in state[key].values() if v.is_floating_point())
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+
+
+def test_shards_cover_the_global_batch_on_both_paths():
+    data = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+
+    class Plain(torch.utils.data.Dataset):  # the DataLoader path
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, index):
+            return data[index]
+
+    for dataset in (torch.utils.data.TensorDataset(data), Plain()):
+        whole = BatchOrder(dataset, 6, seed=2)
+        parts = [BatchOrder(dataset, 6, seed=2, shard=World(r, 3, r, "gloo").shard(6)) for r in range(3)]
+        for _ in range(7):  # past an epoch boundary (3 batches an epoch)
+            assert torch.equal(whole.next_batch(), torch.cat([p.next_batch() for p in parts]))
+        assert all(p.state_dict() == whole.state_dict() for p in parts)
+
+
+def test_the_global_batch_must_divide_among_the_processes():
+    check_batch(World(0, 2, 0, "gloo"), 16)
+    with pytest.raises(GanplugError, match="--batch-size 15 .* does not divide among 2 processes"):
+        check_batch(World(0, 2, 0, "gloo"), 15)
+
+
+def test_sigterm_to_a_two_process_run_checkpoints_the_step_all_ranks_agreed_on(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    args = list(CLI_ARGS)
+    args[args.index("--checkpoint-every") + 1] = "0"  # only the signal writes a checkpoint
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ganplug", "train", "--nproc", "2", *args, "--steps", "100000", "--out", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 90
+    while not ((run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 143, err[-3000:]
+    assert "interrupted by SIGTERM" in err
+    saved = load_checkpoint(run_dir)["step"]
+    assert saved >= 3 and metrics(run_dir)[-1]["step"] == saved

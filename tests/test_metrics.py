@@ -1,0 +1,307 @@
+"""Metrics (ganplug.metrics) against closed forms, their registration, and `ganplug eval` end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+
+from ganplug import registry as registry_module
+from ganplug.cli import main
+from ganplug.data.synthetic import GRID25_MEANS, RING8_MEANS, grid25, ring8
+from ganplug.errors import GanplugError
+from ganplug.metrics import applicable_metrics, evaluate
+from ganplug.metrics.gaussian import gaussian_fit
+from ganplug.metrics.mixtures import mode_coverage
+from ganplug.plugin import DataContext, DatasetSpec, MetricSpec, Option, hookimpl
+from ganplug.registry import Registry, get_registry
+from ganplug.train import TrainConfig, train
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """digits-quality caches its classifier under GANPLUG_CACHE: one directory for the session."""
+    monkeypatch.setenv("GANPLUG_CACHE", str(tmp_path_factory.getbasetemp() / "ganplug-cache"))
+
+
+# P(||N(0, s^2 I_2)|| <= 3 s) = 1 - exp(-9/2): the high-quality share of a perfect 2-D sampler.
+PERFECT_HQ_PCT = 100.0 * (1.0 - math.exp(-4.5))
+
+
+def metric(name: str):
+    spec = get_registry().resolve("metric", name)
+    return spec.load()(**spec.resolve_options({}))
+
+
+def modes_of(samples, dataset="ring8", **dataset_options):
+    return metric("modes")(samples, dataset=dataset, dataset_options=dataset_options)
+
+
+# -- modes (ring8, grid25) -------------------------------------------------------------------------
+
+
+def test_closed_form_of_the_high_quality_share():
+    assert PERFECT_HQ_PCT == pytest.approx(98.889, abs=1e-3)
+
+
+def test_a_perfect_ring8_sampler_captures_every_mode():
+    samples = ring8(DataContext(seed=1), size=20000).tensors[0]
+    result = modes_of(samples, std=0.01)
+    assert result["modes_captured"] == 8 and result["modes_total"] == 8
+    assert result["high_quality_pct"] == pytest.approx(PERFECT_HQ_PCT, abs=0.4)
+    assert 0 <= result["reverse_kl"] < 0.005
+
+
+def test_the_protocol_sample_count_is_enough_for_a_perfect_sampler():
+    samples = ring8(DataContext(seed=2), size=2500).tensors[0]
+    result = modes_of(samples, std=0.01)
+    assert result["modes_captured"] == 8
+    assert result["high_quality_pct"] == pytest.approx(PERFECT_HQ_PCT, abs=0.8)  # ~3.8 sd at n=2500
+    assert result["reverse_kl"] < 0.02
+
+
+def test_a_single_mode_sampler_scores_one_mode_and_log8():
+    g = torch.Generator().manual_seed(0)
+    samples = RING8_MEANS[3] + 0.01 * torch.randn(5000, 2, generator=g)
+    result = modes_of(samples, std=0.01)
+    assert result["modes_captured"] == 1
+    assert result["high_quality_pct"] == pytest.approx(PERFECT_HQ_PCT, abs=0.6)
+    assert result["reverse_kl"] == pytest.approx(math.log(8), abs=1e-12)
+
+
+def test_reverse_kl_of_two_equal_modes_is_log4():
+    samples = torch.cat([RING8_MEANS[0].expand(10, 2), RING8_MEANS[5].expand(10, 2)])
+    result = modes_of(samples, std=0.01)
+    assert result["modes_captured"] == 2
+    assert result["high_quality_pct"] == 100.0
+    assert result["reverse_kl"] == pytest.approx(math.log(4), abs=1e-12)
+
+
+def test_a_perfect_grid25_sampler_captures_25_modes():
+    samples = grid25(DataContext(seed=3), size=20000).tensors[0]
+    result = modes_of(samples, dataset="grid25", std=0.05)
+    assert (result["modes_captured"], result["modes_total"]) == (25, 25)
+    assert result["high_quality_pct"] == pytest.approx(PERFECT_HQ_PCT, abs=0.4)
+    assert result["reverse_kl"] < 0.01
+
+
+def test_far_off_samples_are_not_high_quality():
+    samples = torch.full((100, 2), 10.0)
+    result = modes_of(samples, std=0.01)
+    assert (result["modes_captured"], result["high_quality_pct"]) == (0, 0.0)
+    assert math.isnan(result["reverse_kl"])
+
+
+def test_the_mode_std_follows_the_run_data_options():
+    samples = ring8(DataContext(seed=4), std=0.1, size=5000).tensors[0]
+    assert modes_of(samples, std=0.1)["high_quality_pct"] == pytest.approx(PERFECT_HQ_PCT, abs=0.6)
+    assert modes_of(samples, std=0.01)["high_quality_pct"] < 10.0
+    # The threshold option: within 2 sd in 2-D is 1 - exp(-2).
+    wide = get_registry().resolve("metric", "modes")
+    two_sd = wide.load()(**wide.resolve_options({"threshold_std": "2"}))
+    result = two_sd(samples, dataset="ring8", dataset_options={"std": 0.1})
+    assert result["high_quality_pct"] == pytest.approx(100 * (1 - math.exp(-2)), abs=1.5)
+
+
+def test_mode_coverage_refuses_samples_of_the_wrong_shape():
+    with pytest.raises(GanplugError, match=r"shape \(N, 2\)"):
+        mode_coverage(torch.zeros(10, 1), GRID25_MEANS, 0.05)
+    with pytest.raises(GanplugError, match="no mode centres"):
+        modes_of(torch.zeros(10, 2), dataset="swissroll", std=0.1)
+
+
+def test_non_finite_samples_are_not_high_quality():
+    samples = torch.cat([RING8_MEANS, torch.full((8, 2), float("nan"))])
+    result = mode_coverage(samples, RING8_MEANS, 0.01)
+    assert result["modes_captured"] == 8 and result["high_quality_pct"] == 50.0
+
+
+# -- gaussian-fit ----------------------------------------------------------------------------------
+
+
+def test_exact_gaussian_samples_fit():
+    g = torch.Generator().manual_seed(0)
+    samples = 4.0 + 1.25 * torch.randn(10000, 1, generator=g, dtype=torch.float64)
+    result = metric("gaussian-fit")(samples, dataset="gaussian", dataset_options={"mean": 4.0, "std": 1.25})
+    assert result["mean"] == pytest.approx(4.0, abs=0.05)
+    assert result["std"] == pytest.approx(1.25, abs=0.04)
+    assert result["ks"] < 0.03
+    assert result["ks_pvalue"] > 0.001
+
+
+def test_shifted_samples_have_the_closed_form_ks():
+    g = torch.Generator().manual_seed(1)
+    samples = 5.0 + 1.25 * torch.randn(10000, 1, generator=g, dtype=torch.float64)
+    result = gaussian_fit(samples, 4.0, 1.25)
+    # sup |Phi((x - 5) / s) - Phi((x - 4) / s)| = 2 Phi(0.5 / s) - 1 at x = 4.5.
+    expected = 2 * stats.norm.cdf(0.5 / 1.25) - 1
+    assert result["ks"] == pytest.approx(expected, abs=0.02)
+    assert result["ks"] == pytest.approx(stats.kstest(samples[:, 0].numpy(), "norm", args=(4.0, 1.25)).statistic)
+
+
+def test_gaussian_fit_follows_the_run_data_options():
+    g = torch.Generator().manual_seed(2)
+    samples = -1.0 + 0.5 * torch.randn(10000, 1, generator=g)
+    fit = metric("gaussian-fit")
+    assert fit(samples, dataset="gaussian", dataset_options={"mean": -1.0, "std": 0.5})["ks"] < 0.03
+    assert fit(samples, dataset="gaussian", dataset_options={"mean": 4.0, "std": 1.25})["ks"] > 0.9
+    with pytest.raises(GanplugError, match=r"shape \(N, 1\)"):
+        gaussian_fit(torch.zeros(10, 2))
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+
+def test_builtin_metrics_apply_to_their_datasets():
+    assert [s.name for s in applicable_metrics("ring8")] == ["modes"]
+    assert [s.name for s in applicable_metrics("grid25")] == ["modes"]
+    assert [s.name for s in applicable_metrics("gaussian")] == ["gaussian-fit"]
+    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality"]
+    assert applicable_metrics("mnist") == []
+    spec = MetricSpec("any", "s", "x:y")
+    assert spec.applies_to("digits") and spec.describe()["datasets"] == []
+
+
+def test_list_metrics(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["list", "metrics"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "modes" in out and "gaussian-fit" in out and "threshold_std" in out and "digits-quality" in out
+
+
+# -- ganplug eval ----------------------------------------------------------------------------------
+
+
+def _train(run_dir: Path, dataset: str, data_options: dict) -> Path:
+    config = TrainConfig(
+        arch="mlp", arch_options={"g_widths": "16,16", "d_widths": "16,16"}, loss="bce",
+        dataset=dataset, data_options=data_options, steps=3, batch_size=16, device="cpu",
+        sample_every=0, checkpoint_every=0, num_samples=16,
+    )
+    train(config, run_dir, quiet=True, stream=io.StringIO())
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("eval-runs")
+        return {
+            "ring8": _train(root / "ring8", "ring8", {"size": 256, "std": 0.05}),
+            "gaussian": _train(root / "gaussian", "gaussian", {"size": 256}),
+            "digits": _train(root / "digits", "digits", {"image_size": 8}),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_eval_json_of_a_ring8_run(runs, capsys):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["ring8"]), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dataset"] == "ring8" and report["step"] == 3 and report["seed"] == 0
+    assert report["checkpoint"].endswith("latest.pt")
+    assert set(report["metrics"]) == {"modes"}
+    assert set(report["metrics"]["modes"]) == {"modes_captured", "modes_total", "high_quality_pct", "reverse_kl"}
+    assert report["metrics"]["modes"]["modes_total"] == 8
+
+
+def test_eval_matches_the_metric_on_the_same_samples(runs):
+    from ganplug.generate import load_generator, sample
+
+    report = evaluate(runs["ring8"], seed=5)
+    samples = sample(load_generator(runs["ring8"]), 2500, seed=5)
+    expected = modes_of(samples, std=0.05)  # the run's own std, not the default 0.01
+    assert report["metrics"]["modes"] == pytest.approx(expected, nan_ok=True)
+    assert evaluate(runs["ring8"], seed=5) == report
+
+
+def test_eval_table_of_a_gaussian_run(runs, capsys):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["gaussian"]), "--seed", "3", "--no-ema")
+    assert code == 0, err
+    assert "dataset gaussian, seed 3" in out
+    for key in ("gaussian-fit", "mean", "std", "ks", "ks_pvalue"):
+        assert key in out
+
+
+def test_eval_json_of_a_digits_run(runs, capsys):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dataset"] == "digits" and set(report["metrics"]) == {"digits-quality"}
+    scores = report["metrics"]["digits-quality"]
+    keys = ("fd", "precision", "recall", "density", "coverage", "confident_pct", "classes_covered", "class_kl")
+    assert set(scores) == {*keys, *(f"{k}_real_floor" for k in keys), "classifier_accuracy"}
+    assert scores["fd"] > scores["fd_real_floor"] > 0  # 3 training steps: far from the real floor
+    assert scores["classifier_accuracy"] > 0.9
+
+
+def test_eval_of_a_dataset_without_metrics_is_one_line(tmp_path, capsys, monkeypatch):
+    def blobs(ctx, size: int = 64):
+        return torch.utils.data.TensorDataset(torch.randn(size, 2, generator=torch.Generator().manual_seed(0)))
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_datasets():
+            return [DatasetSpec("blobs", "2-D normal", blobs, value_range=None)]
+
+    reg = Registry(entry_points=[], extra_plugins=[("blobs", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = _train(tmp_path / "blobs", "blobs", {})
+    finally:
+        torch.set_num_threads(threads)
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(run))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "no metric applies to dataset 'blobs'" in err
+
+
+def test_eval_of_a_metric_that_does_not_apply(runs, capsys):
+    code, _, err = run_main(capsys, "eval", "--checkpoint", str(runs["ring8"]), "--metric", "gaussian-fit")
+    assert code == 2 and "does not apply to dataset 'ring8'" in err
+    code, _, err = run_main(capsys, "eval", "--checkpoint", str(runs["ring8"]), "--metric", "mode")
+    assert code == 2 and "unknown metric 'mode'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"])
+def test_eval_reports_a_bad_checkpoint(tmp_path: Path, capsys, content):
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run_main(capsys, "eval", "--checkpoint", str(path))
+    assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
+
+
+def test_a_plugin_metric_for_any_dataset_is_used(runs, monkeypatch):
+    def count(**options):
+        return lambda samples, *, dataset, dataset_options: {"n": samples.shape[0], "dims": samples[0].numel()}
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_metrics():
+            return [MetricSpec("count", "samples", count, options=(Option("n_samples", int, 7),))]
+
+    reg = Registry(entry_points=[], extra_plugins=[("counter", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    report = evaluate(runs["digits"])
+    assert set(report["metrics"]) == {"digits-quality", "count"}
+    assert report["metrics"]["count"] == {"n": 7.0, "dims": 64.0}
+    assert evaluate(runs["digits"], metrics=("count",))["metrics"] == {"count": {"n": 7.0, "dims": 64.0}}

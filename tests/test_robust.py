@@ -1,0 +1,255 @@
+"""Robust runs: SIGTERM/SIGINT to a real `python -m ganplug train`, kill -9 then --resume,
+divergence (--on-nan stop|skip), and a full disk while writing a checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganplug.cli import main
+from ganplug.errors import GanplugError
+from ganplug.train import TrainConfig, train
+from ganplug.train.checkpoint import load_checkpoint
+
+POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(steps: int, **knobs) -> TrainConfig:
+    values = dict(
+        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
+        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
+    )
+    values.update(knobs)
+    return TrainConfig(**values)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    return done.value.code, capsys.readouterr().err
+
+
+# -- signals and kill -9 against a real process -----------------------------------------------------
+
+CLI_ARGS = [
+    "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
+    "--arch-opt", "d_widths=16,16", "--data-opt", "size=256", "--batch-size", "16", "--steps", "100000",
+    "--log-every", "1", "--sample-every", "0", "--device", "cpu", "-q",
+]
+
+
+def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "ganplug", "train", *CLI_ARGS, "--out", str(run_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early ({process.returncode}): {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("training made no progress")
+        time.sleep(0.05)
+
+
+@POSIX
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_signal_finishes_the_step_saves_it_and_resume_continues(tmp_path, capsys, signum, code, said):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, "--checkpoint-every", "0")
+    wait_for(lambda: len(metrics(run_dir)) >= 3, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert said in err and f"continue with: ganplug train --resume {run_dir}" in err
+    saved = load_checkpoint(run_dir)["step"]
+    assert saved >= 3 and metrics(run_dir)[-1]["step"] == saved  # the step that was running finished
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", str(saved + 3), "-q")
+    assert status == 0, err
+    assert load_checkpoint(run_dir)["step"] == saved + 3
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, saved + 4))
+
+
+@POSIX
+def test_kill_9_mid_run_leaves_a_loadable_latest_and_resume_continues(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    latest = run_dir / "checkpoints" / "latest.pt"
+    process = start(run_dir, "--checkpoint-every", "2")
+    wait_for(lambda: latest.exists() and len(metrics(run_dir)) >= 7, process)
+    process.kill()  # SIGKILL: no handler runs
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    saved = load_checkpoint(latest)["step"]  # never a half-written latest.pt
+    assert saved >= 2 and saved % 2 == 0
+    orphan = latest.with_name(".step_000099.pt.tmp-999999999")  # as a writer killed mid-write leaves
+    orphan.write_bytes(b"half")
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", str(saved + 3), "-q")
+    assert status == 0, err
+    assert load_checkpoint(latest)["step"] == saved + 3
+    assert not [p.name for p in latest.parent.iterdir() if p.name.startswith(".")]  # orphaned temp files removed
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, saved + 4))  # later lines were trimmed
+
+
+# -- divergence ---------------------------------------------------------------------------------------
+
+
+class NaNLoss:
+    """Wraps a loss; the discriminator loss of the hooked step is NaN (so are its gradients)."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        self.recipe = loss.recipe
+        self.penalises_critic_gradient = loss.penalises_critic_gradient
+
+    def discriminator_loss(self, critic, real, fake):
+        value, stats = self.loss.discriminator_loss(critic, real, fake)
+        return value * float("nan"), stats
+
+    def generator_loss(self, critic, fake):
+        return self.loss.generator_loss(critic, fake)
+
+    def after_critic_step(self, critic):
+        self.loss.after_critic_step(critic)
+
+
+def nan_at(step: int):
+    """A hook making step ``step`` produce a NaN loss (and NaN weights through Adam)."""
+
+    def hook(trainer, next_step):
+        if next_step == step:
+            trainer._real_loss = trainer.loss
+            trainer.loss = NaNLoss(trainer.loss)
+        elif next_step == step + 1:
+            trainer.loss = trainer._real_loss
+
+    return hook
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    before = tmp_path / "before"
+    train(tiny(4, checkpoint_every=4), before, quiet=True, stream=io.StringIO())  # reference of steps 1-4
+    with pytest.raises(GanplugError) as caught:
+        train(tiny(10, checkpoint_every=4), run_dir, quiet=True, stream=io.StringIO(), hooks=[nan_at(6)])
+    message = str(caught.value)
+    assert message.startswith("training diverged at step 6 (d_loss is nan)") and "\n" not in message
+    assert "last good checkpoint" in message and "step 4" in message and "--on-nan skip" in message
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 4 and all_finite(state["generator"]) and all_finite(state["discriminator"])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000004.pt"]
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5]  # step 5 flushed, no NaN line
+    assert all(r["d_loss"] is not None for r in metrics(run_dir))
+    ref = load_checkpoint(before)
+    for key in ("generator", "discriminator"):
+        for name, value in ref[key].items():
+            assert torch.equal(value, state[key][name])
+
+
+def test_on_nan_skip_discards_the_step_and_carries_on(tmp_path):
+    run_dir = tmp_path / "run"
+    stream = io.StringIO()
+    train(tiny(6, on_nan="skip", ema=0.9), run_dir, quiet=True, stream=stream, hooks=[nan_at(3)])
+    assert "warning: step 3: d_loss is nan; step skipped" in stream.getvalue()
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 6 and state["skipped_steps"] == 1
+    for key in ("generator", "discriminator", "ema"):
+        assert all_finite(state[key]), key
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert rows[2]["d_loss"] is None and all(r["d_loss"] is not None for r in rows if r["step"] != 3)
+
+
+def test_skip_restores_exactly_the_state_before_the_step(tmp_path):
+    """A skipped step leaves G, D and the optimisers as they were after the step before."""
+    seen = {}
+
+    def grab(trainer, next_step):
+        if next_step == 3:
+            seen["before"] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+        if next_step == 4:
+            seen["after"] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+
+    train(tiny(4, on_nan="skip"), tmp_path / "run", quiet=True, stream=io.StringIO(), hooks=[nan_at(3), grab])
+    for name, value in seen["before"].items():
+        assert torch.equal(value, seen["after"][name]), name
+
+
+def test_on_nan_is_validated_and_may_change_on_resume(tmp_path, capsys):
+    with pytest.raises(GanplugError, match="on_nan must be stop or skip"):
+        train(tiny(2, on_nan="maybe"), tmp_path / "bad", quiet=True, stream=io.StringIO())
+    run_dir = tmp_path / "run"
+    status, err = cli(capsys, "train", *CLI_ARGS[:-5], "--steps", "2", "--out", str(run_dir), "--on-nan", "skip", "-q")
+    assert status == 0, err
+    assert 'on_nan = "skip"' in (run_dir / "config.toml").read_text()
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "3", "--on-nan", "stop", "-q")
+    assert status == 0, err
+    assert load_checkpoint(run_dir)["config"]["on_nan"] == "stop"
+
+
+# -- a full disk --------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # steps 2 and 4 are written, then the disk is full
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(GanplugError) as caught:
+        train(tiny(8, checkpoint_every=2), run_dir, quiet=True, stream=io.StringIO())
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert message.startswith(f"could not write checkpoint {run_dir / 'checkpoints' / 'step_000006.pt'} at step 6")
+    assert "No space left on device" in message and f"--resume {run_dir}" in message and "\n" not in message
+    assert load_checkpoint(run_dir)["step"] == 4
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000002.pt", "step_000004.pt"]
+    # and the run continues from there once there is space again
+    train(
+        TrainConfig.from_dict({**load_checkpoint(run_dir)["config"], "steps": 6}), run_dir,
+        resume_from=run_dir / "checkpoints" / "latest.pt", quiet=True, stream=io.StringIO(),
+    )
+    assert load_checkpoint(run_dir)["step"] == 6
