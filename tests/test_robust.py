@@ -85,7 +85,8 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 60.0) -> Non
 
 
 @POSIX
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+# A signal between steps stops at once (still saving the step); inside one, the step finishes first.
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "interrupted by SIGTERM: step"), (signal.SIGINT, 130, "interrupted: step")])
 def test_a_signal_finishes_the_step_saves_it_and_resume_continues(tmp_path, capsys, signum, code, said):
     run_dir = tmp_path / "run"
     process = start(run_dir, "--checkpoint-every", "0")
