@@ -129,6 +129,7 @@ def _train_options(func):
         click.option("--sample-every", type=click.IntRange(min=0), help="Steps between sample grids; 0 = end only [default: 250]."),
         click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between checkpoints; 0 = end only [default: 500]."),
         click.option("--log-every", type=click.IntRange(min=1), help="Steps between metrics.jsonl lines [default: 10]."),
+        click.option("--eval-every", type=click.IntRange(min=0), help="Steps between evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl; 0 = off [default: 0]."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
@@ -185,7 +186,7 @@ def build_config(given: dict[str, Any]):
         config = TrainConfig()
     for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "optimizer",
                        "lr_g", "lr_d", "latent_dim", "latent", "ema", "amp", "device", "seed",
-                       "sample_every", "checkpoint_every", "log_every"):
+                       "sample_every", "checkpoint_every", "log_every", "eval_every"):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])
     if given.get("betas") is not None:

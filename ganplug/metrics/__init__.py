@@ -1,9 +1,11 @@
 """Sample-quality metrics, registered as plugins through ``ganplug_metrics()`` (see
-:class:`ganplug.plugin.MetricSpec`) and computed by ``ganplug eval``.
+:class:`ganplug.plugin.MetricSpec`) and computed by ``ganplug eval`` and
+periodically during training (``--eval-every``, logged to metrics.jsonl).
 
 - :mod:`ganplug.metrics.mixtures`: mode coverage of the 2-D mixtures (PacGAN/VEEGAN protocol).
 - :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
-- :func:`evaluate`: every applicable metric on a trained generator.
+- :func:`evaluate`: every applicable metric on a trained generator; :func:`score_generator`:
+  the same on a live one (``ganplug train --eval-every``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,52 @@ def samples_needed(spec: Any, options: dict[str, Any]) -> int:
     return n
 
 
+def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> list[tuple[Any, Any, int]]:
+    """``[(spec, metric, n_samples)]`` for the metrics applying to ``dataset`` (a bare name; see
+    :func:`applicable_metrics`), each built with its default options; ``[]`` when none applies."""
+    built = []
+    for spec in applicable_metrics(dataset, tuple(names)):
+        options = spec.resolve_options({})
+        built.append((spec, spec.load()(**options), samples_needed(spec, options)))
+    return built
+
+
+def score_generator(
+    generator: Any,
+    built: list[tuple[Any, Any, int]],
+    *,
+    latent_dim: int,
+    latent: str,
+    dataset: str,
+    dataset_options: dict[str, Any],
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """``{metric name: {key: float}}`` of ``generator`` (a module mapping noise to samples, used
+    as it is: put it in eval mode first) for the ``built`` metrics of :func:`prepare_metrics`.
+
+    One set of noise is drawn from a private CPU ``torch.Generator`` seeded with ``seed`` (the
+    global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
+    largest ``n_samples``; each metric scores the first ``n_samples`` of it. Runs without grad.
+    """
+    import torch
+
+    from ganplug.train.build import draw_latent
+
+    if not built:
+        return {}
+    n = max(count for _, _, count in built)
+    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
+    device = next((t.device for t in (*generator.parameters(), *generator.buffers())), torch.device("cpu"))
+    with torch.no_grad():
+        samples = torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(max(1, int(batch_size)))])
+    results = {}
+    for spec, metric, count in built:
+        values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options)
+        results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
+    return results
+
+
 def evaluate(
     checkpoint: Any,
     *,
@@ -72,11 +120,12 @@ def evaluate(
 
     Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}}}``.
     One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
-    first ``n_samples`` of it. UsageError when no metric applies to the dataset.
+    first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
+    uses too). UsageError when no metric applies to the dataset.
     """
     from pathlib import Path
 
-    from ganplug.generate import load_generator, sample
+    from ganplug.generate import load_generator
     from ganplug.registry import get_registry
     from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
 
@@ -95,16 +144,12 @@ def evaluate(
         dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
     except GanplugError:
         pass
-    built = []
-    for spec in specs:
-        options = spec.resolve_options({})
-        built.append((spec, spec.load()(**options), samples_needed(spec, options)))
+    built = prepare_metrics(dataset, tuple(metrics))
     generator = load_generator(path, ema=ema, device=device)
-    samples = sample(generator, max(n for _, _, n in built), seed=seed)
-    results = {}
-    for spec, metric, n in built:
-        values = metric(samples[:n], dataset=dataset, dataset_options=dataset_options)
-        results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
+    results = score_generator(
+        generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
+        dataset=dataset, dataset_options=dataset_options, seed=seed,
+    )
     return {
         "checkpoint": str(path),
         "step": int(generator.step),
@@ -115,4 +160,6 @@ def evaluate(
     }
 
 
-__all__ = ["applicable_metrics", "bare_dataset_name", "evaluate", "samples_needed"]
+__all__ = [
+    "applicable_metrics", "bare_dataset_name", "evaluate", "prepare_metrics", "samples_needed", "score_generator",
+]

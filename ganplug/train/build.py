@@ -175,6 +175,10 @@ def validate_config(config: TrainConfig) -> None:
         _require(_is_int(value) and value >= 0, f"{name} must be an integer >= 0 (0 = only at the end), got {value!r}: pass e.g. {flag} 500")
     _require(_is_int(c.log_every) and c.log_every >= 1, f"log_every must be an integer >= 1, got {c.log_every!r}: pass e.g. --log-every 10")
     _require(
+        _is_int(c.eval_every) and c.eval_every >= 0,
+        f"eval_every must be an integer >= 0 (0 = off), got {c.eval_every!r}: pass e.g. --eval-every 500",
+    )
+    _require(
         _is_int(c.num_samples) and c.num_samples >= 1,
         f"num_samples must be an integer >= 1, got {c.num_samples!r}",
     )
@@ -248,6 +252,13 @@ def build_run(config: TrainConfig) -> Run:
     """
     validate_config(config)
     arch_spec, loss_spec, dataset_spec = resolve_specs(config)
+    if config.eval_every > 0:
+        from ganplug.metrics import applicable_metrics
+
+        if not applicable_metrics(dataset_spec.name):
+            raise UsageError(
+                f"--eval-every: no metric applies to dataset {dataset_spec.name!r} (see ganplug list metrics)"
+            )
     arch_options = arch_spec.resolve_options(config.arch_options)
     loss_options = loss_spec.resolve_options(config.loss_options)
     data_options = dataset_spec.resolve_options(config.data_options)

@@ -258,7 +258,7 @@ def stored_config(state: Mapping[str, Any]) -> TrainConfig:
 
 # Fields a resume may change: how long, how often to report, where to run.
 RESUMABLE = frozenset(
-    {"steps", "sample_every", "checkpoint_every", "log_every", "device", "num_samples", "amp", "on_nan"}
+    {"steps", "sample_every", "checkpoint_every", "log_every", "eval_every", "device", "num_samples", "amp", "on_nan"}
 )
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
@@ -326,7 +326,7 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
 
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
     pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
-    steps, sample_every, checkpoint_every, log_every, device, num_samples, amp, on_nan and the
+    steps, sample_every, checkpoint_every, log_every, eval_every, device, num_samples, amp, on_nan and the
     data's location (root, download) may change; any other value that differs from the stored one raises
     UsageError naming the option (it shapes the run: start a new one with --out).
     """

@@ -51,6 +51,7 @@ class TrainConfig:
     sample_every: int = 250  # generator steps between sample grids; 0 = only at the end
     checkpoint_every: int = 500  # generator steps between checkpoints; 0 = only at the end
     log_every: int = 10  # generator steps between metrics.jsonl lines
+    eval_every: int = 0  # generator steps between metric evaluations (metrics.jsonl); 0 = off
     num_samples: int = 64  # images in a sample grid (fixed noise)
     on_nan: str = "stop"  # a non-finite loss or weight: "stop" the run, or "skip" the step
 

@@ -22,9 +22,16 @@ the non-finite state (the last good checkpoint stays ``latest.pt``); ``skip`` re
 optimiser states and EMA of before the step (the data and RNG move on), warns, and counts the step
 in the ``skipped_steps`` metric.
 
+Evaluation (``config.eval_every > 0``): every ``eval_every`` steps rank 0 scores the EMA generator
+(else G), in eval mode and without grad, with every metric that applies to the dataset
+(:func:`ganplug.metrics.score_generator`, as ``ganplug eval`` does), on noise of a private
+generator seeded with the run's seed; the training RNGs are saved and restored around it, so a
+run's weights do not depend on ``eval_every``.
+
 Files in the run directory::
 
-    metrics.jsonl                      one JSON object per log_every steps
+    metrics.jsonl                      one JSON object per log_every steps; with eval_every > 0 also
+                                       {"step": s, "eval": {metric: {key: value}}} every eval_every steps
     samples/step_000500.png, latest.png
     checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
 """
@@ -136,6 +143,10 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _format_value(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else f"{value:.4g}"
+
+
 class Trainer:
     """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``.
 
@@ -191,6 +202,7 @@ class Trainer:
         self._step_sums = _Sums()  # this step's values, merged into _sums once the step is finite
         self.skipped_steps = 0
         self.progress: Progress | None = None
+        self._eval_metrics: list[Any] | None = None  # built on the first evaluation
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -491,6 +503,52 @@ class Trainer:
             )
         return record
 
+    def evaluate(self) -> dict[str, dict[str, float]] | None:
+        """Score the current generator with the metrics of the dataset, append
+        ``{"step", "eval"}`` to metrics.jsonl and print a summary unless quiet; rank 0 only
+        (None elsewhere). The RNG states and the generator's mode are left as they were. A metric
+        raising GanplugError (e.g. on non-finite samples) prints a warning, logs nothing and
+        returns None: the run goes on."""
+        if not self.is_main:
+            return None
+        from ganplug.metrics import prepare_metrics, score_generator
+
+        dataset = self.run.dataset_spec.name
+        model = self.ema if self.ema is not None else self.G
+        was_training = model.training
+        rng = self._rng_state()
+        started = time.perf_counter()
+        model.eval()
+        try:
+            if self._eval_metrics is None:
+                self._eval_metrics = prepare_metrics(dataset)
+            with torch.no_grad(), self._autocast():
+                results = score_generator(
+                    model, self._eval_metrics, latent_dim=self.run.latent_dim, latent=self.run.latent,
+                    dataset=dataset, dataset_options=dict(self.config.data_options), seed=self.config.seed,
+                )
+        except GanplugError as error:  # a metric refusing these samples (e.g. NaN) must not end the run
+            if self.progress is not None:
+                self.progress.message(f"warning: step {self.step}: evaluation failed: {error}")
+            return None
+        finally:
+            model.train(was_training)
+            self._set_rng_state(rng)
+            if hasattr(self, "_window_start"):  # keep evaluation out of samples_per_s
+                self._window_start += time.perf_counter() - started
+        line = {"step": self.step, "eval": {
+            name: {k: _finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
+        }}
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        if not self.quiet and self.progress is not None:
+            parts = [
+                f"{name}: " + " ".join(f"{k} {_format_value(v)}" for k, v in values.items())
+                for name, values in results.items()
+            ]
+            self.progress.message(f"eval step {self.step}: " + "; ".join(parts))
+        return results
+
     @torch.no_grad()
     def generate_fixed(self) -> torch.Tensor:
         """Samples of the fixed noise from the EMA generator (else G), in eval mode, ``(N, *data_shape)``."""
@@ -628,6 +686,8 @@ class Trainer:
                         self.progress.update(self.step)
                         if self._due(cfg.log_every):
                             self.log_metrics()
+                        if cfg.eval_every > 0 and self.step % cfg.eval_every == 0:
+                            self.evaluate()
                         if self._due(cfg.sample_every):
                             self.write_samples()
                         if self._due(cfg.checkpoint_every) and self.last_checkpoint_step != self.step:
