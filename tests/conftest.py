@@ -77,3 +77,34 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
         atol=ATOL[dtype] * scale,
         msg=lambda m: f"{what}: {m}",
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny training runs are fastest (and steadiest on a shared 2-core box) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def blobs_registry(monkeypatch):
+    """The process registry with one extra plugin dataset, ``blobs`` (2-D normal), that no
+    built-in metric applies to."""
+    from ganplug import registry as registry_module
+    from ganplug.plugin import DatasetSpec, hookimpl
+    from ganplug.registry import Registry
+
+    def blobs(ctx, size: int = 64):
+        return torch.utils.data.TensorDataset(torch.randn(size, 2, generator=torch.Generator().manual_seed(0)))
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_datasets():
+            return [DatasetSpec("blobs", "2-D normal", blobs, value_range=None)]
+
+    reg = Registry(entry_points=[], extra_plugins=[("blobs", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    return reg

@@ -18,7 +18,7 @@ from ganplug.errors import GanplugError
 from ganplug.metrics import applicable_metrics, evaluate
 from ganplug.metrics.gaussian import gaussian_fit
 from ganplug.metrics.mixtures import mode_coverage
-from ganplug.plugin import DataContext, DatasetSpec, MetricSpec, Option, hookimpl
+from ganplug.plugin import DataContext, MetricSpec, Option, hookimpl
 from ganplug.registry import Registry, get_registry
 from ganplug.train import TrainConfig, train
 
@@ -250,18 +250,7 @@ def test_eval_json_of_a_digits_run(runs, capsys):
     assert scores["classifier_accuracy"] > 0.9
 
 
-def test_eval_of_a_dataset_without_metrics_is_one_line(tmp_path, capsys, monkeypatch):
-    def blobs(ctx, size: int = 64):
-        return torch.utils.data.TensorDataset(torch.randn(size, 2, generator=torch.Generator().manual_seed(0)))
-
-    class Plugin:
-        @staticmethod
-        @hookimpl
-        def ganplug_datasets():
-            return [DatasetSpec("blobs", "2-D normal", blobs, value_range=None)]
-
-    reg = Registry(entry_points=[], extra_plugins=[("blobs", Plugin())], report=False)
-    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+def test_eval_of_a_dataset_without_metrics_is_one_line(tmp_path, capsys, blobs_registry):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

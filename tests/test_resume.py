@@ -21,12 +21,7 @@ from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # mlp + WGAN-GP on ring8 (dropout in D and the penalty draw from the RNG), and dcgan + bce with

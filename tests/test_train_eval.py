@@ -10,22 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganplug import registry as registry_module
 from ganplug.cli import build_config, main
 from ganplug.errors import GanplugError, UsageError
-from ganplug.metrics import applicable_metrics, prepare_metrics, score_generator
-from ganplug.plugin import DatasetSpec, hookimpl
-from ganplug.registry import Registry
+from ganplug.metrics import prepare_metrics, score_generator
 from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(
@@ -110,23 +101,6 @@ def test_a_failing_metric_warns_and_the_run_goes_on(tmp_path, monkeypatch):
     assert out.count("warning: step ") == 2 and "evaluation failed: digits-quality" in out
     assert not [r for r in lines(tmp_path / "run") if "eval" in r]
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
-
-
-@pytest.fixture()
-def blobs_registry(monkeypatch):
-    def blobs(ctx, size: int = 64):
-        return torch.utils.data.TensorDataset(torch.randn(size, 2, generator=torch.Generator().manual_seed(0)))
-
-    class Plugin:
-        @staticmethod
-        @hookimpl
-        def ganplug_datasets():
-            return [DatasetSpec("blobs", "2-D normal", blobs, value_range=None)]
-
-    reg = Registry(entry_points=[], extra_plugins=[("blobs", Plugin())], report=False)
-    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
-    assert not applicable_metrics("blobs")
-    return reg
 
 
 def test_eval_every_on_a_dataset_without_metrics_is_refused_before_writing(tmp_path, blobs_registry):
