@@ -186,7 +186,7 @@ def build_config(given: dict[str, Any]):
         config = TrainConfig()
     for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "optimizer",
                        "lr_g", "lr_d", "latent_dim", "latent", "ema", "amp", "device", "seed",
-                       "sample_every", "checkpoint_every", "log_every", "eval_every"):
+                       "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])
     if given.get("betas") is not None:
@@ -272,8 +272,6 @@ def train(ctx: click.Context, **given: Any) -> None:
             _resume(explicit)
         else:
             config = build_config(explicit)
-            if explicit.get("on_nan") is not None:
-                config.on_nan = explicit["on_nan"]
             run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
             from ganplug.train import train as run_training
 
