@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ganplug import __version__
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, Terminated, UsageError
 from ganplug.registry import KINDS, get_registry, resolve_kind
 from ganplug.train.config import OPTION_FLAGS, SHORTHANDS
 
@@ -240,10 +240,7 @@ def train(ctx: click.Context, **given: Any) -> None:
         for name, value in given.items()
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     }
-    from ganplug.train.distributed import env_world_size, exit_worker
-    from ganplug.train.trainer import Terminated
-
-    torchrun_worker = env_world_size() > 1
+    torchrun_worker = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")  # launched by torchrun
     nproc = explicit.pop("nproc", None)
     if nproc is not None and nproc > 1:
         from ganplug.train.distributed import launch
@@ -279,9 +276,13 @@ def train(ctx: click.Context, **given: Any) -> None:
     except Terminated as stop:  # SIGTERM: the checkpoint is written; exit 128 + signal number
         click.echo(f"ganplug: terminated by signal {stop.signum}", err=True)
         if torchrun_worker:
+            from ganplug.train.distributed import exit_worker
+
             exit_worker(stop.exit_code)
         raise click.exceptions.Exit(stop.exit_code) from None
     if torchrun_worker:  # done and flushed: skip gloo's racy interpreter shutdown (see exit_worker)
+        from ganplug.train.distributed import exit_worker
+
         exit_worker(0)
 
 

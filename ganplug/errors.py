@@ -11,3 +11,16 @@ class UsageError(GanplugError):
     """A bad name, option or value on the command line or in a config file (exit code 2)."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """A stop asked for by a signal other than SIGINT (SIGTERM): ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """The conventional exit code: 128 + the signal number."""
+        return 128 + self.signum

@@ -272,3 +272,17 @@ def test_missing_data_dir_is_one_line(tmp_path: Path, capsys):
     code, _, err = run_main(capsys, "train", "--dataset", "image-folder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
     assert code != 0 and err.startswith("Error: ") and err.count("\n") == 1
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_misspelled_name_fails_before_torch_loads():
+    code = (
+        "import sys\n"
+        "from ganplug.cli import main\n"
+        "try:\n"
+        "    main(['train', '--loss', 'wasserstien'])\n"
+        "except SystemExit as exited:\n"
+        "    assert exited.code == 2\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ganplug import __version__
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, Terminated, UsageError
 from ganplug.train.build import Run, draw_latent
 from ganplug.train.checkpoint import FORMAT, VERSION, atomic_write_bytes, write_run_checkpoint
 from ganplug.train.data_order import BatchOrder, epoch_permutation
@@ -68,18 +68,6 @@ REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
 _CHUNK = 1024  # generator batch when drawing the fixed noise
 
 Hook = Callable[["Trainer", int], None]
-
-
-class Terminated(KeyboardInterrupt):
-    """A stop asked for by a signal other than SIGINT (SIGTERM): ``signum`` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = int(signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 def _signal_name(signum: int) -> str:
