@@ -1,0 +1,139 @@
+"""The quality-benchmark recipes (benchmarks/quality/*.toml) and the sweep of ganplug.quality."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganplug import quality
+from ganplug.cli import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_DIR = ROOT / "benchmarks" / "quality"
+RECIPES = sorted(RECIPE_DIR.glob("*.toml"))
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_the_four_recipes_exist():
+    assert {p.stem for p in RECIPES} >= {"ring8", "grid25", "gaussian", "digits"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_validates_like_the_cli(recipe):
+    config = build_config({"config_file": str(recipe), "seed": 3, "out": "unused"})
+    assert config.dataset == recipe.stem
+    assert config.seed == 3
+    assert config.steps >= 1000
+    text = recipe.read_text(encoding="utf-8")
+    assert text.startswith("#") and "Expected CPU time" in text
+    # every metric of the dataset has a target in the table
+    assert quality.targets(config.dataset, config.data_options)
+
+
+def _tiny_recipe(src: Path, dst: Path) -> Path:
+    """``src`` with tiny model widths (steps are overridden by the sweep)."""
+    text = src.read_text(encoding="utf-8")
+    text = re.sub(r'^g_widths = ".*"$', 'g_widths = "8"', text, flags=re.M)
+    text = re.sub(r'^d_widths = ".*"$', 'd_widths = "8"', text, flags=re.M)
+    text = re.sub(r"^batch_size = \d+$", "batch_size = 16", text, flags=re.M)
+    text = 'device = "cpu"\n' + text  # top-level keys must come before the first [table]
+    dst.write_text(text, encoding="utf-8")
+    return dst
+
+
+def test_tiny_sweep_writes_results_and_resumes(tmp_path):
+    recipes = [_tiny_recipe(RECIPE_DIR / f"{name}.toml", tmp_path / f"{name}.toml") for name in ("ring8", "gaussian")]
+    out = tmp_path / "results"
+    seeds = [0, 1]
+    assert quality.run_benchmarks(recipes, seeds, out, steps=2) == out
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == seeds
+    expected = {"ring8": ("modes", {"modes_captured", "high_quality_pct", "reverse_kl"}),
+                "gaussian": ("gaussian-fit", {"mean", "std", "ks"})}
+    for name, (metric, keys) in expected.items():
+        bench = results["benchmarks"][name]
+        assert len(bench["runs"]) == 2
+        assert [r["seed"] for r in bench["runs"]] == seeds
+        for run in bench["runs"]:
+            assert run["step"] == 2
+            assert keys <= set(run["metrics"][metric])
+        assert keys <= set(bench["summary"])
+        for key in keys:
+            assert bench["summary"][key]["n"] == 2
+            assert bench["summary"][key]["target"]
+
+    md = (out / "results.md").read_text()
+    for name, (metric, keys) in expected.items():
+        assert f"## {name}" in md
+        for key in keys:
+            rows = [line for line in md.splitlines() if line.startswith(f"| {metric} | {key} |")]
+            assert len(rows) == 1 and "±" in rows[0], key
+
+    root = ET.parse(out / "results.svg").getroot()
+    assert root.tag == f"{SVG}svg"
+    points = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "point"]
+    finite = sum(
+        1 for b in results["benchmarks"].values() for v in b["summary"][b["headline"]]["values"]
+        if v is not None and math.isfinite(v)
+    )
+    assert len(points) == finite == 4  # ring8 high_quality_pct and gaussian ks are always finite
+
+    # a second sweep trains nothing again: the final checkpoints are untouched
+    checkpoints = sorted(out.glob("*/seed_*/checkpoints/step_000002.pt"))
+    assert len(checkpoints) == 4
+    mtimes = [p.stat().st_mtime_ns for p in checkpoints]
+    quality.run_benchmarks(recipes, seeds, out, steps=2)
+    assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
+    again = json.loads((out / "results.json").read_text())
+    assert not any(r["trained_now"] for b in again["benchmarks"].values() for r in b["runs"])
+    assert again["benchmarks"]["ring8"]["summary"] == results["benchmarks"]["ring8"]["summary"]
+
+
+def test_mean_std_matches_numpy():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7):
+        xs = rng.normal(size=n).tolist()
+        mean, std = quality.mean_std(xs)
+        assert mean == pytest.approx(np.mean(xs), rel=1e-12)
+        assert std == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
+    assert quality.mean_std([2.5]) == (2.5, 0.0)
+    assert all(math.isnan(v) for v in quality.mean_std([]))
+
+
+def test_summary_targets_and_markdown():
+    runs = [
+        {"metrics": {"modes": {"modes_captured": 8.0, "high_quality_pct": 98.0, "reverse_kl": 0.01}}},
+        {"metrics": {"modes": {"modes_captured": 7.0, "high_quality_pct": 96.0, "reverse_kl": 0.05}}},
+    ]
+    summary = quality.summarise(runs, "ring8", {})
+    assert summary["modes_captured"]["mean"] == pytest.approx(7.5)
+    assert summary["modes_captured"]["std"] == pytest.approx(np.std([8.0, 7.0], ddof=1))
+    assert summary["modes_captured"]["met"] is False
+    assert summary["high_quality_pct"]["met"] is True  # mean 97 >= 97
+    assert summary["reverse_kl"]["met"] is False  # mean 0.03 > 0.02
+    digits = quality.summarise(
+        [{"metrics": {"digits-quality": {"fd": 2.0, "fd_real_floor": 1.0, "classes_covered": 10.0}}}], "digits", {}
+    )
+    assert digits["fd"]["met"] is True and digits["classes_covered"]["met"] is True
+    gauss = quality.summarise([{"metrics": {"gaussian-fit": {"mean": 4.04, "std": 1.31, "ks": 0.02}}}], "gaussian", {})
+    assert gauss["mean"]["met"] is True and gauss["std"]["met"] is False and gauss["ks"]["met"] is True
+
+
+def test_main_reports_errors_in_one_line(tmp_path, capsys):
+    assert quality.main([str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: no recipe file") and "\n" not in err
+    assert quality.main(["--seeds", "a,b", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().startswith("Error: --seeds")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "mlp"\nloss = "wasserstien"\n')
+    assert quality.main([str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "wasserstien" in err and "\n" not in err
