@@ -60,26 +60,34 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def sample(generator: nn.Module, n: int, *, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
-    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` from noise drawn with
-    ``seed`` (a CPU ``torch.Generator``; the global RNG is untouched), ``batch_size`` at a time.
+def draw_samples(
+    generator: nn.Module, n: int, latent_dim: int, latent: str, *, seed: int = 0, batch_size: int = 1024
+) -> torch.Tensor:
+    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (used as it is: put
+    it in eval mode first) from ``latent`` noise of size ``latent_dim`` drawn by a CPU
+    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a time."""
+    from ganplug.train.build import draw_latent
 
-    ``generator`` needs ``latent_dim`` and ``latent`` attributes (see :func:`load_generator`).
+    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
+    device = _device_of(generator)
+    return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(max(1, int(batch_size)))])
+
+
+def sample(generator: nn.Module, n: int, *, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
+    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of a generator from
+    :func:`load_generator` (it needs ``latent_dim`` and ``latent`` attributes), noise drawn with
+    ``seed`` (see :func:`draw_samples`).
+
     The noise for ``seed`` equals the fixed noise of a run with that seed, so
     ``sample(G, num_samples, seed=run_seed)`` reproduces the run's sample pictures.
     """
-    from ganplug.train.build import draw_latent
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"the number of samples must be an integer >= 1, got {n!r}")
     latent_dim = getattr(generator, "latent_dim", None)
     latent = getattr(generator, "latent", "normal")
     if latent_dim is None:
         raise GanplugError("the generator has no latent_dim attribute: load it with ganplug.load_generator")
-    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
-    device = _device_of(generator)
-    outputs = [generator(z.to(device)).float().cpu() for z in noise.split(max(1, int(batch_size)))]
-    return torch.cat(outputs)
+    return draw_samples(generator, n, latent_dim, latent, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["load_generator", "sample"]
+__all__ = ["draw_samples", "load_generator", "sample"]

@@ -89,17 +89,12 @@ def score_generator(
     global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
     largest ``n_samples``; each metric scores the first ``n_samples`` of it. Runs without grad.
     """
-    import torch
-
-    from ganplug.train.build import draw_latent
+    from ganplug.generate import draw_samples
 
     if not built:
         return {}
     n = max(count for _, _, count in built)
-    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
-    device = next((t.device for t in (*generator.parameters(), *generator.buffers())), torch.device("cpu"))
-    with torch.no_grad():
-        samples = torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(max(1, int(batch_size)))])
+    samples = draw_samples(generator, n, latent_dim, latent, seed=seed, batch_size=batch_size)
     results = {}
     for spec, metric, count in built:
         values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options)

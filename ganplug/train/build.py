@@ -110,9 +110,14 @@ def draw_latent(
     raise UsageError(f"--latent {latent!r}: expected one of {', '.join(LATENTS)}")
 
 
+def sample_of(item: Any) -> Any:
+    """The sample in one dataset item: the item itself, or the first entry of a tuple/list."""
+    return item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+
+
 def sample_shape(item: Any) -> tuple[int, ...]:
     """The shape of one dataset item: a tensor, or a tuple/list whose first entry is the sample."""
-    sample = item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+    sample = sample_of(item)
     if not isinstance(sample, torch.Tensor):
         raise GanplugError(
             f"dataset items must be a tensor or a (tensor, label) tuple, got {type(sample).__name__}"

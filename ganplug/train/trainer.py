@@ -54,7 +54,7 @@ from torch import nn
 
 from ganplug import __version__
 from ganplug.errors import GanplugError, Terminated, UsageError
-from ganplug.train.build import Run, draw_latent
+from ganplug.train.build import Run, draw_latent, sample_of
 from ganplug.train.checkpoint import FORMAT, VERSION, atomic_write_bytes, write_run_checkpoint
 from ganplug.train.data_order import BatchOrder, epoch_permutation
 from ganplug.train.distributed import World, all_reduce_sum, average_gradients
@@ -239,7 +239,7 @@ class Trainer:
             real = samples[indices.to(samples.device)]
         else:
             items = [dataset[int(i)] for i in indices]
-            real = torch.stack([x[0] if isinstance(x, (tuple, list)) else x for x in items])
+            real = torch.stack([sample_of(item) for item in items])
         real = real.detach().to("cpu", torch.float32)
         real = real.reshape(real.shape[0], -1)
         lows, highs = real.min(dim=0).values, real.max(dim=0).values
