@@ -1,5 +1,5 @@
-// Autograd kernels of the loss ops and their backward ops, in C++: a Python autograd wrapper
-// (torch.library register_autograd) costs ~20 us a call, more than a loss on a GAN batch takes.
+// Autograd kernels of every op and its backward ops, in C++: a Python autograd wrapper
+// (torch.library register_autograd) costs ~20 us a call, more than a loss or a small layer takes.
 // Each backward calls a backward op that is itself differentiable, so gradients of gradients work.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -234,6 +234,99 @@ class GradientPenalty : public torch::autograd::Function<GradientPenalty> {
   }
 };
 
+// --- linear + LeakyReLU -------------------------------------------------------------------
+// Only the output is saved for the activation: with slope >= 0, y > 0 exactly where z > 0.
+
+using LeakyBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, double);
+using LeakyBiasBackwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
+
+// dz = dy * mask(y) is linear in dy with a mask that is piecewise constant in y.
+class LeakyReluBackward : public torch::autograd::Function<LeakyReluBackward> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& output,
+                            double slope) {
+    static const auto op = find_op<LeakyBackwardOp>("ganplug::leaky_relu_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({output});
+    ctx->saved_data["slope"] = slope;
+    return op.call(grad_output, output, slope);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {apply(grads[0], saved[0], ctx->saved_data["slope"].toDouble()), at::Tensor(), at::Tensor()};
+  }
+};
+
+// (dz, db = dz.sum(0)) is linear in dy: its adjoint masks grad_dz + grad_db.
+class LeakyReluBiasBackward : public torch::autograd::Function<LeakyReluBiasBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& output,
+                               double slope) {
+    static const auto op = find_op<LeakyBiasBackwardOp>("ganplug::leaky_relu_bias_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({output});
+    ctx->saved_data["slope"] = slope;
+    auto [grad_pre, grad_bias] = op.call(grad_output, output, slope);
+    return {grad_pre, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {LeakyReluBackward::apply(grads[0] + grads[1], saved[0], ctx->saved_data["slope"].toDouble()),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+class LinearLeakyRelu : public torch::autograd::Function<LinearLeakyRelu> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const OptTensor& bias, double slope) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, double)>(
+        "ganplug::linear_leaky_relu");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor output = op.call(input, weight, bias, slope);
+    ctx->save_for_backward({input, weight, output});
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &output = saved[2];
+    const double slope = ctx->saved_data["slope"].toDouble();
+    at::Tensor grad_pre, grad_bias;
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      const variable_list g = LeakyReluBiasBackward::apply(grads[0], output, slope);
+      grad_pre = g[0];
+      grad_bias = g[1];
+    } else {
+      grad_pre = LeakyReluBackward::apply(grads[0], output, slope);
+    }
+    // The weight gradient as (input^T grad_pre)^T, the layout torch's linear produces (and MKL's faster one).
+    return {ctx->needs_input_grad(0) ? grad_pre.mm(weight) : at::Tensor(),
+            ctx->needs_input_grad(1) ? input.t().mm(grad_pre).t() : at::Tensor(), grad_bias, at::Tensor()};
+  }
+};
+
+at::Tensor linear_leaky_relu_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                                      double slope) {
+  return LinearLeakyRelu::apply(input, weight, bias, slope);
+}
+
+at::Tensor leaky_relu_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output, double slope) {
+  return LeakyReluBackward::apply(grad_output, output, slope);
+}
+
+std::tuple<at::Tensor, at::Tensor> leaky_relu_bias_backward_autograd(const at::Tensor& grad_output,
+                                                                     const at::Tensor& output, double slope) {
+  const variable_list out = LeakyReluBiasBackward::apply(grad_output, output, slope);
+  return {out[0], out[1]};
+}
+
+// --- registration ---------------------------------------------------------------------------
+
 at::Tensor bce_loss_backward_autograd(const at::Tensor& grad, const at::Tensor& logits, const OptTensor& target,
                                       double target_value, double scale) {
   return BceLossBackward::apply(grad, logits, target, target_value, scale);
@@ -273,6 +366,9 @@ at::Tensor gradient_penalty_autograd(const at::Tensor& gradients, double target)
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
+  m.impl("linear_leaky_relu", &linear_leaky_relu_autograd);
+  m.impl("leaky_relu_backward", &leaky_relu_backward_autograd);
+  m.impl("leaky_relu_bias_backward", &leaky_relu_bias_backward_autograd);
   m.impl("bce_loss", &bce_loss_autograd);
   m.impl("bce_loss_backward", &bce_loss_backward_autograd);
   m.impl("discriminator_bce", &discriminator_bce_autograd);

@@ -1,5 +1,5 @@
 // Schemas of the ganplug custom operators. Kernels register per backend in cpu/ and cuda/;
-// fake (meta) kernels and autograd formulas register from Python (ganplug/ops/_library.py).
+// autograd kernels in autograd.cpp; fake (meta) kernels register from Python (ganplug/ops/_library.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -198,6 +198,41 @@ def _jsonable(obj: Any) -> Any:
     return _clean(obj)
 
 
+# dataset -> (baseline name, the keys compared with it and whether lower is better)
+BASELINES = {"digits": ("PCA+KDE", {"fd": True, "precision": False, "density": False, "coverage": False})}
+
+
+def _baseline_runs(dataset: str, data_options: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
+    """The metrics of the dataset's non-GAN baseline sampler (:mod:`ganplug.metrics.baselines`),
+    one run per seed, scored exactly as a generator's samples are."""
+    from ganplug.metrics import prepare_metrics
+    from ganplug.metrics.baselines import pca_kde
+    from ganplug.metrics.images import digits_data
+
+    built = prepare_metrics(dataset)
+    images, _ = digits_data(int(data_options.get("image_size", 16)))
+    runs = []
+    for seed in seeds:
+        draw = pca_kde(images, seed=seed)
+        samples = draw(max(count for _, _, count in built))
+        metrics = {spec.name: {k: _clean(float(v)) for k, v in metric(samples[:count], dataset=dataset,
+                                                                      dataset_options=data_options).items()}
+                   for spec, metric, count in built}
+        runs.append({"seed": seed, "bandwidth": draw.bandwidth, "metrics": metrics})
+    return runs
+
+
+def compare_with_baseline(summary: dict[str, Any], baseline: dict[str, Any], lower_is_better: dict[str, bool]) -> dict[str, bool]:
+    """``{key: GAN mean better than the baseline's mean}`` for the compared keys both have."""
+    better = {}
+    for key, lower in lower_is_better.items():
+        if key in summary and key in baseline:
+            ours, theirs = summary[key]["mean"], baseline[key]["mean"]
+            if math.isfinite(ours) and math.isfinite(theirs):
+                better[key] = ours < theirs if lower else ours > theirs
+    return better
+
+
 def run_benchmarks(
     recipes: list[Path],
     seeds: list[int],
@@ -267,14 +302,26 @@ def run_benchmarks(
                 "trained_now": trained,
                 "metrics": result["metrics"],
             })
+        summary = summarise(runs, str(dataset), data_options)
         benchmarks[name] = {
             "recipe": str(recipe),
             "dataset": dataset,
             "steps": configs[recipe][0].steps,
             "headline": HEADLINE.get(str(dataset)),
             "runs": runs,
-            "summary": summarise(runs, str(dataset), data_options),
+            "summary": summary,
         }
+        if dataset in BASELINES:
+            baseline_name, compared = BASELINES[str(dataset)]
+            say(f"{name}: scoring the {baseline_name} baseline for seeds {seeds}")
+            baseline_runs = _baseline_runs(str(dataset), data_options, seeds)
+            baseline_summary = summarise(baseline_runs, str(dataset), {})
+            benchmarks[name]["baseline"] = {
+                "name": baseline_name,
+                "runs": baseline_runs,
+                "summary": baseline_summary,
+                "gan_better": compare_with_baseline(summary, baseline_summary, compared),
+            }
     results = {"seeds": seeds, "steps_override": steps, "benchmarks": benchmarks}
     (out_dir / RESULTS_JSON).write_text(json.dumps(_jsonable(results), indent=1) + "\n", encoding="utf-8")
     (out_dir / RESULTS_MD).write_text(render_markdown(results), encoding="utf-8")
@@ -302,18 +349,33 @@ def render_markdown(results: dict[str, Any]) -> str:
     for name, bench in results["benchmarks"].items():
         times = [r["train_seconds"] for r in bench["runs"]]
         t_mean, _ = mean_std(times)
+        baseline = bench.get("baseline")
+        extra = f" {baseline['name']} (same seeds) |" if baseline else ""
         lines += [f"## {name}", "",
                   f"Recipe `{bench['recipe']}`, dataset `{bench['dataset']}`, {bench['steps']} steps, "
                   f"{len(bench['runs'])} seeds, mean training time {_fmt(t_mean)} s per seed.", "",
-                  "| metric | key | mean ± std | n | target | met |", "|---|---|---|---|---|---|"]
+                  "| metric | key | mean ± std | n | target | met |" + extra,
+                  "|---|---|---|---|---|---|" + ("---|" if baseline else "")]
         for key, entry in bench["summary"].items():
             met = {True: "yes", False: "no", None: ""}[entry["met"]]
-            lines.append(
-                f"| {entry['metric']} | {key} | {_fmt(entry['mean'])} ± {_fmt(entry['std'])} | {entry['n']} "
-                f"| {entry['target'] or ''} | {met} |"
-            )
+            row = (f"| {entry['metric']} | {key} | {_fmt(entry['mean'])} ± {_fmt(entry['std'])} | {entry['n']} "
+                   f"| {entry['target'] or ''} | {met} |")
+            if baseline:
+                other = baseline["summary"].get(key)
+                row += f" {_fmt(other['mean'])} ± {_fmt(other['std'])} |" if other else " |"
+            lines.append(row)
+        if baseline:
+            verdict = ", ".join(f"{key}: {'GAN better' if better else baseline['name'] + ' better'}"
+                                for key, better in baseline["gan_better"].items())
+            lines += ["", f"Against the {baseline['name']} baseline ({baseline_description(baseline['name'])}): {verdict}."]
         lines.append("")
     return "\n".join(lines)
+
+
+def baseline_description(name: str) -> str:
+    if name == "PCA+KDE":
+        return "15 principal components, Gaussian KDE with the 5-fold cross-validated bandwidth; ganplug.metrics.baselines"
+    return name
 
 
 def render_svg(results: dict[str, Any]) -> str:

@@ -207,3 +207,24 @@ def test_check_metric_scores_real_digits(cache):
     result = testing.check_metric(get_registry().resolve("metric", "digits-quality"))  # 256 real, 16x16
     assert result["classes_covered"] == 10 and result["confident_pct"] > 85
     assert result["precision"] > 0.9 and result["density"] > 0.8
+
+
+# -- the PCA+KDE baseline ----------------------------------------------------------------------------
+
+
+def test_pca_kde_samples_real_looking_digits_deterministically(ref8):
+    from ganplug.metrics.baselines import BANDWIDTHS, pca_kde
+
+    images, _ = im.digits_data(8)
+    draw = pca_kde(images, seed=0)
+    assert draw.bandwidth in BANDWIDTHS
+    assert BANDWIDTHS[0] < draw.bandwidth < BANDWIDTHS[-1]  # the search did not stop at an edge
+    samples = draw(899)
+    assert samples.shape == (899, 1, 8, 8) and samples.dtype == torch.float32
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert torch.equal(pca_kde(images, seed=0)(899), samples)  # same seed, same first draw
+    assert not torch.equal(draw(899), samples)  # a second draw continues the stream
+    result = digits_metric()(samples, dataset="digits", dataset_options={"image_size": 8})
+    # A KDE around the training images scores near the real floor, far from noise.
+    assert result["fd"] < 3 * result["fd_real_floor"]
+    assert result["classes_covered"] == 10 and result["coverage"] > 0.5

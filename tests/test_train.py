@@ -399,3 +399,22 @@ def test_vector_generators_keep_their_latent_and_range(tmp_path):
     assert out.shape == (100, 1) and torch.isfinite(out).all()
     with pytest.raises(GanplugError, match="samples"):
         sample(g, 0)
+
+
+def test_ema_follows_the_warmed_up_decay(tmp_path):
+    from ganplug.train.trainer import ema_decay
+
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)  # the first update mostly copies G
+    assert ema_decay(0.999, 80) == pytest.approx(0.9)
+    assert ema_decay(0.999, 10**6) == 0.999  # long runs use the given decay
+    snapshots = []
+
+    def record(trainer, step):  # hooks run before step `step` (1-based), after `trainer.step` steps
+        flat = lambda module: torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        snapshots.append((trainer.step, flat(trainer.G), flat(trainer.ema)))
+
+    run_quiet(tiny(steps=5, ema=0.999), tmp_path / "run", hooks=[record])
+    assert [done for done, _, _ in snapshots] == [0, 1, 2, 3, 4]
+    for (done, _, ema_before), (_, g, ema) in zip(snapshots, snapshots[1:]):
+        d = ema_decay(0.999, done)  # the update of generator step `done` (0-based)
+        torch.testing.assert_close(ema, d * ema_before + (1 - d) * g, rtol=1e-5, atol=1e-7)

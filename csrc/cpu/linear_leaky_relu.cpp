@@ -1,5 +1,5 @@
-// CPU kernels of linear_leaky_relu and its backward. The GEMMs go to ATen (MKL/oneDNN); the
-// bias + LeakyReLU epilogue and the mask + bias-gradient backward are single fused passes.
+// CPU kernels of linear_leaky_relu and its backward. The GEMMs go to ATen (MKL/oneDNN, the bias
+// folded into the forward GEMM); the LeakyReLU and the mask + bias-gradient backward are single passes.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,16 +18,10 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 15)
 
 // The loops below take restrict pointers so the compiler vectorises them.
 
-// y[c] = leaky_relu(y[c] + bias[c]) over one row; bias may be null.
+// y[i] = leaky_relu(y[i]) over n elements, in place.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-void bias_leaky_relu_row(scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, int64_t cols, op_t slope) {
-  if (bias == nullptr) {
-    for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(y[c]), slope));
-    return;
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    y[c] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(y[c]) + static_cast<op_t>(bias[c]), slope));
-  }
+void leaky_relu_span(scalar_t* __restrict__ y, int64_t n, op_t slope) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(y[i]), slope));
 }
 
 // dz[i] = dy[i] * mask(y[i]) over n elements.
@@ -50,20 +44,18 @@ void leaky_relu_grad_row_sum(const scalar_t* __restrict__ dy, const scalar_t* __
   }
 }
 
+// The bias rides in the GEMM (addmm, as torch's linear does); the LeakyReLU is one pass in place.
 at::Tensor linear_leaky_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, double negative_slope) {
   check_linear(input, weight, bias, negative_slope);
-  at::Tensor out = at::mm(input, weight.t()).contiguous();  // (M, N)
-  at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t rows = out.size(0), cols = out.size(1);
+  at::Tensor out = bias.has_value() ? at::addmm(*bias, input, weight.t()) : at::mm(input, weight.t());  // (M, N)
+  out = out.contiguous();
+  const int64_t n = out.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "linear_leaky_relu_cpu", [&] {
     using op_t = at::opmath_type<scalar_t>;
     scalar_t* y = out.data_ptr<scalar_t>();
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     const op_t slope = static_cast<op_t>(negative_slope);
-    at::parallel_for(0, rows, row_grain(cols), [=](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) bias_leaky_relu_row(y + r * cols, bp, cols, slope);
-    });
+    at::parallel_for(0, n, int64_t{1} << 15, [=](int64_t i0, int64_t i1) { leaky_relu_span(y + i0, i1 - i0, slope); });
   });
   return out;
 }

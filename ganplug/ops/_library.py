@@ -1,17 +1,15 @@
-"""Fake (shape) kernels of the torch.ops.ganplug operators, and the autograd formulas of
-linear_leaky_relu and its backward ops. (The loss ops' autograd, backward ops included, is in C++,
-csrc/autograd.cpp: a Python wrapper costs more than the loss itself on a GAN batch.)
+"""Fake (shape) kernels of the torch.ops.ganplug operators, for torch.compile and opcheck.
 
-Every backward is built from ops that are themselves differentiable (the backward ops have
-autograd formulas of their own), so gradients of gradients work: a WGAN-GP or R1 step can
-backpropagate through `autograd.grad(..., create_graph=True)` of a critic made of these ops.
+The autograd formulas of every op, backward ops included, are in C++ (csrc/autograd.cpp): a Python
+autograd wrapper costs more than a loss or a small layer itself on a GAN batch. Every backward is
+built from ops that are themselves differentiable, so gradients of gradients work: a WGAN-GP or R1
+step can backpropagate through `autograd.grad(..., create_graph=True)` of a critic made of these ops.
 """
 
 from __future__ import annotations
 
 import torch
 
-ops = torch.ops.ganplug
 
 # --- fake kernels: output shapes and dtypes, for torch.compile and opcheck -------------------
 
@@ -52,51 +50,3 @@ def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake
 @torch.library.register_fake("ganplug::gradient_penalty_backward")
 def _(grad, gradients, target):
     return gradients.new_empty(gradients.shape)
-
-
-# --- linear + LeakyReLU ------------------------------------------------------------------------
-
-
-def _linear_setup(ctx, inputs, output):
-    input, weight, bias, negative_slope = inputs
-    ctx.negative_slope = negative_slope
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, weight, output)  # the output's sign is the LeakyReLU mask
-
-
-def _linear_backward(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    grad_bias = None
-    if ctx.has_bias and need_bias:
-        grad_pre, grad_bias = ops.leaky_relu_bias_backward(grad, output, ctx.negative_slope)
-    else:
-        grad_pre = ops.leaky_relu_backward(grad, output, ctx.negative_slope)
-    grad_input = grad_pre.mm(weight) if need_input else None
-    grad_weight = grad_pre.t().mm(input) if need_weight else None
-    return grad_input, grad_weight, grad_bias, None
-
-
-torch.library.register_autograd("ganplug::linear_leaky_relu", _linear_backward, setup_context=_linear_setup)
-
-
-def _leaky_setup(ctx, inputs, output):
-    _, output_saved, negative_slope = inputs
-    ctx.negative_slope = negative_slope
-    ctx.save_for_backward(output_saved)
-
-
-def _leaky_backward(ctx, grad):
-    # dz = dy * mask(y) is linear in dy with the same mask; the mask is piecewise constant in y.
-    (output,) = ctx.saved_tensors
-    return ops.leaky_relu_backward(grad, output, ctx.negative_slope), None, None
-
-
-def _leaky_bias_backward(ctx, grad_pre, grad_bias):
-    # (dz, db = dz.sum(0)) is linear in dy: its adjoint applies the mask to grad_pre + grad_bias.
-    (output,) = ctx.saved_tensors
-    return ops.leaky_relu_backward(grad_pre + grad_bias, output, ctx.negative_slope), None, None
-
-
-torch.library.register_autograd("ganplug::leaky_relu_backward", _leaky_backward, setup_context=_leaky_setup)
-torch.library.register_autograd("ganplug::leaky_relu_bias_backward", _leaky_bias_backward, setup_context=_leaky_setup)
