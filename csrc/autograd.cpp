@@ -95,26 +95,44 @@ class DiscriminatorBceBackward : public torch::autograd::Function<DiscriminatorB
   }
 };
 
+// The loss kernels' autograd: when the logits need a gradient, the forward runs the *_and_grad op
+// (loss and d loss / d logits from one pass) and saves that gradient, so a first-order backward is
+// grad * saved. Under create_graph the backward runs the differentiable backward op instead.
+using AndGradOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&, double, double);
+using DiscriminatorAndGradOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, double, double);
+
 class BceLoss : public torch::autograd::Function<BceLoss> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const OptTensor& target,
                             double target_value, double scale) {
     static const auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&, double, double)>("ganplug::bce_loss");
+    static const auto and_grad = find_op<AndGradOp>("ganplug::bce_loss_and_grad");
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({logits, target.value_or(at::Tensor())});
+    at::Tensor loss, grad_logits;
+    if (logits.requires_grad()) {
+      std::tie(loss, grad_logits) = and_grad.call(logits, target, target_value, scale);
+    } else {
+      loss = op.call(logits, target, target_value, scale);
+    }
+    ctx->save_for_backward({logits, target.value_or(at::Tensor()), grad_logits});
     ctx->saved_data["target_value"] = target_value;
     ctx->saved_data["scale"] = scale;
-    return op.call(logits, target, target_value, scale);
+    return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const double target_value = ctx->saved_data["target_value"].toDouble();
     const double scale = ctx->saved_data["scale"].toDouble();
-    const at::Tensor& logits = saved[0];
-    return {BceLossBackward::apply(grads[0], logits, optional(saved[1]), target_value, scale),
-            target_grad(grads[0], logits, saved[1], scale), at::Tensor(),
-            at::Tensor()};
+    const at::Tensor &logits = saved[0], &grad_logits = saved[2];
+    at::Tensor d_logits;
+    if (ctx->needs_input_grad(0)) {
+      d_logits = grad_logits.defined() && !at::GradMode::is_enabled()
+          ? grads[0] * grad_logits
+          : BceLossBackward::apply(grads[0], logits, optional(saved[1]), target_value, scale);
+    }
+    return {d_logits, target_grad(grads[0], logits, saved[1], scale), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -125,25 +143,37 @@ class DiscriminatorBce : public torch::autograd::Function<DiscriminatorBce> {
                             double fake_value) {
     static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
                                               double, double)>("ganplug::discriminator_bce");
+    static const auto and_grad = find_op<DiscriminatorAndGradOp>("ganplug::discriminator_bce_and_grad");
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({real, fake, real_target.value_or(at::Tensor()), fake_target.value_or(at::Tensor())});
+    at::Tensor loss, grad_real, grad_fake;
+    if (real.requires_grad() || fake.requires_grad()) {
+      std::tie(loss, grad_real, grad_fake) = and_grad.call(real, fake, real_target, fake_target, real_value, fake_value);
+    } else {
+      loss = op.call(real, fake, real_target, fake_target, real_value, fake_value);
+    }
+    ctx->save_for_backward({real, fake, real_target.value_or(at::Tensor()), fake_target.value_or(at::Tensor()),
+                            grad_real, grad_fake});
     ctx->saved_data["real_value"] = real_value;
     ctx->saved_data["fake_value"] = fake_value;
-    return op.call(real, fake, real_target, fake_target, real_value, fake_value);
+    return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &real = saved[0], &fake = saved[1];
-    const variable_list grad_logits = DiscriminatorBceBackward::apply(
-        grads[0], real, fake, optional(saved[2]), optional(saved[3]), ctx->saved_data["real_value"].toDouble(),
-        ctx->saved_data["fake_value"].toDouble());
-    return {grad_logits[0],
-            grad_logits[1],
-            target_grad(grads[0], real, saved[2], 1.0),
-            target_grad(grads[0], fake, saved[3], 1.0),
-            at::Tensor(),
-            at::Tensor()};
+    const at::Tensor &real = saved[0], &fake = saved[1], &grad_real = saved[4], &grad_fake = saved[5];
+    at::Tensor d_real, d_fake;
+    if (grad_real.defined() && !at::GradMode::is_enabled()) {
+      d_real = grads[0] * grad_real;
+      d_fake = grads[0] * grad_fake;
+    } else if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      const variable_list g = DiscriminatorBceBackward::apply(
+          grads[0], real, fake, optional(saved[2]), optional(saved[3]), ctx->saved_data["real_value"].toDouble(),
+          ctx->saved_data["fake_value"].toDouble());
+      d_real = g[0];
+      d_fake = g[1];
+    }
+    return {d_real, d_fake, target_grad(grads[0], real, saved[2], 1.0), target_grad(grads[0], fake, saved[3], 1.0),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -349,6 +379,23 @@ at::Tensor discriminator_bce_autograd(const at::Tensor& real, const at::Tensor& 
   return DiscriminatorBce::apply(real, fake, real_target, fake_target, real_value, fake_value);
 }
 
+// Called directly (not from the loss kernels' forward), the *_and_grad ops are differentiable as
+// the loss op and its backward op at upstream 1 are.
+std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_autograd(const at::Tensor& logits, const OptTensor& target,
+                                                              double target_value, double scale) {
+  const at::Tensor loss = BceLoss::apply(logits, target, target_value, scale);
+  return {loss, BceLossBackward::apply(at::ones_like(loss), logits, target, target_value, scale)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_autograd(
+    const at::Tensor& real, const at::Tensor& fake, const OptTensor& real_target, const OptTensor& fake_target,
+    double real_value, double fake_value) {
+  const at::Tensor loss = DiscriminatorBce::apply(real, fake, real_target, fake_target, real_value, fake_value);
+  const variable_list g = DiscriminatorBceBackward::apply(at::ones_like(loss), real, fake, real_target, fake_target,
+                                                          real_value, fake_value);
+  return {loss, g[0], g[1]};
+}
+
 at::Tensor wasserstein_critic_loss_autograd(const at::Tensor& real, const at::Tensor& fake) {
   return WassersteinCriticLoss::apply(real, fake);
 }
@@ -371,8 +418,10 @@ TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
   m.impl("leaky_relu_bias_backward", &leaky_relu_bias_backward_autograd);
   m.impl("bce_loss", &bce_loss_autograd);
   m.impl("bce_loss_backward", &bce_loss_backward_autograd);
+  m.impl("bce_loss_and_grad", &bce_loss_and_grad_autograd);
   m.impl("discriminator_bce", &discriminator_bce_autograd);
   m.impl("discriminator_bce_backward", &discriminator_bce_backward_autograd);
+  m.impl("discriminator_bce_and_grad", &discriminator_bce_and_grad_autograd);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss_autograd);
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_autograd);
   m.impl("gradient_penalty", &gradient_penalty_autograd);

@@ -14,9 +14,13 @@ TORCH_LIBRARY(ganplug, m) {
   // scale * mean(bce_with_logits(logits, target)); target is the tensor if given, else target_value.
   m.def("bce_loss(Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
   m.def("bce_loss_backward(Tensor grad, Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
+  // The loss and its gradient with respect to the logits (at upstream grad 1) from one pass: what
+  // the autograd kernel runs when the logits need a gradient, so the backward is a multiply.
+  m.def("bce_loss_and_grad(Tensor logits, Tensor? target, float target_value, float scale) -> (Tensor, Tensor)");
   // mean(bce(real, real_target)) + mean(bce(fake, fake_target)) in one pass over both.
   m.def("discriminator_bce(Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> Tensor");
   m.def("discriminator_bce_backward(Tensor grad, Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> (Tensor, Tensor)");
+  m.def("discriminator_bce_and_grad(Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> (Tensor, Tensor, Tensor)");
 
   // mean(fake) - mean(real), and -mean(fake). Their backward is a broadcast, done in Python.
   m.def("wasserstein_critic_loss(Tensor real_scores, Tensor fake_scores) -> Tensor");

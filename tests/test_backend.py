@@ -176,13 +176,13 @@ def _schema_names() -> list[str]:
     return re.findall(r'm\.def\("(\w+)\(', text)
 
 
-def test_ops_cpp_defines_eleven_operators():
-    assert len(_schema_names()) == 11
+def test_ops_cpp_defines_thirteen_operators():
+    assert len(_schema_names()) == 13
     assert set(_schema_names()) == {
         "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bce_loss",
-        "bce_loss_backward", "discriminator_bce", "discriminator_bce_backward",
-        "wasserstein_critic_loss", "wasserstein_generator_loss", "gradient_penalty",
-        "gradient_penalty_backward",
+        "bce_loss_backward", "bce_loss_and_grad", "discriminator_bce", "discriminator_bce_backward",
+        "discriminator_bce_and_grad", "wasserstein_critic_loss", "wasserstein_generator_loss",
+        "gradient_penalty", "gradient_penalty_backward",
     }
 
 

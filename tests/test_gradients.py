@@ -234,6 +234,8 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("discriminator_bce", (t(4, 1, scale=2.0), t(3, 1, scale=2.0), None, None, 0.9, 0.1)),
         ("discriminator_bce", (t(4, 1, scale=2.0), t(3, 1, scale=2.0), p(4, 1), p(3, 1, lo=0.05), 0.0, 0.0)),
         ("discriminator_bce_backward", (scalar(0.7), t(4, scale=2.0), t(3, scale=2.0), p(4), None, 0.0, 0.1)),
+        ("bce_loss_and_grad", (t(6, 1, scale=2.0), p(6, 1), 0.0, -1.0)),
+        ("discriminator_bce_and_grad", (t(4, 1, scale=2.0), t(3, 1, scale=2.0), None, p(3, 1, lo=0.05), 0.9, 0.0)),
         ("wasserstein_critic_loss", (t(4, 1), t(3, 1))),
         ("wasserstein_generator_loss", (t(4, 2),)),
         ("gradient_penalty", (t(4, 3, away=True), 1.0)),
@@ -247,9 +249,9 @@ OPCHECK_IDS = [name for name, _ in _opcheck_cases(torch.float32, False)]
 def test_opcheck_covers_every_operator():
     registered = {
         "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bce_loss",
-        "bce_loss_backward", "discriminator_bce", "discriminator_bce_backward",
-        "wasserstein_critic_loss", "wasserstein_generator_loss", "gradient_penalty",
-        "gradient_penalty_backward",
+        "bce_loss_backward", "bce_loss_and_grad", "discriminator_bce", "discriminator_bce_backward",
+        "discriminator_bce_and_grad", "wasserstein_critic_loss", "wasserstein_generator_loss",
+        "gradient_penalty", "gradient_penalty_backward",
     }
     assert set(OPCHECK_IDS) == registered
 
@@ -351,3 +353,29 @@ def test_wgan_gp_penalty_term_gradient_is_second_order(device):
             continue
         assert pf.grad is not None and pf.grad.abs().sum() > 0, name
         torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+# --- the loss-and-gradient ops the autograd kernels run in the forward ----------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_and_grad_ops_return_the_loss_and_its_gradient(device, dtype):
+    x = torch.tensor([-40.0, -3.0, -0.5, 0.0, 0.7, 2.0, 40.0], dtype=dtype, device=device)
+    y = torch.tensor([1.5, -2.5, 0.0], dtype=dtype, device=device)
+    t = torch.tensor([0.9, 0.1, 0.5, 1.0, 0.0, 0.3, 0.8], dtype=dtype, device=device)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+
+    xr = x.clone().requires_grad_()
+    expected = -0.5 * torch.nn.functional.binary_cross_entropy_with_logits(xr, t)
+    (expected_dx,) = torch.autograd.grad(expected, xr)
+    loss, dx = torch.ops.ganplug.bce_loss_and_grad(x, t, 0.0, -0.5)
+    torch.testing.assert_close(loss, expected.detach(), **tol)
+    torch.testing.assert_close(dx, expected_dx, **tol)
+
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    expected = reference.discriminator_bce(xr, yr, 0.9, 0.0)
+    expected_dx, expected_dy = torch.autograd.grad(expected, (xr, yr))
+    loss, dx, dy = torch.ops.ganplug.discriminator_bce_and_grad(x, y, None, None, 0.9, 0.0)
+    torch.testing.assert_close(loss, expected.detach(), **tol)
+    torch.testing.assert_close(dx, expected_dx, **tol)
+    torch.testing.assert_close(dy, expected_dy, **tol)

@@ -56,6 +56,31 @@ double bce_mean(const at::Tensor& x, const at::Tensor& t, double t_value) {
   }) / static_cast<double>(n);
 }
 
+// The mean BCE over x (as bce_mean) and, in the same pass, dx = coef * (sigmoid(x) - t): one
+// exp and one log1p per element serve both.
+template <typename scalar_t>
+double bce_mean_and_grad(const at::Tensor& x, const at::Tensor& t, double t_value, double coef, at::Tensor& dx) {
+  using op_t = at::opmath_type<scalar_t>;
+  dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dxp = dx.data_ptr<scalar_t>();
+  const op_t tv = static_cast<op_t>(t_value);
+  const op_t c = static_cast<op_t>(coef);
+  const int64_t n = x.numel();
+  return chunked_sum(n, [=](int64_t i) {
+    const op_t xi = static_cast<op_t>(xp[i]);
+    const op_t ti = tp != nullptr ? static_cast<op_t>(tp[i]) : tv;
+    const op_t e = exp_(-abs_(xi));  // softplus(+-x) and sigmoid(x) from one exponential
+    const op_t tail = log1p_(e);
+    const op_t softplus_pos = (xi > op_t(0) ? xi : op_t(0)) + tail;   // softplus(x)
+    const op_t softplus_neg = (xi < op_t(0) ? -xi : op_t(0)) + tail;  // softplus(-x)
+    const op_t sig = xi >= op_t(0) ? op_t(1) / (op_t(1) + e) : e / (op_t(1) + e);
+    dxp[i] = static_cast<scalar_t>(c * (sig - ti));
+    return static_cast<double>(weighted(ti, softplus_neg) + weighted(op_t(1) - ti, softplus_pos));
+  }) / static_cast<double>(n);
+}
+
 // dx = coef * (sigmoid(x) - t), with coef = grad * scale / n folded in by the caller.
 template <typename scalar_t>
 at::Tensor bce_grad(const at::Tensor& x, const at::Tensor& t, double t_value, double coef) {
@@ -87,6 +112,19 @@ at::Tensor bce_loss_cpu(const at::Tensor& logits, const std::optional<at::Tensor
   return scalar_like(scale * mean, x);
 }
 
+std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                                                          double target_value, double scale) {
+  check_bce_args(logits, target, "bce_loss_and_grad", "logits", "target");
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor t = contiguous_or_undefined(target);
+  double mean = 0;
+  at::Tensor dx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bce_loss_and_grad_cpu", [&] {
+    mean = bce_mean_and_grad<scalar_t>(x, t, target_value, scale / static_cast<double>(x.numel()), dx);
+  });
+  return {scalar_like(scale * mean, x), dx};
+}
+
 at::Tensor bce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                  const std::optional<at::Tensor>& target, double target_value,
                                  double scale) {
@@ -116,6 +154,24 @@ at::Tensor discriminator_bce_cpu(const at::Tensor& real_logits, const at::Tensor
     loss = bce_mean<scalar_t>(xr, tr, real_value) + bce_mean<scalar_t>(xf, tf, fake_value);
   });
   return scalar_like(loss, xr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cpu(
+    const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
+    const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
+  constexpr const char* op = "discriminator_bce_and_grad";
+  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
+  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
+  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
+  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
+  const at::Tensor tr = contiguous_or_undefined(real_target), tf = contiguous_or_undefined(fake_target);
+  double loss = 0;
+  at::Tensor dr, df;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xr.scalar_type(), "discriminator_bce_and_grad_cpu", [&] {
+    loss = bce_mean_and_grad<scalar_t>(xr, tr, real_value, 1.0 / static_cast<double>(xr.numel()), dr) +
+           bce_mean_and_grad<scalar_t>(xf, tf, fake_value, 1.0 / static_cast<double>(xf.numel()), df);
+  });
+  return {scalar_like(loss, xr), dr, df};
 }
 
 std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cpu(
@@ -226,8 +282,10 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad, const at::Tenso
 TORCH_LIBRARY_IMPL(ganplug, CPU, m) {
   m.impl("bce_loss", &bce_loss_cpu);
   m.impl("bce_loss_backward", &bce_loss_backward_cpu);
+  m.impl("bce_loss_and_grad", &bce_loss_and_grad_cpu);
   m.impl("discriminator_bce", &discriminator_bce_cpu);
   m.impl("discriminator_bce_backward", &discriminator_bce_backward_cpu);
+  m.impl("discriminator_bce_and_grad", &discriminator_bce_and_grad_cpu);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss_cpu);
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_cpu);
   m.impl("gradient_penalty", &gradient_penalty_cpu);

@@ -197,6 +197,13 @@ at::Tensor discriminator_bce_cuda(const at::Tensor& real_logits, const at::Tenso
                                   xf, contiguous_or_undefined(fake_target), fake_value, inv(xf));
 }
 
+// The loss and its gradient at upstream 1: the loss launch, then the backward launch.
+std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                                                           double target_value, double scale) {
+  at::Tensor loss = bce_loss_cuda(logits, target, target_value, scale);
+  return {loss, bce_loss_backward_cuda(at::ones_like(loss), logits, target, target_value, scale)};
+}
+
 std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
     const at::Tensor& grad, const at::Tensor& real_logits, const at::Tensor& fake_logits,
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
@@ -265,13 +272,25 @@ at::Tensor gradient_penalty_backward_cuda(const at::Tensor& grad, const at::Tens
   return dg;
 }
 
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cuda(
+    const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
+    const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
+  at::Tensor loss = discriminator_bce_cuda(real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
+  auto [d_real, d_fake] = discriminator_bce_backward_cuda(at::ones_like(loss), real_logits, fake_logits, real_target,
+                                                          fake_target, real_value, fake_value);
+  return {loss, d_real, d_fake};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ganplug, CUDA, m) {
   m.impl("bce_loss", &bce_loss_cuda);
   m.impl("bce_loss_backward", &bce_loss_backward_cuda);
+  m.impl("bce_loss_and_grad", &bce_loss_and_grad_cuda);
   m.impl("discriminator_bce", &discriminator_bce_cuda);
   m.impl("discriminator_bce_backward", &discriminator_bce_backward_cuda);
+  m.impl("discriminator_bce_and_grad", &discriminator_bce_and_grad_cuda);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss_cuda);
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_cuda);
   m.impl("gradient_penalty", &gradient_penalty_cuda);

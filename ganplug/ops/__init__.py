@@ -14,7 +14,7 @@ import math
 import torch
 
 from ganplug.ops import reference
-from ganplug.ops._extension import LOAD_ERROR, backend, warn_fallback
+from ganplug.ops._extension import COMPILED_DEVICE_TYPES, LOAD_ERROR, backend, env_unset, warn_fallback
 
 if LOAD_ERROR is None:
     from ganplug.ops import _library  # noqa: F401  (fake kernels and autograd formulas)
@@ -32,6 +32,25 @@ __all__ = [
 ]
 
 Target = float | torch.Tensor
+
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def _fast(x: object, y: object = None) -> bool:
+    """True when the compiled kernel can take the tensors as they are: plain tensors of one
+    float32/float64 dtype and device, non-empty, on a device with kernels, GANPLUG_OPS unset.
+    Then the Python checks below (which the kernels repeat) and their cost (several microseconds,
+    more than a loss on a GAN batch) are skipped; anything else takes the checked path."""
+    if type(x) is not torch.Tensor or x.dtype not in _FAST_DTYPES or x.numel() == 0:
+        return False
+    if y is not None and (type(y) is not torch.Tensor or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
+        return False
+    return env_unset() and x.device.type in COMPILED_DEVICE_TYPES
+
+
+def _probability(value: object) -> bool:
+    return type(value) is float and 0.0 <= value <= 1.0
 
 
 def _use_kernels(x: torch.Tensor) -> bool:
@@ -79,6 +98,17 @@ def linear_leaky_relu(
     returns (*, out_features). negative_slope must be >= 0 (the backward reads the LeakyReLU mask
     off the output's sign, so only the output is saved).
     """
+    if (
+        _fast(input, weight)
+        and input.dim() == 2
+        and input.shape[1] == weight.shape[-1]
+        and weight.dim() == 2
+        and (bias is None or (_fast(bias, input) and bias.shape == (weight.shape[0],)))
+        and type(negative_slope) is float
+        and 0.0 <= negative_slope < math.inf
+        and not torch.is_autocast_enabled(input.device.type)
+    ):
+        return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, negative_slope)
     op = "linear_leaky_relu"
     _check_tensor(op, "input", input)
     _check_tensor(op, "weight", weight)
@@ -138,6 +168,8 @@ def discriminator_bce(
     Targets are probabilities: a float (one-sided label smoothing: real_target=0.9) or a tensor
     broadcastable to its logits (label noise). Logits of any shape; real and fake may differ.
     """
+    if _fast(real_logits, fake_logits) and _probability(real_target) and _probability(fake_target):
+        return torch.ops.ganplug.discriminator_bce(real_logits, fake_logits, None, None, real_target, fake_target)
     op = "discriminator_bce"
     _check_tensor(op, "real_logits", real_logits)
     _check_tensor(op, "fake_logits", fake_logits)
@@ -154,6 +186,8 @@ def discriminator_bce(
 
 def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
     """mean(BCE(fake_logits, target)): the non-saturating generator loss, a scalar (nats)."""
+    if _fast(fake_logits) and _probability(target):
+        return torch.ops.ganplug.bce_loss(fake_logits, None, target, 1.0)
     op = "generator_bce"
     _check_tensor(op, "fake_logits", fake_logits)
     _check_nonempty(op, "fake_logits", fake_logits)
@@ -167,6 +201,8 @@ def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tens
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al.
     (2014), which the generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
+    if _fast(fake_logits):
+        return torch.ops.ganplug.bce_loss(fake_logits, None, 0.0, -1.0)
     op = "minimax_generator_loss"
     _check_tensor(op, "fake_logits", fake_logits)
     _check_nonempty(op, "fake_logits", fake_logits)
@@ -178,6 +214,8 @@ def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(fake_scores) - mean(real_scores): the loss the critic minimises, a scalar."""
+    if _fast(real_scores, fake_scores):
+        return torch.ops.ganplug.wasserstein_critic_loss(real_scores, fake_scores)
     op = "wasserstein_critic_loss"
     _check_tensor(op, "real_scores", real_scores)
     _check_tensor(op, "fake_scores", fake_scores)
@@ -192,6 +230,8 @@ def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """-mean(fake_scores): the generator's Wasserstein loss, a scalar."""
+    if _fast(fake_scores):
+        return torch.ops.ganplug.wasserstein_generator_loss(fake_scores)
     op = "wasserstein_generator_loss"
     _check_tensor(op, "fake_scores", fake_scores)
     _check_nonempty(op, "fake_scores", fake_scores)
@@ -204,6 +244,8 @@ def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """mean_i (||g_i||_2 - target)^2 over the batch of gradients (B, ...), norms over all other
     dims: the WGAN-GP penalty (Gulrajani et al. 2017) before its weight lambda; a scalar."""
+    if _fast(gradients) and gradients.dim() > 0 and type(target) is float and math.isfinite(target):
+        return torch.ops.ganplug.gradient_penalty(gradients, target)
     op = "gradient_penalty"
     _check_tensor(op, "gradients", gradients)
     if gradients.dim() == 0:

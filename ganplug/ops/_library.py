@@ -42,6 +42,16 @@ def _(grad, logits, target, target_value, scale):
     return logits.new_empty(logits.shape)
 
 
+@torch.library.register_fake("ganplug::bce_loss_and_grad")
+def _(logits, target, target_value, scale):
+    return logits.new_empty(()), logits.new_empty(logits.shape)
+
+
+@torch.library.register_fake("ganplug::discriminator_bce_and_grad")
+def _(real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
+    return real_logits.new_empty(()), real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
+
+
 @torch.library.register_fake("ganplug::discriminator_bce_backward")
 def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
     return real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
