@@ -139,16 +139,28 @@ at::Tensor bce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logit
   return dx;
 }
 
+// The checked, contiguous arguments of the discriminator loss ops (targets undefined when absent).
+struct DiscriminatorArgs {
+  at::Tensor real, fake, real_target, fake_target;
+
+  DiscriminatorArgs(const char* op, const at::Tensor& real_logits, const at::Tensor& fake_logits,
+                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t) {
+    check_bce_args(real_logits, real_t, op, "real_logits", "real_target");
+    check_bce_args(fake_logits, fake_t, op, "fake_logits", "fake_target");
+    check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
+    real = real_logits.contiguous();
+    fake = fake_logits.contiguous();
+    real_target = contiguous_or_undefined(real_t);
+    fake_target = contiguous_or_undefined(fake_t);
+  }
+};
+
 at::Tensor discriminator_bce_cpu(const at::Tensor& real_logits, const at::Tensor& fake_logits,
                                  const std::optional<at::Tensor>& real_target,
                                  const std::optional<at::Tensor>& fake_target, double real_value,
                                  double fake_value) {
-  constexpr const char* op = "discriminator_bce";
-  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
-  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
-  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
-  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
-  const at::Tensor tr = contiguous_or_undefined(real_target), tf = contiguous_or_undefined(fake_target);
+  const DiscriminatorArgs args("discriminator_bce", real_logits, fake_logits, real_target, fake_target);
+  const at::Tensor &xr = args.real, &xf = args.fake, &tr = args.real_target, &tf = args.fake_target;
   double loss = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xr.scalar_type(), "discriminator_bce_cpu", [&] {
     loss = bce_mean<scalar_t>(xr, tr, real_value) + bce_mean<scalar_t>(xf, tf, fake_value);
@@ -159,12 +171,8 @@ at::Tensor discriminator_bce_cpu(const at::Tensor& real_logits, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cpu(
     const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
     const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
-  constexpr const char* op = "discriminator_bce_and_grad";
-  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
-  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
-  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
-  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
-  const at::Tensor tr = contiguous_or_undefined(real_target), tf = contiguous_or_undefined(fake_target);
+  const DiscriminatorArgs args("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target);
+  const at::Tensor &xr = args.real, &xf = args.fake, &tr = args.real_target, &tf = args.fake_target;
   double loss = 0;
   at::Tensor dr, df;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xr.scalar_type(), "discriminator_bce_and_grad_cpu", [&] {
@@ -178,12 +186,8 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cpu(
     const at::Tensor& grad, const at::Tensor& real_logits, const at::Tensor& fake_logits,
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
     double real_value, double fake_value) {
-  constexpr const char* op = "discriminator_bce_backward";
-  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
-  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
-  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
-  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
-  const at::Tensor tr = contiguous_or_undefined(real_target), tf = contiguous_or_undefined(fake_target);
+  const DiscriminatorArgs args("discriminator_bce_backward", real_logits, fake_logits, real_target, fake_target);
+  const at::Tensor &xr = args.real, &xf = args.fake, &tr = args.real_target, &tf = args.fake_target;
   const double g = grad.item<double>();
   at::Tensor dr, df;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xr.scalar_type(), "discriminator_bce_backward_cpu", [&] {
