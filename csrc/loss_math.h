@@ -52,6 +52,16 @@ GANPLUG_HD T bce_with_logits(T x, T t) {
   return weighted(t, softplus(-x)) + weighted(T(1) - t, softplus(x));
 }
 
+// bce_with_logits(x, t) and, into *grad, its derivative sigmoid(x) - t, from one exp and one log1p.
+template <typename T>
+GANPLUG_HD T bce_with_logits_and_grad(T x, T t, T* grad) {
+  const T e = exp_(-abs_(x));
+  const T tail = log1p_(e);
+  const T sig = x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  *grad = sig - t;
+  return weighted(t, (x < T(0) ? -x : T(0)) + tail) + weighted(T(1) - t, (x > T(0) ? x : T(0)) + tail);
+}
+
 // d bce_with_logits / dx = sigmoid(x) - t.
 template <typename T>
 GANPLUG_HD T bce_with_logits_grad(T x, T t) {

@@ -56,8 +56,7 @@ double bce_mean(const at::Tensor& x, const at::Tensor& t, double t_value) {
   }) / static_cast<double>(n);
 }
 
-// The mean BCE over x (as bce_mean) and, in the same pass, dx = coef * (sigmoid(x) - t): one
-// exp and one log1p per element serve both.
+// The mean BCE over x (as bce_mean) and, in the same pass, dx = coef * (sigmoid(x) - t).
 template <typename scalar_t>
 double bce_mean_and_grad(const at::Tensor& x, const at::Tensor& t, double t_value, double coef, at::Tensor& dx) {
   using op_t = at::opmath_type<scalar_t>;
@@ -71,13 +70,10 @@ double bce_mean_and_grad(const at::Tensor& x, const at::Tensor& t, double t_valu
   return chunked_sum(n, [=](int64_t i) {
     const op_t xi = static_cast<op_t>(xp[i]);
     const op_t ti = tp != nullptr ? static_cast<op_t>(tp[i]) : tv;
-    const op_t e = exp_(-abs_(xi));  // softplus(+-x) and sigmoid(x) from one exponential
-    const op_t tail = log1p_(e);
-    const op_t softplus_pos = (xi > op_t(0) ? xi : op_t(0)) + tail;   // softplus(x)
-    const op_t softplus_neg = (xi < op_t(0) ? -xi : op_t(0)) + tail;  // softplus(-x)
-    const op_t sig = xi >= op_t(0) ? op_t(1) / (op_t(1) + e) : e / (op_t(1) + e);
-    dxp[i] = static_cast<scalar_t>(c * (sig - ti));
-    return static_cast<double>(weighted(ti, softplus_neg) + weighted(op_t(1) - ti, softplus_pos));
+    op_t g;
+    const op_t loss = bce_with_logits_and_grad(xi, ti, &g);
+    dxp[i] = static_cast<scalar_t>(c * g);
+    return static_cast<double>(loss);
   }) / static_cast<double>(n);
 }
 
