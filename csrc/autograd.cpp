@@ -2,11 +2,15 @@
 // (torch.library register_autograd) costs ~20 us a call, more than a loss or a small layer takes.
 // Each backward calls a backward op that is itself differentiable, so gradients of gradients work.
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <optional>
+#include <utility>
 
 namespace ganplug {
 namespace {
@@ -95,124 +99,248 @@ class DiscriminatorBceBackward : public torch::autograd::Function<DiscriminatorB
   }
 };
 
-// The loss kernels' autograd: when the logits need a gradient, the forward runs the *_and_grad op
-// (loss and d loss / d logits from one pass) and saves that gradient, so a first-order backward is
-// grad * saved. Under create_graph the backward runs the differentiable backward op instead.
+// The losses run once or twice per training step on a small batch, where the cost of
+// torch::autograd::Function (~5 us a call: AutogradContext bookkeeping, a demangled node name per
+// backward) is a tenth of the whole forward+backward. Their graph nodes are written the way
+// torch's generated ones are instead.
+//
+// For the BCE losses, when the logits need a gradient, the forward runs the *_and_grad op (loss
+// and d loss / d logits from one pass) and keeps that gradient in the node, so a first-order
+// backward is grad * kept, or the kept tensor itself when the upstream gradient is the plain CPU 1 that backward() and
+// autograd.grad seed a scalar loss with. Under create_graph, or in a second backward of a retained
+// graph, the backward runs the differentiable backward op instead.
 using AndGradOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&, double, double);
 using DiscriminatorAndGradOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, double, double);
 
-class BceLoss : public torch::autograd::Function<BceLoss> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const OptTensor& target,
-                            double target_value, double scale) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&, double, double)>("ganplug::bce_loss");
-    static const auto and_grad = find_op<AndGradOp>("ganplug::bce_loss_and_grad");
+using torch::autograd::SavedVariable;
+
+// The value of `t` when it is a dense CPU float32/float64 0-d tensor, not a fake, functional or
+// batched wrapper (those carry extra dispatch keys), so that reading it costs nothing.
+std::optional<double> plain_cpu_scalar(const at::Tensor& t) {
+  // The keys of a dense CPU tensor outside inference mode, from the CPU allocator itself: a tensor
+  // made through the dispatcher here while torch.compile traces would be a fake one.
+  static const c10::DispatchKeySet plain_cpu = [] {
+    c10::InferenceMode not_inference(false);
+    return at::detail::empty_cpu({}, at::kFloat, false).key_set();
+  }();
+  if (t.dim() != 0 || t.key_set() != plain_cpu) return std::nullopt;
+  if (t.scalar_type() == at::kFloat) return *t.const_data_ptr<float>();
+  if (t.scalar_type() == at::kDouble) return *t.const_data_ptr<double>();
+  return std::nullopt;
+}
+
+// d loss / d logits from the gradient kept at forward time, which is handed out (and so gone)
+// when the upstream gradient is 1.
+at::Tensor use_kept(const at::Tensor& grad, at::Tensor& kept) {
+  return plain_cpu_scalar(grad) == 1.0 ? std::exchange(kept, at::Tensor()) : grad * kept;
+}
+
+// A node of type NodeT with an edge to each input, or null when no input needs a gradient.
+template <typename NodeT, typename... Inputs>
+c10::intrusive_ptr<NodeT> new_node(const Inputs&... inputs) {
+  if (!torch::autograd::compute_requires_grad(inputs...)) return {};
+  auto node = c10::make_intrusive<NodeT>();
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
+  return node;
+}
+
+OptTensor unpack_optional(const SavedVariable& saved) { return optional(saved.unpack()); }
+
+// mean(bce(logits, target)) * scale; edges: logits, target.
+struct BceLossNode : public torch::autograd::Node {
+  SavedVariable logits, target;
+  double target_value = 0, scale = 1;
+  at::Tensor kept_grad;  // d loss / d logits at upstream 1, when the logits needed a gradient
+
+  std::string name() const override { return "BceLossBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return variable_list(2);  // an undefined upstream gradient means zero
+    at::Tensor d_logits;
+    if (task_should_compute_output(0)) {
+      if (kept_grad.defined() && !at::GradMode::is_enabled()) {
+        d_logits = use_kept(grad, kept_grad);
+      } else {
+        d_logits = BceLossBackward::apply(grad, logits.unpack(), unpack_optional(target),
+                                          target_value, scale);
+      }
+    }
+    at::Tensor d_target;
+    if (task_should_compute_output(1)) d_target = target_grad(grad, logits.unpack(), target.unpack(), scale);
+    return {d_logits, d_target};
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    logits.reset_data();
+    target.reset_data();
+    kept_grad.reset();
+  }
+};
+
+at::Tensor bce_loss_autograd(const at::Tensor& logits, const OptTensor& target, double target_value, double scale) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&, double, double)>("ganplug::bce_loss");
+  static const auto and_grad = find_op<AndGradOp>("ganplug::bce_loss_and_grad");
+  const auto node = new_node<BceLossNode>(logits, target);
+  if (node) {
+    node->logits = SavedVariable(logits, false);
+    if (target) node->target = SavedVariable(*target, false);
+    node->target_value = target_value;
+    node->scale = scale;
+  }
+  at::Tensor loss;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor loss, grad_logits;
-    if (logits.requires_grad()) {
-      std::tie(loss, grad_logits) = and_grad.call(logits, target, target_value, scale);
+    if (node && logits.requires_grad()) {
+      std::tie(loss, node->kept_grad) = and_grad.call(logits, target, target_value, scale);
     } else {
       loss = op.call(logits, target, target_value, scale);
     }
-    ctx->save_for_backward({logits, target.value_or(at::Tensor()), grad_logits});
-    ctx->saved_data["target_value"] = target_value;
-    ctx->saved_data["scale"] = scale;
-    return loss;
+  }
+  if (node) torch::autograd::set_history(loss, node);
+  return loss;
+}
+
+// mean(bce(real, real_target)) + mean(bce(fake, fake_target)); edges: real, fake, real_target, fake_target.
+struct DiscriminatorBceNode : public torch::autograd::Node {
+  SavedVariable real, fake, real_target, fake_target;
+  double real_value = 1, fake_value = 0;
+  at::Tensor kept_real, kept_fake;  // d loss / d logits at upstream 1, when the logits needed a gradient
+
+  std::string name() const override { return "DiscriminatorBceBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return variable_list(4);  // an undefined upstream gradient means zero
+    at::Tensor d_real, d_fake;
+    if (task_should_compute_output(0) || task_should_compute_output(1)) {
+      if (kept_real.defined() && !at::GradMode::is_enabled()) {
+        d_real = use_kept(grad, kept_real);
+        d_fake = use_kept(grad, kept_fake);
+      } else {
+        const variable_list g =
+            DiscriminatorBceBackward::apply(grad, real.unpack(), fake.unpack(), unpack_optional(real_target),
+                                            unpack_optional(fake_target), real_value, fake_value);
+        d_real = g[0];
+        d_fake = g[1];
+      }
+    }
+    at::Tensor d_real_target, d_fake_target;
+    if (task_should_compute_output(2)) d_real_target = target_grad(grad, real.unpack(), real_target.unpack(), 1.0);
+    if (task_should_compute_output(3)) d_fake_target = target_grad(grad, fake.unpack(), fake_target.unpack(), 1.0);
+    return {d_real, d_fake, d_real_target, d_fake_target};
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const double target_value = ctx->saved_data["target_value"].toDouble();
-    const double scale = ctx->saved_data["scale"].toDouble();
-    const at::Tensor &logits = saved[0], &grad_logits = saved[2];
-    at::Tensor d_logits;
-    if (ctx->needs_input_grad(0)) {
-      d_logits = grad_logits.defined() && !at::GradMode::is_enabled()
-          ? grads[0] * grad_logits
-          : BceLossBackward::apply(grads[0], logits, optional(saved[1]), target_value, scale);
-    }
-    return {d_logits, target_grad(grads[0], logits, saved[1], scale), at::Tensor(), at::Tensor()};
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    real.reset_data();
+    fake.reset_data();
+    real_target.reset_data();
+    fake_target.reset_data();
+    kept_real.reset();
+    kept_fake.reset();
   }
 };
 
-class DiscriminatorBce : public torch::autograd::Function<DiscriminatorBce> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
-                            const OptTensor& real_target, const OptTensor& fake_target, double real_value,
-                            double fake_value) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
-                                              double, double)>("ganplug::discriminator_bce");
-    static const auto and_grad = find_op<DiscriminatorAndGradOp>("ganplug::discriminator_bce_and_grad");
+at::Tensor discriminator_bce_autograd(const at::Tensor& real, const at::Tensor& fake, const OptTensor& real_target,
+                                      const OptTensor& fake_target, double real_value, double fake_value) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+                                            double, double)>("ganplug::discriminator_bce");
+  static const auto and_grad = find_op<DiscriminatorAndGradOp>("ganplug::discriminator_bce_and_grad");
+  const auto node = new_node<DiscriminatorBceNode>(real, fake, real_target, fake_target);
+  if (node) {
+    node->real = SavedVariable(real, false);
+    node->fake = SavedVariable(fake, false);
+    if (real_target) node->real_target = SavedVariable(*real_target, false);
+    if (fake_target) node->fake_target = SavedVariable(*fake_target, false);
+    node->real_value = real_value;
+    node->fake_value = fake_value;
+  }
+  at::Tensor loss;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor loss, grad_real, grad_fake;
-    if (real.requires_grad() || fake.requires_grad()) {
-      std::tie(loss, grad_real, grad_fake) = and_grad.call(real, fake, real_target, fake_target, real_value, fake_value);
+    if (node && (real.requires_grad() || fake.requires_grad())) {
+      std::tie(loss, node->kept_real, node->kept_fake) =
+          and_grad.call(real, fake, real_target, fake_target, real_value, fake_value);
     } else {
       loss = op.call(real, fake, real_target, fake_target, real_value, fake_value);
     }
-    ctx->save_for_backward({real, fake, real_target.value_or(at::Tensor()), fake_target.value_or(at::Tensor()),
-                            grad_real, grad_fake});
-    ctx->saved_data["real_value"] = real_value;
-    ctx->saved_data["fake_value"] = fake_value;
-    return loss;
   }
+  if (node) torch::autograd::set_history(loss, node);
+  return loss;
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &real = saved[0], &fake = saved[1], &grad_real = saved[4], &grad_fake = saved[5];
-    at::Tensor d_real, d_fake;
-    if (grad_real.defined() && !at::GradMode::is_enabled()) {
-      d_real = grads[0] * grad_real;
-      d_fake = grads[0] * grad_fake;
-    } else if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      const variable_list g = DiscriminatorBceBackward::apply(
-          grads[0], real, fake, optional(saved[2]), optional(saved[3]), ctx->saved_data["real_value"].toDouble(),
-          ctx->saved_data["fake_value"].toDouble());
-      d_real = g[0];
-      d_fake = g[1];
-    }
-    return {d_real, d_fake, target_grad(grads[0], real, saved[2], 1.0), target_grad(grads[0], fake, saved[3], 1.0),
-            at::Tensor(), at::Tensor()};
-  }
-};
-
-// The gradient of a mean is a broadcast: no kernel and nothing saved but shapes.
+// The gradient of weight * mean(x) is a broadcast: no kernel and nothing saved but the shape.
+// For a plain CPU upstream gradient outside create_graph it is materialised (contiguous, so .grad
+// can take it as is).
 at::Tensor mean_grad(const at::Tensor& grad, const std::vector<c10::SymInt>& shape, double weight) {
   c10::SymInt n = 1;
   for (const c10::SymInt& d : shape) n = n * d;
+  const auto g = at::GradMode::is_enabled() ? std::nullopt : plain_cpu_scalar(grad);
+  if (g) {
+    return at::full_symint(shape, *g * weight / static_cast<double>(n.expect_int()), grad.options());
+  }
   return (grad * weight).div(c10::Scalar(n)).expand_symint(shape);
 }
 
-class WassersteinCriticLoss : public torch::autograd::Function<WassersteinCriticLoss> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("ganplug::wasserstein_critic_loss");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->saved_data["real_shape"] = real.sym_sizes();
-    ctx->saved_data["fake_shape"] = fake.sym_sizes();
-    return op.call(real, fake);
-  }
+// mean(fake) - mean(real); edges: real, fake.
+struct WassersteinCriticNode : public torch::autograd::Node {
+  std::vector<c10::SymInt> real_shape, fake_shape;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {mean_grad(grads[0], ctx->saved_data["real_shape"].toSymIntVector(), -1.0),
-            mean_grad(grads[0], ctx->saved_data["fake_shape"].toSymIntVector(), 1.0)};
+  std::string name() const override { return "WassersteinCriticLossBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return variable_list(2);
+    return {task_should_compute_output(0) ? mean_grad(grad, real_shape, -1.0) : at::Tensor(),
+            task_should_compute_output(1) ? mean_grad(grad, fake_shape, 1.0) : at::Tensor()};
   }
 };
 
-class WassersteinGeneratorLoss : public torch::autograd::Function<WassersteinGeneratorLoss> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& fake) {
-    static const auto op = find_op<at::Tensor(const at::Tensor&)>("ganplug::wasserstein_generator_loss");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->saved_data["fake_shape"] = fake.sym_sizes();
-    return op.call(fake);
+at::Tensor wasserstein_critic_loss_autograd(const at::Tensor& real, const at::Tensor& fake) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("ganplug::wasserstein_critic_loss");
+  const auto node = new_node<WassersteinCriticNode>(real, fake);
+  if (node) {
+    node->real_shape = real.sym_sizes().vec();
+    node->fake_shape = fake.sym_sizes().vec();
   }
+  at::Tensor loss;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    loss = op.call(real, fake);
+  }
+  if (node) torch::autograd::set_history(loss, node);
+  return loss;
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {mean_grad(grads[0], ctx->saved_data["fake_shape"].toSymIntVector(), -1.0)};
+// -mean(fake); edge: fake.
+struct WassersteinGeneratorNode : public torch::autograd::Node {
+  std::vector<c10::SymInt> fake_shape;
+
+  std::string name() const override { return "WassersteinGeneratorLossBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(1);
+    return {mean_grad(grads[0], fake_shape, -1.0)};
   }
 };
+
+at::Tensor wasserstein_generator_loss_autograd(const at::Tensor& fake) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&)>("ganplug::wasserstein_generator_loss");
+  const auto node = new_node<WassersteinGeneratorNode>(fake);
+  if (node) node->fake_shape = fake.sym_sizes().vec();
+  at::Tensor loss;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    loss = op.call(fake);
+  }
+  if (node) torch::autograd::set_history(loss, node);
+  return loss;
+}
 
 // Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i with r_i = ||g_i||; rows with r_i = 0 give 0.
 class GradientPenaltyBackward : public torch::autograd::Function<GradientPenaltyBackward> {
@@ -370,37 +498,22 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_autograd(const at:
   return {out[0], out[1]};
 }
 
-at::Tensor bce_loss_autograd(const at::Tensor& logits, const OptTensor& target, double target_value, double scale) {
-  return BceLoss::apply(logits, target, target_value, scale);
-}
-
-at::Tensor discriminator_bce_autograd(const at::Tensor& real, const at::Tensor& fake, const OptTensor& real_target,
-                                      const OptTensor& fake_target, double real_value, double fake_value) {
-  return DiscriminatorBce::apply(real, fake, real_target, fake_target, real_value, fake_value);
-}
-
 // Called directly (not from the loss kernels' forward), the *_and_grad ops are differentiable as
 // the loss op and its backward op at upstream 1 are.
 std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_autograd(const at::Tensor& logits, const OptTensor& target,
                                                               double target_value, double scale) {
-  const at::Tensor loss = BceLoss::apply(logits, target, target_value, scale);
+  const at::Tensor loss = bce_loss_autograd(logits, target, target_value, scale);
   return {loss, BceLossBackward::apply(at::ones_like(loss), logits, target, target_value, scale)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_autograd(
     const at::Tensor& real, const at::Tensor& fake, const OptTensor& real_target, const OptTensor& fake_target,
     double real_value, double fake_value) {
-  const at::Tensor loss = DiscriminatorBce::apply(real, fake, real_target, fake_target, real_value, fake_value);
+  const at::Tensor loss = discriminator_bce_autograd(real, fake, real_target, fake_target, real_value, fake_value);
   const variable_list g = DiscriminatorBceBackward::apply(at::ones_like(loss), real, fake, real_target, fake_target,
                                                           real_value, fake_value);
   return {loss, g[0], g[1]};
 }
-
-at::Tensor wasserstein_critic_loss_autograd(const at::Tensor& real, const at::Tensor& fake) {
-  return WassersteinCriticLoss::apply(real, fake);
-}
-
-at::Tensor wasserstein_generator_loss_autograd(const at::Tensor& fake) { return WassersteinGeneratorLoss::apply(fake); }
 
 at::Tensor gradient_penalty_backward_autograd(const at::Tensor& grad, const at::Tensor& gradients, double target) {
   return GradientPenaltyBackward::apply(grad, gradients, target);

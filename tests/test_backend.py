@@ -201,7 +201,9 @@ def test_every_operator_has_cpu_autograd_and_fake_kernels(name):
 
 def _gan_step(x, w, b, real, fake, g):
     h = ops.linear_leaky_relu(x, w, b, 0.2)
-    return h.sum() * 0.01 + ops.discriminator_bce(real, fake, 0.9, 0.1) + 10.0 * ops.gradient_penalty(g)
+    d_losses = ops.discriminator_bce(real, fake, 0.9, 0.1) + ops.wasserstein_critic_loss(real, fake)
+    g_losses = ops.generator_bce(fake) + ops.minimax_generator_loss(fake) + ops.wasserstein_generator_loss(fake)
+    return h.sum() * 0.01 + d_losses + 0.5 * g_losses + 10.0 * ops.gradient_penalty(g)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -230,7 +232,8 @@ def test_torch_compile_fullgraph_matches_eager():
     exported = torch._dynamo.explain(_gan_step)(*args)
     assert exported.graph_break_count == 0
     graph_code = "\n".join(gm.code for gm in exported.graphs)
-    for name in ("linear_leaky_relu", "discriminator_bce", "gradient_penalty"):
+    for name in ("linear_leaky_relu", "discriminator_bce", "bce_loss", "wasserstein_critic_loss",
+                 "wasserstein_generator_loss", "gradient_penalty"):
         assert f"ganplug.{name}" in graph_code, graph_code
 
 

@@ -379,3 +379,58 @@ def test_and_grad_ops_return_the_loss_and_its_gradient(device, dtype):
     torch.testing.assert_close(loss, expected.detach(), **tol)
     torch.testing.assert_close(dx, expected_dx, **tol)
     torch.testing.assert_close(dy, expected_dy, **tol)
+
+
+# --- the gradient the BCE losses keep from their forward ------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["generator_bce", "discriminator_bce"])
+def test_bce_kept_gradient_under_upstream_scale_retain_graph_and_mutation(device, op):
+    """A scaled upstream multiplies the gradient computed in the forward; upstream 1 hands that
+    gradient out; a later backward of a retained graph recomputes it, unaffected by
+    what the caller did to the gradient it got first."""
+    real = _t(5, 1, device=device, scale=2.0)
+    fake = _t(3, 1, device=device, scale=2.0)
+    if op == "generator_bce":
+        inputs, fused, twin = (fake,), ops.generator_bce(fake, 0.9), reference.generator_bce(fake, 0.9)
+    else:
+        inputs = (real, fake)
+        fused, twin = ops.discriminator_bce(real, fake, 0.9, 0.1), reference.discriminator_bce(real, fake, 0.9, 0.1)
+    want = torch.autograd.grad(twin, inputs)
+
+    scaled = torch.autograd.grad(fused, inputs, torch.tensor(-3.0, dtype=F64, device=device), retain_graph=True)
+    for g, w in zip(scaled, want):
+        torch.testing.assert_close(g, -3.0 * w, rtol=1e-12, atol=1e-14)
+    first = torch.autograd.grad(fused, inputs, retain_graph=True)
+    for g, w in zip(first, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+        g.mul_(100.0)  # the caller owns what it got
+    again = torch.autograd.grad(fused, inputs)
+    for g, w in zip(again, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+    for x in inputs:
+        x.grad = None
+    fused = ops.generator_bce(fake, 0.9) if op == "generator_bce" else ops.discriminator_bce(real, fake, 0.9, 0.1)
+    fused.backward()
+    for x, w in zip(inputs, want):
+        torch.testing.assert_close(x.grad, w, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        fused.backward()
+
+
+def test_wasserstein_gradients_under_upstream_scale(device):
+    """The gradient of a mean is weight / n everywhere: materialised for backward(), scaled by the
+    upstream gradient, and differentiable in it under create_graph."""
+    real = _t(5, 1, device=device)
+    fake = _t(4, 2, device=device)
+    ops.wasserstein_critic_loss(real, fake).backward()
+    torch.testing.assert_close(real.grad, torch.full_like(real, -1 / 5), rtol=0, atol=1e-15)
+    torch.testing.assert_close(fake.grad, torch.full_like(fake, 1 / 8), rtol=0, atol=1e-15)
+    assert real.grad.is_contiguous() and fake.grad.is_contiguous()
+
+    upstream = torch.tensor(-3.0, dtype=F64, device=device, requires_grad=True)
+    (d_fake,) = torch.autograd.grad(ops.wasserstein_generator_loss(fake), fake, upstream, create_graph=True)
+    torch.testing.assert_close(d_fake, torch.full_like(fake, 3 / 8), rtol=0, atol=1e-15)
+    (d_upstream,) = torch.autograd.grad(d_fake.sum(), upstream)
+    torch.testing.assert_close(d_upstream, torch.tensor(-1.0, dtype=F64, device=device), rtol=0, atol=1e-15)

@@ -35,6 +35,8 @@ Target = float | torch.Tensor
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+_CPU_KERNELS = "cpu" in COMPILED_DEVICE_TYPES
+_CUDA_KERNELS = "cuda" in COMPILED_DEVICE_TYPES
 
 
 def _fast(x: object, y: object = None) -> bool:
@@ -46,7 +48,7 @@ def _fast(x: object, y: object = None) -> bool:
         return False
     if y is not None and (type(y) is not torch.Tensor or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
         return False
-    return env_unset() and x.device.type in COMPILED_DEVICE_TYPES
+    return env_unset() and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS))
 
 
 def _probability(value: object) -> bool:
