@@ -350,6 +350,8 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
         width = max((len(key) for key in values), default=0)
         for key, value in values.items():
             click.echo(f"    {key:<{width}}  {_format_metric_value(value)}")
+    for name, why in report["skipped"].items():
+        click.echo(f"{name}: skipped: {why}")
 
 
 # -- sample ----------------------------------------------------------------------------------------

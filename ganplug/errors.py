@@ -13,6 +13,11 @@ class UsageError(GanplugError):
     exit_code = 2
 
 
+class MetricUnavailable(GanplugError):
+    """A metric whose optional package or files are missing here: reported as skipped (with this
+    message, which says what to install or where to put what) unless it was asked for by name."""
+
+
 class Terminated(KeyboardInterrupt):
     """A stop asked for by a signal other than SIGINT (SIGTERM): ``signum`` says which."""
 

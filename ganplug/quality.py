@@ -209,7 +209,7 @@ def _baseline_runs(dataset: str, data_options: dict[str, Any], seeds: list[int])
     from ganplug.metrics.baselines import pca_kde
     from ganplug.metrics.images import digits_data
 
-    built = prepare_metrics(dataset)
+    built, _ = prepare_metrics(dataset)
     images, _ = digits_data(int(data_options.get("image_size", 16)))
     runs = []
     for seed in seeds:

@@ -41,9 +41,11 @@ def device(request) -> str:
 
 @pytest.fixture(autouse=True)
 def _seed_and_env(monkeypatch):
-    """A fixed seed per test, and GANPLUG_OPS unset so the compiled kernels run (the auto mode)."""
+    """A fixed seed per test, GANPLUG_OPS unset so the compiled kernels run (the auto mode), and
+    no Inception weights (a developer's downloaded ones would make the metric run and take minutes)."""
     torch.manual_seed(0)
     monkeypatch.delenv("GANPLUG_OPS", raising=False)
+    monkeypatch.setenv("GANPLUG_INCEPTION_WEIGHTS", os.path.join(os.devnull, "no-inception-weights.pth"))
     yield
 
 

@@ -156,7 +156,7 @@ FLOOR_KEYS = {f"{k}_real_floor" for k in im.METRIC_KEYS}
 
 
 def test_digits_quality_is_registered_for_digits():
-    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality"]
+    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "inception"]
     spec = get_registry().resolve("metric", "digits-quality")
     assert spec.resolve_options({}) == {"n_samples": 899, "k": 5, "confidence": 0.9}
 

@@ -160,8 +160,9 @@ def test_builtin_metrics_apply_to_their_datasets():
     assert [s.name for s in applicable_metrics("ring8")] == ["modes"]
     assert [s.name for s in applicable_metrics("grid25")] == ["modes"]
     assert [s.name for s in applicable_metrics("gaussian")] == ["gaussian-fit"]
-    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality"]
-    assert applicable_metrics("mnist") == []
+    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "inception"]
+    for images in ("mnist", "fashion-mnist", "cifar10", "image-folder"):
+        assert [s.name for s in applicable_metrics(images)] == ["inception"]
     spec = MetricSpec("any", "s", "x:y")
     assert spec.applies_to("digits") and spec.describe()["datasets"] == []
 
@@ -243,11 +244,22 @@ def test_eval_json_of_a_digits_run(runs, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["dataset"] == "digits" and set(report["metrics"]) == {"digits-quality"}
+    assert set(report["skipped"]) == {"inception"}  # no Inception weights in the test environment
     scores = report["metrics"]["digits-quality"]
     keys = ("fd", "precision", "recall", "density", "coverage", "confident_pct", "classes_covered", "class_kl")
     assert set(scores) == {*keys, *(f"{k}_real_floor" for k in keys), "classifier_accuracy"}
     assert scores["fd"] > scores["fd_real_floor"] > 0  # 3 training steps: far from the real floor
     assert scores["classifier_accuracy"] > 0.9
+
+
+def test_eval_says_which_metric_it_skipped_and_why(runs, capsys):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]))
+    assert code == 0, err
+    assert "digits-quality" in out
+    assert out.splitlines()[-1].startswith("inception: skipped: no Inception weights at ")
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]), "--metric", "inception")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "metric 'inception' is unavailable: no Inception weights at" in err
 
 
 def test_eval_of_a_dataset_without_metrics_is_one_line(tmp_path, capsys, blobs_registry):

@@ -57,7 +57,7 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
 
     generator = load_generator(tmp_path / "run", ema=True)
     expected = score_generator(
-        generator, prepare_metrics("ring8"), latent_dim=generator.latent_dim, latent=generator.latent,
+        generator, prepare_metrics("ring8")[0], latent_dim=generator.latent_dim, latent=generator.latent,
         dataset="ring8", dataset_options=stored_config(load_checkpoint(find_checkpoint(tmp_path / "run"))).data_options,
         seed=5,
     )

@@ -196,4 +196,11 @@ def ganplug_metrics() -> list[MetricSpec]:
             ),
             datasets=("digits",),
         ),
+        MetricSpec(
+            name="inception",
+            summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
+            factory="ganplug.metrics.inception:build",
+            options=(Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),),
+            datasets=("digits", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+        ),
     ]

@@ -4,6 +4,8 @@ periodically during training (``--eval-every``, logged to metrics.jsonl).
 
 - :mod:`ganplug.metrics.mixtures`: mode coverage of the 2-D mixtures (PacGAN/VEEGAN protocol).
 - :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
+- :mod:`ganplug.metrics.images`: a digit classifier's features (Fréchet distance, PRDC, classes).
+- :mod:`ganplug.metrics.inception`: FID and KID with Inception-v3, when its weights are local.
 - :func:`evaluate`: every applicable metric on a trained generator; :func:`score_generator`:
   the same on a live one (``ganplug train --eval-every``).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, MetricUnavailable, UsageError
 from ganplug.plugin import DEFAULT_METRIC_SAMPLES
 
 
@@ -61,14 +63,23 @@ def samples_needed(spec: Any, options: dict[str, Any]) -> int:
     return n
 
 
-def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> list[tuple[Any, Any, int]]:
-    """``[(spec, metric, n_samples)]`` for the metrics applying to ``dataset`` (a bare name; see
-    :func:`applicable_metrics`), each built with its default options; ``[]`` when none applies."""
-    built = []
+def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
+    """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics applying to
+    ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options.
+    A metric whose factory raises MetricUnavailable is skipped with its message, or, when it was
+    named in ``names``, that error is raised."""
+    built, skipped = [], {}
     for spec in applicable_metrics(dataset, tuple(names)):
         options = spec.resolve_options({})
-        built.append((spec, spec.load()(**options), samples_needed(spec, options)))
-    return built
+        try:
+            metric = spec.load()(**options)
+        except MetricUnavailable as error:
+            if spec.name in names:
+                raise MetricUnavailable(f"metric {spec.name!r} is unavailable: {error}") from None
+            skipped[spec.name] = str(error)
+            continue
+        built.append((spec, metric, samples_needed(spec, options)))
+    return built, skipped
 
 
 def score_generator(
@@ -113,7 +124,8 @@ def evaluate(
     """Score the generator of ``checkpoint`` (a file or run directory) with every registered
     metric that applies to its run's dataset (or the ``metrics`` named).
 
-    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}}}``.
+    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}},
+    "skipped": {name: why}}`` (see :func:`prepare_metrics` for what is skipped).
     One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
     first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
     uses too). UsageError when no metric applies to the dataset.
@@ -139,7 +151,7 @@ def evaluate(
         dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
     except GanplugError:
         pass
-    built = prepare_metrics(dataset, tuple(metrics))
+    built, skipped = prepare_metrics(dataset, tuple(metrics))
     generator = load_generator(path, ema=ema, device=device)
     results = score_generator(
         generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
@@ -152,6 +164,7 @@ def evaluate(
         "ema": bool(generator.uses_ema),
         "seed": int(seed),
         "metrics": results,
+        "skipped": skipped,
     }
 
 

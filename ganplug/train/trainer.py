@@ -519,7 +519,10 @@ class Trainer:
         model.eval()
         try:
             if self._eval_metrics is None:
-                self._eval_metrics = prepare_metrics(dataset)
+                self._eval_metrics, skipped = prepare_metrics(dataset)
+                for name, why in skipped.items():
+                    if self.progress is not None:
+                        self.progress.message(f"note: metric {name} skipped: {why}")
             with torch.no_grad(), self._autocast():
                 results = score_generator(
                     model, self._eval_metrics, latent_dim=self.run.latent_dim, latent=self.run.latent,

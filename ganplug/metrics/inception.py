@@ -1,0 +1,183 @@
+"""FID and KID in the features of the Inception-v3 network that FID was defined with, for image
+datasets, computed with torch-fidelity's port of the TensorFlow graph (the numbers other papers
+report) when its weights are on this machine.
+
+Nothing is downloaded. The weights file is ``$GANPLUG_INCEPTION_WEIGHTS`` when set, else where
+torch-fidelity itself would cache it (``<torch.hub.get_dir()>/checkpoints/`` +
+:data:`WEIGHTS_FILE`). Without the optional package (``pip install 'ganplug[inception]'``) or the
+file, building the metric raises :class:`~ganplug.errors.MetricUnavailable`, which ``ganplug eval``
+and ``--eval-every`` report as a one-line "skipped" with what to do.
+
+Keys, each beside the same number for real images (``*_real_floor``: real against real, what a
+perfect generator would score with that many samples):
+
+- ``fid``: Fréchet distance of the 2048-d pool features of the samples and of the reference set;
+- ``kid``, ``kid_std``: the unbiased polynomial-kernel MMD² (Bińkowski et al. 2018), mean and std
+  over :data:`KID_SUBSETS` seeded subsets of up to :data:`KID_SUBSET_SIZE` per side.
+
+Reference and floor sets: for ``digits`` the classifier metric's halves (reference 898, held out
+899); for the other datasets two disjoint seeded draws of ``n_samples`` real images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ganplug.errors import GanplugError, MetricUnavailable
+from ganplug.metrics.images import feature_frechet_distance
+
+WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
+WEIGHTS_ENV = "GANPLUG_INCEPTION_WEIGHTS"
+KID_SUBSETS = 10
+KID_SUBSET_SIZE = 1000
+REFERENCE_SEED = 0
+METRIC_KEYS = ("fid", "kid", "kid_std")
+
+
+def weights_path() -> Path:
+    """``$GANPLUG_INCEPTION_WEIGHTS``, else torch-fidelity's cache location of the weights."""
+    given = os.environ.get(WEIGHTS_ENV, "").strip()
+    if given:
+        return Path(given).expanduser()
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def check_available() -> Path:
+    """The weights file; MetricUnavailable (saying what to do) without the package or the file."""
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise MetricUnavailable("needs torch-fidelity: pip install 'ganplug[inception]'") from None
+    path = weights_path()
+    if not path.is_file():
+        raise MetricUnavailable(
+            f"no Inception weights at {path}; download {WEIGHTS_URL} there or set {WEIGHTS_ENV}"
+        )
+    return path
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def extractor(path: Path) -> Any:
+    """torch-fidelity's Inception-v3 feature extractor (2048-d pool features), kept per process."""
+    key = str(path)
+    if key not in _EXTRACTORS:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        try:
+            _EXTRACTORS[key] = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+            )
+        except Exception as error:  # truncated or foreign file: say which, do not half-load
+            raise GanplugError(f"cannot load the Inception weights {path}: {str(error).splitlines()[0]}") from None
+    return _EXTRACTORS[key]
+
+
+def to_uint8_rgb(images: Tensor) -> Tensor:
+    """Images (N, 1 or 3, H, W) in [-1, 1] -> uint8 (N, 3, H, W), as an image file would hold them."""
+    x = ((images.detach().float().cpu() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@torch.no_grad()
+def inception_features(images: Tensor, path: Path, batch: int = 64) -> np.ndarray:
+    """(N, 2048) float64 pool features of images (N, C, H, W) in [-1, 1]."""
+    model = extractor(path)
+    x = to_uint8_rgb(images)
+    out = [model(x[i : i + batch])[0].double() for i in range(0, x.shape[0], batch)]
+    return torch.cat(out).numpy()
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        seed: int = 0) -> tuple[float, float]:
+    """(mean, std) over ``subsets`` of the unbiased MMD² with kernel ``(x.y / d + 1)^3``, each on
+    ``min(subset_size, len(real), len(fake))`` rows per side drawn without replacement."""
+    m = min(subset_size, real.shape[0], fake.shape[0])
+    if m < 2:
+        raise GanplugError("KID needs at least 2 samples on each side")
+    d = real.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = real[rng.choice(real.shape[0], m, replace=False)]
+        y = fake[rng.choice(fake.shape[0], m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off_diagonal = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(off_diagonal - 2.0 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _real_images(dataset: str, dataset_options: Mapping[str, Any], n: int) -> tuple[Tensor, Tensor]:
+    """(reference, held-out) real images in [-1, 1] (see the module docstring)."""
+    if dataset == "digits":
+        from ganplug.metrics.images import digits_data, digits_split
+
+        images, _ = digits_data(int(dataset_options.get("image_size", 16)))
+        reference, held = digits_split(images.shape[0])
+        return images[reference], images[held]
+    from ganplug.plugin import DataContext
+    from ganplug.registry import get_registry
+
+    data = get_registry().resolve("dataset", dataset).load()(DataContext(seed=REFERENCE_SEED), **dataset_options)
+    total = len(data)
+    if total < 4:
+        raise GanplugError(f"inception: dataset {dataset!r} has {total} images; it needs at least 4")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(REFERENCE_SEED))
+    half = min(n, total // 2)
+    pick = lambda idx: torch.stack([data[int(i)][0] for i in idx])  # noqa: E731
+    return pick(perm[:half]), pick(perm[half : 2 * half])
+
+
+_REFERENCES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def reference_features(dataset: str, dataset_options: Mapping[str, Any], n: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Inception features of the (reference, held-out) real images, kept per process."""
+    key = json.dumps([dataset, dict(dataset_options), n, str(path)], sort_keys=True, default=str)
+    if key not in _REFERENCES:
+        reference, held = _real_images(dataset, dataset_options, n)
+        _REFERENCES[key] = (inception_features(reference, path), inception_features(held, path))
+    return _REFERENCES[key]
+
+
+def score(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    mean, std = kid(reference, features)
+    return {"fid": feature_frechet_distance(reference, features), "kid": mean, "kid_std": std}
+
+
+def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
+    """The ``inception`` metric: ``metric(samples, *, dataset, dataset_options)``; raises
+    MetricUnavailable here, before any sampling, when the package or the weights are missing."""
+    path = check_available()
+
+    def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
+        x = torch.as_tensor(samples)
+        if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
+            raise GanplugError(f"inception needs at least 2 images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise GanplugError("inception: the samples contain NaN or infinite values")
+        reference, held = reference_features(dataset, dataset_options, n_samples, path)
+        scores = score(inception_features(x, path), reference)
+        floor = score(held[: x.shape[0]], reference)
+        result: dict[str, float] = {}
+        for key in METRIC_KEYS:
+            result[key] = scores[key]
+            result[f"{key}_real_floor"] = floor[key]
+        return result
+
+    return metric
+
+
+__all__ = [
+    "WEIGHTS_ENV", "WEIGHTS_FILE", "WEIGHTS_URL", "build", "check_available", "inception_features",
+    "kid", "to_uint8_rgb", "weights_path",
+]
