@@ -228,3 +228,65 @@ def test_pca_kde_samples_real_looking_digits_deterministically(ref8):
     # A KDE around the training images scores near the real floor, far from noise.
     assert result["fd"] < 3 * result["fd_real_floor"]
     assert result["classes_covered"] == 10 and result["coverage"] > 0.5
+
+
+# -- MNIST-like data (mnist-quality) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory, cache):
+    """An MNIST folder in torchvision's raw format holding 8985 28x28 images with learnable
+    classes: scikit-learn's digits upscaled, five jittered copies (so the training half takes
+    the minibatch path of train_classifier)."""
+    import struct
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    base = torch.nn.functional.interpolate(
+        torch.as_tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16), size=(28, 28), mode="bilinear"
+    )
+    gen = torch.Generator().manual_seed(0)
+    copies = [(base + torch.randint(-8, 9, base.shape, generator=gen)).clamp(0, 255) for _ in range(5)]
+    pixels = torch.cat(copies).round().to(torch.uint8)
+    labels = torch.as_tensor(digits.target).repeat(5).to(torch.uint8)
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    n = pixels.shape[0]
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+    return {"root": str(root), "download": False, "image_size": 0}
+
+
+def mnist_metric(**options):
+    spec = get_registry().resolve("metric", "mnist-quality")
+    return spec.load()(**spec.resolve_options(options))
+
+
+def test_mnist_quality_scores_real_at_the_floor_and_noise_far_from_it(fake_mnist, cache):
+    images, labels = im.real_data("mnist", fake_mnist)
+    assert images.shape == (8985, 1, 28, 28) and labels.shape == (8985,)
+    _, held = im.digits_split(images.shape[0])
+    metric = mnist_metric()
+    real = metric(images[held[:1000]], dataset="mnist", dataset_options=fake_mnist)
+    assert (cache / f"mnist-classifier-{im.CLASSIFIER_VERSION}-s28.pt").is_file()
+    assert real["classifier_accuracy"] > 0.9
+    for key in im.METRIC_KEYS:
+        assert real[key] == real[f"{key}_real_floor"], key
+    assert real["classes_covered"] == 10 and real["density"] == pytest.approx(1.0, abs=0.2)
+
+    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    far = metric(noise, dataset="mnist", dataset_options=fake_mnist)
+    assert far["fd"] > 10 * far["fd_real_floor"]
+    assert far["coverage"] < 0.2 < real["coverage"]
+
+    one_class = images[held][labels[held] == 3][:200]
+    collapsed = metric(one_class, dataset="mnist", dataset_options=fake_mnist)
+    assert collapsed["classes_covered"] <= 2 and collapsed["class_kl"] > 1.5
+
+
+def test_mnist_quality_rejects_samples_of_the_wrong_size(fake_mnist):
+    with pytest.raises(GanplugError, match=r"mnist quality needs more than k = 5 samples of shape \(N, 1, 28, 28\)"):
+        mnist_metric()(torch.zeros(50, 1, 16, 16), dataset="mnist", dataset_options=fake_mnist)

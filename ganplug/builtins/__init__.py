@@ -197,6 +197,17 @@ def ganplug_metrics() -> list[MetricSpec]:
             datasets=("digits",),
         ),
         MetricSpec(
+            name="mnist-quality",
+            summary="mnist, fashion-mnist: digits-quality's statistics in the features of a classifier trained on half of the real images; real floor beside",
+            factory="ganplug.metrics.images:build",
+            options=(
+                Option("n_samples", int, 1000, "samples drawn from the generator"),
+                Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
+                Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
+            ),
+            datasets=("mnist", "fashion-mnist"),
+        ),
+        MetricSpec(
             name="inception",
             summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build",

@@ -1,15 +1,17 @@
-"""Sample quality of the ``digits`` images in the feature space of a small digit classifier.
+"""Sample quality of 10-class greyscale images (``digits``, and the MNIST-like ``mnist`` and
+``fashion-mnist`` when their files are present) in the feature space of a small classifier.
 
 The classifier (:class:`DigitClassifier`, an MLP on the flattened ``S x S`` image) is trained
-deterministically on a fixed half of scikit-learn's 1797 digits (:func:`digits_split`, a seeded
-permutation: 898 reference images, 899 held out) and cached as a state dict under
-``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per image size and
+deterministically on a fixed half of the real images (:func:`digits_split`, a seeded permutation;
+for scikit-learn's 1797 digits: 898 reference images, 899 held out) and cached as a state dict
+under ``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per dataset, image size and
 :data:`CLASSIFIER_VERSION`; a missing or unreadable cache file is retrained (and rewritten
-atomically). Its features are the penultimate layer's activations.
+atomically). Its features are the penultimate layer's activations. For the MNIST-like sets (60 000
+images) the statistics use at most :data:`REFERENCE_CAP` images of each half.
 
-``digits-quality`` scores generated samples against the reference half and reports, beside each
-number, the same number for the real held-out half (``*_real_floor``: what a perfect generator
-would score with that many samples):
+``digits-quality`` (digits) and ``mnist-quality`` (mnist, fashion-mnist) score generated samples
+against the reference half and report, beside each number, the same number for the real
+held-out half (``*_real_floor``: what a perfect generator would score with that many samples):
 
 - ``fd``: Fréchet distance of the two feature Gaussians (FID's formula, in this feature space);
 - ``precision``, ``recall`` (Kynkäänniemi et al. 2019) and ``density``, ``coverage`` (Naeem et al.
@@ -22,7 +24,9 @@ would score with that many samples):
   all samples: 0 for balanced classes, ``log 10`` when every sample gets one class;
 - ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor).
 
-The floor uses ``min(N, 899)`` held-out images for ``N`` generated samples.
+The floor uses ``min(N, held-out size)`` held-out images for ``N`` generated samples. Coverage
+and recall depend on the reference size against ``N`` (with a 5000-image reference and 1000
+samples, real held-out images cover ~0.6 of it): read them against their floor.
 """
 
 from __future__ import annotations
@@ -44,8 +48,12 @@ TRAIN_SEED = 0
 N_CLASSES = 10
 HIDDEN = (128, 64)
 FEATURE_DIM = HIDDEN[-1]
-_STEPS = 300
+_STEPS = 300  # full-batch Adam steps on a small training half (digits)
+_FULL_BATCH_MAX = 4096  # larger training halves (MNIST-like) train in minibatches:
+_BATCH = 256
+_EPOCHS = 3
 _LR = 3e-3
+REFERENCE_CAP = 5000  # images of each half the statistics use (k-NN radii need N x N distances)
 _WEIGHT_DECAY = 1e-4
 
 METRIC_KEYS = (
@@ -97,6 +105,24 @@ def digits_data(image_size: int) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def real_data(dataset: str, dataset_options: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """Every labelled image of ``dataset`` as its run loads it: images (N, 1, S, S) in [-1, 1]
+    (float32) and labels (N,). ``digits`` comes from scikit-learn; the others through the
+    registry (their files must be in the run's data directory)."""
+    if dataset == "digits":
+        return digits_data(_image_size(dataset, dataset_options))
+    from ganplug.plugin import DataContext
+    from ganplug.registry import get_registry
+
+    data = get_registry().resolve("dataset", dataset).load()(DataContext(seed=0), **dict(dataset_options))
+    if hasattr(data, "images") and getattr(data, "labels", None) is not None:  # UInt8Images
+        return data.to_float(data.images), data.labels
+    tensors = getattr(data, "tensors", ())
+    if len(tensors) != 2:
+        raise GanplugError(f"dataset {dataset!r} has no class labels, which the classifier metric needs")
+    return tensors[0], tensors[1]
+
+
 def digits_split(n: int = 1797) -> tuple[Tensor, Tensor]:
     """The fixed (reference, held-out) index halves of ``n`` images: a seeded permutation."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -110,9 +136,9 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "ganplug"
 
 
-def classifier_path(image_size: int, directory: Path | str | None = None) -> Path:
+def classifier_path(image_size: int, directory: Path | str | None = None, dataset: str = "digits") -> Path:
     base = Path(directory) if directory is not None else cache_dir()
-    return base / f"digits-classifier-{CLASSIFIER_VERSION}-s{int(image_size)}.pt"
+    return base / f"{dataset}-classifier-{CLASSIFIER_VERSION}-s{int(image_size)}.pt"
 
 
 class _OneThread:
@@ -126,21 +152,30 @@ class _OneThread:
         torch.set_num_threads(self._threads)
 
 
-def train_classifier(image_size: int) -> DigitClassifier:
-    """Train :class:`DigitClassifier` on the reference half: full-batch Adam, fixed seed,
-    :data:`_STEPS` steps, one thread (well under a second on a CPU)."""
-    images, labels = digits_data(image_size)
+def train_classifier(image_size: int, images: Tensor | None = None, labels: Tensor | None = None) -> DigitClassifier:
+    """Train :class:`DigitClassifier` on the reference half of ``images``/``labels`` (default:
+    the digits): Adam with a fixed seed on one thread; full-batch for :data:`_STEPS` steps when
+    the half has at most :data:`_FULL_BATCH_MAX` images (digits: well under a second), else
+    :data:`_EPOCHS` epochs of seeded minibatches of :data:`_BATCH` (MNIST: seconds)."""
+    if images is None:
+        images, labels = digits_data(image_size)
     train_idx, _ = digits_split(images.shape[0])
     x, y = images[train_idx], labels[train_idx]
+    n = x.shape[0]
     with _OneThread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(TRAIN_SEED)
         model = DigitClassifier(image_size)
         optimizer = torch.optim.Adam(model.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        for _ in range(_STEPS):
+        if n <= _FULL_BATCH_MAX:
+            batches = [torch.arange(n)] * _STEPS
+        else:
+            order = torch.Generator().manual_seed(TRAIN_SEED)
+            batches = [b for _ in range(_EPOCHS) for b in torch.randperm(n, generator=order).split(_BATCH)]
+        for batch in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
             optimizer.step()
     model.eval()
@@ -163,17 +198,23 @@ def _save_atomically(state: dict[str, Tensor], path: Path) -> None:
         raise
 
 
-def digits_classifier(image_size: int, directory: Path | str | None = None) -> DigitClassifier:
-    """The cached classifier for ``image_size`` (from ``directory``, default :func:`cache_dir`);
-    trained and cached when the file is missing or unreadable. ``model.source`` says which."""
-    path = classifier_path(image_size, directory)
+def digits_classifier(
+    image_size: int,
+    directory: Path | str | None = None,
+    dataset: str = "digits",
+    data: tuple[Tensor, Tensor] | None = None,
+) -> DigitClassifier:
+    """The cached classifier of ``dataset`` at ``image_size`` (from ``directory``, default
+    :func:`cache_dir`); trained on ``data`` (default: the digits) and cached when the file is
+    missing or unreadable. ``model.source`` says which."""
+    path = classifier_path(image_size, directory, dataset)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: keep the RNG
         model = DigitClassifier(image_size)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except Exception:  # missing, truncated, corrupt, wrong shapes: retrain
-        model = train_classifier(image_size)
+        model = train_classifier(image_size, *(data or (None, None)))
         try:
             _save_atomically(model.state_dict(), path)
         except OSError:
@@ -284,12 +325,22 @@ def score_features(
 
 
 class DigitsReference:
-    """The classifier of one image size with the reference and held-out features."""
+    """The classifier of one dataset and image size with the reference and held-out features."""
 
-    def __init__(self, image_size: int, directory: Path | str | None = None) -> None:
-        self.model = digits_classifier(image_size, directory)
-        images, labels = digits_data(image_size)
+    def __init__(
+        self,
+        image_size: int,
+        directory: Path | str | None = None,
+        dataset: str = "digits",
+        dataset_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if dataset == "digits":
+            images, labels = digits_data(image_size)
+        else:
+            images, labels = real_data(dataset, dataset_options or {})
+        self.model = digits_classifier(image_size, directory, dataset, (images, labels))
         train_idx, held_idx = digits_split(images.shape[0])
+        train_idx, held_idx = train_idx[:REFERENCE_CAP], held_idx[:REFERENCE_CAP]
         self.reference, _ = classify(self.model, images[train_idx])
         self.held_features, self.held_probs = classify(self.model, images[held_idx])
         held_pred = self.held_probs.argmax(dim=1)
@@ -307,43 +358,53 @@ class DigitsReference:
         return self._floors[key]
 
 
-_REFERENCES: dict[tuple[str, int], DigitsReference] = {}
+_REFERENCES: dict[tuple[str, ...], DigitsReference] = {}
 
 
-def digits_reference(image_size: int) -> DigitsReference:
-    """:class:`DigitsReference` of ``image_size``, kept for the process (per cache directory)."""
-    key = (str(classifier_path(image_size)), int(image_size))
+def digits_reference(
+    image_size: int, dataset: str = "digits", dataset_options: Mapping[str, Any] | None = None
+) -> DigitsReference:
+    """:class:`DigitsReference` of ``dataset`` at ``image_size``, kept for the process (per cache
+    directory and dataset options)."""
+    options = {k: v for k, v in sorted(dict(dataset_options or {}).items())}
+    key = (str(classifier_path(image_size, None, dataset)), repr(options))
     if key not in _REFERENCES:
-        _REFERENCES[key] = DigitsReference(image_size)
+        _REFERENCES[key] = DigitsReference(image_size, None, dataset, options)
     return _REFERENCES[key]
 
 
 def _image_size(dataset: str, dataset_options: Mapping[str, Any]) -> int:
-    size = dataset_options.get("image_size", 16)
+    """The side of the run's images: ``image_size`` (digits: default 16; MNIST-like: 0 = native 28)."""
+    size = dataset_options.get("image_size", 16 if dataset == "digits" else 0)
+    if dataset != "digits" and size == 0:
+        return 28
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128:
         raise GanplugError(f"dataset {dataset!r}: image_size must be an integer 8-128, got {size!r}")
     return size
 
 
 def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
-    """The ``digits-quality`` metric: ``metric(samples, *, dataset, dataset_options)``."""
+    """The ``digits-quality`` / ``mnist-quality`` metric: ``metric(samples, *, dataset, dataset_options)``."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise GanplugError(f"metric 'digits-quality' option k must be an integer >= 1, got {k!r}")
+        raise GanplugError(f"classifier metric option k must be an integer >= 1, got {k!r}")
     if not 0.0 < confidence <= 1.0:
-        raise GanplugError(f"metric 'digits-quality' option confidence must be in (0, 1], got {confidence!r}")
+        raise GanplugError(f"classifier metric option confidence must be in (0, 1], got {confidence!r}")
 
     def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
         size = _image_size(dataset, dataset_options)
         x = torch.as_tensor(samples)
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
             raise GanplugError(
-                f"digits-quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
+                f"{dataset} quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
                 f"got {tuple(x.shape)}"
             )
         x = x.detach().to("cpu", torch.float32)
         if not torch.isfinite(x).all():
-            raise GanplugError("digits-quality: the samples contain NaN or infinite values")
-        reference = digits_reference(size)
+            raise GanplugError(f"{dataset} quality: the samples contain NaN or infinite values")
+        if dataset == "digits":
+            reference = digits_reference(size)
+        else:
+            reference = digits_reference(size, dataset, dataset_options)
         features, probs = classify(reference.model, x)
         scores = score_features(reference.reference, features, probs, k, confidence)
         floor = reference.floor(x.shape[0], k, confidence)
@@ -371,6 +432,7 @@ __all__ = [
     "feature_frechet_distance",
     "frechet_distance",
     "prdc",
+    "real_data",
     "score_features",
     "train_classifier",
 ]
