@@ -111,6 +111,7 @@ def _train_options(func):
         click.option("--steps", type=click.IntRange(min=1), help="Generator updates [default: 2000]."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch [default: 64]."),
         click.option("--n-critic", type=click.IntRange(min=1), help="Critic updates per generator update [default: the loss's]."),
+        click.option("--pack", type=click.IntRange(min=1), metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: 1]."),
         click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
         click.option("--lr-g", type=click.FloatRange(min=0, min_open=True), help="Generator learning rate [default: the loss's]."),
         click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="Critic learning rate [default: the loss's]."),
@@ -184,7 +185,7 @@ def build_config(given: dict[str, Any]):
             raise UsageError(f"--config {given['config_file']}: {error}") from None
     else:
         config = TrainConfig()
-    for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "optimizer",
+    for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "pack", "optimizer",
                        "lr_g", "lr_d", "latent_dim", "latent", "ema", "amp", "device", "seed",
                        "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
         if given.get(field_name) is not None:

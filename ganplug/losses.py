@@ -2,8 +2,9 @@
 
 A loss computes the critic's logits itself, so it can add penalties that need the critic and the
 samples (WGAN-GP). Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns
-logits ``(N,)``. Every loss returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of
-detached 0-d tensors that the trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ...).
+logits ``(N,)``, or ``(N / M,)`` when it packs M samples (PacGAN, ``pack`` = M). Every loss
+returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of detached 0-d tensors that the
+trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ...).
 """
 
 from __future__ import annotations
@@ -182,14 +183,16 @@ class WassersteinLoss(GANLoss):
     def gradient_penalty(self, critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
         """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one
         eps ~ U(0, 1) per sample (global RNG, on the samples' device); differentiable in the
-        critic's parameters (double backward). Unweighted."""
+        critic's parameters (double backward). Unweighted. The norm is over the input of each
+        score: a packing critic (PacGAN) scores M consecutive samples at once, so its N / M
+        norms each cover the gradient of a whole pack."""
         real, fake = real.detach(), fake.detach()
         eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
         eps = torch.rand(eps_shape, device=real.device, dtype=real.dtype)
         x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
         scores = critic(x_hat)
         (grads,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-        return ops.gradient_penalty(grads)
+        return ops.gradient_penalty(grads.reshape(scores.shape[0], -1))
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores = critic(real)

@@ -10,6 +10,8 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``torch.nn.Module``s. The generator maps ``(N, ctx.latent_dim)`` to ``(N, *ctx.data_shape)``;
   the discriminator maps ``(N, *ctx.data_shape)`` to logits of shape ``(N,)``. A data shape the
   architecture cannot handle raises :class:`ganplug.errors.GanplugError` with a one-line reason.
+  With ``pack`` = M > 1 (PacGAN) the factory is called again with data shape ``(M * C, *rest)``
+  and that call's discriminator is the one trained.
 - loss: ``factory(**options) -> GANLoss`` (see :mod:`ganplug.losses` for the interface).
 - dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
   float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a

@@ -97,7 +97,7 @@ def train(
 
 def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
     from ganplug.train import distributed
-    from ganplug.train.build import build_run
+    from ganplug.train.build import build_run, validate_config
     from ganplug.train.checkpoint import check_resumable, find_checkpoint, load_checkpoint, stored_config
     from ganplug.train.trainer import Trainer
 
@@ -106,7 +106,8 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
             f"--device {config.device} names one GPU but {world.world_size} processes run: pass --device cuda "
             "(each process uses cuda:LOCAL_RANK)"
         )
-    distributed.check_batch(world, config.batch_size)
+    validate_config(config)  # plain numbers before check_batch divides them (build_run checks the rest)
+    distributed.check_batch(world, config.batch_size, config.pack)
     main = world is None or world.is_main
     if resume_from is None:
         check_new_run_dir(run_dir)

@@ -110,6 +110,25 @@ def draw_latent(
     raise UsageError(f"--latent {latent!r}: expected one of {', '.join(LATENTS)}")
 
 
+def pack_samples(x: torch.Tensor, m: int) -> torch.Tensor:
+    """PacGAN packing (Lin et al. 2018): ``(B, C, *rest)`` -> ``(B / m, m * C, *rest)``, row ``i``
+    the samples ``i*m .. i*m + m - 1`` concatenated along dim 1 (channels, or coordinates)."""
+    return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
+
+
+class PackedCritic(nn.Module):
+    """What the losses call as the critic with ``pack`` = m > 1: ``x (B, *data_shape)`` ->
+    ``discriminator(pack_samples(x, m))``, logits ``(B / m,)``; its parameters are D's."""
+
+    def __init__(self, discriminator: nn.Module, m: int) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(pack_samples(x, self.m))
+
+
 def sample_of(item: Any) -> Any:
     """The sample in one dataset item: the item itself, or the first entry of a tuple/list."""
     return item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
@@ -146,6 +165,8 @@ def validate_config(config: TrainConfig) -> None:
         _is_int(c.batch_size) and c.batch_size >= 1,
         f"batch_size must be an integer >= 1, got {c.batch_size!r}: pass e.g. --batch-size 64",
     )
+    _require(_is_int(c.pack) and c.pack >= 1, f"pack must be an integer >= 1 (1 = off), got {c.pack!r}: pass e.g. --pack 2")
+    _require(c.batch_size % c.pack == 0, f"--pack {c.pack} needs a --batch-size divisible by {c.pack}, got {c.batch_size}")
     if c.n_critic is not None:
         _require(
             _is_int(c.n_critic) and c.n_critic >= 1,
@@ -222,7 +243,9 @@ def build_models(
     """The (generator, discriminator) pair of a resolved config, on CPU, seeded by ``config.seed``.
 
     ``model_info`` is :meth:`Run.model_info` (data_shape, latent_dim, bounded, critic_batchnorm);
-    no dataset or loss is built, so a stored checkpoint can be rebuilt anywhere.
+    no dataset or loss is built, so a stored checkpoint can be rebuilt anywhere. With
+    ``config.pack`` = M > 1 (PacGAN) the factory is called a second time with data shape
+    ``(M * C, *rest)`` and the discriminator of that call is kept.
     """
     if arch_spec is None:
         from ganplug.registry import get_registry
@@ -236,6 +259,15 @@ def build_models(
         critic_batchnorm=bool(model_info["critic_batchnorm"]),
     )
     torch.manual_seed(config.seed)  # reproducible initial weights
+    generator, discriminator = _build_pair(arch_spec, ctx, options)
+    if config.pack > 1:
+        channels, *rest = ctx.data_shape
+        packed = dataclasses.replace(ctx, data_shape=(config.pack * channels, *rest))
+        _, discriminator = _build_pair(arch_spec, packed, options)
+    return generator, discriminator
+
+
+def _build_pair(arch_spec: ArchitectureSpec, ctx: ModelContext, options: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     pair = _call_factory("architecture", arch_spec.name, arch_spec.load(), ctx, **options)
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
         raise GanplugError(
@@ -333,4 +365,14 @@ def build_run(config: TrainConfig) -> Run:
     )
 
 
-__all__ = ["Run", "build_models", "build_run", "draw_latent", "resolve_device", "resolve_specs", "validate_config"]
+__all__ = [
+    "PackedCritic",
+    "Run",
+    "build_models",
+    "build_run",
+    "draw_latent",
+    "pack_samples",
+    "resolve_device",
+    "resolve_specs",
+    "validate_config",
+]

@@ -38,6 +38,7 @@ class TrainConfig:
     steps: int = 2000  # generator updates
     batch_size: int = 64
     n_critic: int | None = None  # critic updates per generator update
+    pack: int = 1  # PacGAN: the discriminator judges this many samples at once; 1 = off
     optimizer: str | None = None  # "adam" or "rmsprop"
     lr_g: float | None = None
     lr_d: float | None = None

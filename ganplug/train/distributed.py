@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, UsageError
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,20 @@ def barrier(world: World | None) -> None:
         dist.barrier()
 
 
-def check_batch(world: World | None, batch_size: int) -> None:
-    if world is not None and batch_size % world.world_size:
+def check_batch(world: World | None, batch_size: int, pack: int = 1) -> None:
+    """An error unless the global batch divides among the processes, each share into packs of ``pack``."""
+    if world is None:
+        return
+    if batch_size % world.world_size:
         raise GanplugError(
             f"--batch-size {batch_size} (the global batch) does not divide among {world.world_size} processes: "
             f"pass a multiple of {world.world_size}"
+        )
+    per_rank = batch_size // world.world_size
+    if per_rank % pack:
+        raise UsageError(
+            f"--pack {pack} needs each process's batch divisible by {pack}, got {per_rank} (--batch-size "
+            f"{batch_size} over {world.world_size} processes): pass a multiple of {pack * world.world_size}"
         )
 
 

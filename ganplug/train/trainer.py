@@ -7,6 +7,10 @@ follows ``ema_p <- d * ema_p + (1 - d) * p`` after each generator update, with t
 ``d = min(decay, (1 + t) / (10 + t))`` at generator step ``t`` (:func:`ema_decay`; BatchNorm
 buffers copied) and draws the sample pictures.
 
+PacGAN (``pack`` = M > 1): the losses get :class:`~ganplug.train.build.PackedCritic` as the
+critic, so every batch they feed it (real, fake, gradient-penalty interpolates) reaches D as
+``B / M`` packs of M consecutive samples; ``after_critic_step`` still gets D itself.
+
 Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
 generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
 a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
@@ -55,7 +59,7 @@ from torch import nn
 
 from ganplug import __version__
 from ganplug.errors import GanplugError, Terminated, UsageError
-from ganplug.train.build import Run, draw_latent, sample_of
+from ganplug.train.build import PackedCritic, Run, draw_latent, sample_of
 from ganplug.train.checkpoint import FORMAT, VERSION, atomic_write_bytes, write_run_checkpoint
 from ganplug.train.data_order import BatchOrder, epoch_permutation
 from ganplug.train.distributed import World, all_reduce_sum, average_gradients
@@ -176,6 +180,7 @@ class Trainer:
         self.D = run.discriminator
         self.loss = run.loss
         cfg = self.config
+        self.critic = PackedCritic(self.D, cfg.pack) if cfg.pack > 1 else self.D  # what the losses call
         self.opt_g = make_optimizer(cfg.optimizer, [p for p in self.G.parameters() if p.requires_grad], cfg.lr_g, cfg.betas)
         self.opt_d = make_optimizer(cfg.optimizer, [p for p in self.D.parameters() if p.requires_grad], cfg.lr_d, cfg.betas)
         self.ema: nn.Module | None = self._new_ema() if cfg.ema > 0 else None
@@ -354,14 +359,14 @@ class Trainer:
     def train_step(self) -> None:
         """One generator step (``n_critic`` critic updates, one generator update, the EMA)."""
         cfg = self.config
-        G, D, loss, sums = self.G, self.D, self.loss, self._step_sums
+        G, D, critic, loss, sums = self.G, self.D, self.critic, self.loss, self._step_sums
         for _ in range(cfg.n_critic):
             real = self.order.next_batch()
             z = self._batch_noise()
             with self._autocast():
                 with torch.no_grad():
                     fake = G(z)
-                d_loss, d_stats = loss.discriminator_loss(D, real, fake)
+                d_loss, d_stats = loss.discriminator_loss(critic, real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             average_gradients(self.world, self.opt_d.param_groups[0]["params"])
@@ -375,7 +380,7 @@ class Trainer:
         try:
             z = self._batch_noise()
             with self._autocast():
-                g_loss, g_stats = loss.generator_loss(D, G(z))
+                g_loss, g_stats = loss.generator_loss(critic, G(z))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             average_gradients(self.world, self.opt_g.param_groups[0]["params"])
