@@ -116,6 +116,7 @@ def _train_options(func):
         click.option("--lr-g", type=click.FloatRange(min=0, min_open=True), help="Generator learning rate [default: the loss's]."),
         click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="Critic learning rate [default: the loss's]."),
         click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
+        click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: none]."),
         click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z [default: 64 for images, 8 otherwise]."),
         click.option("--latent", type=click.Choice(["normal", "uniform"]), help="Distribution of z [default: the dataset's]."),
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
@@ -186,7 +187,7 @@ def build_config(given: dict[str, Any]):
     else:
         config = TrainConfig()
     for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "pack", "optimizer",
-                       "lr_g", "lr_d", "latent_dim", "latent", "ema", "amp", "device", "seed",
+                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "amp", "device", "seed",
                        "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])

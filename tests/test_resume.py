@@ -158,6 +158,27 @@ def test_ctrl_c_between_steps_saves_the_last_step_and_resumes_exactly(tmp_path, 
     assert_same_run(reference[name], run_dir)
 
 
+def test_linear_lr_decay_resumes_bit_for_bit(tmp_path):
+    """lr_decay = linear: 2N steps stopped after N and resumed equal 2N at once (the lr of each
+    step comes from the config alone), and the checkpoint's lr is really decayed."""
+    name = "mlp-wgan-gp-ring8"
+    config = config_of(name, 2 * N)
+    config.lr_decay = "linear"
+    quiet_train(config, tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, quiet=True, stream=io.StringIO(), hooks=[_interrupt_at(N + 1)])
+    half = load_checkpoint(run_dir)
+    assert half["step"] == N and half["config"]["lr_decay"] == "linear"
+    base = half["config"]["lr_g"]
+    assert half["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(base * (1 - (N - 1) / (2 * N)))
+    resume(run_dir, 2 * N)
+    assert_same_run(tmp_path / "reference", run_dir)
+    done = load_checkpoint(run_dir)
+    assert done["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(base / (2 * N))
+    assert done["optimizer_d"]["param_groups"][0]["lr"] == pytest.approx(done["config"]["lr_d"] / (2 * N))
+
+
 class InterruptingLoss:
     """Wraps a loss; raises KeyboardInterrupt (or sends SIGINT) at the `at`-th call of `method`."""
 
@@ -271,6 +292,7 @@ def test_resume_may_change_length_reporting_and_device(stored):
         ({"n_critic": 5}, "--n-critic"),
         ({"seed": 1}, "--seed"),
         ({"ema": 0.5}, "--ema"),
+        ({"lr_decay": "linear"}, "--lr-decay"),
         ({"betas": "0.5,0.999"}, "--betas"),
         ({"arch_opt": ("g_widths=8,8",)}, "--arch-opt g_widths"),
         ({"loss_options": {"gp_weight": 1.0}}, "--loss-opt gp_weight"),

@@ -23,6 +23,7 @@ from ganplug.train.config import TrainConfig
 
 LATENTS = ("normal", "uniform")
 OPTIMIZERS = ("adam", "rmsprop")
+LR_DECAYS = ("none", "linear")
 IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
 VECTOR_LATENT_DIM = 8  # default size of z for everything else
 
@@ -179,6 +180,10 @@ def validate_config(config: TrainConfig) -> None:
         if value is not None:
             flag = "--" + name.replace("_", "-")
             _require(_is_number(value) and value > 0, f"{name} must be a number > 0, got {value!r}: pass e.g. {flag} 2e-4")
+    _require(
+        isinstance(c.lr_decay, str) and c.lr_decay in LR_DECAYS,
+        f"lr_decay must be none or linear, got {c.lr_decay!r}: pass --lr-decay linear (or none)",
+    )
     if c.betas is not None:
         betas = tuple(c.betas)
         _require(

@@ -43,6 +43,9 @@ class TrainConfig:
     lr_g: float | None = None
     lr_d: float | None = None
     betas: tuple[float, float] | None = None  # Adam only
+    # Learning-rate schedule: "none", or "linear": at generator step t (0-based) both optimisers
+    # use base_lr * (1 - t / steps), ``steps`` being this config's (``--resume --steps`` updates it).
+    lr_decay: str = "none"
     latent_dim: int | None = None  # 64 for images, 8 for vector data
     latent: str | None = None  # "normal" or "uniform"; default from the dataset
     ema: float = 0.0  # decay of the generator's exponential moving average; 0 = off

@@ -7,6 +7,13 @@ follows ``ema_p <- d * ema_p + (1 - d) * p`` after each generator update, with t
 ``d = min(decay, (1 + t) / (10 + t))`` at generator step ``t`` (:func:`ema_decay`; BatchNorm
 buffers copied) and draws the sample pictures.
 
+Learning-rate schedule (``lr_decay``): with ``linear`` both optimisers use
+``base_lr * (1 - t / steps)`` throughout generator step ``t`` (0-based; its critic updates too),
+set at the start of the step from the config alone (:func:`lr_factor`), so a resume needs no
+saved schedule; ``steps`` is the config's, which ``--resume --steps`` updates (the rest of the run
+then decays over the new length). ``none`` never touches the learning rates. metrics.jsonl lines
+then carry ``lr_g``, the generator's learning rate of the last step.
+
 PacGAN (``pack`` = M > 1): the losses get :class:`~ganplug.train.build.PackedCritic` as the
 critic, so every batch they feed it (real, fake, gradient-penalty interpolates) reaches D as
 ``B / M`` packs of M consecutive samples; ``after_critic_step`` still gets D itself.
@@ -82,6 +89,17 @@ def ema_decay(decay: float, step: int) -> float:
     3000 steps at 0.999), which biases short runs; with it the first steps are followed closely.
     """
     return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning-rate multiplier at generator step ``step`` (0-based) of a run of ``steps``:
+    1 for ``none``; ``1 - step / steps`` for ``linear`` (1 at the first step, ``1 / steps`` at the
+    last, reaching 0 only after the run). A pure function, so a resume needs no saved schedule."""
+    if schedule == "none":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - step / steps
+    raise UsageError(f"lr_decay must be none or linear, got {schedule!r}: pass --lr-decay linear (or none)")
 
 
 def _signal_name(signum: int) -> str:
@@ -356,9 +374,22 @@ class Trainer:
 
     # -- the step ------------------------------------------------------------------------------------
 
-    def train_step(self) -> None:
-        """One generator step (``n_critic`` critic updates, one generator update, the EMA)."""
+    def _apply_lr_schedule(self) -> None:
+        """Set both optimisers' learning rates for generator step ``self.step`` (0-based) from the
+        config alone (base lr, step, steps); with ``lr_decay`` none they are never touched."""
         cfg = self.config
+        if cfg.lr_decay == "none":
+            return
+        factor = lr_factor(cfg.lr_decay, self.step, cfg.steps)
+        for optimizer, base in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
+    def train_step(self) -> None:
+        """One generator step (the learning rates of the schedule, ``n_critic`` critic updates,
+        one generator update, the EMA)."""
+        cfg = self.config
+        self._apply_lr_schedule()
         G, D, critic, loss, sums = self.G, self.D, self.critic, self.loss, self._step_sums
         for _ in range(cfg.n_critic):
             real = self.order.next_batch()
@@ -491,6 +522,8 @@ class Trainer:
         record["elapsed_s"] = round(self.elapsed_before + now - self._session_start, 3)
         if self.config.on_nan == "skip":
             record["skipped_steps"] = self.skipped_steps
+        if self.config.lr_decay != "none":  # the generator's lr of the last step done
+            record["lr_g"] = float(self.opt_g.param_groups[0]["lr"])
         self._window_start, self._window_steps = now, 0
         line = {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
         if self.is_main:
@@ -736,4 +769,4 @@ class Trainer:
         )
 
 
-__all__ = ["Terminated", "Trainer", "fixed_noise", "make_optimizer"]
+__all__ = ["Terminated", "Trainer", "fixed_noise", "lr_factor", "make_optimizer"]
