@@ -110,3 +110,24 @@ def blobs_registry(monkeypatch):
     reg = Registry(entry_points=[], extra_plugins=[("blobs", Plugin())], report=False)
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)
     return reg
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """``ganplug ARGS`` in-process: (exit code, stdout, stderr)."""
+    from ganplug.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def quiet_train(config, run_dir, **kwargs) -> str:
+    """``ganplug.train.train`` without the progress display; returns what it would have printed."""
+    import io
+
+    from ganplug.train import train
+
+    stream = io.StringIO()
+    train(config, run_dir, quiet=True, stream=stream, **kwargs)
+    return stream.getvalue()

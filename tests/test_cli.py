@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_main
+
 from ganplug.cli import build_config, main, parse_pairs
 from ganplug.errors import UsageError
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -4,16 +4,16 @@ command line and config file, bad values, and checkpoints from before the option
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from ganplug.cli import build_config, main
+from conftest import quiet_train, run_main
+
+from ganplug.cli import build_config
 from ganplug.errors import UsageError
-from ganplug.train import TrainConfig, train
+from ganplug.train import TrainConfig
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
 from ganplug.train.trainer import lr_factor
 
@@ -32,19 +32,6 @@ def tiny(steps: int = 10, **knobs) -> TrainConfig:
     )
     values.update(knobs)
     return TrainConfig(**values)
-
-
-def quiet_train(config: TrainConfig, run_dir: Path, **kwargs) -> str:
-    stream = io.StringIO()
-    train(config, run_dir, quiet=True, stream=stream, **kwargs)
-    return stream.getvalue()
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def record_lrs(seen: dict[str, list[tuple[int, float]]]):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import run_main
+
 from ganplug import registry as registry_module
 from ganplug.cli import main
 from ganplug.data.synthetic import GRID25_MEANS, RING8_MEANS, grid25, ring8
@@ -203,13 +205,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         }
     finally:
         torch.set_num_threads(threads)
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def test_eval_json_of_a_ring8_run(runs, capsys):

@@ -4,18 +4,18 @@ batch-size error, and checkpoints from before the option (pack 1)."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ganplug.cli import build_config, main
+from conftest import quiet_train, run_main
+
+from ganplug.cli import build_config
 from ganplug.errors import UsageError
 from ganplug.generate import load_generator
 from ganplug.losses import WassersteinLoss
-from ganplug.train import TrainConfig, train
+from ganplug.train import TrainConfig
 from ganplug.train.build import PackedCritic, build_run, pack_samples
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
 from ganplug.train.distributed import World, check_batch
@@ -35,19 +35,6 @@ def tiny(loss="bce", *, arch="mlp", dataset="ring8", loss_options=None, **knobs)
         data_options={"size": 256} if dataset == "ring8" else {},
         **values,
     )
-
-
-def quiet_train(config: TrainConfig, run_dir: Path, **kwargs) -> str:
-    stream = io.StringIO()
-    train(config, run_dir, quiet=True, stream=stream, **kwargs)
-    return stream.getvalue()
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 def record_critic_inputs(shapes: list[tuple[int, ...]]):

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import quiet_train
+
 from ganplug.errors import GanplugError
 from ganplug.generate import load_generator
 from ganplug.train import TrainConfig, train
@@ -43,12 +45,6 @@ COMMON = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, nu
 
 def config_of(name: str, steps: int) -> TrainConfig:
     return TrainConfig(**CONFIGS[name], steps=steps, **COMMON)
-
-
-def quiet_train(config, run_dir, **kwargs) -> str:
-    stream = io.StringIO()
-    train(config, run_dir, quiet=True, stream=stream, **kwargs)
-    return stream.getvalue()
 
 
 def resume(run_dir: Path, steps: int, checkpoint: Path | None = None, **overrides) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import quiet_train
+
 from ganplug.cli import build_config, main
 from ganplug.errors import GanplugError, UsageError
 from ganplug.metrics import prepare_metrics, score_generator
@@ -25,12 +27,6 @@ TINY = dict(
     data_options={"size": 200}, n_critic=2, ema=0.9,
     batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=5,
 )
-
-
-def quiet_train(config: TrainConfig, run_dir: Path, **kwargs) -> str:
-    stream = io.StringIO()
-    train(config, run_dir, quiet=True, stream=stream, **kwargs)
-    return stream.getvalue()
 
 
 def lines(run_dir: Path) -> list[dict]:
