@@ -165,6 +165,13 @@ def ganplug_datasets() -> list[DatasetSpec]:
     ]
 
 
+# The options digits-quality and mnist-quality share besides n_samples.
+_CLASSIFIER_OPTIONS = (
+    Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
+    Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
+)
+
+
 @hookimpl
 def ganplug_metrics() -> list[MetricSpec]:
     return [
@@ -191,8 +198,7 @@ def ganplug_metrics() -> list[MetricSpec]:
             factory="ganplug.metrics.images:build",
             options=(
                 Option("n_samples", int, 899, "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)"),
-                Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
-                Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
+                *_CLASSIFIER_OPTIONS,
             ),
             datasets=("digits",),
         ),
@@ -202,8 +208,7 @@ def ganplug_metrics() -> list[MetricSpec]:
             factory="ganplug.metrics.images:build",
             options=(
                 Option("n_samples", int, 1000, "samples drawn from the generator"),
-                Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
-                Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
+                *_CLASSIFIER_OPTIONS,
             ),
             datasets=("mnist", "fashion-mnist"),
         ),
