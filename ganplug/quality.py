@@ -207,10 +207,10 @@ def _baseline_runs(dataset: str, data_options: dict[str, Any], seeds: list[int])
     one run per seed, scored exactly as a generator's samples are."""
     from ganplug.metrics import prepare_metrics
     from ganplug.metrics.baselines import pca_kde
-    from ganplug.metrics.images import digits_data
+    from ganplug.metrics.images import digits_data, image_size_of
 
     built, _ = prepare_metrics(dataset)
-    images, _ = digits_data(int(data_options.get("image_size", 16)))
+    images, _ = digits_data(image_size_of(dataset, data_options))
     runs = []
     for seed in seeds:
         draw = pca_kde(images, seed=seed)

@@ -105,16 +105,21 @@ def digits_data(image_size: int) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def load_dataset(dataset: str, dataset_options: Mapping[str, Any]) -> Any:
+    """The registered dataset ``dataset`` built with the run's options (seed 0), as training loads it."""
+    from ganplug.plugin import DataContext
+    from ganplug.registry import get_registry
+
+    return get_registry().resolve("dataset", dataset).load()(DataContext(seed=0), **dict(dataset_options))
+
+
 def real_data(dataset: str, dataset_options: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
     """Every labelled image of ``dataset`` as its run loads it: images (N, 1, S, S) in [-1, 1]
     (float32) and labels (N,). ``digits`` comes from scikit-learn; the others through the
     registry (their files must be in the run's data directory)."""
     if dataset == "digits":
-        return digits_data(_image_size(dataset, dataset_options))
-    from ganplug.plugin import DataContext
-    from ganplug.registry import get_registry
-
-    data = get_registry().resolve("dataset", dataset).load()(DataContext(seed=0), **dict(dataset_options))
+        return digits_data(image_size_of(dataset, dataset_options))
+    data = load_dataset(dataset, dataset_options)
     if hasattr(data, "images") and getattr(data, "labels", None) is not None:  # UInt8Images
         return data.to_float(data.images), data.labels
     tensors = getattr(data, "tensors", ())
@@ -365,15 +370,15 @@ def digits_reference(
     image_size: int, dataset: str = "digits", dataset_options: Mapping[str, Any] | None = None
 ) -> DigitsReference:
     """:class:`DigitsReference` of ``dataset`` at ``image_size``, kept for the process (per cache
-    directory and dataset options)."""
-    options = {k: v for k, v in sorted(dict(dataset_options or {}).items())}
+    directory and, except for the bundled digits, dataset options)."""
+    options = {} if dataset == "digits" else dict(sorted(dict(dataset_options or {}).items()))
     key = (str(classifier_path(image_size, None, dataset)), repr(options))
     if key not in _REFERENCES:
         _REFERENCES[key] = DigitsReference(image_size, None, dataset, options)
     return _REFERENCES[key]
 
 
-def _image_size(dataset: str, dataset_options: Mapping[str, Any]) -> int:
+def image_size_of(dataset: str, dataset_options: Mapping[str, Any]) -> int:
     """The side of the run's images: ``image_size`` (digits: default 16; MNIST-like: 0 = native 28)."""
     size = dataset_options.get("image_size", 16 if dataset == "digits" else 0)
     if dataset != "digits" and size == 0:
@@ -391,7 +396,7 @@ def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callabl
         raise GanplugError(f"classifier metric option confidence must be in (0, 1], got {confidence!r}")
 
     def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
-        size = _image_size(dataset, dataset_options)
+        size = image_size_of(dataset, dataset_options)
         x = torch.as_tensor(samples)
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
             raise GanplugError(
@@ -401,10 +406,7 @@ def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callabl
         x = x.detach().to("cpu", torch.float32)
         if not torch.isfinite(x).all():
             raise GanplugError(f"{dataset} quality: the samples contain NaN or infinite values")
-        if dataset == "digits":
-            reference = digits_reference(size)
-        else:
-            reference = digits_reference(size, dataset, dataset_options)
+        reference = digits_reference(size, dataset, dataset_options)
         features, probs = classify(reference.model, x)
         scores = score_features(reference.reference, features, probs, k, confidence)
         floor = reference.floor(x.shape[0], k, confidence)
@@ -432,6 +434,8 @@ __all__ = [
     "feature_frechet_distance",
     "frechet_distance",
     "prdc",
+    "image_size_of",
+    "load_dataset",
     "real_data",
     "score_features",
     "train_classifier",

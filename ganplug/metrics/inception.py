@@ -119,15 +119,14 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
 def _real_images(dataset: str, dataset_options: Mapping[str, Any], n: int) -> tuple[Tensor, Tensor]:
     """(reference, held-out) real images in [-1, 1] (see the module docstring)."""
     if dataset == "digits":
-        from ganplug.metrics.images import digits_data, digits_split
+        from ganplug.metrics.images import digits_data, digits_split, image_size_of
 
-        images, _ = digits_data(int(dataset_options.get("image_size", 16)))
+        images, _ = digits_data(image_size_of(dataset, dataset_options))
         reference, held = digits_split(images.shape[0])
         return images[reference], images[held]
-    from ganplug.plugin import DataContext
-    from ganplug.registry import get_registry
+    from ganplug.metrics.images import load_dataset
 
-    data = get_registry().resolve("dataset", dataset).load()(DataContext(seed=REFERENCE_SEED), **dataset_options)
+    data = load_dataset(dataset, dataset_options)
     total = len(data)
     if total < 4:
         raise GanplugError(f"inception: dataset {dataset!r} has {total} images; it needs at least 4")
