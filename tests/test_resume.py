@@ -248,6 +248,46 @@ def test_sigint_finishes_the_step_then_saves_it(tmp_path, reference, monkeypatch
     assert_same_run(reference[name], run_dir)
 
 
+def _logged_steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_while_a_step_writes_its_outputs_lets_them_finish(tmp_path, reference, monkeypatch):
+    """SIGINT arriving as step N starts its metrics line: the line is written, then step N saved."""
+    from ganplug.train.trainer import Trainer
+
+    name = "mlp-wgan-gp-ring8"
+    real_log_metrics = Trainer.log_metrics
+
+    def log_metrics(self):
+        if self.step == N:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_log_metrics(self)
+
+    monkeypatch.setattr(Trainer, "log_metrics", log_metrics)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config_of(name, 2 * N), run_dir, quiet=True, stream=io.StringIO())
+    assert load_checkpoint(run_dir)["step"] == N
+    assert _logged_steps(run_dir) == list(range(1, N + 1))
+    monkeypatch.undo()
+    resume(run_dir, 2 * N)
+    assert_same_run(reference[name], run_dir)
+
+
+def test_ctrl_c_logs_the_steps_since_the_last_metrics_line(tmp_path):
+    config = config_of("mlp-wgan-gp-ring8", 2 * N)
+    config.log_every = 2
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, quiet=True, stream=io.StringIO(), hooks=[_interrupt_at(N + 1)])
+    assert load_checkpoint(run_dir)["step"] == N == 3
+    assert _logged_steps(run_dir) == [2, 3]  # step 3's line covers the window cut short
+    resume(run_dir, 2 * N)
+    assert _logged_steps(run_dir) == [2, 3, 4, 6]
+
+
 def test_interrupt_after_weights_changed_saves_nothing_half_done(tmp_path, monkeypatch):
     _with_loss_wrapper(monkeypatch, method="generator_loss", at=2)  # D already stepped in step 2
     run_dir = tmp_path / "run"

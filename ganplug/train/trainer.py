@@ -22,8 +22,9 @@ Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties
 generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
 a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
 
-Ctrl-C: a first Ctrl-C lets the current step finish, then saves a checkpoint of it and raises
-``KeyboardInterrupt`` (a second one stops at once). SIGTERM does the same and raises
+Ctrl-C: a first Ctrl-C lets the current step and its outputs finish, then logs the steps since
+the last metrics line, saves a checkpoint of the step and raises ``KeyboardInterrupt`` (a second
+one stops at once). SIGTERM does the same and raises
 :class:`Terminated` (a ``KeyboardInterrupt`` carrying the signal number; the CLI exits 143). A ``KeyboardInterrupt`` raised inside a step
 before any parameter changed (e.g. by a loss) rolls the step back (RNG, data position, BatchNorm
 buffers) and saves the step before; one raised after a parameter changed saves nothing new.
@@ -214,6 +215,7 @@ class Trainer:
         self._real_plot, self._plot_box = self._plot_reference()
         self._sums = _Sums()
         self._in_step = False
+        self._finishing = False  # writing the outputs of the step just done (metrics, samples, checkpoint)
         self._dirty = False
         self._stop_requested = False
         self._stop_agreed = False
@@ -658,7 +660,7 @@ class Trainer:
         # Distributed: the first signal always waits for the step's end, where the ranks agree to stop.
         if self._stop_requested and signum != signal.SIGINT:
             return  # a SIGTERM after a stop was asked for (e.g. torchrun passing it on): keep finishing the step
-        if self._stop_requested or (not self._in_step and self.world is None):
+        if self._stop_requested or (not self._in_step and not self._finishing and self.world is None):
             if not self._stop_requested:
                 self._stop_signal = signum
             raise self._stop_exception()
@@ -720,7 +722,7 @@ class Trainer:
                             self._diverged(self.step + 1, what)
                         self._weights_snapshot = None
                         self.step += 1
-                        self._in_step = False
+                        self._in_step, self._finishing = False, True
                         self._window_steps += 1
                         self.progress.update(self.step)
                         if self._due(cfg.log_every):
@@ -731,6 +733,7 @@ class Trainer:
                             self.write_samples()
                         if self._due(cfg.checkpoint_every) and self.last_checkpoint_step != self.step:
                             self.write_checkpoint()
+                        self._finishing = False
                 except KeyboardInterrupt:
                     self._interrupted()
                     raise
@@ -758,9 +761,13 @@ class Trainer:
                 return
             self._rollback()
             self._in_step = False
+        self._finishing = False
         if self.step == 0:
             self.progress.message("interrupted before the first step finished: nothing to save")
             return
+        if self._window_steps > 0:  # the steps since the last metrics line, so metrics.jsonl reaches the saved step
+            self.log_metrics()
+            self.progress.close()
         if self.last_checkpoint_step != self.step:
             self.write_checkpoint()
         by = "" if self._stop_signal == signal.SIGINT else f" by {_signal_name(self._stop_signal)}"
