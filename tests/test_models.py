@@ -181,6 +181,8 @@ def test_mlp_malformed_widths_raise(option, text):
         (mlp.build, {"dropout": 1.0}, "dropout"),
         (mlp.build, {"dropout": -0.1}, "dropout"),
         (mlp.build, {"slope": -0.2}, "slope"),
+        (mlp.build, {"d_input_scale": 0.0}, "d_input_scale"),
+        (mlp.build, {"d_input_scale": float("inf")}, "d_input_scale"),
         (dcgan.build, {"slope": float("nan")}, "slope"),
         (dcgan.build, {"width": 0}, "width"),
     ],
@@ -243,6 +245,21 @@ def test_mlp_matches_plain_pytorch(shape):
 
     d.train()  # dropout on: the logits change
     assert not torch.allclose(d(x), expected)
+
+
+def test_mlp_d_input_scale_multiplies_the_critic_input_only():
+    torch.manual_seed(0)
+    g, d = mlp.build(_ctx((2,)), g_widths="8", d_widths="16,8", dropout=0.0)
+    torch.manual_seed(0)
+    g_scaled, d_scaled = mlp.build(_ctx((2,)), g_widths="8", d_widths="16,8", dropout=0.0, d_input_scale=10.0)
+    assert d_scaled.state_dict().keys() == d.state_dict().keys()  # checkpoints stay interchangeable
+    d_scaled.load_state_dict(d.state_dict())
+    x = torch.randn(5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(d_scaled(x), d(10.0 * x))
+        assert not torch.allclose(d_scaled(x), d(x))
+        z = torch.randn(5, LATENT)
+        torch.testing.assert_close(g_scaled(z), g(z))
 
 
 # --- initialisation -----------------------------------------------------------------------------
