@@ -96,6 +96,17 @@ def list_command(kind: str, as_json: bool) -> None:
             click.echo(
                 f"    {option.name}: {option.type.__name__} = {option.default!r}{choices}  {option.help}"
             )
+        defaults = getattr(spec, "defaults", None)
+        if defaults:
+            click.echo(f"    training defaults: {_format_defaults(defaults)}")
+
+
+def _format_defaults(defaults) -> str:
+    """``steps=6000, ema=0.999, mlp: g_widths=64,64 ...`` for ``ganplug list datasets``."""
+    parts = [f"{key}={value}" for key, value in defaults.items() if key != "arch_options"]
+    for arch, options in defaults.get("arch_options", {}).items():
+        parts.append(f"{arch}: " + " ".join(f"{key}={value}" for key, value in options.items()))
+    return ", ".join(parts)
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -108,20 +119,20 @@ def _train_options(func):
         click.option("--arch-opt", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable)."),
         click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option (repeatable)."),
         click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Dataset option (repeatable)."),
-        click.option("--steps", type=click.IntRange(min=1), help="Generator updates [default: 2000]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch [default: 64]."),
+        click.option("--steps", type=click.IntRange(min=1), help="Generator updates [default: the dataset's, else 2000]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch [default: the dataset's, else 64]."),
         click.option("--n-critic", type=click.IntRange(min=1), help="Critic updates per generator update [default: the loss's]."),
-        click.option("--pack", type=click.IntRange(min=1), metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: 1]."),
+        click.option("--pack", type=click.IntRange(min=1), metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: the dataset's, else 1]."),
         click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
         click.option("--lr-g", type=click.FloatRange(min=0, min_open=True), help="Generator learning rate [default: the loss's]."),
         click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="Critic learning rate [default: the loss's]."),
         click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
-        click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: none]."),
+        click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: the dataset's, else none]."),
         click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z [default: 64 for images, 8 otherwise]."),
         click.option("--latent", type=click.Choice(["normal", "uniform"]), help="Distribution of z [default: the dataset's]."),
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
         click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
-        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it."),
+        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
         click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
         click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
@@ -168,6 +179,16 @@ def _parse_betas(text: str) -> tuple[float, float]:
     return (b1, b2)
 
 
+def apply_dataset_defaults(config, dataset_spec, arch_name: str, set_here: set[str]) -> None:
+    """Fill the knobs of ``config`` that neither --config nor the command line set (``set_here``)
+    from ``dataset_spec.defaults``; its ``arch_options`` for ``arch_name`` sit below the user's."""
+    for key, value in dataset_spec.defaults.items():
+        if key == "arch_options":
+            config.arch_options = {**dict(value.get(arch_name, {})), **config.arch_options}
+        elif key not in set_here:
+            setattr(config, key, value)
+
+
 def build_config(given: dict[str, Any]):
     """A :class:`TrainConfig` from the command line's explicitly given values (and ``--config``).
 
@@ -202,6 +223,8 @@ def build_config(given: dict[str, Any]):
         "loss_options": registry.resolve("loss", config.loss),
         "data_options": registry.resolve("dataset", config.dataset),
     }
+    set_here = {key for key in values} | {key for key, value in given.items() if value is not None}
+    apply_dataset_defaults(config, specs["data_options"], specs["arch_options"].name, set_here)
     for key, (attribute, option, cli_flag) in SHORTHANDS.items():
         if given.get(key) is None:
             continue

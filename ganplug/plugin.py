@@ -29,7 +29,7 @@ Factory contracts (what ``spec.load()(...)`` must return):
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import pluggy
@@ -166,6 +166,12 @@ class Recipe:
     betas: tuple[float, float] = (0.5, 0.999)
 
 
+# What a dataset's ``defaults`` may set: training knobs that depend on the data. The loss's recipe
+# (optimiser, learning rates, betas, critic steps) stays the loss's. ``arch_options`` is
+# ``{architecture name: {option: value}}``.
+DATASET_DEFAULT_KEYS = frozenset({"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options"})
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec(_Spec):
     """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``."""
@@ -185,17 +191,30 @@ class DatasetSpec(_Spec):
     """Training data: ``factory(ctx: DataContext, **options) -> Dataset``.
 
     ``value_range`` is the range of the samples (``None``: unbounded, so generators use a linear
-    output instead of tanh); ``latent`` is the noise the generator is fed by default.
+    output instead of tanh); ``latent`` is the noise the generator is fed by default;
+    ``defaults`` are the training knobs a bare ``ganplug train --dataset NAME`` uses for this data
+    (keys in ``DATASET_DEFAULT_KEYS``), below ``--config`` and the command line.
     """
 
     kind = "dataset"
     value_range: tuple[float, float] | None = (-1.0, 1.0)
     latent: str = "normal"
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = sorted(set(self.defaults) - DATASET_DEFAULT_KEYS)
+        if unknown:
+            raise ValueError(
+                f"dataset {self.name!r}: defaults {unknown} are not settable by a dataset "
+                f"(it may set: {', '.join(sorted(DATASET_DEFAULT_KEYS))})"
+            )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["value_range"] = list(self.value_range) if self.value_range else None
         info["latent"] = self.latent
+        info["defaults"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.defaults.items()}
         return info
 
 

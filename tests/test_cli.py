@@ -113,6 +113,39 @@ def test_config_precedence(tmp_path: Path):
     assert config.lr_g is None  # left for the loss's recipe
 
 
+def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_path: Path):
+    bare = build_config({"arch": "mlp", "loss": "bce", "dataset": "ring8"})
+    assert (bare.steps, bare.batch_size, bare.pack, bare.ema) == (12000, 512, 2, 0.999)
+    assert bare.arch_options["d_input_scale"] == 30.0 and bare.arch_options["g_widths"] == "256,256,256"
+    assert bare.lr_g is None  # the loss's recipe still sets the learning rates
+
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('dataset = "ring8"\narch = "mlp"\nsteps = 300\n[arch_options]\ng_widths = "32"\n')
+    config = build_config({"config_file": str(config_file), "pack": 1, "arch_opt": ("dropout=0.1",)})
+    assert (config.steps, config.pack, config.batch_size) == (300, 1, 512)  # file, command line, dataset
+    assert config.arch_options == {"g_widths": "32", "d_widths": "256,256,256", "dropout": 0.1, "slope": 0.2,
+                                   "d_input_scale": 30.0}
+    # datasets without defaults, and architectures the dataset has no options for, keep the plain defaults
+    digits = build_config({})
+    assert (digits.steps, digits.batch_size, digits.pack, digits.ema) == (2000, 64, 1, 0.0)
+
+
+def test_list_shows_dataset_defaults(capsys):
+    code, out, _ = run_main(capsys, "list", "datasets")
+    assert code == 0
+    assert "    training defaults: steps=6000, batch_size=256, ema=0.999, mlp: g_widths=64,64 d_widths=64,64 dropout=0.0" in out
+    code, out, _ = run_main(capsys, "list", "datasets", "--json")
+    ring8 = {d["name"]: d for d in json.loads(out)}["ring8"]
+    assert ring8["defaults"]["pack"] == 2 and ring8["defaults"]["arch_options"]["mlp"]["d_input_scale"] == 30.0
+
+
+def test_a_dataset_may_not_default_the_loss_recipe():
+    from ganplug.plugin import DatasetSpec
+
+    with pytest.raises(ValueError, match=r"defaults \['lr_g'\] are not settable by a dataset"):
+        DatasetSpec(name="x", summary="", factory="m:f", defaults={"lr_g": 1e-3})
+
+
 def test_config_file_with_unknown_keys(tmp_path: Path, capsys):
     config_file = tmp_path / "run.toml"
     config_file.write_text("stepz = 3\n")

@@ -159,7 +159,7 @@ def test_cli_pack_flag_config_file_resume_and_help(tmp_path, capsys):
 def test_a_batch_size_the_pack_does_not_divide_is_one_line_with_exit_code_2(tmp_path, capsys):
     code, out, err = run_main(capsys, "train", "--pack", "3", "--out", str(tmp_path / "run"))
     assert code == 2 and out == ""
-    assert err == "Error: --pack 3 needs a --batch-size divisible by 3, got 64\n"
+    assert err == "Error: --pack 3 needs a --batch-size divisible by 3, got 64: change --batch-size, or pass --pack 1\n"
     assert not (tmp_path / "run").exists()
     code, _, err = run_main(capsys, "train", "--pack", "0")
     assert code == 2 and err.startswith("Error: Invalid value for '--pack'") and err.count("\n") == 1

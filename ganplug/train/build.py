@@ -167,7 +167,7 @@ def validate_config(config: TrainConfig) -> None:
         f"batch_size must be an integer >= 1, got {c.batch_size!r}: pass e.g. --batch-size 64",
     )
     _require(_is_int(c.pack) and c.pack >= 1, f"pack must be an integer >= 1 (1 = off), got {c.pack!r}: pass e.g. --pack 2")
-    _require(c.batch_size % c.pack == 0, f"--pack {c.pack} needs a --batch-size divisible by {c.pack}, got {c.batch_size}")
+    _require(c.batch_size % c.pack == 0, f"--pack {c.pack} needs a --batch-size divisible by {c.pack}, got {c.batch_size}: change --batch-size, or pass --pack 1")
     if c.n_critic is not None:
         _require(
             _is_int(c.n_critic) and c.n_critic >= 1,
