@@ -21,7 +21,7 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
                 Option("d_widths", str, "256,128,64", "comma-separated hidden widths of D"),
                 Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
                 _SLOPE,
-                Option("d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (10-30 for ring8/grid25)"),
+                Option("d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"),
             ),
         ),
         ArchitectureSpec(
