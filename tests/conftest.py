@@ -122,6 +122,18 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return exited.value.code, out, err
 
 
+def read_metrics(run_dir, *, missing_ok: bool = False) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` in order (blank lines skipped); ``[]`` for a
+    missing file when ``missing_ok`` (a run still starting), else FileNotFoundError."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if missing_ok and not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def quiet_train(config, run_dir, **kwargs) -> str:
     """``ganplug.train.train`` without the progress display; returns what it would have printed."""
     import io

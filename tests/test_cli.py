@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_main
+from conftest import read_metrics, run_main
 
 from ganplug.cli import build_config, main, parse_pairs
 from ganplug.errors import UsageError
@@ -214,7 +214,7 @@ def tiny_run(tmp_path: Path, capsys) -> Path:
 
 
 def test_train_writes_a_run(tiny_run: Path):
-    lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tiny_run)
     assert lines[-1]["step"] == 4
     assert all(isinstance(line["d_loss"], float) for line in lines)
     assert (tiny_run / "samples" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -246,7 +246,7 @@ def test_resume_continues_and_refuses_changes(tiny_run: Path, capsys):
     assert code == 2 and "--lr-g cannot change when resuming" in err and err.count("\n") == 1
     code, _, err = run_main(capsys, "train", "--resume", str(tiny_run), "--steps", "6", "-q")
     assert code == 0, err
-    steps = [json.loads(line)["step"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_metrics(tiny_run)]
     assert steps[-1] == 6
 
 

@@ -5,7 +5,6 @@ checkpoints move between process counts."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+
+from conftest import read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.train import TrainConfig, train
@@ -59,13 +60,9 @@ def launch(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def assert_close_runs(a: Path, b: Path, rtol: float = 1e-5) -> float:
     """Same steps and losses (relative rtol) and allclose weights; returns the largest relative loss gap."""
-    rows_a, rows_b = metrics(a), metrics(b)
+    rows_a, rows_b = read_metrics(a), read_metrics(b)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     worst = 0.0
     for x, y in zip(rows_a, rows_b):
@@ -128,7 +125,7 @@ def test_a_one_process_checkpoint_resumes_in_two_with_a_gradient_penalty(tmp_pat
     assert state["step"] == 4
     for key in ("generator", "discriminator", "ema"):
         assert all(torch.isfinite(v).all() for v in state[key].values() if v.is_floating_point())
-    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
 
 
 def test_shards_cover_the_global_batch_on_both_paths():
@@ -169,7 +166,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_step_all_ranks_agreed_on(t
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     deadline = time.monotonic() + 90
-    while not ((run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3):
+    while not (len(read_metrics(run_dir, missing_ok=True)) >= 3):
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.05)
@@ -178,4 +175,4 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_step_all_ranks_agreed_on(t
     assert process.returncode == 143, err[-3000:]
     assert "interrupted by SIGTERM" in err
     saved = load_checkpoint(run_dir)["step"]
-    assert saved >= 3 and metrics(run_dir)[-1]["step"] == saved
+    assert saved >= 3 and read_metrics(run_dir)[-1]["step"] == saved

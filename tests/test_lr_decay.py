@@ -4,12 +4,11 @@ command line and config file, bad values, and checkpoints from before the option
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-from conftest import quiet_train, run_main
+from conftest import quiet_train, read_metrics, run_main
 
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
@@ -89,7 +88,7 @@ def test_checkpoints_hold_the_lr_of_the_last_step_done(tmp_path):
         assert lr_g == pytest.approx(LR_G * (1 - (k - 1) / 10), rel=1e-12, abs=0)
         assert lr_d == pytest.approx(LR_D * (1 - (k - 1) / 10), rel=1e-12, abs=0)
     assert 'lr_decay = "linear"' in (run_dir / "config.toml").read_text()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 11))
     assert [r["lr_g"] for r in rows] == pytest.approx([LR_G * (1 - (s - 1) / 10) for s in range(1, 11)])
 
@@ -100,7 +99,7 @@ def test_none_keeps_the_base_rates_and_linear_changes_the_weights(tmp_path):
     assert {lr for _, lr in seen["g"]} == {LR_G} and {lr for _, lr in seen["d"]} == {LR_D}
     flat = load_checkpoint(tmp_path / "none")
     assert flat["config"]["lr_decay"] == "none" and optimiser_lrs(flat) == (LR_G, LR_D)
-    assert all("lr_g" not in json.loads(line) for line in (tmp_path / "none" / "metrics.jsonl").read_text().splitlines())
+    assert all("lr_g" not in r for r in read_metrics(tmp_path / "none"))
     quiet_train(tiny(4, lr_decay="linear"), tmp_path / "linear")
     decayed = load_checkpoint(tmp_path / "linear")
     assert optimiser_lrs(decayed) == pytest.approx((LR_G * 0.25, LR_D * 0.25))

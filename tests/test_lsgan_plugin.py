@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugins" / "ganplug-lsgan"
 
@@ -135,7 +137,7 @@ def test_train_with_the_plugin(lsgan_site, tmp_path):
         site=lsgan_site, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run)
     assert metrics, "metrics.jsonl is empty"
     assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(metrics[-1])
     config = (run / "config.toml").read_text()

@@ -5,7 +5,6 @@ checkpoint files are refused without running anything."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quiet_train
+from conftest import quiet_train, read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.generate import load_generator
@@ -79,7 +78,7 @@ def assert_same_run(run_a: Path, run_b: Path) -> None:
     for key in COMPARED:
         assert_same(a[key], b[key], key)
     assert a["ema"] is not None and a["optimizer_d"]["state"], "the comparison must cover EMA and optimiser state"
-    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run)]
     assert losses(run_a) == losses(run_b)
 
 
@@ -115,10 +114,10 @@ def test_resume_from_an_older_checkpoint_trims_later_metrics(tmp_path, reference
     config = config_of(name, 5)
     config.checkpoint_every = 2
     quiet_train(config, run_dir)
-    assert [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]
     resume(run_dir, 2 * N, checkpoint=run_dir / "checkpoints" / "step_000002.pt", checkpoint_every=0)
-    assert [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
     # The abandoned branch's step 4 and 5 are gone once step 6 is written; 2 is kept.
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000002.pt", "step_000006.pt"]
     assert_same_run(reference[name], run_dir)
@@ -249,7 +248,7 @@ def test_sigint_finishes_the_step_then_saves_it(tmp_path, reference, monkeypatch
 
 
 def _logged_steps(run_dir):
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in read_metrics(run_dir)]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

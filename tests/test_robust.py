@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import read_metrics
 
 from ganplug.cli import main
 from ganplug.errors import GanplugError
@@ -38,10 +39,7 @@ def tiny(steps: int, **knobs) -> TrainConfig:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics(run_dir, missing_ok=True)  # polled while the run starts
 
 
 def cli(capsys, *args: str) -> tuple[int, str]:

@@ -5,7 +5,6 @@ and rebuilding the generator from a checkpoint (ganplug.generate)."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import struct
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from conftest import read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.generate import load_generator, sample
@@ -62,10 +63,6 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def grid_size(n: int, side: int) -> tuple[int, int]:

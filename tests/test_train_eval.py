@@ -4,13 +4,11 @@ with or without it (also across a resume), the error for a dataset without metri
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import quiet_train
+from conftest import quiet_train, read_metrics
 
 from ganplug.cli import build_config, main
 from ganplug.errors import GanplugError, UsageError
@@ -29,15 +27,11 @@ TINY = dict(
 )
 
 
-def lines(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
     config = TrainConfig(**{**TINY, "ema": 0.0}, steps=4, eval_every=2)
     stream = io.StringIO()
     train(config, tmp_path / "run", stream=stream)
-    records = lines(tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4]
@@ -63,7 +57,7 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
 def test_quiet_runs_log_eval_lines_without_printing_them(tmp_path):
     out = quiet_train(TrainConfig(**TINY, steps=3, eval_every=2), tmp_path / "run")
     assert "eval step" not in out
-    assert [r["step"] for r in lines(tmp_path / "run") if "eval" in r] == [2]  # not at the end unless due
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "eval" in r] == [2]  # not at the end unless due
 
 
 def test_eval_does_not_change_the_run_and_resumes_exactly(tmp_path):
@@ -81,9 +75,9 @@ def test_eval_does_not_change_the_run_and_resumes_exactly(tmp_path):
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
     assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"])
     assert a["step"] == b["step"] == 6
-    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in lines(run) if "eval" not in r]
+    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run) if "eval" not in r]
     assert losses(tmp_path / "plain") == losses(tmp_path / "eval")
-    assert [r["step"] for r in lines(tmp_path / "eval") if "eval" in r] == [1, 2, 3, 4, 6]
+    assert [r["step"] for r in read_metrics(tmp_path / "eval") if "eval" in r] == [1, 2, 3, 4, 6]
 
 
 def test_a_failing_metric_warns_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -95,7 +89,7 @@ def test_a_failing_metric_warns_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(ganplug.metrics, "score_generator", refuse)
     out = quiet_train(TrainConfig(**TINY, steps=2, eval_every=1), tmp_path / "run")
     assert out.count("warning: step ") == 2 and "evaluation failed: digits-quality" in out
-    assert not [r for r in lines(tmp_path / "run") if "eval" in r]
+    assert not [r for r in read_metrics(tmp_path / "run") if "eval" in r]
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 
 
@@ -132,4 +126,4 @@ def test_cli_flag_is_parsed_and_validated(tmp_path, capsys):
             "--device", "cpu", "--eval-every", "1", "--quiet", "--out", str(run),
         ])
     assert exited.value.code in (0, None), capsys.readouterr().err
-    assert [r["step"] for r in lines(run) if "eval" in r] == [1, 2]
+    assert [r["step"] for r in read_metrics(run) if "eval" in r] == [1, 2]
