@@ -14,7 +14,7 @@ from ganplug.cli import build_config
 from ganplug.errors import UsageError
 from ganplug.train import TrainConfig
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
-from ganplug.train.trainer import lr_factor
+from ganplug.train.step import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Checkpoints and exact resume (ganplug.train.checkpoint, ganplug.train.trainer): N + N steps
+"""Checkpoints and exact resume (ganplug.train.checkpoint, ganplug.train.loop): N + N steps
 equal 2N bit for bit, Ctrl-C saves the last completed step, resume rules, and hostile or broken
 checkpoint files are refused without running anything."""
 
@@ -254,17 +254,17 @@ def _logged_steps(run_dir):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_signal_while_a_step_writes_its_outputs_lets_them_finish(tmp_path, reference, monkeypatch):
     """SIGINT arriving as step N starts its metrics line: the line is written, then step N saved."""
-    from ganplug.train.trainer import Trainer
+    from ganplug.train.outputs import MetricsLog
 
     name = "mlp-wgan-gp-ring8"
-    real_log_metrics = Trainer.log_metrics
+    real_write = MetricsLog.write
 
-    def log_metrics(self):
-        if self.step == N:
+    def write(self, trainer):
+        if trainer.step == N:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_log_metrics(self)
+        return real_write(self, trainer)
 
-    monkeypatch.setattr(Trainer, "log_metrics", log_metrics)
+    monkeypatch.setattr(MetricsLog, "write", write)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(config_of(name, 2 * N), run_dir, quiet=True, stream=io.StringIO())

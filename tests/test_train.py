@@ -399,7 +399,7 @@ def test_vector_generators_keep_their_latent_and_range(tmp_path):
 
 
 def test_ema_follows_the_warmed_up_decay(tmp_path):
-    from ganplug.train.trainer import ema_decay
+    from ganplug.train.step import ema_decay
 
     assert ema_decay(0.999, 0) == pytest.approx(0.1)  # the first update mostly copies G
     assert ema_decay(0.999, 80) == pytest.approx(0.9)

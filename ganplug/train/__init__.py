@@ -3,7 +3,10 @@
 - :mod:`~ganplug.train.config`: :class:`TrainConfig` (torch-free)
 - :mod:`~ganplug.train.build`: config -> :class:`Run` (specs, data, loss, models, device)
 - :mod:`~ganplug.train.data_order`: the exactly resumable batch order
-- :mod:`~ganplug.train.trainer`: the loop, metrics, pictures, checkpoints, Ctrl-C
+- :mod:`~ganplug.train.loop`: the loop, driving the others through callbacks
+- :mod:`~ganplug.train.step`: the step maths (critic and generator updates, EMA, learning rates)
+- :mod:`~ganplug.train.guard`: rollback, the non-finite policy, deferred signals
+- :mod:`~ganplug.train.outputs`: metrics.jsonl, evaluations, sample pictures, checkpoints
 - :mod:`~ganplug.train.checkpoint`: saving, loading, locating checkpoints; resume rules
 - :mod:`~ganplug.train.render`: PNG pictures of samples; ``.npy``/``.pt`` writers
 - :mod:`~ganplug.train.progress`: the progress line on stderr
@@ -22,7 +25,8 @@ from ganplug.errors import GanplugError, UsageError
 from ganplug.train.config import TrainConfig
 
 if TYPE_CHECKING:
-    from ganplug.train.trainer import Hook
+    from ganplug.train.loop import Hook
+    from ganplug.train.outputs import Callback
 
 CONFIG_FILE = "config.toml"
 
@@ -69,6 +73,7 @@ def train(
     quiet: bool = False,
     stream: TextIO | None = None,
     hooks: Sequence["Hook"] = (),
+    callbacks: Sequence["Callback"] = (),
 ) -> Path:
     """Train ``config`` into ``run_dir`` and return ``run_dir``.
 
@@ -77,7 +82,8 @@ def train(
     Resume: ``resume_from`` is a checkpoint file (or a run directory); ``config`` is the stored
     config with allowed changes (see :func:`ganplug.train.checkpoint.resume_config`), anything
     else raises UsageError; the run continues in ``run_dir`` (normally the checkpoint's run).
-    ``stream`` receives progress (default stderr); ``hooks`` see :class:`~ganplug.train.trainer.Trainer`.
+    ``stream`` receives progress (default stderr); ``hooks`` and ``callbacks``
+    (:class:`~ganplug.train.outputs.Callback`) see :class:`~ganplug.train.loop.Trainer`.
     Ctrl-C saves the last completed step and re-raises KeyboardInterrupt (SIGTERM: Terminated).
     Launched by torchrun with several processes, it trains data-parallel (see
     :mod:`ganplug.train.distributed`); rank 0 alone writes files.
@@ -88,18 +94,18 @@ def train(
     try:
         if world is not None and not world.is_main:
             quiet, stream = True, io.StringIO()
-        done = _train(config, Path(run_dir), resume_from, quiet, stream, hooks, world)
+        done = _train(config, Path(run_dir), resume_from, quiet, stream, hooks, callbacks, world)
         distributed.barrier(world)  # no rank leaves the group while another still talks to it
         return done
     finally:
         distributed.teardown(world)
 
 
-def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
+def _train(config, run_dir, resume_from, quiet, stream, hooks, callbacks, world) -> Path:
     from ganplug.train import distributed
     from ganplug.train.build import build_run, validate_config
     from ganplug.train.checkpoint import check_resumable, find_checkpoint, load_checkpoint, stored_config
-    from ganplug.train.trainer import Trainer
+    from ganplug.train.loop import Trainer
 
     if world is not None and str(config.device).startswith("cuda:"):
         raise UsageError(
@@ -117,7 +123,7 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_config(run.config, run_dir)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, world=world)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer_message = (
             f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
             f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}; "
@@ -135,9 +141,8 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, world) -> Path:
             )
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, world=world)
-        trainer.load_state_dict(state)
-        trainer.last_checkpoint = checkpoint
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
+        trainer.load_state_dict(state, checkpoint)
         if trainer.step >= run.config.steps:
             raise GanplugError(
                 f"{run_dir} is already at step {trainer.step} of {run.config.steps}: "

@@ -1,0 +1,203 @@
+"""What keeps a run safe: rollback of an interrupted step, the non-finite policy, deferred signals.
+
+Rollback: :meth:`StepGuard.begin` remembers what a step changes before its first optimiser step
+(the RNG states, the data position, the models' buffers), so a ``KeyboardInterrupt`` raised inside
+the step before any parameter changed restores the state of the step before.
+
+Non-finite policy (``on_nan``): the step's losses are checked after every step (one host read);
+the weights of G and D at every metrics line and before every checkpoint, which costs the same
+whatever the parameter count per step: a checkpoint is never written from non-finite weights.
+``stop`` ends the run naming the step; ``skip`` checks the weights after every step too and
+restores the weights, optimiser states and EMA of before the step (the data and RNG move on).
+
+Signals: :class:`DeferredSignals` turns the first SIGINT/SIGTERM inside a step (or while it writes
+its outputs) into a request to stop after it; a second one, or one between steps, raises at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import signal
+import threading
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ganplug.errors import Terminated
+from ganplug.train.distributed import World, all_reduce_sum
+from ganplug.train.outputs import Sums
+from ganplug.train.step import AdversarialStep
+
+LOSSES = ("d_loss", "g_loss")
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global CPU RNG state, and the CUDA one of ``device`` when it is a GPU."""
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state(state["cuda"][0], device)
+
+
+def _all_finite(modules: tuple[nn.Module, ...]) -> torch.Tensor:
+    """One flag per module: True when every floating-point parameter is finite (one fused
+    max-norm over all parameters: inf or NaN anywhere makes it non-finite)."""
+    flags = []
+    for module in modules:
+        params = [p.detach() for p in module.parameters() if p.is_floating_point()]
+        if params:
+            flags.append(torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all())
+        else:
+            flags.append(torch.tensor(True))
+    return torch.stack([f.cpu() if f.device.type != "cpu" else f for f in flags])
+
+
+class StepGuard:
+    """Rollback and the non-finite checks of ``stepper``'s steps, for policy ``on_nan``."""
+
+    def __init__(self, stepper: AdversarialStep, on_nan: str, world: World | None) -> None:
+        self.stepper, self.on_nan, self.world = stepper, on_nan, world
+        self.device = stepper.device
+        self._snapshot: tuple[Any, ...] | None = None
+        self._weights: tuple[Any, ...] | None = None
+
+    def _modules(self) -> tuple[nn.Module, ...]:
+        return (self.stepper.G, self.stepper.D)
+
+    def begin(self) -> None:
+        """Remember what the coming step changes before its first optimiser step; with ``skip``
+        also the weights and optimiser states."""
+        buffers = [b.detach().clone() for m in self._modules() for b in m.buffers()]
+        self._snapshot = (rng_state(self.device), self.stepper.order.state_dict(), buffers)
+        if self.on_nan == "skip":
+            s = self.stepper
+            clone = lambda module: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self._weights = (
+                clone(s.G), clone(s.D), clone(s.ema) if s.ema is not None else None,
+                copy.deepcopy(s.opt_g.state_dict()), copy.deepcopy(s.opt_d.state_dict()),
+            )
+
+    def rollback(self) -> None:
+        """Back to the state :meth:`begin` saw (valid while no parameter changed)."""
+        assert self._snapshot is not None
+        rng, order, buffers = self._snapshot
+        with torch.no_grad():
+            for live, saved in zip([b for m in self._modules() for b in m.buffers()], buffers):
+                live.copy_(saved)
+        self.stepper.order.load_state_dict(order)
+        set_rng_state(rng, self.device)
+        self.stepper.zero_grad()
+
+    def restore_weights(self) -> None:
+        """``skip``: the weights, EMA and optimiser states of before the step."""
+        assert self._weights is not None
+        s = self.stepper
+        g, d, ema, opt_g, opt_d = self._weights
+        s.G.load_state_dict(g)
+        s.D.load_state_dict(d)
+        if s.ema is not None and ema is not None:
+            s.ema.load_state_dict(ema)
+        s.opt_g.load_state_dict(opt_g)
+        s.opt_d.load_state_dict(opt_d)
+        s.zero_grad()
+
+    def check_step(self, sums: Sums, stop_requested: bool) -> tuple[str | None, bool]:
+        """After a step: (what is not finite, or None; whether any rank asked to stop). The
+        losses always, the weights too with ``skip``; one host read, one all-reduce with ranks."""
+        losses = [k for k in LOSSES if k in sums.sums]
+        flags = [torch.isfinite(sums.sums[k]).reshape(()) for k in losses]
+        flags = [f.cpu() if f.device.type != "cpu" else f for f in flags]
+        weights = self.on_nan == "skip"
+        if weights:
+            flags += list(_all_finite(self._modules()))
+        ok_t = torch.stack(flags + [torch.tensor(not stop_requested)]).float()
+        if self.world is not None:  # every rank decides alike: bad anywhere is bad everywhere
+            ok_t = (all_reduce_sum(self.world, ok_t.to(self.device)) == self.world.world_size).float()
+        ok = [bool(v) for v in ok_t.tolist()]
+        stop_agreed = not ok.pop()
+        for key, good in zip(losses, ok):
+            if not good:
+                return f"{key} is {float(sums.sums[key] / sums.counts[key])}", stop_agreed
+        if weights:
+            return self._weights_verdict(ok[len(losses):]), stop_agreed
+        return None, stop_agreed
+
+    def check_weights(self) -> str | None:
+        """Whether G's and D's weights are all finite (all ranks agree), as a reason or None."""
+        ok_t = _all_finite(self._modules()).float()
+        if self.world is not None:
+            ok_t = (all_reduce_sum(self.world, ok_t.to(self.device)) == self.world.world_size).float()
+        return self._weights_verdict([bool(v) for v in ok_t.tolist()])
+
+    @staticmethod
+    def _weights_verdict(ok: list[bool]) -> str | None:
+        for name, good in zip(("G", "D"), ok):
+            if not good:
+                return f"the weights of {name} are not finite"
+        return None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class DeferredSignals:
+    """SIGINT and SIGTERM while training: inside a step (``in_step``) or while it writes its
+    outputs (``finishing``), and always with several ranks, the first one only sets
+    ``requested`` (and calls ``notify(signum)``); a second SIGINT, or one between steps, raises
+    at once. SIGINT raises ``KeyboardInterrupt``, SIGTERM :class:`Terminated`."""
+
+    def __init__(self, distributed: bool, notify=lambda signum: None) -> None:
+        self.distributed = distributed
+        self.notify = notify
+        self.in_step = False
+        self.finishing = False
+        self.requested = False
+        self.signum = signal.SIGINT
+
+    def reset(self) -> None:
+        self.requested, self.signum = False, signal.SIGINT
+
+    def exception(self) -> KeyboardInterrupt:
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else Terminated(self.signum)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum != signal.SIGINT:
+            return  # a SIGTERM after a stop was asked for (e.g. torchrun passing it on): keep finishing
+        if self.requested or (not self.in_step and not self.finishing and not self.distributed):
+            if not self.requested:
+                self.signum = signum
+            raise self.exception()
+        self.requested, self.signum = True, signum
+        self.notify(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handlers for SIGINT and SIGTERM inside the block (main thread only); the previous
+        handlers are put back after it."""
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+                if signum is None:
+                    continue
+                try:
+                    previous[signum] = signal.signal(signum, self._handle)
+                except (ValueError, OSError):
+                    pass
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+__all__ = ["DeferredSignals", "StepGuard", "rng_state", "set_rng_state", "signal_name"]

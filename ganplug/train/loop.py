@@ -1,0 +1,344 @@
+"""The training loop: drives the step (:mod:`~ganplug.train.step`), its guard
+(:mod:`~ganplug.train.guard`) and the outputs (:mod:`~ganplug.train.outputs`) through callbacks.
+
+Per step: ``on_step_start`` of every callback, the guarded step, then ``on_step_end`` (the
+metrics line, evaluation, sample picture and checkpoint when due, then the caller's callbacks).
+The weights are checked for non-finite values before a metrics line or a checkpoint is written.
+
+Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
+generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
+a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
+
+Ctrl-C: a first Ctrl-C lets the current step and its outputs finish, then ``on_interrupt`` logs
+the steps since the last metrics line and saves a checkpoint of the step, and
+``KeyboardInterrupt`` is raised (a second one stops at once). SIGTERM does the same and raises
+:class:`Terminated` (the CLI exits 143). A ``KeyboardInterrupt`` raised inside a step before any
+parameter changed (e.g. by a loss) rolls the step back (RNG, data position, buffers) and saves
+the step before; one raised after a parameter changed saves nothing new.
+
+Divergence (``config.on_nan``): ``stop`` raises GanplugError naming the step, after flushing
+metrics and without saving the non-finite state (the last good checkpoint stays ``latest.pt``);
+``skip`` restores the state of before the step, warns, and counts it in ``skipped_steps``.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+import torch
+from torch import nn
+
+from ganplug import __version__
+from ganplug.errors import GanplugError, UsageError
+from ganplug.train.build import Run, draw_latent, sample_of
+from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
+from ganplug.train.data_order import epoch_permutation
+from ganplug.train.distributed import World
+from ganplug.train.guard import DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
+from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, MetricsLog, SampleWriter, Sums
+from ganplug.train.progress import Progress, format_duration
+from ganplug.train.render import picture_kind
+from ganplug.train.step import AdversarialStep
+
+REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
+_CHUNK = 1024  # generator batch when drawing the fixed noise
+
+Hook = Callable[["Trainer", int], None]
+
+
+def fixed_noise(n: int, latent_dim: int, latent: str, seed: int) -> torch.Tensor:
+    """The noise of the sample pictures: ``(n, latent_dim)`` on CPU, from a generator seeded by
+    ``seed``; ``ganplug.generate.sample(G, n, seed=seed)`` draws the same."""
+    return draw_latent(n, latent_dim, latent, generator=torch.Generator().manual_seed(int(seed)))
+
+
+class _HookCallback(Callback):
+    """A plain function ``hook(trainer, step)`` called before step ``step``."""
+
+    def __init__(self, hook: Hook) -> None:
+        self.hook = hook
+
+    def on_step_start(self, trainer: "Trainer", step: int) -> None:
+        self.hook(trainer, step)
+
+
+class Trainer:
+    """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``.
+
+    ``callbacks`` (:class:`~ganplug.train.outputs.Callback`) follow the built-in outputs;
+    ``hooks`` are plain functions ``hook(trainer, step)`` called before step ``step`` (1-based).
+    ``stream`` receives the progress output (default stderr).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        run_dir: Path,
+        *,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        hooks: Sequence[Hook] = (),
+        callbacks: Sequence[Callback] = (),
+        world: World | None = None,
+    ) -> None:
+        self.run, self.config, self.world, self.device = run, run.config, world, run.device
+        self.is_main = world is None or world.is_main
+        self.run_dir = Path(run_dir)
+        self.quiet, self.stream = quiet, stream
+        self.stepper = AdversarialStep(run, world)
+        self.guard = StepGuard(self.stepper, self.config.on_nan, world)
+        self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
+        self.fixed_noise = fixed_noise(self.config.num_samples, run.latent_dim, run.latent, self.config.seed).to(self.device)
+        self.picture = picture_kind(run.data_shape)
+        self.real_plot, self.plot_box = self._plot_reference()
+        self.metrics = MetricsLog(self.run_dir, world, self.is_main)
+        self.samples = SampleWriter(self.run_dir, self.is_main)
+        self.checkpoints = CheckpointWriter(self.run_dir, self.is_main)
+        self.evaluator = Evaluator(self.config.eval_every, self.is_main)
+        self.callbacks: list[Callback] = [
+            *(_HookCallback(hook) for hook in hooks),
+            self.metrics, self.evaluator, self.samples, self.checkpoints, *callbacks,
+        ]
+        self.step = 0
+        self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
+        self.skipped_steps = 0
+        self.progress = Progress(0, quiet=True, stream=stream if stream is not None else io.StringIO())
+        self._session_start: float | None = None
+        self._step_sums = Sums()  # this step's values, merged into the metrics once finite
+        self._stop_agreed = False
+        self._weights_checked_at = -1
+
+    # -- what tests and hooks reach ----------------------------------------------------------------
+
+    G = property(lambda self: self.stepper.G)
+    D = property(lambda self: self.stepper.D)
+    ema = property(lambda self: self.stepper.ema)
+    opt_g = property(lambda self: self.stepper.opt_g)
+    opt_d = property(lambda self: self.stepper.opt_d)
+    order = property(lambda self: self.stepper.order)
+
+    @property
+    def loss(self) -> Any:
+        return self.stepper.loss
+
+    @loss.setter
+    def loss(self, value: Any) -> None:
+        self.stepper.loss = value
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.checkpoints.last
+
+    def elapsed(self) -> float:
+        """Training seconds of the whole run: earlier sessions and this one."""
+        now = time.perf_counter()
+        return self.elapsed_before + (now - self._session_start if self._session_start is not None else 0.0)
+
+    def sampling_model(self) -> nn.Module:
+        """What draws the pictures and is scored: the EMA generator, else G."""
+        return self.stepper.ema if self.stepper.ema is not None else self.stepper.G
+
+    def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None]:
+        """Real samples drawn under 1-D/2-D pictures and a fixed plot box around them."""
+        if self.picture not in ("points", "histogram"):
+            return None, None
+        dataset = self.run.dataset
+        count = min(len(dataset), REAL_PLOT_POINTS)
+        indices = epoch_permutation(len(dataset), self.config.seed, -1)[:count]  # private RNG, not epoch 0's
+        samples = self.order.samples
+        if samples is not None and isinstance(dataset, torch.utils.data.TensorDataset):
+            real = samples[indices.to(samples.device)]
+        else:
+            real = torch.stack([sample_of(dataset[int(i)]) for i in indices])
+        real = real.detach().to("cpu", torch.float32)
+        real = real.reshape(real.shape[0], -1)
+        lows, highs = real.min(dim=0).values, real.max(dim=0).values
+        span = (highs - lows).clamp_min(1e-3)
+        lows, highs = lows - 0.25 * span, highs + 0.25 * span
+        if self.picture == "histogram":
+            return real, (float(lows[0]), float(highs[0]))
+        side = float((highs - lows).max())
+        cx, cy = float((lows[0] + highs[0]) / 2), float((lows[1] + highs[1]) / 2)
+        return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2)
+
+    @torch.no_grad()
+    def generate_fixed(self) -> torch.Tensor:
+        """Samples of the fixed noise from :meth:`sampling_model`, in eval mode, ``(N, *data_shape)``."""
+        model = self.sampling_model()
+        was_training = model.training
+        model.eval()
+        try:
+            with self.stepper.autocast():
+                out = torch.cat([model(z) for z in self.fixed_noise.split(_CHUNK)])
+        finally:
+            model.train(was_training)
+        return out.float()
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint of the current step (see :mod:`ganplug.train.checkpoint` for keys)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "ganplug_version": __version__,
+            "config": self.config.to_dict(),
+            "model": self.run.model_info(),
+            "step": self.step,
+            "elapsed_s": self.elapsed(),
+            **self.stepper.state_dict(),
+            "rng": rng_state(self.device),
+            "fixed_noise": self.fixed_noise.detach().cpu(),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """Continue from checkpoint ``state`` (read from ``path``); call last: it restores the RNGs."""
+        try:
+            self.stepper.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GanplugError(
+                f"the checkpoint does not fit the models built from its config ({first[:200]}): "
+                "was the architecture's plugin changed? start a new run with --out"
+            ) from None
+        self.step = int(state["step"])
+        self.checkpoints.resumed(path, self.step)
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        noise = state["fixed_noise"]
+        if tuple(noise.shape) == tuple(self.fixed_noise.shape):
+            self.fixed_noise = noise.to(self.device)
+        set_rng_state(state["rng"], self.device)
+
+    def trim_metrics(self) -> None:
+        """Drop metrics lines past the current step (written after the checkpoint resumed from)."""
+        self.metrics.trim(self.step)
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def run_step(self) -> None:
+        """One guarded generator step: the step maths, then the non-finite check; counts it."""
+        self._step_sums.clear()
+        self.guard.begin()
+        self.signals.in_step = True
+        self.stepper.run_step(self.step, self._step_sums)
+        what, agreed = self.guard.check_step(self._step_sums, self.signals.requested)
+        self._stop_agreed = self._stop_agreed or agreed
+        if what is None:
+            self.metrics.sums.merge(self._step_sums)
+        else:
+            self._diverged(self.step + 1, what)
+        self.step += 1
+        self.signals.in_step = False
+
+    def ensure_finite_weights(self) -> None:
+        """Before a metrics line or a checkpoint: stop (``on_nan`` stop) if G's or D's weights
+        are not finite. With ``skip`` every step was checked already."""
+        if self.config.on_nan == "skip" or self._weights_checked_at == self.step:
+            return
+        what = self.guard.check_weights()
+        self._weights_checked_at = self.step
+        if what is not None:
+            self._stop_diverged(f"training diverged by step {self.step} ({what})")
+
+    def _diverged(self, step: int, what: str) -> None:
+        """Handle non-finite step ``step`` (not yet counted) per ``config.on_nan``."""
+        self._step_sums.clear()
+        if self.config.on_nan == "skip":
+            self.guard.restore_weights()
+            self.skipped_steps += 1
+            self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
+            return
+        self.signals.in_step = False
+        self._stop_diverged(f"training diverged at step {step} ({what})")
+
+    def _stop_diverged(self, cause: str) -> None:
+        self.metrics.flush(self)  # the good steps since the last metrics line
+        raise GanplugError(
+            f"{cause}: stopped without saving it; {self.checkpoints.describe_last()}; "
+            "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            self.progress.message("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)")
+        else:
+            self.progress.message(f"{signal_name(signum)}: finishing this step, then saving a checkpoint")
+
+    def fit(self) -> None:
+        """Train from the current step to ``config.steps``; see the module docstring for Ctrl-C."""
+        cfg = self.config
+        if self.step >= cfg.steps:
+            raise UsageError(
+                f"the run is already at step {self.step} of {cfg.steps}: pass --steps N with N > {self.step} to train further"
+            )
+        self.progress = Progress(cfg.steps, start=self.step, quiet=self.quiet, stream=self.stream)
+        self._session_start = time.perf_counter()
+        self.signals.reset()
+        self._stop_agreed = False
+        for callback in self.callbacks:
+            callback.on_run_start(self)
+        try:
+            with self.signals.installed():
+                try:
+                    while self.step < cfg.steps:
+                        if self._stop_agreed or (self.world is None and self.signals.requested):
+                            raise self.signals.exception()
+                        for callback in self.callbacks:
+                            callback.on_step_start(self, self.step + 1)
+                        self.run_step()
+                        self.signals.finishing = True
+                        self.progress.update(self.step)
+                        for callback in self.callbacks:
+                            callback.on_step_end(self, self.step)
+                        self.signals.finishing = False
+                except KeyboardInterrupt:
+                    self._interrupted()
+                    raise
+        finally:
+            self.progress.close()
+            for callback in self.callbacks:
+                callback.on_run_end(self)
+        where = f"samples {self.samples.dir / 'latest.png'}, " if self.picture is not None else ""
+        self.progress.message(
+            f"done: step {self.step} in {format_duration(self.elapsed())}; "
+            f"{where}checkpoint {self.checkpoints.dir / LATEST}"
+        )
+
+    def _interrupted(self) -> None:
+        """After a KeyboardInterrupt: save the last completed step if the state allows it."""
+        self.progress.close()
+        resume = f"ganplug train --resume {shlex.quote(str(self.run_dir))}"
+        if self.signals.in_step:
+            if self.stepper.changed:
+                last = self.checkpoints.last
+                where = f"the last checkpoint is {last} (step {self.checkpoints.last_step})" if last else "no checkpoint was written"
+                self.progress.message(
+                    f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: {where}"
+                    + (f"; continue with: {resume}" if last else "")
+                )
+                return
+            self.guard.rollback()
+            self.signals.in_step = False
+        self.signals.finishing = False
+        if self.step == 0:
+            self.progress.message("interrupted before the first step finished: nothing to save")
+            return
+        for callback in self.callbacks:
+            callback.on_interrupt(self)
+        self.progress.close()
+        by = "" if self.signals.signum == signal.SIGINT else f" by {signal_name(self.signals.signum)}"
+        self.progress.message(
+            f"interrupted{by}: step {self.step} saved in {self.checkpoints.dir / LATEST}; continue with: {resume}"
+        )
+
+
+__all__ = ["Callback", "Hook", "Trainer", "fixed_noise"]

@@ -1,0 +1,342 @@
+"""What a run writes: metrics.jsonl, evaluations, sample pictures, checkpoints.
+
+Each writer is a callback of the loop (:mod:`ganplug.train.loop`): ``on_step_end`` writes when
+the step is due, ``on_interrupt`` saves what an interrupted run must not lose. Rank 0 alone
+writes files. Files in the run directory::
+
+    metrics.jsonl                      one JSON object per log_every steps; with eval_every > 0 also
+                                       {"step": s, "eval": {metric: {key: value}}} every eval_every steps
+    samples/step_000500.png, latest.png
+    checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ganplug.errors import GanplugError
+from ganplug.train.checkpoint import CHECKPOINTS, LATEST, atomic_write_bytes, step_checkpoint_name, write_run_checkpoint
+from ganplug.train.distributed import World, all_reduce_sum
+from ganplug.train.render import picture_kind, render, save_png
+
+if TYPE_CHECKING:
+    from ganplug.train.loop import Trainer
+
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+
+
+def format_number(value: Any) -> str:
+    """A number for people: integral values as integers, others with 4 significant digits."""
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: non-finite values are written as null."""
+    return value if math.isfinite(value) else None
+
+
+class Sums:
+    """Running sums of 0-d tensors on the device (no host read until :meth:`means`)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: Any) -> None:
+        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        value = value.mean() if value.dim() else value
+        if key in self.sums:
+            self.sums[key] = self.sums[key] + value.to(self.sums[key].device)
+            self.counts[key] += 1
+        else:
+            self.sums[key] = value
+            self.counts[key] = 1
+
+    def add_all(self, stats: dict[str, Any] | None, prefix: str = "") -> None:
+        for key, value in (stats or {}).items():
+            self.add(prefix + key, value)
+
+    def merge(self, other: "Sums") -> None:
+        """Add ``other``'s sums and counts into these, and clear ``other``."""
+        for key, value in other.sums.items():
+            if key in self.sums:
+                self.sums[key] = self.sums[key] + value.to(self.sums[key].device)
+                self.counts[key] += other.counts[key]
+            else:
+                self.sums[key], self.counts[key] = value, other.counts[key]
+        other.clear()
+
+    def means(self, world: World | None = None) -> dict[str, float]:
+        """The means; with ``world``, averaged over the ranks too (every rank must call it)."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        device = self.sums[keys[0]].device
+        stacked = torch.stack([self.sums[k].to(device) for k in keys])
+        ranks = 1
+        if world is not None:  # every rank has the same keys and counts
+            stacked, ranks = all_reduce_sum(world, stacked), world.world_size
+        values = stacked.tolist()  # one host read
+        return {k: v / (self.counts[k] * ranks) for k, v in zip(keys, values)}
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def due(step: int, steps: int, every: int) -> bool:
+    """Whether an output written every ``every`` steps (0: only at the end) is due after ``step``."""
+    return step >= steps or (every > 0 and step % every == 0)
+
+
+class Callback:
+    """The loop's callback protocol; every method does nothing here. ``trainer`` is the
+    :class:`~ganplug.train.loop.Trainer`; ``step`` counts generator steps from 1."""
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        """Before the first step of a session (a resumed run starts a new session)."""
+
+    def on_step_start(self, trainer: "Trainer", step: int) -> None:
+        """Before step ``step``; raising here leaves the state of step ``step - 1``."""
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        """After step ``step`` is done and counted (``trainer.step == step``)."""
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        """A Ctrl-C or SIGTERM stops the run at ``trainer.step``, a completed step."""
+
+    def on_run_end(self, trainer: "Trainer") -> None:
+        """The session ended: done, interrupted or failed."""
+
+
+class MetricsLog(Callback):
+    """metrics.jsonl: every ``log_every`` steps the means of the losses and stats since the last
+    line, the training speed, the elapsed time; also the progress output."""
+
+    def __init__(self, run_dir: Path, world: World | None, writes: bool) -> None:
+        self.path = Path(run_dir) / METRICS
+        self.world, self.writes = world, writes
+        self.sums = Sums()
+        self.window_steps = 0
+        self.window_start = 0.0
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        self.sums.clear()
+        self.window_steps, self.window_start = 0, time.perf_counter()
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        self.window_steps += 1
+        if due(step, trainer.config.steps, trainer.config.log_every):
+            trainer.ensure_finite_weights()
+            self.write(trainer)
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        self.flush(trainer)
+
+    def flush(self, trainer: "Trainer") -> None:
+        """The steps since the last line, so metrics.jsonl reaches the current step."""
+        if self.window_steps > 0:
+            self.write(trainer)
+
+    def pause(self, seconds: float) -> None:
+        """Keep ``seconds`` (an evaluation) out of samples_per_s."""
+        self.window_start += seconds
+
+    def write(self, trainer: "Trainer") -> dict[str, Any]:
+        """Append the means since the last line; GanplugError (``stop``) if a loss is not finite."""
+        cfg = trainer.config
+        now = time.perf_counter()
+        means = self.sums.means(self.world)
+        self.sums.clear()
+        record: dict[str, Any] = {"step": trainer.step}
+        record["d_loss"] = means.pop("d_loss", float("nan"))
+        record["g_loss"] = means.pop("g_loss", float("nan"))
+        for key, value in means.items():
+            record.setdefault(key, value)
+        seconds = max(now - self.window_start, 1e-9)
+        record["samples_per_s"] = round(self.window_steps * cfg.n_critic * cfg.batch_size / seconds, 1)
+        record["elapsed_s"] = round(trainer.elapsed(), 3)
+        if cfg.on_nan == "skip":
+            record["skipped_steps"] = trainer.skipped_steps
+        if cfg.lr_decay != "none":  # the generator's lr of the last step done
+            record["lr_g"] = float(trainer.stepper.opt_g.param_groups[0]["lr"])
+        self.window_start, self.window_steps = now, 0
+        if self.writes:
+            line = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+        trainer.progress.log(record)
+        bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(record[k])]
+        if bad and cfg.on_nan == "stop":  # with "skip", a window of skipped steps only has no losses
+            raise GanplugError(
+                f"training diverged at step {trainer.step} ({bad[0]} is {record[bad[0]]}): lower --lr-d/--lr-g "
+                "or change the loss; the last checkpoint is unaffected"
+            )
+        return record
+
+    def trim(self, step: int) -> None:
+        """Drop lines past ``step`` (written after the checkpoint a run resumes from)."""
+        if not self.writes or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["step"]) > step:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue
+            kept.append(line + "\n")
+        atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))
+
+    def append_eval(self, step: int, results: dict[str, dict[str, float]]) -> None:
+        line = {"step": step, "eval": {
+            name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
+        }}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+class Evaluator(Callback):
+    """Every ``eval_every`` steps (rank 0): the dataset's metrics on the EMA generator (else G),
+    in eval mode and without grad, on noise of a private generator seeded with the run's seed;
+    the training RNGs are restored after it, so a run's weights do not depend on ``eval_every``.
+    A metric refusing the samples (GanplugError, e.g. NaN) is a warning; the run goes on."""
+
+    def __init__(self, every: int, writes: bool) -> None:
+        self.every, self.writes = every, writes
+        self._metrics: list[Any] | None = None  # built on the first evaluation
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        if self.every > 0 and step % self.every == 0:
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer: "Trainer") -> dict[str, dict[str, float]] | None:
+        if not self.writes:
+            return None
+        from ganplug.metrics import prepare_metrics, score_generator
+        from ganplug.train.guard import rng_state, set_rng_state
+
+        run, cfg = trainer.run, trainer.config
+        model = trainer.sampling_model()
+        was_training = model.training
+        rng = rng_state(trainer.device)
+        started = time.perf_counter()
+        model.eval()
+        try:
+            if self._metrics is None:
+                self._metrics, skipped = prepare_metrics(run.dataset_spec.name)
+                for name, why in skipped.items():
+                    trainer.progress.message(f"note: metric {name} skipped: {why}")
+            with torch.no_grad(), trainer.stepper.autocast():
+                results = score_generator(
+                    model, self._metrics, latent_dim=run.latent_dim, latent=run.latent,
+                    dataset=run.dataset_spec.name, dataset_options=dict(cfg.data_options), seed=cfg.seed,
+                )
+        except GanplugError as error:
+            trainer.progress.message(f"warning: step {trainer.step}: evaluation failed: {error}")
+            return None
+        finally:
+            model.train(was_training)
+            set_rng_state(rng, trainer.device)
+            trainer.metrics.pause(time.perf_counter() - started)
+        trainer.metrics.append_eval(trainer.step, results)
+        if not trainer.quiet:
+            parts = [
+                f"{name}: " + " ".join(f"{k} {format_number(float(v))}" for k, v in values.items())
+                for name, values in results.items()
+            ]
+            trainer.progress.message(f"eval step {trainer.step}: " + "; ".join(parts))
+        return results
+
+
+class SampleWriter(Callback):
+    """``samples/step_NNNNNN.png`` and ``samples/latest.png`` every ``sample_every`` steps and at
+    the end (rank 0; nothing for shapes without a picture)."""
+
+    def __init__(self, run_dir: Path, writes: bool) -> None:
+        self.dir = Path(run_dir) / SAMPLES
+        self.writes = writes
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        if due(step, trainer.config.steps, trainer.config.sample_every):
+            self.write(trainer)
+
+    def write(self, trainer: "Trainer") -> Path | None:
+        if trainer.picture is None or not self.writes:
+            return None
+        image = render(
+            trainer.generate_fixed(), value_range=trainer.run.value_range,
+            real=trainer.real_plot, box=trainer.plot_box,
+        )
+        path = self.dir / f"step_{trainer.step:06d}.png"
+        save_png(image, path, self.dir / "latest.png")
+        return path
+
+
+class CheckpointWriter(Callback):
+    """``checkpoints/step_NNNNNN.pt`` and ``latest.pt`` every ``checkpoint_every`` steps, at the
+    end and on an interrupt (rank 0 writes; the others only track the step)."""
+
+    def __init__(self, run_dir: Path, writes: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / CHECKPOINTS
+        self.writes = writes
+        self.last: Path | None = None
+        self.last_step = -1
+        self.resumed_step: int | None = None  # set on resume until the next checkpoint
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        if due(step, trainer.config.steps, trainer.config.checkpoint_every):
+            self.write(trainer)
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        self.write(trainer)
+
+    def resumed(self, path: Path, step: int) -> None:
+        self.last, self.last_step = path, step
+        self.resumed_step = step
+
+    def describe_last(self) -> str:
+        """Where the last checkpoint is, for a message."""
+        if self.last is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint {self.last} (step {self.last_step}) is kept"
+
+    def write(self, trainer: "Trainer") -> Path:
+        """The checkpoint of ``trainer.step`` (once per step)."""
+        step = trainer.step
+        path = self.dir / step_checkpoint_name(step)
+        if self.last_step == step:
+            return path
+        trainer.ensure_finite_weights()  # never a checkpoint of non-finite weights
+        if self.writes:
+            try:
+                write_run_checkpoint(trainer.state_dict(), self.dir, step, stale_after=self.resumed_step)
+            except OSError as error:
+                reason = error.strerror or str(error)
+                kept = (
+                    f"{self.dir / LATEST} (step {self.last_step}) is intact"
+                    if self.last is not None else "no earlier checkpoint exists"
+                )
+                raise GanplugError(
+                    f"could not write checkpoint {path} at step {step}: {reason}; {kept}: "
+                    f"free space and --resume {self.run_dir}"
+                ) from None
+        self.last, self.last_step = path, step
+        self.resumed_step = None
+        return path
+
+
+__all__ = [
+    "Callback", "CheckpointWriter", "Evaluator", "METRICS", "MetricsLog", "SAMPLES",
+    "SampleWriter", "Sums", "due", "finite_or_none", "format_number",
+]

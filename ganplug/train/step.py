@@ -1,0 +1,235 @@
+"""The maths of one training step: critic and generator updates, the EMA, the learning rates.
+
+One *step* is one generator update: ``n_critic`` critic updates (each on a fresh real batch and
+``G(z)`` of fresh noise, without gradients into G; then ``loss.after_critic_step(D)``), then one
+generator update with D's parameters frozen. With ``n_critic`` = 1 the generator update reuses the
+critic update's noise and ``G(z)`` (its graph kept; D sees it detached), as the PyTorch DCGAN
+example does: one G forward less per step, and the same gradient as a fresh forward of that noise,
+since G does not change in between. With ``n_critic`` > 1 the generator update draws fresh noise.
+
+EMA (``ema`` > 0): a copy of G follows ``ema_p <- d * ema_p + (1 - d) * p`` after each generator
+update, with the warmed-up decay ``d = min(decay, (1 + t) / (10 + t))`` at generator step ``t``
+(:func:`ema_decay`; buffers copied).
+
+Learning rates (``lr_decay``): with ``linear`` both optimisers use ``base_lr * (1 - t / steps)``
+throughout generator step ``t`` (0-based; its critic updates too), from the config alone
+(:func:`lr_factor`), so a resume needs no saved schedule.
+
+PacGAN (``pack`` = M > 1): the losses get :class:`~ganplug.train.build.PackedCritic` as the
+critic; ``after_critic_step`` still gets D itself.
+
+Nothing here reads a value back to the host: the losses and stats stay 0-d tensors on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ganplug.errors import UsageError
+from ganplug.train.build import PackedCritic, Run, draw_latent
+from ganplug.train.data_order import BatchOrder
+from ganplug.train.distributed import World, average_gradients
+from ganplug.train.outputs import Sums
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The EMA decay at generator step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``.
+
+    Without the warm-up the average keeps ``decay ** steps`` of the initial weights (5 % after
+    3000 steps at 0.999), which biases short runs; with it the first steps are followed closely.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The learning-rate multiplier at generator step ``step`` (0-based) of a run of ``steps``:
+    1 for ``none``; ``1 - step / steps`` for ``linear`` (1 at the first step, ``1 / steps`` at the
+    last, reaching 0 only after the run). A pure function, so a resume needs no saved schedule."""
+    if schedule == "none":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - step / steps
+    raise UsageError(f"lr_decay must be none or linear, got {schedule!r}: pass --lr-decay linear (or none)")
+
+
+def _fast_flags(name: str, device: torch.device) -> dict[str, bool]:
+    """The fastest implementation torch has for optimiser ``name`` on ``device``: the fused
+    kernel for Adam on CPU and CUDA (one pass over all parameters), the multi-tensor
+    ``foreach`` path otherwise. Each gives the same update as the single-tensor loop up to
+    rounding and is deterministic, so exact resume holds."""
+    if name == "adam" and device.type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def make_optimizer(
+    name: str, parameters: Sequence[nn.Parameter], lr: float, betas: Sequence[float], device: torch.device | str = "cpu"
+) -> torch.optim.Optimizer:
+    """``adam`` (lr, betas) or ``rmsprop`` (lr) over ``parameters``, in torch's fastest
+    implementation for ``device`` (see :func:`use_fast_implementation`)."""
+    flags = _fast_flags(name, torch.device(device))
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=(float(betas[0]), float(betas[1])), **flags)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, **flags)
+    raise UsageError(f"optimizer must be adam or rmsprop, got {name!r}")
+
+
+def use_fast_implementation(optimizer: torch.optim.Optimizer, name: str, device: torch.device) -> None:
+    """Set the implementation flags again after ``load_state_dict``, which copies them from the
+    checkpoint (older checkpoints hold the single-tensor path's ``fused=None, foreach=None``)."""
+    flags = _fast_flags(name, device)
+    for group in optimizer.param_groups:
+        group["fused"] = flags.get("fused")
+        group["foreach"] = flags.get("foreach")
+
+
+def new_ema(generator: nn.Module) -> nn.Module:
+    """A frozen copy of ``generator`` in eval mode: the start of its moving average."""
+    ema = copy.deepcopy(generator).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+class AdversarialStep:
+    """The models, optimisers, EMA and batch order of a run, and :meth:`run`, one generator step.
+
+    ``changed`` is False from the start of :meth:`run` until the first optimiser step changes a
+    parameter (until then an interrupted step can be rolled back).
+    """
+
+    def __init__(self, run: Run, world: World | None = None) -> None:
+        cfg = run.config
+        self.run, self.config, self.world, self.device = run, cfg, world, run.device
+        self.G, self.D, self.loss = run.generator, run.discriminator, run.loss
+        self.critic = PackedCritic(self.D, cfg.pack) if cfg.pack > 1 else self.D  # what the losses call
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
+        self.opt_g = make_optimizer(cfg.optimizer, trainable(self.G), cfg.lr_g, cfg.betas, self.device)
+        self.opt_d = make_optimizer(cfg.optimizer, trainable(self.D), cfg.lr_d, cfg.betas, self.device)
+        self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
+        self.shard = world.shard(cfg.batch_size) if world is not None else None
+        self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self.shard)
+        self.changed = False
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Models, EMA, optimisers and the data position (checkpoint keys)."""
+        return {
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "data_order": self.order.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`state_dict`; a checkpoint without EMA starts the EMA from G."""
+        self.G.load_state_dict(state["generator"])
+        self.D.load_state_dict(state["discriminator"])
+        for optimizer, key in ((self.opt_g, "optimizer_g"), (self.opt_d, "optimizer_d")):
+            optimizer.load_state_dict(state[key])
+            use_fast_implementation(optimizer, self.config.optimizer, self.device)
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                self.ema = new_ema(self.G)
+        self.order.load_state_dict(state["data_order"])
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast with ``amp`` on CUDA, else nothing."""
+        if self.config.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batch_noise(self) -> torch.Tensor:
+        """Noise of a step ``(B_rank, latent_dim)``: the global batch's, drawn whole so every
+        rank's RNG moves alike, and this rank's slice of it."""
+        z = draw_latent(self.config.batch_size, self.run.latent_dim, self.run.latent, device=self.device)
+        return z[self.shard[0] : self.shard[1]] if self.shard is not None else z
+
+    def set_learning_rates(self, step: int) -> None:
+        """Both optimisers' learning rates for generator step ``step`` (0-based) from the config
+        alone; with ``lr_decay`` none they are never touched."""
+        cfg = self.config
+        if cfg.lr_decay == "none":
+            return
+        factor = lr_factor(cfg.lr_decay, step, cfg.steps)
+        for optimizer, base in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
+    def run_step(self, step: int, sums: Sums) -> None:
+        """Generator step ``step`` (0-based): the learning rates, ``n_critic`` critic updates, one
+        generator update, the EMA. ``sums`` receives ``d_loss`` (per critic update), the critic
+        stats, ``g_loss`` and the generator stats (``g_``-prefixed), all as device tensors."""
+        cfg = self.config
+        self.changed = False
+        self.set_learning_rates(step)
+        G, D, critic, loss = self.G, self.D, self.critic, self.loss
+        reuse = cfg.n_critic == 1
+        fake = None
+        for _ in range(cfg.n_critic):
+            real = self.order.next_batch()
+            z = self.batch_noise()
+            with self.autocast():
+                if reuse:
+                    fake = G(z)
+                    d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
+                else:
+                    with torch.no_grad():
+                        d_fake = G(z)
+                    d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            average_gradients(self.world, self.opt_d.param_groups[0]["params"])
+            self.changed = True
+            self.opt_d.step()
+            loss.after_critic_step(D)
+            sums.add("d_loss", d_loss)
+            sums.add_all(d_stats)
+        D.requires_grad_(False)
+        try:
+            with self.autocast():
+                if fake is None:
+                    fake = G(self.batch_noise())
+                g_loss, g_stats = loss.generator_loss(critic, fake)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            average_gradients(self.world, self.opt_g.param_groups[0]["params"])
+            self.opt_g.step()
+        finally:
+            D.requires_grad_(True)
+        sums.add("g_loss", g_loss)
+        sums.add_all(g_stats, prefix="g_")
+        if self.ema is not None:
+            self.update_ema(step)
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """``ema_p <- d * ema_p + (1 - d) * p`` at generator step ``step``; buffers copied."""
+        assert self.ema is not None
+        weight = 1.0 - ema_decay(self.config.ema, step)
+        ema_params = [p for p in self.ema.parameters() if p.is_floating_point()]
+        params = [p.detach() for p in self.G.parameters() if p.is_floating_point()]
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, weight)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.G.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def zero_grad(self) -> None:
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(True)
+
+
+__all__ = ["AdversarialStep", "ema_decay", "lr_factor", "make_optimizer", "new_ema", "use_fast_implementation"]
