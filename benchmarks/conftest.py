@@ -28,6 +28,7 @@ DEFAULT_MAX_TIME = 0.25
 DEFAULT_MIN_ROUNDS = 5
 
 _timings_key = pytest.StashKey[dict]()
+_steps_key = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +61,7 @@ def _given(config: pytest.Config, flag: str) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark builds its session from the options
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_timings_key] = {}
+    config.stash[_steps_key] = {}
     threads = config.getoption("--torch-threads", None)
     if threads:
         torch.set_num_threads(threads)
@@ -95,6 +97,59 @@ def bench(benchmark, request: pytest.FixtureRequest) -> Callable[[str, str, Call
             }
 
     return run
+
+
+class StepBench:
+    """step_bench(group, impl, fn, samples): time one training step ``fn()`` (``samples`` real
+    samples seen by the critic) under ``group`` for the step table; ``refuse(group, impl, why)``
+    records why an implementation cannot run, so the table says so instead of leaving a gap."""
+
+    def __init__(self, benchmark, store: dict) -> None:
+        self.benchmark, self.store = benchmark, store
+
+    def __call__(self, group: str, impl: str, fn: Callable[[], object], samples: int) -> None:
+        self.benchmark.group = group
+        self.benchmark.extra_info["impl"] = impl
+        self.benchmark(fn)
+        stats = getattr(self.benchmark.stats, "stats", None)  # None under --benchmark-disable
+        if stats is not None:
+            self.store[(group, impl)] = {"median": stats.median, "min": stats.min, "mean": stats.mean, "samples": samples}
+
+    def refuse(self, group: str, impl: str, why: str) -> None:
+        self.store[(group, impl)] = {"refused": why}
+
+
+@pytest.fixture
+def step_bench(benchmark, request: pytest.FixtureRequest) -> StepBench:
+    return StepBench(benchmark, request.config.stash[_steps_key])
+
+
+def step_table(timings: dict, stat: str) -> list[str]:
+    """Markdown rows: per group the step time (`stat`) and samples/s of ganplug, plain and compile,
+    and plain/ganplug, compile/ganplug (> 1 means ganplug's step is faster); refusals as notes."""
+    groups: dict[str, dict[str, dict]] = {}
+    for (group, impl), s in timings.items():
+        groups.setdefault(group, {})[impl] = s
+    lines = [
+        "| case \\| threads \\| device | ganplug | plain | compile | ganplug samples/s | plain/ganplug | compile/ganplug |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes: list[str] = []
+    for group, t in groups.items():
+        def get(impl: str) -> float | None:
+            return t[impl].get(stat) if impl in t else None
+
+        g = get("ganplug")
+        rate = f"{t['ganplug']['samples'] / g:.0f}" if g else "-"
+        compile_cell = _fmt_time(get("compile"))
+        if "refused" in t.get("compile", {}):
+            compile_cell = "refused¹"
+            notes.append(f"¹ {t['compile']['refused']}")
+        lines.append(
+            f"| {group.replace('|', chr(92) + '|')} | {_fmt_time(g)} | {_fmt_time(get('plain'))} | {compile_cell} | {rate} "
+            f"| {_fmt_ratio(get('plain'), g)} | {_fmt_ratio(get('compile'), g)} |"
+        )
+    return lines + ([""] + sorted(set(notes)) if notes else [])
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -138,14 +193,14 @@ def ratio_table(timings: dict, stat: str) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    timings = config.stash.get(_timings_key, {})
-    if not timings:
+    kernels, steps = config.stash.get(_timings_key, {}), config.stash.get(_steps_key, {})
+    if not kernels and not steps:
         return
     stat = config.getoption("--ratio-stat")
     from ganplug.ops import backend
 
     header = [
-        "# ganplug kernel benchmarks: fused vs eager vs torch.compile",
+        "# ganplug benchmarks: fused ops vs eager vs torch.compile; training steps vs the plain loop",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
@@ -153,17 +208,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         f"- backends: cpu={backend('cpu')}"
         + (f", cuda={backend('cuda')} ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
-        f"- statistic: {stat} per benchmark (times and ratios); ratios are other/fused, so > 1 means the fused op is faster",
+        f"- statistic: {stat} per benchmark (times and ratios); ratios are other/ganplug, so > 1 means ganplug is faster",
         "",
     ]
-    lines = header + ratio_table(timings, stat)
-    terminalreporter.write_sep("=", f"ganplug ratios ({stat}; >1x = fused faster)")
-    for line in lines[len(header):]:
-        terminalreporter.write_line(line)
+    body: list[str] = []
+    if kernels:
+        table = ratio_table(kernels, stat)
+        terminalreporter.write_sep("=", f"ganplug kernel ratios ({stat}; >1x = fused faster)")
+        for line in table:
+            terminalreporter.write_line(line)
+        body += ["## Kernels", ""] + table + [""]
+    if steps:
+        table = step_table(steps, stat)
+        terminalreporter.write_sep("=", f"ganplug step ratios ({stat}; >1x = ganplug faster)")
+        for line in table:
+            terminalreporter.write_line(line)
+        body += ["## Training steps (one generator step with its critic steps)", ""] + table + [""]
     try:
         out = Path(config.getoption("--ratio-out"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n")
-        terminalreporter.write_line(f"ratio table written to {out}")
+        out.write_text("\n".join(header + body))
+        terminalreporter.write_line(f"ratio tables written to {out}")
     except OSError as exc:  # a read-only checkout must not fail the run
         terminalreporter.write_line(f"could not write the ratio table: {exc}")
