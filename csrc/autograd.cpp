@@ -462,9 +462,10 @@ class LinearLeakyRelu : public torch::autograd::Function<LinearLeakyRelu> {
     } else {
       grad_pre = LeakyReluBackward::apply(grads[0], output, slope);
     }
-    // The weight gradient as (input^T grad_pre)^T, the layout torch's linear produces (and MKL's faster one).
+    // The weight gradient grad_pre^T input is contiguous like the weight, as torch's linear gives
+    // it: a transposed one would be copied again by autograd's gradient accumulation.
     return {ctx->needs_input_grad(0) ? grad_pre.mm(weight) : at::Tensor(),
-            ctx->needs_input_grad(1) ? input.t().mm(grad_pre).t() : at::Tensor(), grad_bias, at::Tensor()};
+            ctx->needs_input_grad(1) ? grad_pre.t().mm(input) : at::Tensor(), grad_bias, at::Tensor()};
   }
 };
 

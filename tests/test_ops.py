@@ -479,3 +479,13 @@ def test_fused_module_repr_and_defaults():
 def test_fused_module_rejects_negative_slope():
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
         FusedLinearLeakyReLU(3, 2, negative_slope=-0.1)
+
+
+def test_fused_module_weight_gradient_has_the_weights_layout(device):
+    """Like torch's linear, the weight gradient is contiguous as the weight is, so autograd's
+    accumulation into ``.grad`` takes it as it is instead of copying it into that layout."""
+    fused = FusedLinearLeakyReLU(32, 16, negative_slope=0.2, device=device)
+    fused(torch.randn(8, 32, device=device)).sum().backward()
+    assert fused.weight.grad.stride() == fused.weight.stride() == (32, 1)
+    (grad,) = torch.autograd.grad(fused(torch.randn(8, 32, device=device)).sum(), fused.weight)
+    assert grad.is_contiguous()

@@ -2,7 +2,7 @@
 
 G: z (N, latent_dim) -> 256 -> 512 -> 1024 -> (N, *data_shape), tanh when bounded.
 D: x (N, *data_shape) -> flatten -> 256 -> 128 -> 64 -> logits (N,), dropout after each hidden
-layer. Works for any data shape (vectors and images alike).
+layer, then a linear projection. Works for any data shape (vectors and images alike).
 
 ``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution.
 A ReLU-type MLP resolves structure finer than about 1/10 of its input's range only slowly, so
@@ -54,8 +54,8 @@ class MLPGenerator(nn.Sequential):
 
 class MLPDiscriminator(nn.Sequential):
     """(N, *data_shape) -> logits (N,): flatten, times ``input_scale`` (when not 1), fused
-    linear+LeakyReLU hidden layers each followed by dropout, then a fused linear projection to
-    one logit (negative_slope=1.0: no activation)."""
+    linear+LeakyReLU hidden layers each followed by dropout, then a linear projection to one
+    logit (plain nn.Linear: with no activation the fused op has nothing to fuse and is slower)."""
 
     def __init__(
         self, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, dropout: float, input_scale: float = 1.0
@@ -65,7 +65,7 @@ class MLPDiscriminator(nn.Sequential):
         for width in widths:
             layers += [FusedLinearLeakyReLU(prev, width, negative_slope=slope), nn.Dropout(dropout)]
             prev = width
-        layers += [FusedLinearLeakyReLU(prev, 1, negative_slope=1.0), nn.Flatten(0)]
+        layers += [nn.Linear(prev, 1), nn.Flatten(0)]
         super().__init__(*layers)
         self.input_scale = float(input_scale)  # not a layer: state dicts do not depend on it
 
