@@ -79,7 +79,7 @@ class Scale(nn.Module):
 def plain_twin(model: nn.Sequential) -> nn.Sequential:
     """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
     Conv2d carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (none at slope 1),
-    everything else is copied; an mlp critic's ``input_scale`` becomes a first layer."""
+    ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's ``input_scale`` becomes a first layer."""
     layers: list[nn.Module] = []
     scale = float(getattr(model, "input_scale", 1.0))
     if scale != 1.0:
@@ -93,6 +93,9 @@ def plain_twin(model: nn.Sequential) -> nn.Sequential:
                 layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                 bias=layer.bias is not None,
             ))
+        elif isinstance(layer, nn.Dropout):
+            layers.append(nn.Dropout(layer.p))
+            continue
         else:
             layers.append(copy.deepcopy(layer))
             continue

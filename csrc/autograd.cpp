@@ -484,6 +484,26 @@ std::tuple<at::Tensor, at::Tensor> leaky_relu_bias_backward_autograd(const at::T
   return {out[0], out[1]};
 }
 
+// The mask depends only on (seed, index), so the backward is the same op on the gradient: linear,
+// self-adjoint, and differentiable to any order.
+class Dropout : public torch::autograd::Function<Dropout> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, double p, int64_t seed) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, double, int64_t)>("ganplug::dropout");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["seed"] = seed;
+    return op.call(input, p, seed);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor grad = Dropout::apply(grads[0], ctx->saved_data["p"].toDouble(), ctx->saved_data["seed"].toInt());
+    return {grad, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor dropout_autograd(const at::Tensor& input, double p, int64_t seed) { return Dropout::apply(input, p, seed); }
+
 // --- registration ---------------------------------------------------------------------------
 
 at::Tensor bce_loss_backward_autograd(const at::Tensor& grad, const at::Tensor& logits, const OptTensor& target,
@@ -540,6 +560,7 @@ TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
   m.impl("wasserstein_generator_loss", &wasserstein_generator_loss_autograd);
   m.impl("gradient_penalty", &gradient_penalty_autograd);
   m.impl("gradient_penalty_backward", &gradient_penalty_backward_autograd);
+  m.impl("dropout", &dropout_autograd);
 }
 
 }  // namespace ganplug

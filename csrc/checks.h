@@ -89,4 +89,9 @@ inline void check_leaky_backward(const at::Tensor& grad_output, const at::Tensor
               grad_output.sizes(), " but output has shape ", output.sizes());
 }
 
+inline void check_dropout(const at::Tensor& input, double p) {
+  check_floating(input, "dropout", "input");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
+}
+
 }  // namespace ganplug

@@ -29,6 +29,10 @@ TORCH_LIBRARY(ganplug, m) {
   // mean_i (||g_i||_2 - target)^2, g of shape (B, ...), norms over all but the first dim.
   m.def("gradient_penalty(Tensor gradients, float target) -> Tensor");
   m.def("gradient_penalty_backward(Tensor grad, Tensor gradients, float target) -> Tensor");
+
+  // y = x * (keep ? 1 / (1 - p) : 0), 0 <= p < 1, keep hashed from (seed, row-major index i) as
+  // in dropout_mask.h: the same seed gives the same mask on every device and thread count.
+  m.def("dropout(Tensor input, float p, int seed) -> Tensor");
 }
 
 // `import ganplug._C` loads this library, which runs the registrations above.

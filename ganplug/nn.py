@@ -34,3 +34,14 @@ class FusedLinearLeakyReLU(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout on the fused op (ganplug.ops.dropout): the same distribution, arguments and
+    (empty) state dict, with a mask hashed from a seed instead of drawn and stored per element."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.dropout(input, self.p, self.training)

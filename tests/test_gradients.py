@@ -240,6 +240,7 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("wasserstein_generator_loss", (t(4, 2),)),
         ("gradient_penalty", (t(4, 3, away=True), 1.0)),
         ("gradient_penalty_backward", (scalar(1.5), t(4, 3, away=True), 0.5)),
+        ("dropout", (t(5, 3), 0.3, 12345)),
     ]
 
 
@@ -251,7 +252,7 @@ def test_opcheck_covers_every_operator():
         "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bce_loss",
         "bce_loss_backward", "bce_loss_and_grad", "discriminator_bce", "discriminator_bce_backward",
         "discriminator_bce_and_grad", "wasserstein_critic_loss", "wasserstein_generator_loss",
-        "gradient_penalty", "gradient_penalty_backward",
+        "gradient_penalty", "gradient_penalty_backward", "dropout",
     }
     assert set(OPCHECK_IDS) == registered
 

@@ -17,7 +17,7 @@ import math
 from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
-from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.nn import Dropout, FusedLinearLeakyReLU
 from ganplug.plugin import ModelContext
 
 
@@ -63,7 +63,7 @@ class MLPDiscriminator(nn.Sequential):
         layers: list[nn.Module] = [nn.Flatten()]
         prev = math.prod(data_shape)
         for width in widths:
-            layers += [FusedLinearLeakyReLU(prev, width, negative_slope=slope), nn.Dropout(dropout)]
+            layers += [FusedLinearLeakyReLU(prev, width, negative_slope=slope), Dropout(dropout)]
             prev = width
         layers += [nn.Linear(prev, 1), nn.Flatten(0)]
         super().__init__(*layers)

@@ -28,6 +28,7 @@ __all__ = [
     "wasserstein_critic_loss",
     "wasserstein_generator_loss",
     "gradient_penalty",
+    "dropout",
     "reference",
 ]
 
@@ -259,3 +260,32 @@ def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tens
     if not _use_kernels(gradients):
         return reference.gradient_penalty(gradients, target)
     return torch.ops.ganplug.gradient_penalty(gradients, float(target))
+
+
+def _draw_seed() -> int:
+    """A 63-bit seed from torch's default CPU generator: one draw, saved and restored with it."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """F.dropout(input, p, training): each element zeroed with probability p, the rest scaled by
+    1 / (1 - p); input of any shape, returns its shape.
+
+    The mask is a hash of a seed and each element's index (csrc/dropout_mask.h), not a stored
+    tensor: the backward recomputes it, and it is the same on every device and thread count. The
+    seed is one draw from torch's default CPU generator per call (also for CUDA inputs), so a run
+    seeded with torch.manual_seed repeats, and resumes, exactly.
+    """
+    if not training or p == 0:
+        return input
+    if type(p) is float and 0.0 < p < 1.0 and _fast(input):
+        return torch.ops.ganplug.dropout(input, p, _draw_seed())
+    _check_tensor("dropout", "input", input)
+    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+    if p == 1:
+        return input * 0.0
+    seed = _draw_seed()
+    if input.numel() == 0 or not _use_kernels(input):
+        return reference.dropout(input, float(p), seed)
+    return torch.ops.ganplug.dropout(input, float(p), seed)

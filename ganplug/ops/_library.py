@@ -60,3 +60,8 @@ def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake
 @torch.library.register_fake("ganplug::gradient_penalty_backward")
 def _(grad, gradients, target):
     return gradients.new_empty(gradients.shape)
+
+
+@torch.library.register_fake("ganplug::dropout")
+def _(input, p, seed):
+    return input.new_empty(input.shape)

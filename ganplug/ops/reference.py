@@ -7,6 +7,8 @@ as the kernels do. Every function here is differentiable to any order.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -75,3 +77,43 @@ def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tens
     """mean_i (||g_i||_2 - target)^2 for gradients (B, ...), norms over all but the batch dim."""
     g = gradients.to(_compute_dtype(gradients)).reshape(gradients.shape[0], -1)
     return ((g.norm(2, dim=1) - target) ** 2).mean().to(gradients.dtype)
+
+
+# --- dropout: the mask hash of csrc/dropout_mask.h, in int64 arithmetic ----------------------
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c, without int64 overflow."""
+    return ((((x * (c >> 16)) & 0xFFFF) << 16) + x * (c & 0xFFFF)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keep_threshold(p: float) -> int:
+    """An element is kept when its 32-bit hash is below round((1 - p) * 2^32)."""
+    return min(1 << 32, int((1.0 - p) * 4294967296.0 + 0.5))
+
+
+def dropout_keep(shape: torch.Size | tuple[int, ...], p: float, seed: int, device: torch.device | str) -> torch.Tensor:
+    """The bool mask of kept elements of a tensor of ``shape`` under ``seed``, from each element's
+    row-major index i: hash = mix32(mix32(low32(i) ^ low32(seed)) ^ high32(i) ^ high32(seed))."""
+    i = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    seed &= (1 << 64) - 1  # the seed's bits as C++'s uint64_t reads them
+    h = _mix32(_mix32((i & _MASK32) ^ (seed & _MASK32)) ^ (i >> 32) ^ (seed >> 32))
+    return (h < keep_threshold(p)).reshape(shape)
+
+
+def dropout(input: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p < 1; input's shape."""
+    x = input.to(_compute_dtype(input))
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype, device=x.device)
+    factor = torch.where(dropout_keep(input.shape, p, seed, input.device), scale, torch.zeros_like(scale))
+    return (x * factor).to(input.dtype)
