@@ -58,8 +58,19 @@ def eager_gradient_penalty(g):
     return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+DROPOUT_P = 0.3
+
+
+def eager_dropout(x):
+    return F.dropout(x, DROPOUT_P, training=True)
+
+
 def fused_linear_leaky_relu(x, weight, bias):
     return ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE)
+
+
+def fused_dropout(x):
+    return ops.dropout(x, DROPOUT_P)
 
 
 EAGER: dict[str, Callable] = {
@@ -70,6 +81,7 @@ EAGER: dict[str, Callable] = {
     "wasserstein_critic_loss": eager_wasserstein_critic_loss,
     "wasserstein_generator_loss": eager_wasserstein_generator_loss,
     "gradient_penalty": eager_gradient_penalty,
+    "dropout": eager_dropout,
 }
 FUSED: dict[str, Callable] = {
     "linear_leaky_relu": fused_linear_leaky_relu,
@@ -79,6 +91,7 @@ FUSED: dict[str, Callable] = {
     "wasserstein_critic_loss": ops.wasserstein_critic_loss,
     "wasserstein_generator_loss": ops.wasserstein_generator_loss,
     "gradient_penalty": ops.gradient_penalty,
+    "dropout": fused_dropout,
 }
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +151,8 @@ def _cases() -> list[Case]:
                 cases.append(Case(op, label, ((n, 1),), device, dtype))
         for shape in [(64, 784), (256, 3, 64, 64)]:
             cases.append(Case("gradient_penalty", "x".join(map(str, shape)), (shape,), device, dtype))
+        for shape in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
+            cases.append(Case("dropout", "x".join(map(str, shape)), (shape,), device, dtype))
     order = list(EAGER)
     return sorted(cases, key=lambda c: (c.tag, order.index(c.op)))  # stable: shapes keep their order
 
@@ -164,6 +179,13 @@ def _tolerance(dtype: torch.dtype) -> dict:
     return dict(rtol=5e-2, atol=5e-2) if dtype in (torch.bfloat16, torch.float16) else dict(rtol=1e-3, atol=1e-4)
 
 
+def _check_dropout(out: torch.Tensor, x: torch.Tensor) -> None:
+    """out is x with a fraction DROPOUT_P zeroed and the rest scaled by 1 / (1 - DROPOUT_P)."""
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - DROPOUT_P)) < 0.02
+    torch.testing.assert_close(out[kept].float(), x[kept].float() / (1 - DROPOUT_P), **_tolerance(x.dtype))
+
+
 @pytest.mark.parametrize("case, pass_, impl", _params())
 def test_op(bench, case: Case, pass_: str, impl: str) -> None:
     backward = pass_ == "fwd+bwd"
@@ -181,6 +203,8 @@ def test_op(bench, case: Case, pass_: str, impl: str) -> None:
     if case.op == "linear_leaky_relu" and backward:
         torch.manual_seed(1)
         grad_out = torch.randn(case.shapes[0][0], case.shapes[1][0], device=case.device, dtype=case.dtype)
+    if case.op == "dropout" and backward:
+        grad_out = torch.ones(case.shapes[0], device=case.device, dtype=case.dtype)
 
     sync = torch.cuda.synchronize if case.device == "cuda" else (lambda: None)
 
@@ -201,9 +225,12 @@ def test_op(bench, case: Case, pass_: str, impl: str) -> None:
     # Warm-up (compiles the "compile" twin, forward and backward) and a correctness guard: every
     # implementation must agree with the eager twin before it is timed.
     got = step()
-    want = torch.autograd.grad(eager(*inputs), inputs, grad_out) if backward else eager(*inputs)
-    for g, w in zip(got if backward else (got,), want if backward else (want,)):
-        torch.testing.assert_close(g.float(), w.float(), **_tolerance(case.dtype))
+    if case.op == "dropout":  # random: check the distribution instead
+        _check_dropout(got[0] if backward else got, torch.ones_like(inputs[0]) if backward else inputs[0])
+    else:
+        want = torch.autograd.grad(eager(*inputs), inputs, grad_out) if backward else eager(*inputs)
+        for g, w in zip(got if backward else (got,), want if backward else (want,)):
+            torch.testing.assert_close(g.float(), w.float(), **_tolerance(case.dtype))
     for _ in range(2):
         step()
 
