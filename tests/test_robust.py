@@ -247,3 +247,43 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path
         resume_from=run_dir / "checkpoints" / "latest.pt", quiet=True, stream=io.StringIO(),
     )
     assert load_checkpoint(run_dir)["step"] == 6
+
+
+# -- an output pipe whose reader is gone (issue 15, D1) ---------------------------------------------
+
+
+@POSIX
+def test_a_run_whose_output_pipe_is_closed_trains_to_the_end_and_saves(tmp_path):
+    """`ganplug train ... 2>&1 | tee log` with tee gone: every write to stdout/stderr fails with
+    EPIPE from the first line on; the run still finishes, writes its checkpoint and exits 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    args = [a if a != "100000" else "30" for a in CLI_ARGS if a != "-q"]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ganplug", "train", *args, "--checkpoint-every", "10", "--out", str(tmp_path / "r")],
+            stdout=write_end, stderr=write_end, env=env, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["step"] == 30
+    assert [m["step"] for m in metrics(tmp_path / "r")] == list(range(1, 31))
+
+
+def test_progress_drops_its_output_once_the_stream_is_closed():
+    from ganplug.train.progress import Progress
+
+    class ClosedPipe(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            ClosedPipe.writes += 1
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    progress = Progress(10, stream=ClosedPipe())
+    progress.log({"step": 1, "d_loss": 1.0})
+    progress.message("done")
+    progress.close()
+    assert progress.closed and ClosedPipe.writes == 1

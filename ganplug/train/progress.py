@@ -6,10 +6,15 @@ On a terminal (and not quiet): one line rewritten in place, at most 10 times a s
 
 Quiet, or when stderr is not a terminal (a log file, CI): no bar, one plain line per
 ``log_every`` steps instead. Messages (:meth:`Progress.message`) always print on their own line.
+
+A stream that closes under a run (``ganplug train ... | tee log`` and the ``tee`` gone) never
+ends it: the progress output is dropped from then on, and the run carries on (and saves on
+Ctrl-C) with its metrics, samples and checkpoints on disk.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -43,6 +48,17 @@ class Progress:
         self._last_draw = 0.0
         self._width = 0
         self._last: dict[str, Any] = {}
+        self.closed = False  # the stream's reader went away: output is dropped
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, ValueError, OSError):  # a closed pipe or file
+            self.closed = True
+            _silence(self.stream)
 
     def _eta(self, step: int) -> str:
         done = step - self.start
@@ -64,14 +80,12 @@ class Progress:
     def _draw(self, step: int) -> None:
         line = self._line(step)
         pad = max(0, self._width - len(line))
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
+        self._write("\r" + line + " " * pad)
         self._width = len(line)
 
     def _clear(self) -> None:
         if self.bar and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
+            self._write("\r" + " " * self._width + "\r")
             self._width = 0
 
     def update(self, step: int) -> None:
@@ -94,21 +108,39 @@ class Progress:
         fields = "  ".join(
             f"{key} {_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
         )
-        self.stream.write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
-        self.stream.flush()
+        self._write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
 
     def message(self, text: str) -> None:
         """A line of its own (the bar is redrawn on the next update)."""
         self._clear()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
 
     def close(self) -> None:
         """End the bar's line."""
         if self.bar and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self._width = 0
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a closed stream's file descriptor, and stdout's or stderr's where they are the same
+    pipe (``2>&1 |``), at /dev/null, so that later writes by anyone (the CLI's last line, the
+    interpreter's flush at exit) neither fail nor end the process."""
+    try:
+        closed = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in {stream.fileno(), 1, 2}:
+            try:
+                same = os.path.samestat(os.fstat(fd), closed)
+            except OSError:
+                continue
+            if same:
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 __all__ = ["Progress", "format_duration"]
