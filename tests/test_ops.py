@@ -164,6 +164,162 @@ def test_linear_leaky_relu_partial_requires_grad(device, requires):
     _compare(torch.float64, leaves, out_a, out_b, ga, gb, ["input", "weight", "bias"])
 
 
+# --- bias + LeakyReLU over the channels -----------------------------------------------------------
+
+BIAS_ACT_SHAPES = [(7, 5), (3, 4, 6), (2, 3, 5, 4), (2, 3, 2, 3, 2)]
+
+
+def _bias_act_leaves(shape, dtype, device, bias=True, margin=0.03):
+    """x (N, C, *) and b (C,), rounded to dtype, such that every x + b (exact, from the rounded
+    values) is at least `margin` from 0, so the mask is the same in every precision."""
+    c = shape[1]
+    b = (0.5 * torch.randn(c, dtype=torch.float64)).to(dtype).double() if bias else torch.zeros(c, dtype=torch.float64)
+    z = torch.randn(shape, dtype=torch.float64)
+    z = torch.where(z.abs() < 4 * margin, z.sign() * 4 * margin + z, z)  # |z| >= 4 margin
+    b_view = b.reshape(c, *([1] * (len(shape) - 2)))
+    x = (z - b_view).to(dtype)
+    assert (x.double() + b_view).abs().min() > margin
+    leaves = [x.to(device)] + ([b.to(dtype).to(device)] if bias else [])
+    return [_leaf(t) for t in leaves]
+
+
+def _bias_act_check(dtype, leaves, op_fn, ref_fn, upstream_format=torch.contiguous_format):
+    """Forward and gradients of op_fn against ref_fn (upcast to float32 for float16/bfloat16), for
+    a random upstream gradient in `upstream_format`. Returns (output, gradients)."""
+    ref_dtype = upcast_dtype(dtype) if dtype in (torch.float16, torch.bfloat16) else None
+    shape = op_fn(*leaves).shape
+    upstream = torch.randn(shape, dtype=torch.float64, device=leaves[0].device).to(dtype)
+    upstream = upstream.contiguous(memory_format=upstream_format)
+    out_a, out_b, ga, gb = _run_both(op_fn, ref_fn, leaves, upstream, ref_dtype)
+    _compare(dtype, leaves, out_a, out_b, ga, gb, ["input", "bias"][: len(leaves)])
+    return out_a, ga
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("shape", BIAS_ACT_SHAPES, ids=str)
+def test_bias_leaky_relu_matches_reference(device, dtype, bias, slope, shape):
+    leaves = _bias_act_leaves(shape, dtype, device, bias)
+
+    def op_fn(x, *b):
+        return ops.bias_leaky_relu(x, b[0] if b else None, slope)
+
+    def ref_fn(x, *b):
+        return reference.bias_leaky_relu(x, b[0] if b else None, slope)
+
+    out, _ = _bias_act_check(dtype, leaves, op_fn, ref_fn)
+    assert out.shape == shape and out.is_contiguous()
+    if slope == 0.0:
+        assert (out >= 0).all() and (out == 0).any()
+    else:
+        assert (out < 0).any()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(5, 3), (4, 6, 5, 3)], ids=str)
+def test_bias_leaky_relu_matches_torch(device, dtype, shape):
+    """Against what a user writes, computed in float64 from the same rounded values."""
+    x, b = _bias_act_leaves(shape, dtype, device)
+    b_view = b.detach().reshape(-1, *([1] * (len(shape) - 2)))
+    expected = F.leaky_relu(x.detach().double() + b_view.double(), 0.2)
+    out = ops.bias_leaky_relu(x, b, 0.2)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype, "forward")
+    assert ops.bias_leaky_relu(x.detach(), b.detach()).equal(ops.bias_leaky_relu(x.detach(), b.detach(), 0.2))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("upstream", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 1, 1), (2, 1, 3, 4)], ids=str)
+def test_bias_leaky_relu_channels_last(device, dtype, bias, upstream, shape):
+    """Channels-last maps in, channels-last maps out; the upstream gradient in either layout."""
+    x, *b = _bias_act_leaves(shape, dtype, device, bias)
+    x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    leaves = [x, *b]
+    fmt = torch.channels_last if upstream == "channels_last" else torch.contiguous_format
+
+    def op_fn(x, *b):
+        return ops.bias_leaky_relu(x, b[0] if b else None, 0.2)
+
+    def ref_fn(x, *b):
+        return reference.bias_leaky_relu(x, b[0] if b else None, 0.2)
+
+    out, grads = _bias_act_check(dtype, leaves, op_fn, ref_fn, fmt)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("view", ["transposed", "strided", "channels_last_3d"])
+def test_bias_leaky_relu_non_contiguous(device, dtype, view):
+    """Views in no dense layout (H and W swapped; every other element) and a channels-last 5-D map;
+    the bias a strided view too; the gradients reach the leaves through the views."""
+    if view == "transposed":
+        x, b = _bias_act_leaves((3, 4, 6, 5), dtype, device)
+        xb = _leaf(x.detach().transpose(2, 3).contiguous())  # (3, 4, 5, 6)
+        x_view = lambda t: t.transpose(2, 3)  # noqa: E731
+    elif view == "strided":
+        x, b = _bias_act_leaves((3, 4, 5), dtype, device)
+        xb = _leaf(torch.stack([x.detach(), torch.zeros_like(x)], dim=-1))  # (3, 4, 5, 2)
+        x_view = lambda t: t[..., 0]  # noqa: E731
+    else:
+        x, b = _bias_act_leaves((2, 3, 2, 4, 5), dtype, device)
+        xb = _leaf(x.detach().permute(0, 2, 3, 4, 1).contiguous())  # (N, D, H, W, C)
+        x_view = lambda t: t.permute(0, 4, 1, 2, 3)  # noqa: E731
+    bb = _leaf(torch.stack([b.detach(), torch.full_like(b, 100.0)], dim=1).reshape(-1))  # (2 C,)
+    assert not x_view(xb).is_contiguous()
+
+    out, grads = _bias_act_check(
+        dtype,
+        [xb, bb],
+        lambda xb, bb: ops.bias_leaky_relu(x_view(xb), bb[::2], 0.2),
+        lambda xb, bb: reference.bias_leaky_relu(x_view(xb), bb[::2], 0.2),
+    )
+    assert out.is_contiguous() or view == "channels_last_3d"
+    assert torch.count_nonzero(grads[1][1::2]) == 0
+
+
+@pytest.mark.parametrize("requires", ["input", "bias"])
+def test_bias_leaky_relu_partial_requires_grad(device, requires):
+    leaves = _bias_act_leaves((4, 3, 2, 5), torch.float64, device)
+    for leaf, name in zip(leaves, ["input", "bias"]):
+        leaf.requires_grad_(name == requires)
+    out_a, out_b, ga, gb = _run_both(
+        lambda x, b: ops.bias_leaky_relu(x, b, 0.1),
+        lambda x, b: reference.bias_leaky_relu(x, b, 0.1),
+        leaves,
+        torch.randn(4, 3, 2, 5, dtype=torch.float64, device=device),
+    )
+    _compare(torch.float64, leaves, out_a, out_b, ga, gb, ["input", "bias"])
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_leaky_relu_bias_grad_independent_of_threads(layout, dtype):
+    """Maps large enough to be split into many parallel tasks (and planes with a ragged tail): the
+    bias gradient on 1 and on 2 threads is bitwise the same, and close to the float64 sum."""
+    shape = (8, 6, 99, 101) if layout == "planes" else (4, 5, 130, 130)
+    x, b = _bias_act_leaves(shape, dtype, "cpu")
+    if layout == "channels_last":
+        x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    upstream = torch.randn(shape, dtype=torch.float64).to(dtype)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            grads.append(torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream))
+    finally:
+        torch.set_num_threads(threads)
+    (dx1, db1), (dx2, db2) = grads
+    assert torch.equal(db1, db2) and torch.equal(dx1, dx2)
+    y = reference.bias_leaky_relu(x.detach().double(), b.detach().double(), 0.2)
+    expected = torch.where(y > 0, 1.0, 0.2) * upstream.double()
+    assert_close(db1, expected.sum(dim=[0, 2, 3]), dtype, "bias grad")
+
+
 # --- the losses ----------------------------------------------------------------------------------
 
 LOGIT_SHAPES = [(8,), (6, 1), (2, 3, 4)]
