@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../bias_act.h"
@@ -17,53 +18,66 @@ namespace {
 
 constexpr int64_t kTaskElements = int64_t{1} << 15;  // about this many elements per parallel task
 
-// Units (planes or rows) of `unit` elements per parallel task.
+// Planes of `unit` elements per parallel task.
 int64_t grain(int64_t unit) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(unit, 1)); }
 
-// The loops below take restrict pointers so the compiler vectorises them.
+// The loops below take restrict pointers so the compiler vectorises them. On x86-64 with GCC each
+// is compiled for AVX2 and for the baseline (SSE2), and the loader picks one per CPU: these passes
+// are compute-bound on cached maps, where SSE2 alone would lose to ATen's AVX2 kernels.
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__)
+#define GANPLUG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GANPLUG_VECTOR_CLONES
+#endif
 
-// y[i] = leaky_relu(x[i] + b) over one plane of n elements.
+// y[i] = leaky_relu(x[i]) over n elements.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-void plane_forward(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, op_t b, op_t slope) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[i]) + b, slope));
+GANPLUG_VECTOR_CLONES void act_span(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, op_t slope) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[i]), slope));
 }
 
-// y[c] = leaky_relu(x[c] + b[c]) over one row of `cols` channels; b null for no bias.
+// y[i] = leaky_relu(x[i] + b[i]) over n elements.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-void row_forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ b, scalar_t* __restrict__ y,
-                 int64_t cols, op_t slope) {
-  if (b == nullptr) {
-    for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[c]), slope));
-    return;
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    y[c] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[c]) + static_cast<op_t>(b[c]), slope));
+GANPLUG_VECTOR_CLONES void bias_act_span(const scalar_t* __restrict__ x, const op_t* __restrict__ b, scalar_t* __restrict__ y, int64_t n,
+                   op_t slope) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[i]) + b[i], slope));
+}
+
+// dz = dy * mask(y) over planes p0..p1 of `plane` elements each, and into sums[p] each plane's sum
+// of dz (before rounding). The order of that vectorised sum is fixed by the compiled loop (the
+// clone this CPU runs), not by the thread count.
+template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
+GANPLUG_VECTOR_CLONES void planes_backward(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+                                           scalar_t* __restrict__ dz, op_t* __restrict__ sums, int64_t p0,
+                                           int64_t p1, int64_t plane, op_t slope) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t base = p * plane;
+    op_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = base; i < base + plane; ++i) {
+      const op_t g = leaky_relu_grad_from_output(static_cast<op_t>(dy[i]), static_cast<op_t>(y[i]), slope);
+      dz[i] = static_cast<scalar_t>(g);
+      sum += g;
+    }
+    sums[p] = sum;
   }
 }
 
-// dz[i] = dy[i] * mask(y[i]) over one plane of n elements; returns the sum of the dz (before
-// rounding), accumulated in kLanes interleaved partial sums that are then added in lane order.
+// The bias of each element along the memory of one period of the layout (b[c] over a plane for
+// each c, or b itself with channels innermost), repeated to at least kBiasRow elements: the
+// forward adds it to long runs of the input, so small planes or few channels cost no loop overhead.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-op_t plane_backward(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y, scalar_t* __restrict__ dz,
-                    int64_t n, op_t slope) {
-  constexpr int64_t kLanes = 16;
-  op_t lane[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const op_t g = leaky_relu_grad_from_output(static_cast<op_t>(dy[i + k]), static_cast<op_t>(y[i + k]), slope);
-      dz[i + k] = static_cast<scalar_t>(g);
-      lane[k] += g;
+std::vector<op_t> bias_row(const scalar_t* b, int64_t channels, int64_t plane) {
+  constexpr int64_t kBiasRow = 4096;
+  const int64_t period = channels * plane;
+  const int64_t periods = std::max<int64_t>(1, kBiasRow / period);
+  std::vector<op_t> row(static_cast<size_t>(period * periods));
+  for (int64_t k = 0; k < periods; ++k) {
+    for (int64_t c = 0; c < channels; ++c) {
+      std::fill_n(row.begin() + k * period + c * plane, plane, static_cast<op_t>(b[c]));
     }
   }
-  for (int64_t k = 0; i < n; ++i, ++k) {
-    const op_t g = leaky_relu_grad_from_output(static_cast<op_t>(dy[i]), static_cast<op_t>(y[i]), slope);
-    dz[i] = static_cast<scalar_t>(g);
-    lane[k] += g;
-  }
-  op_t sum = 0;
-  for (int64_t k = 0; k < kLanes; ++k) sum += lane[k];
-  return sum;
+  return row;
 }
 
 at::Tensor bias_leaky_relu_cpu(const at::Tensor& input, const std::optional<at::Tensor>& bias,
@@ -73,25 +87,25 @@ at::Tensor bias_leaky_relu_cpu(const at::Tensor& input, const std::optional<at::
   const at::Tensor x = in_layout(input, innermost);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor out = empty_in_layout(x, innermost);
-  const int64_t channels = x.size(1);
-  const int64_t units = innermost ? x.numel() / channels : x.size(0) * channels;  // rows or planes
-  const int64_t unit = x.numel() / units;
+  const int64_t n = x.numel(), channels = x.size(1);
+  const int64_t plane = innermost ? 1 : n / (x.size(0) * channels);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_leaky_relu_cpu", [&] {
     using op_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = out.data_ptr<scalar_t>();
     const op_t slope = static_cast<op_t>(negative_slope);
-    if (innermost) {
-      at::parallel_for(0, units, grain(unit), [=](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) row_forward(xp + r * unit, bp, yp + r * unit, unit, slope);
-      });
+    if (!b.defined()) {
+      at::parallel_for(0, n, kTaskElements, [=](int64_t i0, int64_t i1) { act_span(xp + i0, yp + i0, i1 - i0, slope); });
       return;
     }
-    at::parallel_for(0, units, grain(unit), [=](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const op_t bias_c = bp != nullptr ? static_cast<op_t>(bp[p % channels]) : op_t(0);
-        plane_forward(xp + p * unit, yp + p * unit, unit, bias_c, slope);
+    const std::vector<op_t> row = bias_row(b.const_data_ptr<scalar_t>(), channels, plane);
+    const op_t* rp = row.data();
+    const auto row_len = static_cast<int64_t>(row.size());
+    at::parallel_for(0, n, kTaskElements, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {  // element i has the bias rp[i % row_len]
+        const int64_t j = i % row_len, len = std::min(row_len - j, i1 - i);
+        bias_act_span(xp + i, rp + j, yp + i, len, slope);
+        i += len;
       }
     });
   });
@@ -121,9 +135,7 @@ std::tuple<at::Tensor, at::Tensor> bias_leaky_relu_backward_cpu(const at::Tensor
     std::vector<op_t> partial(static_cast<size_t>(planes));
     op_t* partial_p = partial.data();
     at::parallel_for(0, planes, grain(plane), [=](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        partial_p[p] = plane_backward(dyp + p * plane, yp + p * plane, dzp + p * plane, plane, slope);
-      }
+      planes_backward(dyp, yp, dzp, partial_p, p0, p1, plane, slope);
     });
     scalar_t* dbp = db.data_ptr<scalar_t>();
     for (int64_t c = 0; c < channels; ++c) {
