@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import FLOAT_DTYPES, assert_close, upcast_dtype
 
 import ganplug.ops as ops
-from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.nn import FusedConv2dLeakyReLU, FusedLinearLeakyReLU
 from ganplug.ops import reference
 
 UPSTREAM = 1.7  # a non-unit upstream gradient for scalar losses, so grad scaling is checked
@@ -645,3 +645,41 @@ def test_fused_module_weight_gradient_has_the_weights_layout(device):
     assert fused.weight.grad.stride() == fused.weight.stride() == (32, 1)
     (grad,) = torch.autograd.grad(fused(torch.randn(8, 32, device=device)).sum(), fused.weight)
     assert grad.is_contiguous()
+
+
+# --- FusedConv2dLeakyReLU ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_fused_conv_matches_conv_and_leaky_relu(device, slope, channels_last):
+    """Same values and gradients (weight, bias, input) as nn.Conv2d + F.leaky_relu with the same
+    weights, whose state dict it shares; channels-last maps stay channels-last."""
+    fused = FusedConv2dLeakyReLU(3, 5, 4, 2, 1, negative_slope=slope, device=device, dtype=torch.float64)
+    conv = torch.nn.Conv2d(3, 5, 4, 2, 1, device=device, dtype=torch.float64)
+    assert set(fused.state_dict()) == {"weight", "bias"}
+    conv.load_state_dict(fused.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 9, 9, device=device, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    out = fused(x)
+    expected = F.leaky_relu(conv(x), slope)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.shape == (4, 5, 4, 4) and out.is_contiguous(memory_format=fmt)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, fused.weight, fused.bias), g)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
+    for a, b, name in zip(got, want, ["input", "weight", "bias"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    fused.load_state_dict(conv.state_dict())  # and back
+
+
+def test_fused_conv_without_bias_repr_and_errors():
+    fused = FusedConv2dLeakyReLU(2, 3, 3, padding=1, negative_slope=0.1, bias=False, dtype=torch.float64)
+    assert fused.bias is None and set(fused.state_dict()) == {"weight"}
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    expected = F.leaky_relu(F.conv2d(x, fused.weight, None, 1, 1), 0.1)
+    torch.testing.assert_close(fused(x), expected, rtol=1e-12, atol=1e-12)
+    assert "negative_slope=0.1" in repr(fused) and "bias=False" in repr(fused)
+    assert isinstance(fused, torch.nn.Conv2d) and FusedConv2dLeakyReLU(2, 3, 3).negative_slope == 0.2
+    with pytest.raises(ValueError, match="FusedConv2dLeakyReLU: negative_slope must be >= 0"):
+        FusedConv2dLeakyReLU(2, 3, 3, negative_slope=-0.2)
