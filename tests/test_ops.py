@@ -320,6 +320,38 @@ def test_bias_leaky_relu_bias_grad_independent_of_threads(layout, dtype):
     assert_close(db1, expected.sum(dim=[0, 2, 3]), dtype, "bias grad")
 
 
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+def test_bias_leaky_relu_large_maps(device, layout):
+    """More planes and channels than one pass of CUDA blocks covers (grid-stride loops, several
+    channel-sum blocks), on every device: values against the reference, and a repeated backward
+    bitwise equal to the first."""
+    x, b = _bias_act_leaves((64, 600, 3, 3), torch.float32, device)
+    if layout == "channels_last":
+        x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    out, _ = _bias_act_check(
+        torch.float32, [x, b], lambda x, b: ops.bias_leaky_relu(x, b, 0.2), lambda x, b: reference.bias_leaky_relu(x, b, 0.2)
+    )
+    upstream = torch.randn_like(out)
+    first = torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream)
+    again = torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream)
+    assert all(torch.equal(f, a) for f, a in zip(first, again))
+
+
+def test_bias_leaky_relu_under_autocast():
+    """Under autocast the bias is cast to the conv output's dtype, as conv2d casts its own bias."""
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    fused = FusedConv2dLeakyReLU(3, 4, 3, padding=1)
+    fused.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(x)
+        expected = F.leaky_relu(conv(x), 0.2)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, expected.float(), torch.bfloat16, "forward")
+    out.float().sum().backward()
+    assert fused.bias.grad.dtype == torch.float32 and fused.bias.grad.abs().sum() > 0
+
+
 # --- the losses ----------------------------------------------------------------------------------
 
 LOGIT_SHAPES = [(8,), (6, 1), (2, 3, 4)]
