@@ -31,6 +31,10 @@ def eager_linear_leaky_relu(x, weight, bias):
     return F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE)
 
 
+def eager_bias_leaky_relu(x, bias):
+    return F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE)
+
+
 def eager_discriminator_bce(real, fake):
     return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
         fake, torch.zeros_like(fake)
@@ -69,12 +73,17 @@ def fused_linear_leaky_relu(x, weight, bias):
     return ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE)
 
 
+def fused_bias_leaky_relu(x, bias):
+    return ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE)
+
+
 def fused_dropout(x):
     return ops.dropout(x, DROPOUT_P)
 
 
 EAGER: dict[str, Callable] = {
     "linear_leaky_relu": eager_linear_leaky_relu,
+    "bias_leaky_relu": eager_bias_leaky_relu,
     "discriminator_bce": eager_discriminator_bce,
     "generator_bce": eager_generator_bce,
     "minimax_generator_loss": eager_minimax_generator_loss,
@@ -85,6 +94,7 @@ EAGER: dict[str, Callable] = {
 }
 FUSED: dict[str, Callable] = {
     "linear_leaky_relu": fused_linear_leaky_relu,
+    "bias_leaky_relu": fused_bias_leaky_relu,
     "discriminator_bce": ops.discriminator_bce,
     "generator_bce": ops.generator_bce,
     "minimax_generator_loss": ops.minimax_generator_loss,
@@ -120,6 +130,8 @@ class Case:
                 torch.randn(w_shape, **kw) / math.sqrt(w_shape[1]),
                 torch.randn(b_shape, **kw) * 0.1,
             ]
+        elif self.op == "bias_leaky_relu":  # conv maps (N, C, H, W) and their bias (C,)
+            tensors = [torch.randn(self.shapes[0], **kw), torch.randn(self.shapes[1], **kw) * 0.1]
         elif self.op == "gradient_penalty":
             tensors = [torch.randn(self.shapes[0], **kw) / math.sqrt(math.prod(self.shapes[0][1:]))]
         else:  # logits / critic scores
@@ -143,6 +155,8 @@ def _cases() -> list[Case]:
             cases.append(
                 Case("linear_leaky_relu", f"{batch}x{fin}->{fout}", ((batch, fin), (fout, fin), (fout,)), device, dtype)
             )
+        for shape in [(64, 64, 8, 8), (64, 128, 4, 4), (256, 64, 16, 16)]:
+            cases.append(Case("bias_leaky_relu", "x".join(map(str, shape)), (shape, shape[1:2]), device, dtype))
         for n in (64, big_loss):
             label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
             for op in ("discriminator_bce", "wasserstein_critic_loss"):
@@ -200,9 +214,10 @@ def test_op(bench, case: Case, pass_: str, impl: str) -> None:
         fn = torch.compile(eager, dynamic=False)
 
     grad_out = None
-    if case.op == "linear_leaky_relu" and backward:
+    if case.op in ("linear_leaky_relu", "bias_leaky_relu") and backward:  # non-scalar outputs
         torch.manual_seed(1)
-        grad_out = torch.randn(case.shapes[0][0], case.shapes[1][0], device=case.device, dtype=case.dtype)
+        out_shape = (case.shapes[0][0], case.shapes[1][0]) if case.op == "linear_leaky_relu" else case.shapes[0]
+        grad_out = torch.randn(out_shape, device=case.device, dtype=case.dtype)
     if case.op == "dropout" and backward:
         grad_out = torch.ones(case.shapes[0], device=case.device, dtype=case.dtype)
 

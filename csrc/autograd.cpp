@@ -504,6 +504,69 @@ class Dropout : public torch::autograd::Function<Dropout> {
 
 at::Tensor dropout_autograd(const at::Tensor& input, double p, int64_t seed) { return Dropout::apply(input, p, seed); }
 
+// --- bias + LeakyReLU over the channels (dim 1) of (N, C, *) maps ---------------------------
+// Only the output is saved, as for linear + LeakyReLU.
+
+using BiasActOp = at::Tensor(const at::Tensor&, const OptTensor&, double);
+
+// (dz, db = dz summed over every dim but 1) is linear in dy: its adjoint masks grad_dz + grad_db
+// broadcast over dim 1.
+class BiasLeakyReluBackward : public torch::autograd::Function<BiasLeakyReluBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& output,
+                               double slope) {
+    static const auto op = find_op<LeakyBiasBackwardOp>("ganplug::bias_leaky_relu_backward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({output});
+    ctx->saved_data["slope"] = slope;
+    auto [grad_input, grad_bias] = op.call(grad_output, output, slope);
+    return {grad_input, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& output = saved[0];
+    std::vector<c10::SymInt> channel_shape(static_cast<size_t>(output.dim()), c10::SymInt(1));
+    channel_shape[1] = output.sym_size(1);
+    const at::Tensor upstream = grads[0] + grads[1].reshape_symint(channel_shape);
+    return {LeakyReluBackward::apply(upstream, output, ctx->saved_data["slope"].toDouble()), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+class BiasLeakyRelu : public torch::autograd::Function<BiasLeakyRelu> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const OptTensor& bias, double slope) {
+    static const auto op = find_op<BiasActOp>("ganplug::bias_leaky_relu");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor output = op.call(input, bias, slope);
+    ctx->save_for_backward({output});
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const double slope = ctx->saved_data["slope"].toDouble();
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(1)) {
+      const variable_list g = BiasLeakyReluBackward::apply(grads[0], saved[0], slope);
+      return {ctx->needs_input_grad(0) ? g[0] : at::Tensor(), g[1], at::Tensor()};
+    }
+    return {LeakyReluBackward::apply(grads[0], saved[0], slope), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor bias_leaky_relu_autograd(const at::Tensor& input, const OptTensor& bias, double slope) {
+  return BiasLeakyRelu::apply(input, bias, slope);
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_leaky_relu_backward_autograd(const at::Tensor& grad_output,
+                                                                     const at::Tensor& output, double slope) {
+  const variable_list out = BiasLeakyReluBackward::apply(grad_output, output, slope);
+  return {out[0], out[1]};
+}
+
 // --- registration ---------------------------------------------------------------------------
 
 at::Tensor bce_loss_backward_autograd(const at::Tensor& grad, const at::Tensor& logits, const OptTensor& target,
@@ -550,6 +613,8 @@ TORCH_LIBRARY_IMPL(ganplug, Autograd, m) {
   m.impl("linear_leaky_relu", &linear_leaky_relu_autograd);
   m.impl("leaky_relu_backward", &leaky_relu_backward_autograd);
   m.impl("leaky_relu_bias_backward", &leaky_relu_bias_backward_autograd);
+  m.impl("bias_leaky_relu", &bias_leaky_relu_autograd);
+  m.impl("bias_leaky_relu_backward", &bias_leaky_relu_backward_autograd);
   m.impl("bce_loss", &bce_loss_autograd);
   m.impl("bce_loss_backward", &bce_loss_backward_autograd);
   m.impl("bce_loss_and_grad", &bce_loss_and_grad_autograd);

@@ -94,4 +94,26 @@ inline void check_dropout(const at::Tensor& input, double p) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
 }
 
+// bias_leaky_relu: input (N, C, *) non-empty, bias (C,) like input, slope >= 0.
+inline void check_bias_act(const at::Tensor& input, const std::optional<at::Tensor>& bias, double negative_slope) {
+  constexpr const char* op = "bias_leaky_relu";
+  check_floating(input, op, "input");
+  TORCH_CHECK(input.dim() >= 2, op, ": input must be (N, C, *) with at least 2 dims, got shape ", input.sizes());
+  TORCH_CHECK(input.numel() > 0, op, ": input is empty (shape ", input.sizes(), ")");
+  TORCH_CHECK(negative_slope >= 0, op, ": negative_slope must be >= 0, got ", negative_slope);
+  if (bias.has_value()) {
+    check_like(*bias, input, op, "bias", "input");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == input.size(1), op, ": bias must have shape (", input.size(1),
+                ",) for input of shape ", input.sizes(), ", got ", bias->sizes());
+  }
+}
+
+// bias_leaky_relu_backward: grad_output and output alike, (N, C, *), non-empty.
+inline void check_bias_act_backward(const at::Tensor& grad_output, const at::Tensor& output) {
+  constexpr const char* op = "bias_leaky_relu_backward";
+  check_leaky_backward(grad_output, output, op);
+  TORCH_CHECK(output.dim() >= 2, op, ": output must be (N, C, *) with at least 2 dims, got shape ", output.sizes());
+  TORCH_CHECK(output.numel() > 0, op, ": output is empty (shape ", output.sizes(), ")");
+}
+
 }  // namespace ganplug

@@ -10,6 +10,11 @@ TORCH_LIBRARY(ganplug, m) {
   m.def("leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> Tensor");
   // (dz, db): the same plus the bias gradient db = dz.sum(0), fused in one pass; 2-D only.
   m.def("leaky_relu_bias_backward(Tensor grad_output, Tensor output, float negative_slope) -> (Tensor, Tensor)");
+  // y = leaky_relu(input + bias over dim 1); input (N, C, *), bias (C,) or None, y shaped like input
+  // and laid out like it when it is contiguous or channels-last, else contiguous.
+  m.def("bias_leaky_relu(Tensor input, Tensor? bias, float negative_slope) -> Tensor");
+  // (dz, db): dz = leaky_relu_backward(dy, y) laid out like y, db (C,) = dz summed over every dim but 1.
+  m.def("bias_leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> (Tensor, Tensor)");
 
   // scale * mean(bce_with_logits(logits, target)); target is the tensor if given, else target_value.
   m.def("bce_loss(Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");

@@ -45,3 +45,36 @@ class Dropout(nn.Dropout):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.dropout(input, self.p, self.training)
+
+
+class FusedConv2dLeakyReLU(nn.Conv2d):
+    """nn.Conv2d followed by LeakyReLU: the convolution without its bias, then the bias and the
+    activation as one fused op (ganplug.ops.bias_leaky_relu).
+
+    Input (N, in_channels, H, W) -> output (N, out_channels, H_out, W_out), channels-last in,
+    channels-last out. Parameters, initialisation and state dict are nn.Conv2d's, so weights load
+    both ways between this module and nn.Conv2d.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        negative_slope: float = 0.2,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if negative_slope < 0:
+            raise ValueError(f"FusedConv2dLeakyReLU: negative_slope must be >= 0, got {negative_slope}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, device=device, dtype=dtype)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.bias_leaky_relu(self._conv_forward(input, self.weight, None), self.bias, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

@@ -51,9 +51,11 @@ real = (2 * torch.randn(5, 1, dtype=F64)).requires_grad_()
 fake = (2 * torch.randn(4, 1, dtype=F64)).requires_grad_()
 rt = torch.full((1,), 0.9, dtype=F64, requires_grad=True)
 g = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+maps = torch.randn(2, 3, 2, 2, dtype=F64, requires_grad=True)
 
 calls = {{
     "linear_leaky_relu": lambda: ops.linear_leaky_relu(x, w, b, 0.2).sum(),
+    "bias_leaky_relu": lambda: (ops.bias_leaky_relu(maps, b, 0.2) ** 2).sum(),
     "discriminator_bce": lambda: ops.discriminator_bce(real, fake, rt, 0.1),
     "generator_bce": lambda: ops.generator_bce(fake, 0.9),
     "minimax_generator_loss": lambda: ops.minimax_generator_loss(fake),
@@ -61,7 +63,7 @@ calls = {{
     "wasserstein_generator_loss": lambda: ops.wasserstein_generator_loss(fake),
     "gradient_penalty": lambda: ops.gradient_penalty(g, 1.0),
 }}
-leaves = [x, w, b, real, fake, rt, g]
+leaves = [x, w, b, real, fake, rt, g, maps]
 out = {{"backend": ops.backend("cpu"), "values": {{}}, "grads": {{}}, "warnings": {{}}}}
 for name, call in calls.items():
     for leaf in leaves:
@@ -176,13 +178,14 @@ def _schema_names() -> list[str]:
     return re.findall(r'm\.def\("(\w+)\(', text)
 
 
-def test_ops_cpp_defines_thirteen_operators():
-    assert len(_schema_names()) == 13
+def test_ops_cpp_defines_sixteen_operators():
+    assert len(_schema_names()) == 16
     assert set(_schema_names()) == {
-        "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bce_loss",
+        "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bias_leaky_relu",
+        "bias_leaky_relu_backward", "bce_loss",
         "bce_loss_backward", "bce_loss_and_grad", "discriminator_bce", "discriminator_bce_backward",
         "discriminator_bce_and_grad", "wasserstein_critic_loss", "wasserstein_generator_loss",
-        "gradient_penalty", "gradient_penalty_backward",
+        "gradient_penalty", "gradient_penalty_backward", "dropout",
     }
 
 
@@ -235,6 +238,33 @@ def test_torch_compile_fullgraph_matches_eager():
     for name in ("linear_leaky_relu", "discriminator_bce", "bce_loss", "wasserstein_critic_loss",
                  "wasserstein_generator_loss", "gradient_penalty"):
         assert f"ganplug.{name}" in graph_code, graph_code
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_torch_compile_bias_leaky_relu(channels_last):
+    """Conv maps through the fused op under torch.compile(fullgraph): the same values and
+    gradients as eager, the same output layout, and the custom op in the graph."""
+    torch._dynamo.reset()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def fn(x, b):
+        y = ops.bias_leaky_relu(x, b, 0.2)
+        return y, (y * y).sum()
+
+    x = torch.randn(4, 3, 5, 5).contiguous(memory_format=fmt)
+    b = torch.randn(3)
+    eager_args = [x.clone(memory_format=torch.preserve_format).requires_grad_(), b.clone().requires_grad_()]
+    comp_args = [x.clone(memory_format=torch.preserve_format).requires_grad_(), b.clone().requires_grad_()]
+    y_eager, eager = fn(*eager_args)
+    y_comp, compiled = torch.compile(fn, fullgraph=True, dynamic=False)(*comp_args)
+    assert y_comp.stride() == y_eager.stride()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    eager.backward()
+    compiled.backward()
+    for a, c in zip(eager_args, comp_args):
+        torch.testing.assert_close(c.grad, a.grad, rtol=1e-5, atol=1e-5)
+    graph_code = "\n".join(gm.code for gm in torch._dynamo.explain(fn)(x, b).graphs)
+    assert "ganplug.bias_leaky_relu" in graph_code, graph_code
 
 
 def test_backend_names():

@@ -203,6 +203,7 @@ def _f(*shape, dtype=torch.float32):
 EMPTY_CASES = [
     ("linear_leaky_relu", lambda: ops.linear_leaky_relu(_f(0, 4), _f(3, 4), _f(3)), "linear_leaky_relu: input is empty"),
     ("linear_leaky_relu_3d", lambda: ops.linear_leaky_relu(_f(2, 0, 4), _f(3, 4)), "input is empty"),
+    ("bias_leaky_relu", lambda: ops.bias_leaky_relu(_f(0, 3, 2, 2), _f(3)), "bias_leaky_relu: input is empty"),
     ("discriminator_bce_real", lambda: ops.discriminator_bce(_f(0, 1), _f(3, 1)), "discriminator_bce: real_logits is empty"),
     ("discriminator_bce_fake", lambda: ops.discriminator_bce(_f(3, 1), _f(0, 1)), "discriminator_bce: fake_logits is empty"),
     ("generator_bce", lambda: ops.generator_bce(_f(0)), "generator_bce: fake_logits is empty"),
@@ -225,6 +226,7 @@ def test_empty_batch_errors(fn, match):
 DTYPE_CASES = [
     ("linear_weight", lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4, dtype=F64)), "linear_leaky_relu: weight is torch.float64 but input is torch.float32"),
     ("linear_bias", lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4), _f(3, dtype=torch.float16)), "linear_leaky_relu: bias is torch.float16 but input is torch.float32"),
+    ("bias_act_bias", lambda: ops.bias_leaky_relu(_f(2, 3, 4), _f(3, dtype=F64)), "bias_leaky_relu: bias is torch.float64 but input is torch.float32"),
     ("discriminator_bce", lambda: ops.discriminator_bce(_f(2), _f(2, dtype=F64)), "discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"),
     ("wasserstein_critic", lambda: ops.wasserstein_critic_loss(_f(2, dtype=torch.bfloat16), _f(2)), "wasserstein_critic_loss: fake_scores is torch.float32 but real_scores is torch.bfloat16"),
 ]
@@ -249,10 +251,37 @@ def test_linear_shape_errors():
         ops.linear_leaky_relu(_f(2, 4), _f(3, 4), _f(1, 3))
 
 
+def test_bias_act_shape_errors():
+    with pytest.raises(ValueError, match=r"bias_leaky_relu: input must be \(N, C, \*\) with at least 2 dims, got shape \(4,\)"):
+        ops.bias_leaky_relu(_f(4), _f(4))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) for input of shape \(2, 3, 4, 4\), got \(4,\)"):
+        ops.bias_leaky_relu(_f(2, 3, 4, 4), _f(4))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) for input of shape \(2, 3\), got \(1, 3\)"):
+        ops.bias_leaky_relu(_f(2, 3), _f(1, 3))
+
+
+def test_bias_act_kernel_errors():
+    """The kernels check what a direct torch.ops call could get wrong, in one line each."""
+    gl = torch.ops.ganplug
+    cases = [
+        (lambda: gl.bias_leaky_relu(_f(2, 3, 4), _f(4), 0.2), r"bias_leaky_relu: bias must have shape \(3,\)"),
+        (lambda: gl.bias_leaky_relu(_f(3), None, 0.2), r"bias_leaky_relu: input must be \(N, C, \*\)"),
+        (lambda: gl.bias_leaky_relu(_f(2, 3), None, -0.5), r"bias_leaky_relu: negative_slope must be >= 0"),
+        (lambda: gl.bias_leaky_relu_backward(_f(2, 3, 4), _f(2, 3, 5), 0.2), r"bias_leaky_relu_backward: grad_output has shape"),
+        (lambda: gl.bias_leaky_relu_backward(_f(2, 3), _f(2, 3, dtype=F64), 0.2), r"bias_leaky_relu_backward: grad_output is Float"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(RuntimeError, match=match) as info:
+            fn()
+        assert "\n" not in str(info.value).split("\nException raised from")[0]
+
+
 @pytest.mark.parametrize("slope", [-0.1, -1, math.nan, math.inf])
 def test_negative_slope_errors(slope):
     with pytest.raises(ValueError, match=r"linear_leaky_relu: negative_slope must be a finite number >= 0"):
         ops.linear_leaky_relu(_f(2, 4), _f(3, 4), None, slope)
+    with pytest.raises(ValueError, match=r"bias_leaky_relu: negative_slope must be a finite number >= 0"):
+        ops.bias_leaky_relu(_f(2, 4), _f(4), slope)
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, math.nan])
@@ -285,6 +314,8 @@ INT_CASES = [
     ("wasserstein_critic", lambda i: ops.wasserstein_critic_loss(_f(2), i), "wasserstein_critic_loss: fake_scores must be a floating-point"),
     ("wasserstein_generator", lambda i: ops.wasserstein_generator_loss(i), "wasserstein_generator_loss: fake_scores must be a floating-point"),
     ("gradient_penalty", lambda i: ops.gradient_penalty(i), "gradient_penalty: gradients must be a floating-point tensor, got torch.int64"),
+    ("bias_act_input", lambda i: ops.bias_leaky_relu(i, _f(4)), "bias_leaky_relu: input must be a floating-point tensor, got torch.int64"),
+    ("bias_act_bias", lambda i: ops.bias_leaky_relu(_f(2, 4), i[0]), "bias_leaky_relu: bias must be a floating-point"),
 ]
 
 
@@ -320,6 +351,8 @@ def test_bogus_ganplug_ops_env(monkeypatch):
         ops.generator_bce(_f(3))
     with pytest.raises(ValueError, match=msg):
         ops.linear_leaky_relu(_f(2, 4), _f(3, 4))
+    with pytest.raises(ValueError, match=msg):
+        ops.bias_leaky_relu(_f(2, 4), _f(4))
     monkeypatch.setenv("GANPLUG_OPS", " Reference ")  # case and whitespace are forgiven
     assert ops.backend("cpu") == "reference"
     monkeypatch.setenv("GANPLUG_OPS", "AUTO")
@@ -369,6 +402,12 @@ def test_device_mismatch_errors():
     cpu, gpu = _f(2, 4), _f(3, 4).cuda()
     with pytest.raises(ValueError, match="linear_leaky_relu: weight is on cuda:0 but input is on cpu"):
         ops.linear_leaky_relu(cpu, gpu)
+    with pytest.raises(ValueError, match="bias_leaky_relu: bias is on cuda:0 but input is on cpu"):
+        ops.bias_leaky_relu(_f(2, 3, 2, 2), _f(3).cuda())
+    with pytest.raises(RuntimeError, match="bias_leaky_relu: bias is on cuda:0 but input is on cpu"):
+        torch.ops.ganplug.bias_leaky_relu(_f(2, 3, 2, 2), _f(3).cuda(), 0.2)
+    with pytest.raises(RuntimeError, match="bias_leaky_relu_backward: grad_output is on cpu but output is on cuda:0"):
+        torch.ops.ganplug.bias_leaky_relu_backward(_f(2, 3, 2, 2), _f(2, 3, 2, 2).cuda(), 0.2)
     with pytest.raises(ValueError, match="discriminator_bce: fake_logits is on cuda:0 but real_logits is on cpu"):
         ops.discriminator_bce(cpu, gpu)
     with pytest.raises(ValueError, match="generator_bce: target is on cpu but the logits are on cuda:0"):

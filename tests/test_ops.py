@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import FLOAT_DTYPES, assert_close, upcast_dtype
 
 import ganplug.ops as ops
-from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.nn import FusedConv2dLeakyReLU, FusedLinearLeakyReLU
 from ganplug.ops import reference
 
 UPSTREAM = 1.7  # a non-unit upstream gradient for scalar losses, so grad scaling is checked
@@ -162,6 +162,194 @@ def test_linear_leaky_relu_partial_requires_grad(device, requires):
         torch.randn(6, 4, dtype=torch.float64, device=device),
     )
     _compare(torch.float64, leaves, out_a, out_b, ga, gb, ["input", "weight", "bias"])
+
+
+# --- bias + LeakyReLU over the channels -----------------------------------------------------------
+
+BIAS_ACT_SHAPES = [(7, 5), (3, 4, 6), (2, 3, 5, 4), (2, 3, 2, 3, 2)]
+
+
+def _bias_act_leaves(shape, dtype, device, bias=True, margin=0.03):
+    """x (N, C, *) and b (C,), rounded to dtype, such that every x + b (exact, from the rounded
+    values) is at least `margin` from 0, so the mask is the same in every precision."""
+    c = shape[1]
+    b = (0.5 * torch.randn(c, dtype=torch.float64)).to(dtype).double() if bias else torch.zeros(c, dtype=torch.float64)
+    z = torch.randn(shape, dtype=torch.float64)
+    z = torch.where(z.abs() < 4 * margin, z.sign() * 4 * margin + z, z)  # |z| >= 4 margin
+    b_view = b.reshape(c, *([1] * (len(shape) - 2)))
+    x = (z - b_view).to(dtype)
+    assert (x.double() + b_view).abs().min() > margin
+    leaves = [x.to(device)] + ([b.to(dtype).to(device)] if bias else [])
+    return [_leaf(t) for t in leaves]
+
+
+def _bias_act_check(dtype, leaves, op_fn, ref_fn, upstream_format=torch.contiguous_format):
+    """Forward and gradients of op_fn against ref_fn (upcast to float32 for float16/bfloat16), for
+    a random upstream gradient in `upstream_format`. Returns (output, gradients)."""
+    ref_dtype = upcast_dtype(dtype) if dtype in (torch.float16, torch.bfloat16) else None
+    shape = op_fn(*leaves).shape
+    upstream = torch.randn(shape, dtype=torch.float64, device=leaves[0].device).to(dtype)
+    upstream = upstream.contiguous(memory_format=upstream_format)
+    out_a, out_b, ga, gb = _run_both(op_fn, ref_fn, leaves, upstream, ref_dtype)
+    _compare(dtype, leaves, out_a, out_b, ga, gb, ["input", "bias"][: len(leaves)])
+    return out_a, ga
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("shape", BIAS_ACT_SHAPES, ids=str)
+def test_bias_leaky_relu_matches_reference(device, dtype, bias, slope, shape):
+    leaves = _bias_act_leaves(shape, dtype, device, bias)
+
+    def op_fn(x, *b):
+        return ops.bias_leaky_relu(x, b[0] if b else None, slope)
+
+    def ref_fn(x, *b):
+        return reference.bias_leaky_relu(x, b[0] if b else None, slope)
+
+    out, _ = _bias_act_check(dtype, leaves, op_fn, ref_fn)
+    assert out.shape == shape and out.is_contiguous()
+    if slope == 0.0:
+        assert (out >= 0).all() and (out == 0).any()
+    else:
+        assert (out < 0).any()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(5, 3), (4, 6, 5, 3)], ids=str)
+def test_bias_leaky_relu_matches_torch(device, dtype, shape):
+    """Against what a user writes, computed in float64 from the same rounded values."""
+    x, b = _bias_act_leaves(shape, dtype, device)
+    b_view = b.detach().reshape(-1, *([1] * (len(shape) - 2)))
+    expected = F.leaky_relu(x.detach().double() + b_view.double(), 0.2)
+    out = ops.bias_leaky_relu(x, b, 0.2)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype, "forward")
+    assert ops.bias_leaky_relu(x.detach(), b.detach()).equal(ops.bias_leaky_relu(x.detach(), b.detach(), 0.2))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("upstream", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 1, 1), (2, 1, 3, 4)], ids=str)
+def test_bias_leaky_relu_channels_last(device, dtype, bias, upstream, shape):
+    """Channels-last maps in, channels-last maps out; the upstream gradient in either layout."""
+    x, *b = _bias_act_leaves(shape, dtype, device, bias)
+    x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    leaves = [x, *b]
+    fmt = torch.channels_last if upstream == "channels_last" else torch.contiguous_format
+
+    def op_fn(x, *b):
+        return ops.bias_leaky_relu(x, b[0] if b else None, 0.2)
+
+    def ref_fn(x, *b):
+        return reference.bias_leaky_relu(x, b[0] if b else None, 0.2)
+
+    out, grads = _bias_act_check(dtype, leaves, op_fn, ref_fn, fmt)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("view", ["transposed", "strided", "channels_last_3d"])
+def test_bias_leaky_relu_non_contiguous(device, dtype, view):
+    """Views in no dense layout (H and W swapped; every other element) and a channels-last 5-D map;
+    the bias a strided view too; the gradients reach the leaves through the views."""
+    if view == "transposed":
+        x, b = _bias_act_leaves((3, 4, 6, 5), dtype, device)
+        xb = _leaf(x.detach().transpose(2, 3).contiguous())  # (3, 4, 5, 6)
+        x_view = lambda t: t.transpose(2, 3)  # noqa: E731
+    elif view == "strided":
+        x, b = _bias_act_leaves((3, 4, 5), dtype, device)
+        xb = _leaf(torch.stack([x.detach(), torch.zeros_like(x)], dim=-1))  # (3, 4, 5, 2)
+        x_view = lambda t: t[..., 0]  # noqa: E731
+    else:
+        x, b = _bias_act_leaves((2, 3, 2, 4, 5), dtype, device)
+        xb = _leaf(x.detach().permute(0, 2, 3, 4, 1).contiguous())  # (N, D, H, W, C)
+        x_view = lambda t: t.permute(0, 4, 1, 2, 3)  # noqa: E731
+    bb = _leaf(torch.stack([b.detach(), torch.full_like(b, 100.0)], dim=1).reshape(-1))  # (2 C,)
+    assert not x_view(xb).is_contiguous()
+
+    out, grads = _bias_act_check(
+        dtype,
+        [xb, bb],
+        lambda xb, bb: ops.bias_leaky_relu(x_view(xb), bb[::2], 0.2),
+        lambda xb, bb: reference.bias_leaky_relu(x_view(xb), bb[::2], 0.2),
+    )
+    assert out.is_contiguous() or view == "channels_last_3d"
+    assert torch.count_nonzero(grads[1][1::2]) == 0
+
+
+@pytest.mark.parametrize("requires", ["input", "bias"])
+def test_bias_leaky_relu_partial_requires_grad(device, requires):
+    leaves = _bias_act_leaves((4, 3, 2, 5), torch.float64, device)
+    for leaf, name in zip(leaves, ["input", "bias"]):
+        leaf.requires_grad_(name == requires)
+    out_a, out_b, ga, gb = _run_both(
+        lambda x, b: ops.bias_leaky_relu(x, b, 0.1),
+        lambda x, b: reference.bias_leaky_relu(x, b, 0.1),
+        leaves,
+        torch.randn(4, 3, 2, 5, dtype=torch.float64, device=device),
+    )
+    _compare(torch.float64, leaves, out_a, out_b, ga, gb, ["input", "bias"])
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_leaky_relu_bias_grad_independent_of_threads(layout, dtype):
+    """Maps large enough to be split into many parallel tasks (and planes with a ragged tail): the
+    bias gradient on 1 and on 2 threads is bitwise the same, and close to the float64 sum."""
+    shape = (8, 6, 99, 101) if layout == "planes" else (4, 5, 130, 130)
+    x, b = _bias_act_leaves(shape, dtype, "cpu")
+    if layout == "channels_last":
+        x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    upstream = torch.randn(shape, dtype=torch.float64).to(dtype)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            grads.append(torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream))
+    finally:
+        torch.set_num_threads(threads)
+    (dx1, db1), (dx2, db2) = grads
+    assert torch.equal(db1, db2) and torch.equal(dx1, dx2)
+    y = reference.bias_leaky_relu(x.detach().double(), b.detach().double(), 0.2)
+    expected = torch.where(y > 0, 1.0, 0.2) * upstream.double()
+    assert_close(db1, expected.sum(dim=[0, 2, 3]), dtype, "bias grad")
+
+
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+def test_bias_leaky_relu_large_maps(device, layout):
+    """More planes and channels than one pass of CUDA blocks covers (grid-stride loops, several
+    channel-sum blocks), on every device: values against the reference, and a repeated backward
+    bitwise equal to the first."""
+    x, b = _bias_act_leaves((64, 600, 3, 3), torch.float32, device)
+    if layout == "channels_last":
+        x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
+    out, _ = _bias_act_check(
+        torch.float32, [x, b], lambda x, b: ops.bias_leaky_relu(x, b, 0.2), lambda x, b: reference.bias_leaky_relu(x, b, 0.2)
+    )
+    upstream = torch.randn_like(out)
+    first = torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream)
+    again = torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream)
+    assert all(torch.equal(f, a) for f, a in zip(first, again))
+
+
+def test_bias_leaky_relu_under_autocast():
+    """Under autocast the bias is cast to the conv output's dtype, as conv2d casts its own bias."""
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    fused = FusedConv2dLeakyReLU(3, 4, 3, padding=1)
+    fused.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(x)
+        expected = F.leaky_relu(conv(x), 0.2)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, expected.float(), torch.bfloat16, "forward")
+    out.float().sum().backward()
+    assert fused.bias.grad.dtype == torch.float32 and fused.bias.grad.abs().sum() > 0
 
 
 # --- the losses ----------------------------------------------------------------------------------
@@ -489,3 +677,41 @@ def test_fused_module_weight_gradient_has_the_weights_layout(device):
     assert fused.weight.grad.stride() == fused.weight.stride() == (32, 1)
     (grad,) = torch.autograd.grad(fused(torch.randn(8, 32, device=device)).sum(), fused.weight)
     assert grad.is_contiguous()
+
+
+# --- FusedConv2dLeakyReLU ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_fused_conv_matches_conv_and_leaky_relu(device, slope, channels_last):
+    """Same values and gradients (weight, bias, input) as nn.Conv2d + F.leaky_relu with the same
+    weights, whose state dict it shares; channels-last maps stay channels-last."""
+    fused = FusedConv2dLeakyReLU(3, 5, 4, 2, 1, negative_slope=slope, device=device, dtype=torch.float64)
+    conv = torch.nn.Conv2d(3, 5, 4, 2, 1, device=device, dtype=torch.float64)
+    assert set(fused.state_dict()) == {"weight", "bias"}
+    conv.load_state_dict(fused.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 9, 9, device=device, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    out = fused(x)
+    expected = F.leaky_relu(conv(x), slope)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.shape == (4, 5, 4, 4) and out.is_contiguous(memory_format=fmt)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, fused.weight, fused.bias), g)
+    want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
+    for a, b, name in zip(got, want, ["input", "weight", "bias"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    fused.load_state_dict(conv.state_dict())  # and back
+
+
+def test_fused_conv_without_bias_repr_and_errors():
+    fused = FusedConv2dLeakyReLU(2, 3, 3, padding=1, negative_slope=0.1, bias=False, dtype=torch.float64)
+    assert fused.bias is None and set(fused.state_dict()) == {"weight"}
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    expected = F.leaky_relu(F.conv2d(x, fused.weight, None, 1, 1), 0.1)
+    torch.testing.assert_close(fused(x), expected, rtol=1e-12, atol=1e-12)
+    assert "negative_slope=0.1" in repr(fused) and "bias=False" in repr(fused)
+    assert isinstance(fused, torch.nn.Conv2d) and FusedConv2dLeakyReLU(2, 3, 3).negative_slope == 0.2
+    with pytest.raises(ValueError, match="FusedConv2dLeakyReLU: negative_slope must be >= 0"):
+        FusedConv2dLeakyReLU(2, 3, 3, negative_slope=-0.2)

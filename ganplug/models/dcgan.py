@@ -7,7 +7,8 @@ G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU 
 ConvTranspose2d stages halving the channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when
 bounded.
 D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each,
-normalised from the second on -> flatten -> fused linear projection -> logits (N,).
+normalised from the second on (conv -> norm -> LeakyReLU; a stage without a norm is one
+FusedConv2dLeakyReLU) -> flatten -> linear projection -> logits (N,).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from ganplug.errors import GanplugError
 from ganplug.models.mlp import check_context
-from ganplug.nn import FusedLinearLeakyReLU
+from ganplug.nn import FusedConv2dLeakyReLU
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -102,14 +103,15 @@ class DCGANDiscriminator(nn.Sequential):
         layers: list[nn.Module] = []
         c_in, c = channels, width
         for stage in range(stages):
-            normed = stage > 0 and norm != "none"
-            layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=not (normed and norm == "batch")))
-            if normed:
-                layers.append(_critic_norm(norm, c))
-            layers.append(nn.LeakyReLU(slope))
+            if stage > 0 and norm != "none":
+                layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=norm != "batch"), _critic_norm(norm, c), nn.LeakyReLU(slope)]
+            else:
+                # The Identity stands where the LeakyReLU of conv -> LeakyReLU stood, so the layer
+                # indices, and with them the state-dict keys of checkpoints, stay as they were.
+                layers += [FusedConv2dLeakyReLU(c_in, c, 4, 2, 1, negative_slope=slope), nn.Identity()]
             c_in, c = c, c * 2
         base = side >> stages
-        layers += [nn.Flatten(), FusedLinearLeakyReLU(c_in * base * base, 1, negative_slope=1.0), nn.Flatten(0)]
+        layers += [nn.Flatten(), nn.Linear(c_in * base * base, 1), nn.Flatten(0)]
         super().__init__(*layers)
 
 

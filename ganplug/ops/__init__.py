@@ -4,7 +4,8 @@ and otherwise the pure-PyTorch twin in `ganplug.ops.reference`, which defines wh
 All ops take float32, float64, float16 and bfloat16 (reduced precision computes in float32),
 any leading shape and non-contiguous tensors, are differentiable in every tensor input, and work
 under torch.compile. Under autocast, linear_leaky_relu runs in the autocast dtype and the losses in
-float32, as torch's linear and BCE do.
+float32, as torch's linear and BCE do; bias_leaky_relu runs in its input's dtype, with the bias cast
+to it as conv2d casts its bias.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if LOAD_ERROR is None:
 __all__ = [
     "backend",
     "linear_leaky_relu",
+    "bias_leaky_relu",
     "discriminator_bce",
     "generator_bce",
     "minimax_generator_loss",
@@ -142,6 +144,54 @@ def linear_leaky_relu(
     flat = input.reshape(-1, input.shape[-1])
     out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, float(negative_slope))
     return out.reshape(*input.shape[:-1], weight.shape[0])
+
+
+def bias_leaky_relu(
+    input: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    """leaky_relu(input + bias broadcast over dim 1, negative_slope) in one fused op: the bias and
+    activation of a convolution computed without its bias (stylegan2's bias_act over dim 1).
+
+    input (N, C, *), e.g. conv maps (N, C, H, W) or features (N, C); bias (C,) or None; returns
+    input's shape, laid out like input when it is contiguous or channels-last (else contiguous).
+    negative_slope must be >= 0 (the backward reads the LeakyReLU mask off the output's sign, so
+    only the output is saved).
+    """
+    if (
+        _fast(input, bias)
+        and input.dim() >= 2
+        and (bias is None or bias.shape == (input.shape[1],))
+        and type(negative_slope) is float
+        and 0.0 <= negative_slope < math.inf
+    ):
+        return torch.ops.ganplug.bias_leaky_relu(input, bias, negative_slope)
+    op = "bias_leaky_relu"
+    _check_tensor(op, "input", input)
+    if input.dim() < 2:
+        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+        if bias.shape != (input.shape[1],):
+            raise ValueError(
+                f"{op}: bias must have shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, "
+                f"got {tuple(bias.shape)}"
+            )
+    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
+    _check_nonempty(op, "input", input)
+    if (
+        bias is not None
+        and torch.is_autocast_enabled(input.device.type)
+        and input.dtype == torch.get_autocast_dtype(input.device.type)
+    ):
+        bias = bias.to(input.dtype)
+    if bias is not None:
+        _check_same(op, "bias", bias, "input", input)
+    if not _use_kernels(input):
+        return reference.bias_leaky_relu(input, bias, negative_slope)
+    return torch.ops.ganplug.bias_leaky_relu(input, bias, float(negative_slope))
 
 
 def _split_target(op: str, name: str, target: Target, logits: torch.Tensor) -> tuple[torch.Tensor | None, float]:

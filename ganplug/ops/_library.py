@@ -29,6 +29,25 @@ def _(grad_output, output, negative_slope):
     return output.new_empty(output.shape), output.new_empty(output.shape[1:])
 
 
+def _empty_in_bias_act_layout(t):
+    """An empty tensor of t's shape (N, C, *) laid out as the bias_leaky_relu kernels lay out their
+    outputs (csrc/bias_act.h): channels innermost when t's memory is in (N, *, C) order, else contiguous."""
+    channels_last = t.movedim(1, -1)
+    if channels_last.is_contiguous():
+        return torch.empty_like(channels_last, memory_format=torch.contiguous_format).movedim(-1, 1)
+    return t.new_empty(t.shape)
+
+
+@torch.library.register_fake("ganplug::bias_leaky_relu")
+def _(input, bias, negative_slope):
+    return _empty_in_bias_act_layout(input)
+
+
+@torch.library.register_fake("ganplug::bias_leaky_relu_backward")
+def _(grad_output, output, negative_slope):
+    return _empty_in_bias_act_layout(output), output.new_empty(output.shape[1:2])
+
+
 def _scalar_like(x, *args):
     return x.new_empty(())
 

@@ -29,6 +29,14 @@ def linear_leaky_relu(
     return F.leaky_relu(F.linear(input, weight, bias), negative_slope)
 
 
+def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
+    """leaky_relu(input + bias over dim 1): input (N, C, *), bias (C,) or None -> (N, C, *)."""
+    z = input.to(_compute_dtype(input))
+    if bias is not None:
+        z = z + bias.to(z.dtype).reshape(-1, *([1] * (input.dim() - 2)))
+    return F.leaky_relu(z, negative_slope).to(input.dtype)
+
+
 def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a * b, where a == 0 gives 0 even when b is infinite (d/da stays b where b is finite)."""
     return a * torch.where((a == 0) & b.isinf(), torch.zeros_like(b), b)
