@@ -12,6 +12,7 @@
 #include "../bias_act.h"
 #include "../checks.h"
 #include "../loss_math.h"
+#include "simd.h"
 
 namespace ganplug {
 namespace {
@@ -21,24 +22,19 @@ constexpr int64_t kTaskElements = int64_t{1} << 15;  // about this many elements
 // Planes of `unit` elements per parallel task.
 int64_t grain(int64_t unit) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(unit, 1)); }
 
-// The loops below take restrict pointers so the compiler vectorises them. On x86-64 with GCC each
-// is compiled for AVX2 and for the baseline (SSE2), and the loader picks one per CPU: these passes
-// are compute-bound on cached maps, where SSE2 alone would lose to ATen's AVX2 kernels.
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__)
-#define GANPLUG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GANPLUG_VECTOR_CLONES
-#endif
+// The loops below take restrict pointers so the compiler vectorises them, and are compiled for
+// AVX2 too (simd.h): these passes are compute-bound on cached maps, where SSE2 alone would lose
+// to ATen's AVX2 kernels.
 
 // y[i] = leaky_relu(x[i]) over n elements.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-GANPLUG_VECTOR_CLONES void act_span(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, op_t slope) {
+GANPLUG_SIMD_CLONES void act_span(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, op_t slope) {
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[i]), slope));
 }
 
 // y[i] = leaky_relu(x[i] + b[i]) over n elements.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-GANPLUG_VECTOR_CLONES void bias_act_span(const scalar_t* __restrict__ x, const op_t* __restrict__ b, scalar_t* __restrict__ y, int64_t n,
+GANPLUG_SIMD_CLONES void bias_act_span(const scalar_t* __restrict__ x, const op_t* __restrict__ b, scalar_t* __restrict__ y, int64_t n,
                    op_t slope) {
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(x[i]) + b[i], slope));
 }
@@ -47,7 +43,7 @@ GANPLUG_VECTOR_CLONES void bias_act_span(const scalar_t* __restrict__ x, const o
 // of dz (before rounding). The order of that vectorised sum is fixed by the compiled loop (the
 // clone this CPU runs), not by the thread count.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
-GANPLUG_VECTOR_CLONES void planes_backward(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
+GANPLUG_SIMD_CLONES void planes_backward(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y,
                                            scalar_t* __restrict__ dz, op_t* __restrict__ sums, int64_t p0,
                                            int64_t p1, int64_t plane, op_t slope) {
   for (int64_t p = p0; p < p1; ++p) {
