@@ -210,7 +210,7 @@ double plain_mean(const at::Tensor& x) {
   double total = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plain_mean_cpu", [&] {
     const scalar_t* p = x.const_data_ptr<scalar_t>();
-    total = chunked_sum(n, 4, [=](int64_t i0, int64_t i1) { return vec::sum<scalar_t, false>(p + i0, i1 - i0); });
+    total = chunked_sum(n, 4, [=](int64_t i0, int64_t i1) { return vec::sum(p + i0, i1 - i0); });
   });
   return total / static_cast<double>(n);
 }
@@ -237,7 +237,7 @@ template <typename T>
 std::vector<double> row_norms(const T* g, int64_t rows, int64_t cols) {
   std::vector<double> norms(static_cast<size_t>(rows));
   at::parallel_for(0, rows, row_grain(cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) norms[r] = std::sqrt(vec::sum<T, true>(g + r * cols, cols));
+    for (int64_t r = r0; r < r1; ++r) norms[r] = std::sqrt(vec::sum_of_squares(g + r * cols, cols));
   });
   return norms;
 }
