@@ -231,7 +231,7 @@ at::Tensor wasserstein_generator_loss_cpu(const at::Tensor& fake_scores) {
 // Rows of `cols` elements per parallel task: about one chunk of work.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kChunk / std::max<int64_t>(cols, 1)); }
 
-// Per-sample L2 norms of g viewed as (rows, cols), the squares summed in double. One task sums a
+// Per-sample L2 norms of g viewed as (rows, cols), the squares accumulated in double (vec_math.h). One task sums a
 // whole row, so a norm does not depend on the thread count.
 template <typename T>
 std::vector<double> row_norms(const T* g, int64_t rows, int64_t cols) {
