@@ -471,6 +471,13 @@ class LinearLeakyRelu : public torch::autograd::Function<LinearLeakyRelu> {
 
 at::Tensor linear_leaky_relu_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
                                       double slope) {
+  if (!torch::autograd::compute_requires_grad(input, weight, bias)) {
+    // Nothing to differentiate: skip the autograd::Function (~4 us, 5% of a 64x100->256 layer).
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, double)>(
+        "ganplug::linear_leaky_relu");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, weight, bias, slope);
+  }
   return LinearLeakyRelu::apply(input, weight, bias, slope);
 }
 

@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -16,19 +18,47 @@ namespace {
 // Rows per parallel task: about 32k elements, so small layers stay on one thread.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(cols, 1)); }
 
-// The loops below take restrict pointers so the compiler vectorises them.
+// The loops below run whole at::vec vectors for float and double, and element by element for the
+// tail and for float16/bfloat16 (computed in float32). The vector lanes multiply by the same factor
+// as loss_math.h's formulas, slope + (1 - slope) * (z > 0), so both give the same bits.
+
+// The LeakyReLU factors of the positive and the negative side, as loss_math.h computes them.
+template <typename op_t>
+struct LeakyFactors {
+  at::vec::Vectorized<op_t> positive, negative;
+  explicit LeakyFactors(op_t slope) : positive(slope + (op_t(1) - slope)), negative(slope) {}
+  // v * (positive if sign > 0 else negative), lane-wise.
+  at::vec::Vectorized<op_t> apply(const at::vec::Vectorized<op_t>& v, const at::vec::Vectorized<op_t>& sign) const {
+    return v * at::vec::Vectorized<op_t>::blendv(negative, positive, sign > at::vec::Vectorized<op_t>(op_t(0)));
+  }
+};
 
 // y[i] = leaky_relu(y[i]) over n elements, in place.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
 void leaky_relu_span(scalar_t* __restrict__ y, int64_t n, op_t slope) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(y[i]), slope));
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    using V = at::vec::Vectorized<op_t>;
+    const LeakyFactors<op_t> f(slope);
+    for (; i + V::size() <= n; i += V::size()) {
+      const V z = V::loadu(y + i);
+      f.apply(z, z).store(y + i);
+    }
+  }
+  for (; i < n; ++i) y[i] = static_cast<scalar_t>(leaky_relu(static_cast<op_t>(y[i]), slope));
 }
 
 // dz[i] = dy[i] * mask(y[i]) over n elements.
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
 void leaky_relu_grad_span(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y, scalar_t* __restrict__ dz,
                           int64_t n, op_t slope) {
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    using V = at::vec::Vectorized<op_t>;
+    const LeakyFactors<op_t> f(slope);
+    for (; i + V::size() <= n; i += V::size()) f.apply(V::loadu(dy + i), V::loadu(y + i)).store(dz + i);
+  }
+  for (; i < n; ++i) {
     dz[i] = static_cast<scalar_t>(leaky_relu_grad_from_output(static_cast<op_t>(dy[i]), static_cast<op_t>(y[i]), slope));
   }
 }
@@ -37,7 +67,17 @@ void leaky_relu_grad_span(const scalar_t* __restrict__ dy, const scalar_t* __res
 template <typename scalar_t, typename op_t = at::opmath_type<scalar_t>>
 void leaky_relu_grad_row_sum(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ y, scalar_t* __restrict__ dz,
                              op_t* __restrict__ acc, int64_t cols, op_t slope) {
-  for (int64_t c = 0; c < cols; ++c) {
+  int64_t c = 0;
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    using V = at::vec::Vectorized<op_t>;
+    const LeakyFactors<op_t> f(slope);
+    for (; c + V::size() <= cols; c += V::size()) {
+      const V g = f.apply(V::loadu(dy + c), V::loadu(y + c));
+      g.store(dz + c);
+      (V::loadu(acc + c) + g).store(acc + c);
+    }
+  }
+  for (; c < cols; ++c) {
     const op_t g = leaky_relu_grad_from_output(static_cast<op_t>(dy[c]), static_cast<op_t>(y[c]), slope);
     dz[c] = static_cast<scalar_t>(g);
     acc[c] += g;
