@@ -38,18 +38,21 @@ Target = float | torch.Tensor
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not subclasses with behaviour of their own
+_any_autocast = torch._C._is_any_autocast_enabled
 _CPU_KERNELS = "cpu" in COMPILED_DEVICE_TYPES
 _CUDA_KERNELS = "cuda" in COMPILED_DEVICE_TYPES
 
 
 def _fast(x: object, y: object = None) -> bool:
-    """True when the compiled kernel can take the tensors as they are: plain tensors of one
-    float32/float64 dtype and device, non-empty, on a device with kernels, GANPLUG_OPS unset.
+    """True when the compiled kernel can take the tensors as they are: plain tensors (or
+    parameters) of one float32/float64 dtype and device, non-empty, on a device with kernels,
+    GANPLUG_OPS unset.
     Then the Python checks below (which the kernels repeat) and their cost (several microseconds,
     more than a loss on a GAN batch) are skipped; anything else takes the checked path."""
-    if type(x) is not torch.Tensor or x.dtype not in _FAST_DTYPES or x.numel() == 0:
+    if type(x) not in _PLAIN_TENSORS or x.dtype not in _FAST_DTYPES or x.numel() == 0:
         return False
-    if y is not None and (type(y) is not torch.Tensor or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
+    if y is not None and (type(y) not in _PLAIN_TENSORS or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
         return False
     return env_unset() and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS))
 
@@ -104,16 +107,20 @@ def linear_leaky_relu(
     off the output's sign, so only the output is saved).
     """
     if (
-        _fast(input, weight)
-        and input.dim() == 2
-        and input.shape[1] == weight.shape[-1]
-        and weight.dim() == 2
-        and (bias is None or (_fast(bias, input) and bias.shape == (weight.shape[0],)))
+        type(input) in _PLAIN_TENSORS
+        and type(weight) in _PLAIN_TENSORS
+        and (bias is None or type(bias) in _PLAIN_TENSORS)
         and type(negative_slope) is float
         and 0.0 <= negative_slope < math.inf
-        and not torch.is_autocast_enabled(input.device.type)
-    ):
-        return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, negative_slope)
+        and input.dim() == 2
+        and not _any_autocast()
+        and env_unset()
+        and ((input.is_cpu and _CPU_KERNELS) or (input.is_cuda and _CUDA_KERNELS))
+    ):  # the layer's call: the kernel checks shapes, dtypes and devices itself (~1 us here)
+        try:
+            return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, negative_slope)
+        except RuntimeError:
+            pass  # the checks below say what was wrong, in Python's words
     op = "linear_leaky_relu"
     _check_tensor(op, "input", input)
     _check_tensor(op, "weight", weight)
