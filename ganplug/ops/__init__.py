@@ -44,6 +44,10 @@ _CPU_KERNELS = "cpu" in COMPILED_DEVICE_TYPES
 _CUDA_KERNELS = "cuda" in COMPILED_DEVICE_TYPES
 
 
+def _on_kernel_device(x: torch.Tensor) -> bool:
+    return (x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS)
+
+
 def _fast(x: object, y: object = None) -> bool:
     """True when the compiled kernel can take the tensors as they are: plain tensors (or
     parameters) of one float32/float64 dtype and device, non-empty, on a device with kernels,
@@ -54,7 +58,7 @@ def _fast(x: object, y: object = None) -> bool:
         return False
     if y is not None and (type(y) not in _PLAIN_TENSORS or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
         return False
-    return env_unset() and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS))
+    return env_unset() and _on_kernel_device(x)
 
 
 def _probability(value: object) -> bool:
@@ -115,7 +119,7 @@ def linear_leaky_relu(
         and input.dim() == 2
         and not _any_autocast()
         and env_unset()
-        and ((input.is_cpu and _CPU_KERNELS) or (input.is_cuda and _CUDA_KERNELS))
+        and _on_kernel_device(input)
     ):  # the layer's call: the kernel checks shapes, dtypes and devices itself (~1 us here)
         try:
             return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, negative_slope)
