@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from ganplug import __version__
-from ganplug.errors import GanplugError, Terminated, UsageError
+from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, get_registry, resolve_kind
-from ganplug.train.config import OPTION_FLAGS, SHORTHANDS
+from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, validate_config
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -60,35 +60,68 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List plugins: version, status (ok/failed/disabled) and what each registers."""
+    """List plugins: version, status and what each registers.
+
+    Status: ok; failed (it could not be loaded: skipped); broken (it loaded, but a factory it
+    names cannot be imported); disabled (GANPLUG_DISABLE_PLUGINS / GANPLUG_LOAD_PLUGINS).
+    Every factory is imported to check it, so this command imports torch.
+    """
+    from ganplug.errors import debug_enabled
+
     registry = get_registry()
+    registry.check_factories()
     if as_json:
         _echo_json([info.describe() for info in registry.plugins])
         return
+    shadowed = {kind: registry.shadowed(kind) for kind in KINDS}
     for info in registry.plugins:
         origin = f"{info.distribution} {info.version}" if info.distribution else "(not installed)"
         label = "built-in" if info.builtin else origin
         click.echo(f"{info.name}  [{label}]  {info.status}")
         if info.error:
             click.echo(f"    error: {info.error}")
+        if info.traceback and debug_enabled():
+            click.echo("    " + info.traceback.rstrip().replace("\n", "\n    "))
         for kind, names in info.registers.items():
-            click.echo(f"    {KINDS[kind].plural}: {', '.join(names)}")
+            marked = [
+                f"{name} (shadows {name!r} of the built-ins)" if not info.builtin and name in shadowed[kind]
+                else f"{name} (shadowed by plugin {shadowed[kind][name]!r})" if info.builtin and name in shadowed[kind]
+                else name
+                for name in names
+            ]
+            click.echo(f"    {KINDS[kind].plural}: {', '.join(marked)}")
 
 
 @cli.command("list")
-@click.argument("kind", metavar="{archs|losses|datasets|metrics}")
+@click.argument("kind", metavar="[archs|losses|datasets|metrics]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_command(kind: str, as_json: bool) -> None:
-    """List architectures, losses, datasets or metrics with summaries and options."""
-    resolved = resolve_kind(kind)
-    entries = get_registry().entries(resolved.name)
+def list_command(kind: str | None, as_json: bool) -> None:
+    """List architectures, losses, datasets or metrics (all four without KIND) with summaries and options."""
+    kinds = [resolve_kind(kind)] if kind else list(KINDS.values())
+    registry = get_registry()
     if as_json:
-        _echo_json([{"plugin": e.plugin, **e.spec.describe()} for e in entries])
+        described = {
+            k.plural: [{"plugin": e.plugin, **e.spec.describe()} for e in registry.entries(k.name)] for k in kinds
+        }
+        _echo_json(described[kinds[0].plural] if kind else described)
         return
-    for entry in entries:
+    for number, resolved in enumerate(kinds):
+        if not kind:
+            click.echo(("\n" if number else "") + f"{resolved.plural}:")
+        _list_kind(registry, resolved)
+
+
+def _list_kind(registry, kind) -> None:
+    shadowed = registry.shadowed(kind.name)
+    for entry in registry.entries(kind.name):
         spec = entry.spec
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         source = "" if entry.plugin == "ganplug" else f"  [{entry.plugin}]"
+        if spec.name in shadowed:
+            source += (
+                f"  (shadowed by plugin {shadowed[spec.name]!r}: use ganplug:{spec.name})"
+                if entry.plugin == "ganplug" else "  (shadows the built-in)"
+            )
         click.echo(f"{spec.name}{aliases}{source}")
         click.echo(f"    {spec.summary}")
         for option in spec.options:
@@ -119,33 +152,35 @@ def _train_options(func):
         click.option("--arch-opt", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable)."),
         click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option (repeatable)."),
         click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Dataset option (repeatable)."),
-        click.option("--steps", type=click.IntRange(min=1), help="Generator updates [default: the dataset's, else 2000]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Samples per batch [default: the dataset's, else 64]."),
-        click.option("--n-critic", type=click.IntRange(min=1), help="Critic updates per generator update [default: the loss's]."),
-        click.option("--pack", type=click.IntRange(min=1), metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: the dataset's, else 1]."),
+        click.option("--steps", type=int, help="Generator updates [default: the dataset's, else 2000]."),
+        click.option("--batch-size", type=int, help="Samples per batch [default: the dataset's, else 64]."),
+        click.option("--n-critic", type=int, help="Critic updates per generator update [default: the loss's]."),
+        click.option("--pack", type=int, metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: the dataset's, else 1]."),
         click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
-        click.option("--lr-g", type=click.FloatRange(min=0, min_open=True), help="Generator learning rate [default: the loss's]."),
-        click.option("--lr-d", type=click.FloatRange(min=0, min_open=True), help="Critic learning rate [default: the loss's]."),
+        click.option("--lr-g", type=float, help="Generator learning rate [default: the loss's]."),
+        click.option("--lr-d", type=float, help="Critic learning rate [default: the loss's]."),
         click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
         click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: the dataset's, else none]."),
-        click.option("--latent-dim", type=click.IntRange(min=1), help="Size of z [default: 64 for images, 8 otherwise]."),
+        click.option("--latent-dim", type=int, help="Size of z [default: 64 for images, 8 otherwise]."),
         click.option("--latent", type=click.Choice(["normal", "uniform"]), help="Distribution of z [default: the dataset's]."),
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
         click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
-        click.option("--ema", type=click.FloatRange(0, 1, max_open=True), is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
+        click.option("--ema", type=float, is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
         click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
         click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
         click.option("--data-dir", type=click.Path(file_okay=False), help="Where torchvision datasets and image folders live."),
         click.option("--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."),
         click.option("--image-size", type=int, help="Resize images to this square size (8-128)."),
-        click.option("--sample-every", type=click.IntRange(min=0), help="Steps between sample grids; 0 = end only [default: 250]."),
-        click.option("--checkpoint-every", type=click.IntRange(min=0), help="Steps between checkpoints; 0 = end only [default: 500]."),
-        click.option("--log-every", type=click.IntRange(min=1), help="Steps between metrics.jsonl lines [default: 10]."),
-        click.option("--eval-every", type=click.IntRange(min=0), help="Steps between evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl; 0 = off [default: 0]."),
+        click.option("--sample-every", type=int, help="Steps between sample grids; 0 = end only [default: 250]."),
+        click.option("--checkpoint-every", type=int, help="Steps between checkpoints; 0 = end only [default: 500]."),
+        click.option("--log-every", type=int, help="Steps between metrics.jsonl lines [default: 10]."),
+        click.option("--eval-every", type=int, help="Steps between evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl; 0 = off [default: 0]."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
+        click.option("--fork", type=click.Path(file_okay=False), metavar="DIR", help="With --resume: continue in the new directory DIR (a branch); the original run stays as it is."),
+        click.option("--discard-newer", is_flag=True, default=None, help="With --resume of an older checkpoint: rewind the run to it, deleting its later checkpoints and samples."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, log lines only."),
         click.option("--on-nan", type=click.Choice(["stop", "skip"]), help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step [default: stop]."),
         click.option("--nproc", type=click.IntRange(min=1), help="Train data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs); --batch-size is the global batch."),
@@ -217,6 +252,7 @@ def build_config(given: dict[str, Any]):
     for flag, attribute in OPTION_FLAGS.items():
         cli_flag = "--" + flag.replace("_", "-")
         getattr(config, attribute).update(parse_pairs(cli_flag, given.get(flag) or ()))
+    validate_config(config)
     registry = get_registry()
     specs = {
         "arch_options": registry.resolve("architecture", config.arch),
@@ -289,6 +325,9 @@ def train(ctx: click.Context, **given: Any) -> None:
                 args += [flag, str(value)]
         raise click.exceptions.Exit(launch(nproc, args))
 
+    for flag in ("fork", "discard_newer"):
+        if explicit.get(flag) and not explicit.get("resume"):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to a resume: pass --resume RUN_DIR or a checkpoint")
     try:
         if explicit.get("resume"):
             _resume(explicit)
@@ -298,13 +337,16 @@ def train(ctx: click.Context, **given: Any) -> None:
             from ganplug.train import train as run_training
 
             run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
-    except Terminated as stop:  # SIGTERM: the checkpoint is written; exit 128 + signal number
-        click.echo(f"ganplug: terminated by signal {stop.signum}", err=True)
+    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (128 + 15): what was saved is said
+        code = stop.exit_code if isinstance(stop, Terminated) else 130
+        if not getattr(stop, "reported", False):  # the trainer said nothing yet (start-up)
+            what = f"terminated by signal {stop.signum}" if isinstance(stop, Terminated) else "interrupted"
+            click.echo(f"ganplug: {what}", err=True)
         if torchrun_worker:
             from ganplug.train.distributed import exit_worker
 
-            exit_worker(stop.exit_code)
-        raise click.exceptions.Exit(stop.exit_code) from None
+            exit_worker(code)
+        raise click.exceptions.Exit(code) from None
     if torchrun_worker:  # done and flushed: skip gloo's racy interpreter shutdown (see exit_worker)
         from ganplug.train.distributed import exit_worker
 
@@ -312,34 +354,56 @@ def train(ctx: click.Context, **given: Any) -> None:
 
 
 def _resume(explicit: dict[str, Any]) -> None:
-    from ganplug.train import train as run_training
+    """``--resume PATH``: continue the run (in place, or a branch with ``--fork DIR``); a run
+    stopped before its first checkpoint starts again from its config.toml."""
+    from ganplug.train import CONFIG_FILE, train as run_training
     from ganplug.train.checkpoint import (
-        find_checkpoint,
-        load_checkpoint,
-        resume_config,
-        run_dir_of,
-        stored_config,
+        find_checkpoint, fork_run, has_checkpoint, load_checkpoint, resume_config, run_dir_of, stored_config,
     )
 
     if explicit.get("out"):
-        raise UsageError("--resume continues in the run's own directory; drop --out")
+        raise UsageError("--resume continues in the run's own directory (or a new one with --fork DIR); drop --out")
     if explicit.get("config_file"):
         raise UsageError("--resume takes the run's stored config; drop --config")
-    checkpoint = find_checkpoint(Path(explicit["resume"]))
+    if explicit.get("fork") and explicit.get("discard_newer"):
+        raise UsageError("--fork leaves the original run as it is, so --discard-newer does not apply: pass one of them")
+    target = Path(explicit["resume"])
+    quiet = bool(explicit.get("quiet"))
+    if target.is_dir() and (target / CONFIG_FILE).is_file() and not has_checkpoint(target):
+        return _restart(target, explicit)
+    checkpoint = find_checkpoint(target)
+    state = load_checkpoint(checkpoint)  # a file that is no checkpoint is named before anything else
     run_dir = run_dir_of(checkpoint)
-    config = resume_config(stored_config(load_checkpoint(checkpoint)), explicit)
-    run_training(config, run_dir, resume_from=checkpoint, quiet=bool(explicit.get("quiet")))
+    config = resume_config(stored_config(state), explicit)
+    if explicit.get("fork"):
+        run_dir = Path(explicit["fork"])
+        checkpoint = fork_run(checkpoint, int(state["step"]), run_dir)
+    run_training(
+        config, run_dir, resume_from=checkpoint, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet
+    )
+
+
+def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
+    """``--resume`` of a run with no checkpoint yet: train it again from step 0 with its
+    config.toml (and the changes a resume allows), in place of what it had logged."""
+    from ganplug.train import CONFIG_FILE, clear_run, train as run_training
+    from ganplug.train.checkpoint import resume_config
+    from ganplug.train.config import TrainConfig
+
+    if explicit.get("fork") or explicit.get("discard_newer"):
+        raise UsageError(f"{run_dir} has no checkpoint to branch from or rewind to: drop --fork/--discard-newer")
+    path = run_dir / CONFIG_FILE
+    try:
+        stored = TrainConfig.from_dict(_read_config_file(str(path)))
+    except (KeyError, TypeError) as error:
+        raise UsageError(f"{path} does not fit this ganplug ({error}): start a new run with --out") from None
+    config = resume_config(stored, explicit)
+    click.echo(f"ganplug: {run_dir} has no checkpoint yet (stopped before its first one): training it again from step 0", err=True)
+    clear_run(run_dir)
+    run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
 
 
 # -- eval ------------------------------------------------------------------------------------------
-
-
-def _format_metric_value(value: float) -> str:
-    if value != value:  # NaN
-        return "n/a"
-    if float(value).is_integer() and abs(value) < 1e9:
-        return str(int(value))
-    return f"{value:.4g}"
 
 
 @cli.command("eval")
@@ -359,6 +423,7 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
       ganplug list metrics                          # what is computed, for which datasets
     """
     from ganplug.metrics import evaluate
+    from ganplug.train.progress import format_number
 
     report = evaluate(checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names)
     if as_json:
@@ -367,6 +432,8 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
             for name, values in report["metrics"].items()
         }
         _echo_json({**report, "metrics": clean})
+        if report["failed"]:
+            raise click.exceptions.Exit(1)
         return
     weights = "EMA" if report["ema"] else "raw"
     click.echo(f"{report['checkpoint']}: step {report['step']}, {weights} generator, dataset {report['dataset']}, seed {report['seed']}")
@@ -374,9 +441,13 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
         click.echo(f"{name}")
         width = max((len(key) for key in values), default=0)
         for key, value in values.items():
-            click.echo(f"    {key:<{width}}  {_format_metric_value(value)}")
+            click.echo(f"    {key:<{width}}  {format_number(value)}")
     for name, why in report["skipped"].items():
         click.echo(f"{name}: skipped: {why}")
+    for name, why in report["failed"].items():
+        click.echo(f"{name}: failed: {why}")
+    if report["failed"]:
+        raise click.exceptions.Exit(1)
 
 
 # -- sample ----------------------------------------------------------------------------------------
@@ -407,31 +478,45 @@ def sample(checkpoint: str, num: int, out: str, seed: int, no_ema: bool, device:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in args or bool(os.environ.get("GANPLUG_DEBUG"))
-    args = [arg for arg in args if arg != "--debug"]  # accepted anywhere on the line
+    previous = os.environ.get(DEBUG_VARIABLE)
+    if "--debug" in args:  # accepted anywhere on the line; the variable reaches torchrun's workers too
+        os.environ[DEBUG_VARIABLE] = "1"
     try:
-        code = cli.main(args=args, prog_name="ganplug", standalone_mode=False)
+        code = _run([arg for arg in args if arg != "--debug"], debug_enabled())
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_VARIABLE, None)
+        else:
+            os.environ[DEBUG_VARIABLE] = previous
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run(args: list[str], debug: bool) -> int:
+    """The command's exit code; errors printed as one line (re-raised with ``debug``)."""
+    try:
+        return cli.main(args=args, prog_name="ganplug", standalone_mode=False)
     except click.exceptions.Exit as done:
-        code = done.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("ganplug: interrupted", err=True)
-        code = 130
+        return done.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort) as stop:
+        if not getattr(stop, "reported", False):  # the trainer said what it saved
+            click.echo("ganplug: interrupted", err=True)
+        return 130
     except click.UsageError as error:
         if debug:
             raise
         command = error.ctx.command_path if error.ctx else "ganplug"
         click.echo(f"Error: {error.format_message()} (see: {command} --help)", err=True)
-        code = error.exit_code
+        return error.exit_code
     except click.ClickException as error:
         if debug:
             raise
         click.echo(f"Error: {error.format_message()}", err=True)
-        code = error.exit_code
+        return error.exit_code
     except GanplugError as error:
         if debug:
             raise
         click.echo(f"Error: {error}", err=True)
-        code = error.exit_code
+        return error.exit_code
     except Exception as error:
         if debug:
             raise
@@ -439,8 +524,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Error: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
             err=True,
         )
-        code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,17 @@
-"""Errors users see as one line (no traceback unless ``--debug``), with the exit code they get."""
+"""Errors users see as one line (no traceback unless ``--debug``), with the exit code they get.
+
+Exit codes: 2 for the user's mistakes (a name, option, value or path), 1 for everything else
+(a plugin at fault, a diverged run, a full disk), 130 for Ctrl-C, 128 + N for signal N.
+"""
+
+import os
+
+DEBUG_VARIABLE = "GANPLUG_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether tracebacks are shown: ``--debug`` (which sets GANPLUG_DEBUG=1) or GANPLUG_DEBUG."""
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
 class GanplugError(Exception):
@@ -11,6 +24,11 @@ class UsageError(GanplugError):
     """A bad name, option or value on the command line or in a config file (exit code 2)."""
 
     exit_code = 2
+
+
+class PluginError(GanplugError):
+    """A plugin's code failed (raised, or returned something it must not): the message names the
+    plugin and its distribution, so the user knows whom to report it to (exit code 1)."""
 
 
 class MetricUnavailable(GanplugError):

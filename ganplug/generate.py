@@ -2,7 +2,7 @@
 
 The architecture is rebuilt from the checkpoint's stored config and model description (data
 shape, latent size, output bound), so the dataset is never loaded; only the architecture's plugin
-must be installed.
+must be installed: the one the run recorded (a missing one is named with its distribution).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     ``latent`` ("normal" or "uniform"), ``value_range`` ((low, high) or None), ``data_shape``,
     ``step`` (generator steps trained) and ``uses_ema``.
     """
+    from ganplug.registry import get_registry
     from ganplug.train.build import build_models, resolve_device
     from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
 
@@ -31,8 +32,10 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     config = stored_config(state)
     info = state["model"]
     target = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    recorded = (state.get("provenance") or {}).get("architecture")
+    arch_spec = get_registry().resolve_recorded("architecture", config.arch, recorded)
     with torch.random.fork_rng(devices=[]):  # building reseeds; leave the caller's RNG alone
-        generator, _ = build_models(config, info)
+        generator, _ = build_models(config, info, arch_spec)
     use_ema = bool(ema and state.get("ema") is not None)
     try:
         generator.load_state_dict(state["ema"] if use_ema else state["generator"])

@@ -7,22 +7,30 @@ skipped; everything else keeps working. Environment:
 - ``GANPLUG_LOAD_PLUGINS=a,b`` loads only these plugins; set and empty, built-ins only.
 - ``GANPLUG_DISABLE_PLUGINS=a,b`` skips these plugins (entry-point or distribution names).
 
+A name in either list that no installed plugin has is warned about. A function named like a hook
+but not marked ``@hookimpl``, or a hook name that does not exist, fails the plugin with a
+suggestion. A plugin's spec whose name is a built-in's shadows it (warned once per process); a
+plugin's alias that another spec already claims is dropped with a warning.
+
 Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
+import traceback
+import types
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pluggy
 
 from ganplug import hookspecs
-from ganplug.errors import UsageError
+from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError, debug_enabled
 from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec
 
 BUILTIN = "ganplug"
@@ -56,13 +64,23 @@ class PluginInfo:
     name: str
     distribution: str | None = None
     version: str | None = None
-    status: str = "ok"  # ok | failed | disabled
+    status: str = "ok"  # ok | failed | disabled | broken (a factory that cannot be imported)
     error: str | None = None
     registers: dict[str, list[str]] = field(default_factory=dict)
+    traceback: str | None = None  # of the error, shown by ``ganplug --debug plugins``
+    modules: tuple[str, ...] = ()  # top-level packages of its code: who to blame for an error
 
     @property
     def builtin(self) -> bool:
         return self.name == BUILTIN
+
+    @property
+    def origin(self) -> str:
+        """``plugin 'x' (ganplug-x 1.0)`` or ``the built-ins``, for messages."""
+        if self.builtin:
+            return "the built-ins"
+        dist = f" ({self.distribution} {self.version})" if self.distribution else ""
+        return f"plugin {self.name!r}{dist}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -73,6 +91,23 @@ class PluginInfo:
             "error": self.error,
             "registers": self.registers,
         }
+
+
+def _top_package(module_name: str | None) -> str | None:
+    return module_name.partition(".")[0] if module_name else None
+
+
+def _modules_of(plugin: object, specs: Iterable[Any]) -> tuple[str, ...]:
+    """The top-level packages a plugin's code lives in: its own and its factories'."""
+    if isinstance(plugin, types.ModuleType):
+        own = plugin.__name__
+    else:
+        own = plugin.__module__ if isinstance(plugin, type) else type(plugin).__module__
+    names = {_top_package(own)}
+    for spec in specs:
+        factory = spec.factory
+        names.add(_top_package(factory.partition(":")[0] if isinstance(factory, str) else getattr(factory, "__module__", None)))
+    return tuple(sorted(n for n in names if n and n != "ganplug" and n not in sys.stdlib_module_names))
 
 
 @dataclass(frozen=True)
@@ -120,6 +155,8 @@ class Registry:
         self._manager.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self._entries: dict[str, list[Entry]] = {kind: [] for kind in KINDS}
+        self._entry_of: dict[int, Entry] = {}
+        self._warned: set[tuple[str, ...]] = set()
 
         from ganplug import builtins
 
@@ -128,6 +165,7 @@ class Registry:
             entry_points = metadata.entry_points(group=PROJECT)
         only = _env_names("GANPLUG_LOAD_PLUGINS")
         disabled = _env_names("GANPLUG_DISABLE_PLUGINS") or set()
+        entry_points = list(entry_points)
         for entry_point in entry_points:
             info = PluginInfo(entry_point.name)
             if entry_point.dist is not None:
@@ -147,21 +185,42 @@ class Registry:
             self._add(info, plugin)
         for name, plugin in extra_plugins:
             self._add(PluginInfo(name), plugin)
+        installed = {n for p in self.plugins if not p.builtin for n in (p.name, p.distribution) if n}
+        for variable, names in (("GANPLUG_LOAD_PLUGINS", only or set()), ("GANPLUG_DISABLE_PLUGINS", disabled)):
+            for name in sorted(names - installed):
+                known = ", ".join(sorted(p.name for p in self.plugins if not p.builtin)) or "none"
+                self._warn(
+                    f"{variable} names {name!r}, which is no installed plugin (installed: {known}); "
+                    + ("the built-ins cannot be disabled" if name == BUILTIN else "check the spelling")
+                )
 
     # -- loading -------------------------------------------------------------------------------
 
-    def _fail(self, info: PluginInfo, error: str) -> None:
+    def _warn(self, message: str) -> None:
+        """``message`` on stderr once per registry (when reporting)."""
+        if self._report and (message,) not in self._warned:
+            self._warned.add((message,))
+            print(f"ganplug: warning: {message}", file=sys.stderr)
+
+    def _fail(self, info: PluginInfo, error: str, exc: BaseException | None = None) -> None:
         info.status = "failed"
         info.error = error
         info.registers = {}
+        if exc is not None:
+            info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.plugins.append(info)
         if self._report:
-            origin = f" ({info.distribution} {info.version})" if info.distribution else ""
-            print(f"ganplug: plugin {info.name!r}{origin} skipped: {error}", file=sys.stderr)
+            print(f"ganplug: {info.origin} skipped: {error}", file=sys.stderr)
+            if info.traceback and debug_enabled():
+                print(info.traceback, file=sys.stderr, end="")
 
     def _add(self, info: PluginInfo, plugin: object) -> None:
         if any(p.name == info.name and p.status == "ok" for p in self.plugins):
             self._fail(info, f"another plugin is already registered as {info.name!r}")
+            return
+        problem = _unmarked_hooks(plugin)
+        if problem:
+            self._fail(info, problem)
             return
         try:
             self._manager.register(plugin, name=info.name)
@@ -169,7 +228,7 @@ class Registry:
         except Exception as error:
             if self._manager.is_registered(plugin):
                 self._manager.unregister(plugin)
-            self._fail(info, f"{type(error).__name__}: {error}")
+            self._fail(info, f"{type(error).__name__}: {error}{_hook_suggestion(str(error))}", error)
             return
         found: dict[str, list[Entry]] = {}
         for kind in KINDS.values():
@@ -185,14 +244,130 @@ class Registry:
                 found[kind.name] = [Entry(info.name, spec) for spec in _check_specs(kind, specs)]
             except Exception as error:
                 self._manager.unregister(plugin)
-                self._fail(info, f"{kind.hook}() failed: {type(error).__name__}: {error}")
+                self._fail(info, f"{kind.hook}() failed: {type(error).__name__}: {error}", error)
                 return
         for kind_name, entries in found.items():
+            entries = [self._claim_aliases(kind_name, info, entry) for entry in entries]
             self._entries[kind_name].extend(entries)
+            for entry in entries:
+                self._entry_of[id(entry.spec)] = entry
             info.registers[kind_name] = [entry.spec.name for entry in entries]
+        info.modules = _modules_of(plugin, [e.spec for entries in found.values() for e in entries])
         self.plugins.append(info)
 
+    def _claim_aliases(self, kind: str, info: PluginInfo, entry: Entry) -> Entry:
+        """``entry`` without the aliases another plugin's spec already has as name or alias
+        (a warning names them): an alias never takes over a name."""
+        taken = {name: e for e in self._entries[kind] for name in e.spec.names}
+        dropped = [alias for alias in entry.spec.aliases if alias in taken]
+        if not dropped:
+            return entry
+        for alias in dropped:
+            owner = taken[alias]
+            self._warn(
+                f"{info.origin}: alias {alias!r} of {kind} {entry.spec.name!r} is ignored: "
+                f"{owner.qualified_name} already answers to it"
+            )
+        kept = tuple(a for a in entry.spec.aliases if a not in dropped)
+        return Entry(entry.plugin, dataclasses.replace(entry.spec, aliases=kept))
+
+    def check_factories(self) -> None:
+        """Import every string factory of the loaded plugins (this imports their code, and so
+        torch); a plugin with one that cannot be loaded becomes ``broken``, with the reason."""
+        for info in self.plugins:
+            if info.status != "ok":
+                continue
+            for kind in KINDS:
+                for entry in self._entries[kind]:
+                    if entry.plugin != info.name:
+                        continue
+                    try:
+                        entry.spec.load()
+                    except Exception as error:
+                        info.status = "broken"
+                        info.error = f"{kind} {entry.spec.name!r}: {_load_failure(entry.spec, error)}"
+                        info.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                        break
+                if info.status != "ok":
+                    break
+
     # -- queries -------------------------------------------------------------------------------
+
+    def plugin(self, name: str) -> PluginInfo | None:
+        """The loaded (or failed, or disabled) plugin called ``name``."""
+        return next((p for p in self.plugins if p.name == name), None)
+
+    def entry_of(self, spec: Any) -> Entry:
+        """The :class:`Entry` (plugin) a spec returned by :meth:`resolve` came from."""
+        entry = self._entry_of.get(id(spec))
+        if entry is None:
+            raise KeyError(f"{spec!r:.80} is not registered")
+        return entry
+
+    def origin_of(self, spec: Any) -> str:
+        """Who provides ``spec``, for messages: ``plugin 'x' (ganplug-x 1.0)`` or the built-ins."""
+        info = self.plugin(self.entry_of(spec).plugin)
+        return info.origin if info is not None else f"plugin {self.entry_of(spec).plugin!r}"
+
+    def provenance(self, kind: str, spec: Any) -> dict[str, Any]:
+        """What a run records of a resolved name: ``{"kind", "name", "plugin", "distribution",
+        "version"}`` (see :func:`check_provenance`)."""
+        entry = self.entry_of(spec)
+        info = self.plugin(entry.plugin)
+        return {
+            "kind": kind,
+            "name": spec.name,
+            "plugin": entry.plugin,
+            "distribution": info.distribution if info else None,
+            "version": info.version if info else None,
+        }
+
+    def resolve_recorded(self, kind: str, name: str, recorded: Mapping[str, Any] | None) -> Any:
+        """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same
+        plugin's, whatever now shadows or no longer shadows the bare name. UsageError naming the
+        distribution to install when that plugin is missing; a warning when its version changed.
+        Without a record (a run of an older ganplug): :meth:`resolve`."""
+        if not recorded:
+            return self.resolve(kind, name)
+        plugin, bare = str(recorded["plugin"]), str(recorded.get("name") or name.rpartition(":")[2])
+        dist, version = recorded.get("distribution"), recorded.get("version")
+        trained = f"{dist} {version}" if dist else "no distribution"
+        info = self.plugin(plugin)
+        if info is None or info.status != "ok":
+            state = "is not installed here" if info is None else f"is {info.status} here ({info.error})"
+            install = f"pip install '{dist}=={version}'" if dist and version else "install it"
+            raise UsageError(
+                f"this run's {kind} {bare!r} comes from plugin {plugin!r} ({trained}), which {state}: {install}"
+            )
+        entry = next((e for e in self._entries[kind] if e.plugin == plugin and e.spec.name == bare), None)
+        if entry is None:
+            raise UsageError(
+                f"this run's {kind} {bare!r} came from plugin {plugin!r} ({trained}); its {info.distribution} "
+                f"{info.version} installed here has no {kind} {bare!r}: install {dist} {version}"
+            )
+        if not info.builtin and version and info.version != version:
+            self._warn(
+                f"this run's {kind} {bare!r} was trained with {trained}; {info.distribution} {info.version} is installed"
+            )
+        return entry.spec
+
+    def shadowed(self, kind: str) -> dict[str, str]:
+        """``{built-in name: plugin}`` for the built-in names of ``kind`` a plugin's spec shadows."""
+        builtin = {n for e in self._entries[kind] if e.plugin == BUILTIN for n in (e.spec.name,)}
+        return {e.spec.name: e.plugin for e in self._entries[kind] if e.plugin != BUILTIN and e.spec.name in builtin}
+
+    def blame(self, error: BaseException) -> PluginInfo | None:
+        """The non-built-in plugin whose code raised ``error``: the innermost frame of its
+        traceback in one of a loaded plugin's packages; None when no plugin's code is in it."""
+        owners = {module: info for info in self.plugins if info.status in ("ok", "broken") for module in info.modules}
+        found = None
+        tb = error.__traceback__
+        while tb is not None:
+            module = _top_package(tb.tb_frame.f_globals.get("__name__"))
+            if module in owners:
+                found = owners[module]
+            tb = tb.tb_next
+        return found
 
     def entries(self, kind: str) -> list[Entry]:
         """Every registered spec of ``kind``, built-ins first, in load order."""
@@ -213,6 +388,12 @@ class Registry:
         that two plugins claim (listing the qualified names). A plugin's spec that shadows a
         built-in wins, with a warning on stderr.
         """
+        return self.resolve_entry(kind, name).spec
+
+    def resolve_entry(self, kind: str, name: str) -> Entry:
+        """The :class:`Entry` ``name`` refers to; see :meth:`resolve`."""
+        if not isinstance(name, str):
+            raise UsageError(f"the {kind} must be a name (a string), got {name!r}")
         plural = KINDS[kind].plural
         plugin, _, bare = name.rpartition(":")
         matches = [
@@ -228,19 +409,101 @@ class Registry:
                 f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {plural}"
             )
         if len(matches) == 1:
-            return matches[0].spec
+            return matches[0]
         outside = [entry for entry in matches if entry.plugin != BUILTIN]
         if len(outside) == 1:
             entry = outside[0]
-            if self._report:
-                print(
-                    f"ganplug: warning: {kind} {bare!r} of plugin {entry.plugin!r} shadows the "
-                    f"built-in one; use {BUILTIN}:{bare} for the built-in",
-                    file=sys.stderr,
-                )
-            return entry.spec
+            self._warn(
+                f"{kind} {bare!r} of plugin {entry.plugin!r} shadows the built-in one; "
+                f"use {BUILTIN}:{bare} for the built-in"
+            )
+            return entry
         qualified = ", ".join(entry.qualified_name for entry in matches)
         raise UsageError(f"{kind} {name!r} is registered by several plugins: use one of {qualified}")
+
+
+HOOK_NAMES = tuple(kind.hook for kind in KINDS.values())
+_IMPL_MARK = f"{PROJECT}_impl"  # the attribute pluggy's HookimplMarker sets on a marked function
+
+
+def _unmarked_hooks(plugin: object) -> str | None:
+    """Why ``plugin`` cannot be registered as written: a function named like a hook (or like a
+    misspelt one) without ``@hookimpl``, which pluggy would ignore silently."""
+    for attribute in dir(plugin):
+        if not attribute.startswith(f"{PROJECT}_"):
+            continue
+        function = getattr(plugin, attribute, None)
+        if not callable(function) or hasattr(function, _IMPL_MARK):
+            continue
+        if attribute in HOOK_NAMES:
+            return (
+                f"{attribute}() is not marked as a hook: decorate it with @hookimpl "
+                "(from ganplug.plugin import hookimpl)"
+            )
+        close = difflib.get_close_matches(attribute, HOOK_NAMES, n=1, cutoff=0.8)
+        if close:
+            return f"{attribute}() is no ganplug hook. Did you mean {close[0]!r} (marked with @hookimpl)?"
+    return None
+
+
+def _hook_suggestion(message: str) -> str:
+    """`` Did you mean 'ganplug_losses'?`` for pluggy's "unknown hook 'ganplug_loss'" errors."""
+    for word in message.replace('"', "'").split("'"):
+        if word.startswith(f"{PROJECT}_") and word not in HOOK_NAMES:
+            close = difflib.get_close_matches(word, HOOK_NAMES, n=1, cutoff=0.6)
+            if close:
+                return f". Did you mean {close[0]!r}? (hooks: {', '.join(HOOK_NAMES)})"
+            return f" (hooks: {', '.join(HOOK_NAMES)})"
+    return ""
+
+
+def _load_failure(spec: Any, error: BaseException) -> str:
+    return f"its factory {spec.factory!r} cannot be loaded ({type(error).__name__}: {error})"
+
+
+def load_factory(kind: str, spec: Any) -> Any:
+    """``spec.load()``; a factory that cannot be imported is a GanplugError naming the plugin."""
+    try:
+        return spec.load()
+    except Exception as error:
+        raise PluginError(
+            f"{kind} {spec.name!r} of {origin_of(spec)}: {_load_failure(spec, error)}; reinstall or update the "
+            "plugin, or report this to its author (rerun with --debug for the traceback)"
+        ) from error
+
+
+def origin_of(spec: Any) -> str:
+    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`)."""
+    try:
+        return get_registry().origin_of(spec)
+    except KeyError:  # a spec made outside the registry (tests, ganplug.testing)
+        return "its plugin"
+
+
+def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
+    """Build what ``spec`` describes: ``spec.load()(*args, **options)``, with the error contract
+    of :mod:`ganplug.plugin`: a :class:`GanplugError` the factory raises says what the user must
+    change (it becomes a :class:`UsageError`, exit 2; MetricUnavailable and PluginError pass as
+    they are); anything else it raises is the plugin's fault: a :class:`PluginError` naming it."""
+    factory = load_factory(kind, spec)
+    try:
+        return factory(*args, **options)
+    except (UsageError, MetricUnavailable, PluginError):
+        raise
+    except GanplugError as error:
+        raise UsageError(str(error)) from error
+    except Exception as error:
+        origin = origin_of(spec)
+        whose = "ganplug: please report it" if origin == "the built-ins" else "the plugin: report it to its author"
+        if isinstance(error, TypeError) and "keyword argument" in str(error):
+            raise PluginError(
+                f"{kind} {spec.name!r} of {origin} rejected the options its spec declares {options}: {error} "
+                f"(a bug in {whose})"
+            ) from error
+        raise PluginError(
+            f"{kind} {spec.name!r} of {origin} failed: {type(error).__name__}: {error} "
+            f"(a bug in {whose}; rerun with --debug for the traceback)"
+        ) from error
 
 
 def _check_specs(kind: Kind, specs: object) -> list[Any]:

@@ -64,7 +64,7 @@ def test_plugins_json(capsys):
         (["train", "--loss", "wasserstien"], "Error: unknown loss 'wasserstien'. Did you mean 'wasserstein'?"),
         (["train", "--arch", "gan"], "Error: unknown architecture 'gan'."),
         (["train", "--steps", "many"], "Error: Invalid value for '--steps': 'many' is not a valid integer"),
-        (["train", "--steps", "0"], "Error: Invalid value for '--steps'"),
+        (["train", "--steps", "0"], "Error: steps must be an integer >= 1, got 0: pass e.g. --steps 2000"),
         (["train", "--arch-opt", "width"], "Error: --arch-opt expects KEY=VALUE, got 'width'"),
         (["train", "--arch-opt", "depth=3"], "Error: architecture 'dcgan' has no option 'depth'"),
         (["train", "--loss-opt", "lipschitz=spectral"], "Error: loss 'wasserstein' option lipschitz: expected one of gp, clip, none, got 'spectral'"),
@@ -237,7 +237,7 @@ def test_config_file_of_a_run_reproduces_it(tiny_run: Path, tmp_path: Path, caps
 
 def test_an_output_dir_holding_a_run_is_refused(tiny_run: Path, capsys):
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "4", "--out", str(tiny_run))
-    assert code == 1
+    assert code == 2
     assert err == f"Error: {tiny_run} already holds a run: pass --resume {tiny_run} to continue it or choose another --out\n"
 
 

@@ -284,7 +284,7 @@ def test_eval_reports_a_bad_checkpoint(tmp_path: Path, capsys, content):
     if content is not None:
         path.write_bytes(content)
     code, _, err = run_main(capsys, "eval", "--checkpoint", str(path))
-    assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
 
 
 def test_a_plugin_metric_for_any_dataset_is_used(runs, monkeypatch):

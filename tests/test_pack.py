@@ -162,7 +162,7 @@ def test_a_batch_size_the_pack_does_not_divide_is_one_line_with_exit_code_2(tmp_
     assert err == "Error: --pack 3 needs a --batch-size divisible by 3, got 64: change --batch-size, or pass --pack 1\n"
     assert not (tmp_path / "run").exists()
     code, _, err = run_main(capsys, "train", "--pack", "0")
-    assert code == 2 and err.startswith("Error: Invalid value for '--pack'") and err.count("\n") == 1
+    assert code == 2 and err.startswith("Error: pack must be an integer >= 1 (1 = off), got 0") and err.count("\n") == 1
     with pytest.raises(UsageError, match="pack must be an integer >= 1"):
         quiet_train(tiny(pack="2"), tmp_path / "bad")
     check_batch(World(0, 2, 0, "gloo"), 16, pack=4)

@@ -16,7 +16,7 @@ import torch
 
 from conftest import quiet_train, read_metrics
 
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
 from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
@@ -46,11 +46,11 @@ def config_of(name: str, steps: int) -> TrainConfig:
     return TrainConfig(**CONFIGS[name], steps=steps, **COMMON)
 
 
-def resume(run_dir: Path, steps: int, checkpoint: Path | None = None, **overrides) -> str:
+def resume(run_dir: Path, steps: int, checkpoint: Path | None = None, discard_newer: bool = False, **overrides) -> str:
     checkpoint = checkpoint or find_checkpoint(run_dir)
     stored = stored_config(load_checkpoint(checkpoint))
     config = resume_config(stored, {"steps": steps, **overrides})
-    return quiet_train(config, run_dir, resume_from=checkpoint)
+    return quiet_train(config, run_dir, resume_from=checkpoint, discard_newer=discard_newer)
 
 
 def assert_same(a, b, where="checkpoint"):
@@ -108,18 +108,26 @@ def test_n_plus_n_steps_equal_2n_bit_for_bit(tmp_path, reference, name):
     assert f"steps = {2 * N}" in stored  # the config file follows the resume
 
 
-def test_resume_from_an_older_checkpoint_trims_later_metrics(tmp_path, reference):
+def test_resuming_an_older_checkpoint_is_refused_until_asked_to_discard_the_newer_work(tmp_path, reference):
     name = "mlp-wgan-gp-ring8"
     run_dir = tmp_path / "run"
     config = config_of(name, 5)
     config.checkpoint_every = 2
+    config.sample_every = 2
     quiet_train(config, run_dir)
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]
-    resume(run_dir, 2 * N, checkpoint=run_dir / "checkpoints" / "step_000002.pt", checkpoint_every=0)
+    steps = lambda: sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert steps() == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]
+    older = run_dir / "checkpoints" / "step_000002.pt"
+    with pytest.raises(UsageError, match=r"newer work than step_000002.pt \(step 2\): checkpoints of steps 4, 5.*--fork DIR.*--discard-newer"):
+        resume(run_dir, 2 * N, checkpoint=older, checkpoint_every=0)
+    assert steps() == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]  # nothing touched
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
+    resume(run_dir, 2 * N, checkpoint=older, checkpoint_every=0, sample_every=0, discard_newer=True)
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
-    # The abandoned branch's step 4 and 5 are gone once step 6 is written; 2 is kept.
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000002.pt", "step_000006.pt"]
+    assert steps() == ["step_000002.pt", "step_000006.pt"]
+    # The abandoned branch's pictures went with it; step 2's stays.
+    assert sorted(p.name for p in (run_dir / "samples").glob("step_*")) == ["step_000002.png", "step_000006.png"]
     assert_same_run(reference[name], run_dir)
 
 

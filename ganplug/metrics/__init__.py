@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ganplug.errors import GanplugError, MetricUnavailable, UsageError
+from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError
 from ganplug.plugin import DEFAULT_METRIC_SAMPLES
 
 
@@ -66,16 +66,23 @@ def samples_needed(spec: Any, options: dict[str, Any]) -> int:
 def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
     """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics applying to
     ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options.
-    A metric whose factory raises MetricUnavailable is skipped with its message, or, when it was
-    named in ``names``, that error is raised."""
+    A metric whose factory raises MetricUnavailable, or fails (a PluginError naming its plugin),
+    is skipped with its message, or, when it was named in ``names``, that error is raised."""
+    from ganplug.registry import call_factory
+
     built, skipped = [], {}
     for spec in applicable_metrics(dataset, tuple(names)):
         options = spec.resolve_options({})
         try:
-            metric = spec.load()(**options)
+            metric = call_factory("metric", spec, **options)
         except MetricUnavailable as error:
             if spec.name in names:
                 raise MetricUnavailable(f"metric {spec.name!r} is unavailable: {error}") from None
+            skipped[spec.name] = str(error)
+            continue
+        except PluginError as error:
+            if spec.name in names:
+                raise
             skipped[spec.name] = str(error)
             continue
         built.append((spec, metric, samples_needed(spec, options)))
@@ -92,6 +99,7 @@ def score_generator(
     dataset_options: dict[str, Any],
     seed: int = 0,
     batch_size: int = 1024,
+    failed: dict[str, GanplugError] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{metric name: {key: float}}`` of ``generator`` (a module mapping noise to samples, used
     as it is: put it in eval mode first) for the ``built`` metrics of :func:`prepare_metrics`.
@@ -99,6 +107,10 @@ def score_generator(
     One set of noise is drawn from a private CPU ``torch.Generator`` seeded with ``seed`` (the
     global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
     largest ``n_samples``; each metric scores the first ``n_samples`` of it. Runs without grad.
+
+    A metric that raises: a GanplugError (it refuses the samples, e.g. NaN) as it is, anything
+    else as a :class:`PluginError` naming the metric's plugin; with ``failed`` (a dict) the error
+    is stored there under the metric's name and the other metrics still run, else it is raised.
     """
     from ganplug.generate import draw_samples
 
@@ -108,8 +120,24 @@ def score_generator(
     samples = draw_samples(generator, n, latent_dim, latent, seed=seed, batch_size=batch_size)
     results = {}
     for spec, metric, count in built:
-        values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options)
-        results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
+        try:
+            values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options)
+            results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
+        except GanplugError as error:
+            if failed is None:
+                raise
+            failed[spec.name] = error
+        except Exception as error:
+            from ganplug.registry import origin_of
+
+            wrapped = PluginError(
+                f"metric {spec.name!r} of {origin_of(spec)} failed: {type(error).__name__}: {error} "
+                "(report it to the metric's author; rerun with --debug for the traceback)"
+            )
+            if failed is None:
+                raise wrapped from error
+            wrapped.__cause__ = error
+            failed[spec.name] = wrapped
     return results
 
 
@@ -125,7 +153,8 @@ def evaluate(
     metric that applies to its run's dataset (or the ``metrics`` named).
 
     Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}},
-    "skipped": {name: why}}`` (see :func:`prepare_metrics` for what is skipped).
+    "skipped": {name: why}, "failed": {name: why}}`` (see :func:`prepare_metrics` for what is
+    skipped; a metric that raised while scoring is in ``failed``, the others are still scored).
     One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
     first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
     uses too). UsageError when no metric applies to the dataset.
@@ -153,9 +182,10 @@ def evaluate(
         pass
     built, skipped = prepare_metrics(dataset, tuple(metrics))
     generator = load_generator(path, ema=ema, device=device)
+    failed: dict[str, GanplugError] = {}
     results = score_generator(
         generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
-        dataset=dataset, dataset_options=dataset_options, seed=seed,
+        dataset=dataset, dataset_options=dataset_options, seed=seed, failed=failed,
     )
     return {
         "checkpoint": str(path),
@@ -165,6 +195,7 @@ def evaluate(
         "seed": int(seed),
         "metrics": results,
         "skipped": skipped,
+        "failed": {name: str(error) for name, error in failed.items()},
     }
 
 

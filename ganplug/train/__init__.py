@@ -31,38 +31,94 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.toml"
 
 
-def config_toml(config: TrainConfig) -> str:
-    """``config`` as TOML: ``None`` values left out, option dicts as tables."""
+def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | None = None) -> str:
+    """``config`` as TOML: ``None`` values left out, option dicts as tables; ``provenance``
+    (:meth:`ganplug.registry.Registry.provenance` per kind) as comments at the top."""
     import tomli_w
 
     data: dict[str, Any] = {k: v for k, v in config.to_dict().items() if v is not None}
     for key in ("arch_options", "loss_options", "data_options"):
         data[key] = {k: v for k, v in data.get(key, {}).items() if v is not None}
-    return tomli_w.dumps(data)
+    header = "".join(
+        f"# {kind} {p['name']!r}: plugin {p['plugin']!r}"
+        + (f" ({p['distribution']} {p['version']})" if p.get("distribution") else "")
+        + "\n"
+        for kind, p in (provenance or {}).items()
+    )
+    return header + tomli_w.dumps(data)
 
 
-def write_config(config: TrainConfig, run_dir: Path) -> Path:
+def write_config(config: TrainConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``RUN_DIR/config.toml`` atomically; returns its path."""
     from ganplug.train.checkpoint import atomic_write_bytes
 
     path = Path(run_dir) / CONFIG_FILE
-    atomic_write_bytes(path, config_toml(config).encode("utf-8"))
+    atomic_write_bytes(path, config_toml(config, provenance).encode("utf-8"))
     return path
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """GanplugError unless ``run_dir`` is absent or an empty directory."""
+def is_unstarted(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run stopped before it wrote anything but its config (Ctrl-C
+    during start-up): config.toml, and no checkpoint, metrics line or sample picture."""
+    from ganplug.train.checkpoint import CHECKPOINTS
+    from ganplug.train.outputs import METRICS, SAMPLES
+
     run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name == CONFIG_FILE:
+            continue
+        if entry.name in (CHECKPOINTS, SAMPLES) and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == METRICS and entry.is_file() and entry.stat().st_size == 0:
+            continue
+        return False
+    return True
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never
+    started (see :func:`is_unstarted`; its config.toml is replaced)."""
+    run_dir = Path(run_dir)
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {run_dir}: {parent} is a file, not a directory: choose another --out")
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
-        raise GanplugError(f"{run_dir} is a file, not a run directory: choose another --out")
+        raise UsageError(f"{run_dir} is a file, not a run directory: choose another --out")
+    if is_unstarted(run_dir):
+        return
     if (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists():
-        raise GanplugError(
+        raise UsageError(
             f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another --out"
         )
     if any(run_dir.iterdir()):
-        raise GanplugError(f"{run_dir} is not empty: choose another --out (an empty or new directory)")
+        raise UsageError(f"{run_dir} is not empty: choose another --out (an empty or new directory)")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what a run without a checkpoint wrote (config.toml, metrics.jsonl, sample
+    pictures), to train it again from step 0; other files are left alone."""
+    from ganplug.train.checkpoint import has_checkpoint
+    from ganplug.train.outputs import METRICS, SAMPLES
+
+    run_dir = Path(run_dir)
+    assert not has_checkpoint(run_dir), run_dir
+    for name in (CONFIG_FILE, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / SAMPLES).is_dir():
+        for picture in (run_dir / SAMPLES).glob("*.png"):
+            picture.unlink()
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents); UsageError naming the reason when that fails."""
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the run directory {run_dir}: {error.strerror or error}: choose another --out") from None
 
 
 def train(
@@ -70,6 +126,7 @@ def train(
     run_dir: Path,
     *,
     resume_from: Path | None = None,
+    discard_newer: bool = False,
     quiet: bool = False,
     stream: TextIO | None = None,
     hooks: Sequence["Hook"] = (),
@@ -94,17 +151,20 @@ def train(
     try:
         if world is not None and not world.is_main:
             quiet, stream = True, io.StringIO()
-        done = _train(config, Path(run_dir), resume_from, quiet, stream, hooks, callbacks, world)
+        done = _train(config, Path(run_dir), resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
         distributed.barrier(world)  # no rank leaves the group while another still talks to it
         return done
     finally:
         distributed.teardown(world)
 
 
-def _train(config, run_dir, resume_from, quiet, stream, hooks, callbacks, world) -> Path:
+def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
     from ganplug.train import distributed
-    from ganplug.train.build import build_run, validate_config
-    from ganplug.train.checkpoint import check_resumable, find_checkpoint, load_checkpoint, stored_config
+    from ganplug.train.build import build_run
+    from ganplug.train.config import validate_config
+    from ganplug.train.checkpoint import (
+        check_resumable, discard_newer_work, find_checkpoint, load_checkpoint, newer_checkpoints, stored_config,
+    )
     from ganplug.train.loop import Trainer
 
     if world is not None and str(config.device).startswith("cuda:"):
@@ -121,8 +181,8 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, callbacks, world)
         run = build_run(config)
         distributed.broadcast_parameters(world, (run.generator, run.discriminator))
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(run.config, run_dir)
+            make_run_dir(run_dir)
+            write_config(run.config, run_dir, run.provenance)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer_message = (
             f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
@@ -133,24 +193,34 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, callbacks, world)
         checkpoint = find_checkpoint(Path(resume_from))
         state = load_checkpoint(checkpoint)
         check_resumable(stored_config(state), config)
-        run = build_run(config)
+        newer = newer_checkpoints(checkpoint.parent, int(state["step"]), checkpoint)
+        if newer and not discard_newer:
+            raise UsageError(
+                f"{run_dir} has newer work than {checkpoint.name} (step {state['step']}): checkpoints of steps "
+                f"{', '.join(map(str, newer))}; resuming here would delete it. Branch into a new directory with "
+                f"--fork DIR, or pass --discard-newer to rewind {run_dir} to step {state['step']}"
+            )
+        run = build_run(config, provenance=state.get("provenance"))
         if list(run.data_shape) != list(state["model"]["data_shape"]):
             raise GanplugError(
                 f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
                 f"{tuple(state['model']['data_shape'])}: start a new run with --out"
             )
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_run_dir(run_dir)
+            if newer:
+                checkpoint = discard_newer_work(run_dir, checkpoint, int(state["step"]))
+        distributed.barrier(world)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer.load_state_dict(state, checkpoint)
         if trainer.step >= run.config.steps:
-            raise GanplugError(
+            raise UsageError(
                 f"{run_dir} is already at step {trainer.step} of {run.config.steps}: "
                 f"pass --steps N with N > {trainer.step} to train further"
             )
         trainer.trim_metrics()
         if main:
-            write_config(run.config, run_dir)
+            write_config(run.config, run_dir, run.provenance)
         trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}"
     if world is not None:
         per_rank = run.config.batch_size // world.world_size
@@ -162,4 +232,4 @@ def _train(config, run_dir, resume_from, quiet, stream, hooks, callbacks, world)
     return run_dir
 
 
-__all__ = ["TrainConfig", "check_new_run_dir", "config_toml", "train", "write_config"]
+__all__ = ["TrainConfig", "check_new_run_dir", "clear_run", "config_toml", "is_unstarted", "make_run_dir", "train", "write_config"]

@@ -17,13 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
-from ganplug.train.config import TrainConfig
+from ganplug.registry import call_factory, get_registry, origin_of
+from ganplug.train.config import LATENTS, TrainConfig, validate_config
 
-LATENTS = ("normal", "uniform")
-OPTIMIZERS = ("adam", "rmsprop")
-LR_DECAYS = ("none", "linear")
 IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
 VECTOR_LATENT_DIM = 8  # default size of z for everything else
 
@@ -51,6 +49,7 @@ class Run:
     latent_dim: int
     device: torch.device
     critic_batchnorm: bool
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind -> Registry.provenance
 
     def model_info(self) -> dict[str, Any]:
         """What :func:`build_models` needs besides the config (stored in checkpoints)."""
@@ -80,12 +79,12 @@ def resolve_device(name: str) -> torch.device:
         except (RuntimeError, ValueError):
             raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
         if not torch.cuda.is_available():
-            raise GanplugError(
+            raise UsageError(
                 f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}): use --device cpu"
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise GanplugError(
+            raise UsageError(
                 f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
             )
         return device
@@ -145,101 +144,19 @@ def sample_shape(item: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in sample.shape)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+SPEC_FIELDS = (("architecture", "arch"), ("loss", "loss"), ("dataset", "dataset"))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UsageError(message)
-
-
-def validate_config(config: TrainConfig) -> None:
-    """One-line :class:`UsageError` for any out-of-range knob; ``None`` fields are skipped."""
-    c = config
-    _require(_is_int(c.steps) and c.steps >= 1, f"steps must be an integer >= 1, got {c.steps!r}: pass e.g. --steps 2000")
-    _require(
-        _is_int(c.batch_size) and c.batch_size >= 1,
-        f"batch_size must be an integer >= 1, got {c.batch_size!r}: pass e.g. --batch-size 64",
-    )
-    _require(_is_int(c.pack) and c.pack >= 1, f"pack must be an integer >= 1 (1 = off), got {c.pack!r}: pass e.g. --pack 2")
-    _require(c.batch_size % c.pack == 0, f"--pack {c.pack} needs a --batch-size divisible by {c.pack}, got {c.batch_size}: change --batch-size, or pass --pack 1")
-    if c.n_critic is not None:
-        _require(
-            _is_int(c.n_critic) and c.n_critic >= 1,
-            f"n_critic must be an integer >= 1, got {c.n_critic!r}: pass e.g. --n-critic 5",
-        )
-    if c.optimizer is not None:
-        _require(c.optimizer in OPTIMIZERS, f"optimizer must be adam or rmsprop, got {c.optimizer!r}: pass --optimizer adam")
-    for name in ("lr_g", "lr_d"):
-        value = getattr(c, name)
-        if value is not None:
-            flag = "--" + name.replace("_", "-")
-            _require(_is_number(value) and value > 0, f"{name} must be a number > 0, got {value!r}: pass e.g. {flag} 2e-4")
-    _require(
-        isinstance(c.lr_decay, str) and c.lr_decay in LR_DECAYS,
-        f"lr_decay must be none or linear, got {c.lr_decay!r}: pass --lr-decay linear (or none)",
-    )
-    if c.betas is not None:
-        betas = tuple(c.betas)
-        _require(
-            len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
-            f"betas must be two numbers in [0, 1), got {c.betas!r}: pass e.g. --betas 0.5,0.999",
-        )
-    if c.latent_dim is not None:
-        _require(
-            _is_int(c.latent_dim) and c.latent_dim >= 1,
-            f"latent_dim must be an integer >= 1, got {c.latent_dim!r}: pass e.g. --latent-dim 64",
-        )
-    if c.latent is not None:
-        _require(c.latent in LATENTS, f"latent must be normal or uniform, got {c.latent!r}: pass --latent normal")
-    _require(_is_number(c.ema) and 0 <= c.ema < 1, f"ema must be a decay in [0, 1), got {c.ema!r}: pass e.g. --ema 0.999 (0 = off)")
-    _require(isinstance(c.amp, bool), f"amp must be true or false, got {c.amp!r}")
-    _require(_is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
-    for name in ("sample_every", "checkpoint_every"):
-        value = getattr(c, name)
-        flag = "--" + name.replace("_", "-")
-        _require(_is_int(value) and value >= 0, f"{name} must be an integer >= 0 (0 = only at the end), got {value!r}: pass e.g. {flag} 500")
-    _require(_is_int(c.log_every) and c.log_every >= 1, f"log_every must be an integer >= 1, got {c.log_every!r}: pass e.g. --log-every 10")
-    _require(
-        _is_int(c.eval_every) and c.eval_every >= 0,
-        f"eval_every must be an integer >= 0 (0 = off), got {c.eval_every!r}: pass e.g. --eval-every 500",
-    )
-    _require(
-        _is_int(c.num_samples) and c.num_samples >= 1,
-        f"num_samples must be an integer >= 1, got {c.num_samples!r}",
-    )
-    _require(c.on_nan in ("stop", "skip"), f"on_nan must be stop or skip, got {c.on_nan!r}: pass --on-nan stop")
-    for name in ("arch_options", "loss_options", "data_options"):
-        _require(isinstance(getattr(c, name), dict), f"{name} must be a table of options, got {getattr(c, name)!r}")
-
-
-def resolve_specs(config: TrainConfig) -> tuple[ArchitectureSpec, LossSpec, DatasetSpec]:
-    """The specs ``config.arch``, ``config.loss`` and ``config.dataset`` name (UsageError if unknown)."""
-    from ganplug.registry import get_registry
-
+def resolve_specs(
+    config: TrainConfig, provenance: dict[str, Any] | None = None
+) -> tuple[ArchitectureSpec, LossSpec, DatasetSpec]:
+    """The specs ``config.arch``, ``config.loss`` and ``config.dataset`` name (UsageError if
+    unknown); with a run's recorded ``provenance``, the ones of the plugins it recorded."""
     registry = get_registry()
-    return (
-        registry.resolve("architecture", config.arch),
-        registry.resolve("loss", config.loss),
-        registry.resolve("dataset", config.dataset),
+    return tuple(
+        registry.resolve_recorded(kind, getattr(config, field), (provenance or {}).get(kind))
+        for kind, field in SPEC_FIELDS
     )
-
-
-def _call_factory(kind: str, name: str, factory: Any, *args: Any, **options: Any) -> Any:
-    """Call a plugin's factory; its GanplugErrors pass through, a TypeError names the options."""
-    try:
-        return factory(*args, **options)
-    except GanplugError:
-        raise
-    except TypeError as error:
-        if "keyword argument" in str(error) and str(error).startswith(getattr(factory, "__name__", "\0")):
-            raise GanplugError(f"{kind} {name!r} rejected its options {options}: {error}") from None
-        raise
 
 
 def build_models(
@@ -253,8 +170,6 @@ def build_models(
     ``(M * C, *rest)`` and the discriminator of that call is kept.
     """
     if arch_spec is None:
-        from ganplug.registry import get_registry
-
         arch_spec = get_registry().resolve("architecture", config.arch)
     options = arch_spec.resolve_options(config.arch_options)
     ctx = ModelContext(
@@ -273,11 +188,11 @@ def build_models(
 
 
 def _build_pair(arch_spec: ArchitectureSpec, ctx: ModelContext, options: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
-    pair = _call_factory("architecture", arch_spec.name, arch_spec.load(), ctx, **options)
+    pair = call_factory("architecture", arch_spec, ctx, **options)
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
-        raise GanplugError(
-            f"architecture {arch_spec.name!r} returned {type(pair).__name__}, not a (generator, discriminator) "
-            "pair of torch modules: report this to the plugin's author"
+        raise PluginError(
+            f"architecture {arch_spec.name!r} of {origin_of(arch_spec)} returned {type(pair).__name__}, not a "
+            "(generator, discriminator) pair of torch modules: report this to the plugin's author"
         )
     return pair[0], pair[1]
 
@@ -285,15 +200,18 @@ def _build_pair(arch_spec: ArchitectureSpec, ctx: ModelContext, options: dict[st
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def build_run(config: TrainConfig) -> Run:
+def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> Run:
     """Resolve ``config`` and build its dataset, loss and models (moved to the run's device).
+
+    ``provenance``: a resumed run's record of which plugin provided each name (see
+    :func:`resolve_specs`); the built run records its own in ``Run.provenance``.
 
     Order: validate; specs and their options; device; dataset (``DataContext(seed)``) and the data
     shape of its first item; loss and its recipe (n_critic, optimiser, lrs, betas); latent; then
     the models, built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
     """
     validate_config(config)
-    arch_spec, loss_spec, dataset_spec = resolve_specs(config)
+    arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
 
@@ -309,21 +227,27 @@ def build_run(config: TrainConfig) -> Run:
         raise UsageError("--amp (bf16 autocast) needs a CUDA device: drop --amp or pass --device cuda")
 
     torch.manual_seed(config.seed)
-    dataset = _call_factory("dataset", dataset_spec.name, dataset_spec.load(), DataContext(seed=config.seed), **data_options)
+    dataset = call_factory("dataset", dataset_spec, DataContext(seed=config.seed), **data_options)
     try:
         size = len(dataset)
     except TypeError:
-        raise GanplugError(f"dataset {dataset_spec.name!r} has no length; ganplug needs a map-style dataset") from None
+        raise PluginError(
+            f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)} has no length; ganplug needs a map-style dataset"
+        ) from None
     if size == 0:
-        raise GanplugError(f"dataset {dataset_spec.name!r} is empty: check --data-dir and the dataset options")
-    data_shape = sample_shape(dataset[0])
+        raise UsageError(f"dataset {dataset_spec.name!r} is empty: check --data-dir and the dataset options")
+    try:
+        data_shape = sample_shape(dataset[0])
+    except Exception as error:
+        what = str(error) if isinstance(error, GanplugError) else f"its first item failed: {type(error).__name__}: {error}"
+        raise PluginError(f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)}: {what}") from error
     if size < config.batch_size:
         raise UsageError(
             f"batch_size {config.batch_size} is larger than dataset {dataset_spec.name!r} ({size} samples): "
             f"pass --batch-size {size} or less"
         )
 
-    loss = _call_factory("loss", loss_spec.name, loss_spec.load(), **loss_options)
+    loss = call_factory("loss", loss_spec, **loss_options)
     recipe = loss.recipe
     penalises = bool(getattr(loss, "penalises_critic_gradient", False))
     resolved = dataclasses.replace(
@@ -367,6 +291,8 @@ def build_run(config: TrainConfig) -> Run:
         latent_dim=resolved.latent_dim,
         device=device,
         critic_batchnorm=not penalises,
+        provenance={kind: get_registry().provenance(kind, spec) for kind, spec in zip(
+            (kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))},
     )
 
 
@@ -379,5 +305,4 @@ __all__ = [
     "pack_samples",
     "resolve_device",
     "resolve_specs",
-    "validate_config",
 ]

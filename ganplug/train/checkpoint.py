@@ -12,12 +12,16 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
     data_order: {"epoch", "position", "size", "batch_size"}
     fixed_noise: (num_samples, latent_dim) float tensor
     skipped_steps: int (optional; steps dropped by on_nan="skip")
+    provenance: {kind: {"kind", "name", "plugin", "distribution", "version"}} (optional; which
+        plugin provided the architecture, loss and dataset: resume and sample use the same)
 
 Checkpoints do not depend on the number of training processes (the data position is global,
 the RNG state is rank 0's, which every rank shares), so a run continues with any number.
 
 Run layout: ``RUN_DIR/checkpoints/step_000500.pt`` (the last :data:`KEEP` kept) and
-``RUN_DIR/checkpoints/latest.pt``.
+``RUN_DIR/checkpoints/latest.pt``. Resuming an older checkpoint than the newest never deletes
+the newer ones silently: it is refused unless the run is rewound (:func:`discard_newer_work`) or
+branched into a new directory (:func:`fork_run`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pickle
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -131,17 +136,9 @@ def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def write_run_checkpoint(
-    state: Mapping[str, Any], directory: Path, step: int, keep: int = KEEP, stale_after: int | None = None
-) -> Path:
-    """Save ``state`` as ``directory/step_NNNNNN.pt``, point ``latest.pt`` at it (a hard link,
-    or an atomic copy where links are not allowed) and delete all but the newest ``keep`` step
-    files. ``stale_after``: the step a session resumed from; step files after it (a branch
-    abandoned by resuming an older checkpoint, whose metrics lines were dropped too) are deleted
-    as soon as the new branch has a checkpoint. Returns the step file's path."""
-    directory = Path(directory)
-    remove_orphaned_temps(directory)
-    path = save_checkpoint(state, directory / step_checkpoint_name(step))
+def _point_latest(directory: Path, path: Path) -> None:
+    """Make ``directory/latest.pt`` the file ``path`` (a hard link, or an atomic copy where
+    links are not allowed)."""
     latest = directory / LATEST
     tmp = latest.with_name(f".{LATEST}.tmp-{os.getpid()}")
     try:
@@ -157,15 +154,95 @@ def write_run_checkpoint(
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(directory)
-    kept = []
-    for other_step, other in step_checkpoints(directory):
-        if stale_after is not None and other_step > stale_after and other_step != step:
-            other.unlink(missing_ok=True)
-        else:
-            kept.append(other)
+
+
+def write_run_checkpoint(state: Mapping[str, Any], directory: Path, step: int, keep: int = KEEP) -> Path:
+    """Save ``state`` as ``directory/step_NNNNNN.pt``, point ``latest.pt`` at it and delete all
+    but the newest ``keep`` step files. Returns the step file's path."""
+    directory = Path(directory)
+    remove_orphaned_temps(directory)
+    path = save_checkpoint(state, directory / step_checkpoint_name(step))
+    _point_latest(directory, path)
+    kept = [other for _, other in step_checkpoints(directory)]
     for old in kept[: max(0, len(kept) - keep)]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def newer_checkpoints(directory: Path, step: int, resumed: Path) -> list[int]:
+    """The steps of the checkpoints in ``directory`` newer than ``step`` (the one ``resumed``
+    holds): step files, and ``latest.pt`` when it is a newer checkpoint of its own."""
+    directory = Path(directory)
+    files = step_checkpoints(directory)
+    newer = {other for other, _ in files if other > step}
+    latest = directory / LATEST
+    if latest.is_file() and not _same_file(latest, resumed) and not any(_same_file(latest, p) for _, p in files):
+        try:
+            newer_step = int(torch.load(latest, map_location="cpu", weights_only=True)["step"])
+        except Exception:  # unreadable: nothing to protect
+            newer_step = step
+        if newer_step > step:
+            newer.add(newer_step)
+    return sorted(newer)
+
+
+def _later_files(directory: Path, step: int) -> list[Path]:
+    """``step_NNNNNN.*`` files in ``directory`` of steps after ``step``."""
+    pattern = re.compile(r"^step_(\d+)\.\w+$")
+    if not Path(directory).is_dir():
+        return []
+    return [e for e in Path(directory).iterdir() if (m := pattern.match(e.name)) and int(m.group(1)) > step]
+
+
+def discard_newer_work(run_dir: Path, checkpoint: Path, step: int) -> Path:
+    """Rewind ``run_dir`` to ``checkpoint`` (of ``step``), as ``--discard-newer`` asks: its
+    ``latest.pt`` becomes that checkpoint, and the step files and sample pictures of later steps
+    are deleted (metrics lines are trimmed when training resumes). Returns the checkpoint to
+    resume from (``latest.pt``)."""
+    from ganplug.train.outputs import SAMPLES
+
+    directory = Path(run_dir) / CHECKPOINTS
+    _point_latest(directory, checkpoint)
+    for later in _later_files(directory, step) + _later_files(Path(run_dir) / SAMPLES, step):
+        later.unlink(missing_ok=True)
+    return directory / LATEST
+
+
+def fork_run(checkpoint: Path, step: int, new_dir: Path) -> Path:
+    """Branch the run of ``checkpoint`` (of ``step``) into the new run directory ``new_dir``
+    (``--fork``): its config, its metrics lines and sample pictures up to ``step``, and the
+    checkpoint as ``new_dir``'s first. The original run is not touched. Returns the checkpoint
+    in ``new_dir`` to resume from."""
+    from ganplug.train import CONFIG_FILE, check_new_run_dir, make_run_dir
+    from ganplug.train.outputs import METRICS, SAMPLES
+
+    source, new_dir = run_dir_of(checkpoint), Path(new_dir)
+    check_new_run_dir(new_dir)
+    make_run_dir(new_dir)
+    if (source / CONFIG_FILE).is_file():
+        shutil.copyfile(source / CONFIG_FILE, new_dir / CONFIG_FILE)
+    if (source / METRICS).is_file():
+        shutil.copyfile(source / METRICS, new_dir / METRICS)  # lines past ``step`` are trimmed on resume
+    samples = source / SAMPLES
+    if samples.is_dir():
+        (new_dir / SAMPLES).mkdir(exist_ok=True)
+        later = set(_later_files(samples, step))
+        for picture in samples.iterdir():
+            if picture.is_file() and picture not in later:
+                shutil.copyfile(picture, new_dir / SAMPLES / picture.name)
+    directory = new_dir / CHECKPOINTS
+    directory.mkdir(exist_ok=True)
+    copy = directory / step_checkpoint_name(step)
+    _atomic_write(copy, lambda handle: handle.write(Path(checkpoint).read_bytes()))
+    _point_latest(directory, copy)
+    return directory / LATEST
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -178,14 +255,20 @@ def find_checkpoint(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise GanplugError(f"no run directory or checkpoint at {path}")
+        raise UsageError(f"no run directory or checkpoint at {path}")
     for directory in (path / CHECKPOINTS, path):
         if (directory / LATEST).is_file():
             return directory / LATEST
         steps = step_checkpoints(directory)
         if steps:
             return steps[-1][1]
-    raise GanplugError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
+    raise UsageError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run directory ``run_dir`` holds a checkpoint (``latest.pt`` or a step file)."""
+    directory = Path(run_dir) / CHECKPOINTS
+    return (directory / LATEST).is_file() or bool(step_checkpoints(directory))
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -211,12 +294,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if path.is_dir():
         path = find_checkpoint(path)
     if not path.exists():
-        raise GanplugError(f"no checkpoint at {path}")
+        raise UsageError(f"no checkpoint at {path}")
     try:
         with open(path, "rb") as handle:
-            handle.read(1)
+            first = handle.read(1)
     except OSError as error:
         raise GanplugError(f"{path} could not be read ({error.strerror or error})") from None
+    if first != b"\x80" and not zipfile.is_zipfile(path):  # neither torch's zip format nor a raw pickle
+        raise UsageError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)")
     try:
         with warnings.catch_warnings():  # a raw pickle of another protocol: refused below anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -227,11 +312,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             reason = "it holds objects other than tensors and plain data; refused without running them"
         else:
             reason = "not a torch file, or a truncated one"
-        raise GanplugError(f"{path} is not a ganplug checkpoint ({reason})") from error
+        raise UsageError(f"{path} is not a ganplug checkpoint ({reason})") from error
     except Exception as error:  # RuntimeError (bad zip), OSError (truncated), EOFError, ValueError, ...
-        raise GanplugError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)") from error
+        raise UsageError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise GanplugError(
+        raise UsageError(
             f"{path} is a foreign checkpoint (a torch file without the {FORMAT!r} tag): "
             "ganplug resumes and samples only from checkpoints it wrote"
         )
@@ -263,7 +348,7 @@ RESUMABLE = frozenset(
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
 _OPTION_FLAG = {"arch_options": "--arch-opt", "loss_options": "--loss-opt", "data_options": "--data-opt"}
-_IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc"})
+_IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
 
 
 def _flag(name: str) -> str:
@@ -388,7 +473,11 @@ __all__ = [
     "VERSION",
     "atomic_write_bytes",
     "check_resumable",
+    "discard_newer_work",
     "find_checkpoint",
+    "fork_run",
+    "has_checkpoint",
+    "newer_checkpoints",
     "load_checkpoint",
     "resume_config",
     "run_dir_of",

@@ -8,8 +8,16 @@ below. ``None`` means "not set here; take it from the next layer".
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ganplug.errors import UsageError
+
+LATENTS = ("normal", "uniform")
+OPTIMIZERS = ("adam", "rmsprop")
+LR_DECAYS = ("none", "linear")
+ON_NAN = ("stop", "skip")
 
 
 # Command-line flags that are shorthands for an option of the chosen loss or dataset:
@@ -76,3 +84,83 @@ class TrainConfig:
         if values.get("betas") is not None:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """One-line :class:`UsageError` for any out-of-range knob; ``None`` fields are skipped."""
+    c = config
+    for name, table in (("arch", "arch_options"), ("loss", "loss_options"), ("dataset", "data_options"), ("device", None)):
+        value = getattr(c, name)
+        hint = f" (its options go in a [{table}] table)" if table else ""
+        _require(
+            isinstance(value, str) and value.strip() != "",
+            f"{name} must be a name, a string such as {name} = \"{getattr(TrainConfig, name)}\"{hint}; got {value!r}",
+        )
+    _require(_is_int(c.steps) and c.steps >= 1, f"steps must be an integer >= 1, got {c.steps!r}: pass e.g. --steps 2000")
+    _require(
+        _is_int(c.batch_size) and c.batch_size >= 1,
+        f"batch_size must be an integer >= 1, got {c.batch_size!r}: pass e.g. --batch-size 64",
+    )
+    _require(_is_int(c.pack) and c.pack >= 1, f"pack must be an integer >= 1 (1 = off), got {c.pack!r}: pass e.g. --pack 2")
+    _require(c.batch_size % c.pack == 0, f"--pack {c.pack} needs a --batch-size divisible by {c.pack}, got {c.batch_size}: change --batch-size, or pass --pack 1")
+    if c.n_critic is not None:
+        _require(
+            _is_int(c.n_critic) and c.n_critic >= 1,
+            f"n_critic must be an integer >= 1, got {c.n_critic!r}: pass e.g. --n-critic 5",
+        )
+    if c.optimizer is not None:
+        _require(c.optimizer in OPTIMIZERS, f"optimizer must be adam or rmsprop, got {c.optimizer!r}: pass --optimizer adam")
+    for name in ("lr_g", "lr_d"):
+        value = getattr(c, name)
+        if value is not None:
+            flag = "--" + name.replace("_", "-")
+            _require(_is_number(value) and value > 0, f"{name} must be a number > 0, got {value!r}: pass e.g. {flag} 2e-4")
+    _require(
+        isinstance(c.lr_decay, str) and c.lr_decay in LR_DECAYS,
+        f"lr_decay must be none or linear, got {c.lr_decay!r}: pass --lr-decay linear (or none)",
+    )
+    if c.betas is not None:
+        betas = tuple(c.betas)
+        _require(
+            len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+            f"betas must be two numbers in [0, 1), got {c.betas!r}: pass e.g. --betas 0.5,0.999",
+        )
+    if c.latent_dim is not None:
+        _require(
+            _is_int(c.latent_dim) and c.latent_dim >= 1,
+            f"latent_dim must be an integer >= 1, got {c.latent_dim!r}: pass e.g. --latent-dim 64",
+        )
+    if c.latent is not None:
+        _require(c.latent in LATENTS, f"latent must be normal or uniform, got {c.latent!r}: pass --latent normal")
+    _require(_is_number(c.ema) and 0 <= c.ema < 1, f"ema must be a decay in [0, 1), got {c.ema!r}: pass e.g. --ema 0.999 (0 = off)")
+    _require(isinstance(c.amp, bool), f"amp must be true or false, got {c.amp!r}")
+    _require(_is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
+    for name in ("sample_every", "checkpoint_every"):
+        value = getattr(c, name)
+        flag = "--" + name.replace("_", "-")
+        _require(_is_int(value) and value >= 0, f"{name} must be an integer >= 0 (0 = only at the end), got {value!r}: pass e.g. {flag} 500")
+    _require(_is_int(c.log_every) and c.log_every >= 1, f"log_every must be an integer >= 1, got {c.log_every!r}: pass e.g. --log-every 10")
+    _require(
+        _is_int(c.eval_every) and c.eval_every >= 0,
+        f"eval_every must be an integer >= 0 (0 = off), got {c.eval_every!r}: pass e.g. --eval-every 500",
+    )
+    _require(
+        _is_int(c.num_samples) and c.num_samples >= 1,
+        f"num_samples must be an integer >= 1, got {c.num_samples!r}",
+    )
+    _require(c.on_nan in ON_NAN, f"on_nan must be stop or skip, got {c.on_nan!r}: pass --on-nan stop")
+    for name in ("arch_options", "loss_options", "data_options"):
+        _require(isinstance(getattr(c, name), dict), f"{name} must be a table of options, got {getattr(c, name)!r}")

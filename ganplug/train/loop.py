@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ganplug import __version__
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.train.build import Run, draw_latent, sample_of
 from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
@@ -188,6 +188,7 @@ class Trainer:
             "version": VERSION,
             "ganplug_version": __version__,
             "config": self.config.to_dict(),
+            "provenance": self.run.provenance,
             "model": self.run.model_info(),
             "step": self.step,
             "elapsed_s": self.elapsed(),
@@ -300,9 +301,17 @@ class Trainer:
                         for callback in self.callbacks:
                             callback.on_step_end(self, self.step)
                         self.signals.finishing = False
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as stop:
                     self._interrupted()
+                    stop.reported = True  # the CLI adds no second "interrupted" line
                     raise
+                except Exception as error:
+                    if isinstance(error, GanplugError) and not isinstance(error, PluginError):
+                        raise  # a diverged run or a failed write: its message says what was kept
+                    failure = self._failed(error)
+                    if failure is error:
+                        raise
+                    raise failure from error
         finally:
             self.progress.close()
             for callback in self.callbacks:
@@ -311,6 +320,67 @@ class Trainer:
         self.progress.message(
             f"done: step {self.step} in {format_duration(self.elapsed())}; "
             f"{where}checkpoint {self.checkpoints.dir / LATEST}"
+        )
+
+    def _culprit(self, error: BaseException) -> str | None:
+        """``loss 'x' of plugin 'p' (dist 1.0)`` when code of a plugin of this run's raised
+        ``error``: of the run's specs that plugin provides, the one whose object (``self``) the
+        innermost frame of the plugin's code ran in, else the first."""
+        from ganplug.registry import get_registry
+
+        registry = get_registry()
+        info = registry.blame(error)
+        if info is None:
+            return None
+        run = self.run
+        ours = [
+            (kind, spec, owner)
+            for kind, spec, owner in (
+                ("loss", run.loss_spec, (run.loss,)),
+                ("dataset", run.dataset_spec, (run.dataset,)),
+                ("architecture", run.arch_spec, (run.generator, run.discriminator)),
+            )
+            if registry.entry_of(spec).plugin == info.name
+        ]
+        if not ours:
+            return info.origin
+        frames, tb = [], error.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        for frame in reversed(frames):
+            this = frame.f_locals.get("self")
+            for kind, spec, owners in ours:
+                if this is not None and any(this is o or (isinstance(o, nn.Module) and this in list(o.modules())) for o in owners):
+                    return f"{kind} {spec.name!r} of {info.origin}"
+        kind, spec, _ = ours[0]
+        return f"{kind} {spec.name!r} of {info.origin}"
+
+    def _failed(self, error: Exception) -> Exception:
+        """After an exception in a step or its outputs: save the last completed step when nothing
+        of the failed step changed the weights (one process), then the error to raise: a
+        :class:`PluginError` naming the plugin whose code raised, or ``error`` itself."""
+        step = self.step + 1 if self.signals.in_step else self.step
+        saved = ""
+        if self.world is None and self.signals.in_step and not self.stepper.changed:
+            self.guard.rollback()
+            self.signals.in_step = False
+            if self.step > 0:
+                for callback in self.callbacks:
+                    callback.on_interrupt(self)
+                saved = f"step {self.step} saved in {self.checkpoints.dir / LATEST}"
+        if not saved:
+            saved = self.checkpoints.describe_last()
+        resume = f"continue with: ganplug train --resume {shlex.quote(str(self.run_dir))}" if self.checkpoints.last else ""
+        if isinstance(error, PluginError):
+            return PluginError(f"step {step}: {error}; {saved}" + (f"; {resume}" if resume else ""))
+        culprit = self._culprit(error)
+        if culprit is None:
+            self.progress.message(f"step {step} failed: {saved}" + (f"; after a fix, {resume}" if resume else ""))
+            return error
+        return PluginError(
+            f"step {step} failed in {culprit}: {type(error).__name__}: {error}; {saved}; fix or update the plugin"
+            + (f", then {resume}" if resume else "") + " (rerun with --debug for the traceback)"
         )
 
     def _interrupted(self) -> None:

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, PluginError
 from ganplug.train.checkpoint import CHECKPOINTS, LATEST, atomic_write_bytes, step_checkpoint_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
+from ganplug.train.progress import format_number
 from ganplug.train.render import picture_kind, render, save_png
 
 if TYPE_CHECKING:
@@ -30,13 +31,6 @@ if TYPE_CHECKING:
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
-
-
-def format_number(value: Any) -> str:
-    """A number for people: integral values as integers, others with 4 significant digits."""
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return str(int(value))
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def finite_or_none(value: float) -> float | None:
@@ -209,7 +203,8 @@ class Evaluator(Callback):
     """Every ``eval_every`` steps (rank 0): the dataset's metrics on the EMA generator (else G),
     in eval mode and without grad, on noise of a private generator seeded with the run's seed;
     the training RNGs are restored after it, so a run's weights do not depend on ``eval_every``.
-    A metric refusing the samples (GanplugError, e.g. NaN) is a warning; the run goes on."""
+    A metric refusing the samples (GanplugError, e.g. NaN) is a warning for that step; a metric
+    that fails (a plugin's bug) is reported once, naming its plugin, and switched off; the run goes on."""
 
     def __init__(self, every: int, writes: bool) -> None:
         self.every, self.writes = every, writes
@@ -230,6 +225,7 @@ class Evaluator(Callback):
         was_training = model.training
         rng = rng_state(trainer.device)
         started = time.perf_counter()
+        failed: dict[str, GanplugError] = {}
         model.eval()
         try:
             if self._metrics is None:
@@ -240,16 +236,24 @@ class Evaluator(Callback):
                 results = score_generator(
                     model, self._metrics, latent_dim=run.latent_dim, latent=run.latent,
                     dataset=run.dataset_spec.name, dataset_options=dict(cfg.data_options), seed=cfg.seed,
+                    failed=failed,
                 )
-        except GanplugError as error:
+        except GanplugError as error:  # e.g. samples that cannot be drawn
             trainer.progress.message(f"warning: step {trainer.step}: evaluation failed: {error}")
             return None
         finally:
             model.train(was_training)
             set_rng_state(rng, trainer.device)
             trainer.metrics.pause(time.perf_counter() - started)
-        trainer.metrics.append_eval(trainer.step, results)
-        if not trainer.quiet:
+        for name, error in failed.items():
+            if isinstance(error, PluginError):
+                self._metrics = [built for built in self._metrics if built[0].name != name]
+                trainer.progress.message(f"warning: step {trainer.step}: {error}; metric {name} is off for the rest of this run")
+            else:
+                trainer.progress.message(f"warning: step {trainer.step}: metric {name} skipped: {error}")
+        if results:
+            trainer.metrics.append_eval(trainer.step, results)
+        if results and not trainer.quiet:
             parts = [
                 f"{name}: " + " ".join(f"{k} {format_number(float(v))}" for k, v in values.items())
                 for name, values in results.items()
@@ -292,7 +296,6 @@ class CheckpointWriter(Callback):
         self.writes = writes
         self.last: Path | None = None
         self.last_step = -1
-        self.resumed_step: int | None = None  # set on resume until the next checkpoint
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         if due(step, trainer.config.steps, trainer.config.checkpoint_every):
@@ -303,7 +306,6 @@ class CheckpointWriter(Callback):
 
     def resumed(self, path: Path, step: int) -> None:
         self.last, self.last_step = path, step
-        self.resumed_step = step
 
     def describe_last(self) -> str:
         """Where the last checkpoint is, for a message."""
@@ -320,7 +322,7 @@ class CheckpointWriter(Callback):
         trainer.ensure_finite_weights()  # never a checkpoint of non-finite weights
         if self.writes:
             try:
-                write_run_checkpoint(trainer.state_dict(), self.dir, step, stale_after=self.resumed_step)
+                write_run_checkpoint(trainer.state_dict(), self.dir, step)
             except OSError as error:
                 reason = error.strerror or str(error)
                 kept = (
@@ -332,11 +334,10 @@ class CheckpointWriter(Callback):
                     f"free space and --resume {self.run_dir}"
                 ) from None
         self.last, self.last_step = path, step
-        self.resumed_step = None
         return path
 
 
 __all__ = [
     "Callback", "CheckpointWriter", "Evaluator", "METRICS", "MetricsLog", "SAMPLES",
-    "SampleWriter", "Sums", "due", "finite_or_none", "format_number",
+    "SampleWriter", "Sums", "due", "finite_or_none",
 ]

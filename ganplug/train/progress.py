@@ -14,6 +14,7 @@ Ctrl-C) with its metrics, samples and checkpoints on disk.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -28,8 +29,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def format_number(value: Any) -> str:
+    """A number for people: integral values as integers, large ones without an exponent
+    (``45720``), others with 4 significant digits; NaN as ``n/a``; anything else as ``str``."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != value:
+        return "n/a"
+    if not math.isfinite(value):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
 
 
 class Progress:
@@ -106,7 +117,7 @@ class Progress:
             self._draw(step)
             return
         fields = "  ".join(
-            f"{key} {_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
+            f"{key} {format_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
         )
         self._write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
 
@@ -143,4 +154,4 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
-__all__ = ["Progress", "format_duration"]
+__all__ = ["Progress", "format_duration", "format_number"]

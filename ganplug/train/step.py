@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ganplug.errors import UsageError
+from ganplug.errors import PluginError, UsageError
 from ganplug.train.build import PackedCritic, Run, draw_latent
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
@@ -94,6 +94,11 @@ def new_ema(generator: nn.Module) -> nn.Module:
     ema = copy.deepcopy(generator).eval()
     ema.requires_grad_(False)
     return ema
+
+
+GENERATOR_PREFIX = "g_"  # metrics.jsonl names generator_loss() stats "g_" + name
+# metrics.jsonl columns the trainer writes itself: no loss stat may take them.
+RESERVED_STATS = frozenset({"step", "eval", "d_loss", "g_loss", "samples_per_s", "elapsed_s", "skipped_steps", "lr_g"})
 
 
 class AdversarialStep:
@@ -189,6 +194,7 @@ class AdversarialStep:
                     with torch.no_grad():
                         d_fake = G(z)
                     d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
+            d_stats = self.checked_stats(d_stats, "discriminator_loss")
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             average_gradients(self.world, self.opt_d.param_groups[0]["params"])
@@ -203,6 +209,7 @@ class AdversarialStep:
                 if fake is None:
                     fake = G(self.batch_noise())
                 g_loss, g_stats = loss.generator_loss(critic, fake)
+                g_stats = self.checked_stats(g_stats, "generator_loss")
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             average_gradients(self.world, self.opt_g.param_groups[0]["params"])
@@ -210,9 +217,30 @@ class AdversarialStep:
         finally:
             D.requires_grad_(True)
         sums.add("g_loss", g_loss)
-        sums.add_all(g_stats, prefix="g_")
+        sums.add_all(g_stats, prefix=GENERATOR_PREFIX)
         if self.ema is not None:
             self.update_ema(step)
+
+    def checked_stats(self, stats: dict[str, Any] | None, method: str) -> dict[str, Any]:
+        """The stats a loss method returned, unless a name would collide in metrics.jsonl: the
+        trainer's own columns (:data:`RESERVED_STATS`), or a critic stat with the generator
+        stats' prefix. PluginError naming the loss's plugin."""
+        if not stats:
+            return {}
+        names = {GENERATOR_PREFIX + k for k in stats} if method == "generator_loss" else set(stats)
+        clash = sorted(names & RESERVED_STATS)
+        if method == "discriminator_loss":
+            clash += sorted(k for k in stats if k.startswith(GENERATOR_PREFIX))
+        if clash:
+            from ganplug.registry import origin_of
+
+            spec = self.run.loss_spec
+            raise PluginError(
+                f"loss {spec.name!r} of {origin_of(spec)}: {method}() returns stats {clash} that would overwrite "
+                f"metrics.jsonl columns (the trainer's own: {', '.join(sorted(RESERVED_STATS))}; generator stats "
+                f"are logged with the prefix {GENERATOR_PREFIX!r}, so critic stats must not start with it): rename them"
+            )
+        return stats
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
