@@ -24,6 +24,10 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
   ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
   cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason.
+
+Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as
+it is, exit code 2); anything else a factory, a loss, a dataset or a metric raises is reported as
+the plugin's bug, naming the plugin, its distribution and version (see docs/plugins.md).
 """
 
 from __future__ import annotations

@@ -200,8 +200,18 @@ def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
     _require(bool(torch.isfinite(loss)), spec, f"{side}: the loss is not finite: {loss.item()}")
     _require(loss.requires_grad, spec, f"{side}: the loss does not require grad: it is cut off from the critic/generator")
     _require(isinstance(stats, dict), spec, f"{side}: stats is a {type(stats).__name__}, expected a dict")
+    from ganplug.train.step import GENERATOR_PREFIX, RESERVED_STATS
+
     for key, value in stats.items():
         _require(isinstance(key, str), spec, f"{side}: stats key {key!r} is not a string")
+        logged = GENERATOR_PREFIX + key if side == "generator_loss" else key
+        _require(
+            logged not in RESERVED_STATS and not (side == "discriminator_loss" and key.startswith(GENERATOR_PREFIX)),
+            spec,
+            f"{side}: stat {key!r} would be logged as {logged!r}, which the trainer writes itself or keeps for "
+            f"generator stats (reserved: {', '.join(sorted(RESERVED_STATS))}, and the prefix {GENERATOR_PREFIX!r} "
+            "for critic stats): rename it",
+        )
         _require(
             isinstance(value, torch.Tensor) and value.dim() == 0,
             spec,

@@ -475,3 +475,13 @@ def test_resuming_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys):
     code, _, err = run_main(capsys, "train", "--resume", str(notes))
     assert code == 2
     assert err == f"Error: {notes} is not a ganplug checkpoint (not a torch file, or a truncated one)\n"
+
+
+def test_the_test_kit_refuses_stats_that_would_overwrite_a_trainer_column(tmp_path, monkeypatch):
+    from ganplug.testing import check_loss
+
+    use_plugins(monkeypatch, install(tmp_path / "site", "ganplug-stats", "2.0", "statspkg", STATS_LOSS))
+    loud = registry_module.get_registry().resolve("loss", "loud")
+    with pytest.raises(AssertionError, match="discriminator_loss: stat 'd_loss' would be logged as 'd_loss', which the trainer writes itself"):
+        check_loss(loud)
+    check_loss(registry_module.get_registry().resolve("loss", "relay"))  # 'fake_rel' -> 'g_fake_rel' is fine

@@ -202,7 +202,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
             )
         run = build_run(config, provenance=state.get("provenance"))
         if list(run.data_shape) != list(state["model"]["data_shape"]):
-            raise GanplugError(
+            raise UsageError(
                 f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
                 f"{tuple(state['model']['data_shape'])}: start a new run with --out"
             )

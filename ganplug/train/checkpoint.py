@@ -275,7 +275,7 @@ def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint file belongs to: ``RUN_DIR`` of ``RUN_DIR/checkpoints/X.pt``."""
     checkpoint = Path(checkpoint)
     if checkpoint.parent.name != CHECKPOINTS:
-        raise GanplugError(
+        raise UsageError(
             f"{checkpoint} is not inside a run's {CHECKPOINTS}/ folder, so there is no run directory to "
             f"continue: copy it to RUN_DIR/{CHECKPOINTS}/{LATEST} and pass --resume RUN_DIR"
         )

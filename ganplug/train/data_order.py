@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, UsageError
 
 # A TensorDataset up to this size is moved to a CUDA device once, so batches need no copy.
 _DEVICE_CACHE_BYTES = 1 << 30
@@ -74,7 +74,7 @@ class BatchOrder:
         if batch_size < 1:
             raise GanplugError(f"batch_size must be at least 1, got {batch_size}")
         if batch_size > self.size:
-            raise GanplugError(
+            raise UsageError(
                 f"batch_size {batch_size} is larger than the dataset ({self.size} samples): "
                 f"pass --batch-size {self.size} or less"
             )
@@ -116,12 +116,12 @@ class BatchOrder:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position (the dataset size and batch size must match)."""
         if int(state.get("size", self.size)) != self.size:
-            raise GanplugError(
+            raise UsageError(
                 f"the dataset now has {self.size} samples but the checkpoint was trained on {state['size']}: "
                 "resume with the same data, or start a new run with --out"
             )
         if int(state.get("batch_size", self.batch_size)) != self.batch_size:
-            raise GanplugError("the batch size differs from the checkpoint's: start a new run with --out")
+            raise UsageError("the batch size differs from the checkpoint's: start a new run with --out")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._iterator = None

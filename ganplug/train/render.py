@@ -226,7 +226,7 @@ def render(
         return render_points(samples, real=real, box=box)  # type: ignore[arg-type]
     if kind == "histogram":
         return render_histogram(samples, real=real, density=density, box=box)  # type: ignore[arg-type]
-    raise GanplugError(
+    raise UsageError(
         f"cannot draw samples of shape {tuple(samples.shape[1:])} as a picture: write .npy or .pt instead"
     )
 
