@@ -1,8 +1,9 @@
 """What a plugin writes: the ``hookimpl`` marker and the spec dataclasses its hooks return.
 
-Importing this module never imports torch, so ``ganplug --help``, ``ganplug plugins`` and
-``ganplug list`` stay fast. A spec names its factory either as a callable or, better, as a
-``"package.module:function"`` string that is imported only when the thing is built.
+Importing this module never imports torch, so ``ganplug --help`` and ``ganplug list`` stay
+fast. A spec names its factory either as a callable or, better, as a
+``"package.module:function"`` string that is imported only when the thing is built (or checked
+by ``ganplug plugins``).
 
 Factory contracts (what ``spec.load()(...)`` must return):
 

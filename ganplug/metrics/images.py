@@ -108,9 +108,10 @@ def digits_data(image_size: int) -> tuple[Tensor, Tensor]:
 def load_dataset(dataset: str, dataset_options: Mapping[str, Any]) -> Any:
     """The registered dataset ``dataset`` built with the run's options (seed 0), as training loads it."""
     from ganplug.plugin import DataContext
-    from ganplug.registry import get_registry
+    from ganplug.registry import call_factory, get_registry
 
-    return get_registry().resolve("dataset", dataset).load()(DataContext(seed=0), **dict(dataset_options))
+    spec = get_registry().resolve("dataset", dataset)
+    return call_factory("dataset", spec, DataContext(seed=0), **dict(dataset_options))
 
 
 def real_data(dataset: str, dataset_options: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
