@@ -24,7 +24,7 @@ from ganplug.train.checkpoint import load_checkpoint
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, check_batch
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
+DISTRIBUTED = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
 
 STEPS = 5
 # bce without label noise and D without dropout: no randomness inside a step besides the noise,
@@ -38,7 +38,7 @@ CLI_ARGS = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [DISTRIBUTED, pytest.mark.usefixtures("one_thread")]
 
 
 def config(steps: int, **knobs) -> TrainConfig:

@@ -9,7 +9,8 @@
 - :mod:`~ganplug.train.outputs`: metrics.jsonl, evaluations, sample pictures, checkpoints
 - :mod:`~ganplug.train.checkpoint`: saving, loading, locating checkpoints; resume rules
 - :mod:`~ganplug.train.render`: PNG pictures of samples; ``.npy``/``.pt`` writers
-- :mod:`~ganplug.train.progress`: the progress line on stderr
+- :mod:`~ganplug.train.loggers`: ``--logger``: the built-in TensorBoard logger and plugins' loggers
+- :mod:`~ganplug.train.progress`: the progress bar (tqdm) or log lines on stderr
 - :mod:`~ganplug.train.distributed`: data-parallel runs under torchrun (``--nproc``)
 
 Importing this package does not import torch; :func:`train` does.
@@ -99,18 +100,17 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete what a run without a checkpoint wrote (config.toml, metrics.jsonl, sample
-    pictures), to train it again from step 0; other files are left alone."""
+    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures), to train
+    it again from step 0 (:func:`is_unstarted` then holds; its config.toml is rewritten when it
+    starts); other files are left alone. Idempotent, so every rank of a run may call it."""
     from ganplug.train.checkpoint import has_checkpoint
     from ganplug.train.outputs import METRICS, SAMPLES
 
     run_dir = Path(run_dir)
     assert not has_checkpoint(run_dir), run_dir
-    for name in (CONFIG_FILE, METRICS):
-        (run_dir / name).unlink(missing_ok=True)
-    if (run_dir / SAMPLES).is_dir():
-        for picture in (run_dir / SAMPLES).glob("*.png"):
-            picture.unlink()
+    (run_dir / METRICS).unlink(missing_ok=True)
+    for picture in (run_dir / SAMPLES).glob("*.png"):
+        picture.unlink(missing_ok=True)
 
 
 def make_run_dir(run_dir: Path) -> None:

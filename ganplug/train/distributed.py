@@ -28,9 +28,11 @@ those (e.g. ``--arch-opt dropout=0`` with bce) the losses match one process with
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -84,7 +86,7 @@ def setup(device: str) -> World | None:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise GanplugError(
+            raise UsageError(
                 f"rank {rank} wants cuda:{local_rank} but only {torch.cuda.device_count()} GPU(s) are visible: "
                 "pass --nproc at most the number of GPUs"
             )
@@ -123,11 +125,39 @@ def exit_worker(code: int) -> None:
     os._exit(code)
 
 
+class PeerLost(GanplugError):
+    """A collective operation failed: another process of the run died (killed, crashed, its node
+    gone) or its connection broke. gloo raises a RuntimeError naming a socket; this names the
+    cause. The CLI adds where the last checkpoint is and how to continue."""
+
+
+def _first_line(error: BaseException) -> str:
+    """gloo's "[.../pair.cc:545] Read error [127.0.0.1]:20901: Connection reset by peer. This is ..."
+    as "Read error [127.0.0.1]:20901: Connection reset by peer"."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+@contextmanager
+def _collective(world: World, what: str):
+    """Run one collective; a RuntimeError (gloo's or NCCL's on a dead peer, torch's DistError) becomes
+    :class:`PeerLost` naming this rank and the operation."""
+    try:
+        yield
+    except RuntimeError as error:
+        raise PeerLost(
+            f"another process of this run died or lost its connection (rank {world.rank} of "
+            f"{world.world_size}, in {what}: {_first_line(error)})"
+        ) from error
+
+
 def barrier(world: World | None) -> None:
     if world is not None:
         import torch.distributed as dist
 
-        dist.barrier()
+        with _collective(world, "barrier"):
+            dist.barrier()
 
 
 def check_batch(world: World | None, batch_size: int, pack: int = 1) -> None:
@@ -135,7 +165,7 @@ def check_batch(world: World | None, batch_size: int, pack: int = 1) -> None:
     if world is None:
         return
     if batch_size % world.world_size:
-        raise GanplugError(
+        raise UsageError(
             f"--batch-size {batch_size} (the global batch) does not divide among {world.world_size} processes: "
             f"pass a multiple of {world.world_size}"
         )
@@ -153,7 +183,7 @@ def broadcast_parameters(world: World | None, modules: Iterable[torch.nn.Module]
         return
     import torch.distributed as dist
 
-    with torch.no_grad():
+    with torch.no_grad(), _collective(world, "broadcast"):
         for module in modules:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
@@ -169,7 +199,8 @@ def average_gradients(world: World | None, parameters: Sequence[torch.nn.Paramet
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    with _collective(world, "all_reduce"):
+        dist.all_reduce(flat)
     flat /= world.world_size
     offset = 0
     for g in grads:
@@ -184,7 +215,8 @@ def all_reduce_sum(world: World | None, values: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
     values = values.clone()
-    dist.all_reduce(values)
+    with _collective(world, "all_reduce"):
+        dist.all_reduce(values)
     return values
 
 
@@ -217,6 +249,6 @@ def launch(nproc: int, args: Sequence[str]) -> int:
 
 
 __all__ = [
-    "World", "all_reduce_sum", "average_gradients", "barrier", "broadcast_parameters", "check_batch",
+    "PeerLost", "World", "all_reduce_sum", "average_gradients", "barrier", "broadcast_parameters", "check_batch",
     "env_world_size", "exit_worker", "launch", "setup", "teardown",
 ]
