@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec
+from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -31,3 +31,8 @@ def ganplug_datasets() -> list[DatasetSpec]:
 @hookspec
 def ganplug_metrics() -> list[MetricSpec]:
     """Sample-quality metrics this plugin adds (computed by ``ganplug eval``)."""
+
+
+@hookspec
+def ganplug_loggers() -> list[LoggerSpec]:
+    """Training loggers this plugin adds (``ganplug train --logger NAME``)."""

@@ -25,6 +25,10 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
   ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
   cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason.
+- logger: ``factory(run_dir: Path, **options) -> logger`` with methods ``start(config: dict)``,
+  ``log(step, values: dict[str, float])`` (each metrics.jsonl line), ``images(step, path)`` (each
+  sample picture), ``evaluation(step, results: dict[str, dict[str, float]])`` and ``close()``;
+  called on rank 0 only. A logger that raises is reported once and switched off; the run goes on.
 
 Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as
 it is, exit code 2); anything else a factory, a loss, a dataset or a metric raises is reported as
@@ -253,6 +257,14 @@ class MetricSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class LoggerSpec(_Spec):
+    """A training logger (``--logger NAME``): ``factory(run_dir: Path, **options) -> logger`` with
+    ``start``, ``log``, ``images``, ``evaluation`` and ``close`` (see the module docstring)."""
+
+    kind = "logger"
+
+
+@dataclass(frozen=True)
 class ModelContext:
     """What an architecture factory is told about the run.
 
@@ -280,6 +292,7 @@ __all__ = [
     "ArchitectureSpec",
     "DataContext",
     "DatasetSpec",
+    "LoggerSpec",
     "LossSpec",
     "MetricSpec",
     "ModelContext",

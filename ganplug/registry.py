@@ -31,7 +31,7 @@ import pluggy
 
 from ganplug import hookspecs
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError, debug_enabled
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec
+from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec
 
 BUILTIN = "ganplug"
 
@@ -53,6 +53,7 @@ KINDS: dict[str, Kind] = {
         Kind("loss", "losses", "ganplug_losses", LossSpec),
         Kind("dataset", "datasets", "ganplug_datasets", DatasetSpec),
         Kind("metric", "metrics", "ganplug_metrics", MetricSpec),
+        Kind("logger", "loggers", "ganplug_loggers", LoggerSpec),
     )
 }
 

@@ -9,7 +9,7 @@ One line checks a whole plugin (every spec it registers, with default options)::
         ganplug.testing.check_plugin(my_plugin.plugin)
 
 or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`,
-:func:`check_dataset`. Every check runs on CPU with the global RNG seeded (its state is restored
+:func:`check_dataset`, :func:`check_logger`. Every check runs on CPU with the global RNG seeded (its state is restored
 afterwards, so checks do not disturb the caller's randomness) and raises ``AssertionError``
 that starts with the spec (``"loss 'hinge': ..."``) and says what is wrong.
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from ganplug.plugin import ArchitectureSpec, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
 
-__all__ = ["check_architecture", "check_dataset", "check_loss", "check_plugin"]
+__all__ = ["check_architecture", "check_dataset", "check_logger", "check_loss", "check_plugin"]
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
 DATA_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (1, 8, 8), (3, 16, 16))
@@ -424,12 +424,46 @@ def check_metric(
     return result
 
 
+@_seeded
+def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
+    """Build the logger in ``run_dir`` (default: a temporary folder) and drive it as a run of 2
+    steps does: ``start(config)``, ``log`` of two metrics lines, ``images`` of a 4x4 PNG,
+    ``evaluation``, ``close()``. Asserts it has the five methods, that none raises (an exception
+    propagates) and that no call draws from the global RNG. Returns the logger."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from ganplug.train.config import TrainConfig
+    from ganplug.train.loggers import METHODS
+
+    label = f"logger {spec.name!r}"
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(run_dir) if run_dir is not None else Path(scratch)
+        logger = spec.load()(folder, **spec.resolve_options(options))
+        missing = [m for m in METHODS if not callable(getattr(logger, m, None))]
+        assert not missing, f"{label}: the factory returned a {type(logger).__name__} without {', '.join(missing)}"
+        picture = Path(scratch) / "samples.png"
+        Image.new("RGB", (4, 4), (255, 0, 0)).save(picture)
+        state = torch.get_rng_state()
+        logger.start({**TrainConfig(steps=2, loggers=[spec.name]).to_dict(), "start_step": 0})
+        logger.log(1, {"d_loss": 1.25, "g_loss": 0.5, "samples_per_s": 100.0, "elapsed_s": 0.1})
+        logger.log(2, {"d_loss": float("nan"), "g_loss": 0.75, "samples_per_s": 120.0, "elapsed_s": 0.2})
+        logger.images(2, picture)
+        logger.evaluation(2, {"modes": {"modes": 8.0, "high_quality": 0.5}})
+        logger.close()
+        assert torch.equal(state, torch.get_rng_state()), f"{label}: a call drew from the global RNG"
+    return logger
+
+
 def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[str]]:
     """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the
     built-ins, assert it loads (status ok) and registers at least one spec, then run
     :func:`check_architecture` (on the first of :data:`DATA_SHAPES` it accepts, bounded with
-    BatchNorm allowed and again unbounded without), :func:`check_loss` or :func:`check_dataset`
-    on every spec it registers. ``options`` maps a spec name to keyword options for its check
+    BatchNorm allowed and again unbounded without), :func:`check_loss`, :func:`check_dataset`,
+    :func:`check_metric` or :func:`check_logger` on every spec it registers. ``options`` maps a spec name to keyword options for its check
     (default options otherwise). Returns what it registers, ``{kind: [names]}``.
     """
     from ganplug.errors import GanplugError
@@ -482,6 +516,8 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
                 check_loss(spec, **given)
             elif kind == "dataset":
                 check_dataset(spec, **given)
-            else:
+            elif kind == "metric":
                 check_metric(spec, **given)
+            else:
+                check_logger(spec, **given)
     return dict(info.registers)

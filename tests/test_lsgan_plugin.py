@@ -72,7 +72,7 @@ def test_installed_plugin_is_listed(lsgan_site, tmp_path):
         "version": "0.1.0",
         "status": "ok",
         "error": None,
-        "registers": {"loss": ["least-squares"], "dataset": ["swissroll"]},
+        "registers": {"loss": ["least-squares"], "dataset": ["swissroll"], "logger": ["csv"]},
     }
     assert plugins["ganplug"]["status"] == "ok"
     text = ganplug("plugins", site=lsgan_site, cwd=tmp_path)

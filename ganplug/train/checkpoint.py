@@ -341,9 +341,10 @@ def stored_config(state: Mapping[str, Any]) -> TrainConfig:
 
 # -- resuming ----------------------------------------------------------------------------------
 
-# Fields a resume may change: how long, how often to report, where to run.
+# Fields a resume may change: how long, how often and where to report, where to run.
 RESUMABLE = frozenset(
-    {"steps", "sample_every", "checkpoint_every", "log_every", "eval_every", "device", "num_samples", "amp", "on_nan"}
+    {"steps", "sample_every", "checkpoint_every", "log_every", "eval_every", "device", "num_samples", "amp", "on_nan",
+     "loggers", "logger_options"}
 )
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
@@ -372,6 +373,8 @@ def _normalise(name: str, value: Any) -> Any:
         return tuple(float(v) for v in value)
     if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if name == "loggers":
+        return list(value)
     return value
 
 
@@ -411,8 +414,8 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
 
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
     pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
-    steps, sample_every, checkpoint_every, log_every, eval_every, device, num_samples, amp, on_nan and the
-    data's location (root, download) may change; any other value that differs from the stored one raises
+    steps, sample_every, checkpoint_every, log_every, eval_every, device, num_samples, amp, on_nan, loggers,
+    logger_options and the data's location (root, download) may change; any other value that differs from the stored one raises
     UsageError naming the option (it shapes the run: start a new one with --out).
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

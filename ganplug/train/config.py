@@ -66,6 +66,8 @@ class TrainConfig:
     eval_every: int = 0  # generator steps between metric evaluations (metrics.jsonl); 0 = off
     num_samples: int = 64  # images in a sample grid (fixed noise)
     on_nan: str = "stop"  # a non-finite loss or weight: "stop" the run, or "skip" the step
+    loggers: list[str] = field(default_factory=list)  # --logger NAME: each metrics line, picture, evaluation
+    logger_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {logger name: {option: value}}
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -164,3 +166,11 @@ def validate_config(config: TrainConfig) -> None:
     _require(c.on_nan in ON_NAN, f"on_nan must be stop or skip, got {c.on_nan!r}: pass --on-nan stop")
     for name in ("arch_options", "loss_options", "data_options"):
         _require(isinstance(getattr(c, name), dict), f"{name} must be a table of options, got {getattr(c, name)!r}")
+    _require(
+        isinstance(c.loggers, (list, tuple)) and all(isinstance(n, str) and n.strip() for n in c.loggers),
+        f'loggers must be a list of names such as loggers = ["tensorboard"], got {c.loggers!r}',
+    )
+    _require(
+        isinstance(c.logger_options, dict) and all(isinstance(v, dict) for v in c.logger_options.values()),
+        f"logger_options must hold a table per logger ([logger_options.NAME]), got {c.logger_options!r}",
+    )

@@ -2,7 +2,9 @@
 (:mod:`~ganplug.train.guard`) and the outputs (:mod:`~ganplug.train.outputs`) through callbacks.
 
 Per step: ``on_step_start`` of every callback, the guarded step, then ``on_step_end`` (the
-metrics line, evaluation, sample picture and checkpoint when due, then the caller's callbacks).
+metrics line, evaluation, sample picture and checkpoint when due, then the caller's callbacks);
+each line, evaluation and picture written is passed on (:meth:`Trainer.notify`) to every
+callback's ``on_metrics``, ``on_evaluation`` and ``on_samples``, the loggers' among them.
 The weights are checked for non-finite values before a metrics line or a checkpoint is written.
 
 Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
@@ -40,12 +42,14 @@ from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World
 from ganplug.train.guard import DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
-from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, MetricsLog, SampleWriter, Sums
+from ganplug.train.loggers import Loggers
+from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, LossPlot, MetricsLog, SampleWriter, Sums
 from ganplug.train.progress import Progress, format_duration
 from ganplug.train.render import picture_kind
 from ganplug.train.step import AdversarialStep
 
 REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
+PLOT_SAMPLES = 1024  # generated samples (fixed noise) of a 1-D or 2-D picture, at least (num_samples if more)
 _CHUNK = 1024  # generator batch when drawing the fixed noise
 
 Hook = Callable[["Trainer", int], None]
@@ -93,16 +97,19 @@ class Trainer:
         self.stepper = AdversarialStep(run, world)
         self.guard = StepGuard(self.stepper, self.config.on_nan, world)
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
-        self.fixed_noise = fixed_noise(self.config.num_samples, run.latent_dim, run.latent, self.config.seed).to(self.device)
         self.picture = picture_kind(run.data_shape)
-        self.real_plot, self.plot_box = self._plot_reference()
+        count = self.config.num_samples if self.picture == "images" else max(self.config.num_samples, PLOT_SAMPLES)
+        self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, self.config.seed).to(self.device)
+        self.real_plot, self.plot_box, self.plot_density = self._plot_reference()
         self.metrics = MetricsLog(self.run_dir, world, self.is_main)
         self.samples = SampleWriter(self.run_dir, self.is_main)
         self.checkpoints = CheckpointWriter(self.run_dir, self.is_main)
         self.evaluator = Evaluator(self.config.eval_every, self.is_main)
+        self.loggers = Loggers(self.run_dir, self.config, self.device, self.is_main)
         self.callbacks: list[Callback] = [
             *(_HookCallback(hook) for hook in hooks),
-            self.metrics, self.evaluator, self.samples, self.checkpoints, *callbacks,
+            self.metrics, self.evaluator, self.samples, self.checkpoints, LossPlot(self.run_dir, self.is_main),
+            self.loggers, *callbacks,
         ]
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
@@ -134,6 +141,11 @@ class Trainer:
     def last_checkpoint(self) -> Path | None:
         return self.checkpoints.last
 
+    def notify(self, event: str, *args: Any) -> None:
+        """Call ``event`` (``on_metrics``, ``on_samples``, ``on_evaluation``) of every callback."""
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
     def elapsed(self) -> float:
         """Training seconds of the whole run: earlier sessions and this one."""
         now = time.perf_counter()
@@ -143,10 +155,12 @@ class Trainer:
         """What draws the pictures and is scored: the EMA generator, else G."""
         return self.stepper.ema if self.stepper.ema is not None else self.stepper.G
 
-    def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None]:
-        """Real samples drawn under 1-D/2-D pictures and a fixed plot box around them."""
+    def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None, Callable | None]:
+        """What 1-D/2-D pictures are drawn against, fixed for the run: real samples ``(M, D)``
+        (none for a 1-D dataset of known density), a plot box around the real samples (data
+        units), and the density of the built-in ``gaussian`` (its resolved mean/std options)."""
         if self.picture not in ("points", "histogram"):
-            return None, None
+            return None, None, None
         dataset = self.run.dataset
         count = min(len(dataset), REAL_PLOT_POINTS)
         indices = epoch_permutation(len(dataset), self.config.seed, -1)[:count]  # private RNG, not epoch 0's
@@ -161,10 +175,16 @@ class Trainer:
         span = (highs - lows).clamp_min(1e-3)
         lows, highs = lows - 0.25 * span, highs + 0.25 * span
         if self.picture == "histogram":
-            return real, (float(lows[0]), float(highs[0]))
+            box = (float(lows[0]), float(highs[0]))
+            if self.run.dataset_spec.name == "gaussian" and self.run.provenance.get("dataset", {}).get("plugin") == "ganplug":
+                from ganplug.plots import normal_pdf
+
+                options = self.config.data_options
+                return None, box, normal_pdf(float(options["mean"]), float(options["std"]))
+            return real, box, None
         side = float((highs - lows).max())
         cx, cy = float((lows[0] + highs[0]) / 2), float((lows[1] + highs[1]) / 2)
-        return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2)
+        return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2), None
 
     @torch.no_grad()
     def generate_fixed(self) -> torch.Tensor:

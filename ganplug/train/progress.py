@@ -1,11 +1,12 @@
 """Progress on stderr.
 
-On a terminal (and not quiet): one line rewritten in place, at most 10 times a second::
+On a terminal (and not quiet): a tqdm bar, redrawn in place at most 10 times a second::
 
-    step 1200/2000  d_loss -0.412  g_loss 1.037  8,412 samples/s  ETA 0:00:31
+    step 1200/2000 |██████    | 60%  d_loss -0.412  g_loss 1.037  38.2 steps/s  ETA 0:00:21
 
 Quiet, or when stderr is not a terminal (a log file, CI): no bar, one plain line per
 ``log_every`` steps instead. Messages (:meth:`Progress.message`) always print on their own line.
+Numbers are written by :func:`format_number`, durations by :func:`format_duration`.
 
 A stream that closes under a run (``ganplug train ... | tee log`` and the ``tee`` gone) never
 ends it: the progress output is dropped from then on, and the run carries on (and saves on
@@ -19,6 +20,10 @@ import os
 import sys
 import time
 from typing import Any, TextIO
+
+from tqdm import tqdm
+
+BAR_FORMAT = "step {n}/{total} |{bar}| {percentage:3.0f}%  {losses}{speed}  ETA {left}"
 
 
 def format_duration(seconds: float) -> str:
@@ -43,6 +48,48 @@ def format_number(value: Any) -> str:
     return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
 
 
+class _Bar(tqdm):
+    """tqdm with the headline losses, steps/s and the ETA written by this module's formatters."""
+
+    monitor_interval = 0  # no monitor thread
+
+    losses = ""  # "d_loss 0.5  g_loss 1.25  ", set by Progress.log
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        values = super().format_dict
+        rate = values["rate"]  # smoothed; None before the first update and after close
+        if rate is None and values["elapsed"] > 0:
+            rate = (values["n"] - values["initial"]) / values["elapsed"]
+        values["losses"] = self.losses
+        values["speed"] = f"{format_number(float(rate))} steps/s" if rate else "? steps/s"
+        values["left"] = format_duration((values["total"] - values["n"]) / rate) if rate else "?"
+        return values
+
+
+class _Sink:
+    """What the bar writes to: :meth:`Progress._write`, so a closed stream silences it too."""
+
+    def __init__(self, progress: "Progress") -> None:
+        self.progress = progress
+        self.encoding = getattr(progress.stream, "encoding", None)  # tqdm draws unicode only on UTF-8
+
+    def write(self, text: str) -> None:
+        self.progress._write(text)
+
+    def flush(self) -> None:
+        """:meth:`Progress._write` flushed already."""
+
+
+def _columns(stream: TextIO) -> int | None:
+    """The bar's width: the terminal's less 2 columns, room for the ``^C`` a terminal echoes (a
+    full-width line would wrap with it, and a message would then not replace the bar)."""
+    try:
+        return max(os.get_terminal_size(stream.fileno()).columns - 2, 20)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class Progress:
     """Reports a run of ``total`` steps that starts at ``start`` (non-zero when resuming)."""
 
@@ -52,14 +99,20 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
         self.start = start
-        isatty = getattr(self.stream, "isatty", None)
-        self.bar = not quiet and bool(isatty and isatty())
-        self.min_interval = min_interval
-        self._t0 = time.perf_counter()
-        self._last_draw = 0.0
-        self._width = 0
-        self._last: dict[str, Any] = {}
         self.closed = False  # the stream's reader went away: output is dropped
+        self._t0 = time.perf_counter()
+        isatty = getattr(self.stream, "isatty", None)
+        self._bar: _Bar | None = None
+        if not quiet and isatty and isatty():
+            self._bar = _Bar(
+                total=total, initial=start, file=_Sink(self), mininterval=min_interval, position=0,
+                ncols=_columns(self.stream), bar_format=BAR_FORMAT, leave=True,
+            )
+
+    @property
+    def bar(self) -> bool:
+        """Whether a bar is drawn (a terminal, not quiet)."""
+        return self._bar is not None
 
     def _write(self, text: str) -> None:
         if self.closed:
@@ -78,43 +131,20 @@ class Progress:
         elapsed = time.perf_counter() - self._t0
         return format_duration(elapsed / done * (self.total - step))
 
-    def _line(self, step: int) -> str:
-        parts = [f"step {step}/{self.total}"]
-        for key in ("d_loss", "g_loss"):
-            if key in self._last:
-                parts.append(f"{key} {self._last[key]:.4g}")
-        if "samples_per_s" in self._last:
-            parts.append(f"{self._last['samples_per_s']:,.0f} samples/s")
-        parts.append(f"ETA {self._eta(step)}")
-        return "  ".join(parts)
-
-    def _draw(self, step: int) -> None:
-        line = self._line(step)
-        pad = max(0, self._width - len(line))
-        self._write("\r" + line + " " * pad)
-        self._width = len(line)
-
-    def _clear(self) -> None:
-        if self.bar and self._width:
-            self._write("\r" + " " * self._width + "\r")
-            self._width = 0
-
     def update(self, step: int) -> None:
-        """Called after every step; redraws the bar now and then (nothing without a bar)."""
-        if not self.bar:
-            return
-        now = time.perf_counter()
-        if now - self._last_draw >= self.min_interval or step >= self.total:
-            self._last_draw = now
-            self._draw(step)
+        """Called after every step; the bar redraws now and then (nothing without a bar)."""
+        if self._bar is not None and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
 
     def log(self, record: dict[str, Any]) -> None:
         """A metrics record (step, d_loss, g_loss, samples_per_s, ...): a plain line without a bar."""
-        self._last = record
         step = int(record.get("step", 0))
-        if self.bar:
-            self._last_draw = time.perf_counter()
-            self._draw(step)
+        if self._bar is not None:
+            self._bar.losses = "".join(
+                f"{key} {format_number(record[key])}  " for key in ("d_loss", "g_loss") if key in record
+            )
+            if not (step > self._bar.n and self._bar.update(step - self._bar.n)):
+                self._bar.refresh()  # the new losses now, unless update just drew them
             return
         fields = "  ".join(
             f"{key} {format_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
@@ -122,15 +152,17 @@ class Progress:
         self._write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
 
     def message(self, text: str) -> None:
-        """A line of its own (the bar is redrawn on the next update)."""
-        self._clear()
+        """A line of its own, the bar redrawn below it."""
+        if self._bar is not None:
+            self._bar.clear()
         self._write(text + "\n")
+        if self._bar is not None:
+            self._bar.refresh()
 
     def close(self) -> None:
-        """End the bar's line."""
-        if self.bar and self._width:
-            self._write("\n")
-            self._width = 0
+        """End the bar's line (its last state stays on screen); later messages print plainly."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _silence(stream: TextIO) -> None:

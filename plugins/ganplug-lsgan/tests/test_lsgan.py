@@ -32,7 +32,7 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 def test_check_plugin():
     registered = ganplug.testing.check_plugin(ganplug_lsgan.plugin)
-    assert registered == {"loss": ["least-squares"], "dataset": ["swissroll"]}
+    assert registered == {"loss": ["least-squares"], "dataset": ["swissroll"], "logger": ["csv"]}
 
 
 @pytest.mark.parametrize("options", [{}, {"a": -1.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.5}])

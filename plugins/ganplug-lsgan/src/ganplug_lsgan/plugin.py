@@ -3,7 +3,7 @@ module never imports torch and ``ganplug plugins`` / ``ganplug list`` stay fast.
 
 from __future__ import annotations
 
-from ganplug.plugin import DatasetSpec, LossSpec, Option, hookimpl
+from ganplug.plugin import DatasetSpec, LoggerSpec, LossSpec, Option, hookimpl
 
 
 @hookimpl
@@ -35,5 +35,17 @@ def ganplug_datasets() -> list[DatasetSpec]:
                 Option("size", int, 65536, "number of samples drawn once, with the run's seed"),
             ),
             value_range=None,
+        ),
+    ]
+
+
+@hookimpl
+def ganplug_loggers() -> list[LoggerSpec]:
+    return [
+        LoggerSpec(
+            name="csv",
+            summary="the metrics lines as a CSV table in the run directory",
+            factory="ganplug_lsgan.csvlog:csv_logger",
+            options=(Option("filename", str, "metrics.csv", "file name in the run directory"),),
         ),
     ]

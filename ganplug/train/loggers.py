@@ -1,0 +1,180 @@
+"""The run's loggers (``--logger NAME``, ``loggers = [...]`` in a config), beside metrics.jsonl,
+which is always written and stays the source of truth.
+
+:class:`Loggers` is a callback of the loop that builds each logger (on rank 0 only) and hands it
+every metrics.jsonl line, sample picture and evaluation. A logger that raises is reported once on
+the progress stream, naming it and its plugin, and switched off; the run goes on. Every logger
+call runs with the RNG state saved and restored, so a logger never changes a run's weights.
+
+Built-in: ``tensorboard`` (:class:`TensorBoardLogger`), into ``RUN_DIR/tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ganplug.errors import GanplugError, PluginError, debug_enabled
+from ganplug.plugin import LoggerSpec
+from ganplug.registry import call_factory, get_registry, origin_of
+from ganplug.train.config import TrainConfig
+from ganplug.train.guard import rng_state, set_rng_state
+from ganplug.train.outputs import Callback
+
+if TYPE_CHECKING:
+    from ganplug.train.loop import Trainer
+
+TENSORBOARD = "tensorboard"
+METHODS = ("start", "log", "images", "evaluation", "close")
+
+
+def resolve_loggers(config: TrainConfig) -> list[tuple[LoggerSpec, dict[str, Any]]]:
+    """The specs ``config.loggers`` names (each once) with their resolved options from
+    ``config.logger_options``; UsageError for an unknown name or option."""
+    registry = get_registry()
+    resolved: list[tuple[LoggerSpec, dict[str, Any]]] = []
+    for name in config.loggers:
+        spec = registry.resolve("logger", name)
+        if all(spec is not known for known, _ in resolved):
+            resolved.append((spec, spec.resolve_options(config.logger_options.get(name, {}))))
+    return resolved
+
+
+class Loggers(Callback):
+    """The loggers of ``config``, built now on rank 0 (``writes``): a factory's GanplugError (a
+    missing package, a bad option) is a UsageError before training; a factory's bug, or an object
+    without the five methods, is reported when the run starts and that logger is left out."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, device: torch.device, writes: bool) -> None:
+        self.device = device
+        self.active: list[tuple[LoggerSpec, Any]] = []
+        self._pending: list[str] = []  # build failures, reported once the progress stream is up
+        specs = resolve_loggers(config)  # on every rank, so a mistake fails alike everywhere
+        if not writes:
+            return
+        for spec, options in specs:
+            try:
+                logger = self._guarded(call_factory, "logger", spec, Path(run_dir), **options)
+            except PluginError as error:
+                self._pending.append(f"warning: {error}; logger {spec.name} is off for this run")
+                continue
+            missing = [m for m in METHODS if not callable(getattr(logger, m, None))]
+            if missing:
+                self._pending.append(
+                    f"warning: logger {spec.name!r} of {origin_of(spec)} returned a {type(logger).__name__} without "
+                    f"{', '.join(m + '()' for m in missing)}; logger {spec.name} is off for this run"
+                )
+                continue
+            self.active.append((spec, logger))
+
+    def _guarded(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)`` with the global RNG state restored after it."""
+        state = rng_state(self.device)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            set_rng_state(state, self.device)
+
+    def _call(self, trainer: "Trainer", method: str, *args: Any) -> None:
+        """``logger.method(*args)`` of every active logger; one that raises is reported and dropped."""
+        for spec, logger in list(self.active):
+            try:
+                self._guarded(getattr(logger, method), *args)
+            except Exception as error:
+                self.active.remove((spec, logger))
+                trainer.progress.message(
+                    f"warning: step {trainer.step}: logger {spec.name!r} of {origin_of(spec)} failed in {method}(): "
+                    f"{type(error).__name__}: {error}; logger {spec.name} is off for the rest of this run"
+                    + ("" if debug_enabled() else " (rerun with --debug for the traceback)")
+                )
+                if debug_enabled():
+                    trainer.progress.message("".join(traceback.format_exception(error)).rstrip())
+                if method != "close":
+                    try:
+                        self._guarded(logger.close)
+                    except Exception:  # it failed already and was reported
+                        pass
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        for message in self._pending:
+            trainer.progress.message(message)
+        self._pending.clear()
+        self._call(trainer, "start", {**trainer.config.to_dict(), "start_step": trainer.step})
+
+    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        values = {key: float(value) for key, value in record.items() if key != "step"}
+        self._call(trainer, "log", int(record["step"]), values)
+
+    def on_samples(self, trainer: "Trainer", step: int, path: Path) -> None:
+        self._call(trainer, "images", step, path)
+
+    def on_evaluation(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None:
+        self._call(trainer, "evaluation", step, results)
+
+    def on_run_end(self, trainer: "Trainer") -> None:
+        self._call(trainer, "close")
+        self.active.clear()
+
+
+class TensorBoardLogger:
+    """Every metrics value as a scalar, evaluations as ``eval/METRIC/KEY`` and the sample pictures
+    as image ``samples``, through ``torch.utils.tensorboard.SummaryWriter`` into ``log_dir``. The
+    event file is opened at the first point; a resumed (or restarted) run appends to ``log_dir``
+    and hides the points past the step it starts from (``purge_step``)."""
+
+    def __init__(self, log_dir: Path, writer_type: type, flush_secs: int) -> None:
+        self.log_dir, self.writer_type, self.flush_secs = Path(log_dir), writer_type, flush_secs
+        self.purge_step = 1
+        self.writer: Any = None
+
+    def _writer(self) -> Any:
+        if self.writer is None:
+            self.writer = self.writer_type(log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=self.flush_secs)
+        return self.writer
+
+    def start(self, config: dict[str, Any]) -> None:
+        self.purge_step = int(config["start_step"]) + 1
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        writer = self._writer()
+        for key, value in values.items():
+            writer.add_scalar(key, value, step)
+
+    def images(self, step: int, path: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture.convert("RGB"))
+        self._writer().add_image("samples", pixels, step, dataformats="HWC")
+
+    def evaluation(self, step: int, results: dict[str, dict[str, float]]) -> None:
+        writer = self._writer()
+        for metric, values in results.items():
+            for key, value in values.items():
+                writer.add_scalar(f"eval/{metric}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def tensorboard(run_dir: Path, flush_secs: int = 30) -> TensorBoardLogger:
+    """The built-in ``tensorboard`` logger; GanplugError when the tensorboard package is missing."""
+    if flush_secs < 1:
+        raise GanplugError(f"logger tensorboard: flush_secs must be >= 1, got {flush_secs}")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GanplugError(
+            f"--logger tensorboard needs the tensorboard package ({reason}): pip install 'ganplug[tensorboard]'"
+        ) from None
+    return TensorBoardLogger(Path(run_dir) / TENSORBOARD, SummaryWriter, flush_secs)
+
+
+__all__ = ["Loggers", "TENSORBOARD", "TensorBoardLogger", "resolve_loggers", "tensorboard"]
