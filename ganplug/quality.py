@@ -13,7 +13,7 @@ Evaluations are cached next to the run (``quality_eval.json``).
 
 Writes ``OUT/results.json`` (every number), ``OUT/results.md`` (per benchmark: mean ± std over
 seeds of every metric key, the number of seeds, the target and whether the mean meets it) and
-``OUT/results.svg`` (the headline metric of each benchmark, one dot per seed).
+``OUT/results.png`` (the headline metric of each benchmark, one dot per seed; matplotlib).
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from xml.sax.saxutils import escape
 
 from ganplug.errors import GanplugError, UsageError
 
 EVAL_FILE = "quality_eval.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
-RESULTS_SVG = "results.svg"
+RESULTS_PNG = "results.png"
 
-# dataset -> the metric key plotted in results.svg
+# dataset -> the metric key plotted in results.png
 HEADLINE = {
     "ring8": "high_quality_pct",
     "grid25": "high_quality_pct",
@@ -243,7 +242,7 @@ def run_benchmarks(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train every recipe for every seed into ``out_dir/NAME/seed_S`` (skipping finished runs,
-    resuming interrupted ones), evaluate each and write results.json, results.md and results.svg
+    resuming interrupted ones), evaluate each and write results.json, results.md and results.png
     to ``out_dir``; returns ``out_dir``. ``steps`` overrides every recipe's ``steps``."""
     from ganplug.cli import build_config
     from ganplug.metrics import bare_dataset_name
@@ -325,7 +324,9 @@ def run_benchmarks(
     results = {"seeds": seeds, "steps_override": steps, "benchmarks": benchmarks}
     (out_dir / RESULTS_JSON).write_text(json.dumps(_jsonable(results), indent=1) + "\n", encoding="utf-8")
     (out_dir / RESULTS_MD).write_text(render_markdown(results), encoding="utf-8")
-    (out_dir / RESULTS_SVG).write_text(render_svg(results), encoding="utf-8")
+    from ganplug.plots import quality_png
+
+    (out_dir / RESULTS_PNG).write_bytes(quality_png(headline_panels(results)))
     return out_dir
 
 
@@ -378,65 +379,24 @@ def baseline_description(name: str) -> str:
     return name
 
 
-def render_svg(results: dict[str, Any]) -> str:
-    """One panel per benchmark: its headline metric, a dot per seed (``class="point"``), the mean
-    as a solid line and the target (where it is a plain bound) as a dashed one."""
-    panel_w, panel_h, pad = 220, 220, 40
-    benches = list(results["benchmarks"].items())
-    width = max(1, len(benches)) * panel_w
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{panel_h}" '
-             f'viewBox="0 0 {width} {panel_h}" font-family="sans-serif" font-size="11">',
-             f'<rect width="{width}" height="{panel_h}" fill="white"/>']
-    for i, (name, bench) in enumerate(benches):
-        x0 = i * panel_w
+def headline_panels(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per benchmark, what results.png draws: ``{"name", "key", "seeds", "values", "mean",
+    "target", "bound"}`` of its headline metric key (else its first key; benchmarks without
+    metrics are left out)."""
+    panels = []
+    for name, bench in results["benchmarks"].items():
         summary = bench["summary"]
         key = bench.get("headline")
         if key not in summary:
             key = next(iter(summary), None)
-        parts.append(f'<g class="panel" id="{escape(name)}" transform="translate({x0},0)">')
-        parts.append(f'<text x="{panel_w / 2}" y="16" text-anchor="middle" font-weight="bold">'
-                     f'{escape(name)}: {escape(str(key))}</text>')
         if key is None:
-            parts.append("</g>")
             continue
-        values = [v for v in summary[key]["values"]]
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        bound = _target_bound(summary[key]["target"])
-        span = finite + ([bound] if bound is not None else [])
-        lo, hi = (min(span), max(span)) if span else (0.0, 1.0)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5 * (abs(lo) or 1.0), hi + 0.5 * (abs(hi) or 1.0)
-        margin = 0.1 * (hi - lo)
-        lo, hi = lo - margin, hi + margin
-        top, bottom, left, right = 30, panel_h - pad, pad + 10, panel_w - 15
-
-        def y_of(v: float) -> float:
-            return bottom - (v - lo) / (hi - lo) * (bottom - top)
-
-        parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>')
-        parts.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>')
-        for v in (lo + margin, hi - margin):
-            parts.append(f'<text x="{left - 3}" y="{y_of(v) + 4:.1f}" text-anchor="end">{escape(_fmt(v))}</text>')
-        if bound is not None:
-            parts.append(f'<line class="target" x1="{left}" y1="{y_of(bound):.1f}" x2="{right}" '
-                         f'y2="{y_of(bound):.1f}" stroke="green" stroke-dasharray="4,3"/>')
-        mean = summary[key]["mean"]
-        if mean is not None and math.isfinite(mean):
-            parts.append(f'<line class="mean" x1="{left}" y1="{y_of(mean):.1f}" x2="{right}" '
-                         f'y2="{y_of(mean):.1f}" stroke="steelblue"/>')
-        n = len(values)
-        for j, (run, v) in enumerate(zip(bench["runs"], values)):
-            x = left + (j + 1) * (right - left) / (n + 1)
-            if v is None or not math.isfinite(v):
-                continue
-            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y_of(v):.1f}" r="4" fill="darkorange">'
-                         f'<title>seed {run["seed"]}: {escape(_fmt(v))}</title></circle>')
-            parts.append(f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{run["seed"]}</text>')
-        parts.append(f'<text x="{(left + right) / 2}" y="{panel_h - 8}" text-anchor="middle">seed '
-                     f'(mean {escape(_fmt(mean))}; target {escape(summary[key]["target"] or "-")})</text>')
-        parts.append("</g>")
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+        entry = summary[key]
+        panels.append({
+            "name": name, "key": key, "seeds": [run["seed"] for run in bench["runs"]], "values": entry["values"],
+            "mean": entry["mean"], "target": entry["target"], "bound": _target_bound(entry["target"]),
+        })
+    return panels
 
 
 def _target_bound(text: str | None) -> float | None:
@@ -465,7 +425,7 @@ def _parse_seeds(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ganplug.quality",
-        description="Train the quality recipes over several seeds and write results.{json,md,svg}.",
+        description="Train the quality recipes over several seeds and write results.{json,md,png}.",
     )
     parser.add_argument("recipes", nargs="*", type=Path,
                         help="recipe TOML files (default: every *.toml in benchmarks/quality/)")
@@ -493,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     if log:
-        log(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}, {out / RESULTS_SVG} "
+        log(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}, {out / RESULTS_PNG} "
             f"in {time.perf_counter() - started:.0f} s")
     return 0
 

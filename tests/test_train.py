@@ -22,7 +22,7 @@ from ganplug.train import TrainConfig, train
 from ganplug.train.build import build_run, draw_latent
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.progress import Progress
-from ganplug.train.render import FAKE, REAL, render_histogram, render_images, render_points, save_samples
+from ganplug.train.render import render_images, save_samples
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -266,20 +266,8 @@ def test_batch_order_is_the_same_on_both_paths_drops_the_tail_and_resumes():
 # -- pictures and files ----------------------------------------------------------------------------
 
 
-def _colours(image):
-    return {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
-
-
-def test_points_histogram_and_image_grids(tmp_path):
+def test_image_grids_and_sample_files(tmp_path):  # the points and histogram pictures: test_plots.py
     points = torch.randn(300, 2)
-    image = render_points(points, real=points + 3)
-    assert image.size == (512, 512) and {FAKE, REAL} <= _colours(image)
-    boxed = render_points(points, box=(10.0, 11.0, 10.0, 11.0))  # everything outside: no dots
-    assert FAKE not in _colours(boxed)
-
-    hist = render_histogram(torch.randn(500, 1), real=torch.randn(500), density=lambda x: torch.exp(-x * x / 2) / 2.5066)
-    assert hist.size == (512, 512) and FAKE in _colours(hist) and REAL in _colours(hist)
-
     grid = render_images(torch.rand(10, 1, 8, 8) * 2 - 1)
     assert grid.size == grid_size(10, 8) == (4 * 34 + 2, 3 * 34 + 2)
     assert render_images(torch.rand(10, 3, 40, 40), min_side=0).size == grid_size(10, 40) == (4 * 42 + 2, 3 * 42 + 2)

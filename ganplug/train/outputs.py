@@ -1,4 +1,4 @@
-"""What a run writes: metrics.jsonl, evaluations, sample pictures, checkpoints.
+"""What a run writes: metrics.jsonl, evaluations, sample pictures, checkpoints, loss curves.
 
 Each writer is a callback of the loop (:mod:`ganplug.train.loop`): ``on_step_end`` writes when
 the step is due, ``on_interrupt`` saves what an interrupted run must not lose. Rank 0 alone
@@ -8,6 +8,7 @@ writes files. Files in the run directory::
                                        {"step": s, "eval": {metric: {key: value}}} every eval_every steps
     samples/step_000500.png, latest.png
     checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
+    losses.png                         metrics.jsonl drawn when a session ends (ganplug.plots)
 """
 
 from __future__ import annotations
@@ -111,6 +112,15 @@ class Callback:
     def on_run_end(self, trainer: "Trainer") -> None:
         """The session ended: done, interrupted or failed."""
 
+    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        """Rank 0 appended ``record`` (its ``step`` and values, NaN as NaN) to metrics.jsonl."""
+
+    def on_samples(self, trainer: "Trainer", step: int, path: Path) -> None:
+        """Rank 0 wrote the sample picture of ``step`` to ``path``."""
+
+    def on_evaluation(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None:
+        """Rank 0 appended the evaluation of ``step`` (``{metric: {key: value}}``) to metrics.jsonl."""
+
 
 class MetricsLog(Callback):
     """metrics.jsonl: every ``log_every`` steps the means of the losses and stats since the last
@@ -168,6 +178,7 @@ class MetricsLog(Callback):
             line = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
+            trainer.notify("on_metrics", record)
         trainer.progress.log(record)
         bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(record[k])]
         if bad and cfg.on_nan == "stop":  # with "skip", a window of skipped steps only has no losses
@@ -253,6 +264,7 @@ class Evaluator(Callback):
                 trainer.progress.message(f"warning: step {trainer.step}: metric {name} skipped: {error}")
         if results:
             trainer.metrics.append_eval(trainer.step, results)
+            trainer.notify("on_evaluation", trainer.step, results)
         if results and not trainer.quiet:
             parts = [
                 f"{name}: " + " ".join(f"{k} {format_number(float(v))}" for k, v in values.items())
@@ -279,10 +291,11 @@ class SampleWriter(Callback):
             return None
         image = render(
             trainer.generate_fixed(), value_range=trainer.run.value_range,
-            real=trainer.real_plot, box=trainer.plot_box,
+            real=trainer.real_plot, box=trainer.plot_box, density=trainer.plot_density, title=f"step {trainer.step}",
         )
         path = self.dir / f"step_{trainer.step:06d}.png"
         save_png(image, path, self.dir / "latest.png")
+        trainer.notify("on_samples", trainer.step, path)
         return path
 
 
@@ -337,7 +350,29 @@ class CheckpointWriter(Callback):
         return path
 
 
+class LossPlot(Callback):
+    """``losses.png``: metrics.jsonl drawn (:func:`ganplug.plots.write_loss_plot`) when a session
+    ends, done, interrupted or failed (rank 0; nothing before the first metrics line). A plot
+    that fails is one warning line: it never ends a run."""
+
+    def __init__(self, run_dir: Path, writes: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.writes = writes
+
+    def on_run_end(self, trainer: "Trainer") -> None:
+        metrics = self.run_dir / METRICS
+        if not self.writes or not metrics.is_file() or metrics.stat().st_size == 0:
+            return
+        try:
+            from ganplug.plots import write_loss_plot
+
+            write_loss_plot(self.run_dir)
+        except Exception as error:  # noqa: BLE001 - a picture is not worth a run
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            trainer.progress.message(f"warning: could not draw {self.run_dir / 'losses.png'}: {type(error).__name__}: {first}")
+
+
 __all__ = [
-    "Callback", "CheckpointWriter", "Evaluator", "METRICS", "MetricsLog", "SAMPLES",
+    "Callback", "CheckpointWriter", "Evaluator", "LossPlot", "METRICS", "MetricsLog", "SAMPLES",
     "SampleWriter", "Sums", "due", "finite_or_none",
 ]

@@ -1,14 +1,18 @@
-"""Pictures and files of samples, without matplotlib.
+"""Pictures and files of samples.
 
 - images ``(N, C, H, W)`` (C = 1 or 3) in ``value_range`` -> a grid, ``ceil(sqrt N)`` per row
-  (images under 32 px enlarged by an integer factor);
-- 2-D points ``(N, 2)`` -> a square scatter plot (512 x 512 px by default), generated points in
-  orange, optional real points in blue underneath, one scale on both axes;
-- 1-D values ``(N, 1)`` or ``(N,)`` -> a histogram (bars) of the samples, with the real data's
-  histogram (blue outline) and/or a target density (green curve) optional.
+  (images under 32 px enlarged by an integer factor; torchvision, no matplotlib);
+- 2-D points ``(N, 2)`` -> a 512 x 512 px matplotlib scatter plot with axes
+  (:func:`ganplug.plots.render_points`): generated points in orange over optional real ones in
+  light blue, in a given (fixed) box;
+- 1-D values ``(N, 1)`` or ``(N,)`` -> a 512 x 512 px matplotlib histogram
+  (:func:`ganplug.plots.render_histogram`) against an optional true density and/or the real
+  data's histogram.
 
 :func:`render` picks the picture by shape; :func:`save_samples` writes ``.png``, ``.npy`` or
-``.pt`` by suffix. PNGs are written atomically (a viewer never sees half a file).
+``.pt`` by suffix; :func:`save_image_files` writes one PNG per image at its own size (a folder
+for FID tools such as torch-fidelity or clean-fid). PNGs are written atomically (a viewer never
+sees half a file).
 """
 
 from __future__ import annotations
@@ -19,19 +23,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.train.checkpoint import atomic_write_bytes
 
 MIN_IMAGE_SIDE = 32  # smaller images are enlarged by an integer factor in grids
-SIZE = 512  # pixels of a scatter plot or histogram (square)
-BACKGROUND = (255, 255, 255)
-AXIS = (200, 200, 200)
-FRAME = (120, 120, 120)
-FAKE = (230, 85, 13)  # orange
-REAL = (49, 130, 189)  # blue
-DENSITY = (49, 163, 84)  # green
 SUFFIXES = (".png", ".npy", ".pt")
 
 
@@ -86,146 +83,29 @@ def render_images(
     return Image.fromarray(array)
 
 
-def _fit_range(values: Sequence[torch.Tensor], margin: float = 0.05) -> tuple[float, float]:
-    finite = [v[torch.isfinite(v)] for v in values if v.numel()]
-    finite = [v for v in finite if v.numel()]
-    if not finite:
-        return -1.0, 1.0
-    low = min(float(v.min()) for v in finite)
-    high = max(float(v.max()) for v in finite)
-    if high - low < 1e-6:
-        low, high = low - 1.0, high + 1.0
-    pad = (high - low) * margin
-    return low - pad, high + pad
-
-
-def render_points(
-    samples: torch.Tensor,
-    *,
-    real: torch.Tensor | None = None,
-    box: tuple[float, float, float, float] | None = None,
-    size: int = SIZE,
-) -> Image.Image:
-    """A ``size`` x ``size`` scatter plot of 2-D points ``(N, 2)``; ``real`` ``(M, 2)`` drawn
-    first in blue. ``box`` = (xmin, xmax, ymin, ymax); by default fitted to all the points (one
-    scale on both axes, centred). Points outside the box are not drawn."""
-    fake = _cpu_float(samples).reshape(-1, 2)
-    ref = _cpu_float(real).reshape(-1, 2) if real is not None else None
-    if box is None:
-        both = [fake] + ([ref] if ref is not None else [])
-        x0, x1 = _fit_range([t[:, 0] for t in both])
-        y0, y1 = _fit_range([t[:, 1] for t in both])
-        span = max(x1 - x0, y1 - y0)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        box = (cx - span / 2, cx + span / 2, cy - span / 2, cy + span / 2)
-    xmin, xmax, ymin, ymax = (float(v) for v in box)
-    image = Image.new("RGB", (size, size), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    last = size - 1
-
-    def to_pixels(points: torch.Tensor) -> list[tuple[float, float]]:
-        keep = torch.isfinite(points).all(dim=1)
-        keep &= (points[:, 0] >= xmin) & (points[:, 0] <= xmax) & (points[:, 1] >= ymin) & (points[:, 1] <= ymax)
-        p = points[keep]
-        px = (p[:, 0] - xmin) / (xmax - xmin) * last
-        py = (1.0 - (p[:, 1] - ymin) / (ymax - ymin)) * last
-        return list(zip(px.tolist(), py.tolist()))
-
-    if xmin < 0 < xmax:  # the axes through the origin
-        x = (0 - xmin) / (xmax - xmin) * last
-        draw.line([(x, 0), (x, last)], fill=AXIS)
-    if ymin < 0 < ymax:
-        y = (1.0 - (0 - ymin) / (ymax - ymin)) * last
-        draw.line([(0, y), (last, y)], fill=AXIS)
-    for points, colour, radius in ((ref, REAL, 1.0), (fake, FAKE, 2.0)):
-        if points is None:
-            continue
-        for x, y in to_pixels(points):
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-    draw.rectangle([0, 0, last, last], outline=FRAME)
-    return image
-
-
-def render_histogram(
-    samples: torch.Tensor,
-    *,
-    real: torch.Tensor | None = None,
-    density: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    box: tuple[float, float] | None = None,
-    bins: int = 50,
-    size: int = SIZE,
-) -> Image.Image:
-    """A ``size`` x ``size`` histogram of 1-D values ``(N,)``/``(N, 1)`` as orange bars (a density:
-    counts / (N * bin width)); ``real`` adds the real data's histogram as a blue outline and
-    ``density`` (values -> pdf) a green curve. ``box`` = (low, high); by default fitted."""
-    fake = _cpu_float(samples).reshape(-1)
-    ref = _cpu_float(real).reshape(-1) if real is not None else None
-    low, high = box if box is not None else _fit_range([fake] + ([ref] if ref is not None else []))
-    low, high = float(low), float(high)
-    width = (high - low) / bins
-
-    def hist(values: torch.Tensor) -> torch.Tensor:
-        values = values[torch.isfinite(values)]
-        if values.numel() == 0:
-            return torch.zeros(bins)
-        counts = torch.histc(values, bins=bins, min=low, max=high)
-        return counts / (values.numel() * width)
-
-    fake_h = hist(fake)
-    ref_h = hist(ref) if ref is not None else None
-    grid = torch.linspace(low, high, 4 * bins + 1)
-    curve = density(grid).float().reshape(-1) if density is not None else None
-    peak = max(
-        [float(fake_h.max())]
-        + ([float(ref_h.max())] if ref_h is not None else [])
-        + ([float(curve[torch.isfinite(curve)].max())] if curve is not None and torch.isfinite(curve).any() else [])
-    )
-    peak = peak if peak > 0 else 1.0
-    image = Image.new("RGB", (size, size), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    last = size - 1
-    top = 0.05 * size  # headroom
-
-    def y_of(value: float) -> float:
-        return last - min(value / peak, 1.0) * (last - top)
-
-    for i, value in enumerate(fake_h.tolist()):
-        x0 = i * last / bins
-        x1 = (i + 1) * last / bins
-        if value > 0:
-            draw.rectangle([x0 + 1, y_of(value), x1 - 1, last], fill=FAKE)
-    if ref_h is not None:
-        outline = []
-        for i, value in enumerate(ref_h.tolist()):
-            y = y_of(value)
-            outline += [(i * last / bins, y), ((i + 1) * last / bins, y)]
-        draw.line(outline, fill=REAL, width=2)
-    if curve is not None:
-        xs = torch.linspace(0, last, grid.numel()).tolist()
-        draw.line([(x, y_of(v)) for x, v in zip(xs, curve.tolist()) if math.isfinite(v)], fill=DENSITY, width=2)
-    if low < 0 < high:
-        x = (0 - low) / (high - low) * last
-        draw.line([(x, 0), (x, last)], fill=AXIS)
-    draw.rectangle([0, 0, last, last], outline=FRAME)
-    return image
-
-
 def render(
     samples: torch.Tensor,
     *,
     value_range: tuple[float, float] | None = (-1.0, 1.0),
     real: torch.Tensor | None = None,
     box: tuple[float, ...] | None = None,
-    density: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    density: Callable | None = None,
+    title: str | None = None,
 ) -> Image.Image:
-    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``."""
+    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``; ``real``,
+    ``box``, ``density`` (NumPy values -> pdf) and ``title`` apply to points and histograms
+    (see :mod:`ganplug.plots`)."""
     kind = picture_kind(tuple(samples.shape[1:]))
     if kind == "images":
         return render_images(samples, value_range)
     if kind == "points":
-        return render_points(samples, real=real, box=box)  # type: ignore[arg-type]
+        from ganplug.plots import render_points
+
+        return render_points(samples, real=real, box=box, title=title)  # type: ignore[arg-type]
     if kind == "histogram":
-        return render_histogram(samples, real=real, density=density, box=box)  # type: ignore[arg-type]
+        from ganplug.plots import render_histogram
+
+        return render_histogram(samples, real=real, density=density, box=box, title=title)  # type: ignore[arg-type]
     raise UsageError(
         f"cannot draw samples of shape {tuple(samples.shape[1:])} as a picture: write .npy or .pt instead"
     )
@@ -272,12 +152,58 @@ def save_samples(
     return path
 
 
+def image_bytes(samples: torch.Tensor, value_range: tuple[float, float] | None = (-1.0, 1.0)) -> list[bytes]:
+    """Each image of ``samples`` ``(N, C, H, W)`` (C = 1 or 3) or ``(N, H, W)`` as PNG bytes at
+    its own size, ``value_range`` mapped to 0..255 as in :func:`render_images` (greyscale or RGB)."""
+    x = _cpu_float(samples)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if picture_kind(tuple(x.shape[1:])) != "images":
+        raise UsageError(
+            f"samples of shape {tuple(samples.shape[1:])} are not images: write one .png picture, .npy or .pt instead"
+        )
+    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    scale = float(high) - float(low) if float(high) > float(low) else 1.0
+    pixels = torch.nan_to_num((x - float(low)) / scale, nan=0.0).clamp_(0.0, 1.0)
+    pixels = pixels.mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [png_bytes(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)) for image in pixels]
+
+
+def check_new_folder(folder: Path) -> None:
+    """UsageError unless ``folder`` is missing or an empty directory (nothing gets overwritten)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file: name a new or empty folder for the images")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise UsageError(f"--out {folder} is not empty: name a new or empty folder, so that no earlier images mix in")
+
+
+def save_image_files(
+    samples: torch.Tensor, folder: Path, *, value_range: tuple[float, float] | None = (-1.0, 1.0)
+) -> list[Path]:
+    """Write each image of ``samples`` as ``folder/000000.png``, ``000001.png``, ... (see
+    :func:`image_bytes`), creating ``folder``; returns the paths. UsageError if ``folder`` is a
+    file or already holds files (nothing there is overwritten) or the samples are not images."""
+    folder = Path(folder)
+    check_new_folder(folder)
+    encoded = image_bytes(samples, value_range)
+    width = max(6, len(str(len(encoded) - 1)))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, data in enumerate(encoded):
+        path = folder / f"{index:0{width}d}.png"
+        atomic_write_bytes(path, data)
+        paths.append(path)
+    return paths
+
+
 __all__ = [
     "picture_kind",
     "render",
-    "render_histogram",
     "render_images",
-    "render_points",
+    "check_new_folder",
+    "image_bytes",
+    "save_image_files",
     "save_png",
     "save_samples",
 ]
