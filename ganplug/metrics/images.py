@@ -1,15 +1,16 @@
-"""Sample quality of 10-class greyscale images (``digits``, and the MNIST-like ``mnist`` and
-``fashion-mnist`` when their files are present) in the feature space of a small classifier.
+"""Sample quality of 10-class greyscale images (``digits``, the bundled ``mnist5k``, and the
+MNIST-like ``mnist`` and ``fashion-mnist`` when their files are present) in the feature space of
+a small classifier.
 
 The classifier (:class:`DigitClassifier`, an MLP on the flattened ``S x S`` image) is trained
 deterministically on a fixed half of the real images (:func:`digits_split`, a seeded permutation;
 for scikit-learn's 1797 digits: 898 reference images, 899 held out) and cached as a state dict
 under ``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per dataset, image size and
 :data:`CLASSIFIER_VERSION`; a missing or unreadable cache file is retrained (and rewritten
-atomically). Its features are the penultimate layer's activations. For the MNIST-like sets (60 000
-images) the statistics use at most :data:`REFERENCE_CAP` images of each half.
+atomically). Its features are the penultimate layer's activations (mnist5k: 2500 reference
+images, 2500 held out). For the MNIST-like sets (60 000 images) the statistics use at most :data:`REFERENCE_CAP` images of each half.
 
-``digits-quality`` (digits) and ``mnist-quality`` (mnist, fashion-mnist) score generated samples
+``digits-quality`` (digits) and ``mnist-quality`` (mnist5k, mnist, fashion-mnist) score generated samples
 against the reference half and report, beside each number, the same number for the real
 held-out half (``*_real_floor``: what a perfect generator would score with that many samples):
 
