@@ -93,10 +93,10 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", metavar="[archs|losses|datasets|metrics]", required=False)
+@click.argument("kind", metavar="[archs|losses|datasets|metrics|loggers]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(kind: str | None, as_json: bool) -> None:
-    """List architectures, losses, datasets or metrics (all four without KIND) with summaries and options."""
+    """List architectures, losses, datasets, metrics or loggers (all without KIND) with summaries and options."""
     kinds = [resolve_kind(kind)] if kind else list(KINDS.values())
     registry = get_registry()
     if as_json:
@@ -176,6 +176,7 @@ def _train_options(func):
         click.option("--checkpoint-every", type=int, help="Steps between checkpoints; 0 = end only [default: 500]."),
         click.option("--log-every", type=int, help="Steps between metrics.jsonl lines [default: 10]."),
         click.option("--eval-every", type=int, help="Steps between evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl; 0 = off [default: 0]."),
+        click.option("--logger", "loggers", multiple=True, metavar="NAME", shell_complete=_complete_names("logger"), help="Also send metrics, evaluations and sample pictures to this logger (repeatable), e.g. tensorboard; see `ganplug list loggers`. metrics.jsonl is always written."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
@@ -249,6 +250,8 @@ def build_config(given: dict[str, Any]):
             setattr(config, field_name, given[field_name])
     if given.get("betas") is not None:
         config.betas = _parse_betas(given["betas"])
+    if given.get("loggers"):
+        config.loggers = list(given["loggers"])
     for flag, attribute in OPTION_FLAGS.items():
         cli_flag = "--" + flag.replace("_", "-")
         getattr(config, attribute).update(parse_pairs(cli_flag, given.get(flag) or ()))
@@ -272,6 +275,11 @@ def build_config(given: dict[str, Any]):
         getattr(config, attribute)[option] = given[key]
     for attribute, spec in specs.items():
         setattr(config, attribute, spec.resolve_options(getattr(config, attribute)))
+    for name in config.logger_options:
+        if name not in config.loggers:
+            raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
+    for name in config.loggers:
+        registry.resolve("logger", name).resolve_options(config.logger_options.get(name, {}))
     return config
 
 
@@ -328,6 +336,11 @@ def train(ctx: click.Context, **given: Any) -> None:
     for flag in ("fork", "discard_newer"):
         if explicit.get(flag) and not explicit.get("resume"):
             raise UsageError(f"--{flag.replace('_', '-')} applies to a resume: pass --resume RUN_DIR or a checkpoint")
+    peer_lost: Any = ()  # catches nothing: only a torchrun worker has peers (and the import loads torch)
+    if torchrun_worker:
+        from ganplug.train.distributed import PeerLost as peer_lost
+
+        _continue_after_torchrun_restart(explicit)
     try:
         if explicit.get("resume"):
             _resume(explicit)
@@ -337,6 +350,8 @@ def train(ctx: click.Context, **given: Any) -> None:
             from ganplug.train import train as run_training
 
             run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+    except peer_lost as lost:  # a fresh run raises it only from run_training, so run_dir is set
+        _exit_peer_lost(lost, explicit.get("fork") or explicit.get("resume") or explicit.get("out") or run_dir)
     except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (128 + 15): what was saved is said
         code = stop.exit_code if isinstance(stop, Terminated) else 130
         if not getattr(stop, "reported", False):  # the trainer said nothing yet (start-up)
@@ -351,6 +366,67 @@ def train(ctx: click.Context, **given: Any) -> None:
         from ganplug.train.distributed import exit_worker
 
         exit_worker(0)
+
+
+def _continue_after_torchrun_restart(explicit: dict[str, Any]) -> None:
+    """Under ``torchrun --max-restarts N`` (N > 0), make a restarted worker continue its run.
+
+    torchrun reruns the same command line, whose ``--out DIR`` then holds the run: with a checkpoint
+    there it becomes ``--resume DIR`` (the other options as a resume takes them); without one, what
+    the run logged before its first checkpoint is dropped and it starts again into DIR. Decided by
+    TORCHELASTIC_MAX_RESTARTS, not TORCHELASTIC_RESTART_COUNT: a node whose workers torchrun
+    restarts because another node rejoined (a membership change) gets RESTART_COUNT 0, yet every
+    rank must choose alike. Changes ``explicit`` in place; ``--resume DIR`` stays as it is.
+    Rank 0 warns when torchrun shares its rendezvous store with the workers (torch's default), whose
+    keys outlive a restart (pytorch/pytorch#135712).
+    """
+    try:
+        max_restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        max_restarts = 0
+    if max_restarts <= 0:
+        return
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("RANK") == "0":
+        click.echo(
+            "ganplug: warning: torchrun --max-restarts with the rendezvous store shared with the workers "
+            "(the default): restarted workers can read the addresses of those they replace and fail or hang "
+            "joining; export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every node",
+            err=True,
+        )
+    if explicit.get("resume"):
+        return
+    if not explicit.get("out"):
+        raise UsageError("torchrun --max-restarts: pass --out DIR, so that a restarted worker finds the run to continue")
+    from ganplug.train import CONFIG_FILE, clear_run
+    from ganplug.train.checkpoint import has_checkpoint
+
+    run_dir = Path(explicit["out"])
+    if has_checkpoint(run_dir):
+        explicit["resume"] = str(explicit.pop("out"))
+        explicit.pop("config_file", None)  # what it set is in the stored config
+    elif (run_dir / CONFIG_FILE).is_file():  # every rank clears alike; none writes before all have checked
+        clear_run(run_dir)
+
+
+def _exit_peer_lost(lost: Exception, run_dir: str | Path) -> None:
+    """A torchrun worker whose peer died: one line saying so and how to continue, then exit 1 at
+    once (gloo may abort the interpreter's shutdown after a broken group; see exit_worker)."""
+    import shlex
+
+    from ganplug.train.checkpoint import CHECKPOINTS
+    from ganplug.train.distributed import exit_worker
+
+    if debug_enabled():
+        raise lost
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.parent.name == CHECKPOINTS:  # --resume of a checkpoint file
+        run_dir = run_dir.parent.parent
+    click.echo(
+        f"Error: {lost}; its checkpoints are kept: continue with `ganplug train --resume {shlex.quote(str(run_dir))}` "
+        "(in one process, with --nproc N, or under torchrun)",
+        err=True,
+    )
+    exit_worker(getattr(lost, "exit_code", 1))
 
 
 def _resume(explicit: dict[str, Any]) -> None:
@@ -412,20 +488,30 @@ def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
 @click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
+@click.option("--num-samples", type=click.IntRange(min=1), metavar="N", help="Samples drawn per metric, e.g. 10000 for FID comparable with papers [default: each metric's n_samples].")
+@click.option("--metric-opt", "metric_opts", multiple=True, metavar="NAME.KEY=VALUE", help="A metric's option, e.g. mnist-quality.k=3 (repeatable; see: ganplug list metrics).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, seed: int, no_ema: bool, device: str) -> None:
+def eval_command(
+    checkpoint: str, metric_names: tuple[str, ...], as_json: bool, seed: int, no_ema: bool,
+    num_samples: int | None, metric_opts: tuple[str, ...], device: str,
+) -> None:
     """Score a trained generator with every metric that applies to its dataset.
 
     \b
     Examples:
       ganplug eval --checkpoint runs/mlp-bce-ring8
       ganplug eval --checkpoint runs/mlp-bce-ring8/checkpoints/step_000500.pt --json
+      ganplug eval --checkpoint runs/dcgan --metric inception --num-samples 10000
+      ganplug eval --checkpoint runs/mlp-bce-ring8 --metric-opt modes.threshold_std=2
       ganplug list metrics                          # what is computed, for which datasets
     """
     from ganplug.metrics import evaluate
     from ganplug.train.progress import format_number
 
-    report = evaluate(checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names)
+    report = evaluate(
+        checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names,
+        options=metric_opts, num_samples=num_samples,
+    )
     if as_json:
         clean = {
             name: {key: (value if value == value else None) for key, value in values.items()}
@@ -438,7 +524,7 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
     weights = "EMA" if report["ema"] else "raw"
     click.echo(f"{report['checkpoint']}: step {report['step']}, {weights} generator, dataset {report['dataset']}, seed {report['seed']}")
     for name, values in report["metrics"].items():
-        click.echo(f"{name}")
+        click.echo(f"{name} ({report['num_samples'][name]} samples)")
         width = max((len(key) for key in values), default=0)
         for key, value in values.items():
             click.echo(f"    {key:<{width}}  {format_number(value)}")
@@ -456,20 +542,125 @@ def eval_command(checkpoint: str, metric_names: tuple[str, ...], as_json: bool, 
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory.")
 @click.option("-n", "--num", "num", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output: .png (grid or plot), .npy or .pt.")
+@click.option("--out", required=True, type=click.Path(), help="Output: .png (grid or plot), .npy, .pt, or a folder (DIR/, one PNG per image).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
 @click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def sample(checkpoint: str, num: int, out: str, seed: int, no_ema: bool, device: str) -> None:
-    """Draw samples from a trained generator into an image or array file."""
+    """Draw samples from a trained generator into a picture, an array file or a folder of images.
+
+    --out ending in / (or an existing folder, or a name without a suffix) writes one PNG per
+    image at its own size, 000000.png, 000001.png, ..., for FID tools such as torch-fidelity
+    or clean-fid; the folder must be new or empty.
+
+    \b
+    Examples:
+      ganplug sample --checkpoint runs/dcgan-wasserstein-mnist5k --out grid.png
+      ganplug sample --checkpoint runs/dcgan-wasserstein-mnist5k -n 10000 --out fakes/
+      ganplug sample --checkpoint runs/mlp-bce-ring8 -n 5000 --out points.npy
+    """
     from ganplug.generate import load_generator, sample as draw
     from ganplug.train.checkpoint import find_checkpoint
-    from ganplug.train.render import save_samples
+    from ganplug.train.render import check_new_folder, save_image_files, save_samples
 
+    target = Path(out)
+    folder = out.endswith(("/", os.sep)) or target.is_dir() or not target.suffix
+    if folder:
+        check_new_folder(target)  # before the generator is loaded
     generator = load_generator(find_checkpoint(Path(checkpoint)), ema=not no_ema, device=device)
     samples = draw(generator, num, seed=seed)
-    save_samples(samples, Path(out), value_range=generator.value_range)
+    if folder:
+        paths = save_image_files(samples, target, value_range=generator.value_range)
+        click.echo(f"wrote {len(paths)} images to {target}{os.sep} ({paths[0].name} .. {paths[-1].name})")
+        return
+    save_samples(samples, target, value_range=generator.value_range)
     click.echo(f"wrote {num} samples to {out}")
+
+
+# -- plot ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .png, .svg or .pdf [default: RUN_DIR/losses.png].")
+def plot(run_dir: str, out: str | None) -> None:
+    """Draw a run's metrics.jsonl: D and G loss against step, and its evaluations if any.
+
+    Training writes the same RUN_DIR/losses.png when it ends.
+
+    \b
+    Examples:
+      ganplug plot runs/mlp-bce-ring8
+      ganplug plot runs/mlp-bce-ring8 --out ring8-losses.svg
+    """
+    from ganplug.plots import write_loss_plot
+
+    click.echo(f"wrote {write_loss_plot(Path(run_dir), Path(out) if out else None)}")
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+def _parse_threads(text: str | None) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``; None -> torch's current thread count; UsageError otherwise."""
+    import torch
+
+    if text is None:
+        return [torch.get_num_threads()]
+    try:
+        threads = [int(part) for part in text.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise UsageError(f"--threads expects positive counts like 1 or 1,2, got {text!r}")
+    return threads
+
+
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N.")
+@click.option("--kernels", "kernel_rows", is_flag=True, help="The fused ops only (with --steps: both, as without either).")
+@click.option("--steps", "step_rows", is_flag=True, help="The training steps only (with --kernels: both).")
+@click.option("--only", multiple=True, metavar="NAME", help="Only rows whose name contains NAME, e.g. dropout or a-mlp (repeatable).")
+@click.option("--quick", is_flag=True, help="Short repeats (3 rounds): a smoke run, noisy numbers.")
+@click.option("--threads", metavar="N[,M...]", help="torch threads, the same for every column of a row [default: torch's own].")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile columns (their warm-up is most of the run time).")
+@click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False), help="Directory of bench.md and bench.png.")
+def bench(device: str, kernel_rows: bool, step_rows: bool, only: tuple[str, ...], quick: bool, threads: str | None,
+          no_compile: bool, out: str) -> None:
+    """Time ganplug here: fused ops and training steps against plain PyTorch and torch.compile.
+
+    Kernels: each fused op (fwd, fwd+bwd) against the eager PyTorch a user writes and
+    torch.compile of it. Steps: cases a-d (mlp/bce digits, dcgan/wgan-gp digits, the ring8
+    recipe, dcgan/hinge 32x32 RGB), ganplug's training step against the plain loop with the same
+    weights (checked to compute the same) and torch.compile of that loop. On CUDA also in
+    bfloat16 (kernels) and under bf16 autocast (steps).
+
+    Every row times its columns interleaved in one run (warm-up, CUDA synchronised, median of
+    the rounds); ratios are other/ganplug, so > 1 means ganplug is faster. The tables are printed
+    and written to OUT/bench.md, their ratios drawn in OUT/bench.png. A full run takes minutes,
+    mostly torch.compile warm-up. Numbers from a busy machine are not worth keeping.
+
+    \b
+    Examples:
+      ganplug bench                                  # everything, on cuda when visible
+      ganplug bench --kernels --device cpu --threads 1,2
+      ganplug bench --steps --only a-mlp --quick     # one step case, a smoke run
+      ganplug bench --only "dropout | fwd |"         # one op, the forward pass
+    """
+    from ganplug.bench.runner import run
+
+    run(
+        device=device,
+        kernel_rows=kernel_rows or not step_rows,
+        step_rows=step_rows or not kernel_rows,
+        only=only,
+        quick=quick,
+        threads=_parse_threads(threads),
+        out=Path(out),
+        with_compile=not no_compile,
+        echo=click.echo,
+        progress=lambda line: click.echo(line, err=True),
+    )
 
 
 # -- entry point -----------------------------------------------------------------------------------

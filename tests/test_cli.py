@@ -296,6 +296,47 @@ def test_dcgan_trains_on_an_image_folder_of_colour_images(tmp_path: Path, capsys
     assert samples.shape == (3, 3, 16, 16) and np.abs(samples).max() <= 1.0
 
 
+def test_sample_into_a_folder_writes_one_png_per_image(tmp_path: Path, capsys):
+    """`ganplug sample --out DIR/ -n 100`: 100 greyscale PNGs at the images' own size whose
+    pixels are the samples (seed for seed the same as the .npy) mapped from [-1, 1] to 0..255."""
+    import numpy as np
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(
+        capsys, "train", "--arch", "dcgan", "--arch-opt", "width=4", "--loss", "hinge", "--dataset", "digits",
+        "--image-size", "8", "--batch-size", "8", "--steps", "2", "--out", str(run_dir), "-q",
+    )
+    assert code == 0, err
+    folder = tmp_path / "fakes"
+    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", f"{folder}/")
+    assert code == 0, err
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"{i:06d}.png" for i in range(100)]
+    assert "wrote 100 images" in out
+    code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", str(tmp_path / "s.npy"))
+    assert code == 0, err
+    expected = np.floor((np.load(tmp_path / "s.npy")[:, 0] + 1.0) / 2.0 * 255.0 + 0.5)
+    for index in (0, 57, 99):
+        with Image.open(folder / f"{index:06d}.png") as image:
+            assert image.mode == "L" and image.size == (8, 8)
+            pixels = np.asarray(image, dtype=np.float64)
+        assert np.abs(pixels - expected[index]).max() <= 1.0  # rounding of float32 at a .5 boundary
+    # a folder that holds files is refused before anything is written; so is a file in the way
+    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", str(folder))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "is not empty" in err
+    assert len(list(folder.iterdir())) == 100
+    code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", f"{tmp_path / 's.npy'}/")
+    assert code == 2 and "is a file" in err
+
+
+def test_points_do_not_go_into_an_image_folder(tiny_run: Path, tmp_path: Path, capsys):
+    code, out, err = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "-n", "5", "--out", f"{tmp_path / 'pts'}/")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "samples of shape (2,) are not images" in err
+    assert not (tmp_path / "pts").exists()
+
+
 def test_missing_data_dir_is_one_line(tmp_path: Path, capsys):
     code, _, err = run_main(capsys, "train", "--dataset", "image-folder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
     assert code != 0 and err.startswith("Error: ") and err.count("\n") == 1

@@ -1,0 +1,250 @@
+"""Fused ganplug ops vs the eager PyTorch a user would write vs torch.compile of that eager code.
+
+Columns of a row (one op, pass, shape, device and dtype):
+
+  fused    ganplug.ops.<op>                       (the compiled kernel of ganplug._C)
+  eager    the plain PyTorch twin below           (what a user writes without ganplug)
+  compile  torch.compile(twin, dynamic=False)     (forward and backward compiled in the warm-up)
+
+Passes: ``fwd`` (inputs without requires_grad) and ``fwd+bwd`` (forward, then
+``torch.autograd.grad`` to every input, so no ``.grad`` accumulation is timed). Before timing,
+every column's output (and gradients) are checked against the eager twin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ganplug import ops
+
+NEGATIVE_SLOPE = 0.2
+DROPOUT_P = 0.3
+PASSES = ("fwd", "fwd+bwd")
+COLUMNS = ("fused", "eager", "compile")
+WARMUP_CALLS = 2  # after the first (checked) call
+
+# -- the eager twins, written the way a user would write them ---------------------------------
+
+
+def eager_linear_leaky_relu(x, weight, bias):
+    return F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE)
+
+
+def eager_bias_leaky_relu(x, bias):
+    return F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE)
+
+
+def eager_discriminator_bce(real, fake):
+    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
+
+
+def eager_generator_bce(fake):
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def eager_minimax_generator_loss(fake):
+    # mean(log(1 - sigmoid(x))) = -BCE(x, 0)
+    return -F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+
+def eager_wasserstein_critic_loss(real, fake):
+    return fake.mean() - real.mean()
+
+
+def eager_wasserstein_generator_loss(fake):
+    return -fake.mean()
+
+
+def eager_gradient_penalty(g):
+    return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def eager_dropout(x):
+    return F.dropout(x, DROPOUT_P, training=True)
+
+
+def fused_linear_leaky_relu(x, weight, bias):
+    return ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE)
+
+
+def fused_bias_leaky_relu(x, bias):
+    return ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE)
+
+
+def fused_dropout(x):
+    return ops.dropout(x, DROPOUT_P)
+
+
+EAGER: dict[str, Callable] = {
+    "linear_leaky_relu": eager_linear_leaky_relu,
+    "bias_leaky_relu": eager_bias_leaky_relu,
+    "discriminator_bce": eager_discriminator_bce,
+    "generator_bce": eager_generator_bce,
+    "minimax_generator_loss": eager_minimax_generator_loss,
+    "wasserstein_critic_loss": eager_wasserstein_critic_loss,
+    "wasserstein_generator_loss": eager_wasserstein_generator_loss,
+    "gradient_penalty": eager_gradient_penalty,
+    "dropout": eager_dropout,
+}
+FUSED: dict[str, Callable] = {
+    "linear_leaky_relu": fused_linear_leaky_relu,
+    "bias_leaky_relu": fused_bias_leaky_relu,
+    "discriminator_bce": ops.discriminator_bce,
+    "generator_bce": ops.generator_bce,
+    "minimax_generator_loss": ops.minimax_generator_loss,
+    "wasserstein_critic_loss": ops.wasserstein_critic_loss,
+    "wasserstein_generator_loss": ops.wasserstein_generator_loss,
+    "gradient_penalty": ops.gradient_penalty,
+    "dropout": fused_dropout,
+}
+
+# -- the cases: shapes from GAN practice --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One row: ``op`` in pass ``pass_`` on tensors of ``shapes`` (one per input) on ``device``."""
+
+    op: str
+    pass_: str
+    label: str  # the shape, as printed in the name
+    shapes: tuple[tuple[int, ...], ...]
+    device: str
+    dtype: torch.dtype
+    threads: int
+
+    @property
+    def tag(self) -> str:
+        """``cpu-float32``, ``cuda-bfloat16``, ..."""
+        return f"{self.device}-{str(self.dtype).removeprefix('torch.')}"
+
+    @property
+    def name(self) -> str:
+        """``op | pass | shape | device-dtype | threads N``: the row's name (``--only`` matches it)."""
+        return f"{self.op} | {self.pass_} | {self.label} | {self.tag} | threads {self.threads}"
+
+    @property
+    def backward(self) -> bool:
+        return self.pass_ == "fwd+bwd"
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """The op's input tensors (seeded), requiring gradients in the ``fwd+bwd`` pass."""
+        torch.manual_seed(0)
+        kw = dict(device=self.device, dtype=torch.float32)
+        if self.op == "linear_leaky_relu":  # x (N, in), weight (out, in), bias (out,)
+            x_shape, w_shape, b_shape = self.shapes
+            tensors = [
+                torch.randn(x_shape, **kw),
+                torch.randn(w_shape, **kw) / math.sqrt(w_shape[1]),
+                torch.randn(b_shape, **kw) * 0.1,
+            ]
+        elif self.op == "bias_leaky_relu":  # conv maps (N, C, H, W) and their bias (C,)
+            tensors = [torch.randn(self.shapes[0], **kw), torch.randn(self.shapes[1], **kw) * 0.1]
+        elif self.op == "gradient_penalty":  # per-sample gradients (N, ...) of norm about 1
+            tensors = [torch.randn(self.shapes[0], **kw) / math.sqrt(math.prod(self.shapes[0][1:]))]
+        else:  # logits / critic scores (N, 1)
+            tensors = [torch.randn(s, **kw) * 2 for s in self.shapes]
+        return tuple(t.to(self.dtype).requires_grad_(self.backward) for t in tensors)
+
+    def grad_output(self) -> torch.Tensor | None:
+        """The incoming gradient of an op with a non-scalar output, else None."""
+        if not self.backward or self.op not in ("linear_leaky_relu", "bias_leaky_relu", "dropout"):
+            return None
+        if self.op == "dropout":
+            return torch.ones(self.shapes[0], device=self.device, dtype=self.dtype)
+        torch.manual_seed(1)
+        shape = (self.shapes[0][0], self.shapes[1][0]) if self.op == "linear_leaky_relu" else self.shapes[0]
+        return torch.randn(shape, device=self.device, dtype=self.dtype)
+
+
+def dtypes(device: str) -> list[torch.dtype]:
+    """float32 on CPU; float32 and bfloat16 on CUDA."""
+    return [torch.float32] + ([torch.bfloat16] if torch.device(device).type == "cuda" else [])
+
+
+def rows(device: str, threads: int) -> list[KernelRow]:
+    """Every kernel row on ``device`` (``cpu``, ``cuda``, ``cuda:N``) at ``threads`` torch threads,
+    in run order: per dtype, the ops in :data:`EAGER`'s order, their shapes, both passes."""
+    big = torch.device(device).type == "cuda"
+    big_gemm, big_loss = (4096, 2**24) if big else (1024, 2**20)
+    found: list[KernelRow] = []
+    for dtype in dtypes(device):
+        specs: list[tuple[str, str, tuple]] = []
+        for batch, fin, fout in [(64, 100, 256), (256, 100, 256), (64, 512, 1024), (256, 512, 1024), (big_gemm,) * 3]:
+            specs.append(("linear_leaky_relu", f"{batch}x{fin}->{fout}", ((batch, fin), (fout, fin), (fout,))))
+        for shape in [(64, 64, 8, 8), (64, 128, 4, 4), (256, 64, 16, 16)]:
+            specs.append(("bias_leaky_relu", "x".join(map(str, shape)), (shape, shape[1:2])))
+        for n in (64, big_loss):
+            label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
+            for op in ("discriminator_bce", "wasserstein_critic_loss"):
+                specs.append((op, label, ((n, 1), (n, 1))))
+            for op in ("generator_bce", "minimax_generator_loss", "wasserstein_generator_loss"):
+                specs.append((op, label, ((n, 1),)))
+        for shape in [(64, 784), (256, 3, 64, 64)]:
+            specs.append(("gradient_penalty", "x".join(map(str, shape)), (shape,)))
+        for shape in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
+            specs.append(("dropout", "x".join(map(str, shape)), (shape,)))
+        order = list(EAGER)
+        specs.sort(key=lambda spec: order.index(spec[0]))  # stable: shapes keep their order
+        for op, label, shapes in specs:
+            for pass_ in PASSES:
+                found.append(KernelRow(op, pass_, label, shapes, device, dtype, threads))
+    return found
+
+
+# -- one column of a row, ready to time ------------------------------------------------------------
+
+
+def _tolerance(dtype: torch.dtype) -> dict[str, float]:
+    return dict(rtol=5e-2, atol=5e-2) if dtype in (torch.bfloat16, torch.float16) else dict(rtol=1e-3, atol=1e-4)
+
+
+def _check_dropout(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out`` is ``x`` with a fraction DROPOUT_P zeroed and the rest scaled by 1 / (1 - DROPOUT_P)."""
+    kept = out != 0
+    share = kept.float().mean().item()
+    if abs(share - (1 - DROPOUT_P)) >= 0.02:
+        raise AssertionError(f"dropout kept {share:.3f} of the elements, expected {1 - DROPOUT_P}")
+    torch.testing.assert_close(out[kept].float(), x[kept].float() / (1 - DROPOUT_P), **_tolerance(x.dtype))
+
+
+def prepare(row: KernelRow, column: str) -> Callable[[], object]:
+    """``fn()``: one call of ``column`` (fused, eager or compile) on the row's inputs (and its
+    backward in ``fwd+bwd``), checked against the eager twin and warmed up. Call with the
+    row's thread count set: a compiled twin is compiled for the threads it sees."""
+    inputs, grad_out = row.inputs(), row.grad_output()
+    eager = EAGER[row.op]
+    if column == "fused":
+        op = FUSED[row.op]
+    elif column == "eager":
+        op = eager
+    elif column == "compile":
+        torch._dynamo.reset()  # one fresh static graph per row
+        op = torch.compile(eager, dynamic=False)
+    else:
+        raise ValueError(f"column must be one of {COLUMNS}, got {column!r}")
+
+    if row.backward:
+        def fn() -> object:
+            return torch.autograd.grad(op(*inputs), inputs, grad_out)
+    else:
+        def fn() -> object:
+            return op(*inputs)
+
+    got = fn()  # compiles the compile twin (forward and backward)
+    if row.op == "dropout":  # random: check the distribution instead
+        _check_dropout(got[0] if row.backward else got, torch.ones_like(inputs[0]) if row.backward else inputs[0])
+    else:
+        want = torch.autograd.grad(eager(*inputs), inputs, grad_out) if row.backward else (eager(*inputs),)
+        for g, w in zip(got if row.backward else (got,), want):
+            torch.testing.assert_close(g.float(), w.float(), **_tolerance(row.dtype))
+    for _ in range(WARMUP_CALLS):
+        fn()
+    return fn

@@ -1,0 +1,138 @@
+"""What ``ganplug bench`` does: pick the device and rows, time them, print and write the tables."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ganplug.bench import kernels, steps
+from ganplug.bench.report import Row, Table, header, markdown, write_markdown, write_png
+from ganplug.bench.timing import FULL, QUICK, STEPS_FULL, measure
+from ganplug.errors import GanplugError, UsageError
+
+MARKDOWN_FILE = "bench.md"
+PNG_FILE = "bench.png"
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` (cuda when visible, else cpu), ``cpu``, ``cuda`` or ``cuda:N`` as a device string;
+    UsageError for anything else or a CUDA device that is not there."""
+    from ganplug.train.build import resolve_device as resolve
+
+    return str(resolve(name))
+
+
+def check_backend(device: str) -> None:
+    """GanplugError (one line) unless the fused ops run their compiled kernels on ``device``."""
+    from ganplug.ops import _extension
+
+    if _extension.LOAD_ERROR is not None:
+        raise GanplugError(
+            f"the compiled extension ganplug._C is not loaded ({_extension.LOAD_ERROR}), so there are no fused "
+            "kernels to time: reinstall ganplug so that it builds (pip install --no-build-isolation -e . in a checkout)"
+        )
+    if _extension.backend(device) == "reference":
+        if not _extension.env_unset():
+            raise GanplugError(f"{_extension.ENV_VAR} is set, so the ops run their pure-PyTorch reference: unset it to time the fused kernels")
+        raise GanplugError(
+            f"this build of ganplug._C has no {torch.device(device).type} kernels (built without CUDA?): "
+            "the fused ops would run their pure-PyTorch reference; use --device cpu or rebuild with CUDA"
+        )
+
+
+def select(candidates: Sequence, only: Sequence[str]) -> list:
+    """The rows whose name contains one of ``only`` (case-insensitive; all rows without it);
+    UsageError naming a NAME that matches none, with the closest op or case name."""
+    if not only:
+        return list(candidates)
+    names = [row.name.lower() for row in candidates]
+    for wanted in only:
+        if not any(wanted.lower() in name for name in names):
+            parts = sorted({part.strip() for row in candidates for part in row.name.split("|")})
+            close = difflib.get_close_matches(wanted, parts, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else "pass a part of a row name, e.g. an op or a step case"
+            raise UsageError(f"--only {wanted!r} matches no benchmark row here; {hint}")
+    return [row for row, name in zip(candidates, names) if any(w.lower() in name for w in only)]
+
+
+def _checked(name: str, column: str, prepare: Callable[[], Callable[[], object]]) -> Callable[[], object]:
+    """``prepare()``, its AssertionError (a column computing something else) as one GanplugError."""
+    try:
+        return prepare()
+    except AssertionError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "mismatch"
+        raise GanplugError(f"{name}: {column} does not compute what it is compared with: {first}") from None
+
+
+def run(
+    *,
+    device: str,
+    kernel_rows: bool,
+    step_rows: bool,
+    only: Sequence[str],
+    quick: bool,
+    threads: Sequence[int],
+    out: Path,
+    with_compile: bool = True,
+    echo: Callable[[str], None] = print,
+    progress: Callable[[str], None] = print,
+) -> list[Table]:
+    """Time the chosen rows on ``device`` at each thread count, ``echo`` the tables (``progress``
+    one line per row) and write ``out/bench.md`` and ``out/bench.png``; returns the tables."""
+    device = resolve_device(device)
+    check_backend(device)
+    kernel_all = [row for t in threads for row in kernels.rows(device, t)] if kernel_rows else []
+    step_all = [row for t in threads for row in steps.rows(device, t)] if step_rows else []
+    chosen = select(kernel_all + step_all, only)
+    chosen_kernels = [row for row in chosen if isinstance(row, kernels.KernelRow)]
+    chosen_steps = [row for row in chosen if isinstance(row, steps.StepRow)]
+    kernel_columns = [c for c in kernels.COLUMNS if with_compile or c != "compile"]
+    step_columns = [c for c in steps.COLUMNS if with_compile or c != "compile"]
+    tables = []
+    if chosen_kernels:
+        tables.append(Table("Kernels: fused ops vs eager PyTorch vs torch.compile", "fused", tuple(kernel_columns[1:])))
+    if chosen_steps:
+        tables.append(Table("Training steps (one generator step with its critic steps)", "ganplug", tuple(step_columns[1:])))
+    total, done = len(chosen), 0
+    previous_threads = torch.get_num_threads()
+    try:
+        for row in chosen_kernels:
+            done += 1
+            progress(f"[{done}/{total}] {row.name}")
+            torch.set_num_threads(row.threads)
+            fns = {c: _checked(row.name, c, lambda c=c: kernels.prepare(row, c)) for c in kernel_columns}
+            tables[0].rows.append(Row(row.name, measure(fns, device, QUICK if quick else FULL)))
+        with tempfile.TemporaryDirectory(prefix="ganplug-bench-") as workdir:
+            for row in chosen_steps:
+                done += 1
+                progress(f"[{done}/{total}] {row.name}")
+                torch.set_num_threads(row.threads)
+                bench = _checked(row.name, "plain", lambda: steps.StepBench(row, Path(workdir)))
+                fns, refused = {}, {}
+                for column in step_columns:
+                    try:
+                        fns[column] = bench.prepare(column)
+                    except steps.Refused as why:
+                        refused[column] = str(why)
+                times = measure(fns, device, QUICK if quick else STEPS_FULL)
+                tables[-1].rows.append(Row(row.name, times, refused, bench.samples))
+                del bench, fns
+    finally:
+        torch.set_num_threads(previous_threads)
+    top = header([device])
+    echo("\n".join(top[2:-1]))
+    for table in tables:
+        echo("")
+        echo(f"{table.title}:")
+        echo("\n".join(markdown(table)))
+    markdown_path, png_path = out / MARKDOWN_FILE, out / PNG_FILE
+    write_markdown(markdown_path, top, tables)
+    write_png(png_path, tables)
+    echo("")
+    echo(f"wrote {os.fspath(markdown_path)} and {os.fspath(png_path)}")
+    return tables

@@ -1,0 +1,355 @@
+"""Whole training steps: ganplug's trainer vs the plain PyTorch loop a user would write.
+
+One call is one generator step with its ``n_critic`` critic steps. Columns of a row (one case,
+device and thread count):
+
+  ganplug   the trainer's step (``Trainer.run_step``: the step maths and the per-step guard)
+  plain     :class:`PlainLoop`, written the way the PyTorch tutorials write it:
+            nn.Linear/nn.Conv2d + nn.LeakyReLU, nn.Dropout, F.binary_cross_entropy_with_logits,
+            autograd.grad(create_graph=True) for the gradient penalty, torch.optim.Adam with its
+            default implementation
+  compile   that loop with torch.compile(G) and torch.compile(D); where torch refuses it (the
+            penalty's double backward through a compiled D) the row says why
+
+The plain models get ganplug's initial weights (copied parameter by parameter), the same batch
+size, loss, optimiser, learning rates, betas and EMA; :func:`check_equivalence` checks before
+timing that both compute the same losses and gradients. Samples/s = batch * n_critic / time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COLUMNS = ("ganplug", "plain", "compile")
+WARMUP_STEPS = 3
+RGB_IMAGES = 256  # random 32x32 RGB pictures: the image-folder data of case (d)
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """A training configuration of the step benchmark; ``config`` holds TrainConfig fields."""
+
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = (
+    StepCase("a-mlp-bce-digits16", dict(arch="mlp", loss="bce", dataset="digits", batch_size=64)),
+    StepCase("b-dcgan16-wgan-gp-digits", dict(arch="dcgan", loss="wasserstein", dataset="digits", batch_size=64)),
+    StepCase(
+        "c-ring8-recipe",
+        dict(
+            arch="mlp", loss="bce", dataset="ring8", batch_size=512, pack=2, ema=0.999,
+            arch_options={"g_widths": "256,256,256", "d_widths": "256,256,256", "dropout": 0.0, "d_input_scale": 30.0},
+        ),
+    ),
+    StepCase(
+        "d-dcgan32-hinge-rgb",
+        dict(arch="dcgan", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One row: ``case`` on ``device`` (bf16 autocast when ``amp``) at ``threads`` torch threads."""
+
+    case: StepCase
+    device: str
+    amp: bool
+    threads: int
+
+    @property
+    def tag(self) -> str:
+        """``cpu``, ``cuda``, ``cuda-bf16``, ..."""
+        return self.device + ("-bf16" if self.amp else "")
+
+    @property
+    def name(self) -> str:
+        """``case | threads N | device``: the row's name (``--only`` matches it)."""
+        return f"{self.case.name} | threads {self.threads} | {self.tag}"
+
+
+def rows(device: str, threads: int) -> list[StepRow]:
+    """Every step row on ``device`` at ``threads`` threads: float32, and bf16 autocast on CUDA."""
+    amps = (False, True) if torch.device(device).type == "cuda" else (False,)
+    return [StepRow(case, device, amp, threads) for amp in amps for case in CASES]
+
+
+# -- the plain models: the same layers as ganplug's, from torch.nn only ----------------------------
+
+
+class Scale(nn.Module):
+    """x -> x * scale (the mlp critic's d_input_scale)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def plain_twin(model: nn.Sequential) -> nn.Sequential:
+    """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
+    Conv2d subclass carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (none at
+    slope 1), ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
+    ``input_scale`` becomes a first layer. The weights are not copied (see :func:`copy_weights`)."""
+    layers: list[nn.Module] = []
+    scale = float(getattr(model, "input_scale", 1.0))
+    if scale != 1.0:
+        layers.append(Scale(scale))
+    for layer in model:
+        slope = getattr(layer, "negative_slope", None)
+        if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
+            layers.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
+        elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
+            layers.append(nn.Conv2d(
+                layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                bias=layer.bias is not None,
+            ))
+        elif isinstance(layer, nn.Dropout):
+            layers.append(nn.Dropout(layer.p))
+            continue
+        else:
+            layers.append(copy.deepcopy(layer))
+            continue
+        if slope is not None and slope != 1.0:
+            layers.append(nn.LeakyReLU(slope))
+    return nn.Sequential(*layers)
+
+
+def copy_weights(dst: nn.Module, src: nn.Module) -> None:
+    """Copy ``src``'s parameters and buffers into ``dst`` in order; their number and shapes must agree."""
+    if len(list(dst.parameters())) != len(list(src.parameters())):
+        raise AssertionError("the plain twin has other parameters than ganplug's model")
+    with torch.no_grad():
+        for d, s in [*zip(dst.parameters(), src.parameters()), *zip(dst.buffers(), src.buffers())]:
+            if d.shape != s.shape:
+                raise AssertionError(f"plain twin shape {tuple(d.shape)} != ganplug's {tuple(s.shape)}")
+            d.copy_(s)
+
+
+# -- the plain loop --------------------------------------------------------------------------------
+
+
+class PlainLoop:
+    """One generator step of the loop a user writes, for ``run``'s loss, batch and recipe, on
+    models ``G``, ``D`` and real samples ``data (N, *data_shape)`` (all on the run's device)."""
+
+    def __init__(self, run, G: nn.Module, D: nn.Module, data: torch.Tensor) -> None:
+        cfg = run.config
+        self.cfg, self.G, self.D, self.data = cfg, G, D, data
+        self.loss = cfg.loss
+        self.gp = cfg.loss == "wasserstein" and cfg.loss_options.get("lipschitz", "gp") == "gp"
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
+        self.ema = copy.deepcopy(G).eval() if cfg.ema > 0 else None
+        self.t = 0
+        self.latent_dim, self.uniform = run.latent_dim, run.latent == "uniform"
+        self.m = cfg.pack
+
+    def noise(self, n: int) -> torch.Tensor:
+        """z ``(n, latent_dim)``: N(0, 1), or U(-1, 1) for a uniform latent."""
+        if self.uniform:
+            return torch.rand(n, self.latent_dim, device=self.data.device) * 2 - 1
+        return torch.randn(n, self.latent_dim, device=self.data.device)
+
+    def critic(self, x: torch.Tensor) -> torch.Tensor:
+        if self.m > 1:
+            x = x.reshape(x.shape[0] // self.m, self.m * x.shape[1], *x.shape[2:])
+        return self.D(x)
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        r, f = self.critic(real), self.critic(fake)
+        if self.loss == "bce":
+            return F.binary_cross_entropy_with_logits(r, torch.ones_like(r)) + F.binary_cross_entropy_with_logits(
+                f, torch.zeros_like(f)
+            )
+        if self.loss == "hinge":
+            return F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean()
+        loss = f.mean() - r.mean()
+        if self.gp:
+            eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+            x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+            scores = self.critic(x_hat)
+            (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+            loss = loss + 10.0 * ((grad.reshape(scores.shape[0], -1).norm(2, dim=1) - 1) ** 2).mean()
+        return loss
+
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        f = self.critic(fake)
+        if self.loss == "bce":
+            return F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+        return -f.mean()
+
+    def step(self) -> None:
+        batch = self.cfg.batch_size
+        for _ in range(self.cfg.n_critic):
+            real = self.data[torch.randint(len(self.data), (batch,), device=self.data.device)]
+            fake = self.G(self.noise(batch)).detach()
+            self.opt_d.zero_grad()
+            self.d_loss(real, fake).backward()
+            self.opt_d.step()
+        self.opt_g.zero_grad()
+        self.g_loss(self.G(self.noise(batch))).backward()
+        self.opt_g.step()
+        if self.ema is not None:
+            decay = min(self.cfg.ema, (1 + self.t) / (10 + self.t))
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.G.parameters()):
+                    pe.mul_(decay).add_(p, alpha=1 - decay)
+        self.t += 1
+
+
+# -- building a row --------------------------------------------------------------------------------
+
+
+def write_rgb_folder(root: Path) -> Path:
+    """:data:`RGB_IMAGES` random 32x32 RGB PNGs (seeded) in ``root``: case (d)'s image folder."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    pixels = torch.randint(0, 256, (RGB_IMAGES, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for i, image in enumerate(pixels.numpy()):
+        Image.fromarray(image).save(root / f"{i:03d}.png")
+    return root
+
+
+def real_samples(dataset: torch.utils.data.Dataset, limit: int = 4096) -> torch.Tensor:
+    """Up to ``limit`` samples of ``dataset`` as one float tensor ``(N, *data_shape)``."""
+    from ganplug.train.build import sample_of
+
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0][:limit].float()
+    return torch.stack([sample_of(dataset[i]) for i in range(min(len(dataset), limit))]).float()
+
+
+class Refused(Exception):
+    """A column that cannot run here (torch.compile refusing the loop); the message says why."""
+
+
+@contextlib.contextmanager
+def _eval(*modules: nn.Module) -> Iterator[None]:
+    """``modules`` in eval mode (no dropout, batch norm on its running statistics), then train mode."""
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.train()
+
+
+def _assert_close(what: str, ours: Any, theirs: Any, **tolerance: float) -> None:
+    try:
+        torch.testing.assert_close(ours, theirs, **tolerance)
+    except AssertionError as error:
+        raise AssertionError(f"the plain loop differs from ganplug's step in {what}: {error}") from None
+
+
+def check_equivalence(trainer, loop: PlainLoop, n: int = 8) -> None:
+    """AssertionError unless ``loop`` computes what ``trainer``'s step computes on ``n`` real
+    samples and ``n`` noise vectors: G's samples, the critic loss (the penalty's interpolation
+    seeded alike) and its gradients in D's parameters, the generator loss and its gradients in
+    G's parameters, and the recipe (batch, critic steps, learning rates, betas, EMA decay). In
+    eval mode and float32, so dropout's masks and batch statistics do not enter."""
+    cfg, critic = trainer.config, trainer.stepper.critic
+    real = loop.data[:n]
+    z = torch.randn(n, loop.latent_dim, generator=torch.Generator().manual_seed(0)).to(real.device)
+    tight, loose = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=1e-5)
+    with _eval(trainer.G, trainer.D, loop.G, loop.D):
+        with torch.no_grad():
+            fake = trainer.G(z)
+            _assert_close("G(z)", loop.G(z), fake, **tight)
+        torch.manual_seed(1)
+        ours, _ = trainer.loss.discriminator_loss(critic, real, fake)
+        torch.manual_seed(1)
+        theirs = loop.d_loss(real, fake)
+        _assert_close("the critic loss", theirs, ours, **tight)
+        d_ours = torch.autograd.grad(ours, list(trainer.D.parameters()))
+        d_theirs = torch.autograd.grad(theirs, list(loop.D.parameters()))
+        _assert_close("the critic's gradients", d_theirs, d_ours, **loose)
+        ours, _ = trainer.loss.generator_loss(critic, trainer.G(z))
+        theirs = loop.g_loss(loop.G(z))
+        _assert_close("the generator loss", theirs, ours, **tight)
+        g_ours = torch.autograd.grad(ours, list(trainer.G.parameters()))
+        g_theirs = torch.autograd.grad(theirs, list(loop.G.parameters()))
+        _assert_close("the generator's gradients", g_theirs, g_ours, **loose)
+    for ours_opt, theirs_opt in ((trainer.opt_g, loop.opt_g), (trainer.opt_d, loop.opt_d)):
+        a, b = ours_opt.param_groups[0], theirs_opt.param_groups[0]
+        if type(ours_opt) is not type(theirs_opt) or a["lr"] != b["lr"] or tuple(a["betas"]) != tuple(b["betas"]):
+            raise AssertionError(f"the plain loop's optimiser {b} differs from ganplug's {a}")
+    if (loop.cfg.batch_size, loop.cfg.n_critic, loop.cfg.ema) != (cfg.batch_size, cfg.n_critic, cfg.ema):
+        raise AssertionError("the plain loop's batch size, critic steps or EMA differ from ganplug's")
+
+
+class StepBench:
+    """ganplug's trainer for ``row`` and the plain loops of the same run (same weights, checked
+    by :func:`check_equivalence`); ``workdir`` holds the run directory and case (d)'s images.
+    Build it with the row's thread count set."""
+
+    def __init__(self, row: StepRow, workdir: Path) -> None:
+        from ganplug.train import TrainConfig
+        from ganplug.train.build import build_run
+        from ganplug.train.loop import Trainer
+
+        self.row = row
+        cfg = copy.deepcopy(row.case.config)
+        if cfg["dataset"] == "image-folder":
+            folder = workdir / "rgb"
+            cfg["data_options"]["root"] = str(folder if folder.is_dir() else write_rgb_folder(folder))
+        cfg.update(device=row.device, amp=row.amp, steps=10**6, log_every=10**6)
+        torch.manual_seed(0)
+        self.run = build_run(TrainConfig(**cfg))
+        self.trainer = Trainer(self.run, workdir / "run", quiet=True, stream=io.StringIO())
+        self.data = real_samples(self.run.dataset).to(self.run.device)
+        check_equivalence(self.trainer, self.plain_loop())
+
+    @property
+    def samples(self) -> int:
+        """Real samples the critic sees in one step: batch * n_critic."""
+        return self.run.config.batch_size * self.run.config.n_critic
+
+    def plain_loop(self) -> PlainLoop:
+        """A fresh plain loop on twins of ganplug's models, with ganplug's initial weights."""
+        G, D = plain_twin(self.run.generator).to(self.run.device), plain_twin(self.run.discriminator).to(self.run.device)
+        copy_weights(G, self.run.generator)
+        copy_weights(D, self.run.discriminator)
+        return PlainLoop(self.run, G, D, self.data)
+
+    def prepare(self, column: str) -> Callable[[], None]:
+        """``fn()``: one step of ``column`` (ganplug, plain or compile), warmed up; Refused when
+        torch.compile refuses the loop."""
+        if column == "ganplug":
+            fn: Callable[[], None] = self.trainer.run_step
+        elif column in ("plain", "compile"):
+            loop = self.plain_loop()
+            if column == "compile":
+                torch._dynamo.reset()
+                loop.G, loop.D = torch.compile(loop.G), torch.compile(loop.D)
+            amp = self.row.amp
+
+            def fn() -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+                    loop.step()
+        else:
+            raise ValueError(f"column must be one of {COLUMNS}, got {column!r}")
+        try:
+            for _ in range(WARMUP_STEPS):
+                fn()
+        except RuntimeError as error:  # torch.compile refusing the loop (the penalty's double backward)
+            if column != "compile":
+                raise
+            raise Refused(f"torch.compile refused it: {str(error).strip().splitlines()[0]}") from None
+        return fn
