@@ -1,14 +1,15 @@
 # One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
 #   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled digits
 #   make test    the test suite (ganplug and the example plugin in plugins/)
-#   make bench   kernel benchmarks: fused vs eager PyTorch vs torch.compile
+#   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain loop
+#   make bench-pytest   the pytest-benchmark suite in benchmarks/
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BUILT := $(VENV)/.ganplug-built
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test bench bench-pytest clean
 
 setup: $(BUILT)
 
@@ -27,6 +28,9 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
+	$(BIN)/ganplug bench
+
+bench-pytest: setup
 	$(BIN)/python -m pytest -q benchmarks
 
 clean:
