@@ -126,6 +126,9 @@ def render_points(
 
     fake = _numpy(samples, 2)
     ref = _numpy(real, 2) if real is not None else None
+    # a point with any non-finite coordinate is not drawn, so it does not shape the box either
+    fake = fake[np.isfinite(fake).all(axis=1)]
+    ref = ref[np.isfinite(ref).all(axis=1)] if ref is not None else None
     if box is None:
         both = [fake] + ([ref] if ref is not None else [])
         x0, x1 = _fit_range([p[:, 0] for p in both])
@@ -138,7 +141,6 @@ def render_points(
     for points, colour, area, label in ((ref, REAL, 4.0, "real"), (fake, FAKE, 6.0, "generated")):
         if points is None:
             continue
-        points = points[np.isfinite(points).all(axis=1)]
         axes.scatter(points[:, 0], points[:, 1], s=area, c=colour, linewidths=0, label=f"{label} ({len(points)})")
     axes.set_xlim(box[0], box[1])
     axes.set_ylim(box[2], box[3])
