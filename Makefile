@@ -1,8 +1,9 @@
 # One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
 #   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled digits
 #   make test    the test suite (ganplug and the example plugin in plugins/)
-#   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain loop
-#   make bench-pytest   the pytest-benchmark suite in benchmarks/
+#   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
+#                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")
+#   make bench-pytest   the pytest-benchmark suite in benchmarks/ (ratio tables in benchmarks/results/)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,7 +29,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/ganplug bench
+	$(BIN)/ganplug bench $(BENCH_ARGS)
 
 bench-pytest: setup
 	$(BIN)/python -m pytest -q benchmarks

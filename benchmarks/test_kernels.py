@@ -2,7 +2,7 @@
 
 Every (op, pass, shape, device-dtype) is one pytest-benchmark group holding three benchmarks:
   fused    ganplug.ops.<op>                       (the compiled kernel of ganplug._C)
-  eager    the plain PyTorch twin below           (what a user writes without ganplug)
+  eager    the plain PyTorch twin                 (ganplug.bench.kernels.EAGER: what a user writes)
   compile  torch.compile(twin, dynamic=False)     (warmed up before timing)
 Passes: "fwd" (inputs without requires_grad) and "fwd+bwd" (forward, then torch.autograd.grad
 to every input, so no .grad accumulation is timed).
@@ -11,98 +11,16 @@ to every input, so no .grad accumulation is timed).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from ganplug import ops
+# The eager twins (what a user writes without ganplug), the fused calls and the output checks are
+# the ones `ganplug bench` uses: one copy, in ganplug.bench.kernels.
+from ganplug.bench.kernels import EAGER, FUSED, _check_dropout, _tolerance
 
 HAS_CUDA = torch.cuda.is_available()
-NEGATIVE_SLOPE = 0.2
-
-# --------------------------------------------------------------------------------------------
-# The eager twins, written the way a user would write them.
-
-
-def eager_linear_leaky_relu(x, weight, bias):
-    return F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE)
-
-
-def eager_bias_leaky_relu(x, bias):
-    return F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE)
-
-
-def eager_discriminator_bce(real, fake):
-    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
-        fake, torch.zeros_like(fake)
-    )
-
-
-def eager_generator_bce(fake):
-    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-
-
-def eager_minimax_generator_loss(fake):
-    # mean(log(1 - sigmoid(x))) = -BCE(x, 0)
-    return -F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-
-
-def eager_wasserstein_critic_loss(real, fake):
-    return fake.mean() - real.mean()
-
-
-def eager_wasserstein_generator_loss(fake):
-    return -fake.mean()
-
-
-def eager_gradient_penalty(g):
-    return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-DROPOUT_P = 0.3
-
-
-def eager_dropout(x):
-    return F.dropout(x, DROPOUT_P, training=True)
-
-
-def fused_linear_leaky_relu(x, weight, bias):
-    return ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE)
-
-
-def fused_bias_leaky_relu(x, bias):
-    return ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE)
-
-
-def fused_dropout(x):
-    return ops.dropout(x, DROPOUT_P)
-
-
-EAGER: dict[str, Callable] = {
-    "linear_leaky_relu": eager_linear_leaky_relu,
-    "bias_leaky_relu": eager_bias_leaky_relu,
-    "discriminator_bce": eager_discriminator_bce,
-    "generator_bce": eager_generator_bce,
-    "minimax_generator_loss": eager_minimax_generator_loss,
-    "wasserstein_critic_loss": eager_wasserstein_critic_loss,
-    "wasserstein_generator_loss": eager_wasserstein_generator_loss,
-    "gradient_penalty": eager_gradient_penalty,
-    "dropout": eager_dropout,
-}
-FUSED: dict[str, Callable] = {
-    "linear_leaky_relu": fused_linear_leaky_relu,
-    "bias_leaky_relu": fused_bias_leaky_relu,
-    "discriminator_bce": ops.discriminator_bce,
-    "generator_bce": ops.generator_bce,
-    "minimax_generator_loss": ops.minimax_generator_loss,
-    "wasserstein_critic_loss": ops.wasserstein_critic_loss,
-    "wasserstein_generator_loss": ops.wasserstein_generator_loss,
-    "gradient_penalty": ops.gradient_penalty,
-    "dropout": fused_dropout,
-}
 
 # --------------------------------------------------------------------------------------------
 # Cases: shapes from GAN practice.
@@ -187,17 +105,6 @@ def _params() -> list:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def _tolerance(dtype: torch.dtype) -> dict:
-    return dict(rtol=5e-2, atol=5e-2) if dtype in (torch.bfloat16, torch.float16) else dict(rtol=1e-3, atol=1e-4)
-
-
-def _check_dropout(out: torch.Tensor, x: torch.Tensor) -> None:
-    """out is x with a fraction DROPOUT_P zeroed and the rest scaled by 1 / (1 - DROPOUT_P)."""
-    kept = out != 0
-    assert abs(kept.float().mean().item() - (1 - DROPOUT_P)) < 0.02
-    torch.testing.assert_close(out[kept].float(), x[kept].float() / (1 - DROPOUT_P), **_tolerance(x.dtype))
 
 
 @pytest.mark.parametrize("case, pass_, impl", _params())

@@ -238,13 +238,19 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
         def fn() -> object:
             return op(*inputs)
 
-    got = fn()  # compiles the compile twin (forward and backward)
+    def outputs(f: Callable) -> tuple[torch.Tensor, ...]:
+        """``f``'s output, then (``fwd+bwd``) its gradients to every input: what is checked."""
+        out = f(*inputs)
+        return (out, *torch.autograd.grad(out, inputs, grad_out)) if row.backward else (out,)
+
+    got = outputs(op)  # compiles the compile twin (forward and backward)
     if row.op == "dropout":  # random: check the distribution instead
-        _check_dropout(got[0] if row.backward else got, torch.ones_like(inputs[0]) if row.backward else inputs[0])
+        _check_dropout(got[0].detach(), inputs[0].detach())
+        if row.backward:  # the gradient of ones is the mask, scaled
+            _check_dropout(got[1], torch.ones_like(inputs[0]))
     else:
-        want = torch.autograd.grad(eager(*inputs), inputs, grad_out) if row.backward else (eager(*inputs),)
-        for g, w in zip(got if row.backward else (got,), want):
-            torch.testing.assert_close(g.float(), w.float(), **_tolerance(row.dtype))
+        for g, w in zip(got, outputs(eager), strict=True):
+            torch.testing.assert_close(g.detach().float(), w.detach().float(), **_tolerance(row.dtype))
     for _ in range(WARMUP_CALLS):
         fn()
     return fn
