@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ganplug.bench.report import format_ratio, format_time
+
 IMPLS = ("fused", "eager", "compile")
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -141,29 +143,19 @@ def step_table(timings: dict, stat: str) -> list[str]:
 
         g = get("ganplug")
         rate = f"{t['ganplug']['samples'] / g:.0f}" if g else "-"
-        compile_cell = _fmt_time(get("compile"))
+        compile_cell = format_time(get("compile"))
         if "refused" in t.get("compile", {}):
             compile_cell = "refused¹"
             notes.append(f"¹ {t['compile']['refused']}")
         lines.append(
-            f"| {group.replace('|', chr(92) + '|')} | {_fmt_time(g)} | {_fmt_time(get('plain'))} | {compile_cell} | {rate} "
+            f"| {group.replace('|', chr(92) + '|')} | {format_time(g)} | {format_time(get('plain'))} | {compile_cell} | {rate} "
             f"| {_fmt_ratio(get('plain'), g)} | {_fmt_ratio(get('compile'), g)} |"
         )
     return lines + ([""] + sorted(set(notes)) if notes else [])
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
-
-
 def _fmt_ratio(num: float | None, den: float | None) -> str:
-    if num is None or den is None or den <= 0:
-        return "-"
-    return f"{num / den:.2f}x"
+    return format_ratio(None if num is None or den is None or den <= 0 else num / den)
 
 
 def ratio_table(timings: dict, stat: str) -> list[str]:
@@ -184,7 +176,7 @@ def ratio_table(timings: dict, stat: str) -> list[str]:
             return t[impl][key] if impl in t else None
 
         f, e, c = get("fused", stat), get("eager", stat), get("compile", stat)
-        cells = [group.replace("|", "\\|"), _fmt_time(f), _fmt_time(e), _fmt_time(c), _fmt_ratio(e, f), _fmt_ratio(c, f)]
+        cells = [group.replace("|", "\\|"), format_time(f), format_time(e), format_time(c), _fmt_ratio(e, f), _fmt_ratio(c, f)]
         if with_min:
             fm = get("fused", "min")
             cells += [_fmt_ratio(get("eager", "min"), fm), _fmt_ratio(get("compile", "min"), fm)]

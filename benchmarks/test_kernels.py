@@ -18,7 +18,7 @@ import torch
 
 # The eager twins (what a user writes without ganplug), the fused calls and the output checks are
 # the ones `ganplug bench` uses: one copy, in ganplug.bench.kernels.
-from ganplug.bench.kernels import EAGER, FUSED, _check_dropout, _tolerance
+from ganplug.bench.kernels import EAGER, FUSED, KernelRow, _check_dropout, _tolerance
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -39,22 +39,9 @@ class Case:
         return f"{self.device}-{str(self.dtype).removeprefix('torch.')}"
 
     def inputs(self, requires_grad: bool) -> tuple[torch.Tensor, ...]:
-        torch.manual_seed(0)
-        kw = dict(device=self.device, dtype=torch.float32)
-        if self.op == "linear_leaky_relu":
-            (x_shape, w_shape, b_shape) = self.shapes
-            tensors = [
-                torch.randn(x_shape, **kw),
-                torch.randn(w_shape, **kw) / math.sqrt(w_shape[1]),
-                torch.randn(b_shape, **kw) * 0.1,
-            ]
-        elif self.op == "bias_leaky_relu":  # conv maps (N, C, H, W) and their bias (C,)
-            tensors = [torch.randn(self.shapes[0], **kw), torch.randn(self.shapes[1], **kw) * 0.1]
-        elif self.op == "gradient_penalty":
-            tensors = [torch.randn(self.shapes[0], **kw) / math.sqrt(math.prod(self.shapes[0][1:]))]
-        else:  # logits / critic scores
-            tensors = [torch.randn(s, **kw) * 2 for s in self.shapes]
-        return tuple(t.to(self.dtype).requires_grad_(requires_grad) for t in tensors)
+        """The seeded inputs `ganplug bench` times for the same op and shapes."""
+        row = KernelRow(self.op, "fwd+bwd" if requires_grad else "fwd", self.label, self.shapes, self.device, self.dtype, 0)
+        return row.inputs()
 
 
 def _configs() -> list[tuple[str, torch.dtype]]:

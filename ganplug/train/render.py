@@ -50,6 +50,13 @@ def _cpu_float(samples: torch.Tensor) -> torch.Tensor:
     return samples.detach().to("cpu", torch.float32)
 
 
+def _unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """``x`` with ``value_range`` (default: its min..max) mapped to 0..1, clamped, NaN as 0."""
+    low, high = (float(v) for v in value_range) if value_range is not None else (float(x.min()), float(x.max()))
+    scale = high - low if high > low else 1.0
+    return torch.nan_to_num(((x - low) / scale).clamp_(0.0, 1.0), nan=0.0)
+
+
 def render_images(
     samples: torch.Tensor,
     value_range: tuple[float, float] | None = (-1.0, 1.0),
@@ -67,13 +74,7 @@ def render_images(
         x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise GanplugError(f"cannot draw images of shape {tuple(samples.shape)}: expected (N, 1 or 3, H, W)")
-    if value_range is not None:
-        low, high = float(value_range[0]), float(value_range[1])
-    else:
-        low, high = float(x.min()), float(x.max())
-    scale = high - low if high > low else 1.0
-    x = ((x - low) / scale).clamp_(0.0, 1.0)
-    x = torch.nan_to_num(x, nan=0.0)
+    x = _unit(x, value_range)
     factor = max(1, math.ceil(min_side / max(1, min(x.shape[-2:]))))
     if factor > 1:
         x = x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
@@ -162,10 +163,7 @@ def image_bytes(samples: torch.Tensor, value_range: tuple[float, float] | None =
         raise UsageError(
             f"samples of shape {tuple(samples.shape[1:])} are not images: write one .png picture, .npy or .pt instead"
         )
-    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
-    scale = float(high) - float(low) if float(high) > float(low) else 1.0
-    pixels = torch.nan_to_num((x - float(low)) / scale, nan=0.0).clamp_(0.0, 1.0)
-    pixels = pixels.mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = _unit(x, value_range).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [png_bytes(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)) for image in pixels]
 
 
