@@ -363,13 +363,13 @@ class LossPlot(Callback):
         metrics = self.run_dir / METRICS
         if not self.writes or not metrics.is_file() or metrics.stat().st_size == 0:
             return
-        try:
-            from ganplug.plots import write_loss_plot
+        from ganplug.plots import LOSSES, write_loss_plot
 
+        try:
             write_loss_plot(self.run_dir)
         except Exception as error:  # noqa: BLE001 - a picture is not worth a run
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            trainer.progress.message(f"warning: could not draw {self.run_dir / 'losses.png'}: {type(error).__name__}: {first}")
+            trainer.progress.message(f"warning: could not draw {self.run_dir / LOSSES}: {type(error).__name__}: {first}")
 
 
 __all__ = [
