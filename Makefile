@@ -1,5 +1,5 @@
 # One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
-#   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled digits
+#   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled MNIST digits
 #   make test    the test suite (ganplug and the example plugin in plugins/)
 #   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
 #                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")

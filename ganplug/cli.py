@@ -135,10 +135,12 @@ def _list_kind(registry, kind) -> None:
 
 
 def _format_defaults(defaults) -> str:
-    """``steps=6000, ema=0.999, mlp: g_widths=64,64 ...`` for ``ganplug list datasets``."""
-    parts = [f"{key}={value}" for key, value in defaults.items() if key != "arch_options"]
-    for arch, options in defaults.get("arch_options", {}).items():
-        parts.append(f"{arch}: " + " ".join(f"{key}={value}" for key, value in options.items()))
+    """``steps=6000, ema=0.999, mlp: g_widths=64,64 ..., wasserstein: n_critic=2 ...`` for
+    ``ganplug list datasets`` (architecture options, then loss recipes)."""
+    parts = [f"{key}={value}" for key, value in defaults.items() if key not in ("arch_options", "loss_recipes")]
+    for table in ("arch_options", "loss_recipes"):
+        for name, options in defaults.get(table, {}).items():
+            parts.append(f"{name}: " + " ".join(f"{key}={value}" for key, value in options.items()))
     return ", ".join(parts)
 
 
@@ -148,17 +150,17 @@ def _train_options(func):
     options = [
         click.option("--arch", shell_complete=_complete_names("architecture"), help="Architecture [default: dcgan]; see `ganplug list archs`."),
         click.option("--loss", shell_complete=_complete_names("loss"), help="Loss [default: wasserstein]; see `ganplug list losses`."),
-        click.option("--dataset", shell_complete=_complete_names("dataset"), help="Dataset [default: digits]; see `ganplug list datasets`."),
+        click.option("--dataset", shell_complete=_complete_names("dataset"), help="Dataset [default: mnist5k]; see `ganplug list datasets`."),
         click.option("--arch-opt", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable)."),
         click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option (repeatable)."),
         click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Dataset option (repeatable)."),
         click.option("--steps", type=int, help="Generator updates [default: the dataset's, else 2000]."),
         click.option("--batch-size", type=int, help="Samples per batch [default: the dataset's, else 64]."),
-        click.option("--n-critic", type=int, help="Critic updates per generator update [default: the loss's]."),
+        click.option("--n-critic", type=int, help="Critic updates per generator update [default: the dataset's recipe for the loss, else the loss's]."),
         click.option("--pack", type=int, metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: the dataset's, else 1]."),
         click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
-        click.option("--lr-g", type=float, help="Generator learning rate [default: the loss's]."),
-        click.option("--lr-d", type=float, help="Critic learning rate [default: the loss's]."),
+        click.option("--lr-g", type=float, help="Generator learning rate [default: the dataset's recipe for the loss, else the loss's]."),
+        click.option("--lr-d", type=float, help="Critic learning rate [default: the dataset's recipe for the loss, else the loss's]."),
         click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
         click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: the dataset's, else none]."),
         click.option("--latent-dim", type=int, help="Size of z [default: 64 for images, 8 otherwise]."),
@@ -215,12 +217,17 @@ def _parse_betas(text: str) -> tuple[float, float]:
     return (b1, b2)
 
 
-def apply_dataset_defaults(config, dataset_spec, arch_name: str, set_here: set[str]) -> None:
+def apply_dataset_defaults(config, dataset_spec, arch_name: str, loss_name: str, set_here: set[str]) -> None:
     """Fill the knobs of ``config`` that neither --config nor the command line set (``set_here``)
-    from ``dataset_spec.defaults``; its ``arch_options`` for ``arch_name`` sit below the user's."""
+    from ``dataset_spec.defaults``; its ``arch_options`` for ``arch_name`` sit below the user's,
+    its ``loss_recipes`` for ``loss_name`` above the loss's own recipe."""
     for key, value in dataset_spec.defaults.items():
         if key == "arch_options":
             config.arch_options = {**dict(value.get(arch_name, {})), **config.arch_options}
+        elif key == "loss_recipes":
+            for field_name, setting in dict(value.get(loss_name, {})).items():
+                if field_name not in set_here:
+                    setattr(config, field_name, tuple(setting) if field_name == "betas" else setting)
         elif key not in set_here:
             setattr(config, key, value)
 
@@ -263,7 +270,9 @@ def build_config(given: dict[str, Any]):
         "data_options": registry.resolve("dataset", config.dataset),
     }
     set_here = {key for key in values} | {key for key, value in given.items() if value is not None}
-    apply_dataset_defaults(config, specs["data_options"], specs["arch_options"].name, set_here)
+    apply_dataset_defaults(
+        config, specs["data_options"], specs["arch_options"].name, specs["loss_options"].name, set_here
+    )
     for key, (attribute, option, cli_flag) in SHORTHANDS.items():
         if given.get(key) is None:
             continue

@@ -175,10 +175,13 @@ class Recipe:
     betas: tuple[float, float] = (0.5, 0.999)
 
 
-# What a dataset's ``defaults`` may set: training knobs that depend on the data. The loss's recipe
-# (optimiser, learning rates, betas, critic steps) stays the loss's. ``arch_options`` is
-# ``{architecture name: {option: value}}``.
-DATASET_DEFAULT_KEYS = frozenset({"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options"})
+# What a dataset's ``defaults`` may set: training knobs that depend on the data. ``arch_options`` is
+# ``{architecture name: {option: value}}``; ``loss_recipes`` is ``{loss name: {recipe field: value}}``
+# (fields of :class:`Recipe`), which replaces those fields of that loss's recipe on this data.
+DATASET_DEFAULT_KEYS = frozenset(
+    {"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options", "loss_recipes"}
+)
+RECIPE_KEYS = frozenset({"n_critic", "optimizer", "lr_g", "lr_d", "betas"})
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,13 @@ class DatasetSpec(_Spec):
                 f"dataset {self.name!r}: defaults {unknown} are not settable by a dataset "
                 f"(it may set: {', '.join(sorted(DATASET_DEFAULT_KEYS))})"
             )
+        for loss, recipe in dict(self.defaults.get("loss_recipes", {})).items():
+            wrong = sorted(set(recipe) - RECIPE_KEYS)
+            if wrong:
+                raise ValueError(
+                    f"dataset {self.name!r}: loss_recipes[{loss!r}] sets {wrong}, which are no recipe fields "
+                    f"(a recipe has: {', '.join(sorted(RECIPE_KEYS))})"
+                )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

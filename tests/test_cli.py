@@ -105,7 +105,7 @@ def test_config_precedence(tmp_path: Path):
     config = build_config(
         {"config_file": str(config_file), "steps": 7, "arch_opt": ("width=8",), "label_smoothing": 0.1}
     )
-    assert (config.arch, config.loss, config.dataset) == ("dcgan", "bce", "digits")
+    assert (config.arch, config.loss, config.dataset) == ("dcgan", "bce", "mnist5k")
     assert config.steps == 7  # command line wins
     assert config.batch_size == 32  # from the file
     assert config.arch_options == {"width": 8, "critic_norm": "auto", "slope": 0.1}
@@ -126,8 +126,21 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
     assert config.arch_options == {"g_widths": "32", "d_widths": "256,256,256", "dropout": 0.1, "slope": 0.2,
                                    "d_input_scale": 30.0}
     # datasets without defaults, and architectures the dataset has no options for, keep the plain defaults
-    digits = build_config({})
+    digits = build_config({"dataset": "digits"})
     assert (digits.steps, digits.batch_size, digits.pack, digits.ema) == (2000, 64, 1, 0.0)
+
+
+def test_a_dataset_recipe_for_the_loss_sits_above_the_loss_recipe_and_below_the_user(tmp_path: Path):
+    bare = build_config({"arch": "dcgan", "loss": "wasserstein"})  # the main job: mnist5k
+    assert (bare.dataset, bare.steps, bare.n_critic, bare.lr_g, bare.lr_d) == ("mnist5k", 1500, 2, 2e-4, 2e-4)
+    assert bare.betas is None  # not in the dataset's recipe: the loss's (0, 0.9)
+    other_loss = build_config({"loss": "bce"})
+    assert (other_loss.n_critic, other_loss.lr_g) == (None, None)  # the recipe is per loss
+    user = build_config({"loss": "wasserstein", "n_critic": 5, "lr_g": 1e-4})
+    assert (user.n_critic, user.lr_g, user.lr_d) == (5, 1e-4, 2e-4)
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("n_critic = 3\n")
+    assert build_config({"config_file": str(config_file)}).n_critic == 3
 
 
 def test_list_shows_dataset_defaults(capsys):
@@ -139,11 +152,13 @@ def test_list_shows_dataset_defaults(capsys):
     assert ring8["defaults"]["pack"] == 2 and ring8["defaults"]["arch_options"]["mlp"]["d_input_scale"] == 30.0
 
 
-def test_a_dataset_may_not_default_the_loss_recipe():
+def test_a_dataset_sets_loss_recipes_only_through_loss_recipes():
     from ganplug.plugin import DatasetSpec
 
     with pytest.raises(ValueError, match=r"defaults \['lr_g'\] are not settable by a dataset"):
         DatasetSpec(name="x", summary="", factory="m:f", defaults={"lr_g": 1e-3})
+    with pytest.raises(ValueError, match=r"loss_recipes\['bce'\] sets \['steps'\], which are no recipe fields"):
+        DatasetSpec(name="x", summary="", factory="m:f", defaults={"loss_recipes": {"bce": {"steps": 9}}})
 
 
 def test_config_file_with_unknown_keys(tmp_path: Path, capsys):

@@ -1,8 +1,9 @@
 """The run configuration: every knob of ``ganplug train``, torch-free so the CLI stays fast.
 
-Precedence, highest first: command-line options, ``--config FILE.toml``, the loss's recipe
-(n_critic, optimiser, learning rates, betas), the dataset's latent default, then the defaults
-below. ``None`` means "not set here; take it from the next layer".
+Precedence, highest first: command-line options, ``--config FILE.toml``, the dataset's
+``defaults`` (applied by the CLI; its ``loss_recipes`` entry for the chosen loss included), the
+loss's recipe (n_critic, optimiser, learning rates, betas), the dataset's latent default, then the
+defaults below. ``None`` means "not set here; take it from the next layer".
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SPEC_KIND = {"arch_options": "architecture", "loss_options": "loss", "data_optio
 class TrainConfig:
     arch: str = "dcgan"
     loss: str = "wasserstein"
-    dataset: str = "digits"
+    dataset: str = "mnist5k"
     arch_options: dict[str, Any] = field(default_factory=dict)
     loss_options: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=dict)
