@@ -217,7 +217,7 @@ def test_shell_completion_of_names():
 # -- train / sample end to end ------------------------------------------------------------------
 
 TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
-        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "-q"]
+        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--device", "cpu", "-q"]
 
 
 @pytest.fixture

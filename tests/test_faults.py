@@ -20,7 +20,7 @@ from ganplug import registry as registry_module
 from ganplug.registry import Registry
 
 TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
-        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--log-every", "1", "-q"]
+        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--log-every", "1", "--device", "cpu", "-q"]
 
 
 # -- plugins as installed distributions --------------------------------------------------------
