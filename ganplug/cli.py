@@ -101,7 +101,11 @@ def list_command(kind: str | None, as_json: bool) -> None:
     registry = get_registry()
     if as_json:
         described = {
-            k.plural: [{"plugin": e.plugin, **e.spec.describe()} for e in registry.entries(k.name)] for k in kinds
+            k.plural: [
+                {"plugin": e.plugin, **e.spec.describe(), **({"recipe": _recipe_of(e.spec)} if k.name == "loss" else {})}
+                for e in registry.entries(k.name)
+            ]
+            for k in kinds
         }
         _echo_json(described[kinds[0].plural] if kind else described)
         return
@@ -132,6 +136,23 @@ def _list_kind(registry, kind) -> None:
         defaults = getattr(spec, "defaults", None)
         if defaults:
             click.echo(f"    training defaults: {_format_defaults(defaults)}")
+        if kind.name == "loss":
+            recipe = _recipe_of(spec)
+            text = ", ".join(f"{key}={value}" for key, value in recipe.items()) if isinstance(recipe, dict) else recipe
+            click.echo(f"    recipe: {text}")
+
+
+def _recipe_of(spec) -> dict[str, Any] | str:
+    """The training recipe of loss ``spec`` built with its default options (``{"n_critic", "optimizer",
+    "lr_g", "lr_d", "betas"}``), or why it could not be built."""
+    from ganplug.registry import call_factory
+
+    try:
+        recipe = call_factory("loss", spec, **spec.resolve_options({})).recipe
+    except GanplugError as error:
+        return f"unavailable ({error})"
+    return {"n_critic": recipe.n_critic, "optimizer": recipe.optimizer, "lr_g": recipe.lr_g, "lr_d": recipe.lr_d,
+            "betas": list(recipe.betas)}
 
 
 def _format_defaults(defaults) -> str:

@@ -4,13 +4,18 @@ A loss computes the critic's logits itself, so it can add penalties that need th
 samples (WGAN-GP). Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns
 logits ``(N,)``, or ``(N / M,)`` when it packs M samples (PacGAN, ``pack`` = M). Every loss
 returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of detached 0-d tensors that the
-trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ...).
+trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ``r1``, ...).
+
+In a conditional run the critic the losses receive is bound to the batch's class labels (fake
+samples are drawn for the labels of the real batch), so every loss works unchanged; the labels are
+its ``labels`` attribute, ``(N,)`` int64, for a loss that wants them.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -38,11 +43,27 @@ class GANLoss:
         raise NotImplementedError
 
     def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The generator's loss on generated samples (gradients flow into the generator)."""
+        """The generator's loss on generated samples (gradients flow into the generator).
+
+        A loss whose method declares a parameter ``real`` (``generator_loss(self, critic, fake,
+        real)``) is also given the real batch of the step's last critic update (relativistic
+        losses); one without it is called as above."""
         raise NotImplementedError
 
     def after_critic_step(self, critic: torch.nn.Module) -> None:
         """Called after each optimiser step of the critic (weight clipping lives here)."""
+
+    # Optional: a loss with state that must survive a resume (a counter, an adaptive weight)
+    # defines ``state_dict() -> dict`` and ``load_state_dict(dict)``; the trainer saves it in
+    # checkpoints and restores it on resume and when a step is rolled back.
+
+
+def takes_real_batch(loss: Any) -> bool:
+    """Whether ``loss.generator_loss`` declares a ``real`` parameter (see :class:`GANLoss`)."""
+    try:
+        return "real" in inspect.signature(loss.generator_loss).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,14 +99,72 @@ def _mean(scores: Tensor) -> Tensor:
     return scores.detach().float().mean()
 
 
-class _LabelledBCELoss(GANLoss):
+def input_gradient_norms(critic: Critic, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i ||grad_x D(x)_i||^2 over
+    its scores (the fused gradient-penalty op with target 0), differentiable in the critic's
+    parameters (double backward). A packing critic's norms each cover a whole pack."""
+    x = x.detach().requires_grad_(True)
+    scores = critic(x)
+    (grads,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+    return scores, ops.gradient_penalty(grads.reshape(scores.shape[0], -1), 0.0)
+
+
+class ZeroCentredPenalties:
+    """R1 and R2 (Mescheder et al. 2018): ``r1 / 2 * mean ||grad_x D(x)||^2`` on the real batch and
+    ``r2 / 2 * ...`` on the generated one, added to the critic's loss. ``r1_every`` = k > 1 makes
+    them lazy (Karras et al. 2020): computed on every k-th critic update only, weighted by k.
+    Stats ``r1`` / ``r2``: the mean squared norms before their weight, on the updates that
+    compute them. The count of critic updates is the loss's state (saved in checkpoints)."""
+
+    def init_penalties(self, name: str, r1: float, r2: float, r1_every: int) -> None:
+        self.r1 = _number(name, "r1", r1)
+        self.r2 = _number(name, "r2", r2)
+        _check(name, "r1", r1, self.r1 >= 0.0, ">= 0")
+        _check(name, "r2", r2, self.r2 >= 0.0, ">= 0")
+        ok = isinstance(r1_every, int) and not isinstance(r1_every, bool) and r1_every >= 1
+        _check(name, "r1_every", r1_every, ok, "an integer >= 1")
+        self.r1_every = r1_every
+        self.critic_updates = 0
+        self.penalises_critic_gradient = self.r1 > 0.0 or self.r2 > 0.0
+
+    def penalty_repr(self) -> str:
+        return f"r1={self.r1}, r2={self.r2}, r1_every={self.r1_every}"
+
+    def penalised_scores(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor | float, dict[str, Tensor]]:
+        """``(real_scores, fake_scores, weighted penalty, stats)`` of one critic update."""
+        due = self.critic_updates % self.r1_every == 0
+        self.critic_updates += 1
+        penalty: Tensor | float = 0.0
+        stats: dict[str, Tensor] = {}
+        scores = []
+        for x, gamma, stat in ((real, self.r1, "r1"), (fake, self.r2, "r2")):
+            if due and gamma > 0.0:
+                x_scores, norms = input_gradient_norms(critic, x)
+                penalty = penalty + (0.5 * gamma * self.r1_every) * norms
+                stats[stat] = norms.detach().float()
+            else:
+                x_scores = critic(x)
+            scores.append(x_scores)
+        return scores[0], scores[1], penalty, stats
+
+    def state_dict(self) -> dict[str, int]:
+        return {"critic_updates": self.critic_updates}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.critic_updates = int(state["critic_updates"])
+
+
+class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
     """The cross-entropy critic shared by ``bce`` and ``minimax``, with one-sided label smoothing
     (real target 1 - s) and label noise (each of D's targets flipped with probability p)."""
 
     name = "bce"
     recipe = _DCGAN_RECIPE
 
-    def __init__(self, label_smoothing: float = 0.0, label_noise: float = 0.0) -> None:
+    def __init__(
+        self, label_smoothing: float = 0.0, label_noise: float = 0.0, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1
+    ) -> None:
+        self.init_penalties(self.name, r1, r2, r1_every)
         smoothing = _number(self.name, "label_smoothing", label_smoothing)
         noise = _number(self.name, "label_noise", label_noise)
         _check(self.name, "label_smoothing", label_smoothing, 0.0 <= smoothing < 0.5, "in [0, 0.5)")
@@ -96,7 +175,7 @@ class _LabelledBCELoss(GANLoss):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(label_smoothing={self.label_smoothing}, "
-            f"label_noise={self.label_noise})"
+            f"label_noise={self.label_noise}, {self.penalty_repr()})"
         )
 
     def discriminator_targets(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[float | Tensor, float | Tensor]:
@@ -115,17 +194,18 @@ class _LabelledBCELoss(GANLoss):
         return real_t, fake_t
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        real_logits = critic(real)
-        fake_logits = critic(fake)
+        real_logits, fake_logits, penalty, stats = self.penalised_scores(critic, real, fake)
         real_target, fake_target = self.discriminator_targets(real_logits, fake_logits)
-        loss = ops.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
-        return loss, {"d_real": _mean_sigmoid(real_logits), "d_fake": _mean_sigmoid(fake_logits)}
+        loss = ops.discriminator_bce(real_logits, fake_logits, real_target, fake_target) + penalty
+        return loss, {"d_real": _mean_sigmoid(real_logits), "d_fake": _mean_sigmoid(fake_logits), **stats}
 
 
 class NonSaturatingLoss(_LabelledBCELoss):
     """``bce``: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0); G minimises -mean log D(G(z)).
 
-    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``).
+    Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
+    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``),
+    ``r1``/``r2`` when on.
     """
 
     name = "bce"
@@ -217,31 +297,73 @@ class WassersteinLoss(GANLoss):
                 parameter.clamp_(-self.clip, self.clip)
 
 
-class HingeLoss(GANLoss):
+def _float32(scores: Tensor) -> Tensor:
+    """Half-precision scores as float32 (as the fused losses compute under autocast)."""
+    return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+
+
+class HingeLoss(ZeroCentredPenalties, GANLoss):
     """``hinge``: D minimises mean relu(1 - D(x)) + mean relu(1 + D(G(z))), G minimises
     -mean D(G(z)) (Lim & Ye 2017; Miyato et al. 2018).
 
-    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``).
+    Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
+    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``),
+    ``r1``/``r2`` when on.
     """
 
     name = "hinge"
     recipe = _DCGAN_RECIPE
 
+    def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
+        self.init_penalties(self.name, r1, r2, r1_every)
+
     def __repr__(self) -> str:
-        return "HingeLoss()"
+        return f"HingeLoss({self.penalty_repr()})"
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        real_scores = critic(real)
-        fake_scores = critic(fake)
-        # Computed in float32 under autocast, as the fused losses are.
-        r = real_scores.float() if real_scores.dtype in (torch.float16, torch.bfloat16) else real_scores
-        f = fake_scores.float() if fake_scores.dtype in (torch.float16, torch.bfloat16) else fake_scores
-        loss = torch.relu(1.0 - r).mean() + torch.relu(1.0 + f).mean()
-        return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores)}
+        real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)
+        r, f = _float32(real_scores), _float32(fake_scores)
+        loss = torch.relu(1.0 - r).mean() + torch.relu(1.0 + f).mean() + penalty
+        return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores), **stats}
 
     def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         fake_scores = critic(fake)
         return ops.wasserstein_generator_loss(fake_scores), {"fake_score": _mean(fake_scores)}
 
 
-__all__ = ["GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "WassersteinLoss"]
+class RelativisticLoss(ZeroCentredPenalties, GANLoss):
+    """``relativistic``: the paired relativistic GAN (RpGAN; Jolicoeur-Martineau 2018): D minimises
+    mean softplus(-(D(x_i) - D(G(z_i)))), G minimises mean softplus(-(D(G(z_i)) - D(x_i))) on the
+    real batch of the step (pairs i of the two batches; both through the fused BCE op). With R1
+    and R2 (``--loss-opt r1=γ --loss-opt r2=γ``) it is the objective of R3GAN (Huang et al. 2024).
+
+    Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
+    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``),
+    ``r1``/``r2`` when on.
+    """
+
+    name = "relativistic"
+    recipe = _DCGAN_RECIPE
+
+    def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
+        self.init_penalties(self.name, r1, r2, r1_every)
+
+    def __repr__(self) -> str:
+        return f"RelativisticLoss({self.penalty_repr()})"
+
+    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)
+        loss = ops.generator_bce(_float32(real_scores) - _float32(fake_scores)) + penalty
+        return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores), **stats}
+
+    def generator_loss(self, critic: Critic, fake: Tensor, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        fake_scores = critic(fake)
+        real_scores = critic(real.detach())
+        loss = ops.generator_bce(_float32(fake_scores) - _float32(real_scores))
+        return loss, {"fake_score": _mean(fake_scores)}
+
+
+__all__ = [
+    "GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "RelativisticLoss", "WassersteinLoss",
+    "ZeroCentredPenalties", "input_gradient_norms", "takes_real_batch",
+]

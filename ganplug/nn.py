@@ -78,3 +78,16 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018), in place, of every convolution, linear layer
+    and embedding in ``module`` (the fused ones included): each weight W is used as W / sigma(W),
+    sigma estimated by one power iteration per training forward (its vectors are buffers, so
+    checkpoints keep them). Call it after initialising the weights. Returns ``module``."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            spectral_norm(layer)
+    return module

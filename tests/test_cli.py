@@ -370,3 +370,14 @@ def test_a_misspelled_name_fails_before_torch_loads():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_list_losses_shows_each_recipe(capsys):
+    code, out, _ = run_main(capsys, "list", "losses")
+    assert code == 0
+    wasserstein = out[out.index("\nwasserstein"):out.index("\nhinge")]
+    assert "    recipe: n_critic=5, optimizer=adam, lr_g=0.0001, lr_d=0.0001, betas=[0.0, 0.9]" in wasserstein
+    code, out, _ = run_main(capsys, "list", "losses", "--json")
+    recipes = {d["name"]: d["recipe"] for d in json.loads(out)}
+    assert recipes["bce"] == {"n_critic": 1, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999]}
+    assert recipes["relativistic"]["n_critic"] == 1

@@ -9,7 +9,7 @@ from torch import nn
 
 from ganplug.builtins import ganplug_losses
 from ganplug.errors import GanplugError
-from ganplug.losses import GANLoss, HingeLoss, MinimaxLoss, NonSaturatingLoss, WassersteinLoss
+from ganplug.losses import GANLoss, HingeLoss, MinimaxLoss, NonSaturatingLoss, RelativisticLoss, WassersteinLoss
 from ganplug.plugin import Recipe
 
 
@@ -317,7 +317,8 @@ def test_option_validation(make, words):
 
 def test_every_builtin_loss_spec_builds_with_its_defaults():
     specs = {spec.name: spec for spec in ganplug_losses()}
-    expected = {"bce": NonSaturatingLoss, "minimax": MinimaxLoss, "wasserstein": WassersteinLoss, "hinge": HingeLoss}
+    expected = {"bce": NonSaturatingLoss, "minimax": MinimaxLoss, "wasserstein": WassersteinLoss, "hinge": HingeLoss,
+                "relativistic": RelativisticLoss}
     assert set(specs) == set(expected)
     for name, spec in specs.items():
         loss_fn = spec.load()(**spec.resolve_options({}))

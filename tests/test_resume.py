@@ -37,6 +37,17 @@ CONFIGS = {
         arch="dcgan", loss="bce", dataset="digits", arch_options={"width": 8},
         loss_options={"label_noise": 0.1}, data_options={"image_size": 16}, ema=0.9,
     ),
+    # spectral norm's power-iteration buffers, and lazy R1 whose schedule crosses the resume
+    "dcgan-hinge-spectral-lazy-r1-digits": dict(
+        arch="dcgan", loss="hinge", dataset="digits", arch_options={"width": 8, "critic_norm": "spectral"},
+        loss_options={"r1": 1.0, "r1_every": 2}, data_options={"image_size": 16}, ema=0.9,
+    ),
+    # the generator's loss takes the real batch; R2 on the fakes
+    "mlp-relativistic-spectral-ring8": dict(
+        arch="mlp", loss="relativistic", dataset="ring8",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16", "critic_norm": "spectral"},
+        loss_options={"r1": 0.5, "r2": 0.5}, data_options={"size": 200}, ema=0.9,
+    ),
 }
 N = 3
 COMMON = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=11)
@@ -69,7 +80,10 @@ def assert_same(a, b, where="checkpoint"):
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-COMPARED = ("step", "generator", "discriminator", "ema", "optimizer_g", "optimizer_d", "rng", "data_order", "fixed_noise", "model")
+COMPARED = (
+    "step", "generator", "discriminator", "ema", "optimizer_g", "optimizer_d", "rng", "data_order", "fixed_noise", "model",
+    "loss_state",
+)
 
 
 def assert_same_run(run_a: Path, run_b: Path) -> None:

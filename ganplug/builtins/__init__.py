@@ -22,6 +22,10 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
                 Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
                 _SLOPE,
                 Option("d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"),
+                Option(
+                    "critic_norm", str, "none", "spectral: spectral normalisation of D's weights (Miyato et al. 2018)",
+                    choices=("none", "spectral"),
+                ),
             ),
         ),
         ArchitectureSpec(
@@ -34,8 +38,9 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
                     "critic_norm",
                     str,
                     "auto",
-                    "normalisation in D: auto = batch, or layer under a gradient penalty",
-                    choices=("auto", "batch", "layer", "none"),
+                    "normalisation in D: auto = batch, or layer under a gradient penalty; spectral = "
+                    "spectral normalisation of D's weights (Miyato et al. 2018)",
+                    choices=("auto", "batch", "layer", "none", "spectral"),
                 ),
                 _SLOPE,
             ),
@@ -43,9 +48,15 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
     ]
 
 
+_PENALTIES = (
+    Option("r1", float, 0.0, "R1: weight γ of γ/2·E||∇D(x)||² on real samples (Mescheder et al. 2018); 0 = off"),
+    Option("r2", float, 0.0, "R2: the same on generated samples; 0 = off"),
+    Option("r1_every", int, 1, "lazy R1/R2: every k-th critic update, weighted by k (StyleGAN2)"),
+)
 _LABELS = (
     Option("label_smoothing", float, 0.0, "one-sided: real targets become 1 - s"),
     Option("label_noise", float, 0.0, "probability of flipping each target of D"),
+    *_PENALTIES,
 )
 
 
@@ -85,6 +96,14 @@ def ganplug_losses() -> list[LossSpec]:
             name="hinge",
             summary="hinge loss for D, -D(G(z)) for G (Lim & Ye 2017; Miyato et al. 2018)",
             factory="ganplug.losses:HingeLoss",
+            options=_PENALTIES,
+        ),
+        LossSpec(
+            name="relativistic",
+            summary="paired relativistic GAN, RpGAN (Jolicoeur-Martineau 2018); with r1 and r2 the R3GAN objective",
+            factory="ganplug.losses:RelativisticLoss",
+            options=_PENALTIES,
+            aliases=("rpgan",),
         ),
     ]
 

@@ -8,7 +8,8 @@ ConvTranspose2d stages halving the channels (BatchNorm+ReLU between) -> (N, C, S
 bounded.
 D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each,
 normalised from the second on (conv -> norm -> LeakyReLU; a stage without a norm is one
-FusedConv2dLeakyReLU) -> flatten -> linear projection -> logits (N,).
+FusedConv2dLeakyReLU) -> flatten -> linear projection -> logits (N,). ``critic_norm=spectral``:
+no norm layers, every weight of D spectrally normalised (Miyato et al. 2018).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from ganplug.errors import GanplugError
 from ganplug.models.mlp import check_context
-from ganplug.nn import FusedConv2dLeakyReLU
+from ganplug.nn import FusedConv2dLeakyReLU, spectral_normalise
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -132,8 +133,13 @@ def build(
             "dcgan option critic_norm=batch conflicts with this loss's gradient penalty (BatchNorm couples the "
             "samples the penalty treats independently; Gulrajani et al. 2017): use --arch-opt critic_norm=layer"
         )
-    elif critic_norm not in ("batch", "layer", "none"):
-        raise GanplugError(f"dcgan option critic_norm={critic_norm!r}: expected one of auto, batch, layer, none")
+    elif critic_norm not in ("batch", "layer", "none", "spectral"):
+        raise GanplugError(
+            f"dcgan option critic_norm={critic_norm!r}: expected one of auto, batch, layer, none, spectral"
+        )
     generator = DCGANGenerator(ctx.latent_dim, channels, side, stages, width, ctx.bounded)
-    discriminator = DCGANDiscriminator(channels, side, stages, width, slope, critic_norm)
-    return init_dcgan_weights(generator), init_dcgan_weights(discriminator)
+    spectral = critic_norm == "spectral"
+    discriminator = DCGANDiscriminator(channels, side, stages, width, slope, "none" if spectral else critic_norm)
+    init_dcgan_weights(generator)  # G first: the order of the draws, so old runs start alike
+    init_dcgan_weights(discriminator)
+    return generator, spectral_normalise(discriminator) if spectral else discriminator

@@ -4,6 +4,8 @@ G: z (N, latent_dim) -> 256 -> 512 -> 1024 -> (N, *data_shape), tanh when bounde
 D: x (N, *data_shape) -> flatten -> 256 -> 128 -> 64 -> logits (N,), dropout after each hidden
 layer, then a linear projection. Works for any data shape (vectors and images alike).
 
+``critic_norm=spectral`` normalises every weight of D spectrally (Miyato et al. 2018).
+
 ``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution.
 A ReLU-type MLP resolves structure finer than about 1/10 of its input's range only slowly, so
 on low-dimensional data with sharp modes (ring8: std 0.01 on the unit circle) a scale of 10-30
@@ -17,7 +19,7 @@ import math
 from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
-from ganplug.nn import Dropout, FusedLinearLeakyReLU
+from ganplug.nn import Dropout, FusedLinearLeakyReLU, spectral_normalise
 from ganplug.plugin import ModelContext
 
 
@@ -91,6 +93,7 @@ def build(
     dropout: float = 0.3,
     slope: float = 0.2,
     d_input_scale: float = 1.0,
+    critic_norm: str = "none",
 ) -> tuple[MLPGenerator, MLPDiscriminator]:
     """The (generator, discriminator) pair for ``ctx``; see the module docstring for the layers."""
     check_context("mlp", ctx)
@@ -104,8 +107,11 @@ def build(
         raise GanplugError(
             f"mlp option d_input_scale={d_input_scale} must be a number > 0; write e.g. --arch-opt d_input_scale=10"
         )
+    if critic_norm not in ("none", "spectral"):
+        raise GanplugError(f"mlp option critic_norm={critic_norm!r}: expected none or spectral")
     shape = tuple(ctx.data_shape)
+    discriminator = MLPDiscriminator(shape, d, slope, dropout, d_input_scale)
     return (
         MLPGenerator(ctx.latent_dim, shape, g, slope, ctx.bounded),
-        MLPDiscriminator(shape, d, slope, dropout, d_input_scale),
+        spectral_normalise(discriminator) if critic_norm == "spectral" else discriminator,
     )

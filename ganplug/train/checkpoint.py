@@ -12,6 +12,7 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
     data_order: {"epoch", "position", "size", "batch_size"}
     fixed_noise: (num_samples, latent_dim) float tensor
     skipped_steps: int (optional; steps dropped by on_nan="skip")
+    loss_state: the loss's ``state_dict()`` or None (optional; e.g. R1's count of critic updates)
     provenance: {kind: {"kind", "name", "plugin", "distribution", "version"}} (optional; which
         plugin provided the architecture, loss and dataset: resume and sample use the same)
 

@@ -74,7 +74,7 @@ class StepGuard:
         """Remember what the coming step changes before its first optimiser step; with ``skip``
         also the weights and optimiser states."""
         buffers = [b.detach().clone() for m in self._modules() for b in m.buffers()]
-        self._snapshot = (rng_state(self.device), self.stepper.order.state_dict(), buffers)
+        self._snapshot = (rng_state(self.device), self.stepper.order.state_dict(), buffers, self.stepper.loss_state())
         if self.on_nan == "skip":
             s = self.stepper
             clone = lambda module: {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -86,11 +86,12 @@ class StepGuard:
     def rollback(self) -> None:
         """Back to the state :meth:`begin` saw (valid while no parameter changed)."""
         assert self._snapshot is not None
-        rng, order, buffers = self._snapshot
+        rng, order, buffers, loss_state = self._snapshot
         with torch.no_grad():
             for live, saved in zip([b for m in self._modules() for b in m.buffers()], buffers):
                 live.copy_(saved)
         self.stepper.order.load_state_dict(order)
+        self.stepper.load_loss_state(loss_state)
         set_rng_state(rng, self.device)
         self.stepper.zero_grad()
 

@@ -2,7 +2,8 @@
 
 One *step* is one generator update: ``n_critic`` critic updates (each on a fresh real batch and
 ``G(z)`` of fresh noise, without gradients into G; then ``loss.after_critic_step(D)``), then one
-generator update with D's parameters frozen. With ``n_critic`` = 1 the generator update reuses the
+generator update with D's parameters frozen; a loss whose ``generator_loss`` takes ``real`` gets
+the real batch of the last critic update. With ``n_critic`` = 1 the generator update reuses the
 critic update's noise and ``G(z)`` (its graph kept; D sees it detached), as the PyTorch DCGAN
 example does: one G forward less per step, and the same gradient as a fresh forward of that noise,
 since G does not change in between. With ``n_critic`` > 1 the generator update draws fresh noise.
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from ganplug.errors import PluginError, UsageError
+from ganplug.losses import takes_real_batch
 from ganplug.train.build import PackedCritic, Run, draw_latent
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
@@ -119,6 +121,7 @@ class AdversarialStep:
         self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
         self.shard = world.shard(cfg.batch_size) if world is not None else None
         self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self.shard)
+        self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
 
     # -- state ---------------------------------------------------------------------------------
@@ -132,7 +135,17 @@ class AdversarialStep:
             "optimizer_g": self.opt_g.state_dict(),
             "optimizer_d": self.opt_d.state_dict(),
             "data_order": self.order.state_dict(),
+            "loss_state": self.loss_state(),
         }
+
+    def loss_state(self) -> dict[str, Any] | None:
+        """The loss's own state (see :class:`ganplug.losses.GANLoss`), or None when it has none."""
+        state_dict = getattr(self.loss, "state_dict", None)
+        return copy.deepcopy(state_dict()) if callable(state_dict) else None
+
+    def load_loss_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None and callable(getattr(self.loss, "load_state_dict", None)):
+            self.loss.load_state_dict(copy.deepcopy(state))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The inverse of :meth:`state_dict`; a checkpoint without EMA starts the EMA from G."""
@@ -147,6 +160,7 @@ class AdversarialStep:
             else:
                 self.ema = new_ema(self.G)
         self.order.load_state_dict(state["data_order"])
+        self.load_loss_state(state.get("loss_state"))
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -208,7 +222,10 @@ class AdversarialStep:
             with self.autocast():
                 if fake is None:
                     fake = G(self.batch_noise())
-                g_loss, g_stats = loss.generator_loss(critic, fake)
+                if self.generator_takes_real:
+                    g_loss, g_stats = loss.generator_loss(critic, fake, real=real)
+                else:
+                    g_loss, g_stats = loss.generator_loss(critic, fake)
                 g_stats = self.checked_stats(g_stats, "generator_loss")
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
