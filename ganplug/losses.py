@@ -116,6 +116,14 @@ class ZeroCentredPenalties:
     Stats ``r1`` / ``r2``: the mean squared norms before their weight, on the updates that
     compute them. The count of critic updates is the loss's state (saved in checkpoints)."""
 
+    name = "loss"
+
+    def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
+        self.init_penalties(self.name, r1, r2, r1_every)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.penalty_repr()})"
+
     def init_penalties(self, name: str, r1: float, r2: float, r1_every: int) -> None:
         self.r1 = _number(name, "r1", r1)
         self.r2 = _number(name, "r2", r2)
@@ -314,12 +322,6 @@ class HingeLoss(ZeroCentredPenalties, GANLoss):
     name = "hinge"
     recipe = _DCGAN_RECIPE
 
-    def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
-        self.init_penalties(self.name, r1, r2, r1_every)
-
-    def __repr__(self) -> str:
-        return f"HingeLoss({self.penalty_repr()})"
-
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)
         r, f = _float32(real_scores), _float32(fake_scores)
@@ -344,12 +346,6 @@ class RelativisticLoss(ZeroCentredPenalties, GANLoss):
 
     name = "relativistic"
     recipe = _DCGAN_RECIPE
-
-    def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
-        self.init_penalties(self.name, r1, r2, r1_every)
-
-    def __repr__(self) -> str:
-        return f"RelativisticLoss({self.penalty_repr()})"
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)
