@@ -109,7 +109,7 @@ def test_config_precedence(tmp_path: Path):
     assert config.steps == 7  # command line wins
     assert config.batch_size == 32  # from the file
     assert config.arch_options == {"width": 8, "critic_norm": "auto", "slope": 0.1}
-    assert config.loss_options == {"label_smoothing": 0.1, "label_noise": 0.0}
+    assert config.loss_options == {"label_smoothing": 0.1, "label_noise": 0.0, "r1": 0.0, "r2": 0.0, "r1_every": 1}
     assert config.lr_g is None  # left for the loss's recipe
 
 
@@ -124,7 +124,7 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
     config = build_config({"config_file": str(config_file), "pack": 1, "arch_opt": ("dropout=0.1",)})
     assert (config.steps, config.pack, config.batch_size) == (300, 1, 512)  # file, command line, dataset
     assert config.arch_options == {"g_widths": "32", "d_widths": "256,256,256", "dropout": 0.1, "slope": 0.2,
-                                   "d_input_scale": 30.0}
+                                   "d_input_scale": 30.0, "critic_norm": "none"}
     # datasets without defaults, and architectures the dataset has no options for, keep the plain defaults
     digits = build_config({"dataset": "digits"})
     assert (digits.steps, digits.batch_size, digits.pack, digits.ema) == (2000, 64, 1, 0.0)
