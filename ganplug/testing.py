@@ -294,7 +294,10 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     g_optimizer = torch.optim.SGD(generator.parameters(), lr=1e-2)
     before = _snapshot(generator)
     critic.zero_grad(set_to_none=True)
-    g_loss, _ = _check_result(spec, "generator_loss", loss_fn.generator_loss(critic, generator(z)))
+    from ganplug.losses import takes_real_batch
+
+    extra = {"real": real} if takes_real_batch(loss_fn) else {}  # as the trainer calls it
+    g_loss, _ = _check_result(spec, "generator_loss", loss_fn.generator_loss(critic, generator(z), **extra))
     g_loss.backward()
     _require(_any_gradient(generator), spec, "generator_loss gives the generator's parameters no gradient")
     g_optimizer.step()

@@ -114,7 +114,7 @@ def test_load_plugins_empty_means_builtins_only(lsgan_site, tmp_path):
     plugins = plugins_json(lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="")
     assert plugins["lsgan"]["status"] == "disabled"
     assert [name for name, info in plugins.items() if info["status"] == "ok"] == ["ganplug"]
-    assert names("losses", lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="") == {"bce", "minimax", "wasserstein", "hinge"}
+    assert names("losses", lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="") == {"bce", "minimax", "wasserstein", "hinge", "relativistic"}
     loaded = plugins_json(lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="lsgan")
     assert loaded["lsgan"]["status"] == "ok"
 

@@ -48,7 +48,7 @@ def test_builtins_register_through_the_hooks():
     builtin = reg.plugins[0]
     assert builtin.registers == {
         "architecture": ["mlp", "dcgan"],
-        "loss": ["bce", "minimax", "wasserstein", "hinge"],
+        "loss": ["bce", "minimax", "wasserstein", "hinge", "relativistic"],
         "dataset": ["gaussian", "ring8", "grid25", "digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"],
         "metric": ["modes", "gaussian-fit", "digits-quality", "mnist-quality", "inception"],
         "logger": ["tensorboard"],
