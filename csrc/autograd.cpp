@@ -342,7 +342,8 @@ at::Tensor wasserstein_generator_loss_autograd(const at::Tensor& fake) {
   return loss;
 }
 
-// Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i with r_i = ||g_i||; rows with r_i = 0 give 0.
+// Adjoint of dg_i = (2 grad / B) (1 - t / r_i) g_i with r_i = ||g_i||; rows with r_i = 0 give 0,
+// rows with a NaN norm NaN throughout (as the reference: "nonzero" is r != 0, true for NaN).
 class GradientPenaltyBackward : public torch::autograd::Function<GradientPenaltyBackward> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& gradients, double target) {
@@ -362,7 +363,7 @@ class GradientPenaltyBackward : public torch::autograd::Function<GradientPenalty
     const at::Tensor u = gradients.reshape_symint({rows, -1});
     const at::Tensor w = grads[0].reshape_symint({rows, -1});
     const at::Tensor r = u.norm(2, at::IntArrayRef{1}, /*keepdim=*/true);
-    const at::Tensor nonzero = r > 0;
+    const at::Tensor nonzero = r != 0;
     const at::Tensor zeros = at::zeros_like(r);
     const at::Tensor r_safe = at::where(nonzero, r, at::ones_like(r));
     const at::Tensor shrink = at::where(nonzero, 1 - r_safe.reciprocal() * target, zeros);
@@ -591,8 +592,15 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_autograd(const at:
 
 // Called directly (not from the loss kernels' forward), the *_and_grad ops are differentiable as
 // the loss op and its backward op at upstream 1 are.
+// The *_and_grad ops called with nothing to differentiate run their fused kernel (which names
+// itself in its errors); otherwise they are composed of the differentiable loss and backward ops.
 std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_autograd(const at::Tensor& logits, const OptTensor& target,
                                                               double target_value, double scale) {
+  if (!torch::autograd::compute_requires_grad(logits, target)) {
+    static const auto and_grad = find_op<AndGradOp>("ganplug::bce_loss_and_grad");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return and_grad.call(logits, target, target_value, scale);
+  }
   const at::Tensor loss = bce_loss_autograd(logits, target, target_value, scale);
   return {loss, BceLossBackward::apply(at::ones_like(loss), logits, target, target_value, scale)};
 }
@@ -600,6 +608,11 @@ std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_autograd(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_autograd(
     const at::Tensor& real, const at::Tensor& fake, const OptTensor& real_target, const OptTensor& fake_target,
     double real_value, double fake_value) {
+  if (!torch::autograd::compute_requires_grad(real, fake, real_target, fake_target)) {
+    static const auto and_grad = find_op<DiscriminatorAndGradOp>("ganplug::discriminator_bce_and_grad");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return and_grad.call(real, fake, real_target, fake_target, real_value, fake_value);
+  }
   const at::Tensor loss = discriminator_bce_autograd(real, fake, real_target, fake_target, real_value, fake_value);
   const variable_list g = DiscriminatorBceBackward::apply(at::ones_like(loss), real, fake, real_target, fake_target,
                                                           real_value, fake_value);

@@ -55,6 +55,16 @@ inline void check_score_args(const at::Tensor& real_scores, const at::Tensor& fa
   check_nonempty(fake_scores, op, "fake_scores");
 }
 
+// The upstream gradient `grad` of a scalar loss: on the device and of the dtype of the input
+// `like`, with one element. Autograd always passes it so; a direct torch.ops.ganplug call may not
+// (a CUDA kernel would read a CPU grad as a device pointer).
+inline void check_loss_grad(const at::Tensor& grad, const at::Tensor& like, const char* op,
+                            const char* like_name) {
+  check_like(grad, like, op, "grad", like_name);
+  TORCH_CHECK(grad.numel() == 1, op, ": grad must have one element (the upstream gradient of the scalar loss), got shape ",
+              grad.sizes());
+}
+
 inline void check_penalty_args(const at::Tensor& gradients, const char* op) {
   check_floating(gradients, op, "gradients");
   TORCH_CHECK(gradients.dim() >= 1, op, ": gradients need a batch dimension, got a 0-d tensor");

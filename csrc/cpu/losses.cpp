@@ -144,6 +144,7 @@ at::Tensor bce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logit
                                  const std::optional<at::Tensor>& target, double target_value,
                                  double scale) {
   check_bce_args(logits, target, "bce_loss_backward", "logits", "target");
+  check_loss_grad(grad, logits, "bce_loss_backward", "logits");
   const at::Tensor x = computable(logits), t = computable(target);
   const double coef = grad.item<double>() * scale / static_cast<double>(x.numel());
   return bce_grad(x, t, target_value, coef).to(logits.scalar_type());
@@ -197,6 +198,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cpu(
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
     double real_value, double fake_value) {
   const DiscriminatorArgs a("discriminator_bce_backward", real_logits, fake_logits, real_target, fake_target);
+  check_loss_grad(grad, real_logits, "discriminator_bce_backward", "real_logits");
   const double g = grad.item<double>();
   const at::ScalarType dtype = real_logits.scalar_type();
   return {bce_grad(a.real, a.real_target, real_value, g / static_cast<double>(a.real.numel())).to(dtype),
@@ -253,9 +255,11 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& gradients, double target) {
   return scalar_like(loss / static_cast<double>(rows), gradients);
 }
 
-// d/dg_i = grad * 2 (r_i - target) / (r_i B) * g_i, and 0 where r_i = 0 (as torch's norm).
+// d/dg_i = grad * 2 (r_i - target) / (r_i B) * g_i, and 0 where r_i = 0 (as torch's norm); a row
+// whose norm is NaN (a NaN in the row) is NaN throughout, as in the reference.
 at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad, const at::Tensor& gradients, double target) {
   check_penalty_args(gradients, "gradient_penalty_backward");
+  check_loss_grad(grad, gradients, "gradient_penalty_backward", "gradients");
   const at::Tensor g = computable(gradients);
   const int64_t rows = g.size(0), cols = g.numel() / rows;
   const double upstream = grad.item<double>();
@@ -268,7 +272,7 @@ at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad, const at::Tenso
     at::parallel_for(0, rows, row_grain(cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const double norm = norms[r];
-        const V coef(norm > 0 ? static_cast<scalar_t>(upstream * 2.0 * (norm - target) / (norm * rows)) : scalar_t(0));
+        const V coef(norm == 0 ? scalar_t(0) : static_cast<scalar_t>(upstream * 2.0 * (norm - target) / (norm * rows)));
         at::vec::map([coef](const V& v) { return coef * v; }, dgp + r * cols, gp + r * cols, cols);
       }
     });

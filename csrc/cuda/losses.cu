@@ -96,16 +96,17 @@ __global__ void gradient_penalty_kernel(const scalar_t* g, int64_t cols, at::opm
   grid_sum(dev * dev, partials, counter, out, acc_t(1) / static_cast<acc_t>(gridDim.x));
 }
 
-// One block per row: dg_r = grad * 2 (||g_r|| - target) / (||g_r|| B) * g_r, 0 where ||g_r|| = 0.
+// One block per row: dg_r = grad * 2 (||g_r|| - target) / (||g_r|| B) * g_r, 0 where ||g_r|| = 0
+// (as torch's norm backward); a NaN norm (a NaN in the row) makes the whole row NaN, as the reference.
 template <typename scalar_t>
 __global__ void gradient_penalty_backward_kernel(const scalar_t* g, scalar_t* dg, int64_t cols,
                                                  at::opmath_type<scalar_t> target, const scalar_t* grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t offset = int64_t{blockIdx.x} * cols;
   const acc_t norm = sqrt_(row_sq_norm(g + offset, cols));
-  const acc_t coef = norm > acc_t(0)
-      ? static_cast<acc_t>(*grad) * acc_t(2) * (norm - target) / (norm * static_cast<acc_t>(gridDim.x))
-      : acc_t(0);
+  const acc_t coef = norm == acc_t(0)
+      ? acc_t(0)
+      : static_cast<acc_t>(*grad) * acc_t(2) * (norm - target) / (norm * static_cast<acc_t>(gridDim.x));
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     dg[offset + c] = static_cast<scalar_t>(coef * static_cast<acc_t>(g[offset + c]));
   }
@@ -144,14 +145,13 @@ at::Tensor weighted_sum(const at::Tensor& xa, const at::Tensor& ta, double va, d
   return out;
 }
 
-// (dx_a, dx_b) of sum_s weight_s * mean-free BCE sums, scaled by the upstream scalar grad.
+// (dx_a, dx_b) of sum_s weight_s * mean-free BCE sums, scaled by the upstream scalar grad, which
+// the caller has checked (check_loss_grad: one element, on xa's device, of its dtype).
 std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& grad, const at::Tensor& xa,
                                                 const at::Tensor& ta, double va, double wa,
                                                 const at::Tensor& xb, const at::Tensor& tb,
                                                 double vb, double wb) {
   const c10::cuda::CUDAGuard guard(xa.device());
-  TORCH_CHECK(grad.numel() == 1, "bce backward: grad must be a scalar, got shape ", grad.sizes());
-  const at::Tensor g = grad.to(xa.scalar_type()).contiguous();
   at::Tensor da = at::empty_like(xa, at::MemoryFormat::Contiguous);
   at::Tensor db = xb.defined() ? at::empty_like(xb, at::MemoryFormat::Contiguous) : at::Tensor();
   const int64_t total = xa.numel() + (xb.defined() ? xb.numel() : 0);
@@ -159,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& grad, const at
     const Segment<scalar_t> a = segment<scalar_t>(xa, ta, va, wa);
     const Segment<scalar_t> b = xb.defined() ? segment<scalar_t>(xb, tb, vb, wb) : Segment<scalar_t>();
     bce_backward_kernel<scalar_t><<<blocks_for(total, 8), kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        a, b, da.data_ptr<scalar_t>(), db.defined() ? db.data_ptr<scalar_t>() : nullptr, g.const_data_ptr<scalar_t>());
+        a, b, da.data_ptr<scalar_t>(), db.defined() ? db.data_ptr<scalar_t>() : nullptr, grad.const_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {da, db};
@@ -167,41 +167,79 @@ std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& grad, const at
 
 double inv(const at::Tensor& x) { return 1.0 / static_cast<double>(x.numel()); }
 
+// The checked arguments of a BCE op, contiguous (the target undefined when absent); `op` names
+// the op in error messages.
+struct BceArgs {
+  at::Tensor x, t;
+  BceArgs(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& target) {
+    check_bce_args(logits, target, op, "logits", "target");
+    x = logits.contiguous();
+    t = contiguous_or_undefined(target);
+  }
+};
+
+// The same for the two inputs of a discriminator BCE op.
+struct DiscriminatorArgs {
+  at::Tensor real, fake, real_target, fake_target;
+  DiscriminatorArgs(const char* op, const at::Tensor& real_logits, const at::Tensor& fake_logits,
+                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t) {
+    check_bce_args(real_logits, real_t, op, "real_logits", "real_target");
+    check_bce_args(fake_logits, fake_t, op, "fake_logits", "fake_target");
+    check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
+    real = real_logits.contiguous();
+    fake = fake_logits.contiguous();
+    real_target = contiguous_or_undefined(real_t);
+    fake_target = contiguous_or_undefined(fake_t);
+  }
+};
+
+at::Tensor bce_loss_of(const BceArgs& a, double target_value, double scale) {
+  return weighted_sum<Term::kBce>(a.x, a.t, target_value, scale * inv(a.x), at::Tensor(), at::Tensor(), 0, 0);
+}
+
+at::Tensor bce_grad_of(const at::Tensor& grad, const BceArgs& a, double target_value, double scale) {
+  return std::get<0>(bce_backward(grad, a.x, a.t, target_value, scale * inv(a.x), at::Tensor(), at::Tensor(), 0, 0));
+}
+
+at::Tensor discriminator_bce_of(const DiscriminatorArgs& a, double real_value, double fake_value) {
+  return weighted_sum<Term::kBce>(a.real, a.real_target, real_value, inv(a.real), a.fake, a.fake_target, fake_value,
+                                  inv(a.fake));
+}
+
+std::tuple<at::Tensor, at::Tensor> discriminator_bce_grad_of(const at::Tensor& grad, const DiscriminatorArgs& a,
+                                                             double real_value, double fake_value) {
+  return bce_backward(grad, a.real, a.real_target, real_value, inv(a.real), a.fake, a.fake_target, fake_value,
+                      inv(a.fake));
+}
+
 at::Tensor bce_loss_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                          double target_value, double scale) {
-  check_bce_args(logits, target, "bce_loss", "logits", "target");
-  const at::Tensor x = logits.contiguous();
-  return weighted_sum<Term::kBce>(x, contiguous_or_undefined(target), target_value, scale * inv(x),
-                                  at::Tensor(), at::Tensor(), 0, 0);
+  return bce_loss_of(BceArgs("bce_loss", logits, target), target_value, scale);
 }
 
 at::Tensor bce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                   const std::optional<at::Tensor>& target, double target_value,
                                   double scale) {
-  check_bce_args(logits, target, "bce_loss_backward", "logits", "target");
-  const at::Tensor x = logits.contiguous();
-  return std::get<0>(bce_backward(grad, x, contiguous_or_undefined(target), target_value, scale * inv(x),
-                                  at::Tensor(), at::Tensor(), 0, 0));
+  constexpr const char* op = "bce_loss_backward";
+  const BceArgs a(op, logits, target);
+  check_loss_grad(grad, logits, op, "logits");
+  return bce_grad_of(grad, a, target_value, scale);
+}
+
+// The loss and its gradient at upstream 1: the loss launch, then the backward launch.
+std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                                                           double target_value, double scale) {
+  const BceArgs a("bce_loss_and_grad", logits, target);
+  at::Tensor loss = bce_loss_of(a, target_value, scale);
+  return {loss, bce_grad_of(at::ones_like(loss), a, target_value, scale)};
 }
 
 at::Tensor discriminator_bce_cuda(const at::Tensor& real_logits, const at::Tensor& fake_logits,
                                   const std::optional<at::Tensor>& real_target,
                                   const std::optional<at::Tensor>& fake_target, double real_value,
                                   double fake_value) {
-  constexpr const char* op = "discriminator_bce";
-  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
-  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
-  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
-  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
-  return weighted_sum<Term::kBce>(xr, contiguous_or_undefined(real_target), real_value, inv(xr),
-                                  xf, contiguous_or_undefined(fake_target), fake_value, inv(xf));
-}
-
-// The loss and its gradient at upstream 1: the loss launch, then the backward launch.
-std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
-                                                           double target_value, double scale) {
-  at::Tensor loss = bce_loss_cuda(logits, target, target_value, scale);
-  return {loss, bce_loss_backward_cuda(at::ones_like(loss), logits, target, target_value, scale)};
+  const DiscriminatorArgs a("discriminator_bce", real_logits, fake_logits, real_target, fake_target);
+  return discriminator_bce_of(a, real_value, fake_value);
 }
 
 std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
@@ -209,12 +247,18 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
     double real_value, double fake_value) {
   constexpr const char* op = "discriminator_bce_backward";
-  check_bce_args(real_logits, real_target, op, "real_logits", "real_target");
-  check_bce_args(fake_logits, fake_target, op, "fake_logits", "fake_target");
-  check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
-  const at::Tensor xr = real_logits.contiguous(), xf = fake_logits.contiguous();
-  return bce_backward(grad, xr, contiguous_or_undefined(real_target), real_value, inv(xr),
-                      xf, contiguous_or_undefined(fake_target), fake_value, inv(xf));
+  const DiscriminatorArgs a(op, real_logits, fake_logits, real_target, fake_target);
+  check_loss_grad(grad, real_logits, op, "real_logits");
+  return discriminator_bce_grad_of(grad, a, real_value, fake_value);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cuda(
+    const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
+    const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
+  const DiscriminatorArgs a("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target);
+  at::Tensor loss = discriminator_bce_of(a, real_value, fake_value);
+  auto [d_real, d_fake] = discriminator_bce_grad_of(at::ones_like(loss), a, real_value, fake_value);
+  return {loss, d_real, d_fake};
 }
 
 at::Tensor wasserstein_critic_loss_cuda(const at::Tensor& real_scores, const at::Tensor& fake_scores) {
@@ -257,29 +301,19 @@ at::Tensor gradient_penalty_cuda(const at::Tensor& gradients, double target) {
 
 at::Tensor gradient_penalty_backward_cuda(const at::Tensor& grad, const at::Tensor& gradients, double target) {
   check_penalty_rows(gradients, "gradient_penalty_backward");
+  check_loss_grad(grad, gradients, "gradient_penalty_backward", "gradients");
   const c10::cuda::CUDAGuard guard(gradients.device());
   const at::Tensor g = gradients.contiguous();
-  const at::Tensor upstream = grad.to(g.scalar_type()).contiguous();
   const int64_t rows = g.size(0), cols = g.numel() / rows;
   at::Tensor dg = at::empty_like(g, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     gradient_penalty_backward_kernel<scalar_t><<<static_cast<unsigned int>(rows), kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), dg.data_ptr<scalar_t>(), cols, static_cast<acc_t>(target),
-        upstream.const_data_ptr<scalar_t>());
+        grad.const_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dg;
-}
-
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cuda(
-    const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
-    const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
-  at::Tensor loss = discriminator_bce_cuda(real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
-  auto [d_real, d_fake] = discriminator_bce_backward_cuda(at::ones_like(loss), real_logits, fake_logits, real_target,
-                                                          fake_target, real_value, fake_value);
-  return {loss, d_real, d_fake};
 }
 
 }  // namespace
