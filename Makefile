@@ -4,13 +4,14 @@
 #   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
 #                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")
 #   make bench-pytest   the pytest-benchmark suite in benchmarks/ (ratio tables in benchmarks/results/)
+#   make gpu-check   on a GPU machine (CUDA toolkit + torch, no internet): build for its GPU, CUDA tests, train, bench, to gpu-check-results/ (docs/kernels.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BUILT := $(VENV)/.ganplug-built
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup train test bench bench-pytest clean
+.PHONY: setup train test bench bench-pytest gpu-check clean
 
 setup: $(BUILT)
 
@@ -33,6 +34,9 @@ bench: setup
 
 bench-pytest: setup
 	$(BIN)/python -m pytest -q benchmarks
+
+gpu-check:
+	@$(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))) -m ganplug.bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build ganplug/_C*.so *.egg-info
