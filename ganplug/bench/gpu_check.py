@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "gpu-check-results"
 STAGES = ("build", "tests", "train", "bench-kernels", "bench-steps")
 TRAIN_MATRIX = (("mlp", "ring8"), ("dcgan", "digits"))
-TRAIN_LOSSES = ("bce", "minimax", "wasserstein", "hinge")
+TRAIN_LOSSES = ("bce", "minimax", "wasserstein", "hinge", "relativistic")
 # Files holding `cuda` tests: the CUDA kernel tests and the op tests parametrized over devices.
 CUDA_TEST_FILES = (
     "tests/test_cuda_kernels.py",
