@@ -59,7 +59,7 @@ def test_the_dry_run_lists_every_command_without_a_gpu():
     assert lines[0].startswith("TORCH_CUDA_ARCH_LIST=") and lines[0].endswith("setup.py build_ext --inplace")
     assert lines[1].startswith("python -m pytest -m cuda tests/test_cuda_kernels.py")
     trains = [line for line in lines if " train " in line]
-    assert len(trains) == 16  # mlp, dcgan x bce, minimax, wasserstein, hinge x with and without --amp
+    assert len(trains) == 20  # mlp, dcgan x bce, minimax, wasserstein, hinge, relativistic x with and without --amp
     assert sum(line.endswith(" --amp") for line in trains) == 8
     assert all("--device cuda --steps 20" in line for line in trains)
     assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 8
