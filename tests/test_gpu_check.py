@@ -60,10 +60,10 @@ def test_the_dry_run_lists_every_command_without_a_gpu():
     assert lines[1].startswith("python -m pytest -m cuda tests/test_cuda_kernels.py")
     trains = [line for line in lines if " train " in line]
     assert len(trains) == 20  # mlp, dcgan x bce, minimax, wasserstein, hinge, relativistic x with and without --amp
-    assert sum(line.endswith(" --amp") for line in trains) == 8
+    assert sum(line.endswith(" --amp") for line in trains) == 10
     assert all("--device cuda --steps 20" in line for line in trains)
-    assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 8
-    assert sum("--arch mlp" in line and "--dataset ring8" in line for line in trains) == 8
+    assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 10
+    assert sum("--arch mlp" in line and "--dataset ring8" in line for line in trains) == 10
     benches = [line for line in lines if " bench " in line]
     assert benches[0].endswith("bench --kernels --device cuda --out gpu-check-results/bench-kernels --quick --no-compile")
     assert len(benches) == 5 and all("--steps --only" in line for line in benches[1:])
