@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -151,8 +152,7 @@ def _recipe_of(spec) -> dict[str, Any] | str:
         recipe = call_factory("loss", spec, **spec.resolve_options({})).recipe
     except GanplugError as error:
         return f"unavailable ({error})"
-    return {"n_critic": recipe.n_critic, "optimizer": recipe.optimizer, "lr_g": recipe.lr_g, "lr_d": recipe.lr_d,
-            "betas": list(recipe.betas)}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(recipe).items()}
 
 
 def _format_defaults(defaults) -> str:

@@ -38,7 +38,7 @@ the plugin's bug, naming the plugin, its distribution and version (see docs/plug
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 import pluggy
@@ -181,7 +181,7 @@ class Recipe:
 DATASET_DEFAULT_KEYS = frozenset(
     {"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options", "loss_recipes"}
 )
-RECIPE_KEYS = frozenset({"n_critic", "optimizer", "lr_g", "lr_d", "betas"})
+RECIPE_KEYS = frozenset(f.name for f in fields(Recipe))
 
 
 @dataclass(frozen=True)

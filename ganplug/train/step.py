@@ -222,10 +222,7 @@ class AdversarialStep:
             with self.autocast():
                 if fake is None:
                     fake = G(self.batch_noise())
-                if self.generator_takes_real:
-                    g_loss, g_stats = loss.generator_loss(critic, fake, real=real)
-                else:
-                    g_loss, g_stats = loss.generator_loss(critic, fake)
+                g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
                 g_stats = self.checked_stats(g_stats, "generator_loss")
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
