@@ -220,7 +220,7 @@ def test_check_metric_scores_real_digits(cache):
 
 
 def test_pca_kde_samples_real_looking_digits_deterministically(ref8):
-    from ganplug.metrics.baselines import BANDWIDTHS, pca_kde
+    from benchmarks.quality.baselines import BANDWIDTHS, pca_kde  # the repository root is on pythonpath
 
     images, _ = im.digits_data(8)
     draw = pca_kde(images, seed=0)

@@ -1,7 +1,10 @@
-"""The quality-benchmark recipes (benchmarks/quality/*.toml) and the sweep of ganplug.quality."""
+"""The quality-benchmark recipes (benchmarks/quality/*.toml) and the sweep of their runner,
+benchmarks/quality/run.py (no part of the installed package; the repository root is on pytest's
+pythonpath)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -10,12 +13,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganplug import quality
+from benchmarks.quality import recipes as quality_recipes
+from benchmarks.quality import report
+from benchmarks.quality import run as quality
 from ganplug.cli import build_config
+from ganplug.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "benchmarks" / "quality"
 RECIPES = sorted(RECIPE_DIR.glob("*.toml"))
+
+
+def targets_of(name: str) -> dict:
+    """The [quality.targets] of benchmarks/quality/NAME.toml."""
+    return quality_recipes.read_recipe(RECIPE_DIR / f"{name}.toml").targets
+
+
+def test_the_runner_and_its_baselines_are_not_in_the_package():
+    import ganplug
+    import ganplug.metrics
+
+    assert importlib.util.find_spec("ganplug.quality") is None
+    assert importlib.util.find_spec("ganplug.metrics.baselines") is None
+    package = Path(ganplug.__file__).parent
+    assert not (package / "quality.py").exists() and not (package / "metrics" / "baselines.py").exists()
+    assert quality.default_recipe_dir().resolve() == RECIPE_DIR
 
 
 def test_the_four_recipes_exist():
@@ -23,15 +45,71 @@ def test_the_four_recipes_exist():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_recipe_validates_like_the_cli(recipe):
-    config = build_config({"config_file": str(recipe), "seed": 3, "out": "unused"})
+def test_recipe_validates_like_the_cli(recipe, tmp_path):
+    read = quality_recipes.read_recipe(recipe, seed=3, out="unused")
+    config = read.config
     assert config.dataset == recipe.stem
     assert config.seed == 3
     assert config.steps >= 1000
     text = recipe.read_text(encoding="utf-8")
     assert text.startswith("#") and "CPU time" in text
     # every metric of the dataset has a target in the table
-    assert quality.targets(config.dataset, config.data_options)
+    assert read.targets
+    assert read.headline in read.targets
+    # the config is the CLI's for the same file without its [quality] table
+    import tomli_w
+
+    training, table = quality_recipes.read_quality_table(recipe)
+    assert table and "quality" not in training
+    plain = tmp_path / recipe.name
+    plain.write_text(tomli_w.dumps(training), encoding="utf-8")
+    assert config == build_config({"config_file": str(plain), "seed": 3, "out": "unused"})
+
+
+def test_the_gaussian_targets_are_its_data_options():
+    read = quality_recipes.read_recipe(RECIPE_DIR / "gaussian.toml")
+    assert (read.targets["mean"].value, read.targets["std"].value) == (read.config.data_options["mean"], read.config.data_options["std"])
+    assert read.targets["mean"].tolerance == read.targets["std"].tolerance == 0.05
+
+
+def test_target_texts_parse_and_judge():
+    parse = quality_recipes.Target.parse
+    assert parse("= 8").text() == "= 8" and parse(">= 97").text() == "≥ 97" and parse("≤ 0.02").text() == "≤ 0.02"
+    assert parse("4 ± 0.05").text() == parse("4 +- 0.05").text() == "4 ± 0.05"
+    relative = parse("<= 3 * fd_real_floor")
+    assert relative == parse("≤ 3 × fd_real_floor")
+    assert relative.text() == "≤ 3 × fd_real_floor" and relative.text({"fd_real_floor": 5.0}) == "≤ 3 × fd_real_floor (15)"
+    assert relative.met(15.0, {"fd_real_floor": 5.0}) is True and relative.met(15.1, {"fd_real_floor": 5.0}) is False
+    assert relative.met(1.0, {}) is None
+    assert parse("= 8").met(8.0, {}) is True and parse("= 8").met(7.8, {}) is False
+    assert parse(">= 97").met(math.nan, {}) is False
+    for bad in ("97", "> 97", "about 4", "4 ± x", 97):
+        with pytest.raises(ValueError):
+            parse(bad)
+
+
+def test_a_bad_quality_table_is_refused_naming_the_recipe(tmp_path):
+    base = (RECIPE_DIR / "gaussian.toml").read_text(encoding="utf-8")
+    for extra, message in [
+        ('typo = 1\n', "unknown keys typo"),
+        ('[quality.targets]\nks = "< 0.03"\n', "ks: '< 0.03' is no target"),
+        ('[quality.baseline]\nname = "GMM"\n', "name 'GMM' is no baseline"),
+    ]:
+        recipe = tmp_path / "gaussian.toml"
+        text = base.split("\n[quality]\n")[0] + "\n[quality]\n" + extra
+        recipe.write_text(text, encoding="utf-8")
+        with pytest.raises(UsageError, match=re.escape(f"{recipe}: [quality")) as info:
+            quality_recipes.read_recipe(recipe)
+        assert message in str(info.value)
+    # a recipe without a [quality] table is a plain `ganplug train --config` file: no targets
+    plain = tmp_path / "plain.toml"
+    plain.write_text(base.split("# The quality runner")[0], encoding="utf-8")
+    read = quality_recipes.read_recipe(plain)
+    assert read.targets == {} and read.headline is None and read.baseline is None
+    # the training part's mistakes name the recipe file, not the copy build_config read
+    (tmp_path / "typo.toml").write_text(base.replace('loss = "bce"', 'los = "bce"'), encoding="utf-8")
+    with pytest.raises(UsageError, match=re.escape(f"--config {tmp_path / 'typo.toml'}: unknown keys los")):
+        quality_recipes.read_recipe(tmp_path / "typo.toml")
 
 
 def _orange_dots(path: Path, panels: int) -> int:
@@ -54,7 +132,7 @@ def test_figure_draws_a_dot_per_finite_value_and_a_panel_per_benchmark(tmp_path)
         "other": {"headline": None, "runs": [{"seed": s} for s in (0, 1, 2)], "summary": {
             "score": {"values": [1.0, 2.0, float("nan")], "mean": 1.5, "target": None}}},
     }}
-    panels = quality.headline_panels(results)
+    panels = report.headline_panels(results)
     assert [(p["name"], p["key"], p["bound"]) for p in panels] == [("ring8", "high_quality_pct", 97.0), ("other", "score", None)]
     from ganplug.plots import quality_png
 
@@ -125,11 +203,11 @@ def test_mean_std_matches_numpy():
     rng = np.random.default_rng(0)
     for n in (2, 3, 7):
         xs = rng.normal(size=n).tolist()
-        mean, std = quality.mean_std(xs)
+        mean, std = quality_recipes.mean_std(xs)
         assert mean == pytest.approx(np.mean(xs), rel=1e-12)
         assert std == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
-    assert quality.mean_std([2.5]) == (2.5, 0.0)
-    assert all(math.isnan(v) for v in quality.mean_std([]))
+    assert quality_recipes.mean_std([2.5]) == (2.5, 0.0)
+    assert all(math.isnan(v) for v in quality_recipes.mean_std([]))
 
 
 def test_summary_targets_and_markdown():
@@ -137,17 +215,17 @@ def test_summary_targets_and_markdown():
         {"metrics": {"modes": {"modes_captured": 8.0, "high_quality_pct": 98.0, "reverse_kl": 0.01}}},
         {"metrics": {"modes": {"modes_captured": 7.0, "high_quality_pct": 96.0, "reverse_kl": 0.05}}},
     ]
-    summary = quality.summarise(runs, "ring8", {})
+    summary = quality_recipes.summarise(runs, targets_of("ring8"))
     assert summary["modes_captured"]["mean"] == pytest.approx(7.5)
     assert summary["modes_captured"]["std"] == pytest.approx(np.std([8.0, 7.0], ddof=1))
     assert summary["modes_captured"]["met"] is False
     assert summary["high_quality_pct"]["met"] is True  # mean 97 >= 97
     assert summary["reverse_kl"]["met"] is False  # mean 0.03 > 0.02
-    digits = quality.summarise(
-        [{"metrics": {"digits-quality": {"fd": 2.0, "fd_real_floor": 1.0, "classes_covered": 10.0}}}], "digits", {}
+    digits = quality_recipes.summarise(
+        [{"metrics": {"digits-quality": {"fd": 2.0, "fd_real_floor": 1.0, "classes_covered": 10.0}}}], targets_of("digits")
     )
     assert digits["fd"]["met"] is True and digits["classes_covered"]["met"] is True
-    gauss = quality.summarise([{"metrics": {"gaussian-fit": {"mean": 4.04, "std": 1.31, "ks": 0.02}}}], "gaussian", {})
+    gauss = quality_recipes.summarise([{"metrics": {"gaussian-fit": {"mean": 4.04, "std": 1.31, "ks": 0.02}}}], targets_of("gaussian"))
     assert gauss["mean"]["met"] is True and gauss["std"]["met"] is False and gauss["ks"]["met"] is True
 
 
@@ -165,16 +243,19 @@ def test_main_reports_errors_in_one_line(tmp_path, capsys):
 
 
 def test_the_baseline_is_compared_and_shown_beside_the_gan():
-    gan = quality.summarise([{"metrics": {"digits-quality": {"fd": 8.0, "fd_real_floor": 5.0, "density": 0.9}}}], "digits", {})
-    kde = quality.summarise([{"metrics": {"digits-quality": {"fd": 6.0, "fd_real_floor": 5.0, "density": 0.6}}}], "digits", {})
+    gan = quality_recipes.summarise([{"metrics": {"digits-quality": {"fd": 8.0, "fd_real_floor": 5.0, "density": 0.9}}}], targets_of("digits"))
+    kde = quality_recipes.summarise([{"metrics": {"digits-quality": {"fd": 6.0, "fd_real_floor": 5.0, "density": 0.6}}}], targets_of("digits"))
     better = quality.compare_with_baseline(gan, kde, {"fd": True, "density": False, "precision": False})
+    digits = quality_recipes.read_recipe(RECIPE_DIR / "digits.toml")
+    assert digits.baseline == "PCA+KDE"
+    assert digits.baseline_better == {"fd": True, "precision": False, "density": False, "coverage": False}
     assert better == {"fd": False, "density": True}  # precision: in neither summary
     results = {"seeds": [0], "benchmarks": {"digits": {
         "recipe": "digits.toml", "dataset": "digits", "steps": 1, "headline": "fd",
         "runs": [{"seed": 0, "train_seconds": 1.0}], "summary": gan,
         "baseline": {"name": "PCA+KDE", "runs": [], "summary": kde, "gan_better": better},
     }}}
-    text = quality.render_markdown(results)
+    text = report.render_markdown(results)
     assert "| metric | key | mean ± std | n | target | met | PCA+KDE (same seeds) |" in text
     assert "| digits-quality | fd | 8 ± 0 | 1 | ≤ 3 × fd_real_floor (15) | yes | 6 ± 0 |" in text
     assert "fd: PCA+KDE better, density: GAN better." in text

@@ -1,4 +1,6 @@
-"""Samplers without a GAN that a GAN recipe should beat on its own metric.
+"""Samplers without a GAN that a GAN recipe should beat on its own metric (the quality runner,
+``benchmarks/quality/run.py``, scores them beside the GAN; a recipe names its baseline in its
+``[quality.baseline]`` table).
 
 ``pca_kde``: the classic non-parametric image sampler (scikit-learn's kernel-density example):
 project the real images on their first ``components`` principal components, fit a Gaussian KDE
@@ -9,7 +11,7 @@ reproduces training images plus noise, so it is a strong baseline for fidelity a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,3 +51,22 @@ def pca_kde(
 
     draw.bandwidth = float(kde.bandwidth)  # type: ignore[attr-defined]
     return draw
+
+
+def _pca_kde_of_digits(dataset: str, data_options: dict[str, Any], seed: int) -> Callable[[int], Tensor]:
+    """:func:`pca_kde` of all 1797 digits at the recipe's image size."""
+    from ganplug.metrics.images import digits_data, image_size_of
+
+    images, _ = digits_data(image_size_of(dataset, data_options))
+    return pca_kde(images, seed=seed)
+
+
+# The baselines a recipe's [quality.baseline] name can pick: name -> (the datasets it fits, what
+# results.md says it is, fit(dataset, data_options, seed) -> draw(n)).
+BASELINES: dict[str, tuple[tuple[str, ...], str, Callable[..., Callable[[int], Tensor]]]] = {
+    "PCA+KDE": (
+        ("digits",),
+        "15 principal components, Gaussian KDE with the 5-fold cross-validated bandwidth; benchmarks/quality/baselines.py",
+        _pca_kde_of_digits,
+    ),
+}
