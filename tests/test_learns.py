@@ -1,6 +1,6 @@
 """Short real trainings scored by the quality metrics: thresholds that a working trainer meets
 with a margin and a broken one (no generator update, wrong gradient sign, a loss that ignores
-the critic, mode collapse) misses. The full-length table comes from `python -m ganplug.quality`."""
+the critic, mode collapse) misses. The full-length table comes from `python benchmarks/quality/run.py`."""
 
 from __future__ import annotations
 
