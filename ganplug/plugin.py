@@ -12,11 +12,17 @@ Factory contracts (what ``spec.load()(...)`` must return):
   the discriminator maps ``(N, *ctx.data_shape)`` to logits of shape ``(N,)``. A data shape the
   architecture cannot handle raises :class:`ganplug.errors.GanplugError` with a one-line reason.
   With ``pack`` = M > 1 (PacGAN) the factory is called again with data shape ``(M * C, *rest)``
-  and that call's discriminator is the one trained.
+  and that call's discriminator is the one trained. Conditional (``ctx.num_classes`` = K > 0, only
+  for a spec with ``conditional=True``): the generator maps ``(z, y)`` and the discriminator
+  ``(x, y)``, ``y`` int64 class labels in ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed
+  discriminator (the labels of the M samples in each row).
 - loss: ``factory(**options) -> GANLoss`` (see :mod:`ganplug.losses` for the interface).
 - dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
   float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a
-  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``.
+  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``. A dataset with
+  class labels (``(sample, label)`` items, integer labels in ``[0, K)``) declares K as
+  ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset when K depends on the
+  data (class subfolders); then ``ganplug train --conditional`` can use it.
 - metric: ``factory(**options) -> metric``, a callable
   ``metric(samples: Tensor, *, dataset: str, dataset_options: dict) -> dict[str, float]``.
   ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
@@ -24,7 +30,9 @@ Factory contracts (what ``spec.load()(...)`` must return):
   metric follows a run's settings, e.g. the std of a mixture). ``ganplug eval`` draws
   ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
   ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
-  cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason.
+  cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason. In a
+  conditional run a metric that accepts a ``labels`` keyword also gets the class each sample was
+  drawn for, ``(N,)`` int64.
 - logger: ``factory(run_dir: Path, **options) -> logger`` with methods ``start(config: dict)``,
   ``log(step, values: dict[str, float])`` (each metrics.jsonl line), ``images(step, path)`` (each
   sample picture), ``evaluation(step, results: dict[str, dict[str, float]])`` and ``close()``;
@@ -186,9 +194,19 @@ RECIPE_KEYS = frozenset(f.name for f in fields(Recipe))
 
 @dataclass(frozen=True)
 class ArchitectureSpec(_Spec):
-    """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``."""
+    """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``.
+
+    ``conditional``: the factory also builds class-conditional pairs (``ctx.num_classes`` > 0;
+    see the module docstring), so ``ganplug train --conditional`` may use it.
+    """
 
     kind = "architecture"
+    conditional: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["conditional"] = self.conditional
+        return info
 
 
 @dataclass(frozen=True)
@@ -205,16 +223,21 @@ class DatasetSpec(_Spec):
     ``value_range`` is the range of the samples (``None``: unbounded, so generators use a linear
     output instead of tanh); ``latent`` is the noise the generator is fed by default;
     ``defaults`` are the training knobs a bare ``ganplug train --dataset NAME`` uses for this data
-    (keys in ``DATASET_DEFAULT_KEYS``), below ``--config`` and the command line.
+    (keys in ``DATASET_DEFAULT_KEYS``), below ``--config`` and the command line; ``num_classes``
+    is the number of classes its items' labels range over (0: no labels; a ``num_classes``
+    attribute of the built dataset overrides it).
     """
 
     kind = "dataset"
     value_range: tuple[float, float] | None = (-1.0, 1.0)
     latent: str = "normal"
     defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"dataset {self.name!r}: num_classes must be an integer >= 0, got {self.num_classes!r}")
         unknown = sorted(set(self.defaults) - DATASET_DEFAULT_KEYS)
         if unknown:
             raise ValueError(
@@ -234,6 +257,7 @@ class DatasetSpec(_Spec):
         info["value_range"] = list(self.value_range) if self.value_range else None
         info["latent"] = self.latent
         info["defaults"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.defaults.items()}
+        info["num_classes"] = self.num_classes
         return info
 
 
@@ -282,12 +306,14 @@ class ModelContext:
     bounded: samples lie in [-1, 1] (generator ends in tanh); False means a linear output.
     critic_batchnorm: False when the loss penalises the critic's input gradient (WGAN-GP), where
         BatchNorm would couple samples; the discriminator then uses layer norm or none.
+    num_classes: K > 0 for a class-conditional pair (G takes ``(z, y)``, D ``(x, y)``); 0 otherwise.
     """
 
     data_shape: tuple[int, ...]
     latent_dim: int
     bounded: bool = True
     critic_batchnorm: bool = True
+    num_classes: int = 0
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,12 @@ def check_architecture(
     batch_size: int = 3,
     bounded: bool = True,
     critic_batchnorm: bool = True,
+    num_classes: int = 0,
     **options: Any,
 ):
-    """Build ``spec`` for ``ModelContext(data_shape, latent_dim, bounded, critic_batchnorm)`` with
-    ``options`` (checked by ``spec.resolve_options``) and check the factory contract:
+    """Build ``spec`` for ``ModelContext(data_shape, latent_dim, bounded, critic_batchnorm,
+    num_classes)`` with ``options`` (checked by ``spec.resolve_options``) and check the factory
+    contract:
 
     - it returns two ``torch.nn.Module``s ``(G, D)``;
     - ``G(z)``: z ``(batch_size, latent_dim)`` -> ``(batch_size, *data_shape)``, finite, within
@@ -97,13 +99,21 @@ def check_architecture(
     - one backward pass of ``D(G(z))`` gives every trainable parameter of D and of G a non-zero
       gradient.
 
+    With ``num_classes`` = K > 0 (a spec with ``conditional=True``) the same for ``G(z, y)`` and
+    ``D(x, y)``, labels ``y`` ``(batch_size,)`` in ``[0, K)``, and besides: other labels change
+    both outputs, and the discriminator built for two packed samples (data shape ``(2 * C,
+    *rest)``) takes labels ``(batch_size, 2)``.
+
     Returns ``(G, D)`` (in train mode, gradients left in place).
     """
     import torch
 
     data_shape = tuple(data_shape)
     resolved = spec.resolve_options(options)
-    ctx = ModelContext(data_shape, latent_dim, bounded=bounded, critic_batchnorm=critic_batchnorm)
+    _require(
+        num_classes == 0 or spec.conditional, spec, "num_classes > 0 needs a spec declared with conditional=True"
+    )
+    ctx = ModelContext(data_shape, latent_dim, bounded=bounded, critic_batchnorm=critic_batchnorm, num_classes=num_classes)
     built = spec.load()(ctx, **resolved)
     _require(
         isinstance(built, tuple) and len(built) == 2 and all(isinstance(m, torch.nn.Module) for m in built),
@@ -125,6 +135,11 @@ def check_architecture(
         )
     z = torch.randn(batch_size, latent_dim)
     x = torch.rand(batch_size, *data_shape) * 2 - 1
+    y = torch.arange(batch_size) % num_classes if num_classes else None
+    if y is not None:  # the conditional calls, under the names the checks below use
+        conditional_g, conditional_d = generator, discriminator
+        generator = lambda noise: conditional_g(noise, y)  # noqa: E731
+        discriminator = lambda samples: conditional_d(samples, y)  # noqa: E731
 
     fake = generator(z)
     want = (batch_size, *data_shape)
@@ -164,6 +179,7 @@ def check_architecture(
     # A random weighting, not a plain sum: the sum of a BatchNorm-then-linear output over the
     # batch does not depend on the input, which would hide G's gradient.
     weights = torch.randn(batch_size, dtype=fake_scores.dtype)
+    generator, discriminator = built
     generator.zero_grad(set_to_none=True)
     discriminator.zero_grad(set_to_none=True)
     (fake_scores * weights).sum().backward()
@@ -176,7 +192,46 @@ def check_architecture(
             f"backward of D(G(z)) gives no gradient to {network} parameters {missing} "
             "(detached, unused, or a non-differentiable op)",
         )
+    if y is not None:
+        _check_labels_matter(spec, ctx, resolved, generator, discriminator, z, x, y)
     return generator, discriminator
+
+
+def _check_labels_matter(spec: Any, ctx: Any, options: dict, generator: Any, discriminator: Any, z: Any, x: Any, y: Any) -> None:
+    """A conditional pair's outputs depend on the labels, and its packed discriminator takes
+    labels ``(N, 2)``."""
+    import dataclasses
+
+    import torch
+
+    other = (y + 1) % ctx.num_classes
+    generator.eval()  # no dropout: only the labels differ
+    discriminator.eval()
+    with torch.no_grad():
+        _require(
+            not torch.equal(generator(z, y), generator(z, other)),
+            spec,
+            "G(z, y) does not depend on the labels y (embed them, e.g. concatenated to z)",
+        )
+        _require(
+            not torch.equal(discriminator(x, y), discriminator(x, other)),
+            spec,
+            "D(x, y) does not depend on the labels y (e.g. add a projection <embed(y), features(x)>)",
+        )
+    generator.train()
+    discriminator.train()
+    channels, *rest = ctx.data_shape
+    packed = spec.load()(dataclasses.replace(ctx, data_shape=(2 * channels, *rest)), **options)[1]
+    n = x.shape[0] // 2 or 1
+    pairs = torch.cat([x, x])[: 2 * n].reshape(n, 2 * channels, *rest)
+    pair_labels = torch.cat([y, y])[: 2 * n].reshape(n, 2)
+    scores = packed.train()(pairs, pair_labels)
+    _require(
+        isinstance(scores, torch.Tensor) and tuple(scores.shape) == (n,),
+        spec,
+        f"the packed discriminator (data shape {(2 * channels, *rest)}) maps labels of shape {(n, 2)} to "
+        f"{_shape(scores)}, expected {(n,)} (the labels of a packed row's samples; e.g. sum their embeddings)",
+    )
 
 
 # -- losses --------------------------------------------------------------------------------------------
@@ -336,6 +391,8 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
     - ``len(dataset) >= batch_size``;
     - each item is a float tensor, ``(sample,)`` or ``(sample, label)``, every sample of one shape;
     - values are finite and, when ``spec.value_range`` is not None, inside it;
+    - with classes (``spec.num_classes``, or the dataset's ``num_classes`` attribute) every
+      checked item is ``(sample, label)``, the label an integer in ``[0, num_classes)``;
     - building again with the same seed gives the same samples.
 
     Returns those samples stacked: ``(batch_size, *sample_shape)``.
@@ -356,6 +413,24 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
     _require(length >= batch_size, spec, f"the dataset has {length} items, fewer than batch_size={batch_size}")
     indices = sorted({round(i * (length - 1) / max(batch_size - 1, 1)) for i in range(batch_size)})
     samples = [_sample_of(spec, dataset[i], i) for i in indices]
+    classes = getattr(dataset, "num_classes", None)
+    classes = spec.num_classes if classes is None else classes
+    _require(
+        isinstance(classes, int) and not isinstance(classes, bool) and classes >= 0,
+        spec,
+        f"num_classes must be an integer >= 0, got {classes!r}",
+    )
+    for i in indices if classes else ():
+        item = dataset[i]
+        label = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else None
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+            label = int(label)
+        _require(
+            isinstance(label, int) and not isinstance(label, bool) and 0 <= label < classes,
+            spec,
+            f"item {i}: with num_classes={classes} items must be (sample, label), the label an integer in "
+            f"0..{classes - 1}; got {item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else 'no label'!r}",
+        )
     shape = tuple(samples[0].shape)
     for i, sample in zip(indices, samples):
         _require(
@@ -465,7 +540,8 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
     """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the
     built-ins, assert it loads (status ok) and registers at least one spec, then run
     :func:`check_architecture` (on the first of :data:`DATA_SHAPES` it accepts, bounded with
-    BatchNorm allowed and again unbounded without), :func:`check_loss`, :func:`check_dataset`,
+    BatchNorm allowed and again unbounded without; a conditional spec also with 3 classes),
+    :func:`check_loss`, :func:`check_dataset`,
     :func:`check_metric` or :func:`check_logger` on every spec it registers. ``options`` maps a spec name to keyword options for its check
     (default options otherwise). Returns what it registers, ``{kind: [names]}``.
     """
@@ -510,6 +586,9 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
                         continue
                     for variant in variants[1:]:
                         check_architecture(spec, data_shape=shape, **variant, **given)
+                    if spec.conditional and "num_classes" not in given:
+                        for variant in variants:
+                            check_architecture(spec, data_shape=shape, num_classes=3, **variant, **given)
                     break
                 else:
                     raise AssertionError(

@@ -16,7 +16,7 @@ from ganplug.errors import UsageError
 from ganplug.generate import load_generator
 from ganplug.losses import WassersteinLoss
 from ganplug.train import TrainConfig
-from ganplug.train.build import PackedCritic, build_run, pack_samples
+from ganplug.train.build import BatchCritic, build_run, pack_samples
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
 from ganplug.train.distributed import World, check_batch
 
@@ -91,7 +91,7 @@ def test_the_gradient_penalty_interpolates_per_sample_and_penalises_the_pack_gra
     D = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
     real, fake = torch.randn(8, 2), torch.randn(8, 2)
     torch.manual_seed(2)
-    penalty = WassersteinLoss().gradient_penalty(PackedCritic(D, 2), real, fake)
+    penalty = WassersteinLoss().gradient_penalty(BatchCritic(D, 2), real, fake)
     torch.manual_seed(2)
     eps = torch.rand(8, 1)  # one per sample, drawn as the loss draws it
     x_hat = pack_samples(eps * real + (1 - eps) * fake, 2).requires_grad_(True)

@@ -48,6 +48,16 @@ CONFIGS = {
         arch_options={"g_widths": "16,16", "d_widths": "16,16", "critic_norm": "spectral"},
         loss_options={"r1": 0.5, "r2": 0.5}, data_options={"size": 200}, ema=0.9,
     ),
+    # class-conditional: the labels follow the data order; projection D with spectral norm
+    "dcgan-hinge-conditional-spectral-digits": dict(
+        arch="dcgan", loss="hinge", dataset="digits", conditional=True,
+        arch_options={"width": 8, "critic_norm": "spectral"}, data_options={"image_size": 16}, ema=0.9,
+    ),
+    # conditional WGAN-GP with packing: interpolates keep their labels, packed rows their pairs
+    "mlp-wgan-gp-conditional-pack-ring8": dict(
+        arch="mlp", loss="wasserstein", dataset="ring8", conditional=True, pack=2, n_critic=2,
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"}, data_options={"size": 200}, ema=0.9,
+    ),
 }
 N = 3
 COMMON = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=11)

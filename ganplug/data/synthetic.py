@@ -1,9 +1,10 @@
 """Synthetic low-dimensional data: a 1-D Gaussian and the 2-D mode-collapse benchmarks.
 
 Each factory draws all its samples once with a ``torch.Generator`` seeded from ``ctx.seed`` (the
-same seed gives the same data) and returns a ``TensorDataset`` of float32 samples, whose items
-are 1-tuples ``(sample,)``: ``gaussian`` gives shape ``(size, 1)``, ``ring8`` and ``grid25``
-``(size, 2)``. A mixture picks each sample's mode uniformly.
+same seed gives the same data) and returns a ``TensorDataset`` of float32 samples: ``gaussian``
+gives items ``(sample,)`` of shape ``(1,)``; ``ring8`` and ``grid25`` items ``(sample, mode)`` of
+shape ``(2,)`` and the int64 index of the mode it was drawn from (its class label, for conditional
+training). A mixture picks each sample's mode uniformly.
 
 The mode centres (``RING8_MEANS``, ``GRID25_MEANS``, or ``mode_centres(name)`` for a fresh copy)
 and default stds (``MODE_STD``) are exported for coverage metrics.
@@ -79,7 +80,7 @@ def _mixture(ctx: DataContext, centres: torch.Tensor, std: float, size: int) -> 
     g = _generator(ctx)
     modes = torch.randint(0, centres.shape[0], (size,), generator=g)
     samples = centres[modes] + std * torch.randn(size, centres.shape[1], generator=g)
-    return TensorDataset(samples)
+    return TensorDataset(samples, modes)
 
 
 def ring8(ctx: DataContext, std: float = 0.01, size: int = 65536) -> TensorDataset:

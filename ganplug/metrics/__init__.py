@@ -131,6 +131,17 @@ def prepare_metrics(
     return built, skipped
 
 
+def takes_labels(metric: Any) -> bool:
+    """Whether a metric callable declares a ``labels`` parameter (the classes of a conditional
+    run's samples)."""
+    import inspect
+
+    try:
+        return "labels" in inspect.signature(metric).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def score_generator(
     generator: Any,
     built: list[tuple[Any, Any, int]],
@@ -139,6 +150,7 @@ def score_generator(
     latent: str,
     dataset: str,
     dataset_options: dict[str, Any],
+    num_classes: int = 0,
     seed: int = 0,
     batch_size: int = 1024,
     failed: dict[str, GanplugError] | None = None,
@@ -149,21 +161,26 @@ def score_generator(
     One set of noise is drawn from a private CPU ``torch.Generator`` seeded with ``seed`` (the
     global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
     largest ``n_samples``; each metric scores the first ``n_samples`` of it. Runs without grad.
+    A conditional generator (``num_classes`` K > 0) draws them for the classes 0..K-1 in turn,
+    and a metric that takes ``labels`` gets them.
 
     A metric that raises: a GanplugError (it refuses the samples, e.g. NaN) as it is, anything
     else as a :class:`PluginError` naming the metric's plugin; with ``failed`` (a dict) the error
     is stored there under the metric's name and the other metrics still run, else it is raised.
     """
     from ganplug.generate import draw_samples
+    from ganplug.noise import cycled_labels
 
     if not built:
         return {}
     n = max(count for _, _, count in built)
-    samples = draw_samples(generator, n, latent_dim, latent, seed=seed, batch_size=batch_size)
+    labels = cycled_labels(n, num_classes) if num_classes else None
+    samples = draw_samples(generator, n, latent_dim, latent, labels=labels, seed=seed, batch_size=batch_size)
     results = {}
     for spec, metric, count in built:
         try:
-            values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options)
+            extra = {"labels": labels[:count]} if labels is not None and takes_labels(metric) else {}
+            values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options, **extra)
             results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
         except GanplugError as error:
             if failed is None:
@@ -234,7 +251,7 @@ def evaluate(
     failed: dict[str, GanplugError] = {}
     results = score_generator(
         generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
-        dataset=dataset, dataset_options=dataset_options, seed=seed, failed=failed,
+        dataset=dataset, dataset_options=dataset_options, num_classes=generator.num_classes, seed=seed, failed=failed,
     )
     return {
         "checkpoint": str(path),
@@ -251,5 +268,5 @@ def evaluate(
 
 __all__ = [
     "applicable_metrics", "bare_dataset_name", "evaluate", "metric_options", "prepare_metrics", "samples_needed",
-    "score_generator",
+    "score_generator", "takes_labels",
 ]

@@ -25,6 +25,11 @@ held-out half (``*_real_floor``: what a perfect generator would score with that 
   all samples: 0 for balanced classes, ``log 10`` when every sample gets one class;
 - ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor).
 
+For a conditional run (the metric gets each sample's requested ``labels``) also
+``class_accuracy_pct``: % of samples the classifier assigns to the class they were drawn for
+(floor: the classifier's accuracy on the held-out half, in %), and ``worst_class_accuracy_pct``:
+the same for the class it is lowest on.
+
 The floor uses ``min(N, held-out size)`` held-out images for ``N`` generated samples. Coverage
 and recall depend on the reference size against ``N`` (with a 5000-image reference and 1000
 samples, real held-out images cover ~0.6 of it): read them against their floor.
@@ -316,6 +321,17 @@ def class_statistics(probs: Tensor, confidence: float = 0.9) -> dict[str, float]
     }
 
 
+def class_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """``{"class_accuracy_pct", "worst_class_accuracy_pct"}``: % of samples whose ``predicted``
+    class is their requested ``labels`` (both ``(N,)``), overall and for the worst requested class."""
+    labels = labels.to(predicted.device, torch.int64)
+    if labels.shape != predicted.shape:
+        raise GanplugError(f"class accuracy needs one label per sample, got {tuple(labels.shape)} for {tuple(predicted.shape)}")
+    hit = (predicted == labels).double()
+    per_class = [float(hit[labels == c].mean()) for c in range(num_classes) if bool((labels == c).any())]
+    return {"class_accuracy_pct": 100.0 * float(hit.mean()), "worst_class_accuracy_pct": 100.0 * min(per_class)}
+
+
 def score_features(
     reference: Tensor, features: Tensor, probs: Tensor, k: int = 5, confidence: float = 0.9
 ) -> dict[str, float]:
@@ -397,7 +413,9 @@ def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callabl
     if not 0.0 < confidence <= 1.0:
         raise GanplugError(f"classifier metric option confidence must be in (0, 1], got {confidence!r}")
 
-    def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
+    def metric(
+        samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any], labels: Tensor | None = None
+    ) -> dict[str, float]:
         size = image_size_of(dataset, dataset_options)
         x = torch.as_tensor(samples)
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
@@ -417,6 +435,9 @@ def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callabl
             result[key] = scores[key]
             result[f"{key}_real_floor"] = floor[key]
         result["classifier_accuracy"] = reference.accuracy
+        if labels is not None:
+            result.update(class_accuracy(probs.argmax(dim=1), torch.as_tensor(labels), N_CLASSES))
+            result["class_accuracy_pct_real_floor"] = 100.0 * reference.accuracy
         return result
 
     return metric
@@ -427,6 +448,7 @@ __all__ = [
     "DigitClassifier",
     "DigitsReference",
     "build",
+    "class_accuracy",
     "class_statistics",
     "classifier_path",
     "classify",

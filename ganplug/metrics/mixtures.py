@@ -6,6 +6,8 @@ centre of at least one high-quality sample. The reverse KL is ``KL(p || uniform)
 histogram ``p`` of the high-quality samples over the modes: 0 when every mode gets the same
 share, ``log K`` when all of them fall on one of the ``K`` modes (NaN without any high-quality
 sample). For a perfect sampler in 2-D, ``P(||N(0, s^2 I)|| <= 3 s) = 1 - exp(-9/2) ~ 98.89%``.
+A conditional run (each sample's requested mode in ``labels``) adds ``class_accuracy_pct``: % of
+samples whose nearest mode is the one asked for.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, std: float, thre
     }
 
 
+def mode_accuracy(samples: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor) -> float:
+    """% of ``samples`` (N, D) whose nearest mode centre is the mode ``labels`` (N,) asked for
+    (a conditional run's class accuracy)."""
+    x = torch.as_tensor(samples).detach().to(torch.float64).cpu()
+    nearest = torch.cdist(x, centres.to(torch.float64)).argmin(dim=1)
+    return 100.0 * float((nearest == torch.as_tensor(labels).cpu()).double().mean())
+
+
 def _std(dataset: str, dataset_options: Mapping[str, Any]) -> float:
     std = dataset_options.get("std", MODE_STD.get(dataset))
     if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
@@ -60,11 +70,16 @@ def build(n_samples: int = 2500, threshold_std: float = 3.0) -> Callable[..., di
     if not threshold_std > 0:
         raise GanplugError(f"metric 'modes' option threshold_std must be > 0, got {threshold_std!r}")
 
-    def metric(samples: torch.Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
+    def metric(
+        samples: torch.Tensor, *, dataset: str, dataset_options: Mapping[str, Any], labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
         centres = mode_centres(dataset)
-        return mode_coverage(samples, centres, _std(dataset, dataset_options), threshold_std)
+        result = mode_coverage(samples, centres, _std(dataset, dataset_options), threshold_std)
+        if labels is not None:
+            result["class_accuracy_pct"] = mode_accuracy(samples, centres, labels)
+        return result
 
     return metric
 
 
-__all__ = ["build", "mode_coverage"]
+__all__ = ["build", "mode_accuracy", "mode_coverage"]

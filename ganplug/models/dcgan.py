@@ -10,6 +10,11 @@ D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, Leaky
 normalised from the second on (conv -> norm -> LeakyReLU; a stage without a norm is one
 FusedConv2dLeakyReLU) -> flatten -> linear projection -> logits (N,). ``critic_norm=spectral``:
 no norm layers, every weight of D spectrally normalised (Miyato et al. 2018).
+
+Conditional (``ctx.num_classes`` = K > 0): G's first linear layer gets ``cat(z, E_G[y])`` (a
+class embedding of size ``latent_dim``, initialised N(0, 0.02) like the weights: see
+:class:`ganplug.nn.ConditionalGenerator`), D adds ``<E_D[y], phi(x)>`` to its logit, phi its
+flattened last feature map (a projection discriminator, Miyato & Koyama 2018).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import math
 from torch import nn
 
 from ganplug.errors import GanplugError
-from ganplug.models.mlp import check_context
-from ganplug.nn import FusedConv2dLeakyReLU, spectral_normalise
+from ganplug.models.mlp import check_context, conditional_pair, generator_inputs
+from ganplug.nn import FusedConv2dLeakyReLU, HeadedDiscriminator, spectral_normalise
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -97,7 +102,7 @@ class DCGANGenerator(nn.Sequential):
         super().__init__(*layers)
 
 
-class DCGANDiscriminator(nn.Sequential):
+class DCGANDiscriminator(HeadedDiscriminator):
     """(N, channels, S, S) -> logits (N,); ``norm`` is "batch", "layer" or "none"."""
 
     def __init__(self, channels: int, side: int, stages: int, width: int, slope: float, norm: str) -> None:
@@ -137,9 +142,10 @@ def build(
         raise GanplugError(
             f"dcgan option critic_norm={critic_norm!r}: expected one of auto, batch, layer, none, spectral"
         )
-    generator = DCGANGenerator(ctx.latent_dim, channels, side, stages, width, ctx.bounded)
     spectral = critic_norm == "spectral"
+    generator = DCGANGenerator(generator_inputs(ctx), channels, side, stages, width, ctx.bounded)
     discriminator = DCGANDiscriminator(channels, side, stages, width, slope, "none" if spectral else critic_norm)
     init_dcgan_weights(generator)  # G first: the order of the draws, so old runs start alike
     init_dcgan_weights(discriminator)
+    generator, discriminator = conditional_pair(ctx, generator, discriminator, embed_std=0.02)
     return generator, spectral_normalise(discriminator) if spectral else discriminator

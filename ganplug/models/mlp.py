@@ -6,6 +6,10 @@ layer, then a linear projection. Works for any data shape (vectors and images al
 
 ``critic_norm=spectral`` normalises every weight of D spectrally (Miyato et al. 2018).
 
+Conditional (``ctx.num_classes`` = K > 0): G gets ``cat(z, E_G[y])`` (a class embedding of size
+``latent_dim``), D adds ``<E_D[y], phi(x)>`` to its logit, phi its last hidden layer (a projection
+discriminator, Miyato & Koyama 2018).
+
 ``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution.
 A ReLU-type MLP resolves structure finer than about 1/10 of its input's range only slowly, so
 on low-dimensional data with sharp modes (ring8: std 0.01 on the unit circle) a scale of 10-30
@@ -19,7 +23,14 @@ import math
 from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
-from ganplug.nn import Dropout, FusedLinearLeakyReLU, spectral_normalise
+from ganplug.nn import (
+    ConditionalGenerator,
+    Dropout,
+    FusedLinearLeakyReLU,
+    HeadedDiscriminator,
+    ProjectionDiscriminator,
+    spectral_normalise,
+)
 from ganplug.plugin import ModelContext
 
 
@@ -54,7 +65,7 @@ class MLPGenerator(nn.Sequential):
         super().__init__(*layers)
 
 
-class MLPDiscriminator(nn.Sequential):
+class MLPDiscriminator(HeadedDiscriminator):
     """(N, *data_shape) -> logits (N,): flatten, times ``input_scale`` (when not 1), fused
     linear+LeakyReLU hidden layers each followed by dropout, then a linear projection to one
     logit (plain nn.Linear: with no activation the fused op has nothing to fuse and is slower)."""
@@ -71,8 +82,14 @@ class MLPDiscriminator(nn.Sequential):
         super().__init__(*layers)
         self.input_scale = float(input_scale)  # not a layer: state dicts do not depend on it
 
+    def _scaled(self, x: Tensor) -> Tensor:
+        return x * self.input_scale if self.input_scale != 1.0 else x
+
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x * self.input_scale if self.input_scale != 1.0 else x)
+        return super().forward(self._scaled(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        return super().features(self._scaled(x))
 
     def extra_repr(self) -> str:
         return f"input_scale={self.input_scale}" if self.input_scale != 1.0 else ""
@@ -84,6 +101,29 @@ def check_context(arch: str, ctx: ModelContext) -> None:
         raise GanplugError(f"{arch}: latent_dim must be at least 1, got {ctx.latent_dim}; set --latent-dim 8 or more")
     if len(ctx.data_shape) == 0 or any(d < 1 for d in ctx.data_shape):
         raise GanplugError(f"{arch}: data shape {tuple(ctx.data_shape)} has no samples to model; check the dataset")
+    if ctx.num_classes < 0:
+        raise GanplugError(f"{arch}: num_classes must be at least 0, got {ctx.num_classes}")
+
+
+def generator_inputs(ctx: ModelContext) -> int:
+    """The input size of a generator's body: z, and for a conditional pair its class embedding
+    of the same size."""
+    return ctx.latent_dim * (2 if ctx.num_classes else 1)
+
+
+def conditional_pair(
+    ctx: ModelContext, generator: nn.Module, discriminator: HeadedDiscriminator, embed_std: float = 1.0
+) -> tuple[nn.Module, nn.Module]:
+    """``(generator, discriminator)`` as they are for an unconditional ``ctx``; for K =
+    ``ctx.num_classes`` > 0, the generator (of :func:`generator_inputs` inputs) under a class
+    embedding of size ``latent_dim`` initialised N(0, ``embed_std``) and the discriminator under a
+    projection (:mod:`ganplug.nn`)."""
+    if ctx.num_classes == 0:
+        return generator, discriminator
+    return (
+        ConditionalGenerator(generator, ctx.num_classes, ctx.latent_dim, embed_std),
+        ProjectionDiscriminator(discriminator, ctx.num_classes),
+    )
 
 
 def build(
@@ -110,8 +150,7 @@ def build(
     if critic_norm not in ("none", "spectral"):
         raise GanplugError(f"mlp option critic_norm={critic_norm!r}: expected none or spectral")
     shape = tuple(ctx.data_shape)
-    discriminator = MLPDiscriminator(shape, d, slope, dropout, d_input_scale)
-    return (
-        MLPGenerator(ctx.latent_dim, shape, g, slope, ctx.bounded),
-        spectral_normalise(discriminator) if critic_norm == "spectral" else discriminator,
-    )
+    discriminator = MLPDiscriminator(shape, d, slope, dropout, d_input_scale)  # D first: old runs start alike
+    generator = MLPGenerator(generator_inputs(ctx), shape, g, slope, ctx.bounded)
+    generator, discriminator = conditional_pair(ctx, generator, discriminator)
+    return generator, spectral_normalise(discriminator) if critic_norm == "spectral" else discriminator

@@ -10,7 +10,6 @@ dataset (what :func:`ganplug.generate.load_generator` uses).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,8 @@ from torch import nn
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
-from ganplug.train.config import LATENTS, TrainConfig, validate_config
+from ganplug.noise import draw_latent
+from ganplug.train.config import TrainConfig, validate_config
 
 IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
 VECTOR_LATENT_DIM = 8  # default size of z for everything else
@@ -33,6 +33,7 @@ class Run:
     data_shape: one sample, e.g. ``(1, 8, 8)`` or ``(2,)``.
     value_range: ``(low, high)`` of the samples, or ``None`` when unbounded.
     latent / latent_dim: the noise z ~ ``latent`` of shape ``(N, latent_dim)``.
+    num_classes: K > 0 in a conditional run (G and D take the labels), else 0.
     """
 
     config: TrainConfig
@@ -49,6 +50,7 @@ class Run:
     latent_dim: int
     device: torch.device
     critic_batchnorm: bool
+    num_classes: int = 0
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind -> Registry.provenance
 
     def model_info(self) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class Run:
             "value_range": list(self.value_range) if self.value_range is not None else None,
             "bounded": self.value_range is not None,
             "critic_batchnorm": self.critic_batchnorm,
+            "num_classes": self.num_classes,
         }
 
 
@@ -91,42 +94,36 @@ def resolve_device(name: str) -> torch.device:
     raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
 
 
-def draw_latent(
-    n: int,
-    latent_dim: int,
-    latent: str,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Noise z of shape ``(n, latent_dim)``, float32: ``normal`` is N(0, 1), ``uniform`` U(-1, 1).
-
-    ``generator`` (CPU) gives reproducible noise; without it the global RNG of ``device`` is used.
-    """
-    if latent == "normal":
-        return torch.randn(n, latent_dim, generator=generator, device=device)
-    if latent == "uniform":
-        return torch.rand(n, latent_dim, generator=generator, device=device) * 2.0 - 1.0
-    raise UsageError(f"--latent {latent!r}: expected one of {', '.join(LATENTS)}")
-
-
 def pack_samples(x: torch.Tensor, m: int) -> torch.Tensor:
     """PacGAN packing (Lin et al. 2018): ``(B, C, *rest)`` -> ``(B / m, m * C, *rest)``, row ``i``
     the samples ``i*m .. i*m + m - 1`` concatenated along dim 1 (channels, or coordinates)."""
     return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
 
 
-class PackedCritic(nn.Module):
-    """What the losses call as the critic with ``pack`` = m > 1: ``x (B, *data_shape)`` ->
-    ``discriminator(pack_samples(x, m))``, logits ``(B / m,)``; its parameters are D's."""
+class BatchCritic(nn.Module):
+    """What the losses call as the critic with ``pack`` = m > 1 or class labels: ``x (B,
+    *data_shape)`` -> ``discriminator(pack_samples(x, m))``, logits ``(B / m,)``, and in a
+    conditional run ``discriminator(packed x, y)`` with the bound ``labels`` ``(B,)`` (reshaped to
+    ``(B / m, m)`` when packing): every batch the losses pass (real, fake, their interpolates) is
+    one of the bound batch's size, row i of the class ``labels[i]``. Its parameters are D's."""
 
-    def __init__(self, discriminator: nn.Module, m: int) -> None:
+    def __init__(self, discriminator: nn.Module, m: int = 1) -> None:
         super().__init__()
         self.discriminator = discriminator
         self.m = m
+        self.labels: torch.Tensor | None = None  # (B,) int64, set by the trainer for each batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(pack_samples(x, self.m))
+        packed = pack_samples(x, self.m) if self.m > 1 else x
+        if self.labels is None:
+            return self.discriminator(packed)
+        if x.shape[0] != self.labels.shape[0]:
+            raise GanplugError(
+                f"the conditional critic was called on {x.shape[0]} samples, but the batch has {self.labels.shape[0]} "
+                "labels: a loss must pass batches of the real batch's size and order (its rows keep their labels)"
+            )
+        labels = self.labels.reshape(-1, self.m) if self.m > 1 else self.labels
+        return self.discriminator(packed, labels)
 
 
 def sample_of(item: Any) -> Any:
@@ -164,7 +161,8 @@ def build_models(
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair of a resolved config, on CPU, seeded by ``config.seed``.
 
-    ``model_info`` is :meth:`Run.model_info` (data_shape, latent_dim, bounded, critic_batchnorm);
+    ``model_info`` is :meth:`Run.model_info` (data_shape, latent_dim, bounded, critic_batchnorm,
+    num_classes: 0 when absent, as in checkpoints of older versions);
     no dataset or loss is built, so a stored checkpoint can be rebuilt anywhere. With
     ``config.pack`` = M > 1 (PacGAN) the factory is called a second time with data shape
     ``(M * C, *rest)`` and the discriminator of that call is kept.
@@ -177,6 +175,7 @@ def build_models(
         latent_dim=int(model_info["latent_dim"]),
         bounded=bool(model_info["bounded"]),
         critic_batchnorm=bool(model_info["critic_batchnorm"]),
+        num_classes=int(model_info.get("num_classes", 0)),
     )
     torch.manual_seed(config.seed)  # reproducible initial weights
     generator, discriminator = _build_pair(arch_spec, ctx, options)
@@ -195,6 +194,45 @@ def _build_pair(arch_spec: ArchitectureSpec, ctx: ModelContext, options: dict[st
             "(generator, discriminator) pair of torch modules: report this to the plugin's author"
         )
     return pair[0], pair[1]
+
+
+def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: ArchitectureSpec) -> int:
+    """The number of classes K of a conditional run on ``dataset``: its ``num_classes``
+    attribute, else its spec's. UsageError when the data has no labels or the architecture
+    cannot take them; PluginError naming the dataset's plugin when its labels do not fit K."""
+    if not arch_spec.conditional:
+        raise UsageError(
+            f"--conditional: architecture {arch_spec.name!r} of {origin_of(arch_spec)} does not build "
+            "class-conditional models: drop --conditional, or use --arch dcgan or mlp"
+        )
+    count = getattr(dataset, "num_classes", None)
+    count = dataset_spec.num_classes if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise PluginError(
+            f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)}: num_classes must be an integer >= 0, got {count!r}"
+        )
+    if count == 0:
+        labelled = [e.spec.name for e in get_registry().entries("dataset") if e.spec.num_classes]
+        raise UsageError(
+            f"--conditional: dataset {dataset_spec.name!r} has no class labels: drop --conditional, or train on one "
+            f"that has them ({', '.join(labelled)}; an image folder with one subfolder per class)"
+        )
+    from ganplug.train.data_order import check_labels
+
+    if isinstance(dataset, torch.utils.data.TensorDataset):  # all labels at once, as BatchOrder reads them
+        labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
+    elif isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
+        labels = getattr(dataset, "labels", None)
+    else:  # an item-wise dataset: its first item's label (the others are checked per batch)
+        item = dataset[0]
+        labels = [item[1]] if isinstance(item, (tuple, list)) and len(item) > 1 else None
+    try:
+        if labels is None:
+            raise GanplugError("its items carry no labels (expected (sample, label) items)")
+        check_labels(labels, count, f"its labels (for num_classes {count})")
+    except GanplugError as error:
+        raise PluginError(f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)}: {error}") from None
+    return count
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -247,6 +285,8 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
             f"pass --batch-size {size} or less"
         )
 
+    num_classes = dataset_classes(dataset, dataset_spec, arch_spec) if config.conditional else 0
+
     loss = call_factory("loss", loss_spec, **loss_options)
     recipe = loss.recipe
     penalises = bool(getattr(loss, "penalises_critic_gradient", False))
@@ -274,6 +314,7 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         "latent_dim": resolved.latent_dim,
         "bounded": value_range is not None,
         "critic_batchnorm": not penalises,
+        "num_classes": num_classes,
     }
     generator, discriminator = build_models(resolved, info, arch_spec)
     return Run(
@@ -291,16 +332,18 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         latent_dim=resolved.latent_dim,
         device=device,
         critic_batchnorm=not penalises,
+        num_classes=num_classes,
         provenance={kind: get_registry().provenance(kind, spec) for kind, spec in zip(
             (kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))},
     )
 
 
 __all__ = [
-    "PackedCritic",
+    "BatchCritic",
     "Run",
     "build_models",
     "build_run",
+    "dataset_classes",
     "draw_latent",
     "pack_samples",
     "resolve_device",

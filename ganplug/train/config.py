@@ -48,6 +48,7 @@ class TrainConfig:
     batch_size: int = 64
     n_critic: int | None = None  # critic updates per generator update
     pack: int = 1  # PacGAN: the discriminator judges this many samples at once; 1 = off
+    conditional: bool = False  # class-conditional G and D on the dataset's labels
     optimizer: str | None = None  # "adam" or "rmsprop"
     lr_g: float | None = None
     lr_d: float | None = None
@@ -150,6 +151,7 @@ def validate_config(config: TrainConfig) -> None:
         _require(c.latent in LATENTS, f"latent must be normal or uniform, got {c.latent!r}: pass --latent normal")
     _require(_is_number(c.ema) and 0 <= c.ema < 1, f"ema must be a decay in [0, 1), got {c.ema!r}: pass e.g. --ema 0.999 (0 = off)")
     _require(isinstance(c.amp, bool), f"amp must be true or false, got {c.amp!r}")
+    _require(isinstance(c.conditional, bool), f"conditional must be true or false, got {c.conditional!r}")
     _require(_is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
     for name in ("sample_every", "checkpoint_every"):
         value = getattr(c, name)

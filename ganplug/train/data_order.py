@@ -40,19 +40,37 @@ def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
-def _first(batch: Any) -> torch.Tensor:
-    """The samples of a collated batch: the batch itself, or the first entry of a tuple/list."""
+def _split(batch: Any) -> tuple[torch.Tensor, Any]:
+    """``(samples, labels or None)`` of a collated batch: the batch itself, or the first two
+    entries of a tuple/list."""
+    labels = None
     if isinstance(batch, (tuple, list)):
+        labels = batch[1] if len(batch) > 1 else None
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
         raise GanplugError(f"dataset items must be tensors or (tensor, label) tuples, got {type(batch).__name__}")
-    return batch
+    return batch, labels
+
+
+def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
+    """``labels`` as an int64 ``(N,)`` tensor of classes in ``[0, num_classes)``; GanplugError
+    saying what is wrong with them otherwise (``where``: "the dataset's labels", ...)."""
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise GanplugError(f"{where} must be integers, one per sample; got {labels.dtype} of shape {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise GanplugError(
+            f"{where} range over {int(labels.min())}..{int(labels.max())}, outside the {num_classes} classes 0..{num_classes - 1}"
+        )
+    return labels.long()
 
 
 class BatchOrder:
     """Batches of ``batch_size`` samples ``(B, *data_shape)`` (float, on ``device``), forever.
 
-    ``next_batch()`` returns the next batch; ``state_dict()`` / ``load_state_dict()`` save and
+    ``next_batch()`` returns the next batch; with ``num_classes`` = K > 0, ``next_labelled_batch()``
+    returns it with its class labels ``(B,)`` int64 in ``[0, K)`` (checked); ``state_dict()`` / ``load_state_dict()`` save and
     restore the position as plain ints. ``num_workers`` > 0 loads non-tensor datasets in worker
     processes (the order is the same). ``shard=(start, stop)``: batches are that slice of each
     global batch of ``batch_size`` (one rank's part in distributed training); the position stays
@@ -68,8 +86,10 @@ class BatchOrder:
         device: torch.device | str = "cpu",
         num_workers: int = 0,
         shard: tuple[int, int] | None = None,
+        num_classes: int = 0,
     ) -> None:
         self.dataset = dataset
+        self.num_classes = int(num_classes)
         self.size = len(dataset)  # type: ignore[arg-type]
         if batch_size < 1:
             raise GanplugError(f"batch_size must be at least 1, got {batch_size}")
@@ -92,19 +112,27 @@ class BatchOrder:
         self._perm_epoch = -1
         self._iterator: Iterator[Any] | None = None
         self.samples: torch.Tensor | None = None  # the fast path's whole data, indexed directly
+        self.labels: torch.Tensor | None = None  # and its labels (with num_classes)
         self._convert: Callable[[torch.Tensor], torch.Tensor] | None = None
-        samples = None
+        samples = labels = None
         if isinstance(dataset, TensorDataset):
             samples = dataset.tensors[0]
+            labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
             if not samples.is_floating_point():
                 samples = samples.float()
         elif isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
             # ganplug.data.images.UInt8Images: uint8 pixels, converted per batch.
             samples = dataset.images  # type: ignore[attr-defined]
+            labels = getattr(dataset, "labels", None)
             self._convert = dataset.to_float  # type: ignore[attr-defined]
+        if samples is not None and self.num_classes:
+            if labels is None:
+                raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
+            self.labels = check_labels(labels, self.num_classes, "the dataset's labels")
         if samples is not None:
             if self.device.type == "cuda" and samples.numel() * samples.element_size() <= _DEVICE_CACHE_BYTES:
                 samples = samples.to(self.device)
+                self.labels = self.labels.to(self.device) if self.labels is not None else None
             self.samples = samples
 
     # -- state ---------------------------------------------------------------------------------
@@ -149,6 +177,17 @@ class BatchOrder:
 
     def next_batch(self) -> torch.Tensor:
         """The next batch of samples, ``(batch_size, *data_shape)`` float, on the device."""
+        return self._next(False)[0]
+
+    def next_labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch and its labels: ``(batch_size, *data_shape)`` float and ``(batch_size,)``
+        int64, on the device (needs ``num_classes``)."""
+        batch, labels = self._next(True)
+        assert labels is not None
+        return batch, labels
+
+    def _next(self, labelled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        labels = None
         if self.samples is not None:
             indices = self.next_indices()
             if self.samples.device != indices.device:
@@ -156,13 +195,20 @@ class BatchOrder:
             batch = self.samples[indices]
             if self._convert is not None:
                 batch = self._convert(batch)
+            if labelled:
+                labels = self.labels[indices]  # type: ignore[index]
         else:
-            batch = self._loader_batch()
+            batch, labels = self._loader_batch()
+            if labelled:
+                if labels is None:
+                    raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
+                labels = check_labels(labels, self.num_classes, "the dataset's labels")
         if not batch.is_floating_point():
             batch = batch.float()
-        return batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, non_blocking=True)
+        return batch, labels.to(self.device, non_blocking=True) if labels is not None and labelled else None
 
-    def _loader_batch(self) -> torch.Tensor:
+    def _loader_batch(self) -> tuple[torch.Tensor, Any]:
         if self.position + self.batch_size > self.size:
             self.epoch += 1
             self.position = 0
@@ -182,11 +228,11 @@ class BatchOrder:
                 generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)),
             )
             self._iterator = iter(loader)
-        batch = _first(next(self._iterator))
+        batch = _split(next(self._iterator))
         self.position += self.batch_size
         if self.position + self.batch_size > self.size:
             self._iterator = None
         return batch
 
 
-__all__ = ["BatchOrder", "epoch_permutation", "epoch_seed"]
+__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed"]

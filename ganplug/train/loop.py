@@ -37,7 +37,8 @@ from torch import nn
 
 from ganplug import __version__
 from ganplug.errors import GanplugError, PluginError, UsageError
-from ganplug.train.build import Run, draw_latent, sample_of
+from ganplug.noise import cycled_labels, draw_latent, grid_labels
+from ganplug.train.build import Run, sample_of
 from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World
@@ -99,6 +100,14 @@ class Trainer:
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
         self.picture = picture_kind(run.data_shape)
         count = self.config.num_samples if self.picture == "images" else max(self.config.num_samples, PLOT_SAMPLES)
+        # A conditional run's pictures: one row of each class (images), every class alike (points).
+        self.fixed_labels: torch.Tensor | None = None
+        self.grid_row: int | None = None
+        if run.num_classes and self.picture == "images":
+            labels, self.grid_row = grid_labels(count, run.num_classes)
+            self.fixed_labels, count = labels.to(self.device), len(labels)
+        elif run.num_classes:
+            self.fixed_labels = cycled_labels(count, run.num_classes).to(self.device)
         self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, self.config.seed).to(self.device)
         self.real_plot, self.plot_box, self.plot_density = self._plot_reference()
         self.metrics = MetricsLog(self.run_dir, world, self.is_main)
@@ -194,7 +203,11 @@ class Trainer:
         model.eval()
         try:
             with self.stepper.autocast():
-                out = torch.cat([model(z) for z in self.fixed_noise.split(_CHUNK)])
+                if self.fixed_labels is None:
+                    out = torch.cat([model(z) for z in self.fixed_noise.split(_CHUNK)])
+                else:
+                    pairs = zip(self.fixed_noise.split(_CHUNK), self.fixed_labels.split(_CHUNK))
+                    out = torch.cat([model(z, y) for z, y in pairs])
         finally:
             model.train(was_training)
         return out.float()

@@ -246,7 +246,8 @@ class Evaluator(Callback):
             with torch.no_grad(), trainer.stepper.autocast():
                 results = score_generator(
                     model, self._metrics, latent_dim=run.latent_dim, latent=run.latent,
-                    dataset=run.dataset_spec.name, dataset_options=dict(cfg.data_options), seed=cfg.seed,
+                    dataset=run.dataset_spec.name, dataset_options=dict(cfg.data_options), num_classes=run.num_classes,
+                    seed=cfg.seed,
                     failed=failed,
                 )
         except GanplugError as error:  # e.g. samples that cannot be drawn
@@ -292,6 +293,7 @@ class SampleWriter(Callback):
         image = render(
             trainer.generate_fixed(), value_range=trainer.run.value_range,
             real=trainer.real_plot, box=trainer.plot_box, density=trainer.plot_density, title=f"step {trainer.step}",
+            nrow=trainer.grid_row,
         )
         path = self.dir / f"step_{trainer.step:06d}.png"
         save_png(image, path, self.dir / "latest.png")

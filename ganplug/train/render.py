@@ -92,13 +92,14 @@ def render(
     box: tuple[float, ...] | None = None,
     density: Callable | None = None,
     title: str | None = None,
+    nrow: int | None = None,
 ) -> Image.Image:
-    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``; ``real``,
-    ``box``, ``density`` (NumPy values -> pdf) and ``title`` apply to points and histograms
-    (see :mod:`ganplug.plots`)."""
+    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``; ``nrow``
+    (images per row, default ``ceil(sqrt N)``) applies to image grids; ``real``, ``box``,
+    ``density`` (NumPy values -> pdf) and ``title`` to points and histograms (see :mod:`ganplug.plots`)."""
     kind = picture_kind(tuple(samples.shape[1:]))
     if kind == "images":
-        return render_images(samples, value_range)
+        return render_images(samples, value_range, nrow=nrow)
     if kind == "points":
         from ganplug.plots import render_points
 
@@ -127,10 +128,14 @@ def save_png(image: Image.Image, *paths: Path) -> None:
 
 
 def save_samples(
-    samples: torch.Tensor, path: Path, *, value_range: tuple[float, float] | None = (-1.0, 1.0)
+    samples: torch.Tensor,
+    path: Path,
+    *,
+    value_range: tuple[float, float] | None = (-1.0, 1.0),
+    nrow: int | None = None,
 ) -> Path:
     """Write ``samples`` ``(N, *sample_shape)`` by ``path``'s suffix: ``.png`` a picture
-    (:func:`render`), ``.npy`` a float32 NumPy array, ``.pt`` a CPU tensor (``torch.save``).
+    (:func:`render`, ``nrow`` images per row of a grid), ``.npy`` a float32 NumPy array, ``.pt`` a CPU tensor (``torch.save``).
     Other suffixes raise UsageError. Parent folders are created. Returns ``path``."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -139,7 +144,7 @@ def save_samples(
     path.parent.mkdir(parents=True, exist_ok=True)
     data = samples.detach().to("cpu", torch.float32).contiguous()
     if suffix == ".png":
-        save_png(render(data, value_range=value_range), path)
+        save_png(render(data, value_range=value_range, nrow=nrow), path)
     elif suffix == ".npy":
         import numpy as np
 

@@ -16,8 +16,11 @@ Learning rates (``lr_decay``): with ``linear`` both optimisers use ``base_lr * (
 throughout generator step ``t`` (0-based; its critic updates too), from the config alone
 (:func:`lr_factor`), so a resume needs no saved schedule.
 
-PacGAN (``pack`` = M > 1): the losses get :class:`~ganplug.train.build.PackedCritic` as the
-critic; ``after_critic_step`` still gets D itself.
+PacGAN (``pack`` = M > 1) and conditional runs: the losses get
+:class:`~ganplug.train.build.BatchCritic` as the critic; ``after_critic_step`` still gets D
+itself. Conditional: each critic update draws its fakes for the real batch's labels ``y``
+(``G(z, y)``) and binds the critic to ``y``; the generator update uses the labels of the last
+critic update.
 
 Nothing here reads a value back to the host: the losses and stats stay 0-d tensors on the device.
 """
@@ -33,7 +36,8 @@ from torch import nn
 
 from ganplug.errors import PluginError, UsageError
 from ganplug.losses import takes_real_batch
-from ganplug.train.build import PackedCritic, Run, draw_latent
+from ganplug.noise import draw_latent
+from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
 from ganplug.train.outputs import Sums
@@ -114,13 +118,17 @@ class AdversarialStep:
         cfg = run.config
         self.run, self.config, self.world, self.device = run, cfg, world, run.device
         self.G, self.D, self.loss = run.generator, run.discriminator, run.loss
-        self.critic = PackedCritic(self.D, cfg.pack) if cfg.pack > 1 else self.D  # what the losses call
+        self.conditional = run.num_classes > 0
+        # what the losses call as the critic
+        self.critic = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         self.opt_g = make_optimizer(cfg.optimizer, trainable(self.G), cfg.lr_g, cfg.betas, self.device)
         self.opt_d = make_optimizer(cfg.optimizer, trainable(self.D), cfg.lr_d, cfg.betas, self.device)
         self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
         self.shard = world.shard(cfg.batch_size) if world is not None else None
-        self.order = BatchOrder(run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self.shard)
+        self.order = BatchOrder(
+            run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self.shard, num_classes=run.num_classes
+        )
         self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
 
@@ -194,19 +202,23 @@ class AdversarialStep:
         cfg = self.config
         self.changed = False
         self.set_learning_rates(step)
-        G, D, critic, loss = self.G, self.D, self.critic, self.loss
+        D, critic, loss = self.D, self.critic, self.loss
         reuse = cfg.n_critic == 1
-        fake = None
+        fake = labels = None
         for _ in range(cfg.n_critic):
-            real = self.order.next_batch()
+            if self.conditional:
+                real, labels = self.order.next_labelled_batch()
+                critic.labels = labels
+            else:
+                real = self.order.next_batch()
             z = self.batch_noise()
             with self.autocast():
                 if reuse:
-                    fake = G(z)
+                    fake = self.generate(z, labels)
                     d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
                 else:
                     with torch.no_grad():
-                        d_fake = G(z)
+                        d_fake = self.generate(z, labels)
                     d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
             d_stats = self.checked_stats(d_stats, "discriminator_loss")
             self.opt_d.zero_grad(set_to_none=True)
@@ -221,7 +233,7 @@ class AdversarialStep:
         try:
             with self.autocast():
                 if fake is None:
-                    fake = G(self.batch_noise())
+                    fake = self.generate(self.batch_noise(), labels)
                 g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
                 g_stats = self.checked_stats(g_stats, "generator_loss")
             self.opt_g.zero_grad(set_to_none=True)
@@ -234,6 +246,10 @@ class AdversarialStep:
         sums.add_all(g_stats, prefix=GENERATOR_PREFIX)
         if self.ema is not None:
             self.update_ema(step)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """``G(z)``, or ``G(z, labels)`` in a conditional run."""
+        return self.G(z) if labels is None else self.G(z, labels)
 
     def checked_stats(self, stats: dict[str, Any] | None, method: str) -> dict[str, Any]:
         """The stats a loss method returned, unless a name would collide in metrics.jsonl: the
