@@ -403,7 +403,7 @@ def test_checkpoints_are_plain_data_and_latest_is_the_last_step(reference):
     assert state["config"] == TrainConfig.from_dict(state["config"]).to_dict()
     assert state["model"] == {
         "data_shape": [1, 16, 16], "latent_dim": 64, "latent": "normal", "value_range": [-1.0, 1.0],
-        "bounded": True, "critic_batchnorm": True,
+        "bounded": True, "critic_batchnorm": True, "num_classes": 0,
     }
     assert state["rng"]["cpu"].dtype == torch.uint8 and state["rng"]["cuda"] is None
     assert state["fixed_noise"].shape == (4, 64)
