@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from ganplug.plugin import ArchitectureSpec, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
 
-__all__ = ["check_architecture", "check_dataset", "check_logger", "check_loss", "check_plugin"]
+__all__ = ["check_architecture", "check_dataset", "check_defaults", "check_logger", "check_loss", "check_plugin"]
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
 DATA_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (1, 8, 8), (3, 16, 16))
@@ -41,6 +41,34 @@ def _shape(tensor: Any) -> str:
 def _require(condition: bool, spec: Any, message: str) -> None:
     if not condition:
         raise AssertionError(f"{_label(spec)}: {message}")
+
+
+def check_defaults(spec: Any) -> None:
+    """Each option of ``spec`` is a keyword of its factory, and a default the factory gives it
+    is the option's (the spec's default is the one users get: a different one in the signature
+    only misleads whoever calls the factory directly)."""
+    import inspect
+
+    factory = spec.load()
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to compare
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for option in spec.options:
+        parameter = parameters.get(option.name)
+        _require(
+            parameter is not None or takes_any,
+            spec,
+            f"option {option.name!r} is no parameter of its factory {getattr(factory, '__name__', factory)!r}",
+        )
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            _require(
+                parameter.default == option.default,
+                spec,
+                f"option {option.name!r} defaults to {option.default!r} in the spec but to {parameter.default!r} in "
+                "the factory's signature: make them agree (or drop the factory's default)",
+            )
 
 
 def _trainable(module: Any) -> list[tuple[str, Any]]:
@@ -109,6 +137,7 @@ def check_architecture(
     import torch
 
     data_shape = tuple(data_shape)
+    check_defaults(spec)
     resolved = spec.resolve_options(options)
     _require(
         num_classes == 0 or spec.conditional, spec, "num_classes > 0 needs a spec declared with conditional=True"
@@ -305,6 +334,7 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     import torch
 
     data_shape = tuple(data_shape)
+    check_defaults(spec)
     resolved = spec.resolve_options(options)
     loss_fn = spec.load()(**resolved)
     for member in ("discriminator_loss", "generator_loss", "after_critic_step"):
@@ -399,6 +429,7 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
     """
     import torch
 
+    check_defaults(spec)
     resolved = spec.resolve_options(options)
 
     def build(global_seed: int):
@@ -479,6 +510,7 @@ def check_metric(
     import torch
 
     label = f"metric {spec.name!r}"
+    check_defaults(spec)
     metric = spec.load()(**spec.resolve_options(options))
     assert callable(metric), f"{label}: the factory returned {type(metric).__name__}, expected a callable"
     if dataset is None:
@@ -520,6 +552,7 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
     label = f"logger {spec.name!r}"
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(run_dir) if run_dir is not None else Path(scratch)
+        check_defaults(spec)
         logger = spec.load()(folder, **spec.resolve_options(options))
         missing = [m for m in METHODS if not callable(getattr(logger, m, None))]
         assert not missing, f"{label}: the factory returned a {type(logger).__name__} without {', '.join(missing)}"

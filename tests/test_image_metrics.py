@@ -205,9 +205,9 @@ def test_the_metric_follows_the_run_image_size_and_refuses_other_shapes(cache):
     with pytest.raises(GanplugError, match="NaN"):
         metric(torch.full((10, 1, 8, 8), float("nan")), dataset="digits", dataset_options={"image_size": 8})
     with pytest.raises(GanplugError, match="option k"):
-        im.build(k=0)
+        im.build(1000, k=0)
     with pytest.raises(GanplugError, match="option confidence"):
-        im.build(confidence=1.5)
+        im.build(1000, confidence=1.5)
 
 
 def test_check_metric_scores_real_digits(cache):

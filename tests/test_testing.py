@@ -460,3 +460,23 @@ def test_check_plugin_runs_metric_checks():
             return [MetricSpec("spread", "s", lambda: (lambda samples, **_: {"std": float(samples.std())}))]
 
     assert testing.check_plugin(Plugin()) == {"metric": ["spread"]}
+
+
+def test_the_test_kit_refuses_a_factory_whose_defaults_disagree_with_its_spec():
+    def factory(ctx, width: int = 64):
+        raise AssertionError("not reached")
+
+    spec = ArchitectureSpec("wide", "x", factory, options=(Option("width", int, 32),))
+    with pytest.raises(AssertionError, match="'width' defaults to 32 in the spec but to 64 in the factory"):
+        testing.check_architecture(spec)
+    missing = ArchitectureSpec("missing", "x", lambda ctx: None, options=(Option("width", int, 32),))
+    with pytest.raises(AssertionError, match="option 'width' is no parameter of its factory"):
+        testing.check_architecture(missing)
+
+
+def test_every_built_in_factory_agrees_with_its_spec_s_defaults():
+    from ganplug.registry import KINDS, get_registry
+
+    for kind in KINDS:
+        for entry in get_registry().entries(kind):
+            testing.check_defaults(entry.spec)

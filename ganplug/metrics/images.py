@@ -406,7 +406,7 @@ def image_size_of(dataset: str, dataset_options: Mapping[str, Any]) -> int:
     return size
 
 
-def build(n_samples: int = 1000, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
+def build(n_samples: int, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
     """The ``digits-quality`` / ``mnist-quality`` metric: ``metric(samples, *, dataset, dataset_options)``."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GanplugError(f"classifier metric option k must be an integer >= 1, got {k!r}")

@@ -122,7 +122,7 @@ class DCGANDiscriminator(HeadedDiscriminator):
 
 
 def build(
-    ctx: ModelContext, width: int = 64, critic_norm: str = "auto", slope: float = 0.2
+    ctx: ModelContext, width: int = 32, critic_norm: str = "auto", slope: float = 0.2
 ) -> tuple[DCGANGenerator, DCGANDiscriminator]:
     """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S)."""
     check_context("dcgan", ctx)
