@@ -353,4 +353,4 @@ def test_every_builtin_dataset_spec_loads_its_factory():
         if spec.name in ("gaussian", "ring8", "grid25"):
             ds = factory(DataContext(seed=0), **{**defaults, "size": 10})
             assert len(ds) == 10
-    assert synthetic.MODE_STD == {"ring8": 0.01, "grid25": 0.05}
+    assert {s.name: s.resolve_options({}).get("std") for s in ganplug_datasets() if s.name in ("ring8", "grid25")} == {"ring8": 0.01, "grid25": 0.05}

@@ -152,7 +152,7 @@ def test_gaussian_fit_follows_the_run_data_options():
     assert fit(samples, dataset="gaussian", dataset_options={"mean": -1.0, "std": 0.5})["ks"] < 0.03
     assert fit(samples, dataset="gaussian", dataset_options={"mean": 4.0, "std": 1.25})["ks"] > 0.9
     with pytest.raises(GanplugError, match=r"shape \(N, 1\)"):
-        gaussian_fit(torch.zeros(10, 2))
+        gaussian_fit(torch.zeros(10, 2), 4.0, 1.25)
 
 
 # -- registration ----------------------------------------------------------------------------------

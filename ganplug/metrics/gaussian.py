@@ -10,9 +10,10 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ganplug.errors import GanplugError
+from ganplug.metrics.options import run_dataset_options
 
 
-def gaussian_fit(samples: torch.Tensor, mean: float = 4.0, std: float = 1.25) -> dict[str, float]:
+def gaussian_fit(samples: torch.Tensor, mean: float, std: float) -> dict[str, float]:
     """``{"mean", "std", "ks", "ks_pvalue"}`` of ``samples`` ((N,) or (N, 1)) against N(mean, std^2)."""
     from scipy import stats
 
@@ -36,8 +37,10 @@ def build(n_samples: int = 10000) -> Callable[..., dict[str, float]]:
     run's ``mean`` and ``std`` data options."""
 
     def metric(samples: torch.Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
-        mean = dataset_options.get("mean", 4.0)
-        std = dataset_options.get("std", 1.25)
+        options = run_dataset_options(dataset, dataset_options)
+        mean, std = options.get("mean"), options.get("std")
+        if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
+            raise GanplugError(f"dataset {dataset!r}: mean must be a finite number, got {mean!r}")
         if not (isinstance(std, (int, float)) and math.isfinite(std) and std > 0):
             raise GanplugError(f"dataset {dataset!r}: std must be a number > 0, got {std!r}")
         return gaussian_fit(samples, mean, std)

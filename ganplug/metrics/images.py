@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
+from ganplug.metrics.options import run_dataset_options
 
 CLASSIFIER_VERSION = "mlp-v1"
 SPLIT_SEED = 0
@@ -397,8 +398,8 @@ def digits_reference(
 
 
 def image_size_of(dataset: str, dataset_options: Mapping[str, Any]) -> int:
-    """The side of the run's images: ``image_size`` (digits: default 16; MNIST-like: 0 = native 28)."""
-    size = dataset_options.get("image_size", 16 if dataset == "digits" else 0)
+    """The side of the run's images: its ``image_size`` option, else its spec's default (0 = native: 28 for MNIST-like)."""
+    size = run_dataset_options(dataset, dataset_options).get("image_size", 0)
     if dataset != "digits" and size == 0:
         return 28
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128:

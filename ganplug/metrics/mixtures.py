@@ -17,8 +17,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ganplug.data.synthetic import MODE_STD, mode_centres
+from ganplug.data.synthetic import mode_centres
 from ganplug.errors import GanplugError
+from ganplug.metrics.options import run_dataset_options
 
 
 def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, std: float, threshold_std: float = 3.0) -> dict[str, float]:
@@ -59,7 +60,7 @@ def mode_accuracy(samples: torch.Tensor, centres: torch.Tensor, labels: torch.Te
 
 
 def _std(dataset: str, dataset_options: Mapping[str, Any]) -> float:
-    std = dataset_options.get("std", MODE_STD.get(dataset))
+    std = run_dataset_options(dataset, dataset_options).get("std")
     if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
         raise GanplugError(f"dataset {dataset!r}: the mode std must be a number > 0, got {std!r}")
     return float(std)
