@@ -541,7 +541,7 @@ def eval_command(
       ganplug eval --checkpoint runs/mlp-bce-ring8 --metric-opt modes.threshold_std=2
       ganplug list metrics                          # what is computed, for which datasets
     """
-    from ganplug.metrics import evaluate
+    from ganplug.evaluation import evaluate
     from ganplug.train.progress import format_number
 
     report = evaluate(

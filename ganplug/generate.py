@@ -58,38 +58,6 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
     return generator
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def draw_samples(
-    generator: nn.Module,
-    n: int,
-    latent_dim: int,
-    latent: str,
-    *,
-    labels: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (used as it is: put
-    it in eval mode first) from ``latent`` noise of size ``latent_dim`` drawn by a CPU
-    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a
-    time; a conditional generator gets ``labels`` ``(n,)`` (``G(z, labels)``)."""
-    from ganplug.noise import draw_latent
-
-    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
-    device = _device_of(generator)
-    step = max(1, int(batch_size))
-    if labels is None:
-        return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(step)])
-    pairs = zip(noise.split(step), labels.split(step))
-    return torch.cat([generator(z.to(device), y.to(device)).float().cpu() for z, y in pairs])
-
-
 def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Tensor | None:
     """The labels to draw ``n`` samples of ``generator`` for: None for an unconditional one (which
     refuses labels), else ``labels`` (an int for all n, or ``n`` ints) as ``(n,)`` int64, each
@@ -119,7 +87,7 @@ def sample(
 ) -> torch.Tensor:
     """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of a generator from
     :func:`load_generator` (it needs ``latent_dim`` and ``latent`` attributes), noise drawn with
-    ``seed`` (see :func:`draw_samples`). A conditional generator draws them for ``labels``: one
+    ``seed`` (see :func:`ganplug.noise.draw_samples`). A conditional generator draws them for ``labels``: one
     class (an int), one per sample (``n`` ints), or by default each class in turn.
 
     The noise for ``seed`` equals the fixed noise of a run with that seed, so
@@ -132,8 +100,10 @@ def sample(
     latent = getattr(generator, "latent", "normal")
     if latent_dim is None:
         raise GanplugError("the generator has no latent_dim attribute: load it with ganplug.load_generator")
+    from ganplug.noise import draw_samples
+
     chosen = check_class_labels(generator, labels, n)
     return draw_samples(generator, n, latent_dim, latent, labels=chosen, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["check_class_labels", "draw_samples", "load_generator", "sample"]
+__all__ = ["check_class_labels", "load_generator", "sample"]

@@ -1,7 +1,7 @@
 """What generators are fed: the noise z and, for a class-conditional generator, the labels.
 
-Shared by training (the step's noise, the fixed noise of the pictures) and sampling
-(:mod:`ganplug.generate`); torch only, no other ganplug layer.
+Shared by training (the step's noise, the fixed noise of the pictures), sampling
+(:mod:`ganplug.generate`) and the metrics' scoring of a generator; below all of them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ganplug.errors import UsageError
-from ganplug.train.config import LATENTS
+from ganplug.plugin import LATENTS
 
 
 def draw_latent(
@@ -46,4 +46,34 @@ def grid_labels(n: int, num_classes: int) -> tuple[torch.Tensor, int]:
     return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(per), per
 
 
-__all__ = ["LATENTS", "cycled_labels", "draw_latent", "grid_labels"]
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def draw_samples(
+    generator: torch.nn.Module,
+    n: int,
+    latent_dim: int,
+    latent: str,
+    *,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (used as it is: put
+    it in eval mode first) from ``latent`` noise of size ``latent_dim`` drawn by a CPU
+    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a
+    time; a conditional generator gets ``labels`` ``(n,)`` (``G(z, labels)``)."""
+    noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
+    device = _device_of(generator)
+    step = max(1, int(batch_size))
+    if labels is None:
+        return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(step)])
+    pairs = zip(noise.split(step), labels.split(step))
+    return torch.cat([generator(z.to(device), y.to(device)).float().cpu() for z, y in pairs])
+
+
+__all__ = ["LATENTS", "cycled_labels", "draw_latent", "draw_samples", "grid_labels"]

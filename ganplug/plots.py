@@ -308,7 +308,7 @@ def write_loss_plot(run_dir: Path, out: Path | None = None) -> Path:
     """Draw ``run_dir/metrics.jsonl`` (:func:`loss_figure`) into ``out`` (default
     ``run_dir/losses.png``; ``.png``, ``.svg`` or ``.pdf``), written atomically; returns it.
     UsageError for a directory without metrics.jsonl or one with no line to draw."""
-    from ganplug.train.checkpoint import atomic_write_bytes
+    from ganplug.files import atomic_write_bytes
 
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"

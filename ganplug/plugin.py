@@ -57,6 +57,7 @@ PROJECT = "ganplug"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 OPTION_TYPES = (bool, int, float, str)
+LATENTS = ("normal", "uniform")  # the noise a generator can be fed: N(0, 1) or U(-1, 1)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,8 @@ class DatasetSpec(_Spec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.latent not in LATENTS:
+            raise ValueError(f"dataset {self.name!r}: latent must be one of {', '.join(LATENTS)}, got {self.latent!r}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"dataset {self.name!r}: num_classes must be an integer >= 0, got {self.num_classes!r}")
         unknown = sorted(set(self.defaults) - DATASET_DEFAULT_KEYS)

@@ -298,7 +298,7 @@ def test_mode_accuracy_is_the_share_of_samples_nearest_their_mode():
 
 
 def test_evaluating_a_conditional_run_scores_the_classes(tmp_path):
-    from ganplug.metrics import evaluate
+    from ganplug.evaluation import evaluate
 
     quiet_train(_config(steps=2), tmp_path)
     report = evaluate(tmp_path, metrics=("modes",), num_samples=400)
@@ -375,7 +375,7 @@ def test_the_test_kit_checks_a_labelled_dataset_s_labels():
 
 def test_a_short_conditional_ring8_run_puts_its_samples_on_the_modes_asked_for(tmp_path):
     """Chance is 12.5 % (8 modes); the run must reach its class clearly more often."""
-    from ganplug.metrics import evaluate
+    from ganplug.evaluation import evaluate
 
     config = _config(
         steps=300, loss="bce", batch_size=128, data_options={"size": 4096},
@@ -389,7 +389,7 @@ def test_a_short_conditional_ring8_run_puts_its_samples_on_the_modes_asked_for(t
 def test_a_short_conditional_digits_run_draws_the_digit_asked_for(tmp_path):
     """Chance is 10 %: the digits classifier must see the requested digit in most samples (a
     400-step dcgan hinge run with spectral norm reached 99 % here; 34 % after 200 steps)."""
-    from ganplug.metrics import evaluate
+    from ganplug.evaluation import evaluate
 
     config = TrainConfig(
         arch="dcgan", loss="hinge", dataset="digits", conditional=True, steps=400,

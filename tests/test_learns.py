@@ -11,7 +11,7 @@ import pytest
 from conftest import quiet_train
 
 from ganplug.cli import build_config
-from ganplug.metrics import evaluate
+from ganplug.evaluation import evaluate
 from ganplug.train import TrainConfig
 
 

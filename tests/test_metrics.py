@@ -17,7 +17,8 @@ from ganplug import registry as registry_module
 from ganplug.cli import main
 from ganplug.data.synthetic import GRID25_MEANS, RING8_MEANS, grid25, ring8
 from ganplug.errors import GanplugError
-from ganplug.metrics import applicable_metrics, evaluate
+from ganplug.evaluation import evaluate
+from ganplug.metrics import applicable_metrics
 from ganplug.metrics.gaussian import gaussian_fit
 from ganplug.metrics.mixtures import mode_coverage
 from ganplug.plugin import DataContext, MetricSpec, Option, hookimpl

@@ -1,5 +1,5 @@
 """Quality benchmarks: train the recipes of ``benchmarks/quality/`` over several seeds, score each
-run with the registered metrics (:func:`ganplug.metrics.evaluate`) and write a results table.
+run with the registered metrics (:func:`ganplug.evaluation.evaluate`) and write a results table.
 It is part of the repository, not of the installed package; from a checkout, with ganplug
 installed::
 
@@ -91,7 +91,7 @@ def _train_run(config: Any, run_dir: Path, quiet: bool) -> bool:
 
 def _evaluate_run(checkpoint: Path, run_dir: Path, steps: int, seed: int) -> dict[str, Any]:
     """``evaluate`` of ``checkpoint``, cached in ``run_dir/quality_eval.json``."""
-    from ganplug.metrics import evaluate
+    from ganplug.evaluation import evaluate
 
     cache = run_dir / EVAL_FILE
     if cache.is_file():

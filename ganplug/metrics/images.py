@@ -38,7 +38,6 @@ samples, real held-out images cover ~0.6 of it): read them against their floor.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -47,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
+from ganplug.files import atomic_write
 from ganplug.metrics.options import run_dataset_options
 
 CLASSIFIER_VERSION = "mlp-v1"
@@ -198,17 +198,7 @@ def train_classifier(image_size: int, images: Tensor | None = None, labels: Tens
 
 def _save_atomically(state: dict[str, Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def digits_classifier(

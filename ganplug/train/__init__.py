@@ -51,7 +51,7 @@ def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | Non
 
 def write_config(config: TrainConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``RUN_DIR/config.toml`` atomically; returns its path."""
-    from ganplug.train.checkpoint import atomic_write_bytes
+    from ganplug.files import atomic_write_bytes
 
     path = Path(run_dir) / CONFIG_FILE
     atomic_write_bytes(path, config_toml(config, provenance).encode("utf-8"))

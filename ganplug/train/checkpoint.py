@@ -35,11 +35,12 @@ import shutil
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from ganplug.errors import GanplugError, UsageError
+from ganplug.files import atomic_write, fsync_dir
 from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, SPEC_KIND, TrainConfig
 
 FORMAT = "ganplug-checkpoint"
@@ -57,48 +58,12 @@ REQUIRED_KEYS = (
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort; not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, flush, fsync and rename it over
-    ``path``: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
     """``torch.save`` ``state`` to ``path`` atomically; a crash or Ctrl-C leaves the previous
     file intact. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda handle: torch.save(dict(state), handle))
+    atomic_write(path, lambda handle: torch.save(dict(state), handle))
     return path
 
 
@@ -154,7 +119,7 @@ def _point_latest(directory: Path, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def write_run_checkpoint(state: Mapping[str, Any], directory: Path, step: int, keep: int = KEEP) -> Path:
@@ -241,7 +206,7 @@ def fork_run(checkpoint: Path, step: int, new_dir: Path) -> Path:
     directory = new_dir / CHECKPOINTS
     directory.mkdir(exist_ok=True)
     copy = directory / step_checkpoint_name(step)
-    _atomic_write(copy, lambda handle: handle.write(Path(checkpoint).read_bytes()))
+    atomic_write(copy, lambda handle: handle.write(Path(checkpoint).read_bytes()))
     _point_latest(directory, copy)
     return directory / LATEST
 
@@ -475,7 +440,6 @@ def check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
 __all__ = [
     "FORMAT",
     "VERSION",
-    "atomic_write_bytes",
     "check_resumable",
     "discard_newer_work",
     "find_checkpoint",

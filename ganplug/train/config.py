@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganplug.errors import UsageError
-
-LATENTS = ("normal", "uniform")
+from ganplug.plugin import LATENTS
 OPTIMIZERS = ("adam", "rmsprop")
 LR_DECAYS = ("none", "linear")
 ON_NAN = ("stop", "skip")

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ganplug.errors import GanplugError, PluginError
-from ganplug.train.checkpoint import CHECKPOINTS, LATEST, atomic_write_bytes, step_checkpoint_name, write_run_checkpoint
+from ganplug.files import atomic_write_bytes
+from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_checkpoint_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
 from ganplug.train.progress import format_number
 from ganplug.train.render import picture_kind, render, save_png

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ganplug.errors import GanplugError, UsageError
-from ganplug.train.checkpoint import atomic_write_bytes
+from ganplug.files import atomic_write_bytes
 
 MIN_IMAGE_SIDE = 32  # smaller images are enlarged by an integer factor in grids
 SUFFIXES = (".png", ".npy", ".pt")

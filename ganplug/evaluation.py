@@ -1,0 +1,79 @@
+"""Scoring a trained run: load a checkpoint's generator, sample it and apply every metric of its
+dataset (``ganplug eval``). Above the trainer and :mod:`ganplug.generate`; the metrics themselves
+and the scoring of a live generator are in :mod:`ganplug.metrics`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ganplug.errors import GanplugError, UsageError
+from ganplug.generate import load_generator
+from ganplug.metrics import applicable_metrics, bare_dataset_name, metric_options, prepare_metrics, score_generator
+from ganplug.registry import get_registry
+from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
+
+
+def evaluate(
+    checkpoint: Any,
+    *,
+    seed: int = 0,
+    ema: bool = True,
+    device: str = "cpu",
+    metrics: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+    num_samples: int | None = None,
+) -> dict[str, Any]:
+    """Score the generator of ``checkpoint`` (a file or run directory) with every registered
+    metric that applies to its run's dataset (or the ``metrics`` named), built with ``options``
+    (``("NAME.KEY=VALUE", ...)``, see :func:`metric_options`) and ``num_samples`` samples each when
+    given (see :func:`prepare_metrics`).
+
+    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "num_samples": {name: int},
+    "metrics": {name: {key: float}},
+    "skipped": {name: why}, "failed": {name: why}}`` (see :func:`prepare_metrics` for what is
+    skipped; a metric that raised while scoring is in ``failed``, the others are still scored).
+    One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
+    first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
+    uses too). UsageError when no metric applies to the dataset.
+    """
+
+    path = find_checkpoint(Path(checkpoint))
+    config = stored_config(load_checkpoint(path))
+    dataset = bare_dataset_name(config.dataset)
+    specs = applicable_metrics(dataset, tuple(metrics))
+    if not specs:
+        known = ", ".join(e.spec.name for e in get_registry().entries("metric")) or "none"
+        raise UsageError(
+            f"no metric applies to dataset {dataset!r} of {path} (registered metrics: {known}; "
+            "see: ganplug list metrics)"
+        )
+    dataset_options = dict(config.data_options)
+    try:  # fill options a run of an older ganplug did not store
+        dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
+    except GanplugError:
+        pass
+    built, skipped = prepare_metrics(
+        dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples
+    )
+    generator = load_generator(path, ema=ema, device=device)
+    failed: dict[str, GanplugError] = {}
+    results = score_generator(
+        generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
+        dataset=dataset, dataset_options=dataset_options, num_classes=generator.num_classes, seed=seed, failed=failed,
+    )
+    return {
+        "checkpoint": str(path),
+        "step": int(generator.step),
+        "dataset": dataset,
+        "ema": bool(generator.uses_ema),
+        "seed": int(seed),
+        "num_samples": {spec.name: count for spec, _, count in built},
+        "metrics": results,
+        "skipped": skipped,
+        "failed": {name: str(error) for name, error in failed.items()},
+    }
+
+
+__all__ = ["evaluate"]
