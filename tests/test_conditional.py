@@ -269,6 +269,18 @@ def test_sampling_by_class_follows_the_labels_and_equals_the_run_s_pictures(tmp_
         sample(G, 4, labels=-1)
 
 
+def test_the_listing_says_which_architectures_are_conditional_and_how_many_classes_a_dataset_has(capsys):
+    import json
+
+    code, out, _ = run_main(capsys, "list", "archs", "--json")
+    assert code == 0 and {a["name"]: a["conditional"] for a in json.loads(out)}["dcgan"] is True
+    code, out, _ = run_main(capsys, "list", "datasets", "--json")
+    classes = {d["name"]: d["num_classes"] for d in json.loads(out)}
+    assert (classes["digits"], classes["ring8"], classes["grid25"], classes["gaussian"]) == (10, 8, 25, 0)
+    code, out, _ = run_main(capsys, "list", "datasets")
+    assert "10 classes: its labels can train a --conditional run" in out
+
+
 def test_grid_labels_give_one_row_per_class():
     labels, per = grid_labels(64, 10)
     assert per == 6 and torch.equal(labels, torch.arange(10).repeat_interleave(6))
