@@ -110,18 +110,24 @@ def keep_threshold(p: float) -> int:
     return min(1 << 32, int((1.0 - p) * 4294967296.0 + 0.5))
 
 
-def dropout_keep(shape: torch.Size | tuple[int, ...], p: float, seed: int, device: torch.device | str) -> torch.Tensor:
+def dropout_keep(
+    shape: torch.Size | tuple[int, ...], p: float, seed: int | torch.Tensor, device: torch.device | str
+) -> torch.Tensor:
     """The bool mask of kept elements of a tensor of ``shape`` under ``seed``, from each element's
-    row-major index i: hash = mix32(mix32(low32(i) ^ low32(seed)) ^ high32(i) ^ high32(seed))."""
+    row-major index i: hash = mix32(mix32(low32(i) ^ low32(seed)) ^ high32(i) ^ high32(seed)).
+    ``seed`` may be a 0-d int64 tensor on ``device`` holding a seed in [0, 2^63) (what a CUDA
+    graph reads at each replay): the same mask, with no host value baked in."""
     i = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
-    seed &= (1 << 64) - 1  # the seed's bits as C++'s uint64_t reads them
+    if not isinstance(seed, torch.Tensor):
+        seed &= (1 << 64) - 1  # the seed's bits as C++'s uint64_t reads them
     h = _mix32(_mix32((i & _MASK32) ^ (seed & _MASK32)) ^ (i >> 32) ^ (seed >> 32))
     return (h < keep_threshold(p)).reshape(shape)
 
 
-def dropout(input: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p < 1; input's shape."""
+def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
+    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p < 1; input's shape.
+    ``seed``: an int, or a 0-d int64 tensor on input's device (see :func:`dropout_keep`)."""
     x = input.to(_compute_dtype(input))
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype, device=x.device)
+    scale = x.new_full((), 1.0 / (1.0 - p))  # a fill, not a host-to-device copy (CUDA graphs)
     factor = torch.where(dropout_keep(input.shape, p, seed, input.device), scale, torch.zeros_like(scale))
     return (x * factor).to(input.dtype)
