@@ -23,13 +23,21 @@ itself. Conditional: each critic update draws its fakes for the real batch's lab
 critic update.
 
 Nothing here reads a value back to the host: the losses and stats stay 0-d tensors on the device.
+
+The capture-ready step (``--cuda-graphs``, :mod:`ganplug.train.graphs`): :meth:`AdversarialStep.next_batches`
+fetches a step's real batches (and labels) first, :meth:`~AdversarialStep.step_body` runs the
+critic and generator updates on them as a function of those tensors alone (the same maths as
+:meth:`~AdversarialStep.run_step`, with the gradients zeroed in place instead of set to None), and
+:meth:`~AdversarialStep.publish` adds its losses and stats to the sums; on CPU it equals
+:meth:`~AdversarialStep.run_step` bit for bit (tests/test_cuda_graphs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -88,11 +96,29 @@ def make_optimizer(
 
 def use_fast_implementation(optimizer: torch.optim.Optimizer, name: str, device: torch.device) -> None:
     """Set the implementation flags again after ``load_state_dict``, which copies them from the
-    checkpoint (older checkpoints hold the single-tensor path's ``fused=None, foreach=None``)."""
+    checkpoint (older checkpoints hold the single-tensor path's ``fused=None, foreach=None``; one
+    written by a ``--cuda-graphs`` run ``capturable=True``, which only a capture turns on)."""
     flags = _fast_flags(name, device)
     for group in optimizer.param_groups:
         group["fused"] = flags.get("fused")
         group["foreach"] = flags.get("foreach")
+    set_capturable(optimizer, False)
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
+    """Turn ``capturable`` on (before a CUDA-graph capture) or off, with each parameter's ``step``
+    where torch keeps it then: on the parameter's device when capturable or fused, else on the
+    CPU (as torch's lazy state creates it). Neither changes the update's maths."""
+    for group in optimizer.param_groups:
+        group["capturable"] = on
+        on_device = on or bool(group.get("fused"))
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if not isinstance(step, torch.Tensor):
+                continue
+            where = param.device if on_device else torch.device("cpu")
+            if step.device != where:
+                optimizer.state[param]["step"] = step.to(device=where, dtype=torch.float32 if on_device else step.dtype)
 
 
 def new_ema(generator: nn.Module) -> nn.Module:
@@ -100,6 +126,38 @@ def new_ema(generator: nn.Module) -> nn.Module:
     ema = copy.deepcopy(generator).eval()
     ema.requires_grad_(False)
     return ema
+
+
+@dataclass
+class StepInputs:
+    """What a capture-ready step reads: the real batch of each critic update, ``(B, *data_shape)``,
+    and in a conditional run its labels ``(B,)`` int64 (None otherwise)."""
+
+    reals: list[torch.Tensor]
+    labels: list[torch.Tensor] | None
+
+    def shapes(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        tensors = self.reals + (self.labels or [])
+        return [(tuple(t.shape), t.dtype) for t in tensors]
+
+    def clone(self) -> "StepInputs":
+        return StepInputs([t.clone() for t in self.reals], [t.clone() for t in self.labels] if self.labels is not None else None)
+
+    def copy_(self, other: "StepInputs") -> None:
+        """Copy ``other``'s batches into these tensors (the static inputs of a CUDA graph)."""
+        for mine, theirs in zip(self.reals + (self.labels or []), other.reals + (other.labels or [])):
+            mine.copy_(theirs)
+
+
+@dataclass
+class StepOutputs:
+    """What a capture-ready step leaves: the loss and stats of each critic update, the generator's
+    loss and stats (0-d device tensors; a CUDA graph's static outputs, rewritten by each replay)."""
+
+    d_losses: list[torch.Tensor]
+    d_stats: list[dict[str, Any]]
+    g_loss: torch.Tensor
+    g_stats: dict[str, Any]
 
 
 GENERATOR_PREFIX = "g_"  # metrics.jsonl names generator_loss() stats "g_" + name
@@ -131,6 +189,9 @@ class AdversarialStep:
         )
         self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
+        # Called when the state changes from outside a step (a rollback, a load): a captured CUDA
+        # graph is then stale (ganplug.train.graphs).
+        self.on_state_reset: list[Callable[[], None]] = []
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -157,6 +218,7 @@ class AdversarialStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The inverse of :meth:`state_dict`; a checkpoint without EMA starts the EMA from G."""
+        self.state_reset()
         self.G.load_state_dict(state["generator"])
         self.D.load_state_dict(state["discriminator"])
         for optimizer, key in ((self.opt_g, "optimizer_g"), (self.opt_d, "optimizer_d")):
@@ -172,10 +234,11 @@ class AdversarialStep:
 
     # -- the step ------------------------------------------------------------------------------
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast with ``amp`` on CUDA, else nothing."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """bf16 autocast with ``amp`` on CUDA, else nothing. ``cache=False``: no cache of cast
+        weights (what CUDA-graph capture needs; the same values)."""
         if self.config.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
     def batch_noise(self) -> torch.Tensor:
@@ -247,6 +310,80 @@ class AdversarialStep:
         if self.ema is not None:
             self.update_ema(step)
 
+    # -- the capture-ready step (--cuda-graphs) --------------------------------------------------
+
+    def next_batches(self) -> StepInputs:
+        """The real batches (and labels) of the next step's ``n_critic`` critic updates, fetched
+        now, in the order :meth:`run_step` fetches them."""
+        reals, labels = [], []
+        for _ in range(self.config.n_critic):
+            if self.conditional:
+                real, y = self.order.next_labelled_batch()
+                labels.append(y)
+            else:
+                real = self.order.next_batch()
+            reals.append(real)
+        return StepInputs(reals, labels if self.conditional else None)
+
+    def step_body(self, inputs: StepInputs) -> StepOutputs:
+        """The critic updates and the generator update of one step on ``inputs``: the maths of
+        :meth:`run_step` as a function of those tensors alone (noise drawn inside, gradients
+        zeroed in place, no host read, no branch on a tensor's value), so a CUDA graph can
+        capture it. The learning rates, the sums and the EMA are the caller's."""
+        cfg = self.config
+        D, critic, loss = self.D, self.critic, self.loss
+        reuse = cfg.n_critic == 1
+        fake = labels = None
+        d_losses, d_stats_all = [], []
+        for i in range(cfg.n_critic):
+            real = inputs.reals[i]
+            if inputs.labels is not None:
+                labels = inputs.labels[i]
+                critic.labels = labels
+            z = self.batch_noise()
+            with self.autocast(cache=False):
+                if reuse:
+                    fake = self.generate(z, labels)
+                    d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
+                else:
+                    with torch.no_grad():
+                        d_fake = self.generate(z, labels)
+                    d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
+            d_stats = self.checked_stats(d_stats, "discriminator_loss")
+            self.opt_d.zero_grad(set_to_none=False)
+            d_loss.backward()
+            average_gradients(self.world, self.opt_d.param_groups[0]["params"])
+            self.changed = True
+            self.opt_d.step()
+            loss.after_critic_step(D)
+            d_losses.append(d_loss)
+            d_stats_all.append(d_stats)
+        D.requires_grad_(False)
+        try:
+            with self.autocast(cache=False):
+                if fake is None:
+                    fake = self.generate(self.batch_noise(), labels)
+                g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
+                g_stats = self.checked_stats(g_stats, "generator_loss")
+            self.opt_g.zero_grad(set_to_none=False)
+            g_loss.backward()
+            average_gradients(self.world, self.opt_g.param_groups[0]["params"])
+            self.opt_g.step()
+        finally:
+            D.requires_grad_(True)
+        return StepOutputs(d_losses, d_stats_all, g_loss, g_stats)
+
+    @staticmethod
+    def publish(outputs: StepOutputs, sums: Sums) -> None:
+        """Add a step's losses and stats to ``sums`` as :meth:`run_step` does, each a copy (a
+        graph's outputs are rewritten by its next replay)."""
+        copy_of = lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value
+        for d_loss, d_stats in zip(outputs.d_losses, outputs.d_stats):
+            sums.add("d_loss", copy_of(d_loss))
+            sums.add_all({k: copy_of(v) for k, v in d_stats.items()})
+        sums.add("g_loss", copy_of(outputs.g_loss))
+        sums.add_all({k: copy_of(v) for k, v in outputs.g_stats.items()}, prefix=GENERATOR_PREFIX)
+
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``G(z)``, or ``G(z, labels)`` in a conditional run."""
         return self.G(z) if labels is None else self.G(z, labels)
@@ -285,9 +422,19 @@ class AdversarialStep:
             ema_buffer.copy_(buffer)
 
     def zero_grad(self) -> None:
+        """After a rollback or a restore: no gradients, D trainable again (and a captured graph,
+        whose gradient buffers these were, stale)."""
+        self.state_reset()
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(True)
 
+    def state_reset(self) -> None:
+        for listener in self.on_state_reset:
+            listener()
 
-__all__ = ["AdversarialStep", "ema_decay", "lr_factor", "make_optimizer", "new_ema", "use_fast_implementation"]
+
+__all__ = [
+    "AdversarialStep", "StepInputs", "StepOutputs", "ema_decay", "lr_factor", "make_optimizer", "new_ema", "set_capturable",
+    "use_fast_implementation",
+]
