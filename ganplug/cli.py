@@ -195,6 +195,13 @@ def _train_options(func):
         click.option("--ema", type=float, is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
         click.option("--conditional", is_flag=True, default=None, help="Class-conditional G and D on the dataset's labels (a projection discriminator); samples come one row per class."),
         click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
+        click.option("--cuda-graphs", is_flag=True, default=None, help=(
+            "Capture the whole step (critic updates with their penalties, generator update, optimiser steps) as one "
+            "CUDA graph and replay it: fewer launches for small models. Runs the eager step instead, saying why in one "
+            "line, on CPU, with --nproc > 1, with --lr-decay linear, with lazy R1/R2 (r1_every > 1), with a loss whose "
+            "state changes every step or whose capture fails (it synchronises with the host), and if batch shapes "
+            "change. Same maths; on a GPU equal to the eager step within float tolerance. Not yet run on a GPU; "
+            "see docs/kernels.md.")),
         click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
         click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
         click.option("--data-dir", type=click.Path(file_okay=False), help="Where torchvision datasets and image folders live."),
@@ -277,8 +284,8 @@ def build_config(given: dict[str, Any]):
     else:
         config = TrainConfig()
     for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "pack", "optimizer",
-                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "conditional", "amp", "device", "seed",
-                       "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
+                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "conditional", "amp", "cuda_graphs",
+                       "device", "seed", "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])
     if given.get("betas") is not None:

@@ -310,7 +310,7 @@ def stored_config(state: Mapping[str, Any]) -> TrainConfig:
 # Fields a resume may change: how long, how often and where to report, where to run.
 RESUMABLE = frozenset(
     {"steps", "sample_every", "checkpoint_every", "log_every", "eval_every", "device", "num_samples", "amp", "on_nan",
-     "loggers", "logger_options"}
+     "loggers", "logger_options", "cuda_graphs"}
 )
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
@@ -381,7 +381,7 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
     pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
     steps, sample_every, checkpoint_every, log_every, eval_every, device, num_samples, amp, on_nan, loggers,
-    logger_options and the data's location (root, download) may change; any other value that differs from the stored one raises
+    logger_options, cuda_graphs and the data's location (root, download) may change; any other value that differs from the stored one raises
     UsageError naming the option (it shapes the run: start a new one with --out).
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

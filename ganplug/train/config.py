@@ -59,6 +59,7 @@ class TrainConfig:
     latent: str | None = None  # "normal" or "uniform"; default from the dataset
     ema: float = 0.0  # decay of the generator's exponential moving average; 0 = off
     amp: bool = False  # bf16 autocast on CUDA
+    cuda_graphs: bool = False  # capture the step as a CUDA graph and replay it (ganplug.train.graphs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     sample_every: int = 250  # generator steps between sample grids; 0 = only at the end
@@ -150,6 +151,7 @@ def validate_config(config: TrainConfig) -> None:
         _require(c.latent in LATENTS, f"latent must be normal or uniform, got {c.latent!r}: pass --latent normal")
     _require(_is_number(c.ema) and 0 <= c.ema < 1, f"ema must be a decay in [0, 1), got {c.ema!r}: pass e.g. --ema 0.999 (0 = off)")
     _require(isinstance(c.amp, bool), f"amp must be true or false, got {c.amp!r}")
+    _require(isinstance(c.cuda_graphs, bool), f"cuda_graphs must be true or false, got {c.cuda_graphs!r}")
     _require(isinstance(c.conditional, bool), f"conditional must be true or false, got {c.conditional!r}")
     _require(_is_int(c.seed), f"seed must be an integer, got {c.seed!r}")
     for name in ("sample_every", "checkpoint_every"):

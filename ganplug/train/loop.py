@@ -42,6 +42,7 @@ from ganplug.train.build import Run, sample_of
 from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World
+from ganplug.train.graphs import CudaGraphStep
 from ganplug.train.guard import DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
 from ganplug.train.loggers import Loggers
 from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, LossPlot, MetricsLog, SampleWriter, Sums
@@ -96,6 +97,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.quiet, self.stream = quiet, stream
         self.stepper = AdversarialStep(run, world)
+        # --cuda-graphs: the step as a replayed CUDA graph, or the eager step with one line why not
+        self.graph_step: CudaGraphStep | None = None
+        if self.config.cuda_graphs:
+            self.graph_step = CudaGraphStep(self.stepper, lambda text: self.progress.message(text), self._culprit)
         self.guard = StepGuard(self.stepper, self.config.on_nan, world)
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
         self.picture = picture_kind(run.data_shape)
@@ -261,7 +266,7 @@ class Trainer:
         self._step_sums.clear()
         self.guard.begin()
         self.signals.in_step = True
-        self.stepper.run_step(self.step, self._step_sums)
+        (self.graph_step or self.stepper).run_step(self.step, self._step_sums)
         what, agreed = self.guard.check_step(self._step_sums, self.signals.requested)
         self._stop_agreed = self._stop_agreed or agreed
         if what is None:
