@@ -476,3 +476,20 @@ def test_on_a_gpu_the_captured_dropout_draws_the_eager_masks():
     graph.replay()
     torch.cuda.synchronize()
     assert_same(outs, eager, "replayed dropout")
+
+
+def test_the_flag_sets_the_config_field_and_its_help_names_the_fallbacks(capsys):
+    from conftest import run_main
+
+    from ganplug.cli import build_config
+    from ganplug.errors import UsageError
+    from ganplug.train.config import validate_config
+
+    assert build_config({"cuda_graphs": True}).cuda_graphs is True
+    assert build_config({}).cuda_graphs is False
+    with pytest.raises(UsageError, match="cuda_graphs must be true or false"):
+        validate_config(TrainConfig(cuda_graphs="yes"))
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "--cuda-graphs" in text and "--lr-decay linear" in text and "Not yet run on a GPU" in text
