@@ -59,11 +59,15 @@ def test_the_dry_run_lists_every_command_without_a_gpu():
     assert lines[0].startswith("TORCH_CUDA_ARCH_LIST=") and lines[0].endswith("setup.py build_ext --inplace")
     assert lines[1].startswith("python -m pytest -m cuda tests/test_cuda_kernels.py")
     trains = [line for line in lines if " train " in line]
-    assert len(trains) == 20  # mlp, dcgan x bce, minimax, wasserstein, hinge, relativistic x with and without --amp
+    # mlp, dcgan x bce, minimax, wasserstein, hinge, relativistic x with and without --amp, then
+    # WGAN-GP of each arch with --cuda-graphs
+    assert len(trains) == 22
     assert sum(line.endswith(" --amp") for line in trains) == 10
+    graphs = [line for line in trains if line.endswith(" --cuda-graphs")]
+    assert len(graphs) == 2 and all("--loss wasserstein" in line and "-cuda-graphs " in line for line in graphs)
     assert all("--device cuda --steps 20" in line for line in trains)
-    assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 10
-    assert sum("--arch mlp" in line and "--dataset ring8" in line for line in trains) == 10
+    assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 11
+    assert sum("--arch mlp" in line and "--dataset ring8" in line for line in trains) == 11
     benches = [line for line in lines if " bench " in line]
     assert benches[0].endswith("bench --kernels --device cuda --out gpu-check-results/bench-kernels --quick --no-compile")
     assert len(benches) == 5 and all("--steps --only" in line for line in benches[1:])
@@ -127,6 +131,21 @@ def test_a_command_missing_a_package_is_a_skip_and_another_failure_a_fail(tmp_pa
     result = check.failed_or_skipped("b", code, output, seconds, "stage b")
     assert result.status == "FAIL" and result.detail.startswith("exit 1: Error: the kernel disagrees")
     assert (tmp_path / "logs" / "b.log").read_text().startswith(f"$ {sys.executable} -c")
+
+
+def test_a_cuda_graphs_run_that_ran_the_eager_step_fails(tmp_path, monkeypatch):
+    """On this CPU a --cuda-graphs run falls back (one line): the train stage reports it as not
+    captured; the same line is found in a log."""
+    tiny = ["--arch", "mlp", "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--dataset", "ring8",
+            "--data-opt", "size=64", "--batch-size", "16", "--loss", "wasserstein", "--n-critic", "1", "--device", "cpu",
+            "--steps", "2", "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "1", "-q", "--cuda-graphs"]
+    monkeypatch.setattr(gpu_check, "train_runs", lambda steps, device: [("tiny" + gpu_check.GRAPH_SUFFIX, tiny)])
+    check = _check(tmp_path)
+    check.train()
+    (result,) = check.results
+    assert result.status == "FAIL" and result.name == "train tiny-cuda-graphs"
+    assert result.detail.startswith("not captured: --cuda-graphs needs a CUDA device; running the eager step")
+    assert gpu_check.graph_fallback("step 2/2\ndone") is None
 
 
 def test_training_runs_are_checked_and_summarised(tmp_path, monkeypatch):

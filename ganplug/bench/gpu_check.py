@@ -9,7 +9,8 @@ checkout:
 2. run the CUDA tests (``pytest -m cuda``: tests/test_cuda_kernels.py and the ``cuda`` params of
    the op tests);
 3. ``ganplug train --device cuda --steps 20`` for each built-in arch x loss (mlp on ring8, dcgan on
-   digits), with and without ``--amp``;
+   digits), with and without ``--amp``, and WGAN-GP of each arch with ``--cuda-graphs`` (a run that
+   falls back to the eager step fails);
 4. ``ganplug bench --kernels`` and ``ganplug bench --steps`` on cuda (float32 and bfloat16).
 
 Everything lands in one folder (default ``gpu-check-results/``): ``summary.txt`` (the machine,
@@ -48,9 +49,12 @@ DEFAULT_OUT = "gpu-check-results"
 STAGES = ("build", "tests", "train", "bench-kernels", "bench-steps")
 TRAIN_MATRIX = (("mlp", "ring8"), ("dcgan", "digits"))
 TRAIN_LOSSES = ("bce", "minimax", "wasserstein", "hinge", "relativistic")
+GRAPH_LOSS = "wasserstein"  # the --cuda-graphs runs: gradient penalty, n_critic 5, mlp's dropout
+GRAPH_SUFFIX = "-cuda-graphs"
 # Files holding `cuda` tests: the CUDA kernel tests and the op tests parametrized over devices.
 CUDA_TEST_FILES = (
     "tests/test_cuda_kernels.py",
+    "tests/test_cuda_graphs.py",
     "tests/test_ops.py",
     "tests/test_gradients.py",
     "tests/test_edge_cases.py",
@@ -94,16 +98,26 @@ def missing_from_output(output: str) -> str | None:
 
 
 def train_runs(steps: int, device: str = "cuda") -> list[tuple[str, list[str]]]:
-    """(name, ``ganplug train`` arguments after ``--out DIR``) for each arch x loss x amp."""
+    """(name, ``ganplug train`` arguments after ``--out DIR``) for each arch x loss x amp, then
+    each arch with :data:`GRAPH_LOSS` and ``--cuda-graphs`` (names ending in :data:`GRAPH_SUFFIX`)."""
+    def args_of(arch: str, loss: str, dataset: str) -> list[str]:
+        return ["--arch", arch, "--loss", loss, "--dataset", dataset, "--device", device, "--steps", str(steps),
+                "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "5", "-q"]
+
     runs = []
     for arch, dataset in TRAIN_MATRIX:
         for loss in TRAIN_LOSSES:
             for amp in (False, True):
                 name = f"{arch}-{loss}-{dataset}" + ("-amp" if amp else "")
-                args = ["--arch", arch, "--loss", loss, "--dataset", dataset, "--device", device, "--steps", str(steps),
-                        "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "5", "-q"]
-                runs.append((name, args + (["--amp"] if amp else [])))
+                runs.append((name, args_of(arch, loss, dataset) + (["--amp"] if amp else [])))
+    for arch, dataset in TRAIN_MATRIX:
+        runs.append((f"{arch}-{GRAPH_LOSS}-{dataset}{GRAPH_SUFFIX}", args_of(arch, GRAPH_LOSS, dataset) + ["--cuda-graphs"]))
     return runs
+
+
+def graph_fallback(output: str) -> str | None:
+    """The line a ``--cuda-graphs`` run printed when it ran the eager step instead, or None."""
+    return next((line.strip() for line in output.splitlines() if "--cuda-graphs" in line and "eager step" in line), None)
 
 
 def check_train_run(run_dir: Path, steps: int) -> str | None:
@@ -295,6 +309,9 @@ class GpuCheck:
             if code != 0:
                 return self.failed_or_skipped(f"train-{name}", code, output, seconds, what)
             problem = check_train_run(run_dir, steps)
+            if problem is None and name.endswith(GRAPH_SUFFIX):
+                fallback = graph_fallback(output)
+                problem = f"not captured: {fallback}" if fallback else None
             if problem:
                 return Result("FAIL", what, f"{problem} (see logs/train-{name}.log)", seconds)
             last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip() and '"d_loss"' in x][-1]
