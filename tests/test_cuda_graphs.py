@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import HAS_CUDA, quiet_train, read_metrics
+from conftest import quiet_train, read_metrics
 
 from ganplug import ops
 from ganplug.losses import NonSaturatingLoss, WassersteinLoss
