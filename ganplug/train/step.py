@@ -24,12 +24,12 @@ critic update.
 
 Nothing here reads a value back to the host: the losses and stats stay 0-d tensors on the device.
 
-The capture-ready step (``--cuda-graphs``, :mod:`ganplug.train.graphs`): :meth:`AdversarialStep.next_batches`
-fetches a step's real batches (and labels) first, :meth:`~AdversarialStep.step_body` runs the
-critic and generator updates on them as a function of those tensors alone (the same maths as
-:meth:`~AdversarialStep.run_step`, with the gradients zeroed in place instead of set to None), and
-:meth:`~AdversarialStep.publish` adds its losses and stats to the sums; on CPU it equals
-:meth:`~AdversarialStep.run_step` bit for bit (tests/test_cuda_graphs.py).
+The step in three parts, so a CUDA graph can capture the middle one (``--cuda-graphs``,
+:mod:`ganplug.train.graphs`): :meth:`AdversarialStep.next_batches` fetches a step's real batches
+(and labels), :meth:`~AdversarialStep.step_body` runs the critic and generator updates on them as
+a function of those tensors alone, and :meth:`~AdversarialStep.publish` adds its losses and stats
+to the sums. :meth:`~AdversarialStep.run_step` is the three in a row; the graph-safe body (gradients
+zeroed in place) equals it bit for bit on CPU (tests/test_cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -262,51 +262,9 @@ class AdversarialStep:
         """Generator step ``step`` (0-based): the learning rates, ``n_critic`` critic updates, one
         generator update, the EMA. ``sums`` receives ``d_loss`` (per critic update), the critic
         stats, ``g_loss`` and the generator stats (``g_``-prefixed), all as device tensors."""
-        cfg = self.config
         self.changed = False
         self.set_learning_rates(step)
-        D, critic, loss = self.D, self.critic, self.loss
-        reuse = cfg.n_critic == 1
-        fake = labels = None
-        for _ in range(cfg.n_critic):
-            if self.conditional:
-                real, labels = self.order.next_labelled_batch()
-                critic.labels = labels
-            else:
-                real = self.order.next_batch()
-            z = self.batch_noise()
-            with self.autocast():
-                if reuse:
-                    fake = self.generate(z, labels)
-                    d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
-                else:
-                    with torch.no_grad():
-                        d_fake = self.generate(z, labels)
-                    d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
-            d_stats = self.checked_stats(d_stats, "discriminator_loss")
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            average_gradients(self.world, self.opt_d.param_groups[0]["params"])
-            self.changed = True
-            self.opt_d.step()
-            loss.after_critic_step(D)
-            sums.add("d_loss", d_loss)
-            sums.add_all(d_stats)
-        D.requires_grad_(False)
-        try:
-            with self.autocast():
-                if fake is None:
-                    fake = self.generate(self.batch_noise(), labels)
-                g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
-                g_stats = self.checked_stats(g_stats, "generator_loss")
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            average_gradients(self.world, self.opt_g.param_groups[0]["params"])
-            self.opt_g.step()
-        finally:
-            D.requires_grad_(True)
-        sums.add("g_loss", g_loss)
-        sums.add_all(g_stats, prefix=GENERATOR_PREFIX)
+        self.publish(self.step_body(self.next_batches(), graph_safe=False), sums, copy=False)
         if self.ema is not None:
             self.update_ema(step)
 
@@ -325,12 +283,14 @@ class AdversarialStep:
             reals.append(real)
         return StepInputs(reals, labels if self.conditional else None)
 
-    def step_body(self, inputs: StepInputs) -> StepOutputs:
-        """The critic updates and the generator update of one step on ``inputs``: the maths of
-        :meth:`run_step` as a function of those tensors alone (noise drawn inside, gradients
-        zeroed in place, no host read, no branch on a tensor's value), so a CUDA graph can
-        capture it. The learning rates, the sums and the EMA are the caller's."""
+    def step_body(self, inputs: StepInputs, graph_safe: bool = True) -> StepOutputs:
+        """The critic updates and the generator update of one step on ``inputs``, as a function of
+        those tensors alone (noise drawn inside, no host read, no branch on a tensor's value), so a
+        CUDA graph can capture it; ``graph_safe`` zeroes the gradients in place and turns off
+        autocast's weight cache (what a capture needs; the same values), else the gradients are
+        set to None (:meth:`run_step`). The learning rates, the sums and the EMA are the caller's."""
         cfg = self.config
+        set_to_none = not graph_safe
         D, critic, loss = self.D, self.critic, self.loss
         reuse = cfg.n_critic == 1
         fake = labels = None
@@ -341,7 +301,7 @@ class AdversarialStep:
                 labels = inputs.labels[i]
                 critic.labels = labels
             z = self.batch_noise()
-            with self.autocast(cache=False):
+            with self.autocast(cache=not graph_safe):
                 if reuse:
                     fake = self.generate(z, labels)
                     d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
@@ -350,7 +310,7 @@ class AdversarialStep:
                         d_fake = self.generate(z, labels)
                     d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
             d_stats = self.checked_stats(d_stats, "discriminator_loss")
-            self.opt_d.zero_grad(set_to_none=False)
+            self.opt_d.zero_grad(set_to_none=set_to_none)
             d_loss.backward()
             average_gradients(self.world, self.opt_d.param_groups[0]["params"])
             self.changed = True
@@ -360,12 +320,12 @@ class AdversarialStep:
             d_stats_all.append(d_stats)
         D.requires_grad_(False)
         try:
-            with self.autocast(cache=False):
+            with self.autocast(cache=not graph_safe):
                 if fake is None:
                     fake = self.generate(self.batch_noise(), labels)
                 g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
                 g_stats = self.checked_stats(g_stats, "generator_loss")
-            self.opt_g.zero_grad(set_to_none=False)
+            self.opt_g.zero_grad(set_to_none=set_to_none)
             g_loss.backward()
             average_gradients(self.world, self.opt_g.param_groups[0]["params"])
             self.opt_g.step()
@@ -374,10 +334,10 @@ class AdversarialStep:
         return StepOutputs(d_losses, d_stats_all, g_loss, g_stats)
 
     @staticmethod
-    def publish(outputs: StepOutputs, sums: Sums) -> None:
-        """Add a step's losses and stats to ``sums`` as :meth:`run_step` does, each a copy (a
-        graph's outputs are rewritten by its next replay)."""
-        copy_of = lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value
+    def publish(outputs: StepOutputs, sums: Sums, copy: bool = True) -> None:
+        """Add a step's losses and stats to ``sums``; ``copy``: each a copy (a graph's outputs are
+        rewritten by its next replay)."""
+        copy_of = (lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value) if copy else (lambda value: value)
         for d_loss, d_stats in zip(outputs.d_losses, outputs.d_stats):
             sums.add("d_loss", copy_of(d_loss))
             sums.add_all({k: copy_of(v) for k, v in d_stats.items()})
