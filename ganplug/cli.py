@@ -14,7 +14,7 @@ import click
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, get_registry, resolve_kind
-from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, validate_config
+from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, parse_betas, parse_pairs, validate_config
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -24,17 +24,6 @@ def _complete_names(kind: str):
         return [name for name in get_registry().names(kind) if name.startswith(incomplete)]
 
     return complete
-
-
-def parse_pairs(flag: str, pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("width=32", "critic_norm=layer")`` -> ``{"width": "32", ...}``; UsageError if no ``=``."""
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return options
 
 
 def _echo_json(data: Any) -> None:
@@ -240,16 +229,6 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise UsageError(f"--config {path}: not valid TOML ({error})") from None
 
 
-def _parse_betas(text: str) -> tuple[float, float]:
-    try:
-        b1, b2 = (float(part) for part in text.split(","))
-    except ValueError:
-        raise UsageError(f"--betas expects two numbers like 0.5,0.999, got {text!r}") from None
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise UsageError(f"--betas must lie in [0, 1), got {text!r}")
-    return (b1, b2)
-
-
 def apply_dataset_defaults(config, dataset_spec, arch_name: str, loss_name: str, set_here: set[str]) -> None:
     """Fill the knobs of ``config`` that neither --config nor the command line set (``set_here``)
     from ``dataset_spec.defaults``; its ``arch_options`` for ``arch_name`` sit below the user's,
@@ -289,7 +268,7 @@ def build_config(given: dict[str, Any]):
         if given.get(field_name) is not None:
             setattr(config, field_name, given[field_name])
     if given.get("betas") is not None:
-        config.betas = _parse_betas(given["betas"])
+        config.betas = parse_betas(given["betas"])
     if given.get("loggers"):
         config.loggers = list(given["loggers"])
     for flag, attribute in OPTION_FLAGS.items():

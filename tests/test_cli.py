@@ -381,3 +381,19 @@ def test_list_losses_shows_each_recipe(capsys):
     recipes = {d["name"]: d["recipe"] for d in json.loads(out)}
     assert recipes["bce"] == {"n_critic": 1, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999]}
     assert recipes["relativistic"]["n_critic"] == 1
+
+
+def test_betas_and_option_pairs_parse_alike_on_the_command_line_and_on_resume():
+    from ganplug.errors import UsageError
+    from ganplug.train.checkpoint import resume_config
+    from ganplug.train.config import TrainConfig, parse_betas
+
+    assert parse_betas("0.5, 0.9") == (0.5, 0.9)
+    with pytest.raises(UsageError, match="two numbers"):
+        parse_betas("0.5")
+    stored = TrainConfig(betas=(0.5, 0.999))
+    with pytest.raises(UsageError, match=r"--betas must lie in \[0, 1\)"):
+        resume_config(stored, {"betas": "2,3"})
+    assert resume_config(stored, {"betas": "0.5,0.999"}).betas == (0.5, 0.999)  # the same: no change
+    with pytest.raises(UsageError, match="--arch-opt expects KEY=VALUE"):
+        resume_config(stored, {"arch_opt": ("width",)})

@@ -41,7 +41,7 @@ import torch
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
-from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, SPEC_KIND, TrainConfig
+from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, SPEC_KIND, TrainConfig, parse_betas, parse_pairs
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
@@ -331,12 +331,7 @@ def _refuse(flag: str, old: Any, new: Any) -> None:
 
 def _normalise(name: str, value: Any) -> Any:
     if name == "betas" and value is not None:
-        if isinstance(value, str):
-            try:
-                value = [float(part) for part in value.split(",")]
-            except ValueError:
-                raise UsageError(f"--betas expects two numbers like 0.5,0.999, got {value!r}") from None
-        return tuple(float(v) for v in value)
+        return parse_betas(value) if isinstance(value, str) else tuple(float(v) for v in value)
     if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if name == "loggers":
@@ -347,13 +342,7 @@ def _normalise(name: str, value: Any) -> Any:
 def _pairs(flag: str, value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return {str(k).replace("-", "_"): v for k, v in value.items()}
-    options = {}
-    for pair in value or ():
-        key, sep, item = str(pair).partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = item.strip()
-    return options
+    return parse_pairs(flag, value)
 
 
 def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], flag_of: dict[str, str]) -> dict[str, Any]:

@@ -90,6 +90,29 @@ class TrainConfig:
         return cls(**values)
 
 
+def parse_pairs(flag: str, pairs: Any) -> dict[str, str]:
+    """``("width=32", "critic-norm = layer")`` -> ``{"width": "32", "critic_norm": "layer"}``
+    (``--arch-opt`` and friends); UsageError naming ``flag`` for a pair without ``KEY=``."""
+    options: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+def parse_betas(text: str) -> tuple[float, float]:
+    """``"0.5,0.999"`` -> ``(0.5, 0.999)``; UsageError unless two numbers in [0, 1)."""
+    try:
+        b1, b2 = (float(part) for part in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--betas expects two numbers like 0.5,0.999, got {text!r}") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise UsageError(f"--betas must lie in [0, 1), got {text!r}")
+    return (b1, b2)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
