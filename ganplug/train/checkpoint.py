@@ -48,7 +48,7 @@ VERSION = 1
 KEEP = 3  # step checkpoints kept besides latest.pt
 LATEST = "latest.pt"
 CHECKPOINTS = "checkpoints"
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+_STEP_FILE = re.compile(r"^step_(\d+)(\.\w+)$")  # step_000500.pt, step_000500.png
 REQUIRED_KEYS = (
     "config", "model", "step", "generator", "discriminator", "optimizer_g", "optimizer_d", "rng",
     "data_order", "fixed_noise",
@@ -87,19 +87,27 @@ def remove_orphaned_temps(directory: Path) -> None:
             pass
 
 
-def step_checkpoint_name(step: int) -> str:
-    return f"step_{step:06d}.pt"
+def step_file_name(step: int, suffix: str = ".pt") -> str:
+    """``step_000500.pt``: the name of the checkpoint (or, with ``suffix`` ".png", the picture)
+    of generator step ``step``."""
+    return f"step_{step:06d}{suffix}"
 
 
-def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step_NNNNNN.pt`` in ``directory``, by step."""
+def step_files(directory: Path, suffix: str | None = ".pt") -> list[tuple[int, Path]]:
+    """``(step, path)`` of every :func:`step_file_name` file in ``directory`` with ``suffix``
+    (None: any), by step."""
     found = []
     if Path(directory).is_dir():
         for entry in Path(directory).iterdir():
             match = _STEP_FILE.match(entry.name)
-            if match and entry.is_file():
+            if match and entry.is_file() and suffix in (None, match.group(2)):
                 found.append((int(match.group(1)), entry))
     return sorted(found)
+
+
+def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_NNNNNN.pt`` in ``directory``, by step."""
+    return step_files(directory, ".pt")
 
 
 def _point_latest(directory: Path, path: Path) -> None:
@@ -127,7 +135,7 @@ def write_run_checkpoint(state: Mapping[str, Any], directory: Path, step: int, k
     but the newest ``keep`` step files. Returns the step file's path."""
     directory = Path(directory)
     remove_orphaned_temps(directory)
-    path = save_checkpoint(state, directory / step_checkpoint_name(step))
+    path = save_checkpoint(state, directory / step_file_name(step))
     _point_latest(directory, path)
     kept = [other for _, other in step_checkpoints(directory)]
     for old in kept[: max(0, len(kept) - keep)]:
@@ -161,10 +169,7 @@ def newer_checkpoints(directory: Path, step: int, resumed: Path) -> list[int]:
 
 def _later_files(directory: Path, step: int) -> list[Path]:
     """``step_NNNNNN.*`` files in ``directory`` of steps after ``step``."""
-    pattern = re.compile(r"^step_(\d+)\.\w+$")
-    if not Path(directory).is_dir():
-        return []
-    return [e for e in Path(directory).iterdir() if (m := pattern.match(e.name)) and int(m.group(1)) > step]
+    return [path for number, path in step_files(directory, None) if number > step]
 
 
 def discard_newer_work(run_dir: Path, checkpoint: Path, step: int) -> Path:
@@ -205,7 +210,7 @@ def fork_run(checkpoint: Path, step: int, new_dir: Path) -> Path:
                 shutil.copyfile(picture, new_dir / SAMPLES / picture.name)
     directory = new_dir / CHECKPOINTS
     directory.mkdir(exist_ok=True)
-    copy = directory / step_checkpoint_name(step)
+    copy = directory / step_file_name(step)
     atomic_write(copy, lambda handle: handle.write(Path(checkpoint).read_bytes()))
     _point_latest(directory, copy)
     return directory / LATEST

@@ -23,7 +23,7 @@ import torch
 
 from ganplug.errors import GanplugError, PluginError
 from ganplug.files import atomic_write_bytes
-from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_checkpoint_name, write_run_checkpoint
+from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_file_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
 from ganplug.train.progress import format_number
 from ganplug.train.render import picture_kind, render, save_png
@@ -296,7 +296,7 @@ class SampleWriter(Callback):
             real=trainer.real_plot, box=trainer.plot_box, density=trainer.plot_density, title=f"step {trainer.step}",
             nrow=trainer.grid_row,
         )
-        path = self.dir / f"step_{trainer.step:06d}.png"
+        path = self.dir / step_file_name(trainer.step, ".png")
         save_png(image, path, self.dir / "latest.png")
         trainer.notify("on_samples", trainer.step, path)
         return path
@@ -332,7 +332,7 @@ class CheckpointWriter(Callback):
     def write(self, trainer: "Trainer") -> Path:
         """The checkpoint of ``trainer.step`` (once per step)."""
         step = trainer.step
-        path = self.dir / step_checkpoint_name(step)
+        path = self.dir / step_file_name(step)
         if self.last_step == step:
             return path
         trainer.ensure_finite_weights()  # never a checkpoint of non-finite weights
