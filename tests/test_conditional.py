@@ -263,6 +263,7 @@ def test_sampling_by_class_follows_the_labels_and_equals_the_run_s_pictures(tmp_
     torch.testing.assert_close(z_seeded, sample(G, 16, labels=cycled_labels(16, 8), seed=0))
     assert not torch.equal(sample(G, 16, labels=2, seed=0), z_seeded)
     torch.testing.assert_close(sample(G, 16, labels=2, seed=0), sample(G, 16, labels=[2] * 16, seed=0))
+    torch.testing.assert_close(sample(G, 16, labels=2, seed=0), sample(G, 16, labels=torch.tensor(2), seed=0))
     with pytest.raises(UsageError, match="16 integers"):
         sample(G, 16, labels=[1, 2])
     with pytest.raises(UsageError, match="class -1 is not one"):
