@@ -143,3 +143,19 @@ def quiet_train(config, run_dir, **kwargs) -> str:
     stream = io.StringIO()
     train(config, run_dir, quiet=True, stream=stream, **kwargs)
     return stream.getvalue()
+
+
+def assert_same(a, b, where: str = "checkpoint") -> None:
+    """Every tensor equal (torch.equal), every other value ==, recursively."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import quiet_train, read_metrics
+from conftest import assert_same, quiet_train, read_metrics
 
 from ganplug import ops
 from ganplug.losses import NonSaturatingLoss, WassersteinLoss
@@ -62,22 +62,6 @@ COMMON = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, nu
 
 def config_of(name: str, steps: int = STEPS, **changes) -> TrainConfig:
     return TrainConfig(**{**CONFIGS[name], **COMMON, "steps": steps, **changes})
-
-
-def assert_same(a, b, where="state"):
-    """Every tensor equal (torch.equal, dtype too), every other value ==, recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def _steps(run_step, stepper: AdversarialStep, steps: int) -> list[dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quiet_train, read_metrics
+from conftest import assert_same, quiet_train, read_metrics
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
@@ -72,22 +72,6 @@ def resume(run_dir: Path, steps: int, checkpoint: Path | None = None, discard_ne
     stored = stored_config(load_checkpoint(checkpoint))
     config = resume_config(stored, {"steps": steps, **overrides})
     return quiet_train(config, run_dir, resume_from=checkpoint, discard_newer=discard_newer)
-
-
-def assert_same(a, b, where="checkpoint"):
-    """Every tensor equal (torch.equal), every other value ==, recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 COMPARED = (
