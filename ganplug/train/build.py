@@ -217,13 +217,10 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
             f"--conditional: dataset {dataset_spec.name!r} has no class labels: drop --conditional, or train on one "
             f"that has them ({', '.join(labelled)}; an image folder with one subfolder per class)"
         )
-    from ganplug.train.data_order import check_labels
+    from ganplug.train.data_order import check_labels, whole_tensors
 
-    if isinstance(dataset, torch.utils.data.TensorDataset):  # all labels at once, as BatchOrder reads them
-        labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
-    elif isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
-        labels = getattr(dataset, "labels", None)
-    else:  # an item-wise dataset: its first item's label (the others are checked per batch)
+    samples, labels, _ = whole_tensors(dataset)  # all labels at once, as BatchOrder reads them
+    if samples is None:  # an item-wise dataset: its first item's label (the others are checked per batch)
         item = dataset[0]
         labels = [item[1]] if isinstance(item, (tuple, list)) and len(item) > 1 else None
     try:

@@ -52,6 +52,18 @@ def _split(batch: Any) -> tuple[torch.Tensor, Any]:
     return batch, labels
 
 
+def whole_tensors(dataset: Dataset) -> tuple[torch.Tensor | None, Any, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """``(samples, labels, convert)`` of a dataset held as whole tensors, the fast path: a
+    ``TensorDataset`` (its first tensor, its second or None, no conversion) or a
+    :class:`ganplug.data.images.UInt8Images` (uint8 ``images``, ``labels``, ``to_float`` per batch);
+    ``(None, None, None)`` for any other dataset (read item by item)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1] if len(dataset.tensors) > 1 else None, None
+    if isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
+        return dataset.images, getattr(dataset, "labels", None), dataset.to_float  # type: ignore[attr-defined]
+    return None, None, None
+
+
 def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
     """``labels`` as an int64 ``(N,)`` tensor of classes in ``[0, num_classes)``; GanplugError
     saying what is wrong with them otherwise (``where``: "the dataset's labels", ...)."""
@@ -114,17 +126,9 @@ class BatchOrder:
         self.samples: torch.Tensor | None = None  # the fast path's whole data, indexed directly
         self.labels: torch.Tensor | None = None  # and its labels (with num_classes)
         self._convert: Callable[[torch.Tensor], torch.Tensor] | None = None
-        samples = labels = None
-        if isinstance(dataset, TensorDataset):
-            samples = dataset.tensors[0]
-            labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
-            if not samples.is_floating_point():
-                samples = samples.float()
-        elif isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
-            # ganplug.data.images.UInt8Images: uint8 pixels, converted per batch.
-            samples = dataset.images  # type: ignore[attr-defined]
-            labels = getattr(dataset, "labels", None)
-            self._convert = dataset.to_float  # type: ignore[attr-defined]
+        samples, labels, self._convert = whole_tensors(dataset)
+        if samples is not None and self._convert is None and not samples.is_floating_point():
+            samples = samples.float()
         if samples is not None and self.num_classes:
             if labels is None:
                 raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
@@ -235,4 +239,4 @@ class BatchOrder:
         return batch
 
 
-__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed"]
+__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed", "whole_tensors"]
