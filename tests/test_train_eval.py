@@ -35,8 +35,12 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4]
+    log_elapsed = {r["step"]: r["elapsed_s"] for r in records if "eval" not in r}
     for record in evals:
-        assert set(record) == {"step", "eval"}
+        assert set(record) == {"step", "elapsed_s", "eval"}
+        # the run's seconds when the step was done: at least the log line of that step, before the next one
+        assert log_elapsed[record["step"]] <= record["elapsed_s"]
+        assert record["step"] == 4 or record["elapsed_s"] <= log_elapsed[record["step"] + 1]
         assert set(record["eval"]["modes"]) == {"modes_captured", "modes_total", "high_quality_pct", "reverse_kl"}
         assert record["eval"]["modes"]["modes_total"] == 8
     printed = [line for line in stream.getvalue().splitlines() if line.startswith("eval step")]

@@ -5,7 +5,8 @@ the step is due, ``on_interrupt`` saves what an interrupted run must not lose. R
 writes files. Files in the run directory::
 
     metrics.jsonl                      one JSON object per log_every steps; with eval_every > 0 also
-                                       {"step": s, "eval": {metric: {key: value}}} every eval_every steps
+                                       {"step": s, "elapsed_s": t, "eval": {metric: {key: value}}}
+                                       every eval_every steps
     samples/step_000500.png, latest.png
     checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
     losses.png                         metrics.jsonl drawn when a session ends (ganplug.plots)
@@ -203,8 +204,8 @@ class MetricsLog(Callback):
             kept.append(line + "\n")
         atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))
 
-    def append_eval(self, step: int, results: dict[str, dict[str, float]]) -> None:
-        line = {"step": step, "eval": {
+    def append_eval(self, step: int, elapsed_s: float, results: dict[str, dict[str, float]]) -> None:
+        line = {"step": step, "elapsed_s": round(elapsed_s, 3), "eval": {
             name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
         }}
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -236,6 +237,7 @@ class Evaluator(Callback):
         model = trainer.sampling_model()
         was_training = model.training
         rng = rng_state(trainer.device)
+        elapsed = trainer.elapsed()  # the run's seconds up to this step (earlier evaluations included)
         started = time.perf_counter()
         failed: dict[str, GanplugError] = {}
         model.eval()
@@ -265,7 +267,7 @@ class Evaluator(Callback):
             else:
                 trainer.progress.message(f"warning: step {trainer.step}: metric {name} skipped: {error}")
         if results:
-            trainer.metrics.append_eval(trainer.step, results)
+            trainer.metrics.append_eval(trainer.step, elapsed, results)
             trainer.notify("on_evaluation", trainer.step, results)
         if results and not trainer.quiet:
             parts = [
