@@ -14,7 +14,7 @@ import click
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, get_registry, resolve_kind
-from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, parse_betas, parse_pairs, validate_config
+from ganplug.train.config import KNOBS, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text, parse_pairs, validate_config
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -160,54 +160,47 @@ def _format_defaults(defaults) -> str:
 
 # -- train ---------------------------------------------------------------------------------------
 
+def _knob_option(field_name: str) -> Any:
+    """The click option of the :class:`~ganplug.train.config.Knob` of TrainConfig field ``field_name``."""
+    meta = KNOBS[field_name]
+    help_text = meta.help
+    if not help_text.endswith("."):
+        shown = default_text(field_name)
+        help_text += f" [default: {shown}]." if shown else "."
+    kwargs: dict[str, Any] = {"help": help_text}
+    if meta.metavar:
+        kwargs["metavar"] = meta.metavar
+    if meta.completes:
+        kwargs["shell_complete"] = _complete_names(meta.completes)
+    if meta.kind is bool:
+        kwargs.update(is_flag=True, default=None)
+    elif meta.kind in ("pairs", "names"):
+        kwargs["multiple"] = True
+    elif meta.choices:
+        kwargs["type"] = click.Choice(list(meta.choices))
+    elif meta.kind in (int, float):
+        kwargs["type"] = meta.kind
+    if meta.bare is not None:
+        kwargs.update(is_flag=False, flag_value=meta.bare)
+    return click.option(meta.flag, meta.param, **kwargs)
+
+
 def _train_options(func):
-    options = [
-        click.option("--arch", shell_complete=_complete_names("architecture"), help="Architecture [default: dcgan]; see `ganplug list archs`."),
-        click.option("--loss", shell_complete=_complete_names("loss"), help="Loss [default: wasserstein]; see `ganplug list losses`."),
-        click.option("--dataset", shell_complete=_complete_names("dataset"), help="Dataset [default: mnist5k]; see `ganplug list datasets`."),
-        click.option("--arch-opt", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable)."),
-        click.option("--loss-opt", multiple=True, metavar="KEY=VALUE", help="Loss option (repeatable)."),
-        click.option("--data-opt", multiple=True, metavar="KEY=VALUE", help="Dataset option (repeatable)."),
-        click.option("--steps", type=int, help="Generator updates [default: the dataset's, else 2000]."),
-        click.option("--batch-size", type=int, help="Samples per batch [default: the dataset's, else 64]."),
-        click.option("--n-critic", type=int, help="Critic updates per generator update [default: the dataset's recipe for the loss, else the loss's]."),
-        click.option("--pack", type=int, metavar="M", help="PacGAN: the discriminator judges M samples at once (1 = off) [default: the dataset's, else 1]."),
-        click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), help="Optimiser of both networks [default: the loss's]."),
-        click.option("--lr-g", type=float, help="Generator learning rate [default: the dataset's recipe for the loss, else the loss's]."),
-        click.option("--lr-d", type=float, help="Critic learning rate [default: the dataset's recipe for the loss, else the loss's]."),
-        click.option("--betas", metavar="B1,B2", help="Adam betas [default: the loss's]."),
-        click.option("--lr-decay", type=click.Choice(["none", "linear"]), help="Learning-rate schedule: none, or linear decay to 0 over --steps [default: the dataset's, else none]."),
-        click.option("--latent-dim", type=int, help="Size of z [default: 64 for images, 8 otherwise]."),
-        click.option("--latent", type=click.Choice(["normal", "uniform"]), help="Distribution of z [default: the dataset's]."),
+    """``ganplug train``'s options: one per knob of TrainConfig that has a flag, then the
+    shorthands for loss and dataset options and the options of the command itself."""
+    options = [_knob_option(name) for name, meta in KNOBS.items() if meta.help]
+    options += [
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
         click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
-        click.option("--ema", type=float, is_flag=False, flag_value=0.999, help="Keep an EMA of G (decay, 0.999 when given bare); samples use it [default: the dataset's, else off]."),
-        click.option("--conditional", is_flag=True, default=None, help="Class-conditional G and D on the dataset's labels (a projection discriminator); samples come one row per class."),
-        click.option("--amp", is_flag=True, default=None, help="bf16 autocast (CUDA only)."),
-        click.option("--cuda-graphs", is_flag=True, default=None, help=(
-            "Capture the whole step (critic updates with their penalties, generator update, optimiser steps) as one "
-            "CUDA graph and replay it: fewer launches for small models. Runs the eager step instead, saying why in one "
-            "line, on CPU, with --nproc > 1, with --lr-decay linear, with lazy R1/R2 (r1_every > 1), with a loss whose "
-            "state changes every step or whose capture fails (it synchronises with the host), and if batch shapes "
-            "change. Same maths; on a GPU equal to the eager step within float tolerance. Not yet run on a GPU; "
-            "see docs/kernels.md.")),
-        click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
-        click.option("--seed", type=int, help="Seed of every random choice [default: 0]."),
         click.option("--data-dir", type=click.Path(file_okay=False), help="Where torchvision datasets and image folders live."),
         click.option("--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."),
         click.option("--image-size", type=int, help="Resize images to this square size (8-128)."),
-        click.option("--sample-every", type=int, help="Steps between sample grids; 0 = end only [default: 250]."),
-        click.option("--checkpoint-every", type=int, help="Steps between checkpoints; 0 = end only [default: 500]."),
-        click.option("--log-every", type=int, help="Steps between metrics.jsonl lines [default: 10]."),
-        click.option("--eval-every", type=int, help="Steps between evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl; 0 = off [default: 0]."),
-        click.option("--logger", "loggers", multiple=True, metavar="NAME", shell_complete=_complete_names("logger"), help="Also send metrics, evaluations and sample pictures to this logger (repeatable), e.g. tensorboard; see `ganplug list loggers`. metrics.jsonl is always written."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
         click.option("--fork", type=click.Path(file_okay=False), metavar="DIR", help="With --resume: continue in the new directory DIR (a branch); the original run stays as it is."),
         click.option("--discard-newer", is_flag=True, default=None, help="With --resume of an older checkpoint: rewind the run to it, deleting its later checkpoints and samples."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, log lines only."),
-        click.option("--on-nan", type=click.Choice(["stop", "skip"]), help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step [default: stop]."),
         click.option("--nproc", type=click.IntRange(min=1), help="Train data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs); --batch-size is the global batch."),
     ]
     for option in reversed(options):
@@ -215,93 +208,39 @@ def _train_options(func):
     return func
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"--config: no file {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise UsageError(f"--config {path}: not valid TOML ({error})") from None
-
-
-def apply_dataset_defaults(config, dataset_spec, arch_name: str, loss_name: str, set_here: set[str]) -> None:
-    """Fill the knobs of ``config`` that neither --config nor the command line set (``set_here``)
-    from ``dataset_spec.defaults``; its ``arch_options`` for ``arch_name`` sit below the user's,
-    its ``loss_recipes`` for ``loss_name`` above the loss's own recipe."""
-    for key, value in dataset_spec.defaults.items():
-        if key == "arch_options":
-            config.arch_options = {**dict(value.get(arch_name, {})), **config.arch_options}
-        elif key == "loss_recipes":
-            for field_name, setting in dict(value.get(loss_name, {})).items():
-                if field_name not in set_here:
-                    setattr(config, field_name, tuple(setting) if field_name == "betas" else setting)
-        elif key not in set_here:
-            setattr(config, key, value)
-
-
 def build_config(given: dict[str, Any]):
-    """A :class:`TrainConfig` from the command line's explicitly given values (and ``--config``).
+    """The resolved :class:`TrainConfig` of the command line's explicitly given values (and
+    ``--config``): the file's values, the flags over them, then
+    :func:`ganplug.train.config.resolve` (the dataset's and the base defaults below).
 
     Names and options are checked here, before torch loads, so mistakes fail fast.
     """
-    from ganplug.train.config import TrainConfig
+    from ganplug.train.config import TrainConfig, read_config_file, resolve
 
-    values: dict[str, Any] = {}
-    if given.get("config_file"):
-        values = _read_config_file(given["config_file"])
-        try:
-            config = TrainConfig.from_dict(values)
-        except KeyError as error:
-            raise UsageError(f"--config {given['config_file']}: unknown keys {error.args[0]}") from None
-        except TypeError as error:
-            raise UsageError(f"--config {given['config_file']}: {error}") from None
-    else:
-        config = TrainConfig()
-    for field_name in ("arch", "loss", "dataset", "steps", "batch_size", "n_critic", "pack", "optimizer",
-                       "lr_g", "lr_d", "lr_decay", "latent_dim", "latent", "ema", "conditional", "amp", "cuda_graphs",
-                       "device", "seed", "sample_every", "checkpoint_every", "log_every", "eval_every", "on_nan"):
-        if given.get(field_name) is not None:
-            setattr(config, field_name, given[field_name])
-    if given.get("betas") is not None:
-        config.betas = parse_betas(given["betas"])
-    if given.get("loggers"):
-        config.loggers = list(given["loggers"])
-    for flag, attribute in OPTION_FLAGS.items():
-        cli_flag = "--" + flag.replace("_", "-")
-        getattr(config, attribute).update(parse_pairs(cli_flag, given.get(flag) or ()))
-    validate_config(config)
+    config = read_config_file(given["config_file"]) if given.get("config_file") else TrainConfig()
+    for name, meta in KNOBS.items():
+        value = given.get(meta.param)
+        if value is None or (meta.kind in ("pairs", "names") and not value):
+            continue
+        if meta.kind == "pairs":
+            value = {**getattr(config, name), **parse_pairs(meta.flag, value)}
+        elif meta.kind == "names":
+            value = list(value)
+        elif meta.parse is not None:
+            value = meta.parse(value)
+        setattr(config, name, value)
+    validate_config(config)  # names and numbers before the registry is read
     registry = get_registry()
-    specs = {
-        "arch_options": registry.resolve("architecture", config.arch),
-        "loss_options": registry.resolve("loss", config.loss),
-        "data_options": registry.resolve("dataset", config.dataset),
-    }
-    set_here = {key for key in values} | {key for key, value in given.items() if value is not None}
-    apply_dataset_defaults(
-        config, specs["data_options"], specs["arch_options"].name, specs["loss_options"].name, set_here
-    )
     for key, (attribute, option, cli_flag) in SHORTHANDS.items():
         if given.get(key) is None:
             continue
-        spec = specs[attribute]
+        spec = registry.resolve(SPEC_KIND[attribute], getattr(config, SPEC_NAME[attribute]))
         if option not in {o.name for o in spec.options}:
             raise UsageError(
                 f"{cli_flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})"
             )
         getattr(config, attribute)[option] = given[key]
-    for attribute, spec in specs.items():
-        setattr(config, attribute, spec.resolve_options(getattr(config, attribute)))
-    for name in config.logger_options:
-        if name not in config.loggers:
-            raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
-    for name in config.loggers:
-        registry.resolve("logger", name).resolve_options(config.logger_options.get(name, {}))
-    return config
+    return resolve(config, registry)
 
 
 def _default_run_dir(config) -> Path:
@@ -486,13 +425,13 @@ def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
     config.toml (and the changes a resume allows), in place of what it had logged."""
     from ganplug.train import CONFIG_FILE, clear_run, train as run_training
     from ganplug.train.checkpoint import resume_config
-    from ganplug.train.config import TrainConfig
+    from ganplug.train.config import TrainConfig, read_toml
 
     if explicit.get("fork") or explicit.get("discard_newer"):
         raise UsageError(f"{run_dir} has no checkpoint to branch from or rewind to: drop --fork/--discard-newer")
     path = run_dir / CONFIG_FILE
     try:
-        stored = TrainConfig.from_dict(_read_config_file(str(path)))
+        stored = TrainConfig.from_resolved(read_toml(str(path)))
     except (KeyError, TypeError) as error:
         raise UsageError(f"{path} does not fit this ganplug ({error}): start a new run with --out") from None
     config = resume_config(stored, explicit)

@@ -361,7 +361,29 @@ def quality_png(panels: list[dict[str, Any]]) -> bytes:
     return _encoded(figure)
 
 
+def curves_png(panels: list[dict[str, Any]]) -> bytes:
+    """Time to quality: one panel per benchmark, ``{"name", "key", "curves": {seed: [(minutes,
+    value), ...]}, "bound", "target"}``, a line per seed of ``value`` against training minutes and
+    the target's ``bound`` (None: not drawn) dashed. Returns PNG bytes, 320 px per panel."""
+    figure = _figure(320 * max(1, len(panels)), 300, layout="constrained")
+    for number, panel in enumerate(panels):
+        axes = figure.add_subplot(1, max(1, len(panels)), number + 1)
+        axes.set_title(f"{panel['name']}: {panel['key']}", fontsize=9, fontweight="bold")
+        axes.tick_params(labelsize=8)
+        axes.grid(True, color="#e5e5e5", linewidth=0.6)
+        for seed, points in panel["curves"].items():
+            kept = [(m, _value(v)) for m, v in points if math.isfinite(_value(v))]
+            if kept:
+                axes.plot([m for m, _ in kept], [v for _, v in kept], marker=".", linewidth=1.0, label=f"seed {seed}")
+        bound = panel.get("bound")
+        if bound is not None:
+            axes.axhline(float(bound), color="green", linestyle="--", linewidth=1.2, label=f"target {panel.get('target')}")
+        axes.set_xlabel("training minutes (one CPU core)", fontsize=8)
+        axes.legend(fontsize=7)
+    return _encoded(figure)
+
+
 __all__ = [
-    "AXES", "LOSSES", "SIZE", "loss_figure", "normal_pdf", "quality_png", "read_records", "render_histogram",
+    "AXES", "LOSSES", "SIZE", "curves_png", "loss_figure", "normal_pdf", "quality_png", "read_records", "render_histogram",
     "render_points", "smooth", "write_loss_plot",
 ]

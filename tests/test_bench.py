@@ -189,6 +189,22 @@ def test_rows_are_named_as_printed_and_cover_every_op_and_case():
     assert all(row.pass_ in kernels.PASSES and row.name.endswith(" | cpu-float32 | threads 3") for row in kernel_rows)
     assert len({row.name for row in kernel_rows}) == len(kernel_rows)  # --only can tell them apart
     assert [row.name for row in step_rows] == [f"{case.name} | threads 3 | cpu" for case in steps.CASES]
+    # on CUDA: float32, bf16 autocast, and float32 with ganplug's step as a replayed CUDA graph
+    cuda = steps.rows("cuda", 1)
+    assert [row.name for row in cuda] == [
+        f"{case.name} | threads 1 | cuda{tag}" for tag in ("", "-bf16", "-graphs") for case in steps.CASES
+    ]
+    assert [(row.amp, row.graphs) for row in cuda if row.tag == "cuda-graphs"] == [(False, True)] * len(steps.CASES)
+
+
+def test_a_graphs_row_whose_step_is_not_captured_is_refused_saying_why(tmp_path):
+    import dataclasses
+
+    row = dataclasses.replace(next(r for r in steps.rows("cpu", 1) if r.name == STEP_ROW), graphs=True)
+    bench = steps.StepBench(row, tmp_path)
+    assert bench.trainer.config.cuda_graphs and bench.trainer.graph_step is not None
+    with pytest.raises(steps.Refused, match=r"^not captured: --cuda-graphs needs a CUDA device"):
+        bench.prepare("ganplug")
 
 
 def test_select_by_part_of_a_name_and_a_typo_is_named():

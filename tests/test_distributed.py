@@ -29,7 +29,7 @@ DISTRIBUTED = pytest.mark.skipif(not dist.is_available() or sys.platform == "win
 STEPS = 5
 # bce without label noise and D without dropout: no randomness inside a step besides the noise,
 # so 2 ranks and 1 process draw exactly the same numbers. The knobs ring8 has training defaults
-# for are pinned to the TrainConfig defaults that config() below uses.
+# for are pinned (no packing, no EMA, no input scale), on the command line and in config() alike.
 CLI_ARGS = [
     "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
     "--arch-opt", "d_widths=16,16", "--arch-opt", "dropout=0", "--arch-opt", "d_input_scale=1", "--pack", "1",
@@ -44,8 +44,8 @@ pytestmark = [DISTRIBUTED, pytest.mark.usefixtures("one_thread")]
 def config(steps: int, **knobs) -> TrainConfig:
     values = dict(
         arch="mlp", loss="bce", dataset="ring8",
-        arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0}, data_options={"size": 256},
-        steps=steps, batch_size=16, log_every=1, sample_every=0, checkpoint_every=3, device="cpu", seed=5,
+        arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0, "d_input_scale": 1.0},
+        data_options={"size": 256}, pack=1, ema=0.0, steps=steps, batch_size=16, log_every=1, sample_every=0, checkpoint_every=3, device="cpu", seed=5,
     )
     values.update(knobs)
     return TrainConfig(**values)

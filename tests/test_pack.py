@@ -26,7 +26,8 @@ TINY_MLP = {"g_widths": "16,16", "d_widths": "16,16"}
 
 
 def tiny(loss="bce", *, arch="mlp", dataset="ring8", loss_options=None, **knobs) -> TrainConfig:
-    values = dict(steps=3, batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu")
+    values = dict(steps=3, batch_size=16, pack=1, ema=0.0, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4,
+                  device="cpu")  # pack and ema set: not ring8's defaults
     values.update(knobs)
     return TrainConfig(
         arch=arch, loss=loss, dataset=dataset,

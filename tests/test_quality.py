@@ -16,6 +16,8 @@ import pytest
 from benchmarks.quality import recipes as quality_recipes
 from benchmarks.quality import report
 from benchmarks.quality import run as quality
+from conftest import read_metrics
+
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
 
@@ -46,7 +48,7 @@ def test_the_four_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_validates_like_the_cli(recipe, tmp_path):
-    read = quality_recipes.read_recipe(recipe, seed=3, out="unused")
+    read = quality_recipes.read_recipe(recipe, seed=3)
     config = read.config
     assert config.dataset == recipe.stem
     assert config.seed == 3
@@ -106,9 +108,9 @@ def test_a_bad_quality_table_is_refused_naming_the_recipe(tmp_path):
     plain.write_text(base.split("# The quality runner")[0], encoding="utf-8")
     read = quality_recipes.read_recipe(plain)
     assert read.targets == {} and read.headline is None and read.baseline is None
-    # the training part's mistakes name the recipe file, not the copy build_config read
+    # the training part's mistakes name the recipe file
     (tmp_path / "typo.toml").write_text(base.replace('loss = "bce"', 'los = "bce"'), encoding="utf-8")
-    with pytest.raises(UsageError, match=re.escape(f"--config {tmp_path / 'typo.toml'}: unknown keys los")):
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'typo.toml'}: unknown keys los")):
         quality_recipes.read_recipe(tmp_path / "typo.toml")
 
 
@@ -197,6 +199,44 @@ def test_tiny_sweep_writes_results_and_resumes(tmp_path):
     again = json.loads((out / "results.json").read_text())
     assert not any(r["trained_now"] for b in again["benchmarks"].values() for r in b["runs"])
     assert again["benchmarks"]["ring8"]["summary"] == results["benchmarks"]["ring8"]["summary"]
+
+
+def test_time_to_quality_is_read_from_the_evaluations_of_the_run(tmp_path):
+    recipe = _tiny_recipe(RECIPE_DIR / "ring8.toml", tmp_path / "ring8.toml")
+    text = recipe.read_text(encoding="utf-8")
+    recipe.write_text("eval_every = 1\n" + re.sub(r"^eval_every = \d+$", "", text, flags=re.M), encoding="utf-8")
+    out = tmp_path / "results"
+    quality.run_benchmarks([recipe], [0], out, steps=3)
+    run = json.loads((out / "results.json").read_text())["benchmarks"]["ring8"]["runs"][0]
+    logged = [r for r in read_metrics(out / "ring8" / "seed_0") if "eval" in r]
+    assert [p["step"] for p in run["curve"]] == [1, 2, 3]
+    assert [p["value"] for p in run["curve"]] == [r["eval"]["modes"]["high_quality_pct"] for r in logged]
+    assert [p["seconds"] for p in run["curve"]] == [r["elapsed_s"] for r in logged]
+    assert run["curve"][-1]["seconds"] <= run["train_seconds"]
+    assert run["target_met_at"] is None  # 3 steps of an 8-wide MLP meet no ring8 target
+    md = (out / "results.md").read_text()
+    assert "Time to quality (high_quality_pct while training, one CPU core):" in md
+    assert [line.split(" | ")[0] for line in md.splitlines() if re.match(r"^\| \d+ \| ", line)] == ["| 1", "| 2", "| 3"]
+    assert "seed 0: not met" in md
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_first_evaluation_meeting_every_target_is_the_time_to_quality(tmp_path):
+    targets = quality_recipes.read_recipe(RECIPE_DIR / "ring8.toml").targets
+    good = {"modes_captured": 8, "high_quality_pct": 99.0, "reverse_kl": 0.001}
+    lines = [
+        {"step": 10, "d_loss": 1.0, "g_loss": 1.0, "elapsed_s": 1.0},
+        {"step": 10, "eval": {"modes": {**good, "high_quality_pct": 50.0}}},  # from before elapsed_s: skipped
+        {"step": 20, "elapsed_s": 2.0, "eval": {"modes": {**good, "high_quality_pct": 50.0}}},
+        {"step": 30, "elapsed_s": 3.0, "eval": {"modes": {**good, "reverse_kl": 0.5}}},  # HQ met, KL not
+        {"step": 40, "elapsed_s": 4.0, "eval": {"modes": good}},
+        {"step": 50, "elapsed_s": 5.0, "eval": {"modes": good}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    curve, met_at = quality.read_curve(tmp_path, "high_quality_pct", targets)
+    assert curve == [{"step": s, "seconds": s / 10, "value": v} for s, v in ((20, 50.0), (30, 99.0), (40, 99.0), (50, 99.0))]
+    assert met_at == {"step": 40, "seconds": 4.0}
+    assert quality.read_curve(tmp_path / "none", "high_quality_pct", targets) == ([], None)
 
 
 def test_mean_std_matches_numpy():

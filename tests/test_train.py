@@ -160,8 +160,10 @@ def test_recipe_latent_and_context_fill_the_unset_knobs():
     c = run.config
     assert (c.n_critic, c.optimizer, c.lr_g, c.lr_d, c.betas) == (5, "adam", 1e-4, 1e-4, (0.0, 0.9))
     assert (c.latent, c.latent_dim, run.data_shape, run.value_range) == ("normal", 8, (2,), None)
-    assert c.arch_options == {"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.3, "slope": 0.2, "d_input_scale": 1.0,
+    # ring8's defaults under the given values, as on the command line
+    assert c.arch_options == {"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0, "slope": 0.2, "d_input_scale": 30.0,
                              "critic_norm": "none"}
+    assert (c.batch_size, c.pack, c.ema, c.steps, c.lr_decay) == (16, 2, 0.999, 2, "none")
     assert c.data_options == {"std": 0.01, "size": 256}
     assert not isinstance(run.generator[-2], torch.nn.Tanh)  # unbounded data: linear output
 

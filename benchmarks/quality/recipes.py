@@ -15,8 +15,8 @@
     better = { fd = "lower", precision = "higher" }   # the keys compared, and which way is better
 
 ``ganplug train --config`` does not know the ``[quality]`` table: :func:`read_recipe` takes it
-out and hands the rest to :func:`ganplug.cli.build_config`, which reads and validates it exactly
-as the CLI reads a ``--config`` file. Also here: the statistics over seeds (:func:`mean_std`,
+out and resolves the rest as the CLI resolves a ``--config`` file
+(:func:`ganplug.train.config.resolve`). Also here: the statistics over seeds (:func:`mean_std`,
 the standard library's :mod:`statistics`) and :func:`summarise`.
 """
 
@@ -27,7 +27,6 @@ import math
 import re
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,7 +101,7 @@ class Target:
 
 @dataclasses.dataclass
 class Recipe:
-    """A recipe file: its training configuration (``config``, what ``build_config`` made of the
+    """A recipe file: its training configuration (``config``, what ``resolve`` made of the
     file without the ``[quality]`` table) and the runner's table."""
 
     path: Path
@@ -169,24 +168,17 @@ def parse_quality(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def read_recipe(path: Path | str, **given: Any) -> Recipe:
-    """Read and validate the recipe ``path``: its ``[quality]`` table here, the rest by
-    :func:`ganplug.cli.build_config` with ``given`` (e.g. ``seed``, ``steps``) as the command line."""
-    from ganplug.cli import build_config
+def read_recipe(path: Path | str, **changes: Any) -> Recipe:
+    """Read and validate the recipe ``path``: its ``[quality]`` table here, the rest as
+    ``ganplug train --config`` reads a file (:func:`ganplug.train.config.resolve`), with
+    ``changes`` (TrainConfig fields, e.g. ``seed``, ``steps``) over it as a command line would."""
+    from ganplug.train.config import config_from_dict, resolve
 
     path = Path(path)
     training, quality = read_quality_table(path)
     fields = parse_quality(path, quality)
-    import tomli_w
-
-    with tempfile.TemporaryDirectory(prefix="ganplug-quality-") as folder:
-        config_file = Path(folder) / path.name
-        config_file.write_text(tomli_w.dumps(training), encoding="utf-8")
-        try:
-            config = build_config({"config_file": str(config_file), **given})
-        except UsageError as error:  # name the recipe, not the file without its [quality] table
-            raise UsageError(str(error).replace(str(config_file), str(path))) from None
-    return Recipe(path=path, config=config, **fields)
+    config = dataclasses.replace(config_from_dict(training, str(path)), **changes)
+    return Recipe(path=path, config=resolve(config), **fields)
 
 
 # -- statistics over seeds ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ installed::
 Every recipe is a ``ganplug train --config`` file plus a ``[quality]`` table with its headline
 metric key, its targets and the baseline it is compared with (:mod:`benchmarks.quality.recipes`);
 the rest of the file is read and validated exactly as the CLI reads it
-(:func:`ganplug.cli.build_config`). Run ``S`` of recipe ``NAME.toml`` trains into
+(:func:`ganplug.train.config.resolve`). Run ``S`` of recipe ``NAME.toml`` trains into
 ``OUT/NAME/seed_S``; a run whose checkpoint at the final step exists is not trained again, a run
 with an earlier checkpoint is resumed, so an interrupted sweep picks up where it stopped.
 Evaluations are cached next to the run (``quality_eval.json``).
@@ -17,6 +17,9 @@ Evaluations are cached next to the run (``quality_eval.json``).
 Writes ``OUT/results.json`` (every number), ``OUT/results.md`` (per benchmark: mean ± std over
 seeds of every metric key, the number of seeds, the target and whether the mean meets it) and
 ``OUT/results.png`` (the headline metric of each benchmark, one dot per seed; matplotlib).
+Time to quality: a recipe with ``eval_every`` (a training knob) logs its metrics while it trains;
+results.md then tabulates the headline at each evaluated step against training minutes, with the
+first evaluation at which each seed met every target, and ``OUT/curves.png`` draws it.
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ if not __package__:  # python benchmarks/quality/run.py: import its siblings as 
     sys.path.append(str(HERE.parents[1]))  # after site-packages: the installed ganplug stays first
 
 from benchmarks.quality.recipes import Recipe, read_recipe, summarise  # noqa: E402
-from benchmarks.quality.report import render_markdown, results_png  # noqa: E402
+from benchmarks.quality.report import curve_panels, render_markdown, results_png  # noqa: E402
 from ganplug.errors import GanplugError, UsageError  # noqa: E402
 
 EVAL_FILE = "quality_eval.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+CURVES_PNG = "curves.png"
 
 
 def _shown(path: Path) -> Path:
@@ -105,6 +109,32 @@ def _evaluate_run(checkpoint: Path, run_dir: Path, steps: int, seed: int) -> dic
     result["metrics"] = {m: {k: _clean(v) for k, v in s.items()} for m, s in result["metrics"].items()}
     cache.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
+
+
+def read_curve(run_dir: Path, headline: str | None, targets: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Time to quality of one run, from the evaluations its metrics.jsonl logged (``eval_every``):
+    ``[{"step", "seconds", "value"}]`` of the ``headline`` key (seconds: the run's training time
+    then), and the first evaluation meeting every target its keys have (``{"step", "seconds"}``,
+    None when none did)."""
+    from ganplug.plots import read_records
+    from ganplug.train.outputs import METRICS
+
+    path = Path(run_dir) / METRICS
+    if not headline or not path.is_file():
+        return [], None
+    curve, met_at = [], None
+    for record in read_records(path)[1]:
+        if "elapsed_s" not in record:  # written before evaluations carried the time
+            continue
+        values = {key: value for metric in record["eval"].values() for key, value in metric.items()}
+        seconds = float(record["elapsed_s"])
+        if headline in values:
+            curve.append({"step": int(record["step"]), "seconds": seconds, "value": _clean(values[headline])})
+        judged = [target.met(float(values[key]), values) for key, target in targets.items()
+                  if isinstance(values.get(key), (int, float))]
+        if met_at is None and len(judged) == len(targets) and all(judged):
+            met_at = {"step": int(record["step"]), "seconds": seconds}
+    return curve, met_at
 
 
 def _clean(value: Any) -> Any:
@@ -186,7 +216,7 @@ def run_benchmarks(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     given_steps = {"steps": int(steps)} if steps is not None else {}
-    # validate all recipes before training any (their configs as ganplug.cli.build_config makes them)
+    # validate all recipes before training any (their configs resolved as the CLI resolves them)
     read: dict[Path, list[Recipe]] = {
         recipe: [read_recipe(recipe, seed=seed, **given_steps) for seed in seeds] for recipe in recipes
     }
@@ -215,6 +245,7 @@ def run_benchmarks(
             data_options = dict(state["config"].get("data_options") or {})
             if dataset is None:
                 dataset = bare_dataset_name(config.dataset)
+            curve, met_at = read_curve(run_dir, spec.headline, spec.targets)
             runs.append({
                 "seed": seed,
                 "run_dir": str(run_dir),
@@ -224,6 +255,7 @@ def run_benchmarks(
                 "train_seconds": float(state.get("elapsed_s", math.nan)),
                 "trained_now": trained,
                 "metrics": result["metrics"],
+                **({"curve": curve, "target_met_at": met_at} if curve else {}),
             })
         summary = summarise(runs, spec.targets)
         benchmarks[name] = {
@@ -248,6 +280,11 @@ def run_benchmarks(
     (out_dir / RESULTS_JSON).write_text(json.dumps(_jsonable(results), indent=1) + "\n", encoding="utf-8")
     (out_dir / RESULTS_MD).write_text(render_markdown(results), encoding="utf-8")
     (out_dir / RESULTS_PNG).write_bytes(results_png(results))
+    panels = curve_panels(results)
+    if panels:
+        from ganplug.plots import curves_png
+
+        (out_dir / CURVES_PNG).write_bytes(curves_png(panels))
     return out_dir
 
 

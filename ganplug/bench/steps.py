@@ -11,6 +11,10 @@ device and thread count):
   compile   that loop with torch.compile(G) and torch.compile(D); where torch refuses it (the
             penalty's double backward through a compiled D) the row says why
 
+On CUDA every case also has a ``cuda-graphs`` row: its ganplug column is the trainer with
+``--cuda-graphs`` (the step captured once and replayed; the row says why where it fell back to
+the eager step), the plain and compile columns as in the float32 row.
+
 The plain models get ganplug's initial weights (copied parameter by parameter), the same batch
 size, loss, optimiser, learning rates, betas and EMA; :func:`check_equivalence` checks before
 timing that both compute the same losses and gradients. Samples/s = batch * n_critic / time.
@@ -62,17 +66,19 @@ CASES = (
 
 @dataclass(frozen=True)
 class StepRow:
-    """One row: ``case`` on ``device`` (bf16 autocast when ``amp``) at ``threads`` torch threads."""
+    """One row: ``case`` on ``device`` (bf16 autocast when ``amp``) at ``threads`` torch threads;
+    with ``graphs``, ganplug's step runs as a replayed CUDA graph (``--cuda-graphs``)."""
 
     case: StepCase
     device: str
     amp: bool
     threads: int
+    graphs: bool = False
 
     @property
     def tag(self) -> str:
-        """``cpu``, ``cuda``, ``cuda-bf16``, ..."""
-        return self.device + ("-bf16" if self.amp else "")
+        """``cpu``, ``cuda``, ``cuda-bf16``, ``cuda-graphs``, ..."""
+        return self.device + ("-bf16" if self.amp else "") + ("-graphs" if self.graphs else "")
 
     @property
     def name(self) -> str:
@@ -81,9 +87,12 @@ class StepRow:
 
 
 def rows(device: str, threads: int) -> list[StepRow]:
-    """Every step row on ``device`` at ``threads`` threads: float32, and bf16 autocast on CUDA."""
-    amps = (False, True) if torch.device(device).type == "cuda" else (False,)
-    return [StepRow(case, device, amp, threads) for amp in amps for case in CASES]
+    """Every step row on ``device`` at ``threads`` threads: float32; on CUDA also bf16 autocast and
+    float32 with CUDA graphs."""
+    if torch.device(device).type != "cuda":
+        return [StepRow(case, device, False, threads) for case in CASES]
+    variants = ((False, False), (True, False), (False, True))  # (amp, graphs)
+    return [StepRow(case, device, amp, threads, graphs) for amp, graphs in variants for case in CASES]
 
 
 # -- the plain models: the same layers as ganplug's, from torch.nn only ----------------------------
@@ -309,7 +318,7 @@ class StepBench:
         if cfg["dataset"] == "image-folder":
             folder = workdir / "rgb"
             cfg["data_options"]["root"] = str(folder if folder.is_dir() else write_rgb_folder(folder))
-        cfg.update(device=row.device, amp=row.amp, steps=10**6, log_every=10**6)
+        cfg.update(device=row.device, amp=row.amp, cuda_graphs=row.graphs, steps=10**6, log_every=10**6)
         torch.manual_seed(0)
         self.run = build_run(TrainConfig(**cfg))
         self.trainer = Trainer(self.run, workdir / "run", quiet=True, stream=io.StringIO())
@@ -352,4 +361,7 @@ class StepBench:
             if column != "compile":
                 raise
             raise Refused(f"torch.compile refused it: {str(error).strip().splitlines()[0]}") from None
+        graph_step = self.trainer.graph_step
+        if column == "ganplug" and graph_step is not None and not graph_step.captured:
+            raise Refused(f"not captured: {graph_step.problem or 'no graph after the warm-up steps'}")
         return fn

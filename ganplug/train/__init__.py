@@ -161,9 +161,9 @@ def train(
 def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
     from ganplug.train import distributed
     from ganplug.train.build import build_run
-    from ganplug.train.config import validate_config
+    from ganplug.train.config import resolve
     from ganplug.train.checkpoint import (
-        check_resumable, discard_newer_work, find_checkpoint, load_checkpoint, newer_checkpoints, stored_config,
+        discard_newer_work, find_checkpoint, load_checkpoint, newer_checkpoints, resumed_config, stored_config,
     )
     from ganplug.train.loop import Trainer
 
@@ -172,10 +172,10 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
             f"--device {config.device} names one GPU but {world.world_size} processes run: pass --device cuda "
             "(each process uses cuda:LOCAL_RANK)"
         )
-    validate_config(config)  # plain numbers before check_batch divides them (build_run checks the rest)
-    distributed.check_batch(world, config.batch_size, config.pack)
     main = world is None or world.is_main
     if resume_from is None:
+        config = resolve(config)  # the dataset's and the base defaults, as the command line gets them
+        distributed.check_batch(world, config.batch_size, config.pack)
         check_new_run_dir(run_dir)
         distributed.barrier(world)  # every rank checked before rank 0 writes
         run = build_run(config)
@@ -192,7 +192,8 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
     else:
         checkpoint = find_checkpoint(Path(resume_from))
         state = load_checkpoint(checkpoint)
-        check_resumable(stored_config(state), config)
+        config = resumed_config(stored_config(state), config)
+        distributed.check_batch(world, config.batch_size, config.pack)
         newer = newer_checkpoints(checkpoint.parent, int(state["step"]), checkpoint)
         if newer and not discard_newer:
             raise UsageError(

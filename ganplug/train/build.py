@@ -20,7 +20,7 @@ from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.noise import draw_latent
-from ganplug.train.config import TrainConfig, validate_config
+from ganplug.train.config import TrainConfig, resolve, validate_config
 
 IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
 VECTOR_LATENT_DIM = 8  # default size of z for everything else
@@ -241,12 +241,14 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
     ``provenance``: a resumed run's record of which plugin provided each name (see
     :func:`resolve_specs`); the built run records its own in ``Run.provenance``.
 
-    Order: validate; specs and their options; device; dataset (``DataContext(seed)``) and the data
+    Order: the specs; :func:`ganplug.train.config.resolve` (the dataset's and the base defaults,
+    the options); device; dataset (``DataContext(seed)``) and the data
     shape of its first item; loss and its recipe (n_critic, optimiser, lrs, betas); latent; then
     the models, built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
     """
-    validate_config(config)
+    validate_config(config)  # the names, before they are looked up
     arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
+    config = resolve(config, specs=(arch_spec, loss_spec, dataset_spec))
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
 
@@ -254,15 +256,12 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
             raise UsageError(
                 f"--eval-every: no metric applies to dataset {dataset_spec.name!r} (see ganplug list metrics)"
             )
-    arch_options = arch_spec.resolve_options(config.arch_options)
-    loss_options = loss_spec.resolve_options(config.loss_options)
-    data_options = dataset_spec.resolve_options(config.data_options)
     device = resolve_device(config.device)
     if config.amp and device.type != "cuda":
         raise UsageError("--amp (bf16 autocast) needs a CUDA device: drop --amp or pass --device cuda")
 
     torch.manual_seed(config.seed)
-    dataset = call_factory("dataset", dataset_spec, DataContext(seed=config.seed), **data_options)
+    dataset = call_factory("dataset", dataset_spec, DataContext(seed=config.seed), **config.data_options)
     try:
         size = len(dataset)
     except TypeError:
@@ -284,26 +283,22 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
 
     num_classes = dataset_classes(dataset, dataset_spec, arch_spec) if config.conditional else 0
 
-    loss = call_factory("loss", loss_spec, **loss_options)
+    loss = call_factory("loss", loss_spec, **config.loss_options)
     recipe = loss.recipe
     penalises = bool(getattr(loss, "penalises_critic_gradient", False))
     resolved = dataclasses.replace(
         config,
-        arch_options=arch_options,
-        loss_options=loss_options,
-        data_options=data_options,
         n_critic=config.n_critic if config.n_critic is not None else recipe.n_critic,
         optimizer=config.optimizer if config.optimizer is not None else recipe.optimizer,
         lr_g=float(config.lr_g if config.lr_g is not None else recipe.lr_g),
         lr_d=float(config.lr_d if config.lr_d is not None else recipe.lr_d),
         betas=tuple(float(b) for b in (config.betas if config.betas is not None else recipe.betas)),
-        latent=config.latent if config.latent is not None else dataset_spec.latent,
         latent_dim=config.latent_dim
         if config.latent_dim is not None
         else (IMAGE_LATENT_DIM if len(data_shape) == 3 else VECTOR_LATENT_DIM),
         ema=float(config.ema),
     )
-    validate_config(resolved)  # the recipe's and the dataset's values too
+    validate_config(resolved)  # the loss recipe's values too
 
     value_range = tuple(float(v) for v in dataset_spec.value_range) if dataset_spec.value_range is not None else None
     info = {

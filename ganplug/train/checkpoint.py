@@ -41,7 +41,7 @@ import torch
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
-from ganplug.train.config import OPTION_FLAGS, SHORTHANDS, SPEC_KIND, TrainConfig, parse_betas, parse_pairs
+from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, TrainConfig, parse_pairs
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
@@ -305,21 +305,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def stored_config(state: Mapping[str, Any]) -> TrainConfig:
     """The resolved :class:`TrainConfig` a loaded checkpoint holds."""
     try:
-        return TrainConfig.from_dict(dict(state["config"]))
+        return TrainConfig.from_resolved(dict(state["config"]))
     except (KeyError, TypeError) as error:
         raise GanplugError(f"the checkpoint's config does not fit this ganplug ({error})") from None
 
 
 # -- resuming ----------------------------------------------------------------------------------
 
-# Fields a resume may change: how long, how often and where to report, where to run.
-RESUMABLE = frozenset(
-    {"steps", "sample_every", "checkpoint_every", "log_every", "eval_every", "device", "num_samples", "amp", "on_nan",
-     "loggers", "logger_options", "cuda_graphs"}
-)
 # Dataset options that only say where the data lives.
 RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
-_OPTION_FLAG = {"arch_options": "--arch-opt", "loss_options": "--loss-opt", "data_options": "--data-opt"}
+# --arch-opt and friends: click's parameter name -> config attribute, and config attribute -> flag.
+OPTION_PARAMS = {meta.param: name for name, meta in KNOBS.items() if meta.kind == "pairs"}
+_OPTION_FLAG = {name: KNOBS[name].flag for name in OPTION_PARAMS.values()}
 _IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
 
 
@@ -336,7 +333,7 @@ def _refuse(flag: str, old: Any, new: Any) -> None:
 
 def _normalise(name: str, value: Any) -> Any:
     if name == "betas" and value is not None:
-        return parse_betas(value) if isinstance(value, str) else tuple(float(v) for v in value)
+        return KNOBS["betas"].parse(value) if isinstance(value, str) else tuple(float(v) for v in value)
     if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if name == "loggers":
@@ -357,8 +354,7 @@ def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], f
         return stored
     from ganplug.registry import get_registry
 
-    spec_name = {"arch_options": config.arch, "loss_options": config.loss, "data_options": config.dataset}[attribute]
-    spec = get_registry().resolve(SPEC_KIND[attribute], spec_name)
+    spec = get_registry().resolve(SPEC_KIND[attribute], getattr(config, SPEC_NAME[attribute]))
     merged = spec.resolve_options({**stored, **given})
     for key, value in merged.items():
         if key in stored and stored[key] == value:
@@ -374,9 +370,10 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
 
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
     pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
-    steps, sample_every, checkpoint_every, log_every, eval_every, device, num_samples, amp, on_nan, loggers,
-    logger_options, cuda_graphs and the data's location (root, download) may change; any other value that differs from the stored one raises
-    UsageError naming the option (it shapes the run: start a new one with --out).
+    The knobs marked resumable (:data:`ganplug.train.config.RESUMABLE`: how long, how often and
+    where to report, where to run) and the data's location (root, download) may change; any other
+    value that differs from the stored one raises UsageError naming the option (it shapes the run:
+    start a new one with --out).
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = dataclasses.replace(
@@ -390,8 +387,8 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
     for name, value in overrides.items():
         if value is None or name in _IGNORED:
             continue
-        if name in OPTION_FLAGS:
-            attribute = OPTION_FLAGS[name]
+        if name in OPTION_PARAMS:
+            attribute = OPTION_PARAMS[name]
             for key, item in _pairs(_flag(name), value).items():
                 option_updates[attribute][key] = item
                 flag_of[attribute].setdefault(key, f"{_flag(name)} {key}")
@@ -419,8 +416,9 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
     return config
 
 
-def check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
-    """UsageError when ``config`` differs from ``stored`` in anything a resume may not change."""
+def resumed_config(stored: TrainConfig, config: TrainConfig) -> TrainConfig:
+    """``stored`` with the changes ``config`` asks for (its unset fields keep the stored values);
+    UsageError when ``config`` differs from ``stored`` in anything a resume may not change."""
     overrides = {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(TrainConfig)
@@ -428,13 +426,12 @@ def check_resumable(stored: TrainConfig, config: TrainConfig) -> None:
     }
     for attribute in ("arch_options", "loss_options", "data_options"):
         overrides[attribute] = getattr(config, attribute)
-    resume_config(stored, overrides)
+    return resume_config(stored, overrides)
 
 
 __all__ = [
     "FORMAT",
     "VERSION",
-    "check_resumable",
     "discard_newer_work",
     "find_checkpoint",
     "fork_run",
@@ -442,6 +439,7 @@ __all__ = [
     "newer_checkpoints",
     "load_checkpoint",
     "resume_config",
+    "resumed_config",
     "run_dir_of",
     "save_checkpoint",
     "stored_config",

@@ -1,0 +1,104 @@
+"""The configuration: one resolver for the command line, config files and Python; the knobs'
+metadata as the one source of the flags, the checks and the resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from conftest import quiet_train, run_main
+
+from ganplug.errors import UsageError
+from ganplug.train import CONFIG_FILE
+from ganplug.train.checkpoint import RESUMABLE_DATA_OPTIONS, resume_config
+from ganplug.train.config import KNOBS, RESUMABLE, TrainConfig, read_config_file, resolve, validate_config
+
+# A ring8 run small enough for a test, leaving batch_size, pack, ema and the MLP's other widths to
+# ring8's defaults (512, 2, 0.999, d_input_scale 30).
+RING8 = dict(arch="mlp", loss="bce", dataset="ring8", steps=2, seed=3, device="cpu", sample_every=0,
+             checkpoint_every=0, log_every=1)
+RING8_OPTIONS = dict(arch_options={"g_widths": "16", "d_widths": "16"}, data_options={"size": 600})
+
+
+def test_the_command_line_and_python_write_the_same_config(tmp_path: Path, capsys):
+    code, _, err = run_main(
+        capsys, "train", "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--steps", "2", "--seed", "3",
+        "--device", "cpu", "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "1",
+        "--arch-opt", "g_widths=16", "--arch-opt", "d_widths=16", "--data-opt", "size=600",
+        "--out", str(tmp_path / "cli"), "--quiet",
+    )
+    assert code == 0, err
+    quiet_train(TrainConfig(**RING8, **RING8_OPTIONS), tmp_path / "python")
+    written = (tmp_path / "cli" / CONFIG_FILE).read_text(encoding="utf-8")
+    assert written == (tmp_path / "python" / CONFIG_FILE).read_text(encoding="utf-8")
+    # and both got ring8's defaults, not the plain ones
+    for line in ("batch_size = 512", "pack = 2", "ema = 0.999", "d_input_scale = 30.0", "steps = 2"):
+        assert line in written.splitlines()
+
+
+def test_layers_apply_in_order(tmp_path: Path):
+    """base defaults < the dataset's defaults < a config file < the values given."""
+    plain = resolve(TrainConfig(dataset="digits"))
+    assert (plain.steps, plain.batch_size, plain.pack, plain.ema, plain.lr_decay) == (2000, 64, 1, 0.0, "none")
+    dataset = resolve(TrainConfig(**RING8))
+    assert (dataset.batch_size, dataset.pack, dataset.ema) == (512, 2, 0.999)
+    assert dataset.arch_options["d_input_scale"] == 30.0 and dataset.arch_options["g_widths"] == "256,256,256"
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('dataset = "ring8"\narch = "mlp"\nbatch_size = 256\n[arch_options]\ng_widths = "32"\n')
+    from_file = read_config_file(str(config_file))
+    assert from_file.steps is None and from_file.pack is None  # unset until resolved
+    resolved = resolve(dataclasses.replace(from_file, pack=1))
+    assert (resolved.batch_size, resolved.pack, resolved.ema) == (256, 1, 0.999)  # file, given, dataset
+    assert resolved.arch_options["g_widths"] == "32" and resolved.arch_options["d_widths"] == "256,256,256"
+    # a value given equal to the base still wins over the dataset's
+    assert resolve(TrainConfig(**{**RING8, "ema": 0.0})).ema == 0.0
+    # the main job: mnist5k's recipe for wasserstein sits above the loss's own
+    main_job = resolve(TrainConfig())
+    assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (1500, 2, 2e-4, 2e-4, None)
+
+
+def test_resolving_twice_changes_nothing_and_leaves_the_input_alone():
+    given = TrainConfig(**RING8)
+    once = resolve(given)
+    assert resolve(once) == once
+    assert given.pack is None and given.arch_options == {}
+    assert once.latent == "normal"  # the dataset's latent
+
+
+def test_an_old_run_config_takes_the_base_value_of_a_knob_it_predates():
+    stored = resolve(TrainConfig(**RING8)).to_dict()
+    for name in ("pack", "lr_decay", "ema"):
+        del stored[name]
+    old = TrainConfig.from_resolved(stored)
+    assert (old.pack, old.lr_decay, old.ema) == (1, "none", 0.0)  # what that version trained with
+    assert TrainConfig.from_dict(stored).pack is None  # a config file's missing key is unset
+
+
+def test_every_knob_with_a_flag_is_an_option_of_train(capsys):
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert code == 0
+    flagged = {name: meta for name, meta in KNOBS.items() if meta.help}
+    assert set(KNOBS) - set(flagged) == {"num_samples", "logger_options"}  # config-file-only knobs
+    for meta in flagged.values():
+        assert f"  {meta.flag} " in out
+    assert "--steps INTEGER             Generator updates [default: the dataset's, else" in out
+    assert "--sample-every INTEGER      Steps between sample grids; 0 = end only" in out
+
+
+@pytest.mark.parametrize("name", [name for name in KNOBS if KNOBS[name].check is not None])
+def test_every_knob_refuses_a_wrong_value_naming_itself(name: str):
+    with pytest.raises(UsageError, match=rf"^{name} must "):
+        validate_config(dataclasses.replace(TrainConfig(), **{name: object()}))
+
+
+def test_resume_rules_come_from_the_knobs():
+    assert RESUMABLE == {name for name, meta in KNOBS.items() if meta.resumable}
+    assert {"steps", "device", "loggers", "sample_every"} <= RESUMABLE
+    assert not {"batch_size", "pack", "lr_g", "arch", "seed"} & RESUMABLE
+    assert RESUMABLE_DATA_OPTIONS == {"root", "download"}
+    stored = resolve(TrainConfig(**RING8, **RING8_OPTIONS))
+    assert resume_config(stored, {"steps": 10, "log_every": 5}).steps == 10
+    with pytest.raises(UsageError, match="--batch-size cannot change when resuming"):
+        resume_config(stored, {"batch_size": 256})
