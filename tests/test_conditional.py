@@ -18,7 +18,7 @@ from ganplug.data.images import UInt8Images, image_folder
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.generate import load_generator, sample
 from ganplug.losses import WassersteinLoss
-from ganplug.metrics.images import class_accuracy
+from ganplug.metrics.classifier import class_accuracy
 from ganplug.metrics.mixtures import mode_accuracy
 from ganplug.models import dcgan, mlp
 from ganplug.nn import ConditionalGenerator, ProjectionDiscriminator

@@ -1,4 +1,4 @@
-"""digits-quality (ganplug.metrics.images): the classifier, its cache, the statistics against
+"""digits-quality (ganplug.metrics.classifier): the classifier, its cache, the statistics against
 closed forms and expectations, and the metric on real, noise and generated samples."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from scipy import linalg
 from ganplug import testing
 from ganplug.errors import GanplugError
 from ganplug.metrics import applicable_metrics
-from ganplug.metrics import images as im
+from ganplug.metrics import classifier as im
 from ganplug.registry import get_registry
 
 

@@ -55,7 +55,7 @@ def pca_kde(
 
 def _pca_kde_of_digits(dataset: str, data_options: dict[str, Any], seed: int) -> Callable[[int], Tensor]:
     """:func:`pca_kde` of all 1797 digits at the recipe's image size."""
-    from ganplug.metrics.images import digits_data, image_size_of
+    from ganplug.metrics.classifier import digits_data, image_size_of
 
     images, _ = digits_data(image_size_of(dataset, data_options))
     return pca_kde(images, seed=seed)

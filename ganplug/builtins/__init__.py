@@ -245,7 +245,7 @@ def ganplug_metrics() -> list[MetricSpec]:
         MetricSpec(
             name="digits-quality",
             summary="digits: Frechet distance, precision/recall/density/coverage, class histogram in a classifier's features; real floor beside",
-            factory="ganplug.metrics.images:build",
+            factory="ganplug.metrics.classifier:build",
             options=(
                 Option("n_samples", int, 899, "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)"),
                 *_CLASSIFIER_OPTIONS,
@@ -255,7 +255,7 @@ def ganplug_metrics() -> list[MetricSpec]:
         MetricSpec(
             name="mnist-quality",
             summary="mnist5k, mnist, fashion-mnist: digits-quality's statistics in the features of a classifier trained on half of the real images; real floor beside",
-            factory="ganplug.metrics.images:build",
+            factory="ganplug.metrics.classifier:build",
             options=(
                 Option("n_samples", int, 1000, "samples drawn from the generator"),
                 *_CLASSIFIER_OPTIONS,

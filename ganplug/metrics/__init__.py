@@ -4,7 +4,7 @@ periodically during training (``--eval-every``, logged to metrics.jsonl).
 
 - :mod:`ganplug.metrics.mixtures`: mode coverage of the 2-D mixtures (PacGAN/VEEGAN protocol).
 - :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
-- :mod:`ganplug.metrics.images`: a digit classifier's features (Fréchet distance, PRDC, classes).
+- :mod:`ganplug.metrics.classifier`: a digit classifier's features (Fréchet distance, PRDC, classes).
 - :mod:`ganplug.metrics.inception`: FID and KID with Inception-v3, when its weights are local.
 - :func:`prepare_metrics` and :func:`score_generator`: build the metrics that apply to a dataset
   and score a live generator with them (``ganplug train --eval-every``; a checkpoint's generator

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ganplug.errors import GanplugError, MetricUnavailable
-from ganplug.metrics.images import feature_frechet_distance
+from ganplug.metrics.classifier import feature_frechet_distance
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
@@ -119,12 +119,12 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
 def _real_images(dataset: str, dataset_options: Mapping[str, Any], n: int) -> tuple[Tensor, Tensor]:
     """(reference, held-out) real images in [-1, 1] (see the module docstring)."""
     if dataset == "digits":
-        from ganplug.metrics.images import digits_data, digits_split, image_size_of
+        from ganplug.metrics.classifier import digits_data, digits_split, image_size_of
 
         images, _ = digits_data(image_size_of(dataset, dataset_options))
         reference, held = digits_split(images.shape[0])
         return images[reference], images[held]
-    from ganplug.metrics.images import load_dataset
+    from ganplug.metrics.classifier import load_dataset
 
     data = load_dataset(dataset, dataset_options)
     total = len(data)

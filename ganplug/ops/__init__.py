@@ -18,7 +18,7 @@ from ganplug.ops import reference
 from ganplug.ops._extension import COMPILED_DEVICE_TYPES, LOAD_ERROR, backend, env_unset, warn_fallback
 
 if LOAD_ERROR is None:
-    from ganplug.ops import _library  # noqa: F401  (fake kernels and autograd formulas)
+    from ganplug.ops import _fake_kernels  # noqa: F401  (the fake kernels torch.compile needs)
 
 __all__ = [
     "backend",
