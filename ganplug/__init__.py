@@ -7,7 +7,7 @@ Importing the package does not import torch; `ganplug.ops`, `ganplug.nn` and the
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_generator": "ganplug.generate", "sample": "ganplug.generate"}
+_LAZY = {"load_generator": "ganplug.generate", "sample": "ganplug.generate", "TrainedGenerator": "ganplug.generate"}
 
 
 def __getattr__(name: str):

@@ -15,15 +15,31 @@ from torch import nn
 from ganplug.errors import GanplugError, UsageError
 
 
-def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
-    """The generator of a checkpoint file or run directory, in eval mode on ``device``.
+class TrainedGenerator(nn.Module):
+    """A checkpoint's generator (``module``) with what drawing from it needs; calling it calls
+    ``module``: ``(N, latent_dim)`` noise (and a conditional run's labels ``(N,)``) to samples
+    ``(N, *data_shape)``.
 
-    ``ema``: use the EMA weights when the run kept them (else the raw generator's). The module
-    maps ``(N, latent_dim)`` to ``(N, *data_shape)`` (a conditional run's: ``(z, labels (N,))``)
-    and carries the attributes ``latent_dim``, ``latent`` ("normal" or "uniform"),
-    ``value_range`` ((low, high) or None), ``data_shape``, ``num_classes`` (K of a conditional
-    run, else 0), ``step`` (generator steps trained) and ``uses_ema``.
+    latent_dim / latent: the noise z ~ ``latent`` ("normal" or "uniform") of shape ``(N, latent_dim)``.
+    value_range: ``(low, high)`` of the samples, or None when unbounded.
+    num_classes: K of a conditional run, else 0. step: generator steps trained.
+    uses_ema: the weights are the run's EMA of G.
     """
+
+    def __init__(self, module: nn.Module, *, latent_dim: int, latent: str, value_range: tuple[float, float] | None,
+                 data_shape: tuple[int, ...], num_classes: int, step: int, uses_ema: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.latent_dim, self.latent, self.value_range = latent_dim, latent, value_range
+        self.data_shape, self.num_classes, self.step, self.uses_ema = data_shape, num_classes, step, uses_ema
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs)
+
+
+def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> TrainedGenerator:
+    """The generator of a checkpoint file or run directory, in eval mode on ``device``, without
+    gradients. ``ema``: use the EMA weights when the run kept them (else the raw generator's)."""
     from ganplug.registry import get_registry
     from ganplug.train.build import build_models, resolve_device
     from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
@@ -46,16 +62,19 @@ def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.de
             f"{checkpoint}: the stored weights do not fit architecture {config.arch!r} ({first[:200]}); "
             "was its plugin changed since training?"
         ) from None
-    generator.to(target).eval()
-    generator.requires_grad_(False)
-    generator.latent_dim = int(info["latent_dim"])
-    generator.latent = str(info["latent"])
-    generator.value_range = tuple(info["value_range"]) if info.get("value_range") is not None else None
-    generator.data_shape = tuple(int(d) for d in info["data_shape"])
-    generator.num_classes = int(info.get("num_classes", 0))
-    generator.step = int(state["step"])
-    generator.uses_ema = use_ema
-    return generator
+    loaded = TrainedGenerator(
+        generator,
+        latent_dim=int(info["latent_dim"]),
+        latent=str(info["latent"]),
+        value_range=tuple(info["value_range"]) if info.get("value_range") is not None else None,
+        data_shape=tuple(int(d) for d in info["data_shape"]),
+        num_classes=int(info.get("num_classes", 0)),
+        step=int(state["step"]),
+        uses_ema=use_ema,
+    )
+    loaded.to(target).eval()
+    loaded.requires_grad_(False)
+    return loaded
 
 
 def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Tensor | None:
@@ -87,8 +106,8 @@ def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Te
 def sample(
     generator: nn.Module, n: int, *, labels: object = None, seed: int = 0, batch_size: int = 1024
 ) -> torch.Tensor:
-    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of a generator from
-    :func:`load_generator` (it needs ``latent_dim`` and ``latent`` attributes), noise drawn with
+    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of a :class:`TrainedGenerator` from
+    :func:`load_generator` (or any module with its ``latent_dim`` and ``latent`` attributes), noise drawn with
     ``seed`` (see :func:`ganplug.noise.draw_samples`). A conditional generator draws them for ``labels``: one
     class (an int), one per sample (``n`` ints), or by default each class in turn.
 
@@ -108,4 +127,4 @@ def sample(
     return draw_samples(generator, n, latent_dim, latent, labels=chosen, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["check_class_labels", "load_generator", "sample"]
+__all__ = ["TrainedGenerator", "check_class_labels", "load_generator", "sample"]

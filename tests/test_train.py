@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from conftest import read_metrics
 
 from ganplug.errors import GanplugError
-from ganplug.generate import load_generator, sample
+from ganplug.generate import TrainedGenerator, load_generator, sample
 from ganplug.train import TrainConfig, train
 from ganplug.train.build import build_run, draw_latent
 from ganplug.train.data_order import BatchOrder
@@ -362,6 +362,8 @@ def test_load_generator_matches_the_trained_one(tmp_path, ema):
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
     assert (g.latent_dim, g.latent, g.value_range, g.data_shape, g.step) == (64, "normal", (-1.0, 1.0), (1, 16, 16), 3)
     assert g.uses_ema == (ema > 0) and not g.training
+    assert isinstance(g, TrainedGenerator) and not any(p.requires_grad for p in g.parameters())
+    assert g.module.state_dict().keys() == (trainer.ema if ema > 0 else trainer.G).state_dict().keys()
     z = draw_latent(5, 64, "normal", generator=torch.Generator().manual_seed(1))
     expected_model = trainer.ema if ema > 0 else trainer.G.eval()
     with torch.no_grad():
