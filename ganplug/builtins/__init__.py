@@ -161,8 +161,11 @@ def ganplug_datasets() -> list[DatasetSpec]:
             options=(Option("std", float, 0.05, "std of each mode"), _size(65536)),
             value_range=None,
             num_classes=25,
-            # benchmarks/quality/grid25.toml
-            defaults={**_MIXTURE_DEFAULTS, "lr_decay": "linear", "arch_options": {"mlp": _MIXTURE_MLP}},
+            # benchmarks/quality/grid25.toml (72000 steps, lr 2e-4 decayed linearly, D's input x 5)
+            defaults={
+                **_MIXTURE_DEFAULTS, "steps": 72000, "lr_decay": "linear",
+                "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 5.0}},
+            },
         ),
         DatasetSpec(
             name="digits",
