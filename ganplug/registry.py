@@ -159,9 +159,9 @@ class Registry:
         self._entry_of: dict[int, Entry] = {}
         self._warned: set[tuple[str, ...]] = set()
 
-        from ganplug import builtins
+        from ganplug import builtin_specs
 
-        self._add(PluginInfo(BUILTIN, "ganplug", _ganplug_version()), builtins)
+        self._add(PluginInfo(BUILTIN, "ganplug", _ganplug_version()), builtin_specs)
         if entry_points is None:
             entry_points = metadata.entry_points(group=PROJECT)
         only = _env_names("GANPLUG_LOAD_PLUGINS")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganplug.builtins import ganplug_datasets
+from ganplug.builtin_specs import ganplug_datasets
 from ganplug.data import images as image_data
 from ganplug.data import synthetic
 from ganplug.data.images import UInt8Images, digits, fashion_mnist, image_folder, mnist

@@ -13,7 +13,7 @@ ROOT = Path(ganplug.__file__).parent
 
 # Lowest first. A module belongs to the first layer with a prefix matching its dotted name.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", ("ganplug.errors", "ganplug.plugin", "ganplug.hookspecs", "ganplug.registry", "ganplug.builtins", "ganplug.files")),
+    ("core", ("ganplug.errors", "ganplug.plugin", "ganplug.hookspecs", "ganplug.registry", "ganplug.builtin_specs", "ganplug.files")),
     ("kernels", ("ganplug.ops", "ganplug._C", "ganplug.nn", "ganplug.noise", "ganplug.plots")),
     ("parts", ("ganplug.models", "ganplug.losses", "ganplug.data", "ganplug.metrics")),
     ("trainer", ("ganplug.train",)),

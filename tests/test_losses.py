@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganplug.builtins import ganplug_losses
+from ganplug.builtin_specs import ganplug_losses
 from ganplug.errors import GanplugError
 from ganplug.losses import GANLoss, HingeLoss, MinimaxLoss, NonSaturatingLoss, RelativisticLoss, WassersteinLoss
 from ganplug.plugin import Recipe

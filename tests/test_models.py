@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ganplug import builtins
+from ganplug import builtin_specs
 from ganplug.errors import GanplugError
 from ganplug.models import dcgan, mlp
 from ganplug.nn import FusedConv2dLeakyReLU, FusedLinearLeakyReLU
@@ -27,7 +27,7 @@ def _count(module: nn.Module, kind: type) -> int:
 
 
 def _spec(name: str):
-    return next(s for s in builtins.ganplug_architectures() if s.name == name)
+    return next(s for s in builtin_specs.ganplug_architectures() if s.name == name)
 
 
 # --- shapes -------------------------------------------------------------------------------------

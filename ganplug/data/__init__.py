@@ -1,4 +1,4 @@
-"""The built-in datasets (factories named by the specs in :mod:`ganplug.builtins`).
+"""The built-in datasets (factories named by the specs in :mod:`ganplug.builtin_specs`).
 
 - :mod:`ganplug.data.synthetic`: ``gaussian`` (1-D), ``ring8`` and ``grid25`` (2-D mixtures of
   Gaussians), drawn once from the run's seed; their mode centres for coverage metrics.
