@@ -395,7 +395,7 @@ def _resume(explicit: dict[str, Any]) -> None:
     stopped before its first checkpoint starts again from its config.toml."""
     from ganplug.train import CONFIG_FILE, train as run_training
     from ganplug.train.checkpoint import (
-        find_checkpoint, fork_run, has_checkpoint, load_checkpoint, resume_config, run_dir_of, stored_config,
+        LoadedCheckpoint, fork_run, has_checkpoint, resume_config, run_dir_of, stored_config,
     )
 
     if explicit.get("out"):
@@ -408,16 +408,13 @@ def _resume(explicit: dict[str, Any]) -> None:
     quiet = bool(explicit.get("quiet"))
     if target.is_dir() and (target / CONFIG_FILE).is_file() and not has_checkpoint(target):
         return _restart(target, explicit)
-    checkpoint = find_checkpoint(target)
-    state = load_checkpoint(checkpoint)  # a file that is no checkpoint is named before anything else
-    run_dir = run_dir_of(checkpoint)
-    config = resume_config(stored_config(state), explicit)
+    loaded = LoadedCheckpoint.read(target)  # a file that is no checkpoint is named before anything else
+    run_dir = run_dir_of(loaded.path)
+    config = resume_config(stored_config(loaded.state), explicit)
     if explicit.get("fork"):
         run_dir = Path(explicit["fork"])
-        checkpoint = fork_run(checkpoint, int(state["step"]), run_dir)
-    run_training(
-        config, run_dir, resume_from=checkpoint, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet
-    )
+        loaded = LoadedCheckpoint(fork_run(loaded.path, loaded.step, run_dir), loaded.state)
+    run_training(config, run_dir, resume_from=loaded, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet)
 
 
 def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:

@@ -265,6 +265,26 @@ def test_resume_continues_and_refuses_changes(tiny_run: Path, capsys):
     assert steps[-1] == 6
 
 
+@pytest.mark.parametrize("fork", [False, True])
+def test_resume_reads_the_checkpoint_once(tiny_run: Path, tmp_path: Path, capsys, monkeypatch, fork):
+    import torch
+
+    from ganplug.train import checkpoint as checkpoint_module
+
+    loads, real_load = [], torch.load
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", counting_load)
+    extra = ["--fork", str(tmp_path / "branch")] if fork else []
+    code, _, err = run_main(capsys, "train", "--resume", str(tiny_run), "--steps", "6", "-q", *extra)
+    assert code == 0, err
+    assert loads == ["latest.pt"]  # checked once; the trainer resumes from what was read
+    assert read_metrics(tmp_path / "branch" if fork else tiny_run)[-1]["step"] == 6
+
+
 def test_sample_from_a_checkpoint(tiny_run: Path, tmp_path: Path, capsys):
     import numpy as np
 

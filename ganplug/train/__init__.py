@@ -26,6 +26,7 @@ from ganplug.errors import GanplugError, UsageError
 from ganplug.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    from ganplug.train.checkpoint import LoadedCheckpoint
     from ganplug.train.loop import Hook
     from ganplug.train.outputs import Callback
 
@@ -125,7 +126,7 @@ def train(
     config: TrainConfig,
     run_dir: Path,
     *,
-    resume_from: Path | None = None,
+    resume_from: "Path | LoadedCheckpoint | None" = None,
     discard_newer: bool = False,
     quiet: bool = False,
     stream: TextIO | None = None,
@@ -136,7 +137,8 @@ def train(
 
     New run (``resume_from`` None): ``run_dir`` must be absent or empty; it gets config.toml
     (the resolved config), metrics.jsonl, samples/ and checkpoints/.
-    Resume: ``resume_from`` is a checkpoint file (or a run directory); ``config`` is the stored
+    Resume: ``resume_from`` is a checkpoint file, a run directory, or a
+    :class:`~ganplug.train.checkpoint.LoadedCheckpoint` already read; ``config`` is the stored
     config with allowed changes (see :func:`ganplug.train.checkpoint.resume_config`), anything
     else raises UsageError; the run continues in ``run_dir`` (normally the checkpoint's run).
     ``stream`` receives progress (default stderr); ``hooks`` and ``callbacks``
@@ -163,7 +165,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
     from ganplug.train.build import build_run
     from ganplug.train.config import resolve
     from ganplug.train.checkpoint import (
-        discard_newer_work, find_checkpoint, load_checkpoint, newer_checkpoints, resumed_config, stored_config,
+        LoadedCheckpoint, discard_newer_work, newer_checkpoints, resumed_config, stored_config,
     )
     from ganplug.train.loop import Trainer
 
@@ -190,8 +192,8 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
             f"writing to {run_dir}"
         )
     else:
-        checkpoint = find_checkpoint(Path(resume_from))
-        state = load_checkpoint(checkpoint)
+        loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
+        checkpoint, state = loaded.path, loaded.state
         config = resumed_config(stored_config(state), config)
         distributed.check_batch(world, config.batch_size, config.pack)
         newer = newer_checkpoints(checkpoint.parent, int(state["step"]), checkpoint)

@@ -236,6 +236,26 @@ def find_checkpoint(path: Path) -> Path:
     raise UsageError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read once: its file and its checked contents (see :func:`load_checkpoint`).
+    ``--resume`` reads the file to check it and its config before training, and the trainer
+    resumes from the same contents instead of loading the file again."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def read(cls, target: Path) -> "LoadedCheckpoint":
+        """The checkpoint ``target`` names (a file or a run directory, see :func:`find_checkpoint`)."""
+        path = find_checkpoint(Path(target))
+        return cls(path, load_checkpoint(path))
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether the run directory ``run_dir`` holds a checkpoint (``latest.pt`` or a step file)."""
     directory = Path(run_dir) / CHECKPOINTS
@@ -432,6 +452,7 @@ def resumed_config(stored: TrainConfig, config: TrainConfig) -> TrainConfig:
 __all__ = [
     "FORMAT",
     "VERSION",
+    "LoadedCheckpoint",
     "discard_newer_work",
     "find_checkpoint",
     "fork_run",
