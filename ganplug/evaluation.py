@@ -10,9 +10,11 @@ from typing import Any
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
-from ganplug.metrics import applicable_metrics, bare_dataset_name, metric_options, prepare_metrics, score_generator
+from ganplug.metrics import (
+    applicable_metrics, bare_dataset_name, metric_context, metric_options, prepare_metrics, score_generator,
+)
 from ganplug.registry import get_registry
-from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
+from ganplug.train.checkpoint import LoadedCheckpoint, stored_config
 
 
 def evaluate(
@@ -39,8 +41,8 @@ def evaluate(
     uses too). UsageError when no metric applies to the dataset.
     """
 
-    path = find_checkpoint(Path(checkpoint))
-    config = stored_config(load_checkpoint(path))
+    loaded = LoadedCheckpoint.read(Path(checkpoint))
+    path, config = loaded.path, stored_config(loaded.state)
     dataset = bare_dataset_name(config.dataset)
     specs = applicable_metrics(dataset, tuple(metrics))
     if not specs:
@@ -49,19 +51,15 @@ def evaluate(
             f"no metric applies to dataset {dataset!r} of {path} (registered metrics: {known}; "
             "see: ganplug list metrics)"
         )
-    dataset_options = dict(config.data_options)
-    try:  # fill options a run of an older ganplug did not store
-        dataset_options = get_registry().resolve("dataset", config.dataset).resolve_options(dataset_options)
-    except GanplugError:
-        pass
+    context = metric_context(dataset, config.data_options)  # fills options an older run did not store
     built, skipped = prepare_metrics(
         dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples
     )
-    generator = load_generator(path, ema=ema, device=device)
+    generator = load_generator(loaded, ema=ema, device=device)
     failed: dict[str, GanplugError] = {}
     results = score_generator(
         generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
-        dataset=dataset, dataset_options=dataset_options, num_classes=generator.num_classes, seed=seed, failed=failed,
+        context=context, num_classes=generator.num_classes, seed=seed, failed=failed,
     )
     return {
         "checkpoint": str(path),

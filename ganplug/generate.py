@@ -8,6 +8,7 @@ must be installed: the one the run recorded (a missing one is named with its dis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,15 +38,17 @@ class TrainedGenerator(nn.Module):
         return self.module(*inputs)
 
 
-def load_generator(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> TrainedGenerator:
-    """The generator of a checkpoint file or run directory, in eval mode on ``device``, without
-    gradients. ``ema``: use the EMA weights when the run kept them (else the raw generator's)."""
+def load_generator(path: Any, *, ema: bool = True, device: str | torch.device = "cpu") -> TrainedGenerator:
+    """The generator of a checkpoint file or run directory (or a
+    :class:`~ganplug.train.checkpoint.LoadedCheckpoint` already read), in eval mode on ``device``,
+    without gradients. ``ema``: use the EMA weights when the run kept them (else the raw
+    generator's)."""
     from ganplug.registry import get_registry
     from ganplug.train.build import build_models, resolve_device
-    from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
+    from ganplug.train.checkpoint import LoadedCheckpoint, stored_config
 
-    checkpoint = find_checkpoint(Path(path))
-    state = load_checkpoint(checkpoint)
+    loaded_checkpoint = path if isinstance(path, LoadedCheckpoint) else LoadedCheckpoint.read(Path(path))
+    checkpoint, state = loaded_checkpoint.path, loaded_checkpoint.state
     config = stored_config(state)
     info = state["model"]
     target = resolve_device(str(device)) if not isinstance(device, torch.device) else device

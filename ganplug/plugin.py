@@ -24,10 +24,11 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset when K depends on the
   data (class subfolders); then ``ganplug train --conditional`` can use it.
 - metric: ``factory(**options) -> metric``, a callable
-  ``metric(samples: Tensor, *, dataset: str, dataset_options: dict) -> dict[str, float]``.
+  ``metric(samples: Tensor, context: MetricContext) -> dict[str, float]``.
   ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
-  ``dataset`` is the run's dataset name and ``dataset_options`` its resolved options (so a
-  metric follows a run's settings, e.g. the std of a mixture). ``ganplug eval`` draws
+  ``context`` (:class:`MetricContext`) names the run's dataset, its resolved options (so a metric
+  follows a run's settings, e.g. the std of a mixture) and its spec, and loads the real samples
+  on request. ``ganplug eval`` draws
   ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
   ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
   cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason. In a
@@ -51,7 +52,7 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from ganplug.errors import UsageError
+from ganplug.errors import GanplugError, UsageError
 
 PROJECT = "ganplug"
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -270,8 +271,8 @@ DEFAULT_METRIC_SAMPLES = 10000
 
 @dataclass(frozen=True)
 class MetricSpec(_Spec):
-    """A sample-quality metric: ``factory(**options) -> metric(samples, *, dataset, dataset_options)``
-    returning ``{name: float}``.
+    """A sample-quality metric: ``factory(**options) -> metric(samples, context)`` returning
+    ``{name: float}`` (``context``: a :class:`MetricContext`).
 
     ``datasets``: the dataset names it applies to (``()``: any dataset).
     """
@@ -326,6 +327,33 @@ class DataContext:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class MetricContext:
+    """What a metric is told about the dataset its samples imitate: ``metric(samples, context)``.
+
+    dataset: the run's bare dataset name, e.g. ``"ring8"``.
+    options: the dataset's options as the run resolved them (its spec's defaults filled in).
+    spec: the registered :class:`DatasetSpec`; None when no dataset of that name is registered.
+    load_real: ``() -> RealSamples``, behind :meth:`real`; None when there is no dataset to load.
+    """
+
+    dataset: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    spec: DatasetSpec | None = None
+    load_real: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    _loaded: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def real(self) -> Any:
+        """The real samples, as a run with these options loads the dataset (seed 0): a
+        :class:`ganplug.data.access.RealSamples` (``len()``; ``take(indices=None) -> (samples,
+        labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)`` or None). Loaded on the first
+        call, then kept."""
+        if not self._loaded:
+            if self.load_real is None:
+                raise GanplugError(f"no dataset {self.dataset!r} is registered, so there are no real samples to compare with")
+            self._loaded.append(self.load_real())
+        return self._loaded[0]
+
 __all__ = [
     "DEFAULT_METRIC_SAMPLES",
     "ArchitectureSpec",
@@ -333,6 +361,7 @@ __all__ = [
     "DatasetSpec",
     "LoggerSpec",
     "LossSpec",
+    "MetricContext",
     "MetricSpec",
     "ModelContext",
     "Option",

@@ -515,17 +515,18 @@ def check_metric(
     assert callable(metric), f"{label}: the factory returned {type(metric).__name__}, expected a callable"
     if dataset is None:
         dataset = spec.datasets[0] if spec.datasets else "any"
+    from ganplug.metrics.context import metric_context
+
+    context = metric_context(dataset, dataset_options or {})
     if samples is None and dataset != "any":
         from ganplug.registry import get_registry
 
         data_spec = get_registry().resolve("dataset", dataset)
-        resolved = data_spec.resolve_options(dataset_options or {})
-        data = data_spec.load()(DataContext(seed=0), **resolved)
+        data = data_spec.load()(DataContext(seed=0), **context.options)
         samples = torch.stack([_sample_of(data_spec, data[i], i) for i in range(min(256, len(data)))])
-        dataset_options = resolved
     elif samples is None:
         samples = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
-    result = metric(samples, dataset=dataset, dataset_options=dict(dataset_options or {}))
+    result = metric(samples, context)
     assert isinstance(result, dict) and result, f"{label}: returned {result!r}, expected a dict of str to float"
     for key, value in result.items():
         assert isinstance(key, str) and isinstance(value, (int, float)), (

@@ -93,7 +93,7 @@ PLUGIN = """
 
 
     def flaky():
-        def score(samples, *, dataset, dataset_options):
+        def score(samples, context):
             raise KeyError("noise")
         return score
 

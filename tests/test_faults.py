@@ -152,8 +152,8 @@ FLAKY_METRIC = """
         return [MetricSpec("flaky", "a metric that fails", "flakypkg:make", datasets=("ring8",))]
 
     def make():
-        def score(samples, *, dataset, dataset_options):
-            return {"x": dataset_options["noise"]}
+        def score(samples, context):
+            return {"x": context.options["noise"]}
         return score
 """
 

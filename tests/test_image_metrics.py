@@ -12,7 +12,7 @@ from scipy import linalg
 
 from ganplug import testing
 from ganplug.errors import GanplugError
-from ganplug.metrics import applicable_metrics
+from ganplug.metrics import applicable_metrics, metric_context
 from ganplug.metrics import classifier as im
 from ganplug.registry import get_registry
 
@@ -28,7 +28,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ref8(cache) -> im.DigitsReference:
-    return im.digits_reference(8)
+    return im.digits_reference(metric_context("digits", {"image_size": 8}))
 
 
 def digits_metric(**options):
@@ -48,7 +48,7 @@ def test_the_split_is_a_fixed_half_permutation():
 
 @pytest.mark.parametrize("size", [8, 16])
 def test_the_classifier_is_accurate_on_the_held_out_half(cache, size):
-    reference = im.digits_reference(size)
+    reference = im.digits_reference(metric_context("digits", {"image_size": size}))
     assert reference.accuracy > 0.9
     assert reference.reference.shape == (898, im.FEATURE_DIM)
     assert reference.held_features.shape == (899, im.FEATURE_DIM)
@@ -171,7 +171,7 @@ def test_digits_quality_is_registered_for_digits():
 def test_real_held_out_images_score_the_floor(ref8):
     images, _ = im.digits_data(8)
     _, held = im.digits_split()
-    result = digits_metric()(images[held], dataset="digits", dataset_options={"image_size": 8})
+    result = digits_metric()(images[held], metric_context("digits", {"image_size": 8}))
     assert set(result) == set(im.METRIC_KEYS) | FLOOR_KEYS | {"classifier_accuracy"}
     for key in im.METRIC_KEYS:
         assert result[key] == result[f"{key}_real_floor"]
@@ -187,23 +187,23 @@ def test_real_held_out_images_score_the_floor(ref8):
 
 def test_uniform_noise_scores_far_worse_than_the_floor(ref8):
     noise = torch.rand(1000, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    result = digits_metric()(noise, dataset="digits", dataset_options={"image_size": 8})
+    result = digits_metric()(noise, metric_context("digits", {"image_size": 8}))
     assert result["fd"] > 50 * result["fd_real_floor"]
     assert result["precision"] < 0.05 and result["coverage"] < 0.05 and result["density"] < 0.05
     assert result["confident_pct"] < 0.5 * result["confident_pct_real_floor"]
     # The floor uses min(N, 899) held-out images: the same numbers for 1000 and 899 samples.
-    floor = digits_metric()(noise[:899], dataset="digits", dataset_options={"image_size": 8})
+    floor = digits_metric()(noise[:899], metric_context("digits", {"image_size": 8}))
     assert all(result[k] == floor[k] for k in FLOOR_KEYS)
 
 
 def test_the_metric_follows_the_run_image_size_and_refuses_other_shapes(cache):
     metric = digits_metric(k="3")
     with pytest.raises(GanplugError, match=r"shape \(N, 1, 16, 16\)"):
-        metric(torch.zeros(50, 1, 8, 8), dataset="digits", dataset_options={"image_size": 16})
+        metric(torch.zeros(50, 1, 8, 8), metric_context("digits", {"image_size": 16}))
     with pytest.raises(GanplugError, match="more than k = 3"):
-        metric(torch.zeros(3, 1, 8, 8), dataset="digits", dataset_options={"image_size": 8})
+        metric(torch.zeros(3, 1, 8, 8), metric_context("digits", {"image_size": 8}))
     with pytest.raises(GanplugError, match="NaN"):
-        metric(torch.full((10, 1, 8, 8), float("nan")), dataset="digits", dataset_options={"image_size": 8})
+        metric(torch.full((10, 1, 8, 8), float("nan")), metric_context("digits", {"image_size": 8}))
     with pytest.raises(GanplugError, match="option k"):
         im.build(1000, k=0)
     with pytest.raises(GanplugError, match="option confidence"):
@@ -231,7 +231,7 @@ def test_pca_kde_samples_real_looking_digits_deterministically(ref8):
     assert samples.min() >= -1 and samples.max() <= 1
     assert torch.equal(pca_kde(images, seed=0)(899), samples)  # same seed, same first draw
     assert not torch.equal(draw(899), samples)  # a second draw continues the stream
-    result = digits_metric()(samples, dataset="digits", dataset_options={"image_size": 8})
+    result = digits_metric()(samples, metric_context("digits", {"image_size": 8}))
     # A KDE around the training images scores near the real floor, far from noise.
     assert result["fd"] < 3 * result["fd_real_floor"]
     assert result["classes_covered"] == 10 and result["coverage"] > 0.5
@@ -273,11 +273,11 @@ def mnist_metric(**options):
 
 
 def test_mnist_quality_scores_real_at_the_floor_and_noise_far_from_it(fake_mnist, cache):
-    images, labels = im.real_data("mnist", fake_mnist)
+    images, labels = metric_context("mnist", fake_mnist).real().take()
     assert images.shape == (8985, 1, 28, 28) and labels.shape == (8985,)
     _, held = im.digits_split(images.shape[0])
     metric = mnist_metric()
-    real = metric(images[held[:1000]], dataset="mnist", dataset_options=fake_mnist)
+    real = metric(images[held[:1000]], metric_context("mnist", fake_mnist))
     assert (cache / f"mnist-classifier-{im.CLASSIFIER_VERSION}-s28.pt").is_file()
     assert real["classifier_accuracy"] > 0.9
     for key in im.METRIC_KEYS:
@@ -285,37 +285,37 @@ def test_mnist_quality_scores_real_at_the_floor_and_noise_far_from_it(fake_mnist
     assert real["classes_covered"] == 10 and real["density"] == pytest.approx(1.0, abs=0.2)
 
     noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    far = metric(noise, dataset="mnist", dataset_options=fake_mnist)
+    far = metric(noise, metric_context("mnist", fake_mnist))
     assert far["fd"] > 10 * far["fd_real_floor"]
     assert far["coverage"] < 0.2 < real["coverage"]
 
     one_class = images[held][labels[held] == 3][:200]
-    collapsed = metric(one_class, dataset="mnist", dataset_options=fake_mnist)
+    collapsed = metric(one_class, metric_context("mnist", fake_mnist))
     assert collapsed["classes_covered"] <= 2 and collapsed["class_kl"] > 1.5
 
 
 def test_mnist_quality_rejects_samples_of_the_wrong_size(fake_mnist):
     with pytest.raises(GanplugError, match=r"mnist quality needs more than k = 5 samples of shape \(N, 1, 28, 28\)"):
-        mnist_metric()(torch.zeros(50, 1, 16, 16), dataset="mnist", dataset_options=fake_mnist)
+        mnist_metric()(torch.zeros(50, 1, 16, 16), metric_context("mnist", fake_mnist))
 
 
 def test_mnist_quality_on_the_bundled_mnist5k(cache):
     """The real MNIST digits: the classifier trained on one half is accurate on the other, the
     held-out half scores exactly the floor, noise and one class score far from it."""
     assert {spec.name for spec in applicable_metrics("mnist5k")} == {"mnist-quality", "inception"}
-    images, labels = im.real_data("mnist5k", {"image_size": 0})
+    images, labels = metric_context("mnist5k", {"image_size": 0}).real().take()
     assert images.shape == (5000, 1, 28, 28)
     _, held = im.digits_split(images.shape[0])
     metric = mnist_metric()
-    real = metric(images[held[:1000]], dataset="mnist5k", dataset_options={"image_size": 0})
+    real = metric(images[held[:1000]], metric_context("mnist5k", {"image_size": 0}))
     assert real["classifier_accuracy"] > 0.88
     for key in im.METRIC_KEYS:
         assert real[key] == real[f"{key}_real_floor"], key
     assert real["classes_covered"] == 10 and real["class_kl"] < 0.05
     noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    far = metric(noise, dataset="mnist5k", dataset_options={"image_size": 0})
+    far = metric(noise, metric_context("mnist5k", {"image_size": 0}))
     assert far["fd"] > 10 * far["fd_real_floor"]
     sevens = images[held][labels[held] == 7][:200]
-    collapsed = metric(sevens, dataset="mnist5k", dataset_options={"image_size": 0})
+    collapsed = metric(sevens, metric_context("mnist5k", {"image_size": 0}))
     # ln 10 = 2.30 for one class; the classifier (~91 % accurate) calls a few sevens something else
     assert collapsed["class_kl"] > 1.5 and collapsed["fd"] > 20 * collapsed["fd_real_floor"]

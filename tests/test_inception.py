@@ -103,16 +103,24 @@ def test_metric_on_random_inception_scores_real_as_floor_and_noise_worse(monkeyp
         r, c = torch.randint(0, 10, (2,), generator=gen).tolist()
         blobs[i, :, r : r + 6, c : c + 6] = 1.0
     blobs = blobs * 2 - 1
-    monkeypatch.setattr(inception, "_real_images", lambda dataset, options, n: (blobs[:6], blobs[6:]))
     monkeypatch.setattr(inception, "_REFERENCES", {})
+    from torch.utils.data import TensorDataset
+
+    from ganplug.data.access import RealSamples
+    from ganplug.metrics.classifier import digits_split
+    from ganplug.plugin import MetricContext
+
+    # the real images come from the context: the classifier's fixed halves of them
+    context = MetricContext("blobs", {}, None, lambda: RealSamples(TensorDataset(blobs)))
+    held = digits_split(12)[1]
     metric = inception.build(n_samples=6)
 
-    real = metric(blobs[6:], dataset="digits", dataset_options={})
+    real = metric(blobs[held], context)
     assert set(real) == {"fid", "kid", "kid_std", "fid_real_floor", "kid_real_floor", "kid_std_real_floor"}
     assert real["fid"] == pytest.approx(real["fid_real_floor"], rel=1e-9)  # the held-out set itself
     assert real["kid"] == pytest.approx(real["kid_real_floor"], rel=1e-9)
 
     noise = torch.rand(6, 1, 16, 16, generator=gen) * 2 - 1
-    worse = metric(noise, dataset="digits", dataset_options={})
+    worse = metric(noise, context)
     assert worse["fid"] > 2 * worse["fid_real_floor"] > 0
     assert worse["kid"] > worse["kid_real_floor"]

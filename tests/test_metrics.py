@@ -18,7 +18,7 @@ from ganplug.cli import main
 from ganplug.data.synthetic import GRID25_MEANS, RING8_MEANS, grid25, ring8
 from ganplug.errors import GanplugError
 from ganplug.evaluation import evaluate
-from ganplug.metrics import applicable_metrics
+from ganplug.metrics import applicable_metrics, metric_context
 from ganplug.metrics.gaussian import gaussian_fit
 from ganplug.metrics.mixtures import mode_coverage
 from ganplug.plugin import DataContext, MetricSpec, Option, hookimpl
@@ -41,7 +41,7 @@ def metric(name: str):
 
 
 def modes_of(samples, dataset="ring8", **dataset_options):
-    return metric("modes")(samples, dataset=dataset, dataset_options=dataset_options)
+    return metric("modes")(samples, metric_context(dataset, dataset_options))
 
 
 # -- modes (ring8, grid25) -------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_the_mode_std_follows_the_run_data_options():
     # The threshold option: within 2 sd in 2-D is 1 - exp(-2).
     wide = get_registry().resolve("metric", "modes")
     two_sd = wide.load()(**wide.resolve_options({"threshold_std": "2"}))
-    result = two_sd(samples, dataset="ring8", dataset_options={"std": 0.1})
+    result = two_sd(samples, metric_context("ring8", {"std": 0.1}))
     assert result["high_quality_pct"] == pytest.approx(100 * (1 - math.exp(-2)), abs=1.5)
 
 
@@ -129,7 +129,7 @@ def test_non_finite_samples_are_not_high_quality():
 def test_exact_gaussian_samples_fit():
     g = torch.Generator().manual_seed(0)
     samples = 4.0 + 1.25 * torch.randn(10000, 1, generator=g, dtype=torch.float64)
-    result = metric("gaussian-fit")(samples, dataset="gaussian", dataset_options={"mean": 4.0, "std": 1.25})
+    result = metric("gaussian-fit")(samples, metric_context("gaussian", {"mean": 4.0, "std": 1.25}))
     assert result["mean"] == pytest.approx(4.0, abs=0.05)
     assert result["std"] == pytest.approx(1.25, abs=0.04)
     assert result["ks"] < 0.03
@@ -150,8 +150,8 @@ def test_gaussian_fit_follows_the_run_data_options():
     g = torch.Generator().manual_seed(2)
     samples = -1.0 + 0.5 * torch.randn(10000, 1, generator=g)
     fit = metric("gaussian-fit")
-    assert fit(samples, dataset="gaussian", dataset_options={"mean": -1.0, "std": 0.5})["ks"] < 0.03
-    assert fit(samples, dataset="gaussian", dataset_options={"mean": 4.0, "std": 1.25})["ks"] > 0.9
+    assert fit(samples, metric_context("gaussian", {"mean": -1.0, "std": 0.5}))["ks"] < 0.03
+    assert fit(samples, metric_context("gaussian", {"mean": 4.0, "std": 1.25}))["ks"] > 0.9
     with pytest.raises(GanplugError, match=r"shape \(N, 1\)"):
         gaussian_fit(torch.zeros(10, 2), 4.0, 1.25)
 
@@ -288,9 +288,84 @@ def test_eval_reports_a_bad_checkpoint(tmp_path: Path, capsys, content):
     assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
 
 
+# -- the context a metric scores with ----------------------------------------------------------------
+
+
+def test_the_metric_context_completes_the_options_and_loads_the_real_samples_once(monkeypatch):
+    from ganplug.data import synthetic
+
+    context = metric_context("ring8", {"size": 300})
+    assert dict(context.options) == {"std": 0.01, "size": 300} and context.spec.name == "ring8"
+    calls = []
+    real_ring8 = synthetic.ring8
+    monkeypatch.setattr(synthetic, "ring8", lambda ctx, **kw: calls.append(kw) or real_ring8(ctx, **kw))
+    real = context.real()
+    samples, labels = real.take()
+    # what training loads with these options (seed 0), labels included
+    expected = real_ring8(DataContext(seed=0), std=0.01, size=300).tensors
+    assert torch.equal(samples, expected[0]) and torch.equal(labels, expected[1]) and len(real) == 300
+    assert context.real() is real and real.take() is real.take() and len(calls) == 1
+    picked, picked_labels = real.take([5, 0, 299])
+    assert torch.equal(picked, expected[0][[5, 0, 299]]) and torch.equal(picked_labels, expected[1][[5, 0, 299]])
+    with pytest.raises(GanplugError, match="no dataset 'nowhere' is registered"):
+        metric_context("nowhere", {"a": 1}).real()
+    assert dict(metric_context("nowhere", {"a": 1}).options) == {"a": 1}
+
+
+def test_real_samples_of_an_item_by_item_dataset_equal_the_whole_tensor_path():
+    from torch.utils.data import Dataset, TensorDataset
+
+    from ganplug.data.access import RealSamples
+
+    x, y = torch.randn(7, 2, generator=torch.Generator().manual_seed(0)), torch.arange(7) % 3
+
+    class Items(Dataset):
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, i):
+            return x[i], int(y[i])
+
+    whole, items = RealSamples(TensorDataset(x, y)), RealSamples(Items())
+    for indices in (None, [6, 1]):
+        (a, la), (b, lb) = whole.take(indices), items.take(indices)
+        assert torch.equal(a, b) and torch.equal(la, lb) and la.dtype == torch.int64
+    assert RealSamples(TensorDataset(x)).take()[1] is None
+
+
+def test_a_plugin_metric_gets_the_run_options_and_its_real_samples(runs, monkeypatch):
+    seen = {}
+
+    def centre_distance(**options):
+        def metric(samples, context):
+            real, _ = context.real().take()
+            seen["options"] = dict(context.options)
+            return {"mean_gap": float((samples.mean(0) - real.mean(0)).norm())}
+
+        return metric
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_metrics():
+            return [MetricSpec("gap", "distance of the means", centre_distance, datasets=("ring8",))]
+
+    reg = Registry(entry_points=[], extra_plugins=[("gapper", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    report = evaluate(runs["ring8"], metrics=("gap",))
+    from ganplug.generate import load_generator, sample
+    from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, stored_config
+
+    options = stored_config(load_checkpoint(find_checkpoint(runs["ring8"]))).data_options
+    real = ring8(DataContext(seed=0), **{"size": 65536, **options}).tensors[0]
+    fake = sample(load_generator(runs["ring8"]), 10000, seed=0)
+    assert seen["options"]["std"] == options["std"]
+    assert report["metrics"]["gap"]["mean_gap"] == pytest.approx(float((fake.mean(0) - real.mean(0)).norm()), rel=1e-5)
+
+
 def test_a_plugin_metric_for_any_dataset_is_used(runs, monkeypatch):
     def count(**options):
-        return lambda samples, *, dataset, dataset_options: {"n": samples.shape[0], "dims": samples[0].numel()}
+        return lambda samples, context: {"n": samples.shape[0], "dims": samples[0].numel()}
 
     class Plugin:
         @staticmethod
@@ -323,7 +398,7 @@ def test_eval_options_and_sample_count_reach_the_metric(runs):
 
 def test_a_metric_option_beats_num_samples_and_a_metric_without_the_option_gets_it(runs, monkeypatch):
     def counted(**options):
-        return lambda samples, *, dataset, dataset_options: {"n": samples.shape[0]}
+        return lambda samples, context: {"n": samples.shape[0]}
 
     class Plugin:
         @staticmethod

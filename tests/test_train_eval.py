@@ -12,7 +12,7 @@ from conftest import quiet_train, read_metrics
 
 from ganplug.cli import build_config, main
 from ganplug.errors import GanplugError, UsageError
-from ganplug.metrics import prepare_metrics, score_generator
+from ganplug.metrics import metric_context, prepare_metrics, score_generator
 from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 
@@ -52,7 +52,7 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
     generator = load_generator(tmp_path / "run", ema=True)
     expected = score_generator(
         generator, prepare_metrics("ring8")[0], latent_dim=generator.latent_dim, latent=generator.latent,
-        dataset="ring8", dataset_options=stored_config(load_checkpoint(find_checkpoint(tmp_path / "run"))).data_options,
+        context=metric_context("ring8", stored_config(load_checkpoint(find_checkpoint(tmp_path / "run"))).data_options),
         seed=5,
     )
     assert evals[-1]["eval"] == {k: {m: (v if v == v else None) for m, v in d.items()} for k, d in expected.items()}

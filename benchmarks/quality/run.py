@@ -73,18 +73,20 @@ def default_recipes() -> list[Path]:
 
 
 def _final_checkpoint(run_dir: Path, steps: int) -> Path:
-    return run_dir / "checkpoints" / ("step_%06d.pt" % steps)
+    from ganplug.train.checkpoint import CHECKPOINTS, step_file_name
+
+    return run_dir / CHECKPOINTS / step_file_name(steps)
 
 
 def _train_run(config: Any, run_dir: Path, quiet: bool) -> bool:
     """Train (or resume) ``config`` into ``run_dir``; False when its final checkpoint exists."""
     from ganplug.train import train
+    from ganplug.train.checkpoint import has_checkpoint
 
     stream = io.StringIO() if quiet else None  # the trainer's start/done lines print even when quiet
     if _final_checkpoint(run_dir, config.steps).is_file():
         return False
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
+    if has_checkpoint(run_dir):
         train(config, run_dir, resume_from=run_dir, quiet=quiet, stream=stream)
     else:
         if run_dir.exists():  # a run stopped before its first checkpoint: start it again
@@ -156,16 +158,16 @@ def _baseline_runs(name: str, dataset: str, data_options: dict[str, Any], seeds:
     """The metrics of the non-GAN baseline sampler ``name`` (:mod:`benchmarks.quality.baselines`),
     one run per seed, scored exactly as a generator's samples are."""
     from benchmarks.quality.baselines import BASELINES
-    from ganplug.metrics import prepare_metrics
+    from ganplug.metrics import metric_context, prepare_metrics
 
     fit = BASELINES[name][2]
     built, _ = prepare_metrics(dataset)
+    context = metric_context(dataset, data_options)
     runs = []
     for seed in seeds:
         draw = fit(dataset, data_options, seed)
         samples = draw(max(count for _, _, count in built))
-        metrics = {spec.name: {k: _clean(float(v)) for k, v in metric(samples[:count], dataset=dataset,
-                                                                      dataset_options=data_options).items()}
+        metrics = {spec.name: {k: _clean(float(v)) for k, v in metric(samples[:count], context).items()}
                    for spec, metric, count in built}
         runs.append({"seed": seed, "bandwidth": getattr(draw, "bandwidth", None), "metrics": metrics})
     return runs

@@ -237,7 +237,7 @@ def write_rgb_folder(root: Path) -> Path:
 
 def real_samples(dataset: torch.utils.data.Dataset, limit: int = 4096) -> torch.Tensor:
     """Up to ``limit`` samples of ``dataset`` as one float tensor ``(N, *data_shape)``."""
-    from ganplug.train.build import sample_of
+    from ganplug.data.access import sample_of
 
     if isinstance(dataset, torch.utils.data.TensorDataset):
         return dataset.tensors[0][:limit].float()

@@ -6,8 +6,8 @@ periodically during training (``--eval-every``, logged to metrics.jsonl).
 - :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
 - :mod:`ganplug.metrics.classifier`: a digit classifier's features (Fréchet distance, PRDC, classes).
 - :mod:`ganplug.metrics.inception`: FID and KID with Inception-v3, when its weights are local.
-- :func:`prepare_metrics` and :func:`score_generator`: build the metrics that apply to a dataset
-  and score a live generator with them (``ganplug train --eval-every``; a checkpoint's generator
+- :func:`prepare_metrics`, :func:`metric_context` and :func:`score_generator`: build the metrics
+  that apply to a dataset, the context they score with, and score a live generator with them (``ganplug train --eval-every``; a checkpoint's generator
   through :func:`ganplug.evaluation.evaluate`, above the trainer).
 """
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError
-from ganplug.plugin import DEFAULT_METRIC_SAMPLES
+from ganplug.metrics.context import metric_context
+from ganplug.plugin import DEFAULT_METRIC_SAMPLES, MetricContext
 
 
 def bare_dataset_name(name: str) -> str:
@@ -149,15 +150,15 @@ def score_generator(
     *,
     latent_dim: int,
     latent: str,
-    dataset: str,
-    dataset_options: dict[str, Any],
+    context: MetricContext,
     num_classes: int = 0,
     seed: int = 0,
     batch_size: int = 1024,
     failed: dict[str, GanplugError] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{metric name: {key: float}}`` of ``generator`` (a module mapping noise to samples, used
-    as it is: put it in eval mode first) for the ``built`` metrics of :func:`prepare_metrics`.
+    as it is: put it in eval mode first) for the ``built`` metrics of :func:`prepare_metrics`,
+    each called as ``metric(samples, context)`` (see :func:`metric_context`).
 
     One set of noise is drawn from a private CPU ``torch.Generator`` seeded with ``seed`` (the
     global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
@@ -180,7 +181,7 @@ def score_generator(
     for spec, metric, count in built:
         try:
             extra = {"labels": labels[:count]} if labels is not None and takes_labels(metric) else {}
-            values = metric(samples[:count], dataset=dataset, dataset_options=dataset_options, **extra)
+            values = metric(samples[:count], context, **extra)
             results[spec.name] = {str(k): float(v) for k, v in dict(values).items()}
         except GanplugError as error:
             if failed is None:
@@ -201,6 +202,6 @@ def score_generator(
 
 
 __all__ = [
-    "applicable_metrics", "bare_dataset_name", "metric_options", "prepare_metrics", "samples_needed",
+    "applicable_metrics", "bare_dataset_name", "metric_context", "metric_options", "prepare_metrics", "samples_needed",
     "score_generator", "takes_labels",
 ]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from ganplug.errors import GanplugError
 from ganplug.files import atomic_write
-from ganplug.metrics.options import run_dataset_options
+from ganplug.plugin import MetricContext
 
 CLASSIFIER_VERSION = "mlp-v1"
 SPLIT_SEED = 0
@@ -112,28 +112,18 @@ def digits_data(image_size: int) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def load_dataset(dataset: str, dataset_options: Mapping[str, Any]) -> Any:
-    """The registered dataset ``dataset`` built with the run's options (seed 0), as training loads it."""
-    from ganplug.plugin import DataContext
-    from ganplug.registry import call_factory, get_registry
-
-    spec = get_registry().resolve("dataset", dataset)
-    return call_factory("dataset", spec, DataContext(seed=0), **dict(dataset_options))
-
-
-def real_data(dataset: str, dataset_options: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """Every labelled image of ``dataset`` as its run loads it: images (N, 1, S, S) in [-1, 1]
-    (float32) and labels (N,). ``digits`` comes from scikit-learn; the others through the
-    registry (their files must be in the run's data directory)."""
-    if dataset == "digits":
-        return digits_data(image_size_of(dataset, dataset_options))
-    data = load_dataset(dataset, dataset_options)
-    if hasattr(data, "images") and getattr(data, "labels", None) is not None:  # UInt8Images
-        return data.to_float(data.images), data.labels
-    tensors = getattr(data, "tensors", ())
-    if len(tensors) != 2:
-        raise GanplugError(f"dataset {dataset!r} has no class labels, which the classifier metric needs")
-    return tensors[0], tensors[1]
+def labelled_images(context: MetricContext) -> tuple[Tensor, Tensor]:
+    """Every labelled image of the context's dataset as its run loads it: images (N, 1, S, S) in
+    [-1, 1] (float32) and labels (N,)."""
+    images, labels = context.real().take()
+    if labels is None:
+        raise GanplugError(f"dataset {context.dataset!r} has no class labels, which the classifier metric needs")
+    if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise GanplugError(
+            f"dataset {context.dataset!r} gives samples of shape {tuple(images.shape[1:])}; "
+            "the classifier metric needs square greyscale images (1, S, S)"
+        )
+    return images, labels
 
 
 def digits_split(n: int = 1797) -> tuple[Tensor, Tensor]:
@@ -339,20 +329,13 @@ def score_features(
 
 
 class DigitsReference:
-    """The classifier of one dataset and image size with the reference and held-out features."""
+    """The classifier of one dataset (its images at the run's size) with the reference and
+    held-out features."""
 
-    def __init__(
-        self,
-        image_size: int,
-        directory: Path | str | None = None,
-        dataset: str = "digits",
-        dataset_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        if dataset == "digits":
-            images, labels = digits_data(image_size)
-        else:
-            images, labels = real_data(dataset, dataset_options or {})
-        self.model = digits_classifier(image_size, directory, dataset, (images, labels))
+    def __init__(self, context: MetricContext, directory: Path | str | None = None) -> None:
+        images, labels = labelled_images(context)
+        self.image_size = int(images.shape[-1])
+        self.model = digits_classifier(self.image_size, directory, context.dataset, (images, labels))
         train_idx, held_idx = digits_split(images.shape[0])
         train_idx, held_idx = train_idx[:REFERENCE_CAP], held_idx[:REFERENCE_CAP]
         self.reference, _ = classify(self.model, images[train_idx])
@@ -375,49 +358,34 @@ class DigitsReference:
 _REFERENCES: dict[tuple[str, ...], DigitsReference] = {}
 
 
-def digits_reference(
-    image_size: int, dataset: str = "digits", dataset_options: Mapping[str, Any] | None = None
-) -> DigitsReference:
-    """:class:`DigitsReference` of ``dataset`` at ``image_size``, kept for the process (per cache
-    directory and, except for the bundled digits, dataset options)."""
-    options = {} if dataset == "digits" else dict(sorted(dict(dataset_options or {}).items()))
-    key = (str(classifier_path(image_size, None, dataset)), repr(options))
+def digits_reference(context: MetricContext) -> DigitsReference:
+    """:class:`DigitsReference` of the context's dataset, kept for the process (per cache
+    directory, dataset and options)."""
+    key = (str(cache_dir()), context.dataset, repr(sorted(dict(context.options).items())))
     if key not in _REFERENCES:
-        _REFERENCES[key] = DigitsReference(image_size, None, dataset, options)
+        _REFERENCES[key] = DigitsReference(context)
     return _REFERENCES[key]
 
 
-def image_size_of(dataset: str, dataset_options: Mapping[str, Any]) -> int:
-    """The side of the run's images: its ``image_size`` option, else its spec's default (0 = native: 28 for MNIST-like)."""
-    size = run_dataset_options(dataset, dataset_options).get("image_size", 0)
-    if dataset != "digits" and size == 0:
-        return 28
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128:
-        raise GanplugError(f"dataset {dataset!r}: image_size must be an integer 8-128, got {size!r}")
-    return size
-
-
 def build(n_samples: int, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
-    """The ``digits-quality`` / ``mnist-quality`` metric: ``metric(samples, *, dataset, dataset_options)``."""
+    """The ``digits-quality`` / ``mnist-quality`` metric: ``metric(samples, context)``."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise GanplugError(f"classifier metric option k must be an integer >= 1, got {k!r}")
     if not 0.0 < confidence <= 1.0:
         raise GanplugError(f"classifier metric option confidence must be in (0, 1], got {confidence!r}")
 
-    def metric(
-        samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any], labels: Tensor | None = None
-    ) -> dict[str, float]:
-        size = image_size_of(dataset, dataset_options)
+    def metric(samples: Tensor, context: MetricContext, *, labels: Tensor | None = None) -> dict[str, float]:
+        reference = digits_reference(context)
+        size = reference.image_size
         x = torch.as_tensor(samples)
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
             raise GanplugError(
-                f"{dataset} quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
+                f"{context.dataset} quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
                 f"got {tuple(x.shape)}"
             )
         x = x.detach().to("cpu", torch.float32)
         if not torch.isfinite(x).all():
-            raise GanplugError(f"{dataset} quality: the samples contain NaN or infinite values")
-        reference = digits_reference(size, dataset, dataset_options)
+            raise GanplugError(f"{context.dataset} quality: the samples contain NaN or infinite values")
         features, probs = classify(reference.model, x)
         scores = score_features(reference.reference, features, probs, k, confidence)
         floor = reference.floor(x.shape[0], k, confidence)
@@ -449,9 +417,7 @@ __all__ = [
     "feature_frechet_distance",
     "frechet_distance",
     "prdc",
-    "image_size_of",
-    "load_dataset",
-    "real_data",
+    "labelled_images",
     "score_features",
     "train_classifier",
 ]

@@ -5,12 +5,12 @@ p-value, both from ``scipy.stats.kstest``."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 
 from ganplug.errors import GanplugError
-from ganplug.metrics.options import run_dataset_options
+from ganplug.plugin import MetricContext
 
 
 def gaussian_fit(samples: torch.Tensor, mean: float, std: float) -> dict[str, float]:
@@ -33,16 +33,15 @@ def gaussian_fit(samples: torch.Tensor, mean: float, std: float) -> dict[str, fl
 
 
 def build(n_samples: int = 10000) -> Callable[..., dict[str, float]]:
-    """The ``gaussian-fit`` metric: ``metric(samples, *, dataset, dataset_options)``, against the
-    run's ``mean`` and ``std`` data options."""
+    """The ``gaussian-fit`` metric: ``metric(samples, context)``, against the run's ``mean`` and
+    ``std`` data options."""
 
-    def metric(samples: torch.Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
-        options = run_dataset_options(dataset, dataset_options)
-        mean, std = options.get("mean"), options.get("std")
+    def metric(samples: torch.Tensor, context: MetricContext) -> dict[str, float]:
+        mean, std = context.options.get("mean"), context.options.get("std")
         if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
-            raise GanplugError(f"dataset {dataset!r}: mean must be a finite number, got {mean!r}")
+            raise GanplugError(f"dataset {context.dataset!r}: mean must be a finite number, got {mean!r}")
         if not (isinstance(std, (int, float)) and math.isfinite(std) and std > 0):
-            raise GanplugError(f"dataset {dataset!r}: std must be a number > 0, got {std!r}")
+            raise GanplugError(f"dataset {context.dataset!r}: std must be a number > 0, got {std!r}")
         return gaussian_fit(samples, mean, std)
 
     return metric

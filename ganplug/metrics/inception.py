@@ -15,8 +15,9 @@ perfect generator would score with that many samples):
 - ``kid``, ``kid_std``: the unbiased polynomial-kernel MMD² (Bińkowski et al. 2018), mean and std
   over :data:`KID_SUBSETS` seeded subsets of up to :data:`KID_SUBSET_SIZE` per side.
 
-Reference and floor sets: for ``digits`` the classifier metric's halves (reference 898, held out
-899); for the other datasets two disjoint seeded draws of ``n_samples`` real images.
+Reference and floor sets: the classifier metric's fixed halves of the real images
+(:func:`ganplug.metrics.classifier.digits_split`, a seeded permutation), each cut to
+``n_samples`` (digits at the default 1000: all 898 and 899).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,13 +33,13 @@ from torch import Tensor
 
 from ganplug.errors import GanplugError, MetricUnavailable
 from ganplug.metrics.classifier import feature_frechet_distance
+from ganplug.plugin import MetricContext
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILE
 WEIGHTS_ENV = "GANPLUG_INCEPTION_WEIGHTS"
 KID_SUBSETS = 10
 KID_SUBSET_SIZE = 1000
-REFERENCE_SEED = 0
 METRIC_KEYS = ("fid", "kid", "kid_std")
 
 
@@ -116,34 +117,25 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
     return float(np.mean(values)), float(np.std(values))
 
 
-def _real_images(dataset: str, dataset_options: Mapping[str, Any], n: int) -> tuple[Tensor, Tensor]:
+def _real_images(context: MetricContext, n: int) -> tuple[Tensor, Tensor]:
     """(reference, held-out) real images in [-1, 1] (see the module docstring)."""
-    if dataset == "digits":
-        from ganplug.metrics.classifier import digits_data, digits_split, image_size_of
+    from ganplug.metrics.classifier import digits_split
 
-        images, _ = digits_data(image_size_of(dataset, dataset_options))
-        reference, held = digits_split(images.shape[0])
-        return images[reference], images[held]
-    from ganplug.metrics.classifier import load_dataset
-
-    data = load_dataset(dataset, dataset_options)
-    total = len(data)
-    if total < 4:
-        raise GanplugError(f"inception: dataset {dataset!r} has {total} images; it needs at least 4")
-    perm = torch.randperm(total, generator=torch.Generator().manual_seed(REFERENCE_SEED))
-    half = min(n, total // 2)
-    pick = lambda idx: torch.stack([data[int(i)][0] for i in idx])  # noqa: E731
-    return pick(perm[:half]), pick(perm[half : 2 * half])
+    real = context.real()
+    if len(real) < 4:
+        raise GanplugError(f"inception: dataset {context.dataset!r} has {len(real)} images; it needs at least 4")
+    reference, held = digits_split(len(real))
+    return real.take(reference[:n])[0], real.take(held[:n])[0]
 
 
 _REFERENCES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def reference_features(dataset: str, dataset_options: Mapping[str, Any], n: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def reference_features(context: MetricContext, n: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Inception features of the (reference, held-out) real images, kept per process."""
-    key = json.dumps([dataset, dict(dataset_options), n, str(path)], sort_keys=True, default=str)
+    key = json.dumps([context.dataset, dict(context.options), n, str(path)], sort_keys=True, default=str)
     if key not in _REFERENCES:
-        reference, held = _real_images(dataset, dataset_options, n)
+        reference, held = _real_images(context, n)
         _REFERENCES[key] = (inception_features(reference, path), inception_features(held, path))
     return _REFERENCES[key]
 
@@ -154,17 +146,17 @@ def score(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 
 def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
-    """The ``inception`` metric: ``metric(samples, *, dataset, dataset_options)``; raises
+    """The ``inception`` metric: ``metric(samples, context)``; raises
     MetricUnavailable here, before any sampling, when the package or the weights are missing."""
     path = check_available()
 
-    def metric(samples: Tensor, *, dataset: str, dataset_options: Mapping[str, Any]) -> dict[str, float]:
+    def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
         x = torch.as_tensor(samples)
         if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
             raise GanplugError(f"inception needs at least 2 images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise GanplugError("inception: the samples contain NaN or infinite values")
-        reference, held = reference_features(dataset, dataset_options, n_samples, path)
+        reference, held = reference_features(context, n_samples, path)
         scores = score(inception_features(x, path), reference)
         floor = score(held[: x.shape[0]], reference)
         result: dict[str, float] = {}

@@ -13,13 +13,13 @@ samples whose nearest mode is the one asked for.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 
 from ganplug.data.synthetic import mode_centres
 from ganplug.errors import GanplugError
-from ganplug.metrics.options import run_dataset_options
+from ganplug.plugin import MetricContext
 
 
 def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, std: float, threshold_std: float = 3.0) -> dict[str, float]:
@@ -59,23 +59,21 @@ def mode_accuracy(samples: torch.Tensor, centres: torch.Tensor, labels: torch.Te
     return 100.0 * float((nearest == torch.as_tensor(labels).cpu()).double().mean())
 
 
-def _std(dataset: str, dataset_options: Mapping[str, Any]) -> float:
-    std = run_dataset_options(dataset, dataset_options).get("std")
+def _std(context: MetricContext) -> float:
+    std = context.options.get("std")
     if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
-        raise GanplugError(f"dataset {dataset!r}: the mode std must be a number > 0, got {std!r}")
+        raise GanplugError(f"dataset {context.dataset!r}: the mode std must be a number > 0, got {std!r}")
     return float(std)
 
 
 def build(n_samples: int = 2500, threshold_std: float = 3.0) -> Callable[..., dict[str, float]]:
-    """The ``modes`` metric: ``metric(samples, *, dataset, dataset_options)``."""
+    """The ``modes`` metric: ``metric(samples, context)``."""
     if not threshold_std > 0:
         raise GanplugError(f"metric 'modes' option threshold_std must be > 0, got {threshold_std!r}")
 
-    def metric(
-        samples: torch.Tensor, *, dataset: str, dataset_options: Mapping[str, Any], labels: torch.Tensor | None = None
-    ) -> dict[str, float]:
-        centres = mode_centres(dataset)
-        result = mode_coverage(samples, centres, _std(dataset, dataset_options), threshold_std)
+    def metric(samples: torch.Tensor, context: MetricContext, *, labels: torch.Tensor | None = None) -> dict[str, float]:
+        centres = mode_centres(context.dataset)
+        result = mode_coverage(samples, centres, _std(context), threshold_std)
         if labels is not None:
             result["class_accuracy_pct"] = mode_accuracy(samples, centres, labels)
         return result

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ganplug.data.access import sample_of
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
@@ -126,11 +127,6 @@ class BatchCritic(nn.Module):
         return self.discriminator(packed, labels)
 
 
-def sample_of(item: Any) -> Any:
-    """The sample in one dataset item: the item itself, or the first entry of a tuple/list."""
-    return item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
-
-
 def sample_shape(item: Any) -> tuple[int, ...]:
     """The shape of one dataset item: a tensor, or a tuple/list whose first entry is the sample."""
     sample = sample_of(item)
@@ -217,7 +213,8 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
             f"--conditional: dataset {dataset_spec.name!r} has no class labels: drop --conditional, or train on one "
             f"that has them ({', '.join(labelled)}; an image folder with one subfolder per class)"
         )
-    from ganplug.train.data_order import check_labels, whole_tensors
+    from ganplug.data.access import whole_tensors
+    from ganplug.train.data_order import check_labels
 
     samples, labels, _ = whole_tensors(dataset)  # all labels at once, as BatchOrder reads them
     if samples is None:  # an item-wise dataset: its first item's label (the others are checked per batch)

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from ganplug.data.access import whole_tensors
 from ganplug.errors import GanplugError, UsageError
 
 # A TensorDataset up to this size is moved to a CUDA device once, so batches need no copy.
@@ -50,18 +51,6 @@ def _split(batch: Any) -> tuple[torch.Tensor, Any]:
     if not isinstance(batch, torch.Tensor):
         raise GanplugError(f"dataset items must be tensors or (tensor, label) tuples, got {type(batch).__name__}")
     return batch, labels
-
-
-def whole_tensors(dataset: Dataset) -> tuple[torch.Tensor | None, Any, Callable[[torch.Tensor], torch.Tensor] | None]:
-    """``(samples, labels, convert)`` of a dataset held as whole tensors, the fast path: a
-    ``TensorDataset`` (its first tensor, its second or None, no conversion) or a
-    :class:`ganplug.data.images.UInt8Images` (uint8 ``images``, ``labels``, ``to_float`` per batch);
-    ``(None, None, None)`` for any other dataset (read item by item)."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1] if len(dataset.tensors) > 1 else None, None
-    if isinstance(getattr(dataset, "images", None), torch.Tensor) and callable(getattr(dataset, "to_float", None)):
-        return dataset.images, getattr(dataset, "labels", None), dataset.to_float  # type: ignore[attr-defined]
-    return None, None, None
 
 
 def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
@@ -239,4 +228,4 @@ class BatchOrder:
         return batch
 
 
-__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed", "whole_tensors"]
+__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed"]

@@ -38,7 +38,8 @@ from torch import nn
 from ganplug import __version__
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.noise import cycled_labels, draw_latent, grid_labels
-from ganplug.train.build import Run, sample_of
+from ganplug.data.access import sample_of
+from ganplug.train.build import Run
 from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World

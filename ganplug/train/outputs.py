@@ -27,7 +27,7 @@ from ganplug.files import atomic_write_bytes
 from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_file_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
 from ganplug.train.progress import format_number
-from ganplug.train.render import picture_kind, render, save_png
+from ganplug.train.render import render, save_png
 
 if TYPE_CHECKING:
     from ganplug.train.loop import Trainer
@@ -222,6 +222,7 @@ class Evaluator(Callback):
     def __init__(self, every: int, writes: bool) -> None:
         self.every, self.writes = every, writes
         self._metrics: list[Any] | None = None  # built on the first evaluation
+        self._context: Any = None  # the MetricContext, with the first evaluation
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         if self.every > 0 and step % self.every == 0:
@@ -230,7 +231,7 @@ class Evaluator(Callback):
     def evaluate(self, trainer: "Trainer") -> dict[str, dict[str, float]] | None:
         if not self.writes:
             return None
-        from ganplug.metrics import prepare_metrics, score_generator
+        from ganplug.metrics import metric_context, prepare_metrics, score_generator
         from ganplug.train.guard import rng_state, set_rng_state
 
         run, cfg = trainer.run, trainer.config
@@ -244,14 +245,13 @@ class Evaluator(Callback):
         try:
             if self._metrics is None:
                 self._metrics, skipped = prepare_metrics(run.dataset_spec.name)
+                self._context = metric_context(run.dataset_spec.name, cfg.data_options)
                 for name, why in skipped.items():
                     trainer.progress.message(f"note: metric {name} skipped: {why}")
             with torch.no_grad(), trainer.stepper.autocast():
                 results = score_generator(
-                    model, self._metrics, latent_dim=run.latent_dim, latent=run.latent,
-                    dataset=run.dataset_spec.name, dataset_options=dict(cfg.data_options), num_classes=run.num_classes,
-                    seed=cfg.seed,
-                    failed=failed,
+                    model, self._metrics, latent_dim=run.latent_dim, latent=run.latent, context=self._context,
+                    num_classes=run.num_classes, seed=cfg.seed, failed=failed,
                 )
         except GanplugError as error:  # e.g. samples that cannot be drawn
             trainer.progress.message(f"warning: step {trainer.step}: evaluation failed: {error}")
