@@ -11,6 +11,8 @@ import os
 import pytest
 import torch
 
+from ganplug import ops
+
 HAS_CUDA = torch.cuda.is_available()
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
@@ -45,8 +47,10 @@ def _seed_and_env(monkeypatch):
     no Inception weights (a developer's downloaded ones would make the metric run and take minutes)."""
     torch.manual_seed(0)
     monkeypatch.delenv("GANPLUG_OPS", raising=False)
+    ops.set_mode(None)  # GANPLUG_OPS read again: unset, the auto mode
     monkeypatch.setenv("GANPLUG_INCEPTION_WEIGHTS", os.path.join(os.devnull, "no-inception-weights.pth"))
     yield
+    ops.set_mode(None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -344,6 +344,7 @@ def test_gradient_penalty_argument_errors():
 
 def test_bogus_ganplug_ops_env(monkeypatch):
     monkeypatch.setenv("GANPLUG_OPS", "bogus")
+    ops.set_mode(None)  # read as ganplug.ops reads it when imported
     msg = r"GANPLUG_OPS='bogus' is not understood: unset it, or set it to 'reference'"
     with pytest.raises(ValueError, match=msg):
         ops.backend("cpu")
@@ -354,16 +355,21 @@ def test_bogus_ganplug_ops_env(monkeypatch):
     with pytest.raises(ValueError, match=msg):
         ops.bias_leaky_relu(_f(2, 4), _f(4))
     monkeypatch.setenv("GANPLUG_OPS", " Reference ")  # case and whitespace are forgiven
+    assert ops.set_mode(None) == "bogus" and ops.mode() == "reference"
     assert ops.backend("cpu") == "reference"
     monkeypatch.setenv("GANPLUG_OPS", "AUTO")
+    ops.set_mode(None)
     assert ops.backend("cpu") == "cpu"
 
 
-def test_ganplug_ops_reference_in_process(monkeypatch):
-    monkeypatch.setenv("GANPLUG_OPS", "reference")
+def test_the_mode_is_read_at_import_and_set_in_process(monkeypatch):
     x = _x([2.0, -1.0], "cpu")
+    monkeypatch.setenv("GANPLUG_OPS", "reference")  # read when ganplug.ops is imported, not per call
+    assert ops.mode() == "auto" and ops.backend("cpu") == "cpu"
+    assert ops.set_mode("reference") == "auto"
     # the reference's own result, bit for bit (it is what runs)
     assert torch.equal(ops.generator_bce(x, 0.9), reference.generator_bce(x, 0.9))
+    assert ops.backend("cpu") == "reference"
 
 
 # --- the C++ argument checks (direct torch.ops.ganplug calls) -----------------------------------

@@ -37,7 +37,7 @@ def check_backend(device: str) -> None:
             "kernels to time: reinstall ganplug so that it builds (pip install --no-build-isolation -e . in a checkout)"
         )
     if _extension.backend(device) == "reference":
-        if not _extension.env_unset():
+        if _extension.mode() != "auto":
             raise GanplugError(f"{_extension.ENV_VAR} is set, so the ops run their pure-PyTorch reference: unset it to time the fused kernels")
         raise GanplugError(
             f"this build of ganplug._C has no {torch.device(device).type} kernels (built without CUDA?): "

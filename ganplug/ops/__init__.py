@@ -15,13 +15,16 @@ import math
 import torch
 
 from ganplug.ops import reference
-from ganplug.ops._extension import COMPILED_DEVICE_TYPES, LOAD_ERROR, backend, env_unset, warn_fallback
+from ganplug.ops import _extension
+from ganplug.ops._extension import COMPILED_DEVICE_TYPES, LOAD_ERROR, backend, mode, set_mode, warn_fallback
 
 if LOAD_ERROR is None:
     from ganplug.ops import _fake_kernels  # noqa: F401  (the fake kernels torch.compile needs)
 
 __all__ = [
     "backend",
+    "mode",
+    "set_mode",
     "linear_leaky_relu",
     "bias_leaky_relu",
     "discriminator_bce",
@@ -51,15 +54,15 @@ def _on_kernel_device(x: torch.Tensor) -> bool:
 
 def _fast(x: object, y: object = None) -> bool:
     """True when the compiled kernel can take the tensors as they are: plain tensors (or
-    parameters) of one float32/float64 dtype and device, non-empty, on a device with kernels,
-    GANPLUG_OPS unset.
-    Then the Python checks below (which the kernels repeat) and their cost (several microseconds,
-    more than a loss on a GAN batch) are skipped; anything else takes the checked path."""
+    parameters) of one float32/float64 dtype and device, non-empty, on a device with kernels, in
+    the auto mode. Then an op skips its Python checks (the kernel checks its arguments too, for
+    direct ``torch.ops.ganplug`` calls), which cost several microseconds, more than a loss on a
+    GAN batch; anything else is checked once, in Python, before the op's one kernel call."""
     if type(x) not in _PLAIN_TENSORS or x.dtype not in _FAST_DTYPES or x.numel() == 0:
         return False
     if y is not None and (type(y) not in _PLAIN_TENSORS or y.dtype != x.dtype or y.numel() == 0 or y.device != x.device):
         return False
-    return env_unset() and _on_kernel_device(x)
+    return _extension.kernels_on and _on_kernel_device(x)
 
 
 def _probability(value: object) -> bool:
@@ -92,11 +95,58 @@ def _check_same(op: str, name: str, x: torch.Tensor, ref_name: str, ref: torch.T
         raise TypeError(f"{op}: {name} is {x.dtype} but {ref_name} is {ref.dtype}; cast both to one dtype")
 
 
+def _check_slope(op: str, negative_slope: object) -> None:
+    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
+
+
 def _loss_dtype(x: torch.Tensor) -> torch.Tensor:
     """Losses run in float32 under autocast, as torch's BCE does."""
     if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16):
         return x.float()
     return x
+
+
+def _loss_inputs(op: str, *named: tuple[str, object]) -> list[torch.Tensor]:
+    """The checked inputs of a loss: floating-point, non-empty tensors, in float32 under
+    autocast, every one on the first one's device and dtype."""
+    for name, x in named:
+        _check_tensor(op, name, x)
+    for name, x in named:
+        _check_nonempty(op, name, x)
+    tensors = [_loss_dtype(x) for _, x in named]
+    for (name, _), x in zip(named[1:], tensors[1:]):
+        _check_same(op, name, x, named[0][0], tensors[0])
+    return tensors
+
+
+def _linear_inputs(
+    input: object, weight: object, bias: object, negative_slope: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """linear_leaky_relu's checked arguments, cast to the autocast dtype when autocast is on."""
+    op = "linear_leaky_relu"
+    _check_tensor(op, "input", input)
+    _check_tensor(op, "weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{op}: input of shape {tuple(input.shape)} does not end in weight's in_features={weight.shape[1]}"
+        )
+    if bias is not None:
+        _check_tensor(op, "bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _check_slope(op, negative_slope)
+    _check_nonempty(op, "input", input)
+    if torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    _check_same(op, "weight", weight, "input", input)
+    if bias is not None:
+        _check_same(op, "bias", bias, "input", input)
+    return input, weight, bias
 
 
 def linear_leaky_relu(
@@ -111,7 +161,7 @@ def linear_leaky_relu(
     returns (*, out_features). negative_slope must be >= 0 (the backward reads the LeakyReLU mask
     off the output's sign, so only the output is saved).
     """
-    if (
+    checked = not (
         type(input) in _PLAIN_TENSORS
         and type(weight) in _PLAIN_TENSORS
         and (bias is None or type(bias) in _PLAIN_TENSORS)
@@ -119,43 +169,21 @@ def linear_leaky_relu(
         and 0.0 <= negative_slope < math.inf
         and input.dim() == 2
         and not _any_autocast()
-        and env_unset()
+        and _extension.kernels_on
         and _on_kernel_device(input)
-    ):  # the layer's call: the kernel checks shapes, dtypes and devices itself (~1 us here)
-        try:
-            return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, negative_slope)
-        except RuntimeError:
-            pass  # the checks below say what was wrong, in Python's words
-    op = "linear_leaky_relu"
-    _check_tensor(op, "input", input)
-    _check_tensor(op, "weight", weight)
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
-    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"{op}: input of shape {tuple(input.shape)} does not end in weight's in_features={weight.shape[1]}"
-        )
-    if bias is not None:
-        _check_tensor(op, "bias", bias)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
-        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
-    _check_nonempty(op, "input", input)
-    if torch.is_autocast_enabled(input.device.type):
-        dtype = torch.get_autocast_dtype(input.device.type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    _check_same(op, "weight", weight, "input", input)
-    if bias is not None:
-        _check_same(op, "bias", bias, "input", input)
-    if not _use_kernels(input):
-        return reference.linear_leaky_relu(input, weight, bias, negative_slope)
-    if input.dim() == 2:  # the common case: no reshape, so no view nodes in the graph
-        return torch.ops.ganplug.linear_leaky_relu(input, weight, bias, float(negative_slope))
-    flat = input.reshape(-1, input.shape[-1])
-    out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, float(negative_slope))
-    return out.reshape(*input.shape[:-1], weight.shape[0])
+    )  # unchecked: the layer's call, whose shapes, dtypes and devices the kernel checks (~1 us here)
+    if checked:
+        input, weight, bias = _linear_inputs(input, weight, bias, negative_slope)
+        if not _use_kernels(input):
+            return reference.linear_leaky_relu(input, weight, bias, negative_slope)
+    flat = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])  # 2-D: no view nodes in the graph
+    try:
+        out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, float(negative_slope))
+    except RuntimeError:
+        if not checked:
+            _linear_inputs(input, weight, bias, negative_slope)  # says what was wrong, in Python's words
+        raise
+    return out if input.dim() == 2 else out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 def bias_leaky_relu(
@@ -171,38 +199,36 @@ def bias_leaky_relu(
     negative_slope must be >= 0 (the backward reads the LeakyReLU mask off the output's sign, so
     only the output is saved).
     """
-    if (
+    if not (
         _fast(input, bias)
         and input.dim() >= 2
         and (bias is None or bias.shape == (input.shape[1],))
         and type(negative_slope) is float
         and 0.0 <= negative_slope < math.inf
     ):
-        return torch.ops.ganplug.bias_leaky_relu(input, bias, negative_slope)
-    op = "bias_leaky_relu"
-    _check_tensor(op, "input", input)
-    if input.dim() < 2:
-        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
-    if bias is not None:
-        _check_tensor(op, "bias", bias)
-        if bias.shape != (input.shape[1],):
-            raise ValueError(
-                f"{op}: bias must have shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, "
-                f"got {tuple(bias.shape)}"
-            )
-    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
-        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
-    _check_nonempty(op, "input", input)
-    if (
-        bias is not None
-        and torch.is_autocast_enabled(input.device.type)
-        and input.dtype == torch.get_autocast_dtype(input.device.type)
-    ):
-        bias = bias.to(input.dtype)
-    if bias is not None:
-        _check_same(op, "bias", bias, "input", input)
-    if not _use_kernels(input):
-        return reference.bias_leaky_relu(input, bias, negative_slope)
+        op = "bias_leaky_relu"
+        _check_tensor(op, "input", input)
+        if input.dim() < 2:
+            raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+        if bias is not None:
+            _check_tensor(op, "bias", bias)
+            if bias.shape != (input.shape[1],):
+                raise ValueError(
+                    f"{op}: bias must have shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, "
+                    f"got {tuple(bias.shape)}"
+                )
+        _check_slope(op, negative_slope)
+        _check_nonempty(op, "input", input)
+        if (
+            bias is not None
+            and torch.is_autocast_enabled(input.device.type)
+            and input.dtype == torch.get_autocast_dtype(input.device.type)
+        ):
+            bias = bias.to(input.dtype)
+        if bias is not None:
+            _check_same(op, "bias", bias, "input", input)
+        if not _use_kernels(input):
+            return reference.bias_leaky_relu(input, bias, negative_slope)
     return torch.ops.ganplug.bias_leaky_relu(input, bias, float(negative_slope))
 
 
@@ -233,94 +259,75 @@ def discriminator_bce(
     Targets are probabilities: a float (one-sided label smoothing: real_target=0.9) or a tensor
     broadcastable to its logits (label noise). Logits of any shape; real and fake may differ.
     """
-    if _fast(real_logits, fake_logits) and _probability(real_target) and _probability(fake_target):
-        return torch.ops.ganplug.discriminator_bce(real_logits, fake_logits, None, None, real_target, fake_target)
-    op = "discriminator_bce"
-    _check_tensor(op, "real_logits", real_logits)
-    _check_tensor(op, "fake_logits", fake_logits)
-    _check_nonempty(op, "real_logits", real_logits)
-    _check_nonempty(op, "fake_logits", fake_logits)
-    real_logits, fake_logits = _loss_dtype(real_logits), _loss_dtype(fake_logits)
-    _check_same(op, "fake_logits", fake_logits, "real_logits", real_logits)
-    rt, rv = _split_target(op, "real_target", real_target, real_logits)
-    ft, fv = _split_target(op, "fake_target", fake_target, fake_logits)
-    if not _use_kernels(real_logits):
-        return reference.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
-    return torch.ops.ganplug.discriminator_bce(real_logits, fake_logits, rt, ft, rv, fv)
+    real_tensor = fake_tensor = None
+    if not (_fast(real_logits, fake_logits) and _probability(real_target) and _probability(fake_target)):
+        op = "discriminator_bce"
+        real_logits, fake_logits = _loss_inputs(op, ("real_logits", real_logits), ("fake_logits", fake_logits))
+        real_tensor, real_value = _split_target(op, "real_target", real_target, real_logits)
+        fake_tensor, fake_value = _split_target(op, "fake_target", fake_target, fake_logits)
+        if not _use_kernels(real_logits):
+            return reference.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
+        real_target, fake_target = real_value, fake_value
+    return torch.ops.ganplug.discriminator_bce(real_logits, fake_logits, real_tensor, fake_tensor, real_target, fake_target)
 
 
 def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
     """mean(BCE(fake_logits, target)): the non-saturating generator loss, a scalar (nats)."""
-    if _fast(fake_logits) and _probability(target):
-        return torch.ops.ganplug.bce_loss(fake_logits, None, target, 1.0)
-    op = "generator_bce"
-    _check_tensor(op, "fake_logits", fake_logits)
-    _check_nonempty(op, "fake_logits", fake_logits)
-    fake_logits = _loss_dtype(fake_logits)
-    t, value = _split_target(op, "target", target, fake_logits)
-    if not _use_kernels(fake_logits):
-        return reference.generator_bce(fake_logits, target)
-    return torch.ops.ganplug.bce_loss(fake_logits, t, value, 1.0)
+    target_tensor = None
+    if not (_fast(fake_logits) and _probability(target)):
+        op = "generator_bce"
+        (fake_logits,) = _loss_inputs(op, ("fake_logits", fake_logits))
+        target_tensor, value = _split_target(op, "target", target, fake_logits)
+        if not _use_kernels(fake_logits):
+            return reference.generator_bce(fake_logits, target)
+        target = value
+    return torch.ops.ganplug.bce_loss(fake_logits, target_tensor, target, 1.0)
 
 
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al.
     (2014), which the generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
-    if _fast(fake_logits):
-        return torch.ops.ganplug.bce_loss(fake_logits, None, 0.0, -1.0)
-    op = "minimax_generator_loss"
-    _check_tensor(op, "fake_logits", fake_logits)
-    _check_nonempty(op, "fake_logits", fake_logits)
-    fake_logits = _loss_dtype(fake_logits)
-    if not _use_kernels(fake_logits):
-        return reference.minimax_generator_loss(fake_logits)
+    if not _fast(fake_logits):
+        (fake_logits,) = _loss_inputs("minimax_generator_loss", ("fake_logits", fake_logits))
+        if not _use_kernels(fake_logits):
+            return reference.minimax_generator_loss(fake_logits)
     return torch.ops.ganplug.bce_loss(fake_logits, None, 0.0, -1.0)
 
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(fake_scores) - mean(real_scores): the loss the critic minimises, a scalar."""
-    if _fast(real_scores, fake_scores):
-        return torch.ops.ganplug.wasserstein_critic_loss(real_scores, fake_scores)
-    op = "wasserstein_critic_loss"
-    _check_tensor(op, "real_scores", real_scores)
-    _check_tensor(op, "fake_scores", fake_scores)
-    _check_nonempty(op, "real_scores", real_scores)
-    _check_nonempty(op, "fake_scores", fake_scores)
-    real_scores, fake_scores = _loss_dtype(real_scores), _loss_dtype(fake_scores)
-    _check_same(op, "fake_scores", fake_scores, "real_scores", real_scores)
-    if not _use_kernels(real_scores):
-        return reference.wasserstein_critic_loss(real_scores, fake_scores)
+    if not _fast(real_scores, fake_scores):
+        real_scores, fake_scores = _loss_inputs(
+            "wasserstein_critic_loss", ("real_scores", real_scores), ("fake_scores", fake_scores)
+        )
+        if not _use_kernels(real_scores):
+            return reference.wasserstein_critic_loss(real_scores, fake_scores)
     return torch.ops.ganplug.wasserstein_critic_loss(real_scores, fake_scores)
 
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """-mean(fake_scores): the generator's Wasserstein loss, a scalar."""
-    if _fast(fake_scores):
-        return torch.ops.ganplug.wasserstein_generator_loss(fake_scores)
-    op = "wasserstein_generator_loss"
-    _check_tensor(op, "fake_scores", fake_scores)
-    _check_nonempty(op, "fake_scores", fake_scores)
-    fake_scores = _loss_dtype(fake_scores)
-    if not _use_kernels(fake_scores):
-        return reference.wasserstein_generator_loss(fake_scores)
+    if not _fast(fake_scores):
+        (fake_scores,) = _loss_inputs("wasserstein_generator_loss", ("fake_scores", fake_scores))
+        if not _use_kernels(fake_scores):
+            return reference.wasserstein_generator_loss(fake_scores)
     return torch.ops.ganplug.wasserstein_generator_loss(fake_scores)
 
 
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """mean_i (||g_i||_2 - target)^2 over the batch of gradients (B, ...), norms over all other
     dims: the WGAN-GP penalty (Gulrajani et al. 2017) before its weight lambda; a scalar."""
-    if _fast(gradients) and gradients.dim() > 0 and type(target) is float and math.isfinite(target):
-        return torch.ops.ganplug.gradient_penalty(gradients, target)
-    op = "gradient_penalty"
-    _check_tensor(op, "gradients", gradients)
-    if gradients.dim() == 0:
-        raise ValueError(f"{op}: gradients need a batch dimension (B, ...), got a 0-d tensor")
-    _check_nonempty(op, "gradients", gradients)
-    if not isinstance(target, (int, float)) or not math.isfinite(target):
-        raise ValueError(f"{op}: target must be a finite number, got {target!r}")
-    gradients = _loss_dtype(gradients)
-    if not _use_kernels(gradients):
-        return reference.gradient_penalty(gradients, target)
+    if not (_fast(gradients) and gradients.dim() > 0 and type(target) is float and math.isfinite(target)):
+        op = "gradient_penalty"
+        _check_tensor(op, "gradients", gradients)
+        if gradients.dim() == 0:
+            raise ValueError(f"{op}: gradients need a batch dimension (B, ...), got a 0-d tensor")
+        _check_nonempty(op, "gradients", gradients)
+        if not isinstance(target, (int, float)) or not math.isfinite(target):
+            raise ValueError(f"{op}: target must be a finite number, got {target!r}")
+        gradients = _loss_dtype(gradients)
+        if not _use_kernels(gradients):
+            return reference.gradient_penalty(gradients, target)
     return torch.ops.ganplug.gradient_penalty(gradients, float(target))
 
 
@@ -353,10 +360,14 @@ class dropout_seeds:
         _seed_source = self.previous
 
 
-def _dropout_seed_tensor(input: torch.Tensor, p: float) -> torch.Tensor:
+def _check_dropout(input: object, p: object) -> None:
     _check_tensor("dropout", "input", input)
     if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+
+
+def _dropout_seed_tensor(input: torch.Tensor, p: float) -> torch.Tensor:
+    _check_dropout(input, p)
     if p == 1:
         return input * 0.0
     return reference.dropout(input, float(p), _seed_source.next(input.device))
@@ -376,14 +387,10 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
         return input
     if _seed_source is not None:
         return _dropout_seed_tensor(input, p)
-    if type(p) is float and 0.0 < p < 1.0 and _fast(input):
-        return torch.ops.ganplug.dropout(input, p, _draw_seed())
-    _check_tensor("dropout", "input", input)
-    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
-    if p == 1:
-        return input * 0.0
-    seed = _draw_seed()
-    if input.numel() == 0 or not _use_kernels(input):
-        return reference.dropout(input, float(p), seed)
-    return torch.ops.ganplug.dropout(input, float(p), seed)
+    if not (type(p) is float and 0.0 < p < 1.0 and _fast(input)):
+        _check_dropout(input, p)
+        if p == 1:
+            return input * 0.0
+        if input.numel() == 0 or not _use_kernels(input):
+            return reference.dropout(input, float(p), _draw_seed())
+    return torch.ops.ganplug.dropout(input, float(p), _draw_seed())

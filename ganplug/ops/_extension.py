@@ -29,31 +29,45 @@ def _compiled_device_types() -> frozenset[str]:
 COMPILED_DEVICE_TYPES = _compiled_device_types()
 
 
-# os.environ's backing dict and key encoding (CPython): a membership test there costs ~50 ns, while
-# os.environ.get of an unset name raises and catches a KeyError inside, which costs microseconds
-# per op call on a GAN batch. Where either is missing, env_unset falls back to os.environ.
-_ENV_DATA = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENV_DATA is not None and hasattr(os.environ, "encodekey") else None
+def _normalised(text: str | None) -> str:
+    return (text or "").strip().lower() or "auto"
 
 
-def env_unset() -> bool:
-    """True when GANPLUG_OPS is not set (read on every call, so it can change at run time)."""
-    if _ENV_KEY is not None:
-        return _ENV_KEY not in _ENV_DATA
-    return ENV_VAR not in os.environ
+# The mode, read from GANPLUG_OPS when ganplug.ops is imported (set_mode changes it later):
+# "auto" runs the compiled kernels where they exist, "reference" the pure-PyTorch twins; any other
+# text is refused by the first op. ``kernels_on`` is what the ops' fast paths read (one attribute,
+# not an environment lookup per call).
+_mode = _normalised(os.environ.get(ENV_VAR))
+kernels_on = _mode == "auto"
+
+
+def set_mode(mode: str | None = None) -> str:
+    """Choose the ops' implementation in this process: ``"auto"`` (the compiled kernels where they
+    were built) or ``"reference"``; None reads GANPLUG_OPS again. Returns the mode before.
+    GANPLUG_OPS itself is read once, when ganplug.ops is imported."""
+    global _mode, kernels_on
+    previous = _mode
+    _mode = _normalised(os.environ.get(ENV_VAR) if mode is None else mode)
+    kernels_on = _mode == "auto"
+    return previous
+
+
+def mode() -> str:
+    """The mode the ops run in: ``"auto"`` or ``"reference"`` (see :func:`set_mode`)."""
+    return _mode
 
 
 def backend(device: torch.device | str) -> str:
     """Which implementation the ops run on `device`: "cuda", "cpu" or "reference".
 
-    "reference" is the pure-PyTorch twin in ganplug.ops.reference: it runs when GANPLUG_OPS=reference,
-    when ganplug._C failed to load, or on a device type the extension has no kernels for.
+    "reference" is the pure-PyTorch twin in ganplug.ops.reference: it runs in the reference mode
+    (GANPLUG_OPS=reference, or set_mode("reference")), when ganplug._C failed to load, or on a
+    device type the extension has no kernels for.
     """
-    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if mode not in _MODES:
-        raise ValueError(f"{ENV_VAR}={mode!r} is not understood: unset it, or set it to 'reference' to force the pure-PyTorch ops")
+    if _mode not in _MODES:
+        raise ValueError(f"{ENV_VAR}={_mode!r} is not understood: unset it, or set it to 'reference' to force the pure-PyTorch ops")
     device_type = torch.device(device).type
-    if mode == "auto" and device_type in COMPILED_DEVICE_TYPES:
+    if _mode == "auto" and device_type in COMPILED_DEVICE_TYPES:
         return device_type
     return "reference"
 
@@ -63,7 +77,7 @@ _warned: set[str] = set()
 
 def warn_fallback(device_type: str) -> None:
     """One loud warning per device type when the reference runs for lack of compiled kernels."""
-    if device_type in _warned or os.environ.get(ENV_VAR, "").strip().lower() == "reference":
+    if device_type in _warned or _mode == "reference":
         return
     _warned.add(device_type)
     if LOAD_ERROR is not None:
