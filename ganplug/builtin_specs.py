@@ -151,8 +151,11 @@ def ganplug_datasets() -> list[DatasetSpec]:
             options=(Option("std", float, 0.01, "std of each mode"), _size(65536)),
             value_range=None,
             num_classes=8,
-            # benchmarks/quality/ring8.toml (which also lowers the learning rates to 1e-4)
-            defaults={**_MIXTURE_DEFAULTS, "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 30.0}}},
+            # benchmarks/quality/ring8.toml (24000 steps, D's input x 30, BCE at lr 1e-4)
+            defaults={
+                **_MIXTURE_DEFAULTS, "steps": 24000, "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 30.0}},
+                "loss_recipes": {"bce": {"lr_g": 1e-4, "lr_d": 1e-4}},
+            },
         ),
         DatasetSpec(
             name="grid25",

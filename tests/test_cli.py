@@ -115,9 +115,11 @@ def test_config_precedence(tmp_path: Path):
 
 def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_path: Path):
     bare = build_config({"arch": "mlp", "loss": "bce", "dataset": "ring8"})
-    assert (bare.steps, bare.batch_size, bare.pack, bare.ema) == (12000, 512, 2, 0.999)
+    assert (bare.steps, bare.batch_size, bare.pack, bare.ema) == (24000, 512, 2, 0.999)
     assert bare.arch_options["d_input_scale"] == 30.0 and bare.arch_options["g_widths"] == "256,256,256"
-    assert bare.lr_g is None  # the loss's recipe still sets the learning rates
+    assert (bare.lr_g, bare.lr_d) == (1e-4, 1e-4)  # the dataset's recipe for bce
+    hinge = build_config({"arch": "mlp", "loss": "hinge", "dataset": "ring8"})
+    assert hinge.lr_g is None  # other losses keep their own recipe's learning rates
 
     config_file = tmp_path / "run.toml"
     config_file.write_text('dataset = "ring8"\narch = "mlp"\nsteps = 300\n[arch_options]\ng_widths = "32"\n')
@@ -235,7 +237,7 @@ def test_train_writes_a_run(tiny_run: Path):
     assert (tiny_run / "samples" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tiny_run / "checkpoints" / "latest.pt").is_file()
     config = (tiny_run / "config.toml").read_text()
-    assert 'loss = "bce"' in config and "lr_g = 0.0002" in config  # the recipe, resolved
+    assert 'loss = "bce"' in config and "lr_g = 0.0001" in config  # ring8's recipe for bce, resolved
 
 
 def test_config_file_of_a_run_reproduces_it(tiny_run: Path, tmp_path: Path, capsys):
