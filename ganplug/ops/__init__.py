@@ -172,18 +172,20 @@ def linear_leaky_relu(
         and _extension.kernels_on
         and _on_kernel_device(input)
     )  # unchecked: the layer's call, whose shapes, dtypes and devices the kernel checks (~1 us here)
+    flat = input
     if checked:
         input, weight, bias = _linear_inputs(input, weight, bias, negative_slope)
         if not _use_kernels(input):
             return reference.linear_leaky_relu(input, weight, bias, negative_slope)
-    flat = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])  # 2-D: no view nodes in the graph
+        negative_slope = float(negative_slope)
+        flat = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])  # 2-D: no view nodes in the graph
     try:
-        out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, float(negative_slope))
+        out = torch.ops.ganplug.linear_leaky_relu(flat, weight, bias, negative_slope)
     except RuntimeError:
         if not checked:
             _linear_inputs(input, weight, bias, negative_slope)  # says what was wrong, in Python's words
         raise
-    return out if input.dim() == 2 else out.reshape(*input.shape[:-1], weight.shape[0])
+    return out if flat is input else out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 def bias_leaky_relu(
