@@ -22,7 +22,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import UsageError
 from ganplug.train.config import TrainConfig
 
 if TYPE_CHECKING:
