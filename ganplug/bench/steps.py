@@ -237,11 +237,9 @@ def write_rgb_folder(root: Path) -> Path:
 
 def real_samples(dataset: torch.utils.data.Dataset, limit: int = 4096) -> torch.Tensor:
     """Up to ``limit`` samples of ``dataset`` as one float tensor ``(N, *data_shape)``."""
-    from ganplug.data.access import sample_of
+    from ganplug.data.access import RealSamples
 
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        return dataset.tensors[0][:limit].float()
-    return torch.stack([sample_of(dataset[i]) for i in range(min(len(dataset), limit))]).float()
+    return RealSamples(dataset).take(range(min(len(dataset), limit)))[0]
 
 
 class Refused(Exception):

@@ -19,21 +19,14 @@ def _dataset_spec(dataset: str) -> DatasetSpec | None:
         return None
 
 
-def run_dataset_options(dataset: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` (a run's dataset options, possibly of an older run that stored fewer) over the
-    registered ``dataset`` spec's defaults; ``given`` as it is when no spec has that name."""
-    spec = _dataset_spec(dataset)
-    if spec is None:
-        return dict(given)
-    return {**{option.name: option.default for option in spec.options}, **dict(given)}
-
-
 def metric_context(dataset: str, dataset_options: Mapping[str, Any]) -> MetricContext:
-    """The context of samples imitating ``dataset`` (a bare name) with a run's ``dataset_options``:
-    the options over the spec's defaults, the spec, and real samples loaded as training loads the
+    """The context of samples imitating ``dataset`` (a bare name) with a run's ``dataset_options``
+    (possibly of an older run that stored fewer): the options over the registered spec's defaults
+    (as given when no spec has that name), the spec, and real samples loaded as training loads the
     dataset (seed 0), through the registry, on first use."""
     spec = _dataset_spec(dataset)
-    options = run_dataset_options(dataset, dataset_options)
+    defaults = {option.name: option.default for option in spec.options} if spec is not None else {}
+    options = {**defaults, **dict(dataset_options)}
 
     def load_real() -> Any:
         from ganplug.data.access import RealSamples
@@ -44,4 +37,4 @@ def metric_context(dataset: str, dataset_options: Mapping[str, Any]) -> MetricCo
     return MetricContext(dataset, options, spec, load_real if spec is not None else None)
 
 
-__all__ = ["metric_context", "run_dataset_options"]
+__all__ = ["metric_context"]
