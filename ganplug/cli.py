@@ -210,14 +210,17 @@ def _train_options(func):
 
 def build_config(given: dict[str, Any]):
     """The resolved :class:`TrainConfig` of the command line's explicitly given values (and
-    ``--config``): the file's values, the flags over them, then
+    ``--config``): the file's values (without what belonged to an arch, loss or dataset the
+    command line replaces, :func:`ganplug.train.config.as_template`), the flags over them, then
     :func:`ganplug.train.config.resolve` (the dataset's and the base defaults below).
 
     Names and options are checked here, before torch loads, so mistakes fail fast.
     """
-    from ganplug.train.config import TrainConfig, read_config_file, resolve
+    from ganplug.train.config import TrainConfig, as_template, read_config_file, resolve
 
-    config = read_config_file(given["config_file"]) if given.get("config_file") else TrainConfig()
+    config = TrainConfig()
+    if given.get("config_file"):
+        config = as_template(read_config_file(given["config_file"]), {name: given.get(name) for name in SPEC_NAME.values()})
     for name, meta in KNOBS.items():
         value = given.get(meta.param)
         if value is None or (meta.kind in ("pairs", "names") and not value):

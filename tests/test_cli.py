@@ -167,7 +167,7 @@ def test_config_file_with_unknown_keys(tmp_path: Path, capsys):
     config_file = tmp_path / "run.toml"
     config_file.write_text("stepz = 3\n")
     code, _, err = run_main(capsys, "train", "--config", str(config_file))
-    assert code == 2 and "unknown keys stepz" in err
+    assert code == 2 and "unknown key 'stepz' (did you mean 'steps'?)" in err
 
 
 def _fake_distribution(root: Path, name: str, module_source: str) -> None:

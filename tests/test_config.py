@@ -102,3 +102,20 @@ def test_resume_rules_come_from_the_knobs():
     assert resume_config(stored, {"steps": 10, "log_every": 5}).steps == 10
     with pytest.raises(UsageError, match="--batch-size cannot change when resuming"):
         resume_config(stored, {"batch_size": 256})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stesp = 3\n", "unknown key 'stesp' (did you mean 'steps'?)"),
+    ("batch-size = 3\n", "unknown key 'batch-size' (did you mean 'batch_size'?)"),
+    ("zzz = 1\nsteps = 3\n", "unknown key 'zzz'"),
+    ("label_smoothing = 0.1\n", "unknown key 'label_smoothing' (it is an option: put label_smoothing in the "
+                                "[loss_options] table)"),
+    ("steps = 0\n", "steps must be an integer >= 1, got 0: pass e.g. --steps 2000"),
+    ("betas = 5\n", "betas must be two numbers in [0, 1), got 5: pass e.g. --betas 0.5,0.999"),
+    ('arch_options = "wide"\n', "arch_options must be a table of options, got 'wide'"),
+])
+def test_a_config_file_mistake_is_one_line_naming_the_file(tmp_path: Path, capsys, text: str, message: str):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(text)
+    code, _, err = run_main(capsys, "train", "--config", str(config_file), "--steps", "5")
+    assert (code, err) == (2, f"Error: {config_file}: {message}\n")

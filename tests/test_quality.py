@@ -110,7 +110,7 @@ def test_a_bad_quality_table_is_refused_naming_the_recipe(tmp_path):
     assert read.targets == {} and read.headline is None and read.baseline is None
     # the training part's mistakes name the recipe file
     (tmp_path / "typo.toml").write_text(base.replace('loss = "bce"', 'los = "bce"'), encoding="utf-8")
-    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'typo.toml'}: unknown keys los")):
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'typo.toml'}: unknown key 'los' (did you mean 'loss'?)")):
         quality_recipes.read_recipe(tmp_path / "typo.toml")
 
 

@@ -10,7 +10,9 @@ knob is one field here. :func:`resolve` applies the layers once, lowest first:
    :func:`ganplug.train.build.build_run`, to what is still ``None`` after this);
 3. the dataset's ``defaults``: its training knobs, its ``arch_options`` for the chosen
    architecture, its ``loss_recipes`` entry for the chosen loss;
-4. a config file (``--config FILE.toml``), 5. the command line, or the values given in Python.
+4. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
+   dataset, what the file got from the old one is dropped first, :func:`as_template`),
+5. the command line, or the values given in Python.
 
 ``None`` means "not set here; take it from a lower layer". The command line, a config file and
 ``ganplug.train.train(TrainConfig(...))`` all go through :func:`resolve`, so the same names train
@@ -20,6 +22,7 @@ the same run and write the same config.toml.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -246,6 +249,11 @@ class TrainConfig:
         "auto", help="auto, cpu, cuda or cuda:N", resumable=True, check=_is_name,
         error='device must be a name, a string such as device = "auto"; got {value!r}',
     )
+    threads: int = knob(  # applied by ganplug.train.train (ganplug.train.threads)
+        0, help="CPU threads of torch; 0 = the CPUs this process may use (its CPU affinity and cgroup quota), "
+        "or OMP_NUM_THREADS where that is set", kind=int, resumable=True, check=_int_at_least(0),
+        error="threads must be an integer >= 0 (0 = the CPUs this process may use), got {value!r}: pass e.g. --threads 2",
+    )
     seed: int = knob(0, help="Seed of every random choice", kind=int, check=_is_int, error="seed must be an integer, got {value!r}")
     sample_every: int = _every_knob("sample_every", 250, "sample grids", zero="0 = end only")
     checkpoint_every: int = _every_knob("checkpoint_every", 500, "checkpoints", zero="0 = end only")
@@ -326,19 +334,27 @@ def default_text(name: str) -> str:
 RESUMABLE = frozenset(name for name, meta in KNOBS.items() if meta.resumable)
 
 
+def check_knob(name: str, value: Any) -> None:
+    """One-line :class:`UsageError` (the knob's ``error``) unless ``value`` suits knob ``name``;
+    ``None`` passes where the field's default is ``None`` (unset)."""
+    meta = KNOBS[name]
+    if value is None and _DEFAULTS[name] is None:
+        return
+    try:
+        ok = meta.check is None or bool(meta.check(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(meta.error.format(value=value))
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
+
+
 def validate_config(config: TrainConfig) -> None:
     """One-line :class:`UsageError` for any out-of-range knob; unset (``None``) knobs are skipped."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for name, meta in KNOBS.items():
-        value = getattr(config, name)
-        if value is None and defaults[name] is None:
-            continue
-        try:
-            ok = meta.check is None or bool(meta.check(value))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise UsageError(meta.error.format(value=value))
+    for name in KNOBS:
+        check_knob(name, getattr(config, name))
     c = config
     if c.batch_size is not None and c.pack is not None and c.batch_size % c.pack:
         raise UsageError(
@@ -350,16 +366,29 @@ def validate_config(config: TrainConfig) -> None:
 # -- reading and resolving ----------------------------------------------------------------------
 
 
+def _unknown_key(key: str) -> str:
+    """``'stesp' (did you mean 'steps'?)``: an unknown config-file key and the nearest knob, or
+    the option table where a command line shorthand's option goes."""
+    if key in SHORTHANDS:
+        table, option, _ = SHORTHANDS[key]
+        return f"{key!r} (it is an option: put {option} in the [{table}] table)"
+    close = difflib.get_close_matches(key.replace("-", "_"), list(KNOBS), n=1, cutoff=0.6)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
 def config_from_dict(data: Mapping[str, Any], source: str) -> TrainConfig:
-    """A :class:`TrainConfig` of a config file's table; UsageError naming ``source`` for an
-    unknown key or a wrong value."""
-    try:
-        config = TrainConfig.from_dict(dict(data))
-    except KeyError as error:
-        raise UsageError(f"{source}: unknown keys {error.args[0]}") from None
-    except TypeError as error:
-        raise UsageError(f"{source}: {error}") from None
-    return config
+    """A :class:`TrainConfig` of a config file's table; a one-line UsageError naming ``source``
+    (the file) for an unknown key (with the nearest knob) or a wrong value."""
+    unknown = [key for key in data if key not in KNOBS]
+    if unknown:
+        what = "key" if len(unknown) == 1 else "keys"
+        raise UsageError(f"{source}: unknown {what} {', '.join(_unknown_key(str(key)) for key in unknown)}")
+    for name, value in data.items():
+        try:
+            check_knob(name, value)
+        except UsageError as error:
+            raise UsageError(f"{source}: {error}") from None
+    return TrainConfig.from_dict(dict(data))
 
 
 def read_toml(path: str, flag: str = "--config") -> dict[str, Any]:
@@ -379,7 +408,80 @@ def read_toml(path: str, flag: str = "--config") -> dict[str, Any]:
 
 def read_config_file(path: str) -> TrainConfig:
     """``--config FILE.toml`` as a :class:`TrainConfig` (what it leaves out stays unset)."""
-    return config_from_dict(read_toml(path), f"--config {path}")
+    return config_from_dict(read_toml(path), path)
+
+
+# The fields a lower layer fills where a config leaves them None: the base, the loss's recipe, the
+# dataset's defaults (and, for latent_dim, the data's shape).
+LAYERED = tuple(name for name, default in _DEFAULTS.items() if default is None)
+
+
+def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = None) -> TrainConfig:
+    """A config file's ``config`` under a command line that names another architecture, loss or
+    dataset (``names``: the ``arch``, ``loss`` and ``dataset`` given, None where not given).
+
+    For each replaced spec (a name for the same spec, such as an alias, replaces nothing) the
+    file's option table is dropped. Then every value in the file equal to what its own names give
+    a run by default (:func:`_defaults_of`: the base, the dataset's defaults, the loss's recipe) is
+    dropped too, so the new names' defaults apply; a value that differs from them was set by the
+    user and is kept. A file naming a spec not installed here loses only the replaced tables.
+    ``config`` itself when nothing is replaced, so ``--config RUN/config.toml`` alone repeats a run.
+    """
+    changed = {attr: name for attr, name in names.items() if name is not None and name != getattr(config, attr)}
+    if not changed:
+        return config
+    if registry is None:
+        from ganplug.registry import get_registry
+
+        registry = get_registry()
+    try:
+        old = {table: registry.resolve(kind, getattr(config, SPEC_NAME[table])) for table, kind in SPEC_KIND.items()}
+    except UsageError:  # a spec not installed here: its defaults are unknown
+        return dataclasses.replace(config, **{table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed})
+    replaced = [
+        table for table, kind in SPEC_KIND.items()
+        if SPEC_NAME[table] in changed and registry.resolve(kind, changed[SPEC_NAME[table]]) is not old[table]
+    ]
+    if not replaced:
+        return config
+    defaults = _defaults_of(config, tuple(old.values()), registry)
+    values: dict[str, Any] = {}
+    for name in LAYERED:
+        value = getattr(config, name)
+        if value is not None and (tuple(value) if name == "betas" else value) in defaults[name]:
+            values[name] = None
+    for table, spec in old.items():
+        given = getattr(config, table)
+        resolved = {} if table in replaced else spec.resolve_options(given)
+        keys = {str(key).replace("-", "_") for key in given}
+        values[table] = {key: value for key, value in resolved.items() if key in keys and (value,) != defaults[table][key]}
+    return dataclasses.replace(config, **values)
+
+
+def _defaults_of(config: TrainConfig, specs: tuple[Any, Any, Any], registry: Any) -> dict[str, Any]:
+    """For each field of :data:`LAYERED`, the values a run of ``config``'s names (the specs
+    ``specs``) gets when nobody sets it, as a tuple (latent_dim: each data shape's default where
+    the dataset sets none); for each option table, ``{option: (value,)}``. Builds the loss for its
+    recipe (importing torch) only when ``config`` sets a recipe field, and looks up the shape
+    defaults of latent_dim only when it sets that."""
+    from ganplug.plugin import RECIPE_KEYS
+
+    bare = resolve(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), registry, specs)
+    found: dict[str, Any] = {name: (getattr(bare, name),) for name in LAYERED}
+    if any(getattr(config, name) is not None for name in RECIPE_KEYS):
+        from ganplug.registry import call_factory
+
+        recipe = call_factory("loss", specs[1], **specs[1].resolve_options(config.loss_options)).recipe
+        for name in RECIPE_KEYS:
+            if getattr(bare, name) is None:
+                found[name] = (tuple(recipe.betas) if name == "betas" else getattr(recipe, name),)
+    if config.latent_dim is not None and bare.latent_dim is None:
+        from ganplug.train.build import IMAGE_LATENT_DIM, VECTOR_LATENT_DIM
+
+        found["latent_dim"] = (IMAGE_LATENT_DIM, VECTOR_LATENT_DIM)
+    for table in SPEC_KIND:
+        found[table] = {key: (value,) for key, value in getattr(bare, table).items()}
+    return found
 
 
 def resolve(config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, Any] | None = None) -> TrainConfig:
@@ -391,6 +493,11 @@ def resolve(config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, An
     (:func:`ganplug.train.build.build_run`). Resolving a resolved config changes nothing.
     ``specs``: the (architecture, loss, dataset) specs its names stand for, e.g. those a resumed
     run recorded; by default the ``registry``'s (the installed plugins').
+
+    A config file is a template: a resolved one (a run's config.toml) holds every value, also
+    those its arch, loss and dataset brought. Where the command line names another one, layer
+    the file through :func:`as_template` before the flags (as ``ganplug train --config`` does):
+    it drops what belonged to the replaced spec, so the new one's defaults reach ``resolve``.
     """
     if registry is None:
         from ganplug.registry import get_registry
