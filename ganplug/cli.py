@@ -413,7 +413,7 @@ def _resume(explicit: dict[str, Any]) -> None:
         return _restart(target, explicit)
     loaded = LoadedCheckpoint.read(target)  # a file that is no checkpoint is named before anything else
     run_dir = run_dir_of(loaded.path)
-    config = resume_config(stored_config(loaded.state), explicit)
+    config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
     if explicit.get("fork"):
         run_dir = Path(explicit["fork"])
         loaded = LoadedCheckpoint(fork_run(loaded.path, loaded.step, run_dir), loaded.state)

@@ -194,7 +194,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
     else:
         loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
         checkpoint, state = loaded.path, loaded.state
-        config = resumed_config(stored_config(state), config)
+        config = resumed_config(stored_config(state), config, state.get("provenance"))
         distributed.check_batch(world, config.batch_size, config.pack)
         newer = newer_checkpoints(checkpoint.parent, int(state["step"]), checkpoint)
         if newer and not discard_newer:

@@ -367,15 +367,24 @@ def _pairs(flag: str, value: Any) -> dict[str, Any]:
     return parse_pairs(flag, value)
 
 
-def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], flag_of: dict[str, str]) -> dict[str, Any]:
-    """The option table ``attribute`` with ``given`` applied, refusing changes to shaping options."""
-    stored = dict(getattr(config, attribute))
-    if not given:
-        return stored
+def _recorded_spec(stored: TrainConfig, attribute: str, provenance: Mapping[str, Any] | None) -> Any:
+    """The spec of ``stored``'s arch, loss or dataset (``attribute``: its option table) that the
+    run recorded in its ``provenance`` (the same plugin's, whatever shadows the name now)."""
     from ganplug.registry import get_registry
 
-    spec = get_registry().resolve(SPEC_KIND[attribute], getattr(config, SPEC_NAME[attribute]))
-    merged = spec.resolve_options({**stored, **given})
+    kind = SPEC_KIND[attribute]
+    return get_registry().resolve_recorded(kind, getattr(stored, SPEC_NAME[attribute]), (provenance or {}).get(kind))
+
+
+def _merge_options(
+    config: TrainConfig, attribute: str, given: dict[str, Any], flag_of: dict[str, str], provenance: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The option table ``attribute`` with ``given`` applied, refusing changes to shaping options;
+    checked against the spec the run recorded."""
+    stored = dict(getattr(config, attribute))
+    if all(key in stored and stored[key] == value for key, value in given.items()):
+        return stored
+    merged = _recorded_spec(config, attribute, provenance).resolve_options({**stored, **given})
     for key, value in merged.items():
         if key in stored and stored[key] == value:
             continue
@@ -385,7 +394,9 @@ def _merge_options(config: TrainConfig, attribute: str, given: dict[str, Any], f
     return merged
 
 
-def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+def resume_config(
+    stored: TrainConfig, overrides: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """The config to resume with: ``stored`` (a checkpoint's resolved config) with ``overrides``.
 
     ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
@@ -393,9 +404,12 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
     The knobs marked resumable (:data:`ganplug.train.config.RESUMABLE`: how long, how often and
     where to report, where to run) and the data's location (root, download) may change; any other
     value that differs from the stored one raises UsageError naming the option (it shapes the run:
-    start a new one with --out).
+    start a new one with --out). ``provenance``: the checkpoint's record of the plugins that
+    provided the run's arch, loss and dataset; options are checked against those specs, and a name
+    for the recorded spec (``ganplug:bce`` for a run of the built-in bce, an alias) is no change.
     """
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    spec_tables = {name: table for table, name in SPEC_NAME.items()}
     config = dataclasses.replace(
         stored,
         arch_options=dict(stored.arch_options),
@@ -428,17 +442,33 @@ def resume_config(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainCon
         old = _normalise(name, getattr(stored, name))
         if new == old:
             continue
+        if name in spec_tables and _names_recorded(stored, spec_tables[name], new, provenance):
+            continue
         if name not in RESUMABLE:
             _refuse(_flag(name), old, new)
         setattr(config, name, new)
     for attribute, given in option_updates.items():
-        setattr(config, attribute, _merge_options(config, attribute, given, flag_of[attribute]))
+        setattr(config, attribute, _merge_options(config, attribute, given, flag_of[attribute], provenance))
     return config
 
 
-def resumed_config(stored: TrainConfig, config: TrainConfig) -> TrainConfig:
+def _names_recorded(stored: TrainConfig, attribute: str, name: Any, provenance: Mapping[str, Any] | None) -> bool:
+    """Whether ``name`` names the spec the run recorded for its arch, loss or dataset."""
+    from ganplug.registry import get_registry
+
+    try:
+        spec = get_registry().resolve(SPEC_KIND[attribute], name)
+    except UsageError:
+        return False
+    return spec is _recorded_spec(stored, attribute, provenance)
+
+
+def resumed_config(
+    stored: TrainConfig, config: TrainConfig, provenance: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """``stored`` with the changes ``config`` asks for (its unset fields keep the stored values);
-    UsageError when ``config`` differs from ``stored`` in anything a resume may not change."""
+    UsageError when ``config`` differs from ``stored`` in anything a resume may not change.
+    ``provenance``: as for :func:`resume_config`."""
     overrides = {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(TrainConfig)
@@ -446,7 +476,7 @@ def resumed_config(stored: TrainConfig, config: TrainConfig) -> TrainConfig:
     }
     for attribute in ("arch_options", "loss_options", "data_options"):
         overrides[attribute] = getattr(config, attribute)
-    return resume_config(stored, overrides)
+    return resume_config(stored, overrides, provenance)
 
 
 __all__ = [
