@@ -148,12 +148,14 @@ def train(
     :mod:`ganplug.train.distributed`); rank 0 alone writes files.
     """
     from ganplug.train import distributed
+    from ganplug.train.threads import torch_threads
 
     world = distributed.setup(config.device)
     try:
         if world is not None and not world.is_main:
             quiet, stream = True, io.StringIO()
-        done = _train(config, Path(run_dir), resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
+        with torch_threads(config.threads):  # torch's CPU threads for the run, restored after
+            done = _train(config, Path(run_dir), resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
         distributed.barrier(world)  # no rank leaves the group while another still talks to it
         return done
     finally:
@@ -168,6 +170,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
         LoadedCheckpoint, discard_newer_work, newer_checkpoints, resumed_config, stored_config,
     )
     from ganplug.train.loop import Trainer
+    from ganplug.train.threads import threads_note
 
     if world is not None and str(config.device).startswith("cuda:"):
         raise UsageError(
@@ -188,7 +191,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer_message = (
             f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
-            f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}; "
+            f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}{threads_note(run.device)}; "
             f"writing to {run_dir}"
         )
     else:
@@ -224,7 +227,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
         trainer.trim_metrics()
         if main:
             write_config(run.config, run_dir, run.provenance)
-        trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}"
+        trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
     if world is not None:
         per_rank = run.config.batch_size // world.world_size
         trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"
