@@ -1,4 +1,5 @@
-"""Adversarial objectives: the :class:`GANLoss` interface and the built-in losses.
+"""Adversarial objectives: the :class:`GANLoss` interface (defined in :mod:`ganplug.plugin`, the
+plugin API's one module, and the same class here) and the built-in losses.
 
 A loss computes the critic's logits itself, so it can add penalties that need the critic and the
 samples (WGAN-GP). Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns
@@ -15,47 +16,29 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ganplug import ops
 from ganplug.errors import GanplugError
-from ganplug.plugin import Recipe
+from ganplug.plugin import RECIPE_KEYS, Critic, GANLoss, Recipe
 
-Critic = Callable[[Tensor], Tensor]
+LOSS_METHODS = ("discriminator_loss", "generator_loss", "after_critic_step")
 
 
-class GANLoss:
-    """Base class of every loss; a plugin's loss subclasses it or provides the same members.
-
-    recipe: the training defaults this objective is known to work with.
-    penalises_critic_gradient: True when the loss differentiates the critic's input gradient
-        (so the architecture must not use BatchNorm in the critic).
-    """
-
-    recipe: Recipe = Recipe()
-    penalises_critic_gradient: bool = False
-
-    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The critic's loss on a batch of real and (detached) generated samples."""
-        raise NotImplementedError
-
-    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The generator's loss on generated samples (gradients flow into the generator).
-
-        A loss whose method declares a parameter ``real`` (``generator_loss(self, critic, fake,
-        real)``) is also given the real batch of the step's last critic update (relativistic
-        losses); one without it is called as above."""
-        raise NotImplementedError
-
-    def after_critic_step(self, critic: torch.nn.Module) -> None:
-        """Called after each optimiser step of the critic (weight clipping lives here)."""
-
-    # Optional: a loss with state that must survive a resume (a counter, an adaptive weight)
-    # defines ``state_dict() -> dict`` and ``load_state_dict(dict)``; the trainer saves it in
-    # checkpoints and restores it on resume and when a step is rolled back.
+def interface_problem(loss: Any) -> str | None:
+    """Why ``loss`` (what a loss factory returned) cannot be trained with: a method of
+    :data:`LOSS_METHODS` or a field of its ``recipe`` missing; None when it has them all."""
+    what = type(loss).__name__
+    missing = [m + "()" for m in LOSS_METHODS if not callable(getattr(loss, m, None))]
+    if missing:
+        return f"returned a {what} without {', '.join(missing)}, not a loss (subclass ganplug.plugin.GANLoss)"
+    recipe = getattr(loss, "recipe", None)
+    if not all(hasattr(recipe, key) for key in RECIPE_KEYS):
+        return f"returned a {what} whose recipe is {recipe!r:.80}, not a ganplug.plugin.Recipe"
+    return None
 
 
 def takes_real_batch(loss: Any) -> bool:
@@ -360,6 +343,6 @@ class RelativisticLoss(ZeroCentredPenalties, GANLoss):
 
 
 __all__ = [
-    "GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "RelativisticLoss", "WassersteinLoss",
-    "ZeroCentredPenalties", "input_gradient_norms", "takes_real_batch",
+    "LOSS_METHODS", "Critic", "GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "RelativisticLoss",
+    "WassersteinLoss", "ZeroCentredPenalties", "input_gradient_norms", "interface_problem", "takes_real_batch",
 ]

@@ -1,4 +1,6 @@
-"""What a plugin writes: the ``hookimpl`` marker and the spec dataclasses its hooks return.
+"""The plugin API, in one module: the ``hookimpl`` marker, the spec dataclasses a plugin's hooks
+return, the contexts its factories are called with, the :class:`GANLoss` base class, the
+protocols of metrics and loggers, the errors a plugin raises, and :data:`API_VERSION`.
 
 Importing this module never imports torch, so ``ganplug --help`` and ``ganplug list`` stay
 fast. A spec names its factory either as a callable or, better, as a
@@ -16,15 +18,16 @@ Factory contracts (what ``spec.load()(...)`` must return):
   for a spec with ``conditional=True``): the generator maps ``(z, y)`` and the discriminator
   ``(x, y)``, ``y`` int64 class labels in ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed
   discriminator (the labels of the M samples in each row).
-- loss: ``factory(**options) -> GANLoss`` (see :mod:`ganplug.losses` for the interface).
+- loss: ``factory(**options) -> GANLoss`` (see :class:`GANLoss` for the interface).
 - dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
   float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a
-  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``. A dataset with
+  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``, every sample of
+  one shape. A dataset with
   class labels (``(sample, label)`` items, integer labels in ``[0, K)``) declares K as
   ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset when K depends on the
   data (class subfolders); then ``ganplug train --conditional`` can use it.
 - metric: ``factory(**options) -> metric``, a callable
-  ``metric(samples: Tensor, context: MetricContext) -> dict[str, float]``.
+  ``metric(samples: Tensor, context: MetricContext) -> dict[str, float]`` (:class:`Metric`).
   ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
   ``context`` (:class:`MetricContext`) names the run's dataset, its resolved options (so a metric
   follows a run's settings, e.g. the std of a mixture) and its spec, and loads the real samples
@@ -33,11 +36,13 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
   cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason. In a
   conditional run a metric that accepts a ``labels`` keyword also gets the class each sample was
-  drawn for, ``(N,)`` int64.
-- logger: ``factory(run_dir: Path, **options) -> logger`` with methods ``start(config: dict)``,
-  ``log(step, values: dict[str, float])`` (each metrics.jsonl line), ``images(step, path)`` (each
-  sample picture), ``evaluation(step, results: dict[str, dict[str, float]])`` and ``close()``;
-  called on rank 0 only. A logger that raises is reported once and switched off; the run goes on.
+  drawn for, ``(N,)`` int64. API 1's form ``metric(samples, *, dataset, dataset_options)`` still
+  works, with a :class:`PluginAPIWarning`.
+- logger: ``factory(run_dir: Path, **options) -> logger`` (:class:`Logger`) with methods
+  ``start(config: dict)``, ``log(step, values: dict[str, float])`` (each metrics.jsonl line),
+  ``images(step, path)`` (each sample picture), ``evaluation(step, results: dict[str, dict[str,
+  float]])`` and ``close()``; called on rank 0 only. A logger that raises is reported once and
+  switched off; the run goes on.
 
 Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as
 it is, exit code 2); anything else a factory, a loss, a dataset or a metric raises is reported as
@@ -48,14 +53,32 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import pluggy
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, MetricUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
 
 PROJECT = "ganplug"
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# The plugin API's version, raised by one with each change a plugin can see: 1, the first release
+# (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
+# ``metric(samples, context)``. An old form keeps working, with a PluginAPIWarning, for at least
+# OLD_FORMS_KEPT more versions (docs/plugins.md, "The plugin API as a contract").
+API_VERSION = 2
+OLD_FORMS_KEPT = 2
+
+
+class PluginAPIWarning(FutureWarning):
+    """A plugin uses an older form of the plugin API: it still works; the message names the
+    plugin, the old form and the form to write instead. A FutureWarning, so Python shows it by
+    default, pointing at the plugin's function."""
 
 OPTION_TYPES = (bool, int, float, str)
 LATENTS = ("normal", "uniform")  # the noise a generator can be fed: N(0, 1) or U(-1, 1)
@@ -327,6 +350,17 @@ class DataContext:
     seed: int = 0
 
 
+class RealData(Protocol):
+    """The real samples :meth:`MetricContext.real` returns (a ``ganplug.data.access.RealSamples``)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: Any = None) -> tuple[Tensor, Tensor | None]:
+        """``(samples, labels)`` of the items ``indices`` (None: all): float32 ``(n, *data_shape)``
+        and int64 ``(n,)``, or None for items without labels."""
+        ...
+
+
 @dataclass(frozen=True)
 class MetricContext:
     """What a metric is told about the dataset its samples imitate: ``metric(samples, context)``.
@@ -334,37 +368,108 @@ class MetricContext:
     dataset: the run's bare dataset name, e.g. ``"ring8"``.
     options: the dataset's options as the run resolved them (its spec's defaults filled in).
     spec: the registered :class:`DatasetSpec`; None when no dataset of that name is registered.
-    load_real: ``() -> RealSamples``, behind :meth:`real`; None when there is no dataset to load.
+    load_real: ``() -> RealData``, behind :meth:`real`; None when there is no dataset to load.
     """
 
     dataset: str
     options: Mapping[str, Any] = field(default_factory=dict)
     spec: DatasetSpec | None = None
-    load_real: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    load_real: Callable[[], RealData] | None = field(default=None, repr=False, compare=False)
     _loaded: list = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def real(self) -> Any:
-        """The real samples, as a run with these options loads the dataset (seed 0): a
-        :class:`ganplug.data.access.RealSamples` (``len()``; ``take(indices=None) -> (samples,
-        labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)`` or None). Loaded on the first
-        call, then kept."""
+    def real(self) -> RealData:
+        """The real samples, as a run with these options loads the dataset (seed 0): ``len()`` and
+        ``take(indices=None) -> (samples, labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)``
+        or None (:class:`RealData`). Loaded on the first call, then kept."""
         if not self._loaded:
             if self.load_real is None:
                 raise GanplugError(f"no dataset {self.dataset!r} is registered, so there are no real samples to compare with")
             self._loaded.append(self.load_real())
         return self._loaded[0]
 
+
+# -- what factories return ---------------------------------------------------------------------
+
+Critic = Callable[["Tensor"], "Tensor"]  # x (N, *data_shape) -> logits (N,), or (N / M,) when packing M
+
+
+class GANLoss:
+    """Base class of every loss (``factory(**options) -> GANLoss``); a plugin's loss subclasses it
+    or provides the same members. ``ganplug.losses.GANLoss`` is this class.
+
+    recipe: the training defaults this objective is known to work with.
+    penalises_critic_gradient: True when the loss differentiates the critic's input gradient
+        (so the architecture must not use BatchNorm in the critic).
+
+    Both loss methods call the critic themselves and return ``(loss, stats)``: a 0-d tensor to
+    minimise and a dict of detached 0-d tensors that the trainer logs.
+    """
+
+    recipe: Recipe = Recipe()
+    penalises_critic_gradient: bool = False
+
+    def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critic's loss on a batch of real and (detached) generated samples."""
+        raise NotImplementedError
+
+    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's loss on generated samples (gradients flow into the generator).
+
+        A loss whose method declares a parameter ``real`` (``generator_loss(self, critic, fake,
+        real)``) is also given the real batch of the step's last critic update (relativistic
+        losses); one without it is called as above."""
+        raise NotImplementedError
+
+    def after_critic_step(self, critic: Module) -> None:
+        """Called after each optimiser step of the critic (weight clipping lives here)."""
+
+    # Optional: a loss with state that must survive a resume (a counter, an adaptive weight)
+    # defines ``state_dict() -> dict`` and ``load_state_dict(dict)``; the trainer saves it in
+    # checkpoints and restores it on resume and when a step is rolled back.
+
+
+class Metric(Protocol):
+    """What a metric factory returns: ``metric(samples, context) -> {name: float}``; it may also
+    declare ``*, labels=None`` (the classes of a conditional run's samples)."""
+
+    def __call__(self, samples: Tensor, context: MetricContext) -> Mapping[str, float]: ...
+
+
+class Logger(Protocol):
+    """What a logger factory ``factory(run_dir: Path, **options)`` returns (docs/plugins.md)."""
+
+    def start(self, config: dict[str, Any]) -> None: ...
+
+    def log(self, step: int, values: dict[str, float]) -> None: ...
+
+    def images(self, step: int, path: Path) -> None: ...
+
+    def evaluation(self, step: int, results: dict[str, dict[str, float]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 __all__ = [
+    "API_VERSION",
     "DEFAULT_METRIC_SAMPLES",
+    "OLD_FORMS_KEPT",
     "ArchitectureSpec",
+    "Critic",
     "DataContext",
     "DatasetSpec",
+    "GANLoss",
+    "GanplugError",
+    "Logger",
     "LoggerSpec",
     "LossSpec",
+    "Metric",
     "MetricContext",
     "MetricSpec",
+    "MetricUnavailable",
     "ModelContext",
     "Option",
+    "PluginAPIWarning",
+    "RealData",
     "Recipe",
     "hookimpl",
 ]

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import sys
 import traceback
 import types
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable, Mapping
@@ -31,7 +33,17 @@ import pluggy
 
 from ganplug import hookspecs
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError, debug_enabled
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec
+from ganplug.plugin import (
+    API_VERSION,
+    OLD_FORMS_KEPT,
+    PROJECT,
+    ArchitectureSpec,
+    DatasetSpec,
+    LoggerSpec,
+    LossSpec,
+    MetricSpec,
+    PluginAPIWarning,
+)
 
 BUILTIN = "ganplug"
 
@@ -181,7 +193,7 @@ class Registry:
             try:
                 plugin = entry_point.load()
             except Exception as error:  # a broken plugin must not break the host
-                self._fail(info, f"import failed: {type(error).__name__}: {error}")
+                self._fail(info, f"import failed: {type(error).__name__}: {error}", error)
                 continue
             self._add(info, plugin)
         for name, plugin in extra_plugins:
@@ -403,11 +415,21 @@ class Registry:
             if bare in entry.spec.names and (not plugin or entry.plugin == plugin)
         ]
         if not matches:
+            failed = [p for p in self.plugins if p.status == "failed"]
+            owner = next((p for p in failed if _may_provide(p, plugin, bare)), None)
+            if owner is not None:
+                raise UsageError(
+                    f"unknown {kind} {name!r}: {owner.origin}, which would provide it, failed to load ({owner.error}); "
+                    "fix or reinstall it (ganplug --debug plugins shows the traceback)"
+                )
             candidates = [n for n in self.names(kind) if (":" in n) == (":" in name)]
             close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            also = (
+                f" (plugins that failed to load: {', '.join(p.name for p in failed)}; see ganplug plugins)" if failed else ""
+            )
             raise UsageError(
-                f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {plural}"
+                f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {plural}{also}"
             )
         if len(matches) == 1:
             return matches[0]
@@ -421,6 +443,22 @@ class Registry:
             return entry
         qualified = ", ".join(entry.qualified_name for entry in matches)
         raise UsageError(f"{kind} {name!r} is registered by several plugins: use one of {qualified}")
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _may_provide(info: PluginInfo, plugin: str, bare: str) -> bool:
+    """Whether a failed plugin is the one a requested ``plugin:bare`` (``plugin`` empty for a bare
+    name) would come from, as far as its names tell: ``plugin`` is its entry-point or distribution
+    name, or ``bare`` is one of those (``ganplug-`` dropped), or starts with one and a dash."""
+    own = {_normal(n) for n in (info.name, info.distribution) if n}
+    own |= {n.removeprefix("ganplug-") for n in own}
+    if plugin:
+        return _normal(plugin) in own
+    wanted = _normal(bare)
+    return any(wanted == n or wanted.startswith(n + "-") for n in own)
 
 
 HOOK_NAMES = tuple(kind.hook for kind in KINDS.values())
@@ -474,11 +512,38 @@ def load_factory(kind: str, spec: Any) -> Any:
 
 
 def origin_of(spec: Any) -> str:
-    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`)."""
+    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`); for a spec made
+    outside the process registry (``ganplug.testing``, tests) the plugin of an equal registered
+    spec, else "its plugin"."""
+    registry = get_registry()
     try:
-        return get_registry().origin_of(spec)
-    except KeyError:  # a spec made outside the registry (tests, ganplug.testing)
-        return "its plugin"
+        return registry.origin_of(spec)
+    except KeyError:
+        twin = next((e.spec for e in registry.entries(spec.kind) if e.spec == spec), None)
+        return registry.origin_of(twin) if twin is not None else "its plugin"
+
+
+_OLD_FORMS_WARNED: dict[Any, Any] = {}  # the warnings registry of warn_old_form: once per function and message
+
+
+def warn_old_form(spec: Any, function: Any, old: str, new: str) -> None:
+    """A :class:`~ganplug.plugin.PluginAPIWarning` that ``spec``'s plugin calls for the ``old`` form
+    of the plugin API in ``function`` (which still works): the message names the plugin and the
+    ``new`` form to write, and points at ``function``'s definition; shown once per function."""
+    target = inspect.unwrap(function)
+    code = getattr(target, "__code__", None) or getattr(getattr(type(target), "__call__", None), "__code__", None)
+    message = (
+        f"{origin_of(spec)}: {spec.kind} {spec.name!r} uses the old call form {old}; write {new} "
+        f"(ganplug plugin API {API_VERSION}; the old form keeps working at least until API {API_VERSION + OLD_FORMS_KEPT})"
+    )
+    warnings.warn_explicit(
+        message,
+        PluginAPIWarning,
+        code.co_filename if code is not None else "<plugin>",
+        code.co_firstlineno if code is not None else 0,
+        module=getattr(target, "__module__", None),
+        registry=_OLD_FORMS_WARNED,
+    )
 
 
 def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:

@@ -9,7 +9,7 @@ One line checks a whole plugin (every spec it registers, with default options)::
         ganplug.testing.check_plugin(my_plugin.plugin)
 
 or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`,
-:func:`check_dataset`, :func:`check_logger`. Every check runs on CPU with the global RNG seeded (its state is restored
+:func:`check_dataset`, :func:`check_metric`, :func:`check_logger`. Every check runs on CPU with the global RNG seeded (its state is restored
 afterwards, so checks do not disturb the caller's randomness) and raises ``AssertionError``
 that starts with the spec (``"loss 'hinge': ..."``) and says what is wrong.
 
@@ -24,7 +24,9 @@ from typing import Any, Mapping
 
 from ganplug.plugin import ArchitectureSpec, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
 
-__all__ = ["check_architecture", "check_dataset", "check_defaults", "check_logger", "check_loss", "check_plugin"]
+__all__ = [
+    "check_architecture", "check_dataset", "check_defaults", "check_logger", "check_loss", "check_metric", "check_plugin",
+]
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
 DATA_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (1, 8, 8), (3, 16, 16))
@@ -337,8 +339,10 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     check_defaults(spec)
     resolved = spec.resolve_options(options)
     loss_fn = spec.load()(**resolved)
-    for member in ("discriminator_loss", "generator_loss", "after_critic_step"):
-        _require(callable(getattr(loss_fn, member, None)), spec, f"the loss has no method {member}()")
+    from ganplug.losses import interface_problem, takes_real_batch
+
+    problem = interface_problem(loss_fn)
+    _require(problem is None, spec, f"the factory {problem}")
     recipe = getattr(loss_fn, "recipe", None)
     _require(isinstance(recipe, Recipe), spec, f"recipe is {recipe!r:.80}, expected a ganplug.plugin.Recipe")
     _require(
@@ -379,8 +383,6 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     g_optimizer = torch.optim.SGD(generator.parameters(), lr=1e-2)
     before = _snapshot(generator)
     critic.zero_grad(set_to_none=True)
-    from ganplug.losses import takes_real_batch
-
     extra = {"real": real} if takes_real_batch(loss_fn) else {}  # as the trainer calls it
     g_loss, _ = _check_result(spec, "generator_loss", loss_fn.generator_loss(critic, generator(z), **extra))
     g_loss.backward()
@@ -503,16 +505,20 @@ def check_metric(
     dataset_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, float]:
-    """Build the metric and score ``samples`` of ``dataset``; asserts the result is a non-empty
-    dict of str to float and returns it. By default ``dataset`` is the first the spec names
-    (samples: 256 real ones, drawn with its default options) or ``"any"`` (256 standard-normal
-    2-D points)."""
+    """Build the metric and score ``samples`` of ``dataset`` as ganplug does (a metric of plugin
+    API 1's call form too, with its :class:`~ganplug.plugin.PluginAPIWarning`); asserts the result
+    is a non-empty dict of str to float and returns it. By default ``dataset`` is the first the
+    spec names (samples: 256 real ones, drawn with its default options) or ``"any"`` (256
+    standard-normal 2-D points)."""
     import torch
 
     label = f"metric {spec.name!r}"
     check_defaults(spec)
     metric = spec.load()(**spec.resolve_options(options))
     assert callable(metric), f"{label}: the factory returned {type(metric).__name__}, expected a callable"
+    from ganplug.metrics import current_form
+
+    metric = current_form(spec, metric)
     if dataset is None:
         dataset = spec.datasets[0] if spec.datasets else "any"
     from ganplug.metrics.context import metric_context

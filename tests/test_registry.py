@@ -156,6 +156,45 @@ def test_unknown_names_suggest(kind, name, message):
     assert caught.value.exit_code == 2
 
 
+def test_a_name_of_a_plugin_that_failed_to_load_says_so_instead_of_a_near_miss(capsys):
+    ghost = metadata.EntryPoint(name="mlp2", value="ganplug_no_such_module_mlp2", group="ganplug")
+    reg = registry(entry_points=[ghost])
+    error = "import failed: ModuleNotFoundError: No module named 'ganplug_no_such_module_mlp2'"
+    for name in ("mlp2", "mlp2-deep", "mlp2:deep"):
+        with pytest.raises(UsageError) as caught:
+            reg.resolve("architecture", name)
+        assert str(caught.value) == (
+            f"unknown architecture {name!r}: plugin 'mlp2', which would provide it, failed to load ({error}); fix or "
+            "reinstall it (ganplug --debug plugins shows the traceback)"
+        )
+    with pytest.raises(UsageError) as caught:  # another name: the near miss, and the failed plugins
+        reg.resolve("architecture", "dcgna")
+    assert str(caught.value) == (
+        "unknown architecture 'dcgna'. Did you mean 'dcgan'? See the choices with: ganplug list archs "
+        "(plugins that failed to load: mlp2; see ganplug plugins)"
+    )
+    with pytest.raises(UsageError, match="Did you mean 'mlp'"):  # without a failed plugin, as before
+        registry().resolve("architecture", "mlp2")
+
+
+def test_debug_plugins_shows_the_traceback_of_an_import_error(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+    from ganplug import registry as registry_module
+
+    (tmp_path / "importfails.py").write_text("import math\n\nraise ImportError('needs torchvision>=9')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = metadata.EntryPoint(name="importfails", value="importfails", group="ganplug")
+    monkeypatch.setattr(registry_module, "_REGISTRY", Registry(entry_points=[point], report=False))
+    code, out, _ = run_main(capsys, "--debug", "plugins")
+    assert code == 0
+    assert "importfails  [(not installed)]  failed" in out
+    assert "error: import failed: ImportError: needs torchvision>=9" in out
+    assert "Traceback (most recent call last)" in out
+    assert f'File "{tmp_path / "importfails.py"}", line 3, in <module>' in out
+    code, out, _ = run_main(capsys, "plugins")
+    assert "Traceback" not in out
+
+
 def test_resolve_kind():
     assert resolve_kind("archs").name == "architecture"
     assert resolve_kind("architectures").name == "architecture"

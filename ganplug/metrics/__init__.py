@@ -13,6 +13,7 @@ periodically during training (``--eval-every``, logged to metrics.jsonl).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError
@@ -97,6 +98,7 @@ def prepare_metrics(
     *,
     options: dict[str, dict[str, Any]] | None = None,
     num_samples: int | None = None,
+    failed: dict[str, GanplugError] | None = None,
 ) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
     """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics applying to
     ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options
@@ -104,7 +106,8 @@ def prepare_metrics(
     ``num_samples`` sets every metric's ``n_samples`` (one in ``options`` wins); a metric without
     that option then still scores ``num_samples`` samples. A metric whose factory raises
     MetricUnavailable, or fails (a PluginError naming its plugin), is skipped with its message,
-    or, when it was named in ``names``, that error is raised."""
+    or, when it was named in ``names``, that error is raised; with ``failed``, a failed one goes
+    there (``{name: error}``) instead."""
     from ganplug.registry import call_factory
 
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
@@ -125,23 +128,69 @@ def prepare_metrics(
             skipped[spec.name] = str(error)
             continue
         except PluginError as error:
-            if spec.name in names:
+            if failed is not None:
+                failed[spec.name] = error
+            elif spec.name in names:
                 raise
-            skipped[spec.name] = str(error)
+            else:
+                skipped[spec.name] = str(error)
             continue
-        built.append((spec, metric, count))
+        built.append((spec, current_form(spec, metric), count))
     return built, skipped
 
 
 def takes_labels(metric: Any) -> bool:
     """Whether a metric callable declares a ``labels`` parameter (the classes of a conditional
     run's samples)."""
-    import inspect
-
     try:
         return "labels" in inspect.signature(metric).parameters
     except (TypeError, ValueError):
         return False
+
+
+OLD_FORM = "metric(samples, *, dataset, dataset_options)"  # plugin API 1
+NEW_FORM = "metric(samples, context)"
+
+
+def uses_old_form(metric: Any) -> bool:
+    """Whether ``metric`` is written in plugin API 1's call form ``metric(samples, *, dataset,
+    dataset_options)``: it names ``dataset`` or ``dataset_options`` as a parameter (or takes
+    ``**kwargs``) and has no second positional parameter, or its second one is ``dataset``."""
+    try:
+        parameters = list(inspect.signature(metric).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return False
+    if len(positional) >= 2:
+        return positional[1].name in ("dataset", "dataset_options")
+    names = {p.name for p in parameters}
+    return bool(names & {"dataset", "dataset_options"}) or any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def current_form(spec: Any, metric: Any) -> Any:
+    """``metric`` (built from ``spec``) as called now, ``metric(samples, context)``: itself, or
+    for one in plugin API 1's form (:func:`uses_old_form`) a function that calls it with
+    ``dataset=context.dataset, dataset_options=context.options`` (and ``labels`` when it takes
+    them), after a :class:`~ganplug.plugin.PluginAPIWarning` naming the plugin."""
+    if not uses_old_form(metric):
+        return metric
+    from ganplug.registry import warn_old_form
+
+    warn_old_form(spec, metric, OLD_FORM, NEW_FORM)
+
+    def called_as_before(samples: Any, context: MetricContext, **labels: Any) -> Any:
+        return metric(samples, dataset=context.dataset, dataset_options=dict(context.options), **labels)
+
+    parameters = [
+        inspect.Parameter("samples", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ]
+    if takes_labels(metric):
+        parameters.append(inspect.Parameter("labels", inspect.Parameter.KEYWORD_ONLY, default=None))
+    called_as_before.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return called_as_before
 
 
 def score_generator(
@@ -202,6 +251,6 @@ def score_generator(
 
 
 __all__ = [
-    "applicable_metrics", "bare_dataset_name", "metric_context", "metric_options", "prepare_metrics", "samples_needed",
-    "score_generator", "takes_labels",
+    "applicable_metrics", "bare_dataset_name", "current_form", "metric_context", "metric_options", "prepare_metrics",
+    "samples_needed", "score_generator", "takes_labels", "uses_old_form",
 ]
