@@ -434,3 +434,121 @@ def test_old_import_paths_and_positional_specs_keep_working():
     assert (spec.value_range, spec.latent, spec.aliases, spec.num_classes) == (None, "uniform", ("alias",), 0)
     assert ModelContext((2,), 4, False, False) == ModelContext(data_shape=(2,), latent_dim=4, bounded=False, critic_batchnorm=False, num_classes=0)
     assert DataContext(3).seed == 3
+
+
+# -- plugin faults, each one line naming the plugin ---------------------------------------------
+
+FAULTY = """
+    import torch
+    from ganplug.losses import HingeLoss
+    from ganplug.plugin import DatasetSpec, LossSpec, hookimpl
+
+    @hookimpl
+    def ganplug_losses():
+        return [LossSpec("dict-loss", "a factory returning a dict", "faultypkg:dict_loss"),
+                LossSpec("none-loss", "generator_loss returns None", "faultypkg:NoneLoss")]
+
+    @hookimpl
+    def ganplug_datasets():
+        return [DatasetSpec("ragged", "odd items have 3 coordinates", "faultypkg:ragged", value_range=None),
+                DatasetSpec("ragged-images", "odd items are 4x5 images", "faultypkg:ragged_images")]
+
+    def dict_loss():
+        return {"discriminator_loss": None}
+
+    class NoneLoss(HingeLoss):
+        def generator_loss(self, critic, fake):
+            critic(fake)
+
+    class Ragged(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, index):
+            return torch.full((3 if index % 2 else 2,), float(index))
+
+    def ragged(ctx):
+        return Ragged()
+
+    class RaggedImages(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, index):
+            return torch.zeros(1, 4, 5 if index % 2 else 4)
+
+    def ragged_images(ctx):
+        return RaggedImages()
+"""
+FAULTY_ORIGIN = "plugin 'faultypkg' (ganplug-faulty 0.2)"
+
+
+@pytest.fixture
+def faulty(tmp_path, monkeypatch):
+    use_plugins(monkeypatch, install(tmp_path / "site", "ganplug-faulty", "0.2", "faultypkg", FAULTY))
+
+
+def test_a_loss_factory_returning_a_dict_is_one_line_naming_the_plugin(faulty, tmp_path, capsys):
+    code, _, err = run_main(capsys, "train", *TINY, "--loss", "dict-loss", "--steps", "2", "--out", str(tmp_path / "r"))
+    assert code == 1
+    assert err == (
+        f"Error: loss 'dict-loss' of {FAULTY_ORIGIN}: its factory returned a dict without discriminator_loss(), "
+        "generator_loss(), after_critic_step(), not a loss (subclass ganplug.plugin.GANLoss): report this to the "
+        "plugin's author\n"
+    )
+
+
+def test_a_generator_loss_returning_none_is_one_line_naming_the_plugin(faulty, tmp_path, capsys):
+    code, _, err = run_main(capsys, "train", *TINY, "--loss", "none-loss", "--steps", "2", "--out", str(tmp_path / "r"))
+    assert code == 1
+    assert err.splitlines()[-1].startswith(
+        f"Error: step 1: loss 'none-loss' of {FAULTY_ORIGIN}: generator_loss() returned None, not (loss, stats), a "
+        "tensor and a dict: report this to the plugin's author;"
+    ), err
+    assert "internal error" not in err
+
+
+def test_a_dataset_of_ragged_items_is_one_line_naming_the_plugin(faulty, tmp_path, capsys):
+    args = [a for a in TINY if a not in ("ring8", "size=256")]
+    args.remove("--dataset")
+    args.remove("--data-opt")
+    code, _, err = run_main(capsys, "train", *args, "--dataset", "ragged", "--steps", "2", "--out", str(tmp_path / "r"))
+    assert code == 1
+    assert err == (
+        f"Error: dataset 'ragged' of {FAULTY_ORIGIN}: item 1 has shape (3,) but item 0 has (2,): every sample needs "
+        "one shape\n"
+    )
+
+
+def test_ragged_items_that_the_start_did_not_read_end_the_first_step_naming_the_plugin(
+    faulty, tmp_path, capsys, monkeypatch
+):
+    import ganplug.train.build
+
+    # As for a dataset whose odd item lies beyond the items a run reads before its first step.
+    monkeypatch.setattr(ganplug.train.build, "check_sample_shapes", lambda dataset: None)
+    args = [a for a in TINY if a not in ("ring8", "size=256")]
+    args.remove("--dataset")
+    args.remove("--data-opt")
+    code, _, err = run_main(
+        capsys, "train", *args, "--dataset", "ragged-images", "--steps", "2", "--out", str(tmp_path / "r")
+    )
+    assert code == 1
+    assert re.match(
+        rf"Error: step 1: dataset 'ragged-images' of {re.escape(FAULTY_ORIGIN)}: its items have samples of different "
+        r"shapes, \(1, 4, (4|5)\) and \(1, 4, (5|4)\), in one batch: every sample needs one shape;",
+        err.splitlines()[-1],
+    ), err
+
+
+def test_the_test_kit_catches_the_same_three_faults(faulty):
+    import ganplug.testing
+    from ganplug.registry import get_registry
+
+    registry = get_registry()
+    with pytest.raises(AssertionError, match=r"loss 'dict-loss': the factory returned a dict without"):
+        ganplug.testing.check_loss(registry.resolve("loss", "dict-loss"))
+    with pytest.raises(AssertionError, match=r"loss 'none-loss': generator_loss\(\) must return \(loss, stats\), got None"):
+        ganplug.testing.check_loss(registry.resolve("loss", "none-loss"))
+    with pytest.raises(AssertionError, match=r"dataset 'ragged': item 9 has shape \(3,\) but item 0 has \(2,\)"):
+        ganplug.testing.check_dataset(registry.resolve("dataset", "ragged"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from ganplug.errors import GanplugError
 
@@ -26,6 +26,40 @@ def whole_tensors(dataset: Dataset) -> tuple[torch.Tensor | None, Any, Callable[
 def sample_of(item: Any) -> Any:
     """The sample in one dataset item: the item itself, or the first entry of a tuple/list."""
     return item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+
+
+SHAPE_CHECKED_ITEMS = 64  # items a run reads before training to check that their samples share a shape
+
+
+def check_sample_shapes(dataset: Dataset, count: int = SHAPE_CHECKED_ITEMS) -> None:
+    """Read ``count`` items spread evenly over an item-wise ``dataset`` (the first and the last
+    among them; a dataset of whole tensors needs no check) and raise GanplugError naming two whose
+    samples differ in shape."""
+    if whole_tensors(dataset)[0] is not None:
+        return
+    size = len(dataset)  # type: ignore[arg-type]
+    n = min(count, size)
+    indices = sorted({round(i * (size - 1) / max(n - 1, 1)) for i in range(n)})
+    first = tuple(sample_of(dataset[indices[0]]).shape)
+    for index in indices[1:]:
+        shape = tuple(sample_of(dataset[index]).shape)
+        if shape != first:
+            raise GanplugError(f"item {index} has shape {shape} but item {indices[0]} has {first}: every sample needs one shape")
+
+
+def collate_items(items: list[Any]) -> Any:
+    """``torch.utils.data.default_collate`` of a batch of dataset items, after checking that their
+    samples are tensors of one shape: GanplugError naming two shapes that differ otherwise."""
+    samples = [sample_of(item) for item in items]
+    first = samples[0]
+    if isinstance(first, torch.Tensor):
+        odd = next((s for s in samples if isinstance(s, torch.Tensor) and s.shape != first.shape), None)
+        if odd is not None:
+            raise GanplugError(
+                f"its items have samples of different shapes, {tuple(first.shape)} and {tuple(odd.shape)}, "
+                "in one batch: every sample needs one shape"
+            )
+    return default_collate(items)
 
 
 class RealSamples:
@@ -66,4 +100,4 @@ class RealSamples:
         return found
 
 
-__all__ = ["RealSamples", "sample_of", "whole_tensors"]
+__all__ = ["RealSamples", "check_sample_shapes", "collate_items", "sample_of", "whole_tensors"]

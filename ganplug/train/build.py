@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganplug.data.access import sample_of
+from ganplug.data.access import check_sample_shapes, sample_of
 from ganplug.errors import GanplugError, PluginError, UsageError
+from ganplug.losses import interface_problem
 from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.noise import draw_latent
@@ -269,8 +270,9 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         raise UsageError(f"dataset {dataset_spec.name!r} is empty: check --data-dir and the dataset options")
     try:
         data_shape = sample_shape(dataset[0])
+        check_sample_shapes(dataset)
     except Exception as error:
-        what = str(error) if isinstance(error, GanplugError) else f"its first item failed: {type(error).__name__}: {error}"
+        what = str(error) if isinstance(error, GanplugError) else f"reading its items failed: {type(error).__name__}: {error}"
         raise PluginError(f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)}: {what}") from error
     if size < config.batch_size:
         raise UsageError(
@@ -281,6 +283,11 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
     num_classes = dataset_classes(dataset, dataset_spec, arch_spec) if config.conditional else 0
 
     loss = call_factory("loss", loss_spec, **config.loss_options)
+    problem = interface_problem(loss)
+    if problem is not None:
+        raise PluginError(
+            f"loss {loss_spec.name!r} of {origin_of(loss_spec)}: its factory {problem}: report this to the plugin's author"
+        )
     recipe = loss.recipe
     penalises = bool(getattr(loss, "penalises_critic_gradient", False))
     resolved = dataclasses.replace(

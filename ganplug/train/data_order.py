@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ganplug.data.access import whole_tensors
+from ganplug.data.access import collate_items, whole_tensors
 from ganplug.errors import GanplugError, UsageError
 
 # A TensorDataset up to this size is moved to a CUDA device once, so batches need no copy.
@@ -214,6 +214,7 @@ class BatchOrder:
                 self.dataset,
                 batch_size=stop - start,
                 sampler=rest.tolist(),
+                collate_fn=collate_items,  # one line for samples of different shapes
                 drop_last=True,
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",

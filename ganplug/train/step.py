@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ganplug.errors import PluginError, UsageError
+from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import takes_real_batch
 from ganplug.noise import draw_latent
 from ganplug.train.build import BatchCritic, Run
@@ -272,15 +272,24 @@ class AdversarialStep:
 
     def next_batches(self) -> StepInputs:
         """The real batches (and labels) of the next step's ``n_critic`` critic updates, fetched
-        now, in the order :meth:`run_step` fetches them."""
+        now, in the order :meth:`run_step` fetches them. Items the batch order refuses (samples of
+        different shapes, bad labels) are a PluginError naming the dataset's plugin."""
         reals, labels = [], []
-        for _ in range(self.config.n_critic):
-            if self.conditional:
-                real, y = self.order.next_labelled_batch()
-                labels.append(y)
-            else:
-                real = self.order.next_batch()
-            reals.append(real)
+        try:
+            for _ in range(self.config.n_critic):
+                if self.conditional:
+                    real, y = self.order.next_labelled_batch()
+                    labels.append(y)
+                else:
+                    real = self.order.next_batch()
+                reals.append(real)
+        except GanplugError as error:
+            if isinstance(error, (UsageError, PluginError)):
+                raise
+            from ganplug.registry import origin_of
+
+            spec = self.run.dataset_spec
+            raise PluginError(f"dataset {spec.name!r} of {origin_of(spec)}: {error}") from error
         return StepInputs(reals, labels if self.conditional else None)
 
     def step_body(self, inputs: StepInputs, graph_safe: bool = True) -> StepOutputs:
@@ -304,12 +313,12 @@ class AdversarialStep:
             with self.autocast(cache=not graph_safe):
                 if reuse:
                     fake = self.generate(z, labels)
-                    d_loss, d_stats = loss.discriminator_loss(critic, real, fake.detach())
+                    d_result = loss.discriminator_loss(critic, real, fake.detach())
                 else:
                     with torch.no_grad():
                         d_fake = self.generate(z, labels)
-                    d_loss, d_stats = loss.discriminator_loss(critic, real, d_fake)
-            d_stats = self.checked_stats(d_stats, "discriminator_loss")
+                    d_result = loss.discriminator_loss(critic, real, d_fake)
+            d_loss, d_stats = self.checked_result(d_result, "discriminator_loss")
             self.opt_d.zero_grad(set_to_none=set_to_none)
             d_loss.backward()
             average_gradients(self.world, self.opt_d.param_groups[0]["params"])
@@ -323,8 +332,8 @@ class AdversarialStep:
             with self.autocast(cache=not graph_safe):
                 if fake is None:
                     fake = self.generate(self.batch_noise(), labels)
-                g_loss, g_stats = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
-                g_stats = self.checked_stats(g_stats, "generator_loss")
+                g_result = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
+                g_loss, g_stats = self.checked_result(g_result, "generator_loss")
             self.opt_g.zero_grad(set_to_none=set_to_none)
             g_loss.backward()
             average_gradients(self.world, self.opt_g.param_groups[0]["params"])
@@ -347,6 +356,21 @@ class AdversarialStep:
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """``G(z)``, or ``G(z, labels)`` in a conditional run."""
         return self.G(z) if labels is None else self.G(z, labels)
+
+    def checked_result(self, result: Any, method: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(loss, stats)`` of what a loss method returned, its stats checked
+        (:meth:`checked_stats`); PluginError naming the loss's plugin when it is no such pair with a
+        tensor first. Python type checks only: no host sync."""
+        if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
+            from ganplug.registry import origin_of
+
+            spec = self.run.loss_spec
+            got = "None" if result is None else f"a {type(result).__name__}"
+            raise PluginError(
+                f"loss {spec.name!r} of {origin_of(spec)}: {method}() returned {got}, not (loss, stats), a tensor and a "
+                "dict: report this to the plugin's author"
+            )
+        return result[0], self.checked_stats(result[1], method)
 
     def checked_stats(self, stats: dict[str, Any] | None, method: str) -> dict[str, Any]:
         """The stats a loss method returned, unless a name would collide in metrics.jsonl: the
