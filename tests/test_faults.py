@@ -263,7 +263,7 @@ def test_an_out_below_a_file_and_an_arch_table_in_a_config_are_usage_errors(tmp_
     config.write_text('[arch]\nname = "mlp"\n')
     code, _, err = run_main(capsys, "train", "--config", str(config), "--steps", "2", "--out", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith('Error: arch must be a name, a string such as arch = "dcgan" (its options go in a [arch_options] table)')
+    assert err.startswith(f'Error: {config}: arch must be a name, a string such as arch = "dcgan" (its options go in a [arch_options] table)')
 
 
 # -- D7: aliases never take over names; shadowing is shown -------------------------------------
@@ -321,13 +321,14 @@ def test_mistakes_in_values_exit_2_with_one_line(tmp_path, capsys, args, message
     assert message in err and "internal error" not in err
 
 
-def test_a_bad_number_reads_the_same_from_the_command_line_and_a_config_file(tmp_path, capsys):
+def test_a_bad_number_reads_the_same_from_the_command_line_and_a_config_file_which_it_names(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text("steps = 0\n")
     code_cli, _, from_cli = run_main(capsys, "train", "--steps", "0")
     code_file, _, from_file = run_main(capsys, "train", "--config", str(config))
     assert code_cli == code_file == 2
-    assert from_cli == from_file == "Error: steps must be an integer >= 1, got 0: pass e.g. --steps 2000\n"
+    assert from_cli == "Error: steps must be an integer >= 1, got 0: pass e.g. --steps 2000\n"
+    assert from_file == f"Error: {config}: steps must be an integer >= 1, got 0: pass e.g. --steps 2000\n"
 
 
 # -- D9 and D10: hooks that raise, are unmarked or misspelt; unknown names in the env lists -----
