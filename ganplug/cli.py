@@ -559,12 +559,13 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), help="Output .png, .svg or .pdf [default: RUN_DIR/losses.png].")
+@click.argument("run_dir", metavar="RUN_DIR|METRICS_FILE", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .png, .svg or .pdf [default: losses.png beside metrics.jsonl].")
 def plot(run_dir: str, out: str | None) -> None:
     """Draw a run's metrics.jsonl: D and G loss against step, and its evaluations if any.
 
-    Training writes the same RUN_DIR/losses.png when it ends.
+    Takes the run directory or the metrics file itself. Training writes the same
+    RUN_DIR/losses.png when it ends.
 
     \b
     Examples:
@@ -573,10 +574,12 @@ def plot(run_dir: str, out: str | None) -> None:
     """
     from ganplug.plots import write_loss_plot
 
-    click.echo(f"wrote {write_loss_plot(Path(run_dir), Path(out) if out else None)}")
+    warn = lambda text: click.echo(f"warning: {text}", err=True)  # noqa: E731
+    click.echo(f"wrote {write_loss_plot(Path(run_dir), Path(out) if out else None, warn=warn)}")
 
 
 # -- bench -----------------------------------------------------------------------------------------
+      ganplug plot copied/metrics.jsonl               # writes copied/losses.png
 
 
 def _parse_threads(text: str | None) -> list[int]:

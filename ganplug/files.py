@@ -1,10 +1,12 @@
-"""Writing files so that a crash never leaves half of one: write beside, fsync, rename over.
+"""Writing files so that a crash never leaves half of one (write beside, fsync, rename over), and
+reading a JSON-lines file that a crash, or anything else, may have damaged.
 
 Torch-free and used by every layer (checkpoints, metrics.jsonl, pictures, the classifier cache).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -46,4 +48,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
+def read_json_lines(path: Path) -> tuple[list[dict], int]:
+    """The JSON objects of ``path``, one per line, in order, and how many non-blank lines were
+    not one (bytes that are not UTF-8, a line torn by a kill, any other JSON value)."""
+    records, unreadable = [], 0
+    for raw in Path(path).read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            unreadable += 1
+    return records, unreadable
+
+
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "read_json_lines"]

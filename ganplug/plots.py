@@ -31,11 +31,13 @@ SIZE = 512  # px, side of a scatter plot or histogram picture
 DPI = 100
 AXES = (0.14, 0.10, 0.80, 0.80)  # (left, bottom, width, height) of the plot box, figure fractions
 FAKE = "#e6550d"  # orange: generated samples
-REAL = "#9ecae1"  # light blue: real samples behind them
+REAL = "#08519c"  # dark blue: real samples, small dots drawn over the generated ones
 REAL_LINE = "#3182bd"  # blue: the real data's histogram
 DENSITY = "#31a354"  # green: a known density
 D_COLOUR, G_COLOUR = "#3182bd", "#e6550d"
 LOSSES = "losses.png"
+PANEL_TICKS = 4  # at most this many step ticks under an evaluation panel (a quarter of the width)
+METRICS = "metrics.jsonl"  # a run's metrics log (ganplug.train.outputs writes it; read here, torch-free)
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -110,18 +112,24 @@ def _legend(axes: Any) -> None:
                 borderaxespad=0.2, handletextpad=0.3, columnspacing=1.0, markerscale=2.0)
 
 
-def render_points(
+def render_points(samples: Any, **kwargs: Any) -> "Image.Image":
+    """:func:`points_figure`'s pixels."""
+    return _image(points_figure(samples, **kwargs))
+
+
+def points_figure(
     samples: Any,
     *,
     real: Any = None,
     box: tuple[float, float, float, float] | None = None,
     title: str | None = None,
     size: int = SIZE,
-) -> "Image.Image":
-    """A ``size`` x ``size`` px scatter plot of generated 2-D points ``(N, 2)`` in orange over
-    ``real`` ``(M, 2)`` in light blue, with axes, ticks and a legend. ``box`` = (xmin, xmax,
-    ymin, ymax) in data units; by default a square fitted to all the points (give a square box
-    for one scale on both axes). Points outside the box and non-finite ones are not drawn."""
+) -> "Figure":
+    """A ``size`` x ``size`` px scatter plot of generated 2-D points ``(N, 2)`` as orange dots
+    with ``real`` ``(M, 2)`` as smaller dark blue dots over them (a tight mode stays visible under
+    a cloud of fakes), with axes, ticks and a legend. ``box`` = (xmin, xmax, ymin, ymax) in data
+    units; by default a square fitted to all the points (give a square box for one scale on both
+    axes). Points outside the box and non-finite ones are not drawn."""
     import numpy as np
 
     fake = _numpy(samples, 2)
@@ -138,14 +146,15 @@ def render_points(
         box = (cx - half, cx + half, cy - half, cy + half)
     figure = _figure(size, size)
     axes = _sample_axes(figure, title)
-    for points, colour, area, label in ((ref, REAL, 4.0, "real"), (fake, FAKE, 6.0, "generated")):
+    for points, colour, area, label, zorder in ((fake, FAKE, 6.0, "generated", 2), (ref, REAL, 2.0, "real", 3)):
         if points is None:
             continue
-        axes.scatter(points[:, 0], points[:, 1], s=area, c=colour, linewidths=0, label=f"{label} ({len(points)})")
+        axes.scatter(points[:, 0], points[:, 1], s=area, c=colour, linewidths=0, zorder=zorder,
+                     label=f"{label} ({len(points)})")
     axes.set_xlim(box[0], box[1])
     axes.set_ylim(box[2], box[3])
     _legend(axes)
-    return _image(figure)
+    return figure
 
 
 def normal_pdf(mean: float, std: float) -> Callable[["np.ndarray"], "np.ndarray"]:
@@ -156,7 +165,12 @@ def normal_pdf(mean: float, std: float) -> Callable[["np.ndarray"], "np.ndarray"
     return lambda x: scale * np.exp(-0.5 * ((np.asarray(x) - mean) / std) ** 2)
 
 
-def render_histogram(
+def render_histogram(samples: Any, **kwargs: Any) -> "Image.Image":
+    """:func:`histogram_figure`'s pixels."""
+    return _image(histogram_figure(samples, **kwargs))
+
+
+def histogram_figure(
     samples: Any,
     *,
     real: Any = None,
@@ -165,12 +179,13 @@ def render_histogram(
     bins: int = 50,
     title: str | None = None,
     size: int = SIZE,
-) -> "Image.Image":
+) -> "Figure":
     """A ``size`` x ``size`` px histogram of generated 1-D values ``(N,)``/``(N, 1)`` as orange
     bars, normalised as a density (counts / (N * bin width), N counting values outside the box
     too), against ``density`` (values -> pdf; a green curve) and/or the histogram of ``real``
-    (a blue outline). ``box`` = (low, high) in data units, by default fitted to the values. With
-    a reference the y axis is fixed at 1.5 x its peak (taller bars are cut), else fitted."""
+    (a blue outline). ``box`` = (low, high) in data units, by default fitted to the values. The
+    y axis reaches 1.5 x the reference's peak (the same scale while the fakes are lower), or
+    the tallest bar when that is higher: nothing is cut."""
     import numpy as np
 
     fake = _numpy(samples, 1)
@@ -185,7 +200,8 @@ def render_histogram(
 
     figure = _figure(size, size)
     axes = _sample_axes(figure, title)
-    axes.stairs(hist(fake), edges, fill=True, color=FAKE, label=f"generated ({fake.size})")
+    fake_h = hist(fake)
+    axes.stairs(fake_h, edges, fill=True, color=FAKE, label=f"generated ({fake.size})")
     peaks = []
     if ref is not None:
         ref_h = hist(ref)
@@ -198,35 +214,44 @@ def render_histogram(
         if np.isfinite(curve).any():
             peaks.append(float(np.nanmax(np.where(np.isfinite(curve), curve, np.nan))))
     axes.set_xlim(edges[0], edges[-1])
-    peak = max(peaks, default=0.0)
-    if peak > 0:
-        axes.set_ylim(0.0, 1.5 * peak)
+    top = max(1.5 * max(peaks, default=0.0), 1.05 * float(fake_h.max(initial=0.0)))
+    if top > 0:
+        axes.set_ylim(0.0, top)
     else:
         axes.set_ylim(bottom=0.0)
     axes.set_ylabel("density", fontsize=8)
     _legend(axes)
-    return _image(figure)
+    return figure
 
 
 # -- loss curves ----------------------------------------------------------------------------------
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """metrics.jsonl's loss lines (``{"step", "d_loss", ...}``) and evaluation lines
-    (``{"step", "eval": {metric: {key: value}}}``), in order; lines that do not parse (a run
-    killed mid-write) are skipped."""
-    losses, evaluations = [], []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The lines of a metrics.jsonl that carry a step, in order, and how many lines were not
+    readable (a run killed mid-write, bytes that are not text, a line without a step)."""
+    from ganplug.files import read_json_lines
+
+    records, unreadable = read_json_lines(path)
+    kept = []
+    for record in records:
         try:
-            record = json.loads(line)
             int(record["step"])
         except (ValueError, KeyError, TypeError):
+            unreadable += 1
             continue
-        if isinstance(record.get("eval"), dict):
-            evaluations.append(record)
-        elif isinstance(record, dict):
-            losses.append(record)
-    return losses, evaluations
+        kept.append(record)
+    return kept, unreadable
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """metrics.jsonl's loss lines (``{"step", "d_loss", ...}``) and evaluation lines
+    (``{"step", "eval": {metric: {key: value}}}``), in order, and the count of unreadable lines
+    skipped (see :func:`read_metrics`)."""
+    records, unreadable = read_metrics(path)
+    losses = [r for r in records if not isinstance(r.get("eval"), dict)]
+    evaluations = [r for r in records if isinstance(r.get("eval"), dict)]
+    return losses, evaluations, unreadable
 
 
 def smooth(values: "np.ndarray", window: int) -> "np.ndarray":
@@ -256,6 +281,7 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
     """d_loss and g_loss against step (the raw metrics lines faint, a moving mean over ~1/25 of
     them solid), and below, one small panel per evaluation key against step."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     series: dict[str, tuple[list[int], list[float]]] = {}
     for record in evaluations:
@@ -294,8 +320,11 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
     axes.set_title(title or "losses", fontsize=10)
     for number, (name, (xs, ys)) in enumerate(series.items()):
-        panel = figure.add_subplot(grid[1 + number // columns, number % columns], sharex=axes if losses else None)
+        panel = figure.add_subplot(grid[1 + number // columns, number % columns])
         panel.plot(xs, ys, color="#756bb1", marker="o", markersize=3, linewidth=1.2)
+        if losses:
+            panel.set_xlim(axes.get_xlim())  # the steps of the losses above, with ticks of its own
+        panel.xaxis.set_major_locator(MaxNLocator(nbins=PANEL_TICKS, integer=True))
         panel.set_title(name, fontsize=9)
         panel.tick_params(labelsize=8)
         panel.grid(True, color="#e5e5e5", linewidth=0.6)
@@ -304,25 +333,35 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
     return figure
 
 
-def write_loss_plot(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw ``run_dir/metrics.jsonl`` (:func:`loss_figure`) into ``out`` (default
-    ``run_dir/losses.png``; ``.png``, ``.svg`` or ``.pdf``), written atomically; returns it.
-    UsageError for a directory without metrics.jsonl or one with no line to draw."""
+def write_loss_plot(run_dir: Path, out: Path | None = None, warn: Callable[[str], None] | None = None) -> Path:
+    """Draw ``run_dir/metrics.jsonl`` (``run_dir`` may be the metrics file itself;
+    :func:`loss_figure`) into ``out`` (default ``losses.png`` beside metrics.jsonl, ``NAME.png``
+    beside another file; ``.png``, ``.svg`` or ``.pdf``), written atomically; returns it.
+    Unreadable lines are skipped, with one line to ``warn`` saying how many. UsageError for a
+    path that is neither a run directory nor a file, a directory without metrics.jsonl, or
+    nothing to draw."""
     from ganplug.files import atomic_write_bytes
 
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    if not run_dir.is_dir():
-        raise UsageError(f"no run directory {run_dir}")
-    if not metrics.is_file():
-        raise UsageError(f"{run_dir} has no metrics.jsonl: is it a run directory of ganplug train?")
-    out = Path(out) if out is not None else run_dir / LOSSES
+    if run_dir.is_file():
+        metrics = run_dir
+        default_out = run_dir.with_name(LOSSES) if run_dir.name == METRICS else run_dir.with_suffix(".png")
+        title = run_dir.resolve().parent.name if run_dir.name == METRICS else run_dir.stem
+    elif run_dir.is_dir():
+        metrics, default_out, title = run_dir / METRICS, run_dir / LOSSES, run_dir.resolve().name
+        if not metrics.is_file():
+            raise UsageError(f"{run_dir} has no {METRICS}: is it a run directory of ganplug train?")
+    else:
+        raise UsageError(f"no run directory or {METRICS} file {run_dir}")
+    out = Path(out) if out is not None else default_out
     if out.suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown file type {out.suffix or '(none)'!r}; use .png, .svg or .pdf")
-    losses, evaluations = read_records(metrics)
+    losses, evaluations, unreadable = read_records(metrics)
     if not losses and not evaluations:
-        raise UsageError(f"{metrics} has no metrics lines yet")
-    data = _encoded(loss_figure(losses, evaluations, title=run_dir.resolve().name), out.suffix.lower())
+        raise UsageError(f"{metrics} has no metrics lines" + (" it can read" if unreadable else " yet"))
+    if unreadable and warn is not None:
+        warn(f"skipped {unreadable} unreadable line{'s' if unreadable > 1 else ''} of {metrics}")
+    data = _encoded(loss_figure(losses, evaluations, title=title), out.suffix.lower())
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
     return out
@@ -384,6 +423,6 @@ def curves_png(panels: list[dict[str, Any]]) -> bytes:
 
 
 __all__ = [
-    "AXES", "LOSSES", "SIZE", "curves_png", "loss_figure", "normal_pdf", "quality_png", "read_records", "render_histogram",
-    "render_points", "smooth", "write_loss_plot",
+    "AXES", "LOSSES", "METRICS", "SIZE", "curves_png", "histogram_figure", "loss_figure", "normal_pdf", "points_figure",
+    "quality_png", "read_metrics", "read_records", "render_histogram", "render_points", "smooth", "write_loss_plot",
 ]

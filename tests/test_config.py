@@ -69,10 +69,11 @@ def test_resolving_twice_changes_nothing_and_leaves_the_input_alone():
 
 def test_an_old_run_config_takes_the_base_value_of_a_knob_it_predates():
     stored = resolve(TrainConfig(**RING8)).to_dict()
-    for name in ("pack", "lr_decay", "ema"):
+    for name in ("pack", "lr_decay", "ema", "threads"):
         del stored[name]
     old = TrainConfig.from_resolved(stored)
     assert (old.pack, old.lr_decay, old.ema) == (1, "none", 0.0)  # what that version trained with
+    assert old.threads == 0  # auto: a run of an older version has no threads key
     assert TrainConfig.from_dict(stored).pack is None  # a config file's missing key is unset
 
 

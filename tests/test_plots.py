@@ -118,13 +118,13 @@ def test_real_points_are_drawn_behind_in_their_colour_and_bad_points_are_dropped
     assert len(found) == 1 and abs(found[0][0] - col) < 3 and abs(found[0][1] - row) < 3
 
 
-def test_generated_points_cover_real_ones_at_the_same_place():
+def test_real_points_show_over_generated_ones_at_the_same_place():
     box = (-1.0, 1.0, -1.0, 1.0)
     col, row = (int(round(v)) for v in pixel_of(0.0, 0.0, box))
     both = np.asarray(plots.render_points(torch.zeros(1, 2), real=torch.zeros(1, 2), box=box))
-    real_only = np.asarray(plots.render_points(torch.zeros(0, 2), real=torch.zeros(1, 2), box=box))
-    assert np.linalg.norm(real_only[row, col] - rgb(plots.REAL)) < 10
-    assert np.linalg.norm(both[row, col] - rgb(plots.FAKE)) < 10  # orange on top
+    fake_only = np.asarray(plots.render_points(torch.zeros(1, 2), box=box))
+    assert np.linalg.norm(fake_only[row, col] - rgb(plots.FAKE)) < 10
+    assert np.linalg.norm(both[row, col] - rgb(plots.REAL)) < 10  # the real dot on top
 
 
 def test_non_finite_points_do_not_stretch_the_default_box():
@@ -196,7 +196,8 @@ def test_histogram_bars_sit_under_the_samples_with_the_density_curve():
     assert image.size == (plots.SIZE, plots.SIZE) and image.mode == "RGB"
     rows, cols = np.nonzero(mask(image, plots.FAKE))
     peak = float(density(np.array([2.5]))[0])
-    box = (0.0, 5.0, 0.0, 1.5 * peak)  # with a reference, the y axis ends at 1.5 x its peak
+    bar = 500 / (500 * 0.2)  # over 1.5 x the reference's peak: the y axis ends 5 % above the bar
+    box = (0.0, 5.0, 0.0, 1.05 * bar)
     lo, _ = pixel_of(2.4, 0.0, box)
     hi, _ = pixel_of(2.6, 0.0, box)
     _, top_of_box = pixel_of(0.0, box[3], box)
@@ -204,8 +205,9 @@ def test_histogram_bars_sit_under_the_samples_with_the_density_curve():
     body = rows > top_of_box + 2  # below the legend, which sits above the plot box
     assert body.any()
     assert cols[body].min() >= lo - 2 and cols[body].max() <= hi + 2
-    # the bar (height 5, over the 0.6 of the axis) is cut at the top: it fills the bin's column
-    assert rows[rows > top_of_box].min() <= top_of_box + 2 and rows[body].max() >= bottom_of_box - 2
+    # the whole bar is drawn, its top below the top of the axis
+    _, bar_top = pixel_of(0.0, bar, box)
+    assert abs(rows[body].min() - bar_top) <= 2 and rows[body].max() >= bottom_of_box - 2
     # the green curve follows the density: its top at the peak, and through pdf(x) elsewhere
     green_rows, green_cols = np.nonzero(mask(image, plots.DENSITY))
     green = green_rows > top_of_box + 2
@@ -292,7 +294,8 @@ def test_read_records_separates_evaluations_and_skips_a_torn_line(tmp_path):
         json.dumps({"step": 20, "d_loss": 0.5, "g_loss": None}),
         '{"step": 30, "d_lo',
     ])
-    losses, evaluations = plots.read_records(run / "metrics.jsonl")
+    losses, evaluations, unreadable = plots.read_records(run / "metrics.jsonl")
+    assert unreadable == 5  # the blank line is not counted
     assert losses == [{"step": 10, "d_loss": 1.0, "g_loss": 2.0}, {"step": 20, "d_loss": 0.5, "g_loss": None}]
     assert evaluations == [{"step": 10, "eval": {"modes": {"high_quality_pct": 50.0}}}]
 
@@ -353,7 +356,7 @@ def test_write_loss_plot_refuses_what_it_cannot_draw(tmp_path):
     with pytest.raises(UsageError, match="has no metrics lines yet"):
         plots.write_loss_plot(run)
     run = write_metrics(tmp_path / "torn", ['{"step": 1, "d_'])
-    with pytest.raises(UsageError, match="has no metrics lines yet"):
+    with pytest.raises(UsageError, match="has no metrics lines it can read"):
         plots.write_loss_plot(run)
     run = write_metrics(tmp_path / "r", [json.dumps({"step": 1, "d_loss": 1.0})])
     with pytest.raises(UsageError, match=r"unknown file type '\.jpg'"):

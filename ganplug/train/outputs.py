@@ -27,12 +27,12 @@ from ganplug.files import atomic_write_bytes
 from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_file_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
 from ganplug.train.progress import format_number
+from ganplug.plots import METRICS, read_metrics
 from ganplug.train.render import render, save_png
 
 if TYPE_CHECKING:
     from ganplug.train.loop import Trainer
 
-METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 
 
@@ -190,19 +190,15 @@ class MetricsLog(Callback):
             )
         return record
 
-    def trim(self, step: int) -> None:
-        """Drop lines past ``step`` (written after the checkpoint a run resumes from)."""
+    def trim(self, step: int) -> int:
+        """Drop lines past ``step`` (written after the checkpoint a run resumes from) and lines
+        that cannot be read (:func:`ganplug.plots.read_metrics`); returns how many of the latter."""
         if not self.writes or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if int(json.loads(line)["step"]) > step:
-                    continue
-            except (ValueError, KeyError, TypeError):
-                continue
-            kept.append(line + "\n")
-        atomic_write_bytes(self.path, "".join(kept).encode("utf-8"))
+            return 0
+        records, unreadable = read_metrics(self.path)
+        kept = "".join(json.dumps(record) + "\n" for record in records if int(record["step"]) <= step)
+        atomic_write_bytes(self.path, kept.encode("utf-8"))
+        return unreadable
 
     def append_eval(self, step: int, elapsed_s: float, results: dict[str, dict[str, float]]) -> None:
         line = {"step": step, "elapsed_s": round(elapsed_s, 3), "eval": {
@@ -371,7 +367,7 @@ class LossPlot(Callback):
         from ganplug.plots import LOSSES, write_loss_plot
 
         try:
-            write_loss_plot(self.run_dir)
+            write_loss_plot(self.run_dir, warn=lambda text: trainer.progress.message(f"warning: {text}"))
         except Exception as error:  # noqa: BLE001 - a picture is not worth a run
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             trainer.progress.message(f"warning: could not draw {self.run_dir / LOSSES}: {type(error).__name__}: {first}")

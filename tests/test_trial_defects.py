@@ -1,0 +1,164 @@
+"""The user-facing defects of the trial (issue 31): one line and exit 2 for a read-only place,
+unreadable metrics lines, eval's exit code, --help, `plot FILE`, the pictures' layout, the bench chart's titles and dir(ganplug)."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_main
+
+import ganplug
+from ganplug import files, plots
+from ganplug import registry as registry_module
+from ganplug.plugin import MetricSpec, hookimpl
+from ganplug.registry import Registry
+from ganplug.train import TrainConfig, train
+from ganplug.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(steps: int, **knobs) -> TrainConfig:
+    values = dict(
+        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
+        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
+    )
+    values.update(knobs)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def ring8_run(tmp_path_factory) -> Path:
+    """A finished 3-step ring8 run (not to be changed by a test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dir = tmp_path_factory.mktemp("ring8") / "run"
+        train(tiny(3), run_dir, quiet=True, stream=io.StringIO())
+        return run_dir
+    finally:
+        torch.set_num_threads(threads)
+
+
+def one_error_line(err: str) -> str:
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+# -- metrics.jsonl with lines that are not JSON ---------------------------------------------------
+
+
+def test_read_json_lines_counts_what_it_cannot_read(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"step": 1}\n\xff\xfe\x00\x81binary\n\n[1, 2]\n{"step": 2, "d_lo\n{"step": 3}\n')
+    assert files.read_json_lines(path) == ([{"step": 1}, {"step": 3}], 3)
+
+
+def test_plot_skips_unreadable_lines_with_one_warning(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    metrics = run_dir / "metrics.jsonl"
+    good = b"".join(json.dumps({"step": s, "d_loss": 1.0, "g_loss": 0.5}).encode() + b"\n" for s in (1, 2, 3))
+    metrics.write_bytes(good + b"\x00\x9c\xff\xd8 torn by a crash\n" + b'{"d_loss": 2}\n')
+    code, out, err = run_main(capsys, "plot", str(run_dir))
+    assert code == 0 and out == f"wrote {run_dir / plots.LOSSES}\n"
+    assert err == f"warning: skipped 2 unreadable lines of {metrics}\n"
+    assert plots.read_records(metrics)[0] == [json.loads(line) for line in good.decode().splitlines()]
+
+
+def test_resume_drops_unreadable_metrics_lines_saying_how_many(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(4, checkpoint_every=2), run_dir, quiet=True, stream=io.StringIO())
+    metrics = run_dir / "metrics.jsonl"
+    with open(metrics, "ab") as handle:
+        handle.write(b"\xff\xfe binary\n" + json.dumps({"step": 5, "d_loss": 1.0}).encode() + b"\nnot json\n")
+    stream = io.StringIO()
+    config = TrainConfig.from_dict({**load_checkpoint(run_dir)["config"], "steps": 6})
+    train(config, run_dir, resume_from=run_dir / "checkpoints" / "latest.pt", quiet=True, stream=stream)
+    assert f"warning: dropped 2 unreadable lines of {metrics}\n" in stream.getvalue()
+    assert [r["step"] for r in files.read_json_lines(metrics)[0]] == [1, 2, 3, 4, 5, 6]
+
+
+# -- ganplug plot FILE ------------------------------------------------------------------------------
+
+
+def test_plot_takes_a_metrics_file(tmp_path, capsys):
+    run_dir = tmp_path / "copied"
+    run_dir.mkdir()
+    lines = "".join(json.dumps({"step": s, "d_loss": 1.0, "g_loss": 0.5}) + "\n" for s in (1, 2))
+    (run_dir / "metrics.jsonl").write_text(lines)
+    code, out, err = run_main(capsys, "plot", str(run_dir / "metrics.jsonl"))
+    assert code == 0 and err == "" and out == f"wrote {run_dir / plots.LOSSES}\n"
+    other = tmp_path / "ring8-seed3.jsonl"
+    other.write_text(lines)
+    code, out, err = run_main(capsys, "plot", str(other))
+    assert code == 0 and out == f"wrote {tmp_path / 'ring8-seed3.png'}\n"
+    assert (tmp_path / "ring8-seed3.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_of_a_file_that_holds_no_metrics_says_so(tmp_path, capsys):
+    path = tmp_path / "latest.pt"
+    path.write_bytes(b"PK\x03\x04\x00\xff")
+    code, out, err = run_main(capsys, "plot", str(path), "--out", str(tmp_path / "l.png"))
+    assert code == 2 and out == ""
+    assert one_error_line(err) == f"Error: {path} has no metrics lines it can read"
+
+
+# -- the pictures ----------------------------------------------------------------------------------
+
+
+def test_the_evaluation_panels_x_labels_do_not_overlap():
+    losses = [{"step": s, "d_loss": 1.0, "g_loss": 2.0} for s in range(100, 24001, 100)]
+    evaluations = [
+        {"step": s, "eval": {"modes": {"modes_captured": 8, "high_quality_pct": 90.0, "reverse_kl": 0.1},
+                             "extra": {"a": 1.0, "b": 2.0}}}
+        for s in range(2000, 24001, 2000)
+    ]
+    figure = plots.loss_figure(losses, evaluations)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    panels = figure.axes[1:]
+    assert len(panels) == 5
+    for panel in panels:
+        assert panel.get_xlim() == figure.axes[0].get_xlim()  # the steps of the losses above
+        boxes = sorted(
+            (label.get_window_extent(renderer) for label in panel.get_xticklabels() if label.get_visible() and label.get_text()),
+            key=lambda box: box.x0,
+        )
+        assert len(boxes) >= 2
+        gaps = [right.x0 - left.x1 for left, right in zip(boxes, boxes[1:])]
+        assert min(gaps) > 2, (panel.get_title(), [label.get_text() for label in panel.get_xticklabels()])
+
+
+def test_the_histogram_shows_its_tallest_bar():
+    narrow = 0.05 * torch.randn(4000, generator=torch.Generator().manual_seed(0))  # far above N(0, 1)'s peak
+    figure = plots.histogram_figure(narrow, density=plots.normal_pdf(0.0, 1.0), box=(-4.0, 4.0))
+    axes = figure.axes[0]
+    bars = axes.patches[0].get_data().values
+    assert bars.max() > 1.5 * 0.4  # it would have been cut
+    assert axes.get_ylim()[1] >= bars.max()
+
+
+def test_the_histogram_keeps_the_reference_scale_while_the_bars_are_lower():
+    wide = torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    figure = plots.histogram_figure(wide, density=plots.normal_pdf(0.0, 1.0), box=(-4.0, 4.0))
+    peak = float(plots.normal_pdf(0.0, 1.0)(np.array([0.0]))[0])
+    assert figure.axes[0].get_ylim()[1] == pytest.approx(1.5 * peak, rel=1e-3)
+
+
+def test_real_points_are_drawn_over_the_generated_ones():
+    fake = torch.zeros(500, 2)
+    real = torch.zeros(200, 2)
+    figure = plots.points_figure(fake, real=real, box=(-1.0, 1.0, -1.0, 1.0))
+    by_label = {c.get_label(): c for c in figure.axes[0].collections}
+    assert by_label["real (200)"].get_zorder() > by_label["generated (500)"].get_zorder()
+
