@@ -334,6 +334,9 @@ def default_text(name: str) -> str:
 RESUMABLE = frozenset(name for name, meta in KNOBS.items() if meta.resumable)
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
+
+
 def check_knob(name: str, value: Any) -> None:
     """One-line :class:`UsageError` (the knob's ``error``) unless ``value`` suits knob ``name``;
     ``None`` passes where the field's default is ``None`` (unset)."""
@@ -346,9 +349,6 @@ def check_knob(name: str, value: Any) -> None:
         ok = False
     if not ok:
         raise UsageError(meta.error.format(value=value))
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
 
 
 def validate_config(config: TrainConfig) -> None:
