@@ -571,6 +571,7 @@ def plot(run_dir: str, out: str | None) -> None:
     Examples:
       ganplug plot runs/mlp-bce-ring8
       ganplug plot runs/mlp-bce-ring8 --out ring8-losses.svg
+      ganplug plot copied/metrics.jsonl               # writes copied/losses.png
     """
     from ganplug.plots import write_loss_plot
 
@@ -579,7 +580,6 @@ def plot(run_dir: str, out: str | None) -> None:
 
 
 # -- bench -----------------------------------------------------------------------------------------
-      ganplug plot copied/metrics.jsonl               # writes copied/losses.png
 
 
 def _parse_threads(text: str | None) -> list[int]:
