@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -663,6 +664,14 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+_NOT_PERMITTED = (errno.EACCES, errno.EPERM, errno.EROFS)  # the user's paths: exit 2, one line
+_ELSEWHERE = {  # what else a command that could not write may do
+    "train": "or train into another directory (--out DIR; a resumed run: --fork DIR)",
+    "sample": "or pass --out in a writable directory",
+    "plot": "or pass --out FILE in a writable directory",
+}
+
+
 def _run(args: list[str], debug: bool) -> int:
     """The command's exit code; errors printed as one line (re-raised with ``debug``)."""
     try:
@@ -692,6 +701,15 @@ def _run(args: list[str], debug: bool) -> int:
     except Exception as error:
         if debug:
             raise
+        if isinstance(error, OSError) and error.errno in _NOT_PERMITTED:  # a read-only run directory, --out, ...
+            command = next((arg for arg in args if not arg.startswith("-")), "")
+            where = f": {error.filename}" if error.filename else ""
+            click.echo(
+                f"Error: {error.strerror}{where}: check the permissions of it and its directory, "
+                f"{_ELSEWHERE.get(command, 'or run where ganplug may write')}",
+                err=True,
+            )
+            return 2
         click.echo(
             f"Error: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
             err=True,

@@ -37,8 +37,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename == str(tmp):
+            error.filename = str(path)  # an error names the file written, not its temporary twin
         raise
     fsync_dir(path.parent)
 

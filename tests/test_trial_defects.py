@@ -54,6 +54,66 @@ def one_error_line(err: str) -> str:
     return err.rstrip("\n")
 
 
+# -- a place ganplug may not write: one line, exit 2 ---------------------------------------------
+
+
+def read_only(monkeypatch, directory: Path) -> None:
+    """Files under ``directory`` cannot be created or written (what a read-only directory does;
+    chmod does not stop root, so the write ganplug makes, ``ganplug.files``' open, refuses)."""
+
+    def refusing_open(path, mode="r", *args, **kwargs):
+        if any(m in mode for m in "wax+") and Path(path).resolve().is_relative_to(directory.resolve()):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", refusing_open, raising=False)
+
+
+def test_plot_into_a_read_only_run_directory_is_one_line_exit_2(ring8_run, tmp_path, capsys, monkeypatch):
+    read_only(monkeypatch, ring8_run)
+    code, out, err = run_main(capsys, "plot", str(ring8_run))
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (
+        f"Error: Permission denied: {ring8_run / plots.LOSSES}: check the permissions of it and its directory, "
+        "or pass --out FILE in a writable directory"
+    )
+    code, out, err = run_main(capsys, "plot", str(ring8_run), "--out", str(tmp_path / "l.png"))  # the way out
+    assert code == 0 and out == f"wrote {tmp_path / 'l.png'}\n", err
+
+
+def test_sample_into_a_read_only_directory_is_one_line_exit_2(ring8_run, tmp_path, capsys, monkeypatch):
+    read_only(monkeypatch, tmp_path)
+    code, out, err = run_main(capsys, "sample", "--checkpoint", str(ring8_run), "--out", str(tmp_path / "p.png"))
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (
+        f"Error: Permission denied: {tmp_path / 'p.png'}: check the permissions of it and its directory, "
+        "or pass --out in a writable directory"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_of_a_read_only_run_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(tiny(2), run_dir, quiet=True, stream=io.StringIO())
+    read_only(monkeypatch, run_dir)
+    code, out, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "4", "-q")
+    assert code == 2
+    line = one_error_line(err.splitlines(keepends=True)[-1])
+    assert line.startswith(f"Error: Permission denied: {run_dir}{'/'}")
+    assert line.endswith(
+        ": check the permissions of it and its directory, or train into another directory "
+        "(--out DIR; a resumed run: --fork DIR)"
+    )
+    assert load_checkpoint(run_dir)["step"] == 2
+
+
+def test_an_error_names_the_file_written_not_its_temporary_twin(tmp_path, monkeypatch):
+    read_only(monkeypatch, tmp_path)
+    with pytest.raises(PermissionError) as caught:
+        files.atomic_write_bytes(tmp_path / "x.bin", b"1")
+    assert caught.value.filename == str(tmp_path / "x.bin") and not list(tmp_path.iterdir())
+
+
 # -- metrics.jsonl with lines that are not JSON ---------------------------------------------------
 
 
