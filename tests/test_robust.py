@@ -249,6 +249,50 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path
     assert load_checkpoint(run_dir)["step"] == 6
 
 
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"
+
+
+@pytest.mark.parametrize("free, reason", [
+    (1000, "No space left on device"),  # less than the last checkpoint: a full disk
+    (10**12, f"torch's writer failed ({TORCH_FULL_DISK}): is the disk full?"),
+])
+def test_torch_s_writer_failing_is_the_same_one_line_error(tmp_path, monkeypatch, free, reason):
+    """torch's zip writer raises RuntimeError, not OSError, when the disk fills."""
+    import shutil
+
+    from ganplug.train import outputs
+
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            handle.write(b"partial")
+            raise RuntimeError(TORCH_FULL_DISK)
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**13, 10**13 - free, free))
+    with pytest.raises(GanplugError) as caught:
+        train(tiny(8, checkpoint_every=2), run_dir, quiet=True, stream=io.StringIO())
+    assert str(caught.value) == (
+        f"could not write checkpoint {run_dir / 'checkpoints' / 'step_000006.pt'} at step 6: {reason}; "
+        f"{run_dir / 'checkpoints' / 'latest.pt'} (step 4) is intact: free space and --resume {run_dir}"
+    )
+    assert load_checkpoint(run_dir)["step"] == 4
+
+
+def test_another_runtime_error_of_torch_save_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    def save(obj, handle, *args, **kwargs):
+        raise RuntimeError("Can't pickle <lambda>")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(RuntimeError, match="Can't pickle <lambda>"):
+        train(tiny(2, checkpoint_every=2), tmp_path / "run", quiet=True, stream=io.StringIO())
+
+
 # -- an output pipe whose reader is gone (issue 15, D1) ---------------------------------------------
 
 

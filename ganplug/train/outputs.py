@@ -14,8 +14,11 @@ writes files. Files in the run directory::
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,16 +27,18 @@ import torch
 
 from ganplug.errors import GanplugError, PluginError
 from ganplug.files import atomic_write_bytes
+from ganplug.plots import METRICS, read_metrics
 from ganplug.train.checkpoint import CHECKPOINTS, LATEST, step_file_name, write_run_checkpoint
 from ganplug.train.distributed import World, all_reduce_sum
 from ganplug.train.progress import format_number
-from ganplug.plots import METRICS, read_metrics
 from ganplug.train.render import render, save_png
 
 if TYPE_CHECKING:
     from ganplug.train.loop import Trainer
 
 SAMPLES = "samples"
+TORCH_WRITE_FAILED = ("file write failed", "enforce fail at inline_container", "PytorchStreamWriter failed")
+MIN_FREE_BYTES = 1 << 20  # less free space than this (or than the last checkpoint) reads as a full disk
 
 
 def finite_or_none(value: float) -> float | None:
@@ -337,8 +342,10 @@ class CheckpointWriter(Callback):
         if self.writes:
             try:
                 write_run_checkpoint(trainer.state_dict(), self.dir, step)
-            except OSError as error:
-                reason = error.strerror or str(error)
+            except (OSError, RuntimeError) as error:
+                reason = self._write_failure(error)
+                if reason is None:
+                    raise
                 kept = (
                     f"{self.dir / LATEST} (step {self.last_step}) is intact"
                     if self.last is not None else "no earlier checkpoint exists"
@@ -349,6 +356,28 @@ class CheckpointWriter(Callback):
                 ) from None
         self.last, self.last_step = path, step
         return path
+
+    def _write_failure(self, error: OSError | RuntimeError) -> str | None:
+        """Why writing a checkpoint failed, or None for an error that is no failed write. An
+        OSError says it; torch's zip writer raises a RuntimeError without the errno ("[enforce
+        fail at inline_container.cc:...] ... file write failed"), read as a full disk when the
+        free space is below the size of the last checkpoint (or :data:`MIN_FREE_BYTES`)."""
+        if isinstance(error, OSError):
+            return error.strerror or str(error)
+        text = str(error)
+        if not any(mark in text for mark in TORCH_WRITE_FAILED):
+            return None
+        needed = MIN_FREE_BYTES
+        if self.last is not None and self.last.is_file():
+            needed = max(needed, self.last.stat().st_size)
+        try:
+            full = shutil.disk_usage(self.dir).free < needed
+        except OSError:
+            full = False
+        if full:
+            return os.strerror(errno.ENOSPC)
+        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        return f"torch's writer failed ({first[:200]}): is the disk full?"
 
 
 class LossPlot(Callback):
