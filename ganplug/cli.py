@@ -248,13 +248,12 @@ def build_config(given: dict[str, Any]):
 
 
 def _default_run_dir(config) -> Path:
+    """``runs/ARCH-LOSS-DATASET`` (``-2``, ``-3`` ... when taken), created and locked for this
+    process, so two runs started together never share one."""
+    from ganplug.train.rundir import claim_new_dir
+
     name = f"{config.arch}-{config.loss}-{config.dataset}" + ("-conditional" if config.conditional else "")
-    base = Path("runs") / name.replace(":", "_")
-    candidate, number = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        number += 1
-        candidate = Path(f"{base}-{number}")
-    return candidate
+    return claim_new_dir(Path("runs") / name.replace(":", "_"))
 
 
 @cli.command()
@@ -282,7 +281,10 @@ def train(ctx: click.Context, **given: Any) -> None:
         if torchrun_worker:
             raise UsageError("--nproc: already running under torchrun; drop --nproc")
         if not explicit.get("resume") and not explicit.get("out"):  # pick the directory once, for every rank
+            from ganplug.train.rundir import unlock_run_dir
+
             explicit["out"] = str(_default_run_dir(build_config(explicit)))
+            unlock_run_dir(Path(explicit["out"]))  # rank 0's process takes it
         args: list[str] = ["train"]
         for param in ctx.command.params:
             if param.name not in explicit or not isinstance(param, click.Option):
@@ -399,7 +401,7 @@ def _resume(explicit: dict[str, Any]) -> None:
     stopped before its first checkpoint starts again from its config.toml."""
     from ganplug.train import CONFIG_FILE, train as run_training
     from ganplug.train.checkpoint import (
-        LoadedCheckpoint, fork_run, has_checkpoint, resume_config, run_dir_of, stored_config,
+        LoadedCheckpoint, check_belongs, fork_run, has_checkpoint, resume_config, run_dir_of, stored_config,
     )
 
     if explicit.get("out"):
@@ -416,8 +418,9 @@ def _resume(explicit: dict[str, Any]) -> None:
     run_dir = run_dir_of(loaded.path)
     config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
     if explicit.get("fork"):
+        check_belongs(loaded)
         run_dir = Path(explicit["fork"])
-        loaded = LoadedCheckpoint(fork_run(loaded.path, loaded.step, run_dir), loaded.state)
+        loaded = fork_run(loaded, run_dir)
     run_training(config, run_dir, resume_from=loaded, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet)
 
 

@@ -18,6 +18,7 @@ Importing this package does not import torch; :func:`train` does.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
@@ -65,11 +66,13 @@ def is_unstarted(run_dir: Path) -> bool:
     from ganplug.train.checkpoint import CHECKPOINTS
     from ganplug.train.outputs import METRICS, SAMPLES
 
+    from ganplug.train.rundir import BOOKKEEPING
+
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         return False
     for entry in run_dir.iterdir():
-        if entry.name == CONFIG_FILE:
+        if entry.name == CONFIG_FILE or entry.name in BOOKKEEPING:
             continue
         if entry.name in (CHECKPOINTS, SAMPLES) and entry.is_dir() and not any(entry.iterdir()):
             continue
@@ -79,36 +82,41 @@ def is_unstarted(run_dir: Path) -> bool:
     return True
 
 
-def check_new_run_dir(run_dir: Path) -> None:
+def check_new_run_dir(run_dir: Path, flag: str = "--out") -> None:
     """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never
-    started (see :func:`is_unstarted`; its config.toml is replaced)."""
+    started (see :func:`is_unstarted`; its config.toml is replaced). ``flag`` is the option that
+    named it, for the message."""
+    from ganplug.train.rundir import BOOKKEEPING
+
     run_dir = Path(run_dir)
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
-            raise UsageError(f"--out {run_dir}: {parent} is a file, not a directory: choose another --out")
+            raise UsageError(f"{flag} {run_dir}: {parent} is a file, not a directory: choose another {flag}")
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
-        raise UsageError(f"{run_dir} is a file, not a run directory: choose another --out")
+        raise UsageError(f"{run_dir} is a file, not a run directory: choose another {flag}")
     if is_unstarted(run_dir):
         return
     if (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists():
         raise UsageError(
-            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another --out"
+            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another {flag}"
         )
-    if any(run_dir.iterdir()):
-        raise UsageError(f"{run_dir} is not empty: choose another --out (an empty or new directory)")
+    if any(entry.name not in BOOKKEEPING for entry in run_dir.iterdir()):
+        raise UsageError(f"{run_dir} is not empty: choose another {flag} (an empty or new directory)")
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures), to train
+    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures, the temp
+    file of a first checkpoint that was never finished), to train
     it again from step 0 (:func:`is_unstarted` then holds; its config.toml is rewritten when it
     starts); other files are left alone. Idempotent, so every rank of a run may call it."""
-    from ganplug.train.checkpoint import has_checkpoint
+    from ganplug.train.checkpoint import CHECKPOINTS, has_checkpoint, remove_orphaned_temps
     from ganplug.train.outputs import METRICS, SAMPLES
 
     run_dir = Path(run_dir)
     assert not has_checkpoint(run_dir), run_dir
+    remove_orphaned_temps(run_dir / CHECKPOINTS)  # a first checkpoint killed mid-write
     (run_dir / METRICS).unlink(missing_ok=True)
     for picture in (run_dir / SAMPLES).glob("*.png"):
         picture.unlink(missing_ok=True)
@@ -163,14 +171,21 @@ def train(
 
 
 def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
+    with contextlib.ExitStack() as hold:  # the run directory's lock, while this process writes there
+        return _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
+
+
+def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
     from ganplug.train import distributed
     from ganplug.train.build import build_run
     from ganplug.train.config import resolve
     from ganplug.train.checkpoint import (
-        LoadedCheckpoint, discard_newer_work, newer_checkpoints, resumed_config, stored_config,
+        LoadedCheckpoint, check_belongs, discard_newer_work, newer_checkpoints, repair_latest, resumed_config,
+        stored_config,
     )
     from ganplug.train.loop import Trainer
     from ganplug.train.threads import threads_note
+    from ganplug.train.rundir import locked, new_run_id, read_run_id, write_run_id
 
     if world is not None and str(config.device).startswith("cuda:"):
         raise UsageError(
@@ -182,11 +197,16 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
         config = resolve(config)  # the dataset's and the base defaults, as the command line gets them
         distributed.check_batch(world, config.batch_size, config.pack)
         check_new_run_dir(run_dir)
+        if main:
+            make_run_dir(run_dir)
+            hold.enter_context(locked(run_dir))
+            check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
         distributed.barrier(world)  # every rank checked before rank 0 writes
         run = build_run(config)
         distributed.broadcast_parameters(world, (run.generator, run.discriminator))
+        run_id = new_run_id()
         if main:
-            make_run_dir(run_dir)
+            write_run_id(run_dir, run_id)
             write_config(run.config, run_dir, run.provenance)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer_message = (
@@ -195,16 +215,20 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
             f"writing to {run_dir}"
         )
     else:
+        if main:
+            make_run_dir(run_dir)
+            hold.enter_context(locked(run_dir))
         loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
-        checkpoint, state = loaded.path, loaded.state
+        check_belongs(loaded)
+        state = loaded.state
         config = resumed_config(stored_config(state), config, state.get("provenance"))
         distributed.check_batch(world, config.batch_size, config.pack)
-        newer = newer_checkpoints(checkpoint.parent, int(state["step"]), checkpoint)
+        newer = newer_checkpoints(loaded.path.parent, loaded)
         if newer and not discard_newer:
             raise UsageError(
-                f"{run_dir} has newer work than {checkpoint.name} (step {state['step']}): checkpoints of steps "
+                f"{run_dir} has newer work than {loaded.path.name} (step {loaded.step}): checkpoints of steps "
                 f"{', '.join(map(str, newer))}; resuming here would delete it. Branch into a new directory with "
-                f"--fork DIR, or pass --discard-newer to rewind {run_dir} to step {state['step']}"
+                f"--fork DIR, or pass --discard-newer to rewind {run_dir} to step {loaded.step}"
             )
         run = build_run(config, provenance=state.get("provenance"))
         if list(run.data_shape) != list(state["model"]["data_shape"]):
@@ -212,10 +236,15 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
                 f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
                 f"{tuple(state['model']['data_shape'])}: start a new run with --out"
             )
+        run_id = read_run_id(run_dir) or loaded.run_id or new_run_id()
+        checkpoint = loaded.path
         if main:
-            make_run_dir(run_dir)
+            if read_run_id(run_dir) is None:  # a run from before runs had ids
+                write_run_id(run_dir, run_id)
             if newer:
-                checkpoint = discard_newer_work(run_dir, checkpoint, int(state["step"]))
+                checkpoint = discard_newer_work(run_dir, loaded)
+            else:
+                checkpoint = repair_latest(loaded.path.parent, loaded)
         distributed.barrier(world)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer.load_state_dict(state, checkpoint)
@@ -228,6 +257,7 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, ca
         if main:
             write_config(run.config, run_dir, run.provenance)
         trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
+    trainer.run_id = run_id
     if world is not None:
         per_rank = run.config.batch_size // world.world_size
         trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"

@@ -20,9 +20,30 @@ Checkpoints do not depend on the number of training processes (the data position
 the RNG state is rank 0's, which every rank shares), so a run continues with any number.
 
 Run layout: ``RUN_DIR/checkpoints/step_000500.pt`` (the last :data:`KEEP` kept) and
-``RUN_DIR/checkpoints/latest.pt``. Resuming an older checkpoint than the newest never deletes
-the newer ones silently: it is refused unless the run is rewound (:func:`discard_newer_work`) or
-branched into a new directory (:func:`fork_run`).
+``RUN_DIR/checkpoints/latest.pt``, a hard link to (or, where links are refused, a copy of) the
+newest step file. Each checkpoint carries the run's id (``run_id``, see
+:mod:`ganplug.train.rundir`).
+
+Writing order and what a crash leaves (``kill -9``, an OOM kill, a lost node), at each point of
+:func:`write_run_checkpoint` of step N:
+
+1. orphaned temp files of dead writers are deleted;
+2. the step file is written to ``.step_N.pt.tmp-PID``, flushed and fsynced (a crash leaves the
+   temp file: an orphan, deleted by the next writer);
+3. it is renamed to ``step_N.pt`` and the directory fsynced (from here step N is complete);
+4. ``latest.pt`` is pointed at it through ``.latest.pt.tmp-PID`` and a rename (a crash before the
+   rename leaves ``latest.pt`` at step N - every, which is fine: see below);
+5. step files beyond the newest :data:`KEEP` are deleted, oldest first.
+
+Before step N's checkpoint, its metrics line (appended) and its sample picture (atomic) may be
+written; a crash there leaves lines and pictures of steps after the newest checkpoint.
+
+Resuming a run directory therefore never trusts ``latest.pt`` alone: :func:`newest_checkpoint`
+takes the newest step file that loads and belongs to the run (one line names each one skipped),
+and the trainer points ``latest.pt`` back at it. Metrics lines past the resumed step are dropped
+and the steps run again, bit for bit as before. Resuming an older checkpoint than the newest
+never deletes the newer ones silently: it is refused unless the run is rewound
+(:func:`discard_newer_work`) or branched into a new directory (:func:`fork_run`).
 """
 
 from __future__ import annotations
@@ -32,15 +53,17 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
+from ganplug.train.rundir import new_run_id, read_run_id, write_run_id
 from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, TrainConfig, parse_pairs
 
 FORMAT = "ganplug-checkpoint"
@@ -150,20 +173,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def newer_checkpoints(directory: Path, step: int, resumed: Path) -> list[int]:
-    """The steps of the checkpoints in ``directory`` newer than ``step`` (the one ``resumed``
-    holds): step files, and ``latest.pt`` when it is a newer checkpoint of its own."""
+def newer_checkpoints(directory: Path, resumed: LoadedCheckpoint) -> list[int]:
+    """The steps of the complete checkpoints of ``resumed``'s run in ``directory`` that are newer
+    than it: step files, and ``latest.pt`` when it is a newer checkpoint of its own. Files that do
+    not load, or belong to another run, hold no work of this run."""
     directory = Path(directory)
-    files = step_checkpoints(directory)
-    newer = {other for other, _ in files if other > step}
+    files = [file for step, file in step_checkpoints(directory) if step > resumed.step]
     latest = directory / LATEST
-    if latest.is_file() and not _same_file(latest, resumed) and not any(_same_file(latest, p) for _, p in files):
+    if latest.is_file() and not _same_file(latest, resumed.path) and not any(
+        _same_file(latest, file) for _, file in step_checkpoints(directory)
+    ):
+        files.append(latest)
+    newer = set()
+    for file in files:
         try:
-            newer_step = int(torch.load(latest, map_location="cpu", weights_only=True)["step"])
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            step = int(state["step"])
         except Exception:  # unreadable: nothing to protect
-            newer_step = step
-        if newer_step > step:
-            newer.add(newer_step)
+            continue
+        if step > resumed.step and belongs(state, resumed.run_id):
+            newer.add(step)
     return sorted(newer)
 
 
@@ -172,68 +201,81 @@ def _later_files(directory: Path, step: int) -> list[Path]:
     return [path for number, path in step_files(directory, None) if number > step]
 
 
-def discard_newer_work(run_dir: Path, checkpoint: Path, step: int) -> Path:
-    """Rewind ``run_dir`` to ``checkpoint`` (of ``step``), as ``--discard-newer`` asks: its
+def discard_newer_work(run_dir: Path, loaded: LoadedCheckpoint) -> Path:
+    """Rewind ``run_dir`` to the checkpoint ``loaded``, as ``--discard-newer`` asks: its
     ``latest.pt`` becomes that checkpoint, and the step files and sample pictures of later steps
     are deleted (metrics lines are trimmed when training resumes). Returns the checkpoint to
-    resume from (``latest.pt``)."""
+    resume from."""
     from ganplug.train.outputs import SAMPLES
 
     directory = Path(run_dir) / CHECKPOINTS
-    _point_latest(directory, checkpoint)
-    for later in _later_files(directory, step) + _later_files(Path(run_dir) / SAMPLES, step):
+    repair_latest(directory, loaded)
+    for later in _later_files(directory, loaded.step) + _later_files(Path(run_dir) / SAMPLES, loaded.step):
         later.unlink(missing_ok=True)
-    return directory / LATEST
+    return loaded.path
 
 
-def fork_run(checkpoint: Path, step: int, new_dir: Path) -> Path:
-    """Branch the run of ``checkpoint`` (of ``step``) into the new run directory ``new_dir``
-    (``--fork``): its config, its metrics lines and sample pictures up to ``step``, and the
-    checkpoint as ``new_dir``'s first. The original run is not touched. Returns the checkpoint
-    in ``new_dir`` to resume from."""
+def fork_run(loaded: LoadedCheckpoint, new_dir: Path) -> LoadedCheckpoint:
+    """Branch the run of the checkpoint ``loaded`` into the new run directory ``new_dir``
+    (``--fork``), a run of its own (a new run id): its config, its metrics lines and sample
+    pictures up to the checkpoint's step, and the checkpoint as ``new_dir``'s first. The
+    original run is not touched. Returns the checkpoint in ``new_dir`` to resume from."""
     from ganplug.train import CONFIG_FILE, check_new_run_dir, make_run_dir
     from ganplug.train.outputs import METRICS, SAMPLES
 
-    source, new_dir = run_dir_of(checkpoint), Path(new_dir)
-    check_new_run_dir(new_dir)
+    source, new_dir = run_dir_of(loaded.path), Path(new_dir)
+    check_new_run_dir(new_dir, flag="--fork")
     make_run_dir(new_dir)
+    run_id = new_run_id()
+    write_run_id(new_dir, run_id)
     if (source / CONFIG_FILE).is_file():
         shutil.copyfile(source / CONFIG_FILE, new_dir / CONFIG_FILE)
     if (source / METRICS).is_file():
-        shutil.copyfile(source / METRICS, new_dir / METRICS)  # lines past ``step`` are trimmed on resume
+        shutil.copyfile(source / METRICS, new_dir / METRICS)  # lines past the step are trimmed on resume
     samples = source / SAMPLES
     if samples.is_dir():
         (new_dir / SAMPLES).mkdir(exist_ok=True)
-        later = set(_later_files(samples, step))
+        later = set(_later_files(samples, loaded.step))
         for picture in samples.iterdir():
             if picture.is_file() and picture not in later:
                 shutil.copyfile(picture, new_dir / SAMPLES / picture.name)
-    directory = new_dir / CHECKPOINTS
-    directory.mkdir(exist_ok=True)
-    copy = directory / step_file_name(step)
-    atomic_write(copy, lambda handle: handle.write(Path(checkpoint).read_bytes()))
-    _point_latest(directory, copy)
-    return directory / LATEST
+    state = {**loaded.state, "run_id": run_id}
+    path = write_run_checkpoint(state, new_dir / CHECKPOINTS, loaded.step)
+    return LoadedCheckpoint(path, state)
+
+
+def check_belongs(loaded: LoadedCheckpoint) -> None:
+    """UsageError when the checkpoint file ``loaded`` lies in a run directory of another run (it
+    was copied in): it is neither resumed there nor a reason to delete that run's work."""
+    if loaded.path.parent.name != CHECKPOINTS:
+        return
+    run_dir = loaded.path.parent.parent
+    run_id = read_run_id(run_dir)
+    if not belongs(loaded.state, run_id):
+        raise UsageError(
+            f"{loaded.path} is a checkpoint of another run (run id {loaded.run_id}) than {run_dir} (run id {run_id}): "
+            f"it was copied in: move it out of {run_dir} and resume its own run"
+        )
 
 
 # -- reading -----------------------------------------------------------------------------------
 
 
+def _checkpoint_folder(path: Path) -> Path:
+    """The folder of a run's checkpoints: ``RUN_DIR/checkpoints``, or ``path`` itself when it is
+    that folder (or any folder of step files)."""
+    return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+
+
+def _warn(text: str) -> None:
+    print(f"ganplug: warning: {text}", file=sys.stderr)
+
+
 def find_checkpoint(path: Path) -> Path:
     """The checkpoint file ``path`` names: a file as is; a run directory (or its ``checkpoints``
-    folder) gives ``checkpoints/latest.pt``, else its newest step file. GanplugError if none."""
+    folder) gives its newest complete checkpoint (see :func:`newest_checkpoint`)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise UsageError(f"no run directory or checkpoint at {path}")
-    for directory in (path / CHECKPOINTS, path):
-        if (directory / LATEST).is_file():
-            return directory / LATEST
-        steps = step_checkpoints(directory)
-        if steps:
-            return steps[-1][1]
-    raise UsageError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
+    return path if path.is_file() else newest_checkpoint(path).path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,14 +288,88 @@ class LoadedCheckpoint:
     state: dict[str, Any]
 
     @classmethod
-    def read(cls, target: Path) -> "LoadedCheckpoint":
-        """The checkpoint ``target`` names (a file or a run directory, see :func:`find_checkpoint`)."""
-        path = find_checkpoint(Path(target))
-        return cls(path, load_checkpoint(path))
+    def read(cls, target: Path, warn: Callable[[str], None] = _warn) -> "LoadedCheckpoint":
+        """The checkpoint ``target`` names: a file, or a run directory's newest complete one
+        (:func:`newest_checkpoint`; ``warn`` gets a line for each file skipped)."""
+        target = Path(target)
+        if target.is_file():
+            return cls(target, load_checkpoint(target))
+        return newest_checkpoint(target, warn)
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def run_id(self) -> str | None:
+        return self.state.get("run_id")
+
+
+def belongs(state: Mapping[str, Any], run_id: str | None) -> bool:
+    """Whether a checkpoint's contents are of the run with id ``run_id`` (either id unknown, as
+    in runs written before runs had ids, counts as yes)."""
+    return run_id is None or state.get("run_id") in (None, run_id)
+
+
+def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> LoadedCheckpoint:
+    """The newest complete checkpoint of the run directory ``path`` (or of its ``checkpoints``
+    folder): the newest step file that loads and belongs to the run, or ``latest.pt`` when it is
+    a newer checkpoint of the run than any step file. Whatever ``latest.pt`` says: a crash may
+    have stopped the writer between a step file and ``latest.pt``. Each file passed over gets one
+    line through ``warn``; UsageError when none is left."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"no run directory or checkpoint at {path}")
+    directory = _checkpoint_folder(path)
+    run_id = read_run_id(directory.parent if directory.name == CHECKPOINTS else directory)
+    files = [file for _, file in reversed(step_checkpoints(directory))]
+    latest = directory / LATEST
+    if latest.is_file() and not any(_same_file(latest, file) for file in files):
+        files.append(latest)  # not a link to a step file: a copy, or a checkpoint of its own
+    found: LoadedCheckpoint | None = None
+    for file in files:
+        if found is not None and file.name != LATEST:
+            break  # older step files are not needed
+        try:
+            state = load_checkpoint(file)
+        except GanplugError as error:
+            warn(f"skipping {file}: {str(error).removeprefix(f'{file} ')}")
+            continue
+        if not belongs(state, run_id):
+            warn(f"skipping {file}: it is a checkpoint of another run (run id {state.get('run_id')}, not {run_id})")
+            continue
+        if found is None or int(state["step"]) > found.step:
+            found = LoadedCheckpoint(file, state)
+    if found is not None and found.path != latest and _same_file(latest, found.path):
+        found = LoadedCheckpoint(latest, found.state)  # the usual case: named as the run's latest
+    if found is None:
+        if files:
+            raise UsageError(f"no complete checkpoint of this run in {directory}: every file there was skipped (see above)")
+        raise UsageError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
+    return found
+
+
+def repair_latest(directory: Path, loaded: LoadedCheckpoint, warn: Callable[[str], None] = _warn) -> Path:
+    """Point ``directory/latest.pt`` at the checkpoint a run resumes from, when it does not
+    already (a crash between a step file and ``latest.pt``, or a damaged ``latest.pt``). A
+    ``latest.pt`` of another run is kept, renamed beside it, never overwritten. Returns the
+    path to resume from."""
+    directory = Path(directory)
+    latest = directory / LATEST
+    if loaded.path == latest or _same_file(latest, loaded.path) or loaded.path.parent != directory:
+        return loaded.path
+    if latest.is_file():
+        try:
+            other = torch.load(latest, map_location="cpu", weights_only=True)
+            foreign = isinstance(other, dict) and not belongs(other, loaded.run_id)
+        except Exception:
+            foreign = False
+        if foreign:
+            kept = directory / f"foreign-{str(other.get('run_id'))[:8]}-{LATEST}"
+            os.replace(latest, kept)
+            warn(f"{latest} is a checkpoint of another run: moved to {kept}")
+    _point_latest(directory, loaded.path)
+    return loaded.path
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -274,7 +390,7 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a ganplug checkpoint (a file, or a run directory via :func:`find_checkpoint`).
+    """Load and check a ganplug checkpoint (a file, or a run directory's newest: :func:`newest_checkpoint`).
 
     Only tensors and plain data are unpickled (``weights_only=True``). GanplugError for a
     missing file, a file that is not a torch file (or is truncated, or holds refused objects),
@@ -283,7 +399,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """
     path = Path(path)
     if path.is_dir():
-        path = find_checkpoint(path)
+        return newest_checkpoint(path).state
     if not path.exists():
         raise UsageError(f"no checkpoint at {path}")
     try:
@@ -488,7 +604,10 @@ __all__ = [
     "fork_run",
     "has_checkpoint",
     "newer_checkpoints",
+    "newest_checkpoint",
     "load_checkpoint",
+    "repair_latest",
+    "check_belongs",
     "resume_config",
     "resumed_config",
     "run_dir_of",

@@ -126,9 +126,11 @@ class Trainer:
             self.metrics, self.evaluator, self.samples, self.checkpoints, LossPlot(self.run_dir, self.is_main),
             self.loggers, *callbacks,
         ]
+        self.run_id: str | None = None  # RUN_DIR/run_id, stamped on every checkpoint (see rundir)
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
         self.skipped_steps = 0
+        self.skipped_in_a_row = 0  # on_nan "skip": the non-finite steps since the last good one
         self.progress = Progress(0, quiet=True, stream=stream if stream is not None else io.StringIO())
         self._session_start: float | None = None
         self._step_sums = Sums()  # this step's values, merged into the metrics once finite
@@ -235,6 +237,7 @@ class Trainer:
             "rng": rng_state(self.device),
             "fixed_noise": self.fixed_noise.detach().cpu(),
             "skipped_steps": self.skipped_steps,
+            "run_id": self.run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
