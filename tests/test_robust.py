@@ -205,6 +205,55 @@ def test_skip_restores_exactly_the_state_before_the_step(tmp_path):
         assert torch.equal(value, seen["after"][name]), name
 
 
+def nan_from(first: int, last: int | None = None):
+    """A hook making every step from ``first`` (to ``last``, None: to the end) produce a NaN loss."""
+
+    def hook(trainer, next_step):
+        if next_step == first:
+            trainer._real_loss = trainer.loss
+            trainer.loss = NaNLoss(trainer.loss)
+        elif last is not None and next_step == last + 1:
+            trainer.loss = trainer._real_loss
+
+    return hook
+
+
+def test_skip_stops_after_a_bounded_run_of_skipped_steps_saving_nothing_new(tmp_path):
+    from ganplug.train.guard import MAX_SKIPS_IN_A_ROW
+
+    run_dir = tmp_path / "run"
+    stream = io.StringIO()
+    with pytest.raises(GanplugError) as caught:
+        train(tiny(150, on_nan="skip", checkpoint_every=4), run_dir, quiet=True, stream=stream, hooks=[nan_from(7)])
+    message = str(caught.value)
+    assert caught.value.exit_code == 1 and "\n" not in message
+    assert message.startswith(
+        f"training diverged: {MAX_SKIPS_IN_A_ROW} steps in a row were non-finite (skipped) from step 7: "
+        "stopped without saving it; the last good checkpoint "
+    )
+    # skipped steps still count, so the checkpoints due at steps 8 and 12 hold the weights of step 6
+    assert message.endswith("step_000012.pt (step 12) is kept; lower --lr-d/--lr-g or change the loss")
+    warnings = [line for line in stream.getvalue().splitlines() if line.startswith("warning: step ")]
+    assert len(warnings) == MAX_SKIPS_IN_A_ROW == 10 and warnings[-1].startswith("warning: step 16: d_loss is nan")
+    assert load_checkpoint(run_dir)["step"] == 12
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest.pt", "step_000004.pt", "step_000008.pt", "step_000012.pt",
+    ]
+    assert read_metrics(run_dir)[-1]["step"] == 15  # the steps since the last line, flushed; nothing past them
+
+
+def test_skipped_steps_count_in_a_row_only(tmp_path):
+    """One step short of the bound, then a good step: the run goes on, and later skips count anew."""
+    from ganplug.train.guard import MAX_SKIPS_IN_A_ROW
+
+    run_dir = tmp_path / "run"
+    short = MAX_SKIPS_IN_A_ROW - 1
+    hooks = [nan_from(3, 3 + short - 1), nan_from(3 + short + 1, 3 + 2 * short)]
+    train(tiny(2 * short + 6, on_nan="skip"), run_dir, quiet=True, stream=io.StringIO(), hooks=hooks)
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 2 * short + 6 and state["skipped_steps"] == 2 * short
+
+
 def test_on_nan_is_validated_and_may_change_on_resume(tmp_path, capsys):
     with pytest.raises(GanplugError, match="on_nan must be stop or skip"):
         train(tiny(2, on_nan="maybe"), tmp_path / "bad", quiet=True, stream=io.StringIO())

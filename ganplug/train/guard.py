@@ -8,7 +8,8 @@ Non-finite policy (``on_nan``): the step's losses are checked after every step (
 the weights of G and D at every metrics line and before every checkpoint, which costs the same
 whatever the parameter count per step: a checkpoint is never written from non-finite weights.
 ``stop`` ends the run naming the step; ``skip`` checks the weights after every step too and
-restores the weights, optimiser states and EMA of before the step (the data and RNG move on).
+restores the weights, optimiser states and EMA of before the step (the data and RNG move on);
+:data:`MAX_SKIPS_IN_A_ROW` skipped steps in a row end the run as diverged, saving nothing new.
 
 Signals: :class:`DeferredSignals` turns the first SIGINT/SIGTERM inside a step (or while it writes
 its outputs) into a request to stop after it; a second one, or one between steps, raises at once.
@@ -31,6 +32,7 @@ from ganplug.train.outputs import Sums
 from ganplug.train.step import AdversarialStep
 
 LOSSES = ("d_loss", "g_loss")
+MAX_SKIPS_IN_A_ROW = 10  # on_nan "skip": this many non-finite steps in a row end the run (exit 1)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -201,4 +203,4 @@ class DeferredSignals:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
-__all__ = ["DeferredSignals", "StepGuard", "rng_state", "set_rng_state", "signal_name"]
+__all__ = ["DeferredSignals", "MAX_SKIPS_IN_A_ROW", "StepGuard", "rng_state", "set_rng_state", "signal_name"]

@@ -20,7 +20,8 @@ the step before; one raised after a parameter changed saves nothing new.
 
 Divergence (``config.on_nan``): ``stop`` raises GanplugError naming the step, after flushing
 metrics and without saving the non-finite state (the last good checkpoint stays ``latest.pt``);
-``skip`` restores the state of before the step, warns, and counts it in ``skipped_steps``.
+``skip`` restores the state of before the step, warns, and counts it in ``skipped_steps``;
+:data:`~ganplug.train.guard.MAX_SKIPS_IN_A_ROW` skipped in a row stop the run as ``stop`` does.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World
 from ganplug.train.graphs import CudaGraphStep
-from ganplug.train.guard import DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
+from ganplug.train.guard import MAX_SKIPS_IN_A_ROW, DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
 from ganplug.train.loggers import Loggers
 from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, LossPlot, MetricsLog, SampleWriter, Sums
 from ganplug.train.progress import Progress, format_duration
@@ -280,6 +281,7 @@ class Trainer:
         self._stop_agreed = self._stop_agreed or agreed
         if what is None:
             self.metrics.sums.merge(self._step_sums)
+            self.skipped_in_a_row = 0
         else:
             self._diverged(self.step + 1, what)
         self.step += 1
@@ -302,16 +304,23 @@ class Trainer:
             self.guard.restore_weights()
             self.skipped_steps += 1
             self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
-            return
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
+                return
+            self.signals.in_step = False
+            first = step - self.skipped_in_a_row + 1
+            self._stop_diverged(
+                f"training diverged: {self.skipped_in_a_row} steps in a row were non-finite (skipped) from step {first}"
+            )
         self.signals.in_step = False
         self._stop_diverged(f"training diverged at step {step} ({what})")
 
     def _stop_diverged(self, cause: str) -> None:
         self.metrics.flush(self)  # the good steps since the last metrics line
-        raise GanplugError(
-            f"{cause}: stopped without saving it; {self.checkpoints.describe_last()}; "
+        advice = "lower --lr-d/--lr-g or change the loss" if self.config.on_nan == "skip" else (
             "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
         )
+        raise GanplugError(f"{cause}: stopped without saving it; {self.checkpoints.describe_last()}; {advice}")
 
     # -- the loop ------------------------------------------------------------------------------------
 
