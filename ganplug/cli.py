@@ -462,6 +462,9 @@ def eval_command(
 ) -> None:
     """Score a trained generator with every metric that applies to its dataset.
 
+    Exit 1 when a metric failed (its plugin could not build or compute it); a metric skipped
+    because its optional package or files are missing here (said why) leaves the exit code 0.
+
     \b
     Examples:
       ganplug eval --checkpoint runs/mlp-bce-ring8

@@ -34,8 +34,9 @@ def evaluate(
 
     Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "num_samples": {name: int},
     "metrics": {name: {key: float}},
-    "skipped": {name: why}, "failed": {name: why}}`` (see :func:`prepare_metrics` for what is
-    skipped; a metric that raised while scoring is in ``failed``, the others are still scored).
+    "skipped": {name: why}, "failed": {name: why}}``: skipped, a metric whose optional package or
+    files are missing here (MetricUnavailable, see :func:`prepare_metrics`); failed, one whose
+    plugin failed building or scoring it (the others are still scored).
     One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
     first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
     uses too). UsageError when no metric applies to the dataset.
@@ -52,11 +53,12 @@ def evaluate(
             "see: ganplug list metrics)"
         )
     context = metric_context(dataset, config.data_options)  # fills options an older run did not store
+    failed: dict[str, GanplugError] = {}
     built, skipped = prepare_metrics(
-        dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples
+        dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples,
+        failed=failed,
     )
     generator = load_generator(loaded, ema=ema, device=device)
-    failed: dict[str, GanplugError] = {}
     results = score_generator(
         generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
         context=context, num_classes=generator.num_classes, seed=seed, failed=failed,

@@ -173,6 +173,40 @@ def test_plot_of_a_file_that_holds_no_metrics_says_so(tmp_path, capsys):
     assert one_error_line(err) == f"Error: {path} has no metrics lines it can read"
 
 
+# -- ganplug eval: a metric that could not be computed ------------------------------------------------
+
+
+def test_eval_exits_1_for_a_metric_whose_factory_cannot_be_imported(ring8_run, capsys, monkeypatch):
+    def raising(**options):
+        def metric(samples, context):
+            raise ZeroDivisionError("oops")
+
+        return metric
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ganplug_metrics():
+            return [
+                MetricSpec("missing", "a bad factory string", "no_such_module_31:factory", datasets=("ring8",)),
+                MetricSpec("raising", "raises when scoring", raising, datasets=("ring8",)),
+            ]
+
+    reg = Registry(entry_points=[], extra_plugins=[("flaky", Plugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(ring8_run), "--num-samples", "50")
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[1] == "modes (50 samples)"  # the others are still scored
+    failed = [line for line in lines if ": failed: " in line]
+    assert [line.split(":")[0] for line in failed] == ["missing", "raising"]
+    assert "no_such_module_31" in failed[0] and "ZeroDivisionError: oops" in failed[1]
+    assert not [line for line in lines if ": skipped: " in line]
+    code, out, err = run_main(capsys, "eval", "--checkpoint", str(ring8_run), "--num-samples", "50", "--json")
+    report = json.loads(out)
+    assert code == 1 and set(report["failed"]) == {"missing", "raising"} and report["skipped"] == {}
+
+
 # -- the pictures ----------------------------------------------------------------------------------
 
 
