@@ -8,6 +8,7 @@ Importing the package does not import torch; `ganplug.ops`, `ganplug.nn` and the
 __version__ = "0.1.0"
 
 _LAZY = {"load_generator": "ganplug.generate", "sample": "ganplug.generate", "TrainedGenerator": "ganplug.generate"}
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
@@ -16,3 +17,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ganplug' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily imported ones, without importing them."""
+    return sorted(set(globals()) | set(_LAZY))

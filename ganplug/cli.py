@@ -42,7 +42,7 @@ def cli(debug: bool) -> None:
 
     \b
     Start here:
-      ganplug train --arch dcgan --loss wasserstein   # digits, bundled, no download
+      ganplug train --arch dcgan --loss wasserstein   # mnist5k, bundled, no download
       ganplug list losses                            # what --loss accepts
       ganplug plugins                                # installed plugins and their status
     """
@@ -266,7 +266,7 @@ def train(ctx: click.Context, **given: Any) -> None:
     Examples:
       ganplug train --arch dcgan --loss wasserstein
       ganplug train --arch mlp --loss bce --dataset ring8 --steps 5000
-      ganplug train --resume runs/dcgan-wasserstein-digits --steps 4000
+      ganplug train --resume runs/dcgan-wasserstein-mnist5k --steps 4000
     """
     explicit = {
         name: value

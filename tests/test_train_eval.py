@@ -58,9 +58,11 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
     assert evals[-1]["eval"] == {k: {m: (v if v == v else None) for m, v in d.items()} for k, d in expected.items()}
 
 
-def test_quiet_runs_log_eval_lines_without_printing_them(tmp_path):
+def test_quiet_runs_print_their_eval_lines_too(tmp_path):
+    """-q drops the progress bar, not the results: the evaluation lines are printed."""
     out = quiet_train(TrainConfig(**TINY, steps=3, eval_every=2), tmp_path / "run")
-    assert "eval step" not in out
+    printed = [line for line in out.splitlines() if line.startswith("eval step")]
+    assert len(printed) == 1 and printed[0].startswith("eval step 2: modes: modes_captured ")
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "eval" in r] == [2]  # not at the end unless due
 
 

@@ -207,6 +207,20 @@ def test_eval_exits_1_for_a_metric_whose_factory_cannot_be_imported(ring8_run, c
     assert code == 1 and set(report["failed"]) == {"missing", "raising"} and report["skipped"] == {}
 
 
+# -- --help -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("--help",), ("train", "--help")])
+def test_help_names_the_default_dataset(capsys, args):
+    code, out, err = run_main(capsys, *args)
+    assert code == 0 and "mnist5k" in out and "digits" not in out
+
+
+def test_train_help_resumes_the_run_the_example_makes(capsys):
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert "ganplug train --resume runs/dcgan-wasserstein-mnist5k --steps 4000" in out
+
+
 # -- the pictures ----------------------------------------------------------------------------------
 
 
@@ -256,3 +270,10 @@ def test_real_points_are_drawn_over_the_generated_ones():
     by_label = {c.get_label(): c for c in figure.axes[0].collections}
     assert by_label["real (200)"].get_zorder() > by_label["generated (500)"].get_zorder()
 
+
+# -- dir(ganplug) -----------------------------------------------------------------------------------
+
+
+def test_dir_of_the_package_lists_its_lazy_exports():
+    assert {"load_generator", "sample", "TrainedGenerator", "__version__"} <= set(dir(ganplug))
+    assert set(ganplug.__all__) == {"__version__", "load_generator", "sample", "TrainedGenerator"}

@@ -270,7 +270,7 @@ class Evaluator(Callback):
         if results:
             trainer.metrics.append_eval(trainer.step, elapsed, results)
             trainer.notify("on_evaluation", trainer.step, results)
-        if results and not trainer.quiet:
+        if results:  # a result, not progress: printed with --quiet too
             parts = [
                 f"{name}: " + " ".join(f"{k} {format_number(float(v))}" for k, v in values.items())
                 for name, values in results.items()
