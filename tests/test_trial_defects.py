@@ -271,6 +271,28 @@ def test_real_points_are_drawn_over_the_generated_ones():
     assert by_label["real (200)"].get_zorder() > by_label["generated (500)"].get_zorder()
 
 
+# -- the bench chart names only what was measured ---------------------------------------------------
+
+
+def test_the_bench_titles_name_only_the_columns_measured(tmp_path):
+    from matplotlib.text import Text
+
+    from ganplug.bench.report import Row, Table, chart_figure, header
+    from ganplug.bench.timing import Timing
+
+    kernels = Table("Kernels", "fused", ("eager",))
+    kernels.rows.append(Row("op", {"fused": Timing(1e-3, 1e-3, 1e-3, 3), "eager": Timing(2e-3, 2e-3, 2e-3, 3)}))
+    steps = Table("Training steps", "ganplug", ("plain",))
+    steps.rows.append(Row("case", {"ganplug": Timing(1e-3, 1e-3, 1e-3, 3), "plain": Timing(3e-3, 3e-3, 3e-3, 3)}))
+    assert kernels.title == "Kernels: fused ops vs eager PyTorch"
+    assert header(["cpu"], [kernels, steps])[0] == "# ganplug bench: fused ops vs eager PyTorch; ganplug vs the plain loop"
+    figure = chart_figure([kernels, steps])
+    assert [axes.get_title() for axes in figure.axes] == [kernels.title, "Training steps: ganplug vs the plain loop"]
+    assert not [t.get_text() for t in figure.findobj(Text) if "compile" in t.get_text()]
+    with_compile = Table("Kernels", "fused", ("eager", "compile"))
+    assert with_compile.title == "Kernels: fused ops vs eager PyTorch vs torch.compile"
+
+
 # -- dir(ganplug) -----------------------------------------------------------------------------------
 
 

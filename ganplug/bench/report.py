@@ -1,8 +1,8 @@
 """The ratio tables of a benchmark run: Markdown (printed and written) and a bar chart (PNG).
 
 A table has a ``base`` column (``fused`` for kernels, ``ganplug`` for steps) and ``others``
-(``eager``/``plain`` and ``compile``); its ratio columns are ``other/base`` of the times, so
-> 1 means ganplug is faster. Each row's times come from one interleaved run
+(``eager``/``plain`` and, unless ``--no-compile``, ``compile``); its ratio columns are
+``other/base`` of the times, so > 1 means ganplug is faster. Titles name only the columns measured. Each row's times come from one interleaved run
 (:func:`ganplug.bench.timing.measure`).
 """
 
@@ -13,10 +13,17 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ganplug.bench.timing import Timing
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 STATS = ("median", "min", "mean")
+COLUMN_NAMES = {  # a column in the titles
+    "fused": "fused ops", "eager": "eager PyTorch", "compile": "torch.compile", "ganplug": "ganplug", "plain": "the plain loop",
+}
 
 
 @dataclass
@@ -32,12 +39,21 @@ class Row:
 
 @dataclass
 class Table:
-    """Rows of one kind (``kernels`` or ``steps``) under ``title``, compared to ``base``."""
+    """Rows of one kind (``kernels`` or ``steps``) about ``subject``, compared to ``base``."""
 
-    title: str
+    subject: str
     base: str
     others: tuple[str, ...]
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def comparison(self) -> str:
+        """``fused ops vs eager PyTorch``: the columns measured, in words."""
+        return " vs ".join(COLUMN_NAMES.get(column, column) for column in (self.base, *self.others))
+
+    @property
+    def title(self) -> str:
+        return f"{self.subject}: {self.comparison}"
 
     def ratio(self, row: Row, other: str, stat: str = "median") -> float | None:
         """``other``'s time over ``base``'s in ``row`` (> 1: base faster), None where one is missing."""
@@ -95,8 +111,9 @@ def markdown(table: Table, stat: str = "median") -> list[str]:
     return lines
 
 
-def header(devices: list[str], stat: str = "median") -> list[str]:
-    """The report's first lines: date, torch, threads, load, the ops' backend per device."""
+def header(devices: list[str], tables: list[Table], stat: str = "median") -> list[str]:
+    """The report's first lines: what ``tables`` compare, date, torch, threads, load, the ops'
+    backend per device."""
     import torch
 
     from ganplug.ops import backend
@@ -106,7 +123,7 @@ def header(devices: list[str], stat: str = "median") -> list[str]:
         name = f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""
         named.append(f"{device}={backend(device)}{name}")
     return [
-        "# ganplug bench: fused ops vs eager vs torch.compile; training steps vs the plain loop",
+        "# ganplug bench: " + "; ".join(table.comparison for table in tables),
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
@@ -127,8 +144,15 @@ def write_markdown(path: Path, lines: list[str], tables: list[Table], stat: str 
 
 
 def write_png(path: Path, tables: list[Table], stat: str = "median") -> None:
+    """:func:`chart_figure` of ``tables`` as a PNG at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chart_figure(tables, stat).savefig(path, dpi=100)
+
+
+def chart_figure(tables: list[Table], stat: str = "median") -> "Figure":
     """A horizontal bar chart of every table's ``other/base`` ratios (log scale, bars from the 1x
-    line), one panel per table, one bar group per row, to ``path`` (matplotlib, Agg canvas)."""
+    line), one panel per table (titled :attr:`Table.title`), one bar group per row (matplotlib,
+    Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -153,5 +177,4 @@ def write_png(path: Path, tables: list[Table], stat: str = "median") -> None:
         ax.set_title(table.title, fontsize=10)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    return figure

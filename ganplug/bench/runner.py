@@ -95,7 +95,7 @@ def run(
     step_columns = [c for c in steps.COLUMNS if with_compile or c != "compile"]
     tables = []
     if chosen_kernels:
-        tables.append(Table("Kernels: fused ops vs eager PyTorch vs torch.compile", "fused", tuple(kernel_columns[1:])))
+        tables.append(Table("Kernels", "fused", tuple(kernel_columns[1:])))
     if chosen_steps:
         tables.append(Table("Training steps (one generator step with its critic steps)", "ganplug", tuple(step_columns[1:])))
     total, done = len(chosen), 0
@@ -124,7 +124,7 @@ def run(
                 del bench, fns
     finally:
         torch.set_num_threads(previous_threads)
-    top = header([device])
+    top = header([device], tables)
     echo("\n".join(top[2:-1]))
     for table in tables:
         echo("")
