@@ -313,10 +313,15 @@ def train(ctx: click.Context, **given: Any) -> None:
             _resume(explicit)
         else:
             config = build_config(explicit)
-            run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
             from ganplug.train import train as run_training
+            from ganplug.train.rundir import unlock_run_dir
 
-            run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+            run_dir = Path(explicit["out"]) if explicit.get("out") else _default_run_dir(config)
+            try:
+                run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
+            finally:
+                if not explicit.get("out"):
+                    unlock_run_dir(run_dir)  # the claim of _default_run_dir
     except peer_lost as lost:  # a fresh run raises it only from run_training, so run_dir is set
         _exit_peer_lost(lost, explicit.get("fork") or explicit.get("resume") or explicit.get("out") or run_dir)
     except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (128 + 15): what was saved is said
@@ -535,14 +540,14 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
     """
     from ganplug.generate import load_generator, sample as draw
     from ganplug.noise import grid_labels
-    from ganplug.train.checkpoint import find_checkpoint
+    from ganplug.train.checkpoint import LoadedCheckpoint
     from ganplug.train.render import check_new_folder, save_image_files, save_samples
 
     target = Path(out)
     folder = out.endswith(("/", os.sep)) or target.is_dir() or not target.suffix
     if folder:
         check_new_folder(target)  # before the generator is loaded
-    generator = load_generator(find_checkpoint(Path(checkpoint)), ema=not no_ema, device=device)
+    generator = load_generator(LoadedCheckpoint.read(Path(checkpoint)), ema=not no_ema, device=device)
     labels, nrow, classes = class_, None, ""
     if generator.num_classes and class_ is None:
         if not folder and target.suffix.lower() == ".png" and len(generator.data_shape) == 3:

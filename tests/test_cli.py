@@ -283,7 +283,7 @@ def test_resume_reads_the_checkpoint_once(tiny_run: Path, tmp_path: Path, capsys
     extra = ["--fork", str(tmp_path / "branch")] if fork else []
     code, _, err = run_main(capsys, "train", "--resume", str(tiny_run), "--steps", "6", "-q", *extra)
     assert code == 0, err
-    assert loads == ["latest.pt"]  # checked once; the trainer resumes from what was read
+    assert loads == ["step_000004.pt"]  # the newest step file (latest.pt links it), read once and resumed from
     assert read_metrics(tmp_path / "branch" if fork else tiny_run)[-1]["step"] == 6
 
 

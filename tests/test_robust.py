@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import read_metrics
+from test_crash_matrix import environment
 
 from ganplug.cli import main
 from ganplug.errors import GanplugError
@@ -58,62 +58,62 @@ CLI_ARGS = [
 ]
 
 
-def start(run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.Popen(
+def run(run_dir: Path, *extra: str, **faults: str) -> subprocess.CompletedProcess:
+    """``ganplug train`` of CLI_ARGS into ``run_dir`` in a subprocess, with a fault placed at an
+    exact point of the code (``GANPLUG_FAULT`` and friends: tests/inject/sitecustomize.py)."""
+    return subprocess.run(
         [sys.executable, "-m", "ganplug", "train", *CLI_ARGS, "--out", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        capture_output=True, text=True, env=environment(**faults), timeout=300,
     )
 
 
-def wait_for(condition, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"training exited early ({process.returncode}): {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("training made no progress")
-        time.sleep(0.05)
-
-
 @POSIX
-# A signal between steps stops at once (still saving the step); inside one, the step finishes first.
-@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "interrupted by SIGTERM: step"), (signal.SIGINT, 130, "interrupted: step")])
+# The signal arrives inside step 4: the step finishes, is saved, and the run stops.
+@pytest.mark.parametrize("signum, code, said", [("SIGTERM", 143, "interrupted by SIGTERM: step 4 saved"), ("SIGINT", 130, "interrupted: step 4 saved")])
 def test_a_signal_finishes_the_step_saves_it_and_resume_continues(tmp_path, capsys, signum, code, said):
     run_dir = tmp_path / "run"
-    process = start(run_dir, "--checkpoint-every", "0")
-    wait_for(lambda: len(metrics(run_dir)) >= 3, process)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == code, err
-    assert said in err and f"continue with: ganplug train --resume {run_dir}" in err
-    saved = load_checkpoint(run_dir)["step"]
-    assert saved >= 3 and metrics(run_dir)[-1]["step"] == saved  # the step that was running finished
-    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", str(saved + 3), "-q")
+    done = run(run_dir, "--checkpoint-every", "0", GANPLUG_FAULT="mid-step:4", GANPLUG_FAULT_SIGNAL=signum)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr and f"continue with: ganplug train --resume {run_dir}" in done.stderr
+    assert load_checkpoint(run_dir)["step"] == 4 and metrics(run_dir)[-1]["step"] == 4
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "7", "-q")
     assert status == 0, err
-    assert load_checkpoint(run_dir)["step"] == saved + 3
-    assert [r["step"] for r in metrics(run_dir)] == list(range(1, saved + 4))
+    assert load_checkpoint(run_dir)["step"] == 7
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, 8))
 
 
 @POSIX
-def test_kill_9_mid_run_leaves_a_loadable_latest_and_resume_continues(tmp_path, capsys):
+def test_kill_9_between_a_step_file_and_latest_resumes_the_step_file(tmp_path, capsys):
+    """The issue-31 case: killed after step_000008.pt was renamed into place and before latest.pt
+    pointed at it. A plain --resume takes step 8 (not latest.pt's step 6), repairs latest.pt,
+    removes the orphaned temp files, and trims metrics lines past step 8."""
     run_dir = tmp_path / "run"
     latest = run_dir / "checkpoints" / "latest.pt"
-    process = start(run_dir, "--checkpoint-every", "2")
-    wait_for(lambda: latest.exists() and len(metrics(run_dir)) >= 7, process)
-    process.kill()  # SIGKILL: no handler runs
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    saved = load_checkpoint(latest)["step"]  # never a half-written latest.pt
-    assert saved >= 2 and saved % 2 == 0
+    done = run(run_dir, "--checkpoint-every", "2", GANPLUG_FAULT="after-rename:4")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert load_checkpoint(latest)["step"] == 6 and (latest.parent / "step_000008.pt").is_file()
     orphan = latest.with_name(".step_000099.pt.tmp-999999999")  # as a writer killed mid-write leaves
     orphan.write_bytes(b"half")
-    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", str(saved + 3), "-q")
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "11", "-q")
     assert status == 0, err
-    assert load_checkpoint(latest)["step"] == saved + 3
+    assert "resuming" in err and f"at step 8 of 11" in err
+    assert load_checkpoint(latest)["step"] == 11
     assert not [p.name for p in latest.parent.iterdir() if p.name.startswith(".")]  # orphaned temp files removed
-    assert [r["step"] for r in metrics(run_dir)] == list(range(1, saved + 4))  # later lines were trimmed
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, 12))
+
+
+def test_a_directory_resume_takes_the_newest_step_file_whatever_latest_says(tmp_path, capsys):
+    """Deterministic twin of the case above, in-process: latest.pt made to point at step 8 of 10."""
+    run_dir = tmp_path / "run"
+    train(tiny(10, checkpoint_every=2), run_dir, quiet=True, stream=io.StringIO())
+    checkpoints = run_dir / "checkpoints"
+    os.unlink(checkpoints / "latest.pt")
+    os.link(checkpoints / "step_000008.pt", checkpoints / "latest.pt")
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "12", "-q")
+    assert status == 0, err
+    assert f"resuming {run_dir} at step 10 of 12" in err
+    assert load_checkpoint(checkpoints / "latest.pt")["step"] == 12
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, 13))
 
 
 # -- divergence ---------------------------------------------------------------------------------------

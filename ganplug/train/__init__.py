@@ -197,15 +197,14 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         config = resolve(config)  # the dataset's and the base defaults, as the command line gets them
         distributed.check_batch(world, config.batch_size, config.pack)
         check_new_run_dir(run_dir)
-        if main:
-            make_run_dir(run_dir)
-            hold.enter_context(locked(run_dir))
-            check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
         distributed.barrier(world)  # every rank checked before rank 0 writes
         run = build_run(config)
         distributed.broadcast_parameters(world, (run.generator, run.discriminator))
         run_id = new_run_id()
         if main:
+            make_run_dir(run_dir)
+            hold.enter_context(locked(run_dir))
+            check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
             write_run_id(run_dir, run_id)
             write_config(run.config, run_dir, run.provenance)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)

@@ -329,7 +329,7 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
     found: LoadedCheckpoint | None = None
     for file in files:
         if found is not None and file.name != LATEST:
-            break  # older step files are not needed
+            continue  # older step files are not needed
         try:
             state = load_checkpoint(file)
         except GanplugError as error:
