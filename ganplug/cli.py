@@ -481,10 +481,13 @@ def eval_command(
     from ganplug.evaluation import evaluate
     from ganplug.train.progress import format_number
 
-    report = evaluate(
-        checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names,
-        options=metric_opts, num_samples=num_samples,
-    )
+    from ganplug.train.threads import torch_threads
+
+    with torch_threads(0):  # the CPUs this process may use, as a training run
+        report = evaluate(
+            checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names,
+            options=metric_opts, num_samples=num_samples,
+        )
     if as_json:
         clean = {
             name: {key: (value if value == value else None) for key, value in values.items()}
@@ -558,7 +561,10 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
             classes = f" (classes 0..{generator.num_classes - 1} in turn)"
     elif class_ is not None:
         classes = f" of class {class_}"
-    samples = draw(generator, num, labels=labels, seed=seed)
+    from ganplug.train.threads import torch_threads
+
+    with torch_threads(0):  # the CPUs this process may use, as a training run
+        samples = draw(generator, num, labels=labels, seed=seed)
     if folder:
         paths = save_image_files(samples, target, value_range=generator.value_range)
         click.echo(f"wrote {len(paths)} images{classes} to {target}{os.sep} ({paths[0].name} .. {paths[-1].name})")

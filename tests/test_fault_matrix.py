@@ -320,7 +320,10 @@ def test_a_plugin_loss_raising_mid_run_is_named_the_step_before_saved_and_resume
 
 def test_a_plugin_dataset_raising_mid_run_is_named_and_resume_equals(site, reference, tmp_path):
     run_dir = tmp_path / "run"
-    reads_before_step_6 = 1 + 256 + 16 * 5  # the shape probe, the plot's real points, five batches
+    from ganplug.data.access import SHAPE_CHECKED_ITEMS
+
+    # the first item, the shape check's items, the plot's real points, five batches
+    reads_before_step_6 = 1 + SHAPE_CHECKED_ITEMS + 256 + 16 * 5
     done = train(site, run_dir, DATA_BOOM_AT=reads_before_step_6 + 3)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]

@@ -170,7 +170,7 @@ def test_a_bad_value_is_one_line_with_exit_code_2(tmp_path, capsys):
     config_file.write_text('lr_decay = "cosine"\n')
     code, out, err = run_main(capsys, "train", *CLI_ARGS, "--config", str(config_file), "--out", str(tmp_path / "b"))
     assert code == 2 and out == ""
-    assert err == "Error: lr_decay must be none or linear, got 'cosine': pass --lr-decay linear (or none)\n"
+    assert err == f"Error: {config_file}: lr_decay must be none or linear, got 'cosine': pass --lr-decay linear (or none)\n"
     assert not (tmp_path / "b").exists()
     with pytest.raises(UsageError, match="lr_decay must be none or linear, got 1"):
         quiet_train(tiny(2, lr_decay=1), tmp_path / "c")

@@ -222,3 +222,24 @@ def test_a_checkpoint_left_in_a_folder_of_no_run_still_loads(tmp_path):
     assert load_checkpoint(loose)["step"] == 2
     with pytest.raises(UsageError, match="no run directory or checkpoint"):
         LoadedCheckpoint.read(tmp_path / "absent")
+
+
+def test_fork_into_a_directory_that_holds_a_run_names_fork(tmp_path, capsys):
+    ours, theirs = two_runs(tmp_path)
+    status, err = cli(capsys, "train", "--resume", str(ours), "--steps", "8", "--fork", str(theirs), "-q")
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"{theirs} already holds a run" in err and "choose another --fork" in err and "--out" not in err
+
+
+def test_a_fork_is_a_run_of_its_own(tmp_path, capsys):
+    ours, _ = two_runs(tmp_path)
+    branch = tmp_path / "branch"
+    status, err = cli(capsys, "train", "--resume", str(ours / "checkpoints" / "step_000004.pt"), "--steps", "6",
+                      "--fork", str(branch), "-q")
+    assert status == 0, err
+    assert read_run_id(branch) not in (None, read_run_id(ours))
+    assert load_checkpoint(branch)["run_id"] == read_run_id(branch)
+    assert load_checkpoint(branch / "checkpoints" / "step_000004.pt")["run_id"] == read_run_id(branch)
+    for key in ("generator", "discriminator"):  # a straight run from step 4 to 6 is what ours did
+        for name, tensor in load_checkpoint(ours)[key].items():
+            assert torch.equal(load_checkpoint(branch)[key][name], tensor), name
