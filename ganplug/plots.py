@@ -13,7 +13,6 @@ so frames of a run line up and a pixel maps back to a data coordinate.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import sys

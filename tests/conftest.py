@@ -138,6 +138,39 @@ def read_metrics(run_dir, *, missing_ok: bool = False) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def tiny_config(steps: int, **knobs):
+    """A TrainConfig of a tiny mlp/bce run on 256 ring8 points, batch 16, a metrics line per step,
+    no pictures or checkpoints unless ``knobs`` ask (seconds on one core)."""
+    from ganplug.train import TrainConfig
+
+    values = dict(
+        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
+        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
+    )
+    values.update(knobs)
+    return TrainConfig(**values)
+
+
+def assert_same_run(reference, run_dir, steps: int) -> None:
+    """``run_dir`` ended as ``reference`` did at step ``steps``: the same final weights and optimiser
+    states, bit for bit (``latest.pt``), and the same losses per step (metrics.jsonl)."""
+    from pathlib import Path
+
+    load = lambda d: torch.load(Path(d) / "checkpoints" / "latest.pt", weights_only=True)
+    ours, theirs = load(run_dir), load(reference)
+    assert ours["step"] == theirs["step"] == steps
+    for key in ("generator", "discriminator"):
+        for name, tensor in theirs[key].items():
+            assert torch.equal(ours[key][name], tensor), f"{key}.{name}"
+    for key in ("optimizer_g", "optimizer_d"):
+        for index, state in theirs[key]["state"].items():
+            for name, tensor in state.items():
+                assert torch.equal(ours[key]["state"][index][name], tensor), f"{key}.{index}.{name}"
+    losses = lambda d: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(d) if "eval" not in r]
+    assert losses(run_dir) == losses(reference)
+
+
 def quiet_train(config, run_dir, **kwargs) -> str:
     """``ganplug.train.train`` without the progress display; returns what it would have printed."""
     import io

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import read_metrics
+from conftest import assert_same_run
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -79,23 +78,8 @@ def reference(tmp_path_factory) -> Path:
     return run_dir
 
 
-def latest(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
-
-
 def assert_same_as(reference: Path, run_dir: Path) -> None:
-    """The same final weights and optimiser states, bit for bit, and the same losses per step."""
-    ours, theirs = latest(run_dir), latest(reference)
-    assert ours["step"] == theirs["step"] == STEPS
-    for key in ("generator", "discriminator"):
-        for name, tensor in theirs[key].items():
-            assert torch.equal(ours[key][name], tensor), f"{key}.{name}"
-    for key in ("optimizer_g", "optimizer_d"):
-        for index, state in theirs[key]["state"].items():
-            for name, tensor in state.items():
-                assert torch.equal(ours[key]["state"][index][name], tensor), f"{key}.{index}.{name}"
-    losses = lambda d: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(d) if "eval" not in r]
-    assert losses(run_dir) == losses(reference)
+    assert_same_run(reference, run_dir, STEPS)
 
 
 def test_the_matrix_has_thirteen_deterministic_points_and_seeded_random_steps():

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import quiet_train, read_metrics
+from conftest import quiet_train, read_metrics, tiny_config as tiny
 
 from ganplug.errors import GanplugError
-from ganplug.train import TrainConfig, train
+from ganplug.train import train
 from ganplug.train import guard as guard_module
 from ganplug.train.build import build_run
 from ganplug.train.checkpoint import load_checkpoint, save_checkpoint
@@ -24,14 +24,7 @@ from ganplug.train.step import make_optimizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(steps: int, **knobs) -> TrainConfig:
-    values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
-        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
-        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
-    )
-    values.update(knobs)
-    return TrainConfig(**values)
+
 
 
 class Recorder(Callback):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics
+from conftest import read_metrics, tiny_config as tiny
 from test_crash_matrix import environment
 
 from ganplug.cli import main
@@ -28,14 +28,7 @@ POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(steps: int, **knobs) -> TrainConfig:
-    values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
-        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
-        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
-    )
-    values.update(knobs)
-    return TrainConfig(**values)
+
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -96,7 +89,7 @@ def test_kill_9_between_a_step_file_and_latest_resumes_the_step_file(tmp_path, c
     orphan.write_bytes(b"half")
     status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "11", "-q")
     assert status == 0, err
-    assert "resuming" in err and f"at step 8 of 11" in err
+    assert "resuming" in err and "at step 8 of 11" in err
     assert load_checkpoint(latest)["step"] == 11
     assert not [p.name for p in latest.parent.iterdir() if p.name.startswith(".")]  # orphaned temp files removed
     assert [r["step"] for r in metrics(run_dir)] == list(range(1, 12))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_main
+from conftest import run_main, tiny_config as tiny
 
 import ganplug
 from ganplug import files, plots
@@ -26,14 +26,7 @@ from ganplug.train.checkpoint import load_checkpoint
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(steps: int, **knobs) -> TrainConfig:
-    values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
-        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
-        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
-    )
-    values.update(knobs)
-    return TrainConfig(**values)
+
 
 
 @pytest.fixture(scope="module")
