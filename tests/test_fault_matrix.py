@@ -6,7 +6,7 @@ The run: mlp on a plugin dataset (``points``, a plain ``Dataset``, so batches go
 DataLoader) with a plugin loss (``gated``, the non-saturating loss), both from a distribution
 installed into a temporary site folder. The plugin is also how faults are placed at an exact
 step, without racing a signal: environment variables make its loss block at a step until the
-test has signalled (a "gate"), raise, or return NaN there, and its dataset raise at a given read
+test has signalled (a "gate": two pipes, see gated_process), raise, or return NaN there, and its dataset raise at a given read
 or block once the run's config.toml exists (start-up). kill -9 and a full disk are placed in
 ``torch.save`` by a driver script.
 """
@@ -14,10 +14,10 @@ or block once the run's config.toml exists (start-up). kill -9 and a full disk a
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,6 @@ STEPS = 40
 EVERY = 10
 PLUGIN = """
     import os
-    import time
     from pathlib import Path
 
     import torch
@@ -46,11 +45,8 @@ PLUGIN = """
 
 
     def _gate():
-        gate = Path(os.environ["GATE_DIR"])
-        (gate / "at").write_text("")
-        deadline = time.monotonic() + 120
-        while not (gate / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        os.write(int(os.environ["GATE_AT_FD"]), b"a")  # tell the test we are here
+        os.read(int(os.environ["GATE_GO_FD"]), 1)  # and block until it closes the gate's pipe
 
 
     class Gated(NonSaturatingLoss):
@@ -181,30 +177,42 @@ def assert_same_as(reference: Path, run_dir: Path) -> None:
 
 
 def gated_process(site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = False, **faults: object) -> subprocess.Popen:
-    """A run that blocks inside step ``GATE_STEP`` (or at start-up) until ``gate/go`` exists."""
+    """A run that blocks inside step ``GATE_STEP`` (or at start-up) until the test opens the gate.
+    Two pipes are the gate: the run writes a byte to one when it gets there, then reads the other
+    until the test closes it (:func:`wait_at_gate`, :func:`open_gate`); no timer decides anything."""
     gate.mkdir()
-    env = environment(site, GATE_DIR=gate, **faults)
+    at_read, at_write = os.pipe()
+    go_read, go_write = os.pipe()
+    env = environment(site, GATE_AT_FD=at_write, GATE_GO_FD=go_read, **faults)
     command = [sys.executable, "-m", "ganplug", "train", *ARGS, "--steps", str(STEPS), "--out", str(run_dir)]
     if shell_pipe:  # `ganplug train ... 2>&1 | tee log` in its own process group, as a terminal runs it
         line = " ".join(f"'{part}'" for part in command) + f" 2>&1 | tee '{gate / 'log'}'"
-        return subprocess.Popen(["bash", "-c", line], env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(["bash", "-c", line], env=env, start_new_session=True, pass_fds=(at_write, go_read),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   pass_fds=(at_write, go_read))
+    os.close(at_write)  # the run holds the only write end: its exit ends our read
+    os.close(go_read)
+    process.gate = (at_read, go_write)
+    return process
 
 
 def wait_at_gate(process: subprocess.Popen, gate: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not (gate / "at").exists():
-        assert process.poll() is None, f"exited early with {process.returncode}"
-        assert time.monotonic() < deadline, "the run never reached the gate"
-        time.sleep(0.02)
+    """Block until the run is at its gate (it wrote its byte); fail if it exited first."""
+    at_read = process.gate[0]
+    ready, _, _ = select.select([at_read], [], [], 300)  # a guard against a hang, never reached by a sound run
+    assert ready, "the run never reached the gate"
+    assert os.read(at_read, 1) == b"a", f"exited before the gate with {process.wait(timeout=60)}"
 
 
 def open_gate(process: subprocess.Popen, gate: Path) -> tuple[int, str]:
-    (gate / "go").write_text("")
+    at_read, go_write = process.gate
+    os.close(go_write)  # the run's read returns: it goes on (or has already stopped)
     try:
         _, err = process.communicate(timeout=120)
     finally:
+        os.close(at_read)
         if process.poll() is None:
             process.kill()
     return process.returncode, err or ""
