@@ -49,6 +49,7 @@ CASES = [
     ("picture-mid-write", 2, 15),  # half of samples/step_000020.png
     ("picture-after", 2, 15),  # step 20's pictures written, its checkpoint not begun
     ("mid-write", 1, 0),  # the first checkpoint: nothing complete, the run starts again
+    ("after-checkpoint", 6, STEPS),  # the last checkpoint written, killed before losses.png: done
     *[("in-step", n, (n - 1) // EVERY * EVERY) for n in RANDOM_STEPS],  # random steps (seeded)
 ]
 
@@ -82,8 +83,8 @@ def assert_same_as(reference: Path, run_dir: Path) -> None:
     assert_same_run(reference, run_dir, STEPS)
 
 
-def test_the_matrix_has_thirteen_deterministic_points_and_seeded_random_steps():
-    assert len({(point, n) for point, n, _ in CASES[:13]}) == 13
+def test_the_matrix_has_fourteen_deterministic_points_and_seeded_random_steps():
+    assert len({(point, n) for point, n, _ in CASES[:14]}) == 14
     assert RANDOM_STEPS == [random.Random(seed).randint(1, STEPS - 1) for seed in (0, 1, 2)]
 
 
@@ -96,7 +97,9 @@ def test_a_kill_at_each_point_resumes_with_plain_resume_and_equals_the_straight_
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     done = ganplug("train", "--resume", str(run_dir))
     assert done.returncode == 0, done.stderr
-    if resumed:
+    if resumed == STEPS:
+        assert f"{run_dir} is done: step {STEPS} of {STEPS}" in done.stderr, done.stderr
+    elif resumed:
         assert f"resuming {run_dir} at step {resumed} of {STEPS}" in done.stderr, done.stderr
     else:
         assert "no checkpoint yet" in done.stderr, done.stderr

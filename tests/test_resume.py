@@ -139,11 +139,17 @@ def test_resuming_an_older_checkpoint_is_refused_until_asked_to_discard_the_newe
     assert_same_run(reference[name], run_dir)
 
 
-def test_resume_when_already_done_is_an_error(tmp_path):
+def test_resume_of_a_finished_run_says_so_and_changes_nothing_and_going_back_is_an_error(tmp_path):
+    """A job script that restarts `ganplug train --resume RUN` until it succeeds ends once the run
+    is done (exit 0), even when the run was killed after its last checkpoint."""
     run_dir = tmp_path / "run"
     quiet_train(config_of("mlp-wgan-gp-ring8", 2), run_dir)
-    with pytest.raises(GanplugError, match="already at step 2 of 2: pass --steps N with N > 2"):
-        resume(run_dir, 2)
+    written = lambda: {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = written()
+    assert f"{run_dir} is done: step 2 of 2; pass --steps N with N > 2 to train further" in resume(run_dir, 2)
+    assert written() == before
+    with pytest.raises(GanplugError, match=r"already at step 2, past --steps 1: pass --steps N with N > 2"):
+        resume(run_dir, 1)
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------

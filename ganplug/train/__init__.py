@@ -184,8 +184,9 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         stored_config,
     )
     from ganplug.train.loop import Trainer
-    from ganplug.train.threads import threads_note
+    from ganplug.train.progress import Progress
     from ganplug.train.rundir import locked, new_run_id, read_run_id, write_run_id
+    from ganplug.train.threads import threads_note
 
     if world is not None and str(config.device).startswith("cuda:"):
         raise UsageError(
@@ -247,11 +248,12 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         distributed.barrier(world)
         trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
         trainer.load_state_dict(state, checkpoint)
-        if trainer.step >= run.config.steps:
-            raise UsageError(
-                f"{run_dir} is already at step {trainer.step} of {run.config.steps}: "
-                f"pass --steps N with N > {trainer.step} to train further"
-            )
+        further = f"pass --steps N with N > {trainer.step} to train further"
+        if trainer.step > run.config.steps:
+            raise UsageError(f"{run_dir} is already at step {trainer.step}, past --steps {run.config.steps}: {further}")
+        if trainer.step == run.config.steps:  # resumed again after it ended (or was killed as it ended)
+            Progress(0, quiet=True, stream=stream).message(f"{run_dir} is done: step {trainer.step} of {run.config.steps}; {further}")
+            return run_dir
         trainer.trim_metrics()
         if main:
             write_config(run.config, run_dir, run.provenance)
@@ -260,8 +262,6 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
     if world is not None:
         per_rank = run.config.batch_size // world.world_size
         trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"
-    from ganplug.train.progress import Progress
-
     Progress(0, quiet=True, stream=stream).message(trainer_message)
     trainer.fit()
     return run_dir
