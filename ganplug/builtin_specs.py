@@ -1,10 +1,13 @@
-"""The built-in architectures, losses, datasets, metrics and loggers, registered through the same hooks as any
-third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live here: the factories are named
-as ``"module:function"`` strings so listing them does not import torch."""
+"""The built-in architectures, losses, datasets, metrics, loggers and augmentations, registered
+through the same hooks as any third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live
+here: the factories are named as ``"module:function"`` strings so listing them does not import
+torch."""
 
 from __future__ import annotations
 
-from ganplug.plugin import ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, hookimpl
+from ganplug.plugin import (
+    ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, hookimpl,
+)
 
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
 
@@ -286,5 +289,21 @@ def ganplug_loggers() -> list[LoggerSpec]:
             summary="scalars, evaluations and sample pictures into RUN_DIR/tensorboard/ (pip install 'ganplug[tensorboard]')",
             factory="ganplug.train.loggers:tensorboard",
             options=(Option("flush_secs", int, 30, "seconds between writes of the event file to disk"),),
+        ),
+    ]
+
+
+@hookimpl
+def ganplug_augmentations() -> list[AugmentationSpec]:
+    return [
+        AugmentationSpec(
+            name="diffaugment",
+            summary="images: DiffAugment's colour, translation and cutout, per sample, differentiable (Zhao et al. 2020)",
+            factory="ganplug.augment:DiffAugment",
+            options=(
+                Option("policy", str, "color,translation,cutout", "the transforms, a comma-separated subset of color,translation,cutout"),
+                Option("translation", float, 0.125, "largest shift, as a fraction of the side (zero-padded)"),
+                Option("cutout", float, 0.5, "side of the cut-out square, as a fraction of the image's side"),
+            ),
         ),
     ]

@@ -84,10 +84,11 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", metavar="[archs|losses|datasets|metrics|loggers]", required=False)
+@click.argument("kind", metavar="[archs|losses|datasets|metrics|loggers|augmentations]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(kind: str | None, as_json: bool) -> None:
-    """List architectures, losses, datasets, metrics or loggers (all without KIND) with summaries and options."""
+    """List architectures, losses, datasets, metrics, loggers or augmentations (all without KIND) with summaries and
+    options."""
     kinds = [resolve_kind(kind)] if kind else list(KINDS.values())
     registry = get_registry()
     if as_json:

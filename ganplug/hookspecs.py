@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ganplug.plugin import PROJECT, ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec
+from ganplug.plugin import PROJECT, ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -39,3 +39,8 @@ def ganplug_metrics() -> list[MetricSpec]:
 @hookspec
 def ganplug_loggers() -> list[LoggerSpec]:
     """Training loggers this plugin adds (``ganplug train --logger NAME``)."""
+
+
+@hookspec
+def ganplug_augmentations() -> list[AugmentationSpec]:
+    """Differentiable augmentations of what the discriminator sees (``ganplug train --augment NAME``)."""

@@ -43,6 +43,15 @@ Factory contracts (what ``spec.load()(...)`` must return):
   ``images(step, path)`` (each sample picture), ``evaluation(step, results: dict[str, dict[str,
   float]])`` and ``close()``; called on rank 0 only. A logger that raises is reported once and
   switched off; the run goes on.
+- augmentation: ``factory(ctx: AugmentContext, **options) -> augment`` (:class:`Augmentation`), a
+  callable ``augment(x: Tensor, p: Tensor) -> Tensor`` applied to every batch the discriminator
+  sees (``ganplug train --augment NAME``): ``x`` is ``(N, *ctx.data_shape)``, ``p`` a 0-d float32
+  tensor on x's device, the probability with which each transform is applied to each sample
+  (fixed, or adapted during the run: ``--augment-p``); it returns a tensor of x's shape and dtype,
+  differentiable in ``x`` to second order (R1 and the gradient penalty differentiate through
+  it), and draws its randomness from torch's global RNG of x's device (the run's, saved in
+  checkpoints) without reading values back to the host. A data shape it cannot take raises
+  :class:`ganplug.errors.GanplugError` with a one-line reason.
 
 Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as
 it is, exit code 2); anything else a factory, a loss, a dataset or a metric raises is reported as
@@ -69,9 +78,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # The plugin API's version, raised by one with each change a plugin can see: 1, the first release
 # (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
-# ``metric(samples, context)``. An old form keeps working, with a PluginAPIWarning, for at least
+# ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive). An old form keeps working, with a PluginAPIWarning, for at least
 # OLD_FORMS_KEPT more versions (docs/plugins.md, "The plugin API as a contract").
-API_VERSION = 2
+API_VERSION = 3
 OLD_FORMS_KEPT = 2
 
 
@@ -326,6 +335,27 @@ class LoggerSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class AugmentationSpec(_Spec):
+    """A differentiable augmentation of what the discriminator sees (``--augment NAME``):
+    ``factory(ctx: AugmentContext, **options) -> augment(x, p)`` (:class:`Augmentation`)."""
+
+    kind = "augmentation"
+
+
+@dataclass(frozen=True)
+class AugmentContext:
+    """What an augmentation factory is told about the run.
+
+    data_shape: one sample, e.g. ``(1, 28, 28)``; the augmentation sees batches ``(N, *data_shape)``
+        (each sample of a PacGAN pack on its own: augmentation comes before packing).
+    value_range: ``(low, high)`` of the samples, or None when unbounded.
+    """
+
+    data_shape: tuple[int, ...]
+    value_range: tuple[float, float] | None = (-1.0, 1.0)
+
+
+@dataclass(frozen=True)
 class ModelContext:
     """What an architecture factory is told about the run.
 
@@ -435,6 +465,13 @@ class Metric(Protocol):
     def __call__(self, samples: Tensor, context: MetricContext) -> Mapping[str, float]: ...
 
 
+class Augmentation(Protocol):
+    """What an augmentation factory returns: ``augment(x, p) -> x'`` of x's shape (see the module
+    docstring and docs/plugins.md)."""
+
+    def __call__(self, x: Tensor, p: Tensor) -> Tensor: ...
+
+
 class Logger(Protocol):
     """What a logger factory ``factory(run_dir: Path, **options)`` returns (docs/plugins.md)."""
 
@@ -454,6 +491,9 @@ __all__ = [
     "DEFAULT_METRIC_SAMPLES",
     "OLD_FORMS_KEPT",
     "ArchitectureSpec",
+    "AugmentContext",
+    "Augmentation",
+    "AugmentationSpec",
     "Critic",
     "DataContext",
     "DatasetSpec",

@@ -34,10 +34,10 @@ import pluggy
 from ganplug import hookspecs
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError, debug_enabled
 from ganplug.plugin import (
-    API_VERSION,
     OLD_FORMS_KEPT,
     PROJECT,
     ArchitectureSpec,
+    AugmentationSpec,
     DatasetSpec,
     LoggerSpec,
     LossSpec,
@@ -66,6 +66,7 @@ KINDS: dict[str, Kind] = {
         Kind("dataset", "datasets", "ganplug_datasets", DatasetSpec),
         Kind("metric", "metrics", "ganplug_metrics", MetricSpec),
         Kind("logger", "loggers", "ganplug_loggers", LoggerSpec),
+        Kind("augmentation", "augmentations", "ganplug_augmentations", AugmentationSpec),
     )
 }
 
@@ -526,15 +527,16 @@ def origin_of(spec: Any) -> str:
 _OLD_FORMS_WARNED: dict[Any, Any] = {}  # the warnings registry of warn_old_form: once per function and message
 
 
-def warn_old_form(spec: Any, function: Any, old: str, new: str) -> None:
+def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> None:
     """A :class:`~ganplug.plugin.PluginAPIWarning` that ``spec``'s plugin calls for the ``old`` form
     of the plugin API in ``function`` (which still works): the message names the plugin and the
-    ``new`` form to write, and points at ``function``'s definition; shown once per function."""
+    ``new`` form to write, which came with API ``since`` (the old form is kept until API ``since +
+    OLD_FORMS_KEPT``), and points at ``function``'s definition; shown once per function."""
     target = inspect.unwrap(function)
     code = getattr(target, "__code__", None) or getattr(getattr(type(target), "__call__", None), "__code__", None)
     message = (
         f"{origin_of(spec)}: {spec.kind} {spec.name!r} uses the old call form {old}; write {new} "
-        f"(ganplug plugin API {API_VERSION}; the old form keeps working at least until API {API_VERSION + OLD_FORMS_KEPT})"
+        f"(ganplug plugin API {since}; the old form keeps working at least until API {since + OLD_FORMS_KEPT})"
     )
     warnings.warn_explicit(
         message,

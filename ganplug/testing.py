@@ -9,7 +9,7 @@ One line checks a whole plugin (every spec it registers, with default options)::
         ganplug.testing.check_plugin(my_plugin.plugin)
 
 or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`,
-:func:`check_dataset`, :func:`check_metric`, :func:`check_logger`. Every check runs on CPU with the global RNG seeded (its state is restored
+:func:`check_dataset`, :func:`check_metric`, :func:`check_logger`, :func:`check_augmentation`. Every check runs on CPU with the global RNG seeded (its state is restored
 afterwards, so checks do not disturb the caller's randomness) and raises ``AssertionError``
 that starts with the spec (``"loss 'hinge': ..."``) and says what is wrong.
 
@@ -22,10 +22,11 @@ import functools
 import math
 from typing import Any, Mapping
 
-from ganplug.plugin import ArchitectureSpec, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
+from ganplug.plugin import ArchitectureSpec, AugmentContext, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
 
 __all__ = [
-    "check_architecture", "check_dataset", "check_defaults", "check_logger", "check_loss", "check_metric", "check_plugin",
+    "check_architecture", "check_augmentation", "check_dataset", "check_defaults", "check_logger", "check_loss",
+    "check_metric", "check_plugin",
 ]
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
@@ -576,13 +577,50 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
     return logger
 
 
+# Shapes check_plugin tries, in order, for an augmentation: images first, then 2-D points.
+AUGMENTATION_SHAPES: tuple[tuple[int, ...], ...] = ((3, 16, 16), (1, 8, 8), (2,))
+
+
+@_seeded
+def check_augmentation(spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), batch_size: int = 8, **options: Any) -> Any:
+    """Build the augmentation for samples of ``data_shape`` and apply it, with p = 1, to a batch
+    ``(batch_size, *data_shape)`` as the trainer does. Asserts that the output is a tensor of the
+    input's shape and dtype; that the gradient reaches the input (non-zero) and can be
+    differentiated again (R1 and the gradient penalty need the second order); that a draw
+    seeded with ``torch.manual_seed`` repeats exactly. Returns the augmentation."""
+    import torch
+
+    check_defaults(spec)
+    augment = spec.load()(AugmentContext(tuple(data_shape)), **spec.resolve_options(options))
+    _require(callable(augment), spec, f"the factory returned {type(augment).__name__}, expected a callable augment(x, p)")
+    p = torch.tensor(1.0)
+    x = torch.randn(batch_size, *data_shape).clamp(-1, 1).requires_grad_(True)
+    torch.manual_seed(1)
+    out = augment(x, p)
+    _require(
+        isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype,
+        spec, f"augment(x, p) returned {_shape(out)} {getattr(out, 'dtype', '')}, expected x's {_shape(x)} {x.dtype}",
+    )
+    weight = torch.randn(data_shape, requires_grad=True)  # a linear critic
+    (grad,) = torch.autograd.grad((out * weight).sum(), x, create_graph=True, allow_unused=True)
+    _require(grad is not None and bool(torch.any(grad != 0)), spec, "no gradient reaches the input x")
+    _require(grad.requires_grad, spec, "its input gradient cannot be differentiated again (R1, the gradient penalty)")
+    (second,) = torch.autograd.grad(grad.pow(2).sum(), weight, allow_unused=True)
+    _require(second is not None, spec, "the critic's weights get no gradient through the input gradient (second order)")
+    torch.manual_seed(1)
+    again = augment(x.detach(), p)
+    _require(torch.equal(out.detach(), again), spec, "two draws under the same torch.manual_seed gave different outputs")
+    return augment
+
+
 def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[str]]:
     """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the
     built-ins, assert it loads (status ok) and registers at least one spec, then run
     :func:`check_architecture` (on the first of :data:`DATA_SHAPES` it accepts, bounded with
     BatchNorm allowed and again unbounded without; a conditional spec also with 3 classes),
     :func:`check_loss`, :func:`check_dataset`,
-    :func:`check_metric` or :func:`check_logger` on every spec it registers. ``options`` maps a spec name to keyword options for its check
+    :func:`check_metric`, :func:`check_logger` or :func:`check_augmentation` (on the first of
+    :data:`AUGMENTATION_SHAPES` it accepts) on every spec it registers. ``options`` maps a spec name to keyword options for its check
     (default options otherwise). Returns what it registers, ``{kind: [names]}``.
     """
     from ganplug.errors import GanplugError
@@ -640,6 +678,24 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
                 check_dataset(spec, **given)
             elif kind == "metric":
                 check_metric(spec, **given)
+            elif kind == "augmentation":
+                _check_augmentation_shapes(spec, given)
             else:
                 check_logger(spec, **given)
     return dict(info.registers)
+
+
+def _check_augmentation_shapes(spec: Any, given: dict[str, Any]) -> None:
+    """:func:`check_augmentation` on ``given["data_shape"]``, else on the first of
+    :data:`AUGMENTATION_SHAPES` the factory accepts (one refused raises GanplugError)."""
+    from ganplug.errors import GanplugError
+
+    shapes = [tuple(given.pop("data_shape"))] if "data_shape" in given else list(AUGMENTATION_SHAPES)
+    reasons = []
+    for shape in shapes:
+        try:
+            check_augmentation(spec, data_shape=shape, **given)
+            return
+        except GanplugError as error:
+            reasons.append(f"{shape}: {error}")
+    raise AssertionError(f"augmentation {spec.name!r} builds for none of the data shapes tried: " + "; ".join(reasons))

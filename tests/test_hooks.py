@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ganplug import hookspecs
-from ganplug.plugin import ArchitectureSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, hookimpl
+from ganplug.plugin import ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, hookimpl
 from ganplug.registry import KINDS, Registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -22,11 +22,15 @@ EXAMPLE_SPECS = {
     DatasetSpec: DatasetSpec("hooked-data", "s", "ganplug.data.synthetic:ring8", value_range=None),
     MetricSpec: MetricSpec("hooked-metric", "s", "ganplug.metrics.mixtures:build", datasets=("ring8",)),
     LoggerSpec: LoggerSpec("hooked-logger", "s", "ganplug.train.loggers:tensorboard"),
+    AugmentationSpec: AugmentationSpec("hooked-augmentation", "s", "ganplug.augment:DiffAugment"),
 }
 
 
 def test_there_are_hooks():
-    assert HOOKS == ["ganplug_architectures", "ganplug_datasets", "ganplug_loggers", "ganplug_losses", "ganplug_metrics"]
+    assert HOOKS == [
+        "ganplug_architectures", "ganplug_augmentations", "ganplug_datasets", "ganplug_loggers", "ganplug_losses",
+        "ganplug_metrics",
+    ]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -410,6 +410,7 @@ def test_the_plugin_module_holds_every_public_type_and_stays_torch_free():
         "hookimpl", "ArchitectureSpec", "LossSpec", "DatasetSpec", "MetricSpec", "LoggerSpec", "Option", "ModelContext",
         "DataContext", "MetricContext", "Recipe", "GANLoss", "Critic", "Metric", "Logger", "RealData", "GanplugError",
         "MetricUnavailable", "API_VERSION", "OLD_FORMS_KEPT", "PluginAPIWarning", "DEFAULT_METRIC_SAMPLES",
+        "AugmentationSpec", "AugmentContext", "Augmentation",
     }
     assert set(ganplug.plugin.__all__) == expected
     assert int(done.stdout) == len(expected)
@@ -421,7 +422,7 @@ def test_the_docs_name_every_public_type_and_every_api_version():
     missing = [name for name in ganplug.plugin.__all__ if f"`{name}`" not in table and name != "OLD_FORMS_KEPT"]
     assert not missing, f"docs/plugins.md's table of ganplug.plugin lacks {missing}"
     assert "`OLD_FORMS_KEPT` (2)" in docs and ganplug.plugin.OLD_FORMS_KEPT == 2
-    assert isinstance(API_VERSION, int) and API_VERSION == 2
+    assert isinstance(API_VERSION, int) and API_VERSION == 3
     rows = re.findall(r"^\| (\d+) \|", docs, flags=re.MULTILINE)
     assert [int(r) for r in rows] == list(range(1, API_VERSION + 1))
 

@@ -52,6 +52,7 @@ def test_builtins_register_through_the_hooks():
         "dataset": ["gaussian", "ring8", "grid25", "digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"],
         "metric": ["modes", "gaussian-fit", "digits-quality", "mnist-quality", "inception"],
         "logger": ["tensorboard"],
+        "augmentation": ["diffaugment"],
     }
     assert reg.resolve("loss", "vanilla") is reg.resolve("loss", "bce")
     assert reg.resolve("loss", "ganplug:vanilla").name == "bce"

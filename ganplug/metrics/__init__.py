@@ -178,7 +178,7 @@ def current_form(spec: Any, metric: Any) -> Any:
         return metric
     from ganplug.registry import warn_old_form
 
-    warn_old_form(spec, metric, OLD_FORM, NEW_FORM)
+    warn_old_form(spec, metric, OLD_FORM, NEW_FORM, since=2)
 
     def called_as_before(samples: Any, context: MetricContext, **labels: Any) -> Any:
         return metric(samples, dataset=context.dataset, dataset_options=dict(context.options), **labels)

@@ -35,6 +35,7 @@ __all__ = [
     "gradient_penalty",
     "dropout",
     "dropout_seeds",
+    "diff_augment",
     "reference",
 ]
 
@@ -396,3 +397,29 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
         if input.numel() == 0 or not _use_kernels(input):
             return reference.dropout(input, float(p), _draw_seed())
     return torch.ops.ganplug.dropout(input, float(p), _draw_seed())
+
+
+def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """DiffAugment's colour, translation and cutout (Zhao et al. 2020) of images ``x`` (N, C, H, W)
+    with the per-sample parameters ``shift`` (N, 2) int64, ``cut`` (N, 4) int64 and ``color``
+    (N, 3) float drawn by :func:`ganplug.augment.draw_diff_augment`; returns x's shape and dtype.
+    What it computes: :func:`ganplug.ops.reference.diff_augment`. Differentiable in ``x`` to any
+    order (R1 and the gradient penalty differentiate through it).
+
+    No compiled kernel yet: this runs the reference twin, which the fused op will replace behind
+    this call (the parameters are drawn before the call, so the op itself is deterministic)."""
+    _check_tensor("diff_augment", "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"diff_augment: x must be float images (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    n = x.shape[0]
+    for name, value, width, integer in (("shift", shift, 2, True), ("cut", cut, 4, True), ("color", color, 3, False)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"diff_augment: {name} must be a torch.Tensor, got {type(value).__name__}")
+        kind_ok = value.dtype == torch.int64 if integer else value.is_floating_point()
+        if tuple(value.shape) != (n, width) or not kind_ok or value.device != x.device:
+            expected = "int64" if integer else "float"
+            raise ValueError(
+                f"diff_augment: {name} must be {expected} ({n}, {width}) on {x.device}, got {value.dtype} "
+                f"{tuple(value.shape)} on {value.device}"
+            )
+    return reference.diff_augment(x, shift, cut, color)

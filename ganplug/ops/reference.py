@@ -131,3 +131,44 @@ def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Te
     scale = x.new_full((), 1.0 / (1.0 - p))  # a fill, not a host-to-device copy (CUDA graphs)
     factor = torch.where(dropout_keep(input.shape, p, seed, input.device), scale, torch.zeros_like(scale))
     return (x * factor).to(input.dtype)
+
+
+# --- DiffAugment (Zhao et al. 2020): colour, translation, cutout from drawn parameters -------------
+
+
+def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """Images ``x`` (N, C, H, W) with per-sample parameters applied, in this order:
+
+    - colour, ``color`` (N, 3) = (b, s, c): ``x + b``; then saturation ``(x - m_c) * s + m_c``
+      with ``m_c`` the mean over channels (a no-op when C = 1); then contrast
+      ``(x - m) * c + m`` with ``m`` the mean over (C, H, W). Identity: (0, 1, 1).
+    - translation, ``shift`` (N, 2) int64 = (dy, dx): output pixel (i, j) is pixel
+      (i - dy, j - dx), zero where that lies outside the image. Identity: (0, 0).
+    - cutout, ``cut`` (N, 4) int64 = (y0, y1, x0, x1): pixels with y0 <= i < y1 and x0 <= j < x1
+      are zeroed (bounds may lie outside the image). Identity: y0 = y1.
+
+    Returns x's shape and dtype. Made of differentiable torch ops (gathers, masks, means), so it
+    is differentiable in ``x`` (and ``color``) to any order.
+    """
+    n, channels, height, width = x.shape
+    y = x.to(_compute_dtype(x))
+    b, s, c = (color[:, k].to(y.dtype).reshape(n, 1, 1, 1) for k in range(3))
+    y = y + b
+    if channels > 1:
+        y = y + (y - y.mean(dim=1, keepdim=True)) * (s - 1.0)  # (y - m) * s + m, exact at s = 1
+    y = y + (y - y.mean(dim=(1, 2, 3), keepdim=True)) * (c - 1.0)
+    rows = torch.arange(height, device=x.device) - shift[:, 0:1]  # (N, H): the source row of each row
+    cols = torch.arange(width, device=x.device) - shift[:, 1:2]  # (N, W)
+    shape = (n, channels, height, width)
+    y = y.gather(2, rows.clamp(0, height - 1).reshape(n, 1, height, 1).expand(shape))
+    y = y.gather(3, cols.clamp(0, width - 1).reshape(n, 1, 1, width).expand(shape))
+    i = torch.arange(height, device=x.device)
+    j = torch.arange(width, device=x.device)
+    cut_rows = (i >= cut[:, 0:1]) & (i < cut[:, 1:2])  # (N, H)
+    cut_cols = (j >= cut[:, 2:3]) & (j < cut[:, 3:4])  # (N, W)
+    inside_rows = (rows >= 0) & (rows < height)
+    inside_cols = (cols >= 0) & (cols < width)
+    keep = (inside_rows.reshape(n, 1, height, 1) & inside_cols.reshape(n, 1, 1, width)) & ~(
+        cut_rows.reshape(n, 1, height, 1) & cut_cols.reshape(n, 1, 1, width)
+    )
+    return (y * keep.to(y.dtype)).to(x.dtype)
