@@ -15,7 +15,9 @@ import click
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, get_registry, resolve_kind
-from ganplug.train.config import KNOBS, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text, parse_pairs, validate_config
+from ganplug.train.config import (
+    KNOBS, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text, merge_named, parse_named_pairs, parse_pairs, validate_config,
+)
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ def _knob_option(field_name: str) -> Any:
         kwargs["shell_complete"] = _complete_names(meta.completes)
     if meta.kind is bool:
         kwargs.update(is_flag=True, default=None)
-    elif meta.kind in ("pairs", "names"):
+    elif meta.kind in ("pairs", "named_pairs", "names"):
         kwargs["multiple"] = True
     elif meta.choices:
         kwargs["type"] = click.Choice(list(meta.choices))
@@ -225,10 +227,12 @@ def build_config(given: dict[str, Any]):
         config = as_template(read_config_file(given["config_file"]), {name: given.get(name) for name in SPEC_NAME.values()})
     for name, meta in KNOBS.items():
         value = given.get(meta.param)
-        if value is None or (meta.kind in ("pairs", "names") and not value):
+        if value is None or (meta.kind in ("pairs", "named_pairs", "names") and not value):
             continue
         if meta.kind == "pairs":
             value = {**getattr(config, name), **parse_pairs(meta.flag, value)}
+        elif meta.kind == "named_pairs":
+            value = merge_named(getattr(config, name), parse_named_pairs(meta.flag, value))
         elif meta.kind == "names":
             value = list(value)
         elif meta.parse is not None:

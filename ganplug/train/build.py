@@ -19,10 +19,10 @@ from torch import nn
 from ganplug.data.access import check_sample_shapes, sample_of
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import interface_problem
-from ganplug.plugin import ArchitectureSpec, DatasetSpec, DataContext, LossSpec, ModelContext
+from ganplug.plugin import ArchitectureSpec, AugmentationSpec, AugmentContext, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.noise import draw_latent
-from ganplug.train.config import TrainConfig, resolve, validate_config
+from ganplug.train.config import TrainConfig, augment_provenance_key, augment_specs, resolve, validate_config
 
 IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
 VECTOR_LATENT_DIM = 8  # default size of z for everything else
@@ -36,6 +36,7 @@ class Run:
     value_range: ``(low, high)`` of the samples, or ``None`` when unbounded.
     latent / latent_dim: the noise z ~ ``latent`` of shape ``(N, latent_dim)``.
     num_classes: K > 0 in a conditional run (G and D take the labels), else 0.
+    augmentations: ``(spec, augment)`` of each ``--augment``, in order (``augment(x, p)``).
     """
 
     config: TrainConfig
@@ -54,6 +55,7 @@ class Run:
     critic_batchnorm: bool
     num_classes: int = 0
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind -> Registry.provenance
+    augmentations: list[tuple[AugmentationSpec, Any]] = dataclasses.field(default_factory=list)
 
     def model_info(self) -> dict[str, Any]:
         """What :func:`build_models` needs besides the config (stored in checkpoints)."""
@@ -246,7 +248,8 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
     """
     validate_config(config)  # the names, before they are looked up
     arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
-    config = resolve(config, specs=(arch_spec, loss_spec, dataset_spec))
+    augment_spec_list = augment_specs(config.augment, provenance)
+    config = resolve(config, specs=(arch_spec, loss_spec, dataset_spec), augment_specs=augment_spec_list)
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
 
@@ -281,6 +284,17 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         )
 
     num_classes = dataset_classes(dataset, dataset_spec, arch_spec) if config.conditional else 0
+    value_range = tuple(float(v) for v in dataset_spec.value_range) if dataset_spec.value_range is not None else None
+    augment_ctx = AugmentContext(data_shape=tuple(data_shape), value_range=value_range)
+    augmentations = []
+    for name, spec in zip(config.augment, augment_spec_list):
+        augment = call_factory("augmentation", spec, augment_ctx, **config.augment_options[name])
+        if not callable(augment):
+            raise PluginError(
+                f"augmentation {spec.name!r} of {origin_of(spec)}: its factory returned a {type(augment).__name__}, not "
+                "a callable augment(x, p): report this to the plugin's author"
+            )
+        augmentations.append((spec, augment))
 
     loss = call_factory("loss", loss_spec, **config.loss_options)
     problem = interface_problem(loss)
@@ -304,7 +318,6 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
     )
     validate_config(resolved)  # the loss recipe's values too
 
-    value_range = tuple(float(v) for v in dataset_spec.value_range) if dataset_spec.value_range is not None else None
     info = {
         "data_shape": list(data_shape),
         "latent_dim": resolved.latent_dim,
@@ -329,8 +342,13 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         device=device,
         critic_batchnorm=not penalises,
         num_classes=num_classes,
-        provenance={kind: get_registry().provenance(kind, spec) for kind, spec in zip(
-            (kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))},
+        provenance={
+            **{kind: get_registry().provenance(kind, spec) for kind, spec in zip(
+                (kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))},
+            **{augment_provenance_key(i): get_registry().provenance("augmentation", spec)
+               for i, spec in enumerate(augment_spec_list)},
+        },
+        augmentations=augmentations,
     )
 
 

@@ -13,8 +13,10 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
     fixed_noise: (num_samples, latent_dim) float tensor
     skipped_steps: int (optional; steps dropped by on_nan="skip")
     loss_state: the loss's ``state_dict()`` or None (optional; e.g. R1's count of critic updates)
+    augment: the augmentation probability's state (``--augment``; ganplug.train.augment), or None
     provenance: {kind: {"kind", "name", "plugin", "distribution", "version"}} (optional; which
-        plugin provided the architecture, loss and dataset: resume and sample use the same)
+        plugin provided the architecture, loss and dataset, and each augmentation under the keys
+        "augmentation", "augmentation 2", ...: resume and sample use the same)
 
 Checkpoints do not depend on the number of training processes (the data position is global,
 the RNG state is rank 0's, which every rank shares), so a run continues with any number.
@@ -64,7 +66,10 @@ import torch
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
 from ganplug.train.rundir import new_run_id, read_run_id, write_run_id
-from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, TrainConfig, parse_pairs
+from ganplug.train.config import (
+    KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, TrainConfig, augment_specs, merge_named, parse_augment_p,
+    parse_named_pairs, parse_pairs, resolve_augment_options,
+)
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
@@ -453,6 +458,7 @@ RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
 # --arch-opt and friends: click's parameter name -> config attribute, and config attribute -> flag.
 OPTION_PARAMS = {meta.param: name for name, meta in KNOBS.items() if meta.kind == "pairs"}
 _OPTION_FLAG = {name: KNOBS[name].flag for name in OPTION_PARAMS.values()}
+AUGMENT_OPTIONS = KNOBS["augment_options"]  # --augment-opt NAME.KEY=VALUE
 _IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
 
 
@@ -472,8 +478,10 @@ def _normalise(name: str, value: Any) -> Any:
         return KNOBS["betas"].parse(value) if isinstance(value, str) else tuple(float(v) for v in value)
     if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if name == "loggers":
+    if name in ("loggers", "augment"):
         return list(value)
+    if name == "augment_p":
+        return parse_augment_p(value) if isinstance(value, str) else float(value)
     return value
 
 
@@ -481,6 +489,24 @@ def _pairs(flag: str, value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return {str(k).replace("-", "_"): v for k, v in value.items()}
     return parse_pairs(flag, value)
+
+
+def _augment_options(
+    stored: TrainConfig, flag: str, value: Any, provenance: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """The stored augmentations' options with ``value`` (``--augment-opt`` pairs or a table per
+    name) applied; UsageError unless they are the stored ones (they shape the run)."""
+    from ganplug.registry import get_registry
+
+    given = value if isinstance(value, Mapping) else parse_named_pairs(flag, value)
+    merged = dataclasses.replace(stored, augment_options=merge_named(stored.augment_options, given))
+    registry = get_registry()
+    resolved = resolve_augment_options(merged, registry, augment_specs(stored.augment, provenance, registry))
+    for name, options in resolved.items():
+        for key, option in options.items():
+            if stored.augment_options.get(name, {}).get(key) != option:
+                _refuse(f"{flag} {name}.{key}", stored.augment_options.get(name, {}).get(key), option)
+    return resolved
 
 
 def _recorded_spec(stored: TrainConfig, attribute: str, provenance: Mapping[str, Any] | None) -> Any:
@@ -551,6 +577,9 @@ def resume_config(
         if name in ("arch_options", "loss_options", "data_options"):
             for key, item in dict(value).items():
                 option_updates[name][key.replace("-", "_")] = item
+            continue
+        if name in (AUGMENT_OPTIONS.param, "augment_options"):
+            config.augment_options = _augment_options(stored, AUGMENT_OPTIONS.flag, value, provenance)
             continue
         if name not in fields:
             raise UsageError(f"unknown option {name!r} for a resume")

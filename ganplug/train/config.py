@@ -63,6 +63,45 @@ def parse_pairs(flag: str, pairs: Any) -> dict[str, str]:
     return options
 
 
+def parse_named_pairs(flag: str, pairs: Any) -> dict[str, dict[str, str]]:
+    """``("diffaugment.policy=color", "flip.vertical = true")`` -> ``{"diffaugment": {"policy":
+    "color"}, "flip": {"vertical": "true"}}`` (``--augment-opt``); UsageError naming ``flag`` for
+    a pair without ``NAME.KEY=``."""
+    options: dict[str, dict[str, str]] = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        name, dot, option = key.strip().rpartition(".")
+        if not sep or not dot or not name.strip() or not option.strip():
+            raise UsageError(f"{flag} expects NAME.KEY=VALUE, e.g. diffaugment.policy=color,cutout, got {pair!r}")
+        options.setdefault(name.strip(), {})[option.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+def merge_named(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Tables of options per name, ``new``'s over ``old``'s, name by name."""
+    merged = {name: dict(options) for name, options in old.items()}
+    for name, options in new.items():
+        merged.setdefault(name, {}).update(options)
+    return merged
+
+
+AUGMENT_AUTO = "auto"  # augment_p of an adaptive probability (ganplug.train.augment)
+
+
+def parse_augment_p(text: Any) -> float | str:
+    """``--augment-p``: ``"auto"``, or a number as a float; UsageError otherwise."""
+    if str(text).strip().lower() == AUGMENT_AUTO:
+        return AUGMENT_AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--augment-p expects a probability in [0, 1] or auto, got {text!r}") from None
+
+
+def _is_augment_p(value: Any) -> bool:
+    return value == AUGMENT_AUTO or (_is_number(value) and 0 <= value <= 1)
+
+
 def parse_betas(text: str) -> tuple[float, float]:
     """``"0.5,0.999"`` -> ``(0.5, 0.999)``; UsageError unless two numbers in [0, 1)."""
     try:
@@ -104,7 +143,8 @@ class Knob:
         (:func:`default_text`).
     flag / param: the flag (``--`` + the field's name) and click's parameter name (the field's).
     kind: the flag's value: int, float, str, bool (an on-off flag), "pairs" (repeatable
-        KEY=VALUE into the option table), "names" (repeatable).
+        KEY=VALUE into the option table), "named_pairs" (repeatable NAME.KEY=VALUE into the table
+        of NAME), "names" (repeatable).
     base: the base layer's value of a field a dataset's defaults may set (the field itself stays
         ``None`` until :func:`resolve`).
     check / error: a valid value passes ``check``; otherwise UsageError(``error`` formatted with
@@ -279,6 +319,38 @@ class TrainConfig:
     logger_options: dict[str, dict[str, Any]] = knob(  # {logger name: {option: value}}
         {}, resumable=True, check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
         error="logger_options must hold a table per logger ([logger_options.NAME]), got {value!r}",
+    )
+    augment: list[str] = knob(  # ganplug.train.augment
+        [], help="Augment everything D sees (real and generated batches, the penalties' inputs) with this augmentation "
+        "(repeatable, applied in order), e.g. diffaugment; see `ganplug list augmentations`.", kind="names",
+        flag="--augment", metavar="NAME", completes="augmentation",
+        check=lambda value: isinstance(value, (list, tuple)) and all(_is_name(n) for n in value),
+        error='augment must be a list of names such as augment = ["diffaugment"], got {value!r}',
+    )
+    augment_options: dict[str, dict[str, Any]] = knob(  # {augmentation name: {option: value}}
+        {}, help="An augmentation's option, e.g. diffaugment.policy=translation,cutout (repeatable).", kind="named_pairs",
+        flag="--augment-opt", param="augment_opt", metavar="NAME.KEY=V",
+        check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+        error="augment_options must hold a table per augmentation ([augment_options.NAME]), got {value!r}",
+    )
+    augment_p: float | str = knob(
+        1.0, help="Probability of applying each augmentation transform to each sample: a number in [0, 1], or auto "
+        "(ADA: adapted so that r_t = E[sign D(real)] tracks --augment-target)", metavar="P|auto", parse=parse_augment_p,
+        check=_is_augment_p, error="augment_p must be a probability in [0, 1] or \"auto\", got {value!r}: pass e.g. "
+        "--augment-p 0.3 or --augment-p auto",
+    )
+    augment_target: float = knob(
+        0.6, help="--augment-p auto: the r_t that p is moved to keep", kind=float,
+        check=lambda v: _is_number(v) and -1 < v < 1,
+        error="augment_target must be a number in (-1, 1), got {value!r}: pass e.g. --augment-target 0.6",
+    )
+    augment_interval: int = knob(
+        4, help="--augment-p auto: critic updates between moves of p", kind=int, check=_int_at_least(1),
+        error="augment_interval must be an integer >= 1, got {value!r}: pass e.g. --augment-interval 4",
+    )
+    augment_ramp: int = knob(
+        100000, help="--augment-p auto: real images over which p can move from 0 to 1", kind=int,
+        check=_int_at_least(1), error="augment_ramp must be an integer >= 1, got {value!r}: pass e.g. --augment-ramp 100000",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -484,7 +556,10 @@ def _defaults_of(config: TrainConfig, specs: tuple[Any, Any, Any], registry: Any
     return found
 
 
-def resolve(config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, Any] | None = None) -> TrainConfig:
+def resolve(
+    config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, Any] | None = None,
+    augment_specs: list[Any] | None = None,
+) -> TrainConfig:
     """``config`` with the dataset's defaults and the base defaults in what it leaves unset, and its
     option tables resolved against the specs (every option, checked); a new config, validated.
 
@@ -492,7 +567,9 @@ def resolve(config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, An
     and latent_dim, resolved when the loss and the dataset are built
     (:func:`ganplug.train.build.build_run`). Resolving a resolved config changes nothing.
     ``specs``: the (architecture, loss, dataset) specs its names stand for, e.g. those a resumed
-    run recorded; by default the ``registry``'s (the installed plugins').
+    run recorded; by default the ``registry``'s (the installed plugins'); ``augment_specs`` the
+    same for ``config.augment``. Every augmentation's options are resolved into
+    ``augment_options`` (a table per name).
 
     A config file is a template: a resolved one (a run's config.toml) holds every value, also
     those its arch, loss and dataset brought. Where the command line names another one, layer
@@ -528,6 +605,48 @@ def resolve(config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, An
             raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
     for name in config.loggers:
         registry.resolve("logger", name).resolve_options(config.logger_options.get(name, {}))
+    values["augment_options"] = resolve_augment_options(config, registry, augment_specs)
     resolved = dataclasses.replace(config, **values)
     validate_config(resolved)  # the dataset's values too
     return resolved
+
+
+def augment_provenance_key(index: int) -> str:
+    """The key of the ``index``-th augmentation (0-based) in a run's provenance: ``augmentation``,
+    ``augmentation 2``, ... (one record per key, as for the other kinds)."""
+    return "augmentation" if index == 0 else f"augmentation {index + 1}"
+
+
+def augment_specs(names: list[str], provenance: Mapping[str, Any] | None = None, registry: Any = None) -> list[Any]:
+    """The specs of augmentations ``names``: those a run recorded in ``provenance`` (the same
+    plugins', whatever answers to the names now), else the registry's."""
+    if registry is None:
+        from ganplug.registry import get_registry
+
+        registry = get_registry()
+    recorded = provenance or {}
+    return [
+        registry.resolve_recorded("augmentation", name, recorded.get(augment_provenance_key(i)))
+        for i, name in enumerate(names)
+    ]
+
+
+def resolve_augment_options(config: TrainConfig, registry: Any, specs: list[Any] | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: every option}`` of each augmentation of ``config.augment`` (``specs``: the specs
+    its names stand for; default: the registry's), its ``augment_options`` applied. UsageError
+    for a name given twice, options of an augmentation the run does not use, or an
+    ``augment_p`` other than 1 without an augmentation."""
+    names = list(config.augment)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--augment names {', '.join(twice)} more than once: give each augmentation once")
+    for name in config.augment_options:
+        if name not in names:
+            raise UsageError(
+                f"augment_options names {name!r}, which is no augmentation of this run: add --augment {name}"
+            )
+    if not names and config.augment_p != 1.0:
+        raise UsageError(f"--augment-p {config.augment_p} applies to an augmented run: add --augment NAME (e.g. diffaugment)")
+    if specs is None:
+        specs = [registry.resolve("augmentation", name) for name in names]
+    return {name: spec.resolve_options(config.augment_options.get(name, {})) for name, spec in zip(names, specs)}

@@ -180,6 +180,8 @@ class MetricsLog(Callback):
             record["skipped_steps"] = trainer.skipped_steps
         if cfg.lr_decay != "none":  # the generator's lr of the last step done
             record["lr_g"] = float(trainer.stepper.opt_g.param_groups[0]["lr"])
+        if trainer.stepper.augment is not None:  # the augmentation probability after the last step
+            record.update(trainer.stepper.augment.metrics())
         self.window_start, self.window_steps = now, 0
         if self.writes:
             line = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}

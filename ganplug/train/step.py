@@ -16,6 +16,10 @@ Learning rates (``lr_decay``): with ``linear`` both optimisers use ``base_lr * (
 throughout generator step ``t`` (0-based; its critic updates too), from the config alone
 (:func:`lr_factor`), so a resume needs no saved schedule.
 
+Augmentation (``--augment``): the losses call :class:`~ganplug.train.augment.AugmentedCritic`,
+which augments every batch before the (packing) critic; it is told each critic update's real
+batch (for the adaptive ``p``) and commits that update's scores after the optimiser step.
+
 PacGAN (``pack`` = M > 1) and conditional runs: the losses get
 :class:`~ganplug.train.build.BatchCritic` as the critic; ``after_critic_step`` still gets D
 itself. Conditional: each critic update draws its fakes for the real batch's labels ``y``
@@ -45,6 +49,7 @@ from torch import nn
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import takes_real_batch
 from ganplug.noise import draw_latent
+from ganplug.train.augment import AugmentedCritic, AugmentProbability
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
@@ -162,7 +167,9 @@ class StepOutputs:
 
 GENERATOR_PREFIX = "g_"  # metrics.jsonl names generator_loss() stats "g_" + name
 # metrics.jsonl columns the trainer writes itself: no loss stat may take them.
-RESERVED_STATS = frozenset({"step", "eval", "d_loss", "g_loss", "samples_per_s", "elapsed_s", "skipped_steps", "lr_g"})
+RESERVED_STATS = frozenset({
+    "step", "eval", "d_loss", "g_loss", "samples_per_s", "elapsed_s", "skipped_steps", "lr_g", "augment_p", "augment_rt",
+})
 
 
 class AdversarialStep:
@@ -179,6 +186,10 @@ class AdversarialStep:
         self.conditional = run.num_classes > 0
         # what the losses call as the critic
         self.critic = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
+        self.augment: AugmentProbability | None = None  # p of an augmented run
+        if run.augmentations:
+            self.augment = AugmentProbability(cfg, self.device, world)
+            self.critic = AugmentedCritic(self.critic, run.augmentations, self.augment)
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         self.opt_g = make_optimizer(cfg.optimizer, trainable(self.G), cfg.lr_g, cfg.betas, self.device)
         self.opt_d = make_optimizer(cfg.optimizer, trainable(self.D), cfg.lr_d, cfg.betas, self.device)
@@ -205,6 +216,7 @@ class AdversarialStep:
             "optimizer_d": self.opt_d.state_dict(),
             "data_order": self.order.state_dict(),
             "loss_state": self.loss_state(),
+            "augment": self.augment.state_dict() if self.augment is not None else None,
         }
 
     def loss_state(self) -> dict[str, Any] | None:
@@ -231,6 +243,8 @@ class AdversarialStep:
                 self.ema = new_ema(self.G)
         self.order.load_state_dict(state["data_order"])
         self.load_loss_state(state.get("loss_state"))
+        if self.augment is not None:
+            self.augment.load_state_dict(state["augment"])
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -310,6 +324,8 @@ class AdversarialStep:
                 labels = inputs.labels[i]
                 critic.labels = labels
             z = self.batch_noise()
+            if self.augment is not None:
+                critic.begin_critic_update(real)
             with self.autocast(cache=not graph_safe):
                 if reuse:
                     fake = self.generate(z, labels)
@@ -318,12 +334,16 @@ class AdversarialStep:
                     with torch.no_grad():
                         d_fake = self.generate(z, labels)
                     d_result = loss.discriminator_loss(critic, real, d_fake)
+            if self.augment is not None:
+                critic.end_critic_update(f"loss {self.run.loss_spec.name!r}")
             d_loss, d_stats = self.checked_result(d_result, "discriminator_loss")
             self.opt_d.zero_grad(set_to_none=set_to_none)
             d_loss.backward()
             average_gradients(self.world, self.opt_d.param_groups[0]["params"])
             self.changed = True
             self.opt_d.step()
+            if self.augment is not None:
+                self.augment.critic_updated()
             loss.after_critic_step(D)
             d_losses.append(d_loss)
             d_stats_all.append(d_stats)

@@ -1,0 +1,162 @@
+"""``--augment``: the run's augmentations, applied to everything the discriminator sees, and their
+probability ``p``, fixed or adapted as in ADA (Karras et al. 2020).
+
+:class:`AugmentedCritic` is what the losses call as the critic in an augmented run: ``x`` ->
+``critic(T(x))`` with ``T`` the augmentations in the order given, so the real and the generated
+batches of each critic update, the generated batch of each generator update and the penalties'
+inputs (the gradient penalty's interpolates, R1's and R2's batches, whose input gradient is then
+that of ``D(T(x))`` in ``x``, as DiffAugment and StyleGAN2-ADA compute it) are all augmented, each
+call with fresh parameters. It wraps the packing critic from outside, so with ``pack`` = M each
+sample of a pack is augmented on its own.
+
+Adaptive ``p`` (``augment_p = "auto"``, :class:`AugmentProbability`): ``p`` starts at 0. In each
+critic update the signs of D's logits on the real batch are summed (the call whose input is the
+real batch the trainer handed the loss, or a view of it, such as R1's ``real.detach()``); after
+each ``augment_interval`` critic updates ``r_t = E[sign(D(real))]`` over them moves ``p`` by
+``sign(r_t - augment_target) * images / augment_ramp`` (``images``: the real images of the
+interval, over every process), clamped to [0, 1]: ADA's rule, so ``p`` can cross [0, 1] in
+``augment_ramp`` images. Everything is device tensors updated in place (no host read, no branch on
+a value), committed after the critic's optimiser step, so a step rolled back before it changed
+anything leaves ``p`` as it was. ``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's.
+The state is saved in each checkpoint (key ``augment``) and restored on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ganplug.errors import PluginError, UsageError
+from ganplug.train.distributed import World, all_reduce_sum
+
+AUTO = "auto"
+
+
+class AugmentProbability:
+    """``p`` of a run (0-d float32 on ``device``) and, when adaptive, the sums that move it."""
+
+    def __init__(self, config: Any, device: torch.device, world: World | None = None) -> None:
+        self.adaptive = config.augment_p == AUTO
+        self.world = world
+        self.p = torch.full((), 0.0 if self.adaptive else float(config.augment_p), device=device)
+        self.target = float(config.augment_target)
+        self.interval = int(config.augment_interval)
+        self.ramp = float(config.augment_ramp)
+        self.totals = torch.zeros(3, device=device)  # signs summed, logits counted, real images: this interval
+        self.updates = torch.zeros((), dtype=torch.int64, device=device)  # critic updates done
+        self.rt = torch.full((), float("nan"), device=device)  # r_t of the last adjustment
+        self.pending: torch.Tensor | None = None  # (3,): this critic update's real scores, until committed
+
+    def record_real(self, scores: torch.Tensor, images: int) -> None:
+        """The critic's logits on this critic update's real batch of ``images`` images."""
+        signs = torch.sign(scores.detach().float()).sum()
+        self.pending = torch.stack((signs, signs.new_full((), scores.numel()), signs.new_full((), images)))
+
+    def critic_updated(self) -> None:
+        """After a critic update's optimiser step: add its real scores, and every ``interval``-th
+        update move ``p`` by ADA's rule (see the module docstring)."""
+        if not self.adaptive:
+            return
+        assert self.pending is not None
+        pending, self.pending = all_reduce_sum(self.world, self.pending), None
+        self.totals.add_(pending)
+        self.updates.add_(1)
+        due = self.updates % self.interval == 0
+        rt = self.totals[0] / self.totals[1].clamp_min(1.0)
+        moved = (self.p + torch.sign(rt - self.target) * self.totals[2] / self.ramp).clamp(0.0, 1.0)
+        self.p.copy_(torch.where(due, moved, self.p))
+        self.rt.copy_(torch.where(due, rt, self.rt))
+        self.totals.mul_(~due)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"p": self.p.cpu(), "totals": self.totals.cpu(), "updates": self.updates.cpu(), "rt": self.rt.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in ("p", "totals", "updates", "rt"):
+            getattr(self, name).copy_(state[name])
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics.jsonl columns: ``augment_p``, and ``augment_rt`` when adaptive (one host read)."""
+        if not self.adaptive:
+            return {"augment_p": float(self.p)}
+        p, rt = torch.stack((self.p, self.rt)).tolist()
+        return {"augment_p": p, "augment_rt": rt}
+
+
+class AugmentedCritic:
+    """What the losses call in an augmented run: ``x`` (N, *data_shape) -> ``critic(T(x))``, T the
+    run's augmentations (``entries``: (spec, augment) pairs) with probability ``probability.p``.
+
+    ``real``: the real batch of the current critic update (None outside them): scores of it, or of
+    a tensor sharing its storage and shape, feed the adaptive ``p``. ``labels`` is the wrapped
+    critic's (a conditional run binds them)."""
+
+    def __init__(self, critic: Any, entries: list[tuple[Any, Any]], probability: AugmentProbability) -> None:
+        self.critic, self.entries, self.probability = critic, entries, probability
+        self.real: torch.Tensor | None = None
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.critic.labels
+
+    @labels.setter
+    def labels(self, value: torch.Tensor | None) -> None:
+        self.critic.labels = value
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through every augmentation; PluginError naming the augmentation's plugin when one
+        raises or returns other than a tensor of x's shape and dtype (Python checks only)."""
+        for spec, augment in self.entries:
+            try:
+                out = augment(x, self.probability.p)
+            except (UsageError, PluginError):
+                raise
+            except Exception as error:
+                raise PluginError(f"{_named(spec)} failed: {type(error).__name__}: {error}{_whose(spec)}") from error
+            if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
+                got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise PluginError(
+                    f"{_named(spec)} returned {got} for a batch {tuple(x.shape)} {x.dtype}: it must keep the shape "
+                    f"and dtype{_whose(spec)}"
+                )
+            x = out
+        return x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.critic(self.augment(x))
+        real = self.real
+        if real is not None and x.shape == real.shape and x.data_ptr() == real.data_ptr():
+            self.probability.record_real(scores, x.shape[0])
+        return scores
+
+    def begin_critic_update(self, real: torch.Tensor) -> None:
+        self.real = real
+        self.probability.pending = None
+
+    def end_critic_update(self, loss_name: str) -> None:
+        """After the loss scored a critic update: UsageError when an adaptive ``p`` got no scores
+        of the real batch (the loss never called the critic on it)."""
+        self.real = None
+        if self.probability.adaptive and self.probability.pending is None:
+            raise UsageError(
+                f"--augment-p auto needs the critic's scores of the real batch, and {loss_name} does not call the "
+                "critic on the real batch it is given: pass a fixed --augment-p (e.g. 0.3) or another loss"
+            )
+
+
+def _named(spec: Any) -> str:
+    from ganplug.registry import origin_of
+
+    return f"augmentation {spec.name!r} of {origin_of(spec)}"
+
+
+def _whose(spec: Any) -> str:
+    from ganplug.registry import origin_of
+
+    if origin_of(spec) == "the built-ins":
+        return " (a bug in ganplug: please report it; rerun with --debug for the traceback)"
+    return " (a bug in the plugin: report it to its author; rerun with --debug for the traceback)"
+
+
+__all__ = ["AUTO", "AugmentProbability", "AugmentedCritic"]
