@@ -37,7 +37,7 @@ CONFIG_FILE = "config.toml"
 def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | None = None) -> str:
     """``config`` as TOML: ``None`` values left out, option dicts as tables; ``provenance``
     (:meth:`ganplug.registry.Registry.provenance` per kind) as comments at the top."""
-    import tomli_w
+    from ganplug.train.toml_writer import dumps
 
     data: dict[str, Any] = {k: v for k, v in config.to_dict().items() if v is not None}
     for key in ("arch_options", "loss_options", "data_options"):
@@ -48,7 +48,7 @@ def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | Non
         + "\n"
         for kind, p in (provenance or {}).items()
     )
-    return header + tomli_w.dumps(data)
+    return header + dumps(data)
 
 
 def write_config(config: TrainConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
