@@ -1,13 +1,20 @@
 """``--cuda-graphs`` (ganplug.train.graphs). On CPU: the capture-ready step (the code a capture
 records, run with capture off) equals today's eager step bit for bit; the fallbacks say why in one
 line and train as the eager step does; a capture that fails is undone exactly; a replay emulated
-on CPU keeps the sums, the EMA and the loss's count as the eager step does. On a GPU (marked
-``cuda``): the graph run's losses against the eager run's within float tolerance, exact resume,
-a capture that fails, and the captured dropout."""
+on CPU keeps the sums, the EMA and the loss's count as the eager step does; the pre-check (a step
+that synchronises, a stat that is no device tensor) falls back before any capture, a capture that
+fails past it stops the run; a replayed step's non-finite check reads nothing back until the
+metrics line. On a GPU (marked ``cuda``): the graph run's losses against the eager run's within
+float tolerance, exact resume, the captured dropout, and (each in a subprocess, since a broken
+capture can spoil the process) a step that synchronises and a capture that fails."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +24,15 @@ import torch
 from conftest import assert_same, quiet_train, read_metrics
 
 from ganplug import ops
+from ganplug.errors import GanplugError
 from ganplug.losses import NonSaturatingLoss, WassersteinLoss
 from ganplug.registry import origin_of
 from ganplug.train import TrainConfig
 from ganplug.train.build import build_run
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train import graphs
-from ganplug.train.graphs import CudaGraphStep, DropoutSeeds, capture_problem
+from ganplug.train.graphs import SYNC_ERROR, CaptureFailed, CudaGraphStep, DropoutSeeds, capture_problem
+from ganplug.train.guard import StepGuard
 from ganplug.train.outputs import Sums
 from ganplug.train.step import AdversarialStep, StepOutputs
 
@@ -225,44 +234,94 @@ def test_a_loss_whose_state_changes_every_step_falls_back_with_its_state_undone(
     assert "loss 'wasserstein' of" in lines[0] and lines[0].endswith("running the eager step")
 
 
-@pytest.mark.parametrize("name", ["mlp-wgan-gp-n2-ring8", "dcgan-bce-digits"])
-def test_a_capture_that_raises_is_undone_and_the_run_equals_the_eager_one(monkeypatch, name):
-    """The capture fails inside the critic's loss after G ran (its BatchNorm buffers moved) and
-    the noise was drawn: the warm-up and the failed capture leave no trace, the line names the
-    loss's plugin, and every step (the failed one included) equals the eager step."""
-    _pretend_cuda(monkeypatch)
-    capturing = {"on": False}
-    cls = type(build_run(config_of(name, steps=1)).loss)
-    real_loss = cls.discriminator_loss
+def _failing_record(self, body):
+    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
-    def syncing_loss(self, critic, real, fake):
+
+def test_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_line_naming_the_plugin(tmp_path, monkeypatch):
+    """Stopping is the safe choice (ganplug.train.graphs): nothing more runs or is saved in the
+    process; the line names the loss's plugin, says to train without --cuda-graphs and which
+    checkpoint is kept."""
+    _pretend_cuda(monkeypatch)
+    monkeypatch.setattr(CudaGraphStep, "_record", _failing_record)
+    name = "mlp-wgan-gp-n2-ring8"
+    spec = build_run(config_of(name, steps=1)).loss_spec
+    line = (f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
+            "operation not permitted when stream is capturing); stopped, since a failed capture can leave this process's "
+            "CUDA RNG and memory pool unusable: train without --cuda-graphs")
+    runner = CudaGraphStep(AdversarialStep(build_run(config_of(name))), lambda text: pytest.fail(text))
+    with pytest.raises(CaptureFailed) as failed:
+        runner.run_step(0, Sums())
+    assert str(failed.value) == line and runner.graph is None
+    with pytest.raises(GanplugError) as stopped:
+        quiet_train(config_of(name, cuda_graphs=True), tmp_path / "run")
+    assert str(stopped.value) == f"step 1: {line}; no checkpoint was written"
+    assert "\n" not in str(stopped.value)
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def _sync_checked(monkeypatch):
+    """A loss that synchronises as torch reports it under sync debug mode "error" (on CPU the mode
+    does nothing, so graphs.no_host_sync is replaced by a flag the loss reads)."""
+    checking = {"on": False}
+
+    @contextlib.contextmanager
+    def no_host_sync(device):
+        checking["on"] = True
+        try:
+            yield
+        finally:
+            checking["on"] = False
+
+    monkeypatch.setattr(graphs, "no_host_sync", no_host_sync)
+    real_loss = WassersteinLoss.discriminator_loss
+
+    def syncing(self, critic, real, fake):
         loss, stats = real_loss(self, critic, real, fake)
-        if capturing["on"]:
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        if checking["on"]:
+            raise RuntimeError(f"{SYNC_ERROR}, but sync debug mode is set to error")
         return loss, stats
 
-    monkeypatch.setattr(cls, "discriminator_loss", syncing_loss)
+    monkeypatch.setattr(WassersteinLoss, "discriminator_loss", syncing)
 
-    def record(body):
-        capturing["on"] = True
-        try:
-            return body()
-        finally:
-            capturing["on"] = False
 
+def test_a_step_that_synchronises_falls_back_before_any_capture_and_trains_as_the_eager_step(monkeypatch):
+    _pretend_cuda(monkeypatch)
+    _sync_checked(monkeypatch)
+    monkeypatch.setattr(CudaGraphStep, "_record", lambda self, body: pytest.fail("no capture after a failed pre-check"))
+    name = "mlp-wgan-gp-n2-ring8"
     eager = AdversarialStep(build_run(config_of(name)))
     lines = []
     stepper = AdversarialStep(build_run(config_of(name)))
     runner = CudaGraphStep(stepper, lines.append)
-    monkeypatch.setattr(runner, "_record", record)
     assert_same(_steps(runner.run_step, stepper, STEPS), _steps(eager.run_step, eager, STEPS), "sums")
     assert_same(_state(stepper), _state(eager), "state")
     spec = stepper.run.loss_spec
     assert lines == [
-        f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
-        "operation not permitted when stream is capturing); running the eager step"
+        f"--cuda-graphs: the step synchronises with the host in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: "
+        f"{SYNC_ERROR}, but sync debug mode is set to error); running the eager step"
     ]
     assert all(not g["capturable"] for opt in (stepper.opt_d, stepper.opt_g) for g in opt.param_groups)
+
+
+def test_a_stat_that_is_no_device_tensor_falls_back_before_any_capture(monkeypatch):
+    _pretend_cuda(monkeypatch)
+    monkeypatch.setattr(CudaGraphStep, "_record", lambda self, body: pytest.fail("no capture after a failed pre-check"))
+    real_loss = WassersteinLoss.discriminator_loss
+
+    def python_stat(self, critic, real, fake):
+        loss, stats = real_loss(self, critic, real, fake)
+        return loss, {**stats, "scale": 2.0}
+
+    monkeypatch.setattr(WassersteinLoss, "discriminator_loss", python_stat)
+    lines = []
+    stepper = AdversarialStep(build_run(config_of("mlp-wgan-gp-n2-ring8")))
+    CudaGraphStep(stepper, lines.append).run_step(0, Sums())
+    spec = stepper.run.loss_spec
+    assert lines == [
+        f"--cuda-graphs: loss {spec.name!r} of {origin_of(spec)} returns the stat 'scale' as a float, not a tensor on cpu: "
+        "a replay would repeat its first value; running the eager step"
+    ]
 
 
 def test_an_error_of_the_warm_up_leaves_the_state_as_it_was(monkeypatch):
@@ -373,6 +432,67 @@ def test_an_emulated_replay_keeps_the_sums_the_ema_and_the_loss_count_as_the_eag
     assert runner.graph is not None and runner.graph.replays == 1
 
 
+def _losses_sums(d_loss: float, g_loss: float) -> Sums:
+    sums = Sums()
+    sums.add("d_loss", torch.tensor(d_loss))
+    sums.add("g_loss", torch.tensor(g_loss))
+    return sums
+
+
+def test_a_replayed_steps_check_reads_nothing_back_and_names_the_first_bad_step_when_read(monkeypatch):
+    stepper = AdversarialStep(build_run(config_of("dcgan-bce-digits")))
+    guard = StepGuard(stepper, "stop", None, deferred=lambda: True)
+    losses = [(1.0, 2.0), (1.0, math.nan), (math.inf, 2.0), (1.0, 2.0)]
+    sums = [_losses_sums(*pair) for pair in losses]
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a host read inside a replayed step")
+
+    with monkeypatch.context() as reads:
+        for method in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu"):
+            reads.setattr(torch.Tensor, method, host_read)
+        assert [guard.check_step(s, stop_requested=False) for s in sums] == [(None, False)] * 4
+    assert guard.deferred_bad_step(step=14) == 12  # steps 11..14: the second was the first non-finite
+    assert guard.deferred_bad_step(step=14) is None  # read once
+    guard.check_step(_losses_sums(1.0, 2.0), stop_requested=True)
+    assert guard.deferred_bad_step(step=15) is None
+    eager = StepGuard(stepper, "stop", None)  # not replayed: checked at once, as before
+    assert eager.check_step(sums[1], stop_requested=False) == ("g_loss is nan", False)
+    assert eager.deferred_bad_step(step=12) is None
+
+
+def _emulated_record(self, body):
+    outputs = body()
+    clone = lambda d: {k: v.detach().clone() for k, v in d.items()}
+    static = StepOutputs([t.detach().clone() for t in outputs.d_losses], [clone(d) for d in outputs.d_stats],
+                         outputs.g_loss.detach().clone(), clone(outputs.g_stats))
+    return _EmulatedGraph(self, body), static
+
+
+def test_a_replayed_run_that_goes_non_finite_stops_at_the_metrics_line_naming_the_step(tmp_path, monkeypatch):
+    """--on-nan stop with replayed steps: the non-finite step 3 is read at the metrics line of
+    step 4 (log_every 4), which stops the run naming step 3 and writes neither that line nor a
+    checkpoint of it; the checkpoint of step 2 is kept."""
+    _pretend_cuda(monkeypatch)
+    monkeypatch.setattr(CudaGraphStep, "_record", _emulated_record)
+    real_loss = NonSaturatingLoss.generator_loss
+    calls = {"n": 0}
+
+    def nan_at_step_3(self, critic, fake):
+        loss, stats = real_loss(self, critic, fake)
+        calls["n"] += 1
+        return (loss * math.nan if calls["n"] == 3 + graphs.WARMUP + 1 else loss), stats  # warm-up, capture, then steps
+
+    monkeypatch.setattr(NonSaturatingLoss, "generator_loss", nan_at_step_3)
+    run_dir = tmp_path / "run"
+    with pytest.raises(GanplugError) as stopped:
+        quiet_train(config_of("dcgan-bce-digits", steps=8, cuda_graphs=True, log_every=4, checkpoint_every=2), run_dir)
+    assert str(stopped.value).startswith("training diverged at step 3 (a loss is not finite): stopped without saving it; "
+                                         f"the last good checkpoint {run_dir / 'checkpoints'}")
+    assert "(step 2) is kept" in str(stopped.value)
+    assert read_metrics(run_dir, missing_ok=True) == []  # no line of steps 1-4
+
+
 def test_a_checkpoint_of_a_capturable_optimiser_resumes_eagerly_with_capturable_off():
     from ganplug.train.step import set_capturable, use_fast_implementation
 
@@ -426,23 +546,64 @@ def test_on_a_gpu_a_graph_run_resumes_exactly(tmp_path):
     assert_same(_metrics_and_checkpoint(run_dir), _metrics_and_checkpoint(tmp_path / "ref"), "resumed graph run")
 
 
+def _train_in_a_subprocess(tmp_path: Path, name: str, patch: str, **changes) -> subprocess.CompletedProcess:
+    """``train(config)`` in a fresh Python after ``patch`` (code that may break the step), so
+    whatever a broken capture leaves behind dies with that process; prints the progress output."""
+    config = _gpu_config(name, **changes)
+    script = textwrap.dedent(patch) + textwrap.dedent(f"""
+        import io, sys
+        from ganplug.train import TrainConfig, train
+        stream = io.StringIO()
+        try:
+            train(TrainConfig(**{config.to_dict()!r}), {str(tmp_path / "run")!r}, quiet=True, stream=stream)
+        finally:
+            print(stream.getvalue())
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
 @pytest.mark.cuda
-def test_on_a_gpu_a_loss_that_synchronises_falls_back_in_one_line(tmp_path, monkeypatch):
-    real_loss = WassersteinLoss.discriminator_loss
-
-    def syncing(self, critic, real, fake):
-        loss, stats = real_loss(self, critic, real, fake)
-        float(loss)  # a host read: fine eagerly, not inside a capture
-        return loss, stats
-
-    monkeypatch.setattr(WassersteinLoss, "discriminator_loss", syncing)
+def test_on_a_gpu_a_loss_that_synchronises_falls_back_before_capturing(tmp_path):
+    """The pre-check (sync debug mode "error") catches ``float(loss)`` before capture_begin: one
+    line, then the eager step, equal to a plain eager run."""
+    syncing = """
+        from ganplug.losses import WassersteinLoss
+        real_loss = WassersteinLoss.discriminator_loss
+        def syncing(self, critic, real, fake):
+            loss, stats = real_loss(self, critic, real, fake)
+            float(loss)  # a host read: fine eagerly, not inside a capture
+            return loss, stats
+        WassersteinLoss.discriminator_loss = syncing
+    """
     name = "mlp-wgan-gp-n2-ring8"
     quiet_train(_gpu_config(name, steps=4), tmp_path / "eager")
-    log = quiet_train(_gpu_config(name, steps=4, cuda_graphs=True), tmp_path / "graphs")
-    lines = [line for line in log.splitlines() if "cuda-graphs" in line]
-    assert len(lines) == 1 and lines[0].startswith("--cuda-graphs: capturing the step failed in loss 'wasserstein'"), lines
-    for (step, d_e, g_e), (_, d_g, g_g) in zip(_losses(tmp_path / "eager"), _losses(tmp_path / "graphs")):
+    done = _train_in_a_subprocess(tmp_path, name, syncing, steps=4, cuda_graphs=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "cuda-graphs" in line]
+    assert len(lines) == 1 and lines[0].startswith("--cuda-graphs: the step synchronises with the host in loss 'wasserstein'"), lines
+    for (step, d_e, g_e), (_, d_g, g_g) in zip(_losses(tmp_path / "eager"), _losses(tmp_path / "run")):
         assert (d_g, g_g) == pytest.approx((d_e, g_e), rel=1e-4, abs=1e-5), f"step {step}"
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_line(tmp_path):
+    breaking = """
+        import torch
+        from ganplug.losses import WassersteinLoss
+        real_loss = WassersteinLoss.discriminator_loss
+        def breaking(self, critic, real, fake):
+            loss, stats = real_loss(self, critic, real, fake)
+            if torch.cuda.is_current_stream_capturing():
+                loss.cpu()  # a host read only while capturing: the pre-check cannot see it
+            return loss, stats
+        WassersteinLoss.discriminator_loss = breaking
+    """
+    done = _train_in_a_subprocess(tmp_path, "mlp-wgan-gp-n2-ring8", breaking, steps=4, cuda_graphs=True)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "step 1: --cuda-graphs: capturing the step failed in loss 'wasserstein'" in last, done.stderr
+    assert last.endswith("train without --cuda-graphs; no checkpoint was written")
 
 
 @pytest.mark.cuda

@@ -26,9 +26,24 @@ device; several processes (the gradient all-reduce is not captured); ``lr_decay`
 learning rate would be baked into the graph); lazy R1/R2 (``r1_every`` > 1: the host chooses the
 updates that compute the penalty); a loss whose state (``state_dict``) changes every step, which
 a replayed graph would not update (the built-in losses' count of critic updates is advanced by
-the trainer instead); a capture that raises (a loss or an architecture that synchronises with the
-host, e.g. ``.item()``, or copies host data in: the line names the plugin); batch shapes that
-change.
+the trainer instead); batch shapes that change.
+
+Before capturing, a pre-check (the first warm-up run, :meth:`CudaGraphStep._capture`) makes sure
+nothing that would break the capture reaches ``capture_begin``: it runs the step body as the
+capture will (dropout seeds read from the device buffer) under
+``torch.cuda.set_sync_debug_mode("error")`` (:func:`no_host_sync`), so a step that synchronises
+with the host (``.item()``, ``float(t)``, ``if t > 0``, a copy of host data in) raises there, and
+it checks that every loss and stat is a tensor on the device (a Python number would be frozen
+into the graph). Either falls back to the eager step with one line naming the plugin: no capture
+was begun, so the process is intact.
+
+A capture that still fails (past the pre-check) stops the run with :class:`CaptureFailed`: one
+line naming the plugin and saying to train without ``--cuda-graphs``; the loop keeps the last
+checkpoint and writes nothing more. Stopping, not continuing eagerly, is the safe choice: in the
+torch this was written for (2.11), an error inside a capture leaves capture mode before torch's
+RNG capture epilogue and the caching allocator's end of capture, after which every CUDA RNG call
+fails ("Offset increment outside graph capture") and so does any later capture; until a GPU test
+shows a process healthy after a failed capture, nothing more is run or saved in it.
 
 No GPU was available when this was written: the capture itself has not run yet. On CPU the
 capture-ready step (:meth:`CudaGraphStep.run_capture_ready_step`: the same code with capture off)
@@ -53,6 +68,30 @@ from ganplug.train.step import AdversarialStep, StepInputs, StepOutputs, set_cap
 WARMUP = 3  # eager runs of the step body on a side stream before a capture (torch's docs: 3)
 MAX_DROPOUT_CALLS = 4096  # dropout calls one captured step may make (the seed buffer's size)
 EAGER = "running the eager step"
+SYNC_ERROR = "called a synchronizing CUDA operation"  # what torch raises under sync debug mode "error"
+
+
+class CaptureFailed(GanplugError):
+    """A CUDA-graph capture failed past the pre-check: the run stops (see the module docstring)."""
+
+
+@contextlib.contextmanager
+def no_host_sync(device: torch.device) -> Iterator[None]:
+    """On a CUDA ``device``, any operation that synchronises with the host raises a RuntimeError
+    containing :data:`SYNC_ERROR` inside the block; elsewhere nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _loss_name(stepper: AdversarialStep) -> str:
@@ -355,25 +394,54 @@ class CudaGraphStep:
         return (f"--cuda-graphs: {_loss_name(s)} keeps state (its state_dict) that changes every step, which a replayed "
                 f"graph would not update; {EAGER}")
 
+    def _outputs_problem(self, outputs: StepOutputs) -> str | None:
+        """None when every loss and stat of ``outputs`` is a tensor on the step's device (what a
+        graph's outputs must be), else the line to print."""
+        s = self.stepper
+        named = [("discriminator_loss()", outputs.d_losses[0]), ("generator_loss()", outputs.g_loss)]
+        named += [(f"the stat {k!r}", v) for stats in (*outputs.d_stats, outputs.g_stats) for k, v in stats.items()]
+        here = torch.device(self.device)
+        for what, value in named:
+            on_device = isinstance(value, torch.Tensor) and value.device.type == here.type and here.index in (None, value.device.index)
+            if not on_device:
+                kind = f"a tensor on {value.device}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+                return (f"--cuda-graphs: {_loss_name(s)} returns {what} as {kind}, not a tensor on {self.device}: a "
+                        f"replay would repeat its first value; {EAGER}")
+        return None
+
+    def _precheck(self, inputs: StepInputs) -> str | None:
+        """The first warm-up run: the step body as the capture will run it (dropout seeds from the
+        device buffer) with every host synchronisation an error (:func:`no_host_sync`). None when
+        it may be captured, else the line to print; another error of the step is raised."""
+        s = self.stepper
+        before = s.loss_state()
+        try:
+            with no_host_sync(self.device), self.seeds.capturing():
+                outputs = s.step_body(inputs)
+        except RuntimeError as error:
+            if SYNC_ERROR not in str(error):
+                raise
+            who = self.culprit(error) or _loss_name(s)
+            return (f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
+                    f"{_first_line(error)}); {EAGER}")
+        return self._loss_state_problem(before, s.loss_state()) or self._outputs_problem(outputs)
+
     def _capture(self) -> bool:
-        """Warm up, put the state back, capture: True with the graph ready to replay, False after
-        falling back (said). An error of the eager warm-up is raised with the state put back."""
+        """Pre-check and warm up, put the state back, capture: True with the graph ready to replay,
+        False after falling back (said). An error of the eager warm-up is raised with the state put
+        back; a failed capture raises :class:`CaptureFailed`."""
         s = self.stepper
         assert self.inputs is not None
         inputs = self.inputs
         saved = _Snapshot(s)
-        problem = None
         self.counted_updates = 0
+        self.seeds.prepare(self.device)
         try:
             with self._side_stream():
-                for i in range(max(1, self.warmup)):
-                    before = s.loss_state()
+                problem = self._precheck(inputs)
+                for _ in range(self.warmup - 1 if problem is None else 0):
                     with self.seeds.drawing():
                         s.step_body(inputs)
-                    if i == 0:
-                        problem = self._loss_state_problem(before, s.loss_state())
-                        if problem:
-                            break
         finally:
             saved.restore()
         if problem:
@@ -382,26 +450,25 @@ class CudaGraphStep:
         for optimizer in (s.opt_d, s.opt_g):
             set_capturable(optimizer, True)
 
-        self.seeds.prepare(self.device)
-
         def body() -> StepOutputs:
             with self.seeds.capturing():
                 return s.step_body(inputs)
 
         try:
             graph, outputs = self._record(body)
-        except Exception as error:  # noqa: BLE001 - whatever stops a capture means: run eagerly
-            saved.restore()
-            for optimizer in (s.opt_d, s.opt_g):
-                set_capturable(optimizer, False)
-                optimizer.zero_grad(set_to_none=True)  # buffers of the failed capture
+        except Exception as error:  # noqa: BLE001 - whatever stops a capture past the pre-check: stop
             who = self.culprit(error) or _loss_name(s)
-            first = (str(error).strip().splitlines() or [""])[0][:200]
-            self._fall_back(f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {first}); {EAGER}")
-            return False
+            raise CaptureFailed(
+                f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {_first_line(error)}); "
+                "stopped, since a failed capture can leave this process's CUDA RNG and memory pool unusable: "
+                "train without --cuda-graphs"
+            ) from error
         saved.restore()  # what the capture's Python changed (the loss's count, host RNG draws)
         self.graph, self.outputs = graph, outputs
         return True
 
 
-__all__ = ["CudaGraphStep", "DropoutSeeds", "MAX_DROPOUT_CALLS", "WARMUP", "capture_problem"]
+__all__ = [
+    "CaptureFailed", "CudaGraphStep", "DropoutSeeds", "MAX_DROPOUT_CALLS", "SYNC_ERROR", "WARMUP", "capture_problem",
+    "no_host_sync",
+]

@@ -7,6 +7,9 @@ the step before any parameter changed restores the state of the step before.
 Non-finite policy (``on_nan``): the step's losses are checked after every step (one host read);
 the weights of G and D at every metrics line and before every checkpoint, which costs the same
 whatever the parameter count per step: a checkpoint is never written from non-finite weights.
+A replayed CUDA-graph step (``deferred``) with ``stop`` in one process reads nothing back: its
+losses are checked on the device and the first non-finite step is read at the next metrics line
+or checkpoint (:meth:`StepGuard.deferred_bad_step`), which then stops the run naming that step.
 ``stop`` ends the run naming the step; ``skip`` checks the weights after every step too and
 restores the weights, optimiser states and EMA of before the step (the data and RNG move on);
 :data:`MAX_SKIPS_IN_A_ROW` skipped steps in a row end the run as diverged, saving nothing new.
@@ -21,7 +24,7 @@ import contextlib
 import copy
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -61,13 +64,19 @@ def _all_finite(modules: tuple[nn.Module, ...]) -> torch.Tensor:
 
 
 class StepGuard:
-    """Rollback and the non-finite checks of ``stepper``'s steps, for policy ``on_nan``."""
+    """Rollback and the non-finite checks of ``stepper``'s steps, for policy ``on_nan``;
+    ``deferred()`` says whether the step just run was a replayed CUDA graph."""
 
-    def __init__(self, stepper: AdversarialStep, on_nan: str, world: World | None) -> None:
+    def __init__(
+        self, stepper: AdversarialStep, on_nan: str, world: World | None, deferred: Callable[[], bool] = lambda: False
+    ) -> None:
         self.stepper, self.on_nan, self.world = stepper, on_nan, world
         self.device = stepper.device
+        self.deferred = deferred
         self._snapshot: tuple[Any, ...] | None = None
         self._weights: tuple[Any, ...] | None = None
+        self._pending = 0  # steps checked on the device since the last read
+        self._first_bad: torch.Tensor | None = None  # 1-based index among them of the first non-finite one, 0 if none
 
     def _modules(self) -> tuple[nn.Module, ...]:
         return (self.stepper.G, self.stepper.D)
@@ -115,6 +124,9 @@ class StepGuard:
         losses always, the weights too with ``skip``; one host read, one all-reduce with ranks."""
         losses = [k for k in LOSSES if k in sums.sums]
         flags = [torch.isfinite(sums.sums[k]).reshape(()) for k in losses]
+        if self.on_nan == "stop" and self.world is None and self.deferred():
+            self._defer(flags)
+            return None, stop_requested
         flags = [f.cpu() if f.device.type != "cpu" else f for f in flags]
         weights = self.on_nan == "skip"
         if weights:
@@ -130,6 +142,24 @@ class StepGuard:
         if weights:
             return self._weights_verdict(ok[len(losses):]), stop_agreed
         return None, stop_agreed
+
+    def _defer(self, flags: list[torch.Tensor]) -> None:
+        """Note on the device whether this step's losses are finite (no host read)."""
+        self._pending += 1
+        ok = torch.stack(flags).all()
+        if self._first_bad is None:
+            self._first_bad = torch.zeros((), dtype=torch.int64, device=ok.device)
+        index = torch.full((), self._pending, dtype=torch.int64, device=ok.device)
+        self._first_bad = torch.where(ok | (self._first_bad > 0), self._first_bad, index)
+
+    def deferred_bad_step(self, step: int) -> int | None:
+        """The first non-finite step (1-based) among those checked on the device since the last
+        call, ``step`` being the last of them; None when all were finite. One host read."""
+        if not self._pending:
+            return None
+        first, pending = int(self._first_bad), self._pending
+        self._pending, self._first_bad = 0, None
+        return step - pending + first if first else None
 
     def check_weights(self) -> str | None:
         """Whether G's and D's weights are all finite (all ranks agree), as a reason or None."""

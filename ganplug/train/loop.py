@@ -44,7 +44,7 @@ from ganplug.train.build import Run
 from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
 from ganplug.train.data_order import epoch_permutation
 from ganplug.train.distributed import World
-from ganplug.train.graphs import CudaGraphStep
+from ganplug.train.graphs import CaptureFailed, CudaGraphStep
 from ganplug.train.guard import MAX_SKIPS_IN_A_ROW, DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
 from ganplug.train.loggers import Loggers
 from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, LossPlot, MetricsLog, SampleWriter, Sums
@@ -103,7 +103,8 @@ class Trainer:
         self.graph_step: CudaGraphStep | None = None
         if self.config.cuda_graphs:
             self.graph_step = CudaGraphStep(self.stepper, lambda text: self.progress.message(text), self._culprit)
-        self.guard = StepGuard(self.stepper, self.config.on_nan, world)
+        replayed = lambda: self.graph_step is not None and self.graph_step.captured
+        self.guard = StepGuard(self.stepper, self.config.on_nan, world, deferred=replayed)
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
         self.picture = picture_kind(run.data_shape)
         count = self.config.num_samples if self.picture == "images" else max(self.config.num_samples, PLOT_SAMPLES)
@@ -290,6 +291,9 @@ class Trainer:
     def ensure_finite_weights(self) -> None:
         """Before a metrics line or a checkpoint: stop (``on_nan`` stop) if G's or D's weights
         are not finite. With ``skip`` every step was checked already."""
+        bad = self.guard.deferred_bad_step(self.step)
+        if bad is not None:
+            self._stop_diverged(f"training diverged at step {bad} (a loss is not finite)", flush=False)
         if self.config.on_nan == "skip" or self._weights_checked_at == self.step:
             return
         what = self.guard.check_weights()
@@ -315,8 +319,9 @@ class Trainer:
         self.signals.in_step = False
         self._stop_diverged(f"training diverged at step {step} ({what})")
 
-    def _stop_diverged(self, cause: str) -> None:
-        self.metrics.flush(self)  # the good steps since the last metrics line
+    def _stop_diverged(self, cause: str, flush: bool = True) -> None:
+        if flush:  # the good steps since the last metrics line (not known apart from the bad one when deferred)
+            self.metrics.flush(self)
         advice = "lower --lr-d/--lr-g or change the loss" if self.config.on_nan == "skip" else (
             "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
         )
@@ -361,6 +366,8 @@ class Trainer:
                     self._interrupted()
                     stop.reported = True  # the CLI adds no second "interrupted" line
                     raise
+                except CaptureFailed as error:  # nothing more runs or is saved in this process (graphs.py)
+                    raise GanplugError(f"step {self.step + 1}: {error}; {self.checkpoints.describe_last()}") from error
                 except Exception as error:
                     if isinstance(error, GanplugError) and not isinstance(error, PluginError):
                         raise  # a diverged run or a failed write: its message says what was kept
