@@ -59,11 +59,13 @@ def rand(*shape, dtype=F64, seed=1) -> torch.Tensor:
 
 
 def close(got, want, dtype, *, rtol=None, terms=0.0, what="") -> None:
-    """got ~ want (compared in float64 on the CPU): |got - want| <= rtol * (|want| + max |want|)
+    """got ~ want (compared in float64 on got's device: for a CUDA result on the GPU, with no copy
+    back): |got - want| <= rtol * (|want| + max |want|)
     + SUM_RTOL * terms, terms being the magnitude of what was summed (0 for elementwise results),
     and never below the dtype's subnormal spacing."""
     rtol = RTOL[dtype] if rtol is None else rtol
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    got = got.detach().double()
+    want = want.detach().double().to(got.device)
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     info = torch.finfo(dtype)
     scale = want.abs().max().item() if want.numel() else 0.0
@@ -147,10 +149,12 @@ LOSSES = {
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_loss_and_gradients_match_the_cpu_kernel_and_the_reference(name, n, dtype):
+    """Against the float64 reference computed on the GPU at every size; against the CPU kernel
+    below BIG (its own tests cover it there, and at BIG it would cost seconds per case)."""
     make, op, ref, magnitude = LOSSES[name]
     inputs = make(n, dtype)
     on_gpu = values_and_grads(op, *cuda(*inputs))
-    on_cpu = values_and_grads(op, *inputs)
+    on_cpu = values_and_grads(op, *inputs) if n < BIG else [None] * len(on_gpu)
     want = values_and_grads(ref, *f64_cuda(*inputs))
     terms = magnitude(*f64_cuda(*inputs))
     for k, (g, c, w) in enumerate(zip(on_gpu, on_cpu, want)):
@@ -158,7 +162,8 @@ def test_loss_and_gradients_match_the_cpu_kernel_and_the_reference(name, n, dtyp
         assert g.dtype == dtype and g.is_cuda, what
         reduced = terms if k == 0 else 0.0
         close(g, w, dtype, terms=reduced, what=f"cuda vs reference: {what}")
-        close(g, c, dtype, rtol=2 * RTOL[dtype], terms=2 * reduced, what=f"cuda vs cpu kernel: {what}")
+        if c is not None:
+            close(g, c, dtype, rtol=2 * RTOL[dtype], terms=2 * reduced, what=f"cuda vs cpu kernel: {what}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

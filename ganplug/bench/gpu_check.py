@@ -1,28 +1,29 @@
-"""``make gpu-check``: everything a GPU machine should verify, in one run of a few minutes.
+"""``make gpu-check``: what a GPU machine should verify, in two stages that each fit a lease.
 
-On a machine with an NVIDIA GPU, a CUDA toolkit and torch (no internet needed), from the source
-checkout:
+A GPU machine here is lent for 15 minutes at most, start-up included, with no command longer than
+10, so the check is split, each stage with a budget it stops itself within:
 
-1. build ``ganplug._C`` in place for the local GPUs' architectures only (TORCH_CUDA_ARCH_LIST from
-   ``torch.cuda.get_device_capability``), with every core, against the torch that is there, and
-   check that the CUDA kernels load;
-2. run the CUDA tests (``pytest -m cuda``: tests/test_cuda_kernels.py and the ``cuda`` params of
-   the op tests);
-3. ``ganplug train --device cuda --steps 20`` for each built-in arch x loss (mlp on ring8, dcgan on
-   digits), with and without ``--amp``, and WGAN-GP of each arch with ``--cuda-graphs`` (a run that
-   falls back to the eager step fails);
-4. ``ganplug bench --kernels`` and ``ganplug bench --steps`` on cuda (float32 and bfloat16).
+- **core** (``make gpu-check``; budget 6 minutes): build ``ganplug._C`` in place for the local
+  GPU's architecture only (TORCH_CUDA_ARCH_LIST from ``torch.cuda.get_device_capability``), with
+  every core and ninja (checked: without it the build is serial and ignores MAX_JOBS), and check
+  that its CUDA kernels load; the CUDA tests (``pytest -m cuda``: every kernel path against float64
+  references computed on the GPU; the tests that break a capture on purpose run in a subprocess);
+  one short ``ganplug train --device cuda`` per built-in arch x loss, plain, ``--amp``,
+  ``--cuda-graphs`` and both (a ``--cuda-graphs`` run that falls back to the eager step fails).
+- **speed** (``make gpu-check STAGE=speed``; budget 3 minutes): ``ganplug bench --kernels`` and
+  ``--steps`` on cuda (float32 and bfloat16); it reuses the core stage's build when that loads.
 
-Everything lands in one folder (default ``gpu-check-results/``): ``summary.txt`` (the machine,
-then one PASS/FAIL/SKIP line per check, rewritten after each, so a run cut short keeps what it
-did), ``logs/`` (each command's output), ``train/`` (the runs), ``bench-kernels/`` and
-``bench-steps/`` (the ratio tables, bench.md and bench.png). Whatever the machine lacks (a Python
-package, a second GPU) is named in one line and what needs it is skipped, not failed.
+Each stage writes into its own folder (default ``gpu-check-results/STAGE/``): ``summary.txt``
+(the machine, then one PASS/FAIL/SKIP line per check, rewritten after each, so a stage cut short
+by a time limit keeps what ran), ``logs/`` (each command's output), ``train/`` or
+``bench-kernels/`` and ``bench-steps/``. A check whose command fails on importing a Python
+package the machine lacks is a SKIP naming the package; any other failure is a FAIL. A check not
+started because the stage's budget was spent is a SKIP saying so.
 
 Exit status: 0 when nothing failed, 1 when a check failed, 2 when nothing could run (no GPU, no
-torch, not a source checkout). ``--dry-run`` prints the commands and runs nothing (no GPU needed).
-Run it as ``python -m ganplug.bench.gpu_check [options]`` from the checkout, or ``make gpu-check
-GPU_CHECK_ARGS="..."``.
+torch, not a source checkout). ``--dry-run`` prints each stage's commands with a time estimate
+and runs nothing (no GPU needed). Run it as ``python -m ganplug.bench.gpu_check [options]`` from
+the checkout, or ``make gpu-check [STAGE=speed] GPU_CHECK_ARGS="..."``.
 """
 
 from __future__ import annotations
@@ -44,13 +45,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ganplug._toolkit import NO_NINJA, find_cuda_home, find_ninja
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "gpu-check-results"
-STAGES = ("build", "tests", "train", "bench-kernels", "bench-steps")
+STAGES = {"core": ("build", "cuda-tests", "train"), "speed": ("build", "bench-kernels", "bench-steps")}
+BUDGETS = {"core": 360, "speed": 180}  # seconds a stage may take (it starts nothing after)
+# Estimated seconds of each step on an H100 (16 cores); estimates, not measurements, until a GPU
+# run replaces them: build with ninja for one arch, the CUDA tests, one training run (the runs go
+# TRAIN_JOBS at a time), the benchmarks.
+ESTIMATES = {"build": 100, "reuse": 15, "cuda-tests": 150, "train-run": 12, "bench-kernels": 90, "bench-steps": 70}
 TRAIN_MATRIX = (("mlp", "ring8"), ("dcgan", "digits"))
 TRAIN_LOSSES = ("bce", "minimax", "wasserstein", "hinge", "relativistic")
-GRAPH_LOSS = "wasserstein"  # the --cuda-graphs runs: gradient penalty, n_critic 5, mlp's dropout
-GRAPH_SUFFIX = "-cuda-graphs"
+TRAIN_VARIANTS = ((), ("--amp",), ("--cuda-graphs",), ("--cuda-graphs", "--amp"))
+TRAIN_STEPS = 10
+TRAIN_JOBS = 8
+GRAPH_FLAG = "--cuda-graphs"
 # Files holding `cuda` tests: the CUDA kernel tests and the op tests parametrized over devices.
 CUDA_TEST_FILES = (
     "tests/test_cuda_kernels.py",
@@ -62,11 +72,12 @@ CUDA_TEST_FILES = (
 )
 # Import names worth naming when absent (what ganplug and its tests import somewhere).
 PROBED_MODULES = (
-    "pytest", "numpy", "click", "pluggy", "setuptools", "ninja", "tomli_w", "tqdm", "PIL",
-    "matplotlib", "scipy", "sklearn", "torchvision", "mlxtend",
+    "pytest", "numpy", "click", "pluggy", "setuptools", "tqdm", "PIL", "matplotlib", "scipy", "sklearn", "torchvision",
+    "mlxtend",
 )
 PACKAGE_NAMES = {"PIL": "pillow", "sklearn": "scikit-learn", "tomli_w": "tomli-w"}
-TIMEOUTS = {"build": 900, "verify": 120, "tests": 600, "train": 300, "bench-kernels": 900, "bench-steps": 400}  # seconds
+TIMEOUTS = {"build": 300, "verify": 60, "cuda-tests": 240, "train": 120, "bench-kernels": 120, "bench-steps": 60}  # seconds
+MIN_START = 10  # seconds a command needs left in the stage's budget to be started
 
 
 # -- pure helpers (tested without a GPU) ------------------------------------------------------------
@@ -89,29 +100,27 @@ def package_name(module: str) -> str:
 
 
 def missing_from_output(output: str) -> str | None:
-    """The Python package a failed command's output says is missing, or None."""
-    found = re.search(r"No module named '([\w.]+)'", output)
+    """The Python package whose import made a command fail, read off its final error line only
+    (a ``No module named`` earlier in the output, e.g. in a warning, does not count), or None."""
+    line = _last_error_line(output)
+    found = re.search(r"(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'", line)
     if found:
         return package_name(found.group(1))
-    found = re.search(r"pip install '?([A-Za-z][\w.-]*)", output)
+    found = re.search(r"^Error: .*pip install '?([A-Za-z][\w.-]*)", line)
     return found.group(1) if found else None
 
 
 def train_runs(steps: int, device: str = "cuda") -> list[tuple[str, list[str]]]:
-    """(name, ``ganplug train`` arguments after ``--out DIR``) for each arch x loss x amp, then
-    each arch with :data:`GRAPH_LOSS` and ``--cuda-graphs`` (names ending in :data:`GRAPH_SUFFIX`)."""
-    def args_of(arch: str, loss: str, dataset: str) -> list[str]:
-        return ["--arch", arch, "--loss", loss, "--dataset", dataset, "--device", device, "--steps", str(steps),
-                "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "5", "-q"]
-
+    """(name, ``ganplug train`` arguments after ``--out DIR``) for each arch x loss x variant
+    (:data:`TRAIN_VARIANTS`: plain, ``--amp``, ``--cuda-graphs``, both), named after them."""
     runs = []
     for arch, dataset in TRAIN_MATRIX:
         for loss in TRAIN_LOSSES:
-            for amp in (False, True):
-                name = f"{arch}-{loss}-{dataset}" + ("-amp" if amp else "")
-                runs.append((name, args_of(arch, loss, dataset) + (["--amp"] if amp else [])))
-    for arch, dataset in TRAIN_MATRIX:
-        runs.append((f"{arch}-{GRAPH_LOSS}-{dataset}{GRAPH_SUFFIX}", args_of(arch, GRAPH_LOSS, dataset) + ["--cuda-graphs"]))
+            for variant in TRAIN_VARIANTS:
+                name = "-".join([arch, loss, dataset, *(flag.lstrip("-") for flag in variant)])
+                args = ["--arch", arch, "--loss", loss, "--dataset", dataset, "--device", device, "--steps", str(steps),
+                        "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "5", "-q", *variant]
+                runs.append((name, args))
     return runs
 
 
@@ -146,15 +155,22 @@ class TestCounts:
 
 
 def read_junit(path: Path) -> TestCounts:
-    """Counts of a pytest --junitxml report: passed, failed (names), skipped (by reason), and the
-    files that could not be collected (with their error text)."""
+    """Counts of a pytest --junitxml report: passed, failed (names), skipped (by reason; a test
+    that failed on importing a missing package is a skip naming it), and the files that could not
+    be collected (with their error text)."""
     counts = TestCounts()
     for case in ET.parse(path).getroot().iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
         failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
+        bad = failure if failure is not None else error
+        missing = missing_from_output(bad.get("message", "")) if bad is not None else None
         if error is not None and not classname:  # a file that could not be collected
             counts.collection_errors.append((name, f"{error.get('message', '')}\n{error.text or ''}"))
-        elif failure is not None or error is not None:
+        elif missing:
+            reason = f"needs the Python package {missing}, not installed here"
+            counts.skipped += 1
+            counts.skip_reasons[reason] = counts.skip_reasons.get(reason, 0) + 1
+        elif bad is not None:
             counts.failed.append(f"{classname}::{name}")
         elif skipped is not None:
             counts.skipped += 1
@@ -183,14 +199,23 @@ class Result:
         return f"{self.status} {self.name}: {self.detail} ({self.seconds:.0f} s)"
 
 
+class NotStarted(Exception):
+    """A command left out because the stage's budget is spent."""
+
+
 class GpuCheck:
-    def __init__(self, out: Path, args: argparse.Namespace, header: list[str], device: str = "cuda") -> None:
+    """One stage's checks into ``out``; nothing is started once ``budget`` seconds have passed."""
+
+    def __init__(self, out: Path, args: argparse.Namespace, header: list[str], device: str = "cuda",
+                 budget: float = BUDGETS["core"]) -> None:
         self.out = out
         self.device = device  # what the training runs and benchmarks run on (tests use "cpu")
         self.args = args
         self.header = header
         self.results: list[Result] = []
         self.started = time.monotonic()
+        self.budget = budget
+        self.deadline = self.started + budget
         self.python = sys.executable
         self.env = dict(os.environ)
         self.env.pop("GANPLUG_OPS", None)
@@ -213,9 +238,14 @@ class GpuCheck:
 
     def run(self, name: str, command: list[str], timeout: int, env: dict[str, str] | None = None) -> tuple[int, str, float]:
         """Run ``command`` in the checkout, its output to logs/NAME.log: (exit code, output, seconds);
-        a timeout is exit code 124."""
+        a timeout (``timeout``, or what is left of the stage's budget) is exit code 124.
+        :class:`NotStarted` when less than :data:`MIN_START` seconds of the budget are left."""
         log = self.out / "logs" / f"{name}.log"
         start = time.monotonic()
+        left = self.deadline - start
+        if left < MIN_START:
+            raise NotStarted(name)
+        timeout = int(min(timeout, left))
         with open(log, "w") as handle:
             handle.write("$ " + " ".join(command) + "\n")
             handle.flush()
@@ -226,6 +256,9 @@ class GpuCheck:
                 code = 124
                 handle.write(f"\ngpu-check: timed out after {timeout} s\n")
         return code, log.read_text(errors="replace"), time.monotonic() - start
+
+    def not_started(self, what: str) -> Result:
+        return Result("SKIP", what, f"not started: the stage's budget of {self.budget:.0f} s was spent", 0.0)
 
     def failed_or_skipped(self, name: str, code: int, output: str, seconds: float, what: str) -> Result:
         """The Result of a command that exited ``code`` != 0: SKIP when a Python package is missing."""
@@ -238,15 +271,26 @@ class GpuCheck:
         return Result("FAIL", what, f"{reason}{': ' + tail if tail else ''} (see {log})", seconds)
 
     # stages
-    def build(self, archs: str) -> bool:
+    def build(self, archs: str, reuse: bool = False) -> bool:
+        """Build ganplug._C for ``archs`` and check its CUDA kernels load; ``reuse``: first see
+        whether the one here already does (the speed stage after the core stage)."""
+        if reuse:
+            problem, seconds = self.cuda_kernels_load()
+            if problem is None:
+                self.record(Result("PASS", "build", "reused: the ganplug._C here runs its CUDA kernels", seconds))
+                return True
         jobs = str(self.args.jobs or os.cpu_count() or 1)
         env = dict(self.env, TORCH_CUDA_ARCH_LIST=archs, MAX_JOBS=jobs)
         env.pop("GANPLUG_BUILD_CUDA", None)
         toolkit = find_cuda_home()
         if toolkit is None:
-            self.record(Result("FAIL", "build", "no CUDA toolkit (nvcc) found: set CUDA_HOME to the toolkit root", 0.0))
+            self.record(Result("FAIL", "build", "no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) found: set CUDA_HOME "
+                                                "to the toolkit root", 0.0))
             return False
         env["CUDA_HOME"] = toolkit
+        ninja = find_ninja()
+        if ninja is not None:
+            env["PATH"] = os.pathsep.join([os.path.dirname(ninja), env.get("PATH", "")])
         code, output, seconds = self.run("build", [self.python, "setup.py", "build_ext", "--inplace"], TIMEOUTS["build"], env)
         if code != 0:
             self.record(self.failed_or_skipped("build", code, output, seconds, "build"))
@@ -255,15 +299,17 @@ class GpuCheck:
         if problem:
             self.record(Result("FAIL", "build", f"ganplug._C built, but {problem}", seconds + more))
             return False
-        self.record(Result("PASS", "build", f"ganplug._C for {sm_names(archs)} with {jobs} jobs, CUDA_HOME={toolkit}",
-                           seconds + more))
+        how = f"with {jobs} jobs (ninja)" if ninja else f"serially: {NO_NINJA}"
+        self.record(Result("PASS", "build", f"ganplug._C for {sm_names(archs)} {how}, CUDA_HOME={toolkit}", seconds + more))
         return True
 
     def cuda_kernels_load(self) -> tuple[str | None, float]:
         """(None, seconds) when ganplug._C loads here with its CUDA kernels, else (why not, seconds)."""
-        probe = ("import ganplug.ops._extension as e, sys; "
+        probe = ("import ganplug.ops._extension as e, sys, torch; from ganplug import ops; "
                  "print('kernels for', ', '.join(sorted(e.COMPILED_DEVICE_TYPES)) or 'no device', '- load error:', e.LOAD_ERROR); "
-                 "sys.exit(0 if 'cuda' in e.COMPILED_DEVICE_TYPES else 1)")
+                 "'cuda' in e.COMPILED_DEVICE_TYPES or sys.exit(1); "
+                 "x = torch.arange(4.0, device='cuda').reshape(4, 1); "
+                 "print('wasserstein_generator_loss on cuda:', float(ops.wasserstein_generator_loss(x)))")
         code, output, seconds = self.run("build-load", [self.python, "-c", probe], TIMEOUTS["verify"])
         if code == 0:
             return None, seconds
@@ -272,9 +318,10 @@ class GpuCheck:
     def tests(self) -> None:
         report = self.out / "logs" / "cuda-tests.xml"
         files = [f for f in CUDA_TEST_FILES if (ROOT / f).is_file()]
-        command = [self.python, "-m", "pytest", "-m", "cuda", "-q", "-rfE", "-p", "no:cacheprovider",
+        workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []  # pytest-xdist: 4 test processes share the GPU
+        command = [self.python, "-m", "pytest", "-m", "cuda", "-q", "-rfE", "-p", "no:cacheprovider", *workers,
                    "--continue-on-collection-errors", f"--junitxml={report}", *files]
-        code, output, seconds = self.run("cuda-tests", command, TIMEOUTS["tests"])
+        code, output, seconds = self.run("cuda-tests", command, TIMEOUTS["cuda-tests"])
         if code == 124 or not report.is_file():
             self.record(self.failed_or_skipped("cuda-tests", code if code else 1, output, seconds, "cuda-tests"))
             return
@@ -303,13 +350,16 @@ class GpuCheck:
         def one(run: tuple[str, list[str]]) -> Result:
             name, args = run
             run_dir = root / name
-            code, output, seconds = self.run(f"train-{name}", [self.python, "-m", "ganplug", "train", "--out", str(run_dir), *args],
-                                             TIMEOUTS["train"])
+            try:
+                code, output, seconds = self.run(f"train-{name}", [self.python, "-m", "ganplug", "train", "--out", str(run_dir),
+                                                                   *args], TIMEOUTS["train"])
+            except NotStarted:
+                return self.not_started(f"train {name}")
             what = f"train {name}"
             if code != 0:
                 return self.failed_or_skipped(f"train-{name}", code, output, seconds, what)
             problem = check_train_run(run_dir, steps)
-            if problem is None and name.endswith(GRAPH_SUFFIX):
+            if problem is None and GRAPH_FLAG in args:
                 fallback = graph_fallback(output)
                 problem = f"not captured: {fallback}" if fallback else None
             if problem:
@@ -346,7 +396,11 @@ class GpuCheck:
             command.append("--quick")
         if not self.args.compile:
             command.append("--no-compile")
-        code, output, seconds = self.run(name, command, timeout)
+        try:
+            code, output, seconds = self.run(name, command, timeout)
+        except NotStarted:
+            self.record(self.not_started(what))
+            return False
         table = folder / "bench.md"
         where = table.relative_to(self.out)
         if code == 0 and table.is_file():
@@ -370,7 +424,7 @@ class GpuCheck:
 
 def _last_error_line(output: str) -> str:
     """The most telling line of a failed command's output: an Error:/...Error: line, else the last."""
-    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("$ ")]
+    lines = [re.sub(r"^E\s+", "", line.strip()) for line in output.splitlines() if line.strip() and not line.startswith("$ ")]
     errors = [line for line in lines if line.startswith("Error:") or re.match(r"^[\w.]*(Error|Exception)\b", line)]
     text = (errors or lines or [""])[-1]
     return text if len(text) <= 300 else text[:297] + "..."
@@ -381,50 +435,74 @@ def sm_names(archs: str) -> str:
     return ", ".join("sm_" + a.replace(".", "") for a in archs.split(";") if a)
 
 
-def find_cuda_home() -> str | None:
-    """The CUDA toolkit root the build will use (setup.py looks in the same places)."""
-    def is_toolkit(root: str | None) -> bool:
-        return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc"))
-
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    return next((root for root in candidates if is_toolkit(root)), None)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ganplug.bench.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder, replaced if it holds an earlier run [default: {DEFAULT_OUT}]")
-    parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave out a stage (repeatable)")
+    parser.add_argument("--stage", choices=tuple(STAGES), default="core",
+                        help="core: build, CUDA tests, training runs; speed: benchmarks [default: core]")
+    parser.add_argument("--out", help=f"results folder, replaced if it holds an earlier run [default: {DEFAULT_OUT}/STAGE]")
+    parser.add_argument("--skip", action="append", default=[], choices=sorted({s for v in STAGES.values() for s in v}),
+                        help="leave out a step of the stage (repeatable)")
+    parser.add_argument("--budget", type=int, help="seconds the stage may take; nothing is started after [default: "
+                        + ", ".join(f"{k} {v}" for k, v in BUDGETS.items()) + "]")
     parser.add_argument("--quick", action="store_true", help="ganplug bench --quick (a smoke run: noisy numbers)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile in the benchmarks (minutes more)")
-    parser.add_argument("--train-steps", type=int, default=20, help="steps of each training run [default: 20]")
-    parser.add_argument("--train-jobs", type=int, default=4, help="training runs at a time on the GPU [default: 4]")
+    parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help=f"steps of each training run [default: {TRAIN_STEPS}]")
+    parser.add_argument("--train-jobs", type=int, default=TRAIN_JOBS, help=f"training runs at a time on the GPU [default: {TRAIN_JOBS}]")
     parser.add_argument("--jobs", type=int, default=0, help="build jobs [default: every core]")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing (needs no GPU)")
-    return parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true", help="print each stage's commands with a time estimate, run nothing (needs no GPU)")
+    args = parser.parse_args(argv)
+    args.out = args.out or f"{DEFAULT_OUT}/{args.stage}"
+    args.budget = args.budget or BUDGETS[args.stage]
+    return args
 
 
-def plan(args: argparse.Namespace, archs: str) -> list[str]:
-    """The commands a run makes, one line each (for --dry-run)."""
-    py, out = "python", args.out
+def estimate(stage: str, args: argparse.Namespace) -> int:
+    """Estimated seconds of ``stage`` with ``args`` on an H100 (:data:`ESTIMATES`)."""
+    steps = [step for step in STAGES[stage] if step not in args.skip]
+    total = 0
+    for step in steps:
+        if step == "build":
+            total += ESTIMATES["build" if stage == "core" else "reuse"]
+        elif step == "train":
+            total += ESTIMATES["train-run"] * math.ceil(len(train_runs(args.train_steps)) / max(1, args.train_jobs))
+        else:
+            total += ESTIMATES[step]
+    return total
+
+
+def plan(args: argparse.Namespace, archs: str, stage: str) -> list[str]:
+    """The commands ``stage`` runs, one line each (for --dry-run)."""
+    py, out = "python", f"{DEFAULT_OUT}/{stage}" if args.stage != stage else args.out
+    steps = [step for step in STAGES[stage] if step not in args.skip]
     lines = []
-    if "build" not in args.skip:
-        lines.append(f"TORCH_CUDA_ARCH_LIST={archs} MAX_JOBS={args.jobs or os.cpu_count()} {py} setup.py build_ext --inplace")
-    if "tests" not in args.skip:
+    if "build" in steps:
+        build = f"TORCH_CUDA_ARCH_LIST={archs} MAX_JOBS={args.jobs or os.cpu_count()} {py} setup.py build_ext --inplace"
+        lines.append(build if stage == "core" else f"(when the ganplug._C here does not run its CUDA kernels) {build}")
+    if "cuda-tests" in steps:
         lines.append(f"{py} -m pytest -m cuda {' '.join(CUDA_TEST_FILES)}")
-    if "train" not in args.skip:
+    if "train" in steps:
         lines += [f"{py} -m ganplug train --out {out}/train/{name} {' '.join(a)}" for name, a in train_runs(args.train_steps)]
     flags = (" --quick" if args.quick else "") + ("" if args.compile else " --no-compile")
-    if "bench-kernels" not in args.skip:
+    if "bench-kernels" in steps:
         lines.append(f"{py} -m ganplug bench --kernels --device cuda --out {out}/bench-kernels{flags}")
-    if "bench-steps" not in args.skip:
+    if "bench-steps" in steps:
         from ganplug.bench.steps import CASES
 
         lines += [f"{py} -m ganplug bench --steps --only {c.name} --device cuda --out {out}/bench-steps/{c.name}{flags}"
                   for c in CASES]
     return lines
+
+
+def dry_run(args: argparse.Namespace, archs: str) -> str:
+    """Each stage's plan under a heading with its estimate and budget."""
+    blocks = []
+    for stage in STAGES:
+        seconds = estimate(stage, args)
+        budget = args.budget if stage == args.stage else BUDGETS[stage]
+        command = "make gpu-check" + ("" if stage == "core" else f" STAGE={stage}")
+        blocks.append(f"# stage {stage} ({command}): estimate {seconds / 60:.1f} min on an H100, budget {budget / 60:.1f} min\n"
+                      + "\n".join(plan(args, archs, stage)))
+    return "\n\n".join(blocks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -441,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     has_gpu = torch.cuda.is_available()
     if args.dry_run:
         archs = arch_list([torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]) if has_gpu else "<the local GPU's>"
-        print("\n".join(plan(args, archs)))
+        print(dry_run(args, archs))
         return 0
     if not has_gpu:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -464,35 +542,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     lacks = [f"the Python package{'s' if len(missing) > 1 else ''} {', '.join(package_name(m) for m in missing)}"] if missing else []
     if count < 2:
         lacks.append("a second GPU (the two-device test is skipped)")
+    if find_ninja() is None:
+        lacks.append(NO_NINJA)
     header = [
-        f"gpu-check of ganplug, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"gpu-check of ganplug, stage {args.stage} (budget {args.budget} s), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         f"GPUs: {count} x {', '.join(sorted(set(names)))} ({sm_names(archs)})",
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores, CUDA_HOME={find_cuda_home()}",
         "missing: " + ("; ".join(lacks) + " - what needs it is skipped" if lacks else "nothing"),
     ]
     print("\n".join(header[1:]), flush=True)
-    check = GpuCheck(out, args, header)
+    check = GpuCheck(out, args, header, budget=args.budget)
     check.write_summary()
-    if "build" in args.skip:
-        problem, seconds = check.cuda_kernels_load()
-        built = problem is None
-        check.record(Result("SKIP" if built else "FAIL", "build", "left out (--skip build): the ganplug._C here loads its CUDA kernels"
-                            if built else f"left out (--skip build), and {problem}", seconds))
-    else:
-        built = check.build(archs)
-    for stage in STAGES[1:]:
-        if stage in args.skip:
-            continue
-        if not built:
-            check.record(Result("SKIP", stage, "the build failed", 0.0))
-            continue
-        if stage == "tests":
-            check.tests()
-        elif stage == "train":
-            check.train()
-        else:
-            check.bench(stage.split("-", 1)[1])
+    steps = STAGES[args.stage]
+    built = True
+    for step in steps:
+        try:
+            if step == "build":
+                if step in args.skip:
+                    problem, seconds = check.cuda_kernels_load()
+                    built = problem is None
+                    check.record(Result("SKIP" if built else "FAIL", "build", "left out (--skip build): the ganplug._C here "
+                                        "runs its CUDA kernels" if built else f"left out (--skip build), and {problem}", seconds))
+                else:
+                    built = check.build(archs, reuse=args.stage != "core")
+            elif step in args.skip:
+                continue
+            elif not built:
+                check.record(Result("SKIP", step, "the build failed", 0.0))
+            elif step == "cuda-tests":
+                check.tests()
+            elif step == "train":
+                check.train()
+            else:
+                check.bench(step.split("-", 1)[1])
+        except NotStarted:
+            built = built and step != "build"
+            check.record(check.not_started(step))
     return check.finish()
 
 
