@@ -9,10 +9,9 @@ Environment:
 """
 
 import glob
+import importlib.util
 import os
 import platform
-import shutil
-import site
 import sys
 
 from setuptools import setup
@@ -20,34 +19,16 @@ from setuptools import setup
 DEFAULT_ARCHS = "8.0;8.6;8.9;9.0"
 
 
-def _is_toolkit(root):
-    return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
-        os.path.join(root, "include", "cuda_runtime.h")
-    )
+def _load_toolkit():
+    """ganplug/_toolkit.py by path (importing the package would need its dependencies)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ganplug", "_toolkit.py")
+    spec = importlib.util.spec_from_file_location("ganplug_toolkit", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def find_cuda_home():
-    """The CUDA toolkit root, or None.
-
-    torch's own detection walks up from `which nvcc`, which fails when nvcc on PATH is a wrapper
-    script outside the toolkit; so the standard location is tried before PATH.
-    """
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    return next((root for root in candidates if _is_toolkit(root)), None)
-
-
-def wheel_cuda_includes():
-    """Include dirs of torch's nvidia wheels (cuBLAS, cuSPARSE headers a bare toolkit may lack)."""
-    roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
-    found = []
-    for root in roots:
-        for path in glob.glob(os.path.join(root, "nvidia", "cu*", "include")):
-            if path not in found:
-                found.append(path)
-    return found
+toolkit = _load_toolkit()
 
 
 def cpu_has_avx2():
@@ -72,7 +53,7 @@ def cpu_vector_flags():
     return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
 
 
-cuda_home = None if os.environ.get("GANPLUG_BUILD_CUDA") == "0" else find_cuda_home()
+cuda_home = None if os.environ.get("GANPLUG_BUILD_CUDA") == "0" else toolkit.find_cuda_home()
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # read when torch.utils.cpp_extension is imported
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
@@ -88,7 +69,6 @@ if with_cuda:
     extension = CUDAExtension(
         "ganplug._C",
         sources,
-        include_dirs=wheel_cuda_includes(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         extra_link_args=["-fopenmp"],
     )
@@ -103,5 +83,10 @@ print(
     + (f" (CUDA_HOME={cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else ""),
     file=sys.stderr,
 )
+ninja = toolkit.find_ninja()
+if ninja is None:
+    print(f"ganplug: {toolkit.NO_NINJA}", file=sys.stderr)
+elif os.path.dirname(ninja) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(ninja), os.environ.get("PATH", "")])  # torch runs `ninja` by name
 
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})
