@@ -272,10 +272,30 @@ def ganplug_metrics() -> list[MetricSpec]:
             datasets=("mnist5k", "mnist", "fashion-mnist"),
         ),
         MetricSpec(
+            name="classifier-score",
+            summary="digits, mnist5k, mnist, fashion-mnist: the Inception Score's formula over the quality classifier's softmax (offline), real floor beside",
+            factory="ganplug.metrics.classifier:build_score",
+            options=(
+                Option("n_samples", int, 899, "samples drawn from the generator (899 = digits' held-out real half)"),
+                Option("splits", int, 10, "parts the samples are scored in (mean and std over them), as the papers"),
+            ),
+            datasets=("digits", "mnist5k", "mnist", "fashion-mnist"),
+        ),
+        MetricSpec(
             name="inception",
             summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build",
             options=(Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),),
+            datasets=("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+        ),
+        MetricSpec(
+            name="inception-score",
+            summary="images: Inception Score (torch-fidelity, 10 splits), real floor beside; needs the weights on disk",
+            factory="ganplug.metrics.inception:build_score",
+            options=(
+                Option("n_samples", int, 1000, "samples drawn from the generator (papers: 50000)"),
+                Option("splits", int, 10, "parts the samples are scored in (mean and std over them), as the papers"),
+            ),
             datasets=("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"),
         ),
     ]

@@ -163,7 +163,7 @@ FLOOR_KEYS = {f"{k}_real_floor" for k in im.METRIC_KEYS}
 
 
 def test_digits_quality_is_registered_for_digits():
-    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "inception"]
+    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "classifier-score", "inception", "inception-score"]
     spec = get_registry().resolve("metric", "digits-quality")
     assert spec.resolve_options({}) == {"n_samples": 899, "k": 5, "confidence": 0.9}
 
@@ -302,7 +302,7 @@ def test_mnist_quality_rejects_samples_of_the_wrong_size(fake_mnist):
 def test_mnist_quality_on_the_bundled_mnist5k(cache):
     """The real MNIST digits: the classifier trained on one half is accurate on the other, the
     held-out half scores exactly the floor, noise and one class score far from it."""
-    assert {spec.name for spec in applicable_metrics("mnist5k")} == {"mnist-quality", "inception"}
+    assert {spec.name for spec in applicable_metrics("mnist5k")} == {"mnist-quality", "classifier-score", "inception", "inception-score"}
     images, labels = metric_context("mnist5k", {"image_size": 0}).real().take()
     assert images.shape == (5000, 1, 28, 28)
     _, held = im.digits_split(images.shape[0])

@@ -45,10 +45,11 @@ def test_missing_weights_skip_the_metric_with_what_to_do(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / inception.WEIGHTS_FILE
     monkeypatch.setenv(inception.WEIGHTS_ENV, str(missing))
     built, skipped = prepare_metrics("digits")
-    assert [spec.name for spec, _, _ in built] == ["digits-quality"]
-    assert set(skipped) == {"inception"}
-    assert str(missing) in skipped["inception"] and inception.WEIGHTS_URL in skipped["inception"]
-    assert inception.WEIGHTS_ENV in skipped["inception"]
+    assert [spec.name for spec, _, _ in built] == ["digits-quality", "classifier-score"]
+    assert set(skipped) == {"inception", "inception-score"}
+    for name in ("inception", "inception-score"):
+        assert str(missing) in skipped[name] and inception.WEIGHTS_URL in skipped[name]
+        assert inception.WEIGHTS_ENV in skipped[name]
     with pytest.raises(MetricUnavailable, match="metric 'inception' is unavailable: no Inception weights at"):
         prepare_metrics("digits", ("inception",))
 
@@ -57,7 +58,8 @@ def test_missing_package_says_what_to_install(monkeypatch, random_weights):
     monkeypatch.setenv(inception.WEIGHTS_ENV, str(random_weights))
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails as if not installed
     _, skipped = prepare_metrics("digits")
-    assert skipped == {"inception": "needs torch-fidelity: pip install 'ganplug[inception]'"}
+    needs = "needs torch-fidelity: pip install 'ganplug[inception]'"
+    assert skipped == {"inception": needs, "inception-score": needs}
 
 
 def test_weights_path_defaults_to_torch_fidelity_cache(monkeypatch, tmp_path):

@@ -163,11 +163,15 @@ def test_builtin_metrics_apply_to_their_datasets():
     assert [s.name for s in applicable_metrics("ring8")] == ["modes"]
     assert [s.name for s in applicable_metrics("grid25")] == ["modes"]
     assert [s.name for s in applicable_metrics("gaussian")] == ["gaussian-fit"]
-    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "inception"]
+    assert [s.name for s in applicable_metrics("digits")] == [
+        "digits-quality", "classifier-score", "inception", "inception-score",
+    ]
     for images in ("mnist", "fashion-mnist"):
-        assert [s.name for s in applicable_metrics(images)] == ["mnist-quality", "inception"]
+        assert [s.name for s in applicable_metrics(images)] == [
+            "mnist-quality", "classifier-score", "inception", "inception-score",
+        ]
     for images in ("cifar10", "image-folder"):
-        assert [s.name for s in applicable_metrics(images)] == ["inception"]
+        assert [s.name for s in applicable_metrics(images)] == ["inception", "inception-score"]
     spec = MetricSpec("any", "s", "x:y")
     assert spec.applies_to("digits") and spec.describe()["datasets"] == []
 
@@ -241,8 +245,10 @@ def test_eval_json_of_a_digits_run(runs, capsys):
     code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]), "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["dataset"] == "digits" and set(report["metrics"]) == {"digits-quality"}
-    assert set(report["skipped"]) == {"inception"}  # no Inception weights in the test environment
+    assert report["dataset"] == "digits" and set(report["metrics"]) == {"digits-quality", "classifier-score"}
+    assert set(report["skipped"]) == {"inception", "inception-score"}  # no Inception weights in the test environment
+    score = report["metrics"]["classifier-score"]
+    assert 1.0 <= score["classifier_score"] < score["classifier_score_real_floor"] <= 10.0
     scores = report["metrics"]["digits-quality"]
     keys = ("fd", "precision", "recall", "density", "coverage", "confident_pct", "classes_covered", "class_kl")
     assert set(scores) == {*keys, *(f"{k}_real_floor" for k in keys), "classifier_accuracy"}
@@ -254,7 +260,8 @@ def test_eval_says_which_metric_it_skipped_and_why(runs, capsys):
     code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]))
     assert code == 0, err
     assert "digits-quality" in out
-    assert out.splitlines()[-1].startswith("inception: skipped: no Inception weights at ")
+    assert out.splitlines()[-2].startswith("inception: skipped: no Inception weights at ")
+    assert out.splitlines()[-1].startswith("inception-score: skipped: no Inception weights at ")
     code, out, err = run_main(capsys, "eval", "--checkpoint", str(runs["digits"]), "--metric", "inception")
     assert code == 1 and out == "" and err.count("\n") == 1
     assert "metric 'inception' is unavailable: no Inception weights at" in err
@@ -376,7 +383,7 @@ def test_a_plugin_metric_for_any_dataset_is_used(runs, monkeypatch):
     reg = Registry(entry_points=[], extra_plugins=[("counter", Plugin())], report=False)
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)
     report = evaluate(runs["digits"])
-    assert set(report["metrics"]) == {"digits-quality", "count"}
+    assert set(report["metrics"]) == {"digits-quality", "classifier-score", "count"}
     assert report["metrics"]["count"] == {"n": 7.0, "dims": 64.0}
     assert evaluate(runs["digits"], metrics=("count",))["metrics"] == {"count": {"n": 7.0, "dims": 64.0}}
 

@@ -50,7 +50,7 @@ def test_builtins_register_through_the_hooks():
         "architecture": ["mlp", "dcgan"],
         "loss": ["bce", "minimax", "wasserstein", "hinge", "relativistic"],
         "dataset": ["gaussian", "ring8", "grid25", "digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"],
-        "metric": ["modes", "gaussian-fit", "digits-quality", "mnist-quality", "inception"],
+        "metric": ["modes", "gaussian-fit", "digits-quality", "mnist-quality", "classifier-score", "inception", "inception-score"],
         "logger": ["tensorboard"],
         "augmentation": ["diffaugment"],
     }

@@ -25,6 +25,10 @@ held-out half (``*_real_floor``: what a perfect generator would score with that 
   all samples: 0 for balanced classes, ``log 10`` when every sample gets one class;
 - ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor).
 
+``classifier-score`` (the same datasets) is the Inception Score's formula over this classifier's
+softmax instead of Inception-v3's (:func:`split_score`, 10 splits): offline, and in the classes
+that matter for digits; 10 at best, 1 when every sample looks alike.
+
 For a conditional run (the metric gets each sample's requested ``labels``) also
 ``class_accuracy_pct``: % of samples the classifier assigns to the class they were drawn for
 (floor: the classifier's accuracy on the held-out half, in %), and ``worst_class_accuracy_pct``:
@@ -313,6 +317,54 @@ def class_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[
     return {"class_accuracy_pct": 100.0 * float(hit.mean()), "worst_class_accuracy_pct": 100.0 * min(per_class)}
 
 
+def split_score(probs: Tensor, splits: int = 10) -> tuple[float, float]:
+    """The Inception Score's formula (Salimans et al. 2016) over class probabilities ``probs`` (N,
+    K): the rows cut into ``splits`` consecutive parts as the papers and torch-fidelity do (part i:
+    rows ``i*N//splits`` to ``(i+1)*N//splits``), in each ``exp(mean_x KL(p(y|x) || p(y)))`` with
+    ``p(y)`` the part's mean row; returns the (mean, std) over the parts. From 1 (every row the
+    same) to K (one-hot rows, each class equally often in every part)."""
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    n = p.shape[0]
+    if splits < 1 or n < splits:
+        raise GanplugError(f"the score needs at least {splits} samples for {splits} splits, got {n}")
+    scores = []
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
+        marginal = part.mean(dim=0, keepdim=True)
+        terms = torch.where(part > 0, part * (part.log() - marginal.log()), torch.zeros_like(part))  # 0 log 0 = 0
+        scores.append(float(terms.sum(dim=1).mean().exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def build_score(n_samples: int = 899, splits: int = 10) -> Callable[..., dict[str, float]]:
+    """The ``classifier-score`` metric: :func:`split_score` of the classifier's softmax on the
+    samples (``classifier_score``, ``classifier_score_std``) and on as many real held-out images
+    (``*_real_floor``: what a perfect generator scores)."""
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise GanplugError(f"classifier-score option splits must be an integer >= 1, got {splits!r}")
+
+    def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
+        reference = digits_reference(context)
+        size = reference.image_size
+        x = torch.as_tensor(samples)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] < splits:
+            raise GanplugError(
+                f"classifier-score needs at least {splits} samples of shape (N, 1, {size}, {size}), got {tuple(x.shape)}"
+            )
+        x = x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(x).all():
+            raise GanplugError("classifier-score: the samples contain NaN or infinite values")
+        _, probs = classify(reference.model, x)
+        mean, std = split_score(probs, splits)
+        floor, floor_std = split_score(reference.held_probs[: x.shape[0]], splits)
+        return {
+            "classifier_score": mean, "classifier_score_std": std,
+            "classifier_score_real_floor": floor, "classifier_score_std_real_floor": floor_std,
+        }
+
+    return metric
+
+
 def score_features(
     reference: Tensor, features: Tensor, probs: Tensor, k: int = 5, confidence: float = 0.9
 ) -> dict[str, float]:
@@ -407,6 +459,7 @@ __all__ = [
     "DigitClassifier",
     "DigitsReference",
     "build",
+    "build_score",
     "class_accuracy",
     "class_statistics",
     "classifier_path",
@@ -419,5 +472,6 @@ __all__ = [
     "prdc",
     "labelled_images",
     "score_features",
+    "split_score",
     "train_classifier",
 ]

@@ -15,6 +15,10 @@ perfect generator would score with that many samples):
 - ``kid``, ``kid_std``: the unbiased polynomial-kernel MMD² (Bińkowski et al. 2018), mean and std
   over :data:`KID_SUBSETS` seeded subsets of up to :data:`KID_SUBSET_SIZE` per side.
 
+``inception-score`` (:func:`build_score`): ``inception_score``, ``inception_score_std``, the
+Inception Score (Salimans et al. 2016) as torch-fidelity computes it (:data:`ISC_SPLITS` splits),
+beside the same for as many real held-out images.
+
 Reference and floor sets: the classifier metric's fixed halves of the real images
 (:func:`ganplug.metrics.classifier.digits_split`, a seeded permutation), each cut to
 ``n_samples`` (digits at the default 1000: all 898 and 899).
@@ -65,18 +69,20 @@ def check_available() -> Path:
     return path
 
 
-_EXTRACTORS: dict[str, Any] = {}
+_EXTRACTORS: dict[tuple[str, str], Any] = {}
 
 
-def extractor(path: Path) -> Any:
-    """torch-fidelity's Inception-v3 feature extractor (2048-d pool features), kept per process."""
-    key = str(path)
+def extractor(path: Path, feature: str = "2048") -> Any:
+    """torch-fidelity's Inception-v3 feature extractor of ``feature`` (``"2048"``: the pool
+    features of FID and KID; ``"logits_unbiased"``: the logits of the Inception Score), kept per
+    process."""
+    key = (str(path), feature)
     if key not in _EXTRACTORS:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         try:
             _EXTRACTORS[key] = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+                "inception-v3-compat", [feature], feature_extractor_weights_path=str(path)
             )
         except Exception as error:  # truncated or foreign file: say which, do not half-load
             raise GanplugError(f"cannot load the Inception weights {path}: {str(error).splitlines()[0]}") from None
@@ -90,9 +96,10 @@ def to_uint8_rgb(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def inception_features(images: Tensor, path: Path, batch: int = 64) -> np.ndarray:
-    """(N, 2048) float64 pool features of images (N, C, H, W) in [-1, 1]."""
-    model = extractor(path)
+def inception_features(images: Tensor, path: Path, batch: int = 64, feature: str = "2048") -> np.ndarray:
+    """(N, 2048) float64 pool features (or (N, 1008) logits, ``feature="logits_unbiased"``) of
+    images (N, C, H, W) in [-1, 1]."""
+    model = extractor(path, feature)
     x = to_uint8_rgb(images)
     out = [model(x[i : i + batch])[0].double() for i in range(0, x.shape[0], batch)]
     return torch.cat(out).numpy()
@@ -145,17 +152,22 @@ def score(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"fid": feature_frechet_distance(reference, features), "kid": mean, "kid_std": std}
 
 
+def _checked_images(samples: Tensor, metric: str, least: int) -> Tensor:
+    x = torch.as_tensor(samples)
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] < least:
+        raise GanplugError(f"{metric} needs at least {least} images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise GanplugError(f"{metric}: the samples contain NaN or infinite values")
+    return x
+
+
 def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
     """The ``inception`` metric: ``metric(samples, context)``; raises
     MetricUnavailable here, before any sampling, when the package or the weights are missing."""
     path = check_available()
 
     def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
-        x = torch.as_tensor(samples)
-        if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
-            raise GanplugError(f"inception needs at least 2 images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise GanplugError("inception: the samples contain NaN or infinite values")
+        x = _checked_images(samples, "inception", 2)
         reference, held = reference_features(context, n_samples, path)
         scores = score(inception_features(x, path), reference)
         floor = score(held[: x.shape[0]], reference)
@@ -168,7 +180,43 @@ def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
     return metric
 
 
+ISC_SPLITS = 10  # the Inception Score's splits, as the papers (and torch-fidelity) use
+
+
+def inception_score(images: Tensor, path: Path, splits: int = ISC_SPLITS) -> tuple[float, float]:
+    """(mean, std) of the Inception Score of images (N, C, H, W) in [-1, 1]: torch-fidelity's
+    computation (its ``isc_features_to_metric``: Inception-v3's unbiased logits, the samples
+    shuffled with its seed, ``splits`` parts) on the images as uint8 files would hold them."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    logits = torch.from_numpy(inception_features(images, path, feature="logits_unbiased"))
+    result = isc_features_to_metric(logits, splits)
+    return float(result[KEY_METRIC_ISC_MEAN]), float(result[KEY_METRIC_ISC_STD])
+
+
+def build_score(n_samples: int = 1000, splits: int = ISC_SPLITS) -> Callable[..., dict[str, float]]:
+    """The ``inception-score`` metric: ``inception_score``, ``inception_score_std`` and the same
+    for as many real held-out images (``*_real_floor``, what a perfect generator scores); raises
+    MetricUnavailable here when the package or the weights are missing."""
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise GanplugError(f"inception-score option splits must be an integer >= 1, got {splits!r}")
+    path = check_available()
+
+    def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
+        x = _checked_images(samples, "inception-score", splits)
+        _, held = _real_images(context, x.shape[0])
+        mean, std = inception_score(x, path, splits)
+        floor, floor_std = inception_score(held, path, splits)
+        return {
+            "inception_score": mean, "inception_score_std": std,
+            "inception_score_real_floor": floor, "inception_score_std_real_floor": floor_std,
+        }
+
+    return metric
+
+
 __all__ = [
-    "WEIGHTS_ENV", "WEIGHTS_FILE", "WEIGHTS_URL", "build", "check_available", "inception_features",
+    "ISC_SPLITS", "WEIGHTS_ENV", "WEIGHTS_FILE", "WEIGHTS_URL", "build", "build_score", "check_available",
+    "inception_features", "inception_score",
     "kid", "to_uint8_rgb", "weights_path",
 ]
