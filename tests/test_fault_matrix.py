@@ -176,6 +176,12 @@ def assert_same_as(reference: Path, run_dir: Path) -> None:
     assert_same_run(reference, run_dir, STEPS)
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal gives it. A suite started in the background
+    (`make test &`, nohup) passes SIGINT on ignored, and Python then installs no handler for it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def gated_process(site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = False, **faults: object) -> subprocess.Popen:
     """A run that blocks inside step ``GATE_STEP`` (or at start-up) until the test opens the gate.
     Two pipes are the gate: the run writes a byte to one when it gets there, then reads the other
@@ -188,10 +194,10 @@ def gated_process(site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = F
     if shell_pipe:  # `ganplug train ... 2>&1 | tee log` in its own process group, as a terminal runs it
         line = " ".join(f"'{part}'" for part in command) + f" 2>&1 | tee '{gate / 'log'}'"
         process = subprocess.Popen(["bash", "-c", line], env=env, start_new_session=True, pass_fds=(at_write, go_read),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
     else:
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   pass_fds=(at_write, go_read))
+                                   pass_fds=(at_write, go_read), preexec_fn=default_sigint)
     os.close(at_write)  # the run holds the only write end: its exit ends our read
     os.close(go_read)
     process.gate = (at_read, go_write)
