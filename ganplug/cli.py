@@ -186,6 +186,8 @@ def _knob_option(field_name: str) -> Any:
         kwargs["type"] = meta.kind
     if meta.bare is not None:
         kwargs.update(is_flag=False, flag_value=meta.bare)
+    if meta.kind is bool and meta.resumable:  # --no-amp, --no-cuda-graphs: switch it off on a resume
+        return click.option(f"{meta.flag}/--no-{meta.flag[2:]}", meta.param, **kwargs)
     return click.option(meta.flag, meta.param, **kwargs)
 
 
@@ -297,7 +299,7 @@ def train(ctx: click.Context, **given: Any) -> None:
             flag = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
             value = explicit[param.name]
             if param.is_flag:
-                args += [flag] if value else []
+                args += [flag] if value else list(param.secondary_opts[:1])
             elif param.multiple:
                 for item in value:
                     args += [flag, str(item)]

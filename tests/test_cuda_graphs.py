@@ -248,7 +248,7 @@ def test_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_line_namin
     spec = build_run(config_of(name, steps=1)).loss_spec
     line = (f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
             "operation not permitted when stream is capturing); stopped, since a failed capture can leave this process's "
-            "CUDA RNG and memory pool unusable: train without --cuda-graphs")
+            "CUDA RNG and memory pool unusable: train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)")
     runner = CudaGraphStep(AdversarialStep(build_run(config_of(name))), lambda text: pytest.fail(text))
     with pytest.raises(CaptureFailed) as failed:
         runner.run_step(0, Sums())
@@ -603,7 +603,7 @@ def test_on_a_gpu_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_l
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert "step 1: --cuda-graphs: capturing the step failed in loss 'wasserstein'" in last, done.stderr
-    assert last.endswith("train without --cuda-graphs; no checkpoint was written")
+    assert last.endswith("train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs); no checkpoint was written")
 
 
 @pytest.mark.cuda

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics
+from conftest import read_metrics, run_main
 from test_robust import cli, tiny
 
 from ganplug.errors import UsageError
@@ -243,3 +243,18 @@ def test_a_fork_is_a_run_of_its_own(tmp_path, capsys):
     for key in ("generator", "discriminator"):  # a straight run from step 4 to 6 is what ours did
         for name, tensor in load_checkpoint(ours)[key].items():
             assert torch.equal(load_checkpoint(branch)[key][name], tensor), name
+
+
+def test_a_resume_can_switch_cuda_graphs_off(tmp_path, capsys):
+    """After a failed capture the run says to continue without --cuda-graphs: --no-cuda-graphs
+    (resumable boolean knobs have a --no- form; --amp needs CUDA, so it is not run here)."""
+    run_dir = tmp_path / "run"
+    train(tiny(2, checkpoint_every=2, cuda_graphs=True), run_dir, quiet=True, stream=io.StringIO())
+    assert load_checkpoint(run_dir)["config"]["cuda_graphs"] is True
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "3", "--no-cuda-graphs", "-q")
+    assert status == 0, err
+    assert load_checkpoint(run_dir)["config"]["cuda_graphs"] is False
+    status, err = cli(capsys, "train", "--resume", str(run_dir), "--steps", "4", "-q")  # stays off
+    assert status == 0 and load_checkpoint(run_dir)["config"]["cuda_graphs"] is False, err
+    code, out, _ = run_main(capsys, "train", "--help")
+    assert code == 0 and "--cuda-graphs / --no-cuda-graphs" in out and "--amp / --no-amp" in out

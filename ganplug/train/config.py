@@ -211,8 +211,9 @@ CUDA_GRAPHS_HELP = (
     "Capture the whole step (critic updates with their penalties, generator update, optimiser steps) as one "
     "CUDA graph and replay it: fewer launches for small models. Runs the eager step instead, saying why in one "
     "line, on CPU, with --nproc > 1, with --lr-decay linear, with lazy R1/R2 (r1_every > 1), with a loss whose "
-    "state changes every step or whose capture fails (it synchronises with the host), and if batch shapes "
-    "change. Same maths; on a GPU equal to the eager step within float tolerance. Not yet run on a GPU; "
+    "state changes every step or that synchronises with the host (found before capturing), and if batch shapes "
+    "change; a capture that still fails stops the run with its checkpoint (resume with --no-cuda-graphs). "
+    "Same maths; on a GPU equal to the eager step within float tolerance. Not yet run on a GPU; "
     "see docs/kernels.md."
 )
 LOSS_RECIPE = "the dataset's recipe for the loss, else the loss's"

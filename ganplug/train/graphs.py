@@ -461,7 +461,7 @@ class CudaGraphStep:
             raise CaptureFailed(
                 f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {_first_line(error)}); "
                 "stopped, since a failed capture can leave this process's CUDA RNG and memory pool unusable: "
-                "train without --cuda-graphs"
+                "train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)"
             ) from error
         saved.restore()  # what the capture's Python changed (the loss's count, host RNG draws)
         self.graph, self.outputs = graph, outputs
