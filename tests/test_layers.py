@@ -13,9 +13,12 @@ ROOT = Path(ganplug.__file__).parent
 
 # Lowest first. A module belongs to the first layer with a prefix matching its dotted name.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", ("ganplug.errors", "ganplug.plugin", "ganplug.hookspecs", "ganplug.registry", "ganplug.builtin_specs", "ganplug.files")),
+    ("core", (
+        "ganplug.errors", "ganplug.plugin", "ganplug.hookspecs", "ganplug.registry", "ganplug.builtin_specs", "ganplug.files",
+        "ganplug._toolkit",
+    )),
     ("kernels", ("ganplug.ops", "ganplug._C", "ganplug.nn", "ganplug.noise", "ganplug.plots")),
-    ("parts", ("ganplug.models", "ganplug.losses", "ganplug.data", "ganplug.metrics")),
+    ("parts", ("ganplug.models", "ganplug.losses", "ganplug.augment", "ganplug.data", "ganplug.metrics")),
     ("trainer", ("ganplug.train",)),
     ("services", ("ganplug.generate", "ganplug.evaluation", "ganplug.testing")),
     ("front", ("ganplug.bench", "ganplug.cli", "ganplug.__main__")),
