@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import quiet_train, read_metrics, run_main
+from conftest import quiet_train, read_metrics, run_main, tiny_config
 
 from ganplug import registry as registry_module
 from ganplug.plugin import LoggerSpec, Option, hookimpl
@@ -167,13 +167,8 @@ def as_json(call: tuple) -> tuple:
 
 
 def tiny(steps: int, **knobs) -> TrainConfig:
-    values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
-        data_options={"size": 256}, steps=steps, batch_size=16, log_every=2, sample_every=2,
-        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
-    )
-    values.update(knobs)
-    return TrainConfig(**values)
+    """conftest's tiny run, with a metrics line and a picture every 2 steps."""
+    return tiny_config(steps, **{"log_every": 2, "sample_every": 2, **knobs})
 
 
 def test_a_logger_gets_each_line_evaluation_and_picture_in_order_and_leaves_the_weights_alone(tmp_path, recorder_registry):

@@ -236,10 +236,11 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
                 f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
                 f"{tuple(state['model']['data_shape'])}: start a new run with --out"
             )
-        run_id = read_run_id(run_dir) or loaded.run_id or new_run_id()
+        recorded_id = read_run_id(run_dir)  # None for a run from before runs had ids
+        run_id = recorded_id or loaded.run_id or new_run_id()
         checkpoint = loaded.path
         if main:
-            if read_run_id(run_dir) is None:  # a run from before runs had ids
+            if recorded_id is None:
                 write_run_id(run_dir, run_id)
             if newer:
                 checkpoint = discard_newer_work(run_dir, loaded)

@@ -178,16 +178,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _unlinked_latest(directory: Path) -> Path | None:
+    """``directory/latest.pt`` when it is not a link to one of the step files there (a copy, where
+    links are refused, or a checkpoint of its own), else None."""
+    latest = Path(directory) / LATEST
+    if latest.is_file() and not any(_same_file(latest, file) for _, file in step_checkpoints(directory)):
+        return latest
+    return None
+
+
 def newer_checkpoints(directory: Path, resumed: LoadedCheckpoint) -> list[int]:
     """The steps of the complete checkpoints of ``resumed``'s run in ``directory`` that are newer
     than it: step files, and ``latest.pt`` when it is a newer checkpoint of its own. Files that do
     not load, or belong to another run, hold no work of this run."""
     directory = Path(directory)
     files = [file for step, file in step_checkpoints(directory) if step > resumed.step]
-    latest = directory / LATEST
-    if latest.is_file() and not _same_file(latest, resumed.path) and not any(
-        _same_file(latest, file) for _, file in step_checkpoints(directory)
-    ):
+    latest = _unlinked_latest(directory)
+    if latest is not None and not _same_file(latest, resumed.path):
         files.append(latest)
     newer = set()
     for file in files:
@@ -329,8 +336,8 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
     run_id = read_run_id(directory.parent if directory.name == CHECKPOINTS else directory)
     files = [file for _, file in reversed(step_checkpoints(directory))]
     latest = directory / LATEST
-    if latest.is_file() and not any(_same_file(latest, file) for file in files):
-        files.append(latest)  # not a link to a step file: a copy, or a checkpoint of its own
+    if _unlinked_latest(directory) is not None:
+        files.append(latest)
     found: LoadedCheckpoint | None = None
     for file in files:
         if found is not None and file.name != LATEST:
