@@ -4,9 +4,10 @@
 #   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
 #                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")
 #   make bench-pytest   the pytest-benchmark suite in benchmarks/ (ratio tables in benchmarks/results/)
-#   make gpu-check   on a GPU machine (CUDA toolkit + torch, no internet), stage core (<= 6 min): build for its GPU,
-#                CUDA tests, training runs, to gpu-check-results/core/; make gpu-check STAGE=speed (<= 3 min): the
-#                benchmarks, to gpu-check-results/speed/; GPU_CHECK_ARGS=--dry-run lists both with estimates (docs/kernels.md)
+#   make gpu-check   on a GPU machine (CUDA toolkit + torch, no internet): tools/gpu_check.py, stage core
+#                (<= 6 min): build for its GPU, CUDA tests, training runs, to gpu-check-results/core/;
+#                make gpu-check STAGE=speed (<= 3 min): the benchmarks, to gpu-check-results/speed/;
+#                GPU_CHECK_ARGS=--dry-run lists both with estimates (docs/kernels.md)
 PYTHON ?= python3
 STAGE ?= core
 VENV := .venv
@@ -39,7 +40,7 @@ bench-pytest: setup
 	$(BIN)/python -m pytest -q benchmarks
 
 gpu-check:
-	@$(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))) -m ganplug.bench.gpu_check --stage $(STAGE) $(GPU_CHECK_ARGS)
+	@$(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))) -m tools.gpu_check --stage $(STAGE) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build ganplug/_C*.so *.egg-info

@@ -1,4 +1,4 @@
-"""`make gpu-check` (ganplug.bench.gpu_check) where no GPU is: one line and a non-zero exit, nothing
+"""`make gpu-check` (tools/gpu_check.py, a repository tool) where no GPU is: one line and a non-zero exit, nothing
 built; the plan it would run; and its pieces (arch list, missing-package detection, pytest's
 JUnit report, a training run and a benchmark run checked and summarised), run on the CPU."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ganplug.bench import gpu_check
+from tools import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def _extension_files() -> dict[str, float]:
 
 def test_without_a_gpu_it_says_so_in_one_line_builds_nothing_and_exits_2(tmp_path):
     before = _extension_files()
-    done = subprocess.run([sys.executable, "-m", "ganplug.bench.gpu_check", "--out", str(tmp_path / "r")], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--out", str(tmp_path / "r")], cwd=ROOT,
                           env=_no_gpu_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
@@ -52,7 +52,7 @@ def test_make_gpu_check_without_a_gpu_exits_non_zero_with_that_line(tmp_path):
 
 
 def test_the_dry_run_lists_each_stage_with_its_estimate_without_a_gpu():
-    done = subprocess.run([sys.executable, "-m", "ganplug.bench.gpu_check", "--dry-run", "--quick"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry-run", "--quick"], cwd=ROOT,
                           env=_no_gpu_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     core, speed = [block.splitlines() for block in done.stdout.strip().split("\n\n")]

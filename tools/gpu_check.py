@@ -22,13 +22,15 @@ started because the stage's budget was spent is a SKIP saying so.
 
 Exit status: 0 when nothing failed, 1 when a check failed, 2 when nothing could run (no GPU, no
 torch, not a source checkout). ``--dry-run`` prints each stage's commands with a time estimate
-and runs nothing (no GPU needed). Run it as ``python -m ganplug.bench.gpu_check [options]`` from
-the checkout, or ``make gpu-check [STAGE=speed] GPU_CHECK_ARGS="..."``.
+and runs nothing (no GPU needed). Run it from the checkout's root as ``python -m tools.gpu_check
+[options]``, or ``make gpu-check [STAGE=speed] GPU_CHECK_ARGS="..."``. A repository tool: it builds
+the extension and runs the tests, so it is no part of the installed package.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import importlib.util
 import json
@@ -41,13 +43,13 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ganplug._toolkit import NO_NINJA, find_cuda_home, find_ninja
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "gpu-check-results"
 STAGES = {"core": ("build", "cuda-tests", "train"), "speed": ("build", "bench-kernels", "bench-steps")}
 BUDGETS = {"core": 360, "speed": 180}  # seconds a stage may take (it starts nothing after)
@@ -72,11 +74,22 @@ CUDA_TEST_FILES = (
 )
 # Import names worth naming when absent (what ganplug and its tests import somewhere).
 PROBED_MODULES = (
-    "pytest", "numpy", "click", "pluggy", "setuptools", "tqdm", "PIL", "matplotlib", "scipy", "sklearn", "torchvision",
+    "pytest",
+    "numpy",
+    "click",
+    "pluggy",
+    "setuptools",
+    "tqdm",
+    "PIL",
+    "matplotlib",
+    "scipy",
+    "sklearn",
+    "torchvision",
     "mlxtend",
 )
 PACKAGE_NAMES = {"PIL": "pillow", "sklearn": "scikit-learn", "tomli_w": "tomli-w"}
-TIMEOUTS = {"build": 300, "verify": 60, "cuda-tests": 240, "train": 120, "bench-kernels": 120, "bench-steps": 60}  # seconds
+# seconds each command may take
+TIMEOUTS = {"build": 300, "verify": 60, "cuda-tests": 240, "train": 120, "bench-kernels": 120, "bench-steps": 60}
 MIN_START = 10  # seconds a command needs left in the stage's budget to be started
 
 
@@ -99,6 +112,11 @@ def package_name(module: str) -> str:
     return PACKAGE_NAMES.get(top, top)
 
 
+def needs_package(package: str) -> str:
+    """The detail of a check skipped for a missing Python package."""
+    return f"needs the Python package {package}, not installed here"
+
+
 def missing_from_output(output: str) -> str | None:
     """The Python package whose import made a command fail, read off its final error line only
     (a ``No module named`` earlier in the output, e.g. in a warning, does not count), or None."""
@@ -118,24 +136,49 @@ def train_runs(steps: int, device: str = "cuda") -> list[tuple[str, list[str]]]:
         for loss in TRAIN_LOSSES:
             for variant in TRAIN_VARIANTS:
                 name = "-".join([arch, loss, dataset, *(flag.lstrip("-") for flag in variant)])
-                args = ["--arch", arch, "--loss", loss, "--dataset", dataset, "--device", device, "--steps", str(steps),
-                        "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "5", "-q", *variant]
+                args = [
+                    "--arch",
+                    arch,
+                    "--loss",
+                    loss,
+                    "--dataset",
+                    dataset,
+                    "--device",
+                    device,
+                    "--steps",
+                    str(steps),
+                    "--sample-every",
+                    "0",
+                    "--checkpoint-every",
+                    "0",
+                    "--log-every",
+                    "5",
+                    "-q",
+                    *variant,
+                ]
                 runs.append((name, args))
     return runs
 
 
 def graph_fallback(output: str) -> str | None:
     """The line a ``--cuda-graphs`` run printed when it ran the eager step instead, or None."""
-    return next((line.strip() for line in output.splitlines() if "--cuda-graphs" in line and "eager step" in line), None)
+    return next(
+        (line.strip() for line in output.splitlines() if "--cuda-graphs" in line and "eager step" in line), None
+    )
+
+
+def loss_records(run_dir: Path) -> list[dict]:
+    """The lines of ``run_dir/metrics.jsonl`` that carry a step's losses (none without the file)."""
+    path = run_dir / "metrics.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return [r for r in lines if "step" in r and "d_loss" in r]
 
 
 def check_train_run(run_dir: Path, steps: int) -> str | None:
     """None when ``run_dir`` holds a run that reached ``steps`` with finite losses, else why not."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not (run_dir / "metrics.jsonl").is_file():
         return "no metrics.jsonl"
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in lines if "step" in r and "d_loss" in r]
+    records = loss_records(run_dir)
     if not records:
         return "metrics.jsonl has no loss lines"
     last = records[-1]
@@ -150,7 +193,7 @@ class TestCounts:
     passed: int = 0
     failed: list[str] = field(default_factory=list)
     skipped: int = 0
-    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skip_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     collection_errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
 
 
@@ -167,22 +210,17 @@ def read_junit(path: Path) -> TestCounts:
         if error is not None and not classname:  # a file that could not be collected
             counts.collection_errors.append((name, f"{error.get('message', '')}\n{error.text or ''}"))
         elif missing:
-            reason = f"needs the Python package {missing}, not installed here"
             counts.skipped += 1
-            counts.skip_reasons[reason] = counts.skip_reasons.get(reason, 0) + 1
+            counts.skip_reasons[needs_package(missing)] += 1
         elif bad is not None:
             counts.failed.append(f"{classname}::{name}")
         elif skipped is not None:
             counts.skipped += 1
-            reason = _first_line(skipped.get("message", "") or "skipped")
-            counts.skip_reasons[reason] = counts.skip_reasons.get(reason, 0) + 1
+            message = (skipped.get("message", "") or "skipped").strip()
+            counts.skip_reasons[message.splitlines()[0] if message else ""] += 1
         else:
             counts.passed += 1
     return counts
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -206,8 +244,14 @@ class NotStarted(Exception):
 class GpuCheck:
     """One stage's checks into ``out``; nothing is started once ``budget`` seconds have passed."""
 
-    def __init__(self, out: Path, args: argparse.Namespace, header: list[str], device: str = "cuda",
-                 budget: float = BUDGETS["core"]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        args: argparse.Namespace,
+        header: list[str],
+        device: str = "cuda",
+        budget: float = BUDGETS["core"],
+    ) -> None:
         self.out = out
         self.device = device  # what the training runs and benchmarks run on (tests use "cpu")
         self.args = args
@@ -236,7 +280,9 @@ class GpuCheck:
             lines += ["", final]
         (self.out / "summary.txt").write_text("\n".join(lines) + "\n")
 
-    def run(self, name: str, command: list[str], timeout: int, env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    def run(
+        self, name: str, command: list[str], timeout: int, env: dict[str, str] | None = None
+    ) -> tuple[int, str, float]:
         """Run ``command`` in the checkout, its output to logs/NAME.log: (exit code, output, seconds);
         a timeout (``timeout``, or what is left of the stage's budget) is exit code 124.
         :class:`NotStarted` when less than :data:`MIN_START` seconds of the budget are left."""
@@ -250,8 +296,15 @@ class GpuCheck:
             handle.write("$ " + " ".join(command) + "\n")
             handle.flush()
             try:
-                code = subprocess.run(command, cwd=ROOT, env=env or self.env, stdout=handle, stderr=subprocess.STDOUT,
-                                      timeout=timeout).returncode
+                code = subprocess.run(
+                    command,
+                    cwd=ROOT,
+                    env=env or self.env,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = 124
                 handle.write(f"\ngpu-check: timed out after {timeout} s\n")
@@ -265,7 +318,7 @@ class GpuCheck:
         log = f"logs/{name}.log"
         missing = missing_from_output(output)
         if code != 124 and missing:
-            return Result("SKIP", what, f"needs the Python package {missing}, not installed here (see {log})", seconds)
+            return Result("SKIP", what, f"{needs_package(missing)} (see {log})", seconds)
         reason = "timed out" if code == 124 else f"exit {code}"
         tail = _last_error_line(output)
         return Result("FAIL", what, f"{reason}{': ' + tail if tail else ''} (see {log})", seconds)
@@ -284,14 +337,22 @@ class GpuCheck:
         env.pop("GANPLUG_BUILD_CUDA", None)
         toolkit = find_cuda_home()
         if toolkit is None:
-            self.record(Result("FAIL", "build", "no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) found: set CUDA_HOME "
-                                                "to the toolkit root", 0.0))
+            self.record(
+                Result(
+                    "FAIL",
+                    "build",
+                    "no CUDA toolkit (bin/nvcc and include/cuda_runtime.h) found: set CUDA_HOME to the toolkit root",
+                    0.0,
+                )
+            )
             return False
         env["CUDA_HOME"] = toolkit
         ninja = find_ninja()
         if ninja is not None:
             env["PATH"] = os.pathsep.join([os.path.dirname(ninja), env.get("PATH", "")])
-        code, output, seconds = self.run("build", [self.python, "setup.py", "build_ext", "--inplace"], TIMEOUTS["build"], env)
+        code, output, seconds = self.run(
+            "build", [self.python, "setup.py", "build_ext", "--inplace"], TIMEOUTS["build"], env
+        )
         if code != 0:
             self.record(self.failed_or_skipped("build", code, output, seconds, "build"))
             return False
@@ -300,16 +361,32 @@ class GpuCheck:
             self.record(Result("FAIL", "build", f"ganplug._C built, but {problem}", seconds + more))
             return False
         how = f"with {jobs} jobs (ninja)" if ninja else f"serially: {NO_NINJA}"
-        self.record(Result("PASS", "build", f"ganplug._C for {sm_names(archs)} {how}, CUDA_HOME={toolkit}", seconds + more))
+        self.record(
+            Result("PASS", "build", f"ganplug._C for {sm_names(archs)} {how}, CUDA_HOME={toolkit}", seconds + more)
+        )
         return True
+
+    def kept_build(self) -> bool:
+        """``--skip build``: whether the ganplug._C here runs its CUDA kernels (a SKIP line if so, else a FAIL)."""
+        problem, seconds = self.cuda_kernels_load()
+        if problem is None:
+            self.record(
+                Result("SKIP", "build", "left out (--skip build): the ganplug._C here runs its CUDA kernels", seconds)
+            )
+        else:
+            self.record(Result("FAIL", "build", f"left out (--skip build), and {problem}", seconds))
+        return problem is None
 
     def cuda_kernels_load(self) -> tuple[str | None, float]:
         """(None, seconds) when ganplug._C loads here with its CUDA kernels, else (why not, seconds)."""
-        probe = ("import ganplug.ops._extension as e, sys, torch; from ganplug import ops; "
-                 "print('kernels for', ', '.join(sorted(e.COMPILED_DEVICE_TYPES)) or 'no device', '- load error:', e.LOAD_ERROR); "
-                 "'cuda' in e.COMPILED_DEVICE_TYPES or sys.exit(1); "
-                 "x = torch.arange(4.0, device='cuda').reshape(4, 1); "
-                 "print('wasserstein_generator_loss on cuda:', float(ops.wasserstein_generator_loss(x)))")
+        probe = (
+            "import ganplug.ops._extension as e, sys, torch; from ganplug import ops; "
+            "print('kernels for', ', '.join(sorted(e.COMPILED_DEVICE_TYPES)) or 'no device', "
+            "'- load error:', e.LOAD_ERROR); "
+            "'cuda' in e.COMPILED_DEVICE_TYPES or sys.exit(1); "
+            "x = torch.arange(4.0, device='cuda').reshape(4, 1); "
+            "print('wasserstein_generator_loss on cuda:', float(ops.wasserstein_generator_loss(x)))"
+        )
         code, output, seconds = self.run("build-load", [self.python, "-c", probe], TIMEOUTS["verify"])
         if code == 0:
             return None, seconds
@@ -318,9 +395,24 @@ class GpuCheck:
     def tests(self) -> None:
         report = self.out / "logs" / "cuda-tests.xml"
         files = [f for f in CUDA_TEST_FILES if (ROOT / f).is_file()]
-        workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []  # pytest-xdist: 4 test processes share the GPU
-        command = [self.python, "-m", "pytest", "-m", "cuda", "-q", "-rfE", "-p", "no:cacheprovider", *workers,
-                   "--continue-on-collection-errors", f"--junitxml={report}", *files]
+        workers = (
+            ["-n", "4"] if importlib.util.find_spec("xdist") else []
+        )  # pytest-xdist: 4 test processes share the GPU
+        command = [
+            self.python,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            "-q",
+            "-rfE",
+            "-p",
+            "no:cacheprovider",
+            *workers,
+            "--continue-on-collection-errors",
+            f"--junitxml={report}",
+            *files,
+        ]
         code, output, seconds = self.run("cuda-tests", command, TIMEOUTS["cuda-tests"])
         if code == 124 or not report.is_file():
             self.record(self.failed_or_skipped("cuda-tests", code if code else 1, output, seconds, "cuda-tests"))
@@ -328,9 +420,10 @@ class GpuCheck:
         counts = read_junit(report)
         for file, message in counts.collection_errors:
             missing = missing_from_output(message) or missing_from_output(output)
-            status = "SKIP" if missing else "FAIL"
-            why = f"needs the Python package {missing}, not installed here"
-            self.record(Result(status, f"cuda-tests {file}", why if missing else f"not collected: {_last_error_line(message)}", 0.0))
+            if missing:
+                self.record(Result("SKIP", f"cuda-tests {file}", needs_package(missing), 0.0))
+            else:
+                self.record(Result("FAIL", f"cuda-tests {file}", f"not collected: {_last_error_line(message)}", 0.0))
         skips = "; ".join(f"{n} skipped: {reason}" for reason, n in sorted(counts.skip_reasons.items()))
         detail = f"{counts.passed} passed, {len(counts.failed)} failed" + (f", {skips}" if skips else "")
         if counts.failed:
@@ -351,8 +444,11 @@ class GpuCheck:
             name, args = run
             run_dir = root / name
             try:
-                code, output, seconds = self.run(f"train-{name}", [self.python, "-m", "ganplug", "train", "--out", str(run_dir),
-                                                                   *args], TIMEOUTS["train"])
+                code, output, seconds = self.run(
+                    f"train-{name}",
+                    [self.python, "-m", "ganplug", "train", "--out", str(run_dir), *args],
+                    TIMEOUTS["train"],
+                )
             except NotStarted:
                 return self.not_started(f"train {name}")
             what = f"train {name}"
@@ -364,8 +460,10 @@ class GpuCheck:
                 problem = f"not captured: {fallback}" if fallback else None
             if problem:
                 return Result("FAIL", what, f"{problem} (see logs/train-{name}.log)", seconds)
-            last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip() and '"d_loss"' in x][-1]
-            return Result("PASS", what, f"{steps} steps, d_loss {last['d_loss']:.4g}, g_loss {last['g_loss']:.4g}", seconds)
+            last = loss_records(run_dir)[-1]
+            return Result(
+                "PASS", what, f"{steps} steps, d_loss {last['d_loss']:.4g}, g_loss {last['g_loss']:.4g}", seconds
+            )
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.args.train_jobs)) as pool:
             for result in pool.map(one, runs):  # in matrix order, while later runs go on
@@ -383,8 +481,12 @@ class GpuCheck:
         folder = self.out / "bench-steps"
         tables = []
         for case in CASES:
-            if self.bench_run(f"bench-steps {case.name}", ["--steps", "--only", case.name], folder / case.name,
-                              TIMEOUTS["bench-steps"]):
+            if self.bench_run(
+                f"bench-steps {case.name}",
+                ["--steps", "--only", case.name],
+                folder / case.name,
+                TIMEOUTS["bench-steps"],
+            ):
                 tables.append((folder / case.name / "bench.md").read_text())
         if tables:
             (folder / "bench.md").write_text("\n\n".join(tables))
@@ -406,8 +508,14 @@ class GpuCheck:
         if code == 0 and table.is_file():
             self.record(Result("PASS", what, f"ratio tables in {where}", seconds))
         elif table.is_file() and missing_from_output(output) == "matplotlib":
-            self.record(Result("PASS", what, f"ratio tables in {where} (no bench.png: the Python package matplotlib "
-                                             "is not installed here)", seconds))
+            self.record(
+                Result(
+                    "PASS",
+                    what,
+                    f"ratio tables in {where} (no bench.png: the Python package matplotlib is not installed here)",
+                    seconds,
+                )
+            )
         else:
             self.record(self.failed_or_skipped(name, code if code else 1, output, seconds, what))
             return False
@@ -415,8 +523,10 @@ class GpuCheck:
 
     def finish(self) -> int:
         counts = {s: sum(r.status == s for r in self.results) for s in ("PASS", "FAIL", "SKIP")}
-        final = (f"gpu-check: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in "
-                 f"{time.monotonic() - self.started:.0f} s; results in {self.out}")
+        final = (
+            f"gpu-check: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in "
+            f"{time.monotonic() - self.started:.0f} s; results in {self.out}"
+        )
         self.write_summary(final)
         print(final, flush=True)
         return 1 if counts["FAIL"] else 0
@@ -424,32 +534,60 @@ class GpuCheck:
 
 def _last_error_line(output: str) -> str:
     """The most telling line of a failed command's output: an Error:/...Error: line, else the last."""
-    lines = [re.sub(r"^E\s+", "", line.strip()) for line in output.splitlines() if line.strip() and not line.startswith("$ ")]
+    lines = [
+        re.sub(r"^E\s+", "", line.strip()) for line in output.splitlines() if line.strip() and not line.startswith("$ ")
+    ]
     errors = [line for line in lines if line.startswith("Error:") or re.match(r"^[\w.]*(Error|Exception)\b", line)]
     text = (errors or lines or [""])[-1]
     return text if len(text) <= 300 else text[:297] + "..."
 
 
 def sm_names(archs: str) -> str:
-    """"8.0;9.0" -> "sm_80, sm_90"."""
+    """ "8.0;9.0" -> "sm_80, sm_90"."""
     return ", ".join("sm_" + a.replace(".", "") for a in archs.split(";") if a)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ganplug.bench.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=tuple(STAGES), default="core",
-                        help="core: build, CUDA tests, training runs; speed: benchmarks [default: core]")
-    parser.add_argument("--out", help=f"results folder, replaced if it holds an earlier run [default: {DEFAULT_OUT}/STAGE]")
-    parser.add_argument("--skip", action="append", default=[], choices=sorted({s for v in STAGES.values() for s in v}),
-                        help="leave out a step of the stage (repeatable)")
-    parser.add_argument("--budget", type=int, help="seconds the stage may take; nothing is started after [default: "
-                        + ", ".join(f"{k} {v}" for k, v in BUDGETS.items()) + "]")
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--stage",
+        choices=tuple(STAGES),
+        default="core",
+        help="core: build, CUDA tests, training runs; speed: benchmarks [default: core]",
+    )
+    parser.add_argument(
+        "--out", help=f"results folder, replaced if it holds an earlier run [default: {DEFAULT_OUT}/STAGE]"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=sorted({s for v in STAGES.values() for s in v}),
+        help="leave out a step of the stage (repeatable)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        help="seconds the stage may take; nothing is started after [default: "
+        + ", ".join(f"{k} {v}" for k, v in BUDGETS.items())
+        + "]",
+    )
     parser.add_argument("--quick", action="store_true", help="ganplug bench --quick (a smoke run: noisy numbers)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile in the benchmarks (minutes more)")
-    parser.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help=f"steps of each training run [default: {TRAIN_STEPS}]")
-    parser.add_argument("--train-jobs", type=int, default=TRAIN_JOBS, help=f"training runs at a time on the GPU [default: {TRAIN_JOBS}]")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile in the benchmarks (minutes more)"
+    )
+    parser.add_argument(
+        "--train-steps", type=int, default=TRAIN_STEPS, help=f"steps of each training run [default: {TRAIN_STEPS}]"
+    )
+    parser.add_argument(
+        "--train-jobs", type=int, default=TRAIN_JOBS, help=f"training runs at a time on the GPU [default: {TRAIN_JOBS}]"
+    )
     parser.add_argument("--jobs", type=int, default=0, help="build jobs [default: every core]")
-    parser.add_argument("--dry-run", action="store_true", help="print each stage's commands with a time estimate, run nothing (needs no GPU)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each stage's commands with a time estimate, run nothing (needs no GPU)",
+    )
     args = parser.parse_args(argv)
     args.out = args.out or f"{DEFAULT_OUT}/{args.stage}"
     args.budget = args.budget or BUDGETS[args.stage]
@@ -481,15 +619,19 @@ def plan(args: argparse.Namespace, archs: str, stage: str) -> list[str]:
     if "cuda-tests" in steps:
         lines.append(f"{py} -m pytest -m cuda {' '.join(CUDA_TEST_FILES)}")
     if "train" in steps:
-        lines += [f"{py} -m ganplug train --out {out}/train/{name} {' '.join(a)}" for name, a in train_runs(args.train_steps)]
+        lines += [
+            f"{py} -m ganplug train --out {out}/train/{name} {' '.join(a)}" for name, a in train_runs(args.train_steps)
+        ]
     flags = (" --quick" if args.quick else "") + ("" if args.compile else " --no-compile")
     if "bench-kernels" in steps:
         lines.append(f"{py} -m ganplug bench --kernels --device cuda --out {out}/bench-kernels{flags}")
     if "bench-steps" in steps:
         from ganplug.bench.steps import CASES
 
-        lines += [f"{py} -m ganplug bench --steps --only {c.name} --device cuda --out {out}/bench-steps/{c.name}{flags}"
-                  for c in CASES]
+        lines += [
+            f"{py} -m ganplug bench --steps --only {c.name} --device cuda --out {out}/bench-steps/{c.name}{flags}"
+            for c in CASES
+        ]
     return lines
 
 
@@ -500,8 +642,10 @@ def dry_run(args: argparse.Namespace, archs: str) -> str:
         seconds = estimate(stage, args)
         budget = args.budget if stage == args.stage else BUDGETS[stage]
         command = "make gpu-check" + ("" if stage == "core" else f" STAGE={stage}")
-        blocks.append(f"# stage {stage} ({command}): estimate {seconds / 60:.1f} min on an H100, budget {budget / 60:.1f} min\n"
-                      + "\n".join(plan(args, archs, stage)))
+        blocks.append(
+            f"# stage {stage} ({command}): estimate {seconds / 60:.1f} min on an H100, budget {budget / 60:.1f} min\n"
+            + "\n".join(plan(args, archs, stage))
+        )
     return "\n\n".join(blocks)
 
 
@@ -513,19 +657,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import torch
     except Exception as error:  # noqa: BLE001 - any failure to import is reported the same way
-        print(f"gpu-check: {sys.executable} cannot import torch ({type(error).__name__}: {error}); "
-              "run it with the Python that has torch: make gpu-check PYTHON=/path/to/python", flush=True)
+        print(
+            f"gpu-check: {sys.executable} cannot import torch ({type(error).__name__}: {error}); "
+            "run it with the Python that has torch: make gpu-check PYTHON=/path/to/python",
+            flush=True,
+        )
         return 2
     has_gpu = torch.cuda.is_available()
     if args.dry_run:
-        archs = arch_list([torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]) if has_gpu else "<the local GPU's>"
+        archs = (
+            arch_list([torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())])
+            if has_gpu
+            else "<the local GPU's>"
+        )
         print(dry_run(args, archs))
         return 0
     if not has_gpu:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         note = f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
-        print(f"gpu-check: no CUDA GPU here (torch {torch.__version__}, CUDA {torch.version.cuda}: "
-              f"torch.cuda.is_available() is False{note}); nothing was built or run", flush=True)
+        print(
+            f"gpu-check: no CUDA GPU here (torch {torch.__version__}, CUDA {torch.version.cuda}: "
+            f"torch.cuda.is_available() is False{note}); nothing was built or run",
+            flush=True,
+        )
         return 2
     count = torch.cuda.device_count()
     capabilities = [torch.cuda.get_device_capability(i) for i in range(count)]
@@ -539,7 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True)
     names = [torch.cuda.get_device_name(i) for i in range(count)]
     missing = missing_modules()
-    lacks = [f"the Python package{'s' if len(missing) > 1 else ''} {', '.join(package_name(m) for m in missing)}"] if missing else []
+    lacks = (
+        [f"the Python package{'s' if len(missing) > 1 else ''} {', '.join(package_name(m) for m in missing)}"]
+        if missing
+        else []
+    )
     if count < 2:
         lacks.append("a second GPU (the two-device test is skipped)")
     if find_ninja() is None:
@@ -547,8 +705,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = [
         f"gpu-check of ganplug, stage {args.stage} (budget {args.budget} s), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
         f"GPUs: {count} x {', '.join(sorted(set(names)))} ({sm_names(archs)})",
-        f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPU cores, CUDA_HOME={find_cuda_home()}",
+        (
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPU cores, CUDA_HOME={find_cuda_home()}"
+        ),
         "missing: " + ("; ".join(lacks) + " - what needs it is skipped" if lacks else "nothing"),
     ]
     print("\n".join(header[1:]), flush=True)
@@ -559,13 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for step in steps:
         try:
             if step == "build":
-                if step in args.skip:
-                    problem, seconds = check.cuda_kernels_load()
-                    built = problem is None
-                    check.record(Result("SKIP" if built else "FAIL", "build", "left out (--skip build): the ganplug._C here "
-                                        "runs its CUDA kernels" if built else f"left out (--skip build), and {problem}", seconds))
-                else:
-                    built = check.build(archs, reuse=args.stage != "core")
+                built = check.kept_build() if step in args.skip else check.build(archs, reuse=args.stage != "core")
             elif step in args.skip:
                 continue
             elif not built:
