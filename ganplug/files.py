@@ -26,7 +26,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path`` (``.NAME.tmp-PID``), flush,
     fsync and rename it over ``path``: readers see the old file or the whole new one, never a part."""
     path = Path(path)

@@ -57,10 +57,13 @@ def _figure(width_px: int, height_px: int, **kwargs: Any) -> "Figure":
 def _image(figure: "Figure") -> "Image.Image":
     """The figure's pixels as an RGB PIL image."""
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    figure.canvas.draw()
-    rgba = np.asarray(figure.canvas.buffer_rgba())
+    canvas = figure.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # _figure's
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
     return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
 
 
@@ -294,7 +297,7 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
     figure = _figure(900, 380 + 230 * rows, layout="constrained")
     grid = figure.add_gridspec(1 + rows, columns, height_ratios=[1.6] + [1.0] * rows)
     axes = figure.add_subplot(grid[0, :])
-    steps = np.array([int(r["step"]) for r in losses])
+    loss_steps = np.array([int(r["step"]) for r in losses])
     window = max(1, len(losses) // 25)
     shown = []
     for key, colour in (("d_loss", D_COLOUR), ("g_loss", G_COLOUR)):
@@ -303,8 +306,8 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
             continue
         shown.append(raw[np.isfinite(raw)])
         few = len(raw) < 50
-        axes.plot(steps, raw, color=colour, alpha=0.3, linewidth=0.8, marker="." if few else None)
-        axes.plot(steps, smooth(raw, window), color=colour, linewidth=1.8, label=key)
+        axes.plot(loss_steps, raw, color=colour, alpha=0.3, linewidth=0.8, marker="." if few else None)
+        axes.plot(loss_steps, smooth(raw, window), color=colour, linewidth=1.8, label=key)
     if shown:
         values = np.concatenate(shown)
         if values.size >= 50:  # a few early spikes do not flatten the rest

@@ -63,7 +63,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 import pluggy
 
@@ -139,6 +139,7 @@ class Option:
 
 @dataclass(frozen=True)
 class _Spec:
+    kind: ClassVar[str]  # what the registry calls this kind of thing, e.g. "architecture"
     name: str
     summary: str
     factory: Callable[..., Any] | str

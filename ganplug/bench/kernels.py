@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +138,7 @@ class KernelRow:
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """The op's input tensors (seeded), requiring gradients in the ``fwd+bwd`` pass."""
         torch.manual_seed(0)
-        kw = dict(device=self.device, dtype=torch.float32)
+        kw: dict[str, Any] = dict(device=self.device, dtype=torch.float32)
         if self.op == "linear_leaky_relu":  # x (N, in), weight (out, in), bias (out,)
             x_shape, w_shape, b_shape = self.shapes
             tensors = [
@@ -187,10 +188,10 @@ def rows(device: str, threads: int) -> list[KernelRow]:
                 specs.append((op, label, ((n, 1), (n, 1))))
             for op in ("generator_bce", "minimax_generator_loss", "wasserstein_generator_loss"):
                 specs.append((op, label, ((n, 1),)))
-        for shape in [(64, 784), (256, 3, 64, 64)]:
-            specs.append(("gradient_penalty", "x".join(map(str, shape)), (shape,)))
-        for shape in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
-            specs.append(("dropout", "x".join(map(str, shape)), (shape,)))
+        for grads in [(64, 784), (256, 3, 64, 64)]:
+            specs.append(("gradient_penalty", "x".join(map(str, grads)), (grads,)))
+        for hidden in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
+            specs.append(("dropout", "x".join(map(str, hidden)), (hidden,)))
         order = list(EAGER)
         specs.sort(key=lambda spec: order.index(spec[0]))  # stable: shapes keep their order
         for op, label, shapes in specs:
@@ -202,8 +203,10 @@ def rows(device: str, threads: int) -> list[KernelRow]:
 # -- one column of a row, ready to time ------------------------------------------------------------
 
 
-def _tolerance(dtype: torch.dtype) -> dict[str, float]:
-    return dict(rtol=5e-2, atol=5e-2) if dtype in (torch.bfloat16, torch.float16) else dict(rtol=1e-3, atol=1e-4)
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """assert_close at a tolerance for ``dtype``: loose for 16-bit floats, tight otherwise."""
+    rtol, atol = (5e-2, 5e-2) if dtype in (torch.bfloat16, torch.float16) else (1e-3, 1e-4)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
 def _check_dropout(out: torch.Tensor, x: torch.Tensor) -> None:
@@ -212,7 +215,7 @@ def _check_dropout(out: torch.Tensor, x: torch.Tensor) -> None:
     share = kept.float().mean().item()
     if abs(share - (1 - DROPOUT_P)) >= 0.02:
         raise AssertionError(f"dropout kept {share:.3f} of the elements, expected {1 - DROPOUT_P}")
-    torch.testing.assert_close(out[kept].float(), x[kept].float() / (1 - DROPOUT_P), **_tolerance(x.dtype))
+    _assert_close(out[kept].float(), x[kept].float() / (1 - DROPOUT_P), x.dtype)
 
 
 def prepare(row: KernelRow, column: str) -> Callable[[], object]:
@@ -250,7 +253,7 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
             _check_dropout(got[1], torch.ones_like(inputs[0]))
     else:
         for g, w in zip(got, outputs(eager), strict=True):
-            torch.testing.assert_close(g.detach().float(), w.detach().float(), **_tolerance(row.dtype))
+            _assert_close(g.detach().float(), w.detach().float(), row.dtype)
     for _ in range(WARMUP_CALLS):
         fn()
     return fn

@@ -17,7 +17,7 @@ imported (its data file is read directly: importing it pulls pandas).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +69,11 @@ class UInt8Images(Dataset):
 
 
 def _check_image_size(dataset: str, image_size: object, native_ok: bool) -> int:
-    ok = isinstance(image_size, int) and not isinstance(image_size, bool)
-    ok = ok and (_MIN_SIZE <= image_size <= _MAX_SIZE or (native_ok and image_size == 0))
-    if not ok:
+    if not (
+        isinstance(image_size, int)
+        and not isinstance(image_size, bool)
+        and (_MIN_SIZE <= image_size <= _MAX_SIZE or (native_ok and image_size == 0))
+    ):
         allowed = f"{_MIN_SIZE}-{_MAX_SIZE}" + (" (or 0 for the native size)" if native_ok else "")
         raise GanplugError(f"dataset {dataset!r} option image_size must be an integer {allowed}, got {image_size!r}")
     return image_size
@@ -306,6 +308,7 @@ def _load_image(path: str, mode: str, size: int) -> Tensor:
     ``mode`` ("L" or "RGB"), the shorter side resized to ``size`` (bilinear), center-cropped."""
     from PIL import Image
 
+    img: Image.Image
     try:
         with Image.open(path) as img:
             img.load()
@@ -367,7 +370,7 @@ def image_folder(ctx: DataContext, root: str = "", image_size: int = 64, channel
     for i, path in enumerate(paths):
         images[i] = _load_image(path, mode, image_size)
     classes = folder_classes(root, paths)
-    dataset = _from_uint8(images, classes[1] if classes else None, 0)
+    dataset: Any = _from_uint8(images, classes[1] if classes else None, 0)  # + the duck-typed class attributes
     if classes:
         dataset.classes = classes[0]
         dataset.num_classes = len(classes[0])

@@ -166,6 +166,8 @@ def train_classifier(image_size: int, images: Tensor | None = None, labels: Tens
     :data:`_EPOCHS` epochs of seeded minibatches of :data:`_BATCH` (MNIST: seconds)."""
     if images is None:
         images, labels = digits_data(image_size)
+    if labels is None:
+        raise ValueError("train_classifier: images need their labels")
     train_idx, _ = digits_split(images.shape[0])
     x, y = images[train_idx], labels[train_idx]
     n = x.shape[0]
