@@ -4,6 +4,7 @@
 #   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
 #                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")
 #   make bench-pytest   the pytest-benchmark suite in benchmarks/ (ratio tables in benchmarks/results/)
+#   make docs    the documentation site (mkdocs.yml, docs/), built with --strict into site/
 #   make gpu-check   on a GPU machine (CUDA toolkit + torch, no internet): tools/gpu_check.py, stage core
 #                (<= 6 min): build for its GPU, CUDA tests, training runs, to gpu-check-results/core/;
 #                make gpu-check STAGE=speed (<= 3 min): the benchmarks, to gpu-check-results/speed/;
@@ -15,7 +16,7 @@ BIN := $(VENV)/bin
 BUILT := $(VENV)/.ganplug-built
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup train test bench bench-pytest gpu-check clean
+.PHONY: setup train test bench bench-pytest gpu-check docs clean
 
 setup: $(BUILT)
 
@@ -24,7 +25,7 @@ $(BIN)/python:
 
 $(BUILT): $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install -q "setuptools>=69" wheel ninja "torch>=2.5,<3" "torchvision>=0.20,<1" "numpy>=1.24,<3"
-	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m pip install -q --no-build-isolation -e ".[test,docs]"
 	touch $@
 
 train: setup
@@ -41,6 +42,9 @@ bench-pytest: setup
 
 gpu-check:
 	@$(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))) -m tools.gpu_check --stage $(STAGE) $(GPU_CHECK_ARGS)
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf build ganplug/_C*.so *.egg-info

@@ -101,7 +101,7 @@ class TwoNodes:
     def __enter__(self) -> "TwoNodes":
         env = {k: v for k, v in environment(**self.faults).items()
                if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("TORCHELASTIC")}
-        if self.max_restarts:  # else a restarted worker may read its predecessor's address (see README)
+        if self.max_restarts:  # else a restarted worker may read its predecessor's address (see docs/operations.md)
             env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         port = free_port()
         try:
