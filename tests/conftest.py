@@ -182,6 +182,18 @@ def quiet_train(config, run_dir, **kwargs) -> str:
     return stream.getvalue()
 
 
+def before_step(*hooks):
+    """A training callback calling each ``hook(trainer, step)`` before step ``step`` (1-based)."""
+    from ganplug.train.loop import Callback
+
+    class BeforeStep(Callback):
+        def on_step_start(self, trainer, step):
+            for hook in hooks:
+                hook(trainer, step)
+
+    return BeforeStep()
+
+
 def assert_same(a, b, where: str = "checkpoint") -> None:
     """Every tensor equal (torch.equal), every other value ==, recursively."""
     if isinstance(a, torch.Tensor):

@@ -33,7 +33,7 @@ from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_co
 from ganplug.train import graphs
 from ganplug.train.graphs import SYNC_ERROR, CaptureFailed, CudaGraphStep, DropoutSeeds, capture_problem
 from ganplug.train.guard import StepGuard
-from ganplug.train.outputs import Sums
+from ganplug.train.sums import Sums
 from ganplug.train.step import AdversarialStep, StepOutputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

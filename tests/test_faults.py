@@ -398,14 +398,16 @@ def _stopped_at_start(run_dir: Path) -> None:
     """A run interrupted before its first step finished, as Ctrl-C during start-up leaves it."""
     from ganplug.train import train
     from ganplug.train.config import TrainConfig
+    from ganplug.train.loop import Callback
 
-    def stop(trainer, step):
-        raise KeyboardInterrupt
+    class Stop(Callback):
+        def on_step_start(self, trainer, step):
+            raise KeyboardInterrupt
 
     config = TrainConfig(arch="mlp", loss="bce", dataset="ring8", steps=2, batch_size=16, log_every=1,
                          data_options={"size": 256}, arch_options={"g_widths": "16,16", "d_widths": "16,16"})
     with pytest.raises(KeyboardInterrupt):
-        train(config, run_dir, quiet=True, stream=io.StringIO(), hooks=[stop])
+        train(config, run_dir, quiet=True, stream=io.StringIO(), callbacks=[Stop()])
     assert (run_dir / "config.toml").is_file() and not (run_dir / "checkpoints" / "latest.pt").exists()
 
 

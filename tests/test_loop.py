@@ -17,14 +17,11 @@ from ganplug.train import train
 from ganplug.train import guard as guard_module
 from ganplug.train.build import build_run
 from ganplug.train.checkpoint import load_checkpoint, save_checkpoint
-from ganplug.train.loop import Trainer
-from ganplug.train.outputs import Callback, Sums
+from ganplug.train.loop import Callback, Trainer
 from ganplug.train.step import make_optimizer
+from ganplug.train.sums import Sums
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
 
 
 class Recorder(Callback):
@@ -32,6 +29,7 @@ class Recorder(Callback):
         self.events: list[tuple] = []
 
     def on_run_start(self, trainer):
+        self.trainer = trainer
         self.events.append(("start", trainer.step))
 
     def on_step_start(self, trainer, step):
@@ -105,13 +103,14 @@ def test_non_finite_weights_with_finite_losses_stop_before_the_next_checkpoint(t
     """A weight G's output never sees turns NaN before step 4: the losses stay finite, the metrics
     line of step 5 finds it, the run stops and latest.pt stays the last good step (3)."""
 
-    def poison(trainer, step):
-        if step == 4:
-            trainer.D.register_parameter("unused", nn.Parameter(torch.tensor([math.nan])))
+    class Poison(Callback):
+        def on_step_start(self, trainer, step):
+            if step == 4:
+                trainer.run.discriminator.register_parameter("unused", nn.Parameter(torch.tensor([math.nan])))
 
     run_dir = tmp_path / "run"
     with pytest.raises(GanplugError) as caught:
-        train(tiny(9, log_every=5, checkpoint_every=3), run_dir, quiet=True, stream=io.StringIO(), hooks=[poison])
+        train(tiny(9, log_every=5, checkpoint_every=3), run_dir, quiet=True, stream=io.StringIO(), callbacks=[Poison()])
     message = str(caught.value)
     assert message.startswith("training diverged by step 5 (the weights of D are not finite): stopped without saving")
     assert "step 3" in message and "\n" not in message
@@ -131,10 +130,10 @@ def test_optimisers_use_torchs_fastest_implementation_also_after_an_old_checkpoi
         for group in state[key]["param_groups"]:
             group["fused"], group["foreach"] = None, None
     save_checkpoint(state, run_dir / "checkpoints" / "latest.pt")
-    trainers = []
-    more = tiny(3)
-    quiet_train(more, run_dir, resume_from=run_dir, hooks=[lambda trainer, step: trainers.append(trainer)])
-    assert all(g["fused"] is True for opt in (trainers[0].opt_g, trainers[0].opt_d) for g in opt.param_groups)
+    recorder = Recorder()
+    quiet_train(tiny(3), run_dir, resume_from=run_dir, callbacks=[recorder])
+    stepper = recorder.trainer.stepper
+    assert all(g["fused"] is True for opt in (stepper.opt_g, stepper.opt_d) for g in opt.param_groups)
 
 
 def test_fused_adam_follows_the_single_tensor_adam(tmp_path):
@@ -161,7 +160,7 @@ def test_the_generator_runs_once_per_step_with_one_critic_step(tmp_path, n_criti
     run = build_run(tiny(10, n_critic=n_critic))
     trainer = Trainer(run, tmp_path / "run", quiet=True, stream=io.StringIO())
     seen = []
-    trainer.G.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    run.generator.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
     trainer.run_step()
     assert len(seen) == forwards
 
@@ -169,28 +168,36 @@ def test_the_generator_runs_once_per_step_with_one_critic_step(tmp_path, n_criti
 def test_reusing_the_critic_steps_fake_gives_the_gradient_of_a_fresh_forward(tmp_path):
     run = build_run(tiny(10, arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0}))
     trainer = Trainer(run, tmp_path / "run", quiet=True, stream=io.StringIO())
+    G = run.generator
     captured = {}
-    real_generator_loss = trainer.loss.generator_loss
+    real_generator_loss = run.loss.generator_loss
 
     def generator_loss(critic, fake):
         captured["fake"] = fake
         return real_generator_loss(critic, fake)
 
-    trainer.loss.generator_loss = generator_loss
+    run.loss.generator_loss = generator_loss
     inputs = []
-    trainer.G.register_forward_hook(lambda module, args, out: inputs.append(args[0].clone()))
-    g_before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
-    trainer.opt_g.step = lambda *a, **k: None  # keep G as it was, to compare gradients
+    G.register_forward_hook(lambda module, args, out: inputs.append(args[0].clone()))
+    g_before = {k: v.clone() for k, v in G.state_dict().items()}
+    trainer.stepper.opt_g.step = lambda *a, **k: None  # keep G as it was, to compare gradients
     trainer.run_step()
-    reused = [p.grad.clone() for p in trainer.G.parameters()]
-    trainer.G.load_state_dict(g_before)
-    trainer.G.zero_grad(set_to_none=True)
-    trainer.D.requires_grad_(False)
-    loss, _ = real_generator_loss(trainer.stepper.critic, trainer.G(inputs[0]))
+    reused = [p.grad.clone() for p in G.parameters()]
+    G.load_state_dict(g_before)
+    G.zero_grad(set_to_none=True)
+    run.discriminator.requires_grad_(False)
+    loss, _ = real_generator_loss(trainer.stepper.critic, G(inputs[0]))
     loss.backward()
-    for a, b in zip(reused, trainer.G.parameters()):
+    for a, b in zip(reused, G.parameters()):
         torch.testing.assert_close(a, b.grad, rtol=1e-6, atol=1e-8)
     assert captured["fake"].requires_grad  # the generator loss got G's graph, not a detached copy
+
+
+def test_deprecated_hooks_still_run_before_each_step_and_warn(tmp_path):
+    seen = []
+    with pytest.warns(DeprecationWarning, match=r"train\(hooks=\.\.\.\) is deprecated.*callbacks="):
+        quiet_train(tiny(3), tmp_path / "run", hooks=[lambda trainer, step: seen.append((step, trainer.step))])
+    assert seen == [(1, 0), (2, 1), (3, 2)]
 
 
 def test_sums_merge_adds_counts_and_empties_the_other():

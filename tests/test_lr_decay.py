@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import quiet_train, read_metrics, run_main
+from conftest import before_step, quiet_train, read_metrics, run_main
 
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
@@ -40,7 +40,7 @@ def record_lrs(seen: dict[str, list[tuple[int, float]]]):
         if seen:
             return
         seen["g"], seen["d"] = [], []
-        for key, optimizer in (("g", trainer.opt_g), ("d", trainer.opt_d)):
+        for key, optimizer in (("g", trainer.stepper.opt_g), ("d", trainer.stepper.opt_d)):
             def pre(opt, args, kwargs, key=key):
                 seen[key].append((trainer.step, opt.param_groups[0]["lr"]))
             optimizer.register_step_pre_hook(pre)
@@ -65,7 +65,7 @@ def test_lr_factor_is_one_minus_step_over_steps():
 
 def test_linear_decay_sets_every_update_of_a_step_critic_updates_included(tmp_path):
     seen: dict[str, list[tuple[int, float]]] = {}
-    quiet_train(tiny(10, lr_decay="linear"), tmp_path / "run", hooks=[record_lrs(seen)])
+    quiet_train(tiny(10, lr_decay="linear"), tmp_path / "run", callbacks=[before_step(record_lrs(seen))])
     assert [t for t, _ in seen["g"]] == list(range(10))
     assert [t for t, _ in seen["d"]] == [t for t in range(10) for _ in range(2)]  # n_critic = 2
     for t, lr in seen["g"]:
@@ -95,7 +95,7 @@ def test_checkpoints_hold_the_lr_of_the_last_step_done(tmp_path):
 
 def test_none_keeps_the_base_rates_and_linear_changes_the_weights(tmp_path):
     seen: dict[str, list[tuple[int, float]]] = {}
-    quiet_train(tiny(4), tmp_path / "none", hooks=[record_lrs(seen)])
+    quiet_train(tiny(4), tmp_path / "none", callbacks=[before_step(record_lrs(seen))])
     assert {lr for _, lr in seen["g"]} == {LR_G} and {lr for _, lr in seen["d"]} == {LR_D}
     flat = load_checkpoint(tmp_path / "none")
     assert flat["config"]["lr_decay"] == "none" and optimiser_lrs(flat) == (LR_G, LR_D)
@@ -113,7 +113,7 @@ def test_resume_with_more_steps_decays_the_rest_over_the_new_length(tmp_path):
     seen: dict[str, list[tuple[int, float]]] = {}
     more = resume_config(stored_config(load_checkpoint(run_dir)), {"steps": 8})
     assert more.lr_decay == "linear"
-    quiet_train(more, run_dir, resume_from=run_dir, hooks=[record_lrs(seen)])
+    quiet_train(more, run_dir, resume_from=run_dir, callbacks=[before_step(record_lrs(seen))])
     assert [t for t, _ in seen["g"]] == [4, 5, 6, 7]
     assert [lr for _, lr in seen["g"]] == pytest.approx([LR_G * (1 - t / 8) for t in (4, 5, 6, 7)])
     assert optimiser_lrs(load_checkpoint(run_dir)) == pytest.approx((LR_G / 8, LR_D / 8))
@@ -129,7 +129,7 @@ def test_a_checkpoint_from_before_the_option_loads_as_none(tmp_path):
     assert "lr_decay" not in old["config"] and stored_config(old).lr_decay == "none"
     seen: dict[str, list[tuple[int, float]]] = {}
     quiet_train(resume_config(stored_config(old), {"steps": 3}), tmp_path / "run", resume_from=latest,
-                hooks=[record_lrs(seen)])
+                callbacks=[before_step(record_lrs(seen))])
     assert seen["g"] == [(2, LR_G)] and {lr for _, lr in seen["d"]} == {LR_D}
     assert load_checkpoint(latest)["config"]["lr_decay"] == "none"
 

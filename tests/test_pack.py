@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import quiet_train, run_main
+from conftest import before_step, quiet_train, run_main
 
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
@@ -43,7 +43,7 @@ def record_critic_inputs(shapes: list[tuple[int, ...]]):
 
     def hook(trainer, step):
         if not shapes:  # the first step: register once
-            trainer.D.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+            trainer.run.discriminator.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
 
     return hook
 
@@ -118,7 +118,7 @@ def test_the_gradient_penalty_interpolates_per_sample_and_penalises_the_pack_gra
 )
 def test_packed_runs_train_checkpoint_and_resume_packed(tmp_path, config, packed_input):
     shapes: list[tuple[int, ...]] = []
-    quiet_train(config, tmp_path / "run", hooks=[record_critic_inputs(shapes)])
+    quiet_train(config, tmp_path / "run", callbacks=[before_step(record_critic_inputs(shapes))])
     assert shapes and set(shapes) == {packed_input}  # real, fake and (WGAN-GP) the interpolates
     if config.loss == "wasserstein":  # critic steps see real, fake and the interpolates
         assert len(shapes) == config.steps * (3 * config.n_critic + 1)
@@ -128,7 +128,7 @@ def test_packed_runs_train_checkpoint_and_resume_packed(tmp_path, config, packed
 
     resumed: list[tuple[int, ...]] = []
     more = resume_config(stored_config(state), {"steps": 5})
-    quiet_train(more, tmp_path / "run", resume_from=tmp_path / "run", hooks=[record_critic_inputs(resumed)])
+    quiet_train(more, tmp_path / "run", resume_from=tmp_path / "run", callbacks=[before_step(record_critic_inputs(resumed))])
     assert resumed and set(resumed) == {packed_input}
     state = load_checkpoint(tmp_path / "run")
     assert state["config"]["pack"] == 2 and state["step"] == 5
@@ -182,6 +182,6 @@ def test_a_checkpoint_from_before_the_option_loads_as_pack_1(tmp_path):
     assert load_generator(latest)(torch.randn(2, old["model"]["latent_dim"])).shape == (2, 2)
     shapes: list[tuple[int, ...]] = []
     quiet_train(resume_config(stored_config(old), {"steps": 3}), tmp_path / "run", resume_from=latest,
-                hooks=[record_critic_inputs(shapes)])
+                callbacks=[before_step(record_critic_inputs(shapes))])
     assert set(shapes) == {(16, 2)}
     assert load_checkpoint(latest)["config"]["pack"] == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same, quiet_train, read_metrics
+from conftest import assert_same, before_step, quiet_train, read_metrics
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
@@ -168,7 +168,7 @@ def test_ctrl_c_between_steps_saves_the_last_step_and_resumes_exactly(tmp_path, 
     run_dir = tmp_path / "run"
     stream = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        train(config_of(name, 2 * N), run_dir, quiet=True, stream=stream, hooks=[_interrupt_at(N + 1)])
+        train(config_of(name, 2 * N), run_dir, quiet=True, stream=stream, callbacks=[before_step(_interrupt_at(N + 1))])
     assert load_checkpoint(run_dir)["step"] == N
     assert f"continue with: ganplug train --resume {run_dir}" in stream.getvalue()
     resume(run_dir, 2 * N)
@@ -184,7 +184,7 @@ def test_linear_lr_decay_resumes_bit_for_bit(tmp_path):
     quiet_train(config, tmp_path / "reference")
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(config, run_dir, quiet=True, stream=io.StringIO(), hooks=[_interrupt_at(N + 1)])
+        train(config, run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(_interrupt_at(N + 1))])
     half = load_checkpoint(run_dir)
     assert half["step"] == N and half["config"]["lr_decay"] == "linear"
     base = half["config"]["lr_g"]
@@ -281,10 +281,10 @@ def test_a_signal_while_a_step_writes_its_outputs_lets_them_finish(tmp_path, ref
     name = "mlp-wgan-gp-ring8"
     real_write = MetricsLog.write
 
-    def write(self, trainer):
-        if trainer.step == N:
+    def write(self, step, columns):
+        if step == N:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_write(self, trainer)
+        return real_write(self, step, columns)
 
     monkeypatch.setattr(MetricsLog, "write", write)
     run_dir = tmp_path / "run"
@@ -302,7 +302,7 @@ def test_ctrl_c_logs_the_steps_since_the_last_metrics_line(tmp_path):
     config.log_every = 2
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(config, run_dir, quiet=True, stream=io.StringIO(), hooks=[_interrupt_at(N + 1)])
+        train(config, run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(_interrupt_at(N + 1))])
     assert load_checkpoint(run_dir)["step"] == N == 3
     assert _logged_steps(run_dir) == [2, 3]  # step 3's line covers the window cut short
     resume(run_dir, 2 * N)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, tiny_config as tiny
+from conftest import before_step, read_metrics, tiny_config as tiny
 from test_crash_matrix import environment
 
 from ganplug.cli import main
@@ -136,10 +136,10 @@ def nan_at(step: int):
 
     def hook(trainer, next_step):
         if next_step == step:
-            trainer._real_loss = trainer.loss
-            trainer.loss = NaNLoss(trainer.loss)
+            trainer._real_loss = trainer.stepper.loss
+            trainer.stepper.loss = NaNLoss(trainer.stepper.loss)
         elif next_step == step + 1:
-            trainer.loss = trainer._real_loss
+            trainer.stepper.loss = trainer._real_loss
 
     return hook
 
@@ -153,7 +153,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     before = tmp_path / "before"
     train(tiny(4, checkpoint_every=4), before, quiet=True, stream=io.StringIO())  # reference of steps 1-4
     with pytest.raises(GanplugError) as caught:
-        train(tiny(10, checkpoint_every=4), run_dir, quiet=True, stream=io.StringIO(), hooks=[nan_at(6)])
+        train(tiny(10, checkpoint_every=4), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(nan_at(6))])
     message = str(caught.value)
     assert message.startswith("training diverged at step 6 (d_loss is nan)") and "\n" not in message
     assert "last good checkpoint" in message and "step 4" in message and "--on-nan skip" in message
@@ -171,7 +171,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
 def test_on_nan_skip_discards_the_step_and_carries_on(tmp_path):
     run_dir = tmp_path / "run"
     stream = io.StringIO()
-    train(tiny(6, on_nan="skip", ema=0.9), run_dir, quiet=True, stream=stream, hooks=[nan_at(3)])
+    train(tiny(6, on_nan="skip", ema=0.9), run_dir, quiet=True, stream=stream, callbacks=[before_step(nan_at(3))])
     assert "warning: step 3: d_loss is nan; step skipped" in stream.getvalue()
     state = load_checkpoint(run_dir)
     assert state["step"] == 6 and state["skipped_steps"] == 1
@@ -189,11 +189,11 @@ def test_skip_restores_exactly_the_state_before_the_step(tmp_path):
 
     def grab(trainer, next_step):
         if next_step == 3:
-            seen["before"] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+            seen["before"] = {k: v.clone() for k, v in trainer.run.discriminator.state_dict().items()}
         if next_step == 4:
-            seen["after"] = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+            seen["after"] = {k: v.clone() for k, v in trainer.run.discriminator.state_dict().items()}
 
-    train(tiny(4, on_nan="skip"), tmp_path / "run", quiet=True, stream=io.StringIO(), hooks=[nan_at(3), grab])
+    train(tiny(4, on_nan="skip"), tmp_path / "run", quiet=True, stream=io.StringIO(), callbacks=[before_step(nan_at(3), grab)])
     for name, value in seen["before"].items():
         assert torch.equal(value, seen["after"][name]), name
 
@@ -203,10 +203,10 @@ def nan_from(first: int, last: int | None = None):
 
     def hook(trainer, next_step):
         if next_step == first:
-            trainer._real_loss = trainer.loss
-            trainer.loss = NaNLoss(trainer.loss)
+            trainer._real_loss = trainer.stepper.loss
+            trainer.stepper.loss = NaNLoss(trainer.stepper.loss)
         elif last is not None and next_step == last + 1:
-            trainer.loss = trainer._real_loss
+            trainer.stepper.loss = trainer._real_loss
 
     return hook
 
@@ -217,7 +217,7 @@ def test_skip_stops_after_a_bounded_run_of_skipped_steps_saving_nothing_new(tmp_
     run_dir = tmp_path / "run"
     stream = io.StringIO()
     with pytest.raises(GanplugError) as caught:
-        train(tiny(150, on_nan="skip", checkpoint_every=4), run_dir, quiet=True, stream=stream, hooks=[nan_from(7)])
+        train(tiny(150, on_nan="skip", checkpoint_every=4), run_dir, quiet=True, stream=stream, callbacks=[before_step(nan_from(7))])
     message = str(caught.value)
     assert caught.value.exit_code == 1 and "\n" not in message
     assert message.startswith(
@@ -242,7 +242,7 @@ def test_skipped_steps_count_in_a_row_only(tmp_path):
     run_dir = tmp_path / "run"
     short = MAX_SKIPS_IN_A_ROW - 1
     hooks = [nan_from(3, 3 + short - 1), nan_from(3 + short + 1, 3 + 2 * short)]
-    train(tiny(2 * short + 6, on_nan="skip"), run_dir, quiet=True, stream=io.StringIO(), hooks=hooks)
+    train(tiny(2 * short + 6, on_nan="skip"), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(*hooks)])
     state = load_checkpoint(run_dir)
     assert state["step"] == 2 * short + 6 and state["skipped_steps"] == 2 * short
 

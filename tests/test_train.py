@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from conftest import read_metrics
+from conftest import before_step, read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.generate import TrainedGenerator, load_generator, sample
@@ -354,7 +354,7 @@ def test_checkpoint_every_sample_every_zero_write_only_at_the_end_and_keep_three
 def test_load_generator_matches_the_trained_one(tmp_path, ema):
     trainers = []
     config = tiny("dcgan", "bce", "digits", steps=3, ema=ema, seed=7)
-    run_quiet(config, tmp_path / "run", hooks=[lambda trainer, step: trainers.append(trainer)])
+    run_quiet(config, tmp_path / "run", callbacks=[before_step(lambda trainer, step: trainers.append(trainer))])
     trainer = trainers[-1]
 
     rng = torch.get_rng_state()
@@ -363,14 +363,14 @@ def test_load_generator_matches_the_trained_one(tmp_path, ema):
     assert (g.latent_dim, g.latent, g.value_range, g.data_shape, g.step) == (64, "normal", (-1.0, 1.0), (1, 16, 16), 3)
     assert g.uses_ema == (ema > 0) and not g.training
     assert isinstance(g, TrainedGenerator) and not any(p.requires_grad for p in g.parameters())
-    assert g.module.state_dict().keys() == (trainer.ema if ema > 0 else trainer.G).state_dict().keys()
+    assert g.module.state_dict().keys() == (trainer.stepper.ema if ema > 0 else trainer.run.generator).state_dict().keys()
     z = draw_latent(5, 64, "normal", generator=torch.Generator().manual_seed(1))
-    expected_model = trainer.ema if ema > 0 else trainer.G.eval()
+    expected_model = trainer.stepper.ema if ema > 0 else trainer.run.generator.eval()
     with torch.no_grad():
         assert torch.equal(g(z), expected_model(z))
         if ema > 0:  # the EMA lags behind G
             raw = load_generator(tmp_path / "run" / "checkpoints" / "latest.pt", ema=False)
-            assert torch.equal(raw(z), trainer.G.eval()(z))
+            assert torch.equal(raw(z), trainer.run.generator.eval()(z))
             assert not torch.equal(raw(z), g(z))
 
     drawn = sample(g, 16, seed=7)  # the run's seed: the fixed noise of its pictures
@@ -399,11 +399,11 @@ def test_ema_follows_the_warmed_up_decay(tmp_path):
     assert ema_decay(0.999, 10**6) == 0.999  # long runs use the given decay
     snapshots = []
 
-    def record(trainer, step):  # hooks run before step `step` (1-based), after `trainer.step` steps
+    def record(trainer, step):  # called before step `step` (1-based), after `trainer.step` steps
         flat = lambda module: torch.cat([p.detach().flatten().clone() for p in module.parameters()])
-        snapshots.append((trainer.step, flat(trainer.G), flat(trainer.ema)))
+        snapshots.append((trainer.step, flat(trainer.run.generator), flat(trainer.stepper.ema)))
 
-    run_quiet(tiny(steps=5, ema=0.999), tmp_path / "run", hooks=[record])
+    run_quiet(tiny(steps=5, ema=0.999), tmp_path / "run", callbacks=[before_step(record)])
     assert [done for done, _, _ in snapshots] == [0, 1, 2, 3, 4]
     for (done, _, ema_before), (_, g, ema) in zip(snapshots, snapshots[1:]):
         d = ema_decay(0.999, done)  # the update of generator step `done` (0-based)

@@ -275,25 +275,25 @@ def check_equivalence(trainer, loop: PlainLoop, n: int = 8) -> None:
     real = loop.data[:n]
     z = torch.randn(n, loop.latent_dim, generator=torch.Generator().manual_seed(0)).to(real.device)
     tight, loose = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=1e-5)
-    with _eval(trainer.G, trainer.D, loop.G, loop.D):
+    with _eval(trainer.stepper.G, trainer.stepper.D, loop.G, loop.D):
         with torch.no_grad():
-            fake = trainer.G(z)
+            fake = trainer.stepper.G(z)
             _assert_close("G(z)", loop.G(z), fake, **tight)
         torch.manual_seed(1)
-        ours, _ = trainer.loss.discriminator_loss(critic, real, fake)
+        ours, _ = trainer.stepper.loss.discriminator_loss(critic, real, fake)
         torch.manual_seed(1)
         theirs = loop.d_loss(real, fake)
         _assert_close("the critic loss", theirs, ours, **tight)
-        d_ours = torch.autograd.grad(ours, list(trainer.D.parameters()))
+        d_ours = torch.autograd.grad(ours, list(trainer.stepper.D.parameters()))
         d_theirs = torch.autograd.grad(theirs, list(loop.D.parameters()))
         _assert_close("the critic's gradients", d_theirs, d_ours, **loose)
-        ours, _ = trainer.loss.generator_loss(critic, trainer.G(z))
+        ours, _ = trainer.stepper.loss.generator_loss(critic, trainer.stepper.G(z))
         theirs = loop.g_loss(loop.G(z))
         _assert_close("the generator loss", theirs, ours, **tight)
-        g_ours = torch.autograd.grad(ours, list(trainer.G.parameters()))
+        g_ours = torch.autograd.grad(ours, list(trainer.stepper.G.parameters()))
         g_theirs = torch.autograd.grad(theirs, list(loop.G.parameters()))
         _assert_close("the generator's gradients", g_theirs, g_ours, **loose)
-    for ours_opt, theirs_opt in ((trainer.opt_g, loop.opt_g), (trainer.opt_d, loop.opt_d)):
+    for ours_opt, theirs_opt in ((trainer.stepper.opt_g, loop.opt_g), (trainer.stepper.opt_d, loop.opt_d)):
         a, b = ours_opt.param_groups[0], theirs_opt.param_groups[0]
         if type(ours_opt) is not type(theirs_opt) or a["lr"] != b["lr"] or tuple(a["betas"]) != tuple(b["betas"]):
             raise AssertionError(f"the plain loop's optimiser {b} differs from ganplug's {a}")

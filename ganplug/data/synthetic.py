@@ -13,11 +13,13 @@ are exported for coverage metrics; the default stds are the specs' (``ganplug li
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import TensorDataset
 
 from ganplug.errors import GanplugError
+from ganplug.plots import normal_pdf
 from ganplug.plugin import DataContext
 
 # (8, 2): (cos 2 pi i / 8, sin 2 pi i / 8), i = 0..7.
@@ -63,15 +65,24 @@ def _generator(ctx: DataContext) -> torch.Generator:
     return torch.Generator().manual_seed(int(ctx.seed))
 
 
+class KnownDensity(TensorDataset):
+    """1-D samples ``(N, 1)`` whose ``density`` (NumPy values -> pdf) is known: the training
+    pictures draw it instead of the real samples' histogram."""
+
+    def __init__(self, samples: torch.Tensor, density: Callable[[Any], Any]) -> None:
+        super().__init__(samples)
+        self.density = density
+
+
 def gaussian(ctx: DataContext, mean: float = 4.0, std: float = 1.25, size: int = 65536) -> TensorDataset:
-    """``size`` samples of N(mean, std^2), shape (size, 1)."""
+    """``size`` samples of N(mean, std^2), shape (size, 1), with their density."""
     size = _check_size("gaussian", size)
     std = _check_std("gaussian", std)
     if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
         raise GanplugError(f"dataset 'gaussian' option mean must be a finite number, got {mean!r}")
     g = _generator(ctx)
     samples = torch.randn(size, 1, generator=g) * std + float(mean)
-    return TensorDataset(samples)
+    return KnownDensity(samples, normal_pdf(float(mean), std))
 
 
 def _mixture(ctx: DataContext, centres: torch.Tensor, std: float, size: int) -> TensorDataset:

@@ -61,9 +61,9 @@ from ganplug import ops
 from ganplug.errors import GanplugError
 from ganplug.losses import ZeroCentredPenalties
 from ganplug.ops import _draw_seed
-from ganplug.train.guard import rng_state, set_rng_state
-from ganplug.train.outputs import Sums
+from ganplug.train.rng import rng_state, set_rng_state
 from ganplug.train.step import AdversarialStep, StepInputs, StepOutputs, set_capturable
+from ganplug.train.sums import Sums
 
 WARMUP = 3  # eager runs of the step body on a side stream before a capture (torch's docs: 3)
 MAX_DROPOUT_CALLS = 4096  # dropout calls one captured step may make (the seed buffer's size)

@@ -31,23 +31,12 @@ from torch import nn
 
 from ganplug.errors import Terminated
 from ganplug.train.distributed import World, all_reduce_sum
-from ganplug.train.outputs import Sums
+from ganplug.train.rng import rng_state, set_rng_state
 from ganplug.train.step import AdversarialStep
+from ganplug.train.sums import Sums
 
 LOSSES = ("d_loss", "g_loss")
 MAX_SKIPS_IN_A_ROW = 10  # on_nan "skip": this many non-finite steps in a row end the run (exit 1)
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """The global CPU RNG state, and the CUDA one of ``device`` when it is a GPU."""
-    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 def _all_finite(modules: tuple[nn.Module, ...]) -> torch.Tensor:
@@ -233,4 +222,4 @@ class DeferredSignals:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
-__all__ = ["DeferredSignals", "MAX_SKIPS_IN_A_ROW", "StepGuard", "rng_state", "set_rng_state", "signal_name"]
+__all__ = ["DeferredSignals", "MAX_SKIPS_IN_A_ROW", "StepGuard", "signal_name"]

@@ -1,8 +1,8 @@
 """The run's loggers (``--logger NAME``, ``loggers = [...]`` in a config), beside metrics.jsonl,
 which is always written and stays the source of truth.
 
-:class:`Loggers` is a callback of the loop that builds each logger (on rank 0 only) and hands it
-every metrics.jsonl line, sample picture and evaluation. A logger that raises is reported once on
+:class:`Loggers` builds each logger (on rank 0 only) and hands it every metrics.jsonl line,
+sample picture and evaluation the loop passes on. A logger that raises is reported once on
 the progress stream, naming it and its plugin, and switched off; the run goes on. Every logger
 call runs with the RNG state saved and restored, so a logger never changes a run's weights.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,11 +21,7 @@ from ganplug.errors import GanplugError, PluginError, debug_enabled
 from ganplug.plugin import LoggerSpec
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.train.config import TrainConfig
-from ganplug.train.guard import rng_state, set_rng_state
-from ganplug.train.outputs import Callback
-
-if TYPE_CHECKING:
-    from ganplug.train.loop import Trainer
+from ganplug.train.rng import rng_state, set_rng_state
 
 TENSORBOARD = "tensorboard"
 METHODS = ("start", "log", "images", "evaluation", "close")
@@ -43,13 +39,16 @@ def resolve_loggers(config: TrainConfig) -> list[tuple[LoggerSpec, dict[str, Any
     return resolved
 
 
-class Loggers(Callback):
+class Loggers:
     """The loggers of ``config``, built now on rank 0 (``writes``): a factory's GanplugError (a
     missing package, a bad option) is a UsageError before training; a factory's bug, or an object
-    without the five methods, is reported when the run starts and that logger is left out."""
+    without the five methods, is reported when the run starts and that logger is left out.
+    ``message`` prints a line on the progress stream."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, device: torch.device, writes: bool) -> None:
-        self.device = device
+    def __init__(
+        self, run_dir: Path, config: TrainConfig, device: torch.device, writes: bool, message: Callable[[str], None]
+    ) -> None:
+        self.device, self.message = device, message
         self.active: list[tuple[LoggerSpec, Any]] = []
         self._pending: list[str] = []  # build failures, reported once the progress stream is up
         specs = resolve_loggers(config)  # on every rank, so a mistake fails alike everywhere
@@ -78,44 +77,48 @@ class Loggers(Callback):
         finally:
             set_rng_state(state, self.device)
 
-    def _call(self, trainer: "Trainer", method: str, *args: Any) -> None:
-        """``logger.method(*args)`` of every active logger; one that raises is reported and dropped."""
+    def _call(self, step: int, method: str, *args: Any) -> None:
+        """``logger.method(*args)`` of every active logger at ``step``; one that raises is reported
+        and dropped."""
         for spec, logger in list(self.active):
             try:
                 self._guarded(getattr(logger, method), *args)
             except Exception as error:
                 self.active.remove((spec, logger))
-                trainer.progress.message(
-                    f"warning: step {trainer.step}: logger {spec.name!r} of {origin_of(spec)} failed in {method}(): "
+                self.message(
+                    f"warning: step {step}: logger {spec.name!r} of {origin_of(spec)} failed in {method}(): "
                     f"{type(error).__name__}: {error}; logger {spec.name} is off for the rest of this run"
                     + ("" if debug_enabled() else " (rerun with --debug for the traceback)")
                 )
                 if debug_enabled():
-                    trainer.progress.message("".join(traceback.format_exception(error)).rstrip())
+                    self.message("".join(traceback.format_exception(error)).rstrip())
                 if method != "close":
                     try:
                         self._guarded(logger.close)
                     except Exception:  # it failed already and was reported
                         pass
 
-    def on_run_start(self, trainer: "Trainer") -> None:
+    def start(self, config: dict[str, Any], step: int) -> None:
+        """A session starts at ``step`` (0, or the step resumed from) of the run of ``config``."""
         for message in self._pending:
-            trainer.progress.message(message)
+            self.message(message)
         self._pending.clear()
-        self._call(trainer, "start", {**trainer.config.to_dict(), "start_step": trainer.step})
+        self._call(step, "start", {**config, "start_step": step})
 
-    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
+        """A metrics.jsonl line (NaN as NaN)."""
         values = {key: float(value) for key, value in record.items() if key != "step"}
-        self._call(trainer, "log", int(record["step"]), values)
+        self._call(int(record["step"]), "log", int(record["step"]), values)
 
-    def on_samples(self, trainer: "Trainer", step: int, path: Path) -> None:
-        self._call(trainer, "images", step, path)
+    def images(self, step: int, path: Path) -> None:
+        self._call(step, "images", step, path)
 
-    def on_evaluation(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None:
-        self._call(trainer, "evaluation", step, results)
+    def evaluation(self, step: int, results: dict[str, dict[str, float]]) -> None:
+        self._call(step, "evaluation", step, results)
 
-    def on_run_end(self, trainer: "Trainer") -> None:
-        self._call(trainer, "close")
+    def close(self, step: int) -> None:
+        """The session ended at ``step``."""
+        self._call(step, "close")
         self.active.clear()
 
 

@@ -1,18 +1,19 @@
 """The training loop: drives the step (:mod:`~ganplug.train.step`), its guard
-(:mod:`~ganplug.train.guard`) and the outputs (:mod:`~ganplug.train.outputs`) through callbacks.
+(:mod:`~ganplug.train.guard`) and the writers (:mod:`~ganplug.train.outputs`,
+:mod:`~ganplug.train.loggers`), and owns the callback protocol (:class:`Callback`).
 
-Per step: ``on_step_start`` of every callback, the guarded step, then ``on_step_end`` (the
-metrics line, evaluation, sample picture and checkpoint when due, then the caller's callbacks);
-each line, evaluation and picture written is passed on (:meth:`Trainer.notify`) to every
-callback's ``on_metrics``, ``on_evaluation`` and ``on_samples``, the loggers' among them.
-The weights are checked for non-finite values before a metrics line or a checkpoint is written.
+Per step: ``on_step_start`` of every callback, the guarded step, the outputs due (metrics line,
+evaluation, sample picture, checkpoint), then ``on_step_end``. Each line, evaluation and picture
+written is passed on, with its data, to the loggers and to every callback's ``on_metrics``,
+``on_evaluation`` and ``on_samples``. The weights are checked for non-finite values before a
+metrics line or a checkpoint is written.
 
 Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
 generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
 a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
 
-Ctrl-C: a first Ctrl-C lets the current step and its outputs finish, then ``on_interrupt`` logs
-the steps since the last metrics line and saves a checkpoint of the step, and
+Ctrl-C: a first Ctrl-C lets the current step and its outputs finish, then the steps since the last
+metrics line are logged, the step is saved and ``on_interrupt`` called, and
 ``KeyboardInterrupt`` is raised (a second one stops at once). SIGTERM does the same and raises
 :class:`Terminated` (the CLI exits 143). A ``KeyboardInterrupt`` raised inside a step before any
 parameter changed (e.g. by a loss) rolls the step back (RNG, data position, buffers) and saves
@@ -27,9 +28,11 @@ metrics and without saving the non-finite state (the last good checkpoint stays 
 from __future__ import annotations
 
 import io
+import math
 import shlex
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
@@ -39,20 +42,23 @@ from torch import nn
 from ganplug import __version__
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.noise import cycled_labels, draw_latent, grid_labels
-from ganplug.data.access import sample_of
+from ganplug.registry import get_registry
 from ganplug.train.build import Run
-from ganplug.train.checkpoint import FORMAT, LATEST, VERSION
-from ganplug.train.data_order import epoch_permutation
+from ganplug.train.checkpoint import FORMAT, VERSION
 from ganplug.train.distributed import World
 from ganplug.train.graphs import CaptureFailed, CudaGraphStep
-from ganplug.train.guard import MAX_SKIPS_IN_A_ROW, DeferredSignals, StepGuard, rng_state, set_rng_state, signal_name
+from ganplug.train.guard import MAX_SKIPS_IN_A_ROW, DeferredSignals, StepGuard, signal_name
 from ganplug.train.loggers import Loggers
-from ganplug.train.outputs import Callback, CheckpointWriter, Evaluator, LossPlot, MetricsLog, SampleWriter, Sums
+from ganplug.train.outputs import (
+    CheckpointWriter, Evaluator, MetricsLog, SampleWriter, draw_losses, due, eval_line, plot_reference,
+)
 from ganplug.train.progress import Progress, format_duration
 from ganplug.train.render import picture_kind
+from ganplug.train.rng import rng_state, set_rng_state
+from ganplug.train.rundir import LATEST
 from ganplug.train.step import AdversarialStep
+from ganplug.train.sums import Sums
 
-REAL_PLOT_POINTS = 2048  # real samples drawn under 1-D and 2-D pictures
 PLOT_SAMPLES = 1024  # generated samples (fixed noise) of a 1-D or 2-D picture, at least (num_samples if more)
 _CHUNK = 1024  # generator batch when drawing the fixed noise
 
@@ -65,6 +71,35 @@ def fixed_noise(n: int, latent_dim: int, latent: str, seed: int) -> torch.Tensor
     return draw_latent(n, latent_dim, latent, generator=torch.Generator().manual_seed(int(seed)))
 
 
+class Callback:
+    """The loop's callback protocol; every method does nothing here. ``trainer`` is the
+    :class:`Trainer`; ``step`` counts generator steps from 1."""
+
+    def on_run_start(self, trainer: "Trainer") -> None:
+        """Before the first step of a session (a resumed run starts a new session)."""
+
+    def on_step_start(self, trainer: "Trainer", step: int) -> None:
+        """Before step ``step``; raising here leaves the state of step ``step - 1``."""
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        """After step ``step`` is done, counted (``trainer.step == step``) and its outputs written."""
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        """A Ctrl-C or SIGTERM stops the run at ``trainer.step``, a completed step, now saved."""
+
+    def on_run_end(self, trainer: "Trainer") -> None:
+        """The session ended: done, interrupted or failed."""
+
+    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        """Rank 0 appended ``record`` (its ``step`` and values, NaN as NaN) to metrics.jsonl."""
+
+    def on_samples(self, trainer: "Trainer", step: int, path: Path) -> None:
+        """Rank 0 wrote the sample picture of ``step`` to ``path``."""
+
+    def on_evaluation(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None:
+        """Rank 0 appended the evaluation of ``step`` (``{metric: {key: value}}``) to metrics.jsonl."""
+
+
 class _HookCallback(Callback):
     """A plain function ``hook(trainer, step)`` called before step ``step``."""
 
@@ -75,12 +110,54 @@ class _HookCallback(Callback):
         self.hook(trainer, step)
 
 
+def deprecated_hooks(hooks: Sequence[Hook]) -> list[Callback]:
+    """``train(hooks=)``, deprecated: each ``hook(trainer, step)`` as a callback's ``on_step_start``."""
+    if hooks:
+        warnings.warn(
+            "train(hooks=...) is deprecated and will be removed: pass callbacks=[...] instead, a "
+            "ganplug.train.loop.Callback whose on_step_start(trainer, step) does what the hook did",
+            DeprecationWarning, stacklevel=3,
+        )
+    return [_HookCallback(hook) for hook in hooks]
+
+
+def culprit(run: Run, error: BaseException) -> str | None:
+    """``loss 'x' of plugin 'p' (dist 1.0)`` when code of a plugin of ``run`` raised ``error``
+    (the registry's ``blame``). One plugin may provide several of the run's specs (the fault
+    matrix's provides its loss and its dataset), so the one named is the spec whose object
+    (``self``) the innermost frame of the traceback ran in, else the plugin's first."""
+    registry = get_registry()
+    info = registry.blame(error)
+    if info is None:
+        return None
+    ours = [
+        (kind, spec, owners)
+        for kind, spec, owners in (
+            ("loss", run.loss_spec, (run.loss,)),
+            ("dataset", run.dataset_spec, (run.dataset,)),
+            ("architecture", run.arch_spec, (run.generator, run.discriminator)),
+        )
+        if registry.entry_of(spec).plugin == info.name
+    ]
+    if not ours:
+        return info.origin
+    selves, tb = [], error.__traceback__
+    while tb is not None:
+        selves.append(tb.tb_frame.f_locals.get("self"))
+        tb = tb.tb_next
+    for this in reversed([s for s in selves if s is not None]):
+        for kind, spec, owners in ours:
+            if any(this is o or (isinstance(o, nn.Module) and any(this is m for m in o.modules())) for o in owners):
+                return f"{kind} {spec.name!r} of {info.origin}"
+    kind, spec, _ = ours[0]
+    return f"{kind} {spec.name!r} of {info.origin}"
+
+
 class Trainer:
     """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``.
 
-    ``callbacks`` (:class:`~ganplug.train.outputs.Callback`) follow the built-in outputs;
-    ``hooks`` are plain functions ``hook(trainer, step)`` called before step ``step`` (1-based).
-    ``stream`` receives the progress output (default stderr).
+    ``callbacks`` (:class:`Callback`) are called after the built-in outputs; ``stream`` receives
+    the progress output (default stderr).
     """
 
     def __init__(
@@ -90,78 +167,58 @@ class Trainer:
         *,
         quiet: bool = False,
         stream: TextIO | None = None,
-        hooks: Sequence[Hook] = (),
         callbacks: Sequence[Callback] = (),
         world: World | None = None,
     ) -> None:
         self.run, self.config, self.world, self.device = run, run.config, world, run.device
+        cfg = self.config
         self.is_main = world is None or world.is_main
         self.run_dir = Path(run_dir)
         self.quiet, self.stream = quiet, stream
+        self.progress = Progress(0, quiet=True, stream=stream if stream is not None else io.StringIO())
         self.stepper = AdversarialStep(run, world)
         # --cuda-graphs: the step as a replayed CUDA graph, or the eager step with one line why not
         self.graph_step: CudaGraphStep | None = None
-        if self.config.cuda_graphs:
-            self.graph_step = CudaGraphStep(self.stepper, lambda text: self.progress.message(text), self._culprit)
+        if cfg.cuda_graphs:
+            self.graph_step = CudaGraphStep(self.stepper, self._message, lambda error: culprit(run, error))
         replayed = lambda: self.graph_step is not None and self.graph_step.captured
-        self.guard = StepGuard(self.stepper, self.config.on_nan, world, deferred=replayed)
+        self.guard = StepGuard(self.stepper, cfg.on_nan, world, deferred=replayed)
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
         self.picture = picture_kind(run.data_shape)
-        count = self.config.num_samples if self.picture == "images" else max(self.config.num_samples, PLOT_SAMPLES)
+        count = cfg.num_samples if self.picture == "images" else max(cfg.num_samples, PLOT_SAMPLES)
         # A conditional run's pictures: one row of each class (images), every class alike (points).
         self.fixed_labels: torch.Tensor | None = None
-        self.grid_row: int | None = None
+        grid_row: int | None = None
         if run.num_classes and self.picture == "images":
-            labels, self.grid_row = grid_labels(count, run.num_classes)
+            labels, grid_row = grid_labels(count, run.num_classes)
             self.fixed_labels, count = labels.to(self.device), len(labels)
         elif run.num_classes:
             self.fixed_labels = cycled_labels(count, run.num_classes).to(self.device)
-        self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, self.config.seed).to(self.device)
-        self.real_plot, self.plot_box, self.plot_density = self._plot_reference()
-        self.metrics = MetricsLog(self.run_dir, world, self.is_main)
-        self.samples = SampleWriter(self.run_dir, self.is_main)
+        self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, cfg.seed).to(self.device)
+        reference = (None, None, None)
+        if self.picture in ("points", "histogram"):
+            reference = plot_reference(run.dataset, self.stepper.order.samples, cfg.seed, self.picture)
+        self.metrics = MetricsLog(self.run_dir, world, self.is_main, cfg.n_critic * cfg.batch_size)
+        self.samples = SampleWriter(self.run_dir, self.is_main, run.value_range, grid_row, reference)
         self.checkpoints = CheckpointWriter(self.run_dir, self.is_main)
-        self.evaluator = Evaluator(self.config.eval_every, self.is_main)
-        self.loggers = Loggers(self.run_dir, self.config, self.device, self.is_main)
-        self.callbacks: list[Callback] = [
-            *(_HookCallback(hook) for hook in hooks),
-            self.metrics, self.evaluator, self.samples, self.checkpoints, LossPlot(self.run_dir, self.is_main),
-            self.loggers, *callbacks,
-        ]
+        self.evaluator = Evaluator(run, self.is_main, self._message)
+        self.loggers = Loggers(self.run_dir, cfg, self.device, self.is_main, self._message)
+        self.callbacks = list(callbacks)
         self.run_id: str | None = None  # RUN_DIR/run_id, stamped on every checkpoint (see rundir)
         self.step = 0
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resumed runs)
         self.skipped_steps = 0
         self.skipped_in_a_row = 0  # on_nan "skip": the non-finite steps since the last good one
-        self.progress = Progress(0, quiet=True, stream=stream if stream is not None else io.StringIO())
         self._session_start: float | None = None
         self._step_sums = Sums()  # this step's values, merged into the metrics once finite
         self._stop_agreed = False
         self._weights_checked_at = -1
 
-    # -- what tests and hooks reach ----------------------------------------------------------------
+    def _message(self, text: str) -> None:
+        self.progress.message(text)
 
-    G = property(lambda self: self.stepper.G)
-    D = property(lambda self: self.stepper.D)
-    ema = property(lambda self: self.stepper.ema)
-    opt_g = property(lambda self: self.stepper.opt_g)
-    opt_d = property(lambda self: self.stepper.opt_d)
-    order = property(lambda self: self.stepper.order)
-
-    @property
-    def loss(self) -> Any:
-        return self.stepper.loss
-
-    @loss.setter
-    def loss(self, value: Any) -> None:
-        self.stepper.loss = value
-
-    @property
-    def last_checkpoint(self) -> Path | None:
-        return self.checkpoints.last
-
-    def notify(self, event: str, *args: Any) -> None:
-        """Call ``event`` (``on_metrics``, ``on_samples``, ``on_evaluation``) of every callback."""
+    def _tell(self, event: str, *args: Any) -> None:
+        """Call ``event`` of every callback with this trainer and ``args``."""
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
 
@@ -173,37 +230,6 @@ class Trainer:
     def sampling_model(self) -> nn.Module:
         """What draws the pictures and is scored: the EMA generator, else G."""
         return self.stepper.ema if self.stepper.ema is not None else self.stepper.G
-
-    def _plot_reference(self) -> tuple[torch.Tensor | None, tuple[float, ...] | None, Callable | None]:
-        """What 1-D/2-D pictures are drawn against, fixed for the run: real samples ``(M, D)``
-        (none for a 1-D dataset of known density), a plot box around the real samples (data
-        units), and the density of the built-in ``gaussian`` (its resolved mean/std options)."""
-        if self.picture not in ("points", "histogram"):
-            return None, None, None
-        dataset = self.run.dataset
-        count = min(len(dataset), REAL_PLOT_POINTS)
-        indices = epoch_permutation(len(dataset), self.config.seed, -1)[:count]  # private RNG, not epoch 0's
-        samples = self.order.samples
-        if samples is not None and isinstance(dataset, torch.utils.data.TensorDataset):
-            real = samples[indices.to(samples.device)]
-        else:
-            real = torch.stack([sample_of(dataset[int(i)]) for i in indices])
-        real = real.detach().to("cpu", torch.float32)
-        real = real.reshape(real.shape[0], -1)
-        lows, highs = real.min(dim=0).values, real.max(dim=0).values
-        span = (highs - lows).clamp_min(1e-3)
-        lows, highs = lows - 0.25 * span, highs + 0.25 * span
-        if self.picture == "histogram":
-            box = (float(lows[0]), float(highs[0]))
-            if self.run.dataset_spec.name == "gaussian" and self.run.provenance.get("dataset", {}).get("plugin") == "ganplug":
-                from ganplug.plots import normal_pdf
-
-                options = self.config.data_options
-                return None, box, normal_pdf(float(options["mean"]), float(options["std"]))
-            return real, box, None
-        side = float((highs - lows).max())
-        cx, cy = float((lows[0] + highs[0]) / 2), float((lows[1] + highs[1]) / 2)
-        return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2), None
 
     @torch.no_grad()
     def generate_fixed(self) -> torch.Tensor:
@@ -270,7 +296,7 @@ class Trainer:
                 f"warning: dropped {dropped} unreadable line{'s' if dropped > 1 else ''} of {self.metrics.path}"
             )
 
-    # -- the step ------------------------------------------------------------------------------------
+    # -- the step and its outputs ----------------------------------------------------------------------
 
     def run_step(self) -> None:
         """One guarded generator step: the step maths, then the non-finite check; counts it."""
@@ -286,7 +312,80 @@ class Trainer:
         else:
             self._diverged(self.step + 1, what)
         self.step += 1
+        self.metrics.window_steps += 1
         self.signals.in_step = False
+
+    def write_outputs(self) -> None:
+        """The outputs due after the step just counted: metrics line, evaluation, sample picture,
+        checkpoint."""
+        cfg, step = self.config, self.step
+        if due(step, cfg.steps, cfg.log_every):
+            self.ensure_finite_weights()
+            self.write_metrics()
+        if cfg.eval_every > 0 and step % cfg.eval_every == 0:
+            self.evaluate()
+        if self.picture is not None and self.is_main and due(step, cfg.steps, cfg.sample_every):
+            path = self.samples.write(step, self.generate_fixed())
+            self.loggers.images(step, path)
+            self._tell("on_samples", step, path)
+        if due(step, cfg.steps, cfg.checkpoint_every):
+            self.save()
+
+    def write_metrics(self) -> dict[str, Any]:
+        """The metrics line of the current step (every rank); GanplugError (``stop``) if a loss
+        is not finite."""
+        cfg, stepper = self.config, self.stepper
+        columns: dict[str, Any] = {"elapsed_s": round(self.elapsed(), 3)}
+        if cfg.on_nan == "skip":
+            columns["skipped_steps"] = self.skipped_steps
+        if cfg.lr_decay != "none":  # the generator's lr of the last step done
+            columns["lr_g"] = float(stepper.opt_g.param_groups[0]["lr"])
+        if stepper.augment is not None:  # the augmentation probability after the last step
+            columns.update(stepper.augment.metrics())
+        record = self.metrics.write(self.step, columns)
+        if self.is_main:
+            self.loggers.log(record)
+            self._tell("on_metrics", record)
+        self.progress.log(record)
+        bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(record[k])]
+        if bad and cfg.on_nan == "stop":  # with "skip", a window of skipped steps only has no losses
+            raise GanplugError(
+                f"training diverged at step {self.step} ({bad[0]} is {record[bad[0]]}): lower --lr-d/--lr-g "
+                "or change the loss; the last checkpoint is unaffected"
+            )
+        return record
+
+    def flush_metrics(self) -> None:
+        """The steps since the last line, so metrics.jsonl reaches the current step."""
+        if self.metrics.window_steps > 0:
+            self.write_metrics()
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """The dataset's metrics on :meth:`sampling_model` (rank 0), appended to metrics.jsonl and
+        printed; their time is left out of samples_per_s."""
+        elapsed, started = self.elapsed(), time.perf_counter()  # the run's seconds up to this step
+        results = self.evaluator.evaluate(self.step, self.sampling_model(), self.stepper.autocast)
+        self.metrics.pause(time.perf_counter() - started)
+        if results:
+            self.metrics.append_eval(self.step, elapsed, results)
+            self.loggers.evaluation(self.step, results)
+            self._tell("on_evaluation", self.step, results)
+            self.progress.message(eval_line(self.step, results))
+        return results
+
+    def save(self) -> Path:
+        """The checkpoint of the current step (once per step; never of non-finite weights)."""
+        if self.checkpoints.last_step != self.step:
+            self.ensure_finite_weights()
+            self.checkpoints.write(self.step, self.state_dict)
+        assert self.checkpoints.last is not None
+        return self.checkpoints.last
+
+    def _save_stopped(self) -> None:
+        """A stop at the completed step: its metrics line and checkpoint, then ``on_interrupt``."""
+        self.flush_metrics()
+        self.save()
+        self._tell("on_interrupt")
 
     def ensure_finite_weights(self) -> None:
         """Before a metrics line or a checkpoint: stop (``on_nan`` stop) if G's or D's weights
@@ -321,7 +420,7 @@ class Trainer:
 
     def _stop_diverged(self, cause: str, flush: bool = True) -> None:
         if flush:  # the good steps since the last metrics line (not known apart from the bad one when deferred)
-            self.metrics.flush(self)
+            self.flush_metrics()
         advice = "lower --lr-d/--lr-g or change the loss" if self.config.on_nan == "skip" else (
             "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
         )
@@ -346,21 +445,21 @@ class Trainer:
         self._session_start = time.perf_counter()
         self.signals.reset()
         self._stop_agreed = False
-        for callback in self.callbacks:
-            callback.on_run_start(self)
+        self.metrics.start()
+        self.loggers.start(cfg.to_dict(), self.step)
+        self._tell("on_run_start")
         try:
             with self.signals.installed():
                 try:
                     while self.step < cfg.steps:
                         if self._stop_agreed or (self.world is None and self.signals.requested):
                             raise self.signals.exception()
-                        for callback in self.callbacks:
-                            callback.on_step_start(self, self.step + 1)
+                        self._tell("on_step_start", self.step + 1)
                         self.run_step()
                         self.signals.finishing = True
                         self.progress.update(self.step)
-                        for callback in self.callbacks:
-                            callback.on_step_end(self, self.step)
+                        self.write_outputs()
+                        self._tell("on_step_end", self.step)
                         self.signals.finishing = False
                 except KeyboardInterrupt as stop:
                     self._interrupted()
@@ -377,47 +476,15 @@ class Trainer:
                     raise failure from error
         finally:
             self.progress.close()
-            for callback in self.callbacks:
-                callback.on_run_end(self)
+            if self.is_main:
+                draw_losses(self.run_dir, self._message)
+            self.loggers.close(self.step)
+            self._tell("on_run_end")
         where = f"samples {self.samples.dir / 'latest.png'}, " if self.picture is not None else ""
         self.progress.message(
             f"done: step {self.step} in {format_duration(self.elapsed())}; "
             f"{where}checkpoint {self.checkpoints.dir / LATEST}"
         )
-
-    def _culprit(self, error: BaseException) -> str | None:
-        """``loss 'x' of plugin 'p' (dist 1.0)`` when code of a plugin of this run's raised
-        ``error``: of the run's specs that plugin provides, the one whose object (``self``) the
-        innermost frame of the plugin's code ran in, else the first."""
-        from ganplug.registry import get_registry
-
-        registry = get_registry()
-        info = registry.blame(error)
-        if info is None:
-            return None
-        run = self.run
-        ours = [
-            (kind, spec, owner)
-            for kind, spec, owner in (
-                ("loss", run.loss_spec, (run.loss,)),
-                ("dataset", run.dataset_spec, (run.dataset,)),
-                ("architecture", run.arch_spec, (run.generator, run.discriminator)),
-            )
-            if registry.entry_of(spec).plugin == info.name
-        ]
-        if not ours:
-            return info.origin
-        frames, tb = [], error.__traceback__
-        while tb is not None:
-            frames.append(tb.tb_frame)
-            tb = tb.tb_next
-        for frame in reversed(frames):
-            this = frame.f_locals.get("self")
-            for kind, spec, owners in ours:
-                if this is not None and any(this is o or (isinstance(o, nn.Module) and this in list(o.modules())) for o in owners):
-                    return f"{kind} {spec.name!r} of {info.origin}"
-        kind, spec, _ = ours[0]
-        return f"{kind} {spec.name!r} of {info.origin}"
 
     def _failed(self, error: Exception) -> Exception:
         """After an exception in a step or its outputs: save the last completed step when nothing
@@ -429,20 +496,19 @@ class Trainer:
             self.guard.rollback()
             self.signals.in_step = False
             if self.step > 0:
-                for callback in self.callbacks:
-                    callback.on_interrupt(self)
+                self._save_stopped()
                 saved = f"step {self.step} saved in {self.checkpoints.dir / LATEST}"
         if not saved:
             saved = self.checkpoints.describe_last()
         resume = f"continue with: ganplug train --resume {shlex.quote(str(self.run_dir))}" if self.checkpoints.last else ""
         if isinstance(error, PluginError):
             return PluginError(f"step {step}: {error}; {saved}" + (f"; {resume}" if resume else ""))
-        culprit = self._culprit(error)
-        if culprit is None:
+        who = culprit(self.run, error)
+        if who is None:
             self.progress.message(f"step {step} failed: {saved}" + (f"; after a fix, {resume}" if resume else ""))
             return error
         return PluginError(
-            f"step {step} failed in {culprit}: {type(error).__name__}: {error}; {saved}; fix or update the plugin"
+            f"step {step} failed in {who}: {type(error).__name__}: {error}; {saved}; fix or update the plugin"
             + (f", then {resume}" if resume else "") + " (rerun with --debug for the traceback)"
         )
 
@@ -465,8 +531,7 @@ class Trainer:
         if self.step == 0:
             self.progress.message("interrupted before the first step finished: nothing to save")
             return
-        for callback in self.callbacks:
-            callback.on_interrupt(self)
+        self._save_stopped()
         self.progress.close()
         by = "" if self.signals.signum == signal.SIGINT else f" by {signal_name(self.signals.signum)}"
         self.progress.message(
@@ -474,4 +539,4 @@ class Trainer:
         )
 
 
-__all__ = ["Callback", "Hook", "Trainer", "fixed_noise"]
+__all__ = ["Callback", "Hook", "Trainer", "culprit", "deprecated_hooks", "fixed_noise"]

@@ -1,4 +1,12 @@
-"""A run directory's identity and its one writer (torch-free).
+"""A run directory: its layout, its identity and its one writer (torch-free).
+
+Layout::
+
+    config.toml                  the resolved config (:data:`CONFIG_FILE`)
+    metrics.jsonl                the metrics log (:data:`METRICS`)
+    samples/step_000500.png      sample pictures (:data:`SAMPLES`; :func:`step_file_name`), latest.png
+    checkpoints/step_000500.pt   checkpoints (:data:`CHECKPOINTS`), latest.pt (:data:`LATEST`)
+    run_id, .lock                bookkeeping (:data:`BOOKKEEPING`), no work of the run
 
 - ``RUN_DIR/run_id`` holds a random id written when the run starts. Every checkpoint carries it,
   so a checkpoint copied in from another run is recognised: it is never resumed, and never the
@@ -13,21 +21,130 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 from ganplug.errors import UsageError
 from ganplug.files import atomic_write_bytes
+from ganplug.plots import METRICS
 
+CONFIG_FILE = "config.toml"
+SAMPLES = "samples"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.pt"
 RUN_ID_FILE = "run_id"
 LOCK_FILE = ".lock"
 BOOKKEEPING = frozenset({RUN_ID_FILE, LOCK_FILE})  # files that are no work of the run
+_STEP_FILE = re.compile(r"^step_(\d+)(\.\w+)$")  # step_000500.pt, step_000500.png
+_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")  # a writer's temp file, named with its pid
 
 try:
     import fcntl
 except ImportError:  # not POSIX: runs are not locked
     fcntl = None  # type: ignore[assignment]
+
+
+def step_file_name(step: int, suffix: str = ".pt") -> str:
+    """``step_000500.pt``: the name of the checkpoint (or, with ``suffix`` ".png", the picture)
+    of generator step ``step``."""
+    return f"step_{step:06d}{suffix}"
+
+
+def step_files(directory: Path, suffix: str | None = ".pt") -> list[tuple[int, Path]]:
+    """``(step, path)`` of every :func:`step_file_name` file in ``directory`` with ``suffix``
+    (None: any), by step."""
+    found = []
+    if Path(directory).is_dir():
+        for entry in Path(directory).iterdir():
+            match = _STEP_FILE.match(entry.name)
+            if match and entry.is_file() and suffix in (None, match.group(2)):
+                found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run directory ``run_dir`` holds a checkpoint (``latest.pt`` or a step file)."""
+    directory = Path(run_dir) / CHECKPOINTS
+    return (directory / LATEST).is_file() or bool(step_files(directory))
+
+
+def remove_orphaned_temps(directory: Path) -> None:
+    """Delete temporary files left by writers that died mid-write (``kill -9``): those whose
+    process no longer exists."""
+    if not Path(directory).is_dir():
+        return
+    for entry in Path(directory).iterdir():
+        match = _TEMP_FILE.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except (PermissionError, OSError, OverflowError):
+            pass
+
+
+def is_unstarted(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run stopped before it wrote anything but its config (Ctrl-C
+    during start-up): config.toml, and no checkpoint, metrics line or sample picture."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name == CONFIG_FILE or entry.name in BOOKKEEPING:
+            continue
+        if entry.name in (CHECKPOINTS, SAMPLES) and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == METRICS and entry.is_file() and entry.stat().st_size == 0:
+            continue
+        return False
+    return True
+
+
+def check_new_run_dir(run_dir: Path, flag: str = "--out") -> None:
+    """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never
+    started (see :func:`is_unstarted`; its config.toml is replaced). ``flag`` is the option that
+    named it, for the message."""
+    run_dir = Path(run_dir)
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{flag} {run_dir}: {parent} is a file, not a directory: choose another {flag}")
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is a file, not a run directory: choose another {flag}")
+    if is_unstarted(run_dir):
+        return
+    if (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINTS).exists():
+        raise UsageError(
+            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another {flag}"
+        )
+    if any(entry.name not in BOOKKEEPING for entry in run_dir.iterdir()):
+        raise UsageError(f"{run_dir} is not empty: choose another {flag} (an empty or new directory)")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures, the temp
+    file of a first checkpoint that was never finished), to train it again from step 0
+    (:func:`is_unstarted` then holds; its config.toml is rewritten when it starts); other files
+    are left alone. Idempotent, so every rank of a run may call it."""
+    run_dir = Path(run_dir)
+    assert not has_checkpoint(run_dir), run_dir
+    remove_orphaned_temps(run_dir / CHECKPOINTS)  # a first checkpoint killed mid-write
+    (run_dir / METRICS).unlink(missing_ok=True)
+    for picture in (run_dir / SAMPLES).glob("*.png"):
+        picture.unlink(missing_ok=True)
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents); UsageError naming the reason when that fails."""
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the run directory {run_dir}: {error.strerror or error}: choose another --out") from None
 
 
 def new_run_id() -> str:
@@ -134,6 +251,8 @@ def claim_new_dir(base: Path) -> Path:
 
 
 __all__ = [
-    "BOOKKEEPING", "LOCK_FILE", "RUN_ID_FILE", "RunDirInUse", "claim_new_dir", "lock_run_dir", "locked",
-    "new_run_id", "read_run_id", "unlock_run_dir", "write_run_id",
+    "BOOKKEEPING", "CHECKPOINTS", "CONFIG_FILE", "LATEST", "LOCK_FILE", "METRICS", "RUN_ID_FILE", "RunDirInUse",
+    "SAMPLES", "check_new_run_dir", "claim_new_dir", "clear_run", "has_checkpoint", "is_unstarted", "lock_run_dir",
+    "locked", "make_run_dir", "new_run_id", "read_run_id", "remove_orphaned_temps", "step_file_name", "step_files",
+    "unlock_run_dir", "write_run_id",
 ]

@@ -53,7 +53,7 @@ from ganplug.train.augment import AugmentedCritic, AugmentProbability
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
-from ganplug.train.outputs import Sums
+from ganplug.train.sums import Sums
 
 
 def ema_decay(decay: float, step: int) -> float:
