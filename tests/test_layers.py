@@ -1,6 +1,9 @@
-"""The import contract: every module of ganplug imports only from its own layer or those below,
-read from the source (function-level imports included), so no layer reaches up into another and
-no import cycle between layers can come back."""
+"""The import contract, read from the source (function-level and ``TYPE_CHECKING`` imports
+included): every module of ganplug imports only from its own layer or those below, so no layer
+reaches up into another, and no modules import each other in a circle, inside a package or across
+packages. A submodule's import counts as an edge to its package's ``__init__`` only when it names
+something the ``__init__`` defines (``from ganplug.train import TrainConfig``), not for the
+package import Python does on the way to the submodule."""
 
 from __future__ import annotations
 
@@ -38,9 +41,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path, module: str) -> set[str]:
-    """Every ganplug module ``path`` imports, at any depth (``from ganplug import ops`` is
-    ``ganplug.ops``; relative imports resolved)."""
+MODULES = {module_name(path): path for path in ROOT.rglob("*.py")}
+
+
+def imported_modules(path: Path, module: str, modules: set[str] | dict[str, Path] = MODULES) -> set[str]:
+    """Every ganplug module ``path`` imports, at any depth (``from ganplug import ops`` and
+    ``from ganplug.train import loop`` name those modules; relative imports resolved)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -54,7 +60,8 @@ def imported_modules(path: Path, module: str) -> set[str]:
                 continue
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                found.add(candidate if layer_of(candidate) is not None and layer_of(base) is None else base)
+                named = candidate in modules or (layer_of(candidate) is not None and layer_of(base) is None)
+                found.add(candidate if named else base)
     return found
 
 
@@ -77,8 +84,66 @@ def test_no_module_imports_from_a_layer_above_its_own():
     assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
 
 
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of ``graph`` (module -> the modules it imports): each strongly connected set
+    of more than one module (Tarjan's algorithm), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            members = []
+            while not members or members[-1] != module:
+                members.append(stack.pop())
+            if len(members) > 1:
+                circles.append(sorted(members))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(circles)
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    graph = {
+        module: {target for target in imported_modules(path, module) if target in MODULES and target != module}
+        for module, path in MODULES.items()
+    }
+    circles = [
+        " -> ".join(circle) + "\n    " + "; ".join(f"{m} imports {sorted(graph[m] & {*circle})}" for m in circle)
+        for circle in import_circles(graph)
+    ]
+    assert not circles, "modules that import each other in a circle (move what they share into a leaf module):\n" + (
+        "\n".join(circles)
+    )
+
+
 def test_the_contract_sees_function_level_and_package_imports(tmp_path):
     """The checker itself: an import inside a function and ``from ganplug import X`` count."""
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from ganplug import cli\n    import ganplug.train.loop\n")
     assert imported_modules(source, "ganplug.probe") == {"ganplug.cli", "ganplug.train.loop"}
+
+
+def test_the_circle_finder_finds_circles_inside_a_package_and_only_those(tmp_path):
+    """A circle of three submodules through a function-level ``from package import module``, and
+    an import of the package's own ``__init__`` name, are found; a chain is not a circle."""
+    (tmp_path / "a.py").write_text("from ganplug.train.b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from ganplug.train import c\n")
+    (tmp_path / "c.py").write_text("from ganplug.train import TrainConfig\nfrom . import a\n")
+    probes = {f"ganplug.train.{n}" for n in "abc"}
+    graph = {m: imported_modules(tmp_path / f"{m[-1]}.py", m, {*MODULES, *probes}) for m in sorted(probes)}
+    assert graph["ganplug.train.b"] == {"ganplug.train.c"}
+    assert graph["ganplug.train.c"] == {"ganplug.train", "ganplug.train.a"}
+    assert import_circles(graph) == [["ganplug.train.a", "ganplug.train.b", "ganplug.train.c"]]
+    assert import_circles({"x": {"y"}, "y": {"z"}, "z": set()}) == []

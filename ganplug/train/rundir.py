@@ -144,7 +144,8 @@ def make_run_dir(run_dir: Path) -> None:
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"cannot create the run directory {run_dir}: {error.strerror or error}: choose another --out") from None
+        reason = error.strerror or error
+        raise UsageError(f"cannot create the run directory {run_dir}: {reason}: choose another --out") from None
 
 
 def new_run_id() -> str:
