@@ -93,7 +93,11 @@ class DiffAugment:
     applied to each sample with probability ``p`` (0-d tensor or float); x's shape and dtype."""
 
     def __init__(
-        self, ctx: AugmentContext, policy: str = "color,translation,cutout", translation: float = 0.125, cutout: float = 0.5
+        self,
+        ctx: AugmentContext,
+        policy: str = "color,translation,cutout",
+        translation: float = 0.125,
+        cutout: float = 0.5,
     ) -> None:
         if len(ctx.data_shape) != 3:
             raise GanplugError(
@@ -102,7 +106,9 @@ class DiffAugment:
             )
         for name, value in (("translation", translation), ("cutout", cutout)):
             if not 0.0 <= value <= 1.0:
-                raise GanplugError(f"augmentation 'diffaugment' option {name} must be a fraction of the side in [0, 1], got {value!r}")
+                raise GanplugError(
+                    f"augmentation 'diffaugment' option {name} must be a fraction of the side in [0, 1], got {value!r}"
+                )
         self.policy = parse_policy(policy)
         self.translation, self.cutout = float(translation), float(cutout)
 

@@ -11,7 +11,12 @@ from typing import Any
 from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
 from ganplug.metrics import (
-    applicable_metrics, bare_dataset_name, metric_context, metric_options, prepare_metrics, score_generator,
+    applicable_metrics,
+    bare_dataset_name,
+    metric_context,
+    metric_options,
+    prepare_metrics,
+    score_generator,
 )
 from ganplug.registry import get_registry
 from ganplug.train.checkpoint import LoadedCheckpoint, stored_config
@@ -55,13 +60,22 @@ def evaluate(
     context = metric_context(dataset, config.data_options)  # fills options an older run did not store
     failed: dict[str, GanplugError] = {}
     built, skipped = prepare_metrics(
-        dataset, tuple(metrics), options=metric_options(tuple(options), dataset, tuple(metrics)), num_samples=num_samples,
+        dataset,
+        tuple(metrics),
+        options=metric_options(tuple(options), dataset, tuple(metrics)),
+        num_samples=num_samples,
         failed=failed,
     )
     generator = load_generator(loaded, ema=ema, device=device)
     results = score_generator(
-        generator, built, latent_dim=generator.latent_dim, latent=generator.latent,
-        context=context, num_classes=generator.num_classes, seed=seed, failed=failed,
+        generator,
+        built,
+        latent_dim=generator.latent_dim,
+        latent=generator.latent,
+        context=context,
+        num_classes=generator.num_classes,
+        seed=seed,
+        failed=failed,
     )
     return {
         "checkpoint": str(path),

@@ -27,8 +27,18 @@ class TrainedGenerator(nn.Module):
     uses_ema: the weights are the run's EMA of G.
     """
 
-    def __init__(self, module: nn.Module, *, latent_dim: int, latent: str, value_range: tuple[float, float] | None,
-                 data_shape: tuple[int, ...], num_classes: int, step: int, uses_ema: bool) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        latent_dim: int,
+        latent: str,
+        value_range: tuple[float, float] | None,
+        data_shape: tuple[int, ...],
+        num_classes: int,
+        step: int,
+        uses_ema: bool,
+    ) -> None:
         super().__init__()
         self.module = module
         self.latent_dim, self.latent, self.value_range = latent_dim, latent, value_range
@@ -99,7 +109,9 @@ def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Te
     if tensor.dim() == 0:  # one class as a 0-d tensor or a NumPy integer
         tensor = tensor.reshape(1).expand(n)
     if tensor.shape != (n,) or tensor.is_floating_point() or tensor.dtype == torch.bool:
-        raise UsageError(f"labels must be {n} integers (one per sample) or one integer, got shape {tuple(tensor.shape)}")
+        raise UsageError(
+            f"labels must be {n} integers (one per sample) or one integer, got shape {tuple(tensor.shape)}"
+        )
     if n and (int(tensor.min()) < 0 or int(tensor.max()) >= num_classes):
         bad = int(tensor.min()) if int(tensor.min()) < 0 else int(tensor.max())
         raise UsageError(f"class {bad} is not one of this run's {num_classes} classes (0..{num_classes - 1})")

@@ -16,8 +16,9 @@ import io
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ganplug.errors import UsageError
 
@@ -40,7 +41,7 @@ METRICS = "metrics.jsonl"  # a run's metrics log (ganplug.train.outputs writes i
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _figure(width_px: int, height_px: int, **kwargs: Any) -> "Figure":
+def _figure(width_px: int, height_px: int, **kwargs: Any) -> Figure:
     """A matplotlib Figure of ``width_px`` x ``height_px`` on its own Agg canvas."""
     import matplotlib
 
@@ -54,7 +55,7 @@ def _figure(width_px: int, height_px: int, **kwargs: Any) -> "Figure":
     return figure
 
 
-def _image(figure: "Figure") -> "Image.Image":
+def _image(figure: Figure) -> Image.Image:
     """The figure's pixels as an RGB PIL image."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,13 +68,13 @@ def _image(figure: "Figure") -> "Image.Image":
     return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
 
 
-def _encoded(figure: "Figure", suffix: str = ".png") -> bytes:
+def _encoded(figure: Figure, suffix: str = ".png") -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=suffix.lstrip("."), dpi=DPI)
     return buffer.getvalue()
 
 
-def _numpy(values: Any, columns: int) -> "np.ndarray":
+def _numpy(values: Any, columns: int) -> np.ndarray:
     """A tensor or array as a float64 array ``(N, columns)`` (``(N,)`` for 1)."""
     import numpy as np
 
@@ -83,7 +84,7 @@ def _numpy(values: Any, columns: int) -> "np.ndarray":
     return array.reshape(-1) if columns == 1 else array.reshape(-1, columns)
 
 
-def _fit_range(values: Sequence["np.ndarray"], margin: float = 0.05) -> tuple[float, float]:
+def _fit_range(values: Sequence[np.ndarray], margin: float = 0.05) -> tuple[float, float]:
     """(low, high) around the finite values, padded by ``margin`` of the span; (-1, 1) for none."""
     import numpy as np
 
@@ -98,7 +99,7 @@ def _fit_range(values: Sequence["np.ndarray"], margin: float = 0.05) -> tuple[fl
     return low - pad, high + pad
 
 
-def _sample_axes(figure: "Figure", title: str | None) -> Any:
+def _sample_axes(figure: Figure, title: str | None) -> Any:
     axes = figure.add_axes(AXES)
     axes.tick_params(labelsize=8)
     axes.grid(True, color="#e5e5e5", linewidth=0.6)
@@ -110,11 +111,20 @@ def _sample_axes(figure: "Figure", title: str | None) -> Any:
 
 def _legend(axes: Any) -> None:
     """The legend above the plot box, at its right: never over the samples."""
-    axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False,
-                borderaxespad=0.2, handletextpad=0.3, columnspacing=1.0, markerscale=2.0)
+    axes.legend(
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+        borderaxespad=0.2,
+        handletextpad=0.3,
+        columnspacing=1.0,
+        markerscale=2.0,
+    )
 
 
-def render_points(samples: Any, **kwargs: Any) -> "Image.Image":
+def render_points(samples: Any, **kwargs: Any) -> Image.Image:
     """:func:`points_figure`'s pixels."""
     return _image(points_figure(samples, **kwargs))
 
@@ -126,7 +136,7 @@ def points_figure(
     box: tuple[float, float, float, float] | None = None,
     title: str | None = None,
     size: int = SIZE,
-) -> "Figure":
+) -> Figure:
     """A ``size`` x ``size`` px scatter plot of generated 2-D points ``(N, 2)`` as orange dots
     with ``real`` ``(M, 2)`` as smaller dark blue dots over them (a tight mode stays visible under
     a cloud of fakes), with axes, ticks and a legend. ``box`` = (xmin, xmax, ymin, ymax) in data
@@ -151,15 +161,16 @@ def points_figure(
     for points, colour, area, label, zorder in ((fake, FAKE, 6.0, "generated", 2), (ref, REAL, 2.0, "real", 3)):
         if points is None:
             continue
-        axes.scatter(points[:, 0], points[:, 1], s=area, c=colour, linewidths=0, zorder=zorder,
-                     label=f"{label} ({len(points)})")
+        axes.scatter(
+            points[:, 0], points[:, 1], s=area, c=colour, linewidths=0, zorder=zorder, label=f"{label} ({len(points)})"
+        )
     axes.set_xlim(box[0], box[1])
     axes.set_ylim(box[2], box[3])
     _legend(axes)
     return figure
 
 
-def normal_pdf(mean: float, std: float) -> Callable[["np.ndarray"], "np.ndarray"]:
+def normal_pdf(mean: float, std: float) -> Callable[[np.ndarray], np.ndarray]:
     """The density of N(mean, std^2): values -> pdf, both arrays."""
     import numpy as np
 
@@ -167,7 +178,7 @@ def normal_pdf(mean: float, std: float) -> Callable[["np.ndarray"], "np.ndarray"
     return lambda x: scale * np.exp(-0.5 * ((np.asarray(x) - mean) / std) ** 2)
 
 
-def render_histogram(samples: Any, **kwargs: Any) -> "Image.Image":
+def render_histogram(samples: Any, **kwargs: Any) -> Image.Image:
     """:func:`histogram_figure`'s pixels."""
     return _image(histogram_figure(samples, **kwargs))
 
@@ -176,12 +187,12 @@ def histogram_figure(
     samples: Any,
     *,
     real: Any = None,
-    density: Callable[["np.ndarray"], "np.ndarray"] | None = None,
+    density: Callable[[np.ndarray], np.ndarray] | None = None,
     box: tuple[float, float] | None = None,
     bins: int = 50,
     title: str | None = None,
     size: int = SIZE,
-) -> "Figure":
+) -> Figure:
     """A ``size`` x ``size`` px histogram of generated 1-D values ``(N,)``/``(N, 1)`` as orange
     bars, normalised as a density (counts / (N * bin width), N counting values outside the box
     too), against ``density`` (values -> pdf; a green curve) and/or the histogram of ``real``
@@ -195,7 +206,7 @@ def histogram_figure(
     low, high = box if box is not None else _fit_range([fake] + ([ref] if ref is not None else []))
     edges = np.linspace(float(low), float(high), bins + 1)
 
-    def hist(values: "np.ndarray") -> "np.ndarray":
+    def hist(values: np.ndarray) -> np.ndarray:
         values = values[np.isfinite(values)]
         counts, _ = np.histogram(values, bins=edges)
         return counts / (max(values.size, 1) * (edges[1] - edges[0]))
@@ -256,7 +267,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return losses, evaluations, unreadable
 
 
-def smooth(values: "np.ndarray", window: int) -> "np.ndarray":
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
     """The centred moving mean of ``values`` ``(N,)`` over ``window`` points (fewer at the ends),
     ignoring non-finite values; NaN where a window holds none."""
     import numpy as np
@@ -279,7 +290,7 @@ def _value(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]], title: str = "") -> "Figure":
+def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]], title: str = "") -> Figure:
     """d_loss and g_loss against step (the raw metrics lines faint, a moving mean over ~1/25 of
     them solid), and below, one small panel per evaluation key against step."""
     import numpy as np
@@ -397,8 +408,11 @@ def quality_png(panels: list[dict[str, Any]]) -> bytes:
         axes.set_xticks(positions, [str(s) for s in seeds])
         axes.set_xlim(-0.6, len(seeds) - 0.4)
         mean_text = f"{mean:.4g}" if math.isfinite(mean) else "nan"
-        axes.set_xlabel(f"seed\nmean {mean_text} (solid)\ntarget {panel.get('target') or '-'}"
-                        + (" (dashed)" if bound is not None else ""), fontsize=8)
+        axes.set_xlabel(
+            f"seed\nmean {mean_text} (solid)\ntarget {panel.get('target') or '-'}"
+            + (" (dashed)" if bound is not None else ""),
+            fontsize=8,
+        )
     return _encoded(figure)
 
 
@@ -418,13 +432,29 @@ def curves_png(panels: list[dict[str, Any]]) -> bytes:
                 axes.plot([m for m, _ in kept], [v for _, v in kept], marker=".", linewidth=1.0, label=f"seed {seed}")
         bound = panel.get("bound")
         if bound is not None:
-            axes.axhline(float(bound), color="green", linestyle="--", linewidth=1.2, label=f"target {panel.get('target')}")
+            axes.axhline(
+                float(bound), color="green", linestyle="--", linewidth=1.2, label=f"target {panel.get('target')}"
+            )
         axes.set_xlabel("training minutes (one CPU core)", fontsize=8)
         axes.legend(fontsize=7)
     return _encoded(figure)
 
 
 __all__ = [
-    "AXES", "LOSSES", "METRICS", "SIZE", "curves_png", "histogram_figure", "loss_figure", "normal_pdf", "points_figure",
-    "quality_png", "read_metrics", "read_records", "render_histogram", "render_points", "smooth", "write_loss_plot",
+    "AXES",
+    "LOSSES",
+    "METRICS",
+    "SIZE",
+    "curves_png",
+    "histogram_figure",
+    "loss_figure",
+    "normal_pdf",
+    "points_figure",
+    "quality_png",
+    "read_metrics",
+    "read_records",
+    "render_histogram",
+    "render_points",
+    "smooth",
+    "write_loss_plot",
 ]

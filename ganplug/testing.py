@@ -20,13 +20,20 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ganplug.plugin import ArchitectureSpec, AugmentContext, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
 
 __all__ = [
-    "check_architecture", "check_augmentation", "check_dataset", "check_defaults", "check_logger", "check_loss",
-    "check_metric", "check_plugin",
+    "check_architecture",
+    "check_augmentation",
+    "check_dataset",
+    "check_defaults",
+    "check_logger",
+    "check_loss",
+    "check_metric",
+    "check_plugin",
 ]
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
@@ -142,10 +149,10 @@ def check_architecture(
     data_shape = tuple(data_shape)
     check_defaults(spec)
     resolved = spec.resolve_options(options)
-    _require(
-        num_classes == 0 or spec.conditional, spec, "num_classes > 0 needs a spec declared with conditional=True"
+    _require(num_classes == 0 or spec.conditional, spec, "num_classes > 0 needs a spec declared with conditional=True")
+    ctx = ModelContext(
+        data_shape, latent_dim, bounded=bounded, critic_batchnorm=critic_batchnorm, num_classes=num_classes
     )
-    ctx = ModelContext(data_shape, latent_dim, bounded=bounded, critic_batchnorm=critic_batchnorm, num_classes=num_classes)
     built = spec.load()(ctx, **resolved)
     _require(
         isinstance(built, tuple) and len(built) == 2 and all(isinstance(m, torch.nn.Module) for m in built),
@@ -229,7 +236,9 @@ def check_architecture(
     return generator, discriminator
 
 
-def _check_labels_matter(spec: Any, ctx: Any, options: dict, generator: Any, discriminator: Any, z: Any, x: Any, y: Any) -> None:
+def _check_labels_matter(
+    spec: Any, ctx: Any, options: dict, generator: Any, discriminator: Any, z: Any, x: Any, y: Any
+) -> None:
     """A conditional pair's outputs depend on the labels, and its packed discriminator takes
     labels ``(N, 2)``."""
     import dataclasses
@@ -278,14 +287,18 @@ def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
         f"{side}() must return (loss, stats), got {result!r:.120}",
     )
     loss, stats = result
-    _require(isinstance(loss, torch.Tensor), spec, f"{side}: the loss is a {type(loss).__name__}, expected a 0-d tensor")
+    _require(
+        isinstance(loss, torch.Tensor), spec, f"{side}: the loss is a {type(loss).__name__}, expected a 0-d tensor"
+    )
     _require(
         loss.dim() == 0,
         spec,
         f"{side}: the loss has shape {tuple(loss.shape)}, expected a 0-d (scalar) tensor: reduce it with .mean()",
     )
     _require(bool(torch.isfinite(loss)), spec, f"{side}: the loss is not finite: {loss.item()}")
-    _require(loss.requires_grad, spec, f"{side}: the loss does not require grad: it is cut off from the critic/generator")
+    _require(
+        loss.requires_grad, spec, f"{side}: the loss does not require grad: it is cut off from the critic/generator"
+    )
     _require(isinstance(stats, dict), spec, f"{side}: stats is a {type(stats).__name__}, expected a dict")
     from ganplug.train.step import GENERATOR_PREFIX, RESERVED_STATS
 
@@ -582,7 +595,9 @@ AUGMENTATION_SHAPES: tuple[tuple[int, ...], ...] = ((3, 16, 16), (1, 8, 8), (2,)
 
 
 @_seeded
-def check_augmentation(spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), batch_size: int = 8, **options: Any) -> Any:
+def check_augmentation(
+    spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), batch_size: int = 8, **options: Any
+) -> Any:
     """Build the augmentation for samples of ``data_shape`` and apply it, with p = 1, to a batch
     ``(batch_size, *data_shape)`` as the trainer does. Asserts that the output is a tensor of the
     input's shape and dtype; that the gradient reaches the input (non-zero) and can be
@@ -592,14 +607,17 @@ def check_augmentation(spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), bat
 
     check_defaults(spec)
     augment = spec.load()(AugmentContext(tuple(data_shape)), **spec.resolve_options(options))
-    _require(callable(augment), spec, f"the factory returned {type(augment).__name__}, expected a callable augment(x, p)")
+    _require(
+        callable(augment), spec, f"the factory returned {type(augment).__name__}, expected a callable augment(x, p)"
+    )
     p = torch.tensor(1.0)
     x = torch.randn(batch_size, *data_shape).clamp(-1, 1).requires_grad_(True)
     torch.manual_seed(1)
     out = augment(x, p)
     _require(
         isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype,
-        spec, f"augment(x, p) returned {_shape(out)} {getattr(out, 'dtype', '')}, expected x's {_shape(x)} {x.dtype}",
+        spec,
+        f"augment(x, p) returned {_shape(out)} {getattr(out, 'dtype', '')}, expected x's {_shape(x)} {x.dtype}",
     )
     weight = torch.randn(data_shape, requires_grad=True)  # a linear critic
     (grad,) = torch.autograd.grad((out * weight).sum(), x, create_graph=True, allow_unused=True)
@@ -609,7 +627,9 @@ def check_augmentation(spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), bat
     _require(second is not None, spec, "the critic's weights get no gradient through the input gradient (second order)")
     torch.manual_seed(1)
     again = augment(x.detach(), p)
-    _require(torch.equal(out.detach(), again), spec, "two draws under the same torch.manual_seed gave different outputs")
+    _require(
+        torch.equal(out.detach(), again), spec, "two draws under the same torch.manual_seed gave different outputs"
+    )
     return augment
 
 

@@ -235,9 +235,11 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
         raise ValueError(f"column must be one of {COLUMNS}, got {column!r}")
 
     if row.backward:
+
         def fn() -> object:
             return torch.autograd.grad(op(*inputs), inputs, grad_out)
     else:
+
         def fn() -> object:
             return op(*inputs)
 

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 STATS = ("median", "min", "mean")
 COLUMN_NAMES = {  # a column in the titles
-    "fused": "fused ops", "eager": "eager PyTorch", "compile": "torch.compile", "ganplug": "ganplug", "plain": "the plain loop",
+    "fused": "fused ops",
+    "eager": "eager PyTorch",
+    "compile": "torch.compile",
+    "ganplug": "ganplug",
+    "plain": "the plain loop",
 }
 
 
@@ -149,7 +153,7 @@ def write_png(path: Path, tables: list[Table], stat: str = "median") -> None:
     chart_figure(tables, stat).savefig(path, dpi=100)
 
 
-def chart_figure(tables: list[Table], stat: str = "median") -> "Figure":
+def chart_figure(tables: list[Table], stat: str = "median") -> Figure:
     """A horizontal bar chart of every table's ``other/base`` ratios (log scale, bars from the 1x
     line), one panel per table (titled :attr:`Table.title`), one bar group per row (matplotlib,
     Agg canvas)."""
@@ -168,7 +172,9 @@ def chart_figure(tables: list[Table], stat: str = "median") -> "Figure":
             ys = [i + (k - (len(table.others) - 1) / 2) * bar for i in range(len(table.rows))]
             kept = [(y, r) for y, r in zip(ys, ratios) if r is not None]
             if kept:
-                ax.barh([y for y, _ in kept], [r - 1 for _, r in kept], height=bar, left=1, label=f"{other}/{table.base}")
+                ax.barh(
+                    [y for y, _ in kept], [r - 1 for _, r in kept], height=bar, left=1, label=f"{other}/{table.base}"
+                )
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yticks(range(len(table.rows)), [row.name for row in table.rows], fontsize=7)

@@ -6,7 +6,9 @@ import difflib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -19,12 +21,13 @@ MARKDOWN_FILE = "bench.md"
 PNG_FILE = "bench.png"
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` (cuda when visible, else cpu), ``cpu``, ``cuda`` or ``cuda:N`` as a device string;
-    UsageError for anything else or a CUDA device that is not there."""
-    from ganplug.train.build import resolve_device as resolve
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
-    return str(resolve(name))
+
+RowT = TypeVar("RowT", bound=_Named)
+Prepared = TypeVar("Prepared")
 
 
 def check_backend(device: str) -> None:
@@ -38,14 +41,16 @@ def check_backend(device: str) -> None:
         )
     if _extension.backend(device) == "reference":
         if _extension.mode() != "auto":
-            raise GanplugError(f"{_extension.ENV_VAR} is set, so the ops run their pure-PyTorch reference: unset it to time the fused kernels")
+            raise GanplugError(
+                f"{_extension.ENV_VAR} is set, so the ops run their pure-PyTorch reference: unset it to time the fused kernels"
+            )
         raise GanplugError(
             f"this build of ganplug._C has no {torch.device(device).type} kernels (built without CUDA?): "
             "the fused ops would run their pure-PyTorch reference; use --device cpu or rebuild with CUDA"
         )
 
 
-def select(candidates: Sequence, only: Sequence[str]) -> list:
+def select(candidates: Sequence[RowT], only: Sequence[str]) -> list[RowT]:
     """The rows whose name contains one of ``only`` (case-insensitive; all rows without it);
     UsageError naming a NAME that matches none, with the closest op or case name."""
     if not only:
@@ -60,7 +65,7 @@ def select(candidates: Sequence, only: Sequence[str]) -> list:
     return [row for row, name in zip(candidates, names) if any(w.lower() in name for w in only)]
 
 
-def _checked(name: str, column: str, prepare: Callable[[], Callable[[], object]]) -> Callable[[], object]:
+def _checked(name: str, column: str, prepare: Callable[[], Prepared]) -> Prepared:
     """``prepare()``, its AssertionError (a column computing something else) as one GanplugError."""
     try:
         return prepare()
@@ -84,35 +89,33 @@ def run(
 ) -> list[Table]:
     """Time the chosen rows on ``device`` at each thread count, ``echo`` the tables (``progress``
     one line per row) and write ``out/bench.md`` and ``out/bench.png``; returns the tables."""
-    device = resolve_device(device)
+    from ganplug.train.build import resolve_device
+
+    device = str(resolve_device(device))
     check_backend(device)
     kernel_all = [row for t in threads for row in kernels.rows(device, t)] if kernel_rows else []
     step_all = [row for t in threads for row in steps.rows(device, t)] if step_rows else []
-    chosen = select(kernel_all + step_all, only)
+    candidates: list[kernels.KernelRow | steps.StepRow] = [*kernel_all, *step_all]
+    chosen = select(candidates, only)
     chosen_kernels = [row for row in chosen if isinstance(row, kernels.KernelRow)]
     chosen_steps = [row for row in chosen if isinstance(row, steps.StepRow)]
     kernel_columns = [c for c in kernels.COLUMNS if with_compile or c != "compile"]
     step_columns = [c for c in steps.COLUMNS if with_compile or c != "compile"]
-    tables = []
-    if chosen_kernels:
-        tables.append(Table("Kernels", "fused", tuple(kernel_columns[1:])))
-    if chosen_steps:
-        tables.append(Table("Training steps (one generator step with its critic steps)", "ganplug", tuple(step_columns[1:])))
-    total, done = len(chosen), 0
+    kernel_table = Table("Kernels", "fused", tuple(kernel_columns[1:]))
+    step_table = Table("Training steps (one generator step with its critic steps)", "ganplug", tuple(step_columns[1:]))
+    tables = [table for table, rows in ((kernel_table, chosen_kernels), (step_table, chosen_steps)) if rows]
     previous_threads = torch.get_num_threads()
     try:
-        for row in chosen_kernels:
-            done += 1
-            progress(f"[{done}/{total}] {row.name}")
-            torch.set_num_threads(row.threads)
-            fns = {c: _checked(row.name, c, lambda c=c: kernels.prepare(row, c)) for c in kernel_columns}
-            tables[0].rows.append(Row(row.name, measure(fns, device, QUICK if quick else FULL)))
+        for done, kernel in enumerate(chosen_kernels, 1):
+            progress(f"[{done}/{len(chosen)}] {kernel.name}")
+            torch.set_num_threads(kernel.threads)
+            fns = {c: _checked(kernel.name, c, partial(kernels.prepare, kernel, c)) for c in kernel_columns}
+            kernel_table.rows.append(Row(kernel.name, measure(fns, device, QUICK if quick else FULL)))
         with tempfile.TemporaryDirectory(prefix="ganplug-bench-") as workdir:
-            for row in chosen_steps:
-                done += 1
-                progress(f"[{done}/{total}] {row.name}")
-                torch.set_num_threads(row.threads)
-                bench = _checked(row.name, "plain", lambda: steps.StepBench(row, Path(workdir)))
+            for done, step in enumerate(chosen_steps, len(chosen_kernels) + 1):
+                progress(f"[{done}/{len(chosen)}] {step.name}")
+                torch.set_num_threads(step.threads)
+                bench = _checked(step.name, "plain", partial(steps.StepBench, step, Path(workdir)))
                 fns, refused = {}, {}
                 for column in step_columns:
                     try:
@@ -120,7 +123,7 @@ def run(
                     except steps.Refused as why:
                         refused[column] = str(why)
                 times = measure(fns, device, QUICK if quick else STEPS_FULL)
-                tables[-1].rows.append(Row(row.name, times, refused, bench.samples))
+                step_table.rows.append(Row(step.name, times, refused, bench.samples))
                 del bench, fns
     finally:
         torch.set_num_threads(previous_threads)

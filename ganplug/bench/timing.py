@@ -63,9 +63,7 @@ def _block(fn: Callable[[], object], number: int, sync: Callable[[], None]) -> f
     return (time.perf_counter() - start) / number
 
 
-def measure(
-    fns: dict[str, Callable[[], object]], device: torch.device | str, budget: Budget
-) -> dict[str, Timing]:
+def measure(fns: dict[str, Callable[[], object]], device: torch.device | str, budget: Budget) -> dict[str, Timing]:
     """Time each warmed-up ``fns[column]()`` on ``device`` within ``budget``, interleaved;
     the thread count is whatever torch has now, the same for every column."""
     sync = synchronizer(device)
@@ -79,6 +77,4 @@ def measure(
         for name in names[shift:] + names[:shift]:
             samples[name].append(_block(fns[name], numbers[name], sync))
         rounds += 1
-    return {
-        name: Timing(statistics.median(s), min(s), statistics.fmean(s), len(s)) for name, s in samples.items()
-    }
+    return {name: Timing(statistics.median(s), min(s), statistics.fmean(s), len(s)) for name, s in samples.items()}

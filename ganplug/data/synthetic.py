@@ -13,7 +13,8 @@ are exported for coverage metrics; the default stds are the specs' (``ganplug li
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
@@ -51,12 +52,7 @@ def _check_size(dataset: str, size: object) -> int:
 
 
 def _check_std(dataset: str, std: object) -> float:
-    if (
-        isinstance(std, bool)
-        or not isinstance(std, (int, float))
-        or not math.isfinite(std)
-        or std <= 0
-    ):
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std <= 0:
         raise GanplugError(f"dataset {dataset!r} option std must be a finite number > 0, got {std!r}")
     return float(std)
 

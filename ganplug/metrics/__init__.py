@@ -110,7 +110,9 @@ def prepare_metrics(
     there (``{name: error}``) instead."""
     from ganplug.registry import call_factory
 
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
         raise UsageError(f"the number of samples must be an integer >= 1, got {num_samples!r}")
     built, skipped = [], {}
     for spec in applicable_metrics(dataset, tuple(names)):
@@ -251,6 +253,14 @@ def score_generator(
 
 
 __all__ = [
-    "applicable_metrics", "bare_dataset_name", "current_form", "metric_context", "metric_options", "prepare_metrics",
-    "samples_needed", "score_generator", "takes_labels", "uses_old_form",
+    "applicable_metrics",
+    "bare_dataset_name",
+    "current_form",
+    "metric_context",
+    "metric_options",
+    "prepare_metrics",
+    "samples_needed",
+    "score_generator",
+    "takes_labels",
+    "uses_old_form",
 ]

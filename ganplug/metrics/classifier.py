@@ -42,8 +42,9 @@ samples, real held-out images cover ~0.6 of it): read them against their floor.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -313,7 +314,9 @@ def class_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[
     class is their requested ``labels`` (both ``(N,)``), overall and for the worst requested class."""
     labels = labels.to(predicted.device, torch.int64)
     if labels.shape != predicted.shape:
-        raise GanplugError(f"class accuracy needs one label per sample, got {tuple(labels.shape)} for {tuple(predicted.shape)}")
+        raise GanplugError(
+            f"class accuracy needs one label per sample, got {tuple(labels.shape)} for {tuple(predicted.shape)}"
+        )
     hit = (predicted == labels).double()
     per_class = [float(hit[labels == c].mean()) for c in range(num_classes) if bool((labels == c).any())]
     return {"class_accuracy_pct": 100.0 * float(hit.mean()), "worst_class_accuracy_pct": 100.0 * min(per_class)}
@@ -360,8 +363,10 @@ def build_score(n_samples: int = 899, splits: int = 10) -> Callable[..., dict[st
         mean, std = split_score(probs, splits)
         floor, floor_std = split_score(reference.held_probs[: x.shape[0]], splits)
         return {
-            "classifier_score": mean, "classifier_score_std": std,
-            "classifier_score_real_floor": floor, "classifier_score_std_real_floor": floor_std,
+            "classifier_score": mean,
+            "classifier_score_std": std,
+            "classifier_score_real_floor": floor,
+            "classifier_score_std_real_floor": floor_std,
         }
 
     return metric

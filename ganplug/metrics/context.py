@@ -4,7 +4,8 @@ its real samples."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ganplug.errors import GanplugError
 from ganplug.plugin import DataContext, DatasetSpec, MetricContext

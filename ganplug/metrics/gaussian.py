@@ -5,7 +5,7 @@ p-value, both from ``scipy.stats.kstest``."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,9 +64,7 @@ def check_available() -> Path:
         raise MetricUnavailable("needs torch-fidelity: pip install 'ganplug[inception]'") from None
     path = weights_path()
     if not path.is_file():
-        raise MetricUnavailable(
-            f"no Inception weights at {path}; download {WEIGHTS_URL} there or set {WEIGHTS_ENV}"
-        )
+        raise MetricUnavailable(f"no Inception weights at {path}; download {WEIGHTS_URL} there or set {WEIGHTS_ENV}")
     return path
 
 
@@ -105,8 +104,9 @@ def inception_features(images: Tensor, path: Path, batch: int = 64, feature: str
     return torch.cat(out).numpy()
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0
+) -> tuple[float, float]:
     """(mean, std) over ``subsets`` of the unbiased MMD² with kernel ``(x.y / d + 1)^3``, each on
     ``min(subset_size, len(real), len(fake))`` rows per side drawn without replacement."""
     m = min(subset_size, real.shape[0], fake.shape[0])
@@ -208,15 +208,26 @@ def build_score(n_samples: int = 1000, splits: int = ISC_SPLITS) -> Callable[...
         mean, std = inception_score(x, path, splits)
         floor, floor_std = inception_score(held, path, splits)
         return {
-            "inception_score": mean, "inception_score_std": std,
-            "inception_score_real_floor": floor, "inception_score_std_real_floor": floor_std,
+            "inception_score": mean,
+            "inception_score_std": std,
+            "inception_score_real_floor": floor,
+            "inception_score_std_real_floor": floor_std,
         }
 
     return metric
 
 
 __all__ = [
-    "ISC_SPLITS", "WEIGHTS_ENV", "WEIGHTS_FILE", "WEIGHTS_URL", "build", "build_score", "check_available",
-    "inception_features", "inception_score",
-    "kid", "to_uint8_rgb", "weights_path",
+    "ISC_SPLITS",
+    "WEIGHTS_ENV",
+    "WEIGHTS_FILE",
+    "WEIGHTS_URL",
+    "build",
+    "build_score",
+    "check_available",
+    "inception_features",
+    "inception_score",
+    "kid",
+    "to_uint8_rgb",
+    "weights_path",
 ]

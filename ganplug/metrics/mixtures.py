@@ -13,7 +13,7 @@ samples whose nearest mode is the one asked for.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,14 +22,14 @@ from ganplug.errors import GanplugError
 from ganplug.plugin import MetricContext
 
 
-def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, std: float, threshold_std: float = 3.0) -> dict[str, float]:
+def mode_coverage(
+    samples: torch.Tensor, centres: torch.Tensor, std: float, threshold_std: float = 3.0
+) -> dict[str, float]:
     """``{"modes_captured", "modes_total", "high_quality_pct", "reverse_kl"}`` of ``samples`` (N, D)
     against ``centres`` (K, D) whose modes have standard deviation ``std``."""
     samples = torch.as_tensor(samples)
     if samples.dim() != 2 or samples.shape[1] != centres.shape[1] or samples.shape[0] < 1:
-        raise GanplugError(
-            f"mode coverage needs samples of shape (N, {centres.shape[1]}), got {tuple(samples.shape)}"
-        )
+        raise GanplugError(f"mode coverage needs samples of shape (N, {centres.shape[1]}), got {tuple(samples.shape)}")
     x = samples.detach().to(torch.float64).cpu()
     c = centres.to(torch.float64)
     distance, nearest = torch.cdist(x, c).min(dim=1)
@@ -71,7 +71,9 @@ def build(n_samples: int = 2500, threshold_std: float = 3.0) -> Callable[..., di
     if not threshold_std > 0:
         raise GanplugError(f"metric 'modes' option threshold_std must be > 0, got {threshold_std!r}")
 
-    def metric(samples: torch.Tensor, context: MetricContext, *, labels: torch.Tensor | None = None) -> dict[str, float]:
+    def metric(
+        samples: torch.Tensor, context: MetricContext, *, labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
         centres = mode_centres(context.dataset)
         result = mode_coverage(samples, centres, _std(context), threshold_std)
         if labels is not None:
