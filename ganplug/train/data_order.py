@@ -72,8 +72,7 @@ class BatchOrder:
 
     ``next_batch()`` returns the next batch; with ``num_classes`` = K > 0, ``next_labelled_batch()``
     returns it with its class labels ``(B,)`` int64 in ``[0, K)`` (checked); ``state_dict()`` / ``load_state_dict()`` save and
-    restore the position as plain ints. ``num_workers`` > 0 loads non-tensor datasets in worker
-    processes (the order is the same). ``shard=(start, stop)``: batches are that slice of each
+    restore the position as plain ints. ``shard=(start, stop)``: batches are that slice of each
     global batch of ``batch_size`` (one rank's part in distributed training); the position stays
     global, so the state does not depend on the number of ranks.
     """
@@ -85,7 +84,6 @@ class BatchOrder:
         *,
         seed: int = 0,
         device: torch.device | str = "cpu",
-        num_workers: int = 0,
         shard: tuple[int, int] | None = None,
         num_classes: int = 0,
     ) -> None:
@@ -105,7 +103,6 @@ class BatchOrder:
             raise GanplugError(f"shard {shard} is not a slice of a batch of {batch_size}")
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.num_workers = num_workers
         self.batches_per_epoch = self.size // batch_size
         self.epoch = 0
         self.position = 0
@@ -216,7 +213,6 @@ class BatchOrder:
                 sampler=rest.tolist(),
                 collate_fn=collate_items,  # one line for samples of different shapes
                 drop_last=True,
-                num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
                 # A private generator: creating the iterator must not draw from the global RNG.
                 generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)),
