@@ -5,8 +5,10 @@ torch."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from ganplug.plugin import (
-    ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, hookimpl,
+    ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, Recipe, hookimpl,
 )
 
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
@@ -65,6 +67,21 @@ _LABELS = (
 )
 
 
+# The built-in losses' recipes (the loss classes of ganplug.losses carry the same ones).
+DCGAN_RECIPE = Recipe(n_critic=1, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
+WGAN_GP_RECIPE = Recipe(n_critic=5, optimizer="adam", lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9))
+WGAN_CLIP_RECIPE = Recipe(n_critic=5, optimizer="rmsprop", lr_g=5e-5, lr_d=5e-5)
+
+
+LIPSCHITZ = Option("lipschitz", str, "gp", "how the critic is kept 1-Lipschitz", choices=("gp", "clip", "none"))
+
+
+def wasserstein_recipe(options: Mapping[str, Any]) -> Recipe:
+    """The wasserstein loss's recipe: RMSprop's of weight clipping (Arjovsky et al. 2017) under
+    ``lipschitz="clip"``, else WGAN-GP's Adam (Gulrajani et al. 2017)."""
+    return WGAN_CLIP_RECIPE if options.get("lipschitz") == "clip" else WGAN_GP_RECIPE
+
+
 @hookimpl
 def ganplug_losses() -> list[LossSpec]:
     return [
@@ -72,6 +89,7 @@ def ganplug_losses() -> list[LossSpec]:
             name="bce",
             summary="non-saturating binary cross-entropy, -log D(G(z)) for G (Goodfellow et al. 2014)",
             factory="ganplug.losses:NonSaturatingLoss",
+            recipe=DCGAN_RECIPE,
             options=_LABELS,
             aliases=("vanilla",),
         ),
@@ -79,20 +97,16 @@ def ganplug_losses() -> list[LossSpec]:
             name="minimax",
             summary="the saturating 2014 objective, log(1 - D(G(z))) for G",
             factory="ganplug.losses:MinimaxLoss",
+            recipe=DCGAN_RECIPE,
             options=_LABELS,
         ),
         LossSpec(
             name="wasserstein",
             summary="Wasserstein critic with a gradient penalty, weight clipping or none (Arjovsky/Gulrajani et al. 2017)",
             factory="ganplug.losses:WassersteinLoss",
+            recipe=wasserstein_recipe,
             options=(
-                Option(
-                    "lipschitz",
-                    str,
-                    "gp",
-                    "how the critic is kept 1-Lipschitz",
-                    choices=("gp", "clip", "none"),
-                ),
+                LIPSCHITZ,
                 Option("gp_weight", float, 10.0, "gradient penalty weight lambda"),
                 Option("clip", float, 0.01, "weight clipping bound c"),
             ),
@@ -101,12 +115,14 @@ def ganplug_losses() -> list[LossSpec]:
             name="hinge",
             summary="hinge loss for D, -D(G(z)) for G (Lim & Ye 2017; Miyato et al. 2018)",
             factory="ganplug.losses:HingeLoss",
+            recipe=DCGAN_RECIPE,
             options=_PENALTIES,
         ),
         LossSpec(
             name="relativistic",
             summary="paired relativistic GAN, RpGAN (Jolicoeur-Martineau 2018); with r1 and r2 the R3GAN objective",
             factory="ganplug.losses:RelativisticLoss",
+            recipe=DCGAN_RECIPE,
             options=_PENALTIES,
             aliases=("rpgan",),
         ),

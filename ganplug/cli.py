@@ -8,16 +8,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, get_registry, resolve_kind
-from ganplug.train.config import (
-    KNOBS, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text, merge_named, parse_named_pairs, parse_pairs, validate_config,
-)
+from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text
+
+if TYPE_CHECKING:
+    from ganplug.train.config import ResolvedConfig
 
 # -- shared option helpers ---------------------------------------------------------------------
 
@@ -141,12 +142,12 @@ def _list_kind(registry, kind) -> None:
 
 
 def _recipe_of(spec) -> dict[str, Any] | str:
-    """The training recipe of loss ``spec`` built with its default options (``{"n_critic", "optimizer",
-    "lr_g", "lr_d", "betas"}``), or why it could not be built."""
-    from ganplug.registry import call_factory
+    """The training recipe of loss ``spec`` with its default options (``{"n_critic", "optimizer",
+    "lr_g", "lr_d", "betas"}``), or why it could not be read."""
+    from ganplug.registry import loss_recipe
 
     try:
-        recipe = call_factory("loss", spec, **spec.resolve_options({})).recipe
+        recipe = loss_recipe(spec, spec.resolve_options({}))
     except GanplugError as error:
         return f"unavailable ({error})"
     return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(recipe).items()}
@@ -186,7 +187,7 @@ def _knob_option(field_name: str) -> Any:
         kwargs["type"] = meta.kind
     if meta.bare is not None:
         kwargs.update(is_flag=False, flag_value=meta.bare)
-    if meta.kind is bool and meta.resumable:  # --no-amp, --no-cuda-graphs: switch it off on a resume
+    if meta.kind is bool and field_name in RESUMABLE:  # --no-amp, --no-cuda-graphs: switch it off on a resume
         return click.option(f"{meta.flag}/--no-{meta.flag[2:]}", meta.param, **kwargs)
     return click.option(meta.flag, meta.param, **kwargs)
 
@@ -214,43 +215,26 @@ def _train_options(func):
     return func
 
 
-def build_config(given: dict[str, Any]):
-    """The resolved :class:`TrainConfig` of the command line's explicitly given values (and
-    ``--config``): the file's values (without what belonged to an arch, loss or dataset the
-    command line replaces, :func:`ganplug.train.config.as_template`), the flags over them, then
-    :func:`ganplug.train.config.resolve` (the dataset's and the base defaults below).
-
-    Names and options are checked here, before torch loads, so mistakes fail fast.
+def build_config(given: dict[str, Any]) -> ResolvedConfig:
+    """The resolved config of the command line's explicitly given values (and ``--config``): the
+    file's values (without what belonged to an arch, loss or dataset the command line replaces,
+    :func:`ganplug.train.config.as_template`), the flags over them, then the command's one
+    :func:`ganplug.train.config.resolve` (the dataset's and the base defaults and the loss's recipe
+    below). Names and options are checked here, before torch loads, so mistakes fail fast.
     """
-    from ganplug.train.config import TrainConfig, as_template, read_config_file, resolve
+    from ganplug.train.config import TrainConfig, as_template, command_line_values, read_config_file, resolve, with_changes
 
     config = TrainConfig()
     if given.get("config_file"):
         config = as_template(read_config_file(given["config_file"]), {name: given.get(name) for name in SPEC_NAME.values()})
-    for name, meta in KNOBS.items():
-        value = given.get(meta.param)
-        if value is None or (meta.kind in ("pairs", "named_pairs", "names") and not value):
-            continue
-        if meta.kind == "pairs":
-            value = {**getattr(config, name), **parse_pairs(meta.flag, value)}
-        elif meta.kind == "named_pairs":
-            value = merge_named(getattr(config, name), parse_named_pairs(meta.flag, value))
-        elif meta.kind == "names":
-            value = list(value)
-        elif meta.parse is not None:
-            value = meta.parse(value)
-        setattr(config, name, value)
-    validate_config(config)  # names and numbers before the registry is read
+    config = with_changes(config, command_line_values(given))
     registry = get_registry()
     for key, (attribute, option, cli_flag) in SHORTHANDS.items():
         if given.get(key) is None:
             continue
         spec = registry.resolve(SPEC_KIND[attribute], getattr(config, SPEC_NAME[attribute]))
         if option not in {o.name for o in spec.options}:
-            raise UsageError(
-                f"{cli_flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})"
-            )
-        getattr(config, attribute)[option] = given[key]
+            raise UsageError(f"{cli_flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})")
     return resolve(config, registry)
 
 
@@ -441,13 +425,13 @@ def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
     config.toml (and the changes a resume allows), in place of what it had logged."""
     from ganplug.train import CONFIG_FILE, clear_run, train as run_training
     from ganplug.train.checkpoint import resume_config
-    from ganplug.train.config import TrainConfig, read_toml
+    from ganplug.train.config import ResolvedConfig, read_toml
 
     if explicit.get("fork") or explicit.get("discard_newer"):
         raise UsageError(f"{run_dir} has no checkpoint to branch from or rewind to: drop --fork/--discard-newer")
     path = run_dir / CONFIG_FILE
     try:
-        stored = TrainConfig.from_resolved(read_toml(str(path)))
+        stored = ResolvedConfig.from_stored(read_toml(str(path)))
     except (KeyError, TypeError) as error:
         raise UsageError(f"{path} does not fit this ganplug ({error}): start a new run with --out") from None
     config = resume_config(stored, explicit)

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ganplug import ops
+from ganplug.builtin_specs import DCGAN_RECIPE, LIPSCHITZ, WGAN_GP_RECIPE, wasserstein_recipe
 from ganplug.errors import GanplugError
-from ganplug.plugin import RECIPE_KEYS, Critic, GANLoss, Recipe
+from ganplug.plugin import RECIPE_KEYS, Critic, GANLoss, Recipe  # Recipe: imported from here by API 1 plugins
 
 LOSS_METHODS = ("discriminator_loss", "generator_loss", "after_critic_step")
 
@@ -53,9 +54,6 @@ def takes_real_batch(loss: Any) -> bool:
 # Built-in losses
 # --------------------------------------------------------------------------------------------
 
-_DCGAN_RECIPE = Recipe(n_critic=1, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
-_WGAN_GP_RECIPE = Recipe(n_critic=5, optimizer="adam", lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9))
-_WGAN_CLIP_RECIPE = Recipe(n_critic=5, optimizer="rmsprop", lr_g=5e-5, lr_d=5e-5)
 
 
 def _number(loss: str, name: str, value: object) -> float:
@@ -150,7 +148,7 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
     (real target 1 - s) and label noise (each of D's targets flipped with probability p)."""
 
     name = "bce"
-    recipe = _DCGAN_RECIPE
+    recipe = DCGAN_RECIPE
 
     def __init__(
         self, label_smoothing: float = 0.0, label_noise: float = 0.0, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1
@@ -231,13 +229,13 @@ class WassersteinLoss(GANLoss):
     """
 
     name = "wasserstein"
-    recipe = _WGAN_GP_RECIPE  # per instance: the clip recipe under lipschitz="clip"
+    recipe = WGAN_GP_RECIPE  # per instance: the clip recipe under lipschitz="clip"
 
     def __init__(self, lipschitz: str = "gp", gp_weight: float = 10.0, clip: float = 0.01) -> None:
-        if lipschitz not in ("gp", "clip", "none"):
-            raise GanplugError(
-                f"loss 'wasserstein' option lipschitz must be one of gp, clip, none, got {lipschitz!r}"
-            )
+        try:
+            LIPSCHITZ.convert(lipschitz)  # its spec's declared choices
+        except ValueError as error:
+            raise GanplugError(f"loss 'wasserstein' option lipschitz: {error}") from None
         weight = _number(self.name, "gp_weight", gp_weight)
         bound = _number(self.name, "clip", clip)
         _check(self.name, "gp_weight", gp_weight, weight >= 0.0, ">= 0")
@@ -246,7 +244,7 @@ class WassersteinLoss(GANLoss):
         self.gp_weight = weight
         self.clip = bound
         self.penalises_critic_gradient = lipschitz == "gp"
-        self.recipe = _WGAN_CLIP_RECIPE if lipschitz == "clip" else _WGAN_GP_RECIPE
+        self.recipe = wasserstein_recipe({"lipschitz": lipschitz})
 
     def __repr__(self) -> str:
         return f"WassersteinLoss(lipschitz={self.lipschitz!r}, gp_weight={self.gp_weight}, clip={self.clip})"
@@ -303,7 +301,7 @@ class HingeLoss(ZeroCentredPenalties, GANLoss):
     """
 
     name = "hinge"
-    recipe = _DCGAN_RECIPE
+    recipe = DCGAN_RECIPE
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)
@@ -328,7 +326,7 @@ class RelativisticLoss(ZeroCentredPenalties, GANLoss):
     """
 
     name = "relativistic"
-    recipe = _DCGAN_RECIPE
+    recipe = DCGAN_RECIPE
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores, fake_scores, penalty, stats = self.penalised_scores(critic, real, fake)

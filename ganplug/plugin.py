@@ -78,9 +78,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # The plugin API's version, raised by one with each change a plugin can see: 1, the first release
 # (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
-# ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive). An old form keeps working, with a PluginAPIWarning, for at least
+# ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive); 4, a loss's recipe
+# declared on its spec (``LossSpec(recipe=)``). An old form keeps working, with a PluginAPIWarning, for at least
 # OLD_FORMS_KEPT more versions (docs/plugins.md, "The plugin API as a contract").
-API_VERSION = 3
+API_VERSION = 4
 OLD_FORMS_KEPT = 2
 
 
@@ -246,9 +247,16 @@ class ArchitectureSpec(_Spec):
 
 @dataclass(frozen=True)
 class LossSpec(_Spec):
-    """An adversarial objective: ``factory(**options) -> GANLoss``."""
+    """An adversarial objective: ``factory(**options) -> GANLoss``.
+
+    ``recipe``: the training defaults the objective is known to work with, read without building
+    the loss: a :class:`Recipe`, or a function of the resolved options returning one (when they
+    depend on an option). None, API 3's form, still works: the loss is built to read its
+    ``recipe``, with a :class:`PluginAPIWarning`.
+    """
 
     kind = "loss"
+    recipe: Recipe | Callable[[Mapping[str, Any]], Recipe] | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from ganplug.plugin import (
     LossSpec,
     MetricSpec,
     PluginAPIWarning,
+    RECIPE_KEYS,
+    Recipe,
 )
 
 BUILTIN = "ganplug"
@@ -572,6 +574,19 @@ def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
             f"{kind} {spec.name!r} of {origin} failed: {type(error).__name__}: {error} "
             f"(a bug in {whose}; rerun with --debug for the traceback)"
         ) from error
+
+
+def loss_recipe(spec: LossSpec, options: Mapping[str, Any]) -> Recipe:
+    """The training recipe of loss ``spec`` with its resolved ``options``: the one its spec declares
+    (a Recipe, or a function of the options). A spec without one (plugin API 3) gets the ``recipe``
+    of a loss built from it, with a PluginAPIWarning; a built loss without a whole recipe gets
+    Recipe()'s fields here (the run refuses that loss when it is built, naming the plugin)."""
+    if spec.recipe is not None:
+        return spec.recipe(dict(options)) if callable(spec.recipe) else spec.recipe
+    factory = load_factory("loss", spec)
+    warn_old_form(spec, factory, "(a LossSpec without recipe: the loss is built to read it)", "LossSpec(recipe=...)", 4)
+    recipe = getattr(call_factory("loss", spec, **options), "recipe", None)
+    return recipe if all(hasattr(recipe, key) for key in RECIPE_KEYS) else Recipe()
 
 
 def _check_specs(kind: Kind, specs: object) -> list[Any]:

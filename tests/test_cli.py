@@ -12,7 +12,8 @@ import pytest
 
 from conftest import read_metrics, run_main
 
-from ganplug.cli import build_config, main, parse_pairs
+from ganplug.cli import build_config, main
+from ganplug.train.config import parse_pairs
 from ganplug.errors import UsageError
 
 
@@ -110,7 +111,7 @@ def test_config_precedence(tmp_path: Path):
     assert config.batch_size == 32  # from the file
     assert config.arch_options == {"width": 8, "critic_norm": "auto", "slope": 0.1}
     assert config.loss_options == {"label_smoothing": 0.1, "label_noise": 0.0, "r1": 0.0, "r2": 0.0, "r1_every": 1}
-    assert config.lr_g is None  # left for the loss's recipe
+    assert config.lr_g == 2e-4  # from the loss's recipe
 
 
 def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_path: Path):
@@ -119,7 +120,7 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
     assert bare.arch_options["d_input_scale"] == 30.0 and bare.arch_options["g_widths"] == "256,256,256"
     assert (bare.lr_g, bare.lr_d) == (1e-4, 1e-4)  # the dataset's recipe for bce
     hinge = build_config({"arch": "mlp", "loss": "hinge", "dataset": "ring8"})
-    assert hinge.lr_g is None  # other losses keep their own recipe's learning rates
+    assert hinge.lr_g == 2e-4  # other losses keep their own recipe's learning rates
 
     config_file = tmp_path / "run.toml"
     config_file.write_text('dataset = "ring8"\narch = "mlp"\nsteps = 300\n[arch_options]\ng_widths = "32"\n')
@@ -135,9 +136,9 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
 def test_a_dataset_recipe_for_the_loss_sits_above_the_loss_recipe_and_below_the_user(tmp_path: Path):
     bare = build_config({"arch": "dcgan", "loss": "wasserstein"})  # the main job: mnist5k
     assert (bare.dataset, bare.steps, bare.n_critic, bare.lr_g, bare.lr_d) == ("mnist5k", 1500, 2, 2e-4, 2e-4)
-    assert bare.betas is None  # not in the dataset's recipe: the loss's (0, 0.9)
+    assert bare.betas == (0.0, 0.9)  # not in the dataset's recipe: the loss's
     other_loss = build_config({"loss": "bce"})
-    assert (other_loss.n_critic, other_loss.lr_g) == (None, None)  # the recipe is per loss
+    assert (other_loss.n_critic, other_loss.lr_g) == (1, 2e-4)  # the recipe is per loss: bce's own
     user = build_config({"loss": "wasserstein", "n_critic": 5, "lr_g": 1e-4})
     assert (user.n_critic, user.lr_g, user.lr_d) == (5, 1e-4, 2e-4)
     config_file = tmp_path / "run.toml"
@@ -408,12 +409,12 @@ def test_list_losses_shows_each_recipe(capsys):
 def test_betas_and_option_pairs_parse_alike_on_the_command_line_and_on_resume():
     from ganplug.errors import UsageError
     from ganplug.train.checkpoint import resume_config
-    from ganplug.train.config import TrainConfig, parse_betas
+    from ganplug.train.config import TrainConfig, parse_betas, resolve
 
     assert parse_betas("0.5, 0.9") == (0.5, 0.9)
     with pytest.raises(UsageError, match="two numbers"):
         parse_betas("0.5")
-    stored = TrainConfig(betas=(0.5, 0.999))
+    stored = resolve(TrainConfig(arch="mlp", loss="bce", dataset="ring8", betas=(0.5, 0.999)))
     with pytest.raises(UsageError, match=r"--betas must lie in \[0, 1\)"):
         resume_config(stored, {"betas": "2,3"})
     assert resume_config(stored, {"betas": "0.5,0.999"}).betas == (0.5, 0.999)  # the same: no change

@@ -13,8 +13,10 @@ from conftest import quiet_train, run_main
 
 from ganplug.errors import UsageError
 from ganplug.train import CONFIG_FILE
-from ganplug.train.checkpoint import RESUMABLE_DATA_OPTIONS, resume_config
-from ganplug.train.config import KNOBS, RESUMABLE, TrainConfig, read_config_file, resolve, validate_config
+from ganplug.train.checkpoint import resume_config
+from ganplug.train.config import (
+    KNOBS, RESUMABLE, ResolvedConfig, TrainConfig, read_config_file, resolve, validate_config,
+)
 
 # A ring8 run small enough for a test, leaving batch_size, pack, ema and the MLP's other widths to
 # ring8's defaults (512, 2, 0.999, d_input_scale 30).
@@ -55,15 +57,20 @@ def test_layers_apply_in_order(tmp_path: Path):
     assert resolved.arch_options["g_widths"] == "32" and resolved.arch_options["d_widths"] == "256,256,256"
     # a value given equal to the base still wins over the dataset's
     assert resolve(TrainConfig(**{**RING8, "ema": 0.0})).ema == 0.0
-    # the main job: mnist5k's recipe for wasserstein sits above the loss's own
+    # the main job: mnist5k's recipe for wasserstein sits above the loss's own (its betas)
     main_job = resolve(TrainConfig())
-    assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (1500, 2, 2e-4, 2e-4, None)
+    assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (1500, 2, 2e-4, 2e-4, (0.0, 0.9))
+    # nothing is left unset but latent_dim, which the data's shape decides when the run is built
+    assert [name for name, value in vars(main_job).items() if value is None] == ["latent_dim"]
+    assert resolve(TrainConfig(loss_options={"lipschitz": "clip"})).optimizer == "rmsprop"  # the recipe of the options
 
 
 def test_resolving_twice_changes_nothing_and_leaves_the_input_alone():
     given = TrainConfig(**RING8)
     once = resolve(given)
-    assert resolve(once) == once
+    assert isinstance(once, ResolvedConfig) and resolve(once.as_input()) == once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        once.steps = 3  # type: ignore[misc]
     assert given.pack is None and given.arch_options == {}
     assert once.latent == "normal"  # the dataset's latent
 
@@ -72,7 +79,7 @@ def test_an_old_run_config_takes_the_base_value_of_a_knob_it_predates():
     stored = resolve(TrainConfig(**RING8)).to_dict()
     for name in ("pack", "lr_decay", "ema", "threads"):
         del stored[name]
-    old = TrainConfig.from_resolved(stored)
+    old = ResolvedConfig.from_stored(stored)
     assert (old.pack, old.lr_decay, old.ema) == (1, "none", 0.0)  # what that version trained with
     assert old.threads == 0  # auto: a run of an older version has no threads key
     assert TrainConfig.from_dict(stored).pack is None  # a config file's missing key is unset
@@ -95,11 +102,11 @@ def test_every_knob_refuses_a_wrong_value_naming_itself(name: str):
         validate_config(dataclasses.replace(TrainConfig(), **{name: object()}))
 
 
-def test_resume_rules_come_from_the_knobs():
-    assert RESUMABLE == {name for name, meta in KNOBS.items() if meta.resumable}
+def test_resume_rules_are_one_declared_list():
+    assert {name.partition(".")[0] for name in RESUMABLE} <= set(KNOBS)
     assert {"steps", "device", "loggers", "sample_every"} <= RESUMABLE
     assert not {"batch_size", "pack", "lr_g", "arch", "seed"} & RESUMABLE
-    assert RESUMABLE_DATA_OPTIONS == {"root", "download"}
+    assert {name for name in RESUMABLE if name.startswith("data_options.")} == {"data_options.root", "data_options.download"}
     stored = resolve(TrainConfig(**RING8, **RING8_OPTIONS))
     assert resume_config(stored, {"steps": 10, "log_every": 5}).steps == 10
     with pytest.raises(UsageError, match="--batch-size cannot change when resuming"):

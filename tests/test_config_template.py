@@ -18,7 +18,7 @@ from ganplug.registry import Registry, get_registry
 from ganplug.train import CONFIG_FILE, write_config
 from ganplug.train.build import build_run
 from ganplug.train.checkpoint import resume_config
-from ganplug.train.config import TrainConfig, as_template, read_config_file, read_toml, resolve
+from ganplug.train.config import ResolvedConfig, TrainConfig, as_template, read_config_file, read_toml, resolve
 
 # A ring8 BCE run with three values of its user's (n_critic, batch_size, a loss option); the rest
 # came from ring8's defaults (steps 24000, pack 2, EMA, mlp widths, d_input_scale 30, BCE at lr
@@ -41,7 +41,7 @@ def options(kind: str, name: str) -> dict:
 
 
 def test_the_file_alone_repeats_the_run(ring8_run: Path):
-    stored = TrainConfig.from_resolved(read_toml(str(ring8_run)))
+    stored = ResolvedConfig.from_stored(read_toml(str(ring8_run)))
     assert stored.lr_g == 1e-4 and stored.betas == (0.5, 0.999) and stored.data_options["std"] == 0.01
     assert build_config({"config_file": str(ring8_run)}) == stored
     # a name for the same spec (an alias, the qualified name) replaces nothing
@@ -53,8 +53,8 @@ def test_the_file_alone_repeats_the_run(ring8_run: Path):
 def test_another_loss_drops_the_old_loss_options_and_recipe(ring8_run: Path):
     hinge = build_config({"config_file": str(ring8_run), "loss": "hinge"})  # failed: no option 'label_smoothing'
     assert hinge.loss == "hinge" and hinge.loss_options == options("loss", "hinge")
-    # BCE's recipe (ring8's lr 1e-4, adam, betas) is gone: hinge's recipe fills them when it is built
-    assert (hinge.lr_g, hinge.lr_d, hinge.optimizer, hinge.betas) == (None, None, None, None)
+    # BCE's recipe (ring8's lr 1e-4, adam, betas) is gone: hinge's recipe fills them
+    assert (hinge.lr_g, hinge.lr_d, hinge.optimizer, hinge.betas) == (2e-4, 2e-4, "adam", (0.5, 0.999))
     assert (hinge.n_critic, hinge.batch_size, hinge.seed) == (2, 256, 4)  # the user's, kept
     assert (hinge.steps, hinge.pack, hinge.ema, hinge.arch_options["d_input_scale"]) == (24000, 2, 0.999, 30.0)
     assert build_run(hinge).config.betas == (0.5, 0.999)
@@ -69,7 +69,7 @@ def test_another_dataset_drops_the_old_datasets_values(ring8_run: Path):
     assert grid.data_options == options("dataset", "grid25")  # std 0.05, not ring8's 0.01
     assert grid.arch_options["d_input_scale"] == 5.0  # grid25's, not ring8's 30
     assert (grid.lr_decay, grid.steps) == ("linear", 72000)
-    assert (grid.lr_g, grid.lr_d) == (None, None)  # ring8's BCE rate gone: BCE's own 2e-4 when built
+    assert (grid.lr_g, grid.lr_d) == (2e-4, 2e-4)  # ring8's BCE rate gone: BCE's own 2e-4
     assert grid.latent_dim is None  # from grid25's data when built
     assert (grid.n_critic, grid.batch_size, grid.seed, grid.loss_options["label_smoothing"]) == (2, 256, 4, 0.1)
     digits = build_config({"config_file": str(ring8_run), "dataset": "digits"})
@@ -87,7 +87,7 @@ def test_a_value_the_user_set_differently_is_kept(tmp_path: Path):
     run = build_run(TrainConfig(**{**USER, "lr_g": 3e-4, "arch_options": {"d_input_scale": 10.0}, "ema": 0.99}))
     write_config(run.config, tmp_path, run.provenance)
     grid = build_config({"config_file": str(tmp_path / CONFIG_FILE), "dataset": "grid25", "steps": 50})
-    assert (grid.lr_g, grid.lr_d, grid.ema, grid.steps) == (3e-4, None, 0.99, 50)
+    assert (grid.lr_g, grid.lr_d, grid.ema, grid.steps) == (3e-4, 2e-4, 0.99, 50)  # lr_d: BCE's own
     assert grid.arch_options["d_input_scale"] == 10.0
 
 

@@ -4,6 +4,7 @@ checkpoint files are refused without running anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -376,8 +377,7 @@ def test_resume_checks_shorthands_against_the_dataset(reference):
 
 def test_train_refuses_a_changed_config_on_resume(tmp_path, reference):
     checkpoint = find_checkpoint(reference["mlp-wgan-gp-ring8"])
-    config = stored_config(load_checkpoint(checkpoint))
-    config.lr_d = 1.0
+    config = dataclasses.replace(stored_config(load_checkpoint(checkpoint)), lr_d=1.0)
     with pytest.raises(GanplugError, match="--lr-d cannot change"):
         quiet_train(config, tmp_path / "elsewhere", resume_from=checkpoint)
 

@@ -1,6 +1,6 @@
 """Training: ``train(config, run_dir)`` starts or resumes a run; the pieces live in submodules.
 
-- :mod:`~ganplug.train.config`: :class:`TrainConfig` (torch-free)
+- :mod:`~ganplug.train.config`: :class:`TrainConfig` and its resolver (torch-free)
 - :mod:`~ganplug.train.build`: config -> :class:`Run` (specs, data, loss, models, device)
 - :mod:`~ganplug.train.data_order`: the exactly resumable batch order
 - :mod:`~ganplug.train.loop`: the loop, driving the others through callbacks
@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from ganplug.errors import UsageError
-from ganplug.train.config import TrainConfig
+from ganplug.train.config import KNOBS, ResolvedConfig, TrainConfig, check_resume, resolve, resolve_resume
+from ganplug.train.rundir import CONFIG_FILE, check_new_run_dir, clear_run, is_unstarted, make_run_dir
 
 if TYPE_CHECKING:
     from ganplug.train.checkpoint import LoadedCheckpoint
-    from ganplug.train.loop import Hook
-    from ganplug.train.outputs import Callback
-
-CONFIG_FILE = "config.toml"
+    from ganplug.train.loop import Callback, Hook
 
 
-def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | None = None) -> str:
+def config_toml(config: ResolvedConfig, provenance: dict[str, dict[str, Any]] | None = None) -> str:
     """``config`` as TOML: ``None`` values left out, option dicts as tables; ``provenance``
     (:meth:`ganplug.registry.Registry.provenance` per kind) as comments at the top."""
     from ganplug.train.toml_writer import dumps
@@ -51,7 +49,7 @@ def config_toml(config: TrainConfig, provenance: dict[str, dict[str, Any]] | Non
     return header + dumps(data)
 
 
-def write_config(config: TrainConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
+def write_config(config: ResolvedConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``RUN_DIR/config.toml`` atomically; returns its path."""
     from ganplug.files import atomic_write_bytes
 
@@ -60,78 +58,8 @@ def write_config(config: TrainConfig, run_dir: Path, provenance: dict[str, dict[
     return path
 
 
-def is_unstarted(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run stopped before it wrote anything but its config (Ctrl-C
-    during start-up): config.toml, and no checkpoint, metrics line or sample picture."""
-    from ganplug.train.checkpoint import CHECKPOINTS
-    from ganplug.train.outputs import METRICS, SAMPLES
-
-    from ganplug.train.rundir import BOOKKEEPING
-
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        return False
-    for entry in run_dir.iterdir():
-        if entry.name == CONFIG_FILE or entry.name in BOOKKEEPING:
-            continue
-        if entry.name in (CHECKPOINTS, SAMPLES) and entry.is_dir() and not any(entry.iterdir()):
-            continue
-        if entry.name == METRICS and entry.is_file() and entry.stat().st_size == 0:
-            continue
-        return False
-    return True
-
-
-def check_new_run_dir(run_dir: Path, flag: str = "--out") -> None:
-    """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never
-    started (see :func:`is_unstarted`; its config.toml is replaced). ``flag`` is the option that
-    named it, for the message."""
-    from ganplug.train.rundir import BOOKKEEPING
-
-    run_dir = Path(run_dir)
-    for parent in run_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{flag} {run_dir}: {parent} is a file, not a directory: choose another {flag}")
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir} is a file, not a run directory: choose another {flag}")
-    if is_unstarted(run_dir):
-        return
-    if (run_dir / CONFIG_FILE).exists() or (run_dir / "checkpoints").exists():
-        raise UsageError(
-            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it or choose another {flag}"
-        )
-    if any(entry.name not in BOOKKEEPING for entry in run_dir.iterdir()):
-        raise UsageError(f"{run_dir} is not empty: choose another {flag} (an empty or new directory)")
-
-
-def clear_run(run_dir: Path) -> None:
-    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures, the temp
-    file of a first checkpoint that was never finished), to train
-    it again from step 0 (:func:`is_unstarted` then holds; its config.toml is rewritten when it
-    starts); other files are left alone. Idempotent, so every rank of a run may call it."""
-    from ganplug.train.checkpoint import CHECKPOINTS, has_checkpoint, remove_orphaned_temps
-    from ganplug.train.outputs import METRICS, SAMPLES
-
-    run_dir = Path(run_dir)
-    assert not has_checkpoint(run_dir), run_dir
-    remove_orphaned_temps(run_dir / CHECKPOINTS)  # a first checkpoint killed mid-write
-    (run_dir / METRICS).unlink(missing_ok=True)
-    for picture in (run_dir / SAMPLES).glob("*.png"):
-        picture.unlink(missing_ok=True)
-
-
-def make_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` (and its parents); UsageError naming the reason when that fails."""
-    try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the run directory {run_dir}: {error.strerror or error}: choose another --out") from None
-
-
 def train(
-    config: TrainConfig,
+    config: TrainConfig | ResolvedConfig,
     run_dir: Path,
     *,
     resume_from: "Path | LoadedCheckpoint | None" = None,
@@ -143,45 +71,53 @@ def train(
 ) -> Path:
     """Train ``config`` into ``run_dir`` and return ``run_dir``.
 
+    ``config``: a :class:`TrainConfig`, resolved here (:func:`~ganplug.train.config.resolve`: what
+    it leaves unset comes from the dataset's and the base defaults and the loss's recipe, as on
+    the command line), or a :class:`~ganplug.train.config.ResolvedConfig`, taken as it is.
     New run (``resume_from`` None): ``run_dir`` must be absent or empty; it gets config.toml
     (the resolved config), metrics.jsonl, samples/ and checkpoints/.
     Resume: ``resume_from`` is a checkpoint file, a run directory, or a
     :class:`~ganplug.train.checkpoint.LoadedCheckpoint` already read; ``config`` is the stored
-    config with allowed changes (see :func:`ganplug.train.checkpoint.resume_config`), anything
-    else raises UsageError; the run continues in ``run_dir`` (normally the checkpoint's run).
-    ``stream`` receives progress (default stderr); ``hooks`` and ``callbacks``
-    (:class:`~ganplug.train.outputs.Callback`) see :class:`~ganplug.train.loop.Trainer`.
+    config with allowed changes (a TrainConfig's set values are the changes asked for; see
+    :func:`ganplug.train.checkpoint.resume_config`), anything else raises UsageError; the run
+    continues in ``run_dir`` (normally the checkpoint's run).
+    ``stream`` receives progress (default stderr); ``callbacks``
+    (:class:`~ganplug.train.loop.Callback`) see :class:`~ganplug.train.loop.Trainer`; ``hooks``
+    (deprecated: DeprecationWarning) are functions ``hook(trainer, step)`` called as a callback's
+    ``on_step_start``.
     Ctrl-C saves the last completed step and re-raises KeyboardInterrupt (SIGTERM: Terminated).
     Launched by torchrun with several processes, it trains data-parallel (see
     :mod:`ganplug.train.distributed`); rank 0 alone writes files.
     """
     from ganplug.train import distributed
+    from ganplug.train.loop import deprecated_hooks
     from ganplug.train.threads import torch_threads
 
+    callbacks = [*deprecated_hooks(hooks), *callbacks]
+    if resume_from is None and isinstance(config, TrainConfig):
+        config = resolve(config)  # the one resolve of a run started from Python
     world = distributed.setup(config.device)
     try:
         if world is not None and not world.is_main:
             quiet, stream = True, io.StringIO()
         with torch_threads(config.threads):  # torch's CPU threads for the run, restored after
-            done = _train(config, Path(run_dir), resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
+            done = _train(config, Path(run_dir), resume_from, discard_newer, quiet, stream, callbacks, world)
         distributed.barrier(world)  # no rank leaves the group while another still talks to it
         return done
     finally:
         distributed.teardown(world)
 
 
-def _train(config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
+def _train(config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world) -> Path:
     with contextlib.ExitStack() as hold:  # the run directory's lock, while this process writes there
-        return _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world)
+        return _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world)
 
 
-def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, hooks, callbacks, world) -> Path:
+def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world) -> Path:
     from ganplug.train import distributed
     from ganplug.train.build import build_run
-    from ganplug.train.config import resolve
     from ganplug.train.checkpoint import (
-        LoadedCheckpoint, check_belongs, discard_newer_work, newer_checkpoints, repair_latest, resumed_config,
-        stored_config,
+        LoadedCheckpoint, check_belongs, discard_newer_work, newer_checkpoints, repair_latest, stored_config,
     )
     from ganplug.train.loop import Trainer
     from ganplug.train.progress import Progress
@@ -195,7 +131,6 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         )
     main = world is None or world.is_main
     if resume_from is None:
-        config = resolve(config)  # the dataset's and the base defaults, as the command line gets them
         distributed.check_batch(world, config.batch_size, config.pack)
         check_new_run_dir(run_dir)
         distributed.barrier(world)  # every rank checked before rank 0 writes
@@ -208,7 +143,7 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
             check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
             write_run_id(run_dir, run_id)
             write_config(run.config, run_dir, run.provenance)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
         trainer_message = (
             f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
             f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}{threads_note(run.device)}; "
@@ -221,7 +156,12 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
         check_belongs(loaded)
         state = loaded.state
-        config = resumed_config(stored_config(state), config, state.get("provenance"))
+        stored = stored_config(state)
+        if isinstance(config, ResolvedConfig):  # resolved against this run (ganplug train --resume, resume_config)
+            check_resume(stored, {name: getattr(config, name) for name in KNOBS})
+        else:  # its set values are the changes asked for
+            changes = {name: value for name in KNOBS if (value := getattr(config, name)) is not None}
+            config = resolve_resume(stored, changes, state.get("provenance"))
         distributed.check_batch(world, config.batch_size, config.pack)
         newer = newer_checkpoints(loaded.path.parent, loaded)
         if newer and not discard_newer:
@@ -247,7 +187,7 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
             else:
                 checkpoint = repair_latest(loaded.path.parent, loaded)
         distributed.barrier(world)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, hooks=hooks, callbacks=callbacks, world=world)
+        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
         trainer.load_state_dict(state, checkpoint)
         further = f"pass --steps N with N > {trainer.step} to train further"
         if trainer.step > run.config.steps:
@@ -268,4 +208,4 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
     return run_dir
 
 
-__all__ = ["TrainConfig", "check_new_run_dir", "clear_run", "config_toml", "is_unstarted", "make_run_dir", "train", "write_config"]
+__all__ = ["ResolvedConfig", "TrainConfig", "check_new_run_dir", "clear_run", "config_toml", "is_unstarted", "make_run_dir", "train", "write_config"]

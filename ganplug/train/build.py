@@ -1,10 +1,11 @@
-"""From a :class:`TrainConfig` to everything a run needs: specs, data, loss, models, device.
+"""From a resolved config to everything a run needs: specs, data, loss, models, device.
 
-:func:`build_run` resolves every ``None`` of the config (the loss's recipe, the dataset's latent
-default, the latent size), validates every number with a one-line :class:`GanplugError` that says
-what to do, and builds the dataset, the loss and the seeded generator/discriminator pair.
-:func:`build_models` rebuilds the pair from a stored config and model description without the
-dataset (what :func:`ganplug.generate.load_generator` uses).
+:func:`build_run` builds the dataset, the loss and the seeded generator/discriminator pair of a
+:class:`~ganplug.train.config.ResolvedConfig` (trusted: resolved and checked once, by
+:func:`~ganplug.train.config.resolve`), with a one-line :class:`GanplugError` for what only the
+built pieces can tell (an empty dataset, a device that is not there). :func:`build_models`
+rebuilds the pair from a stored config and model description without the dataset (what
+:func:`ganplug.generate.load_generator` uses).
 """
 
 from __future__ import annotations
@@ -22,15 +23,14 @@ from ganplug.losses import interface_problem
 from ganplug.plugin import ArchitectureSpec, AugmentationSpec, AugmentContext, DatasetSpec, DataContext, LossSpec, ModelContext
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.noise import draw_latent
-from ganplug.train.config import TrainConfig, augment_provenance_key, augment_specs, resolve, validate_config
-
-IMAGE_LATENT_DIM = 64  # default size of z for 3-D (image) data
-VECTOR_LATENT_DIM = 8  # default size of z for everything else
+from ganplug.train.config import (
+    IMAGE_LATENT_DIM, VECTOR_LATENT_DIM, ResolvedConfig, TrainConfig, augment_provenance_key, augment_specs, resolve,
+)
 
 
 @dataclass
 class Run:
-    """A built run: the resolved config (no ``None`` left) and the objects it describes.
+    """A built run: the resolved config (its latent_dim set from the data) and the objects it describes.
 
     data_shape: one sample, e.g. ``(1, 8, 8)`` or ``(2,)``.
     value_range: ``(low, high)`` of the samples, or ``None`` when unbounded.
@@ -39,7 +39,7 @@ class Run:
     augmentations: ``(spec, augment)`` of each ``--augment``, in order (``augment(x, p)``).
     """
 
-    config: TrainConfig
+    config: ResolvedConfig
     arch_spec: ArchitectureSpec
     loss_spec: LossSpec
     dataset_spec: DatasetSpec
@@ -144,7 +144,7 @@ SPEC_FIELDS = (("architecture", "arch"), ("loss", "loss"), ("dataset", "dataset"
 
 
 def resolve_specs(
-    config: TrainConfig, provenance: dict[str, Any] | None = None
+    config: ResolvedConfig, provenance: dict[str, Any] | None = None
 ) -> tuple[ArchitectureSpec, LossSpec, DatasetSpec]:
     """The specs ``config.arch``, ``config.loss`` and ``config.dataset`` name (UsageError if
     unknown); with a run's recorded ``provenance``, the ones of the plugins it recorded."""
@@ -156,7 +156,7 @@ def resolve_specs(
 
 
 def build_models(
-    config: TrainConfig, model_info: dict[str, Any], arch_spec: ArchitectureSpec | None = None
+    config: ResolvedConfig, model_info: dict[str, Any], arch_spec: ArchitectureSpec | None = None
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair of a resolved config, on CPU, seeded by ``config.seed``.
 
@@ -235,21 +235,22 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> Run:
-    """Resolve ``config`` and build its dataset, loss and models (moved to the run's device).
+def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] | None = None) -> Run:
+    """Build the dataset, loss and models of ``config`` (moved to the run's device).
 
     ``provenance``: a resumed run's record of which plugin provided each name (see
-    :func:`resolve_specs`); the built run records its own in ``Run.provenance``.
+    :func:`resolve_specs`); the built run records its own in ``Run.provenance``. A
+    :class:`TrainConfig` (from Python code that builds a run without training it) is resolved
+    first; :func:`ganplug.train.train` passes the resolved one.
 
-    Order: the specs; :func:`ganplug.train.config.resolve` (the dataset's and the base defaults,
-    the options); device; dataset (``DataContext(seed)``) and the data
-    shape of its first item; loss and its recipe (n_critic, optimiser, lrs, betas); latent; then
-    the models, built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
+    Order: the specs; device; dataset (``DataContext(seed)``) and the data shape of its first
+    item, which decides latent_dim where the config leaves it unset; the loss; then the models,
+    built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
     """
-    validate_config(config)  # the names, before they are looked up
+    if isinstance(config, TrainConfig):
+        config = resolve(config, provenance=provenance)
     arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
     augment_spec_list = augment_specs(config.augment, provenance)
-    config = resolve(config, specs=(arch_spec, loss_spec, dataset_spec), augment_specs=augment_spec_list)
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
 
@@ -302,32 +303,20 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         raise PluginError(
             f"loss {loss_spec.name!r} of {origin_of(loss_spec)}: its factory {problem}: report this to the plugin's author"
         )
-    recipe = loss.recipe
     penalises = bool(getattr(loss, "penalises_critic_gradient", False))
-    resolved = dataclasses.replace(
-        config,
-        n_critic=config.n_critic if config.n_critic is not None else recipe.n_critic,
-        optimizer=config.optimizer if config.optimizer is not None else recipe.optimizer,
-        lr_g=float(config.lr_g if config.lr_g is not None else recipe.lr_g),
-        lr_d=float(config.lr_d if config.lr_d is not None else recipe.lr_d),
-        betas=tuple(float(b) for b in (config.betas if config.betas is not None else recipe.betas)),
-        latent_dim=config.latent_dim
-        if config.latent_dim is not None
-        else (IMAGE_LATENT_DIM if len(data_shape) == 3 else VECTOR_LATENT_DIM),
-        ema=float(config.ema),
-    )
-    validate_config(resolved)  # the loss recipe's values too
+    latent_dim = config.latent_dim or (IMAGE_LATENT_DIM if len(data_shape) == 3 else VECTOR_LATENT_DIM)
+    config = dataclasses.replace(config, latent_dim=latent_dim)
 
     info = {
         "data_shape": list(data_shape),
-        "latent_dim": resolved.latent_dim,
+        "latent_dim": latent_dim,
         "bounded": value_range is not None,
         "critic_batchnorm": not penalises,
         "num_classes": num_classes,
     }
-    generator, discriminator = build_models(resolved, info, arch_spec)
+    generator, discriminator = build_models(config, info, arch_spec)
     return Run(
-        config=resolved,
+        config=config,
         arch_spec=arch_spec,
         loss_spec=loss_spec,
         dataset_spec=dataset_spec,
@@ -337,8 +326,8 @@ def build_run(config: TrainConfig, provenance: dict[str, Any] | None = None) -> 
         dataset=dataset,
         data_shape=data_shape,
         value_range=value_range,
-        latent=resolved.latent,
-        latent_dim=resolved.latent_dim,
+        latent=config.latent,
+        latent_dim=latent_dim,
         device=device,
         critic_batchnorm=not penalises,
         num_classes=num_classes,

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writing, safe loading, locating them, and what a resume may change.
+"""Checkpoints: atomic writing, safe loading, locating them, and the config a resume continues with.
 
 A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loads with
 ``torch.load(weights_only=True)`` (no code runs while loading). Keys::
@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import re
 import shutil
 import sys
 import warnings
@@ -65,18 +64,15 @@ import torch
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
-from ganplug.train.rundir import new_run_id, read_run_id, write_run_id
-from ganplug.train.config import (
-    KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, TrainConfig, augment_specs, merge_named, parse_augment_p,
-    parse_named_pairs, parse_pairs, resolve_augment_options,
+from ganplug.train.rundir import (
+    CHECKPOINTS, CONFIG_FILE, LATEST, METRICS, SAMPLES, check_new_run_dir, has_checkpoint, make_run_dir, new_run_id,
+    read_run_id, remove_orphaned_temps, step_file_name, step_files, write_run_id,
 )
+from ganplug.train.config import ResolvedConfig, command_line_values, resolve_resume
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
 KEEP = 3  # step checkpoints kept besides latest.pt
-LATEST = "latest.pt"
-CHECKPOINTS = "checkpoints"
-_STEP_FILE = re.compile(r"^step_(\d+)(\.\w+)$")  # step_000500.pt, step_000500.png
 REQUIRED_KEYS = (
     "config", "model", "step", "generator", "discriminator", "optimizer_g", "optimizer_d", "rng",
     "data_order", "fixed_noise",
@@ -93,49 +89,6 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda handle: torch.save(dict(state), handle))
     return path
-
-
-_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
-
-
-def remove_orphaned_temps(directory: Path) -> None:
-    """Delete temporary files left by writers that died mid-write (``kill -9``): those whose
-    process no longer exists."""
-    if not Path(directory).is_dir():
-        return
-    for entry in Path(directory).iterdir():
-        match = _TEMP_FILE.match(entry.name)
-        if not match or int(match.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            entry.unlink(missing_ok=True)
-        except (PermissionError, OSError, OverflowError):
-            pass
-
-
-def step_file_name(step: int, suffix: str = ".pt") -> str:
-    """``step_000500.pt``: the name of the checkpoint (or, with ``suffix`` ".png", the picture)
-    of generator step ``step``."""
-    return f"step_{step:06d}{suffix}"
-
-
-def step_files(directory: Path, suffix: str | None = ".pt") -> list[tuple[int, Path]]:
-    """``(step, path)`` of every :func:`step_file_name` file in ``directory`` with ``suffix``
-    (None: any), by step."""
-    found = []
-    if Path(directory).is_dir():
-        for entry in Path(directory).iterdir():
-            match = _STEP_FILE.match(entry.name)
-            if match and entry.is_file() and suffix in (None, match.group(2)):
-                found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def step_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``step_NNNNNN.pt`` in ``directory``, by step."""
-    return step_files(directory, ".pt")
 
 
 def _point_latest(directory: Path, path: Path) -> None:
@@ -165,7 +118,7 @@ def write_run_checkpoint(state: Mapping[str, Any], directory: Path, step: int, k
     remove_orphaned_temps(directory)
     path = save_checkpoint(state, directory / step_file_name(step))
     _point_latest(directory, path)
-    kept = [other for _, other in step_checkpoints(directory)]
+    kept = [other for _, other in step_files(directory)]
     for old in kept[: max(0, len(kept) - keep)]:
         old.unlink(missing_ok=True)
     return path
@@ -182,7 +135,7 @@ def _unlinked_latest(directory: Path) -> Path | None:
     """``directory/latest.pt`` when it is not a link to one of the step files there (a copy, where
     links are refused, or a checkpoint of its own), else None."""
     latest = Path(directory) / LATEST
-    if latest.is_file() and not any(_same_file(latest, file) for _, file in step_checkpoints(directory)):
+    if latest.is_file() and not any(_same_file(latest, file) for _, file in step_files(directory)):
         return latest
     return None
 
@@ -192,7 +145,7 @@ def newer_checkpoints(directory: Path, resumed: LoadedCheckpoint) -> list[int]:
     than it: step files, and ``latest.pt`` when it is a newer checkpoint of its own. Files that do
     not load, or belong to another run, hold no work of this run."""
     directory = Path(directory)
-    files = [file for step, file in step_checkpoints(directory) if step > resumed.step]
+    files = [file for step, file in step_files(directory) if step > resumed.step]
     latest = _unlinked_latest(directory)
     if latest is not None and not _same_file(latest, resumed.path):
         files.append(latest)
@@ -218,8 +171,6 @@ def discard_newer_work(run_dir: Path, loaded: LoadedCheckpoint) -> Path:
     ``latest.pt`` becomes that checkpoint, and the step files and sample pictures of later steps
     are deleted (metrics lines are trimmed when training resumes). Returns the checkpoint to
     resume from."""
-    from ganplug.train.outputs import SAMPLES
-
     directory = Path(run_dir) / CHECKPOINTS
     repair_latest(directory, loaded)
     for later in _later_files(directory, loaded.step) + _later_files(Path(run_dir) / SAMPLES, loaded.step):
@@ -232,9 +183,6 @@ def fork_run(loaded: LoadedCheckpoint, new_dir: Path) -> LoadedCheckpoint:
     (``--fork``), a run of its own (a new run id): its config, its metrics lines and sample
     pictures up to the checkpoint's step, and the checkpoint as ``new_dir``'s first. The
     original run is not touched. Returns the checkpoint in ``new_dir`` to resume from."""
-    from ganplug.train import CONFIG_FILE, check_new_run_dir, make_run_dir
-    from ganplug.train.outputs import METRICS, SAMPLES
-
     source, new_dir = run_dir_of(loaded.path), Path(new_dir)
     check_new_run_dir(new_dir, flag="--fork")
     make_run_dir(new_dir)
@@ -334,7 +282,7 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
         raise UsageError(f"no run directory or checkpoint at {path}")
     directory = _checkpoint_folder(path)
     run_id = read_run_id(directory.parent if directory.name == CHECKPOINTS else directory)
-    files = [file for _, file in reversed(step_checkpoints(directory))]
+    files = [file for _, file in reversed(step_files(directory))]
     latest = directory / LATEST
     if _unlinked_latest(directory) is not None:
         files.append(latest)
@@ -382,12 +330,6 @@ def repair_latest(directory: Path, loaded: LoadedCheckpoint, warn: Callable[[str
             warn(f"{latest} is a checkpoint of another run: moved to {kept}")
     _point_latest(directory, loaded.path)
     return loaded.path
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run directory ``run_dir`` holds a checkpoint (``latest.pt`` or a step file)."""
-    directory = Path(run_dir) / CHECKPOINTS
-    return (directory / LATEST).is_file() or bool(step_checkpoints(directory))
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -450,185 +392,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def stored_config(state: Mapping[str, Any]) -> TrainConfig:
-    """The resolved :class:`TrainConfig` a loaded checkpoint holds."""
+def stored_config(state: Mapping[str, Any]) -> ResolvedConfig:
+    """The resolved config a loaded checkpoint holds (:meth:`ResolvedConfig.from_stored`)."""
     try:
-        return TrainConfig.from_resolved(dict(state["config"]))
+        return ResolvedConfig.from_stored(dict(state["config"]))
     except (KeyError, TypeError) as error:
         raise GanplugError(f"the checkpoint's config does not fit this ganplug ({error})") from None
 
 
-# -- resuming ----------------------------------------------------------------------------------
-
-# Dataset options that only say where the data lives.
-RESUMABLE_DATA_OPTIONS = frozenset({"root", "download"})
-# --arch-opt and friends: click's parameter name -> config attribute, and config attribute -> flag.
-OPTION_PARAMS = {meta.param: name for name, meta in KNOBS.items() if meta.kind == "pairs"}
-_OPTION_FLAG = {name: KNOBS[name].flag for name in OPTION_PARAMS.values()}
-AUGMENT_OPTIONS = KNOBS["augment_options"]  # --augment-opt NAME.KEY=VALUE
-_IGNORED = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _refuse(flag: str, old: Any, new: Any) -> None:
-    raise UsageError(
-        f"{flag} cannot change when resuming (the run has {old!r}, you asked for {new!r}): "
-        "it shapes the run; start a new run with --out instead"
-    )
-
-
-def _normalise(name: str, value: Any) -> Any:
-    if name == "betas" and value is not None:
-        return KNOBS["betas"].parse(value) if isinstance(value, str) else tuple(float(v) for v in value)
-    if name in ("lr_g", "lr_d", "ema") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if name in ("loggers", "augment"):
-        return list(value)
-    if name == "augment_p":
-        return parse_augment_p(value) if isinstance(value, str) else float(value)
-    return value
-
-
-def _pairs(flag: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return {str(k).replace("-", "_"): v for k, v in value.items()}
-    return parse_pairs(flag, value)
-
-
-def _augment_options(
-    stored: TrainConfig, flag: str, value: Any, provenance: Mapping[str, Any] | None
-) -> dict[str, dict[str, Any]]:
-    """The stored augmentations' options with ``value`` (``--augment-opt`` pairs or a table per
-    name) applied; UsageError unless they are the stored ones (they shape the run)."""
-    from ganplug.registry import get_registry
-
-    given = value if isinstance(value, Mapping) else parse_named_pairs(flag, value)
-    merged = dataclasses.replace(stored, augment_options=merge_named(stored.augment_options, given))
-    registry = get_registry()
-    resolved = resolve_augment_options(merged, registry, augment_specs(stored.augment, provenance, registry))
-    for name, options in resolved.items():
-        for key, option in options.items():
-            if stored.augment_options.get(name, {}).get(key) != option:
-                _refuse(f"{flag} {name}.{key}", stored.augment_options.get(name, {}).get(key), option)
-    return resolved
-
-
-def _recorded_spec(stored: TrainConfig, attribute: str, provenance: Mapping[str, Any] | None) -> Any:
-    """The spec of ``stored``'s arch, loss or dataset (``attribute``: its option table) that the
-    run recorded in its ``provenance`` (the same plugin's, whatever shadows the name now)."""
-    from ganplug.registry import get_registry
-
-    kind = SPEC_KIND[attribute]
-    return get_registry().resolve_recorded(kind, getattr(stored, SPEC_NAME[attribute]), (provenance or {}).get(kind))
-
-
-def _merge_options(
-    config: TrainConfig, attribute: str, given: dict[str, Any], flag_of: dict[str, str], provenance: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The option table ``attribute`` with ``given`` applied, refusing changes to shaping options;
-    checked against the spec the run recorded."""
-    stored = dict(getattr(config, attribute))
-    if all(key in stored and stored[key] == value for key, value in given.items()):
-        return stored
-    merged = _recorded_spec(config, attribute, provenance).resolve_options({**stored, **given})
-    for key, value in merged.items():
-        if key in stored and stored[key] == value:
-            continue
-        if attribute == "data_options" and key in RESUMABLE_DATA_OPTIONS:
-            continue
-        _refuse(flag_of.get(key, f"{_OPTION_FLAG[attribute]} {key}"), stored.get(key), value)
-    return merged
-
-
 def resume_config(
-    stored: TrainConfig, overrides: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
-) -> TrainConfig:
-    """The config to resume with: ``stored`` (a checkpoint's resolved config) with ``overrides``.
-
-    ``overrides`` holds TrainConfig field names and/or the command line's names (``arch_opt``
-    pairs, ``betas`` as "B1,B2", shorthands such as ``data_dir``); ``None`` values are ignored.
-    The knobs marked resumable (:data:`ganplug.train.config.RESUMABLE`: how long, how often and
-    where to report, where to run) and the data's location (root, download) may change; any other
-    value that differs from the stored one raises UsageError naming the option (it shapes the run:
-    start a new one with --out). ``provenance``: the checkpoint's record of the plugins that
-    provided the run's arch, loss and dataset; options are checked against those specs, and a name
-    for the recorded spec (``ganplug:bce`` for a run of the built-in bce, an alias) is no change.
-    """
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    spec_tables = {name: table for table, name in SPEC_NAME.items()}
-    config = dataclasses.replace(
-        stored,
-        arch_options=dict(stored.arch_options),
-        loss_options=dict(stored.loss_options),
-        data_options=dict(stored.data_options),
-    )
-    option_updates: dict[str, dict[str, Any]] = {a: {} for a in SPEC_KIND}
-    flag_of: dict[str, dict[str, str]] = {a: {} for a in SPEC_KIND}
-    for name, value in overrides.items():
-        if value is None or name in _IGNORED:
-            continue
-        if name in OPTION_PARAMS:
-            attribute = OPTION_PARAMS[name]
-            for key, item in _pairs(_flag(name), value).items():
-                option_updates[attribute][key] = item
-                flag_of[attribute].setdefault(key, f"{_flag(name)} {key}")
-            continue
-        if name in SHORTHANDS:
-            attribute, option, flag = SHORTHANDS[name]
-            option_updates[attribute][option] = value
-            flag_of[attribute][option] = flag
-            continue
-        if name in ("arch_options", "loss_options", "data_options"):
-            for key, item in dict(value).items():
-                option_updates[name][key.replace("-", "_")] = item
-            continue
-        if name in (AUGMENT_OPTIONS.param, "augment_options"):
-            config.augment_options = _augment_options(stored, AUGMENT_OPTIONS.flag, value, provenance)
-            continue
-        if name not in fields:
-            raise UsageError(f"unknown option {name!r} for a resume")
-        new = _normalise(name, value)
-        old = _normalise(name, getattr(stored, name))
-        if new == old:
-            continue
-        if name in spec_tables and _names_recorded(stored, spec_tables[name], new, provenance):
-            continue
-        if name not in RESUMABLE:
-            _refuse(_flag(name), old, new)
-        setattr(config, name, new)
-    for attribute, given in option_updates.items():
-        setattr(config, attribute, _merge_options(config, attribute, given, flag_of[attribute], provenance))
-    return config
-
-
-def _names_recorded(stored: TrainConfig, attribute: str, name: Any, provenance: Mapping[str, Any] | None) -> bool:
-    """Whether ``name`` names the spec the run recorded for its arch, loss or dataset."""
-    from ganplug.registry import get_registry
-
-    try:
-        spec = get_registry().resolve(SPEC_KIND[attribute], name)
-    except UsageError:
-        return False
-    return spec is _recorded_spec(stored, attribute, provenance)
-
-
-def resumed_config(
-    stored: TrainConfig, config: TrainConfig, provenance: Mapping[str, Any] | None = None
-) -> TrainConfig:
-    """``stored`` with the changes ``config`` asks for (its unset fields keep the stored values);
-    UsageError when ``config`` differs from ``stored`` in anything a resume may not change.
-    ``provenance``: as for :func:`resume_config`."""
-    overrides = {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in ("arch_options", "loss_options", "data_options")
-    }
-    for attribute in ("arch_options", "loss_options", "data_options"):
-        overrides[attribute] = getattr(config, attribute)
-    return resume_config(stored, overrides, provenance)
+    stored: ResolvedConfig, overrides: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
+) -> ResolvedConfig:
+    """The config to resume with: ``stored`` (a checkpoint's config) with ``overrides``, the command
+    line's options (click's parameter names such as ``arch_opt`` and ``data_dir``, or field names;
+    None ignored: :func:`~ganplug.train.config.command_line_values`), resolved as
+    :func:`~ganplug.train.config.resolve_resume` does against the specs the run recorded in
+    ``provenance``; UsageError naming the option for a change a resume may not make."""
+    return resolve_resume(stored, command_line_values(overrides), provenance)
 
 
 __all__ = [
@@ -645,7 +425,6 @@ __all__ = [
     "repair_latest",
     "check_belongs",
     "resume_config",
-    "resumed_config",
     "run_dir_of",
     "save_checkpoint",
     "stored_config",

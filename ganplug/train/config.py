@@ -1,13 +1,13 @@
-"""The run configuration: every knob of ``ganplug train``, torch-free so the CLI stays fast.
+"""The run configuration: every knob of ``ganplug train``, torch-free so the CLI stays fast, and
+its one resolver.
 
-Each :class:`TrainConfig` field carries a :class:`Knob` (its flag, help, check, whether a resume
-may change it), from which the command line's options (:mod:`ganplug.cli`), the validation
-(:func:`validate_config`) and the resume rules (:mod:`ganplug.train.checkpoint`) are made: a new
-knob is one field here. :func:`resolve` applies the layers once, lowest first:
+Each :class:`TrainConfig` field carries a :class:`Knob` (its flag, help, check), from which the
+command line's options (:mod:`ganplug.cli`) and the validation (:func:`validate_config`) are made:
+a new knob is one field here. :func:`resolve` applies the layers once per command, lowest first:
 
 1. the base defaults (a field's default, or its knob's ``base`` where a dataset may set it);
-2. the loss's recipe (n_critic, optimiser, learning rates, betas; applied when the loss is built,
-   :func:`ganplug.train.build.build_run`, to what is still ``None`` after this);
+2. the loss's recipe (n_critic, optimiser, learning rates, betas) for its options, from the loss's
+   spec (:func:`ganplug.registry.loss_recipe`), in what is still ``None`` after the layers above;
 3. the dataset's ``defaults``: its training knobs, its ``arch_options`` for the chosen
    architecture, its ``loss_recipes`` entry for the chosen loss;
 4. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
@@ -16,7 +16,9 @@ knob is one field here. :func:`resolve` applies the layers once, lowest first:
 
 ``None`` means "not set here; take it from a lower layer". The command line, a config file and
 ``ganplug.train.train(TrainConfig(...))`` all go through :func:`resolve`, so the same names train
-the same run and write the same config.toml.
+the same run and write the same config.toml. Its result, a frozen :class:`ResolvedConfig`, is what
+every later layer takes and trusts. A resume is the same resolve of the run's stored config with
+the changes asked for (:func:`resolve_resume`); :data:`RESUMABLE` lists what may change.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ganplug.errors import UsageError
-from ganplug.plugin import LATENTS
+from ganplug.plugin import LATENTS, RECIPE_KEYS
 
 OPTIMIZERS = ("adam", "rmsprop")
 LR_DECAYS = ("none", "linear")
@@ -149,7 +151,6 @@ class Knob:
         ``None`` until :func:`resolve`).
     check / error: a valid value passes ``check``; otherwise UsageError(``error`` formatted with
         ``value``). ``None`` passes where the field's default is ``None``.
-    resumable: a resume may change it.
     """
 
     help: str = ""
@@ -165,7 +166,6 @@ class Knob:
     default_text: str | None = None
     check: Callable[[Any], bool] | None = None
     error: str = ""
-    resumable: bool = False
 
 
 def knob(default: Any = None, **meta: Any) -> Any:
@@ -196,14 +196,13 @@ def _every_knob(name: str, default: int, what: str, low: int = 0, zero: str = "0
     flag = "--" + name.replace("_", "-")
     zero_text = f" ({zero})" if low == 0 else ""
     return knob(
-        default, help=f"Steps between {what}" + (f"; {zero}" if low == 0 else ""), kind=int, resumable=True,
-        check=_int_at_least(low),
+        default, help=f"Steps between {what}" + (f"; {zero}" if low == 0 else ""), kind=int, check=_int_at_least(low),
         error=f"{name} must be an integer >= {low}{zero_text}, got {{value!r}}: pass e.g. {flag} {example}",
     )
 
 
-def _flag_knob(name: str, help: str, resumable: bool = False) -> Any:
-    return knob(False, help=help, kind=bool, default_text="", resumable=resumable,
+def _flag_knob(name: str, help: str) -> Any:
+    return knob(False, help=help, kind=bool, default_text="",
                 check=lambda value: isinstance(value, bool), error=f"{name} must be true or false, got {{value!r}}")
 
 
@@ -228,7 +227,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = _options_knob("loss_options", "--loss-opt", "Loss")
     data_options: dict[str, Any] = _options_knob("data_options", "--data-opt", "Dataset")
     steps: int | None = knob(
-        help="Generator updates", kind=int, base=2000, resumable=True, check=_int_at_least(1),
+        help="Generator updates", kind=int, base=2000, check=_int_at_least(1),
         error="steps must be an integer >= 1, got {value!r}: pass e.g. --steps 2000",
     )
     batch_size: int | None = knob(
@@ -284,15 +283,15 @@ class TrainConfig:
         default_text="the dataset's, else off", check=lambda v: _is_number(v) and 0 <= v < 1,
         error="ema must be a decay in [0, 1), got {value!r}: pass e.g. --ema 0.999 (0 = off)",
     )
-    amp: bool = _flag_knob("amp", "bf16 autocast (CUDA only).", resumable=True)
-    cuda_graphs: bool = _flag_knob("cuda_graphs", CUDA_GRAPHS_HELP, resumable=True)  # ganplug.train.graphs
+    amp: bool = _flag_knob("amp", "bf16 autocast (CUDA only).")
+    cuda_graphs: bool = _flag_knob("cuda_graphs", CUDA_GRAPHS_HELP)  # ganplug.train.graphs
     device: str = knob(
-        "auto", help="auto, cpu, cuda or cuda:N", resumable=True, check=_is_name,
+        "auto", help="auto, cpu, cuda or cuda:N", check=_is_name,
         error='device must be a name, a string such as device = "auto"; got {value!r}',
     )
     threads: int = knob(  # applied by ganplug.train.train (ganplug.train.threads)
         0, help="CPU threads of torch; 0 = the CPUs this process may use (its CPU affinity and cgroup quota), "
-        "or OMP_NUM_THREADS where that is set", kind=int, resumable=True, check=_int_at_least(0),
+        "or OMP_NUM_THREADS where that is set", kind=int, check=_int_at_least(0),
         error="threads must be an integer >= 0 (0 = the CPUs this process may use), got {value!r}: pass e.g. --threads 2",
     )
     seed: int = knob(0, help="Seed of every random choice", kind=int, check=_is_int, error="seed must be an integer, got {value!r}")
@@ -303,22 +302,22 @@ class TrainConfig:
         "eval_every", 0, "evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl", zero="0 = off",
     )
     num_samples: int = knob(  # images in a sample grid (fixed noise); no flag
-        64, resumable=True, check=_int_at_least(1), error="num_samples must be an integer >= 1, got {value!r}",
+        64, check=_int_at_least(1), error="num_samples must be an integer >= 1, got {value!r}",
     )
     on_nan: str = knob(
         "stop", help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step",
-        choices=ON_NAN, resumable=True, check=lambda value: value in ON_NAN,
+        choices=ON_NAN, check=lambda value: value in ON_NAN,
         error="on_nan must be stop or skip, got {value!r}: pass --on-nan stop",
     )
     loggers: list[str] = knob(  # --logger NAME: each metrics line, picture, evaluation
         [], help="Also send metrics, evaluations and sample pictures to this logger (repeatable), e.g. tensorboard; "
         "see `ganplug list loggers`. metrics.jsonl is always written.", kind="names", flag="--logger",
-        metavar="NAME", completes="logger", resumable=True,
+        metavar="NAME", completes="logger",
         check=lambda value: isinstance(value, (list, tuple)) and all(_is_name(n) for n in value),
         error='loggers must be a list of names such as loggers = ["tensorboard"], got {value!r}',
     )
     logger_options: dict[str, dict[str, Any]] = knob(  # {logger name: {option: value}}
-        {}, resumable=True, check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+        {}, check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
         error="logger_options must hold a table per logger ([logger_options.NAME]), got {value!r}",
     )
     augment: list[str] = knob(  # ganplug.train.augment
@@ -355,10 +354,7 @@ class TrainConfig:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if data["betas"] is not None:
-            data["betas"] = list(data["betas"])
-        return data
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -372,12 +368,13 @@ class TrainConfig:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
 
-    @classmethod
-    def from_resolved(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Build from a resolved config a run wrote (a checkpoint's, a run's config.toml): a knob
-        its version did not have yet takes its base value, which that run used."""
-        missing = {name: meta.base for name, meta in KNOBS.items() if meta.base is not None and name not in data}
-        return cls.from_dict({**data, **missing})
+
+def _as_dict(config: TrainConfig | ResolvedConfig) -> dict[str, Any]:
+    """``config``'s fields as plain data (betas a list), in field order: what config.toml and checkpoints hold."""
+    data = dataclasses.asdict(config)
+    if data["betas"] is not None:
+        data["betas"] = list(data["betas"])
+    return data
 
 
 def _knobs() -> dict[str, Knob]:
@@ -404,7 +401,80 @@ def default_text(name: str) -> str:
     return "" if default is None or default is dataclasses.MISSING else str(default)
 
 
-RESUMABLE = frozenset(name for name, meta in KNOBS.items() if meta.resumable)
+# What a resume may change, the one list of it: how long, how often and where to report, where and
+# how fast to run, and the options that only say where the data lives. Everything else shapes the run.
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A run's configuration with every layer applied and checked, made by :func:`resolve` (or
+    read back from a run: :meth:`from_stored`): what the trainer, config.toml and checkpoints
+    hold, trusted by every layer below the resolver. The fields of :class:`TrainConfig`, none
+    unset, except latent_dim until the data is seen (None: decided by the data's shape,
+    :data:`IMAGE_LATENT_DIM` or :data:`VECTOR_LATENT_DIM`; a built run's config holds the number).
+    """
+
+    arch: str
+    loss: str
+    dataset: str
+    arch_options: dict[str, Any]
+    loss_options: dict[str, Any]
+    data_options: dict[str, Any]
+    steps: int
+    batch_size: int
+    n_critic: int
+    pack: int
+    conditional: bool
+    optimizer: str
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    lr_decay: str
+    latent_dim: int | None
+    latent: str
+    ema: float
+    amp: bool
+    cuda_graphs: bool
+    device: str
+    threads: int
+    seed: int
+    sample_every: int
+    checkpoint_every: int
+    log_every: int
+    eval_every: int
+    num_samples: int
+    on_nan: str
+    loggers: list[str]
+    logger_options: dict[str, dict[str, Any]]
+    augment: list[str]
+    augment_options: dict[str, dict[str, Any]]
+    augment_p: float | str
+    augment_target: float
+    augment_interval: int
+    augment_ramp: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+    def as_input(self) -> TrainConfig:
+        """The same values as a :class:`TrainConfig` (a copy), to layer changes on."""
+        return TrainConfig.from_dict(self.to_dict())
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> "ResolvedConfig":
+        """The config a run wrote (its checkpoints', its config.toml), as written: a knob its
+        version did not have yet takes its base value, else its default (what that run used).
+        KeyError for an unknown key."""
+        known = {name: value if KNOBS[name].base is None else KNOBS[name].base for name, value in TrainConfig().to_dict().items()}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise KeyError(", ".join(unknown))
+        values = {**known, **data}
+        return cls(**{**values, "betas": tuple(values["betas"])})
+
+
+RESUMABLE = frozenset({
+    "steps", "amp", "cuda_graphs", "device", "threads", "sample_every", "checkpoint_every", "log_every", "eval_every",
+    "num_samples", "on_nan", "loggers", "logger_options", "data_options.root", "data_options.download",
+})
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
@@ -424,7 +494,7 @@ def check_knob(name: str, value: Any) -> None:
         raise UsageError(meta.error.format(value=value))
 
 
-def validate_config(config: TrainConfig) -> None:
+def validate_config(config: TrainConfig | ResolvedConfig) -> None:
     """One-line :class:`UsageError` for any out-of-range knob; unset (``None``) knobs are skipped."""
     for name in KNOBS:
         check_knob(name, getattr(config, name))
@@ -487,6 +557,26 @@ def read_config_file(path: str) -> TrainConfig:
 # The fields a lower layer fills where a config leaves them None: the base, the loss's recipe, the
 # dataset's defaults (and, for latent_dim, the data's shape).
 LAYERED = tuple(name for name, default in _DEFAULTS.items() if default is None)
+IMAGE_LATENT_DIM = 64  # the size of z of a run on 3-D (image) data, unless set
+VECTOR_LATENT_DIM = 8  # the size of z of a run on any other data, unless set
+
+
+def _registry(registry: Any) -> Any:
+    if registry is None:
+        from ganplug.registry import get_registry
+
+        registry = get_registry()
+    return registry
+
+
+def _specs(config: TrainConfig | ResolvedConfig, registry: Any, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{option table: spec}`` of ``config``'s arch, loss and dataset: the specs a run recorded in
+    ``provenance`` (the same plugins', whatever answers to the names now), else the registry's."""
+    recorded = provenance or {}
+    return {
+        table: registry.resolve_recorded(kind, getattr(config, SPEC_NAME[table]), recorded.get(kind))
+        for table, kind in SPEC_KIND.items()
+    }
 
 
 def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = None) -> TrainConfig:
@@ -495,20 +585,17 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
 
     For each replaced spec (a name for the same spec, such as an alias, replaces nothing) the
     file's option table is dropped. Then every value in the file equal to what its own names give
-    a run by default (:func:`_defaults_of`: the base, the dataset's defaults, the loss's recipe) is
-    dropped too, so the new names' defaults apply; a value that differs from them was set by the
-    user and is kept. A file naming a spec not installed here loses only the replaced tables.
-    ``config`` itself when nothing is replaced, so ``--config RUN/config.toml`` alone repeats a run.
+    a run by default (the base, the dataset's defaults, the loss's recipe) is dropped too, so the
+    new names' defaults apply; a value that differs from them was set by the user and is kept. A
+    file naming a spec not installed here loses only the replaced tables. ``config`` itself when
+    nothing is replaced, so ``--config RUN/config.toml`` alone repeats a run.
     """
     changed = {attr: name for attr, name in names.items() if name is not None and name != getattr(config, attr)}
     if not changed:
         return config
-    if registry is None:
-        from ganplug.registry import get_registry
-
-        registry = get_registry()
+    registry = _registry(registry)
     try:
-        old = {table: registry.resolve(kind, getattr(config, SPEC_NAME[table])) for table, kind in SPEC_KIND.items()}
+        old = _specs(config, registry, None)
     except UsageError:  # a spec not installed here: its defaults are unknown
         return dataclasses.replace(config, **{table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed})
     replaced = [
@@ -517,98 +604,188 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
     ]
     if not replaced:
         return config
-    defaults = _defaults_of(config, tuple(old.values()), registry)
+    bare = _layered(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), old, registry)
     values: dict[str, Any] = {}
     for name in LAYERED:
         value = getattr(config, name)
-        if value is not None and (tuple(value) if name == "betas" else value) in defaults[name]:
+        defaults = (IMAGE_LATENT_DIM, VECTOR_LATENT_DIM) if name == "latent_dim" and bare[name] is None else (bare[name],)
+        if value is not None and (tuple(value) if name == "betas" else value) in defaults:
             values[name] = None
     for table, spec in old.items():
         given = getattr(config, table)
         resolved = {} if table in replaced else spec.resolve_options(given)
         keys = {str(key).replace("-", "_") for key in given}
-        values[table] = {key: value for key, value in resolved.items() if key in keys and (value,) != defaults[table][key]}
+        values[table] = {key: value for key, value in resolved.items() if key in keys and value != bare[table][key]}
     return dataclasses.replace(config, **values)
 
 
-def _defaults_of(config: TrainConfig, specs: tuple[Any, Any, Any], registry: Any) -> dict[str, Any]:
-    """For each field of :data:`LAYERED`, the values a run of ``config``'s names (the specs
-    ``specs``) gets when nobody sets it, as a tuple (latent_dim: each data shape's default where
-    the dataset sets none); for each option table, ``{option: (value,)}``. Builds the loss for its
-    recipe (importing torch) only when ``config`` sets a recipe field, and looks up the shape
-    defaults of latent_dim only when it sets that."""
-    from ganplug.plugin import RECIPE_KEYS
+def _layered(config: TrainConfig, specs: Mapping[str, Any], registry: Any) -> dict[str, Any]:
+    """Every field of a :class:`ResolvedConfig`: ``config``'s values over the lower layers (the
+    dataset's defaults, the base, the loss's recipe for its options), its arch, loss and data
+    option tables resolved against ``specs`` (``{option table: spec}``: every option, checked).
+    latent_dim stays None unless set (the data's shape decides it)."""
+    from ganplug.registry import loss_recipe
 
-    bare = resolve(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), registry, specs)
-    found: dict[str, Any] = {name: (getattr(bare, name),) for name in LAYERED}
-    if any(getattr(config, name) is not None for name in RECIPE_KEYS):
-        from ganplug.registry import call_factory
-
-        recipe = call_factory("loss", specs[1], **specs[1].resolve_options(config.loss_options)).recipe
-        for name in RECIPE_KEYS:
-            if getattr(bare, name) is None:
-                found[name] = (tuple(recipe.betas) if name == "betas" else getattr(recipe, name),)
-    if config.latent_dim is not None and bare.latent_dim is None:
-        from ganplug.train.build import IMAGE_LATENT_DIM, VECTOR_LATENT_DIM
-
-        found["latent_dim"] = (IMAGE_LATENT_DIM, VECTOR_LATENT_DIM)
-    for table in SPEC_KIND:
-        found[table] = {key: (value,) for key, value in getattr(bare, table).items()}
-    return found
-
-
-def resolve(
-    config: TrainConfig, registry: Any = None, specs: tuple[Any, Any, Any] | None = None,
-    augment_specs: list[Any] | None = None,
-) -> TrainConfig:
-    """``config`` with the dataset's defaults and the base defaults in what it leaves unset, and its
-    option tables resolved against the specs (every option, checked); a new config, validated.
-
-    What stays ``None``: the fields the loss's recipe fills (n_critic, optimizer, lr_g, lr_d, betas)
-    and latent_dim, resolved when the loss and the dataset are built
-    (:func:`ganplug.train.build.build_run`). Resolving a resolved config changes nothing.
-    ``specs``: the (architecture, loss, dataset) specs its names stand for, e.g. those a resumed
-    run recorded; by default the ``registry``'s (the installed plugins'); ``augment_specs`` the
-    same for ``config.augment``. Every augmentation's options are resolved into
-    ``augment_options`` (a table per name).
-
-    A config file is a template: a resolved one (a run's config.toml) holds every value, also
-    those its arch, loss and dataset brought. Where the command line names another one, layer
-    the file through :func:`as_template` before the flags (as ``ganplug train --config`` does):
-    it drops what belonged to the replaced spec, so the new one's defaults reach ``resolve``.
-    """
-    if registry is None:
-        from ganplug.registry import get_registry
-
-        registry = get_registry()
-    validate_config(config)
-    if specs is None:
-        specs = tuple(registry.resolve(kind, getattr(config, SPEC_NAME[table])) for table, kind in SPEC_KIND.items())
-    specs = dict(zip(SPEC_KIND, specs))
-    values: dict[str, Any] = {}
+    values = {name: getattr(config, name) for name in KNOBS}
     dataset_defaults = dict(specs["data_options"].defaults)
-    loss_recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(specs["loss_options"].name, {}))
+    recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(specs["loss_options"].name, {}))
     arch_defaults = dict(dataset_defaults.pop("arch_options", {}).get(specs["arch_options"].name, {}))
-    for name, setting in {**dataset_defaults, **loss_recipe}.items():
-        if getattr(config, name) is None:
-            values[name] = tuple(setting) if name == "betas" else setting
+    for name, setting in {**dataset_defaults, **recipe}.items():
+        if values[name] is None:
+            values[name] = setting
     for name, meta in KNOBS.items():
-        if meta.base is not None and getattr(config, name) is None and name not in values:
+        if values[name] is None and meta.base is not None:
             values[name] = meta.base
-    if config.latent is None and "latent" not in values:
+    if values["latent"] is None:
         values["latent"] = specs["data_options"].latent
     options = {"arch_options": {**arch_defaults, **config.arch_options}, "loss_options": config.loss_options,
                "data_options": config.data_options}
     for table, spec in specs.items():
         values[table] = spec.resolve_options(options[table])
+    if any(values[name] is None for name in RECIPE_KEYS):
+        loss_defaults = loss_recipe(specs["loss_options"], values["loss_options"])
+        for name in RECIPE_KEYS:
+            if values[name] is None:
+                values[name] = getattr(loss_defaults, name)
+    values.update(
+        lr_g=float(values["lr_g"]), lr_d=float(values["lr_d"]), ema=float(values["ema"]),
+        betas=tuple(float(b) for b in values["betas"]), loggers=list(values["loggers"]), augment=list(values["augment"]),
+    )
+    return values
+
+
+def resolve(config: TrainConfig, registry: Any = None, provenance: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """``config`` with every layer applied: the one resolution of a command (``ganplug train``, or
+    :func:`ganplug.train.train` given a :class:`TrainConfig`); every later layer trusts its result.
+
+    Checks every knob (one-line UsageError), fills what ``config`` leaves unset from the lower
+    layers (see the module docstring; latent_dim, unless set, from the data's shape when the run
+    is built: :data:`IMAGE_LATENT_DIM` for images, :data:`VECTOR_LATENT_DIM` otherwise), resolves
+    every option table against its spec (the specs a run recorded in ``provenance``, else the
+    ``registry``'s) and each augmentation's and logger's options, then checks the result. A
+    config file is a template: where the command line names another arch, loss or dataset, layer
+    the file through :func:`as_template` first (as ``ganplug train --config`` does).
+    """
+    registry = _registry(registry)
+    validate_config(config)
+    values = _layered(config, _specs(config, registry, provenance), registry)
     for name in config.logger_options:
         if name not in config.loggers:
             raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
     for name in config.loggers:
         registry.resolve("logger", name).resolve_options(config.logger_options.get(name, {}))
-    values["augment_options"] = resolve_augment_options(config, registry, augment_specs)
-    resolved = dataclasses.replace(config, **values)
-    validate_config(resolved)  # the dataset's values too
+    values["augment_options"] = resolve_augment_options(config, augment_specs(config.augment, provenance, registry))
+    resolved = ResolvedConfig(**values)
+    validate_config(resolved)  # the lower layers' values too
+    return resolved
+
+
+# -- resuming --------------------------------------------------------------------------------------------------
+
+# train's options that are no part of the config
+_NOT_KNOBS = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
+_PARAMS = {**{name: name for name in KNOBS}, **{meta.param: name for name, meta in KNOBS.items()}}
+
+
+def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field
+    names; None and empty repeatable options left out): --betas and --augment-p parsed, KEY=VALUE
+    pairs as the entries of their option table (to merge: :func:`with_changes`), the shorthands
+    (--image-size, ...) as entries of theirs. UsageError for a malformed value or an unknown name."""
+    values: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is None or key in _NOT_KNOBS or key in SHORTHANDS or (isinstance(value, tuple) and not value):
+            continue
+        if key not in _PARAMS:
+            raise UsageError(f"unknown option {key!r} of ganplug train")
+        name = _PARAMS[key]
+        meta = KNOBS[name]
+        if meta.kind == "pairs":
+            entries = value.items() if isinstance(value, Mapping) else parse_pairs(meta.flag, value).items()
+            value = {**values.get(name, {}), **{str(k).replace("-", "_"): v for k, v in entries}}
+        elif meta.kind == "named_pairs":
+            value = {k: dict(v) for k, v in value.items()} if isinstance(value, Mapping) else parse_named_pairs(meta.flag, value)
+        elif meta.kind == "names":
+            value = list(value)
+        elif meta.parse is not None and isinstance(value, str):
+            value = meta.parse(value)
+        values[name] = value
+    for key, (table, option, _) in SHORTHANDS.items():
+        if given.get(key) is not None:
+            values.setdefault(table, {})[option] = given[key]
+    return values
+
+
+def with_changes(config: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
+    """``config`` with ``changes`` (``{field: value}``): the entries of an option table (arch, loss,
+    data, augmentation options) merged into its table, any other value replaced."""
+    values = {}
+    for name, value in changes.items():
+        kind, old = KNOBS[name].kind, getattr(config, name)
+        values[name] = {**old, **value} if kind == "pairs" else merge_named(old, value) if kind == "named_pairs" else value
+    return dataclasses.replace(config, **values)
+
+
+def _flag(table: str, key: str) -> str:
+    """The flag of option ``key`` of option table ``table`` (``--image-size``, ``--arch-opt width``)."""
+    shorthand = next((flag for t, option, flag in SHORTHANDS.values() if (t, option) == (table, key)), None)
+    return shorthand or f"{KNOBS[table].flag} {key}"
+
+
+def _same(old: Any, new: Any) -> bool:
+    return (list(old) if isinstance(old, (list, tuple)) else old) == (list(new) if isinstance(new, (list, tuple)) else new)
+
+
+def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
+    """UsageError naming the flag when ``values`` (``{field: value}``, e.g. a resolved config's)
+    change anything of ``stored`` that :data:`RESUMABLE` does not list: it shapes the run. An
+    option the stored run did not have yet (its spec gained it since) counts as a change only
+    where ``given`` (the changes asked for) sets it."""
+    for name, new in values.items():
+        old = getattr(stored, name)
+        if name in SPEC_KIND or name == "augment_options":
+            pairs = (
+                [(key, key, old.get(key), value, key in (given or {}).get(name, {})) for key, value in new.items()]
+                if name in SPEC_KIND else
+                [(f"{aug}.{key}", f"--augment-opt {aug}.{key}", old.get(aug, {}).get(key), value,
+                  key in (given or {}).get(name, {}).get(aug, {})) for aug, table in new.items() for key, value in table.items()]
+            )
+            for key, flag, was, value, asked in pairs:
+                if (key in old or asked) and not _same(was, value) and f"{name}.{key}" not in RESUMABLE:
+                    _refuse(flag if name == "augment_options" else _flag(name, key), was, value)
+        elif name not in RESUMABLE and not _same(old, new):
+            _refuse(KNOBS[name].flag, old, new)
+
+
+def _refuse(flag: Any, old: Any, new: Any) -> None:
+    raise UsageError(
+        f"{flag} cannot change when resuming (the run has {old!r}, you asked for {new!r}): "
+        "it shapes the run; start a new run with --out instead"
+    )
+
+
+def resolve_resume(
+    stored: ResolvedConfig, changes: Mapping[str, Any], provenance: Mapping[str, Any] | None = None, registry: Any = None
+) -> ResolvedConfig:
+    """A resume's config: :func:`resolve` applied to ``stored`` (the run's config) with ``changes``
+    (``{field: value}``, option tables' entries merged as by :func:`with_changes`), against the specs
+    the run recorded in ``provenance``. UsageError (:func:`check_resume`) for a change of anything
+    :data:`RESUMABLE` does not list; a name for the recorded arch, loss or dataset (an alias,
+    ``ganplug:bce``) is no change."""
+    registry = _registry(registry)
+    recorded = _specs(stored, registry, provenance)
+    given = dict(changes)
+    for table, name in SPEC_NAME.items():
+        if name in given and given[name] != getattr(stored, name):
+            try:
+                if registry.resolve(SPEC_KIND[table], given[name]) is recorded[table]:
+                    del given[name]
+            except UsageError:
+                pass  # an unknown name: a change, refused below
+    plain = {name: value for name, value in given.items() if KNOBS[name].kind not in ("pairs", "named_pairs")}
+    check_resume(stored, {name: float(v) if KNOBS[name].kind is float and _is_int(v) else v for name, v in plain.items()})
+    resolved = resolve(with_changes(stored.as_input(), given), registry, provenance)
+    check_resume(stored, {name: getattr(resolved, name) for name in KNOBS}, given)
     return resolved
 
 
@@ -621,10 +798,7 @@ def augment_provenance_key(index: int) -> str:
 def augment_specs(names: list[str], provenance: Mapping[str, Any] | None = None, registry: Any = None) -> list[Any]:
     """The specs of augmentations ``names``: those a run recorded in ``provenance`` (the same
     plugins', whatever answers to the names now), else the registry's."""
-    if registry is None:
-        from ganplug.registry import get_registry
-
-        registry = get_registry()
+    registry = _registry(registry)
     recorded = provenance or {}
     return [
         registry.resolve_recorded("augmentation", name, recorded.get(augment_provenance_key(i)))
@@ -632,9 +806,9 @@ def augment_specs(names: list[str], provenance: Mapping[str, Any] | None = None,
     ]
 
 
-def resolve_augment_options(config: TrainConfig, registry: Any, specs: list[Any] | None = None) -> dict[str, dict[str, Any]]:
+def resolve_augment_options(config: TrainConfig, specs: list[Any]) -> dict[str, dict[str, Any]]:
     """``{name: every option}`` of each augmentation of ``config.augment`` (``specs``: the specs
-    its names stand for; default: the registry's), its ``augment_options`` applied. UsageError
+    its names stand for), its ``augment_options`` applied. UsageError
     for a name given twice, options of an augmentation the run does not use, or an
     ``augment_p`` other than 1 without an augmentation."""
     names = list(config.augment)
@@ -648,6 +822,4 @@ def resolve_augment_options(config: TrainConfig, registry: Any, specs: list[Any]
             )
     if not names and config.augment_p != 1.0:
         raise UsageError(f"--augment-p {config.augment_p} applies to an augmented run: add --augment NAME (e.g. diffaugment)")
-    if specs is None:
-        specs = [registry.resolve("augmentation", name) for name in names]
     return {name: spec.resolve_options(config.augment_options.get(name, {})) for name, spec in zip(names, specs)}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ganplug.errors import GanplugError
 from ganplug.losses import Critic, GANLoss
-from ganplug.plugin import Recipe
+from ganplug_lsgan.plugin import LSGAN_RECIPE
 
 
 def _target(name: str, value: object) -> float:
@@ -39,7 +39,7 @@ class LeastSquaresLoss(GANLoss):
     """
 
     name = "least-squares"
-    recipe = Recipe(n_critic=1, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
+    recipe = LSGAN_RECIPE
 
     def __init__(self, a: float = 0.0, b: float = 1.0, c: float = 1.0) -> None:
         self.a = _target("a", a)

@@ -3,7 +3,10 @@ module never imports torch and ``ganplug plugins`` / ``ganplug list`` stay fast.
 
 from __future__ import annotations
 
-from ganplug.plugin import DatasetSpec, LoggerSpec, LossSpec, Option, hookimpl
+from ganplug.plugin import DatasetSpec, LoggerSpec, LossSpec, Option, Recipe, hookimpl
+
+# The training defaults of the least-squares loss (the paper's DCGAN setting).
+LSGAN_RECIPE = Recipe(n_critic=1, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
 
 
 @hookimpl
@@ -13,6 +16,7 @@ def ganplug_losses() -> list[LossSpec]:
             name="least-squares",
             summary="least-squares GAN: D regresses real to b and fake to a, G pulls D(G(z)) to c (Mao et al. 2017)",
             factory="ganplug_lsgan.loss:LeastSquaresLoss",
+            recipe=LSGAN_RECIPE,
             options=(
                 Option("a", float, 0.0, "D's target for generated samples"),
                 Option("b", float, 1.0, "D's target for real samples"),
