@@ -8,6 +8,8 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -251,6 +253,7 @@ at::Tensor discriminator_bce_autograd(const at::Tensor& real, const at::Tensor& 
   static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
                                             double, double)>("ganplug::discriminator_bce");
   static const auto and_grad = find_op<DiscriminatorAndGradOp>("ganplug::discriminator_bce_and_grad");
+  check_discriminator_args(real, fake, real_target, fake_target, real_value, fake_value, "discriminator_bce");
   const auto node = new_node<DiscriminatorBceNode>(real, fake, real_target, fake_target);
   if (node) {
     node->real = SavedVariable(real, false);
@@ -451,21 +454,23 @@ class LinearLeakyRelu : public torch::autograd::Function<LinearLeakyRelu> {
     return output;
   }
 
+  // Any leading dims of the input are flattened: (M, K) rows against (M, N) gradients.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &output = saved[2];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor input = as_matrix(saved[0]), output = as_matrix(saved[2]), grad_output = as_matrix(grads[0]);
     const double slope = ctx->saved_data["slope"].toDouble();
     at::Tensor grad_pre, grad_bias;
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      const variable_list g = LeakyReluBiasBackward::apply(grads[0], output, slope);
+      const variable_list g = LeakyReluBiasBackward::apply(grad_output, output, slope);
       grad_pre = g[0];
       grad_bias = g[1];
     } else {
-      grad_pre = LeakyReluBackward::apply(grads[0], output, slope);
+      grad_pre = LeakyReluBackward::apply(grad_output, output, slope);
     }
     // The weight gradient grad_pre^T input is contiguous like the weight, as torch's linear gives
     // it: a transposed one would be copied again by autograd's gradient accumulation.
-    return {ctx->needs_input_grad(0) ? grad_pre.mm(weight) : at::Tensor(),
+    return {ctx->needs_input_grad(0) ? grad_pre.mm(weight).view_symint(saved[0].sym_sizes()) : at::Tensor(),
             ctx->needs_input_grad(1) ? grad_pre.t().mm(input) : at::Tensor(), grad_bias, at::Tensor()};
   }
 };

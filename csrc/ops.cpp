@@ -1,10 +1,11 @@
 // Schemas of the ganplug custom operators. Kernels register per backend in cpu/ and cuda/;
-// autograd kernels in autograd.cpp; fake (meta) kernels register from Python (ganplug/ops/_library.py).
+// autograd kernels in autograd.cpp, autocast kernels in autocast.cpp, the generator losses' public
+// entries in generator_losses.cpp; fake (meta) kernels register from Python (ganplug/ops/_fake_kernels.py).
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(ganplug, m) {
-  // y = leaky_relu(input @ weight.T + bias); input (M, K), weight (N, K), bias (N,), y (M, N).
+  // y = leaky_relu(input @ weight.T + bias); input (*, K), weight (N, K), bias (N,), y (*, N).
   m.def("linear_leaky_relu(Tensor input, Tensor weight, Tensor? bias, float negative_slope) -> Tensor");
   // dz = dy * (y > 0 ? 1 : slope), the LeakyReLU backward read off the output y.
   m.def("leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> Tensor");
@@ -16,12 +17,16 @@ TORCH_LIBRARY(ganplug, m) {
   // (dz, db): dz = leaky_relu_backward(dy, y) laid out like y, db (C,) = dz summed over every dim but 1.
   m.def("bias_leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> (Tensor, Tensor)");
 
-  // scale * mean(bce_with_logits(logits, target)); target is the tensor if given, else target_value.
+  // scale * mean(bce_with_logits(logits, target)); target is the tensor if given (broadcast to the
+  // logits' shape, cast to their dtype), else target_value.
   m.def("bce_loss(Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
   m.def("bce_loss_backward(Tensor grad, Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");
   // The loss and its gradient with respect to the logits (at upstream grad 1) from one pass: what
   // the autograd kernel runs when the logits need a gradient, so the backward is a multiply.
   m.def("bce_loss_and_grad(Tensor logits, Tensor? target, float target_value, float scale) -> (Tensor, Tensor)");
+  // The generator's losses as ganplug.ops names them: mean(bce(fake, target)) and -mean(softplus(fake)).
+  m.def("generator_bce(Tensor fake_logits, Tensor? target, float target_value) -> Tensor");
+  m.def("minimax_generator_loss(Tensor fake_logits) -> Tensor");
   // mean(bce(real, real_target)) + mean(bce(fake, fake_target)) in one pass over both.
   m.def("discriminator_bce(Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> Tensor");
   m.def("discriminator_bce_backward(Tensor grad, Tensor real_logits, Tensor fake_logits, Tensor? real_target, Tensor? fake_target, float real_value, float fake_value) -> (Tensor, Tensor)");
@@ -35,7 +40,7 @@ TORCH_LIBRARY(ganplug, m) {
   m.def("gradient_penalty(Tensor gradients, float target) -> Tensor");
   m.def("gradient_penalty_backward(Tensor grad, Tensor gradients, float target) -> Tensor");
 
-  // y = x * (keep ? 1 / (1 - p) : 0), 0 <= p < 1, keep hashed from (seed, row-major index i) as
+  // y = x * (keep ? 1 / (1 - p) : 0), 0 <= p <= 1, keep hashed from (seed, row-major index i) as
   // in dropout_mask.h: the same seed gives the same mask on every device and thread count.
   m.def("dropout(Tensor input, float p, int seed) -> Tensor");
 }

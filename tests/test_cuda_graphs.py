@@ -134,7 +134,7 @@ def test_the_seeded_dropout_equals_the_fused_op_drawn_at_the_call_and_read_from_
     with pytest.raises(Exception, match="at most 8 times"):
         with seeds.capturing():
             [ops.dropout(x, 0.3) for _ in range(9)]
-    assert ops._seed_source is None  # the source is uninstalled after the block
+    assert ops._dropout._seed_source is None  # the source is uninstalled after the block
 
 
 # -- fallbacks -------------------------------------------------------------------------------------

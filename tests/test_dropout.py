@@ -146,8 +146,10 @@ def test_public_op_edge_cases():
         ops.dropout(x, 1.5)
     with pytest.raises(TypeError, match="dropout: input must be a floating-point tensor"):
         ops.dropout(torch.ones(3, dtype=torch.int64), 0.5)
-    with pytest.raises(RuntimeError, match=r"dropout: p must be in \[0, 1\)"):
-        torch.ops.ganplug.dropout(x, 1.0, 0)
+    # the kernel itself: p = 1 drops everything, p outside [0, 1] is refused in the op's words
+    assert torch.equal(torch.ops.ganplug.dropout(x, 1.0, 0), torch.zeros_like(x))
+    with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\], got 1.5"):
+        torch.ops.ganplug.dropout(x, 1.5, 0)
 
 
 def test_reference_mode_gives_the_same_result(monkeypatch):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import requires_cuda
 
 import ganplug.ops as ops
@@ -261,17 +262,18 @@ def test_bias_act_shape_errors():
 
 
 def test_bias_act_kernel_errors():
-    """The kernels check what a direct torch.ops call could get wrong, in one line each."""
+    """The kernels check what a direct torch.ops call could get wrong, in one line each, with the
+    Python op's words and exception types."""
     gl = torch.ops.ganplug
     cases = [
-        (lambda: gl.bias_leaky_relu(_f(2, 3, 4), _f(4), 0.2), r"bias_leaky_relu: bias must have shape \(3,\)"),
-        (lambda: gl.bias_leaky_relu(_f(3), None, 0.2), r"bias_leaky_relu: input must be \(N, C, \*\)"),
-        (lambda: gl.bias_leaky_relu(_f(2, 3), None, -0.5), r"bias_leaky_relu: negative_slope must be >= 0"),
-        (lambda: gl.bias_leaky_relu_backward(_f(2, 3, 4), _f(2, 3, 5), 0.2), r"bias_leaky_relu_backward: grad_output has shape"),
-        (lambda: gl.bias_leaky_relu_backward(_f(2, 3), _f(2, 3, dtype=F64), 0.2), r"bias_leaky_relu_backward: grad_output is Float"),
+        (lambda: gl.bias_leaky_relu(_f(2, 3, 4), _f(4), 0.2), ValueError, r"bias_leaky_relu: bias must have shape \(3,\)"),
+        (lambda: gl.bias_leaky_relu(_f(3), None, 0.2), ValueError, r"bias_leaky_relu: input must be \(N, C, \*\)"),
+        (lambda: gl.bias_leaky_relu(_f(2, 3), None, -0.5), ValueError, r"bias_leaky_relu: negative_slope must be a finite number >= 0"),
+        (lambda: gl.bias_leaky_relu_backward(_f(2, 3, 4), _f(2, 3, 5), 0.2), ValueError, r"bias_leaky_relu_backward: grad_output has shape"),
+        (lambda: gl.bias_leaky_relu_backward(_f(2, 3), _f(2, 3, dtype=F64), 0.2), TypeError, r"bias_leaky_relu_backward: grad_output is torch.float32"),
     ]
-    for fn, match in cases:
-        with pytest.raises(RuntimeError, match=match) as info:
+    for fn, error, match in cases:
+        with pytest.raises(error, match=match) as info:
             fn()
         assert "\n" not in str(info.value).split("\nException raised from")[0]
 
@@ -378,28 +380,35 @@ gl = torch.ops.ganplug
 
 
 def test_kernel_argument_checks():
-    with pytest.raises(RuntimeError, match=r"linear_leaky_relu: input must be 2-D"):
-        gl.linear_leaky_relu(_f(2, 3, 4), _f(3, 4), None, 0.2)
-    with pytest.raises(RuntimeError, match=r"linear_leaky_relu: negative_slope must be >= 0"):
+    """Direct calls are checked by the kernels with the messages and exception types of ganplug.ops."""
+    with pytest.raises(ValueError, match=r"linear_leaky_relu: input of shape \(\) does not end in weight's in_features=4"):
+        gl.linear_leaky_relu(torch.tensor(1.0), _f(3, 4), None, 0.2)
+    with pytest.raises(ValueError, match=r"linear_leaky_relu: negative_slope must be a finite number >= 0"):
         gl.linear_leaky_relu(_f(2, 4), _f(3, 4), None, -0.5)
-    with pytest.raises(RuntimeError, match=r"linear_leaky_relu: input has 4 features but weight expects 5"):
+    with pytest.raises(ValueError, match=r"linear_leaky_relu: input of shape \(2, 4\) does not end in weight's in_features=5"):
         gl.linear_leaky_relu(_f(2, 4), _f(3, 5), None, 0.2)
-    with pytest.raises(RuntimeError, match=r"linear_leaky_relu: the batch is empty"):
+    with pytest.raises(ValueError, match=r"linear_leaky_relu: input is empty"):
         gl.linear_leaky_relu(_f(0, 4), _f(3, 4), None, 0.2)
-    with pytest.raises(RuntimeError, match=r"bce_loss: target has shape \[3\] but the logits have shape \[3, 1\]"):
+    with pytest.raises(ValueError, match=r"bce_loss: target of shape \(3,\) does not broadcast to the logits' shape \(3, 1\)"):
         gl.bce_loss(_f(3, 1), _f(3), 0.0, 1.0)
-    with pytest.raises(RuntimeError, match=r"bce_loss: logits is empty"):
+    with pytest.raises(ValueError, match=r"bce_loss: logits is empty"):
         gl.bce_loss(_f(0), None, 1.0, 1.0)
-    with pytest.raises(RuntimeError, match=r"discriminator_bce: fake_logits is Double but real_logits is Float"):
+    with pytest.raises(TypeError, match=r"discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"):
         gl.discriminator_bce(_f(3), _f(3, dtype=F64), None, None, 1.0, 0.0)
-    with pytest.raises(RuntimeError, match=r"gradient_penalty: gradients need a batch dimension"):
+    with pytest.raises(ValueError, match=r"gradient_penalty: gradients need a batch dimension"):
         gl.gradient_penalty(torch.tensor(1.0), 1.0)
-    with pytest.raises(RuntimeError, match=r"wasserstein_generator_loss: fake_scores must be a floating-point tensor"):
+    with pytest.raises(TypeError, match=r"wasserstein_generator_loss: fake_scores must be a floating-point tensor"):
         gl.wasserstein_generator_loss(torch.ones(3, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match=r"leaky_relu_bias_backward: output must be 2-D"):
+    with pytest.raises(ValueError, match=r"leaky_relu_bias_backward: output must be 2-D"):
         gl.leaky_relu_bias_backward(_f(2, 3, 4), _f(2, 3, 4), 0.2)
-    with pytest.raises(RuntimeError, match=r"leaky_relu_backward: grad_output has shape \[2, 3\] but output has shape \[3, 2\]"):
+    with pytest.raises(ValueError, match=r"leaky_relu_backward: grad_output has shape \(2, 3\) but output has shape \(3, 2\)"):
         gl.leaky_relu_backward(_f(2, 3), _f(3, 2), 0.2)
+
+
+def test_linear_kernel_takes_any_leading_shape():
+    """The kernel flattens the input's leading dims itself (ganplug.ops adds no view of its own)."""
+    x, w = _f(2, 3, 4), _f(5, 4)
+    torch.testing.assert_close(gl.linear_leaky_relu(x, w, None, 0.2), F.leaky_relu(x @ w.t(), 0.2))
 
 
 @pytest.mark.cuda
@@ -410,9 +419,9 @@ def test_device_mismatch_errors():
         ops.linear_leaky_relu(cpu, gpu)
     with pytest.raises(ValueError, match="bias_leaky_relu: bias is on cuda:0 but input is on cpu"):
         ops.bias_leaky_relu(_f(2, 3, 2, 2), _f(3).cuda())
-    with pytest.raises(RuntimeError, match="bias_leaky_relu: bias is on cuda:0 but input is on cpu"):
+    with pytest.raises(ValueError, match="bias_leaky_relu: bias is on cuda:0 but input is on cpu"):
         torch.ops.ganplug.bias_leaky_relu(_f(2, 3, 2, 2), _f(3).cuda(), 0.2)
-    with pytest.raises(RuntimeError, match="bias_leaky_relu_backward: grad_output is on cpu but output is on cuda:0"):
+    with pytest.raises(ValueError, match="bias_leaky_relu_backward: grad_output is on cpu but output is on cuda:0"):
         torch.ops.ganplug.bias_leaky_relu_backward(_f(2, 3, 2, 2), _f(2, 3, 2, 2).cuda(), 0.2)
     with pytest.raises(ValueError, match="discriminator_bce: fake_logits is on cuda:0 but real_logits is on cpu"):
         ops.discriminator_bce(cpu, gpu)

@@ -265,6 +265,7 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
     return [
         ("linear_leaky_relu", (t(5, 4), t(3, 4), t(3), 0.2)),
         ("linear_leaky_relu", (t(5, 4), t(3, 4), None, 0.0)),
+        ("linear_leaky_relu", (t(2, 5, 4), t(3, 4), t(3), 0.2)),
         ("leaky_relu_backward", (t(5, 3), t(5, 3, away=True), 0.2)),
         ("leaky_relu_bias_backward", (t(5, 3), t(5, 3, away=True), 0.2)),
         ("bias_leaky_relu", (t(3, 4, 2, 3), t(4), 0.2)),
@@ -280,6 +281,9 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("discriminator_bce", (t(4, 1, scale=2.0), t(3, 1, scale=2.0), p(4, 1), p(3, 1, lo=0.05), 0.0, 0.0)),
         ("discriminator_bce_backward", (scalar(0.7), t(4, scale=2.0), t(3, scale=2.0), p(4), None, 0.0, 0.1)),
         ("bce_loss_and_grad", (t(6, 1, scale=2.0), p(6, 1), 0.0, -1.0)),
+        ("generator_bce", (t(6, 1, scale=2.0), p(1), 0.0)),
+        ("generator_bce", (t(6, 1, scale=2.0), None, 0.9)),
+        ("minimax_generator_loss", (t(6, scale=2.0),)),
         ("discriminator_bce_and_grad", (t(4, 1, scale=2.0), t(3, 1, scale=2.0), None, p(3, 1, lo=0.05), 0.9, 0.0)),
         ("wasserstein_critic_loss", (t(4, 1), t(3, 1))),
         ("wasserstein_generator_loss", (t(4, 2),)),

@@ -5,6 +5,8 @@ CUDA; tests/test_gpu_check.py covers `make gpu-check` without a GPU."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -23,8 +25,8 @@ def _first_line(error: BaseException) -> str:
     return str(error).split("\nException raised from")[0]
 
 
-def _raises_one_line(fn, match: str) -> None:
-    with pytest.raises(RuntimeError, match=match) as info:
+def _raises_one_line(fn, match: str, error: type[Exception] = ValueError) -> None:
+    with pytest.raises(error, match=match) as info:
         fn()
     assert "\n" not in _first_line(info.value), _first_line(info.value)
 
@@ -56,7 +58,7 @@ def test_a_grad_without_exactly_one_element_is_refused(name, shape):
     op, args = build(torch.ones(shape))
     _raises_one_line(
         lambda: op(*args),
-        rf"{name}: grad must have one element \(the upstream gradient of the scalar loss\), got shape \[{', '.join(map(str, shape))}\]",
+        rf"{name}: grad must have one element \(the upstream gradient of the scalar loss\), got shape {re.escape(str(shape))}",
     )
 
 
@@ -64,9 +66,9 @@ def test_a_grad_without_exactly_one_element_is_refused(name, shape):
 def test_a_grad_of_another_dtype_is_refused(name):
     build, like = BACKWARDS[name]
     op, args = build(torch.tensor(1.0, dtype=F64))
-    _raises_one_line(lambda: op(*args), rf"{name}: grad is Double but {like} is Float")
+    _raises_one_line(lambda: op(*args), rf"{name}: grad is torch.float64 but {like} is torch.float32", TypeError)
     op, args = build(torch.tensor(1, dtype=torch.int64), dtype=F64)
-    _raises_one_line(lambda: op(*args), rf"{name}: grad is Long but {like} is Double")
+    _raises_one_line(lambda: op(*args), rf"{name}: grad is torch.int64 but {like} is torch.float64", TypeError)
 
 
 @pytest.mark.parametrize("name", list(BACKWARDS))
@@ -94,7 +96,8 @@ def test_the_and_grad_ops_report_their_own_names():
     _raises_one_line(lambda: gl.bce_loss_and_grad(torch.empty(0), None, 1.0, 1.0), r"bce_loss_and_grad: logits is empty")
     _raises_one_line(
         lambda: gl.discriminator_bce_and_grad(torch.randn(3), torch.randn(3, dtype=F64), None, None, 1.0, 0.0),
-        r"discriminator_bce_and_grad: fake_logits is Double but real_logits is Float",
+        r"discriminator_bce_and_grad: fake_logits is torch.float64 but real_logits is torch.float32",
+        TypeError,
     )
 
 

@@ -88,7 +88,8 @@ void leaky_relu_grad_row_sum(const scalar_t* __restrict__ dy, const scalar_t* __
 at::Tensor linear_leaky_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, double negative_slope) {
   check_linear(input, weight, bias, negative_slope);
-  at::Tensor out = bias.has_value() ? at::addmm(*bias, input, weight.t()) : at::mm(input, weight.t());  // (M, N)
+  const at::Tensor x = as_matrix(input);
+  at::Tensor out = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());  // (M, N)
   out = out.contiguous();
   const int64_t n = out.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "linear_leaky_relu_cpu", [&] {
@@ -97,7 +98,7 @@ at::Tensor linear_leaky_relu_cpu(const at::Tensor& input, const at::Tensor& weig
     const op_t slope = static_cast<op_t>(negative_slope);
     at::parallel_for(0, n, int64_t{1} << 15, [=](int64_t i0, int64_t i1) { leaky_relu_span(y + i0, i1 - i0, slope); });
   });
-  return out;
+  return in_input_shape(out, input);
 }
 
 // dz = dy * mask(y); written into a new tensor of y's shape.
@@ -126,9 +127,7 @@ at::Tensor leaky_relu_backward_cpu(const at::Tensor& grad_output, const at::Tens
 std::tuple<at::Tensor, at::Tensor> leaky_relu_bias_backward_cpu(const at::Tensor& grad_output,
                                                                 const at::Tensor& output,
                                                                 double negative_slope) {
-  constexpr const char* op = "leaky_relu_bias_backward";
-  check_leaky_backward(grad_output, output, op);
-  TORCH_CHECK(output.dim() == 2, op, ": output must be 2-D (batch, features), got shape ", output.sizes());
+  check_leaky_bias_backward(grad_output, output);
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor y = output.contiguous();
   at::Tensor dz = at::empty_like(y, at::MemoryFormat::Contiguous);

@@ -119,8 +119,8 @@ at::Tensor bce_grad(const at::Tensor& x, const at::Tensor& t, double t_value, do
 
 at::Tensor bce_loss_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                         double target_value, double scale) {
-  check_bce_args(logits, target, "bce_loss", "logits", "target");
-  const at::Tensor x = computable(logits), t = computable(target);
+  check_bce_args(logits, target, target_value, "bce_loss", "logits", "target");
+  const at::Tensor x = computable(logits), t = computable(target_like(target, logits));
   double mean = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bce_loss_cpu", [&] {
     mean = bce_mean<scalar_t, false>(x, t, target_value, 0.0, at::Tensor());
@@ -130,8 +130,8 @@ at::Tensor bce_loss_cpu(const at::Tensor& logits, const std::optional<at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                                                           double target_value, double scale) {
-  check_bce_args(logits, target, "bce_loss_and_grad", "logits", "target");
-  const at::Tensor x = computable(logits), t = computable(target);
+  check_bce_args(logits, target, target_value, "bce_loss_and_grad", "logits", "target");
+  const at::Tensor x = computable(logits), t = computable(target_like(target, logits));
   const at::Tensor dx = at::empty_like(x);
   double mean = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bce_loss_and_grad_cpu", [&] {
@@ -143,9 +143,9 @@ std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cpu(const at::Tensor& logit
 at::Tensor bce_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                  const std::optional<at::Tensor>& target, double target_value,
                                  double scale) {
-  check_bce_args(logits, target, "bce_loss_backward", "logits", "target");
+  check_bce_args(logits, target, target_value, "bce_loss_backward", "logits", "target");
   check_loss_grad(grad, logits, "bce_loss_backward", "logits");
-  const at::Tensor x = computable(logits), t = computable(target);
+  const at::Tensor x = computable(logits), t = computable(target_like(target, logits));
   const double coef = grad.item<double>() * scale / static_cast<double>(x.numel());
   return bce_grad(x, t, target_value, coef).to(logits.scalar_type());
 }
@@ -155,14 +155,13 @@ struct DiscriminatorArgs {
   at::Tensor real, fake, real_target, fake_target;
 
   DiscriminatorArgs(const char* op, const at::Tensor& real_logits, const at::Tensor& fake_logits,
-                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t) {
-    check_bce_args(real_logits, real_t, op, "real_logits", "real_target");
-    check_bce_args(fake_logits, fake_t, op, "fake_logits", "fake_target");
-    check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
+                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t, double real_value,
+                    double fake_value) {
+    check_discriminator_args(real_logits, fake_logits, real_t, fake_t, real_value, fake_value, op);
     real = computable(real_logits);
     fake = computable(fake_logits);
-    real_target = computable(real_t);
-    fake_target = computable(fake_t);
+    real_target = computable(target_like(real_t, real_logits));
+    fake_target = computable(target_like(fake_t, fake_logits));
   }
 };
 
@@ -170,7 +169,7 @@ at::Tensor discriminator_bce_cpu(const at::Tensor& real_logits, const at::Tensor
                                  const std::optional<at::Tensor>& real_target,
                                  const std::optional<at::Tensor>& fake_target, double real_value,
                                  double fake_value) {
-  const DiscriminatorArgs a("discriminator_bce", real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a("discriminator_bce", real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   double loss = 0;
   AT_DISPATCH_FLOATING_TYPES(a.real.scalar_type(), "discriminator_bce_cpu", [&] {
     loss = bce_mean<scalar_t, false>(a.real, a.real_target, real_value, 0.0, at::Tensor()) +
@@ -182,7 +181,7 @@ at::Tensor discriminator_bce_cpu(const at::Tensor& real_logits, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cpu(
     const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
     const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
-  const DiscriminatorArgs a("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   const at::Tensor dr = at::empty_like(a.real), df = at::empty_like(a.fake);
   double loss = 0;
   AT_DISPATCH_FLOATING_TYPES(a.real.scalar_type(), "discriminator_bce_and_grad_cpu", [&] {
@@ -197,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cpu(
     const at::Tensor& grad, const at::Tensor& real_logits, const at::Tensor& fake_logits,
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
     double real_value, double fake_value) {
-  const DiscriminatorArgs a("discriminator_bce_backward", real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a("discriminator_bce_backward", real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   check_loss_grad(grad, real_logits, "discriminator_bce_backward", "real_logits");
   const double g = grad.item<double>();
   const at::ScalarType dtype = real_logits.scalar_type();
@@ -219,14 +218,13 @@ double plain_mean(const at::Tensor& x) {
 
 at::Tensor wasserstein_critic_loss_cpu(const at::Tensor& real_scores, const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_critic_loss";
-  check_score_args(real_scores, fake_scores, op);
+  check_score_pair(real_scores, fake_scores, op, "real_scores", "fake_scores");
   return scalar_like(plain_mean(computable(fake_scores)) - plain_mean(computable(real_scores)), real_scores);
 }
 
 at::Tensor wasserstein_generator_loss_cpu(const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_generator_loss";
-  check_floating(fake_scores, op, "fake_scores");
-  check_nonempty(fake_scores, op, "fake_scores");
+  check_logits(fake_scores, op, "fake_scores");
   return scalar_like(-plain_mean(computable(fake_scores)), fake_scores);
 }
 
@@ -245,7 +243,7 @@ std::vector<double> row_norms(const T* g, int64_t rows, int64_t cols) {
 }
 
 at::Tensor gradient_penalty_cpu(const at::Tensor& gradients, double target) {
-  check_penalty_args(gradients, "gradient_penalty");
+  check_penalty_args(gradients, target, "gradient_penalty");
   const at::Tensor g = computable(gradients);
   const int64_t rows = g.size(0), cols = g.numel() / rows;
   double loss = 0;
@@ -258,7 +256,7 @@ at::Tensor gradient_penalty_cpu(const at::Tensor& gradients, double target) {
 // d/dg_i = grad * 2 (r_i - target) / (r_i B) * g_i, and 0 where r_i = 0 (as torch's norm); a row
 // whose norm is NaN (a NaN in the row) is NaN throughout, as in the reference.
 at::Tensor gradient_penalty_backward_cpu(const at::Tensor& grad, const at::Tensor& gradients, double target) {
-  check_penalty_args(gradients, "gradient_penalty_backward");
+  check_penalty_args(gradients, target, "gradient_penalty_backward");
   check_loss_grad(grad, gradients, "gradient_penalty_backward", "gradients");
   const at::Tensor g = computable(gradients);
   const int64_t rows = g.size(0), cols = g.numel() / rows;

@@ -88,7 +88,7 @@ at::Tensor linear_leaky_relu_cuda(const at::Tensor& input, const at::Tensor& wei
                                   const std::optional<at::Tensor>& bias, double negative_slope) {
   check_linear(input, weight, bias, negative_slope);
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor out = at::mm(input, weight.t()).contiguous();
+  at::Tensor out = at::mm(as_matrix(input), weight.t()).contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t n = out.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "linear_leaky_relu_cuda", [&] {
@@ -97,7 +97,7 @@ at::Tensor linear_leaky_relu_cuda(const at::Tensor& input, const at::Tensor& wei
         static_cast<at::opmath_type<scalar_t>>(negative_slope));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return in_input_shape(out, input);
 }
 
 at::Tensor leaky_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& output,
@@ -121,9 +121,7 @@ at::Tensor leaky_relu_backward_cuda(const at::Tensor& grad_output, const at::Ten
 std::tuple<at::Tensor, at::Tensor> leaky_relu_bias_backward_cuda(const at::Tensor& grad_output,
                                                                  const at::Tensor& output,
                                                                  double negative_slope) {
-  constexpr const char* op = "leaky_relu_bias_backward";
-  check_leaky_backward(grad_output, output, op);
-  TORCH_CHECK(output.dim() == 2, op, ": output must be 2-D (batch, features), got shape ", output.sizes());
+  check_leaky_bias_backward(grad_output, output);
   const c10::cuda::CUDAGuard guard(output.device());
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor y = output.contiguous();

@@ -171,10 +171,10 @@ double inv(const at::Tensor& x) { return 1.0 / static_cast<double>(x.numel()); }
 // the op in error messages.
 struct BceArgs {
   at::Tensor x, t;
-  BceArgs(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& target) {
-    check_bce_args(logits, target, op, "logits", "target");
+  BceArgs(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& target, double target_value) {
+    check_bce_args(logits, target, target_value, op, "logits", "target");
     x = logits.contiguous();
-    t = contiguous_or_undefined(target);
+    t = target_like(target, logits);
   }
 };
 
@@ -182,14 +182,13 @@ struct BceArgs {
 struct DiscriminatorArgs {
   at::Tensor real, fake, real_target, fake_target;
   DiscriminatorArgs(const char* op, const at::Tensor& real_logits, const at::Tensor& fake_logits,
-                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t) {
-    check_bce_args(real_logits, real_t, op, "real_logits", "real_target");
-    check_bce_args(fake_logits, fake_t, op, "fake_logits", "fake_target");
-    check_like(fake_logits, real_logits, op, "fake_logits", "real_logits");
+                    const std::optional<at::Tensor>& real_t, const std::optional<at::Tensor>& fake_t, double real_value,
+                    double fake_value) {
+    check_discriminator_args(real_logits, fake_logits, real_t, fake_t, real_value, fake_value, op);
     real = real_logits.contiguous();
     fake = fake_logits.contiguous();
-    real_target = contiguous_or_undefined(real_t);
-    fake_target = contiguous_or_undefined(fake_t);
+    real_target = target_like(real_t, real_logits);
+    fake_target = target_like(fake_t, fake_logits);
   }
 };
 
@@ -214,14 +213,14 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_grad_of(const at::Tensor& g
 
 at::Tensor bce_loss_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                          double target_value, double scale) {
-  return bce_loss_of(BceArgs("bce_loss", logits, target), target_value, scale);
+  return bce_loss_of(BceArgs("bce_loss", logits, target, target_value), target_value, scale);
 }
 
 at::Tensor bce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                   const std::optional<at::Tensor>& target, double target_value,
                                   double scale) {
   constexpr const char* op = "bce_loss_backward";
-  const BceArgs a(op, logits, target);
+  const BceArgs a(op, logits, target, target_value);
   check_loss_grad(grad, logits, op, "logits");
   return bce_grad_of(grad, a, target_value, scale);
 }
@@ -229,7 +228,7 @@ at::Tensor bce_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logi
 // The loss and its gradient at upstream 1: the loss launch, then the backward launch.
 std::tuple<at::Tensor, at::Tensor> bce_loss_and_grad_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                                                            double target_value, double scale) {
-  const BceArgs a("bce_loss_and_grad", logits, target);
+  const BceArgs a("bce_loss_and_grad", logits, target, target_value);
   at::Tensor loss = bce_loss_of(a, target_value, scale);
   return {loss, bce_grad_of(at::ones_like(loss), a, target_value, scale)};
 }
@@ -238,7 +237,7 @@ at::Tensor discriminator_bce_cuda(const at::Tensor& real_logits, const at::Tenso
                                   const std::optional<at::Tensor>& real_target,
                                   const std::optional<at::Tensor>& fake_target, double real_value,
                                   double fake_value) {
-  const DiscriminatorArgs a("discriminator_bce", real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a("discriminator_bce", real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   return discriminator_bce_of(a, real_value, fake_value);
 }
 
@@ -247,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
     const std::optional<at::Tensor>& real_target, const std::optional<at::Tensor>& fake_target,
     double real_value, double fake_value) {
   constexpr const char* op = "discriminator_bce_backward";
-  const DiscriminatorArgs a(op, real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a(op, real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   check_loss_grad(grad, real_logits, op, "real_logits");
   return discriminator_bce_grad_of(grad, a, real_value, fake_value);
 }
@@ -255,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> discriminator_bce_backward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cuda(
     const at::Tensor& real_logits, const at::Tensor& fake_logits, const std::optional<at::Tensor>& real_target,
     const std::optional<at::Tensor>& fake_target, double real_value, double fake_value) {
-  const DiscriminatorArgs a("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target);
+  const DiscriminatorArgs a("discriminator_bce_and_grad", real_logits, fake_logits, real_target, fake_target, real_value, fake_value);
   at::Tensor loss = discriminator_bce_of(a, real_value, fake_value);
   auto [d_real, d_fake] = discriminator_bce_grad_of(at::ones_like(loss), a, real_value, fake_value);
   return {loss, d_real, d_fake};
@@ -263,27 +262,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_bce_and_grad_cuda(
 
 at::Tensor wasserstein_critic_loss_cuda(const at::Tensor& real_scores, const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_critic_loss";
-  check_score_args(real_scores, fake_scores, op);
+  check_score_pair(real_scores, fake_scores, op, "real_scores", "fake_scores");
   const at::Tensor r = real_scores.contiguous(), f = fake_scores.contiguous();
   return weighted_sum<Term::kValue>(f, at::Tensor(), 0, inv(f), r, at::Tensor(), 0, -inv(r));
 }
 
 at::Tensor wasserstein_generator_loss_cuda(const at::Tensor& fake_scores) {
   constexpr const char* op = "wasserstein_generator_loss";
-  check_floating(fake_scores, op, "fake_scores");
-  check_nonempty(fake_scores, op, "fake_scores");
+  check_logits(fake_scores, op, "fake_scores");
   const at::Tensor f = fake_scores.contiguous();
   return weighted_sum<Term::kValue>(f, at::Tensor(), 0, -inv(f), at::Tensor(), at::Tensor(), 0, 0);
 }
 
 // One block per row: the grid's x dimension bounds the batch.
-void check_penalty_rows(const at::Tensor& gradients, const char* op) {
-  check_penalty_args(gradients, op);
-  TORCH_CHECK(gradients.size(0) <= int64_t{0x7fffffff}, op, ": more than 2^31 - 1 rows");
+void check_penalty_rows(const at::Tensor& gradients, double target, const char* op) {
+  check_penalty_args(gradients, target, op);
+  TORCH_CHECK_VALUE(gradients.size(0) <= int64_t{0x7fffffff}, op, ": more than 2^31 - 1 rows");
 }
 
 at::Tensor gradient_penalty_cuda(const at::Tensor& gradients, double target) {
-  check_penalty_rows(gradients, "gradient_penalty");
+  check_penalty_rows(gradients, target, "gradient_penalty");
   const c10::cuda::CUDAGuard guard(gradients.device());
   const at::Tensor g = gradients.contiguous();
   const int64_t rows = g.size(0), cols = g.numel() / rows;
@@ -300,7 +298,7 @@ at::Tensor gradient_penalty_cuda(const at::Tensor& gradients, double target) {
 }
 
 at::Tensor gradient_penalty_backward_cuda(const at::Tensor& grad, const at::Tensor& gradients, double target) {
-  check_penalty_rows(gradients, "gradient_penalty_backward");
+  check_penalty_rows(gradients, target, "gradient_penalty_backward");
   check_loss_grad(grad, gradients, "gradient_penalty_backward", "gradients");
   const c10::cuda::CUDAGuard guard(gradients.device());
   const at::Tensor g = gradients.contiguous();

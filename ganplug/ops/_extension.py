@@ -27,6 +27,8 @@ def _compiled_device_types() -> frozenset[str]:
 
 
 COMPILED_DEVICE_TYPES = _compiled_device_types()
+_CPU_KERNELS = "cpu" in COMPILED_DEVICE_TYPES
+_CUDA_KERNELS = "cuda" in COMPILED_DEVICE_TYPES
 
 
 def _normalised(text: str | None) -> str:
@@ -90,5 +92,18 @@ def warn_fallback(device_type: str) -> None:
         f"ganplug: {cause}; the slow pure-PyTorch reference ops run instead on {device_type}. "
         f"To fix, {fix}; set {ENV_VAR}=reference to choose the reference and silence this.",
         RuntimeWarning,
-        stacklevel=4,  # the user's call: warn_fallback <- _use_kernels <- the op <- caller
+        stacklevel=4,  # the user's call: warn_fallback <- serves <- the op <- caller
     )
+
+
+def serves(x: object) -> bool:
+    """True when a compiled kernel serves ``x``: a tensor on a device with kernels, in the auto mode.
+    Otherwise the reference runs (whose checks name what is wrong with a non-tensor), and a missing
+    kernel is said once, loudly."""
+    if not isinstance(x, torch.Tensor):
+        return False
+    if kernels_on and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS)):
+        return True
+    backend(x.device)  # refuses a mode it does not understand
+    warn_fallback(x.device.type)
+    return False

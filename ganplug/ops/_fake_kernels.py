@@ -16,7 +16,7 @@ import torch
 
 @torch.library.register_fake("ganplug::linear_leaky_relu")
 def _(input, weight, bias, negative_slope):
-    return input.new_empty((input.shape[0], weight.shape[0]))
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("ganplug::leaky_relu_backward")

@@ -2,17 +2,75 @@
 when the compiled extension cannot run.
 
 Reduced-precision inputs (float16, bfloat16) are computed in float32 and the result is cast back,
-as the kernels do. Every function here is differentiable to any order.
+as the kernels do. Every function here is differentiable to any order. Each checks its arguments
+and casts for autocast as the kernels do (csrc/checks.h, csrc/autocast.cpp), in the same words.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 Target = float | torch.Tensor
+
+
+# --- argument checks: what the ops refuse, worded as csrc/checks.h words it -----------------------
+
+
+def _tensor(op: str, name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}; convert it with .float()")
+    return x
+
+
+def _nonempty(op: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {tuple(x.shape)}); the batch needs at least one sample")
+    return x
+
+
+def _like(op: str, name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}; move both to one device")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} is {x.dtype} but {ref_name} is {ref.dtype}; cast both to one dtype")
+
+
+def _slope(op: str, negative_slope: object) -> None:
+    if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope) and negative_slope >= 0):
+        raise ValueError(f"{op}: negative_slope must be a finite number >= 0, got {negative_slope!r}")
+
+
+def _autocast(x: Any, dtype: torch.dtype | None = None) -> Any:
+    """x as the autocast kernels pass it on: under autocast on its device, a floating tensor other
+    than float64 cast to ``dtype`` (the autocast dtype when None); anything else unchanged."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64):
+        return x
+    device = x.device.type
+    return x.to(dtype or torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
+def _loss_input(op: str, name: str, x: object) -> torch.Tensor:
+    """A loss's logits or scores: in float32 under autocast, floating-point and non-empty."""
+    return _nonempty(op, name, _tensor(op, name, _autocast(x, torch.float32)))
+
+
+def _target(op: str, name: str, target: object, logits: torch.Tensor) -> None:
+    """A BCE target: a tensor on the logits' device that broadcasts to their shape, or a probability."""
+    if not isinstance(target, torch.Tensor):
+        if not (isinstance(target, (int, float)) and 0.0 <= target <= 1.0):
+            raise ValueError(f"{op}: {name} must be a probability in [0, 1] or a tensor of them, got {target!r}")
+    elif target.device != logits.device:
+        raise ValueError(f"{op}: {name} is on {target.device} but the logits are on {logits.device}")
+    elif target.dim() > logits.dim() or any(t not in (1, n) for t, n in zip(target.shape[::-1], logits.shape[::-1])):
+        raise ValueError(
+            f"{op}: {name} of shape {tuple(target.shape)} does not broadcast to the logits' shape {tuple(logits.shape)}"
+        )
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -26,11 +84,40 @@ def linear_leaky_relu(
     negative_slope: float = 0.2,
 ) -> torch.Tensor:
     """leaky_relu(input @ weight.T + bias): input (*, in), weight (out, in), bias (out,) -> (*, out)."""
+    op = "linear_leaky_relu"
+    _tensor(op, "input", input)
+    if _tensor(op, "weight", weight).dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{op}: input of shape {tuple(input.shape)} does not end in weight's in_features={weight.shape[1]}"
+        )
+    if bias is not None and _tensor(op, "bias", bias).shape != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _slope(op, negative_slope)
+    input, weight, bias = _autocast(_nonempty(op, "input", input)), _autocast(weight), _autocast(bias)
+    _like(op, "weight", weight, "input", input)
+    if bias is not None:
+        _like(op, "bias", bias, "input", input)
     return F.leaky_relu(F.linear(input, weight, bias), negative_slope)
 
 
 def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
     """leaky_relu(input + bias over dim 1): input (N, C, *), bias (C,) or None -> (N, C, *)."""
+    op = "bias_leaky_relu"
+    if _tensor(op, "input", input).dim() < 2:
+        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    if bias is not None and _tensor(op, "bias", bias).shape != (input.shape[1],):
+        raise ValueError(
+            f"{op}: bias must have shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, "
+            f"got {tuple(bias.shape)}"
+        )
+    _slope(op, negative_slope)
+    _nonempty(op, "input", input)
+    if bias is not None:
+        if torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(input.device.type):
+            bias = _autocast(bias, input.dtype)
+        _like(op, "bias", bias, "input", input)
     z = input.to(_compute_dtype(input))
     if bias is not None:
         z = z + bias.to(z.dtype).reshape(-1, *([1] * (input.dim() - 2)))
@@ -56,33 +143,52 @@ def discriminator_bce(
     fake_target: Target = 0.0,
 ) -> torch.Tensor:
     """mean(BCE(real, real_target)) + mean(BCE(fake, fake_target)), a scalar."""
+    op = "discriminator_bce"
+    real_logits, fake_logits = _loss_input(op, "real_logits", real_logits), _loss_input(op, "fake_logits", fake_logits)
+    _like(op, "fake_logits", fake_logits, "real_logits", real_logits)
+    _target(op, "real_target", real_target, real_logits)
+    _target(op, "fake_target", fake_target, fake_logits)
     loss = bce_with_logits(real_logits, real_target).mean() + bce_with_logits(fake_logits, fake_target).mean()
     return loss.to(real_logits.dtype)
 
 
 def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
     """mean(BCE(fake, target)): the non-saturating generator loss, a scalar."""
+    fake_logits = _loss_input("generator_bce", "fake_logits", fake_logits)
+    _target("generator_bce", "target", target, fake_logits)
     return bce_with_logits(fake_logits, target).mean().to(fake_logits.dtype)
 
 
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """mean(log(1 - sigmoid(fake))) = -mean(softplus(fake)): the saturating loss of 2014."""
+    fake_logits = _loss_input("minimax_generator_loss", "fake_logits", fake_logits)
     return (-F.softplus(fake_logits.to(_compute_dtype(fake_logits)))).mean().to(fake_logits.dtype)
 
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(fake) - mean(real): what the critic minimises, a scalar."""
+    op = "wasserstein_critic_loss"
+    real_scores, fake_scores = _loss_input(op, "real_scores", real_scores), _loss_input(op, "fake_scores", fake_scores)
+    _like(op, "fake_scores", fake_scores, "real_scores", real_scores)
     dtype = _compute_dtype(real_scores)
     return (fake_scores.to(dtype).mean() - real_scores.to(dtype).mean()).to(real_scores.dtype)
 
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """-mean(fake), a scalar."""
+    fake_scores = _loss_input("wasserstein_generator_loss", "fake_scores", fake_scores)
     return (-fake_scores.to(_compute_dtype(fake_scores)).mean()).to(fake_scores.dtype)
 
 
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """mean_i (||g_i||_2 - target)^2 for gradients (B, ...), norms over all but the batch dim."""
+    op = "gradient_penalty"
+    gradients = _tensor(op, "gradients", _autocast(gradients, torch.float32))
+    if gradients.dim() == 0:
+        raise ValueError(f"{op}: gradients need a batch dimension (B, ...), got a 0-d tensor")
+    _nonempty(op, "gradients", gradients)
+    if not (isinstance(target, (int, float)) and math.isfinite(target)):
+        raise ValueError(f"{op}: target must be a finite number, got {target!r}")
     g = gradients.to(_compute_dtype(gradients)).reshape(gradients.shape[0], -1)
     return ((g.norm(2, dim=1) - target) ** 2).mean().to(gradients.dtype)
 
@@ -125,10 +231,12 @@ def dropout_keep(
 
 
 def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
-    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p < 1; input's shape.
+    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p <= 1; input's shape.
     ``seed``: an int, or a 0-d int64 tensor on input's device (see :func:`dropout_keep`)."""
-    x = input.to(_compute_dtype(input))
-    scale = x.new_full((), 1.0 / (1.0 - p))  # a fill, not a host-to-device copy (CUDA graphs)
+    x = _tensor("dropout", "input", input).to(_compute_dtype(input))
+    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
+    scale = x.new_full((), 1.0 / (1.0 - p) if p < 1 else 0.0)  # a fill, not a host-to-device copy (CUDA graphs)
     factor = torch.where(dropout_keep(input.shape, p, seed, input.device), scale, torch.zeros_like(scale))
     return (x * factor).to(input.dtype)
 
@@ -150,6 +258,18 @@ def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color:
     Returns x's shape and dtype. Made of differentiable torch ops (gathers, masks, means), so it
     is differentiable in ``x`` (and ``color``) to any order.
     """
+    if _tensor("diff_augment", "x", x).dim() != 4:
+        raise ValueError(f"diff_augment: x must be float images (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    params = (("shift", shift, 2, "int64"), ("cut", cut, 4, "int64"), ("color", color, 3, "float"))
+    for name, value, width, kind in params:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"diff_augment: {name} must be a torch.Tensor, got {type(value).__name__}")
+        kind_ok = value.dtype == torch.int64 if kind == "int64" else value.is_floating_point()
+        if tuple(value.shape) != (x.shape[0], width) or not kind_ok or value.device != x.device:
+            raise ValueError(
+                f"diff_augment: {name} must be {kind} ({x.shape[0]}, {width}) on {x.device}, got {value.dtype} "
+                f"{tuple(value.shape)} on {value.device}"
+            )
     n, channels, height, width = x.shape
     y = x.to(_compute_dtype(x))
     b, s, c = (color[:, k].to(y.dtype).reshape(n, 1, 1, 1) for k in range(3))
