@@ -122,6 +122,3 @@ class DiffAugment:
             x.shape, p, policy=self.policy, translation=self.translation, cutout=self.cutout, device=x.device
         )
         return ops.diff_augment(x, shift, cut, color)
-
-
-__all__ = ["TRANSFORMS", "DiffAugment", "draw_diff_augment", "parse_policy"]

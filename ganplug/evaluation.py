@@ -88,6 +88,3 @@ def evaluate(
         "skipped": skipped,
         "failed": {name: str(error) for name, error in failed.items()},
     }
-
-
-__all__ = ["evaluate"]

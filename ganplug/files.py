@@ -67,6 +67,3 @@ def read_json_lines(path: Path) -> tuple[list[dict], int]:
         else:
             unreadable += 1
     return records, unreadable
-
-
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "read_json_lines"]

@@ -140,6 +140,3 @@ def sample(
 
     chosen = check_class_labels(generator, labels, n)
     return draw_samples(generator, n, latent_dim, latent, labels=chosen, seed=seed, batch_size=batch_size)
-
-
-__all__ = ["TrainedGenerator", "check_class_labels", "load_generator", "sample"]

@@ -74,6 +74,3 @@ def draw_samples(
         return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(step)])
     pairs = zip(noise.split(step), labels.split(step))
     return torch.cat([generator(z.to(device), y.to(device)).float().cpu() for z, y in pairs])
-
-
-__all__ = ["LATENTS", "cycled_labels", "draw_latent", "draw_samples", "grid_labels"]

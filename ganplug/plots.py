@@ -438,23 +438,3 @@ def curves_png(panels: list[dict[str, Any]]) -> bytes:
         axes.set_xlabel("training minutes (one CPU core)", fontsize=8)
         axes.legend(fontsize=7)
     return _encoded(figure)
-
-
-__all__ = [
-    "AXES",
-    "LOSSES",
-    "METRICS",
-    "SIZE",
-    "curves_png",
-    "histogram_figure",
-    "loss_figure",
-    "normal_pdf",
-    "points_figure",
-    "quality_png",
-    "read_metrics",
-    "read_records",
-    "render_histogram",
-    "render_points",
-    "smooth",
-    "write_loss_plot",
-]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ganplug.plugin import ArchitectureSpec, AugmentContext, DataContext, DatasetSpec, LossSpec, ModelContext, Recipe
@@ -104,11 +104,6 @@ def _seeded(check):
             return check(*args, **kwargs)
 
     return wrapper
-
-
-def _any_gradient(module: Any) -> bool:
-    """Whether some trainable parameter has a non-zero gradient."""
-    return len(_no_gradient(module)) < len(_trainable(module))
 
 
 # -- architectures ---------------------------------------------------------------------------------
@@ -322,14 +317,19 @@ def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
     return loss, stats
 
 
-def _snapshot(module: Any) -> list[Any]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _changed(module: Any, before: list[Any]) -> bool:
+def _sgd_step(spec: Any, loss: Any, module: Any, side: str, network: str) -> None:
+    """Backward ``loss`` and one SGD step (lr 1e-2) on ``module``: some gradient must reach it and
+    the step change it."""
     import torch
 
-    return any(not torch.equal(b, p.detach()) for b, p in zip(before, module.parameters()))
+    before = [p.detach().clone() for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    gradient = len(_no_gradient(module)) < len(_trainable(module))
+    _require(gradient, spec, f"{side} gives the {network}'s parameters no gradient")
+    torch.optim.SGD(module.parameters(), lr=1e-2).step()
+    changed = any(not torch.equal(b, p.detach()) for b, p in zip(before, module.parameters()))
+    _require(changed, spec, f"a {network} step did not change the {network}'s parameters")
 
 
 @_seeded
@@ -376,14 +376,8 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
         return _check_result(spec, "discriminator_loss", loss_fn.discriminator_loss(critic, real, fake))
 
     fake = generator(z).detach()
-    d_optimizer = torch.optim.SGD(critic.parameters(), lr=1e-2)
-    before = _snapshot(critic)
     loss, _ = critic_loss()
-    d_optimizer.zero_grad()
-    loss.backward()
-    _require(_any_gradient(critic), spec, "discriminator_loss gives the critic's parameters no gradient")
-    d_optimizer.step()
-    _require(_changed(critic, before), spec, "a critic step did not change the critic's parameters")
+    _sgd_step(spec, loss, critic, "discriminator_loss", "critic")
     after, _ = critic_loss()
     _require(
         after.item() < loss.item(),
@@ -394,15 +388,10 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     )
     loss_fn.after_critic_step(critic)
 
-    g_optimizer = torch.optim.SGD(generator.parameters(), lr=1e-2)
-    before = _snapshot(generator)
     critic.zero_grad(set_to_none=True)
     extra = {"real": real} if takes_real_batch(loss_fn) else {}  # as the trainer calls it
     g_loss, _ = _check_result(spec, "generator_loss", loss_fn.generator_loss(critic, generator(z), **extra))
-    g_loss.backward()
-    _require(_any_gradient(generator), spec, "generator_loss gives the generator's parameters no gradient")
-    g_optimizer.step()
-    _require(_changed(generator, before), spec, "a generator step did not change the generator's parameters")
+    _sgd_step(spec, g_loss, generator, "generator_loss", "generator")
     return loss_fn
 
 
@@ -526,10 +515,9 @@ def check_metric(
     standard-normal 2-D points)."""
     import torch
 
-    label = f"metric {spec.name!r}"
     check_defaults(spec)
     metric = spec.load()(**spec.resolve_options(options))
-    assert callable(metric), f"{label}: the factory returned {type(metric).__name__}, expected a callable"
+    _require(callable(metric), spec, f"the factory returned {type(metric).__name__}, expected a callable")
     from ganplug.metrics import current_form
 
     metric = current_form(spec, metric)
@@ -547,10 +535,10 @@ def check_metric(
     elif samples is None:
         samples = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     result = metric(samples, context)
-    assert isinstance(result, dict) and result, f"{label}: returned {result!r}, expected a dict of str to float"
+    _require(isinstance(result, dict) and bool(result), spec, f"returned {result!r}, expected a dict of str to float")
     for key, value in result.items():
-        assert isinstance(key, str) and isinstance(value, (int, float)), (
-            f"{label}: entry {key!r}: {value!r} is not a float"
+        _require(
+            isinstance(key, str) and isinstance(value, (int, float)), spec, f"entry {key!r}: {value!r} is not a float"
         )
     return result
 
@@ -570,13 +558,12 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
     from ganplug.train.config import TrainConfig
     from ganplug.train.loggers import METHODS
 
-    label = f"logger {spec.name!r}"
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(run_dir) if run_dir is not None else Path(scratch)
         check_defaults(spec)
         logger = spec.load()(folder, **spec.resolve_options(options))
         missing = [m for m in METHODS if not callable(getattr(logger, m, None))]
-        assert not missing, f"{label}: the factory returned a {type(logger).__name__} without {', '.join(missing)}"
+        _require(not missing, spec, f"the factory returned a {type(logger).__name__} without {', '.join(missing)}")
         picture = Path(scratch) / "samples.png"
         Image.new("RGB", (4, 4), (255, 0, 0)).save(picture)
         state = torch.get_rng_state()
@@ -586,7 +573,7 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
         logger.images(2, picture)
         logger.evaluation(2, {"modes": {"modes": 8.0, "high_quality": 0.5}})
         logger.close()
-        assert torch.equal(state, torch.get_rng_state()), f"{label}: a call drew from the global RNG"
+        _require(torch.equal(state, torch.get_rng_state()), spec, "a call drew from the global RNG")
     return logger
 
 
@@ -643,7 +630,6 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
     :data:`AUGMENTATION_SHAPES` it accepts) on every spec it registers. ``options`` maps a spec name to keyword options for its check
     (default options otherwise). Returns what it registers, ``{kind: [names]}``.
     """
-    from ganplug.errors import GanplugError
     from ganplug.registry import Registry
 
     options = dict(options or {})
@@ -666,56 +652,40 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
             spec = entry.spec
             given = dict(options.get(spec.name, {}))
             if kind == "architecture":
-                if "data_shape" in given:
-                    shapes = [tuple(given.pop("data_shape"))]
-                else:
-                    shapes = list(DATA_SHAPES)
                 # Bounded with BatchNorm allowed, then unbounded without (a gradient penalty);
                 # options that name either flag replace both runs with one.
-                variants = [{"bounded": True, "critic_batchnorm": True}, {"bounded": False, "critic_batchnorm": False}]
+                variants: list[dict[str, bool]] = [
+                    {"bounded": True, "critic_batchnorm": True},
+                    {"bounded": False, "critic_batchnorm": False},
+                ]
                 if {"bounded", "critic_batchnorm"} & set(given):
                     variants = [{}]
-                reasons = []
-                for shape in shapes:
-                    try:
-                        check_architecture(spec, data_shape=shape, **variants[0], **given)
-                    except GanplugError as error:  # the contract's "cannot handle this shape"
-                        reasons.append(f"{shape}: {error}")
-                        continue
-                    for variant in variants[1:]:
-                        check_architecture(spec, data_shape=shape, **variant, **given)
-                    if spec.conditional and "num_classes" not in given:
-                        for variant in variants:
-                            check_architecture(spec, data_shape=shape, num_classes=3, **variant, **given)
-                    break
-                else:
-                    raise AssertionError(
-                        f"architecture {spec.name!r} builds for none of the data shapes tried: " + "; ".join(reasons)
-                    )
-            elif kind == "loss":
-                check_loss(spec, **given)
-            elif kind == "dataset":
-                check_dataset(spec, **given)
-            elif kind == "metric":
-                check_metric(spec, **given)
+                shape = _first_shape(check_architecture, spec, given, DATA_SHAPES, **variants[0])
+                for variant in variants[1:]:
+                    check_architecture(spec, data_shape=shape, **variant, **given)
+                if spec.conditional and "num_classes" not in given:
+                    for variant in variants:
+                        check_architecture(spec, data_shape=shape, num_classes=3, **variant, **given)
             elif kind == "augmentation":
-                _check_augmentation_shapes(spec, given)
+                _first_shape(check_augmentation, spec, given, AUGMENTATION_SHAPES)
             else:
-                check_logger(spec, **given)
+                checks = {"loss": check_loss, "dataset": check_dataset, "metric": check_metric, "logger": check_logger}
+                checks[kind](spec, **given)
     return dict(info.registers)
 
 
-def _check_augmentation_shapes(spec: Any, given: dict[str, Any]) -> None:
-    """:func:`check_augmentation` on ``given["data_shape"]``, else on the first of
-    :data:`AUGMENTATION_SHAPES` the factory accepts (one refused raises GanplugError)."""
+def _first_shape(
+    check: Callable[..., object], spec: Any, given: dict[str, Any], shapes: tuple[tuple[int, ...], ...], **flags: bool
+) -> tuple[int, ...]:
+    """``check(spec, data_shape, **flags, **given)`` on ``given.pop("data_shape")``, else on the first
+    of ``shapes`` the factory accepts (one it refuses raises GanplugError: "cannot handle this shape")."""
     from ganplug.errors import GanplugError
 
-    shapes = [tuple(given.pop("data_shape"))] if "data_shape" in given else list(AUGMENTATION_SHAPES)
     reasons = []
-    for shape in shapes:
+    for shape in [tuple(given.pop("data_shape"))] if "data_shape" in given else shapes:
         try:
-            check_augmentation(spec, data_shape=shape, **given)
-            return
+            check(spec, data_shape=shape, **flags, **given)
+            return shape
         except GanplugError as error:
             reasons.append(f"{shape}: {error}")
-    raise AssertionError(f"augmentation {spec.name!r} builds for none of the data shapes tried: " + "; ".join(reasons))
+    raise AssertionError(f"{_label(spec)} builds for none of the data shapes tried: " + "; ".join(reasons))

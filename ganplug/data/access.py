@@ -101,6 +101,3 @@ class RealSamples:
         if indices is None:
             self._all = found
         return found
-
-
-__all__ = ["RealSamples", "check_sample_shapes", "collate_items", "sample_of", "whole_tensors"]

@@ -379,18 +379,3 @@ def image_folder(ctx: DataContext, root: str = "", image_size: int = 64, channel
         dataset.classes = classes[0]
         dataset.num_classes = len(classes[0])
     return dataset
-
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "TENSOR_BUDGET_BYTES",
-    "UInt8Images",
-    "cifar10",
-    "digits",
-    "fashion_mnist",
-    "find_images",
-    "image_folder",
-    "mnist",
-    "mnist5k",
-    "mnist5k_file",
-]

@@ -96,6 +96,3 @@ def ring8(ctx: DataContext, std: float = 0.01, size: int = 65536) -> TensorDatas
 def grid25(ctx: DataContext, std: float = 0.05, size: int = 65536) -> TensorDataset:
     """``size`` samples of 25 Gaussians on {-4,-2,0,2,4}^2 (``GRID25_MEANS``), shape (size, 2)."""
     return _mixture(ctx, GRID25_MEANS, _check_std("grid25", std), _check_size("grid25", size))
-
-
-__all__ = ["GRID25_MEANS", "RING8_MEANS", "gaussian", "grid25", "mode_centres", "ring8"]

@@ -68,21 +68,10 @@ _LR = 3e-3
 REFERENCE_CAP = 5000  # images of each half the statistics use (k-NN radii need N x N distances)
 _WEIGHT_DECAY = 1e-4
 
-METRIC_KEYS = (
-    "fd",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "confident_pct",
-    "classes_covered",
-    "class_kl",
-)
+METRIC_KEYS = ("fd", "precision", "recall", "density", "coverage", "confident_pct", "classes_covered", "class_kl")
 
 
-# --------------------------------------------------------------------------------------------
-# the classifier
-# --------------------------------------------------------------------------------------------
+# -- the classifier ----------------------------------------------------------------------------------
 
 
 class DigitClassifier(nn.Module):
@@ -149,17 +138,6 @@ def classifier_path(image_size: int, directory: Path | str | None = None, datase
     return base / f"{dataset}-classifier-{CLASSIFIER_VERSION}-s{int(image_size)}.pt"
 
 
-class _OneThread:
-    """Deterministic training: one intra-op thread, the global RNG state untouched."""
-
-    def __enter__(self) -> None:
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self._threads)
-
-
 def train_classifier(image_size: int, images: Tensor | None = None, labels: Tensor | None = None) -> DigitClassifier:
     """Train :class:`DigitClassifier` on the reference half of ``images``/``labels`` (default:
     the digits): Adam with a fixed seed on one thread; full-batch for :data:`_STEPS` steps when
@@ -172,30 +150,27 @@ def train_classifier(image_size: int, images: Tensor | None = None, labels: Tens
     train_idx, _ = digits_split(images.shape[0])
     x, y = images[train_idx], labels[train_idx]
     n = x.shape[0]
-    with _OneThread(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TRAIN_SEED)
-        model = DigitClassifier(image_size)
-        optimizer = torch.optim.Adam(model.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        if n <= _FULL_BATCH_MAX:
-            batches = [torch.arange(n)] * _STEPS
-        else:
-            order = torch.Generator().manual_seed(TRAIN_SEED)
-            batches = [b for _ in range(_EPOCHS) for b in torch.randperm(n, generator=order).split(_BATCH)]
-        for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[batch]), y[batch])
-            loss.backward()
-            optimizer.step()
+    if n <= _FULL_BATCH_MAX:
+        batches = [torch.arange(n)] * _STEPS
+    else:
+        order = torch.Generator().manual_seed(TRAIN_SEED)
+        batches = [b for _ in range(_EPOCHS) for b in torch.randperm(n, generator=order).split(_BATCH)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic: one intra-op thread (and the global RNG state untouched)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TRAIN_SEED)
+            model = DigitClassifier(image_size)
+            optimizer = torch.optim.Adam(model.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     model.source = "trained"
     return model
-
-
-def _save_atomically(state: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def digits_classifier(
@@ -216,7 +191,8 @@ def digits_classifier(
     except Exception:  # missing, truncated, corrupt, wrong shapes: retrain
         model = train_classifier(image_size, *(data or (None, None)))
         try:
-            _save_atomically(model.state_dict(), path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda handle: torch.save(model.state_dict(), handle))
         except OSError:
             pass  # an unwritable cache only costs the retraining next time
     else:
@@ -236,9 +212,7 @@ def classify(model: DigitClassifier, images: Tensor, batch: int = 4096) -> tuple
     return torch.cat(feats), torch.cat(probs)
 
 
-# --------------------------------------------------------------------------------------------
-# the statistics
-# --------------------------------------------------------------------------------------------
+# -- the statistics ----------------------------------------------------------------------------------
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -345,20 +319,14 @@ def build_score(n_samples: int = 899, splits: int = 10) -> Callable[..., dict[st
     """The ``classifier-score`` metric: :func:`split_score` of the classifier's softmax on the
     samples (``classifier_score``, ``classifier_score_std``) and on as many real held-out images
     (``*_real_floor``: what a perfect generator scores)."""
-    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+    if splits < 1:
         raise GanplugError(f"classifier-score option splits must be an integer >= 1, got {splits!r}")
 
     def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
         reference = digits_reference(context)
         size = reference.image_size
-        x = torch.as_tensor(samples)
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] < splits:
-            raise GanplugError(
-                f"classifier-score needs at least {splits} samples of shape (N, 1, {size}, {size}), got {tuple(x.shape)}"
-            )
-        x = x.detach().to("cpu", torch.float32)
-        if not torch.isfinite(x).all():
-            raise GanplugError("classifier-score: the samples contain NaN or infinite values")
+        wanted = f"at least {splits} samples of shape (N, 1, {size}, {size})"
+        x = checked_samples(samples, "classifier-score", wanted, lambda x: x.shape[1:] == (1, size, size), splits)
         _, probs = classify(reference.model, x)
         mean, std = split_score(probs, splits)
         floor, floor_std = split_score(reference.held_probs[: x.shape[0]], splits)
@@ -372,6 +340,23 @@ def build_score(n_samples: int = 899, splits: int = 10) -> Callable[..., dict[st
     return metric
 
 
+def checked_samples(samples: Any, name: str, wanted: str, fits: Callable[[Tensor], bool], least: int) -> Tensor:
+    """``samples`` as float32 on CPU. GanplugError ``"{name} needs {wanted}, got (shape)"`` unless they
+    are at least ``least`` images ``(N, C, H, W)`` that ``fits``, and one for NaN or infinite values."""
+    x = torch.as_tensor(samples)
+    if x.dim() != 4 or x.shape[0] < least or not fits(x):
+        raise GanplugError(f"{name} needs {wanted}, got {tuple(x.shape)}")
+    x = x.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all():
+        raise GanplugError(f"{name}: the samples contain NaN or infinite values")
+    return x
+
+
+def with_floors(scores: dict[str, float], floor: dict[str, float], keys: tuple[str, ...]) -> dict[str, float]:
+    """Each of ``keys`` of ``scores``, followed by the same of ``floor`` as ``KEY_real_floor``."""
+    return {name: value for key in keys for name, value in ((key, scores[key]), (f"{key}_real_floor", floor[key]))}
+
+
 def score_features(
     reference: Tensor, features: Tensor, probs: Tensor, k: int = 5, confidence: float = 0.9
 ) -> dict[str, float]:
@@ -382,9 +367,7 @@ def score_features(
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# the metric
-# --------------------------------------------------------------------------------------------
+# -- the metric --------------------------------------------------------------------------------------
 
 
 class DigitsReference:
@@ -428,7 +411,7 @@ def digits_reference(context: MetricContext) -> DigitsReference:
 
 def build(n_samples: int, k: int = 5, confidence: float = 0.9) -> Callable[..., dict[str, float]]:
     """The ``digits-quality`` / ``mnist-quality`` metric: ``metric(samples, context)``."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if k < 1:
         raise GanplugError(f"classifier metric option k must be an integer >= 1, got {k!r}")
     if not 0.0 < confidence <= 1.0:
         raise GanplugError(f"classifier metric option confidence must be in (0, 1], got {confidence!r}")
@@ -436,22 +419,13 @@ def build(n_samples: int, k: int = 5, confidence: float = 0.9) -> Callable[..., 
     def metric(samples: Tensor, context: MetricContext, *, labels: Tensor | None = None) -> dict[str, float]:
         reference = digits_reference(context)
         size = reference.image_size
-        x = torch.as_tensor(samples)
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size) or x.shape[0] <= k:
-            raise GanplugError(
-                f"{context.dataset} quality needs more than k = {k} samples of shape (N, 1, {size}, {size}), "
-                f"got {tuple(x.shape)}"
-            )
-        x = x.detach().to("cpu", torch.float32)
-        if not torch.isfinite(x).all():
-            raise GanplugError(f"{context.dataset} quality: the samples contain NaN or infinite values")
+        wanted = f"more than k = {k} samples of shape (N, 1, {size}, {size})"
+        x = checked_samples(
+            samples, f"{context.dataset} quality", wanted, lambda x: x.shape[1:] == (1, size, size), k + 1
+        )
         features, probs = classify(reference.model, x)
         scores = score_features(reference.reference, features, probs, k, confidence)
-        floor = reference.floor(x.shape[0], k, confidence)
-        result: dict[str, float] = {}
-        for key in METRIC_KEYS:
-            result[key] = scores[key]
-            result[f"{key}_real_floor"] = floor[key]
+        result = with_floors(scores, reference.floor(x.shape[0], k, confidence), METRIC_KEYS)
         result["classifier_accuracy"] = reference.accuracy
         if labels is not None:
             result.update(class_accuracy(probs.argmax(dim=1), torch.as_tensor(labels), N_CLASSES))
@@ -459,26 +433,3 @@ def build(n_samples: int, k: int = 5, confidence: float = 0.9) -> Callable[..., 
         return result
 
     return metric
-
-
-__all__ = [
-    "CLASSIFIER_VERSION",
-    "DigitClassifier",
-    "DigitsReference",
-    "build",
-    "build_score",
-    "class_accuracy",
-    "class_statistics",
-    "classifier_path",
-    "classify",
-    "digits_classifier",
-    "digits_reference",
-    "digits_split",
-    "feature_frechet_distance",
-    "frechet_distance",
-    "prdc",
-    "labelled_images",
-    "score_features",
-    "split_score",
-    "train_classifier",
-]

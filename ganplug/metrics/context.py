@@ -36,6 +36,3 @@ def metric_context(dataset: str, dataset_options: Mapping[str, Any]) -> MetricCo
         return RealSamples(call_factory("dataset", spec, DataContext(seed=0), **options))
 
     return MetricContext(dataset, options, spec, load_real if spec is not None else None)
-
-
-__all__ = ["metric_context"]

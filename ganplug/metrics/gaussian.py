@@ -45,6 +45,3 @@ def build(n_samples: int = 10000) -> Callable[..., dict[str, float]]:
         return gaussian_fit(samples, mean, std)
 
     return metric
-
-
-__all__ = ["build", "gaussian_fit"]

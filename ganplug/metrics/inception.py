@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ganplug.errors import GanplugError, MetricUnavailable
-from ganplug.metrics.classifier import feature_frechet_distance
+from ganplug.metrics.classifier import checked_samples, digits_split, feature_frechet_distance, with_floors
 from ganplug.plugin import MetricContext
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -51,9 +51,7 @@ METRIC_KEYS = ("fid", "kid", "kid_std")
 def weights_path() -> Path:
     """``$GANPLUG_INCEPTION_WEIGHTS``, else torch-fidelity's cache location of the weights."""
     given = os.environ.get(WEIGHTS_ENV, "").strip()
-    if given:
-        return Path(given).expanduser()
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    return Path(given).expanduser() if given else Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
 def check_available() -> Path:
@@ -126,8 +124,6 @@ def kid(
 
 def _real_images(context: MetricContext, n: int) -> tuple[Tensor, Tensor]:
     """(reference, held-out) real images in [-1, 1] (see the module docstring)."""
-    from ganplug.metrics.classifier import digits_split
-
     real = context.real()
     if len(real) < 4:
         raise GanplugError(f"inception: dataset {context.dataset!r} has {len(real)} images; it needs at least 4")
@@ -153,12 +149,8 @@ def score(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 
 def _checked_images(samples: Tensor, metric: str, least: int) -> Tensor:
-    x = torch.as_tensor(samples)
-    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] < least:
-        raise GanplugError(f"{metric} needs at least {least} images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise GanplugError(f"{metric}: the samples contain NaN or infinite values")
-    return x
+    wanted = f"at least {least} images of shape (N, 1 or 3, H, W)"
+    return checked_samples(samples, metric, wanted, lambda x: x.shape[1] in (1, 3), least)
 
 
 def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
@@ -170,12 +162,7 @@ def build(n_samples: int = 1000) -> Callable[..., dict[str, float]]:
         x = _checked_images(samples, "inception", 2)
         reference, held = reference_features(context, n_samples, path)
         scores = score(inception_features(x, path), reference)
-        floor = score(held[: x.shape[0]], reference)
-        result: dict[str, float] = {}
-        for key in METRIC_KEYS:
-            result[key] = scores[key]
-            result[f"{key}_real_floor"] = floor[key]
-        return result
+        return with_floors(scores, score(held[: x.shape[0]], reference), METRIC_KEYS)
 
     return metric
 
@@ -198,7 +185,7 @@ def build_score(n_samples: int = 1000, splits: int = ISC_SPLITS) -> Callable[...
     """The ``inception-score`` metric: ``inception_score``, ``inception_score_std`` and the same
     for as many real held-out images (``*_real_floor``, what a perfect generator scores); raises
     MetricUnavailable here when the package or the weights are missing."""
-    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+    if splits < 1:
         raise GanplugError(f"inception-score option splits must be an integer >= 1, got {splits!r}")
     path = check_available()
 
@@ -215,19 +202,3 @@ def build_score(n_samples: int = 1000, splits: int = ISC_SPLITS) -> Callable[...
         }
 
     return metric
-
-
-__all__ = [
-    "ISC_SPLITS",
-    "WEIGHTS_ENV",
-    "WEIGHTS_FILE",
-    "WEIGHTS_URL",
-    "build",
-    "build_score",
-    "check_available",
-    "inception_features",
-    "inception_score",
-    "kid",
-    "to_uint8_rgb",
-    "weights_path",
-]

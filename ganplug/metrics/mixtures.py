@@ -81,6 +81,3 @@ def build(n_samples: int = 2500, threshold_std: float = 3.0) -> Callable[..., di
         return result
 
     return metric
-
-
-__all__ = ["build", "mode_accuracy", "mode_coverage"]
