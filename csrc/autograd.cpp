@@ -1,5 +1,7 @@
-// Autograd kernels of every op and its backward ops, in C++: a Python autograd wrapper
-// (torch.library register_autograd) costs ~20 us a call, more than a loss or a small layer takes.
+// Autograd kernels of every op and its backward ops, in C++: the same formulas registered with
+// torch.library.register_autograd cost 30-40 us more per fwd+bwd call on one CPU thread, twice the
+// whole call of a GAN-batch loss and 10-30% of a small layer's (measured with both forms in one
+// process, interleaved; numbers in the commit that wrote this line).
 // Each backward calls a backward op that is itself differentiable, so gradients of gradients work.
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
