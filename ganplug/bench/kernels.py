@@ -29,81 +29,33 @@ PASSES = ("fwd", "fwd+bwd")
 COLUMNS = ("fused", "eager", "compile")
 WARMUP_CALLS = 2  # after the first (checked) call
 
-# -- the eager twins, written the way a user would write them ---------------------------------
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def eager_linear_leaky_relu(x, weight, bias):
-    return F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE)
-
-
-def eager_bias_leaky_relu(x, bias):
-    return F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE)
-
-
-def eager_discriminator_bce(real, fake):
-    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
-        fake, torch.zeros_like(fake)
-    )
-
-
-def eager_generator_bce(fake):
-    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-
-
-def eager_minimax_generator_loss(fake):
-    # mean(log(1 - sigmoid(x))) = -BCE(x, 0)
-    return -F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-
-
-def eager_wasserstein_critic_loss(real, fake):
-    return fake.mean() - real.mean()
-
-
-def eager_wasserstein_generator_loss(fake):
-    return -fake.mean()
-
-
-def eager_gradient_penalty(g):
-    return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-def eager_dropout(x):
-    return F.dropout(x, DROPOUT_P, training=True)
-
-
-def fused_linear_leaky_relu(x, weight, bias):
-    return ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE)
-
-
-def fused_bias_leaky_relu(x, bias):
-    return ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE)
-
-
-def fused_dropout(x):
-    return ops.dropout(x, DROPOUT_P)
-
-
-EAGER: dict[str, Callable] = {
-    "linear_leaky_relu": eager_linear_leaky_relu,
-    "bias_leaky_relu": eager_bias_leaky_relu,
-    "discriminator_bce": eager_discriminator_bce,
-    "generator_bce": eager_generator_bce,
-    "minimax_generator_loss": eager_minimax_generator_loss,
-    "wasserstein_critic_loss": eager_wasserstein_critic_loss,
-    "wasserstein_generator_loss": eager_wasserstein_generator_loss,
-    "gradient_penalty": eager_gradient_penalty,
-    "dropout": eager_dropout,
+# The eager twins, written the way a user would write them; mean(log(1 - sigmoid(x))) = -BCE(x, 0).
+EAGER: dict[str, Callable[..., torch.Tensor]] = {
+    "linear_leaky_relu": lambda x, weight, bias: F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE),
+    "bias_leaky_relu": lambda x, bias: F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE),
+    "discriminator_bce": lambda real, fake: _bce(real, 1.0) + _bce(fake, 0.0),
+    "generator_bce": lambda fake: _bce(fake, 1.0),
+    "minimax_generator_loss": lambda fake: -_bce(fake, 0.0),
+    "wasserstein_critic_loss": lambda real, fake: fake.mean() - real.mean(),
+    "wasserstein_generator_loss": lambda fake: -fake.mean(),
+    "gradient_penalty": lambda g: ((g.flatten(1).norm(dim=1) - 1) ** 2).mean(),
+    "dropout": lambda x: F.dropout(x, DROPOUT_P, training=True),
 }
-FUSED: dict[str, Callable] = {
-    "linear_leaky_relu": fused_linear_leaky_relu,
-    "bias_leaky_relu": fused_bias_leaky_relu,
+FUSED: dict[str, Callable[..., torch.Tensor]] = {
+    "linear_leaky_relu": lambda x, weight, bias: ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE),
+    "bias_leaky_relu": lambda x, bias: ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE),
     "discriminator_bce": ops.discriminator_bce,
     "generator_bce": ops.generator_bce,
     "minimax_generator_loss": ops.minimax_generator_loss,
     "wasserstein_critic_loss": ops.wasserstein_critic_loss,
     "wasserstein_generator_loss": ops.wasserstein_generator_loss,
     "gradient_penalty": ops.gradient_penalty,
-    "dropout": fused_dropout,
+    "dropout": lambda x: ops.dropout(x, DROPOUT_P),
 }
 
 # -- the cases: shapes from GAN practice --------------------------------------------------------

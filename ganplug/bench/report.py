@@ -2,8 +2,8 @@
 
 A table has a ``base`` column (``fused`` for kernels, ``ganplug`` for steps) and ``others``
 (``eager``/``plain`` and, unless ``--no-compile``, ``compile``); its ratio columns are
-``other/base`` of the times, so > 1 means ganplug is faster. Titles name only the columns measured. Each row's times come from one interleaved run
-(:func:`ganplug.bench.timing.measure`).
+``other/base`` of the times, so > 1 means ganplug is faster. Titles name only the columns
+measured. Each row's times come from one interleaved run (:func:`ganplug.bench.timing.measure`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from ganplug.bench.timing import Timing
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-STATS = ("median", "min", "mean")
-COLUMN_NAMES = {  # a column in the titles
-    "fused": "fused ops",
-    "eager": "eager PyTorch",
-    "compile": "torch.compile",
-    "ganplug": "ganplug",
-    "plain": "the plain loop",
-}
+# a column in the titles, where its name is not the word
+COLUMN_NAMES = {"fused": "fused ops", "eager": "eager PyTorch", "compile": "torch.compile", "plain": "the plain loop"}
 
 
 @dataclass
@@ -71,9 +65,7 @@ def format_time(seconds: float | None) -> str:
     """``12.34 ms`` / ``5.6 us``; ``-`` for None."""
     if seconds is None:
         return "-"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
 
 
 def format_ratio(ratio: float | None) -> str:

