@@ -50,8 +50,7 @@ def evaluate(
     loaded = LoadedCheckpoint.read(Path(checkpoint))
     path, config = loaded.path, stored_config(loaded.state)
     dataset = bare_dataset_name(config.dataset)
-    specs = applicable_metrics(dataset, tuple(metrics))
-    if not specs:
+    if not applicable_metrics(dataset, tuple(metrics)):
         known = ", ".join(e.spec.name for e in get_registry().entries("metric")) or "none"
         raise UsageError(
             f"no metric applies to dataset {dataset!r} of {path} (registered metrics: {known}; "

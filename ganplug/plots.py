@@ -57,15 +57,13 @@ def _figure(width_px: int, height_px: int, **kwargs: Any) -> Figure:
 
 def _image(figure: Figure) -> Image.Image:
     """The figure's pixels as an RGB PIL image."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
     canvas = figure.canvas
     assert isinstance(canvas, FigureCanvasAgg)  # _figure's
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
 
 
 def _encoded(figure: Figure, suffix: str = ".png") -> bytes:

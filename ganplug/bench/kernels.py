@@ -134,18 +134,16 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             specs.append(("linear_leaky_relu", f"{batch}x{fin}->{fout}", ((batch, fin), (fout, fin), (fout,))))
         for shape in [(64, 64, 8, 8), (64, 128, 4, 4), (256, 64, 16, 16)]:
             specs.append(("bias_leaky_relu", "x".join(map(str, shape)), (shape, shape[1:2])))
-        for n in (64, big_loss):
-            label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
-            for op in ("discriminator_bce", "wasserstein_critic_loss"):
-                specs.append((op, label, ((n, 1), (n, 1))))
-            for op in ("generator_bce", "minimax_generator_loss", "wasserstein_generator_loss"):
-                specs.append((op, label, ((n, 1),)))
+        for op in list(EAGER)[2:7]:  # the losses: critic scores (N, 1) of real and fake, or of fake only
+            for n in (64, big_loss):
+                label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
+                specs.append(
+                    (op, label, ((n, 1),) * (2 if op in ("discriminator_bce", "wasserstein_critic_loss") else 1))
+                )
         for grads in [(64, 784), (256, 3, 64, 64)]:
             specs.append(("gradient_penalty", "x".join(map(str, grads)), (grads,)))
         for hidden in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
             specs.append(("dropout", "x".join(map(str, hidden)), (hidden,)))
-        order = list(EAGER)
-        specs.sort(key=lambda spec: order.index(spec[0]))  # stable: shapes keep their order
         for op, label, shapes in specs:
             for pass_ in PASSES:
                 found.append(KernelRow(op, pass_, label, shapes, device, dtype, threads))

@@ -24,15 +24,9 @@ from ganplug.plots import normal_pdf
 from ganplug.plugin import DataContext
 
 # (8, 2): (cos 2 pi i / 8, sin 2 pi i / 8), i = 0..7.
-RING8_MEANS = torch.tensor(
-    [[math.cos(2 * math.pi * i / 8), math.sin(2 * math.pi * i / 8)] for i in range(8)],
-    dtype=torch.float32,
-)
+RING8_MEANS = torch.tensor([[math.cos(2 * math.pi * i / 8), math.sin(2 * math.pi * i / 8)] for i in range(8)]).float()
 # (25, 2): {-4, -2, 0, 2, 4}^2, row-major (x outer, y inner).
-GRID25_MEANS = torch.tensor(
-    [[float(x), float(y)] for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)],
-    dtype=torch.float32,
-)
+GRID25_MEANS = torch.tensor([[float(x), float(y)] for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)]).float()
 
 _CENTRES = {"ring8": RING8_MEANS, "grid25": GRID25_MEANS}
 
@@ -57,10 +51,6 @@ def _check_std(dataset: str, std: object) -> float:
     return float(std)
 
 
-def _generator(ctx: DataContext) -> torch.Generator:
-    return torch.Generator().manual_seed(int(ctx.seed))
-
-
 class KnownDensity(TensorDataset):
     """1-D samples ``(N, 1)`` whose ``density`` (NumPy values -> pdf) is known: the training
     pictures draw it instead of the real samples' histogram."""
@@ -76,13 +66,13 @@ def gaussian(ctx: DataContext, mean: float = 4.0, std: float = 1.25, size: int =
     std = _check_std("gaussian", std)
     if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
         raise GanplugError(f"dataset 'gaussian' option mean must be a finite number, got {mean!r}")
-    g = _generator(ctx)
+    g = torch.Generator().manual_seed(int(ctx.seed))
     samples = torch.randn(size, 1, generator=g) * std + float(mean)
     return KnownDensity(samples, normal_pdf(float(mean), std))
 
 
 def _mixture(ctx: DataContext, centres: torch.Tensor, std: float, size: int) -> TensorDataset:
-    g = _generator(ctx)
+    g = torch.Generator().manual_seed(int(ctx.seed))
     modes = torch.randint(0, centres.shape[0], (size,), generator=g)
     samples = centres[modes] + std * torch.randn(size, centres.shape[1], generator=g)
     return TensorDataset(samples, modes)
