@@ -8,10 +8,11 @@ One line checks a whole plugin (every spec it registers, with default options)::
     def test_plugin():
         ganplug.testing.check_plugin(my_plugin.plugin)
 
-or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`,
-:func:`check_dataset`, :func:`check_metric`, :func:`check_logger`, :func:`check_augmentation`. Every check runs on CPU with the global RNG seeded (its state is restored
-afterwards, so checks do not disturb the caller's randomness) and raises ``AssertionError``
-that starts with the spec (``"loss 'hinge': ..."``) and says what is wrong.
+or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`, :func:`check_dataset`,
+:func:`check_metric`, :func:`check_logger`, :func:`check_augmentation`. Every check runs on CPU with
+the global RNG seeded (its state is restored afterwards, so checks do not disturb the caller's
+randomness) and raises ``AssertionError`` that starts with the spec (``"loss 'hinge': ..."``) and
+says what is wrong.
 
 Importing this module does not import torch; the checks do.
 """
@@ -625,10 +626,10 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
     built-ins, assert it loads (status ok) and registers at least one spec, then run
     :func:`check_architecture` (on the first of :data:`DATA_SHAPES` it accepts, bounded with
     BatchNorm allowed and again unbounded without; a conditional spec also with 3 classes),
-    :func:`check_loss`, :func:`check_dataset`,
-    :func:`check_metric`, :func:`check_logger` or :func:`check_augmentation` (on the first of
-    :data:`AUGMENTATION_SHAPES` it accepts) on every spec it registers. ``options`` maps a spec name to keyword options for its check
-    (default options otherwise). Returns what it registers, ``{kind: [names]}``.
+    :func:`check_loss`, :func:`check_dataset`, :func:`check_metric`, :func:`check_logger` or
+    :func:`check_augmentation` (on the first of :data:`AUGMENTATION_SHAPES` it accepts) on every
+    spec it registers. ``options`` maps a spec name to keyword options for its check (default
+    options otherwise). Returns what it registers, ``{kind: [names]}``.
     """
     from ganplug.registry import Registry
 

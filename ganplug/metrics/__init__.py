@@ -7,8 +7,9 @@ periodically during training (``--eval-every``, logged to metrics.jsonl).
 - :mod:`ganplug.metrics.classifier`: a digit classifier's features (Fréchet distance, PRDC, classes).
 - :mod:`ganplug.metrics.inception`: FID and KID with Inception-v3, when its weights are local.
 - :func:`prepare_metrics`, :func:`metric_context` and :func:`score_generator`: build the metrics
-  that apply to a dataset, the context they score with, and score a live generator with them (``ganplug train --eval-every``; a checkpoint's generator
-  through :func:`ganplug.evaluation.evaluate`, above the trainer).
+  that apply to a dataset, the context they score with, and score a live generator with them
+  (``ganplug train --eval-every``; a checkpoint's generator through
+  :func:`ganplug.evaluation.evaluate`, above the trainer).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import inspect
 from typing import Any
 
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError
-from ganplug.metrics.context import metric_context
+from ganplug.metrics.context import metric_context as metric_context  # re-exported
 from ganplug.plugin import DEFAULT_METRIC_SAMPLES, MetricContext
 
 
@@ -240,17 +241,3 @@ def score_generator(
             wrapped.__cause__ = error
             failed[spec.name] = wrapped
     return results
-
-
-__all__ = [
-    "applicable_metrics",
-    "bare_dataset_name",
-    "current_form",
-    "metric_context",
-    "metric_options",
-    "prepare_metrics",
-    "samples_needed",
-    "score_generator",
-    "takes_labels",
-    "uses_old_form",
-]

@@ -8,7 +8,8 @@ for scikit-learn's 1797 digits: 898 reference images, 899 held out) and cached a
 under ``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per dataset, image size and
 :data:`CLASSIFIER_VERSION`; a missing or unreadable cache file is retrained (and rewritten
 atomically). Its features are the penultimate layer's activations (mnist5k: 2500 reference
-images, 2500 held out). For the MNIST-like sets (60 000 images) the statistics use at most :data:`REFERENCE_CAP` images of each half.
+images, 2500 held out). For the MNIST-like sets (60 000 images) the statistics use at most
+:data:`REFERENCE_CAP` images of each half.
 
 ``digits-quality`` (digits) and ``mnist-quality`` (mnist5k, mnist, fashion-mnist) score generated samples
 against the reference half and report, beside each number, the same number for the real
