@@ -11,7 +11,7 @@ from ganplug.plugin import (
     ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, Recipe, hookimpl,
 )
 
-_SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations")
+_SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations", minimum=0.0)
 
 
 @hookimpl

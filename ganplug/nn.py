@@ -26,8 +26,6 @@ class FusedLinearLeakyReLU(nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if negative_slope < 0:
-            raise ValueError(f"FusedLinearLeakyReLU: negative_slope must be >= 0, got {negative_slope}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.negative_slope = float(negative_slope)
 
@@ -70,8 +68,6 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if negative_slope < 0:
-            raise ValueError(f"FusedConv2dLeakyReLU: negative_slope must be >= 0, got {negative_slope}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, device=device, dtype=dtype)
         self.negative_slope = float(negative_slope)
 

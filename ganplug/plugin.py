@@ -61,6 +61,7 @@ the plugin's bug, naming the plugin, its distribution and version (see docs/plug
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
@@ -103,6 +104,7 @@ class Option:
     default: Any
     help: str = ""
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None  # a number option's least value; values must then also be finite
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
@@ -135,6 +137,8 @@ class Option:
             raise ValueError(f"expected {kind}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        if self.minimum is not None and not (math.isfinite(value) and value >= self.minimum):
+            raise ValueError(f"expected a finite number >= {self.minimum:g}, got {value!r}")
         return value
 
 

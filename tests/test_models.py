@@ -179,16 +179,21 @@ def test_mlp_malformed_widths_raise(option, text):
     [
         (mlp.build, {"dropout": 1.0}, "dropout"),
         (mlp.build, {"dropout": -0.1}, "dropout"),
-        (mlp.build, {"slope": -0.2}, "slope"),
         (mlp.build, {"d_input_scale": 0.0}, "d_input_scale"),
         (mlp.build, {"d_input_scale": float("inf")}, "d_input_scale"),
-        (dcgan.build, {"slope": float("nan")}, "slope"),
         (dcgan.build, {"width": 0}, "width"),
     ],
 )
 def test_bad_option_values_raise(build, options, word):
     with pytest.raises(GanplugError, match=word):
         build(_ctx((1, 8, 8)), **options)
+
+
+@pytest.mark.parametrize("arch, slope", [("mlp", -0.2), ("dcgan", float("nan")), ("dcgan", float("inf"))])
+def test_bad_slopes_are_refused_by_the_option_declaration(arch, slope):
+    """The slope is checked where the option is declared (Option(minimum=0)), as --arch-opt reads it."""
+    with pytest.raises(GanplugError, match=rf"architecture '{arch}' option slope: expected a finite number >= 0"):
+        _spec(arch).resolve_options({"slope": slope})
 
 
 def test_mlp_widths_with_spaces():

@@ -665,8 +665,10 @@ def test_fused_module_repr_and_defaults():
 
 
 def test_fused_module_rejects_negative_slope():
-    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
-        FusedLinearLeakyReLU(3, 2, negative_slope=-0.1)
+    """The op refuses the slope (its one check), at the layer's first call."""
+    layer = FusedLinearLeakyReLU(3, 2, negative_slope=-0.1)
+    with pytest.raises(ValueError, match="linear_leaky_relu: negative_slope must be a finite number >= 0, got -0.1"):
+        layer(torch.randn(4, 3))
 
 
 def test_fused_module_weight_gradient_has_the_weights_layout(device):
@@ -713,5 +715,6 @@ def test_fused_conv_without_bias_repr_and_errors():
     torch.testing.assert_close(fused(x), expected, rtol=1e-12, atol=1e-12)
     assert "negative_slope=0.1" in repr(fused) and "bias=False" in repr(fused)
     assert isinstance(fused, torch.nn.Conv2d) and FusedConv2dLeakyReLU(2, 3, 3).negative_slope == 0.2
-    with pytest.raises(ValueError, match="FusedConv2dLeakyReLU: negative_slope must be >= 0"):
-        FusedConv2dLeakyReLU(2, 3, 3, negative_slope=-0.2)
+    layer = FusedConv2dLeakyReLU(2, 3, 3, negative_slope=-0.2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bias_leaky_relu: negative_slope must be a finite number >= 0, got -0.2"):
+        layer(x)

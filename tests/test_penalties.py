@@ -12,9 +12,10 @@ from torch import nn
 
 from conftest import quiet_train, read_metrics
 
+from ganplug import builtin_specs
 from ganplug.errors import GanplugError
 from ganplug.losses import HingeLoss, NonSaturatingLoss, RelativisticLoss, WassersteinLoss, takes_real_batch
-from ganplug.models import dcgan, mlp
+from ganplug.models import dcgan
 from ganplug.plugin import ModelContext
 from ganplug.train import TrainConfig
 
@@ -211,10 +212,12 @@ def test_spectral_norm_works_with_the_fused_layers_double_backward_and_a_gradien
 
 
 def test_unknown_critic_norms_name_the_choices():
-    with pytest.raises(GanplugError, match="expected none or spectral"):
-        mlp.build(ModelContext(data_shape=(2,), latent_dim=2), critic_norm="batch")
+    """Checked where the choices are declared (Option(choices=)), as --arch-opt reads them."""
+    specs = {s.name: s for s in builtin_specs.ganplug_architectures()}
+    with pytest.raises(GanplugError, match="expected one of none, spectral, got 'batch'"):
+        specs["mlp"].resolve_options({"critic_norm": "batch"})
     with pytest.raises(GanplugError, match="auto, batch, layer, none, spectral"):
-        dcgan.build(ModelContext(data_shape=(1, 16, 16), latent_dim=2), critic_norm="weight")
+        specs["dcgan"].resolve_options({"critic_norm": "weight"})
 
 
 def test_r1_is_logged_as_its_own_column(tmp_path: Path):

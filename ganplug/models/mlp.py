@@ -141,14 +141,10 @@ def build(
     d = parse_widths("d_widths", d_widths)
     if not 0.0 <= dropout < 1.0:
         raise GanplugError(f"mlp option dropout={dropout} is outside [0, 1); write e.g. --arch-opt dropout=0.3")
-    if not (math.isfinite(slope) and slope >= 0.0):
-        raise GanplugError(f"mlp option slope={slope} must be a number >= 0; write e.g. --arch-opt slope=0.2")
     if not (math.isfinite(d_input_scale) and d_input_scale > 0.0):
         raise GanplugError(
             f"mlp option d_input_scale={d_input_scale} must be a number > 0; write e.g. --arch-opt d_input_scale=10"
         )
-    if critic_norm not in ("none", "spectral"):
-        raise GanplugError(f"mlp option critic_norm={critic_norm!r}: expected none or spectral")
     shape = tuple(ctx.data_shape)
     discriminator = MLPDiscriminator(shape, d, slope, dropout, d_input_scale)  # D first: old runs start alike
     generator = MLPGenerator(generator_inputs(ctx), shape, g, slope, ctx.bounded)
