@@ -119,7 +119,7 @@ def read_curve(run_dir: Path, headline: str | None, targets: dict[str, Any]) -> 
     then), and the first evaluation meeting every target its keys have (``{"step", "seconds"}``,
     None when none did)."""
     from ganplug.plots import read_records
-    from ganplug.train.outputs import METRICS
+    from ganplug.train.rundir import METRICS
 
     path = Path(run_dir) / METRICS
     if not headline or not path.is_file():
