@@ -222,7 +222,14 @@ def build_config(given: dict[str, Any]) -> ResolvedConfig:
     :func:`ganplug.train.config.resolve` (the dataset's and the base defaults and the loss's recipe
     below). Names and options are checked here, before torch loads, so mistakes fail fast.
     """
-    from ganplug.train.config import TrainConfig, as_template, command_line_values, read_config_file, resolve, with_changes
+    from ganplug.train.config import (
+        TrainConfig,
+        as_template,
+        command_line_values,
+        read_config_file,
+        resolve,
+        with_changes,
+    )
 
     config = TrainConfig()
     if given.get("config_file"):
@@ -395,9 +402,16 @@ def _exit_peer_lost(lost: Exception, run_dir: str | Path) -> None:
 def _resume(explicit: dict[str, Any]) -> None:
     """``--resume PATH``: continue the run (in place, or a branch with ``--fork DIR``); a run
     stopped before its first checkpoint starts again from its config.toml."""
-    from ganplug.train import CONFIG_FILE, train as run_training
+    from ganplug.train import CONFIG_FILE
+    from ganplug.train import train as run_training
     from ganplug.train.checkpoint import (
-        LoadedCheckpoint, check_belongs, fork_run, has_checkpoint, resume_config, run_dir_of, stored_config,
+        LoadedCheckpoint,
+        check_belongs,
+        fork_run,
+        has_checkpoint,
+        resume_config,
+        run_dir_of,
+        stored_config,
     )
 
     if explicit.get("out"):
@@ -423,7 +437,8 @@ def _resume(explicit: dict[str, Any]) -> None:
 def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
     """``--resume`` of a run with no checkpoint yet: train it again from step 0 with its
     config.toml (and the changes a resume allows), in place of what it had logged."""
-    from ganplug.train import CONFIG_FILE, clear_run, train as run_training
+    from ganplug.train import CONFIG_FILE, clear_run
+    from ganplug.train import train as run_training
     from ganplug.train.checkpoint import resume_config
     from ganplug.train.config import ResolvedConfig, read_toml
 
@@ -471,7 +486,6 @@ def eval_command(
     """
     from ganplug.evaluation import evaluate
     from ganplug.train.progress import format_number
-
     from ganplug.train.threads import torch_threads
 
     with torch_threads(0):  # the CPUs this process may use, as a training run
@@ -532,7 +546,8 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
       ganplug sample --checkpoint runs/mlp-bce-ring8 -n 5000 --out points.npy
       ganplug sample --checkpoint runs/dcgan-hinge-digits-conditional --class 3 --out three.png
     """
-    from ganplug.generate import load_generator, sample as draw
+    from ganplug.generate import load_generator
+    from ganplug.generate import sample as draw
     from ganplug.noise import grid_labels
     from ganplug.train.checkpoint import LoadedCheckpoint
     from ganplug.train.render import check_new_folder, save_image_files, save_samples

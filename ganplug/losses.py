@@ -24,7 +24,7 @@ from torch import Tensor
 from ganplug import ops
 from ganplug.builtin_specs import DCGAN_RECIPE, LIPSCHITZ, WGAN_GP_RECIPE, wasserstein_recipe
 from ganplug.errors import GanplugError
-from ganplug.plugin import RECIPE_KEYS, Critic, GANLoss, Recipe  # Recipe: imported from here by API 1 plugins
+from ganplug.plugin import RECIPE_KEYS, Critic, GANLoss, Recipe  # noqa: F401 (Recipe: imported from here by API 1 plugins)
 
 LOSS_METHODS = ("discriminator_loss", "generator_loss", "after_critic_step")
 

@@ -15,7 +15,7 @@ from ganplug.errors import UsageError
 from ganplug.train import CONFIG_FILE
 from ganplug.train.checkpoint import resume_config
 from ganplug.train.config import (
-    KNOBS, RESUMABLE, ResolvedConfig, TrainConfig, read_config_file, resolve, validate_config,
+    KNOBS, RESUMABLE, ResolvedConfig, TrainConfig, check_resume, read_config_file, resolve, validate_config,
 )
 
 # A ring8 run small enough for a test, leaving batch_size, pack, ema and the MLP's other widths to
@@ -111,6 +111,12 @@ def test_resume_rules_are_one_declared_list():
     assert resume_config(stored, {"steps": 10, "log_every": 5}).steps == 10
     with pytest.raises(UsageError, match="--batch-size cannot change when resuming"):
         resume_config(stored, {"batch_size": 256})
+    # a resolved config handed to a resume is checked against the same list, option by option
+    augmented = resolve(TrainConfig(**RING8, augment=["diffaugment"]))
+    options = {"diffaugment": {**augmented.augment_options["diffaugment"], "cutout": 0.25}}
+    with pytest.raises(UsageError, match="--augment-opt diffaugment.cutout cannot change when resuming"):
+        check_resume(augmented, vars(dataclasses.replace(augmented, augment_options=options)))
+    check_resume(augmented, vars(dataclasses.replace(augmented, steps=9, data_options={**augmented.data_options})))
 
 
 @pytest.mark.parametrize("text, message", [

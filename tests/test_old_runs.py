@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from conftest import read_metrics, run_main
+
 from ganplug.cli import build_config
 from ganplug.train.checkpoint import load_checkpoint, stored_config
 from ganplug.train.config import ResolvedConfig, read_toml

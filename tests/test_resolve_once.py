@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import quiet_train, run_main, tiny_config
+
 from ganplug import registry as registry_module
 from ganplug.plugin import LossSpec, PluginAPIWarning, Recipe, hookimpl
 from ganplug.registry import Registry

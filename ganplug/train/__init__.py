@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ganplug.errors import UsageError
 from ganplug.train.config import KNOBS, ResolvedConfig, TrainConfig, check_resume, resolve, resolve_resume
@@ -62,12 +63,12 @@ def train(
     config: TrainConfig | ResolvedConfig,
     run_dir: Path,
     *,
-    resume_from: "Path | LoadedCheckpoint | None" = None,
+    resume_from: Path | LoadedCheckpoint | None = None,
     discard_newer: bool = False,
     quiet: bool = False,
     stream: TextIO | None = None,
-    hooks: Sequence["Hook"] = (),
-    callbacks: Sequence["Callback"] = (),
+    hooks: Sequence[Hook] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train ``config`` into ``run_dir`` and return ``run_dir``.
 
@@ -117,7 +118,12 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
     from ganplug.train import distributed
     from ganplug.train.build import build_run
     from ganplug.train.checkpoint import (
-        LoadedCheckpoint, check_belongs, discard_newer_work, newer_checkpoints, repair_latest, stored_config,
+        LoadedCheckpoint,
+        check_belongs,
+        discard_newer_work,
+        newer_checkpoints,
+        repair_latest,
+        stored_config,
     )
     from ganplug.train.loop import Trainer
     from ganplug.train.progress import Progress

@@ -20,11 +20,25 @@ from torch import nn
 from ganplug.data.access import check_sample_shapes, sample_of
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import interface_problem
-from ganplug.plugin import ArchitectureSpec, AugmentationSpec, AugmentContext, DatasetSpec, DataContext, LossSpec, ModelContext
-from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.noise import draw_latent
+from ganplug.plugin import (
+    ArchitectureSpec,
+    AugmentationSpec,
+    AugmentContext,
+    DataContext,
+    DatasetSpec,
+    LossSpec,
+    ModelContext,
+)
+from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.train.config import (
-    IMAGE_LATENT_DIM, VECTOR_LATENT_DIM, ResolvedConfig, TrainConfig, augment_provenance_key, augment_specs, resolve,
+    IMAGE_LATENT_DIM,
+    VECTOR_LATENT_DIM,
+    ResolvedConfig,
+    TrainConfig,
+    augment_provenance_key,
+    augment_specs,
+    resolve,
 )
 
 

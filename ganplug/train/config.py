@@ -27,8 +27,9 @@ import dataclasses
 import difflib
 import math
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ganplug.errors import UsageError
 from ganplug.plugin import LATENTS, RECIPE_KEYS
@@ -357,7 +358,7 @@ class TrainConfig:
         return _as_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (a TOML file, a checkpoint); unknown keys raise ``KeyError``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -459,7 +460,7 @@ class ResolvedConfig:
         return TrainConfig.from_dict(self.to_dict())
 
     @classmethod
-    def from_stored(cls, data: Mapping[str, Any]) -> "ResolvedConfig":
+    def from_stored(cls, data: Mapping[str, Any]) -> ResolvedConfig:
         """The config a run wrote (its checkpoints', its config.toml), as written: a knob its
         version did not have yet takes its base value, else its default (what that run used).
         KeyError for an unknown key."""
@@ -744,17 +745,19 @@ def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mappi
     for name, new in values.items():
         old = getattr(stored, name)
         if name in SPEC_KIND or name == "augment_options":
-            pairs = (
-                [(key, key, old.get(key), value, key in (given or {}).get(name, {})) for key, value in new.items()]
-                if name in SPEC_KIND else
-                [(f"{aug}.{key}", f"--augment-opt {aug}.{key}", old.get(aug, {}).get(key), value,
-                  key in (given or {}).get(name, {}).get(aug, {})) for aug, table in new.items() for key, value in table.items()]
-            )
-            for key, flag, was, value, asked in pairs:
-                if (key in old or asked) and not _same(was, value) and f"{name}.{key}" not in RESUMABLE:
-                    _refuse(flag if name == "augment_options" else _flag(name, key), was, value)
+            was, now, asked = _entries(name, old), _entries(name, new), _entries(name, (given or {}).get(name, {}))
+            for key, value in now.items():
+                if (key in was or key in asked) and not _same(was.get(key), value) and f"{name}.{key}" not in RESUMABLE:
+                    _refuse(f"--augment-opt {key}" if name == "augment_options" else _flag(name, key), was.get(key), value)
         elif name not in RESUMABLE and not _same(old, new):
             _refuse(KNOBS[name].flag, old, new)
+
+
+def _entries(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """An option table as ``{key: value}``; the augmentations' as ``{"NAME.KEY": value}``."""
+    if name == "augment_options":
+        return {f"{aug}.{key}": value for aug, options in table.items() for key, value in options.items()}
+    return dict(table)
 
 
 def _refuse(flag: Any, old: Any, new: Any) -> None:
