@@ -137,7 +137,8 @@ class Option:
             raise ValueError(f"expected {kind}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
-        if self.minimum is not None and not (math.isfinite(value) and value >= self.minimum):
+        number = value if isinstance(value, (int, float)) else math.nan
+        if self.minimum is not None and not (math.isfinite(number) and number >= self.minimum):
             raise ValueError(f"expected a finite number >= {self.minimum:g}, got {value!r}")
         return value
 
