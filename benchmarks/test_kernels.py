@@ -18,7 +18,7 @@ import torch
 
 # The eager twins (what a user writes without ganplug), the fused calls and the output checks are
 # the ones `ganplug bench` uses: one copy, in ganplug.bench.kernels.
-from ganplug.bench.kernels import EAGER, FUSED, KernelRow, _check_dropout, _tolerance
+from ganplug.bench.kernels import EAGER, FUSED, KernelRow, _assert_close, _check_dropout
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -139,7 +139,7 @@ def test_op(bench, case: Case, pass_: str, impl: str) -> None:
     else:
         want = torch.autograd.grad(eager(*inputs), inputs, grad_out) if backward else eager(*inputs)
         for g, w in zip(got if backward else (got,), want if backward else (want,)):
-            torch.testing.assert_close(g.float(), w.float(), **_tolerance(case.dtype))
+            _assert_close(g.float(), w.float(), case.dtype)
     for _ in range(2):
         step()
 
