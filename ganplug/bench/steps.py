@@ -53,7 +53,12 @@ CASES = (
     StepCase(
         "c-ring8-recipe",
         dict(
-            arch="mlp", loss="bce", dataset="ring8", batch_size=512, pack=2, ema=0.999,
+            arch="mlp",
+            loss="bce",
+            dataset="ring8",
+            batch_size=512,
+            pack=2,
+            ema=0.999,
             arch_options={"g_widths": "256,256,256", "d_widths": "256,256,256", "dropout": 0.0, "d_input_scale": 30.0},
         ),
     ),
@@ -123,10 +128,16 @@ def plain_twin(model: nn.Sequential) -> nn.Sequential:
         if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
             layers.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
         elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
-            layers.append(nn.Conv2d(
-                layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                bias=layer.bias is not None,
-            ))
+            layers.append(
+                nn.Conv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size,
+                    layer.stride,
+                    layer.padding,
+                    bias=layer.bias is not None,
+                )
+            )
         elif isinstance(layer, nn.Dropout):
             layers.append(nn.Dropout(layer.p))
             continue
@@ -229,7 +240,9 @@ def write_rgb_folder(root: Path) -> Path:
     from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
-    pixels = torch.randint(0, 256, (RGB_IMAGES, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pixels = torch.randint(
+        0, 256, (RGB_IMAGES, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     for i, image in enumerate(pixels.numpy()):
         Image.fromarray(image).save(root / f"{i:03d}.png")
     return root
@@ -330,7 +343,10 @@ class StepBench:
 
     def plain_loop(self) -> PlainLoop:
         """A fresh plain loop on twins of ganplug's models, with ganplug's initial weights."""
-        G, D = plain_twin(self.run.generator).to(self.run.device), plain_twin(self.run.discriminator).to(self.run.device)
+        G, D = (
+            plain_twin(self.run.generator).to(self.run.device),
+            plain_twin(self.run.discriminator).to(self.run.device),
+        )
         copy_weights(G, self.run.generator)
         copy_weights(D, self.run.discriminator)
         return PlainLoop(self.run, G, D, self.data)

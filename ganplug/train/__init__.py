@@ -199,12 +199,16 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
         if trainer.step > run.config.steps:
             raise UsageError(f"{run_dir} is already at step {trainer.step}, past --steps {run.config.steps}: {further}")
         if trainer.step == run.config.steps:  # resumed again after it ended (or was killed as it ended)
-            Progress(0, quiet=True, stream=stream).message(f"{run_dir} is done: step {trainer.step} of {run.config.steps}; {further}")
+            Progress(0, quiet=True, stream=stream).message(
+                f"{run_dir} is done: step {trainer.step} of {run.config.steps}; {further}"
+            )
             return run_dir
         trainer.trim_metrics()
         if main:
             write_config(run.config, run_dir, run.provenance)
-        trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
+        trainer_message = (
+            f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
+        )
     trainer.run_id = run_id
     if world is not None:
         per_rank = run.config.batch_size // world.world_size
@@ -214,4 +218,14 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
     return run_dir
 
 
-__all__ = ["ResolvedConfig", "TrainConfig", "check_new_run_dir", "clear_run", "config_toml", "is_unstarted", "make_run_dir", "train", "write_config"]
+__all__ = [
+    "ResolvedConfig",
+    "TrainConfig",
+    "check_new_run_dir",
+    "clear_run",
+    "config_toml",
+    "is_unstarted",
+    "make_run_dir",
+    "train",
+    "write_config",
+]

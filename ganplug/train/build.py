@@ -105,9 +105,7 @@ def resolve_device(name: str) -> torch.device:
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise UsageError(
-                f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
-            )
+            raise UsageError(f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
         return device
     raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
 
@@ -148,9 +146,7 @@ def sample_shape(item: Any) -> tuple[int, ...]:
     """The shape of one dataset item: a tensor, or a tuple/list whose first entry is the sample."""
     sample = sample_of(item)
     if not isinstance(sample, torch.Tensor):
-        raise GanplugError(
-            f"dataset items must be a tensor or a (tensor, label) tuple, got {type(sample).__name__}"
-        )
+        raise GanplugError(f"dataset items must be a tensor or a (tensor, label) tuple, got {type(sample).__name__}")
     return tuple(int(d) for d in sample.shape)
 
 
@@ -290,7 +286,11 @@ def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] |
         data_shape = sample_shape(dataset[0])
         check_sample_shapes(dataset)
     except Exception as error:
-        what = str(error) if isinstance(error, GanplugError) else f"reading its items failed: {type(error).__name__}: {error}"
+        what = (
+            str(error)
+            if isinstance(error, GanplugError)
+            else f"reading its items failed: {type(error).__name__}: {error}"
+        )
         raise PluginError(f"dataset {dataset_spec.name!r} of {origin_of(dataset_spec)}: {what}") from error
     if size < config.batch_size:
         raise UsageError(
@@ -346,10 +346,14 @@ def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] |
         critic_batchnorm=not penalises,
         num_classes=num_classes,
         provenance={
-            **{kind: get_registry().provenance(kind, spec) for kind, spec in zip(
-                (kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))},
-            **{augment_provenance_key(i): get_registry().provenance("augmentation", spec)
-               for i, spec in enumerate(augment_spec_list)},
+            **{
+                kind: get_registry().provenance(kind, spec)
+                for kind, spec in zip((kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))
+            },
+            **{
+                augment_provenance_key(i): get_registry().provenance("augmentation", spec)
+                for i, spec in enumerate(augment_spec_list)
+            },
         },
         augmentations=augmentations,
     )

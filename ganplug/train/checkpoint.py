@@ -57,25 +57,46 @@ import shutil
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.files import atomic_write, fsync_dir
-from ganplug.train.rundir import (
-    CHECKPOINTS, CONFIG_FILE, LATEST, METRICS, SAMPLES, check_new_run_dir, has_checkpoint, make_run_dir, new_run_id,
-    read_run_id, remove_orphaned_temps, step_file_name, step_files, write_run_id,
-)
 from ganplug.train.config import ResolvedConfig, command_line_values, resolve_resume
+from ganplug.train.rundir import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    LATEST,
+    METRICS,
+    SAMPLES,
+    check_new_run_dir,
+    has_checkpoint,
+    make_run_dir,
+    new_run_id,
+    read_run_id,
+    remove_orphaned_temps,
+    step_file_name,
+    step_files,
+    write_run_id,
+)
 
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
 KEEP = 3  # step checkpoints kept besides latest.pt
 REQUIRED_KEYS = (
-    "config", "model", "step", "generator", "discriminator", "optimizer_g", "optimizer_d", "rng",
-    "data_order", "fixed_noise",
+    "config",
+    "model",
+    "step",
+    "generator",
+    "discriminator",
+    "optimizer_g",
+    "optimizer_d",
+    "rng",
+    "data_order",
+    "fixed_noise",
 )
 
 
@@ -248,7 +269,7 @@ class LoadedCheckpoint:
     state: dict[str, Any]
 
     @classmethod
-    def read(cls, target: Path, warn: Callable[[str], None] = _warn) -> "LoadedCheckpoint":
+    def read(cls, target: Path, warn: Callable[[str], None] = _warn) -> LoadedCheckpoint:
         """The checkpoint ``target`` names: a file, or a run directory's newest complete one
         (:func:`newest_checkpoint`; ``warn`` gets a line for each file skipped)."""
         target = Path(target)
@@ -304,7 +325,9 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
         found = LoadedCheckpoint(latest, found.state)  # the usual case: named as the run's latest
     if found is None:
         if files:
-            raise UsageError(f"no complete checkpoint of this run in {directory}: every file there was skipped (see above)")
+            raise UsageError(
+                f"no complete checkpoint of this run in {directory}: every file there was skipped (see above)"
+            )
         raise UsageError(f"no checkpoint in {path} (expected {path / CHECKPOINTS / LATEST}): is it a run directory?")
     return found
 

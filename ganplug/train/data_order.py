@@ -14,7 +14,8 @@ a ``DataLoader`` whose sampler yields the same indices.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -59,7 +60,9 @@ def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise GanplugError(f"{where} must be integers, one per sample; got {labels.dtype} of shape {tuple(labels.shape)}")
+        raise GanplugError(
+            f"{where} must be integers, one per sample; got {labels.dtype} of shape {tuple(labels.shape)}"
+        )
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise GanplugError(
             f"{where} range over {int(labels.min())}..{int(labels.max())}, outside the {num_classes} classes 0..{num_classes - 1}"
@@ -191,7 +194,9 @@ class BatchOrder:
             batch, labels = self._loader_batch()
             if labelled:
                 if labels is None:
-                    raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
+                    raise GanplugError(
+                        "the dataset has no labels: its items are samples without a (sample, label) pair"
+                    )
                 labels = check_labels(labels, self.num_classes, "the dataset's labels")
         if not batch.is_floating_point():
             batch = batch.float()
@@ -204,7 +209,9 @@ class BatchOrder:
             self.position = 0
         perm = self._permutation()
         if self._iterator is None:
-            rest = perm[self.position : self.position + self.batch_size * ((self.size - self.position) // self.batch_size)]
+            rest = perm[
+                self.position : self.position + self.batch_size * ((self.size - self.position) // self.batch_size)
+            ]
             start, stop = self.shard
             rest = rest.view(-1, self.batch_size)[:, start:stop].reshape(-1)
             loader = DataLoader(

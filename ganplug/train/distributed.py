@@ -32,9 +32,9 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 
@@ -106,7 +106,6 @@ def teardown(world: World | None) -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
 
 
 def exit_worker(code: int) -> None:
@@ -223,8 +222,14 @@ def all_reduce_sum(world: World | None, values: torch.Tensor) -> torch.Tensor:
 def launch(nproc: int, args: Sequence[str]) -> int:
     """Run ``ganplug <args>`` in ``nproc`` processes through torchrun's launcher; its exit code."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "ganplug", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "ganplug",
+        *args,
     ]
     process = subprocess.Popen(command)
     received: list[int] = []
@@ -249,6 +254,16 @@ def launch(nproc: int, args: Sequence[str]) -> int:
 
 
 __all__ = [
-    "PeerLost", "World", "all_reduce_sum", "average_gradients", "barrier", "broadcast_parameters", "check_batch",
-    "env_world_size", "exit_worker", "launch", "setup", "teardown",
+    "PeerLost",
+    "World",
+    "all_reduce_sum",
+    "average_gradients",
+    "barrier",
+    "broadcast_parameters",
+    "check_batch",
+    "env_world_size",
+    "exit_worker",
+    "launch",
+    "setup",
+    "teardown",
 ]

@@ -53,7 +53,8 @@ equals the eager step bit for bit (tests/test_cuda_graphs.py).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -108,14 +109,20 @@ def capture_problem(stepper: AdversarialStep) -> str | None:
     if stepper.device.type != "cuda":
         return f"--cuda-graphs needs a CUDA device; {EAGER}"
     if stepper.world is not None:
-        return (f"--cuda-graphs does not capture a step of several processes (the gradient all-reduce between them); "
-                f"{EAGER}")
+        return (
+            f"--cuda-graphs does not capture a step of several processes (the gradient all-reduce between them); "
+            f"{EAGER}"
+        )
     if cfg.lr_decay != "none":
-        return (f"--cuda-graphs does not capture --lr-decay {cfg.lr_decay} (the learning rate would be baked into the "
-                f"graph); {EAGER}")
+        return (
+            f"--cuda-graphs does not capture --lr-decay {cfg.lr_decay} (the learning rate would be baked into the "
+            f"graph); {EAGER}"
+        )
     if isinstance(loss, ZeroCentredPenalties) and loss.r1_every > 1 and (loss.r1 > 0 or loss.r2 > 0):
-        return (f"--cuda-graphs does not capture lazy R1/R2 of {_loss_name(stepper)} (r1_every={loss.r1_every}: the host "
-                f"chooses the critic updates that compute the penalty); {EAGER}")
+        return (
+            f"--cuda-graphs does not capture lazy R1/R2 of {_loss_name(stepper)} (r1_every={loss.r1_every}: the host "
+            f"chooses the critic updates that compute the penalty); {EAGER}"
+        )
     return None
 
 
@@ -180,7 +187,12 @@ class DropoutSeeds:
 def _same(a: Any, b: Any) -> bool:
     """Recursive equality of loss states (tensors by value)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and bool(torch.equal(a, b))
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -206,9 +218,11 @@ class _Snapshot:
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     state = optimizer.state.get(param)
-                    states[param] = None if not state else {
-                        k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()
-                    }
+                    states[param] = (
+                        None
+                        if not state
+                        else {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                    )
             self.optimizers.append((optimizer, states))
         self.rng = rng_state(stepper.device)
         self.loss_state = stepper.loss_state()
@@ -296,8 +310,9 @@ class CudaGraphStep:
         s.set_learning_rates(step)
         batches = s.next_batches()
         if self.inputs is not None and self.inputs.shapes() != batches.shapes():
-            self._fall_back(f"--cuda-graphs: the batch shapes changed ({self.inputs.shapes()} then {batches.shapes()}); "
-                            f"{EAGER}")
+            self._fall_back(
+                f"--cuda-graphs: the batch shapes changed ({self.inputs.shapes()} then {batches.shapes()}); {EAGER}"
+            )
             self.eager_step(step, batches, sums)
             return
         self._load(batches)
@@ -385,14 +400,17 @@ class CudaGraphStep:
         s, n = self.stepper, self.stepper.config.n_critic
         if (
             isinstance(s.loss, ZeroCentredPenalties)
-            and isinstance(before, dict) and isinstance(after, dict)
+            and isinstance(before, dict)
+            and isinstance(after, dict)
             and set(before) == set(after) == {"critic_updates"}
             and after["critic_updates"] == before["critic_updates"] + n
         ):
             self.counted_updates = n
             return None
-        return (f"--cuda-graphs: {_loss_name(s)} keeps state (its state_dict) that changes every step, which a replayed "
-                f"graph would not update; {EAGER}")
+        return (
+            f"--cuda-graphs: {_loss_name(s)} keeps state (its state_dict) that changes every step, which a replayed "
+            f"graph would not update; {EAGER}"
+        )
 
     def _outputs_problem(self, outputs: StepOutputs) -> str | None:
         """None when every loss and stat of ``outputs`` is a tensor on the step's device (what a
@@ -402,11 +420,17 @@ class CudaGraphStep:
         named += [(f"the stat {k!r}", v) for stats in (*outputs.d_stats, outputs.g_stats) for k, v in stats.items()]
         here = torch.device(self.device)
         for what, value in named:
-            on_device = isinstance(value, torch.Tensor) and value.device.type == here.type and here.index in (None, value.device.index)
+            on_device = (
+                isinstance(value, torch.Tensor)
+                and value.device.type == here.type
+                and here.index in (None, value.device.index)
+            )
             if not on_device:
                 kind = f"a tensor on {value.device}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
-                return (f"--cuda-graphs: {_loss_name(s)} returns {what} as {kind}, not a tensor on {self.device}: a "
-                        f"replay would repeat its first value; {EAGER}")
+                return (
+                    f"--cuda-graphs: {_loss_name(s)} returns {what} as {kind}, not a tensor on {self.device}: a "
+                    f"replay would repeat its first value; {EAGER}"
+                )
         return None
 
     def _precheck(self, inputs: StepInputs) -> str | None:
@@ -422,8 +446,10 @@ class CudaGraphStep:
             if SYNC_ERROR not in str(error):
                 raise
             who = self.culprit(error) or _loss_name(s)
-            return (f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
-                    f"{_first_line(error)}); {EAGER}")
+            return (
+                f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
+                f"{_first_line(error)}); {EAGER}"
+            )
         return self._loss_state_problem(before, s.loss_state()) or self._outputs_problem(outputs)
 
     def _capture(self) -> bool:
@@ -469,6 +495,12 @@ class CudaGraphStep:
 
 
 __all__ = [
-    "CaptureFailed", "CudaGraphStep", "DropoutSeeds", "MAX_DROPOUT_CALLS", "SYNC_ERROR", "WARMUP", "capture_problem",
+    "CaptureFailed",
+    "CudaGraphStep",
+    "DropoutSeeds",
+    "MAX_DROPOUT_CALLS",
+    "SYNC_ERROR",
+    "WARMUP",
+    "capture_problem",
     "no_host_sync",
 ]

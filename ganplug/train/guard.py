@@ -24,7 +24,8 @@ import contextlib
 import copy
 import signal
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,8 +80,11 @@ class StepGuard:
             s = self.stepper
             clone = lambda module: {k: v.detach().clone() for k, v in module.state_dict().items()}
             self._weights = (
-                clone(s.G), clone(s.D), clone(s.ema) if s.ema is not None else None,
-                copy.deepcopy(s.opt_g.state_dict()), copy.deepcopy(s.opt_d.state_dict()),
+                clone(s.G),
+                clone(s.D),
+                clone(s.ema) if s.ema is not None else None,
+                copy.deepcopy(s.opt_g.state_dict()),
+                copy.deepcopy(s.opt_d.state_dict()),
             )
 
     def rollback(self) -> None:
@@ -129,7 +133,7 @@ class StepGuard:
             if not good:
                 return f"{key} is {float(sums.sums[key] / sums.counts[key])}", stop_agreed
         if weights:
-            return self._weights_verdict(ok[len(losses):]), stop_agreed
+            return self._weights_verdict(ok[len(losses) :]), stop_agreed
         return None, stop_agreed
 
     def _defer(self, flags: list[torch.Tensor]) -> None:

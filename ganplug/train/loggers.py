@@ -12,8 +12,9 @@ Built-in: ``tensorboard`` (:class:`TensorBoardLogger`), into ``RUN_DIR/tensorboa
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -135,7 +136,9 @@ class TensorBoardLogger:
 
     def _writer(self) -> Any:
         if self.writer is None:
-            self.writer = self.writer_type(log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=self.flush_secs)
+            self.writer = self.writer_type(
+                log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=self.flush_secs
+            )
         return self.writer
 
     def start(self, config: dict[str, Any]) -> None:

@@ -33,8 +33,9 @@ import shlex
 import signal
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -50,7 +51,14 @@ from ganplug.train.graphs import CaptureFailed, CudaGraphStep
 from ganplug.train.guard import MAX_SKIPS_IN_A_ROW, DeferredSignals, StepGuard, signal_name
 from ganplug.train.loggers import Loggers
 from ganplug.train.outputs import (
-    CheckpointWriter, Evaluator, MetricsLog, SampleWriter, draw_losses, due, eval_line, plot_reference,
+    CheckpointWriter,
+    Evaluator,
+    MetricsLog,
+    SampleWriter,
+    draw_losses,
+    due,
+    eval_line,
+    plot_reference,
 )
 from ganplug.train.progress import Progress, format_duration
 from ganplug.train.render import picture_kind
@@ -75,28 +83,28 @@ class Callback:
     """The loop's callback protocol; every method does nothing here. ``trainer`` is the
     :class:`Trainer`; ``step`` counts generator steps from 1."""
 
-    def on_run_start(self, trainer: "Trainer") -> None:
+    def on_run_start(self, trainer: Trainer) -> None:
         """Before the first step of a session (a resumed run starts a new session)."""
 
-    def on_step_start(self, trainer: "Trainer", step: int) -> None:
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
         """Before step ``step``; raising here leaves the state of step ``step - 1``."""
 
-    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
         """After step ``step`` is done, counted (``trainer.step == step``) and its outputs written."""
 
-    def on_interrupt(self, trainer: "Trainer") -> None:
+    def on_interrupt(self, trainer: Trainer) -> None:
         """A Ctrl-C or SIGTERM stops the run at ``trainer.step``, a completed step, now saved."""
 
-    def on_run_end(self, trainer: "Trainer") -> None:
+    def on_run_end(self, trainer: Trainer) -> None:
         """The session ended: done, interrupted or failed."""
 
-    def on_metrics(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_metrics(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """Rank 0 appended ``record`` (its ``step`` and values, NaN as NaN) to metrics.jsonl."""
 
-    def on_samples(self, trainer: "Trainer", step: int, path: Path) -> None:
+    def on_samples(self, trainer: Trainer, step: int, path: Path) -> None:
         """Rank 0 wrote the sample picture of ``step`` to ``path``."""
 
-    def on_evaluation(self, trainer: "Trainer", step: int, results: dict[str, dict[str, float]]) -> None:
+    def on_evaluation(self, trainer: Trainer, step: int, results: dict[str, dict[str, float]]) -> None:
         """Rank 0 appended the evaluation of ``step`` (``{metric: {key: value}}``) to metrics.jsonl."""
 
 
@@ -106,7 +114,7 @@ class _HookCallback(Callback):
     def __init__(self, hook: Hook) -> None:
         self.hook = hook
 
-    def on_step_start(self, trainer: "Trainer", step: int) -> None:
+    def on_step_start(self, trainer: Trainer, step: int) -> None:
         self.hook(trainer, step)
 
 
@@ -116,7 +124,8 @@ def deprecated_hooks(hooks: Sequence[Hook]) -> list[Callback]:
         warnings.warn(
             "train(hooks=...) is deprecated and will be removed: pass callbacks=[...] instead, a "
             "ganplug.train.loop.Callback whose on_step_start(trainer, step) does what the hook did",
-            DeprecationWarning, stacklevel=3,
+            DeprecationWarning,
+            stacklevel=3,
         )
     return [_HookCallback(hook) for hook in hooks]
 
@@ -421,8 +430,10 @@ class Trainer:
     def _stop_diverged(self, cause: str, flush: bool = True) -> None:
         if flush:  # the good steps since the last metrics line (not known apart from the bad one when deferred)
             self.flush_metrics()
-        advice = "lower --lr-d/--lr-g or change the loss" if self.config.on_nan == "skip" else (
-            "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
+        advice = (
+            "lower --lr-d/--lr-g or change the loss"
+            if self.config.on_nan == "skip"
+            else ("lower --lr-d/--lr-g, change the loss, or pass --on-nan skip")
         )
         raise GanplugError(f"{cause}: stopped without saving it; {self.checkpoints.describe_last()}; {advice}")
 
@@ -500,7 +511,9 @@ class Trainer:
                 saved = f"step {self.step} saved in {self.checkpoints.dir / LATEST}"
         if not saved:
             saved = self.checkpoints.describe_last()
-        resume = f"continue with: ganplug train --resume {shlex.quote(str(self.run_dir))}" if self.checkpoints.last else ""
+        resume = (
+            f"continue with: ganplug train --resume {shlex.quote(str(self.run_dir))}" if self.checkpoints.last else ""
+        )
         if isinstance(error, PluginError):
             return PluginError(f"step {step}: {error}; {saved}" + (f"; {resume}" if resume else ""))
         who = culprit(self.run, error)
@@ -509,7 +522,8 @@ class Trainer:
             return error
         return PluginError(
             f"step {step} failed in {who}: {type(error).__name__}: {error}; {saved}; fix or update the plugin"
-            + (f", then {resume}" if resume else "") + " (rerun with --debug for the traceback)"
+            + (f", then {resume}" if resume else "")
+            + " (rerun with --debug for the traceback)"
         )
 
     def _interrupted(self) -> None:
@@ -519,7 +533,11 @@ class Trainer:
         if self.signals.in_step:
             if self.stepper.changed:
                 last = self.checkpoints.last
-                where = f"the last checkpoint is {last} (step {self.checkpoints.last_step})" if last else "no checkpoint was written"
+                where = (
+                    f"the last checkpoint is {last} (step {self.checkpoints.last_step})"
+                    if last
+                    else "no checkpoint was written"
+                )
                 self.progress.message(
                     f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: {where}"
                     + (f"; continue with: {resume}" if last else "")

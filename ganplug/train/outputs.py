@@ -20,8 +20,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -106,9 +107,13 @@ class MetricsLog:
         return unreadable
 
     def append_eval(self, step: int, elapsed_s: float, results: dict[str, dict[str, float]]) -> None:
-        line = {"step": step, "elapsed_s": round(elapsed_s, 3), "eval": {
-            name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
-        }}
+        line = {
+            "step": step,
+            "elapsed_s": round(elapsed_s, 3),
+            "eval": {
+                name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
+            },
+        }
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 
@@ -154,8 +159,14 @@ class Evaluator:
                     self.message(f"note: metric {name} skipped: {why}")
             with torch.no_grad(), autocast():
                 results = score_generator(
-                    model, self._metrics, latent_dim=run.latent_dim, latent=run.latent, context=self._context,
-                    num_classes=run.num_classes, seed=cfg.seed, failed=failed,
+                    model,
+                    self._metrics,
+                    latent_dim=run.latent_dim,
+                    latent=run.latent,
+                    context=self._context,
+                    num_classes=run.num_classes,
+                    seed=cfg.seed,
+                    failed=failed,
                 )
         except GanplugError as error:  # e.g. samples that cannot be drawn
             self.message(f"warning: step {step}: evaluation failed: {error}")
@@ -207,7 +218,11 @@ class SampleWriter:
     against ``reference`` (:func:`plot_reference`)."""
 
     def __init__(
-        self, run_dir: Path, writes: bool, value_range: tuple[float, float] | None, nrow: int | None,
+        self,
+        run_dir: Path,
+        writes: bool,
+        value_range: tuple[float, float] | None,
+        nrow: int | None,
         reference: tuple[torch.Tensor | None, tuple[float, ...] | None, Callable | None] = (None, None, None),
     ) -> None:
         self.dir = Path(run_dir) / SAMPLES
@@ -217,8 +232,13 @@ class SampleWriter:
     def write(self, step: int, samples: torch.Tensor) -> Path:
         """The picture of ``samples`` ``(N, *data_shape)`` at ``step``; returns its path."""
         image = render(
-            samples, value_range=self.value_range, real=self.real, box=self.box, density=self.density,
-            title=f"step {step}", nrow=self.nrow,
+            samples,
+            value_range=self.value_range,
+            real=self.real,
+            box=self.box,
+            density=self.density,
+            title=f"step {step}",
+            nrow=self.nrow,
         )
         path = self.dir / step_file_name(step, ".png")
         save_png(image, path, self.dir / "latest.png")
@@ -257,7 +277,8 @@ class CheckpointWriter:
                     raise
                 kept = (
                     f"{self.dir / LATEST} (step {self.last_step}) is intact"
-                    if self.last is not None else "no earlier checkpoint exists"
+                    if self.last is not None
+                    else "no earlier checkpoint exists"
                 )
                 raise GanplugError(
                     f"could not write checkpoint {path} at step {step}: {reason}; {kept}: "
@@ -305,6 +326,13 @@ def draw_losses(run_dir: Path, message: Message) -> None:
 
 
 __all__ = [
-    "CheckpointWriter", "Evaluator", "MetricsLog", "SampleWriter", "draw_losses", "due", "eval_line", "finite_or_none",
+    "CheckpointWriter",
+    "Evaluator",
+    "MetricsLog",
+    "SampleWriter",
+    "draw_losses",
+    "due",
+    "eval_line",
+    "finite_or_none",
     "plot_reference",
 ]

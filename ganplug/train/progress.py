@@ -70,7 +70,7 @@ class _Bar(tqdm):
 class _Sink:
     """What the bar writes to: :meth:`Progress._write`, so a closed stream silences it too."""
 
-    def __init__(self, progress: "Progress") -> None:
+    def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.encoding = getattr(progress.stream, "encoding", None)  # tqdm draws unicode only on UTF-8
 
@@ -94,7 +94,13 @@ class Progress:
     """Reports a run of ``total`` steps that starts at ``start`` (non-zero when resuming)."""
 
     def __init__(
-        self, total: int, *, start: int = 0, quiet: bool = False, stream: TextIO | None = None, min_interval: float = 0.1
+        self,
+        total: int,
+        *,
+        start: int = 0,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        min_interval: float = 0.1,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
@@ -105,8 +111,14 @@ class Progress:
         self._bar: _Bar | None = None
         if not quiet and isatty and isatty():
             self._bar = _Bar(
-                total=total, initial=start, file=_Sink(self), mininterval=min_interval, position=0,
-                ncols=_columns(self.stream), bar_format=BAR_FORMAT, leave=True,
+                total=total,
+                initial=start,
+                file=_Sink(self),
+                mininterval=min_interval,
+                position=0,
+                ncols=_columns(self.stream),
+                bar_format=BAR_FORMAT,
+                leave=True,
             )
 
     @property

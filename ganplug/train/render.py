@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -108,9 +108,7 @@ def render(
         from ganplug.plots import render_histogram
 
         return render_histogram(samples, real=real, density=density, box=box, title=title)  # type: ignore[arg-type]
-    raise UsageError(
-        f"cannot draw samples of shape {tuple(samples.shape[1:])} as a picture: write .npy or .pt instead"
-    )
+    raise UsageError(f"cannot draw samples of shape {tuple(samples.shape[1:])} as a picture: write .npy or .pt instead")
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -23,8 +23,8 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ganplug.errors import UsageError
 from ganplug.files import atomic_write_bytes
@@ -199,8 +199,7 @@ def lock_run_dir(run_dir: Path) -> None:
         holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise RunDirInUse(
-            f"{run_dir} is in use by another ganplug run (pid {holder}): wait for it to finish, "
-            "or choose another --out"
+            f"{run_dir} is in use by another ganplug run (pid {holder}): wait for it to finish, or choose another --out"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -252,8 +251,28 @@ def claim_new_dir(base: Path) -> Path:
 
 
 __all__ = [
-    "BOOKKEEPING", "CHECKPOINTS", "CONFIG_FILE", "LATEST", "LOCK_FILE", "METRICS", "RUN_ID_FILE", "RunDirInUse",
-    "SAMPLES", "check_new_run_dir", "claim_new_dir", "clear_run", "has_checkpoint", "is_unstarted", "lock_run_dir",
-    "locked", "make_run_dir", "new_run_id", "read_run_id", "remove_orphaned_temps", "step_file_name", "step_files",
-    "unlock_run_dir", "write_run_id",
+    "BOOKKEEPING",
+    "CHECKPOINTS",
+    "CONFIG_FILE",
+    "LATEST",
+    "LOCK_FILE",
+    "METRICS",
+    "RUN_ID_FILE",
+    "RunDirInUse",
+    "SAMPLES",
+    "check_new_run_dir",
+    "claim_new_dir",
+    "clear_run",
+    "has_checkpoint",
+    "is_unstarted",
+    "lock_run_dir",
+    "locked",
+    "make_run_dir",
+    "new_run_id",
+    "read_run_id",
+    "remove_orphaned_temps",
+    "step_file_name",
+    "step_files",
+    "unlock_run_dir",
+    "write_run_id",
 ]

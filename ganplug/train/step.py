@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -145,10 +146,12 @@ class StepInputs:
         tensors = self.reals + (self.labels or [])
         return [(tuple(t.shape), t.dtype) for t in tensors]
 
-    def clone(self) -> "StepInputs":
-        return StepInputs([t.clone() for t in self.reals], [t.clone() for t in self.labels] if self.labels is not None else None)
+    def clone(self) -> StepInputs:
+        return StepInputs(
+            [t.clone() for t in self.reals], [t.clone() for t in self.labels] if self.labels is not None else None
+        )
 
-    def copy_(self, other: "StepInputs") -> None:
+    def copy_(self, other: StepInputs) -> None:
         """Copy ``other``'s batches into these tensors (the static inputs of a CUDA graph)."""
         for mine, theirs in zip(self.reals + (self.labels or []), other.reals + (other.labels or [])):
             mine.copy_(theirs)
@@ -167,9 +170,20 @@ class StepOutputs:
 
 GENERATOR_PREFIX = "g_"  # metrics.jsonl names generator_loss() stats "g_" + name
 # metrics.jsonl columns the trainer writes itself: no loss stat may take them.
-RESERVED_STATS = frozenset({
-    "step", "eval", "d_loss", "g_loss", "samples_per_s", "elapsed_s", "skipped_steps", "lr_g", "augment_p", "augment_rt",
-})
+RESERVED_STATS = frozenset(
+    {
+        "step",
+        "eval",
+        "d_loss",
+        "g_loss",
+        "samples_per_s",
+        "elapsed_s",
+        "skipped_steps",
+        "lr_g",
+        "augment_p",
+        "augment_rt",
+    }
+)
 
 
 class AdversarialStep:
@@ -196,7 +210,12 @@ class AdversarialStep:
         self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
         self.shard = world.shard(cfg.batch_size) if world is not None else None
         self.order = BatchOrder(
-            run.dataset, cfg.batch_size, seed=cfg.seed, device=self.device, shard=self.shard, num_classes=run.num_classes
+            run.dataset,
+            cfg.batch_size,
+            seed=cfg.seed,
+            device=self.device,
+            shard=self.shard,
+            num_classes=run.num_classes,
         )
         self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
@@ -366,7 +385,11 @@ class AdversarialStep:
     def publish(outputs: StepOutputs, sums: Sums, copy: bool = True) -> None:
         """Add a step's losses and stats to ``sums``; ``copy``: each a copy (a graph's outputs are
         rewritten by its next replay)."""
-        copy_of = (lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value) if copy else (lambda value: value)
+        copy_of = (
+            (lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value)
+            if copy
+            else (lambda value: value)
+        )
         for d_loss, d_stats in zip(outputs.d_losses, outputs.d_stats):
             sums.add("d_loss", copy_of(d_loss))
             sums.add_all({k: copy_of(v) for k, v in d_stats.items()})
@@ -439,6 +462,13 @@ class AdversarialStep:
 
 
 __all__ = [
-    "AdversarialStep", "StepInputs", "StepOutputs", "ema_decay", "lr_factor", "make_optimizer", "new_ema", "set_capturable",
+    "AdversarialStep",
+    "StepInputs",
+    "StepOutputs",
+    "ema_decay",
+    "lr_factor",
+    "make_optimizer",
+    "new_ema",
+    "set_capturable",
     "use_fast_implementation",
 ]

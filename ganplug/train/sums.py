@@ -30,7 +30,7 @@ class Sums:
         for key, value in (stats or {}).items():
             self.add(prefix + key, value)
 
-    def merge(self, other: "Sums") -> None:
+    def merge(self, other: Sums) -> None:
         """Add ``other``'s sums and counts into these, and clear ``other``."""
         for key, value in other.sums.items():
             if key in self.sums:
