@@ -41,7 +41,7 @@ METRICS = "metrics.jsonl"  # a run's metrics log (ganplug.train.outputs writes i
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _figure(width_px: int, height_px: int, **kwargs: Any) -> Figure:
+def new_figure(width_px: int, height_px: int, **kwargs: Any) -> Figure:
     """A matplotlib Figure of ``width_px`` x ``height_px`` on its own Agg canvas."""
     import matplotlib
 
@@ -61,12 +61,12 @@ def _image(figure: Figure) -> Image.Image:
     from PIL import Image
 
     canvas = figure.canvas
-    assert isinstance(canvas, FigureCanvasAgg)  # _figure's
+    assert isinstance(canvas, FigureCanvasAgg)  # new_figure's
     canvas.draw()
     return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
 
 
-def _encoded(figure: Figure, suffix: str = ".png") -> bytes:
+def encode_figure(figure: Figure, suffix: str = ".png") -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=suffix.lstrip("."), dpi=DPI)
     return buffer.getvalue()
@@ -154,7 +154,7 @@ def points_figure(
         half = max(x1 - x0, y1 - y0) / 2
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         box = (cx - half, cx + half, cy - half, cy + half)
-    figure = _figure(size, size)
+    figure = new_figure(size, size)
     axes = _sample_axes(figure, title)
     for points, colour, area, label, zorder in ((fake, FAKE, 6.0, "generated", 2), (ref, REAL, 2.0, "real", 3)):
         if points is None:
@@ -209,7 +209,7 @@ def histogram_figure(
         counts, _ = np.histogram(values, bins=edges)
         return counts / (max(values.size, 1) * (edges[1] - edges[0]))
 
-    figure = _figure(size, size)
+    figure = new_figure(size, size)
     axes = _sample_axes(figure, title)
     fake_h = hist(fake)
     axes.stairs(fake_h, edges, fill=True, color=FAKE, label=f"generated ({fake.size})")
@@ -284,7 +284,8 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def _value(value: Any) -> float:
+def as_number(value: Any) -> float:
+    """A logged value as a float: NaN for anything that is not a number (None, a string, a bool)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
@@ -300,17 +301,17 @@ def loss_figure(losses: list[dict[str, Any]], evaluations: list[dict[str, Any]],
             for key, value in (values or {}).items():
                 steps, ys = series.setdefault(f"{metric}: {key}", ([], []))
                 steps.append(int(record["step"]))
-                ys.append(_value(value))
+                ys.append(as_number(value))
     columns = min(4, max(1, len(series)))
     rows = math.ceil(len(series) / columns)
-    figure = _figure(900, 380 + 230 * rows, layout="constrained")
+    figure = new_figure(900, 380 + 230 * rows, layout="constrained")
     grid = figure.add_gridspec(1 + rows, columns, height_ratios=[1.6] + [1.0] * rows)
     axes = figure.add_subplot(grid[0, :])
     loss_steps = np.array([int(r["step"]) for r in losses])
     window = max(1, len(losses) // 25)
     shown = []
     for key, colour in (("d_loss", D_COLOUR), ("g_loss", G_COLOUR)):
-        raw = np.array([_value(r.get(key)) for r in losses])
+        raw = np.array([as_number(r.get(key)) for r in losses])
         if not np.isfinite(raw).any():
             continue
         shown.append(raw[np.isfinite(raw)])
@@ -372,67 +373,7 @@ def write_loss_plot(run_dir: Path, out: Path | None = None, warn: Callable[[str]
         raise UsageError(f"{metrics} has no metrics lines" + (" it can read" if unreadable else " yet"))
     if unreadable and warn is not None:
         warn(f"skipped {unreadable} unreadable line{'s' if unreadable > 1 else ''} of {metrics}")
-    data = _encoded(loss_figure(losses, evaluations, title=title), out.suffix.lower())
+    data = encode_figure(loss_figure(losses, evaluations, title=title), out.suffix.lower())
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
     return out
-
-
-# -- quality benchmarks ---------------------------------------------------------------------------
-
-
-def quality_png(panels: list[dict[str, Any]]) -> bytes:
-    """One panel per benchmark: ``{"name", "key", "seeds", "values", "mean", "target",
-    "bound"}`` as a dot per seed (non-finite values left out), the mean as a solid line and the
-    target's ``bound`` (None: not drawn) as a dashed one. Returns PNG bytes, 260 px per panel."""
-    import numpy as np
-
-    figure = _figure(260 * max(1, len(panels)), 300, layout="constrained")
-    for number, panel in enumerate(panels):
-        axes = figure.add_subplot(1, max(1, len(panels)), number + 1)
-        axes.set_title(f"{panel['name']}: {panel['key']}", fontsize=9, fontweight="bold")
-        axes.tick_params(labelsize=8)
-        axes.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
-        seeds = list(panel["seeds"])
-        values = np.array([_value(v) for v in panel["values"]])
-        positions = np.arange(len(seeds))
-        finite = np.isfinite(values)
-        axes.scatter(positions[finite], values[finite], s=30, c="darkorange", zorder=3)
-        mean, bound = _value(panel.get("mean")), panel.get("bound")
-        if math.isfinite(mean):
-            axes.axhline(mean, color="steelblue", linewidth=1.2)
-        if bound is not None:
-            axes.axhline(float(bound), color="green", linestyle="--", linewidth=1.2)
-        axes.set_xticks(positions, [str(s) for s in seeds])
-        axes.set_xlim(-0.6, len(seeds) - 0.4)
-        mean_text = f"{mean:.4g}" if math.isfinite(mean) else "nan"
-        axes.set_xlabel(
-            f"seed\nmean {mean_text} (solid)\ntarget {panel.get('target') or '-'}"
-            + (" (dashed)" if bound is not None else ""),
-            fontsize=8,
-        )
-    return _encoded(figure)
-
-
-def curves_png(panels: list[dict[str, Any]]) -> bytes:
-    """Time to quality: one panel per benchmark, ``{"name", "key", "curves": {seed: [(minutes,
-    value), ...]}, "bound", "target"}``, a line per seed of ``value`` against training minutes and
-    the target's ``bound`` (None: not drawn) dashed. Returns PNG bytes, 320 px per panel."""
-    figure = _figure(320 * max(1, len(panels)), 300, layout="constrained")
-    for number, panel in enumerate(panels):
-        axes = figure.add_subplot(1, max(1, len(panels)), number + 1)
-        axes.set_title(f"{panel['name']}: {panel['key']}", fontsize=9, fontweight="bold")
-        axes.tick_params(labelsize=8)
-        axes.grid(True, color="#e5e5e5", linewidth=0.6)
-        for seed, points in panel["curves"].items():
-            kept = [(m, _value(v)) for m, v in points if math.isfinite(_value(v))]
-            if kept:
-                axes.plot([m for m, _ in kept], [v for _, v in kept], marker=".", linewidth=1.0, label=f"seed {seed}")
-        bound = panel.get("bound")
-        if bound is not None:
-            axes.axhline(
-                float(bound), color="green", linestyle="--", linewidth=1.2, label=f"target {panel.get('target')}"
-            )
-        axes.set_xlabel("training minutes (one CPU core)", fontsize=8)
-        axes.legend(fontsize=7)
-    return _encoded(figure)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import run_main
 
+from benchmarks.quality.figures import quality_png
 from ganplug import plots
 from ganplug.errors import UsageError
 from ganplug.train.render import render, save_samples
@@ -435,12 +436,12 @@ def test_quality_png_has_one_panel_per_benchmark():
         {"name": "grid25", "key": "modes", "seeds": [0, 1], "values": [None, "x"], "mean": None,
          "target": None, "bound": None},
     ]
-    data = plots.quality_png(panels)
+    data = quality_png(panels)
     assert data[:8] == PNG
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         assert image.size == (3 * 260, 300)
         first, second, third = (greenish(image.crop((260 * i, 0, 260 * (i + 1), 300))) for i in range(3))
     assert first > 100 and second == 0 and third == 0  # the dashed target line only where a bound was given
-    with Image.open(io.BytesIO(plots.quality_png([panels[1]]))) as one:
+    with Image.open(io.BytesIO(quality_png([panels[1]]))) as one:
         assert one.size == (260, 300)

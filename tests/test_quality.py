@@ -136,7 +136,7 @@ def test_figure_draws_a_dot_per_finite_value_and_a_panel_per_benchmark(tmp_path)
     }}
     panels = report.headline_panels(results)
     assert [(p["name"], p["key"], p["bound"]) for p in panels] == [("ring8", "high_quality_pct", 97.0), ("other", "score", None)]
-    from ganplug.plots import quality_png
+    from benchmarks.quality.figures import quality_png
 
     (tmp_path / "fig.png").write_bytes(quality_png(panels))
     assert _orange_dots(tmp_path / "fig.png", panels=2) == 4  # None and NaN are not drawn

@@ -1,6 +1,6 @@
 """What the quality runner writes from its results: ``results.md`` (:func:`render_markdown`) and
 the panels of ``results.png`` (:func:`headline_panels`, drawn with matplotlib by
-:func:`ganplug.plots.quality_png`)."""
+:func:`benchmarks.quality.figures.quality_png`)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _target_bound(text: str | None) -> float | None:
 
 def curve_panels(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per benchmark whose runs logged evaluations, what curves.png draws (see
-    :func:`ganplug.plots.curves_png`): each seed's headline value against training minutes."""
+    :func:`benchmarks.quality.figures.curves_png`): each seed's headline value against training minutes."""
     panels = []
     for panel in headline_panels(results):
         runs = results["benchmarks"][panel["name"]]["runs"]
@@ -118,6 +118,6 @@ def curves_markdown(bench: dict[str, Any], key: str) -> list[str]:
 
 def results_png(results: dict[str, Any]) -> bytes:
     """results.png: the headline metric of each benchmark, one dot per seed (PNG bytes)."""
-    from ganplug.plots import quality_png
+    from benchmarks.quality.figures import quality_png
 
     return quality_png(headline_panels(results))

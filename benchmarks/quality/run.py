@@ -284,7 +284,7 @@ def run_benchmarks(
     (out_dir / RESULTS_PNG).write_bytes(results_png(results))
     panels = curve_panels(results)
     if panels:
-        from ganplug.plots import curves_png
+        from benchmarks.quality.figures import curves_png
 
         (out_dir / CURVES_PNG).write_bytes(curves_png(panels))
     return out_dir
