@@ -368,7 +368,7 @@ def _continue_after_torchrun_restart(explicit: dict[str, Any]) -> None:
     if not explicit.get("out"):
         raise UsageError("torchrun --max-restarts: pass --out DIR, so that a restarted worker finds the run to continue")
     from ganplug.train import CONFIG_FILE, clear_run
-    from ganplug.train.checkpoint import has_checkpoint
+    from ganplug.train.rundir import has_checkpoint
 
     run_dir = Path(explicit["out"])
     if has_checkpoint(run_dir):

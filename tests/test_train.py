@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset, TensorDataset
-
 from conftest import before_step, read_metrics
+from torch.utils.data import Dataset, TensorDataset
 
 from ganplug.errors import GanplugError
 from ganplug.generate import TrainedGenerator, load_generator, sample
+from ganplug.noise import draw_latent
 from ganplug.train import TrainConfig, train
-from ganplug.train.build import build_run, draw_latent
+from ganplug.train.build import build_run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.progress import Progress
 from ganplug.train.render import render_images, save_samples

@@ -157,6 +157,3 @@ def _whose(spec: Any) -> str:
     if origin_of(spec) == "the built-ins":
         return " (a bug in ganplug: please report it; rerun with --debug for the traceback)"
     return " (a bug in the plugin: report it to its author; rerun with --debug for the traceback)"
-
-
-__all__ = ["AUTO", "AugmentProbability", "AugmentedCritic"]

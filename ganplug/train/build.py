@@ -20,7 +20,6 @@ from torch import nn
 from ganplug.data.access import check_sample_shapes, sample_of
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import interface_problem
-from ganplug.noise import draw_latent
 from ganplug.plugin import (
     ArchitectureSpec,
     AugmentationSpec,
@@ -357,16 +356,3 @@ def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] |
         },
         augmentations=augmentations,
     )
-
-
-__all__ = [
-    "BatchCritic",
-    "Run",
-    "build_models",
-    "build_run",
-    "dataset_classes",
-    "draw_latent",
-    "pack_samples",
-    "resolve_device",
-    "resolve_specs",
-]

@@ -73,7 +73,6 @@ from ganplug.train.rundir import (
     METRICS,
     SAMPLES,
     check_new_run_dir,
-    has_checkpoint,
     make_run_dir,
     new_run_id,
     read_run_id,
@@ -432,24 +431,3 @@ def resume_config(
     :func:`~ganplug.train.config.resolve_resume` does against the specs the run recorded in
     ``provenance``; UsageError naming the option for a change a resume may not make."""
     return resolve_resume(stored, command_line_values(overrides), provenance)
-
-
-__all__ = [
-    "FORMAT",
-    "VERSION",
-    "LoadedCheckpoint",
-    "discard_newer_work",
-    "find_checkpoint",
-    "fork_run",
-    "has_checkpoint",
-    "newer_checkpoints",
-    "newest_checkpoint",
-    "load_checkpoint",
-    "repair_latest",
-    "check_belongs",
-    "resume_config",
-    "run_dir_of",
-    "save_checkpoint",
-    "stored_config",
-    "write_run_checkpoint",
-]

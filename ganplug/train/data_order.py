@@ -230,6 +230,3 @@ class BatchOrder:
         if self.position + self.batch_size > self.size:
             self._iterator = None
         return batch
-
-
-__all__ = ["BatchOrder", "check_labels", "epoch_permutation", "epoch_seed"]

@@ -251,19 +251,3 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 128 + received[0] if received and code != 0 else code
-
-
-__all__ = [
-    "PeerLost",
-    "World",
-    "all_reduce_sum",
-    "average_gradients",
-    "barrier",
-    "broadcast_parameters",
-    "check_batch",
-    "env_world_size",
-    "exit_worker",
-    "launch",
-    "setup",
-    "teardown",
-]

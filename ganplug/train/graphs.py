@@ -492,15 +492,3 @@ class CudaGraphStep:
         saved.restore()  # what the capture's Python changed (the loss's count, host RNG draws)
         self.graph, self.outputs = graph, outputs
         return True
-
-
-__all__ = [
-    "CaptureFailed",
-    "CudaGraphStep",
-    "DropoutSeeds",
-    "MAX_DROPOUT_CALLS",
-    "SYNC_ERROR",
-    "WARMUP",
-    "capture_problem",
-    "no_host_sync",
-]

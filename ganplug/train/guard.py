@@ -224,6 +224,3 @@ class DeferredSignals:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
-__all__ = ["DeferredSignals", "MAX_SKIPS_IN_A_ROW", "StepGuard", "signal_name"]

@@ -181,6 +181,3 @@ def tensorboard(run_dir: Path, flush_secs: int = 30) -> TensorBoardLogger:
             f"--logger tensorboard needs the tensorboard package ({reason}): pip install 'ganplug[tensorboard]'"
         ) from None
     return TensorBoardLogger(Path(run_dir) / TENSORBOARD, SummaryWriter, flush_secs)
-
-
-__all__ = ["Loggers", "TENSORBOARD", "TensorBoardLogger", "resolve_loggers", "tensorboard"]

@@ -555,6 +555,3 @@ class Trainer:
         self.progress.message(
             f"interrupted{by}: step {self.step} saved in {self.checkpoints.dir / LATEST}; continue with: {resume}"
         )
-
-
-__all__ = ["Callback", "Hook", "Trainer", "culprit", "deprecated_hooks", "fixed_noise"]

@@ -323,16 +323,3 @@ def draw_losses(run_dir: Path, message: Message) -> None:
     except Exception as error:  # noqa: BLE001 - a picture is not worth a run
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         message(f"warning: could not draw {Path(run_dir) / LOSSES}: {type(error).__name__}: {first}")
-
-
-__all__ = [
-    "CheckpointWriter",
-    "Evaluator",
-    "MetricsLog",
-    "SampleWriter",
-    "draw_losses",
-    "due",
-    "eval_line",
-    "finite_or_none",
-    "plot_reference",
-]

@@ -196,6 +196,3 @@ def _silence(stream: TextIO) -> None:
                 os.dup2(devnull, fd)
     finally:
         os.close(devnull)
-
-
-__all__ = ["Progress", "format_duration", "format_number"]

@@ -196,15 +196,3 @@ def save_image_files(
         atomic_write_bytes(path, data)
         paths.append(path)
     return paths
-
-
-__all__ = [
-    "picture_kind",
-    "render",
-    "render_images",
-    "check_new_folder",
-    "image_bytes",
-    "save_image_files",
-    "save_png",
-    "save_samples",
-]

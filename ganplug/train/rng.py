@@ -19,6 +19,3 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and state.get("cuda"):
         torch.cuda.set_rng_state(state["cuda"][0], device)
-
-
-__all__ = ["rng_state", "set_rng_state"]

@@ -248,31 +248,3 @@ def claim_new_dir(base: Path) -> Path:
         if all(entry.name in BOOKKEEPING for entry in candidate.iterdir()):
             return candidate
         unlock_run_dir(candidate)
-
-
-__all__ = [
-    "BOOKKEEPING",
-    "CHECKPOINTS",
-    "CONFIG_FILE",
-    "LATEST",
-    "LOCK_FILE",
-    "METRICS",
-    "RUN_ID_FILE",
-    "RunDirInUse",
-    "SAMPLES",
-    "check_new_run_dir",
-    "claim_new_dir",
-    "clear_run",
-    "has_checkpoint",
-    "is_unstarted",
-    "lock_run_dir",
-    "locked",
-    "make_run_dir",
-    "new_run_id",
-    "read_run_id",
-    "remove_orphaned_temps",
-    "step_file_name",
-    "step_files",
-    "unlock_run_dir",
-    "write_run_id",
-]

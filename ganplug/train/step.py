@@ -459,16 +459,3 @@ class AdversarialStep:
     def state_reset(self) -> None:
         for listener in self.on_state_reset:
             listener()
-
-
-__all__ = [
-    "AdversarialStep",
-    "StepInputs",
-    "StepOutputs",
-    "ema_decay",
-    "lr_factor",
-    "make_optimizer",
-    "new_ema",
-    "set_capturable",
-    "use_fast_implementation",
-]

@@ -56,6 +56,3 @@ class Sums:
     def clear(self) -> None:
         self.sums.clear()
         self.counts.clear()
-
-
-__all__ = ["Sums"]

@@ -63,6 +63,3 @@ def dumps(data: dict[str, Any]) -> str:
 
     table(data, "")
     return "\n".join(lines) + "\n"
-
-
-__all__ = ["dumps"]
