@@ -62,9 +62,10 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pluggy
 
@@ -91,7 +92,9 @@ class PluginAPIWarning(FutureWarning):
     plugin, the old form and the form to write instead. A FutureWarning, so Python shows it by
     default, pointing at the plugin's function."""
 
+
 OPTION_TYPES = (bool, int, float, str)
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 LATENTS = ("normal", "uniform")  # the noise a generator can be fed: N(0, 1) or U(-1, 1)
 
 
@@ -119,13 +122,9 @@ class Option:
         if isinstance(value, str) and self.type is not str:
             text = value.strip()
             if self.type is bool:
-                lowered = text.lower()
-                if lowered in ("1", "true", "yes", "on"):
-                    value = True
-                elif lowered in ("0", "false", "no", "off"):
-                    value = False
-                else:
+                if text.lower() not in _BOOLEANS:
                     raise ValueError(f"expected true or false, got {value!r}")
+                value = _BOOLEANS[text.lower()]
             else:
                 try:
                     value = self.type(text)
@@ -182,9 +181,7 @@ class _Spec:
             option = known.get(key.replace("-", "_"))
             if option is None:
                 accepted = ", ".join(known) or "none"
-                raise UsageError(
-                    f"{self.kind} {self.name!r} has no option {key!r} (it accepts: {accepted})"
-                )
+                raise UsageError(f"{self.kind} {self.name!r} has no option {key!r} (it accepts: {accepted})")
             try:
                 resolved[option.name] = option.convert(value)
             except ValueError as error:
@@ -192,22 +189,25 @@ class _Spec:
         return resolved
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description for ``ganplug list --json``."""
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "aliases": list(self.aliases),
-            "options": [
-                {
-                    "name": o.name,
-                    "type": o.type.__name__,
-                    "default": o.default,
-                    "help": o.help,
-                    **({"choices": list(o.choices)} if o.choices else {}),
-                }
-                for o in self.options
-            ],
-        }
+        """A JSON-ready description for ``ganplug list --json``: name, summary, aliases, options,
+        then the fields of this kind of spec (a loss's recipe is listed by the CLI)."""
+        options = [
+            {"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
+            | ({"choices": list(o.choices)} if o.choices else {})
+            for o in self.options
+        ]
+        own = {f.name: _json_ready(getattr(self, f.name)) for f in fields(self) if f.name not in _SPEC_FIELDS}
+        return {"name": self.name, "summary": self.summary, "aliases": list(self.aliases), "options": options, **own}
+
+
+def _json_ready(value: Any) -> Any:
+    """Tuples as lists and mappings as dicts, all the way down."""
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    return {k: _json_ready(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+
+
+_SPEC_FIELDS = frozenset({"name", "summary", "factory", "options", "aliases", "recipe"})
 
 
 @dataclass(frozen=True)
@@ -243,11 +243,6 @@ class ArchitectureSpec(_Spec):
 
     kind = "architecture"
     conditional: bool = False
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["conditional"] = self.conditional
-        return info
 
 
 @dataclass(frozen=True)
@@ -302,14 +297,6 @@ class DatasetSpec(_Spec):
                     f"(a recipe has: {', '.join(sorted(RECIPE_KEYS))})"
                 )
 
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["value_range"] = list(self.value_range) if self.value_range else None
-        info["latent"] = self.latent
-        info["defaults"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.defaults.items()}
-        info["num_classes"] = self.num_classes
-        return info
-
 
 # Samples ``ganplug eval`` draws for a metric whose spec has no ``n_samples`` option.
 DEFAULT_METRIC_SAMPLES = 10000
@@ -333,11 +320,6 @@ class MetricSpec(_Spec):
     def applies_to(self, dataset: str) -> bool:
         """Whether this metric scores samples of ``dataset`` (a bare dataset name)."""
         return not self.datasets or dataset in self.datasets
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["datasets"] = list(self.datasets)
-        return info
 
 
 @dataclass(frozen=True)
@@ -427,7 +409,9 @@ class MetricContext:
         or None (:class:`RealData`). Loaded on the first call, then kept."""
         if not self._loaded:
             if self.load_real is None:
-                raise GanplugError(f"no dataset {self.dataset!r} is registered, so there are no real samples to compare with")
+                raise GanplugError(
+                    f"no dataset {self.dataset!r} is registered, so there are no real samples to compare with"
+                )
             self._loaded.append(self.load_real())
         return self._loaded[0]
 

@@ -25,9 +25,10 @@ import sys
 import traceback
 import types
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -36,6 +37,7 @@ from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageEr
 from ganplug.plugin import (
     OLD_FORMS_KEPT,
     PROJECT,
+    RECIPE_KEYS,
     ArchitectureSpec,
     AugmentationSpec,
     DatasetSpec,
@@ -43,7 +45,6 @@ from ganplug.plugin import (
     LossSpec,
     MetricSpec,
     PluginAPIWarning,
-    RECIPE_KEYS,
     Recipe,
 )
 
@@ -99,14 +100,7 @@ class PluginInfo:
         return f"plugin {self.name!r}{dist}"
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "error": self.error,
-            "registers": self.registers,
-        }
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("traceback", "modules")}
 
 
 def _top_package(module_name: str | None) -> str | None:
@@ -122,7 +116,11 @@ def _modules_of(plugin: object, specs: Iterable[Any]) -> tuple[str, ...]:
     names = {_top_package(own)}
     for spec in specs:
         factory = spec.factory
-        names.add(_top_package(factory.partition(":")[0] if isinstance(factory, str) else getattr(factory, "__module__", None)))
+        names.add(
+            _top_package(
+                factory.partition(":")[0] if isinstance(factory, str) else getattr(factory, "__module__", None)
+            )
+        )
     return tuple(sorted(n for n in names if n and n != "ganplug" and n not in sys.stdlib_module_names))
 
 
@@ -172,7 +170,7 @@ class Registry:
         self.plugins: list[PluginInfo] = []
         self._entries: dict[str, list[Entry]] = {kind: [] for kind in KINDS}
         self._entry_of: dict[int, Entry] = {}
-        self._warned: set[tuple[str, ...]] = set()
+        self._warned: set[str] = set()
 
         from ganplug import builtin_specs
 
@@ -181,15 +179,11 @@ class Registry:
             entry_points = metadata.entry_points(group=PROJECT)
         only = _env_names("GANPLUG_LOAD_PLUGINS")
         disabled = _env_names("GANPLUG_DISABLE_PLUGINS") or set()
-        entry_points = list(entry_points)
         for entry_point in entry_points:
-            info = PluginInfo(entry_point.name)
-            if entry_point.dist is not None:
-                info.distribution = entry_point.dist.name
-                info.version = entry_point.dist.version
-            if (only is not None and not {info.name, info.distribution} & only) or (
-                {info.name, info.distribution} & disabled
-            ):
+            dist = entry_point.dist
+            info = PluginInfo(entry_point.name, dist.name if dist else None, dist.version if dist else None)
+            own = {info.name, info.distribution}
+            if (only is not None and not own & only) or own & disabled:
                 info.status = "disabled"
                 self.plugins.append(info)
                 continue
@@ -214,16 +208,14 @@ class Registry:
 
     def _warn(self, message: str) -> None:
         """``message`` on stderr once per registry (when reporting)."""
-        if self._report and (message,) not in self._warned:
-            self._warned.add((message,))
+        if self._report and message not in self._warned:
+            self._warned.add(message)
             print(f"ganplug: warning: {message}", file=sys.stderr)
 
     def _fail(self, info: PluginInfo, error: str, exc: BaseException | None = None) -> None:
-        info.status = "failed"
-        info.error = error
-        info.registers = {}
+        info.status, info.error, info.registers = "failed", error, {}
         if exc is not None:
-            info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            info.traceback = "".join(traceback.format_exception(exc))
         self.plugins.append(info)
         if self._report:
             print(f"ganplug: {info.origin} skipped: {error}", file=sys.stderr)
@@ -249,24 +241,23 @@ class Registry:
         found: dict[str, list[Entry]] = {}
         for kind in KINDS.values():
             implementations = [
-                impl
-                for impl in getattr(self._manager.hook, kind.hook).get_hookimpls()
-                if impl.plugin_name == info.name
+                impl for impl in getattr(self._manager.hook, kind.hook).get_hookimpls() if impl.plugin_name == info.name
             ]
             if not implementations:
                 continue
             try:
                 specs = implementations[0].function()
-                found[kind.name] = [Entry(info.name, spec) for spec in _check_specs(kind, specs)]
+                if not isinstance(specs, (list, tuple)) or not all(isinstance(s, kind.spec_type) for s in specs):
+                    raise TypeError(f"expected a list of {kind.spec_type.__name__}, got {specs!r:.80}")
+                found[kind.name] = [Entry(info.name, spec) for spec in specs]
             except Exception as error:
                 self._manager.unregister(plugin)
                 self._fail(info, f"{kind.hook}() failed: {type(error).__name__}: {error}", error)
                 return
         for kind_name, entries in found.items():
             entries = [self._claim_aliases(kind_name, info, entry) for entry in entries]
-            self._entries[kind_name].extend(entries)
-            for entry in entries:
-                self._entry_of[id(entry.spec)] = entry
+            self._entries[kind_name] += entries
+            self._entry_of.update((id(entry.spec), entry) for entry in entries)
             info.registers[kind_name] = [entry.spec.name for entry in entries]
         info.modules = _modules_of(plugin, [e.spec for entries in found.values() for e in entries])
         self.plugins.append(info)
@@ -275,36 +266,26 @@ class Registry:
         """``entry`` without the aliases another plugin's spec already has as name or alias
         (a warning names them): an alias never takes over a name."""
         taken = {name: e for e in self._entries[kind] for name in e.spec.names}
-        dropped = [alias for alias in entry.spec.aliases if alias in taken]
-        if not dropped:
-            return entry
-        for alias in dropped:
-            owner = taken[alias]
+        for alias in (a for a in entry.spec.aliases if a in taken):
             self._warn(
                 f"{info.origin}: alias {alias!r} of {kind} {entry.spec.name!r} is ignored: "
-                f"{owner.qualified_name} already answers to it"
+                f"{taken[alias].qualified_name} already answers to it"
             )
-        kept = tuple(a for a in entry.spec.aliases if a not in dropped)
-        return Entry(entry.plugin, dataclasses.replace(entry.spec, aliases=kept))
+        kept = tuple(a for a in entry.spec.aliases if a not in taken)
+        return (
+            entry if kept == entry.spec.aliases else Entry(entry.plugin, dataclasses.replace(entry.spec, aliases=kept))
+        )
 
     def check_factories(self) -> None:
         """Import every string factory of the loaded plugins (this imports their code, and so
         torch); a plugin with one that cannot be loaded becomes ``broken``, with the reason."""
-        for info in self.plugins:
-            if info.status != "ok":
-                continue
-            for kind in KINDS:
-                for entry in self._entries[kind]:
-                    if entry.plugin != info.name:
-                        continue
-                    try:
-                        entry.spec.load()
-                    except Exception as error:
-                        info.status = "broken"
-                        info.error = f"{kind} {entry.spec.name!r}: {_load_failure(entry.spec, error)}"
-                        info.traceback = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-                        break
-                if info.status != "ok":
+        for info in [p for p in self.plugins if p.status == "ok"]:
+            for kind, spec in [(k, e.spec) for k in KINDS for e in self._entries[k] if e.plugin == info.name]:
+                try:
+                    spec.load()
+                except Exception as error:
+                    info.status, info.error = "broken", f"{kind} {spec.name!r}: {_load_failure(spec, error)}"
+                    info.traceback = "".join(traceback.format_exception(error))
                     break
 
     # -- queries -------------------------------------------------------------------------------
@@ -320,22 +301,25 @@ class Registry:
             raise KeyError(f"{spec!r:.80} is not registered")
         return entry
 
+    def _info_of(self, spec: Any) -> PluginInfo:
+        """The plugin that registered ``spec`` (every entry's plugin is in :attr:`plugins`)."""
+        name = self.entry_of(spec).plugin
+        return next(p for p in self.plugins if p.name == name)
+
     def origin_of(self, spec: Any) -> str:
         """Who provides ``spec``, for messages: ``plugin 'x' (ganplug-x 1.0)`` or the built-ins."""
-        info = self.plugin(self.entry_of(spec).plugin)
-        return info.origin if info is not None else f"plugin {self.entry_of(spec).plugin!r}"
+        return self._info_of(spec).origin
 
     def provenance(self, kind: str, spec: Any) -> dict[str, Any]:
         """What a run records of a resolved name: ``{"kind", "name", "plugin", "distribution",
-        "version"}`` (see :func:`check_provenance`)."""
-        entry = self.entry_of(spec)
-        info = self.plugin(entry.plugin)
+        "version"}`` (see :meth:`resolve_recorded`)."""
+        info = self._info_of(spec)
         return {
             "kind": kind,
             "name": spec.name,
-            "plugin": entry.plugin,
-            "distribution": info.distribution if info else None,
-            "version": info.version if info else None,
+            "plugin": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
         }
 
     def resolve_recorded(self, kind: str, name: str, recorded: Mapping[str, Any] | None) -> Any:
@@ -369,7 +353,7 @@ class Registry:
 
     def shadowed(self, kind: str) -> dict[str, str]:
         """``{built-in name: plugin}`` for the built-in names of ``kind`` a plugin's spec shadows."""
-        builtin = {n for e in self._entries[kind] if e.plugin == BUILTIN for n in (e.spec.name,)}
+        builtin = {e.spec.name for e in self._entries[kind] if e.plugin == BUILTIN}
         return {e.spec.name: e.plugin for e in self._entries[kind] if e.plugin != BUILTIN and e.spec.name in builtin}
 
     def blame(self, error: BaseException) -> PluginInfo | None:
@@ -404,13 +388,8 @@ class Registry:
         that two plugins claim (listing the qualified names). A plugin's spec that shadows a
         built-in wins, with a warning on stderr.
         """
-        return self.resolve_entry(kind, name).spec
-
-    def resolve_entry(self, kind: str, name: str) -> Entry:
-        """The :class:`Entry` ``name`` refers to; see :meth:`resolve`."""
         if not isinstance(name, str):
             raise UsageError(f"the {kind} must be a name (a string), got {name!r}")
-        plural = KINDS[kind].plural
         plugin, _, bare = name.rpartition(":")
         matches = [
             entry
@@ -429,21 +408,22 @@ class Registry:
             close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             also = (
-                f" (plugins that failed to load: {', '.join(p.name for p in failed)}; see ganplug plugins)" if failed else ""
+                f" (plugins that failed to load: {', '.join(p.name for p in failed)}; see ganplug plugins)"
+                if failed
+                else ""
             )
             raise UsageError(
-                f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {plural}{also}"
+                f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {KINDS[kind].plural}{also}"
             )
         if len(matches) == 1:
-            return matches[0]
+            return matches[0].spec
         outside = [entry for entry in matches if entry.plugin != BUILTIN]
         if len(outside) == 1:
-            entry = outside[0]
             self._warn(
-                f"{kind} {bare!r} of plugin {entry.plugin!r} shadows the built-in one; "
+                f"{kind} {bare!r} of plugin {outside[0].plugin!r} shadows the built-in one; "
                 f"use {BUILTIN}:{bare} for the built-in"
             )
-            return entry
+            return outside[0].spec
         qualified = ", ".join(entry.qualified_name for entry in matches)
         raise UsageError(f"{kind} {name!r} is registered by several plugins: use one of {qualified}")
 
@@ -535,7 +515,7 @@ def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> N
     ``new`` form to write, which came with API ``since`` (the old form is kept until API ``since +
     OLD_FORMS_KEPT``), and points at ``function``'s definition; shown once per function."""
     target = inspect.unwrap(function)
-    code = getattr(target, "__code__", None) or getattr(getattr(type(target), "__call__", None), "__code__", None)
+    code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
     message = (
         f"{origin_of(spec)}: {spec.kind} {spec.name!r} uses the old call form {old}; write {new} "
         f"(ganplug plugin API {since}; the old form keeps working at least until API {since + OLD_FORMS_KEPT})"
@@ -585,14 +565,8 @@ def loss_recipe(spec: LossSpec, options: Mapping[str, Any]) -> Recipe:
         return spec.recipe(dict(options)) if callable(spec.recipe) else spec.recipe
     factory = load_factory("loss", spec)
     warn_old_form(spec, factory, "(a LossSpec without recipe: the loss is built to read it)", "LossSpec(recipe=...)", 4)
-    recipe = getattr(call_factory("loss", spec, **options), "recipe", None)
+    recipe: Any = getattr(call_factory("loss", spec, **options), "recipe", None)
     return recipe if all(hasattr(recipe, key) for key in RECIPE_KEYS) else Recipe()
-
-
-def _check_specs(kind: Kind, specs: object) -> list[Any]:
-    if not isinstance(specs, (list, tuple)) or not all(isinstance(s, kind.spec_type) for s in specs):
-        raise TypeError(f"expected a list of {kind.spec_type.__name__}, got {specs!r:.80}")
-    return list(specs)
 
 
 _REGISTRY: Registry | None = None
@@ -608,11 +582,7 @@ def get_registry() -> Registry:
 
 def resolve_kind(word: str) -> Kind:
     """``archs``/``architecture``/``arch``/``losses``/... to a :class:`Kind`; else UsageError."""
-    aliases = {}
-    for kind in KINDS.values():
-        for alias in (kind.name, kind.plural, kind.plural.rstrip("s"), kind.name + "s"):
-            aliases[alias] = kind
-    aliases["architectures"] = KINDS["architecture"]
+    aliases = {alias: k for k in KINDS.values() for alias in (k.name, k.plural, k.plural.rstrip("s"), k.name + "s")}
     if word in aliases:
         return aliases[word]
     close = difflib.get_close_matches(word, [k.plural for k in KINDS.values()], n=1, cutoff=0.5)
