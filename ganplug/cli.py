@@ -408,11 +408,11 @@ def _resume(explicit: dict[str, Any]) -> None:
         LoadedCheckpoint,
         check_belongs,
         fork_run,
-        has_checkpoint,
         resume_config,
         run_dir_of,
         stored_config,
     )
+    from ganplug.train.rundir import has_checkpoint
 
     if explicit.get("out"):
         raise UsageError("--resume continues in the run's own directory (or a new one with --fork DIR); drop --out")
