@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,22 +51,22 @@ def takes_real_batch(loss: Any) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------------------------
-# Built-in losses
-# --------------------------------------------------------------------------------------------
+# -- the built-in losses ---------------------------------------------------------------------
 
 
-
-def _number(loss: str, name: str, value: object) -> float:
-    """``value`` as a finite float, or a one-line :class:`GanplugError` naming the option."""
+def _number(loss: str, name: str, value: object, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a float: a finite number that ``ok`` accepts, else a one-line
+    :class:`GanplugError` naming the option (and what it must be: ``expected``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise GanplugError(f"loss {loss!r} option {name}: expected a finite number, got {value!r}")
+    if not ok(value):
+        raise GanplugError(f"loss {loss!r} option {name} must be {expected}, got {value!r}")
     return float(value)
 
 
-def _check(loss: str, name: str, value: float, ok: bool, expected: str) -> None:
-    if not ok:
-        raise GanplugError(f"loss {loss!r} option {name} must be {expected}, got {value!r}")
+def _repr(loss: object, *options: str) -> str:
+    """``Name(option=value, ...)`` of a loss's ``options``."""
+    return f"{type(loss).__name__}({', '.join(f'{name}={getattr(loss, name)!r}' for name in options)})"
 
 
 def _target_dtype(logits: Tensor) -> torch.dtype:
@@ -98,28 +99,26 @@ class ZeroCentredPenalties:
     compute them. The count of critic updates is the loss's state (saved in checkpoints)."""
 
     name = "loss"
+    shown: tuple[str, ...] = ("r1", "r2", "r1_every")  # the options its repr shows
 
     def __init__(self, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1) -> None:
         self.init_penalties(self.name, r1, r2, r1_every)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.penalty_repr()})"
+        return _repr(self, *self.shown)
 
     def init_penalties(self, name: str, r1: float, r2: float, r1_every: int) -> None:
-        self.r1 = _number(name, "r1", r1)
-        self.r2 = _number(name, "r2", r2)
-        _check(name, "r1", r1, self.r1 >= 0.0, ">= 0")
-        _check(name, "r2", r2, self.r2 >= 0.0, ">= 0")
-        ok = isinstance(r1_every, int) and not isinstance(r1_every, bool) and r1_every >= 1
-        _check(name, "r1_every", r1_every, ok, "an integer >= 1")
+        self.r1 = _number(name, "r1", r1, lambda v: v >= 0.0, ">= 0")
+        self.r2 = _number(name, "r2", r2, lambda v: v >= 0.0, ">= 0")
+        if isinstance(r1_every, bool) or not isinstance(r1_every, int) or r1_every < 1:
+            raise GanplugError(f"loss {name!r} option r1_every must be an integer >= 1, got {r1_every!r}")
         self.r1_every = r1_every
         self.critic_updates = 0
         self.penalises_critic_gradient = self.r1 > 0.0 or self.r2 > 0.0
 
-    def penalty_repr(self) -> str:
-        return f"r1={self.r1}, r2={self.r2}, r1_every={self.r1_every}"
-
-    def penalised_scores(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor | float, dict[str, Tensor]]:
+    def penalised_scores(
+        self, critic: Critic, real: Tensor, fake: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | float, dict[str, Tensor]]:
         """``(real_scores, fake_scores, weighted penalty, stats)`` of one critic update."""
         due = self.critic_updates % self.r1_every == 0
         self.critic_updates += 1
@@ -149,23 +148,20 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
 
     name = "bce"
     recipe = DCGAN_RECIPE
+    shown = ("label_smoothing", "label_noise", *ZeroCentredPenalties.shown)
 
     def __init__(
-        self, label_smoothing: float = 0.0, label_noise: float = 0.0, r1: float = 0.0, r2: float = 0.0, r1_every: int = 1
+        self,
+        label_smoothing: float = 0.0,
+        label_noise: float = 0.0,
+        r1: float = 0.0,
+        r2: float = 0.0,
+        r1_every: int = 1,
     ) -> None:
         self.init_penalties(self.name, r1, r2, r1_every)
-        smoothing = _number(self.name, "label_smoothing", label_smoothing)
-        noise = _number(self.name, "label_noise", label_noise)
-        _check(self.name, "label_smoothing", label_smoothing, 0.0 <= smoothing < 0.5, "in [0, 0.5)")
-        _check(self.name, "label_noise", label_noise, 0.0 <= noise < 0.5, "in [0, 0.5)")
-        self.label_smoothing = smoothing
-        self.label_noise = noise
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(label_smoothing={self.label_smoothing}, "
-            f"label_noise={self.label_noise}, {self.penalty_repr()})"
-        )
+        half = "in [0, 0.5)"
+        self.label_smoothing = _number(self.name, "label_smoothing", label_smoothing, lambda v: 0.0 <= v < 0.5, half)
+        self.label_noise = _number(self.name, "label_noise", label_noise, lambda v: 0.0 <= v < 0.5, half)
 
     def discriminator_targets(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[float | Tensor, float | Tensor]:
         """D's targets: floats, or with label noise tensors shaped like the logits, where each
@@ -236,18 +232,14 @@ class WassersteinLoss(GANLoss):
             LIPSCHITZ.convert(lipschitz)  # its spec's declared choices
         except ValueError as error:
             raise GanplugError(f"loss 'wasserstein' option lipschitz: {error}") from None
-        weight = _number(self.name, "gp_weight", gp_weight)
-        bound = _number(self.name, "clip", clip)
-        _check(self.name, "gp_weight", gp_weight, weight >= 0.0, ">= 0")
-        _check(self.name, "clip", clip, bound > 0.0, "> 0")
+        self.gp_weight = _number(self.name, "gp_weight", gp_weight, lambda v: v >= 0.0, ">= 0")
+        self.clip = _number(self.name, "clip", clip, lambda v: v > 0.0, "> 0")
         self.lipschitz = lipschitz
-        self.gp_weight = weight
-        self.clip = bound
         self.penalises_critic_gradient = lipschitz == "gp"
         self.recipe = wasserstein_recipe({"lipschitz": lipschitz})
 
     def __repr__(self) -> str:
-        return f"WassersteinLoss(lipschitz={self.lipschitz!r}, gp_weight={self.gp_weight}, clip={self.clip})"
+        return _repr(self, "lipschitz", "gp_weight", "clip")
 
     def gradient_penalty(self, critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
         """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one
@@ -309,9 +301,7 @@ class HingeLoss(ZeroCentredPenalties, GANLoss):
         loss = torch.relu(1.0 - r).mean() + torch.relu(1.0 + f).mean() + penalty
         return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores), **stats}
 
-    def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        fake_scores = critic(fake)
-        return ops.wasserstein_generator_loss(fake_scores), {"fake_score": _mean(fake_scores)}
+    generator_loss = WassersteinLoss.generator_loss  # -mean D(G(z))
 
 
 class RelativisticLoss(ZeroCentredPenalties, GANLoss):
@@ -333,14 +323,9 @@ class RelativisticLoss(ZeroCentredPenalties, GANLoss):
         loss = ops.generator_bce(_float32(real_scores) - _float32(fake_scores)) + penalty
         return loss, {"real_score": _mean(real_scores), "fake_score": _mean(fake_scores), **stats}
 
-    def generator_loss(self, critic: Critic, fake: Tensor, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    # GANLoss's documented form with the real batch (the trainer passes it when the method declares it)
+    def generator_loss(self, critic: Critic, fake: Tensor, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:  # type: ignore[override]
         fake_scores = critic(fake)
         real_scores = critic(real.detach())
         loss = ops.generator_bce(_float32(fake_scores) - _float32(real_scores))
         return loss, {"fake_score": _mean(fake_scores)}
-
-
-__all__ = [
-    "LOSS_METHODS", "Critic", "GANLoss", "HingeLoss", "MinimaxLoss", "NonSaturatingLoss", "RelativisticLoss",
-    "WassersteinLoss", "ZeroCentredPenalties", "input_gradient_norms", "interface_problem", "takes_real_batch",
-]
