@@ -1,53 +1,19 @@
 """``--cuda-graphs``: the training step captured once as a CUDA graph and replayed every step.
 
-What is captured (one graph per run, :class:`CudaGraphStep`): the whole step of
-:meth:`~ganplug.train.step.AdversarialStep.step_body`, i.e. the ``n_critic`` critic updates (G's
-forward, the loss with its penalties: the gradient penalty's interpolates and double backward,
-R1/R2, label noise; backward; the optimiser step; ``after_critic_step`` such as weight clipping)
-and the generator update (forward, backward, optimiser step). Its inputs are static tensors (the
-real batch of each critic update, and its labels in a conditional run) into which each step's
-batches are copied before the replay; the noise, the interpolation weights and torch's dropout
-are drawn inside the graph from the CUDA generator (torch's graph-safe philox offsets); ganplug's
-fused dropout reads its seeds from a device buffer that is filled from the CPU generator before
-each replay (:class:`DropoutSeeds`), the seeds the eager step would draw. The losses and stats
-are the graph's static outputs, copied into the sums after each replay. Outside the graph, eager:
-the learning rates (constant: ``lr_decay`` none), the EMA update, the sums, the checks.
-
-How: the first step (and the first after a rollback or a restore) fetches its batches, runs the
-step body ``WARMUP`` times on a side stream (as torch's docs require before a capture), puts
-every weight, buffer, optimiser state, RNG and the loss's state back as they were (in place: the
-tensors the graph will use), turns the optimisers' ``capturable`` on, captures, and replays: every
-step of a run is a replay, so a run resumed from a checkpoint replays the same graph as one never
-stopped.
-
-Where capture is impossible it falls back to the eager step with one line through the trainer's
-message channel (:func:`capture_problem` and :meth:`CudaGraphStep.run_step`): not on a CUDA
-device; several processes (the gradient all-reduce is not captured); ``lr_decay`` linear (the
-learning rate would be baked into the graph); lazy R1/R2 (``r1_every`` > 1: the host chooses the
-updates that compute the penalty); a loss whose state (``state_dict``) changes every step, which
-a replayed graph would not update (the built-in losses' count of critic updates is advanced by
-the trainer instead); batch shapes that change.
-
-Before capturing, a pre-check (the first warm-up run, :meth:`CudaGraphStep._capture`) makes sure
-nothing that would break the capture reaches ``capture_begin``: it runs the step body as the
-capture will (dropout seeds read from the device buffer) under
-``torch.cuda.set_sync_debug_mode("error")`` (:func:`no_host_sync`), so a step that synchronises
-with the host (``.item()``, ``float(t)``, ``if t > 0``, a copy of host data in) raises there, and
-it checks that every loss and stat is a tensor on the device (a Python number would be frozen
-into the graph). Either falls back to the eager step with one line naming the plugin: no capture
-was begun, so the process is intact.
-
-A capture that still fails (past the pre-check) stops the run with :class:`CaptureFailed`: one
-line naming the plugin and saying to train without ``--cuda-graphs``; the loop keeps the last
-checkpoint and writes nothing more. Stopping, not continuing eagerly, is the safe choice: in the
-torch this was written for (2.11), an error inside a capture leaves capture mode before torch's
-RNG capture epilogue and the caching allocator's end of capture, after which every CUDA RNG call
-fails ("Offset increment outside graph capture") and so does any later capture; until a GPU test
-shows a process healthy after a failed capture, nothing more is run or saved in it.
-
-No GPU was available when this was written: the capture itself has not run yet. On CPU the
-capture-ready step (:meth:`CudaGraphStep.run_capture_ready_step`: the same code with capture off)
-equals the eager step bit for bit (tests/test_cuda_graphs.py).
+The user's account (what the graph holds, its randomness, where it falls back, why a failed
+capture stops the run) is docs/kernels.md, "CUDA graphs"; this is how the code does it.
+:class:`CudaGraphStep` captures :meth:`~ganplug.train.step.AdversarialStep.step_body` (static
+inputs: each critic update's real batch and labels; static outputs: the losses and stats). The
+first step (and the first after a rollback or a restore, which invalidate the graph) runs the body
+``WARMUP`` times on a side stream, the first time as a pre-check (:meth:`CudaGraphStep._precheck`:
+under :func:`no_host_sync`, with the dropout seeds read from the device buffer of
+:class:`DropoutSeeds`), puts the state back in place (:class:`~ganplug.train.step.Snapshot`),
+captures and replays; the learning rates, the EMA, the sums and the checks stay eager. A reason
+to run eagerly (:func:`capture_problem`, the pre-check, changing batch shapes) is said once and
+the eager step runs; a capture failing past the pre-check raises :class:`CaptureFailed`, since
+torch's CUDA RNG and memory pool may be unusable after it. Not yet run on a GPU: on CPU the
+capture-ready step (:meth:`CudaGraphStep.run_capture_ready_step`) equals the eager step bit for
+bit (tests/test_cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -62,8 +28,7 @@ from ganplug import ops
 from ganplug.errors import GanplugError
 from ganplug.losses import ZeroCentredPenalties
 from ganplug.ops import _draw_seed
-from ganplug.train.rng import rng_state, set_rng_state
-from ganplug.train.step import AdversarialStep, StepInputs, StepOutputs, set_capturable
+from ganplug.train.step import AdversarialStep, Snapshot, StepInputs, StepOutputs, set_capturable
 from ganplug.train.sums import Sums
 
 WARMUP = 3  # eager runs of the step body on a side stream before a capture (torch's docs: 3)
@@ -203,54 +168,6 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-class _Snapshot:
-    """Everything the step body changes, to put back in place after the warm-up and a capture:
-    G's and D's parameters and buffers, the optimisers' states (a parameter without state yet gets
-    zeros, which is what Adam and RMSprop start from), the RNGs and the loss's state."""
-
-    def __init__(self, stepper: AdversarialStep) -> None:
-        self.stepper = stepper
-        self.tensors = [t for m in (stepper.G, stepper.D) for t in (*m.parameters(), *m.buffers())]
-        self.values = [t.detach().clone() for t in self.tensors]
-        self.optimizers = []
-        for optimizer in (stepper.opt_d, stepper.opt_g):
-            states = {}
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    state = optimizer.state.get(param)
-                    states[param] = (
-                        None
-                        if not state
-                        else {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                    )
-            self.optimizers.append((optimizer, states))
-        self.rng = rng_state(stepper.device)
-        self.loss_state = stepper.loss_state()
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        s = self.stepper
-        for tensor, value in zip(self.tensors, self.values):
-            tensor.copy_(value)
-        for optimizer, states in self.optimizers:
-            for param, saved in states.items():
-                live = optimizer.state.get(param)
-                if not live:
-                    continue
-                for key, value in live.items():
-                    if not isinstance(value, torch.Tensor):
-                        if saved is not None and key in saved:
-                            live[key] = saved[key]
-                    elif saved is None or key not in saved:
-                        value.zero_()
-                    else:
-                        value.copy_(saved[key].to(value.device))
-        set_rng_state(self.rng, s.device)
-        s.load_loss_state(self.loss_state)
-        s.D.requires_grad_(True)
-        s.changed = False
-
-
 class CudaGraphStep:
     """``stepper``'s step as a replayed CUDA graph (see the module docstring); :meth:`run_step`
     has :meth:`AdversarialStep.run_step`'s contract. ``message`` prints a line (the trainer's
@@ -301,83 +218,61 @@ class CudaGraphStep:
     def run_step(self, step: int, sums: Sums) -> None:
         """Generator step ``step``: a replay of the captured graph (capturing it first when there
         is none), or the eager step where capture is impossible (said once)."""
-        s = self.stepper
-        if self.problem is not None:
-            self._say()
-            s.run_step(step, sums)
-            return
-        s.changed = False
-        s.set_learning_rates(step)
-        batches = s.next_batches()
+        self._say()
+        self.stepper.run_step(step, sums, self._body if self.problem is None else None)
+
+    def run_capture_ready_step(self, step: int, sums: Sums) -> None:
+        """The capture-ready step with capture off: the step's batches copied into the static
+        inputs and the body run on them eagerly: the code a capture records (the warm-up runs it;
+        on CPU it equals :meth:`AdversarialStep.run_step` bit for bit)."""
+        self.stepper.run_step(step, sums, lambda batches: self._eager(self._load(batches)))
+
+    def _body(self, batches: StepInputs) -> StepOutputs:
         if self.inputs is not None and self.inputs.shapes() != batches.shapes():
             self._fall_back(
                 f"--cuda-graphs: the batch shapes changed ({self.inputs.shapes()} then {batches.shapes()}); {EAGER}"
             )
-            self.eager_step(step, batches, sums)
-            return
-        self._load(batches)
-        if self.graph is None and not self._capture():
-            self.eager_step(step, self.inputs, sums)
-            return
-        self._replay(step, sums)
+            return self._eager(batches)
+        inputs = self._load(batches)
+        if self.graph is None and not self._capture(inputs):
+            return self._eager(inputs)
+        assert self.outputs is not None
+        self.stepper.changed = True
+        self.seeds.fill()
+        self.graph.replay()
+        if self.counted_updates:
+            self.stepper.loss.critic_updates += self.counted_updates
+        return self.outputs
 
-    def run_capture_ready_step(self, step: int, sums: Sums) -> None:
-        """The capture-ready step with capture off: the step's batches copied into the static
-        inputs, then :meth:`eager_step` on them: the code a capture records, run eagerly (the
-        warm-up runs it; on CPU it equals :meth:`AdversarialStep.run_step` bit for bit)."""
-        s = self.stepper
-        s.changed = False
-        s.set_learning_rates(step)
-        self._load(s.next_batches())
-        self.eager_step(step, self.inputs, sums)
-
-    def eager_step(self, step: int, inputs: StepInputs, sums: Sums) -> None:
-        """The step body on ``inputs``, eagerly, dropout seeds drawn at each call; then the sums
-        and the EMA."""
-        s = self.stepper
+    def _eager(self, inputs: StepInputs) -> StepOutputs:
+        """The graph-safe body on ``inputs``, eagerly, dropout seeds drawn at each call."""
         with self.seeds.drawing():
-            outputs = s.step_body(inputs)
-        s.publish(outputs, sums)
-        if s.ema is not None:
-            s.update_ema(step)
+            return self.stepper.step_body(inputs)
 
-    def _load(self, batches: StepInputs) -> None:
+    def _load(self, batches: StepInputs) -> StepInputs:
+        """The static inputs, holding ``batches`` now."""
         if self.inputs is None:
             self.inputs = batches.clone()
         else:
             self.inputs.copy_(batches)
-
-    def _replay(self, step: int, sums: Sums) -> None:
-        s = self.stepper
-        assert self.outputs is not None
-        s.changed = True
-        self.seeds.fill()
-        self.graph.replay()
-        if self.counted_updates:
-            s.loss.critic_updates += self.counted_updates
-        s.publish(self.outputs, sums)
-        if s.ema is not None:
-            s.update_ema(step)
+        return self.inputs
 
     # -- the capture -------------------------------------------------------------------------------
 
-    def _side_stream(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[None]:
         """A side stream for the warm-up, ordered after and before the current one (CUDA)."""
         if self.device.type != "cuda":
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def side() -> Iterator[None]:
-            current = torch.cuda.current_stream(self.device)
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(current)
-            try:
-                with torch.cuda.stream(stream):
-                    yield
-            finally:  # the state is put back on the current stream next: after the side stream's work
-                current.wait_stream(stream)
-
-        return side()
+            yield
+            return
+        current = torch.cuda.current_stream(self.device)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:  # the state is put back on the current stream next: after the side stream's work
+            current.wait_stream(stream)
 
     def _record(self, body: Callable[[], StepOutputs]) -> tuple[Any, StepOutputs]:
         """Capture ``body`` into a new CUDA graph: (graph, its outputs). Nothing runs yet."""
@@ -452,22 +347,19 @@ class CudaGraphStep:
             )
         return self._loss_state_problem(before, s.loss_state()) or self._outputs_problem(outputs)
 
-    def _capture(self) -> bool:
+    def _capture(self, inputs: StepInputs) -> bool:
         """Pre-check and warm up, put the state back, capture: True with the graph ready to replay,
         False after falling back (said). An error of the eager warm-up is raised with the state put
         back; a failed capture raises :class:`CaptureFailed`."""
         s = self.stepper
-        assert self.inputs is not None
-        inputs = self.inputs
-        saved = _Snapshot(s)
+        saved = Snapshot(s, weights=True)
         self.counted_updates = 0
         self.seeds.prepare(self.device)
         try:
             with self._side_stream():
                 problem = self._precheck(inputs)
                 for _ in range(self.warmup - 1 if problem is None else 0):
-                    with self.seeds.drawing():
-                        s.step_body(inputs)
+                    self._eager(inputs)
         finally:
             saved.restore()
         if problem:

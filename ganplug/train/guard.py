@@ -21,7 +21,6 @@ its outputs) into a request to stop after it; a second one, or one between steps
 from __future__ import annotations
 
 import contextlib
-import copy
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -32,8 +31,7 @@ from torch import nn
 
 from ganplug.errors import Terminated
 from ganplug.train.distributed import World, all_reduce_sum
-from ganplug.train.rng import rng_state, set_rng_state
-from ganplug.train.step import AdversarialStep
+from ganplug.train.step import AdversarialStep, Snapshot
 from ganplug.train.sums import Sums
 
 LOSSES = ("d_loss", "g_loss")
@@ -63,8 +61,7 @@ class StepGuard:
         self.stepper, self.on_nan, self.world = stepper, on_nan, world
         self.device = stepper.device
         self.deferred = deferred
-        self._snapshot: tuple[Any, ...] | None = None
-        self._weights: tuple[Any, ...] | None = None
+        self._before: Snapshot | None = None
         self._pending = 0  # steps checked on the device since the last read
         self._first_bad: torch.Tensor | None = None  # 1-based index among them of the first non-finite one, 0 if none
 
@@ -74,43 +71,19 @@ class StepGuard:
     def begin(self) -> None:
         """Remember what the coming step changes before its first optimiser step; with ``skip``
         also the weights and optimiser states."""
-        buffers = [b.detach().clone() for m in self._modules() for b in m.buffers()]
-        self._snapshot = (rng_state(self.device), self.stepper.order.state_dict(), buffers, self.stepper.loss_state())
-        if self.on_nan == "skip":
-            s = self.stepper
-            clone = lambda module: {k: v.detach().clone() for k, v in module.state_dict().items()}
-            self._weights = (
-                clone(s.G),
-                clone(s.D),
-                clone(s.ema) if s.ema is not None else None,
-                copy.deepcopy(s.opt_g.state_dict()),
-                copy.deepcopy(s.opt_d.state_dict()),
-            )
+        self._before = Snapshot(self.stepper, weights=self.on_nan == "skip")
 
     def rollback(self) -> None:
         """Back to the state :meth:`begin` saw (valid while no parameter changed)."""
-        assert self._snapshot is not None
-        rng, order, buffers, loss_state = self._snapshot
-        with torch.no_grad():
-            for live, saved in zip([b for m in self._modules() for b in m.buffers()], buffers):
-                live.copy_(saved)
-        self.stepper.order.load_state_dict(order)
-        self.stepper.load_loss_state(loss_state)
-        set_rng_state(rng, self.device)
+        assert self._before is not None
+        self._before.restore()
         self.stepper.zero_grad()
 
     def restore_weights(self) -> None:
         """``skip``: the weights, EMA and optimiser states of before the step."""
-        assert self._weights is not None
-        s = self.stepper
-        g, d, ema, opt_g, opt_d = self._weights
-        s.G.load_state_dict(g)
-        s.D.load_state_dict(d)
-        if s.ema is not None and ema is not None:
-            s.ema.load_state_dict(ema)
-        s.opt_g.load_state_dict(opt_g)
-        s.opt_d.load_state_dict(opt_d)
-        s.zero_grad()
+        assert self._before is not None
+        self._before.restore(position=False)
+        self.stepper.zero_grad()
 
     def check_step(self, sums: Sums, stop_requested: bool) -> tuple[str | None, bool]:
         """After a step: (what is not finite, or None; whether any rank asked to stop). The

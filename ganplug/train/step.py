@@ -1,39 +1,21 @@
 """The maths of one training step: critic and generator updates, the EMA, the learning rates.
 
 One *step* is one generator update: ``n_critic`` critic updates (each on a fresh real batch and
-``G(z)`` of fresh noise, without gradients into G; then ``loss.after_critic_step(D)``), then one
-generator update with D's parameters frozen; a loss whose ``generator_loss`` takes ``real`` gets
-the real batch of the last critic update. With ``n_critic`` = 1 the generator update reuses the
-critic update's noise and ``G(z)`` (its graph kept; D sees it detached), as the PyTorch DCGAN
-example does: one G forward less per step, and the same gradient as a fresh forward of that noise,
-since G does not change in between. With ``n_critic`` > 1 the generator update draws fresh noise.
+``G(z)`` of fresh noise; then ``loss.after_critic_step(D)``), then one generator update with D
+frozen (a loss whose ``generator_loss`` takes ``real`` gets the last critic update's batch). With
+``n_critic`` = 1 the generator update reuses the critic update's noise and ``G(z)``, as the
+PyTorch DCGAN example does (the same gradient: G does not change in between). A conditional run
+draws each critic update's fakes for its real batch's labels and binds the critic to them; the
+generator update uses the last ones. The losses call :attr:`AdversarialStep.critic`: D, or D
+behind :class:`~ganplug.train.build.BatchCritic` (packing, labels) and
+:class:`~ganplug.train.augment.AugmentedCritic`; ``after_critic_step`` gets D itself. The EMA
+decay (:func:`ema_decay`) and the learning rates (:func:`lr_factor`) follow from the step and the
+config alone, so a resume needs no saved schedule.
 
-EMA (``ema`` > 0): a copy of G follows ``ema_p <- d * ema_p + (1 - d) * p`` after each generator
-update, with the warmed-up decay ``d = min(decay, (1 + t) / (10 + t))`` at generator step ``t``
-(:func:`ema_decay`; buffers copied).
-
-Learning rates (``lr_decay``): with ``linear`` both optimisers use ``base_lr * (1 - t / steps)``
-throughout generator step ``t`` (0-based; its critic updates too), from the config alone
-(:func:`lr_factor`), so a resume needs no saved schedule.
-
-Augmentation (``--augment``): the losses call :class:`~ganplug.train.augment.AugmentedCritic`,
-which augments every batch before the (packing) critic; it is told each critic update's real
-batch (for the adaptive ``p``) and commits that update's scores after the optimiser step.
-
-PacGAN (``pack`` = M > 1) and conditional runs: the losses get
-:class:`~ganplug.train.build.BatchCritic` as the critic; ``after_critic_step`` still gets D
-itself. Conditional: each critic update draws its fakes for the real batch's labels ``y``
-(``G(z, y)``) and binds the critic to ``y``; the generator update uses the labels of the last
-critic update.
-
-Nothing here reads a value back to the host: the losses and stats stay 0-d tensors on the device.
-
-The step in three parts, so a CUDA graph can capture the middle one (``--cuda-graphs``,
-:mod:`ganplug.train.graphs`): :meth:`AdversarialStep.next_batches` fetches a step's real batches
-(and labels), :meth:`~AdversarialStep.step_body` runs the critic and generator updates on them as
-a function of those tensors alone, and :meth:`~AdversarialStep.publish` adds its losses and stats
-to the sums. :meth:`~AdversarialStep.run_step` is the three in a row; the graph-safe body (gradients
-zeroed in place) equals it bit for bit on CPU (tests/test_cuda_graphs.py).
+Nothing here reads a value back to the host. The step is three parts, so that a CUDA graph can
+capture the middle one (:mod:`ganplug.train.graphs`): :meth:`~AdversarialStep.next_batches`,
+:meth:`~AdversarialStep.step_body` (a function of those tensors alone) and
+:meth:`~AdversarialStep.publish` (into the sums).
 """
 
 from __future__ import annotations
@@ -54,6 +36,7 @@ from ganplug.train.augment import AugmentedCritic, AugmentProbability
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
+from ganplug.train.rng import rng_state, set_rng_state
 from ganplug.train.sums import Sums
 
 
@@ -171,18 +154,7 @@ class StepOutputs:
 GENERATOR_PREFIX = "g_"  # metrics.jsonl names generator_loss() stats "g_" + name
 # metrics.jsonl columns the trainer writes itself: no loss stat may take them.
 RESERVED_STATS = frozenset(
-    {
-        "step",
-        "eval",
-        "d_loss",
-        "g_loss",
-        "samples_per_s",
-        "elapsed_s",
-        "skipped_steps",
-        "lr_g",
-        "augment_p",
-        "augment_rt",
-    }
+    "step eval d_loss g_loss samples_per_s elapsed_s skipped_steps lr_g augment_p augment_rt".split()
 )
 
 
@@ -291,13 +263,19 @@ class AdversarialStep:
             for group in optimizer.param_groups:
                 group["lr"] = base * factor
 
-    def run_step(self, step: int, sums: Sums) -> None:
+    def run_step(self, step: int, sums: Sums, body: Callable[[StepInputs], StepOutputs] | None = None) -> None:
         """Generator step ``step`` (0-based): the learning rates, ``n_critic`` critic updates, one
         generator update, the EMA. ``sums`` receives ``d_loss`` (per critic update), the critic
-        stats, ``g_loss`` and the generator stats (``g_``-prefixed), all as device tensors."""
+        stats, ``g_loss`` and the generator stats (``g_``-prefixed), all as device tensors.
+        ``body`` runs the updates in place of :meth:`step_body` (a CUDA graph's replay: its
+        outputs are copied, since the next replay rewrites them)."""
         self.changed = False
         self.set_learning_rates(step)
-        self.publish(self.step_body(self.next_batches(), graph_safe=False), sums, copy=False)
+        inputs = self.next_batches()
+        if body is None:
+            self.publish(self.step_body(inputs, graph_safe=False), sums, copy=False)
+        else:
+            self.publish(body(inputs), sums)
         if self.ema is not None:
             self.update_ema(step)
 
@@ -385,11 +363,7 @@ class AdversarialStep:
     def publish(outputs: StepOutputs, sums: Sums, copy: bool = True) -> None:
         """Add a step's losses and stats to ``sums``; ``copy``: each a copy (a graph's outputs are
         rewritten by its next replay)."""
-        copy_of = (
-            (lambda value: value.detach().clone() if isinstance(value, torch.Tensor) else value)
-            if copy
-            else (lambda value: value)
-        )
+        copy_of = _copy if copy else lambda value: value
         for d_loss, d_stats in zip(outputs.d_losses, outputs.d_stats):
             sums.add("d_loss", copy_of(d_loss))
             sums.add_all({k: copy_of(v) for k, v in d_stats.items()})
@@ -459,3 +433,52 @@ class AdversarialStep:
     def state_reset(self) -> None:
         for listener in self.on_state_reset:
             listener()
+
+
+class Snapshot:
+    """A copy of what a step changes, put back in place by :meth:`restore` (each tensor keeps its
+    identity, as a captured CUDA graph needs): the RNGs, the batch order's position, the loss's
+    state and G's and D's buffers; with ``weights`` also G's, D's and the EMA's parameters and the
+    optimisers' states (a state that a first step creates later is zeroed: what Adam and RMSprop
+    start from)."""
+
+    def __init__(self, stepper: AdversarialStep, weights: bool) -> None:
+        s = self.stepper = stepper
+        modules = [m for m in (s.G, s.D, s.ema if weights else None) if m is not None]
+        self.tensors = [t for m in modules for t in (*(m.parameters() if weights else ()), *m.buffers())]
+        self.values = [t.detach().clone() for t in self.tensors]
+        self.optimizers = [
+            (
+                o.state,
+                {p: {k: _copy(v) for k, v in o.state.get(p, {}).items()} for g in o.param_groups for p in g["params"]},
+            )
+            for o in ((s.opt_d, s.opt_g) if weights else ())
+        ]
+        self.rng, self.order, self.loss_state = rng_state(s.device), s.order.state_dict(), s.loss_state()
+
+    @torch.no_grad()
+    def restore(self, position: bool = True) -> None:
+        """Put the copies back (``position`` False: not the RNGs, the batch order and the loss's
+        state); D trainable, ``changed`` False."""
+        s = self.stepper
+        for tensor, value in zip(self.tensors, self.values):
+            tensor.copy_(value)
+        for live, saved in self.optimizers:
+            for param, before in saved.items():
+                for key, value in live.get(param, {}).items():
+                    if not isinstance(value, torch.Tensor):
+                        live[param][key] = before.get(key, value)
+                    elif key in before:
+                        value.copy_(before[key].to(value.device))
+                    else:
+                        value.zero_()
+        if position:
+            set_rng_state(self.rng, s.device)
+            s.order.load_state_dict(self.order)
+            s.load_loss_state(self.loss_state)
+        s.D.requires_grad_(True)
+        s.changed = False
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
