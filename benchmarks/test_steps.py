@@ -29,6 +29,7 @@ from torch import nn
 
 from ganplug.train import TrainConfig
 from ganplug.train.build import build_run, pack_samples
+from ganplug.train.config import resolve
 from ganplug.train.loop import Trainer
 
 # The cases, the plain models and the plain loop are the ones `ganplug bench` uses: one copy, in
@@ -75,7 +76,7 @@ def build_case(case: Case, device: str, tmp_path: Path, rgb_folder: Path):
         cfg["data_options"]["root"] = str(rgb_folder)
     amp = device == "cuda-bf16"
     cfg.update(device="cuda" if device.startswith("cuda") else "cpu", amp=amp, steps=10**6, log_every=10**6)
-    run = build_run(TrainConfig(**cfg))
+    run = build_run(resolve(TrainConfig(**cfg)))
     trainer = Trainer(run, tmp_path / "run", quiet=True, stream=io.StringIO())
     G, D = plain_twin(run.generator).to(run.device), plain_twin(run.discriminator).to(run.device)
     copy_weights(G, run.generator)

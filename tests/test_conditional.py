@@ -27,6 +27,7 @@ from ganplug.plugin import ArchitectureSpec, DataContext, DatasetSpec, ModelCont
 from ganplug.registry import Registry
 from ganplug.train import TrainConfig
 from ganplug.train.build import BatchCritic, build_run, pack_samples
+from ganplug.train.config import resolve
 from ganplug.train.data_order import BatchOrder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,11 +176,11 @@ def _config(**overrides) -> TrainConfig:
 
 
 def test_a_conditional_run_records_its_classes_and_a_dataset_without_labels_is_refused():
-    run = build_run(_config())
+    run = build_run(resolve(_config()))
     assert run.num_classes == 8 and run.model_info()["num_classes"] == 8
-    assert build_run(_config(conditional=False)).num_classes == 0
+    assert build_run(resolve(_config(conditional=False))).num_classes == 0
     with pytest.raises(UsageError, match="dataset 'gaussian' has no class labels: drop --conditional"):
-        build_run(_config(dataset="gaussian", data_options={}))
+        build_run(resolve(_config(dataset="gaussian", data_options={})))
 
 
 class Plain(nn.Module):
@@ -219,9 +220,9 @@ def plain_registry(monkeypatch):
 
 def test_an_architecture_without_conditional_models_and_a_dataset_with_bad_labels_are_named(plain_registry):
     with pytest.raises(UsageError, match="architecture 'plain' of plugin 'plain' does not build class-conditional"):
-        build_run(_config(arch="plain", arch_options={}))
+        build_run(resolve(_config(arch="plain", arch_options={})))
     with pytest.raises(PluginError, match=r"dataset 'bad-labels' of plugin 'plain': its labels .* outside the 3 classes"):
-        build_run(_config(dataset="bad-labels", data_options={}))
+        build_run(resolve(_config(dataset="bad-labels", data_options={})))
 
 
 def test_the_command_line_trains_a_conditional_run_and_samples_a_class(tmp_path, capsys):

@@ -30,7 +30,7 @@ USER = dict(arch="mlp", loss="bce", dataset="ring8", n_critic=2, batch_size=256,
 @pytest.fixture(scope="module")
 def ring8_run(tmp_path_factory) -> Path:
     """The config.toml a ring8 BCE run writes (built, not trained)."""
-    run = build_run(TrainConfig(**USER))
+    run = build_run(resolve(TrainConfig(**USER)))
     run_dir = tmp_path_factory.mktemp("ring8")
     write_config(run.config, run_dir, run.provenance)
     return run_dir / CONFIG_FILE
@@ -84,7 +84,7 @@ def test_another_architecture_drops_the_old_arch_options(ring8_run: Path):
 
 
 def test_a_value_the_user_set_differently_is_kept(tmp_path: Path):
-    run = build_run(TrainConfig(**{**USER, "lr_g": 3e-4, "arch_options": {"d_input_scale": 10.0}, "ema": 0.99}))
+    run = build_run(resolve(TrainConfig(**{**USER, "lr_g": 3e-4, "arch_options": {"d_input_scale": 10.0}, "ema": 0.99})))
     write_config(run.config, tmp_path, run.provenance)
     grid = build_config({"config_file": str(tmp_path / CONFIG_FILE), "dataset": "grid25", "steps": 50})
     assert (grid.lr_g, grid.lr_d, grid.ema, grid.steps) == (3e-4, 2e-4, 0.99, 50)  # lr_d: BCE's own

@@ -29,6 +29,7 @@ from ganplug.losses import NonSaturatingLoss, WassersteinLoss
 from ganplug.registry import origin_of
 from ganplug.train import TrainConfig
 from ganplug.train.build import build_run
+from ganplug.train.config import resolve
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train import graphs
 from ganplug.train.graphs import SYNC_ERROR, CaptureFailed, CudaGraphStep, DropoutSeeds, capture_problem
@@ -94,8 +95,8 @@ def _state(stepper: AdversarialStep):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_the_capture_ready_step_equals_the_eager_step_bit_for_bit(name):
-    eager = AdversarialStep(build_run(config_of(name)))
-    ready = CudaGraphStep(AdversarialStep(build_run(config_of(name))), message=lambda line: None)
+    eager = AdversarialStep(build_run(resolve(config_of(name))))
+    ready = CudaGraphStep(AdversarialStep(build_run(resolve(config_of(name)))), message=lambda line: None)
     assert_same(_state(eager), _state(ready.stepper), "initial state")
     expected = _steps(eager.run_step, eager, STEPS)
     got = _steps(ready.run_capture_ready_step, ready.stepper, STEPS)
@@ -172,7 +173,7 @@ def test_switching_it_on_or_off_on_resume_is_allowed_and_resumes_exactly(tmp_pat
 
 def _stub(loss, **config):
     """What capture_problem reads of a stepper, on a pretend CUDA device."""
-    spec = build_run(config_of("mlp-wgan-gp-n2-ring8", steps=1)).loss_spec
+    spec = build_run(resolve(config_of("mlp-wgan-gp-n2-ring8", steps=1))).loss_spec
     cfg = SimpleNamespace(**{"lr_decay": "none", "n_critic": 1, **config})
     return SimpleNamespace(device=torch.device("cuda"), world=None, config=cfg, loss=loss, run=SimpleNamespace(loss_spec=spec))
 
@@ -220,10 +221,10 @@ def _pretend_cuda(monkeypatch):
 def test_a_loss_whose_state_changes_every_step_falls_back_with_its_state_undone(monkeypatch):
     _pretend_cuda(monkeypatch)
     name = "mlp-wgan-gp-n2-ring8"
-    eager = AdversarialStep(build_run(config_of(name)))
+    eager = AdversarialStep(build_run(resolve(config_of(name))))
     eager.loss = _CountingLoss()
     lines = []
-    stepper = AdversarialStep(build_run(config_of(name)))
+    stepper = AdversarialStep(build_run(resolve(config_of(name))))
     stepper.loss = _CountingLoss()
     runner = CudaGraphStep(stepper, lines.append)
     monkeypatch.setattr(runner, "_record", lambda body: pytest.fail("no capture after the state check"))
@@ -245,11 +246,11 @@ def test_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_line_namin
     _pretend_cuda(monkeypatch)
     monkeypatch.setattr(CudaGraphStep, "_record", _failing_record)
     name = "mlp-wgan-gp-n2-ring8"
-    spec = build_run(config_of(name, steps=1)).loss_spec
+    spec = build_run(resolve(config_of(name, steps=1))).loss_spec
     line = (f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
             "operation not permitted when stream is capturing); stopped, since a failed capture can leave this process's "
             "CUDA RNG and memory pool unusable: train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)")
-    runner = CudaGraphStep(AdversarialStep(build_run(config_of(name))), lambda text: pytest.fail(text))
+    runner = CudaGraphStep(AdversarialStep(build_run(resolve(config_of(name)))), lambda text: pytest.fail(text))
     with pytest.raises(CaptureFailed) as failed:
         runner.run_step(0, Sums())
     assert str(failed.value) == line and runner.graph is None
@@ -290,9 +291,9 @@ def test_a_step_that_synchronises_falls_back_before_any_capture_and_trains_as_th
     _sync_checked(monkeypatch)
     monkeypatch.setattr(CudaGraphStep, "_record", lambda self, body: pytest.fail("no capture after a failed pre-check"))
     name = "mlp-wgan-gp-n2-ring8"
-    eager = AdversarialStep(build_run(config_of(name)))
+    eager = AdversarialStep(build_run(resolve(config_of(name))))
     lines = []
-    stepper = AdversarialStep(build_run(config_of(name)))
+    stepper = AdversarialStep(build_run(resolve(config_of(name))))
     runner = CudaGraphStep(stepper, lines.append)
     assert_same(_steps(runner.run_step, stepper, STEPS), _steps(eager.run_step, eager, STEPS), "sums")
     assert_same(_state(stepper), _state(eager), "state")
@@ -315,7 +316,7 @@ def test_a_stat_that_is_no_device_tensor_falls_back_before_any_capture(monkeypat
 
     monkeypatch.setattr(WassersteinLoss, "discriminator_loss", python_stat)
     lines = []
-    stepper = AdversarialStep(build_run(config_of("mlp-wgan-gp-n2-ring8")))
+    stepper = AdversarialStep(build_run(resolve(config_of("mlp-wgan-gp-n2-ring8"))))
     CudaGraphStep(stepper, lines.append).run_step(0, Sums())
     spec = stepper.run.loss_spec
     assert lines == [
@@ -337,7 +338,7 @@ def test_an_error_of_the_warm_up_leaves_the_state_as_it_was(monkeypatch):
         return real_loss(self, critic, fake)
 
     monkeypatch.setattr(NonSaturatingLoss, "generator_loss", failing)
-    stepper = AdversarialStep(build_run(config_of(name)))
+    stepper = AdversarialStep(build_run(resolve(config_of(name))))
     before = {k: v.clone() for k, v in stepper.D.state_dict().items()}
     loss_state = stepper.loss_state()
     runner = CudaGraphStep(stepper, lambda line: None)
@@ -350,7 +351,7 @@ def test_an_error_of_the_warm_up_leaves_the_state_as_it_was(monkeypatch):
 
 def test_changing_batch_shapes_fall_back_in_one_line(monkeypatch):
     _pretend_cuda(monkeypatch)
-    stepper = AdversarialStep(build_run(config_of("dcgan-bce-digits")))
+    stepper = AdversarialStep(build_run(resolve(config_of("dcgan-bce-digits"))))
     lines = []
     runner = CudaGraphStep(stepper, lines.append)
     runner._load(stepper.next_batches())  # static inputs of one shape
@@ -410,8 +411,8 @@ def test_an_emulated_replay_keeps_the_sums_the_ema_and_the_loss_count_as_the_eag
     loss's count of critic updates advances as in the eager step."""
     _pretend_cuda(monkeypatch)
     name = "dcgan-bce-digits"
-    eager = AdversarialStep(build_run(config_of(name)))
-    stepper = AdversarialStep(build_run(config_of(name)))
+    eager = AdversarialStep(build_run(resolve(config_of(name))))
+    stepper = AdversarialStep(build_run(resolve(config_of(name))))
     runner = CudaGraphStep(stepper, lambda line: pytest.fail(line))
     _emulate_capture(monkeypatch, runner)
     got = _steps(runner.run_step, stepper, STEPS)
@@ -440,7 +441,7 @@ def _losses_sums(d_loss: float, g_loss: float) -> Sums:
 
 
 def test_a_replayed_steps_check_reads_nothing_back_and_names_the_first_bad_step_when_read(monkeypatch):
-    stepper = AdversarialStep(build_run(config_of("dcgan-bce-digits")))
+    stepper = AdversarialStep(build_run(resolve(config_of("dcgan-bce-digits"))))
     guard = StepGuard(stepper, "stop", None, deferred=lambda: True)
     losses = [(1.0, 2.0), (1.0, math.nan), (math.inf, 2.0), (1.0, 2.0)]
     sums = [_losses_sums(*pair) for pair in losses]
@@ -496,12 +497,12 @@ def test_a_replayed_run_that_goes_non_finite_stops_at_the_metrics_line_naming_th
 def test_a_checkpoint_of_a_capturable_optimiser_resumes_eagerly_with_capturable_off():
     from ganplug.train.step import set_capturable, use_fast_implementation
 
-    stepper = AdversarialStep(build_run(config_of("mlp-wgan-clip-rmsprop-ring8")))
+    stepper = AdversarialStep(build_run(resolve(config_of("mlp-wgan-clip-rmsprop-ring8"))))
     stepper.run_step(0, Sums())
     for optimizer in (stepper.opt_d, stepper.opt_g):
         set_capturable(optimizer, True)
     state = stepper.state_dict()
-    other = AdversarialStep(build_run(config_of("mlp-wgan-clip-rmsprop-ring8")))
+    other = AdversarialStep(build_run(resolve(config_of("mlp-wgan-clip-rmsprop-ring8"))))
     other.load_state_dict(state)
     for optimizer in (other.opt_d, other.opt_g):
         assert all(not g["capturable"] for g in optimizer.param_groups)

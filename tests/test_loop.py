@@ -16,6 +16,7 @@ from ganplug.errors import GanplugError
 from ganplug.train import train
 from ganplug.train import guard as guard_module
 from ganplug.train.build import build_run
+from ganplug.train.config import resolve
 from ganplug.train.checkpoint import load_checkpoint, save_checkpoint
 from ganplug.train.loop import Callback, Trainer
 from ganplug.train.step import make_optimizer
@@ -157,7 +158,7 @@ def test_fused_adam_follows_the_single_tensor_adam(tmp_path):
 def test_the_generator_runs_once_per_step_with_one_critic_step(tmp_path, n_critic, forwards):
     """n_critic 1: the generator update reuses the critic update's G(z) (one forward per step);
     more critic steps draw fresh noise for the generator update."""
-    run = build_run(tiny(10, n_critic=n_critic))
+    run = build_run(resolve(tiny(10, n_critic=n_critic)))
     trainer = Trainer(run, tmp_path / "run", quiet=True, stream=io.StringIO())
     seen = []
     run.generator.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
@@ -166,7 +167,7 @@ def test_the_generator_runs_once_per_step_with_one_critic_step(tmp_path, n_criti
 
 
 def test_reusing_the_critic_steps_fake_gives_the_gradient_of_a_fresh_forward(tmp_path):
-    run = build_run(tiny(10, arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0}))
+    run = build_run(resolve(tiny(10, arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0})))
     trainer = Trainer(run, tmp_path / "run", quiet=True, stream=io.StringIO())
     G = run.generator
     captured = {}

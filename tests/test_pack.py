@@ -17,6 +17,7 @@ from ganplug.generate import load_generator
 from ganplug.losses import WassersteinLoss
 from ganplug.train import TrainConfig
 from ganplug.train.build import BatchCritic, build_run, pack_samples
+from ganplug.train.config import resolve
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
 from ganplug.train.distributed import World, check_batch
 
@@ -52,12 +53,12 @@ def record_critic_inputs(shapes: list[tuple[int, ...]]):
 
 
 def test_the_discriminator_is_built_for_packed_points_the_generator_is_not():
-    packed = build_run(tiny(pack=2))
+    packed = build_run(resolve(tiny(pack=2)))
     assert packed.discriminator[1].in_features == 4  # Flatten, then the first linear layer
     assert packed.generator(torch.randn(5, packed.latent_dim)).shape == (5, 2)
     assert packed.discriminator(torch.randn(3, 4)).shape == (3,)
     assert tuple(packed.data_shape) == (2,) and packed.model_info()["data_shape"] == [2]
-    plain = build_run(tiny())
+    plain = build_run(resolve(tiny()))
     assert plain.config.pack == 1
     assert plain.discriminator[1].in_features == 2
     # the generator does not depend on the packing: same weights for the same seed
@@ -66,7 +67,7 @@ def test_the_discriminator_is_built_for_packed_points_the_generator_is_not():
 
 
 def test_the_dcgan_discriminator_gets_the_channels_of_the_pack():
-    run = build_run(tiny("wasserstein", arch="dcgan", dataset="digits", pack=2))
+    run = build_run(resolve(tiny("wasserstein", arch="dcgan", dataset="digits", pack=2)))
     first_conv = next(m for m in run.discriminator.modules() if isinstance(m, nn.Conv2d))
     assert first_conv.in_channels == 2
     assert run.generator(torch.randn(3, run.latent_dim)).shape == (3, 1, 16, 16)

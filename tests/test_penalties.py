@@ -147,12 +147,13 @@ class RecordingLoss(NonSaturatingLoss):
 @pytest.mark.parametrize("n_critic", [1, 3])
 def test_the_generator_step_sees_the_real_batch_of_the_last_critic_update(n_critic):
     from ganplug.train.build import build_run
+    from ganplug.train.config import resolve
     from ganplug.train.sums import Sums
     from ganplug.train.step import AdversarialStep
 
     config = TrainConfig(arch="mlp", loss="bce", dataset="ring8", data_options={"size": 64}, batch_size=8,
                          n_critic=n_critic, arch_options={"g_widths": "8", "d_widths": "8"}, device="cpu")
-    run = build_run(config)
+    run = build_run(resolve(config))
     run.loss = RecordingLoss()
     stepper = AdversarialStep(run)
     for step in range(2):

@@ -20,6 +20,7 @@ from ganplug.generate import TrainedGenerator, load_generator, sample
 from ganplug.noise import draw_latent
 from ganplug.train import TrainConfig, train
 from ganplug.train.build import build_run
+from ganplug.train.config import resolve
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.progress import Progress
 from ganplug.train.render import render_images, save_samples
@@ -156,7 +157,7 @@ def test_dcgan_on_points_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_recipe_latent_and_context_fill_the_unset_knobs():
-    run = build_run(tiny("mlp", "wasserstein", "ring8"))
+    run = build_run(resolve(tiny("mlp", "wasserstein", "ring8")))
     c = run.config
     assert (c.n_critic, c.optimizer, c.lr_g, c.lr_d, c.betas) == (5, "adam", 1e-4, 1e-4, (0.0, 0.9))
     assert (c.latent, c.latent_dim, run.data_shape, run.value_range) == ("normal", 8, (2,), None)
@@ -167,25 +168,25 @@ def test_recipe_latent_and_context_fill_the_unset_knobs():
     assert c.data_options == {"std": 0.01, "size": 256}
     assert not isinstance(run.generator[-2], torch.nn.Tanh)  # unbounded data: linear output
 
-    clip = build_run(tiny("mlp", "wasserstein", "gaussian", loss_options={"lipschitz": "clip"})).config
+    clip = build_run(resolve(tiny("mlp", "wasserstein", "gaussian", loss_options={"lipschitz": "clip"}))).config
     assert (clip.n_critic, clip.optimizer, clip.lr_g, clip.latent, clip.latent_dim) == (5, "rmsprop", 5e-5, "uniform", 8)
 
-    images = build_run(tiny("dcgan", "wasserstein", "digits", data_options={"image_size": 16}))
+    images = build_run(resolve(tiny("dcgan", "wasserstein", "digits", data_options={"image_size": 16})))
     assert images.config.latent_dim == 64 and images.data_shape == (1, 16, 16) and images.value_range == (-1.0, 1.0)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in images.discriminator.modules())  # gradient penalty
-    bce = build_run(tiny("dcgan", "bce", "digits", data_options={"image_size": 16}))
+    bce = build_run(resolve(tiny("dcgan", "bce", "digits", data_options={"image_size": 16})))
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bce.discriminator.modules())
     out = bce.generator(torch.randn(4, 64))
     assert out.shape == (4, 1, 16, 16) and out.abs().max() <= 1  # tanh for bounded data
 
-    mine = build_run(tiny("mlp", "wasserstein", "ring8", n_critic=2, optimizer="rmsprop", lr_g=3e-3, latent="uniform", latent_dim=5)).config
+    mine = build_run(resolve(tiny("mlp", "wasserstein", "ring8", n_critic=2, optimizer="rmsprop", lr_g=3e-3, latent="uniform", latent_dim=5))).config
     assert (mine.n_critic, mine.optimizer, mine.lr_g, mine.lr_d, mine.latent, mine.latent_dim) == (2, "rmsprop", 3e-3, 1e-4, "uniform", 5)
 
 
 def test_same_seed_same_initial_weights():
-    a = build_run(tiny(seed=3)).generator.state_dict()
-    b = build_run(tiny(seed=3)).generator.state_dict()
-    c = build_run(tiny(seed=4)).generator.state_dict()
+    a = build_run(resolve(tiny(seed=3))).generator.state_dict()
+    b = build_run(resolve(tiny(seed=3))).generator.state_dict()
+    c = build_run(resolve(tiny(seed=4))).generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -218,9 +219,9 @@ def test_bad_knobs_are_one_line_errors(tmp_path, knobs, message):
 
 def test_unknown_names_and_options_are_errors(tmp_path):
     with pytest.raises(GanplugError, match="unknown loss"):
-        build_run(tiny(loss="wgan"))
+        build_run(resolve(tiny(loss="wgan")))
     with pytest.raises(GanplugError, match="no option 'width'"):
-        build_run(tiny(arch_options={"width": 8}))
+        build_run(resolve(tiny(arch_options={"width": 8})))
 
 
 # -- the batch order -------------------------------------------------------------------------------

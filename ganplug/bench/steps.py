@@ -322,6 +322,7 @@ class StepBench:
     def __init__(self, row: StepRow, workdir: Path) -> None:
         from ganplug.train import TrainConfig
         from ganplug.train.build import build_run
+        from ganplug.train.config import resolve
         from ganplug.train.loop import Trainer
 
         self.row = row
@@ -331,7 +332,7 @@ class StepBench:
             cfg["data_options"]["root"] = str(folder if folder.is_dir() else write_rgb_folder(folder))
         cfg.update(device=row.device, amp=row.amp, cuda_graphs=row.graphs, steps=10**6, log_every=10**6)
         torch.manual_seed(0)
-        self.run = build_run(TrainConfig(**cfg))
+        self.run = build_run(resolve(TrainConfig(**cfg)))
         self.trainer = Trainer(self.run, workdir / "run", quiet=True, stream=io.StringIO())
         self.data = real_samples(self.run.dataset).to(self.run.device)
         check_equivalence(self.trainer, self.plain_loop())

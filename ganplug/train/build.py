@@ -34,10 +34,8 @@ from ganplug.train.config import (
     IMAGE_LATENT_DIM,
     VECTOR_LATENT_DIM,
     ResolvedConfig,
-    TrainConfig,
     augment_provenance_key,
     augment_specs,
-    resolve,
 )
 
 
@@ -244,22 +242,19 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] | None = None) -> Run:
+def build_run(config: ResolvedConfig, provenance: dict[str, Any] | None = None) -> Run:
     """Build the dataset, loss and models of ``config`` (moved to the run's device).
 
     ``provenance``: a resumed run's record of which plugin provided each name (see
-    :func:`resolve_specs`); the built run records its own in ``Run.provenance``. A
-    :class:`TrainConfig` (from Python code that builds a run without training it) is resolved
-    first; :func:`ganplug.train.train` passes the resolved one.
+    :func:`resolve_specs`); the built run records its own in ``Run.provenance``.
 
     Order: the specs; device; dataset (``DataContext(seed)``) and the data shape of its first
     item, which decides latent_dim where the config leaves it unset; the loss; then the models,
     built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
     """
-    if isinstance(config, TrainConfig):
-        config = resolve(config, provenance=provenance)
-    arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
-    augment_spec_list = augment_specs(config.augment, provenance)
+    registry = get_registry()
+    specs = arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
+    augment_list = augment_specs(config.augment, provenance)
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
 
@@ -298,10 +293,12 @@ def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] |
         )
 
     num_classes = dataset_classes(dataset, dataset_spec, arch_spec) if config.conditional else 0
-    value_range = tuple(float(v) for v in dataset_spec.value_range) if dataset_spec.value_range is not None else None
+    value_range = None
+    if dataset_spec.value_range is not None:
+        value_range = (float(dataset_spec.value_range[0]), float(dataset_spec.value_range[1]))
     augment_ctx = AugmentContext(data_shape=tuple(data_shape), value_range=value_range)
     augmentations = []
-    for name, spec in zip(config.augment, augment_spec_list):
+    for name, spec in zip(config.augment, augment_list):
         augment = call_factory("augmentation", spec, augment_ctx, **config.augment_options[name])
         if not callable(augment):
             raise PluginError(
@@ -345,14 +342,8 @@ def build_run(config: ResolvedConfig | TrainConfig, provenance: dict[str, Any] |
         critic_batchnorm=not penalises,
         num_classes=num_classes,
         provenance={
-            **{
-                kind: get_registry().provenance(kind, spec)
-                for kind, spec in zip((kind for kind, _ in SPEC_FIELDS), (arch_spec, loss_spec, dataset_spec))
-            },
-            **{
-                augment_provenance_key(i): get_registry().provenance("augmentation", spec)
-                for i, spec in enumerate(augment_spec_list)
-            },
+            **{kind: registry.provenance(kind, spec) for (kind, _), spec in zip(SPEC_FIELDS, specs)},
+            **{augment_provenance_key(i): registry.provenance("augmentation", s) for i, s in enumerate(augment_list)},
         },
         augmentations=augmentations,
     )
