@@ -5,10 +5,19 @@ torch."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ganplug.plugin import (
-    ArchitectureSpec, AugmentationSpec, DatasetSpec, LoggerSpec, LossSpec, MetricSpec, Option, Recipe, hookimpl,
+    ArchitectureSpec,
+    AugmentationSpec,
+    DatasetSpec,
+    LoggerSpec,
+    LossSpec,
+    MetricSpec,
+    Option,
+    Recipe,
+    hookimpl,
 )
 
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations", minimum=0.0)
@@ -27,9 +36,14 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
                 Option("d_widths", str, "256,128,64", "comma-separated hidden widths of D"),
                 Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
                 _SLOPE,
-                Option("d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"),
                 Option(
-                    "critic_norm", str, "none", "spectral: spectral normalisation of D's weights (Miyato et al. 2018)",
+                    "d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"
+                ),
+                Option(
+                    "critic_norm",
+                    str,
+                    "none",
+                    "spectral: spectral normalisation of D's weights (Miyato et al. 2018)",
                     choices=("none", "spectral"),
                 ),
             ),
@@ -133,11 +147,15 @@ def _size(default: int) -> Option:
     return Option("size", int, default, "number of samples drawn once, with the run's seed")
 
 
-_TORCHVISION = (
-    Option("root", str, "", "data directory (--data-dir)"),
-    Option("download", bool, False, "download into root when missing (--download)"),
-    Option("image_size", int, 0, "resize to this square size, 8-128; 0 keeps the native size"),
-)
+def _torchvision(name: str, summary: str, factory: str) -> DatasetSpec:
+    """A labelled torchvision dataset of 10 classes, read from (or downloaded into) --data-dir."""
+    options = (
+        Option("root", str, "", "data directory (--data-dir)"),
+        Option("download", bool, False, "download into root when missing (--download)"),
+        Option("image_size", int, 0, "resize to this square size, 8-128; 0 keeps the native size"),
+    )
+    summary += " (torchvision; from --data-dir)"
+    return DatasetSpec(name, summary, f"ganplug.data.images:{factory}", options, num_classes=10)
 
 
 # Training defaults of the synthetic datasets (their quality recipes in benchmarks/quality/).
@@ -172,7 +190,9 @@ def ganplug_datasets() -> list[DatasetSpec]:
             num_classes=8,
             # benchmarks/quality/ring8.toml (24000 steps, D's input x 30, BCE at lr 1e-4)
             defaults={
-                **_MIXTURE_DEFAULTS, "steps": 24000, "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 30.0}},
+                **_MIXTURE_DEFAULTS,
+                "steps": 24000,
+                "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 30.0}},
                 "loss_recipes": {"bce": {"lr_g": 1e-4, "lr_d": 1e-4}},
             },
         ),
@@ -185,7 +205,9 @@ def ganplug_datasets() -> list[DatasetSpec]:
             num_classes=25,
             # benchmarks/quality/grid25.toml (72000 steps, lr 2e-4 decayed linearly, D's input x 5)
             defaults={
-                **_MIXTURE_DEFAULTS, "steps": 72000, "lr_decay": "linear",
+                **_MIXTURE_DEFAULTS,
+                "steps": 72000,
+                "lr_decay": "linear",
                 "arch_options": {"mlp": {**_MIXTURE_MLP, "d_input_scale": 5.0}},
             },
         ),
@@ -206,27 +228,9 @@ def ganplug_datasets() -> list[DatasetSpec]:
             # paper recipe (5 critic steps, lr 1e-4) needs about 3x the time for the same quality here.
             defaults={"steps": 1500, "loss_recipes": {"wasserstein": {"n_critic": 2, "lr_g": 2e-4, "lr_d": 2e-4}}},
         ),
-        DatasetSpec(
-            name="mnist",
-            summary="MNIST 28x28 handwritten digits (torchvision; from --data-dir)",
-            factory="ganplug.data.images:mnist",
-            num_classes=10,
-            options=_TORCHVISION,
-        ),
-        DatasetSpec(
-            name="fashion-mnist",
-            summary="Fashion-MNIST 28x28 clothing images (torchvision; from --data-dir)",
-            factory="ganplug.data.images:fashion_mnist",
-            num_classes=10,
-            options=_TORCHVISION,
-        ),
-        DatasetSpec(
-            name="cifar10",
-            summary="CIFAR-10 32x32 colour images (torchvision; from --data-dir)",
-            factory="ganplug.data.images:cifar10",
-            num_classes=10,
-            options=_TORCHVISION,
-        ),
+        _torchvision("mnist", "MNIST 28x28 handwritten digits", "mnist"),
+        _torchvision("fashion-mnist", "Fashion-MNIST 28x28 clothing images", "fashion_mnist"),
+        _torchvision("cifar10", "CIFAR-10 32x32 colour images", "cifar10"),
         DatasetSpec(
             name="image-folder",
             summary="every image under a folder, resized to a square; class subfolders are labels (--data-dir, --image-size)",
@@ -245,6 +249,9 @@ _CLASSIFIER_OPTIONS = (
     Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
     Option("confidence", float, 0.9, "a sample is confident when its top class probability is at least this"),
 )
+_SPLITS = Option("splits", int, 10, "parts the samples are scored in (mean and std over them), as the papers")
+_DIGITS = ("digits", "mnist5k", "mnist", "fashion-mnist")  # the datasets of the digit classifiers
+_IMAGES = (*_DIGITS, "cifar10", "image-folder")
 
 
 @hookimpl
@@ -272,7 +279,12 @@ def ganplug_metrics() -> list[MetricSpec]:
             summary="digits: Frechet distance, precision/recall/density/coverage, class histogram in a classifier's features; real floor beside",
             factory="ganplug.metrics.classifier:build",
             options=(
-                Option("n_samples", int, 899, "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)"),
+                Option(
+                    "n_samples",
+                    int,
+                    899,
+                    "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)",
+                ),
                 *_CLASSIFIER_OPTIONS,
             ),
             datasets=("digits",),
@@ -293,16 +305,18 @@ def ganplug_metrics() -> list[MetricSpec]:
             factory="ganplug.metrics.classifier:build_score",
             options=(
                 Option("n_samples", int, 899, "samples drawn from the generator (899 = digits' held-out real half)"),
-                Option("splits", int, 10, "parts the samples are scored in (mean and std over them), as the papers"),
+                _SPLITS,
             ),
-            datasets=("digits", "mnist5k", "mnist", "fashion-mnist"),
+            datasets=_DIGITS,
         ),
         MetricSpec(
             name="inception",
             summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build",
-            options=(Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),),
-            datasets=("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+            options=(
+                Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),
+            ),
+            datasets=_IMAGES,
         ),
         MetricSpec(
             name="inception-score",
@@ -310,9 +324,9 @@ def ganplug_metrics() -> list[MetricSpec]:
             factory="ganplug.metrics.inception:build_score",
             options=(
                 Option("n_samples", int, 1000, "samples drawn from the generator (papers: 50000)"),
-                Option("splits", int, 10, "parts the samples are scored in (mean and std over them), as the papers"),
+                _SPLITS,
             ),
-            datasets=("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"),
+            datasets=_IMAGES,
         ),
     ]
 
@@ -337,7 +351,12 @@ def ganplug_augmentations() -> list[AugmentationSpec]:
             summary="images: DiffAugment's colour, translation and cutout, per sample, differentiable (Zhao et al. 2020)",
             factory="ganplug.augment:DiffAugment",
             options=(
-                Option("policy", str, "color,translation,cutout", "the transforms, a comma-separated subset of color,translation,cutout"),
+                Option(
+                    "policy",
+                    str,
+                    "color,translation,cutout",
+                    "the transforms, a comma-separated subset of color,translation,cutout",
+                ),
                 Option("translation", float, 0.125, "largest shift, as a fraction of the side (zero-padded)"),
                 Option("cutout", float, 0.5, "side of the cut-out square, as a fraction of the image's side"),
             ),

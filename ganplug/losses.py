@@ -81,14 +81,14 @@ def _mean(scores: Tensor) -> Tensor:
     return scores.detach().float().mean()
 
 
-def input_gradient_norms(critic: Critic, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i ||grad_x D(x)_i||^2 over
-    its scores (the fused gradient-penalty op with target 0), differentiable in the critic's
-    parameters (double backward). A packing critic's norms each cover a whole pack."""
+def input_gradient_norms(critic: Critic, x: Tensor, target: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i (||grad_x D(x)_i|| - target)^2
+    over its scores (the fused gradient-penalty op; target 0: the squared norms), differentiable in
+    the critic's parameters (double backward). A packing critic's norms each cover a whole pack."""
     x = x.detach().requires_grad_(True)
     scores = critic(x)
     (grads,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-    return scores, ops.gradient_penalty(grads.reshape(scores.shape[0], -1), 0.0)
+    return scores, ops.gradient_penalty(grads.reshape(scores.shape[0], -1), target)
 
 
 class ZeroCentredPenalties:
@@ -248,12 +248,8 @@ class WassersteinLoss(GANLoss):
         score: a packing critic (PacGAN) scores M consecutive samples at once, so its N / M
         norms each cover the gradient of a whole pack."""
         real, fake = real.detach(), fake.detach()
-        eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-        eps = torch.rand(eps_shape, device=real.device, dtype=real.dtype)
-        x_hat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
-        scores = critic(x_hat)
-        (grads,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-        return ops.gradient_penalty(grads.reshape(scores.shape[0], -1))
+        eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+        return input_gradient_norms(critic, eps * real + (1.0 - eps) * fake, 1.0)[1]
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_scores = critic(real)

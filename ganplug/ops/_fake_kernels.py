@@ -8,28 +8,16 @@ step can backpropagate through `autograd.grad(..., create_graph=True)` of a crit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
-# --- fake kernels: output shapes and dtypes, for torch.compile and opcheck -------------------
+def _fake(op: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    return torch.library.register_fake(f"ganplug::{op}")
 
 
-@torch.library.register_fake("ganplug::linear_leaky_relu")
-def _(input, weight, bias, negative_slope):
-    return input.new_empty((*input.shape[:-1], weight.shape[0]))
-
-
-@torch.library.register_fake("ganplug::leaky_relu_backward")
-def _(grad_output, output, negative_slope):
-    return output.new_empty(output.shape)
-
-
-@torch.library.register_fake("ganplug::leaky_relu_bias_backward")
-def _(grad_output, output, negative_slope):
-    return output.new_empty(output.shape), output.new_empty(output.shape[1:])
-
-
-def _empty_in_bias_act_layout(t):
+def _empty_in_bias_act_layout(t: torch.Tensor) -> torch.Tensor:
     """An empty tensor of t's shape (N, C, *) laid out as the bias_leaky_relu kernels lay out their
     outputs (csrc/bias_act.h): channels innermost when t's memory is in (N, *, C) order, else contiguous."""
     channels_last = t.movedim(1, -1)
@@ -38,49 +26,54 @@ def _empty_in_bias_act_layout(t):
     return t.new_empty(t.shape)
 
 
-@torch.library.register_fake("ganplug::bias_leaky_relu")
+# Ops whose output is a scalar, and ops whose output is shaped like one of their arguments (its index).
+for _op in (
+    "bce_loss",
+    "discriminator_bce",
+    "wasserstein_critic_loss",
+    "wasserstein_generator_loss",
+    "gradient_penalty",
+):
+    _fake(_op)(lambda x, *args: x.new_empty(()))
+for _op, _index in (
+    ("leaky_relu_backward", 1),
+    ("bce_loss_backward", 1),
+    ("gradient_penalty_backward", 1),
+    ("dropout", 0),
+):
+    _fake(_op)(lambda *args, i=_index: args[i].new_empty(args[i].shape))
+
+
+@_fake("linear_leaky_relu")
+def _(input, weight, bias, negative_slope):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@_fake("leaky_relu_bias_backward")
+def _(grad_output, output, negative_slope):
+    return output.new_empty(output.shape), output.new_empty(output.shape[1:])
+
+
+@_fake("bias_leaky_relu")
 def _(input, bias, negative_slope):
     return _empty_in_bias_act_layout(input)
 
 
-@torch.library.register_fake("ganplug::bias_leaky_relu_backward")
+@_fake("bias_leaky_relu_backward")
 def _(grad_output, output, negative_slope):
     return _empty_in_bias_act_layout(output), output.new_empty(output.shape[1:2])
 
 
-def _scalar_like(x, *args):
-    return x.new_empty(())
-
-
-for _name in ("bce_loss", "discriminator_bce", "wasserstein_critic_loss", "wasserstein_generator_loss", "gradient_penalty"):
-    torch.library.register_fake(f"ganplug::{_name}", _scalar_like)
-
-
-@torch.library.register_fake("ganplug::bce_loss_backward")
-def _(grad, logits, target, target_value, scale):
-    return logits.new_empty(logits.shape)
-
-
-@torch.library.register_fake("ganplug::bce_loss_and_grad")
+@_fake("bce_loss_and_grad")
 def _(logits, target, target_value, scale):
     return logits.new_empty(()), logits.new_empty(logits.shape)
 
 
-@torch.library.register_fake("ganplug::discriminator_bce_and_grad")
+@_fake("discriminator_bce_and_grad")
 def _(real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
     return real_logits.new_empty(()), real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
 
 
-@torch.library.register_fake("ganplug::discriminator_bce_backward")
+@_fake("discriminator_bce_backward")
 def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
     return real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
-
-
-@torch.library.register_fake("ganplug::gradient_penalty_backward")
-def _(grad, gradients, target):
-    return gradients.new_empty(gradients.shape)
-
-
-@torch.library.register_fake("ganplug::dropout")
-def _(input, p, seed):
-    return input.new_empty(input.shape)

@@ -55,9 +55,14 @@ def _autocast(x: Any, dtype: torch.dtype | None = None) -> Any:
     return x.to(dtype or torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
 
 
-def _loss_input(op: str, name: str, x: object) -> torch.Tensor:
-    """A loss's logits or scores: in float32 under autocast, floating-point and non-empty."""
-    return _nonempty(op, name, _tensor(op, name, _autocast(x, torch.float32)))
+def _scores(op: str, **named: object) -> list[torch.Tensor]:
+    """A loss's logits or scores, in float32 under autocast: floating-point and non-empty each, the
+    later ones on the first's device and in its dtype."""
+    xs = [_nonempty(op, name, _tensor(op, name, _autocast(x, torch.float32))) for name, x in named.items()]
+    first = next(iter(named))
+    for name, x in list(zip(named, xs))[1:]:
+        _like(op, name, x, first, xs[0])
+    return xs
 
 
 def _target(op: str, name: str, target: object, logits: torch.Tensor) -> None:
@@ -73,8 +78,9 @@ def _target(op: str, name: str, target: object, logits: torch.Tensor) -> None:
         )
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype the ops compute in: float64 stays, anything else becomes float32."""
+    return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def linear_leaky_relu(
@@ -96,9 +102,9 @@ def linear_leaky_relu(
         raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     _slope(op, negative_slope)
     input, weight, bias = _autocast(_nonempty(op, "input", input)), _autocast(weight), _autocast(bias)
-    _like(op, "weight", weight, "input", input)
-    if bias is not None:
-        _like(op, "bias", bias, "input", input)
+    for name, x in (("weight", weight), ("bias", bias)):
+        if x is not None:
+            _like(op, name, x, "input", input)
     return F.leaky_relu(F.linear(input, weight, bias), negative_slope)
 
 
@@ -113,13 +119,11 @@ def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negat
             f"got {tuple(bias.shape)}"
         )
     _slope(op, negative_slope)
-    _nonempty(op, "input", input)
+    z = _wide(_nonempty(op, "input", input))
     if bias is not None:
         if torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(input.device.type):
             bias = _autocast(bias, input.dtype)
         _like(op, "bias", bias, "input", input)
-    z = input.to(_compute_dtype(input))
-    if bias is not None:
         z = z + bias.to(z.dtype).reshape(-1, *([1] * (input.dim() - 2)))
     return F.leaky_relu(z, negative_slope).to(input.dtype)
 
@@ -131,7 +135,7 @@ def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def bce_with_logits(logits: torch.Tensor, target: Target) -> torch.Tensor:
     """Elementwise t * softplus(-x) + (1 - t) * softplus(x), stable for all x including +-inf."""
-    x = logits.to(_compute_dtype(logits))
+    x = _wide(logits)
     t = torch.as_tensor(target, dtype=x.dtype, device=x.device).expand_as(x)
     return _weighted(t, F.softplus(-x)) + _weighted(1 - t, F.softplus(x))
 
@@ -144,40 +148,35 @@ def discriminator_bce(
 ) -> torch.Tensor:
     """mean(BCE(real, real_target)) + mean(BCE(fake, fake_target)), a scalar."""
     op = "discriminator_bce"
-    real_logits, fake_logits = _loss_input(op, "real_logits", real_logits), _loss_input(op, "fake_logits", fake_logits)
-    _like(op, "fake_logits", fake_logits, "real_logits", real_logits)
-    _target(op, "real_target", real_target, real_logits)
-    _target(op, "fake_target", fake_target, fake_logits)
-    loss = bce_with_logits(real_logits, real_target).mean() + bce_with_logits(fake_logits, fake_target).mean()
-    return loss.to(real_logits.dtype)
+    real, fake = _scores(op, real_logits=real_logits, fake_logits=fake_logits)
+    _target(op, "real_target", real_target, real)
+    _target(op, "fake_target", fake_target, fake)
+    return (bce_with_logits(real, real_target).mean() + bce_with_logits(fake, fake_target).mean()).to(real.dtype)
 
 
 def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
     """mean(BCE(fake, target)): the non-saturating generator loss, a scalar."""
-    fake_logits = _loss_input("generator_bce", "fake_logits", fake_logits)
-    _target("generator_bce", "target", target, fake_logits)
-    return bce_with_logits(fake_logits, target).mean().to(fake_logits.dtype)
+    (fake,) = _scores("generator_bce", fake_logits=fake_logits)
+    _target("generator_bce", "target", target, fake)
+    return bce_with_logits(fake, target).mean().to(fake.dtype)
 
 
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """mean(log(1 - sigmoid(fake))) = -mean(softplus(fake)): the saturating loss of 2014."""
-    fake_logits = _loss_input("minimax_generator_loss", "fake_logits", fake_logits)
-    return (-F.softplus(fake_logits.to(_compute_dtype(fake_logits)))).mean().to(fake_logits.dtype)
+    (fake,) = _scores("minimax_generator_loss", fake_logits=fake_logits)
+    return (-F.softplus(_wide(fake))).mean().to(fake.dtype)
 
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(fake) - mean(real): what the critic minimises, a scalar."""
-    op = "wasserstein_critic_loss"
-    real_scores, fake_scores = _loss_input(op, "real_scores", real_scores), _loss_input(op, "fake_scores", fake_scores)
-    _like(op, "fake_scores", fake_scores, "real_scores", real_scores)
-    dtype = _compute_dtype(real_scores)
-    return (fake_scores.to(dtype).mean() - real_scores.to(dtype).mean()).to(real_scores.dtype)
+    real, fake = _scores("wasserstein_critic_loss", real_scores=real_scores, fake_scores=fake_scores)
+    return (_wide(fake).mean() - _wide(real).mean()).to(real.dtype)
 
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """-mean(fake), a scalar."""
-    fake_scores = _loss_input("wasserstein_generator_loss", "fake_scores", fake_scores)
-    return (-fake_scores.to(_compute_dtype(fake_scores)).mean()).to(fake_scores.dtype)
+    (fake,) = _scores("wasserstein_generator_loss", fake_scores=fake_scores)
+    return (-_wide(fake).mean()).to(fake.dtype)
 
 
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
@@ -189,7 +188,7 @@ def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tens
     _nonempty(op, "gradients", gradients)
     if not (isinstance(target, (int, float)) and math.isfinite(target)):
         raise ValueError(f"{op}: target must be a finite number, got {target!r}")
-    g = gradients.to(_compute_dtype(gradients)).reshape(gradients.shape[0], -1)
+    g = _wide(gradients).reshape(gradients.shape[0], -1)
     return ((g.norm(2, dim=1) - target) ** 2).mean().to(gradients.dtype)
 
 
@@ -233,7 +232,7 @@ def dropout_keep(
 def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
     """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p <= 1; input's shape.
     ``seed``: an int, or a 0-d int64 tensor on input's device (see :func:`dropout_keep`)."""
-    x = _tensor("dropout", "input", input).to(_compute_dtype(input))
+    x = _wide(_tensor("dropout", "input", input))
     if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
     scale = x.new_full((), 1.0 / (1.0 - p) if p < 1 else 0.0)  # a fill, not a host-to-device copy (CUDA graphs)
@@ -271,7 +270,7 @@ def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color:
                 f"{tuple(value.shape)} on {value.device}"
             )
     n, channels, height, width = x.shape
-    y = x.to(_compute_dtype(x))
+    y = _wide(x)
     b, s, c = (color[:, k].to(y.dtype).reshape(n, 1, 1, 1) for k in range(3))
     y = y + b
     if channels > 1:
