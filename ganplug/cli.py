@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,16 +15,24 @@ import click
 
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
-from ganplug.registry import KINDS, get_registry, resolve_kind
+from ganplug.registry import KINDS, Kind, Registry, get_registry, resolve_kind
 from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text
 
 if TYPE_CHECKING:
     from ganplug.train.config import ResolvedConfig
 
-# -- shared option helpers ---------------------------------------------------------------------
+FILE, DIR, COUNT = click.Path(dir_okay=False), click.Path(file_okay=False), click.IntRange(min=1)  # option types
+# Options that more than one command takes.
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+CHECKPOINT = click.option(
+    "--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory."
+)
+SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
+NO_EMA = click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
+DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 
 
-def _complete_names(kind: str):
+def _complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str], list[str]]:
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
         return [name for name in get_registry().names(kind) if name.startswith(incomplete)]
 
@@ -52,7 +61,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON
 def plugins(as_json: bool) -> None:
     """List plugins: version, status and what each registers.
 
@@ -60,8 +69,6 @@ def plugins(as_json: bool) -> None:
     names cannot be imported); disabled (GANPLUG_DISABLE_PLUGINS / GANPLUG_LOAD_PLUGINS).
     Every factory is imported to check it, so this command imports torch.
     """
-    from ganplug.errors import debug_enabled
-
     registry = get_registry()
     registry.check_factories()
     if as_json:
@@ -70,17 +77,18 @@ def plugins(as_json: bool) -> None:
     shadowed = {kind: registry.shadowed(kind) for kind in KINDS}
     for info in registry.plugins:
         origin = f"{info.distribution} {info.version}" if info.distribution else "(not installed)"
-        label = "built-in" if info.builtin else origin
-        click.echo(f"{info.name}  [{label}]  {info.status}")
+        click.echo(f"{info.name}  [{'built-in' if info.builtin else origin}]  {info.status}")
         if info.error:
             click.echo(f"    error: {info.error}")
         if info.traceback and debug_enabled():
             click.echo("    " + info.traceback.rstrip().replace("\n", "\n    "))
         for kind, names in info.registers.items():
             marked = [
-                f"{name} (shadows {name!r} of the built-ins)" if not info.builtin and name in shadowed[kind]
-                else f"{name} (shadowed by plugin {shadowed[kind][name]!r})" if info.builtin and name in shadowed[kind]
-                else name
+                name
+                if name not in shadowed[kind]
+                else f"{name} (shadowed by plugin {shadowed[kind][name]!r})"
+                if info.builtin
+                else f"{name} (shadows {name!r} of the built-ins)"
                 for name in names
             ]
             click.echo(f"    {KINDS[kind].plural}: {', '.join(marked)}")
@@ -88,7 +96,7 @@ def plugins(as_json: bool) -> None:
 
 @cli.command("list")
 @click.argument("kind", metavar="[archs|losses|datasets|metrics|loggers|augmentations]", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON
 def list_command(kind: str | None, as_json: bool) -> None:
     """List architectures, losses, datasets, metrics, loggers or augmentations (all without KIND) with summaries and
     options."""
@@ -97,7 +105,11 @@ def list_command(kind: str | None, as_json: bool) -> None:
     if as_json:
         described = {
             k.plural: [
-                {"plugin": e.plugin, **e.spec.describe(), **({"recipe": _recipe_of(e.spec)} if k.name == "loss" else {})}
+                {
+                    "plugin": e.plugin,
+                    **e.spec.describe(),
+                    **({"recipe": _recipe_of(e.spec)} if k.name == "loss" else {}),
+                }
                 for e in registry.entries(k.name)
             ]
             for k in kinds
@@ -110,16 +122,18 @@ def list_command(kind: str | None, as_json: bool) -> None:
         _list_kind(registry, resolved)
 
 
-def _list_kind(registry, kind) -> None:
+def _list_kind(registry: Registry, kind: Kind) -> None:
     shadowed = registry.shadowed(kind.name)
     for entry in registry.entries(kind.name):
         spec = entry.spec
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         source = "" if entry.plugin == "ganplug" else f"  [{entry.plugin}]"
         if spec.name in shadowed:
+            builtin = entry.plugin == "ganplug"
             source += (
                 f"  (shadowed by plugin {shadowed[spec.name]!r}: use ganplug:{spec.name})"
-                if entry.plugin == "ganplug" else "  (shadows the built-in)"
+                if builtin
+                else "  (shadows the built-in)"
             )
         click.echo(f"{spec.name}{aliases}{source}")
         click.echo(f"    {spec.summary}")
@@ -129,9 +143,7 @@ def _list_kind(registry, kind) -> None:
             click.echo(f"    {spec.num_classes} classes: its labels can train a --conditional run")
         for option in spec.options:
             choices = f" ({'|'.join(option.choices)})" if option.choices else ""
-            click.echo(
-                f"    {option.name}: {option.type.__name__} = {option.default!r}{choices}  {option.help}"
-            )
+            click.echo(f"    {option.name}: {option.type.__name__} = {option.default!r}{choices}  {option.help}")
         defaults = getattr(spec, "defaults", None)
         if defaults:
             click.echo(f"    training defaults: {_format_defaults(defaults)}")
@@ -141,7 +153,7 @@ def _list_kind(registry, kind) -> None:
             click.echo(f"    recipe: {text}")
 
 
-def _recipe_of(spec) -> dict[str, Any] | str:
+def _recipe_of(spec: Any) -> dict[str, Any] | str:
     """The training recipe of loss ``spec`` with its default options (``{"n_critic", "optimizer",
     "lr_g", "lr_d", "betas"}``), or why it could not be read."""
     from ganplug.registry import loss_recipe
@@ -150,10 +162,12 @@ def _recipe_of(spec) -> dict[str, Any] | str:
         recipe = loss_recipe(spec, spec.resolve_options({}))
     except GanplugError as error:
         return f"unavailable ({error})"
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(recipe).items()}
+    return {
+        key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(recipe).items()
+    }
 
 
-def _format_defaults(defaults) -> str:
+def _format_defaults(defaults: dict[str, Any]) -> str:
     """``steps=6000, ema=0.999, mlp: g_widths=64,64 ..., wasserstein: n_critic=2 ...`` for
     ``ganplug list datasets`` (architecture options, then loss recipes)."""
     parts = [f"{key}={value}" for key, value in defaults.items() if key not in ("arch_options", "loss_recipes")]
@@ -165,12 +179,13 @@ def _format_defaults(defaults) -> str:
 
 # -- train ---------------------------------------------------------------------------------------
 
-def _knob_option(field_name: str) -> Any:
-    """The click option of the :class:`~ganplug.train.config.Knob` of TrainConfig field ``field_name``."""
-    meta = KNOBS[field_name]
+
+def _knob_option(name: str) -> Callable[[Any], Any]:
+    """The click option of the :class:`~ganplug.train.config.Knob` of TrainConfig field ``name``."""
+    meta = KNOBS[name]
     help_text = meta.help
     if not help_text.endswith("."):
-        shown = default_text(field_name)
+        shown = default_text(name)
         help_text += f" [default: {shown}]." if shown else "."
     kwargs: dict[str, Any] = {"help": help_text}
     if meta.metavar:
@@ -187,28 +202,49 @@ def _knob_option(field_name: str) -> Any:
         kwargs["type"] = meta.kind
     if meta.bare is not None:
         kwargs.update(is_flag=False, flag_value=meta.bare)
-    if meta.kind is bool and field_name in RESUMABLE:  # --no-amp, --no-cuda-graphs: switch it off on a resume
+    if meta.kind is bool and name in RESUMABLE:  # --no-amp, --no-cuda-graphs: switch it off on a resume
         return click.option(f"{meta.flag}/--no-{meta.flag[2:]}", meta.param, **kwargs)
     return click.option(meta.flag, meta.param, **kwargs)
 
 
-def _train_options(func):
+def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``ganplug train``'s options: one per knob of TrainConfig that has a flag, then the
     shorthands for loss and dataset options and the options of the command itself."""
     options = [_knob_option(name) for name, meta in KNOBS.items() if meta.help]
     options += [
         click.option("--label-smoothing", type=float, help="One-sided label smoothing s (bce, minimax)."),
         click.option("--label-noise", type=float, help="Probability of flipping D's targets (bce, minimax)."),
-        click.option("--data-dir", type=click.Path(file_okay=False), help="Where torchvision datasets and image folders live."),
-        click.option("--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."),
+        click.option("--data-dir", type=DIR, help="Where torchvision datasets and image folders live."),
+        click.option(
+            "--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."
+        ),
         click.option("--image-size", type=int, help="Resize images to this square size (8-128)."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of these options (the command line wins)."),
-        click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
+        click.option(
+            "--config",
+            "config_file",
+            type=FILE,
+            help="TOML file of these options (the command line wins).",
+        ),
+        click.option("--out", type=DIR, help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
-        click.option("--fork", type=click.Path(file_okay=False), metavar="DIR", help="With --resume: continue in the new directory DIR (a branch); the original run stays as it is."),
-        click.option("--discard-newer", is_flag=True, default=None, help="With --resume of an older checkpoint: rewind the run to it, deleting its later checkpoints and samples."),
+        click.option(
+            "--fork",
+            type=DIR,
+            metavar="DIR",
+            help="With --resume: continue in the new directory DIR (a branch); the original run stays as it is.",
+        ),
+        click.option(
+            "--discard-newer",
+            is_flag=True,
+            default=None,
+            help="With --resume of an older checkpoint: rewind the run to it, deleting its later checkpoints and samples.",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, log lines only."),
-        click.option("--nproc", type=click.IntRange(min=1), help="Train data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs); --batch-size is the global batch."),
+        click.option(
+            "--nproc",
+            type=COUNT,
+            help="Train data-parallel in N processes (torchrun; gloo on CPU, NCCL on GPUs); --batch-size is the global batch.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -219,8 +255,7 @@ def build_config(given: dict[str, Any]) -> ResolvedConfig:
     """The resolved config of the command line's explicitly given values (and ``--config``): the
     file's values (without what belonged to an arch, loss or dataset the command line replaces,
     :func:`ganplug.train.config.as_template`), the flags over them, then the command's one
-    :func:`ganplug.train.config.resolve` (the dataset's and the base defaults and the loss's recipe
-    below). Names and options are checked here, before torch loads, so mistakes fail fast.
+    :func:`ganplug.train.config.resolve`. Names and options are checked here, before torch loads.
     """
     from ganplug.train.config import (
         TrainConfig,
@@ -233,19 +268,20 @@ def build_config(given: dict[str, Any]) -> ResolvedConfig:
 
     config = TrainConfig()
     if given.get("config_file"):
-        config = as_template(read_config_file(given["config_file"]), {name: given.get(name) for name in SPEC_NAME.values()})
+        config = as_template(
+            read_config_file(given["config_file"]), {name: given.get(name) for name in SPEC_NAME.values()}
+        )
     config = with_changes(config, command_line_values(given))
     registry = get_registry()
-    for key, (attribute, option, cli_flag) in SHORTHANDS.items():
-        if given.get(key) is None:
-            continue
-        spec = registry.resolve(SPEC_KIND[attribute], getattr(config, SPEC_NAME[attribute]))
-        if option not in {o.name for o in spec.options}:
-            raise UsageError(f"{cli_flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})")
+    for key, (table, option, flag) in SHORTHANDS.items():
+        if given.get(key) is not None:
+            spec = registry.resolve(SPEC_KIND[table], getattr(config, SPEC_NAME[table]))
+            if option not in {o.name for o in spec.options}:
+                raise UsageError(f"{flag} does not apply to {spec.kind} {spec.name!r} (it has no option {option!r})")
     return resolve(config, registry)
 
 
-def _default_run_dir(config) -> Path:
+def _default_run_dir(config: ResolvedConfig) -> Path:
     """``runs/ARCH-LOSS-DATASET`` (``-2``, ``-3`` ... when taken), created and locked for this
     process, so two runs started together never share one."""
     from ganplug.train.rundir import claim_new_dir
@@ -266,11 +302,8 @@ def train(ctx: click.Context, **given: Any) -> None:
       ganplug train --arch mlp --loss bce --dataset ring8 --steps 5000
       ganplug train --resume runs/dcgan-wasserstein-mnist5k --steps 4000
     """
-    explicit = {
-        name: value
-        for name, value in given.items()
-        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-    }
+    source = ctx.get_parameter_source
+    explicit = {name: value for name, value in given.items() if source(name) is not click.core.ParameterSource.DEFAULT}
     torchrun_worker = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")  # launched by torchrun
     nproc = explicit.pop("nproc", None)
     if nproc is not None and nproc > 1:
@@ -292,12 +325,10 @@ def train(ctx: click.Context, **given: Any) -> None:
             if param.is_flag:
                 args += [flag] if value else list(param.secondary_opts[:1])
             elif param.multiple:
-                for item in value:
-                    args += [flag, str(item)]
+                args += [text for item in value for text in (flag, str(item))]
             else:
                 args += [flag, str(value)]
         raise click.exceptions.Exit(launch(nproc, args))
-
     for flag in ("fork", "discard_newer"):
         if explicit.get(flag) and not explicit.get("resume"):
             raise UsageError(f"--{flag.replace('_', '-')} applies to a resume: pass --resume RUN_DIR or a checkpoint")
@@ -366,9 +397,10 @@ def _continue_after_torchrun_restart(explicit: dict[str, Any]) -> None:
     if explicit.get("resume"):
         return
     if not explicit.get("out"):
-        raise UsageError("torchrun --max-restarts: pass --out DIR, so that a restarted worker finds the run to continue")
-    from ganplug.train import CONFIG_FILE, clear_run
-    from ganplug.train.rundir import has_checkpoint
+        raise UsageError(
+            "torchrun --max-restarts: pass --out DIR, so that a restarted worker finds the run to continue"
+        )
+    from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
 
     run_dir = Path(explicit["out"])
     if has_checkpoint(run_dir):
@@ -383,8 +415,8 @@ def _exit_peer_lost(lost: Exception, run_dir: str | Path) -> None:
     once (gloo may abort the interpreter's shutdown after a broken group; see exit_worker)."""
     import shlex
 
-    from ganplug.train.checkpoint import CHECKPOINTS
     from ganplug.train.distributed import exit_worker
+    from ganplug.train.rundir import CHECKPOINTS
 
     if debug_enabled():
         raise lost
@@ -401,8 +433,8 @@ def _exit_peer_lost(lost: Exception, run_dir: str | Path) -> None:
 
 def _resume(explicit: dict[str, Any]) -> None:
     """``--resume PATH``: continue the run (in place, or a branch with ``--fork DIR``); a run
-    stopped before its first checkpoint starts again from its config.toml."""
-    from ganplug.train import CONFIG_FILE
+    stopped before its first checkpoint trains again from step 0 with its config.toml (and the
+    changes a resume allows), in place of what it had logged."""
     from ganplug.train import train as run_training
     from ganplug.train.checkpoint import (
         LoadedCheckpoint,
@@ -412,7 +444,8 @@ def _resume(explicit: dict[str, Any]) -> None:
         run_dir_of,
         stored_config,
     )
-    from ganplug.train.rundir import has_checkpoint
+    from ganplug.train.config import ResolvedConfig, read_toml
+    from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
 
     if explicit.get("out"):
         raise UsageError("--resume continues in the run's own directory (or a new one with --fork DIR); drop --out")
@@ -423,7 +456,21 @@ def _resume(explicit: dict[str, Any]) -> None:
     target = Path(explicit["resume"])
     quiet = bool(explicit.get("quiet"))
     if target.is_dir() and (target / CONFIG_FILE).is_file() and not has_checkpoint(target):
-        return _restart(target, explicit)
+        if explicit.get("fork") or explicit.get("discard_newer"):
+            raise UsageError(f"{target} has no checkpoint to branch from or rewind to: drop --fork/--discard-newer")
+        path = target / CONFIG_FILE
+        try:
+            stored = ResolvedConfig.from_stored(read_toml(str(path)))
+        except (KeyError, TypeError) as error:
+            raise UsageError(f"{path} does not fit this ganplug ({error}): start a new run with --out") from None
+        config = resume_config(stored, explicit)
+        click.echo(
+            f"ganplug: {target} has no checkpoint yet (stopped before its first one): training it again from step 0",
+            err=True,
+        )
+        clear_run(target)
+        run_training(config, target, quiet=quiet)
+        return
     loaded = LoadedCheckpoint.read(target)  # a file that is no checkpoint is named before anything else
     run_dir = run_dir_of(loaded.path)
     config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
@@ -434,42 +481,44 @@ def _resume(explicit: dict[str, Any]) -> None:
     run_training(config, run_dir, resume_from=loaded, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet)
 
 
-def _restart(run_dir: Path, explicit: dict[str, Any]) -> None:
-    """``--resume`` of a run with no checkpoint yet: train it again from step 0 with its
-    config.toml (and the changes a resume allows), in place of what it had logged."""
-    from ganplug.train import CONFIG_FILE, clear_run
-    from ganplug.train import train as run_training
-    from ganplug.train.checkpoint import resume_config
-    from ganplug.train.config import ResolvedConfig, read_toml
-
-    if explicit.get("fork") or explicit.get("discard_newer"):
-        raise UsageError(f"{run_dir} has no checkpoint to branch from or rewind to: drop --fork/--discard-newer")
-    path = run_dir / CONFIG_FILE
-    try:
-        stored = ResolvedConfig.from_stored(read_toml(str(path)))
-    except (KeyError, TypeError) as error:
-        raise UsageError(f"{path} does not fit this ganplug ({error}): start a new run with --out") from None
-    config = resume_config(stored, explicit)
-    click.echo(f"ganplug: {run_dir} has no checkpoint yet (stopped before its first one): training it again from step 0", err=True)
-    clear_run(run_dir)
-    run_training(config, run_dir, quiet=bool(explicit.get("quiet")))
-
-
-# -- eval ------------------------------------------------------------------------------------------
+# -- eval, sample, plot ------------------------------------------------------------------------------
 
 
 @cli.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory.")
-@click.option("--metric", "metric_names", multiple=True, metavar="NAME", help="Only this metric (repeatable) [default: every one that applies].")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
-@click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
-@click.option("--num-samples", type=click.IntRange(min=1), metavar="N", help="Samples drawn per metric, e.g. 10000 for FID comparable with papers [default: each metric's n_samples].")
-@click.option("--metric-opt", "metric_opts", multiple=True, metavar="NAME.KEY=VALUE", help="A metric's option, e.g. mnist-quality.k=3 (repeatable; see: ganplug list metrics).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@CHECKPOINT
+@click.option(
+    "--metric",
+    "metric_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this metric (repeatable) [default: every one that applies].",
+)
+@JSON
+@SEED
+@NO_EMA
+@click.option(
+    "--num-samples",
+    type=COUNT,
+    metavar="N",
+    help="Samples drawn per metric, e.g. 10000 for FID comparable with papers [default: each metric's n_samples].",
+)
+@click.option(
+    "--metric-opt",
+    "metric_opts",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="A metric's option, e.g. mnist-quality.k=3 (repeatable; see: ganplug list metrics).",
+)
+@DEVICE
 def eval_command(
-    checkpoint: str, metric_names: tuple[str, ...], as_json: bool, seed: int, no_ema: bool,
-    num_samples: int | None, metric_opts: tuple[str, ...], device: str,
+    checkpoint: str,
+    metric_names: tuple[str, ...],
+    as_json: bool,
+    seed: int,
+    no_ema: bool,
+    num_samples: int | None,
+    metric_opts: tuple[str, ...],
+    device: str,
 ) -> None:
     """Score a trained generator with every metric that applies to its dataset.
 
@@ -490,44 +539,56 @@ def eval_command(
 
     with torch_threads(0):  # the CPUs this process may use, as a training run
         report = evaluate(
-            checkpoint, seed=seed, ema=not no_ema, device=device, metrics=metric_names,
-            options=metric_opts, num_samples=num_samples,
+            checkpoint,
+            seed=seed,
+            ema=not no_ema,
+            device=device,
+            metrics=metric_names,
+            options=metric_opts,
+            num_samples=num_samples,
         )
     if as_json:
-        clean = {
-            name: {key: (value if value == value else None) for key, value in values.items()}
+        nan_as_null = {
+            name: {key: (v if v == v else None) for key, v in values.items()}
             for name, values in report["metrics"].items()
         }
-        _echo_json({**report, "metrics": clean})
-        if report["failed"]:
-            raise click.exceptions.Exit(1)
-        return
-    weights = "EMA" if report["ema"] else "raw"
-    click.echo(f"{report['checkpoint']}: step {report['step']}, {weights} generator, dataset {report['dataset']}, seed {report['seed']}")
-    for name, values in report["metrics"].items():
-        click.echo(f"{name} ({report['num_samples'][name]} samples)")
-        width = max((len(key) for key in values), default=0)
-        for key, value in values.items():
-            click.echo(f"    {key:<{width}}  {format_number(value)}")
-    for name, why in report["skipped"].items():
-        click.echo(f"{name}: skipped: {why}")
-    for name, why in report["failed"].items():
-        click.echo(f"{name}: failed: {why}")
+        _echo_json({**report, "metrics": nan_as_null})
+    else:
+        weights = "EMA" if report["ema"] else "raw"
+        click.echo(
+            f"{report['checkpoint']}: step {report['step']}, {weights} generator, dataset {report['dataset']}, seed {report['seed']}"
+        )
+        for name, values in report["metrics"].items():
+            click.echo(f"{name} ({report['num_samples'][name]} samples)")
+            width = max((len(key) for key in values), default=0)
+            for key, value in values.items():
+                click.echo(f"    {key:<{width}}  {format_number(value)}")
+        for outcome in ("skipped", "failed"):
+            for name, why in report[outcome].items():
+                click.echo(f"{name}: {outcome}: {why}")
     if report["failed"]:
         raise click.exceptions.Exit(1)
 
 
-# -- sample ----------------------------------------------------------------------------------------
-
-
 @cli.command()
-@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory.")
-@click.option("-n", "--num", "num", type=click.IntRange(min=1), default=64, show_default=True, help="How many samples.")
-@click.option("--out", required=True, type=click.Path(), help="Output: .png (grid or plot), .npy, .pt, or a folder (DIR/, one PNG per image).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
-@click.option("--class", "class_", type=int, metavar="K", help="Conditional runs: draw every sample of class K [default: one row per class in a picture, else each class in turn].")
-@click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@CHECKPOINT
+@click.option("-n", "--num", type=COUNT, default=64, show_default=True, help="How many samples.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Output: .png (grid or plot), .npy, .pt, or a folder (DIR/, one PNG per image).",
+)
+@SEED
+@click.option(
+    "--class",
+    "class_",
+    type=int,
+    metavar="K",
+    help="Conditional runs: draw every sample of class K [default: one row per class in a picture, else each class in turn].",
+)
+@NO_EMA
+@DEVICE
 def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, no_ema: bool, device: str) -> None:
     """Draw samples from a trained generator into a picture, an array file or a folder of images.
 
@@ -551,13 +612,15 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
     from ganplug.noise import grid_labels
     from ganplug.train.checkpoint import LoadedCheckpoint
     from ganplug.train.render import check_new_folder, save_image_files, save_samples
+    from ganplug.train.threads import torch_threads
 
     target = Path(out)
     folder = out.endswith(("/", os.sep)) or target.is_dir() or not target.suffix
     if folder:
         check_new_folder(target)  # before the generator is loaded
     generator = load_generator(LoadedCheckpoint.read(Path(checkpoint)), ema=not no_ema, device=device)
-    labels, nrow, classes = class_, None, ""
+    labels: Any = class_
+    nrow, classes = None, ""
     if generator.num_classes and class_ is None:
         if not folder and target.suffix.lower() == ".png" and len(generator.data_shape) == 3:
             labels, nrow = grid_labels(num, generator.num_classes)
@@ -567,8 +630,6 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
             classes = f" (classes 0..{generator.num_classes - 1} in turn)"
     elif class_ is not None:
         classes = f" of class {class_}"
-    from ganplug.train.threads import torch_threads
-
     with torch_threads(0):  # the CPUs this process may use, as a training run
         samples = draw(generator, num, labels=labels, seed=seed)
     if folder:
@@ -579,12 +640,13 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
     click.echo(f"wrote {num} samples{classes} to {out}")
 
 
-# -- plot ------------------------------------------------------------------------------------------
-
-
 @cli.command()
 @click.argument("run_dir", metavar="RUN_DIR|METRICS_FILE", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), help="Output .png, .svg or .pdf [default: losses.png beside metrics.jsonl].")
+@click.option(
+    "--out",
+    type=FILE,
+    help="Output .png, .svg or .pdf [default: losses.png beside metrics.jsonl].",
+)
 def plot(run_dir: str, out: str | None) -> None:
     """Draw a run's metrics.jsonl: D and G loss against step, and its evaluations if any.
 
@@ -622,16 +684,43 @@ def _parse_threads(text: str | None) -> list[int]:
 
 
 @cli.command()
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N.")
-@click.option("--kernels", "kernel_rows", is_flag=True, help="The fused ops only (with --steps: both, as without either).")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N."
+)
+@click.option(
+    "--kernels", "kernel_rows", is_flag=True, help="The fused ops only (with --steps: both, as without either)."
+)
 @click.option("--steps", "step_rows", is_flag=True, help="The training steps only (with --kernels: both).")
-@click.option("--only", multiple=True, metavar="NAME", help="Only rows whose name contains NAME, e.g. dropout or a-mlp (repeatable).")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Only rows whose name contains NAME, e.g. dropout or a-mlp (repeatable).",
+)
 @click.option("--quick", is_flag=True, help="Short repeats (3 rounds): a smoke run, noisy numbers.")
-@click.option("--threads", metavar="N[,M...]", help="torch threads, the same for every column of a row [default: torch's own].")
-@click.option("--no-compile", is_flag=True, help="Skip the torch.compile columns (their warm-up is most of the run time).")
-@click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False), help="Directory of bench.md and bench.png.")
-def bench(device: str, kernel_rows: bool, step_rows: bool, only: tuple[str, ...], quick: bool, threads: str | None,
-          no_compile: bool, out: str) -> None:
+@click.option(
+    "--threads", metavar="N[,M...]", help="torch threads, the same for every column of a row [default: torch's own]."
+)
+@click.option(
+    "--no-compile", is_flag=True, help="Skip the torch.compile columns (their warm-up is most of the run time)."
+)
+@click.option(
+    "--out",
+    default="bench-results",
+    show_default=True,
+    type=DIR,
+    help="Directory of bench.md and bench.png.",
+)
+def bench(
+    device: str,
+    kernel_rows: bool,
+    step_rows: bool,
+    only: tuple[str, ...],
+    quick: bool,
+    threads: str | None,
+    no_compile: bool,
+    out: str,
+) -> None:
     """Time ganplug here: fused ops and training steps against plain PyTorch and torch.compile.
 
     Kernels: each fused op (fwd, fwd+bwd) against the eager PyTorch a user writes and
@@ -705,39 +794,31 @@ def _run(args: list[str], debug: bool) -> int:
         if not getattr(stop, "reported", False):  # the trainer said what it saved
             click.echo("ganplug: interrupted", err=True)
         return 130
-    except click.UsageError as error:
-        if debug:
-            raise
-        command = error.ctx.command_path if error.ctx else "ganplug"
-        click.echo(f"Error: {error.format_message()} (see: {command} --help)", err=True)
-        return error.exit_code
-    except click.ClickException as error:
-        if debug:
-            raise
-        click.echo(f"Error: {error.format_message()}", err=True)
-        return error.exit_code
-    except GanplugError as error:
-        if debug:
-            raise
-        click.echo(f"Error: {error}", err=True)
-        return error.exit_code
     except Exception as error:
         if debug:
             raise
-        if isinstance(error, OSError) and error.errno in _NOT_PERMITTED:  # a read-only run directory, --out, ...
-            command = next((arg for arg in args if not arg.startswith("-")), "")
-            where = f": {error.filename}" if error.filename else ""
-            click.echo(
-                f"Error: {error.strerror}{where}: check the permissions of it and its directory, "
-                f"{_ELSEWHERE.get(command, 'or run where ganplug may write')}",
-                err=True,
-            )
-            return 2
-        click.echo(
-            f"Error: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
-            err=True,
+        message, code = _one_line(error, args)
+        click.echo(f"Error: {message}", err=True)
+        return code
+
+
+def _one_line(error: Exception, args: list[str]) -> tuple[str, int]:
+    """What ``ganplug`` says of ``error`` (after ``Error: ``) and its exit code."""
+    if isinstance(error, click.UsageError):
+        return (
+            f"{error.format_message()} (see: {error.ctx.command_path if error.ctx else 'ganplug'} --help)",
+            error.exit_code,
         )
-        return 1
+    if isinstance(error, click.ClickException):
+        return error.format_message(), error.exit_code
+    if isinstance(error, GanplugError):
+        return str(error), error.exit_code
+    if isinstance(error, OSError) and error.errno in _NOT_PERMITTED:  # a read-only run directory, --out, ...
+        command = next((arg for arg in args if not arg.startswith("-")), "")
+        where = f": {error.filename}" if error.filename else ""
+        elsewhere = _ELSEWHERE.get(command, "or run where ganplug may write")
+        return f"{error.strerror}{where}: check the permissions of it and its directory, {elsewhere}", 2
+    return f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", 1
 
 
 if __name__ == "__main__":

@@ -34,11 +34,6 @@ from typing import Any
 from ganplug.errors import UsageError
 from ganplug.plugin import LATENTS, RECIPE_KEYS
 
-OPTIMIZERS = ("adam", "rmsprop")
-LR_DECAYS = ("none", "linear")
-ON_NAN = ("stop", "skip")
-
-
 # Command-line flags that are shorthands for an option of the chosen loss or dataset:
 # parameter name -> (config attribute, option name, flag).
 SHORTHANDS = {
@@ -80,14 +75,6 @@ def parse_named_pairs(flag: str, pairs: Any) -> dict[str, dict[str, str]]:
     return options
 
 
-def merge_named(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Tables of options per name, ``new``'s over ``old``'s, name by name."""
-    merged = {name: dict(options) for name, options in old.items()}
-    for name, options in new.items():
-        merged.setdefault(name, {}).update(options)
-    return merged
-
-
 AUGMENT_AUTO = "auto"  # augment_p of an adaptive probability (ganplug.train.augment)
 
 
@@ -99,10 +86,6 @@ def parse_augment_p(text: Any) -> float | str:
         return float(text)
     except ValueError:
         raise UsageError(f"--augment-p expects a probability in [0, 1] or auto, got {text!r}") from None
-
-
-def _is_augment_p(value: Any) -> bool:
-    return value == AUGMENT_AUTO or (_is_number(value) and 0 <= value <= 1)
 
 
 def parse_betas(text: str) -> tuple[float, float]:
@@ -128,45 +111,38 @@ def _is_name(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda value: _is_int(value) and value >= low
-
-
-def _is_betas(value: Any) -> bool:
-    betas = tuple(value)
-    return len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(table, dict) for table in value.values())
 
 
 @dataclass(frozen=True)
 class Knob:
-    """What one :class:`TrainConfig` field is to the command line, the validation and a resume.
+    """What one :class:`TrainConfig` field is to the command line, its check and a resume.
 
-    help: the flag's --help text; "" when the field has no flag of its own (a config file or
-        Python sets it). Without a final period, `` [default: ...].`` is appended
-        (:func:`default_text`).
-    flag / param: the flag (``--`` + the field's name) and click's parameter name (the field's).
-    kind: the flag's value: int, float, str, bool (an on-off flag), "pairs" (repeatable
-        KEY=VALUE into the option table), "named_pairs" (repeatable NAME.KEY=VALUE into the table
-        of NAME), "names" (repeatable).
-    base: the base layer's value of a field a dataset's defaults may set (the field itself stays
-        ``None`` until :func:`resolve`).
-    check / error: a valid value passes ``check``; otherwise UsageError(``error`` formatted with
-        ``value``). ``None`` passes where the field's default is ``None``.
+    A valid value passes ``check``; any other is refused as "NAME must be MUST, got VALUE: pass e.g.
+    FLAG EXAMPLE" (without an example, no hint). :data:`KNOBS` makes ``check`` and ``must`` from
+    ``kind`` (on-off flags, option tables, lists of names), from ``choices`` ("pass FLAG CHOICE"),
+    and for integers from ``low`` (the least value) and ``note`` ("an integer >= LOW (NOTE)").
     """
 
-    help: str = ""
+    help: str = ""  # the flag's --help; "" for no flag. Without a final period, " [default: ...]." follows
+    # the flag's value: int, float, str, bool (on-off), "names" (repeatable), "pairs" (repeatable KEY=VALUE into
+    # the option table), "named_pairs" (repeatable NAME.KEY=VALUE into the table of NAME)
     kind: Any = str
-    flag: str | None = None
-    param: str | None = None
+    flag: str = ""  # "--" + the field's name, unless given
+    param: str = ""  # click's parameter name: the field's, unless given
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     bare: Any = None  # the value of the flag given without one (--ema)
     completes: str | None = None  # the plugin kind whose names complete the flag
     parse: Callable[[Any], Any] | None = None  # the flag's text -> the value (--betas)
-    base: Any = None
-    default_text: str | None = None
+    base: Any = None  # the base layer's value, where a dataset's defaults may set the knob (it stays None till then)
+    default_text: str | None = None  # what --help says the default is, where not the base or the default
     check: Callable[[Any], bool] | None = None
-    error: str = ""
+    must: str = ""
+    low: int | None = None
+    note: str = ""
+    example: Any = None
 
 
 def knob(default: Any = None, **meta: Any) -> Any:
@@ -177,181 +153,184 @@ def knob(default: Any = None, **meta: Any) -> Any:
     return field(default=default, metadata=metadata)
 
 
-def _name_knob(name: str, default: str, what: str, kind: str, table: str) -> Any:
-    return knob(
-        default, help=f"{what} [default: {default}]; see `ganplug list {kind}`.", completes=SPEC_KIND[table],
-        check=_is_name, error=f'{name} must be a name, a string such as {name} = "{default}" (its options go in a '
-        f"[{table}] table); got {{value!r}}",
-    )
+def _name_knob(default: str, what: str, kind: str, table: str) -> Any:
+    help = f"{what} [default: {default}]; see `ganplug list {kind}`."
+    must = f'a name, a string such as {SPEC_NAME[table]} = "{default}" (its options go in a [{table}] table)'
+    return knob(default, help=help, completes=SPEC_KIND[table], check=_is_name, must=must)
 
 
-def _options_knob(name: str, flag: str, what: str) -> Any:
-    return knob(
-        {}, help=f"{what} option (repeatable).", kind="pairs", flag=flag, param=flag[2:].replace("-", "_"),
-        metavar="KEY=VALUE", check=lambda value: isinstance(value, dict),
-        error=f"{name} must be a table of options, got {{value!r}}",
-    )
+def _options_knob(flag: str, what: str) -> Any:
+    param = flag[2:].replace("-", "_")
+    return knob({}, help=f"{what} option (repeatable).", kind="pairs", flag=flag, param=param, metavar="KEY=VALUE")
 
 
-def _every_knob(name: str, default: int, what: str, low: int = 0, zero: str = "0 = only at the end", example: int = 500) -> Any:
-    flag = "--" + name.replace("_", "-")
-    zero_text = f" ({zero})" if low == 0 else ""
-    return knob(
-        default, help=f"Steps between {what}" + (f"; {zero}" if low == 0 else ""), kind=int, check=_int_at_least(low),
-        error=f"{name} must be an integer >= {low}{zero_text}, got {{value!r}}: pass e.g. {flag} {example}",
-    )
+def _every_knob(default: int, what: str, low: int = 0, note: str = "0 = end only", example: int = 500) -> Any:
+    help = f"Steps between {what}" + (f"; {note}" if low == 0 else "")
+    return knob(default, help=help, kind=int, low=low, note=note if low == 0 else "", example=example)
 
 
-def _flag_knob(name: str, help: str) -> Any:
-    return knob(False, help=help, kind=bool, default_text="",
-                check=lambda value: isinstance(value, bool), error=f"{name} must be true or false, got {{value!r}}")
+def _on_off(help: str) -> Any:
+    return knob(False, help=help, kind=bool)
 
 
-CUDA_GRAPHS_HELP = (
-    "Capture the whole step (critic updates with their penalties, generator update, optimiser steps) as one "
-    "CUDA graph and replay it: fewer launches for small models. Runs the eager step instead, saying why in one "
-    "line, on CPU, with --nproc > 1, with --lr-decay linear, with lazy R1/R2 (r1_every > 1), with a loss whose "
-    "state changes every step or that synchronises with the host (found before capturing), and if batch shapes "
-    "change; a capture that still fails stops the run with its checkpoint (resume with --no-cuda-graphs). "
-    "Same maths; on a GPU equal to the eager step within float tolerance. Not yet run on a GPU; "
-    "see docs/kernels.md."
-)
 LOSS_RECIPE = "the dataset's recipe for the loss, else the loss's"
+
+
+def _lr_knob(help: str) -> Any:
+    positive = lambda value: _is_number(value) and value > 0  # noqa: E731
+    return knob(help=help, kind=float, default_text=LOSS_RECIPE, check=positive, must="a number > 0", example="2e-4")
 
 
 @dataclass
 class TrainConfig:
-    arch: str = _name_knob("arch", "dcgan", "Architecture", "archs", "arch_options")
-    loss: str = _name_knob("loss", "wasserstein", "Loss", "losses", "loss_options")
-    dataset: str = _name_knob("dataset", "mnist5k", "Dataset", "datasets", "data_options")
-    arch_options: dict[str, Any] = _options_knob("arch_options", "--arch-opt", "Architecture")
-    loss_options: dict[str, Any] = _options_knob("loss_options", "--loss-opt", "Loss")
-    data_options: dict[str, Any] = _options_knob("data_options", "--data-opt", "Dataset")
-    steps: int | None = knob(
-        help="Generator updates", kind=int, base=2000, check=_int_at_least(1),
-        error="steps must be an integer >= 1, got {value!r}: pass e.g. --steps 2000",
+    arch: str = _name_knob("dcgan", "Architecture", "archs", "arch_options")
+    loss: str = _name_knob("wasserstein", "Loss", "losses", "loss_options")
+    dataset: str = _name_knob("mnist5k", "Dataset", "datasets", "data_options")
+    arch_options: dict[str, Any] = _options_knob("--arch-opt", "Architecture")
+    loss_options: dict[str, Any] = _options_knob("--loss-opt", "Loss")
+    data_options: dict[str, Any] = _options_knob("--data-opt", "Dataset")
+    steps: int | None = knob(help="Generator updates", kind=int, base=2000, low=1, example=2000)
+    batch_size: int | None = knob(help="Samples per batch", kind=int, base=64, low=1, example=64)
+    n_critic: int | None = knob(
+        help="Critic updates per generator update", kind=int, default_text=LOSS_RECIPE, low=1, example=5
     )
-    batch_size: int | None = knob(
-        help="Samples per batch", kind=int, base=64, check=_int_at_least(1),
-        error="batch_size must be an integer >= 1, got {value!r}: pass e.g. --batch-size 64",
+    pack: int | None = knob(
+        help="PacGAN: the discriminator judges M samples at once (1 = off)",
+        kind=int,
+        metavar="M",
+        base=1,
+        low=1,
+        note="1 = off",
+        example=2,
     )
-    n_critic: int | None = knob(  # critic updates per generator update
-        help="Critic updates per generator update", kind=int, default_text=LOSS_RECIPE, check=_int_at_least(1),
-        error="n_critic must be an integer >= 1, got {value!r}: pass e.g. --n-critic 5",
-    )
-    pack: int | None = knob(  # PacGAN: the discriminator judges this many samples at once; 1 = off
-        help="PacGAN: the discriminator judges M samples at once (1 = off)", kind=int, metavar="M", base=1,
-        check=_int_at_least(1), error="pack must be an integer >= 1 (1 = off), got {value!r}: pass e.g. --pack 2",
-    )
-    conditional: bool = _flag_knob(
-        "conditional", "Class-conditional G and D on the dataset's labels (a projection discriminator); samples "
-        "come one row per class.",
+    conditional: bool = _on_off(
+        "Class-conditional G and D on the dataset's labels (a projection discriminator); samples come one row per class."
     )
     optimizer: str | None = knob(
-        help="Optimiser of both networks", choices=OPTIMIZERS, default_text="the loss's",
-        check=lambda value: value in OPTIMIZERS,
-        error="optimizer must be adam or rmsprop, got {value!r}: pass --optimizer adam",
+        help="Optimiser of both networks", choices=("adam", "rmsprop"), default_text="the loss's"
     )
-    lr_g: float | None = knob(
-        help="Generator learning rate", kind=float, default_text=LOSS_RECIPE, check=lambda v: _is_number(v) and v > 0,
-        error="lr_g must be a number > 0, got {value!r}: pass e.g. --lr-g 2e-4",
-    )
-    lr_d: float | None = knob(
-        help="Critic learning rate", kind=float, default_text=LOSS_RECIPE, check=lambda v: _is_number(v) and v > 0,
-        error="lr_d must be a number > 0, got {value!r}: pass e.g. --lr-d 2e-4",
-    )
+    lr_g: float | None = _lr_knob("Generator learning rate")
+    lr_d: float | None = _lr_knob("Critic learning rate")
     betas: tuple[float, float] | None = knob(  # Adam only
-        help="Adam betas", metavar="B1,B2", parse=parse_betas, default_text="the loss's", check=_is_betas,
-        error="betas must be two numbers in [0, 1), got {value!r}: pass e.g. --betas 0.5,0.999",
+        help="Adam betas",
+        metavar="B1,B2",
+        parse=parse_betas,
+        default_text="the loss's",
+        check=lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+        must="two numbers in [0, 1)",
+        example="0.5,0.999",
     )
     # Learning-rate schedule: "none", or "linear": at generator step t (0-based) both optimisers
     # use base_lr * (1 - t / steps), ``steps`` being this config's (``--resume --steps`` updates it).
     lr_decay: str | None = knob(
-        help="Learning-rate schedule: none, or linear decay to 0 over --steps", choices=LR_DECAYS, base="none",
-        check=lambda value: isinstance(value, str) and value in LR_DECAYS,
-        error="lr_decay must be none or linear, got {value!r}: pass --lr-decay linear (or none)",
+        help="Learning-rate schedule: none, or linear decay to 0 over --steps",
+        choices=("none", "linear"),
+        base="none",
+        example="linear (or none)",
     )
     latent_dim: int | None = knob(  # resolved when the data's shape is known (ganplug.train.build)
-        help="Size of z", kind=int, default_text="the dataset's, else 64 for images, 8 otherwise",
-        check=_int_at_least(1), error="latent_dim must be an integer >= 1, got {value!r}: pass e.g. --latent-dim 64",
+        help="Size of z", kind=int, default_text="the dataset's, else 64 for images, 8 otherwise", low=1, example=64
     )
-    latent: str | None = knob(
-        help="Distribution of z", choices=LATENTS, default_text="the dataset's", check=lambda value: value in LATENTS,
-        error="latent must be normal or uniform, got {value!r}: pass --latent normal",
+    latent: str | None = knob(help="Distribution of z", choices=LATENTS, default_text="the dataset's")
+    ema: float | None = knob(  # the decay of an exponential moving average of G
+        help="Keep an EMA of G (decay, 0.999 when given bare); samples use it",
+        kind=float,
+        bare=0.999,
+        base=0.0,
+        default_text="the dataset's, else off",
+        check=lambda v: _is_number(v) and 0 <= v < 1,
+        must="a decay in [0, 1)",
+        example="0.999 (0 = off)",
     )
-    ema: float | None = knob(  # decay of the generator's exponential moving average; 0 = off
-        help="Keep an EMA of G (decay, 0.999 when given bare); samples use it", kind=float, bare=0.999, base=0.0,
-        default_text="the dataset's, else off", check=lambda v: _is_number(v) and 0 <= v < 1,
-        error="ema must be a decay in [0, 1), got {value!r}: pass e.g. --ema 0.999 (0 = off)",
+    amp: bool = _on_off("bf16 autocast (CUDA only).")
+    cuda_graphs: bool = _on_off(  # ganplug.train.graphs
+        "Capture the whole step (critic updates with their penalties, generator update, optimiser steps) as one CUDA "
+        "graph and replay it: fewer launches for small models. Runs the eager step instead, saying why in one line, on "
+        "CPU, with --nproc > 1, with --lr-decay linear, with lazy R1/R2 (r1_every > 1), with a loss whose state changes "
+        "every step or that synchronises with the host (found before capturing), and if batch shapes change; a capture "
+        "that still fails stops the run with its checkpoint (resume with --no-cuda-graphs). Same maths; on a GPU equal "
+        "to the eager step within float tolerance. Not yet run on a GPU; see docs/kernels.md."
     )
-    amp: bool = _flag_knob("amp", "bf16 autocast (CUDA only).")
-    cuda_graphs: bool = _flag_knob("cuda_graphs", CUDA_GRAPHS_HELP)  # ganplug.train.graphs
     device: str = knob(
-        "auto", help="auto, cpu, cuda or cuda:N", check=_is_name,
-        error='device must be a name, a string such as device = "auto"; got {value!r}',
+        "auto", help="auto, cpu, cuda or cuda:N", check=_is_name, must='a name, a string such as device = "auto"'
     )
     threads: int = knob(  # applied by ganplug.train.train (ganplug.train.threads)
-        0, help="CPU threads of torch; 0 = the CPUs this process may use (its CPU affinity and cgroup quota), "
-        "or OMP_NUM_THREADS where that is set", kind=int, check=_int_at_least(0),
-        error="threads must be an integer >= 0 (0 = the CPUs this process may use), got {value!r}: pass e.g. --threads 2",
+        0,
+        help="CPU threads of torch; 0 = the CPUs this process may use (its CPU affinity and cgroup quota), or "
+        "OMP_NUM_THREADS where that is set",
+        kind=int,
+        low=0,
+        note="0 = the CPUs this process may use",
+        example=2,
     )
-    seed: int = knob(0, help="Seed of every random choice", kind=int, check=_is_int, error="seed must be an integer, got {value!r}")
-    sample_every: int = _every_knob("sample_every", 250, "sample grids", zero="0 = end only")
-    checkpoint_every: int = _every_knob("checkpoint_every", 500, "checkpoints", zero="0 = end only")
-    log_every: int = _every_knob("log_every", 10, "metrics.jsonl lines", low=1, example=10)
+    seed: int = knob(0, help="Seed of every random choice", kind=int)
+    sample_every: int = _every_knob(250, "sample grids")
+    checkpoint_every: int = _every_knob(500, "checkpoints")
+    log_every: int = _every_knob(10, "metrics.jsonl lines", low=1, example=10)
     eval_every: int = _every_knob(
-        "eval_every", 0, "evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl", zero="0 = off",
+        0, "evaluations of the metrics (as `ganplug eval`) logged to metrics.jsonl", note="0 = off"
     )
-    num_samples: int = knob(  # images in a sample grid (fixed noise); no flag
-        64, check=_int_at_least(1), error="num_samples must be an integer >= 1, got {value!r}",
-    )
+    num_samples: int = knob(64, kind=int, low=1)  # images in a sample grid (fixed noise); no flag
     on_nan: str = knob(
-        "stop", help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step",
-        choices=ON_NAN, check=lambda value: value in ON_NAN,
-        error="on_nan must be stop or skip, got {value!r}: pass --on-nan stop",
+        "stop",
+        help="A non-finite loss or weight: stop the run (keeping the last good checkpoint) or skip the step",
+        choices=("stop", "skip"),
     )
     loggers: list[str] = knob(  # --logger NAME: each metrics line, picture, evaluation
-        [], help="Also send metrics, evaluations and sample pictures to this logger (repeatable), e.g. tensorboard; "
-        "see `ganplug list loggers`. metrics.jsonl is always written.", kind="names", flag="--logger",
-        metavar="NAME", completes="logger",
-        check=lambda value: isinstance(value, (list, tuple)) and all(_is_name(n) for n in value),
-        error='loggers must be a list of names such as loggers = ["tensorboard"], got {value!r}',
+        [],
+        help="Also send metrics, evaluations and sample pictures to this logger (repeatable), e.g. tensorboard; "
+        "see `ganplug list loggers`. metrics.jsonl is always written.",
+        kind="names",
+        flag="--logger",
+        metavar="NAME",
+        completes="logger",
+        must='a list of names such as loggers = ["tensorboard"]',
     )
     logger_options: dict[str, dict[str, Any]] = knob(  # {logger name: {option: value}}
-        {}, check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
-        error="logger_options must hold a table per logger ([logger_options.NAME]), got {value!r}",
+        {}, check=_is_tables, must="a table per logger ([logger_options.NAME])"
     )
     augment: list[str] = knob(  # ganplug.train.augment
-        [], help="Augment everything D sees (real and generated batches, the penalties' inputs) with this augmentation "
-        "(repeatable, applied in order), e.g. diffaugment; see `ganplug list augmentations`.", kind="names",
-        flag="--augment", metavar="NAME", completes="augmentation",
-        check=lambda value: isinstance(value, (list, tuple)) and all(_is_name(n) for n in value),
-        error='augment must be a list of names such as augment = ["diffaugment"], got {value!r}',
+        [],
+        help="Augment everything D sees (real and generated batches, the penalties' inputs) with this augmentation "
+        "(repeatable, applied in order), e.g. diffaugment; see `ganplug list augmentations`.",
+        kind="names",
+        flag="--augment",
+        metavar="NAME",
+        completes="augmentation",
+        must='a list of names such as augment = ["diffaugment"]',
     )
     augment_options: dict[str, dict[str, Any]] = knob(  # {augmentation name: {option: value}}
-        {}, help="An augmentation's option, e.g. diffaugment.policy=translation,cutout (repeatable).", kind="named_pairs",
-        flag="--augment-opt", param="augment_opt", metavar="NAME.KEY=V",
-        check=lambda value: isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
-        error="augment_options must hold a table per augmentation ([augment_options.NAME]), got {value!r}",
+        {},
+        help="An augmentation's option, e.g. diffaugment.policy=translation,cutout (repeatable).",
+        kind="named_pairs",
+        flag="--augment-opt",
+        param="augment_opt",
+        metavar="NAME.KEY=V",
+        must="a table per augmentation ([augment_options.NAME])",
     )
     augment_p: float | str = knob(
-        1.0, help="Probability of applying each augmentation transform to each sample: a number in [0, 1], or auto "
-        "(ADA: adapted so that r_t = E[sign D(real)] tracks --augment-target)", metavar="P|auto", parse=parse_augment_p,
-        check=_is_augment_p, error="augment_p must be a probability in [0, 1] or \"auto\", got {value!r}: pass e.g. "
-        "--augment-p 0.3 or --augment-p auto",
+        1.0,
+        help="Probability of applying each augmentation transform to each sample: a number in [0, 1], or auto "
+        "(ADA: adapted so that r_t = E[sign D(real)] tracks --augment-target)",
+        metavar="P|auto",
+        parse=parse_augment_p,
+        check=lambda v: v == AUGMENT_AUTO or (_is_number(v) and 0 <= v <= 1),
+        must='a probability in [0, 1] or "auto"',
+        example="0.3 or --augment-p auto",
     )
     augment_target: float = knob(
-        0.6, help="--augment-p auto: the r_t that p is moved to keep", kind=float,
+        0.6,
+        help="--augment-p auto: the r_t that p is moved to keep",
+        kind=float,
         check=lambda v: _is_number(v) and -1 < v < 1,
-        error="augment_target must be a number in (-1, 1), got {value!r}: pass e.g. --augment-target 0.6",
+        must="a number in (-1, 1)",
+        example=0.6,
     )
     augment_interval: int = knob(
-        4, help="--augment-p auto: critic updates between moves of p", kind=int, check=_int_at_least(1),
-        error="augment_interval must be an integer >= 1, got {value!r}: pass e.g. --augment-interval 4",
+        4, help="--augment-p auto: critic updates between moves of p", kind=int, low=1, example=4
     )
     augment_ramp: int = knob(
-        100000, help="--augment-p auto: real images over which p can move from 0 to 1", kind=int,
-        check=_int_at_least(1), error="augment_ramp must be an integer >= 1, got {value!r}: pass e.g. --augment-ramp 100000",
+        100000, help="--augment-p auto: real images over which p can move from 0 to 1", kind=int, low=1, example=100000
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,8 +339,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (a TOML file, a checkpoint); unknown keys raise ``KeyError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - set(KNOBS))
         if unknown:
             raise KeyError(", ".join(unknown))
         values = dict(data)
@@ -378,16 +356,30 @@ def _as_dict(config: TrainConfig | ResolvedConfig) -> dict[str, Any]:
     return data
 
 
-def _knobs() -> dict[str, Knob]:
-    found = {}
-    for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata["knob"]
-        flag = meta.flag or "--" + f.name.replace("_", "-")
-        found[f.name] = dataclasses.replace(meta, flag=flag, param=meta.param or f.name)
-    return found
+def _filled(name: str, meta: Knob) -> Knob:
+    """``meta`` with its flag, param, check, error text and example made where not given (see :class:`Knob`)."""
+    flag = meta.flag or "--" + name.replace("_", "-")
+    check, must, example, low = meta.check, meta.must, meta.example, meta.low
+    if meta.kind is bool:
+        check, must = (lambda value: isinstance(value, bool)), "true or false"
+    elif meta.choices:
+        check, must, example = meta.choices.__contains__, " or ".join(meta.choices), example or meta.choices[0]
+    elif meta.kind == "pairs":
+        check, must = (lambda value: isinstance(value, dict)), "a table of options"
+    elif meta.kind == "named_pairs":
+        check = _is_tables
+    elif meta.kind == "names":
+        check = lambda value: isinstance(value, (list, tuple)) and all(_is_name(name) for name in value)  # noqa: E731
+    elif meta.kind is int:
+        check = lambda value: _is_int(value) and (low is None or value >= low)  # noqa: E731
+        must = "an integer" + ("" if low is None else f" >= {low}") + (f" ({meta.note})" if meta.note else "")
+    param = meta.param or name
+    return dataclasses.replace(meta, flag=flag, param=param, check=check, must=must, example=example)
 
 
-KNOBS: Mapping[str, Knob] = _knobs()  # field name -> its Knob (flag and param filled in), in field order
+# field name -> its Knob (flag, param, check and error text filled in), in field order
+KNOBS: Mapping[str, Knob] = {f.name: _filled(f.name, f.metadata["knob"]) for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
 
 
 def default_text(name: str) -> str:
@@ -398,12 +390,10 @@ def default_text(name: str) -> str:
         return meta.default_text
     if meta.base is not None:
         return f"the dataset's, else {meta.base}"
-    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return "" if default is None or default is dataclasses.MISSING else str(default)
+    default = _DEFAULTS[name]
+    return "" if default is None or default is dataclasses.MISSING or meta.kind is bool else str(default)
 
 
-# What a resume may change, the one list of it: how long, how often and where to report, where and
-# how fast to run, and the options that only say where the data lives. Everything else shapes the run.
 @dataclass(frozen=True)
 class ResolvedConfig:
     """A run's configuration with every layer applied and checked, made by :func:`resolve` (or
@@ -464,26 +454,23 @@ class ResolvedConfig:
         """The config a run wrote (its checkpoints', its config.toml), as written: a knob its
         version did not have yet takes its base value, else its default (what that run used).
         KeyError for an unknown key."""
-        known = {name: value if KNOBS[name].base is None else KNOBS[name].base for name, value in TrainConfig().to_dict().items()}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise KeyError(", ".join(unknown))
-        values = {**known, **data}
+        values = TrainConfig.from_dict(dict(data)).to_dict()  # KeyError for an unknown key
+        for name in KNOBS.keys() - data.keys():
+            values[name] = values[name] if KNOBS[name].base is None else KNOBS[name].base
         return cls(**{**values, "betas": tuple(values["betas"])})
 
 
-RESUMABLE = frozenset({
-    "steps", "amp", "cuda_graphs", "device", "threads", "sample_every", "checkpoint_every", "log_every", "eval_every",
-    "num_samples", "on_nan", "loggers", "logger_options", "data_options.root", "data_options.download",
-})
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
+# What a resume may change, the one list of it: how long, how often and where to report, where and
+# how fast to run, and the options that only say where the data lives. Everything else shapes the run.
+RESUMABLE = frozenset(
+    "steps amp cuda_graphs device threads sample_every checkpoint_every log_every eval_every num_samples on_nan "
+    "loggers logger_options data_options.root data_options.download".split()
+)
 
 
 def check_knob(name: str, value: Any) -> None:
-    """One-line :class:`UsageError` (the knob's ``error``) unless ``value`` suits knob ``name``;
-    ``None`` passes where the field's default is ``None`` (unset)."""
+    """One-line :class:`UsageError` ("NAME must be ..., got VALUE: pass e.g. FLAG EXAMPLE") unless
+    ``value`` suits knob ``name``; ``None`` passes where the field's default is ``None`` (unset)."""
     meta = KNOBS[name]
     if value is None and _DEFAULTS[name] is None:
         return
@@ -492,7 +479,8 @@ def check_knob(name: str, value: Any) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise UsageError(meta.error.format(value=value))
+        hint = "" if meta.example is None else f": pass {'' if meta.choices else 'e.g. '}{meta.flag} {meta.example}"
+        raise UsageError(f"{name} must be {meta.must}, got {value!r}{hint}")
 
 
 def validate_config(config: TrainConfig | ResolvedConfig) -> None:
@@ -540,7 +528,7 @@ def read_toml(path: str, flag: str = "--config") -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -595,21 +583,23 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
     if not changed:
         return config
     registry = _registry(registry)
+    values: dict[str, Any] = {table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed}
     try:
         old = _specs(config, registry, None)
     except UsageError:  # a spec not installed here: its defaults are unknown
-        return dataclasses.replace(config, **{table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed})
+        return dataclasses.replace(config, **values)
     replaced = [
-        table for table, kind in SPEC_KIND.items()
-        if SPEC_NAME[table] in changed and registry.resolve(kind, changed[SPEC_NAME[table]]) is not old[table]
+        table for table in values if registry.resolve(SPEC_KIND[table], changed[SPEC_NAME[table]]) is not old[table]
     ]
     if not replaced:
         return config
     bare = _layered(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), old, registry)
-    values: dict[str, Any] = {}
+    values = {}
     for name in LAYERED:
         value = getattr(config, name)
-        defaults = (IMAGE_LATENT_DIM, VECTOR_LATENT_DIM) if name == "latent_dim" and bare[name] is None else (bare[name],)
+        defaults = (
+            (IMAGE_LATENT_DIM, VECTOR_LATENT_DIM) if name == "latent_dim" and bare[name] is None else (bare[name],)
+        )
         if value is not None and (tuple(value) if name == "betas" else value) in defaults:
             values[name] = None
     for table, spec in old.items():
@@ -639,8 +629,11 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any], registry: Any) -> di
             values[name] = meta.base
     if values["latent"] is None:
         values["latent"] = specs["data_options"].latent
-    options = {"arch_options": {**arch_defaults, **config.arch_options}, "loss_options": config.loss_options,
-               "data_options": config.data_options}
+    options = {
+        "arch_options": {**arch_defaults, **config.arch_options},
+        "loss_options": config.loss_options,
+        "data_options": config.data_options,
+    }
     for table, spec in specs.items():
         values[table] = spec.resolve_options(options[table])
     if any(values[name] is None for name in RECIPE_KEYS):
@@ -648,10 +641,9 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any], registry: Any) -> di
         for name in RECIPE_KEYS:
             if values[name] is None:
                 values[name] = getattr(loss_defaults, name)
-    values.update(
-        lr_g=float(values["lr_g"]), lr_d=float(values["lr_d"]), ema=float(values["ema"]),
-        betas=tuple(float(b) for b in values["betas"]), loggers=list(values["loggers"]), augment=list(values["augment"]),
-    )
+    values.update(lr_g=float(values["lr_g"]), lr_d=float(values["lr_d"]), ema=float(values["ema"]))
+    values.update(betas=tuple(float(b) for b in values["betas"]), loggers=list(values["loggers"]))
+    values["augment"] = list(values["augment"])
     return values
 
 
@@ -705,7 +697,11 @@ def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
             entries = value.items() if isinstance(value, Mapping) else parse_pairs(meta.flag, value).items()
             value = {**values.get(name, {}), **{str(k).replace("-", "_"): v for k, v in entries}}
         elif meta.kind == "named_pairs":
-            value = {k: dict(v) for k, v in value.items()} if isinstance(value, Mapping) else parse_named_pairs(meta.flag, value)
+            value = (
+                {k: dict(v) for k, v in value.items()}
+                if isinstance(value, Mapping)
+                else parse_named_pairs(meta.flag, value)
+            )
         elif meta.kind == "names":
             value = list(value)
         elif meta.parse is not None and isinstance(value, str):
@@ -719,11 +715,15 @@ def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
 
 def with_changes(config: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
     """``config`` with ``changes`` (``{field: value}``): the entries of an option table (arch, loss,
-    data, augmentation options) merged into its table, any other value replaced."""
-    values = {}
+    data options) merged into its table, and an augmentation's into its, any other value replaced."""
+    values: dict[str, Any] = {}
     for name, value in changes.items():
         kind, old = KNOBS[name].kind, getattr(config, name)
-        values[name] = {**old, **value} if kind == "pairs" else merge_named(old, value) if kind == "named_pairs" else value
+        if kind == "pairs":
+            value = {**old, **value}
+        elif kind == "named_pairs":
+            value = {key: {**old.get(key, {}), **value.get(key, {})} for key in {**old, **value}}
+        values[name] = value
     return dataclasses.replace(config, **values)
 
 
@@ -734,7 +734,9 @@ def _flag(table: str, key: str) -> str:
 
 
 def _same(old: Any, new: Any) -> bool:
-    return (list(old) if isinstance(old, (list, tuple)) else old) == (list(new) if isinstance(new, (list, tuple)) else new)
+    return (list(old) if isinstance(old, (list, tuple)) else old) == (
+        list(new) if isinstance(new, (list, tuple)) else new
+    )
 
 
 def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
@@ -748,7 +750,9 @@ def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mappi
             was, now, asked = _entries(name, old), _entries(name, new), _entries(name, (given or {}).get(name, {}))
             for key, value in now.items():
                 if (key in was or key in asked) and not _same(was.get(key), value) and f"{name}.{key}" not in RESUMABLE:
-                    _refuse(f"--augment-opt {key}" if name == "augment_options" else _flag(name, key), was.get(key), value)
+                    _refuse(
+                        f"--augment-opt {key}" if name == "augment_options" else _flag(name, key), was.get(key), value
+                    )
         elif name not in RESUMABLE and not _same(old, new):
             _refuse(KNOBS[name].flag, old, new)
 
@@ -768,7 +772,10 @@ def _refuse(flag: Any, old: Any, new: Any) -> None:
 
 
 def resolve_resume(
-    stored: ResolvedConfig, changes: Mapping[str, Any], provenance: Mapping[str, Any] | None = None, registry: Any = None
+    stored: ResolvedConfig,
+    changes: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    registry: Any = None,
 ) -> ResolvedConfig:
     """A resume's config: :func:`resolve` applied to ``stored`` (the run's config) with ``changes``
     (``{field: value}``, option tables' entries merged as by :func:`with_changes`), against the specs
@@ -786,7 +793,9 @@ def resolve_resume(
             except UsageError:
                 pass  # an unknown name: a change, refused below
     plain = {name: value for name, value in given.items() if KNOBS[name].kind not in ("pairs", "named_pairs")}
-    check_resume(stored, {name: float(v) if KNOBS[name].kind is float and _is_int(v) else v for name, v in plain.items()})
+    check_resume(
+        stored, {name: float(v) if KNOBS[name].kind is float and _is_int(v) else v for name, v in plain.items()}
+    )
     resolved = resolve(with_changes(stored.as_input(), given), registry, provenance)
     check_resume(stored, {name: getattr(resolved, name) for name in KNOBS}, given)
     return resolved
@@ -811,9 +820,9 @@ def augment_specs(names: list[str], provenance: Mapping[str, Any] | None = None,
 
 def resolve_augment_options(config: TrainConfig, specs: list[Any]) -> dict[str, dict[str, Any]]:
     """``{name: every option}`` of each augmentation of ``config.augment`` (``specs``: the specs
-    its names stand for), its ``augment_options`` applied. UsageError
-    for a name given twice, options of an augmentation the run does not use, or an
-    ``augment_p`` other than 1 without an augmentation."""
+    its names stand for), its ``augment_options`` applied. UsageError for a name given twice,
+    options of an augmentation the run does not use, or an ``augment_p`` other than 1 without an
+    augmentation."""
     names = list(config.augment)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -824,5 +833,7 @@ def resolve_augment_options(config: TrainConfig, specs: list[Any]) -> dict[str, 
                 f"augment_options names {name!r}, which is no augmentation of this run: add --augment {name}"
             )
     if not names and config.augment_p != 1.0:
-        raise UsageError(f"--augment-p {config.augment_p} applies to an augmented run: add --augment NAME (e.g. diffaugment)")
+        raise UsageError(
+            f"--augment-p {config.augment_p} applies to an augmented run: add --augment NAME (e.g. diffaugment)"
+        )
     return {name: spec.resolve_options(config.augment_options.get(name, {})) for name, spec in zip(names, specs)}
