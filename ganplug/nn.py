@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import torch
 from torch import nn
@@ -85,7 +86,7 @@ class HeadedDiscriminator(nn.Sequential):
 
     @property
     def head(self) -> nn.Linear:
-        return self[-2]
+        return cast(nn.Linear, self[-2])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for layer in itertools.islice(self, len(self) - 2):
@@ -120,7 +121,7 @@ class ProjectionDiscriminator(nn.Module):
     initialised N(0, 1/F). Labels ``(N, M)`` (a packed row of M samples) add the sum of their
     embeddings."""
 
-    def __init__(self, discriminator: nn.Module, num_classes: int) -> None:
+    def __init__(self, discriminator: HeadedDiscriminator, num_classes: int) -> None:
         super().__init__()
         features = discriminator.head.in_features
         self.discriminator = discriminator

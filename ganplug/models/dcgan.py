@@ -19,12 +19,11 @@ flattened last feature map (a projection discriminator, Miyato & Koyama 2018).
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from ganplug.errors import GanplugError
-from ganplug.models.mlp import check_context, conditional_pair, generator_inputs
-from ganplug.nn import FusedConv2dLeakyReLU, HeadedDiscriminator, spectral_normalise
+from ganplug.models.mlp import check_context, finish_pair, generator_inputs
+from ganplug.nn import FusedConv2dLeakyReLU, HeadedDiscriminator
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -44,9 +43,7 @@ def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(channels, side, stages) of an image shape dcgan can model; GanplugError otherwise."""
     shape = tuple(data_shape)
     if len(shape) != 3:
-        raise GanplugError(
-            f"dcgan needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data"
-        )
+        raise GanplugError(f"dcgan needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
     channels, height, width = shape
     nearest = min(_SIDES, key=lambda s: (abs(s - max(height, width)), s))
     if height != width:
@@ -73,15 +70,6 @@ def init_dcgan_weights(module: nn.Module) -> nn.Module:
     return module
 
 
-def _critic_norm(kind: str, channels: int) -> nn.Module:
-    """The normalisation after a critic stage: "batch", "layer" (over C, H, W, affine) or "none"."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)
-    return nn.Identity()
-
-
 class DCGANGenerator(nn.Sequential):
     """(N, latent_dim) -> (N, channels, S, S) with S = base * 2**stages."""
 
@@ -102,14 +90,15 @@ class DCGANGenerator(nn.Sequential):
 
 
 class DCGANDiscriminator(HeadedDiscriminator):
-    """(N, channels, S, S) -> logits (N,); ``norm`` is "batch", "layer" or "none"."""
+    """(N, channels, S, S) -> logits (N,); ``norm`` is "batch", "layer" (over C, H, W, affine) or "none"."""
 
     def __init__(self, channels: int, side: int, stages: int, width: int, slope: float, norm: str) -> None:
         layers: list[nn.Module] = []
         c_in, c = channels, width
         for stage in range(stages):
             if stage > 0 and norm != "none":
-                layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=norm != "batch"), _critic_norm(norm, c), nn.LeakyReLU(slope)]
+                normalise = nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(1, c)
+                layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=norm != "batch"), normalise, nn.LeakyReLU(slope)]
             else:
                 # The Identity stands where the LeakyReLU of conv -> LeakyReLU stood, so the layer
                 # indices, and with them the state-dict keys of checkpoints, stay as they were.
@@ -122,7 +111,7 @@ class DCGANDiscriminator(HeadedDiscriminator):
 
 def build(
     ctx: ModelContext, width: int = 32, critic_norm: str = "auto", slope: float = 0.2
-) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S)."""
     check_context("dcgan", ctx)
     channels, side, stages = check_shape(ctx.data_shape)
@@ -140,5 +129,4 @@ def build(
     discriminator = DCGANDiscriminator(channels, side, stages, width, slope, "none" if spectral else critic_norm)
     init_dcgan_weights(generator)  # G first: the order of the draws, so old runs start alike
     init_dcgan_weights(discriminator)
-    generator, discriminator = conditional_pair(ctx, generator, discriminator, embed_std=0.02)
-    return generator, spectral_normalise(discriminator) if spectral else discriminator
+    return finish_pair(ctx, generator, discriminator, spectral=spectral, embed_std=0.02)

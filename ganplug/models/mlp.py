@@ -52,17 +52,13 @@ class MLPGenerator(nn.Sequential):
     def __init__(
         self, latent_dim: int, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, bounded: bool
     ) -> None:
-        layers: list[nn.Module] = []
-        prev = latent_dim
-        for width in widths:
-            layers.append(FusedLinearLeakyReLU(prev, width, negative_slope=slope))
-            prev = width
-        layers += [
-            nn.Linear(prev, math.prod(data_shape)),
+        sizes = (latent_dim, *widths)
+        super().__init__(
+            *(FusedLinearLeakyReLU(n_in, n_out, negative_slope=slope) for n_in, n_out in zip(sizes, widths)),
+            nn.Linear(sizes[-1], math.prod(data_shape)),
             nn.Tanh() if bounded else nn.Identity(),
             nn.Unflatten(1, tuple(data_shape)),
-        ]
-        super().__init__(*layers)
+        )
 
 
 class MLPDiscriminator(HeadedDiscriminator):
@@ -71,15 +67,19 @@ class MLPDiscriminator(HeadedDiscriminator):
     logit (plain nn.Linear: with no activation the fused op has nothing to fuse and is slower)."""
 
     def __init__(
-        self, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, dropout: float, input_scale: float = 1.0
+        self,
+        data_shape: tuple[int, ...],
+        widths: tuple[int, ...],
+        slope: float,
+        dropout: float,
+        input_scale: float = 1.0,
     ) -> None:
-        layers: list[nn.Module] = [nn.Flatten()]
-        prev = math.prod(data_shape)
-        for width in widths:
-            layers += [FusedLinearLeakyReLU(prev, width, negative_slope=slope), Dropout(dropout)]
-            prev = width
-        layers += [nn.Linear(prev, 1), nn.Flatten(0)]
-        super().__init__(*layers)
+        sizes = (math.prod(data_shape), *widths)
+        hidden = [
+            (FusedLinearLeakyReLU(n_in, n_out, negative_slope=slope), Dropout(dropout))
+            for n_in, n_out in zip(sizes, widths)
+        ]
+        super().__init__(nn.Flatten(), *(m for pair in hidden for m in pair), nn.Linear(sizes[-1], 1), nn.Flatten(0))
         self.input_scale = float(input_scale)  # not a layer: state dicts do not depend on it
 
     def _scaled(self, x: Tensor) -> Tensor:
@@ -111,19 +111,20 @@ def generator_inputs(ctx: ModelContext) -> int:
     return ctx.latent_dim * (2 if ctx.num_classes else 1)
 
 
-def conditional_pair(
-    ctx: ModelContext, generator: nn.Module, discriminator: HeadedDiscriminator, embed_std: float = 1.0
+def finish_pair(
+    ctx: ModelContext, generator: nn.Module, discriminator: HeadedDiscriminator, spectral: bool, embed_std: float = 1.0
 ) -> tuple[nn.Module, nn.Module]:
     """``(generator, discriminator)`` as they are for an unconditional ``ctx``; for K =
     ``ctx.num_classes`` > 0, the generator (of :func:`generator_inputs` inputs) under a class
     embedding of size ``latent_dim`` initialised N(0, ``embed_std``) and the discriminator under a
-    projection (:mod:`ganplug.nn`)."""
-    if ctx.num_classes == 0:
-        return generator, discriminator
-    return (
-        ConditionalGenerator(generator, ctx.num_classes, ctx.latent_dim, embed_std),
-        ProjectionDiscriminator(discriminator, ctx.num_classes),
-    )
+    projection (:mod:`ganplug.nn`). ``spectral``: then every weight of D spectrally normalised."""
+    pair: tuple[nn.Module, nn.Module] = (generator, discriminator)
+    if ctx.num_classes:
+        pair = (
+            ConditionalGenerator(generator, ctx.num_classes, ctx.latent_dim, embed_std),
+            ProjectionDiscriminator(discriminator, ctx.num_classes),
+        )
+    return pair[0], spectral_normalise(pair[1]) if spectral else pair[1]
 
 
 def build(
@@ -134,7 +135,7 @@ def build(
     slope: float = 0.2,
     d_input_scale: float = 1.0,
     critic_norm: str = "none",
-) -> tuple[MLPGenerator, MLPDiscriminator]:
+) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for ``ctx``; see the module docstring for the layers."""
     check_context("mlp", ctx)
     g = parse_widths("g_widths", g_widths)
@@ -148,5 +149,4 @@ def build(
     shape = tuple(ctx.data_shape)
     discriminator = MLPDiscriminator(shape, d, slope, dropout, d_input_scale)  # D first: old runs start alike
     generator = MLPGenerator(generator_inputs(ctx), shape, g, slope, ctx.bounded)
-    generator, discriminator = conditional_pair(ctx, generator, discriminator)
-    return generator, spectral_normalise(discriminator) if critic_norm == "spectral" else discriminator
+    return finish_pair(ctx, generator, discriminator, spectral=critic_norm == "spectral")
