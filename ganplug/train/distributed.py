@@ -1,28 +1,12 @@
 """Multi-process data-parallel training (``torchrun ... -m ganplug train`` or ``ganplug train --nproc N``).
 
-Each process (rank) trains the same G and D on its shard of every global batch and the ranks
-average their gradients before each optimiser step, so N processes take the steps one process
-takes with the same global ``batch_size`` (up to float summation order):
-
-- ``batch_size`` is the *global* batch; each rank takes ``batch_size / world_size`` consecutive
-  samples of it (an error unless it divides), from the same epoch permutation
-  (:class:`~ganplug.train.data_order.BatchOrder` with ``shard``), so N ranks see exactly the
-  samples one process would see.
-- The noise of a step is drawn for the whole global batch on every rank (the global RNG is seeded
-  alike and consumed alike on all ranks) and each rank takes its slice.
-- Gradients are averaged with ``all_reduce`` after each ``backward`` (rather than through the
-  ``DistributedDataParallel`` wrapper: its reducer does not support the double backward of a
-  gradient penalty, nor toggling ``requires_grad`` of D between the critic and generator
-  updates); the initial weights are broadcast from rank 0.
-- Metrics are averaged across ranks; rank 0 alone writes config, metrics, samples and
-  checkpoints. Checkpoints hold the global data position and rank 0's RNG state, so a run written
-  with N processes resumes with M (or one).
-- NCCL on CUDA (one GPU per process: ``cuda:LOCAL_RANK``), gloo on CPU.
-
-Exactness: RNG drawn inside the step with the *local* batch's shape (dropout in D, the gradient
-penalty's interpolation weights, label noise) is drawn alike on every rank, so it differs from a
-one-process run (and is shared across ranks); BatchNorm uses per-rank batch statistics. Without
-those (e.g. ``--arch-opt dropout=0`` with bce) the losses match one process within float tolerance.
+What a user sees is docs/operations.md, "Several processes". Here: ``batch_size`` is the global
+batch, each rank takes its consecutive slice (:meth:`World.shard`) of the same epoch order
+(:class:`~ganplug.train.data_order.BatchOrder`) and of the noise drawn for the whole batch;
+gradients are averaged by one flattened ``all_reduce`` after each backward
+(:func:`average_gradients`; ``DistributedDataParallel``'s reducer supports neither the gradient
+penalty's double backward nor toggling D's ``requires_grad``); the initial weights are broadcast
+from rank 0; a collective that fails raises :class:`PeerLost`.
 """
 
 from __future__ import annotations

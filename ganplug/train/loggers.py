@@ -21,14 +21,14 @@ import torch
 from ganplug.errors import GanplugError, PluginError, debug_enabled
 from ganplug.plugin import LoggerSpec
 from ganplug.registry import call_factory, get_registry, origin_of
-from ganplug.train.config import TrainConfig
+from ganplug.train.config import ResolvedConfig
 from ganplug.train.rng import rng_state, set_rng_state
 
 TENSORBOARD = "tensorboard"
 METHODS = ("start", "log", "images", "evaluation", "close")
 
 
-def resolve_loggers(config: TrainConfig) -> list[tuple[LoggerSpec, dict[str, Any]]]:
+def resolve_loggers(config: ResolvedConfig) -> list[tuple[LoggerSpec, dict[str, Any]]]:
     """The specs ``config.loggers`` names (each once) with their resolved options from
     ``config.logger_options``; UsageError for an unknown name or option."""
     registry = get_registry()
@@ -47,7 +47,7 @@ class Loggers:
     ``message`` prints a line on the progress stream."""
 
     def __init__(
-        self, run_dir: Path, config: TrainConfig, device: torch.device, writes: bool, message: Callable[[str], None]
+        self, run_dir: Path, config: ResolvedConfig, device: torch.device, writes: bool, message: Callable[[str], None]
     ) -> None:
         self.device, self.message = device, message
         self.active: list[tuple[LoggerSpec, Any]] = []

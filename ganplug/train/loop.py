@@ -3,26 +3,17 @@
 :mod:`~ganplug.train.loggers`), and owns the callback protocol (:class:`Callback`).
 
 Per step: ``on_step_start`` of every callback, the guarded step, the outputs due (metrics line,
-evaluation, sample picture, checkpoint), then ``on_step_end``. Each line, evaluation and picture
-written is passed on, with its data, to the loggers and to every callback's ``on_metrics``,
-``on_evaluation`` and ``on_samples``. The weights are checked for non-finite values before a
-metrics line or a checkpoint is written.
+evaluation, sample picture, checkpoint; the weights are checked for non-finite values before a
+line or a checkpoint), then ``on_step_end``. Each line, evaluation and picture goes on, with its
+data, to the loggers and the callbacks. All randomness is torch's and saved, so on CPU ``N``
+steps, a checkpoint and ``N`` more equal ``2N`` at once, bit for bit.
 
-Only torch RNGs are used (the global CPU/CUDA ones for noise, dropout, penalties; private
-generators for the data order and the fixed noise) and all are saved, so on CPU ``N`` steps,
-a checkpoint and ``N`` more give bit-identical weights and optimiser states to ``2N`` at once.
-
-Ctrl-C: a first Ctrl-C lets the current step and its outputs finish, then the steps since the last
-metrics line are logged, the step is saved and ``on_interrupt`` called, and
-``KeyboardInterrupt`` is raised (a second one stops at once). SIGTERM does the same and raises
-:class:`Terminated` (the CLI exits 143). A ``KeyboardInterrupt`` raised inside a step before any
-parameter changed (e.g. by a loss) rolls the step back (RNG, data position, buffers) and saves
-the step before; one raised after a parameter changed saves nothing new.
-
-Divergence (``config.on_nan``): ``stop`` raises GanplugError naming the step, after flushing
-metrics and without saving the non-finite state (the last good checkpoint stays ``latest.pt``);
-``skip`` restores the state of before the step, warns, and counts it in ``skipped_steps``;
-:data:`~ganplug.train.guard.MAX_SKIPS_IN_A_ROW` skipped in a row stop the run as ``stop`` does.
+A stop (Ctrl-C, SIGTERM: :class:`~ganplug.train.guard.DeferredSignals`) finishes the step and its
+outputs, flushes the metrics, saves the step, calls ``on_interrupt`` and raises. An interrupt or
+error inside a step before any parameter changed rolls the step back and saves the one before;
+after, nothing new is saved. ``on_nan`` (see :mod:`~ganplug.train.guard`): ``stop`` raises naming
+the step, keeping the last good checkpoint; ``skip`` restores the weights of before the step,
+warns and counts it, and :data:`~ganplug.train.guard.MAX_SKIPS_IN_A_ROW` in a row stop the run.
 """
 
 from __future__ import annotations
@@ -190,8 +181,9 @@ class Trainer:
         self.graph_step: CudaGraphStep | None = None
         if cfg.cuda_graphs:
             self.graph_step = CudaGraphStep(self.stepper, self._message, lambda error: culprit(run, error))
-        replayed = lambda: self.graph_step is not None and self.graph_step.captured
-        self.guard = StepGuard(self.stepper, cfg.on_nan, world, deferred=replayed)
+        self.guard = StepGuard(
+            self.stepper, cfg.on_nan, world, deferred=lambda: bool(self.graph_step and self.graph_step.captured)
+        )
         self.signals = DeferredSignals(distributed=world is not None, notify=self._on_signal)
         self.picture = picture_kind(run.data_shape)
         count = cfg.num_samples if self.picture == "images" else max(cfg.num_samples, PLOT_SAMPLES)
@@ -204,7 +196,7 @@ class Trainer:
         elif run.num_classes:
             self.fixed_labels = cycled_labels(count, run.num_classes).to(self.device)
         self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, cfg.seed).to(self.device)
-        reference = (None, None, None)
+        reference: tuple[Any, ...] = (None, None, None)
         if self.picture in ("points", "histogram"):
             reference = plot_reference(run.dataset, self.stepper.order.samples, cfg.seed, self.picture)
         self.metrics = MetricsLog(self.run_dir, world, self.is_main, cfg.n_critic * cfg.batch_size)
@@ -246,13 +238,12 @@ class Trainer:
         model = self.sampling_model()
         was_training = model.training
         model.eval()
+        labels = self.fixed_labels.split(_CHUNK) if self.fixed_labels is not None else [None] * len(self.fixed_noise)
         try:
             with self.stepper.autocast():
-                if self.fixed_labels is None:
-                    out = torch.cat([model(z) for z in self.fixed_noise.split(_CHUNK)])
-                else:
-                    pairs = zip(self.fixed_noise.split(_CHUNK), self.fixed_labels.split(_CHUNK))
-                    out = torch.cat([model(z, y) for z, y in pairs])
+                out = torch.cat(
+                    [model(z) if y is None else model(z, y) for z, y in zip(self.fixed_noise.split(_CHUNK), labels)]
+                )
         finally:
             model.train(was_training)
         return out.float()
@@ -412,29 +403,27 @@ class Trainer:
     def _diverged(self, step: int, what: str) -> None:
         """Handle non-finite step ``step`` (not yet counted) per ``config.on_nan``."""
         self._step_sums.clear()
+        cause = f"training diverged at step {step} ({what})"
         if self.config.on_nan == "skip":
             self.guard.restore_weights()
             self.skipped_steps += 1
-            self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
             self.skipped_in_a_row += 1
+            self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
             if self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
                 return
-            self.signals.in_step = False
             first = step - self.skipped_in_a_row + 1
-            self._stop_diverged(
+            cause = (
                 f"training diverged: {self.skipped_in_a_row} steps in a row were non-finite (skipped) from step {first}"
             )
         self.signals.in_step = False
-        self._stop_diverged(f"training diverged at step {step} ({what})")
+        self._stop_diverged(cause)
 
     def _stop_diverged(self, cause: str, flush: bool = True) -> None:
         if flush:  # the good steps since the last metrics line (not known apart from the bad one when deferred)
             self.flush_metrics()
-        advice = (
-            "lower --lr-d/--lr-g or change the loss"
-            if self.config.on_nan == "skip"
-            else ("lower --lr-d/--lr-g, change the loss, or pass --on-nan skip")
-        )
+        advice = "lower --lr-d/--lr-g, change the loss, or pass --on-nan skip"
+        if self.config.on_nan == "skip":
+            advice = "lower --lr-d/--lr-g or change the loss"
         raise GanplugError(f"{cause}: stopped without saving it; {self.checkpoints.describe_last()}; {advice}")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -474,7 +463,7 @@ class Trainer:
                         self.signals.finishing = False
                 except KeyboardInterrupt as stop:
                     self._interrupted()
-                    stop.reported = True  # the CLI adds no second "interrupted" line
+                    stop.reported = True  # type: ignore[attr-defined]  # the CLI adds no second "interrupted" line
                     raise
                 except CaptureFailed as error:  # nothing more runs or is saved in this process (graphs.py)
                     raise GanplugError(f"step {self.step + 1}: {error}; {self.checkpoints.describe_last()}") from error

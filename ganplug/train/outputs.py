@@ -1,15 +1,10 @@
 """What a run writes: metrics.jsonl, evaluations, sample pictures, checkpoints, loss curves.
 
 The loop (:mod:`ganplug.train.loop`) calls each writer when its output is due, with the data it
-writes; no writer knows the trainer. Rank 0 alone writes files (``writes``). Files in the run
-directory (names in :mod:`ganplug.train.rundir`)::
-
-    metrics.jsonl                      one JSON object per log_every steps; with eval_every > 0 also
-                                       {"step": s, "elapsed_s": t, "eval": {metric: {key: value}}}
-                                       every eval_every steps
-    samples/step_000500.png, latest.png
-    checkpoints/step_000500.pt, latest.pt   (the last 3 step files kept)
-    losses.png                         metrics.jsonl drawn when a session ends (ganplug.plots)
+writes; no writer knows the trainer. Rank 0 alone writes files (``writes``); their names and the
+run directory's layout are :mod:`ganplug.train.rundir`'s. metrics.jsonl holds one JSON object per
+``log_every`` steps and, with ``eval_every`` > 0, ``{"step", "elapsed_s", "eval": {metric: {key:
+value}}}`` lines; losses.png draws it when a session ends.
 """
 
 from __future__ import annotations

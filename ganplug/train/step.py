@@ -176,9 +176,10 @@ class AdversarialStep:
         if run.augmentations:
             self.augment = AugmentProbability(cfg, self.device, world)
             self.critic = AugmentedCritic(self.critic, run.augmentations, self.augment)
-        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
-        self.opt_g = make_optimizer(cfg.optimizer, trainable(self.G), cfg.lr_g, cfg.betas, self.device)
-        self.opt_d = make_optimizer(cfg.optimizer, trainable(self.D), cfg.lr_d, cfg.betas, self.device)
+        self.opt_g, self.opt_d = (
+            make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], lr, cfg.betas, self.device)
+            for m, lr in ((self.G, cfg.lr_g), (self.D, cfg.lr_d))
+        )
         self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
         self.shard = world.shard(cfg.batch_size) if world is not None else None
         self.order = BatchOrder(
