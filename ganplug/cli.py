@@ -219,12 +219,7 @@ def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--download", is_flag=True, default=None, help="Allow downloading a torchvision dataset into --data-dir."
         ),
         click.option("--image-size", type=int, help="Resize images to this square size (8-128)."),
-        click.option(
-            "--config",
-            "config_file",
-            type=FILE,
-            help="TOML file of these options (the command line wins).",
-        ),
+        click.option("--config", "config_file", type=FILE, help="TOML file of these options (the command line wins)."),
         click.option("--out", type=DIR, help="Run directory [default: runs/ARCH-LOSS-DATASET, numbered]."),
         click.option("--resume", type=click.Path(), help="Continue a run: its directory or a checkpoint file."),
         click.option(
@@ -642,11 +637,7 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
 
 @cli.command()
 @click.argument("run_dir", metavar="RUN_DIR|METRICS_FILE", type=click.Path())
-@click.option(
-    "--out",
-    type=FILE,
-    help="Output .png, .svg or .pdf [default: losses.png beside metrics.jsonl].",
-)
+@click.option("--out", type=FILE, help="Output .png, .svg or .pdf [default: losses.png beside metrics.jsonl].")
 def plot(run_dir: str, out: str | None) -> None:
     """Draw a run's metrics.jsonl: D and G loss against step, and its evaluations if any.
 
@@ -666,21 +657,6 @@ def plot(run_dir: str, out: str | None) -> None:
 
 
 # -- bench -----------------------------------------------------------------------------------------
-
-
-def _parse_threads(text: str | None) -> list[int]:
-    """``"1,2"`` -> ``[1, 2]``; None -> torch's current thread count; UsageError otherwise."""
-    import torch
-
-    if text is None:
-        return [torch.get_num_threads()]
-    try:
-        threads = [int(part) for part in text.split(",")]
-    except ValueError:
-        threads = []
-    if not threads or min(threads) < 1:
-        raise UsageError(f"--threads expects positive counts like 1 or 1,2, got {text!r}")
-    return threads
 
 
 @cli.command()
@@ -705,11 +681,7 @@ def _parse_threads(text: str | None) -> list[int]:
     "--no-compile", is_flag=True, help="Skip the torch.compile columns (their warm-up is most of the run time)."
 )
 @click.option(
-    "--out",
-    default="bench-results",
-    show_default=True,
-    type=DIR,
-    help="Directory of bench.md and bench.png.",
+    "--out", default="bench-results", show_default=True, type=DIR, help="Directory of bench.md and bench.png."
 )
 def bench(
     device: str,
@@ -741,15 +713,23 @@ def bench(
       ganplug bench --steps --only a-mlp --quick     # one step case, a smoke run
       ganplug bench --only "dropout | fwd |"         # one op, the forward pass
     """
+    import torch
+
     from ganplug.bench.runner import run
 
+    try:
+        counts = [torch.get_num_threads()] if threads is None else [int(part) for part in threads.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--threads expects positive counts like 1 or 1,2, got {threads!r}")
     run(
         device=device,
         kernel_rows=kernel_rows or not step_rows,
         step_rows=step_rows or not kernel_rows,
         only=only,
         quick=quick,
-        threads=_parse_threads(threads),
+        threads=counts,
         out=Path(out),
         with_compile=not no_compile,
         echo=click.echo,
@@ -797,28 +777,21 @@ def _run(args: list[str], debug: bool) -> int:
     except Exception as error:
         if debug:
             raise
-        message, code = _one_line(error, args)
+        code, message = 1, f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        if isinstance(error, click.UsageError):
+            command = error.ctx.command_path if error.ctx else "ganplug"
+            code, message = error.exit_code, f"{error.format_message()} (see: {command} --help)"
+        elif isinstance(error, click.ClickException):
+            code, message = error.exit_code, error.format_message()
+        elif isinstance(error, GanplugError):
+            code, message = error.exit_code, str(error)
+        elif isinstance(error, OSError) and error.errno in _NOT_PERMITTED:  # a read-only run directory, --out, ...
+            command = next((arg for arg in args if not arg.startswith("-")), "")
+            where = f": {error.filename}" if error.filename else ""
+            elsewhere = _ELSEWHERE.get(command, "or run where ganplug may write")
+            code, message = 2, f"{error.strerror}{where}: check the permissions of it and its directory, {elsewhere}"
         click.echo(f"Error: {message}", err=True)
         return code
-
-
-def _one_line(error: Exception, args: list[str]) -> tuple[str, int]:
-    """What ``ganplug`` says of ``error`` (after ``Error: ``) and its exit code."""
-    if isinstance(error, click.UsageError):
-        return (
-            f"{error.format_message()} (see: {error.ctx.command_path if error.ctx else 'ganplug'} --help)",
-            error.exit_code,
-        )
-    if isinstance(error, click.ClickException):
-        return error.format_message(), error.exit_code
-    if isinstance(error, GanplugError):
-        return str(error), error.exit_code
-    if isinstance(error, OSError) and error.errno in _NOT_PERMITTED:  # a read-only run directory, --out, ...
-        command = next((arg for arg in args if not arg.startswith("-")), "")
-        where = f": {error.filename}" if error.filename else ""
-        elsewhere = _ELSEWHERE.get(command, "or run where ganplug may write")
-        return f"{error.strerror}{where}: check the permissions of it and its directory, {elsewhere}", 2
-    return f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", 1
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any
 
 from ganplug.errors import UsageError
 from ganplug.plugin import LATENTS, RECIPE_KEYS
+from ganplug.registry import Registry, get_registry, loss_recipe
 
 # Command-line flags that are shorthands for an option of the chosen loss or dataset:
 # parameter name -> (config attribute, option name, flag).
@@ -550,15 +551,9 @@ IMAGE_LATENT_DIM = 64  # the size of z of a run on 3-D (image) data, unless set
 VECTOR_LATENT_DIM = 8  # the size of z of a run on any other data, unless set
 
 
-def _registry(registry: Any) -> Any:
-    if registry is None:
-        from ganplug.registry import get_registry
-
-        registry = get_registry()
-    return registry
-
-
-def _specs(config: TrainConfig | ResolvedConfig, registry: Any, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+def _specs(
+    config: TrainConfig | ResolvedConfig, registry: Registry, provenance: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """``{option table: spec}`` of ``config``'s arch, loss and dataset: the specs a run recorded in
     ``provenance`` (the same plugins', whatever answers to the names now), else the registry's."""
     recorded = provenance or {}
@@ -568,7 +563,7 @@ def _specs(config: TrainConfig | ResolvedConfig, registry: Any, provenance: Mapp
     }
 
 
-def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = None) -> TrainConfig:
+def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Registry | None = None) -> TrainConfig:
     """A config file's ``config`` under a command line that names another architecture, loss or
     dataset (``names``: the ``arch``, ``loss`` and ``dataset`` given, None where not given).
 
@@ -582,7 +577,7 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
     changed = {attr: name for attr, name in names.items() if name is not None and name != getattr(config, attr)}
     if not changed:
         return config
-    registry = _registry(registry)
+    registry = registry or get_registry()
     values: dict[str, Any] = {table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed}
     try:
         old = _specs(config, registry, None)
@@ -593,7 +588,7 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
     ]
     if not replaced:
         return config
-    bare = _layered(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), old, registry)
+    bare = _layered(TrainConfig(arch=config.arch, loss=config.loss, dataset=config.dataset), old)
     values = {}
     for name in LAYERED:
         value = getattr(config, name)
@@ -610,13 +605,11 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Any = N
     return dataclasses.replace(config, **values)
 
 
-def _layered(config: TrainConfig, specs: Mapping[str, Any], registry: Any) -> dict[str, Any]:
+def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
     """Every field of a :class:`ResolvedConfig`: ``config``'s values over the lower layers (the
     dataset's defaults, the base, the loss's recipe for its options), its arch, loss and data
     option tables resolved against ``specs`` (``{option table: spec}``: every option, checked).
     latent_dim stays None unless set (the data's shape decides it)."""
-    from ganplug.registry import loss_recipe
-
     values = {name: getattr(config, name) for name in KNOBS}
     dataset_defaults = dict(specs["data_options"].defaults)
     recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(specs["loss_options"].name, {}))
@@ -647,21 +640,18 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any], registry: Any) -> di
     return values
 
 
-def resolve(config: TrainConfig, registry: Any = None, provenance: Mapping[str, Any] | None = None) -> ResolvedConfig:
-    """``config`` with every layer applied: the one resolution of a command (``ganplug train``, or
-    :func:`ganplug.train.train` given a :class:`TrainConfig`); every later layer trusts its result.
-
-    Checks every knob (one-line UsageError), fills what ``config`` leaves unset from the lower
-    layers (see the module docstring; latent_dim, unless set, from the data's shape when the run
-    is built: :data:`IMAGE_LATENT_DIM` for images, :data:`VECTOR_LATENT_DIM` otherwise), resolves
-    every option table against its spec (the specs a run recorded in ``provenance``, else the
-    ``registry``'s) and each augmentation's and logger's options, then checks the result. A
-    config file is a template: where the command line names another arch, loss or dataset, layer
-    the file through :func:`as_template` first (as ``ganplug train --config`` does).
+def resolve(
+    config: TrainConfig, registry: Registry | None = None, provenance: Mapping[str, Any] | None = None
+) -> ResolvedConfig:
+    """``config`` with every layer applied (the module docstring), checked before and after (one-line
+    UsageError): the one resolution of a command, whose result every later layer trusts. Option tables
+    are resolved against the specs a run recorded in ``provenance``, else the ``registry``'s; latent_dim,
+    unless set, stays None for the data's shape to decide. A config file under other names goes
+    through :func:`as_template` first (as ``ganplug train --config`` does).
     """
-    registry = _registry(registry)
+    registry = registry or get_registry()
     validate_config(config)
-    values = _layered(config, _specs(config, registry, provenance), registry)
+    values = _layered(config, _specs(config, registry, provenance))
     for name in config.logger_options:
         if name not in config.loggers:
             raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
@@ -775,14 +765,14 @@ def resolve_resume(
     stored: ResolvedConfig,
     changes: Mapping[str, Any],
     provenance: Mapping[str, Any] | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> ResolvedConfig:
     """A resume's config: :func:`resolve` applied to ``stored`` (the run's config) with ``changes``
     (``{field: value}``, option tables' entries merged as by :func:`with_changes`), against the specs
     the run recorded in ``provenance``. UsageError (:func:`check_resume`) for a change of anything
     :data:`RESUMABLE` does not list; a name for the recorded arch, loss or dataset (an alias,
     ``ganplug:bce``) is no change."""
-    registry = _registry(registry)
+    registry = registry or get_registry()
     recorded = _specs(stored, registry, provenance)
     given = dict(changes)
     for table, name in SPEC_NAME.items():
@@ -807,10 +797,12 @@ def augment_provenance_key(index: int) -> str:
     return "augmentation" if index == 0 else f"augmentation {index + 1}"
 
 
-def augment_specs(names: list[str], provenance: Mapping[str, Any] | None = None, registry: Any = None) -> list[Any]:
+def augment_specs(
+    names: list[str], provenance: Mapping[str, Any] | None = None, registry: Registry | None = None
+) -> list[Any]:
     """The specs of augmentations ``names``: those a run recorded in ``provenance`` (the same
     plugins', whatever answers to the names now), else the registry's."""
-    registry = _registry(registry)
+    registry = registry or get_registry()
     recorded = provenance or {}
     return [
         registry.resolve_recorded("augmentation", name, recorded.get(augment_provenance_key(i)))
