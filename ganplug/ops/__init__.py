@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ganplug.ops import reference
-from ganplug.ops._dropout import _draw_seed, dropout, dropout_seeds  # noqa: F401  (graphs.py draws seeds alike)
+from ganplug.ops._dropout import draw_seed, dropout, dropout_seeds  # noqa: F401  (draw_seed: the CUDA-graph step draws alike)
 from ganplug.ops._extension import LOAD_ERROR, backend, mode, serves, set_mode
+from ganplug.ops.reference import Target
 
 if LOAD_ERROR is None:
     from ganplug.ops import _fake_kernels  # noqa: F401  (the fake kernels torch.compile needs)
@@ -42,8 +43,6 @@ __all__ = [
     "diff_augment",
     "reference",
 ]
-
-Target = float | torch.Tensor
 
 _kernel: Any = torch.ops.ganplug
 

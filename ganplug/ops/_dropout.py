@@ -13,7 +13,7 @@ from ganplug.ops._extension import serves
 _kernel: Any = torch.ops.ganplug
 
 
-def _draw_seed() -> int:
+def draw_seed() -> int:
     """A 63-bit seed from torch's default CPU generator: one draw, saved and restored with it."""
     return int(torch.empty((), dtype=torch.int64).random_())
 
@@ -57,6 +57,5 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
     if _seed_source is not None:
         return reference.dropout(input, p, _seed_source.next(input.device))
     if serves(input):
-        return _kernel.dropout(input, p, _draw_seed())
-    return reference.dropout(input, p, _draw_seed())
-
+        return _kernel.dropout(input, p, draw_seed())
+    return reference.dropout(input, p, draw_seed())

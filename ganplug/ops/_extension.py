@@ -18,15 +18,12 @@ ENV_VAR = "GANPLUG_OPS"
 _MODES = ("auto", "reference")
 
 
-def _compiled_device_types() -> frozenset[str]:
-    """Device types with a compiled kernel for every op (checked on the first op)."""
-    if LOAD_ERROR is not None:
-        return frozenset()
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    return frozenset(key.lower() for key in ("CPU", "CUDA") if has("ganplug::linear_leaky_relu", key))
-
-
-COMPILED_DEVICE_TYPES = _compiled_device_types()
+# Device types with a compiled kernel for every op (checked on the first op).
+COMPILED_DEVICE_TYPES = frozenset(
+    key.lower()
+    for key in ("CPU", "CUDA")
+    if LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("ganplug::linear_leaky_relu", key)
+)
 _CPU_KERNELS = "cpu" in COMPILED_DEVICE_TYPES
 _CUDA_KERNELS = "cuda" in COMPILED_DEVICE_TYPES
 
@@ -67,7 +64,9 @@ def backend(device: torch.device | str) -> str:
     device type the extension has no kernels for.
     """
     if _mode not in _MODES:
-        raise ValueError(f"{ENV_VAR}={_mode!r} is not understood: unset it, or set it to 'reference' to force the pure-PyTorch ops")
+        raise ValueError(
+            f"{ENV_VAR}={_mode!r} is not understood: unset it, or set it to 'reference' to force the pure-PyTorch ops"
+        )
     device_type = torch.device(device).type
     if _mode == "auto" and device_type in COMPILED_DEVICE_TYPES:
         return device_type
@@ -77,10 +76,18 @@ def backend(device: torch.device | str) -> str:
 _warned: set[str] = set()
 
 
-def warn_fallback(device_type: str) -> None:
-    """One loud warning per device type when the reference runs for lack of compiled kernels."""
+def serves(x: object) -> bool:
+    """True when a compiled kernel serves ``x``: a tensor on a device with kernels, in the auto mode.
+    Otherwise the reference runs (whose checks name what is wrong with a non-tensor), and a missing
+    kernel is said once, loudly (one warning per device type, none in the reference mode)."""
+    if not isinstance(x, torch.Tensor):
+        return False
+    if kernels_on and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS)):
+        return True
+    backend(x.device)  # refuses a mode it does not understand
+    device_type = x.device.type
     if device_type in _warned or _mode == "reference":
-        return
+        return False
     _warned.add(device_type)
     if LOAD_ERROR is not None:
         cause = f"ganplug._C failed to load ({LOAD_ERROR})"
@@ -92,18 +99,6 @@ def warn_fallback(device_type: str) -> None:
         f"ganplug: {cause}; the slow pure-PyTorch reference ops run instead on {device_type}. "
         f"To fix, {fix}; set {ENV_VAR}=reference to choose the reference and silence this.",
         RuntimeWarning,
-        stacklevel=4,  # the user's call: warn_fallback <- serves <- the op <- caller
+        stacklevel=3,  # the user's call: serves <- the op <- caller
     )
-
-
-def serves(x: object) -> bool:
-    """True when a compiled kernel serves ``x``: a tensor on a device with kernels, in the auto mode.
-    Otherwise the reference runs (whose checks name what is wrong with a non-tensor), and a missing
-    kernel is said once, loudly."""
-    if not isinstance(x, torch.Tensor):
-        return False
-    if kernels_on and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS)):
-        return True
-    backend(x.device)  # refuses a mode it does not understand
-    warn_fallback(x.device.type)
     return False

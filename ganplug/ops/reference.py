@@ -1,5 +1,6 @@
 """The ops in plain PyTorch: the specification every kernel is tested against, and the fallback
-when the compiled extension cannot run.
+when the compiled extension cannot run. Each function computes what the op of its name in
+:mod:`ganplug.ops` documents.
 
 Reduced-precision inputs (float16, bfloat16) are computed in float32 and the result is cast back,
 as the kernels do. Every function here is differentiable to any order. Each checks its arguments
@@ -84,12 +85,8 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_leaky_relu(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    negative_slope: float = 0.2,
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2
 ) -> torch.Tensor:
-    """leaky_relu(input @ weight.T + bias): input (*, in), weight (out, in), bias (out,) -> (*, out)."""
     op = "linear_leaky_relu"
     _tensor(op, "input", input)
     if _tensor(op, "weight", weight).dim() != 2:
@@ -109,7 +106,6 @@ def linear_leaky_relu(
 
 
 def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
-    """leaky_relu(input + bias over dim 1): input (N, C, *), bias (C,) or None -> (N, C, *)."""
     op = "bias_leaky_relu"
     if _tensor(op, "input", input).dim() < 2:
         raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
@@ -141,12 +137,8 @@ def bce_with_logits(logits: torch.Tensor, target: Target) -> torch.Tensor:
 
 
 def discriminator_bce(
-    real_logits: torch.Tensor,
-    fake_logits: torch.Tensor,
-    real_target: Target = 1.0,
-    fake_target: Target = 0.0,
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: Target = 1.0, fake_target: Target = 0.0
 ) -> torch.Tensor:
-    """mean(BCE(real, real_target)) + mean(BCE(fake, fake_target)), a scalar."""
     op = "discriminator_bce"
     real, fake = _scores(op, real_logits=real_logits, fake_logits=fake_logits)
     _target(op, "real_target", real_target, real)
@@ -155,32 +147,27 @@ def discriminator_bce(
 
 
 def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tensor:
-    """mean(BCE(fake, target)): the non-saturating generator loss, a scalar."""
     (fake,) = _scores("generator_bce", fake_logits=fake_logits)
     _target("generator_bce", "target", target, fake)
     return bce_with_logits(fake, target).mean().to(fake.dtype)
 
 
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """mean(log(1 - sigmoid(fake))) = -mean(softplus(fake)): the saturating loss of 2014."""
     (fake,) = _scores("minimax_generator_loss", fake_logits=fake_logits)
     return (-F.softplus(_wide(fake))).mean().to(fake.dtype)
 
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-    """mean(fake) - mean(real): what the critic minimises, a scalar."""
     real, fake = _scores("wasserstein_critic_loss", real_scores=real_scores, fake_scores=fake_scores)
     return (_wide(fake).mean() - _wide(real).mean()).to(real.dtype)
 
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
-    """-mean(fake), a scalar."""
     (fake,) = _scores("wasserstein_generator_loss", fake_scores=fake_scores)
     return (-_wide(fake).mean()).to(fake.dtype)
 
 
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
-    """mean_i (||g_i||_2 - target)^2 for gradients (B, ...), norms over all but the batch dim."""
     op = "gradient_penalty"
     gradients = _tensor(op, "gradients", _autocast(gradients, torch.float32))
     if gradients.dim() == 0:
