@@ -370,7 +370,7 @@ def _filled(name: str, meta: Knob) -> Knob:
     elif meta.kind == "named_pairs":
         check = _is_tables
     elif meta.kind == "names":
-        check = lambda value: isinstance(value, (list, tuple)) and all(_is_name(name) for name in value)  # noqa: E731
+        check = lambda value: isinstance(value, (list, tuple)) and all(_is_name(item) for item in value)  # noqa: E731
     elif meta.kind is int:
         check = lambda value: _is_int(value) and (low is None or value >= low)  # noqa: E731
         must = "an integer" + ("" if low is None else f" >= {low}") + (f" ({meta.note})" if meta.note else "")
