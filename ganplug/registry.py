@@ -107,20 +107,11 @@ def _top_package(module_name: str | None) -> str | None:
     return module_name.partition(".")[0] if module_name else None
 
 
-def _modules_of(plugin: object, specs: Iterable[Any]) -> tuple[str, ...]:
+def _modules_of(plugin: object, factories: Iterable[Any]) -> tuple[str, ...]:
     """The top-level packages a plugin's code lives in: its own and its factories'."""
-    if isinstance(plugin, types.ModuleType):
-        own = plugin.__name__
-    else:
-        own = plugin.__module__ if isinstance(plugin, type) else type(plugin).__module__
-    names = {_top_package(own)}
-    for spec in specs:
-        factory = spec.factory
-        names.add(
-            _top_package(
-                factory.partition(":")[0] if isinstance(factory, str) else getattr(factory, "__module__", None)
-            )
-        )
+    own = plugin.__name__ if isinstance(plugin, types.ModuleType) else getattr(plugin, "__module__", None)
+    modules = [f.partition(":")[0] if isinstance(f, str) else getattr(f, "__module__", None) for f in factories]
+    names = {_top_package(name) for name in (own, *modules)}
     return tuple(sorted(n for n in names if n and n != "ganplug" and n not in sys.stdlib_module_names))
 
 
@@ -138,9 +129,7 @@ class Entry:
 
 def _env_names(variable: str) -> set[str] | None:
     value = os.environ.get(variable)
-    if value is None:
-        return None
-    return {name.strip() for name in value.split(",") if name.strip()}
+    return None if value is None else {name.strip() for name in value.split(",") if name.strip()}
 
 
 def _ganplug_version() -> str | None:
@@ -259,7 +248,7 @@ class Registry:
             self._entries[kind_name] += entries
             self._entry_of.update((id(entry.spec), entry) for entry in entries)
             info.registers[kind_name] = [entry.spec.name for entry in entries]
-        info.modules = _modules_of(plugin, [e.spec for entries in found.values() for e in entries])
+        info.modules = _modules_of(plugin, [e.spec.factory for entries in found.values() for e in entries])
         self.plugins.append(info)
 
     def _claim_aliases(self, kind: str, info: PluginInfo, entry: Entry) -> Entry:
@@ -314,13 +303,7 @@ class Registry:
         """What a run records of a resolved name: ``{"kind", "name", "plugin", "distribution",
         "version"}`` (see :meth:`resolve_recorded`)."""
         info = self._info_of(spec)
-        return {
-            "kind": kind,
-            "name": spec.name,
-            "plugin": info.name,
-            "distribution": info.distribution,
-            "version": info.version,
-        }
+        return dict(kind=kind, name=spec.name, plugin=info.name, distribution=info.distribution, version=info.version)
 
     def resolve_recorded(self, kind: str, name: str, recorded: Mapping[str, Any] | None) -> Any:
         """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same
@@ -375,11 +358,7 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         """Every name that resolves: bare names, aliases and ``plugin:name`` forms."""
-        names: set[str] = set()
-        for entry in self._entries[kind]:
-            names.update(entry.spec.names)
-            names.update(f"{entry.plugin}:{name}" for name in entry.spec.names)
-        return sorted(names)
+        return sorted({n for e in self._entries[kind] for bare in e.spec.names for n in (bare, f"{e.plugin}:{bare}")})
 
     def resolve(self, kind: str, name: str) -> Any:
         """The spec ``name`` refers to (a name, an alias or ``plugin:name``).
@@ -391,11 +370,7 @@ class Registry:
         if not isinstance(name, str):
             raise UsageError(f"the {kind} must be a name (a string), got {name!r}")
         plugin, _, bare = name.rpartition(":")
-        matches = [
-            entry
-            for entry in self._entries[kind]
-            if bare in entry.spec.names and (not plugin or entry.plugin == plugin)
-        ]
+        matches = [e for e in self._entries[kind] if bare in e.spec.names and (not plugin or e.plugin == plugin)]
         if not matches:
             failed = [p for p in self.plugins if p.status == "failed"]
             owner = next((p for p in failed if _may_provide(p, plugin, bare)), None)
