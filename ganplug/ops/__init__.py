@@ -7,9 +7,9 @@ under torch.compile. Under autocast, linear_leaky_relu runs in the autocast dtyp
 float32, as torch's linear and BCE do; bias_leaky_relu runs in its input's dtype, with the bias cast
 to it as conv2d casts its bias.
 
-Each op here only picks the implementation: the kernels check their arguments (csrc/checks.h) and
-cast for autocast (csrc/autocast.cpp) themselves, and the reference twin does the same, in the
-same words, where it runs.
+Each op here only picks the implementation, the kernel (torch.ops.ganplug) or its reference twin,
+which take the same arguments: the kernels check them (csrc/checks.h) and cast for autocast
+(csrc/autocast.cpp) themselves, and the reference twin does the same, in the same words.
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def linear_leaky_relu(
     returns (*, out_features). negative_slope must be >= 0 (the backward reads the LeakyReLU mask
     off the output's sign, so only the output is saved).
     """
-    if serves(input):
-        return _kernel.linear_leaky_relu(input, weight, bias, negative_slope)
-    return reference.linear_leaky_relu(input, weight, bias, negative_slope)
+    return (_kernel if serves(input) else reference).linear_leaky_relu(input, weight, bias, negative_slope)
 
 
 def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
@@ -75,9 +73,7 @@ def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negat
     negative_slope must be >= 0 (the backward reads the LeakyReLU mask off the output's sign, so
     only the output is saved).
     """
-    if serves(input):
-        return _kernel.bias_leaky_relu(input, bias, negative_slope)
-    return reference.bias_leaky_relu(input, bias, negative_slope)
+    return (_kernel if serves(input) else reference).bias_leaky_relu(input, bias, negative_slope)
 
 
 def discriminator_bce(
@@ -104,31 +100,23 @@ def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tens
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al.
     (2014), which the generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
-    if serves(fake_logits):
-        return _kernel.minimax_generator_loss(fake_logits)
-    return reference.minimax_generator_loss(fake_logits)
+    return (_kernel if serves(fake_logits) else reference).minimax_generator_loss(fake_logits)
 
 
 def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """mean(fake_scores) - mean(real_scores): the loss the critic minimises, a scalar."""
-    if serves(real_scores):
-        return _kernel.wasserstein_critic_loss(real_scores, fake_scores)
-    return reference.wasserstein_critic_loss(real_scores, fake_scores)
+    return (_kernel if serves(real_scores) else reference).wasserstein_critic_loss(real_scores, fake_scores)
 
 
 def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """-mean(fake_scores): the generator's Wasserstein loss, a scalar."""
-    if serves(fake_scores):
-        return _kernel.wasserstein_generator_loss(fake_scores)
-    return reference.wasserstein_generator_loss(fake_scores)
+    return (_kernel if serves(fake_scores) else reference).wasserstein_generator_loss(fake_scores)
 
 
 def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """mean_i (||g_i||_2 - target)^2 over the batch of gradients (B, ...), norms over all other
     dims: the WGAN-GP penalty (Gulrajani et al. 2017) before its weight lambda; a scalar."""
-    if serves(gradients):
-        return _kernel.gradient_penalty(gradients, target)
-    return reference.gradient_penalty(gradients, target)
+    return (_kernel if serves(gradients) else reference).gradient_penalty(gradients, target)
 
 
 # DiffAugment has no compiled kernel yet: the reference twin runs, which the fused op will replace

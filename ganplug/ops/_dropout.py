@@ -56,6 +56,4 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
         return input
     if _seed_source is not None:
         return reference.dropout(input, p, _seed_source.next(input.device))
-    if serves(input):
-        return _kernel.dropout(input, p, draw_seed())
-    return reference.dropout(input, p, draw_seed())
+    return (_kernel if serves(input) else reference).dropout(input, p, draw_seed())
