@@ -168,14 +168,13 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
         entry is flipped (t -> 1 - t) with probability ``label_noise``. Noise is drawn with
         ``torch.rand`` on the logits' device (the global RNG, whose state the trainer saves)."""
         real_target = 1.0 - self.label_smoothing
-        fake_target = 0.0
         if self.label_noise == 0.0:
-            return real_target, fake_target
-        flip_real = torch.rand(real_logits.shape, device=real_logits.device) < self.label_noise
-        flip_fake = torch.rand(fake_logits.shape, device=fake_logits.device) < self.label_noise
+            return real_target, 0.0
         # float32 (float64 for float64 logits), so that 1 - s is not rounded to bf16 under autocast
-        real_t = torch.where(flip_real, 1.0 - real_target, real_target).to(_target_dtype(real_logits))
-        fake_t = torch.where(flip_fake, 1.0 - fake_target, fake_target).to(_target_dtype(fake_logits))
+        real_t, fake_t = (
+            torch.where(torch.rand(x.shape, device=x.device) < self.label_noise, 1.0 - t, t).to(_target_dtype(x))
+            for x, t in ((real_logits, real_target), (fake_logits, 0.0))
+        )
         return real_t, fake_t
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

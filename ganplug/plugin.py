@@ -166,9 +166,8 @@ class _Spec:
         """The factory, importing it now when it was given as ``"module:function"``."""
         if callable(self.factory):
             return self.factory
-        module_name, _, attr = self.factory.partition(":")
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        module, _, attribute = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every option of this spec: defaults, overridden by ``given`` after type checks.

@@ -382,11 +382,8 @@ class Registry:
             candidates = [n for n in self.names(kind) if (":" in n) == (":" in name)]
             close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            also = (
-                f" (plugins that failed to load: {', '.join(p.name for p in failed)}; see ganplug plugins)"
-                if failed
-                else ""
-            )
+            failures = ", ".join(p.name for p in failed)
+            also = f" (plugins that failed to load: {failures}; see ganplug plugins)" if failed else ""
             raise UsageError(
                 f"unknown {kind} {name!r}.{hint} See the choices with: ganplug list {KINDS[kind].plural}{also}"
             )
