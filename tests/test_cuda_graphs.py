@@ -173,9 +173,9 @@ def test_switching_it_on_or_off_on_resume_is_allowed_and_resumes_exactly(tmp_pat
 
 def _stub(loss, **config):
     """What capture_problem reads of a stepper, on a pretend CUDA device."""
-    spec = build_run(resolve(config_of("mlp-wgan-gp-n2-ring8", steps=1))).loss_spec
+    named = AdversarialStep(build_run(resolve(config_of("mlp-wgan-gp-n2-ring8", steps=1)))).loss_named
     cfg = SimpleNamespace(**{"lr_decay": "none", "n_critic": 1, **config})
-    return SimpleNamespace(device=torch.device("cuda"), world=None, config=cfg, loss=loss, run=SimpleNamespace(loss_spec=spec))
+    return SimpleNamespace(device=torch.device("cuda"), world=None, config=cfg, loss=loss, loss_named=named)
 
 
 def test_each_fallback_names_its_reason_in_one_line():

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ganplug.errors import PluginError, UsageError
+from ganplug.registry import origin_of
 from ganplug.train.distributed import World, all_reduce_sum
 
 AUTO = "auto"
@@ -146,14 +147,10 @@ class AugmentedCritic:
 
 
 def _named(spec: Any) -> str:
-    from ganplug.registry import origin_of
-
     return f"augmentation {spec.name!r} of {origin_of(spec)}"
 
 
 def _whose(spec: Any) -> str:
-    from ganplug.registry import origin_of
-
     if origin_of(spec) == "the built-ins":
         return " (a bug in ganplug: please report it; rerun with --debug for the traceback)"
     return " (a bug in the plugin: report it to its author; rerun with --debug for the traceback)"

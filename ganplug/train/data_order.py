@@ -57,6 +57,8 @@ def _split(batch: Any) -> tuple[torch.Tensor, Any]:
 def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
     """``labels`` as an int64 ``(N,)`` tensor of classes in ``[0, num_classes)``; GanplugError
     saying what is wrong with them otherwise (``where``: "the dataset's labels", ...)."""
+    if labels is None:
+        raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -116,13 +118,11 @@ class BatchOrder:
         self.labels: torch.Tensor | None = None  # and its labels (with num_classes)
         self._convert: Callable[[torch.Tensor], torch.Tensor] | None = None
         samples, labels, self._convert = whole_tensors(dataset)
-        if samples is not None and self._convert is None and not samples.is_floating_point():
-            samples = samples.float()
-        if samples is not None and self.num_classes:
-            if labels is None:
-                raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
-            self.labels = check_labels(labels, self.num_classes, "the dataset's labels")
         if samples is not None:
+            if self._convert is None and not samples.is_floating_point():
+                samples = samples.float()
+            if self.num_classes:
+                self.labels = check_labels(labels, self.num_classes, "the dataset's labels")
             if self.device.type == "cuda" and samples.numel() * samples.element_size() <= _DEVICE_CACHE_BYTES:
                 samples = samples.to(self.device)
                 self.labels = self.labels.to(self.device) if self.labels is not None else None
@@ -157,16 +157,12 @@ class BatchOrder:
         assert self._perm is not None
         return self._perm
 
-    def next_indices(self) -> torch.Tensor:
-        """The dataset indices of the next batch, ``(batch_size,)`` int64; advances the position."""
-        if self.position + self.batch_size > self.size:  # drop the incomplete tail
-            self.epoch += 1
-            self.position = 0
-        perm = self._permutation()
-        start, stop = self.shard
-        indices = perm[self.position + start : self.position + stop]
-        self.position += self.batch_size
-        return indices
+    def _epoch_order(self) -> torch.Tensor:
+        """The permutation the next batch comes from: the next epoch's when the rest of this one is
+        shorter than a batch (the incomplete tail is dropped)."""
+        if self.position + self.batch_size > self.size:
+            self.epoch, self.position = self.epoch + 1, 0
+        return self._permutation()
 
     def next_batch(self) -> torch.Tensor:
         """The next batch of samples, ``(batch_size, *data_shape)`` float, on the device."""
@@ -180,34 +176,23 @@ class BatchOrder:
         return batch, labels
 
     def _next(self, labelled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        labels = None
         if self.samples is not None:
-            indices = self.next_indices()
-            if self.samples.device != indices.device:
-                indices = indices.to(self.samples.device)
-            batch = self.samples[indices]
-            if self._convert is not None:
-                batch = self._convert(batch)
-            if labelled:
-                labels = self.labels[indices]  # type: ignore[index]
+            start, stop = self.shard
+            indices = self._epoch_order()[self.position + start : self.position + stop].to(self.samples.device)
+            self.position += self.batch_size
+            batch = self.samples[indices] if self._convert is None else self._convert(self.samples[indices])
+            labels = self.labels[indices] if labelled and self.labels is not None else None
         else:
             batch, labels = self._loader_batch()
-            if labelled:
-                if labels is None:
-                    raise GanplugError(
-                        "the dataset has no labels: its items are samples without a (sample, label) pair"
-                    )
-                labels = check_labels(labels, self.num_classes, "the dataset's labels")
+            labels = check_labels(labels, self.num_classes, "the dataset's labels") if labelled else None
         if not batch.is_floating_point():
             batch = batch.float()
-        batch = batch.to(self.device, non_blocking=True)
-        return batch, labels.to(self.device, non_blocking=True) if labels is not None and labelled else None
+        return batch.to(self.device, non_blocking=True), None if labels is None else labels.to(
+            self.device, non_blocking=True
+        )
 
     def _loader_batch(self) -> tuple[torch.Tensor, Any]:
-        if self.position + self.batch_size > self.size:
-            self.epoch += 1
-            self.position = 0
-        perm = self._permutation()
+        perm = self._epoch_order()
         if self._iterator is None:
             rest = perm[
                 self.position : self.position + self.batch_size * ((self.size - self.position) // self.batch_size)

@@ -27,7 +27,7 @@ import torch
 from ganplug import ops
 from ganplug.errors import GanplugError
 from ganplug.losses import ZeroCentredPenalties
-from ganplug.ops import _draw_seed
+from ganplug.ops import draw_seed as _draw_seed
 from ganplug.train.step import AdversarialStep, Snapshot, StepInputs, StepOutputs, set_capturable
 from ganplug.train.sums import Sums
 
@@ -60,13 +60,6 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
-def _loss_name(stepper: AdversarialStep) -> str:
-    from ganplug.registry import origin_of
-
-    spec = stepper.run.loss_spec
-    return f"loss {spec.name!r} of {origin_of(spec)}"
-
-
 def capture_problem(stepper: AdversarialStep) -> str | None:
     """Why the step of ``stepper`` cannot be captured, as the line to print, or None when it
     may be tried (a capture can still fail: see :meth:`CudaGraphStep.run_step`)."""
@@ -85,7 +78,7 @@ def capture_problem(stepper: AdversarialStep) -> str | None:
         )
     if isinstance(loss, ZeroCentredPenalties) and loss.r1_every > 1 and (loss.r1 > 0 or loss.r2 > 0):
         return (
-            f"--cuda-graphs does not capture lazy R1/R2 of {_loss_name(stepper)} (r1_every={loss.r1_every}: the host "
+            f"--cuda-graphs does not capture lazy R1/R2 of {stepper.loss_named} (r1_every={loss.r1_every}: the host "
             f"chooses the critic updates that compute the penalty); {EAGER}"
         )
     return None
@@ -303,7 +296,7 @@ class CudaGraphStep:
             self.counted_updates = n
             return None
         return (
-            f"--cuda-graphs: {_loss_name(s)} keeps state (its state_dict) that changes every step, which a replayed "
+            f"--cuda-graphs: {s.loss_named} keeps state (its state_dict) that changes every step, which a replayed "
             f"graph would not update; {EAGER}"
         )
 
@@ -323,7 +316,7 @@ class CudaGraphStep:
             if not on_device:
                 kind = f"a tensor on {value.device}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
                 return (
-                    f"--cuda-graphs: {_loss_name(s)} returns {what} as {kind}, not a tensor on {self.device}: a "
+                    f"--cuda-graphs: {s.loss_named} returns {what} as {kind}, not a tensor on {self.device}: a "
                     f"replay would repeat its first value; {EAGER}"
                 )
         return None
@@ -340,7 +333,7 @@ class CudaGraphStep:
         except RuntimeError as error:
             if SYNC_ERROR not in str(error):
                 raise
-            who = self.culprit(error) or _loss_name(s)
+            who = self.culprit(error) or s.loss_named
             return (
                 f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
                 f"{_first_line(error)}); {EAGER}"
@@ -375,7 +368,7 @@ class CudaGraphStep:
         try:
             graph, outputs = self._record(body)
         except Exception as error:  # noqa: BLE001 - whatever stops a capture past the pre-check: stop
-            who = self.culprit(error) or _loss_name(s)
+            who = self.culprit(error) or s.loss_named
             raise CaptureFailed(
                 f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {_first_line(error)}); "
                 "stopped, since a failed capture can leave this process's CUDA RNG and memory pool unusable: "

@@ -97,10 +97,7 @@ class StepGuard:
         weights = self.on_nan == "skip"
         if weights:
             flags += list(_all_finite(self._modules()))
-        ok_t = torch.stack(flags + [torch.tensor(not stop_requested)]).float()
-        if self.world is not None:  # every rank decides alike: bad anywhere is bad everywhere
-            ok_t = (all_reduce_sum(self.world, ok_t.to(self.device)) == self.world.world_size).float()
-        ok = [bool(v) for v in ok_t.tolist()]
+        ok = self._agreed(torch.stack(flags + [torch.tensor(not stop_requested)]))
         stop_agreed = not ok.pop()
         for key, good in zip(losses, ok):
             if not good:
@@ -129,10 +126,15 @@ class StepGuard:
 
     def check_weights(self) -> str | None:
         """Whether G's and D's weights are all finite (all ranks agree), as a reason or None."""
-        ok_t = _all_finite(self._modules()).float()
+        return self._weights_verdict(self._agreed(_all_finite(self._modules())))
+
+    def _agreed(self, flags: torch.Tensor) -> list[bool]:
+        """``flags`` (booleans on the CPU) read back, each True only where it is on every rank: the
+        ranks decide alike, and bad anywhere is bad everywhere (one all-reduce)."""
+        ok = flags.float()
         if self.world is not None:
-            ok_t = (all_reduce_sum(self.world, ok_t.to(self.device)) == self.world.world_size).float()
-        return self._weights_verdict([bool(v) for v in ok_t.tolist()])
+            ok = (all_reduce_sum(self.world, ok.to(self.device)) == self.world.world_size).float()
+        return [bool(v) for v in ok.tolist()]
 
     @staticmethod
     def _weights_verdict(ok: list[bool]) -> str | None:

@@ -121,11 +121,6 @@ class Progress:
                 leave=True,
             )
 
-    @property
-    def bar(self) -> bool:
-        """Whether a bar is drawn (a terminal, not quiet)."""
-        return self._bar is not None
-
     def _write(self, text: str) -> None:
         if self.closed:
             return

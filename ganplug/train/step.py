@@ -32,6 +32,7 @@ from torch import nn
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import takes_real_batch
 from ganplug.noise import draw_latent
+from ganplug.registry import origin_of
 from ganplug.train.augment import AugmentedCritic, AugmentProbability
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
@@ -169,6 +170,7 @@ class AdversarialStep:
         cfg = run.config
         self.run, self.config, self.world, self.device = run, cfg, world, run.device
         self.G, self.D, self.loss = run.generator, run.discriminator, run.loss
+        self.loss_named = f"loss {run.loss_spec.name!r} of {origin_of(run.loss_spec)}"  # for messages
         self.conditional = run.num_classes > 0
         # what the losses call as the critic
         self.critic = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
@@ -298,8 +300,6 @@ class AdversarialStep:
         except GanplugError as error:
             if isinstance(error, (UsageError, PluginError)):
                 raise
-            from ganplug.registry import origin_of
-
             spec = self.run.dataset_spec
             raise PluginError(f"dataset {spec.name!r} of {origin_of(spec)}: {error}") from error
         return StepInputs(reals, labels if self.conditional else None)
@@ -380,12 +380,9 @@ class AdversarialStep:
         (:meth:`checked_stats`); PluginError naming the loss's plugin when it is no such pair with a
         tensor first. Python type checks only: no host sync."""
         if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
-            from ganplug.registry import origin_of
-
-            spec = self.run.loss_spec
             got = "None" if result is None else f"a {type(result).__name__}"
             raise PluginError(
-                f"loss {spec.name!r} of {origin_of(spec)}: {method}() returned {got}, not (loss, stats), a tensor and a "
+                f"{self.loss_named}: {method}() returned {got}, not (loss, stats), a tensor and a "
                 "dict: report this to the plugin's author"
             )
         return result[0], self.checked_stats(result[1], method)
@@ -401,11 +398,8 @@ class AdversarialStep:
         if method == "discriminator_loss":
             clash += sorted(k for k in stats if k.startswith(GENERATOR_PREFIX))
         if clash:
-            from ganplug.registry import origin_of
-
-            spec = self.run.loss_spec
             raise PluginError(
-                f"loss {spec.name!r} of {origin_of(spec)}: {method}() returns stats {clash} that would overwrite "
+                f"{self.loss_named}: {method}() returns stats {clash} that would overwrite "
                 f"metrics.jsonl columns (the trainer's own: {', '.join(sorted(RESERVED_STATS))}; generator stats "
                 f"are logged with the prefix {GENERATOR_PREFIX!r}, so critic stats must not start with it): rename them"
             )
