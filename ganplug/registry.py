@@ -32,7 +32,7 @@ from typing import Any
 
 import pluggy
 
-from ganplug import hookspecs
+from ganplug import __version__, hookspecs
 from ganplug.errors import GanplugError, MetricUnavailable, PluginError, UsageError, debug_enabled
 from ganplug.plugin import (
     OLD_FORMS_KEPT,
@@ -132,15 +132,6 @@ def _env_names(variable: str) -> set[str] | None:
     return None if value is None else {name.strip() for name in value.split(",") if name.strip()}
 
 
-def _ganplug_version() -> str | None:
-    try:
-        return metadata.version("ganplug")
-    except metadata.PackageNotFoundError:
-        from ganplug import __version__
-
-        return __version__
-
-
 class Registry:
     """The loaded plugins and their specs. Build one with :func:`get_registry`."""
 
@@ -163,7 +154,7 @@ class Registry:
 
         from ganplug import builtin_specs
 
-        self._add(PluginInfo(BUILTIN, "ganplug", _ganplug_version()), builtin_specs)
+        self._add(PluginInfo(BUILTIN, "ganplug", __version__), builtin_specs)
         if entry_points is None:
             entry_points = metadata.entry_points(group=PROJECT)
         only = _env_names("GANPLUG_LOAD_PLUGINS")

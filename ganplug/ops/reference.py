@@ -263,18 +263,12 @@ def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color:
     if channels > 1:
         y = y + (y - y.mean(dim=1, keepdim=True)) * (s - 1.0)  # (y - m) * s + m, exact at s = 1
     y = y + (y - y.mean(dim=(1, 2, 3), keepdim=True)) * (c - 1.0)
-    rows = torch.arange(height, device=x.device) - shift[:, 0:1]  # (N, H): the source row of each row
-    cols = torch.arange(width, device=x.device) - shift[:, 1:2]  # (N, W)
+    i, j = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    rows, cols = i - shift[:, 0:1], j - shift[:, 1:2]  # (N, H), (N, W): the source row and column of each
     shape = (n, channels, height, width)
-    y = y.gather(2, rows.clamp(0, height - 1).reshape(n, 1, height, 1).expand(shape))
-    y = y.gather(3, cols.clamp(0, width - 1).reshape(n, 1, 1, width).expand(shape))
-    i = torch.arange(height, device=x.device)
-    j = torch.arange(width, device=x.device)
-    cut_rows = (i >= cut[:, 0:1]) & (i < cut[:, 1:2])  # (N, H)
-    cut_cols = (j >= cut[:, 2:3]) & (j < cut[:, 3:4])  # (N, W)
-    inside_rows = (rows >= 0) & (rows < height)
-    inside_cols = (cols >= 0) & (cols < width)
-    keep = (inside_rows.reshape(n, 1, height, 1) & inside_cols.reshape(n, 1, 1, width)) & ~(
-        cut_rows.reshape(n, 1, height, 1) & cut_cols.reshape(n, 1, 1, width)
-    )
+    y = y.gather(2, rows.clamp(0, height - 1)[:, None, :, None].expand(shape))
+    y = y.gather(3, cols.clamp(0, width - 1)[:, None, None, :].expand(shape))
+    inside = ((rows >= 0) & (rows < height))[:, None, :, None] & ((cols >= 0) & (cols < width))[:, None, None, :]
+    cut_rows, cut_cols = (i >= cut[:, 0:1]) & (i < cut[:, 1:2]), (j >= cut[:, 2:3]) & (j < cut[:, 3:4])
+    keep = inside & ~(cut_rows[:, None, :, None] & cut_cols[:, None, None, :])  # (N, 1, H, W)
     return (y * keep.to(y.dtype)).to(x.dtype)
