@@ -483,14 +483,9 @@ def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> N
         f"{origin_of(spec)}: {spec.kind} {spec.name!r} uses the old call form {old}; write {new} "
         f"(ganplug plugin API {since}; the old form keeps working at least until API {since + OLD_FORMS_KEPT})"
     )
-    warnings.warn_explicit(
-        message,
-        PluginAPIWarning,
-        code.co_filename if code is not None else "<plugin>",
-        code.co_firstlineno if code is not None else 0,
-        module=getattr(target, "__module__", None),
-        registry=_OLD_FORMS_WARNED,
-    )
+    filename, line = (code.co_filename, code.co_firstlineno) if code is not None else ("<plugin>", 0)
+    module = getattr(target, "__module__", None)
+    warnings.warn_explicit(message, PluginAPIWarning, filename, line, module=module, registry=_OLD_FORMS_WARNED)
 
 
 def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
@@ -509,14 +504,10 @@ def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
         origin = origin_of(spec)
         whose = "ganplug: please report it" if origin == "the built-ins" else "the plugin: report it to its author"
         if isinstance(error, TypeError) and "keyword argument" in str(error):
-            raise PluginError(
-                f"{kind} {spec.name!r} of {origin} rejected the options its spec declares {options}: {error} "
-                f"(a bug in {whose})"
-            ) from error
-        raise PluginError(
-            f"{kind} {spec.name!r} of {origin} failed: {type(error).__name__}: {error} "
-            f"(a bug in {whose}; rerun with --debug for the traceback)"
-        ) from error
+            what = f"rejected the options its spec declares {options}: {error} (a bug in {whose})"
+        else:
+            what = f"failed: {type(error).__name__}: {error} (a bug in {whose}; rerun with --debug for the traceback)"
+        raise PluginError(f"{kind} {spec.name!r} of {origin} {what}") from error
 
 
 def loss_recipe(spec: LossSpec, options: Mapping[str, Any]) -> Recipe:

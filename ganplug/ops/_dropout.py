@@ -3,6 +3,8 @@ capture-ready training step runs)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,23 +25,19 @@ def draw_seed() -> int:
 _seed_source = None
 
 
-class dropout_seeds:
+@contextlib.contextmanager
+def dropout_seeds(source: Any) -> Iterator[None]:
     """``with dropout_seeds(source):`` every :func:`dropout` inside takes its seed from
     ``source.next(device)`` (a 0-d int64 tensor on the input's device) instead of a host int, and
     computes the same mask with torch ops (:func:`ganplug.ops.reference.dropout`): a CUDA graph
     then reads the seed from device memory at each replay instead of baking one in. A source that
     draws each seed with the default CPU generator at the call gives the fused op's results."""
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def __enter__(self) -> None:
-        global _seed_source
-        self.previous, _seed_source = _seed_source, self.source
-
-    def __exit__(self, *exc: object) -> None:
-        global _seed_source
-        _seed_source = self.previous
+    global _seed_source
+    previous, _seed_source = _seed_source, source
+    try:
+        yield
+    finally:
+        _seed_source = previous
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
@@ -49,7 +47,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
     The mask is a hash of a seed and each element's index (csrc/dropout_mask.h), not a stored
     tensor: the backward recomputes it, and it is the same on every device and thread count. The
     seed is one draw from torch's default CPU generator per call (also for CUDA inputs), so a run
-    seeded with torch.manual_seed repeats, and resumes, exactly. Inside :class:`dropout_seeds`
+    seeded with torch.manual_seed repeats, and resumes, exactly. Inside :func:`dropout_seeds`
     the seed comes from the source as a device tensor (the CUDA-graph step).
     """
     if not training or p == 0:
