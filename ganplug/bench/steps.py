@@ -28,7 +28,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,7 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def plain_twin(model: nn.Sequential) -> nn.Sequential:
+def plain_twin(model: nn.Module) -> nn.Sequential:
     """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
     Conv2d subclass carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (none at
     slope 1), ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
@@ -123,21 +123,13 @@ def plain_twin(model: nn.Sequential) -> nn.Sequential:
     scale = float(getattr(model, "input_scale", 1.0))
     if scale != 1.0:
         layers.append(Scale(scale))
-    for layer in model:
+    for layer in model.children():
         slope = getattr(layer, "negative_slope", None)
         if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
             layers.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
         elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
-            layers.append(
-                nn.Conv2d(
-                    layer.in_channels,
-                    layer.out_channels,
-                    layer.kernel_size,
-                    layer.stride,
-                    layer.padding,
-                    bias=layer.bias is not None,
-                )
-            )
+            shape = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding")}
+            layers.append(nn.Conv2d(**shape, bias=layer.bias is not None))
         elif isinstance(layer, nn.Dropout):
             layers.append(nn.Dropout(layer.p))
             continue
@@ -248,7 +240,7 @@ def write_rgb_folder(root: Path) -> Path:
     return root
 
 
-def real_samples(dataset: torch.utils.data.Dataset, limit: int = 4096) -> torch.Tensor:
+def real_samples(dataset: Any, limit: int = 4096) -> torch.Tensor:
     """Up to ``limit`` samples of ``dataset`` as one float tensor ``(N, *data_shape)``."""
     from ganplug.data.access import RealSamples
 
@@ -271,7 +263,7 @@ def _eval(*modules: nn.Module) -> Iterator[None]:
             module.train()
 
 
-def _assert_close(what: str, ours: Any, theirs: Any, **tolerance: float) -> None:
+def _assert_close(what: str, ours: Any, theirs: Any, **tolerance: Any) -> None:
     try:
         torch.testing.assert_close(ours, theirs, **tolerance)
     except AssertionError as error:
@@ -361,7 +353,7 @@ class StepBench:
             loop = self.plain_loop()
             if column == "compile":
                 torch._dynamo.reset()
-                loop.G, loop.D = torch.compile(loop.G), torch.compile(loop.D)
+                loop.G, loop.D = cast(nn.Module, torch.compile(loop.G)), cast(nn.Module, torch.compile(loop.D))
             amp = self.row.amp
 
             def fn() -> None:

@@ -21,10 +21,8 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
 Checkpoints do not depend on the number of training processes (the data position is global,
 the RNG state is rank 0's, which every rank shares), so a run continues with any number.
 
-Run layout: ``RUN_DIR/checkpoints/step_000500.pt`` (the last :data:`KEEP` kept) and
-``RUN_DIR/checkpoints/latest.pt``, a hard link to (or, where links are refused, a copy of) the
-newest step file. Each checkpoint carries the run's id (``run_id``, see
-:mod:`ganplug.train.rundir`).
+``checkpoints/latest.pt`` is a hard link to (where links are refused, a copy of) the newest step
+file; the last :data:`KEEP` step files are kept.
 
 Writing order and what a crash leaves (``kill -9``, an OOM kill, a lost node), at each point of
 :func:`write_run_checkpoint` of step N:
@@ -85,17 +83,8 @@ from ganplug.train.rundir import (
 FORMAT = "ganplug-checkpoint"
 VERSION = 1
 KEEP = 3  # step checkpoints kept besides latest.pt
-REQUIRED_KEYS = (
-    "config",
-    "model",
-    "step",
-    "generator",
-    "discriminator",
-    "optimizer_g",
-    "optimizer_d",
-    "rng",
-    "data_order",
-    "fixed_noise",
+REQUIRED_KEYS = tuple(
+    "config model step generator discriminator optimizer_g optimizer_d rng data_order fixed_noise".split()
 )
 
 
@@ -241,12 +230,6 @@ def check_belongs(loaded: LoadedCheckpoint) -> None:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _checkpoint_folder(path: Path) -> Path:
-    """The folder of a run's checkpoints: ``RUN_DIR/checkpoints``, or ``path`` itself when it is
-    that folder (or any folder of step files)."""
-    return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-
-
 def _warn(text: str) -> None:
     print(f"ganplug: warning: {text}", file=sys.stderr)
 
@@ -300,7 +283,7 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"no run directory or checkpoint at {path}")
-    directory = _checkpoint_folder(path)
+    directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path  # or any folder of step files
     run_id = read_run_id(directory.parent if directory.name == CHECKPOINTS else directory)
     files = [file for _, file in reversed(step_files(directory))]
     latest = directory / LATEST

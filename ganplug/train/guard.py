@@ -120,7 +120,7 @@ class StepGuard:
         call, ``step`` being the last of them; None when all were finite. One host read."""
         if not self._pending:
             return None
-        first, pending = int(self._first_bad), self._pending
+        first, pending = int(self._first_bad or 0), self._pending
         self._pending, self._first_bad = 0, None
         return step - pending + first if first else None
 
@@ -163,7 +163,7 @@ class DeferredSignals:
         self.in_step = False
         self.finishing = False
         self.requested = False
-        self.signum = signal.SIGINT
+        self.signum: int = signal.SIGINT
 
     def reset(self) -> None:
         self.requested, self.signum = False, signal.SIGINT

@@ -169,12 +169,12 @@ class Evaluator:
         finally:
             model.train(was_training)
             set_rng_state(rng, run.device)
-        for name, error in failed.items():
-            if isinstance(error, PluginError):
+        for name, problem in failed.items():
+            if isinstance(problem, PluginError):
                 self._metrics = [built for built in self._metrics if built[0].name != name]
-                self.message(f"warning: step {step}: {error}; metric {name} is off for the rest of this run")
+                self.message(f"warning: step {step}: {problem}; metric {name} is off for the rest of this run")
             else:
-                self.message(f"warning: step {step}: metric {name} skipped: {error}")
+                self.message(f"warning: step {step}: metric {name} skipped: {problem}")
         return results or {}
 
 
@@ -251,7 +251,7 @@ class CheckpointWriter:
         self.last: Path | None = None
         self.last_step = -1
 
-    def resumed(self, path: Path, step: int) -> None:
+    def resumed(self, path: Path | None, step: int) -> None:
         self.last, self.last_step = path, step
 
     def describe_last(self) -> str:

@@ -46,10 +46,6 @@ def picture_kind(sample_shape: Sequence[int]) -> str | None:
     return None
 
 
-def _cpu_float(samples: torch.Tensor) -> torch.Tensor:
-    return samples.detach().to("cpu", torch.float32)
-
-
 def _unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
     """``x`` with ``value_range`` (default: its min..max) mapped to 0..1, clamped, NaN as 0."""
     low, high = (float(v) for v in value_range) if value_range is not None else (float(x.min()), float(x.max()))
@@ -69,7 +65,7 @@ def render_images(
     the integer factor ``ceil(min_side / side)`` (nearest neighbour), so 8x8 digits stay visible."""
     from torchvision.utils import make_grid
 
-    x = _cpu_float(samples)
+    x = samples.detach().to("cpu", torch.float32)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -103,11 +99,11 @@ def render(
     if kind == "points":
         from ganplug.plots import render_points
 
-        return render_points(samples, real=real, box=box, title=title)  # type: ignore[arg-type]
+        return render_points(samples, real=real, box=box, title=title)
     if kind == "histogram":
         from ganplug.plots import render_histogram
 
-        return render_histogram(samples, real=real, density=density, box=box, title=title)  # type: ignore[arg-type]
+        return render_histogram(samples, real=real, density=density, box=box, title=title)
     raise UsageError(f"cannot draw samples of shape {tuple(samples.shape[1:])} as a picture: write .npy or .pt instead")
 
 
@@ -159,7 +155,7 @@ def save_samples(
 def image_bytes(samples: torch.Tensor, value_range: tuple[float, float] | None = (-1.0, 1.0)) -> list[bytes]:
     """Each image of ``samples`` ``(N, C, H, W)`` (C = 1 or 3) or ``(N, H, W)`` as PNG bytes at
     its own size, ``value_range`` mapped to 0..255 as in :func:`render_images` (greyscale or RGB)."""
-    x = _cpu_float(samples)
+    x = samples.detach().to("cpu", torch.float32)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if picture_kind(tuple(x.shape[1:])) != "images":

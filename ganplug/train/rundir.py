@@ -174,14 +174,10 @@ class RunDirInUse(UsageError):
 _held: dict[str, list[int]] = {}  # realpath -> [fd, count]: re-entrant within a process
 
 
-def _key(run_dir: Path) -> str:
-    return os.path.realpath(run_dir)
-
-
 def lock_run_dir(run_dir: Path) -> None:
     """Take ``RUN_DIR/.lock`` for this process (``run_dir`` must exist); again from the same
     process it only counts. RunDirInUse naming the holder's pid when another process has it."""
-    key = _key(run_dir)
+    key = os.path.realpath(run_dir)
     if key in _held:
         _held[key][1] += 1
         return
@@ -208,7 +204,7 @@ def lock_run_dir(run_dir: Path) -> None:
 
 def unlock_run_dir(run_dir: Path) -> None:
     """Undo one :func:`lock_run_dir`; the last one releases the lock."""
-    key = _key(run_dir)
+    key = os.path.realpath(run_dir)
     entry = _held.get(key)
     if entry is None:
         return

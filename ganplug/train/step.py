@@ -160,11 +160,9 @@ RESERVED_STATS = frozenset(
 
 
 class AdversarialStep:
-    """The models, optimisers, EMA and batch order of a run, and :meth:`run`, one generator step.
-
-    ``changed`` is False from the start of :meth:`run` until the first optimiser step changes a
-    parameter (until then an interrupted step can be rolled back).
-    """
+    """The models, optimisers, EMA and batch order of a run, and :meth:`run_step`, one generator
+    step. ``changed`` is False from the start of a step until its first optimiser step changes a
+    parameter (until then an interrupted step can be rolled back)."""
 
     def __init__(self, run: Run, world: World | None = None) -> None:
         cfg = run.config
@@ -172,8 +170,8 @@ class AdversarialStep:
         self.G, self.D, self.loss = run.generator, run.discriminator, run.loss
         self.loss_named = f"loss {run.loss_spec.name!r} of {origin_of(run.loss_spec)}"  # for messages
         self.conditional = run.num_classes > 0
-        # what the losses call as the critic
-        self.critic = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
+        # what the losses call as the critic: D, BatchCritic or AugmentedCritic
+        self.critic: Any = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
         self.augment: AugmentProbability | None = None  # p of an augmented run
         if run.augmentations:
             self.augment = AugmentProbability(cfg, self.device, world)
@@ -185,12 +183,7 @@ class AdversarialStep:
         self.ema: nn.Module | None = new_ema(self.G) if cfg.ema > 0 else None
         self.shard = world.shard(cfg.batch_size) if world is not None else None
         self.order = BatchOrder(
-            run.dataset,
-            cfg.batch_size,
-            seed=cfg.seed,
-            device=self.device,
-            shard=self.shard,
-            num_classes=run.num_classes,
+            run.dataset, cfg.batch_size, seed=cfg.seed, device=run.device, shard=self.shard, num_classes=run.num_classes
         )
         self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
@@ -410,7 +403,7 @@ class AdversarialStep:
         """``ema_p <- d * ema_p + (1 - d) * p`` at generator step ``step``; buffers copied."""
         assert self.ema is not None
         weight = 1.0 - ema_decay(self.config.ema, step)
-        ema_params = [p for p in self.ema.parameters() if p.is_floating_point()]
+        ema_params: list[torch.Tensor] = [p for p in self.ema.parameters() if p.is_floating_point()]
         params = [p.detach() for p in self.G.parameters() if p.is_floating_point()]
         if ema_params:
             torch._foreach_lerp_(ema_params, params, weight)

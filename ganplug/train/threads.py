@@ -15,6 +15,10 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MEMBERSHIP = Path("/proc/self/cgroup")
@@ -103,11 +107,11 @@ def torch_threads(requested: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def threads_note(device: object) -> str:
+def threads_note(device: torch.device) -> str:
     """`` (2 threads)``: torch's thread count for the start-up line of a CPU run; "" on a GPU."""
     import torch
 
-    if torch.device(device).type != "cpu":
+    if device.type != "cpu":
         return ""
     count = torch.get_num_threads()
     return f" ({count} thread{'' if count == 1 else 's'})"
