@@ -244,6 +244,11 @@ def ganplug_datasets() -> list[DatasetSpec]:
     ]
 
 
+def _samples(default: int, note: str = "") -> Option:
+    """The samples ``ganplug eval`` draws from the generator for a metric."""
+    return Option("n_samples", int, default, f"samples drawn from the generator{note}")
+
+
 # The options digits-quality and mnist-quality share besides n_samples.
 _CLASSIFIER_OPTIONS = (
     Option("k", int, 5, "nearest neighbours of the precision/recall/density/coverage radii"),
@@ -262,7 +267,7 @@ def ganplug_metrics() -> list[MetricSpec]:
             summary="ring8, grid25: modes captured, % high quality, reverse KL to uniform (PacGAN/VEEGAN protocol)",
             factory="ganplug.metrics.mixtures:build",
             options=(
-                Option("n_samples", int, 2500, "samples drawn from the generator"),
+                _samples(2500),
                 Option("threshold_std", float, 3.0, "high quality: within this many mode stds of the nearest mode"),
             ),
             datasets=("ring8", "grid25"),
@@ -271,7 +276,7 @@ def ganplug_metrics() -> list[MetricSpec]:
             name="gaussian-fit",
             summary="gaussian: sample mean, std and Kolmogorov-Smirnov statistic against the target normal",
             factory="ganplug.metrics.gaussian:build",
-            options=(Option("n_samples", int, 10000, "samples drawn from the generator"),),
+            options=(_samples(10000),),
             datasets=("gaussian",),
         ),
         MetricSpec(
@@ -279,12 +284,7 @@ def ganplug_metrics() -> list[MetricSpec]:
             summary="digits: Frechet distance, precision/recall/density/coverage, class histogram in a classifier's features; real floor beside",
             factory="ganplug.metrics.classifier:build",
             options=(
-                Option(
-                    "n_samples",
-                    int,
-                    899,
-                    "samples drawn from the generator (899 = the held-out real half, so the floor is comparable)",
-                ),
+                _samples(899, " (899 = the held-out real half, so the floor is comparable)"),
                 *_CLASSIFIER_OPTIONS,
             ),
             datasets=("digits",),
@@ -293,39 +293,28 @@ def ganplug_metrics() -> list[MetricSpec]:
             name="mnist-quality",
             summary="mnist5k, mnist, fashion-mnist: digits-quality's statistics in the features of a classifier trained on half of the real images; real floor beside",
             factory="ganplug.metrics.classifier:build",
-            options=(
-                Option("n_samples", int, 1000, "samples drawn from the generator"),
-                *_CLASSIFIER_OPTIONS,
-            ),
+            options=(_samples(1000), *_CLASSIFIER_OPTIONS),
             datasets=("mnist5k", "mnist", "fashion-mnist"),
         ),
         MetricSpec(
             name="classifier-score",
             summary="digits, mnist5k, mnist, fashion-mnist: the Inception Score's formula over the quality classifier's softmax (offline), real floor beside",
             factory="ganplug.metrics.classifier:build_score",
-            options=(
-                Option("n_samples", int, 899, "samples drawn from the generator (899 = digits' held-out real half)"),
-                _SPLITS,
-            ),
+            options=(_samples(899, " (899 = digits' held-out real half)"), _SPLITS),
             datasets=_DIGITS,
         ),
         MetricSpec(
             name="inception",
             summary="images: FID and KID in Inception-v3 features (torch-fidelity), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build",
-            options=(
-                Option("n_samples", int, 1000, "samples drawn from the generator (and real images per reference set)"),
-            ),
+            options=(_samples(1000, " (and real images per reference set)"),),
             datasets=_IMAGES,
         ),
         MetricSpec(
             name="inception-score",
             summary="images: Inception Score (torch-fidelity, 10 splits), real floor beside; needs the weights on disk",
             factory="ganplug.metrics.inception:build_score",
-            options=(
-                Option("n_samples", int, 1000, "samples drawn from the generator (papers: 50000)"),
-                _SPLITS,
-            ),
+            options=(_samples(1000, " (papers: 50000)"), _SPLITS),
             datasets=_IMAGES,
         ),
     ]

@@ -146,7 +146,6 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
     """The cross-entropy critic shared by ``bce`` and ``minimax``, with one-sided label smoothing
     (real target 1 - s) and label noise (each of D's targets flipped with probability p)."""
 
-    name = "bce"
     recipe = DCGAN_RECIPE
     shown = ("label_smoothing", "label_noise", *ZeroCentredPenalties.shown)
 

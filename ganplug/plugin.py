@@ -211,10 +211,7 @@ _SPEC_FIELDS = frozenset({"name", "summary", "factory", "options", "aliases", "r
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training defaults a loss recommends; every field can be overridden by the user.
-
-    ``betas`` apply to Adam only.
-    """
+    """Training defaults a loss recommends, each overridden by the user's setting (``betas``: Adam's only)."""
 
     n_critic: int = 1
     optimizer: str = "adam"  # "adam" or "rmsprop"

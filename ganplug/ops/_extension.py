@@ -45,8 +45,7 @@ def set_mode(mode: str | None = None) -> str:
     were built) or ``"reference"``; None reads GANPLUG_OPS again. Returns the mode before.
     GANPLUG_OPS itself is read once, when ganplug.ops is imported."""
     global _mode, kernels_on
-    previous = _mode
-    _mode = _normalised(os.environ.get(ENV_VAR) if mode is None else mode)
+    previous, _mode = _mode, _normalised(os.environ.get(ENV_VAR) if mode is None else mode)
     kernels_on = _mode == "auto"
     return previous
 
