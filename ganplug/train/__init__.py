@@ -110,11 +110,6 @@ def train(
 
 
 def _train(config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world) -> Path:
-    with contextlib.ExitStack() as hold:  # the run directory's lock, while this process writes there
-        return _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world)
-
-
-def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world) -> Path:
     from ganplug.train import distributed
     from ganplug.train.build import build_run
     from ganplug.train.checkpoint import (
@@ -130,92 +125,94 @@ def _train_locked(hold, config, run_dir, resume_from, discard_newer, quiet, stre
     from ganplug.train.rundir import locked, new_run_id, read_run_id, write_run_id
     from ganplug.train.threads import threads_note
 
-    if world is not None and str(config.device).startswith("cuda:"):
-        raise UsageError(
-            f"--device {config.device} names one GPU but {world.world_size} processes run: pass --device cuda "
-            "(each process uses cuda:LOCAL_RANK)"
-        )
-    main = world is None or world.is_main
-    if resume_from is None:
-        distributed.check_batch(world, config.batch_size, config.pack)
-        check_new_run_dir(run_dir)
-        distributed.barrier(world)  # every rank checked before rank 0 writes
-        run = build_run(config)
-        distributed.broadcast_parameters(world, (run.generator, run.discriminator))
-        run_id = new_run_id()
-        if main:
-            make_run_dir(run_dir)
-            hold.enter_context(locked(run_dir))
-            check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
-            write_run_id(run_dir, run_id)
-            write_config(run.config, run_dir, run.provenance)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
-        trainer_message = (
-            f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
-            f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}{threads_note(run.device)}; "
-            f"writing to {run_dir}"
-        )
-    else:
-        if main:
-            make_run_dir(run_dir)
-            hold.enter_context(locked(run_dir))
-        loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
-        check_belongs(loaded)
-        state = loaded.state
-        stored = stored_config(state)
-        if isinstance(config, ResolvedConfig):  # resolved against this run (ganplug train --resume, resume_config)
-            check_resume(stored, {name: getattr(config, name) for name in KNOBS})
-        else:  # its set values are the changes asked for
-            changes = {name: value for name in KNOBS if (value := getattr(config, name)) is not None}
-            config = resolve_resume(stored, changes, state.get("provenance"))
-        distributed.check_batch(world, config.batch_size, config.pack)
-        newer = newer_checkpoints(loaded.path.parent, loaded)
-        if newer and not discard_newer:
+    say = Progress(0, quiet=True, stream=stream).message  # a line on the progress stream, even when quiet
+    with contextlib.ExitStack() as hold:  # the run directory's lock, while this process writes there
+        if world is not None and str(config.device).startswith("cuda:"):
             raise UsageError(
-                f"{run_dir} has newer work than {loaded.path.name} (step {loaded.step}): checkpoints of steps "
-                f"{', '.join(map(str, newer))}; resuming here would delete it. Branch into a new directory with "
-                f"--fork DIR, or pass --discard-newer to rewind {run_dir} to step {loaded.step}"
+                f"--device {config.device} names one GPU but {world.world_size} processes run: pass --device cuda "
+                "(each process uses cuda:LOCAL_RANK)"
             )
-        run = build_run(config, provenance=state.get("provenance"))
-        if list(run.data_shape) != list(state["model"]["data_shape"]):
-            raise UsageError(
-                f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
-                f"{tuple(state['model']['data_shape'])}: start a new run with --out"
-            )
-        recorded_id = read_run_id(run_dir)  # None for a run from before runs had ids
-        run_id = recorded_id or loaded.run_id or new_run_id()
-        checkpoint = loaded.path
-        if main:
-            if recorded_id is None:
+        main = world is None or world.is_main
+        if resume_from is None:
+            distributed.check_batch(world, config.batch_size, config.pack)
+            check_new_run_dir(run_dir)
+            distributed.barrier(world)  # every rank checked before rank 0 writes
+            run = build_run(config)
+            distributed.broadcast_parameters(world, (run.generator, run.discriminator))
+            run_id = new_run_id()
+            if main:
+                make_run_dir(run_dir)
+                hold.enter_context(locked(run_dir))
+                check_new_run_dir(run_dir)  # again under the lock: another run may have started here meanwhile
                 write_run_id(run_dir, run_id)
-            if newer:
-                checkpoint = discard_newer_work(run_dir, loaded)
-            else:
-                checkpoint = repair_latest(loaded.path.parent, loaded)
-        distributed.barrier(world)
-        trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
-        trainer.load_state_dict(state, checkpoint)
-        further = f"pass --steps N with N > {trainer.step} to train further"
-        if trainer.step > run.config.steps:
-            raise UsageError(f"{run_dir} is already at step {trainer.step}, past --steps {run.config.steps}: {further}")
-        if trainer.step == run.config.steps:  # resumed again after it ended (or was killed as it ended)
-            Progress(0, quiet=True, stream=stream).message(
-                f"{run_dir} is done: step {trainer.step} of {run.config.steps}; {further}"
+                write_config(run.config, run_dir, run.provenance)
+            trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
+            trainer_message = (
+                f"training {run.config.arch} with {run.config.loss} on {run.config.dataset} "
+                f"(samples of shape {tuple(run.data_shape)}) for {run.config.steps} steps on {run.device}{threads_note(run.device)}; "
+                f"writing to {run_dir}"
             )
-            return run_dir
-        trainer.trim_metrics()
-        if main:
-            write_config(run.config, run_dir, run.provenance)
-        trainer_message = (
-            f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
-        )
-    trainer.run_id = run_id
-    if world is not None:
-        per_rank = run.config.batch_size // world.world_size
-        trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"
-    Progress(0, quiet=True, stream=stream).message(trainer_message)
-    trainer.fit()
-    return run_dir
+        else:
+            if main:
+                make_run_dir(run_dir)
+                hold.enter_context(locked(run_dir))
+            loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
+            check_belongs(loaded)
+            state = loaded.state
+            stored = stored_config(state)
+            if isinstance(config, ResolvedConfig):  # resolved against this run (ganplug train --resume, resume_config)
+                check_resume(stored, {name: getattr(config, name) for name in KNOBS})
+            else:  # its set values are the changes asked for
+                changes = {name: value for name in KNOBS if (value := getattr(config, name)) is not None}
+                config = resolve_resume(stored, changes, state.get("provenance"))
+            distributed.check_batch(world, config.batch_size, config.pack)
+            newer = newer_checkpoints(loaded.path.parent, loaded)
+            if newer and not discard_newer:
+                raise UsageError(
+                    f"{run_dir} has newer work than {loaded.path.name} (step {loaded.step}): checkpoints of steps "
+                    f"{', '.join(map(str, newer))}; resuming here would delete it. Branch into a new directory with "
+                    f"--fork DIR, or pass --discard-newer to rewind {run_dir} to step {loaded.step}"
+                )
+            run = build_run(config, provenance=state.get("provenance"))
+            if list(run.data_shape) != list(state["model"]["data_shape"]):
+                raise UsageError(
+                    f"the dataset now gives samples of shape {tuple(run.data_shape)}, the checkpoint was trained on "
+                    f"{tuple(state['model']['data_shape'])}: start a new run with --out"
+                )
+            recorded_id = read_run_id(run_dir)  # None for a run from before runs had ids
+            run_id = recorded_id or loaded.run_id or new_run_id()
+            checkpoint = loaded.path
+            if main:
+                if recorded_id is None:
+                    write_run_id(run_dir, run_id)
+                if newer:
+                    checkpoint = discard_newer_work(run_dir, loaded)
+                else:
+                    checkpoint = repair_latest(loaded.path.parent, loaded)
+            distributed.barrier(world)
+            trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
+            trainer.load_state_dict(state, checkpoint)
+            further = f"pass --steps N with N > {trainer.step} to train further"
+            if trainer.step > run.config.steps:
+                raise UsageError(
+                    f"{run_dir} is already at step {trainer.step}, past --steps {run.config.steps}: {further}"
+                )
+            if trainer.step == run.config.steps:  # resumed again after it ended (or was killed as it ended)
+                say(f"{run_dir} is done: step {trainer.step} of {run.config.steps}; {further}")
+                return run_dir
+            dropped = trainer.metrics.trim(trainer.step)  # lines past the step, and unreadable ones
+            if dropped:
+                say(f"warning: dropped {dropped} unreadable line{'s' if dropped > 1 else ''} of {trainer.metrics.path}")
+            if main:
+                write_config(run.config, run_dir, run.provenance)
+            trainer_message = f"resuming {run_dir} at step {trainer.step} of {run.config.steps} on {run.device}{threads_note(run.device)}"
+        trainer.run_id = run_id
+        if world is not None:
+            per_rank = run.config.batch_size // world.world_size
+            trainer_message += f" in {world.world_size} processes ({world.backend}, {per_rank} samples each per batch)"
+        say(trainer_message)
+        trainer.fit()
+        return run_dir
 
 
 __all__ = [

@@ -2,23 +2,19 @@
 probability ``p``, fixed or adapted as in ADA (Karras et al. 2020).
 
 :class:`AugmentedCritic` is what the losses call as the critic in an augmented run: ``x`` ->
-``critic(T(x))`` with ``T`` the augmentations in the order given, so the real and the generated
-batches of each critic update, the generated batch of each generator update and the penalties'
-inputs (the gradient penalty's interpolates, R1's and R2's batches, whose input gradient is then
-that of ``D(T(x))`` in ``x``, as DiffAugment and StyleGAN2-ADA compute it) are all augmented, each
-call with fresh parameters. It wraps the packing critic from outside, so with ``pack`` = M each
-sample of a pack is augmented on its own.
+``critic(T(x))``, ``T`` the augmentations in order, each call with fresh parameters. So the real
+and generated batches and the penalties' inputs are all augmented (the input gradient of the
+gradient penalty, R1 and R2 is that of ``D(T(x))`` in ``x``, as DiffAugment and StyleGAN2-ADA
+compute it); it wraps the packing critic, so each sample of a pack is augmented on its own.
 
-Adaptive ``p`` (``augment_p = "auto"``, :class:`AugmentProbability`): ``p`` starts at 0. In each
-critic update the signs of D's logits on the real batch are summed (the call whose input is the
-real batch the trainer handed the loss, or a view of it, such as R1's ``real.detach()``); after
-each ``augment_interval`` critic updates ``r_t = E[sign(D(real))]`` over them moves ``p`` by
-``sign(r_t - augment_target) * images / augment_ramp`` (``images``: the real images of the
-interval, over every process), clamped to [0, 1]: ADA's rule, so ``p`` can cross [0, 1] in
-``augment_ramp`` images. Everything is device tensors updated in place (no host read, no branch on
-a value), committed after the critic's optimiser step, so a step rolled back before it changed
-anything leaves ``p`` as it was. ``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's.
-The state is saved in each checkpoint (key ``augment``) and restored on resume.
+Adaptive ``p`` (``augment_p = "auto"``, :class:`AugmentProbability`) starts at 0. Each critic
+update sums the signs of D's logits on its real batch (the call whose input is that batch or a
+view of it, such as R1's ``real.detach()``); every ``augment_interval`` critic updates,
+``r_t = E[sign(D(real))]`` over them moves ``p`` by ``sign(r_t - augment_target) * images /
+augment_ramp`` (``images``: the interval's real images over every process), clamped to [0, 1]:
+ADA's rule. All of it is device tensors updated in place (no host read), committed after the
+critic's optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
+(``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's); checkpoints hold it (``augment``).
 """
 
 from __future__ import annotations

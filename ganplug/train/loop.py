@@ -287,15 +287,6 @@ class Trainer:
             self.fixed_noise = noise.to(self.device)
         set_rng_state(state["rng"], self.device)
 
-    def trim_metrics(self) -> None:
-        """Drop metrics lines past the current step (written after the checkpoint resumed from),
-        and unreadable ones with one warning line saying how many."""
-        dropped = self.metrics.trim(self.step)
-        if dropped:
-            Progress(0, quiet=True, stream=self.stream).message(
-                f"warning: dropped {dropped} unreadable line{'s' if dropped > 1 else ''} of {self.metrics.path}"
-            )
-
     # -- the step and its outputs ----------------------------------------------------------------------
 
     def run_step(self) -> None:

@@ -76,11 +76,9 @@ class MetricsLog:
         now = time.perf_counter()
         means = self.sums.means(self.world)
         self.sums.clear()
-        record: dict[str, Any] = {"step": step}
-        record["d_loss"] = means.pop("d_loss", float("nan"))
-        record["g_loss"] = means.pop("g_loss", float("nan"))
-        for key, value in means.items():
-            record.setdefault(key, value)
+        nan = float("nan")
+        record: dict[str, Any] = {"step": step, "d_loss": means.pop("d_loss", nan), "g_loss": means.pop("g_loss", nan)}
+        record.update(means)  # no stat is named "step" (step.RESERVED_STATS)
         seconds = max(now - self.window_start, 1e-9)
         record["samples_per_s"] = round(self.window_steps * self.samples_per_step / seconds, 1)
         record.update(columns)

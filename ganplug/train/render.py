@@ -1,18 +1,14 @@
-"""Pictures and files of samples.
+"""Pictures and files of samples. :func:`render` picks the picture by a sample's shape:
 
-- images ``(N, C, H, W)`` (C = 1 or 3) in ``value_range`` -> a grid, ``ceil(sqrt N)`` per row
-  (images under 32 px enlarged by an integer factor; torchvision, no matplotlib);
-- 2-D points ``(N, 2)`` -> a 512 x 512 px matplotlib scatter plot with axes
-  (:func:`ganplug.plots.render_points`): generated points in orange over optional real ones in
-  light blue, in a given (fixed) box;
-- 1-D values ``(N, 1)`` or ``(N,)`` -> a 512 x 512 px matplotlib histogram
-  (:func:`ganplug.plots.render_histogram`) against an optional true density and/or the real
-  data's histogram.
+- images ``(N, C, H, W)`` (C = 1 or 3) in ``value_range`` -> a grid, ``ceil(sqrt N)`` per row,
+  images under 32 px enlarged by an integer factor (torchvision, no matplotlib);
+- 2-D points ``(N, 2)`` -> a 512 x 512 px scatter plot over optional real points, in a fixed box
+  (:func:`ganplug.plots.render_points`);
+- 1-D values ``(N, 1)`` or ``(N,)`` -> a 512 x 512 px histogram against an optional true density
+  and/or the real data's (:func:`ganplug.plots.render_histogram`).
 
-:func:`render` picks the picture by shape; :func:`save_samples` writes ``.png``, ``.npy`` or
-``.pt`` by suffix; :func:`save_image_files` writes one PNG per image at its own size (a folder
-for FID tools such as torch-fidelity or clean-fid). PNGs are written atomically (a viewer never
-sees half a file).
+:func:`save_samples` writes ``.png``, ``.npy`` or ``.pt`` by suffix; :func:`save_image_files` one
+PNG per image at its own size (a folder for FID tools). PNGs are written atomically.
 """
 
 from __future__ import annotations
