@@ -1,14 +1,13 @@
 """The built-in augmentation: DiffAugment (Zhao et al. 2020), its three transforms in one op.
 
-An augmentation (``ganplug train --augment NAME``, see :class:`ganplug.plugin.AugmentationSpec`)
-is ``augment(x, p)``: images in, images of the same shape out, each transform applied to each
-sample with probability ``p``. The trainer applies it to every batch the discriminator sees
-(:mod:`ganplug.train.augment`).
+An augmentation (``ganplug train --augment NAME``, see :class:`ganplug.plugin.AugmentationSpec`) is ``augment(x, p)``:
+images in, images of the same shape out, each transform applied to each sample with probability ``p``. The trainer
+applies it to every batch the discriminator sees (:mod:`ganplug.train.augment`).
 
-DiffAugment is split in two, so that a fused kernel can later replace the second half behind the
-same call: :func:`draw_diff_augment` draws every per-sample parameter as tensors from torch's
-global RNG of the images' device (one ``torch.rand`` per batch, whatever ``p`` and the policy:
-seeded runs and resumes repeat exactly), then :func:`ganplug.ops.diff_augment` applies them.
+DiffAugment is split in two, so that a fused kernel can later replace the second half behind the same call:
+:func:`draw_diff_augment` draws every per-sample parameter as tensors from torch's global RNG of the images' device (one
+``torch.rand`` per batch, whatever ``p`` and the policy: seeded runs and resumes repeat exactly), then
+:func:`ganplug.ops.diff_augment` applies them.
 """
 
 from __future__ import annotations
@@ -31,19 +30,19 @@ def draw_diff_augment(
     cutout: float = 0.5,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The parameters ``(shift, cut, color)`` of :func:`ganplug.ops.diff_augment` for images of
-    ``shape`` (N, C, H, W): one ``torch.rand(N, 12)`` on ``device`` (the global RNG), then per
-    sample, each of brightness, saturation, contrast, translation and cutout applied with
-    probability ``p`` (a float or a 0-d tensor on ``device``; transforms not in ``policy`` never):
+    """The parameters ``(shift, cut, color)`` of :func:`ganplug.ops.diff_augment` for images of ``shape`` (N, C, H, W):
+    one ``torch.rand(N, 12)`` on ``device`` (the global RNG), then per sample, each of brightness, saturation, contrast,
+    translation and cutout applied with probability ``p`` (a float or a 0-d tensor on ``device``; transforms not in
+    ``policy`` never):
 
-    - brightness b ~ U(-0.5, 0.5), saturation s ~ U(0, 2), contrast c ~ U(0.5, 1.5) (DiffAugment's
-      ranges for images in [-1, 1]); not applied: (0, 1, 1);
+    - brightness b ~ U(-0.5, 0.5), saturation s ~ U(0, 2), contrast c ~ U(0.5, 1.5) (DiffAugment's ranges for images in
+      [-1, 1]); not applied: (0, 1, 1);
     - translation (dy, dx), each uniform in [-t, t] pixels with t = round(``translation`` * side);
-    - cutout: a square of round(``cutout`` * side) pixels (a rectangle for non-square images)
-      whose corner is at o - size // 2, o uniform in [0, side - size % 2].
+    - cutout: a square of round(``cutout`` * side) pixels (a rectangle for non-square images) whose corner is at o -
+      size // 2, o uniform in [0, side - size % 2].
 
-    Returns ``shift`` (N, 2) int64, ``cut`` (N, 4) int64 (y0, y1, x0, x1) and ``color`` (N, 3)
-    float32. No value is read back to the host.
+    Returns ``shift`` (N, 2) int64, ``cut`` (N, 4) int64 (y0, y1, x0, x1) and ``color`` (N, 3) float32. No value is read
+    back to the host.
     """
     n, _, height, width = shape
     u = torch.rand(n, _UNIFORMS, device=device)
@@ -76,8 +75,8 @@ def _pixels(fraction: float, side: int) -> int:
 
 
 def parse_policy(text: str) -> tuple[str, ...]:
-    """``"color,translation"`` -> ``("color", "translation")``; GanplugError for an unknown or
-    repeated transform, or none."""
+    """``"color,translation"`` -> ``("color", "translation")``; GanplugError for an unknown or repeated transform, or
+    none."""
     names = tuple(part.strip() for part in str(text).split(",") if part.strip())
     unknown = [name for name in names if name not in TRANSFORMS]
     if unknown or not names or len(set(names)) != len(names):
@@ -89,8 +88,8 @@ def parse_policy(text: str) -> tuple[str, ...]:
 
 
 class DiffAugment:
-    """``augment(x, p)``: DiffAugment's transforms of ``policy`` on images ``x`` (N, C, H, W), each
-    applied to each sample with probability ``p`` (0-d tensor or float); x's shape and dtype."""
+    """``augment(x, p)``: DiffAugment's transforms of ``policy`` on images ``x`` (N, C, H, W), each applied to each
+    sample with probability ``p`` (0-d tensor or float); x's shape and dtype."""
 
     def __init__(
         self,

@@ -1,7 +1,6 @@
-"""The built-in architectures, losses, datasets, metrics, loggers and augmentations, registered
-through the same hooks as any third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live
-here: the factories are named as ``"module:function"`` strings so listing them does not import
-torch."""
+"""The built-in architectures, losses, datasets, metrics, loggers and augmentations, registered through the same hooks
+as any third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live
+here: the factories are named as ``"module:function"`` strings so listing them does not import torch."""
 
 from __future__ import annotations
 
@@ -91,8 +90,8 @@ LIPSCHITZ = Option("lipschitz", str, "gp", "how the critic is kept 1-Lipschitz",
 
 
 def wasserstein_recipe(options: Mapping[str, Any]) -> Recipe:
-    """The wasserstein loss's recipe: RMSprop's of weight clipping (Arjovsky et al. 2017) under
-    ``lipschitz="clip"``, else WGAN-GP's Adam (Gulrajani et al. 2017)."""
+    """The wasserstein loss's recipe: RMSprop's of weight clipping (Arjovsky et al. 2017) under ``lipschitz="clip"``,
+    else WGAN-GP's Adam (Gulrajani et al. 2017)."""
     return WGAN_CLIP_RECIPE if options.get("lipschitz") == "clip" else WGAN_GP_RECIPE
 
 

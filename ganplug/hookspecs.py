@@ -1,10 +1,9 @@
 """The hooks a plugin implements. Each returns a list of specs (see :mod:`ganplug.plugin`).
 
-Every hook here is documented in docs/plugins.md and exercised in tests/test_hooks.py; a test
-fails when one is not. A hook is never removed unannounced: one to be retired gets
-``@hookspec(warn_on_impl=PluginAPIWarning(...))`` for as long as the policy in docs/plugins.md
-("The plugin API as a contract") keeps old forms working; tests/test_plugin_contract.py holds a
-plugin implementing every hook in every form it has had.
+Every hook here is documented in docs/plugins.md and exercised in tests/test_hooks.py; a test fails when one is not. A
+hook is never removed unannounced: one to be retired gets ``@hookspec(warn_on_impl=PluginAPIWarning(...))`` for as long
+as the policy in docs/plugins.md ("The plugin API as a contract") keeps old forms working; tests/test_plugin_contract.py
+holds a plugin implementing every hook in every form it has had.
 """
 
 from __future__ import annotations

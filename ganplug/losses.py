@@ -1,15 +1,14 @@
-"""Adversarial objectives: the :class:`GANLoss` interface (defined in :mod:`ganplug.plugin`, the
-plugin API's one module, and the same class here) and the built-in losses.
+"""Adversarial objectives: the :class:`GANLoss` interface (defined in :mod:`ganplug.plugin`, the plugin API's one
+module, and the same class here) and the built-in losses.
 
-A loss computes the critic's logits itself, so it can add penalties that need the critic and the
-samples (WGAN-GP). Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns
-logits ``(N,)``, or ``(N / M,)`` when it packs M samples (PacGAN, ``pack`` = M). Every loss
-returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of detached 0-d tensors that the
-trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ``r1``, ...).
+A loss computes the critic's logits itself, so it can add penalties that need the critic and the samples (WGAN-GP).
+Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns logits ``(N,)``, or ``(N / M,)`` when it
+packs M samples (PacGAN, ``pack`` = M). Every loss returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of
+detached 0-d tensors that the trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ``r1``, ...).
 
-In a conditional run the critic the losses receive is bound to the batch's class labels (fake
-samples are drawn for the labels of the real batch), so every loss works unchanged; the labels are
-its ``labels`` attribute, ``(N,)`` int64, for a loss that wants them.
+In a conditional run the critic the losses receive is bound to the batch's class labels (fake samples are drawn for the
+labels of the real batch), so every loss works unchanged; the labels are its ``labels`` attribute, ``(N,)`` int64, for a
+loss that wants them.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ LOSS_METHODS = ("discriminator_loss", "generator_loss", "after_critic_step")
 
 
 def interface_problem(loss: Any) -> str | None:
-    """Why ``loss`` (what a loss factory returned) cannot be trained with: a method of
-    :data:`LOSS_METHODS` or a field of its ``recipe`` missing; None when it has them all."""
+    """Why ``loss`` (what a loss factory returned) cannot be trained with: a method of :data:`LOSS_METHODS` or a field
+    of its ``recipe`` missing; None when it has them all."""
     what = type(loss).__name__
     missing = [m + "()" for m in LOSS_METHODS if not callable(getattr(loss, m, None))]
     if missing:
@@ -55,8 +54,8 @@ def takes_real_batch(loss: Any) -> bool:
 
 
 def _number(loss: str, name: str, value: object, ok: Callable[[float], bool], expected: str) -> float:
-    """``value`` as a float: a finite number that ``ok`` accepts, else a one-line
-    :class:`GanplugError` naming the option (and what it must be: ``expected``)."""
+    """``value`` as a float: a finite number that ``ok`` accepts, else a one-line :class:`GanplugError` naming the
+    option (and what it must be: ``expected``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise GanplugError(f"loss {loss!r} option {name}: expected a finite number, got {value!r}")
     if not ok(value):
@@ -82,9 +81,9 @@ def _mean(scores: Tensor) -> Tensor:
 
 
 def input_gradient_norms(critic: Critic, x: Tensor, target: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i (||grad_x D(x)_i|| - target)^2
-    over its scores (the fused gradient-penalty op; target 0: the squared norms), differentiable in
-    the critic's parameters (double backward). A packing critic's norms each cover a whole pack."""
+    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i (||grad_x D(x)_i|| - target)^2 over its scores
+    (the fused gradient-penalty op; target 0: the squared norms), differentiable in the critic's parameters (double
+    backward). A packing critic's norms each cover a whole pack."""
     x = x.detach().requires_grad_(True)
     scores = critic(x)
     (grads,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
@@ -92,11 +91,10 @@ def input_gradient_norms(critic: Critic, x: Tensor, target: float = 0.0) -> tupl
 
 
 class ZeroCentredPenalties:
-    """R1 and R2 (Mescheder et al. 2018): ``r1 / 2 * mean ||grad_x D(x)||^2`` on the real batch and
-    ``r2 / 2 * ...`` on the generated one, added to the critic's loss. ``r1_every`` = k > 1 makes
-    them lazy (Karras et al. 2020): computed on every k-th critic update only, weighted by k.
-    Stats ``r1`` / ``r2``: the mean squared norms before their weight, on the updates that
-    compute them. The count of critic updates is the loss's state (saved in checkpoints)."""
+    """R1 and R2 (Mescheder et al. 2018): ``r1 / 2 * mean ||grad_x D(x)||^2`` on the real batch and ``r2 / 2 * ...`` on
+    the generated one, added to the critic's loss. ``r1_every`` = k > 1 makes them lazy (Karras et al. 2020): computed
+    on every k-th critic update only, weighted by k. Stats ``r1`` / ``r2``: the mean squared norms before their weight,
+    on the updates that compute them. The count of critic updates is the loss's state (saved in checkpoints)."""
 
     name = "loss"
     shown: tuple[str, ...] = ("r1", "r2", "r1_every")  # the options its repr shows
@@ -143,8 +141,8 @@ class ZeroCentredPenalties:
 
 
 class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
-    """The cross-entropy critic shared by ``bce`` and ``minimax``, with one-sided label smoothing
-    (real target 1 - s) and label noise (each of D's targets flipped with probability p)."""
+    """The cross-entropy critic shared by ``bce`` and ``minimax``, with one-sided label smoothing (real target 1 - s)
+    and label noise (each of D's targets flipped with probability p)."""
 
     recipe = DCGAN_RECIPE
     shown = ("label_smoothing", "label_noise", *ZeroCentredPenalties.shown)
@@ -163,9 +161,9 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
         self.label_noise = _number(self.name, "label_noise", label_noise, lambda v: 0.0 <= v < 0.5, half)
 
     def discriminator_targets(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[float | Tensor, float | Tensor]:
-        """D's targets: floats, or with label noise tensors shaped like the logits, where each
-        entry is flipped (t -> 1 - t) with probability ``label_noise``. Noise is drawn with
-        ``torch.rand`` on the logits' device (the global RNG, whose state the trainer saves)."""
+        """D's targets: floats, or with label noise tensors shaped like the logits, where each entry is flipped (t ->
+        1 - t) with probability ``label_noise``. Noise is drawn with ``torch.rand`` on the logits' device (the global
+        RNG, whose state the trainer saves)."""
         real_target = 1.0 - self.label_smoothing
         if self.label_noise == 0.0:
             return real_target, 0.0
@@ -187,8 +185,7 @@ class NonSaturatingLoss(_LabelledBCELoss):
     """``bce``: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0); G minimises -mean log D(G(z)).
 
     Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
-    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``),
-    ``r1``/``r2`` when on.
+    Stats: ``d_real``, ``d_fake`` (mean sigmoid of D's logits; G's step reports ``d_fake``), ``r1``/``r2`` when on.
     """
 
     name = "bce"
@@ -212,14 +209,13 @@ class MinimaxLoss(_LabelledBCELoss):
 
 
 class WassersteinLoss(GANLoss):
-    """``wasserstein``: the critic minimises mean D(G(z)) - mean D(x) (+ a penalty), G minimises
-    -mean D(G(z)). ``lipschitz`` keeps the critic 1-Lipschitz: ``gp`` adds
-    ``gp_weight * mean (||grad D(x_hat)|| - 1)^2`` on random interpolates x_hat (Gulrajani et al.
-    2017), ``clip`` clamps every critic parameter to [-clip, clip] after each critic step
-    (Arjovsky et al. 2017), ``none`` does neither.
+    """``wasserstein``: the critic minimises mean D(G(z)) - mean D(x) (+ a penalty), G minimises -mean D(G(z)).
+    ``lipschitz`` keeps the critic 1-Lipschitz: ``gp`` adds ``gp_weight * mean (||grad D(x_hat)|| - 1)^2`` on random
+    interpolates x_hat (Gulrajani et al. 2017), ``clip`` clamps every critic parameter to [-clip, clip] after each
+    critic step (Arjovsky et al. 2017), ``none`` does neither.
 
-    Stats: ``wasserstein`` (mean D(x) - mean D(G(z)), the estimate of W1), ``gp`` (the penalty
-    before its weight, only with ``lipschitz="gp"``); G's step reports ``fake_score``.
+    Stats: ``wasserstein`` (mean D(x) - mean D(G(z)), the estimate of W1), ``gp`` (the penalty before its weight, only
+    with ``lipschitz="gp"``); G's step reports ``fake_score``.
     """
 
     name = "wasserstein"
@@ -240,11 +236,11 @@ class WassersteinLoss(GANLoss):
         return _repr(self, "lipschitz", "gp_weight", "clip")
 
     def gradient_penalty(self, critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
-        """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one
-        eps ~ U(0, 1) per sample (global RNG, on the samples' device); differentiable in the
-        critic's parameters (double backward). Unweighted. The norm is over the input of each
-        score: a packing critic (PacGAN) scores M consecutive samples at once, so its N / M
-        norms each cover the gradient of a whole pack."""
+        """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one eps ~ U(0, 1) per
+        sample (global RNG, on the samples' device); differentiable in the critic's parameters (double backward).
+        Unweighted. The norm is over the input of each
+        score: a packing critic (PacGAN) scores M consecutive samples at once, so its N / M norms each cover the
+        gradient of a whole pack."""
         real, fake = real.detach(), fake.detach()
         eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
         return input_gradient_norms(critic, eps * real + (1.0 - eps) * fake, 1.0)[1]
@@ -278,12 +274,11 @@ def _float32(scores: Tensor) -> Tensor:
 
 
 class HingeLoss(ZeroCentredPenalties, GANLoss):
-    """``hinge``: D minimises mean relu(1 - D(x)) + mean relu(1 + D(G(z))), G minimises
-    -mean D(G(z)) (Lim & Ye 2017; Miyato et al. 2018).
+    """``hinge``: D minimises mean relu(1 - D(x)) + mean relu(1 + D(G(z))), G minimises -mean D(G(z)) (Lim & Ye 2017;
+    Miyato et al. 2018).
 
     Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
-    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``),
-    ``r1``/``r2`` when on.
+    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``), ``r1``/``r2`` when on.
     """
 
     name = "hinge"
@@ -299,14 +294,13 @@ class HingeLoss(ZeroCentredPenalties, GANLoss):
 
 
 class RelativisticLoss(ZeroCentredPenalties, GANLoss):
-    """``relativistic``: the paired relativistic GAN (RpGAN; Jolicoeur-Martineau 2018): D minimises
-    mean softplus(-(D(x_i) - D(G(z_i)))), G minimises mean softplus(-(D(G(z_i)) - D(x_i))) on the
-    real batch of the step (pairs i of the two batches; both through the fused BCE op). With R1
-    and R2 (``--loss-opt r1=γ --loss-opt r2=γ``) it is the objective of R3GAN (Huang et al. 2024).
+    """``relativistic``: the paired relativistic GAN (RpGAN; Jolicoeur-Martineau 2018): D minimises mean
+    softplus(-(D(x_i) - D(G(z_i)))), G minimises mean softplus(-(D(G(z_i)) - D(x_i))) on the real batch of the step
+    (pairs i of the two batches; both through the fused BCE op). With R1 and R2 (``--loss-opt r1=γ --loss-opt r2=γ``) it
+    is the objective of R3GAN (Huang et al. 2024).
 
     Options ``r1``, ``r2``, ``r1_every``: see :class:`ZeroCentredPenalties`.
-    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``),
-    ``r1``/``r2`` when on.
+    Stats: ``real_score``, ``fake_score`` (mean raw logits; G's step reports ``fake_score``), ``r1``/``r2`` when on.
     """
 
     name = "relativistic"

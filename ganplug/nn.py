@@ -14,8 +14,8 @@ from ganplug import ops
 class FusedLinearLeakyReLU(nn.Linear):
     """nn.Linear followed by LeakyReLU, as one fused op (ganplug.ops.linear_leaky_relu).
 
-    Input (*, in_features) -> output (*, out_features). Parameters, initialisation and state dict
-    are nn.Linear's, so weights load both ways between this module and nn.Linear.
+    Input (*, in_features) -> output (*, out_features). Parameters, initialisation and state dict are nn.Linear's, so
+    weights load both ways between this module and nn.Linear.
     """
 
     def __init__(
@@ -38,8 +38,8 @@ class FusedLinearLeakyReLU(nn.Linear):
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout on the fused op (ganplug.ops.dropout): the same distribution, arguments and
-    (empty) state dict, with a mask hashed from a seed instead of drawn and stored per element."""
+    """nn.Dropout on the fused op (ganplug.ops.dropout): the same distribution, arguments and (empty) state dict, with a
+    mask hashed from a seed instead of drawn and stored per element."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__(p)
@@ -49,12 +49,12 @@ class Dropout(nn.Dropout):
 
 
 class FusedConv2dLeakyReLU(nn.Conv2d):
-    """nn.Conv2d followed by LeakyReLU: the convolution without its bias, then the bias and the
-    activation as one fused op (ganplug.ops.bias_leaky_relu).
+    """nn.Conv2d followed by LeakyReLU: the convolution without its bias, then the bias and the activation as one fused
+    op (ganplug.ops.bias_leaky_relu).
 
-    Input (N, in_channels, H, W) -> output (N, out_channels, H_out, W_out), channels-last in,
-    channels-last out. Parameters, initialisation and state dict are nn.Conv2d's, so weights load
-    both ways between this module and nn.Conv2d.
+    Input (N, in_channels, H, W) -> output (N, out_channels, H_out, W_out), channels-last in, channels-last out.
+    Parameters, initialisation and state dict are nn.Conv2d's, so weights load both ways between this module and
+    nn.Conv2d.
     """
 
     def __init__(
@@ -80,9 +80,9 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
 
 
 class HeadedDiscriminator(nn.Sequential):
-    """A discriminator whose last two layers are ``head`` (an ``nn.Linear(F, 1)``) and
-    ``nn.Flatten(0)``: ``features(x)`` is the output ``(N, F)`` of the layers before them, the
-    input a :class:`ProjectionDiscriminator` projects the class embedding on."""
+    """A discriminator whose last two layers are ``head`` (an ``nn.Linear(F, 1)``) and ``nn.Flatten(0)``:
+    ``features(x)`` is the output ``(N, F)`` of the layers before them, the input a :class:`ProjectionDiscriminator`
+    projects the class embedding on."""
 
     @property
     def head(self) -> nn.Linear:
@@ -95,13 +95,13 @@ class HeadedDiscriminator(nn.Sequential):
 
 
 class ConditionalGenerator(nn.Module):
-    """A class-conditional generator from an unconditional one: ``(z (N, latent_dim), y (N,))`` ->
-    ``body(cat(z, E[y]))``, E a learned class embedding ``(num_classes, embed_dim)`` initialised
-    N(0, ``init_std``); ``body`` takes ``latent_dim + embed_dim`` inputs.
+    """A class-conditional generator from an unconditional one: ``(z (N, latent_dim), y (N,))`` -> ``body(cat(z,
+    E[y]))``, E a learned class embedding ``(num_classes, embed_dim)`` initialised N(0, ``init_std``); ``body`` takes
+    ``latent_dim + embed_dim`` inputs.
 
-    Measured on digits (hinge, 1000 steps): the dcgan body, BatchNorm right after its first layer,
-    drew one image per class with E ~ N(0, 1) (recall 0.00) and kept its variety with N(0, 0.02)
-    (recall 0.81); the BatchNorm-free mlp body learns ring8's classes faster with N(0, 1), like z.
+    Measured on digits (hinge, 1000 steps): the dcgan body, BatchNorm right after its first layer, drew one image per
+    class with E ~ N(0, 1) (recall 0.00) and kept its variety with N(0, 0.02) (recall 0.81); the BatchNorm-free mlp body
+    learns ring8's classes faster with N(0, 1), like z.
     """
 
     def __init__(self, body: nn.Module, num_classes: int, embed_dim: int, init_std: float = 1.0) -> None:
@@ -115,11 +115,10 @@ class ConditionalGenerator(nn.Module):
 
 
 class ProjectionDiscriminator(nn.Module):
-    """A projection discriminator (Miyato & Koyama 2018) from an unconditional one that exposes
-    ``features(x) -> phi (N, F)`` and ``head`` (an ``nn.Linear(F, 1)``): ``(x, y)`` -> logits
-    ``head(phi) + <E[y], phi>`` of shape ``(N,)``, E a learned class embedding ``(num_classes, F)``
-    initialised N(0, 1/F). Labels ``(N, M)`` (a packed row of M samples) add the sum of their
-    embeddings."""
+    """A projection discriminator (Miyato & Koyama 2018) from an unconditional one that exposes ``features(x) -> phi (N,
+    F)`` and ``head`` (an ``nn.Linear(F, 1)``): ``(x, y)`` -> logits ``head(phi) + <E[y], phi>`` of shape ``(N,)``, E a
+    learned class embedding ``(num_classes, F)`` initialised N(0, 1/F). Labels ``(N, M)`` (a packed row of M samples)
+    add the sum of their embeddings."""
 
     def __init__(self, discriminator: HeadedDiscriminator, num_classes: int) -> None:
         super().__init__()
@@ -137,10 +136,10 @@ class ProjectionDiscriminator(nn.Module):
 
 
 def spectral_normalise(module: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018), in place, of every convolution, linear layer
-    and embedding in ``module`` (the fused ones included): each weight W is used as W / sigma(W),
-    sigma estimated by one power iteration per training forward (its vectors are buffers, so
-    checkpoints keep them). Call it after initialising the weights. Returns ``module``."""
+    """Spectral normalisation (Miyato et al. 2018), in place, of every convolution, linear layer and embedding in
+    ``module`` (the fused ones included): each weight W is used as W / sigma(W), sigma estimated by one power iteration
+    per training forward (its vectors are buffers, so checkpoints keep them). Call it after initialising the weights.
+    Returns ``module``."""
     from torch.nn.utils.parametrizations import spectral_norm
 
     for layer in list(module.modules()):

@@ -1,61 +1,50 @@
-"""The plugin API, in one module: the ``hookimpl`` marker, the spec dataclasses a plugin's hooks
-return, the contexts its factories are called with, the :class:`GANLoss` base class, the
-protocols of metrics and loggers, the errors a plugin raises, and :data:`API_VERSION`.
+"""The plugin API, in one module: the ``hookimpl`` marker, the spec dataclasses a plugin's hooks return, the contexts
+its factories are called with, the :class:`GANLoss` base class, the protocols of metrics and loggers, the errors a
+plugin raises, and :data:`API_VERSION`.
 
-Importing this module never imports torch, so ``ganplug --help`` and ``ganplug list`` stay
-fast. A spec names its factory either as a callable or, better, as a
-``"package.module:function"`` string that is imported only when the thing is built (or checked
-by ``ganplug plugins``).
+Importing this module never imports torch, so ``ganplug --help`` and ``ganplug list`` stay fast. A spec names its
+factory either as a callable or, better, as a ``"package.module:function"`` string that is imported only when the thing
+is built (or checked by ``ganplug plugins``).
 
 Factory contracts (what ``spec.load()(...)`` must return):
 
-- architecture: ``factory(ctx: ModelContext, **options) -> (generator, discriminator)``, two
-  ``torch.nn.Module``s. The generator maps ``(N, ctx.latent_dim)`` to ``(N, *ctx.data_shape)``;
-  the discriminator maps ``(N, *ctx.data_shape)`` to logits of shape ``(N,)``. A data shape the
-  architecture cannot handle raises :class:`ganplug.errors.GanplugError` with a one-line reason.
-  With ``pack`` = M > 1 (PacGAN) the factory is called again with data shape ``(M * C, *rest)``
-  and that call's discriminator is the one trained. Conditional (``ctx.num_classes`` = K > 0, only
-  for a spec with ``conditional=True``): the generator maps ``(z, y)`` and the discriminator
-  ``(x, y)``, ``y`` int64 class labels in ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed
-  discriminator (the labels of the M samples in each row).
+- architecture: ``factory(ctx: ModelContext, **options) -> (generator, discriminator)``, two ``torch.nn.Module``s. The
+  generator maps ``(N, ctx.latent_dim)`` to ``(N, *ctx.data_shape)``; the discriminator maps ``(N, *ctx.data_shape)`` to
+  logits of shape ``(N,)``. A data shape the architecture cannot handle raises :class:`ganplug.errors.GanplugError` with
+  a one-line reason. With ``pack`` = M > 1 (PacGAN) the factory is called again with data shape ``(M * C, *rest)`` and
+  that call's discriminator is the one trained. Conditional (``ctx.num_classes`` = K > 0, only for a spec with
+  ``conditional=True``): the generator maps ``(z, y)`` and the discriminator ``(x, y)``, ``y`` int64 class labels in
+  ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed discriminator (the labels of the M samples in each row).
 - loss: ``factory(**options) -> GANLoss`` (see :class:`GANLoss` for the interface).
-- dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a
-  float tensor of one sample, or a tuple whose first element is one (``(sample,)`` from a
-  ``TensorDataset``, ``(sample, label)``), with values in ``spec.value_range``, every sample of
-  one shape. A dataset with
-  class labels (``(sample, label)`` items, integer labels in ``[0, K)``) declares K as
-  ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset when K depends on the
-  data (class subfolders); then ``ganplug train --conditional`` can use it.
-- metric: ``factory(**options) -> metric``, a callable
-  ``metric(samples: Tensor, context: MetricContext) -> dict[str, float]`` (:class:`Metric`).
-  ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
-  ``context`` (:class:`MetricContext`) names the run's dataset, its resolved options (so a metric
-  follows a run's settings, e.g. the std of a mixture) and its spec, and loads the real samples
-  on request. ``ganplug eval`` draws
-  ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`.
-  ``spec.datasets`` names the datasets the metric applies to (empty: any). Samples the metric
-  cannot score raise :class:`ganplug.errors.GanplugError` with a one-line reason. In a
-  conditional run a metric that accepts a ``labels`` keyword also gets the class each sample was
-  drawn for, ``(N,)`` int64. API 1's form ``metric(samples, *, dataset, dataset_options)`` still
-  works, with a :class:`PluginAPIWarning`.
-- logger: ``factory(run_dir: Path, **options) -> logger`` (:class:`Logger`) with methods
-  ``start(config: dict)``, ``log(step, values: dict[str, float])`` (each metrics.jsonl line),
-  ``images(step, path)`` (each sample picture), ``evaluation(step, results: dict[str, dict[str,
-  float]])`` and ``close()``; called on rank 0 only. A logger that raises is reported once and
-  switched off; the run goes on.
-- augmentation: ``factory(ctx: AugmentContext, **options) -> augment`` (:class:`Augmentation`), a
-  callable ``augment(x: Tensor, p: Tensor) -> Tensor`` applied to every batch the discriminator
-  sees (``ganplug train --augment NAME``): ``x`` is ``(N, *ctx.data_shape)``, ``p`` a 0-d float32
-  tensor on x's device, the probability with which each transform is applied to each sample
-  (fixed, or adapted during the run: ``--augment-p``); it returns a tensor of x's shape and dtype,
-  differentiable in ``x`` to second order (R1 and the gradient penalty differentiate through
-  it), and draws its randomness from torch's global RNG of x's device (the run's, saved in
-  checkpoints) without reading values back to the host. A data shape it cannot take raises
-  :class:`ganplug.errors.GanplugError` with a one-line reason.
+- dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a float tensor of one
+  sample, or a tuple whose first element is one (``(sample,)`` from a ``TensorDataset``, ``(sample, label)``), with
+  values in ``spec.value_range``, every sample of one shape. A dataset with class labels (``(sample, label)`` items,
+  integer labels in ``[0, K)``) declares K as ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset
+  when K depends on the data (class subfolders); then ``ganplug train --conditional`` can use it.
+- metric: ``factory(**options) -> metric``, a callable ``metric(samples: Tensor, context: MetricContext) -> dict[str,
+  float]`` (:class:`Metric`). ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
+  ``context`` (:class:`MetricContext`) names the run's dataset, its resolved options (so a metric follows a run's
+  settings, e.g. the std of a mixture) and its spec, and loads the real samples on request. ``ganplug eval`` draws
+  ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`. ``spec.datasets`` names the
+  datasets the metric applies to (empty: any). Samples the metric cannot score raise
+  :class:`ganplug.errors.GanplugError` with a one-line reason. In a conditional run a metric that accepts a ``labels``
+  keyword also gets the class each sample was drawn for, ``(N,)`` int64. API 1's form ``metric(samples, *, dataset,
+  dataset_options)`` still works, with a :class:`PluginAPIWarning`.
+- logger: ``factory(run_dir: Path, **options) -> logger`` (:class:`Logger`) with methods ``start(config: dict)``,
+  ``log(step, values: dict[str, float])`` (each metrics.jsonl line), ``images(step, path)`` (each sample picture),
+  ``evaluation(step, results: dict[str, dict[str, float]])`` and ``close()``; called on rank 0 only. A logger that
+  raises is reported once and switched off; the run goes on.
+- augmentation: ``factory(ctx: AugmentContext, **options) -> augment`` (:class:`Augmentation`), a callable ``augment(x:
+  Tensor, p: Tensor) -> Tensor`` applied to every batch the discriminator sees (``ganplug train --augment NAME``): ``x``
+  is ``(N, *ctx.data_shape)``, ``p`` a 0-d float32 tensor on x's device, the probability with which each transform is
+  applied to each sample (fixed, or adapted during the run: ``--augment-p``); it returns a tensor of x's shape and
+  dtype, differentiable in ``x`` to second order (R1 and the gradient penalty differentiate through it), and draws its
+  randomness from torch's global RNG of x's device (the run's, saved in checkpoints) without reading values back to the
+  host. A data shape it cannot take raises :class:`ganplug.errors.GanplugError` with a one-line reason.
 
-Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as
-it is, exit code 2); anything else a factory, a loss, a dataset or a metric raises is reported as
-the plugin's bug, naming the plugin, its distribution and version (see docs/plugins.md).
+Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as it is, exit code 2);
+anything else a factory, a loss, a dataset or a metric raises is reported as the plugin's bug, naming the plugin, its
+distribution and version (see docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -88,9 +77,8 @@ OLD_FORMS_KEPT = 2
 
 
 class PluginAPIWarning(FutureWarning):
-    """A plugin uses an older form of the plugin API: it still works; the message names the
-    plugin, the old form and the form to write instead. A FutureWarning, so Python shows it by
-    default, pointing at the plugin's function."""
+    """A plugin uses an older form of the plugin API: it still works; the message names the plugin, the old form and the
+    form to write instead. A FutureWarning, so Python shows it by default, pointing at the plugin's function."""
 
 
 OPTION_TYPES = (bool, int, float, str)
@@ -188,8 +176,8 @@ class _Spec:
         return resolved
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description for ``ganplug list --json``: name, summary, aliases, options,
-        then the fields of this kind of spec (a loss's recipe is listed by the CLI)."""
+        """A JSON-ready description for ``ganplug list --json``: name, summary, aliases, options, then the fields of
+        this kind of spec (a loss's recipe is listed by the CLI)."""
         options = [
             {"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
             | ({"choices": list(o.choices)} if o.choices else {})
@@ -233,8 +221,8 @@ RECIPE_KEYS = frozenset(f.name for f in fields(Recipe))
 class ArchitectureSpec(_Spec):
     """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``.
 
-    ``conditional``: the factory also builds class-conditional pairs (``ctx.num_classes`` > 0;
-    see the module docstring), so ``ganplug train --conditional`` may use it.
+    ``conditional``: the factory also builds class-conditional pairs (``ctx.num_classes`` > 0; see the module
+    docstring), so ``ganplug train --conditional`` may use it.
     """
 
     kind = "architecture"
@@ -245,10 +233,9 @@ class ArchitectureSpec(_Spec):
 class LossSpec(_Spec):
     """An adversarial objective: ``factory(**options) -> GANLoss``.
 
-    ``recipe``: the training defaults the objective is known to work with, read without building
-    the loss: a :class:`Recipe`, or a function of the resolved options returning one (when they
-    depend on an option). None, API 3's form, still works: the loss is built to read its
-    ``recipe``, with a :class:`PluginAPIWarning`.
+    ``recipe``: the training defaults the objective is known to work with, read without building the loss: a
+    :class:`Recipe`, or a function of the resolved options returning one (when they depend on an option). None, API 3's
+    form, still works: the loss is built to read its ``recipe``, with a :class:`PluginAPIWarning`.
     """
 
     kind = "loss"
@@ -259,11 +246,10 @@ class LossSpec(_Spec):
 class DatasetSpec(_Spec):
     """Training data: ``factory(ctx: DataContext, **options) -> Dataset``.
 
-    ``value_range`` is the range of the samples (``None``: unbounded, so generators use a linear
-    output instead of tanh); ``latent`` is the noise the generator is fed by default;
-    ``defaults`` are the training knobs a bare ``ganplug train --dataset NAME`` uses for this data
-    (keys in ``DATASET_DEFAULT_KEYS``), below ``--config`` and the command line; ``num_classes``
-    is the number of classes its items' labels range over (0: no labels; a ``num_classes``
+    ``value_range`` is the range of the samples (``None``: unbounded, so generators use a linear output instead of
+    tanh); ``latent`` is the noise the generator is fed by default; ``defaults`` are the training knobs a bare ``ganplug
+    train --dataset NAME`` uses for this data (keys in ``DATASET_DEFAULT_KEYS``), below ``--config`` and the command
+    line; ``num_classes`` is the number of classes its items' labels range over (0: no labels; a ``num_classes``
     attribute of the built dataset overrides it).
     """
 
@@ -300,8 +286,8 @@ DEFAULT_METRIC_SAMPLES = 10000
 
 @dataclass(frozen=True)
 class MetricSpec(_Spec):
-    """A sample-quality metric: ``factory(**options) -> metric(samples, context)`` returning
-    ``{name: float}`` (``context``: a :class:`MetricContext`).
+    """A sample-quality metric: ``factory(**options) -> metric(samples, context)`` returning ``{name: float}``
+    (``context``: a :class:`MetricContext`).
 
     ``datasets``: the dataset names it applies to (``()``: any dataset).
     """
@@ -320,16 +306,16 @@ class MetricSpec(_Spec):
 
 @dataclass(frozen=True)
 class LoggerSpec(_Spec):
-    """A training logger (``--logger NAME``): ``factory(run_dir: Path, **options) -> logger`` with
-    ``start``, ``log``, ``images``, ``evaluation`` and ``close`` (see the module docstring)."""
+    """A training logger (``--logger NAME``): ``factory(run_dir: Path, **options) -> logger`` with ``start``, ``log``,
+    ``images``, ``evaluation`` and ``close`` (see the module docstring)."""
 
     kind = "logger"
 
 
 @dataclass(frozen=True)
 class AugmentationSpec(_Spec):
-    """A differentiable augmentation of what the discriminator sees (``--augment NAME``):
-    ``factory(ctx: AugmentContext, **options) -> augment(x, p)`` (:class:`Augmentation`)."""
+    """A differentiable augmentation of what the discriminator sees (``--augment NAME``): ``factory(ctx: AugmentContext,
+    **options) -> augment(x, p)`` (:class:`Augmentation`)."""
 
     kind = "augmentation"
 
@@ -338,8 +324,8 @@ class AugmentationSpec(_Spec):
 class AugmentContext:
     """What an augmentation factory is told about the run.
 
-    data_shape: one sample, e.g. ``(1, 28, 28)``; the augmentation sees batches ``(N, *data_shape)``
-        (each sample of a PacGAN pack on its own: augmentation comes before packing).
+    data_shape: one sample, e.g. ``(1, 28, 28)``; the augmentation sees batches ``(N, *data_shape)`` (each sample of a
+        PacGAN pack on its own: augmentation comes before packing).
     value_range: ``(low, high)`` of the samples, or None when unbounded.
     """
 
@@ -353,8 +339,8 @@ class ModelContext:
 
     data_shape: one sample, e.g. ``(1, 8, 8)`` for images or ``(2,)`` for 2-D points.
     bounded: samples lie in [-1, 1] (generator ends in tanh); False means a linear output.
-    critic_batchnorm: False when the loss penalises the critic's input gradient (WGAN-GP), where
-        BatchNorm would couple samples; the discriminator then uses layer norm or none.
+    critic_batchnorm: False when the loss penalises the critic's input gradient (WGAN-GP), where BatchNorm would couple
+        samples; the discriminator then uses layer norm or none.
     num_classes: K > 0 for a class-conditional pair (G takes ``(z, y)``, D ``(x, y)``); 0 otherwise.
     """
 
@@ -378,8 +364,8 @@ class RealData(Protocol):
     def __len__(self) -> int: ...
 
     def take(self, indices: Any = None) -> tuple[Tensor, Tensor | None]:
-        """``(samples, labels)`` of the items ``indices`` (None: all): float32 ``(n, *data_shape)``
-        and int64 ``(n,)``, or None for items without labels."""
+        """``(samples, labels)`` of the items ``indices`` (None: all): float32 ``(n, *data_shape)`` and int64 ``(n,)``,
+        or None for items without labels."""
         ...
 
 
@@ -401,8 +387,8 @@ class MetricContext:
 
     def real(self) -> RealData:
         """The real samples, as a run with these options loads the dataset (seed 0): ``len()`` and
-        ``take(indices=None) -> (samples, labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)``
-        or None (:class:`RealData`). Loaded on the first call, then kept."""
+        ``take(indices=None) -> (samples, labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)`` or None
+        (:class:`RealData`). Loaded on the first call, then kept."""
         if not self._loaded:
             if self.load_real is None:
                 raise GanplugError(
@@ -418,15 +404,15 @@ Critic = Callable[["Tensor"], "Tensor"]  # x (N, *data_shape) -> logits (N,), or
 
 
 class GANLoss:
-    """Base class of every loss (``factory(**options) -> GANLoss``); a plugin's loss subclasses it
-    or provides the same members. ``ganplug.losses.GANLoss`` is this class.
+    """Base class of every loss (``factory(**options) -> GANLoss``); a plugin's loss subclasses it or provides the same
+    members. ``ganplug.losses.GANLoss`` is this class.
 
     recipe: the training defaults this objective is known to work with.
-    penalises_critic_gradient: True when the loss differentiates the critic's input gradient
-        (so the architecture must not use BatchNorm in the critic).
+    penalises_critic_gradient: True when the loss differentiates the critic's input gradient (so the architecture must
+        not use BatchNorm in the critic).
 
-    Both loss methods call the critic themselves and return ``(loss, stats)``: a 0-d tensor to
-    minimise and a dict of detached 0-d tensors that the trainer logs.
+    Both loss methods call the critic themselves and return ``(loss, stats)``: a 0-d tensor to minimise and a dict of
+    detached 0-d tensors that the trainer logs.
     """
 
     recipe: Recipe = Recipe()
@@ -439,9 +425,8 @@ class GANLoss:
     def generator_loss(self, critic: Critic, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The generator's loss on generated samples (gradients flow into the generator).
 
-        A loss whose method declares a parameter ``real`` (``generator_loss(self, critic, fake,
-        real)``) is also given the real batch of the step's last critic update (relativistic
-        losses); one without it is called as above."""
+        A loss whose method declares a parameter ``real`` (``generator_loss(self, critic, fake, real)``) is also given
+        the real batch of the step's last critic update (relativistic losses); one without it is called as above."""
         raise NotImplementedError
 
     def after_critic_step(self, critic: Module) -> None:
@@ -453,15 +438,15 @@ class GANLoss:
 
 
 class Metric(Protocol):
-    """What a metric factory returns: ``metric(samples, context) -> {name: float}``; it may also
-    declare ``*, labels=None`` (the classes of a conditional run's samples)."""
+    """What a metric factory returns: ``metric(samples, context) -> {name: float}``; it may also declare ``*,
+    labels=None`` (the classes of a conditional run's samples)."""
 
     def __call__(self, samples: Tensor, context: MetricContext) -> Mapping[str, float]: ...
 
 
 class Augmentation(Protocol):
-    """What an augmentation factory returns: ``augment(x, p) -> x'`` of x's shape (see the module
-    docstring and docs/plugins.md)."""
+    """What an augmentation factory returns: ``augment(x, p) -> x'`` of x's shape (see the module docstring and
+    docs/plugins.md)."""
 
     def __call__(self, x: Tensor, p: Tensor) -> Tensor: ...
 

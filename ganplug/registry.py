@@ -1,16 +1,16 @@
 """Names to specs: the built-ins and every installed plugin of entry-point group ``ganplug``.
 
-A plugin that fails to import, implements an unknown hook, raises in a hook or returns something
-that is not a list of specs is reported on stderr (plugin, distribution, version, error) and
-skipped; everything else keeps working. Environment:
+A plugin that fails to import, implements an unknown hook, raises in a hook or returns something that is not a list of
+specs is reported on stderr (plugin, distribution, version, error) and skipped; everything else keeps working.
+Environment:
 
 - ``GANPLUG_LOAD_PLUGINS=a,b`` loads only these plugins; set and empty, built-ins only.
 - ``GANPLUG_DISABLE_PLUGINS=a,b`` skips these plugins (entry-point or distribution names).
 
-A name in either list that no installed plugin has is warned about. A function named like a hook
-but not marked ``@hookimpl``, or a hook name that does not exist, fails the plugin with a
-suggestion. A plugin's spec whose name is a built-in's shadows it (warned once per process); a
-plugin's alias that another spec already claims is dropped with a warning.
+A name in either list that no installed plugin has is warned about. A function named like a hook but not marked
+``@hookimpl``, or a hook name that does not exist, fails the plugin with a suggestion. A plugin's spec whose name is a
+built-in's shadows it (warned once per process); a plugin's alias that another spec already claims is dropped with a
+warning.
 
 Importing this module does not import torch.
 """
@@ -142,8 +142,8 @@ class Registry:
         extra_plugins: Iterable[tuple[str, object]] = (),
         report: bool = True,
     ) -> None:
-        """Load the built-ins, then ``entry_points`` (default: the installed ``ganplug`` group)
-        and ``extra_plugins`` (``(name, module_or_object)`` pairs, for tests and embedding)."""
+        """Load the built-ins, then ``entry_points`` (default: the installed ``ganplug`` group) and ``extra_plugins``
+        (``(name, module_or_object)`` pairs, for tests and embedding)."""
         self._report = report
         self._manager = pluggy.PluginManager(PROJECT)
         self._manager.add_hookspecs(hookspecs)
@@ -243,8 +243,8 @@ class Registry:
         self.plugins.append(info)
 
     def _claim_aliases(self, kind: str, info: PluginInfo, entry: Entry) -> Entry:
-        """``entry`` without the aliases another plugin's spec already has as name or alias
-        (a warning names them): an alias never takes over a name."""
+        """``entry`` without the aliases another plugin's spec already has as name or alias (a warning names them): an
+        alias never takes over a name."""
         taken = {name: e for e in self._entries[kind] for name in e.spec.names}
         for alias in (a for a in entry.spec.aliases if a in taken):
             self._warn(
@@ -257,8 +257,8 @@ class Registry:
         )
 
     def check_factories(self) -> None:
-        """Import every string factory of the loaded plugins (this imports their code, and so
-        torch); a plugin with one that cannot be loaded becomes ``broken``, with the reason."""
+        """Import every string factory of the loaded plugins (this imports their code, and so torch); a plugin with one
+        that cannot be loaded becomes ``broken``, with the reason."""
         for info in [p for p in self.plugins if p.status == "ok"]:
             for kind, spec in [(k, e.spec) for k in KINDS for e in self._entries[k] if e.plugin == info.name]:
                 try:
@@ -291,16 +291,15 @@ class Registry:
         return self._info_of(spec).origin
 
     def provenance(self, kind: str, spec: Any) -> dict[str, Any]:
-        """What a run records of a resolved name: ``{"kind", "name", "plugin", "distribution",
-        "version"}`` (see :meth:`resolve_recorded`)."""
+        """What a run records of a resolved name: ``{"kind", "name", "plugin", "distribution", "version"}`` (see
+        :meth:`resolve_recorded`)."""
         info = self._info_of(spec)
         return dict(kind=kind, name=spec.name, plugin=info.name, distribution=info.distribution, version=info.version)
 
     def resolve_recorded(self, kind: str, name: str, recorded: Mapping[str, Any] | None) -> Any:
-        """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same
-        plugin's, whatever now shadows or no longer shadows the bare name. UsageError naming the
-        distribution to install when that plugin is missing; a warning when its version changed.
-        Without a record (a run of an older ganplug): :meth:`resolve`."""
+        """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same plugin's, whatever now
+        shadows or no longer shadows the bare name. UsageError naming the distribution to install when that plugin is
+        missing; a warning when its version changed. Without a record (a run of an older ganplug): :meth:`resolve`."""
         if not recorded:
             return self.resolve(kind, name)
         plugin, bare = str(recorded["plugin"]), str(recorded.get("name") or name.rpartition(":")[2])
@@ -331,8 +330,8 @@ class Registry:
         return {e.spec.name: e.plugin for e in self._entries[kind] if e.plugin != BUILTIN and e.spec.name in builtin}
 
     def blame(self, error: BaseException) -> PluginInfo | None:
-        """The non-built-in plugin whose code raised ``error``: the innermost frame of its
-        traceback in one of a loaded plugin's packages; None when no plugin's code is in it."""
+        """The non-built-in plugin whose code raised ``error``: the innermost frame of its traceback in one of a loaded
+        plugin's packages; None when no plugin's code is in it."""
         owners = {module: info for info in self.plugins if info.status in ("ok", "broken") for module in info.modules}
         found = None
         tb = error.__traceback__
@@ -354,9 +353,8 @@ class Registry:
     def resolve(self, kind: str, name: str) -> Any:
         """The spec ``name`` refers to (a name, an alias or ``plugin:name``).
 
-        Raises :class:`UsageError` for unknown names (with a suggestion) and for bare names
-        that two plugins claim (listing the qualified names). A plugin's spec that shadows a
-        built-in wins, with a warning on stderr.
+        Raises :class:`UsageError` for unknown names (with a suggestion) and for bare names that two plugins claim
+        (listing the qualified names). A plugin's spec that shadows a built-in wins, with a warning on stderr.
         """
         if not isinstance(name, str):
             raise UsageError(f"the {kind} must be a name (a string), got {name!r}")
@@ -396,9 +394,9 @@ def _normal(name: str) -> str:
 
 
 def _may_provide(info: PluginInfo, plugin: str, bare: str) -> bool:
-    """Whether a failed plugin is the one a requested ``plugin:bare`` (``plugin`` empty for a bare
-    name) would come from, as far as its names tell: ``plugin`` is its entry-point or distribution
-    name, or ``bare`` is one of those (``ganplug-`` dropped), or starts with one and a dash."""
+    """Whether a failed plugin is the one a requested ``plugin:bare`` (``plugin`` empty for a bare name) would come
+    from, as far as its names tell: ``plugin`` is its entry-point or distribution name, or ``bare`` is one of those
+    (``ganplug-`` dropped), or starts with one and a dash."""
     own = {_normal(n) for n in (info.name, info.distribution) if n}
     own |= {n.removeprefix("ganplug-") for n in own}
     if plugin:
@@ -412,8 +410,8 @@ _IMPL_MARK = f"{PROJECT}_impl"  # the attribute pluggy's HookimplMarker sets on 
 
 
 def _unmarked_hooks(plugin: object) -> str | None:
-    """Why ``plugin`` cannot be registered as written: a function named like a hook (or like a
-    misspelt one) without ``@hookimpl``, which pluggy would ignore silently."""
+    """Why ``plugin`` cannot be registered as written: a function named like a hook (or like a misspelt one) without
+    ``@hookimpl``, which pluggy would ignore silently."""
     for attribute in dir(plugin):
         if not attribute.startswith(f"{PROJECT}_"):
             continue
@@ -458,9 +456,8 @@ def load_factory(kind: str, spec: Any) -> Any:
 
 
 def origin_of(spec: Any) -> str:
-    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`); for a spec made
-    outside the process registry (``ganplug.testing``, tests) the plugin of an equal registered
-    spec, else "its plugin"."""
+    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`); for a spec made outside the process
+    registry (``ganplug.testing``, tests) the plugin of an equal registered spec, else "its plugin"."""
     registry = get_registry()
     try:
         return registry.origin_of(spec)
@@ -473,10 +470,10 @@ _OLD_FORMS_WARNED: dict[Any, Any] = {}  # the warnings registry of warn_old_form
 
 
 def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> None:
-    """A :class:`~ganplug.plugin.PluginAPIWarning` that ``spec``'s plugin calls for the ``old`` form
-    of the plugin API in ``function`` (which still works): the message names the plugin and the
-    ``new`` form to write, which came with API ``since`` (the old form is kept until API ``since +
-    OLD_FORMS_KEPT``), and points at ``function``'s definition; shown once per function."""
+    """A :class:`~ganplug.plugin.PluginAPIWarning` that ``spec``'s plugin calls for the ``old`` form of the plugin API
+    in ``function`` (which still works): the message names the plugin and the ``new`` form to write, which came with API
+    ``since`` (the old form is kept until API ``since + OLD_FORMS_KEPT``), and points at ``function``'s definition;
+    shown once per function."""
     target = inspect.unwrap(function)
     code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
     message = (
@@ -489,10 +486,10 @@ def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> N
 
 
 def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
-    """Build what ``spec`` describes: ``spec.load()(*args, **options)``, with the error contract
-    of :mod:`ganplug.plugin`: a :class:`GanplugError` the factory raises says what the user must
-    change (it becomes a :class:`UsageError`, exit 2; MetricUnavailable and PluginError pass as
-    they are); anything else it raises is the plugin's fault: a :class:`PluginError` naming it."""
+    """Build what ``spec`` describes: ``spec.load()(*args, **options)``, with the error contract of
+    :mod:`ganplug.plugin`: a :class:`GanplugError` the factory raises says what the user must change (it becomes a
+    :class:`UsageError`, exit 2; MetricUnavailable and PluginError pass as they are); anything else it raises is the
+    plugin's fault: a :class:`PluginError` naming it."""
     factory = load_factory(kind, spec)
     try:
         return factory(*args, **options)
@@ -511,10 +508,10 @@ def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
 
 
 def loss_recipe(spec: LossSpec, options: Mapping[str, Any]) -> Recipe:
-    """The training recipe of loss ``spec`` with its resolved ``options``: the one its spec declares
-    (a Recipe, or a function of the options). A spec without one (plugin API 3) gets the ``recipe``
-    of a loss built from it, with a PluginAPIWarning; a built loss without a whole recipe gets
-    Recipe()'s fields here (the run refuses that loss when it is built, naming the plugin)."""
+    """The training recipe of loss ``spec`` with its resolved ``options``: the one its spec declares (a Recipe, or a
+    function of the options). A spec without one (plugin API 3) gets the ``recipe`` of a loss built from it, with a
+    PluginAPIWarning; a built loss without a whole recipe gets Recipe()'s fields here (the run refuses that loss when it
+    is built, naming the plugin)."""
     if spec.recipe is not None:
         return spec.recipe(dict(options)) if callable(spec.recipe) else spec.recipe
     factory = load_factory("loss", spec)

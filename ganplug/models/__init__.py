@@ -1,2 +1,2 @@
-"""The built-in architectures: each module's ``build(ctx, **options)`` returns ``(generator,
-discriminator)`` as the architecture contract in :mod:`ganplug.plugin` describes."""
+"""The built-in architectures: each module's ``build(ctx, **options)`` returns ``(generator, discriminator)`` as the
+architecture contract in :mod:`ganplug.plugin` describes."""

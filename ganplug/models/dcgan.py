@@ -1,20 +1,19 @@
 """DCGAN (Radford et al. 2016): strided (de)convolutions for square images of side 8 to 128.
 
-The side S is halved by k stride-2 stages while it stays even and at least 4 after halving, down
-to a base of ``S / 2**k`` (8 -> 4, k=1; 28 -> 7, k=2; 32 -> 4, k=3; 64 -> 4, k=4; 128 -> 4, k=5).
+The side S is halved by k stride-2 stages while it stays even and at least 4 after halving, down to a base of ``S /
+2**k`` (8 -> 4, k=1; 28 -> 7, k=2; 32 -> 4, k=3; 64 -> 4, k=4; 128 -> 4, k=5).
 
-G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU -> k
-ConvTranspose2d stages halving the channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when
-bounded.
-D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each,
-normalised from the second on (conv -> norm -> LeakyReLU; a stage without a norm is one
-FusedConv2dLeakyReLU) -> flatten -> linear projection -> logits (N,). ``critic_norm=spectral``:
-no norm layers, every weight of D spectrally normalised (Miyato et al. 2018).
+G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU -> k ConvTranspose2d stages halving the
+channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when bounded.
+D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each, normalised from the
+second on (conv -> norm -> LeakyReLU; a stage without a norm is one FusedConv2dLeakyReLU) -> flatten -> linear
+projection -> logits (N,). ``critic_norm=spectral``: no norm layers, every weight of D spectrally normalised (Miyato et
+al. 2018).
 
-Conditional (``ctx.num_classes`` = K > 0): G's first linear layer gets ``cat(z, E_G[y])`` (a
-class embedding of size ``latent_dim``, initialised N(0, 0.02) like the weights: see
-:class:`ganplug.nn.ConditionalGenerator`), D adds ``<E_D[y], phi(x)>`` to its logit, phi its
-flattened last feature map (a projection discriminator, Miyato & Koyama 2018).
+Conditional (``ctx.num_classes`` = K > 0): G's first linear layer gets ``cat(z, E_G[y])`` (a class embedding of size
+``latent_dim``, initialised N(0, 0.02) like the weights: see :class:`ganplug.nn.ConditionalGenerator`), D adds
+``<E_D[y], phi(x)>`` to its logit, phi its flattened last feature map (a projection discriminator, Miyato & Koyama
+2018).
 """
 
 from __future__ import annotations
@@ -57,8 +56,8 @@ def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def init_dcgan_weights(module: nn.Module) -> nn.Module:
-    """The DCGAN initialisation, in place on every submodule: conv, transposed conv and linear
-    weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), all their biases 0. Returns ``module``."""
+    """The DCGAN initialisation, in place on every submodule: conv, transposed conv and linear weights ~ N(0, 0.02),
+    BatchNorm weights ~ N(1, 0.02), all their biases 0. Returns ``module``."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)

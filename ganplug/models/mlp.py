@@ -1,19 +1,18 @@
 """The classic fully connected GAN (Goodfellow et al. 2014) on fused linear+LeakyReLU layers.
 
 G: z (N, latent_dim) -> 256 -> 512 -> 1024 -> (N, *data_shape), tanh when bounded.
-D: x (N, *data_shape) -> flatten -> 256 -> 128 -> 64 -> logits (N,), dropout after each hidden
-layer, then a linear projection. Works for any data shape (vectors and images alike).
+D: x (N, *data_shape) -> flatten -> 256 -> 128 -> 64 -> logits (N,), dropout after each hidden layer, then a linear
+projection. Works for any data shape (vectors and images alike).
 
 ``critic_norm=spectral`` normalises every weight of D spectrally (Miyato et al. 2018).
 
-Conditional (``ctx.num_classes`` = K > 0): G gets ``cat(z, E_G[y])`` (a class embedding of size
-``latent_dim``), D adds ``<E_D[y], phi(x)>`` to its logit, phi its last hidden layer (a projection
-discriminator, Miyato & Koyama 2018).
+Conditional (``ctx.num_classes`` = K > 0): G gets ``cat(z, E_G[y])`` (a class embedding of size ``latent_dim``), D adds
+``<E_D[y], phi(x)>`` to its logit, phi its last hidden layer (a projection discriminator, Miyato & Koyama 2018).
 
-``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution.
-A ReLU-type MLP resolves structure finer than about 1/10 of its input's range only slowly, so
-on low-dimensional data with sharp modes (ring8: std 0.01 on the unit circle) a scale of 10-30
-lets D tell a sample 0.03 from a mode centre from one on it, and G's samples land on the modes.
+``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution. A ReLU-type MLP resolves
+structure finer than about 1/10 of its input's range only slowly, so on low-dimensional data with sharp modes (ring8:
+std 0.01 on the unit circle) a scale of 10-30 lets D tell a sample 0.03 from a mode centre from one on it, and G's
+samples land on the modes.
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ def parse_widths(name: str, text: str) -> tuple[int, ...]:
 
 
 class MLPGenerator(nn.Sequential):
-    """(N, latent_dim) -> (N, *data_shape): fused linear+LeakyReLU hidden layers, then a linear
-    output, tanh when ``bounded``."""
+    """(N, latent_dim) -> (N, *data_shape): fused linear+LeakyReLU hidden layers, then a linear output, tanh when
+    ``bounded``."""
 
     def __init__(
         self, latent_dim: int, data_shape: tuple[int, ...], widths: tuple[int, ...], slope: float, bounded: bool
@@ -62,9 +61,9 @@ class MLPGenerator(nn.Sequential):
 
 
 class MLPDiscriminator(HeadedDiscriminator):
-    """(N, *data_shape) -> logits (N,): flatten, times ``input_scale`` (when not 1), fused
-    linear+LeakyReLU hidden layers each followed by dropout, then a linear projection to one
-    logit (plain nn.Linear: with no activation the fused op has nothing to fuse and is slower)."""
+    """(N, *data_shape) -> logits (N,): flatten, times ``input_scale`` (when not 1), fused linear+LeakyReLU hidden
+    layers each followed by dropout, then a linear projection to one logit (plain nn.Linear: with no activation the
+    fused op has nothing to fuse and is slower)."""
 
     def __init__(
         self,
@@ -106,18 +105,17 @@ def check_context(arch: str, ctx: ModelContext) -> None:
 
 
 def generator_inputs(ctx: ModelContext) -> int:
-    """The input size of a generator's body: z, and for a conditional pair its class embedding
-    of the same size."""
+    """The input size of a generator's body: z, and for a conditional pair its class embedding of the same size."""
     return ctx.latent_dim * (2 if ctx.num_classes else 1)
 
 
 def finish_pair(
     ctx: ModelContext, generator: nn.Module, discriminator: HeadedDiscriminator, spectral: bool, embed_std: float = 1.0
 ) -> tuple[nn.Module, nn.Module]:
-    """``(generator, discriminator)`` as they are for an unconditional ``ctx``; for K =
-    ``ctx.num_classes`` > 0, the generator (of :func:`generator_inputs` inputs) under a class
-    embedding of size ``latent_dim`` initialised N(0, ``embed_std``) and the discriminator under a
-    projection (:mod:`ganplug.nn`). ``spectral``: then every weight of D spectrally normalised."""
+    """``(generator, discriminator)`` as they are for an unconditional ``ctx``; for K = ``ctx.num_classes`` > 0, the
+    generator (of :func:`generator_inputs` inputs) under a class embedding of size ``latent_dim`` initialised N(0,
+    ``embed_std``) and the discriminator under a projection (:mod:`ganplug.nn`). ``spectral``: then every weight of D
+    spectrally normalised."""
     pair: tuple[nn.Module, nn.Module] = (generator, discriminator)
     if ctx.num_classes:
         pair = (

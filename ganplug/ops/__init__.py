@@ -1,15 +1,14 @@
-"""The fused GAN ops. Each runs the compiled kernel of ganplug._C for its device (see `backend`)
-and otherwise the pure-PyTorch twin in `ganplug.ops.reference`, which defines what it computes.
+"""The fused GAN ops. Each runs the compiled kernel of ganplug._C for its device (see `backend`) and otherwise the
+pure-PyTorch twin in `ganplug.ops.reference`, which defines what it computes.
 
-All ops take float32, float64, float16 and bfloat16 (reduced precision computes in float32),
-any leading shape and non-contiguous tensors, are differentiable in every tensor input, and work
-under torch.compile. Under autocast, linear_leaky_relu runs in the autocast dtype and the losses in
-float32, as torch's linear and BCE do; bias_leaky_relu runs in its input's dtype, with the bias cast
-to it as conv2d casts its bias.
+All ops take float32, float64, float16 and bfloat16 (reduced precision computes in float32), any leading shape and
+non-contiguous tensors, are differentiable in every tensor input, and work under torch.compile. Under autocast,
+linear_leaky_relu runs in the autocast dtype and the losses in float32, as torch's linear and BCE do; bias_leaky_relu
+runs in its input's dtype, with the bias cast to it as conv2d casts its bias.
 
-Each op here only picks the implementation, the kernel (torch.ops.ganplug) or its reference twin,
-which take the same arguments: the kernels check them (csrc/checks.h) and cast for autocast
-(csrc/autocast.cpp) themselves, and the reference twin does the same, in the same words.
+Each op here only picks the implementation, the kernel (torch.ops.ganplug) or its reference twin, which take the same
+arguments: the kernels check them (csrc/checks.h) and cast for autocast (csrc/autocast.cpp) themselves, and the
+reference twin does the same, in the same words.
 """
 
 from __future__ import annotations
@@ -57,21 +56,20 @@ def linear_leaky_relu(
 ) -> torch.Tensor:
     """leaky_relu(input @ weight.T + bias, negative_slope) in one fused op.
 
-    input (*, in_features), weight (out_features, in_features), bias (out_features,) or None;
-    returns (*, out_features). negative_slope must be >= 0 (the backward reads the LeakyReLU mask
-    off the output's sign, so only the output is saved).
+    input (*, in_features), weight (out_features, in_features), bias (out_features,) or None; returns (*, out_features).
+    negative_slope must be >= 0 (the backward reads the LeakyReLU mask off the output's sign, so only the output is
+    saved).
     """
     return (_kernel if serves(input) else reference).linear_leaky_relu(input, weight, bias, negative_slope)
 
 
 def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
-    """leaky_relu(input + bias broadcast over dim 1, negative_slope) in one fused op: the bias and
-    activation of a convolution computed without its bias (stylegan2's bias_act over dim 1).
+    """leaky_relu(input + bias broadcast over dim 1, negative_slope) in one fused op: the bias and activation of a
+    convolution computed without its bias (stylegan2's bias_act over dim 1).
 
-    input (N, C, *), e.g. conv maps (N, C, H, W) or features (N, C); bias (C,) or None; returns
-    input's shape, laid out like input when it is contiguous or channels-last (else contiguous).
-    negative_slope must be >= 0 (the backward reads the LeakyReLU mask off the output's sign, so
-    only the output is saved).
+    input (N, C, *), e.g. conv maps (N, C, H, W) or features (N, C); bias (C,) or None; returns input's shape, laid out
+    like input when it is contiguous or channels-last (else contiguous). negative_slope must be >= 0 (the backward reads
+    the LeakyReLU mask off the output's sign, so only the output is saved).
     """
     return (_kernel if serves(input) else reference).bias_leaky_relu(input, bias, negative_slope)
 
@@ -81,8 +79,8 @@ def discriminator_bce(
 ) -> torch.Tensor:
     """mean(BCE(real_logits, real_target)) + mean(BCE(fake_logits, fake_target)), a scalar (nats).
 
-    Targets are probabilities: a float (one-sided label smoothing: real_target=0.9) or a tensor
-    broadcastable to its logits (label noise). Logits of any shape; real and fake may differ.
+    Targets are probabilities: a float (one-sided label smoothing: real_target=0.9) or a tensor broadcastable to its
+    logits (label noise). Logits of any shape; real and fake may differ.
     """
     if not serves(real_logits):
         return reference.discriminator_bce(real_logits, fake_logits, real_target, fake_target)
@@ -98,8 +96,8 @@ def generator_bce(fake_logits: torch.Tensor, target: Target = 1.0) -> torch.Tens
 
 
 def minimax_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al.
-    (2014), which the generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
+    """mean(log(1 - sigmoid(fake_logits))): the saturating generator loss of Goodfellow et al. (2014), which the
+    generator minimises; computed as -mean(softplus(x)), exact for large |x|."""
     return (_kernel if serves(fake_logits) else reference).minimax_generator_loss(fake_logits)
 
 

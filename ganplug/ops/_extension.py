@@ -41,9 +41,9 @@ kernels_on = _mode == "auto"
 
 
 def set_mode(mode: str | None = None) -> str:
-    """Choose the ops' implementation in this process: ``"auto"`` (the compiled kernels where they
-    were built) or ``"reference"``; None reads GANPLUG_OPS again. Returns the mode before.
-    GANPLUG_OPS itself is read once, when ganplug.ops is imported."""
+    """Choose the ops' implementation in this process: ``"auto"`` (the compiled kernels where they were built) or
+    ``"reference"``; None reads GANPLUG_OPS again. Returns the mode before. GANPLUG_OPS itself is read once, when
+    ganplug.ops is imported."""
     global _mode, kernels_on
     previous, _mode = _mode, _normalised(os.environ.get(ENV_VAR) if mode is None else mode)
     kernels_on = _mode == "auto"
@@ -58,9 +58,8 @@ def mode() -> str:
 def backend(device: torch.device | str) -> str:
     """Which implementation the ops run on `device`: "cuda", "cpu" or "reference".
 
-    "reference" is the pure-PyTorch twin in ganplug.ops.reference: it runs in the reference mode
-    (GANPLUG_OPS=reference, or set_mode("reference")), when ganplug._C failed to load, or on a
-    device type the extension has no kernels for.
+    "reference" is the pure-PyTorch twin in ganplug.ops.reference: it runs in the reference mode (GANPLUG_OPS=reference,
+    or set_mode("reference")), when ganplug._C failed to load, or on a device type the extension has no kernels for.
     """
     if _mode not in _MODES:
         raise ValueError(
@@ -76,9 +75,9 @@ _warned: set[str] = set()
 
 
 def serves(x: object) -> bool:
-    """True when a compiled kernel serves ``x``: a tensor on a device with kernels, in the auto mode.
-    Otherwise the reference runs (whose checks name what is wrong with a non-tensor), and a missing
-    kernel is said once, loudly (one warning per device type, none in the reference mode)."""
+    """True when a compiled kernel serves ``x``: a tensor on a device with kernels, in the auto mode. Otherwise the
+    reference runs (whose checks name what is wrong with a non-tensor), and a missing kernel is said once, loudly (one
+    warning per device type, none in the reference mode)."""
     if not isinstance(x, torch.Tensor):
         return False
     if kernels_on and ((x.is_cpu and _CPU_KERNELS) or (x.is_cuda and _CUDA_KERNELS)):

@@ -1,9 +1,9 @@
 """Fake (shape) kernels of the torch.ops.ganplug operators, for torch.compile and opcheck.
 
-The autograd formulas of every op, backward ops included, are in C++ (csrc/autograd.cpp): a Python
-autograd wrapper costs more than a loss or a small layer itself on a GAN batch. Every backward is
-built from ops that are themselves differentiable, so gradients of gradients work: a WGAN-GP or R1
-step can backpropagate through `autograd.grad(..., create_graph=True)` of a critic made of these ops.
+The autograd formulas of every op, backward ops included, are in C++ (csrc/autograd.cpp): a Python autograd wrapper
+costs more than a loss or a small layer itself on a GAN batch. Every backward is built from ops that are themselves
+differentiable, so gradients of gradients work: a WGAN-GP or R1 step can backpropagate through `autograd.grad(...,
+create_graph=True)` of a critic made of these ops.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ def _fake(op: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
 
 
 def _empty_in_bias_act_layout(t: torch.Tensor) -> torch.Tensor:
-    """An empty tensor of t's shape (N, C, *) laid out as the bias_leaky_relu kernels lay out their
-    outputs (csrc/bias_act.h): channels innermost when t's memory is in (N, *, C) order, else contiguous."""
+    """An empty tensor of t's shape (N, C, *) laid out as the bias_leaky_relu kernels lay out their outputs
+    (csrc/bias_act.h): channels innermost when t's memory is in (N, *, C) order, else contiguous."""
     channels_last = t.movedim(1, -1)
     if channels_last.is_contiguous():
         return torch.empty_like(channels_last, memory_format=torch.contiguous_format).movedim(-1, 1)

@@ -1,10 +1,9 @@
-"""The ops in plain PyTorch: the specification every kernel is tested against, and the fallback
-when the compiled extension cannot run. Each function computes what the op of its name in
-:mod:`ganplug.ops` documents.
+"""The ops in plain PyTorch: the specification every kernel is tested against, and the fallback when the compiled
+extension cannot run. Each function computes what the op of its name in :mod:`ganplug.ops` documents.
 
-Reduced-precision inputs (float16, bfloat16) are computed in float32 and the result is cast back,
-as the kernels do. Every function here is differentiable to any order. Each checks its arguments
-and casts for autocast as the kernels do (csrc/checks.h, csrc/autocast.cpp), in the same words.
+Reduced-precision inputs (float16, bfloat16) are computed in float32 and the result is cast back, as the kernels do.
+Every function here is differentiable to any order. Each checks its arguments and casts for autocast as the kernels do
+(csrc/checks.h, csrc/autocast.cpp), in the same words.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ def _slope(op: str, negative_slope: object) -> None:
 
 
 def _autocast(x: Any, dtype: torch.dtype | None = None) -> Any:
-    """x as the autocast kernels pass it on: under autocast on its device, a floating tensor other
-    than float64 cast to ``dtype`` (the autocast dtype when None); anything else unchanged."""
+    """x as the autocast kernels pass it on: under autocast on its device, a floating tensor other than float64 cast to
+    ``dtype`` (the autocast dtype when None); anything else unchanged."""
     if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64):
         return x
     device = x.device.type
@@ -57,8 +56,8 @@ def _autocast(x: Any, dtype: torch.dtype | None = None) -> Any:
 
 
 def _scores(op: str, **named: object) -> list[torch.Tensor]:
-    """A loss's logits or scores, in float32 under autocast: floating-point and non-empty each, the
-    later ones on the first's device and in its dtype."""
+    """A loss's logits or scores, in float32 under autocast: floating-point and non-empty each, the later ones on the
+    first's device and in its dtype."""
     xs = [_nonempty(op, name, _tensor(op, name, _autocast(x, torch.float32))) for name, x in named.items()]
     first = next(iter(named))
     for name, x in list(zip(named, xs))[1:]:
@@ -205,10 +204,10 @@ def keep_threshold(p: float) -> int:
 def dropout_keep(
     shape: torch.Size | tuple[int, ...], p: float, seed: int | torch.Tensor, device: torch.device | str
 ) -> torch.Tensor:
-    """The bool mask of kept elements of a tensor of ``shape`` under ``seed``, from each element's
-    row-major index i: hash = mix32(mix32(low32(i) ^ low32(seed)) ^ high32(i) ^ high32(seed)).
-    ``seed`` may be a 0-d int64 tensor on ``device`` holding a seed in [0, 2^63) (what a CUDA
-    graph reads at each replay): the same mask, with no host value baked in."""
+    """The bool mask of kept elements of a tensor of ``shape`` under ``seed``, from each element's row-major index i:
+    hash = mix32(mix32(low32(i) ^ low32(seed)) ^ high32(i) ^ high32(seed)). ``seed`` may be a 0-d int64 tensor on
+    ``device`` holding a seed in [0, 2^63) (what a CUDA graph reads at each replay): the same mask, with no host value
+    baked in."""
     i = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
     if not isinstance(seed, torch.Tensor):
         seed &= (1 << 64) - 1  # the seed's bits as C++'s uint64_t reads them
@@ -217,8 +216,8 @@ def dropout_keep(
 
 
 def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
-    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p <= 1; input's shape.
-    ``seed``: an int, or a 0-d int64 tensor on input's device (see :func:`dropout_keep`)."""
+    """input * (keep ? 1 / (1 - p) : 0) with the mask of dropout_keep, 0 <= p <= 1; input's shape. ``seed``: an int, or
+    a 0-d int64 tensor on input's device (see :func:`dropout_keep`)."""
     x = _wide(_tensor("dropout", "input", input))
     if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
@@ -233,16 +232,16 @@ def dropout(input: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Te
 def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
     """Images ``x`` (N, C, H, W) with per-sample parameters applied, in this order:
 
-    - colour, ``color`` (N, 3) = (b, s, c): ``x + b``; then saturation ``(x - m_c) * s + m_c``
-      with ``m_c`` the mean over channels (a no-op when C = 1); then contrast
-      ``(x - m) * c + m`` with ``m`` the mean over (C, H, W). Identity: (0, 1, 1).
-    - translation, ``shift`` (N, 2) int64 = (dy, dx): output pixel (i, j) is pixel
-      (i - dy, j - dx), zero where that lies outside the image. Identity: (0, 0).
-    - cutout, ``cut`` (N, 4) int64 = (y0, y1, x0, x1): pixels with y0 <= i < y1 and x0 <= j < x1
-      are zeroed (bounds may lie outside the image). Identity: y0 = y1.
+    - colour, ``color`` (N, 3) = (b, s, c): ``x + b``; then saturation ``(x - m_c) * s + m_c`` with ``m_c`` the mean
+      over channels (a no-op when C = 1); then contrast ``(x - m) * c + m`` with ``m`` the mean over (C, H, W).
+      Identity: (0, 1, 1).
+    - translation, ``shift`` (N, 2) int64 = (dy, dx): output pixel (i, j) is pixel (i - dy, j - dx), zero where that
+      lies outside the image. Identity: (0, 0).
+    - cutout, ``cut`` (N, 4) int64 = (y0, y1, x0, x1): pixels with y0 <= i < y1 and x0 <= j < x1 are zeroed (bounds may
+      lie outside the image). Identity: y0 = y1.
 
-    Returns x's shape and dtype. Made of differentiable torch ops (gathers, masks, means), so it
-    is differentiable in ``x`` (and ``color``) to any order.
+    Returns x's shape and dtype. Made of differentiable torch ops (gathers, masks, means), so it is differentiable in
+    ``x`` (and ``color``) to any order.
     """
     if _tensor("diff_augment", "x", x).dim() != 4:
         raise ValueError(f"diff_augment: x must be float images (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
