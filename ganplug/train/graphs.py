@@ -145,12 +145,7 @@ class DropoutSeeds:
 def _same(a: Any, b: Any) -> bool:
     """Recursive equality of loss states (tensors by value)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and bool(torch.equal(a, b))
-        )
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and bool(torch.equal(a, b))  # shapes too
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -308,12 +303,7 @@ class CudaGraphStep:
         named += [(f"the stat {k!r}", v) for stats in (*outputs.d_stats, outputs.g_stats) for k, v in stats.items()]
         here = torch.device(self.device)
         for what, value in named:
-            on_device = (
-                isinstance(value, torch.Tensor)
-                and value.device.type == here.type
-                and here.index in (None, value.device.index)
-            )
-            if not on_device:
+            if not (isinstance(value, torch.Tensor) and here in (value.device, torch.device(value.device.type))):
                 kind = f"a tensor on {value.device}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
                 return (
                     f"--cuda-graphs: {s.loss_named} returns {what} as {kind}, not a tensor on {self.device}: a "

@@ -16,15 +16,12 @@ class Sums:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, key: str, value: Any) -> None:
+    def add(self, key: str, value: Any, count: int = 1) -> None:
+        """Add ``value`` (the sum of ``count`` values; a tensor's mean, or a number) under ``key``."""
         value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
         value = value.mean() if value.dim() else value
-        if key in self.sums:
-            self.sums[key] = self.sums[key] + value.to(self.sums[key].device)
-            self.counts[key] += 1
-        else:
-            self.sums[key] = value
-            self.counts[key] = 1
+        self.sums[key] = self.sums[key] + value.to(self.sums[key].device) if key in self.sums else value
+        self.counts[key] = self.counts.get(key, 0) + count
 
     def add_all(self, stats: dict[str, Any] | None, prefix: str = "") -> None:
         for key, value in (stats or {}).items():
@@ -33,11 +30,7 @@ class Sums:
     def merge(self, other: Sums) -> None:
         """Add ``other``'s sums and counts into these, and clear ``other``."""
         for key, value in other.sums.items():
-            if key in self.sums:
-                self.sums[key] = self.sums[key] + value.to(self.sums[key].device)
-                self.counts[key] += other.counts[key]
-            else:
-                self.sums[key], self.counts[key] = value, other.counts[key]
+            self.add(key, value, other.counts[key])
         other.clear()
 
     def means(self, world: World | None = None) -> dict[str, float]:
