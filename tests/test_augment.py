@@ -169,7 +169,8 @@ def test_each_transform_is_applied_with_probability_p_independently():
     n = 40000
     shift, cut, color = draw_diff_augment((n, 3, 32, 32), 0.3)
     applied = torch.stack(
-        (color[:, 0] != 0, color[:, 1] != 1, color[:, 2] != 1, torch.ones(n, dtype=torch.bool), cut[:, 1] > cut[:, 0]), 1
+        (color[:, 0] != 0, color[:, 1] != 1, color[:, 2] != 1, torch.ones(n, dtype=torch.bool), cut[:, 1] > cut[:, 0]),
+        1,
     ).float()
     rates = applied.mean(0)
     assert torch.allclose(rates[[0, 1, 2, 4]], torch.tensor(0.3), atol=0.01)
@@ -304,7 +305,7 @@ def test_the_plugin_augmentation_of_the_docs_passes_the_kit(monkeypatch):
     from ganplug import testing
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    section = docs[docs.index("### `ganplug_augmentations()`"):]
+    section = docs[docs.index("### `ganplug_augmentations()`") :]
     code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
     module = types.ModuleType("ganplug_flip")
     monkeypatch.setitem(sys.modules, "ganplug_flip", module)

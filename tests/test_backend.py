@@ -181,11 +181,24 @@ def _schema_names() -> list[str]:
 def test_ops_cpp_defines_eighteen_operators():
     assert len(_schema_names()) == 18
     assert set(_schema_names()) == {
-        "linear_leaky_relu", "leaky_relu_backward", "leaky_relu_bias_backward", "bias_leaky_relu",
-        "bias_leaky_relu_backward", "bce_loss", "generator_bce", "minimax_generator_loss",
-        "bce_loss_backward", "bce_loss_and_grad", "discriminator_bce", "discriminator_bce_backward",
-        "discriminator_bce_and_grad", "wasserstein_critic_loss", "wasserstein_generator_loss",
-        "gradient_penalty", "gradient_penalty_backward", "dropout",
+        "linear_leaky_relu",
+        "leaky_relu_backward",
+        "leaky_relu_bias_backward",
+        "bias_leaky_relu",
+        "bias_leaky_relu_backward",
+        "bce_loss",
+        "generator_bce",
+        "minimax_generator_loss",
+        "bce_loss_backward",
+        "bce_loss_and_grad",
+        "discriminator_bce",
+        "discriminator_bce_backward",
+        "discriminator_bce_and_grad",
+        "wasserstein_critic_loss",
+        "wasserstein_generator_loss",
+        "gradient_penalty",
+        "gradient_penalty_backward",
+        "dropout",
     }
 
 
@@ -237,13 +250,20 @@ def test_torch_compile_fullgraph_matches_eager():
     compiled.backward()
     for i, (a, c) in enumerate(zip(eager_args, comp_args)):
         assert c.grad is not None, i
-        torch.testing.assert_close(c.grad, a.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"arg {i}: {m}")
+        torch.testing.assert_close(c.grad, a.grad, rtol=1e-5, atol=1e-6, msg=lambda m, i=i: f"arg {i}: {m}")
     # the compiled graph calls the custom ops, not the reference twins
     exported = torch._dynamo.explain(_gan_step)(*args)
     assert exported.graph_break_count == 0
     graph_code = "\n".join(gm.code for gm in exported.graphs)
-    for name in ("linear_leaky_relu", "discriminator_bce", "generator_bce", "minimax_generator_loss",
-                 "wasserstein_critic_loss", "wasserstein_generator_loss", "gradient_penalty"):
+    for name in (
+        "linear_leaky_relu",
+        "discriminator_bce",
+        "generator_bce",
+        "minimax_generator_loss",
+        "wasserstein_critic_loss",
+        "wasserstein_generator_loss",
+        "gradient_penalty",
+    ):
         assert f"ganplug.{name}" in graph_code, graph_code
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_train, run_main
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
-
-from conftest import quiet_train, run_main
 
 from ganplug import testing
 from ganplug.data.images import UInt8Images, image_folder
@@ -101,7 +100,9 @@ class ItemDataset(Dataset):
     "dataset",
     [
         TensorDataset(torch.arange(12.0).unsqueeze(1), torch.arange(12) % 4),
-        UInt8Images(torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous(), torch.arange(12) % 4),
+        UInt8Images(
+            torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous(), torch.arange(12) % 4
+        ),
         ItemDataset(),
     ],
     ids=["tensor", "uint8", "items"],
@@ -167,9 +168,19 @@ def test_the_gradient_penalty_of_a_conditional_critic_keeps_each_interpolate_s_l
 
 def _config(**overrides) -> TrainConfig:
     values = dict(
-        arch="mlp", loss="hinge", dataset="ring8", conditional=True, data_options={"size": 256}, batch_size=32,
-        steps=2, arch_options={"g_widths": "16", "d_widths": "16"}, log_every=1, sample_every=0,
-        checkpoint_every=0, num_samples=8, device="cpu",
+        arch="mlp",
+        loss="hinge",
+        dataset="ring8",
+        conditional=True,
+        data_options={"size": 256},
+        batch_size=32,
+        steps=2,
+        arch_options={"g_widths": "16", "d_widths": "16"},
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=0,
+        num_samples=8,
+        device="cpu",
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -215,34 +226,65 @@ def _bad_labels(ctx):
 def plain_registry(monkeypatch):
     import ganplug.registry as registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("plain", PlainPlugin())], report=False))
+    monkeypatch.setattr(
+        registry, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("plain", PlainPlugin())], report=False)
+    )
 
 
 def test_an_architecture_without_conditional_models_and_a_dataset_with_bad_labels_are_named(plain_registry):
     with pytest.raises(UsageError, match="architecture 'plain' of plugin 'plain' does not build class-conditional"):
         build_run(resolve(_config(arch="plain", arch_options={})))
-    with pytest.raises(PluginError, match=r"dataset 'bad-labels' of plugin 'plain': its labels .* outside the 3 classes"):
+    with pytest.raises(
+        PluginError, match=r"dataset 'bad-labels' of plugin 'plain': its labels .* outside the 3 classes"
+    ):
         build_run(resolve(_config(dataset="bad-labels", data_options={})))
 
 
 def test_the_command_line_trains_a_conditional_run_and_samples_a_class(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code, out, err = run_main(
-        capsys, "train", "--arch", "dcgan", "--loss", "hinge", "--dataset", "digits", "--conditional",
-        "--arch-opt", "critic_norm=spectral", "--arch-opt", "width=8", "--image-size", "8", "--steps", "3",
-        "--sample-every", "0", "--out", str(run_dir), "--quiet",
+        capsys,
+        "train",
+        "--arch",
+        "dcgan",
+        "--loss",
+        "hinge",
+        "--dataset",
+        "digits",
+        "--conditional",
+        "--arch-opt",
+        "critic_norm=spectral",
+        "--arch-opt",
+        "width=8",
+        "--image-size",
+        "8",
+        "--steps",
+        "3",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run_dir),
+        "--quiet",
     )
     assert code == 0, err
     assert "conditional = true" in (run_dir / "config.toml").read_text()
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "--class", "3", "-n", "5", "--out", str(tmp_path / "three.npy"))
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "--class", "3", "-n", "5", "--out", str(tmp_path / "three.npy")
+    )
     assert code == 0 and "5 samples of class 3" in out, err
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "64", "--out", str(tmp_path / "grid.png"))
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "-n", "64", "--out", str(tmp_path / "grid.png")
+    )
     assert code == 0 and "60 samples (10 classes x 6)" in out, err
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "--class", "10", "--out", str(tmp_path / "x.png"))
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "--class", "10", "--out", str(tmp_path / "x.png")
+    )
     assert code == 2 and "class 10 is not one of this run's 10 classes (0..9)" in err
     code, out, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "4", "--conditional", "--quiet")
     assert code == 0, err  # the same value is no change
-    code, out, err = run_main(capsys, "train", "--dataset", "gaussian", "--arch", "mlp", "--conditional", "--out", str(tmp_path / "g"))
+    code, out, err = run_main(
+        capsys, "train", "--dataset", "gaussian", "--arch", "mlp", "--conditional", "--out", str(tmp_path / "g")
+    )
     assert code == 2 and "has no class labels" in err and "Traceback" not in err
 
 
@@ -252,7 +294,9 @@ def test_an_unconditional_generator_refuses_a_class(tmp_path, capsys):
     assert G.num_classes == 0
     with pytest.raises(UsageError, match="not class-conditional"):
         sample(G, 4, labels=1)
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(tmp_path), "--class", "1", "--out", str(tmp_path / "x.npy"))
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(tmp_path), "--class", "1", "--out", str(tmp_path / "x.npy")
+    )
     assert code == 2 and "not class-conditional" in err
 
 
@@ -319,7 +363,9 @@ def test_evaluating_a_conditional_run_scores_the_classes(tmp_path):
     assert 0.0 <= report["metrics"]["modes"]["class_accuracy_pct"] <= 100.0
     G = load_generator(tmp_path)
     samples = sample(G, 400, seed=0)
-    expected = mode_accuracy(samples, __import__("ganplug.data.synthetic", fromlist=["x"]).RING8_MEANS, cycled_labels(400, 8))
+    expected = mode_accuracy(
+        samples, __import__("ganplug.data.synthetic", fromlist=["x"]).RING8_MEANS, cycled_labels(400, 8)
+    )
     assert report["metrics"]["modes"]["class_accuracy_pct"] == pytest.approx(expected)
 
 
@@ -393,8 +439,14 @@ def test_a_short_conditional_ring8_run_puts_its_samples_on_the_modes_asked_for(t
     from ganplug.evaluation import evaluate
 
     config = _config(
-        steps=300, loss="bce", batch_size=128, data_options={"size": 4096}, lr_g=2e-4, lr_d=2e-4,
-        arch_options={"g_widths": "64,64", "d_widths": "64,64", "dropout": 0.0}, seed=1,
+        steps=300,
+        loss="bce",
+        batch_size=128,
+        data_options={"size": 4096},
+        lr_g=2e-4,
+        lr_d=2e-4,
+        arch_options={"g_widths": "64,64", "d_widths": "64,64", "dropout": 0.0},
+        seed=1,
     )
     quiet_train(config, tmp_path)
     accuracy = evaluate(tmp_path, metrics=("modes",), num_samples=2000)["metrics"]["modes"]["class_accuracy_pct"]
@@ -407,9 +459,16 @@ def test_a_short_conditional_digits_run_draws_the_digit_asked_for(tmp_path):
     from ganplug.evaluation import evaluate
 
     config = TrainConfig(
-        arch="dcgan", loss="hinge", dataset="digits", conditional=True, steps=400,
-        arch_options={"width": 16, "critic_norm": "spectral"}, sample_every=0, checkpoint_every=0,
-        log_every=50, device="cpu",
+        arch="dcgan",
+        loss="hinge",
+        dataset="digits",
+        conditional=True,
+        steps=400,
+        arch_options={"width": 16, "critic_norm": "spectral"},
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=50,
+        device="cpu",
     )
     quiet_train(config, tmp_path)
     scores = evaluate(tmp_path, metrics=("digits-quality",))["metrics"]["digits-quality"]

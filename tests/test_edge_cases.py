@@ -24,6 +24,7 @@ def _x(values, device, dtype=F64, requires_grad=False):
 
 def bce_closed(x: float, t: float) -> float:
     """t * softplus(-x) + (1 - t) * softplus(x) in plain Python (x finite)."""
+
     def softplus(v):
         return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
 
@@ -42,7 +43,9 @@ def test_bce_at_infinity(device):
     assert ops.discriminator_bce(_x([-INF], device), _x([-INF], device)).item() == INF
     # with tensor targets of exactly 1 and 0
     assert ops.generator_bce(_x([INF], device), _x([1.0], device)).item() == 0.0
-    assert ops.discriminator_bce(_x([INF], device), _x([-INF], device), _x([1.0], device), _x([0.0], device)).item() == 0.0
+    assert (
+        ops.discriminator_bce(_x([INF], device), _x([-INF], device), _x([1.0], device), _x([0.0], device)).item() == 0.0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -181,7 +184,9 @@ def test_gradient_penalty_all_zero_is_target_squared(device):
 
 
 def test_gradient_penalty_closed_form(device):
-    g = torch.tensor([[[3.0, 0.0], [0.0, 4.0]], [[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]], dtype=F64, device=device)
+    g = torch.tensor(
+        [[[3.0, 0.0], [0.0, 4.0]], [[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]], dtype=F64, device=device
+    )
     # norms 5, 1, 2 -> ((5-1)^2 + 0 + (2-1)^2) / 3
     assert ops.gradient_penalty(g).item() == pytest.approx(17 / 3, rel=1e-14)
     assert ops.gradient_penalty(g, 0.0).item() == pytest.approx((25 + 1 + 4) / 3, rel=1e-14)
@@ -197,22 +202,51 @@ def test_wasserstein_closed_forms(device):
 
 # --- errors --------------------------------------------------------------------------------------
 
+
 def _f(*shape, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype)
 
 
 EMPTY_CASES = [
-    ("linear_leaky_relu", lambda: ops.linear_leaky_relu(_f(0, 4), _f(3, 4), _f(3)), "linear_leaky_relu: input is empty"),
+    (
+        "linear_leaky_relu",
+        lambda: ops.linear_leaky_relu(_f(0, 4), _f(3, 4), _f(3)),
+        "linear_leaky_relu: input is empty",
+    ),
     ("linear_leaky_relu_3d", lambda: ops.linear_leaky_relu(_f(2, 0, 4), _f(3, 4)), "input is empty"),
     ("bias_leaky_relu", lambda: ops.bias_leaky_relu(_f(0, 3, 2, 2), _f(3)), "bias_leaky_relu: input is empty"),
-    ("discriminator_bce_real", lambda: ops.discriminator_bce(_f(0, 1), _f(3, 1)), "discriminator_bce: real_logits is empty"),
-    ("discriminator_bce_fake", lambda: ops.discriminator_bce(_f(3, 1), _f(0, 1)), "discriminator_bce: fake_logits is empty"),
+    (
+        "discriminator_bce_real",
+        lambda: ops.discriminator_bce(_f(0, 1), _f(3, 1)),
+        "discriminator_bce: real_logits is empty",
+    ),
+    (
+        "discriminator_bce_fake",
+        lambda: ops.discriminator_bce(_f(3, 1), _f(0, 1)),
+        "discriminator_bce: fake_logits is empty",
+    ),
     ("generator_bce", lambda: ops.generator_bce(_f(0)), "generator_bce: fake_logits is empty"),
     ("generator_bce_target", lambda: ops.generator_bce(_f(0, 1), _f(1)), "generator_bce: fake_logits is empty"),
-    ("minimax_generator_loss", lambda: ops.minimax_generator_loss(_f(0, 1)), "minimax_generator_loss: fake_logits is empty"),
-    ("wasserstein_critic_real", lambda: ops.wasserstein_critic_loss(_f(0), _f(2)), "wasserstein_critic_loss: real_scores is empty"),
-    ("wasserstein_critic_fake", lambda: ops.wasserstein_critic_loss(_f(2), _f(0)), "wasserstein_critic_loss: fake_scores is empty"),
-    ("wasserstein_generator_loss", lambda: ops.wasserstein_generator_loss(_f(0, 1)), "wasserstein_generator_loss: fake_scores is empty"),
+    (
+        "minimax_generator_loss",
+        lambda: ops.minimax_generator_loss(_f(0, 1)),
+        "minimax_generator_loss: fake_logits is empty",
+    ),
+    (
+        "wasserstein_critic_real",
+        lambda: ops.wasserstein_critic_loss(_f(0), _f(2)),
+        "wasserstein_critic_loss: real_scores is empty",
+    ),
+    (
+        "wasserstein_critic_fake",
+        lambda: ops.wasserstein_critic_loss(_f(2), _f(0)),
+        "wasserstein_critic_loss: fake_scores is empty",
+    ),
+    (
+        "wasserstein_generator_loss",
+        lambda: ops.wasserstein_generator_loss(_f(0, 1)),
+        "wasserstein_generator_loss: fake_scores is empty",
+    ),
     ("gradient_penalty", lambda: ops.gradient_penalty(_f(0, 3)), "gradient_penalty: gradients is empty"),
     ("gradient_penalty_empty_rows", lambda: ops.gradient_penalty(_f(3, 0)), "gradient_penalty: gradients is empty"),
 ]
@@ -225,11 +259,31 @@ def test_empty_batch_errors(fn, match):
 
 
 DTYPE_CASES = [
-    ("linear_weight", lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4, dtype=F64)), "linear_leaky_relu: weight is torch.float64 but input is torch.float32"),
-    ("linear_bias", lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4), _f(3, dtype=torch.float16)), "linear_leaky_relu: bias is torch.float16 but input is torch.float32"),
-    ("bias_act_bias", lambda: ops.bias_leaky_relu(_f(2, 3, 4), _f(3, dtype=F64)), "bias_leaky_relu: bias is torch.float64 but input is torch.float32"),
-    ("discriminator_bce", lambda: ops.discriminator_bce(_f(2), _f(2, dtype=F64)), "discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"),
-    ("wasserstein_critic", lambda: ops.wasserstein_critic_loss(_f(2, dtype=torch.bfloat16), _f(2)), "wasserstein_critic_loss: fake_scores is torch.float32 but real_scores is torch.bfloat16"),
+    (
+        "linear_weight",
+        lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4, dtype=F64)),
+        "linear_leaky_relu: weight is torch.float64 but input is torch.float32",
+    ),
+    (
+        "linear_bias",
+        lambda: ops.linear_leaky_relu(_f(2, 4), _f(3, 4), _f(3, dtype=torch.float16)),
+        "linear_leaky_relu: bias is torch.float16 but input is torch.float32",
+    ),
+    (
+        "bias_act_bias",
+        lambda: ops.bias_leaky_relu(_f(2, 3, 4), _f(3, dtype=F64)),
+        "bias_leaky_relu: bias is torch.float64 but input is torch.float32",
+    ),
+    (
+        "discriminator_bce",
+        lambda: ops.discriminator_bce(_f(2), _f(2, dtype=F64)),
+        "discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32",
+    ),
+    (
+        "wasserstein_critic",
+        lambda: ops.wasserstein_critic_loss(_f(2, dtype=torch.bfloat16), _f(2)),
+        "wasserstein_critic_loss: fake_scores is torch.float32 but real_scores is torch.bfloat16",
+    ),
 ]
 
 
@@ -253,7 +307,9 @@ def test_linear_shape_errors():
 
 
 def test_bias_act_shape_errors():
-    with pytest.raises(ValueError, match=r"bias_leaky_relu: input must be \(N, C, \*\) with at least 2 dims, got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"bias_leaky_relu: input must be \(N, C, \*\) with at least 2 dims, got shape \(4,\)"
+    ):
         ops.bias_leaky_relu(_f(4), _f(4))
     with pytest.raises(ValueError, match=r"bias must have shape \(3,\) for input of shape \(2, 3, 4, 4\), got \(4,\)"):
         ops.bias_leaky_relu(_f(2, 3, 4, 4), _f(4))
@@ -266,11 +322,27 @@ def test_bias_act_kernel_errors():
     Python op's words and exception types."""
     gl = torch.ops.ganplug
     cases = [
-        (lambda: gl.bias_leaky_relu(_f(2, 3, 4), _f(4), 0.2), ValueError, r"bias_leaky_relu: bias must have shape \(3,\)"),
+        (
+            lambda: gl.bias_leaky_relu(_f(2, 3, 4), _f(4), 0.2),
+            ValueError,
+            r"bias_leaky_relu: bias must have shape \(3,\)",
+        ),
         (lambda: gl.bias_leaky_relu(_f(3), None, 0.2), ValueError, r"bias_leaky_relu: input must be \(N, C, \*\)"),
-        (lambda: gl.bias_leaky_relu(_f(2, 3), None, -0.5), ValueError, r"bias_leaky_relu: negative_slope must be a finite number >= 0"),
-        (lambda: gl.bias_leaky_relu_backward(_f(2, 3, 4), _f(2, 3, 5), 0.2), ValueError, r"bias_leaky_relu_backward: grad_output has shape"),
-        (lambda: gl.bias_leaky_relu_backward(_f(2, 3), _f(2, 3, dtype=F64), 0.2), TypeError, r"bias_leaky_relu_backward: grad_output is torch.float32"),
+        (
+            lambda: gl.bias_leaky_relu(_f(2, 3), None, -0.5),
+            ValueError,
+            r"bias_leaky_relu: negative_slope must be a finite number >= 0",
+        ),
+        (
+            lambda: gl.bias_leaky_relu_backward(_f(2, 3, 4), _f(2, 3, 5), 0.2),
+            ValueError,
+            r"bias_leaky_relu_backward: grad_output has shape",
+        ),
+        (
+            lambda: gl.bias_leaky_relu_backward(_f(2, 3), _f(2, 3, dtype=F64), 0.2),
+            TypeError,
+            r"bias_leaky_relu_backward: grad_output is torch.float32",
+        ),
     ]
     for fn, error, match in cases:
         with pytest.raises(error, match=match) as info:
@@ -297,7 +369,9 @@ def test_target_out_of_range_errors(bad):
 
 
 def test_target_not_broadcastable_errors():
-    with pytest.raises(ValueError, match=r"generator_bce: target of shape \(3,\) does not broadcast to the logits' shape \(4, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"generator_bce: target of shape \(3,\) does not broadcast to the logits' shape \(4, 1\)"
+    ):
         ops.generator_bce(_f(4, 1), torch.full((3,), 0.9))
     with pytest.raises(ValueError, match=r"discriminator_bce: real_target of shape \(5, 1\) does not broadcast"):
         ops.discriminator_bce(_f(4, 1), _f(4, 1), torch.full((5, 1), 0.9))
@@ -306,17 +380,57 @@ def test_target_not_broadcastable_errors():
 
 
 INT_CASES = [
-    ("linear_input", lambda i: ops.linear_leaky_relu(i, _f(3, 4)), "linear_leaky_relu: input must be a floating-point tensor, got torch.int64"),
-    ("linear_weight", lambda i: ops.linear_leaky_relu(_f(2, 4), i[:3]), "linear_leaky_relu: weight must be a floating-point"),
-    ("linear_bias", lambda i: ops.linear_leaky_relu(_f(2, 4), _f(3, 4), i[0, :3]), "linear_leaky_relu: bias must be a floating-point"),
-    ("discriminator_bce", lambda i: ops.discriminator_bce(i, _f(2)), "discriminator_bce: real_logits must be a floating-point"),
-    ("discriminator_bce_fake", lambda i: ops.discriminator_bce(_f(2), i), "discriminator_bce: fake_logits must be a floating-point"),
+    (
+        "linear_input",
+        lambda i: ops.linear_leaky_relu(i, _f(3, 4)),
+        "linear_leaky_relu: input must be a floating-point tensor, got torch.int64",
+    ),
+    (
+        "linear_weight",
+        lambda i: ops.linear_leaky_relu(_f(2, 4), i[:3]),
+        "linear_leaky_relu: weight must be a floating-point",
+    ),
+    (
+        "linear_bias",
+        lambda i: ops.linear_leaky_relu(_f(2, 4), _f(3, 4), i[0, :3]),
+        "linear_leaky_relu: bias must be a floating-point",
+    ),
+    (
+        "discriminator_bce",
+        lambda i: ops.discriminator_bce(i, _f(2)),
+        "discriminator_bce: real_logits must be a floating-point",
+    ),
+    (
+        "discriminator_bce_fake",
+        lambda i: ops.discriminator_bce(_f(2), i),
+        "discriminator_bce: fake_logits must be a floating-point",
+    ),
     ("generator_bce", lambda i: ops.generator_bce(i), "generator_bce: fake_logits must be a floating-point"),
-    ("minimax", lambda i: ops.minimax_generator_loss(i), "minimax_generator_loss: fake_logits must be a floating-point"),
-    ("wasserstein_critic", lambda i: ops.wasserstein_critic_loss(_f(2), i), "wasserstein_critic_loss: fake_scores must be a floating-point"),
-    ("wasserstein_generator", lambda i: ops.wasserstein_generator_loss(i), "wasserstein_generator_loss: fake_scores must be a floating-point"),
-    ("gradient_penalty", lambda i: ops.gradient_penalty(i), "gradient_penalty: gradients must be a floating-point tensor, got torch.int64"),
-    ("bias_act_input", lambda i: ops.bias_leaky_relu(i, _f(4)), "bias_leaky_relu: input must be a floating-point tensor, got torch.int64"),
+    (
+        "minimax",
+        lambda i: ops.minimax_generator_loss(i),
+        "minimax_generator_loss: fake_logits must be a floating-point",
+    ),
+    (
+        "wasserstein_critic",
+        lambda i: ops.wasserstein_critic_loss(_f(2), i),
+        "wasserstein_critic_loss: fake_scores must be a floating-point",
+    ),
+    (
+        "wasserstein_generator",
+        lambda i: ops.wasserstein_generator_loss(i),
+        "wasserstein_generator_loss: fake_scores must be a floating-point",
+    ),
+    (
+        "gradient_penalty",
+        lambda i: ops.gradient_penalty(i),
+        "gradient_penalty: gradients must be a floating-point tensor, got torch.int64",
+    ),
+    (
+        "bias_act_input",
+        lambda i: ops.bias_leaky_relu(i, _f(4)),
+        "bias_leaky_relu: input must be a floating-point tensor, got torch.int64",
+    ),
     ("bias_act_bias", lambda i: ops.bias_leaky_relu(_f(2, 4), i[0]), "bias_leaky_relu: bias must be a floating-point"),
 ]
 
@@ -337,7 +451,9 @@ def test_non_tensor_errors():
 
 
 def test_gradient_penalty_argument_errors():
-    with pytest.raises(ValueError, match=r"gradient_penalty: gradients need a batch dimension \(B, \.\.\.\), got a 0-d tensor"):
+    with pytest.raises(
+        ValueError, match=r"gradient_penalty: gradients need a batch dimension \(B, \.\.\.\), got a 0-d tensor"
+    ):
         ops.gradient_penalty(torch.tensor(1.0))
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="gradient_penalty: target must be a finite number"):
@@ -381,19 +497,27 @@ gl = torch.ops.ganplug
 
 def test_kernel_argument_checks():
     """Direct calls are checked by the kernels with the messages and exception types of ganplug.ops."""
-    with pytest.raises(ValueError, match=r"linear_leaky_relu: input of shape \(\) does not end in weight's in_features=4"):
+    with pytest.raises(
+        ValueError, match=r"linear_leaky_relu: input of shape \(\) does not end in weight's in_features=4"
+    ):
         gl.linear_leaky_relu(torch.tensor(1.0), _f(3, 4), None, 0.2)
     with pytest.raises(ValueError, match=r"linear_leaky_relu: negative_slope must be a finite number >= 0"):
         gl.linear_leaky_relu(_f(2, 4), _f(3, 4), None, -0.5)
-    with pytest.raises(ValueError, match=r"linear_leaky_relu: input of shape \(2, 4\) does not end in weight's in_features=5"):
+    with pytest.raises(
+        ValueError, match=r"linear_leaky_relu: input of shape \(2, 4\) does not end in weight's in_features=5"
+    ):
         gl.linear_leaky_relu(_f(2, 4), _f(3, 5), None, 0.2)
     with pytest.raises(ValueError, match=r"linear_leaky_relu: input is empty"):
         gl.linear_leaky_relu(_f(0, 4), _f(3, 4), None, 0.2)
-    with pytest.raises(ValueError, match=r"bce_loss: target of shape \(3,\) does not broadcast to the logits' shape \(3, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"bce_loss: target of shape \(3,\) does not broadcast to the logits' shape \(3, 1\)"
+    ):
         gl.bce_loss(_f(3, 1), _f(3), 0.0, 1.0)
     with pytest.raises(ValueError, match=r"bce_loss: logits is empty"):
         gl.bce_loss(_f(0), None, 1.0, 1.0)
-    with pytest.raises(TypeError, match=r"discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"
+    ):
         gl.discriminator_bce(_f(3), _f(3, dtype=F64), None, None, 1.0, 0.0)
     with pytest.raises(ValueError, match=r"gradient_penalty: gradients need a batch dimension"):
         gl.gradient_penalty(torch.tensor(1.0), 1.0)
@@ -401,7 +525,9 @@ def test_kernel_argument_checks():
         gl.wasserstein_generator_loss(torch.ones(3, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"leaky_relu_bias_backward: output must be 2-D"):
         gl.leaky_relu_bias_backward(_f(2, 3, 4), _f(2, 3, 4), 0.2)
-    with pytest.raises(ValueError, match=r"leaky_relu_backward: grad_output has shape \(2, 3\) but output has shape \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"leaky_relu_backward: grad_output has shape \(2, 3\) but output has shape \(3, 2\)"
+    ):
         gl.leaky_relu_backward(_f(2, 3), _f(3, 2), 0.2)
 
 

@@ -81,8 +81,11 @@ def _bias_act_args(shape, device, bias, channels_last=False):
 
 @pytest.mark.parametrize("slope", [0.0, 0.2])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("shape,channels_last", [((5, 3), False), ((2, 3, 2, 3), False), ((2, 3, 2, 3), True)],
-                         ids=["2d", "4d", "4d_channels_last"])
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((5, 3), False), ((2, 3, 2, 3), False), ((2, 3, 2, 3), True)],
+    ids=["2d", "4d", "4d_channels_last"],
+)
 def test_bias_leaky_relu_gradcheck(device, slope, bias, shape, channels_last):
     x, b = _bias_act_args(shape, device, bias, channels_last)
     if bias:
@@ -98,9 +101,11 @@ def _target(kind, shape, device, value):
     if kind == "float":
         return value
     shape = shape if kind == "tensor_same" else (1,)
-    return torch.full(shape, value, dtype=F64, device=device).add_(
-        0.05 * torch.rand(shape, dtype=F64, device=device)
-    ).requires_grad_()
+    return (
+        torch.full(shape, value, dtype=F64, device=device)
+        .add_(0.05 * torch.rand(shape, dtype=F64, device=device))
+        .requires_grad_()
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -226,7 +231,9 @@ def test_discriminator_bce_backward_op_gradcheck(device, with_target):
     if with_target:
         rt = (0.8 + 0.15 * torch.rand(5, dtype=F64, device=device)).requires_grad_()
         ft = (0.05 + 0.1 * torch.rand(3, 2, dtype=F64, device=device)).requires_grad_()
-        _check_both(lambda g, r, f, rt, ft: gl.discriminator_bce_backward(g, r, f, rt, ft, 0.0, 0.0), (grad, real, fake, rt, ft))
+        _check_both(
+            lambda g, r, f, rt, ft: gl.discriminator_bce_backward(g, r, f, rt, ft, 0.0, 0.0), (grad, real, fake, rt, ft)
+        )
     else:
         _check_both(lambda g, r, f: gl.discriminator_bce_backward(g, r, f, None, None, 0.9, 0.1), (grad, real, fake))
         dr, df = gl.discriminator_bce_backward(grad, real, fake, None, None, 0.9, 0.1)
@@ -367,13 +374,13 @@ def test_wgan_gp_critic_step_matches_plain_pytorch(device, slope):
     for (name, pf), pp in zip(fused.named_parameters(), plain.parameters()):
         # the final bias cancels out of mean(fake) - mean(real) and not in the penalty: grad 0
         assert pf.grad is not None and (pf.grad.abs().sum() > 1e-12) == (name != "out.bias"), name
-        torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     before = copy.deepcopy(fused.state_dict())
     opt_f.step()
     opt_p.step()
     for (name, pf), pp in zip(fused.named_parameters(), plain.parameters()):
         assert torch.allclose(pf, before[name], rtol=0, atol=1e-9) == (name == "out.bias"), name
-        torch.testing.assert_close(pf, pp, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(pf, pp, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_wgan_gp_penalty_term_gradient_is_second_order(device):
@@ -397,7 +404,7 @@ def test_wgan_gp_penalty_term_gradient_is_second_order(device):
                 assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
             continue
         assert pf.grad is not None and pf.grad.abs().sum() > 0, name
-        torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(pf.grad, pp.grad, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # --- the loss-and-gradient ops the autograd kernels run in the forward ----------------------------

@@ -37,7 +37,15 @@ def _bce(grad, dtype=F32):
 
 
 def _discriminator(grad, dtype=F32):
-    return gl.discriminator_bce_backward, (grad, torch.randn(4, dtype=dtype), torch.randn(3, dtype=dtype), None, None, 0.9, 0.0)
+    return gl.discriminator_bce_backward, (
+        grad,
+        torch.randn(4, dtype=dtype),
+        torch.randn(3, dtype=dtype),
+        None,
+        None,
+        0.9,
+        0.0,
+    )
 
 
 def _penalty(grad, dtype=F32):
@@ -87,13 +95,17 @@ def test_a_one_element_grad_of_any_shape_scales_the_gradient(name):
     unit = op(*args)
     for grad in (torch.tensor([2.5]), torch.full((1, 1), 2.5)):
         scaled = op(grad, *args[1:])
-        for u, s in zip(unit if isinstance(unit, tuple) else (unit,), scaled if isinstance(scaled, tuple) else (scaled,)):
+        for u, s in zip(
+            unit if isinstance(unit, tuple) else (unit,), scaled if isinstance(scaled, tuple) else (scaled,)
+        ):
             assert u.abs().max() > 0
             torch.testing.assert_close(s, 2.5 * u, rtol=1e-6, atol=0)
 
 
 def test_the_and_grad_ops_report_their_own_names():
-    _raises_one_line(lambda: gl.bce_loss_and_grad(torch.empty(0), None, 1.0, 1.0), r"bce_loss_and_grad: logits is empty")
+    _raises_one_line(
+        lambda: gl.bce_loss_and_grad(torch.empty(0), None, 1.0, 1.0), r"bce_loss_and_grad: logits is empty"
+    )
     _raises_one_line(
         lambda: gl.discriminator_bce_and_grad(torch.randn(3), torch.randn(3, dtype=F64), None, None, 1.0, 0.0),
         r"discriminator_bce_and_grad: fake_logits is torch.float64 but real_logits is torch.float32",
@@ -122,7 +134,9 @@ def _reference_grad(g: torch.Tensor, target: float, upstream: float) -> torch.Te
 def _assert_like_reference(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
     assert torch.equal(got.isnan(), want.isnan()), f"NaN where the reference has none or vice versa:\n{got}\n{want}"
     finite = ~want.isnan()
-    torch.testing.assert_close(got[finite].double(), want[finite], rtol=rtol, atol=rtol * want[finite].abs().max().item())
+    torch.testing.assert_close(
+        got[finite].double(), want[finite], rtol=rtol, atol=rtol * want[finite].abs().max().item()
+    )
 
 
 RTOL = {F64: 1e-12, F32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

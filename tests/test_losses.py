@@ -68,7 +68,9 @@ def test_label_smoothing_changes_the_value_as_expected():
     critic = lambda t: critic_scores["real"] if t.sum() == 0 else critic_scores["fake"]  # noqa: E731
     loss, _ = NonSaturatingLoss(label_smoothing=0.2).discriminator_loss(critic, real, fake)
     s = 0.2
-    expected = (1 - s) * F.softplus(torch.tensor(-2.0)) + s * F.softplus(torch.tensor(2.0)) + F.softplus(torch.tensor(-3.0))
+    expected = (
+        (1 - s) * F.softplus(torch.tensor(-2.0)) + s * F.softplus(torch.tensor(2.0)) + F.softplus(torch.tensor(-3.0))
+    )
     torch.testing.assert_close(loss, expected)
 
 
@@ -317,8 +319,13 @@ def test_option_validation(make, words):
 
 def test_every_builtin_loss_spec_builds_with_its_defaults():
     specs = {spec.name: spec for spec in ganplug_losses()}
-    expected = {"bce": NonSaturatingLoss, "minimax": MinimaxLoss, "wasserstein": WassersteinLoss, "hinge": HingeLoss,
-                "relativistic": RelativisticLoss}
+    expected = {
+        "bce": NonSaturatingLoss,
+        "minimax": MinimaxLoss,
+        "wasserstein": WassersteinLoss,
+        "hinge": HingeLoss,
+        "relativistic": RelativisticLoss,
+    }
     assert set(specs) == set(expected)
     for name, spec in specs.items():
         loss_fn = spec.load()(**spec.resolve_options({}))

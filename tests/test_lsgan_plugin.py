@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +29,19 @@ def lsgan_site(tmp_path_factory) -> Path:
     )
     target = work / "site"
     command = [
-        sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-        "--disable-pip-version-check", "--no-input", "--quiet", "--target", str(target), str(source),
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        "--target",
+        str(target),
+        str(source),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     if done.returncode != 0:
@@ -114,7 +124,13 @@ def test_load_plugins_empty_means_builtins_only(lsgan_site, tmp_path):
     plugins = plugins_json(lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="")
     assert plugins["lsgan"]["status"] == "disabled"
     assert [name for name, info in plugins.items() if info["status"] == "ok"] == ["ganplug"]
-    assert names("losses", lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="") == {"bce", "minimax", "wasserstein", "hinge", "relativistic"}
+    assert names("losses", lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="") == {
+        "bce",
+        "minimax",
+        "wasserstein",
+        "hinge",
+        "relativistic",
+    }
     loaded = plugins_json(lsgan_site, tmp_path, GANPLUG_LOAD_PLUGINS="lsgan")
     assert loaded["lsgan"]["status"] == "ok"
 
@@ -131,10 +147,26 @@ def _trainer_exists() -> bool:
 def test_train_with_the_plugin(lsgan_site, tmp_path):
     run = tmp_path / "run"
     done = ganplug(
-        "train", "--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
-        "--loss", "least-squares", "--dataset", "swissroll",
-        "--steps", "3", "--batch-size", "16", "--out", str(run), "--quiet",
-        site=lsgan_site, cwd=tmp_path,
+        "train",
+        "--arch",
+        "mlp",
+        "--arch-opt",
+        "g_widths=16,16",
+        "--arch-opt",
+        "d_widths=16,16",
+        "--loss",
+        "least-squares",
+        "--dataset",
+        "swissroll",
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--out",
+        str(run),
+        "--quiet",
+        site=lsgan_site,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     metrics = read_metrics(run)

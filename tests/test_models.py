@@ -4,7 +4,6 @@ against plain PyTorch, DCGAN initialisation, and a WGAN-GP step (double backward
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
@@ -126,9 +125,7 @@ def test_dcgan_batch_norm_under_gradient_penalty_raises():
 # --- layer counts and shape errors --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "side, k", [(8, 1), (10, 1), (12, 1), (16, 2), (28, 2), (32, 3), (64, 4), (96, 4), (128, 5)]
-)
+@pytest.mark.parametrize("side, k", [(8, 1), (10, 1), (12, 1), (16, 2), (28, 2), (32, 3), (64, 4), (96, 4), (128, 5)])
 def test_dcgan_stage_count(side, k):
     assert dcgan.num_stages(side) == k
     g, d = dcgan.build(_ctx((1, side, side)), width=1)

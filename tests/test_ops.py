@@ -329,7 +329,10 @@ def test_bias_leaky_relu_large_maps(device, layout):
     if layout == "channels_last":
         x = _leaf(x.detach().contiguous(memory_format=torch.channels_last))
     out, _ = _bias_act_check(
-        torch.float32, [x, b], lambda x, b: ops.bias_leaky_relu(x, b, 0.2), lambda x, b: reference.bias_leaky_relu(x, b, 0.2)
+        torch.float32,
+        [x, b],
+        lambda x, b: ops.bias_leaky_relu(x, b, 0.2),
+        lambda x, b: reference.bias_leaky_relu(x, b, 0.2),
     )
     upstream = torch.randn_like(out)
     first = torch.autograd.grad(ops.bias_leaky_relu(x, b, 0.2), (x, b), upstream)
@@ -409,14 +412,17 @@ def test_generator_bce_matches_reference(device, dtype, shape, target):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", LOGIT_SHAPES, ids=str)
-@pytest.mark.parametrize("real_kind,fake_kind", [
-    ("default", "default"),
-    ("float0.9", "float0.1"),
-    ("tensor_same", "float0.0"),
-    ("float0.9", "tensor_1"),
-    ("tensor_same", "tensor_same"),
-    ("tensor_1", "tensor_same_nograd"),
-])
+@pytest.mark.parametrize(
+    "real_kind,fake_kind",
+    [
+        ("default", "default"),
+        ("float0.9", "float0.1"),
+        ("tensor_same", "float0.0"),
+        ("float0.9", "tensor_1"),
+        ("tensor_same", "tensor_same"),
+        ("tensor_1", "tensor_same_nograd"),
+    ],
+)
 def test_discriminator_bce_matches_reference(device, dtype, shape, real_kind, fake_kind):
     real = _logits(shape, dtype, device)
     fake_shape = (5,) + tuple(shape[1:])  # a different batch size from the real logits
@@ -572,9 +578,7 @@ def test_target_float_and_full_tensor_agree(device):
     torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
     torch.testing.assert_close(a, c, rtol=1e-14, atol=0)
     d = ops.discriminator_bce(x, x, 0.9, 0.1)
-    e = ops.discriminator_bce(
-        x, x, torch.full_like(x, 0.9), torch.tensor([0.1], dtype=torch.float64, device=device)
-    )
+    e = ops.discriminator_bce(x, x, torch.full_like(x, 0.9), torch.tensor([0.1], dtype=torch.float64, device=device))
     torch.testing.assert_close(d, e, rtol=1e-14, atol=0)
 
 
@@ -703,7 +707,7 @@ def test_fused_conv_matches_conv_and_leaky_relu(device, slope, channels_last):
     got = torch.autograd.grad(out, (x, fused.weight, fused.bias), g)
     want = torch.autograd.grad(expected, (x, conv.weight, conv.bias), g)
     for a, b, name in zip(got, want, ["input", "weight", "bias"]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     fused.load_state_dict(conv.state_dict())  # and back
 
 

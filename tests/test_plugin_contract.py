@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_metrics, run_main
+from test_faults import TINY, install, use_plugins
 
 import ganplug.plugin
-from conftest import read_metrics, run_main
 from ganplug.metrics import current_form, score_generator, takes_labels, uses_old_form
 from ganplug.plugin import API_VERSION, DataContext, MetricContext, MetricSpec, PluginAPIWarning
-from test_faults import TINY, install, use_plugins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -223,8 +223,11 @@ def test_a_plugin_of_api_1_passes_the_test_kit_with_a_warning_naming_it(api1):
         warnings.simplefilter("always", PluginAPIWarning)
         registers = ganplug.testing.check_plugin(api1)
     assert registers == {
-        "architecture": ["old-mlp"], "loss": ["old-ls", "duck"], "dataset": ["old-points"],
-        "metric": ["energy", "labelled", "spread"], "logger": ["old-rows"],
+        "architecture": ["old-mlp"],
+        "loss": ["old-ls", "duck"],
+        "dataset": ["old-points"],
+        "metric": ["energy", "labelled", "spread"],
+        "logger": ["old-rows"],
     }
     messages = old_form_warnings(caught)
     assert messages == [
@@ -233,7 +236,10 @@ def test_a_plugin_of_api_1_passes_the_test_kit_with_a_warning_naming_it(api1):
         for name in ("energy", "labelled", "spread")
     ]
     where = next(w for w in caught if "'energy'" in str(w.message))
-    assert (Path(where.filename).name, where.lineno) == ("__init__.py", API1_PLUGIN.count("\n", 0, API1_PLUGIN.index("def score(samples, *, dataset, dataset_options):")) + 1)
+    assert (Path(where.filename).name, where.lineno) == (
+        "__init__.py",
+        API1_PLUGIN.count("\n", 0, API1_PLUGIN.index("def score(samples, *, dataset, dataset_options):")) + 1,
+    )
 
 
 def test_the_old_form_energy_metric_scores_as_its_new_form_twin(api1):
@@ -276,16 +282,32 @@ def test_a_plugin_of_api_1_trains_evaluates_and_logs(api1, tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginAPIWarning)
         code, _, err = run_main(
-            capsys, "train", *args, "--loss", "old-ls", "--steps", "4", "--eval-every", "2", "--logger", "old-rows",
-            "--out", str(run_dir),
+            capsys,
+            "train",
+            *args,
+            "--loss",
+            "old-ls",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--logger",
+            "old-rows",
+            "--out",
+            str(run_dir),
         )
     assert code == 0, err
-    assert sorted(old_form_warnings(caught)) == sorted([
-        *(f"{ORIGIN}: metric {name!r} uses the old call form metric(samples, *, dataset, dataset_options); {NEW_FORM} "
-          "the old form keeps working at least until API 4)" for name in ("energy", "labelled")),
-        f"{ORIGIN}: loss 'old-ls' uses the old call form (a LossSpec without recipe: the loss is built to read it); "
-        "write LossSpec(recipe=...) (ganplug plugin API 4; the old form keeps working at least until API 6)",
-    ])  # once each: the metrics are built once per run, the loss's recipe read once
+    assert sorted(old_form_warnings(caught)) == sorted(
+        [
+            *(
+                f"{ORIGIN}: metric {name!r} uses the old call form metric(samples, *, dataset, dataset_options); {NEW_FORM} "
+                "the old form keeps working at least until API 4)"
+                for name in ("energy", "labelled")
+            ),
+            f"{ORIGIN}: loss 'old-ls' uses the old call form (a LossSpec without recipe: the loss is built to read it); "
+            "write LossSpec(recipe=...) (ganplug plugin API 4; the old form keeps working at least until API 6)",
+        ]
+    )  # once each: the metrics are built once per run, the loss's recipe read once
     records = read_metrics(run_dir)
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
@@ -295,7 +317,10 @@ def test_a_plugin_of_api_1_trains_evaluates_and_logs(api1, tmp_path, capsys):
         assert record["eval"]["labelled"] == {"labelled": 0.0}
     rows = (run_dir / "old-rows.csv").read_text().splitlines()
     d_losses = {r["step"]: r["d_loss"] for r in records if "d_loss" in r}
-    assert [row for row in rows if row.startswith("eval")] == ["eval,2,energy+energy-new+labelled+modes", "eval,4,energy+energy-new+labelled+modes"]
+    assert [row for row in rows if row.startswith("eval")] == [
+        "eval,2,energy+energy-new+labelled+modes",
+        "eval,4,energy+energy-new+labelled+modes",
+    ]
     assert {int(s): float(v) for s, v in (row.split(",") for row in rows if not row.startswith("eval"))} == d_losses
     assert sorted(d_losses) == [1, 2, 3, 4]
 
@@ -318,17 +343,38 @@ def test_a_cli_user_sees_the_warning_by_default(api1, tmp_path, capsys):
     code, _, err = run_main(capsys, "train", *TINY, "--loss", "bce", "--steps", "1", "--out", str(run_dir))
     assert code == 0, err
     site = str(tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("PYTHONWARNINGS", None)
     done = subprocess.run(
-        [sys.executable, "-m", "ganplug", "eval", "--checkpoint", str(run_dir), "--metric", "energy", "--metric",
-         "labelled", "--num-samples", "64"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "ganplug",
+            "eval",
+            "--checkpoint",
+            str(run_dir),
+            "--metric",
+            "energy",
+            "--metric",
+            "labelled",
+            "--num-samples",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     shown = [line for line in done.stderr.splitlines() if "PluginAPIWarning" in line]
     assert len(shown) == 2, done.stderr
-    assert all(ORIGIN in line and "old call form metric(samples, *, dataset, dataset_options)" in line for line in shown)
+    assert all(
+        ORIGIN in line and "old call form metric(samples, *, dataset, dataset_options)" in line for line in shown
+    )
     assert "energy" in done.stdout and "labelled" in done.stdout
 
 
@@ -346,7 +392,9 @@ def test_an_old_form_metric_gets_the_labels_of_a_conditional_run(api1):
             return z[:, :2] * 0 + y[:, None].float()
 
     context = MetricContext("ring8")
-    scores = score_generator(Shift(), [(spec, metric, 6)], latent_dim=2, latent="normal", context=context, num_classes=3)
+    scores = score_generator(
+        Shift(), [(spec, metric, 6)], latent_dim=2, latent="normal", context=context, num_classes=3
+    )
     assert scores == {"labelled": {"labelled": 1.0, "mean_label": 1.0, "first": 0.0}}  # labels 0, 1, 2, 0, 1, 2
 
 
@@ -367,8 +415,16 @@ class _OldObject:
 
 @pytest.mark.parametrize(
     "metric, old",
-    [(_new, False), (_new_labels, False), (_old, True), (_old_positional_names, True), (_old_kwargs, True),
-     (_varargs, False), (_OldObject(), True), (len, False)],
+    [
+        (_new, False),
+        (_new_labels, False),
+        (_old, True),
+        (_old_positional_names, True),
+        (_old_kwargs, True),
+        (_varargs, False),
+        (_OldObject(), True),
+        (len, False),
+    ],
 )
 def test_the_call_form_is_read_from_the_signature(metric, old):
     assert uses_old_form(metric) is old
@@ -408,10 +464,31 @@ def test_the_plugin_module_holds_every_public_type_and_stays_torch_free():
     assert ganplug.losses.GANLoss is ganplug.plugin.GANLoss
     assert ganplug.losses.Critic is ganplug.plugin.Critic
     expected = {
-        "hookimpl", "ArchitectureSpec", "LossSpec", "DatasetSpec", "MetricSpec", "LoggerSpec", "Option", "ModelContext",
-        "DataContext", "MetricContext", "Recipe", "GANLoss", "Critic", "Metric", "Logger", "RealData", "GanplugError",
-        "MetricUnavailable", "API_VERSION", "OLD_FORMS_KEPT", "PluginAPIWarning", "DEFAULT_METRIC_SAMPLES",
-        "AugmentationSpec", "AugmentContext", "Augmentation",
+        "hookimpl",
+        "ArchitectureSpec",
+        "LossSpec",
+        "DatasetSpec",
+        "MetricSpec",
+        "LoggerSpec",
+        "Option",
+        "ModelContext",
+        "DataContext",
+        "MetricContext",
+        "Recipe",
+        "GANLoss",
+        "Critic",
+        "Metric",
+        "Logger",
+        "RealData",
+        "GanplugError",
+        "MetricUnavailable",
+        "API_VERSION",
+        "OLD_FORMS_KEPT",
+        "PluginAPIWarning",
+        "DEFAULT_METRIC_SAMPLES",
+        "AugmentationSpec",
+        "AugmentContext",
+        "Augmentation",
     }
     assert set(ganplug.plugin.__all__) == expected
     assert int(done.stdout) == len(expected)
@@ -419,7 +496,7 @@ def test_the_plugin_module_holds_every_public_type_and_stays_torch_free():
 
 def test_the_docs_name_every_public_type_and_every_api_version():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    table = docs[docs.index("importable from one module, `ganplug.plugin`"):docs.index("Helpers that need torch")]
+    table = docs[docs.index("importable from one module, `ganplug.plugin`") : docs.index("Helpers that need torch")]
     missing = [name for name in ganplug.plugin.__all__ if f"`{name}`" not in table and name != "OLD_FORMS_KEPT"]
     assert not missing, f"docs/plugins.md's table of ganplug.plugin lacks {missing}"
     assert "`OLD_FORMS_KEPT` (2)" in docs and ganplug.plugin.OLD_FORMS_KEPT == 2
@@ -434,7 +511,9 @@ def test_old_import_paths_and_positional_specs_keep_working():
 
     spec = DatasetSpec("p", "s", "m:f", (Option("scale", float, 1.0),), ("alias",), None, "uniform")
     assert (spec.value_range, spec.latent, spec.aliases, spec.num_classes) == (None, "uniform", ("alias",), 0)
-    assert ModelContext((2,), 4, False, False) == ModelContext(data_shape=(2,), latent_dim=4, bounded=False, critic_batchnorm=False, num_classes=0)
+    assert ModelContext((2,), 4, False, False) == ModelContext(
+        data_shape=(2,), latent_dim=4, bounded=False, critic_batchnorm=False, num_classes=0
+    )
     assert DataContext(3).seed == 3
 
 
@@ -550,7 +629,9 @@ def test_the_test_kit_catches_the_same_three_faults(faulty):
     registry = get_registry()
     with pytest.raises(AssertionError, match=r"loss 'dict-loss': the factory returned a dict without"):
         ganplug.testing.check_loss(registry.resolve("loss", "dict-loss"))
-    with pytest.raises(AssertionError, match=r"loss 'none-loss': generator_loss\(\) must return \(loss, stats\), got None"):
+    with pytest.raises(
+        AssertionError, match=r"loss 'none-loss': generator_loss\(\) must return \(loss, stats\), got None"
+    ):
         ganplug.testing.check_loss(registry.resolve("loss", "none-loss"))
     with pytest.raises(AssertionError, match=r"dataset 'ragged': item 9 has shape \(3,\) but item 0 has \(2,\)"):
         ganplug.testing.check_dataset(registry.resolve("dataset", "ragged"))

@@ -49,8 +49,26 @@ def test_builtins_register_through_the_hooks():
     assert builtin.registers == {
         "architecture": ["mlp", "dcgan"],
         "loss": ["bce", "minimax", "wasserstein", "hinge", "relativistic"],
-        "dataset": ["gaussian", "ring8", "grid25", "digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "image-folder"],
-        "metric": ["modes", "gaussian-fit", "digits-quality", "mnist-quality", "classifier-score", "inception", "inception-score"],
+        "dataset": [
+            "gaussian",
+            "ring8",
+            "grid25",
+            "digits",
+            "mnist5k",
+            "mnist",
+            "fashion-mnist",
+            "cifar10",
+            "image-folder",
+        ],
+        "metric": [
+            "modes",
+            "gaussian-fit",
+            "digits-quality",
+            "mnist-quality",
+            "classifier-score",
+            "inception",
+            "inception-score",
+        ],
         "logger": ["tensorboard"],
         "augmentation": ["diffaugment"],
     }
@@ -142,7 +160,11 @@ def test_a_plugin_shadowing_a_builtin_wins_with_a_warning(capsys):
 @pytest.mark.parametrize(
     "kind, name, message",
     [
-        ("loss", "wasserstien", "unknown loss 'wasserstien'. Did you mean 'wasserstein'? See the choices with: ganplug list losses"),
+        (
+            "loss",
+            "wasserstien",
+            "unknown loss 'wasserstien'. Did you mean 'wasserstein'? See the choices with: ganplug list losses",
+        ),
         ("architecture", "dcgna", "Did you mean 'dcgan'?"),
         ("dataset", "ring9", "Did you mean 'ring8'?"),
         ("loss", "ganplug:hinj", "Did you mean 'ganplug:hinge'"),
@@ -180,6 +202,7 @@ def test_a_name_of_a_plugin_that_failed_to_load_says_so_instead_of_a_near_miss(c
 
 def test_debug_plugins_shows_the_traceback_of_an_import_error(tmp_path, monkeypatch, capsys):
     from conftest import run_main
+
     from ganplug import registry as registry_module
 
     (tmp_path / "importfails.py").write_text("import math\n\nraise ImportError('needs torchvision>=9')\n")

@@ -45,9 +45,18 @@ def test_the_logger_passes_ganplugs_checks(with_plugin, tmp_path):
 
 def test_a_run_logs_every_metrics_line_and_a_resume_drops_the_discarded_rows(with_plugin, tmp_path):
     config = TrainConfig(
-        arch="mlp", loss="least-squares", dataset="swissroll", arch_options={"g_widths": "16", "d_widths": "16"},
-        data_options={"size": 256}, steps=4, batch_size=16, log_every=1, sample_every=0, checkpoint_every=2,
-        device="cpu", loggers=["csv"],
+        arch="mlp",
+        loss="least-squares",
+        dataset="swissroll",
+        arch_options={"g_widths": "16", "d_widths": "16"},
+        data_options={"size": 256},
+        steps=4,
+        batch_size=16,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=2,
+        device="cpu",
+        loggers=["csv"],
     )
     run_dir = tmp_path / "run"
     train(config, run_dir, quiet=True, stream=io.StringIO())
@@ -55,8 +64,14 @@ def test_a_run_logs_every_metrics_line_and_a_resume_drops_the_discarded_rows(wit
     assert [int(row["step"]) for row in written] == [1, 2, 3, 4]
     assert [float(row["g_loss"]) for row in written] == pytest.approx([m["g_loss"] for m in metrics(run_dir)])
 
-    train(config, run_dir, resume_from=run_dir / "checkpoints" / "step_000002.pt", discard_newer=True,
-          quiet=True, stream=io.StringIO())
+    train(
+        config,
+        run_dir,
+        resume_from=run_dir / "checkpoints" / "step_000002.pt",
+        discard_newer=True,
+        quiet=True,
+        stream=io.StringIO(),
+    )
     written = rows(run_dir / "metrics.csv")
     assert [int(row["step"]) for row in written] == [1, 2, 3, 4]
     assert [float(row["d_loss"]) for row in written] == pytest.approx([m["d_loss"] for m in metrics(run_dir)])
