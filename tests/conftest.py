@@ -144,9 +144,19 @@ def tiny_config(steps: int, **knobs):
     from ganplug.train import TrainConfig
 
     values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "16,16", "d_widths": "16,16"},
-        data_options={"size": 256}, steps=steps, batch_size=16, log_every=1, sample_every=0,
-        checkpoint_every=0, num_samples=4, device="cpu", seed=3,
+        arch="mlp",
+        loss="bce",
+        dataset="ring8",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        data_options={"size": 256},
+        steps=steps,
+        batch_size=16,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=0,
+        num_samples=4,
+        device="cpu",
+        seed=3,
     )
     values.update(knobs)
     return TrainConfig(**values)
@@ -157,7 +167,9 @@ def assert_same_run(reference, run_dir, steps: int) -> None:
     states, bit for bit (``latest.pt``), and the same losses per step (metrics.jsonl)."""
     from pathlib import Path
 
-    load = lambda d: torch.load(Path(d) / "checkpoints" / "latest.pt", weights_only=True)
+    def load(run):
+        return torch.load(Path(run) / "checkpoints" / "latest.pt", weights_only=True)
+
     ours, theirs = load(run_dir), load(reference)
     assert ours["step"] == theirs["step"] == steps
     for key in ("generator", "discriminator"):
@@ -167,7 +179,10 @@ def assert_same_run(reference, run_dir, steps: int) -> None:
         for index, state in theirs[key]["state"].items():
             for name, tensor in state.items():
                 assert torch.equal(ours[key]["state"][index][name], tensor), f"{key}.{index}.{name}"
-    losses = lambda d: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(d) if "eval" not in r]
+
+    def losses(run):
+        return [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run) if "eval" not in r]
+
     assert losses(run_dir) == losses(reference)
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import assert_same, quiet_train, read_metrics, run_main, tiny_config
+from conftest import assert_same, quiet_train, read_metrics, run_main
 
 from ganplug.errors import PluginError, UsageError
 from ganplug.plugin import AugmentationSpec, hookimpl
 from ganplug.registry import Registry
-from ganplug.train import TrainConfig, train
+from ganplug.train import TrainConfig
 from ganplug.train.augment import AugmentedCritic, AugmentProbability
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train.config import resolve
@@ -21,8 +19,18 @@ from ganplug.train.config import resolve
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIGITS = dict(
-    arch="dcgan", dataset="digits", arch_options={"width": 8}, data_options={"image_size": 16}, batch_size=16,
-    log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=5, augment=["diffaugment"],
+    arch="dcgan",
+    dataset="digits",
+    arch_options={"width": 8},
+    data_options={"image_size": 16},
+    batch_size=16,
+    log_every=1,
+    sample_every=0,
+    checkpoint_every=0,
+    num_samples=4,
+    device="cpu",
+    seed=5,
+    augment=["diffaugment"],
 )
 
 
@@ -117,10 +125,13 @@ def _use(monkeypatch, *specs):
     return reg
 
 
-@pytest.mark.parametrize("loss, extra", [
-    ("bce", {"augment_p": "auto", "augment_interval": 1, "augment_ramp": 64, "augment_target": 0.0}),
-    ("wasserstein", {"augment_p": 0.5, "pack": 2, "n_critic": 2, "ema": 0.9}),  # the penalty through T
-])
+@pytest.mark.parametrize(
+    "loss, extra",
+    [
+        ("bce", {"augment_p": "auto", "augment_interval": 1, "augment_ramp": 64, "augment_target": 0.0}),
+        ("wasserstein", {"augment_p": 0.5, "pack": 2, "n_critic": 2, "ema": 0.9}),  # the penalty through T
+    ],
+)
 def test_augmented_training_resumes_bit_for_bit_with_its_p(tmp_path, loss, extra):
     steps = 6
     config = lambda n: TrainConfig(**DIGITS, loss=loss, steps=n, **extra)  # noqa: E731
@@ -154,15 +165,21 @@ def test_augmented_training_resumes_bit_for_bit_with_its_p(tmp_path, loss, extra
 
 def test_config_toml_and_provenance_record_the_augmentation(tmp_path):
     run_dir = tmp_path / "run"
-    quiet_train(TrainConfig(**DIGITS, loss="bce", steps=1, augment_options={"diffaugment": {"policy": "cutout"}}), run_dir)
+    quiet_train(
+        TrainConfig(**DIGITS, loss="bce", steps=1, augment_options={"diffaugment": {"policy": "cutout"}}), run_dir
+    )
     text = (run_dir / "config.toml").read_text()
     assert "# augmentation 'diffaugment': plugin 'ganplug'" in text
     assert 'augment = ["diffaugment"]' in text and 'policy = "cutout"' in text and "augment_p = 1.0" in text
     state = load_checkpoint(find_checkpoint(run_dir))
     assert state["provenance"]["augmentation"]["name"] == "diffaugment"
-    assert state["config"]["augment_options"] == {"diffaugment": {"policy": "cutout", "translation": 0.125, "cutout": 0.5}}
+    assert state["config"]["augment_options"] == {
+        "diffaugment": {"policy": "cutout", "translation": 0.125, "cutout": 0.5}
+    }
     # the file repeats the run
-    code, _, err = run_main_in(tmp_path, "train", "--config", str(run_dir / "config.toml"), "--out", str(tmp_path / "again"))
+    code, _, err = run_main_in(
+        tmp_path, "train", "--config", str(run_dir / "config.toml"), "--out", str(tmp_path / "again")
+    )
     assert code == 0, err
     again = load_checkpoint(find_checkpoint(tmp_path / "again"))
     assert_same(state["discriminator"], again["discriminator"], "discriminator")
@@ -170,7 +187,6 @@ def test_config_toml_and_provenance_record_the_augmentation(tmp_path):
 
 def run_main_in(tmp_path, *args):
     import contextlib
-    import sys
 
     from ganplug.cli import main
 
@@ -187,7 +203,9 @@ def test_resolve_checks_the_augmentation_knobs():
     base = dict(arch="dcgan", loss="bce", dataset="digits")
     with pytest.raises(UsageError, match="--augment names diffaugment more than once"):
         resolve(TrainConfig(**base, augment=["diffaugment", "diffaugment"]))
-    with pytest.raises(UsageError, match="augment_options names 'flip', which is no augmentation of this run: add --augment flip"):
+    with pytest.raises(
+        UsageError, match="augment_options names 'flip', which is no augmentation of this run: add --augment flip"
+    ):
         resolve(TrainConfig(**base, augment=["diffaugment"], augment_options={"flip": {}}))
     with pytest.raises(UsageError, match=r"--augment-p auto applies to an augmented run: add --augment NAME"):
         resolve(TrainConfig(**base, augment_p="auto"))
@@ -199,12 +217,27 @@ def test_resolve_checks_the_augmentation_knobs():
         resolve(TrainConfig(**base, augment=["difaugment"]))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--augment-opt", "policy=color"], "--augment-opt expects NAME.KEY=VALUE, e.g. diffaugment.policy=color,cutout, got 'policy=color'"),
-    (["--augment", "diffaugment", "--augment-p", "often"], "--augment-p expects a probability in [0, 1] or auto, got 'often'"),
-    (["--augment", "diffaugment", "--augment-opt", "diffaugment.policy=blur"], "option policy: expected a comma-separated subset"),
-    (["--augment", "diffaugment", "--dataset", "ring8", "--arch", "mlp"], "augmentation 'diffaugment' needs images (C, H, W); this run's samples have shape (2,)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--augment-opt", "policy=color"],
+            "--augment-opt expects NAME.KEY=VALUE, e.g. diffaugment.policy=color,cutout, got 'policy=color'",
+        ),
+        (
+            ["--augment", "diffaugment", "--augment-p", "often"],
+            "--augment-p expects a probability in [0, 1] or auto, got 'often'",
+        ),
+        (
+            ["--augment", "diffaugment", "--augment-opt", "diffaugment.policy=blur"],
+            "option policy: expected a comma-separated subset",
+        ),
+        (
+            ["--augment", "diffaugment", "--dataset", "ring8", "--arch", "mlp"],
+            "augmentation 'diffaugment' needs images (C, H, W); this run's samples have shape (2,)",
+        ),
+    ],
+)
 def test_cli_mistakes_are_one_line_exit_2(capsys, tmp_path, args, message):
     code, _, err = run_main(capsys, "train", "--steps", "1", "--out", str(tmp_path / "r"), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
@@ -215,10 +248,37 @@ def test_cli_trains_with_augment_options_and_lists_them(capsys, tmp_path):
     assert code == 0 and out.splitlines()[0] == "diffaugment"
     run_dir = tmp_path / "r"
     code, _, err = run_main(
-        capsys, "train", "--arch", "dcgan", "--loss", "hinge", "--dataset", "digits", "--arch-opt", "width=8",
-        "--batch-size", "16", "--steps", "2", "--log-every", "1", "--sample-every", "0", "--out", str(run_dir), "-q",
-        "--augment", "diffaugment", "--augment-opt", "diffaugment.policy=translation", "--augment-opt",
-        "diffaugment.translation=0.25", "--augment-p", "auto", "--augment-target", "0.5",
+        capsys,
+        "train",
+        "--arch",
+        "dcgan",
+        "--loss",
+        "hinge",
+        "--dataset",
+        "digits",
+        "--arch-opt",
+        "width=8",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run_dir),
+        "-q",
+        "--augment",
+        "diffaugment",
+        "--augment-opt",
+        "diffaugment.policy=translation",
+        "--augment-opt",
+        "diffaugment.translation=0.25",
+        "--augment-p",
+        "auto",
+        "--augment-target",
+        "0.5",
     )
     assert code == 0, err
     config = stored_config(load_checkpoint(find_checkpoint(run_dir)))
@@ -226,13 +286,25 @@ def test_cli_trains_with_augment_options_and_lists_them(capsys, tmp_path):
     assert (config.augment_p, config.augment_target) == ("auto", 0.5)
     assert [r["augment_p"] for r in read_metrics(run_dir)] == [0.0, 0.0]  # 2 updates < the interval of 4
     # a resume may not change what shapes the run
-    code, _, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "3",
-                            "--augment-opt", "diffaugment.translation=0.5")
+    code, _, err = run_main(
+        capsys, "train", "--resume", str(run_dir), "--steps", "3", "--augment-opt", "diffaugment.translation=0.5"
+    )
     assert code == 2 and "--augment-opt diffaugment.translation cannot change when resuming (the run has 0.25" in err
     code, _, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "3", "--augment-p", "0.3")
     assert code == 2 and "--augment-p cannot change when resuming (the run has 'auto', you asked for 0.3)" in err
-    code, _, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "3", "--augment-p", "auto", "-q",
-                            "--augment-opt", "diffaugment.translation=0.25")
+    code, _, err = run_main(
+        capsys,
+        "train",
+        "--resume",
+        str(run_dir),
+        "--steps",
+        "3",
+        "--augment-p",
+        "auto",
+        "-q",
+        "--augment-opt",
+        "diffaugment.translation=0.25",
+    )
     assert code == 0, err
 
 
@@ -251,8 +323,27 @@ def test_a_raising_plugin_augmentation_ends_the_run_naming_it_with_the_step_befo
     _use(monkeypatch, AugmentationSpec("boom", "raises in step 2", boom))
     run_dir = tmp_path / "r"
     code, _, err = run_main(
-        capsys, "train", "--arch", "dcgan", "--loss", "bce", "--dataset", "digits", "--arch-opt", "width=8",
-        "--batch-size", "16", "--steps", "3", "--sample-every", "0", "--out", str(run_dir), "-q", "--augment", "boom",
+        capsys,
+        "train",
+        "--arch",
+        "dcgan",
+        "--loss",
+        "bce",
+        "--dataset",
+        "digits",
+        "--arch-opt",
+        "width=8",
+        "--batch-size",
+        "16",
+        "--steps",
+        "3",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run_dir),
+        "-q",
+        "--augment",
+        "boom",
     )
     assert code == 1
     assert err.strip().splitlines()[-1] == (
@@ -265,8 +356,11 @@ def test_a_raising_plugin_augmentation_ends_the_run_naming_it_with_the_step_befo
 
 def test_a_plugin_augmentation_changing_the_shape_is_named(tmp_path, monkeypatch):
     _use(monkeypatch, AugmentationSpec("crop", "drops a row", lambda ctx: lambda x, p: x[..., 1:, :]))
-    with pytest.raises(PluginError, match=r"augmentation 'crop' of plugin 'augs' returned \(16, 1, 15, 16\) torch.float32 "
-                       r"for a batch \(16, 1, 16, 16\) torch.float32: it must keep the shape and dtype"):
+    with pytest.raises(
+        PluginError,
+        match=r"augmentation 'crop' of plugin 'augs' returned \(16, 1, 15, 16\) torch.float32 "
+        r"for a batch \(16, 1, 16, 16\) torch.float32: it must keep the shape and dtype",
+    ):
         quiet_train(TrainConfig(**{**DIGITS, "augment": ["crop"]}, loss="bce", steps=1), tmp_path / "r")
 
 
@@ -286,6 +380,10 @@ def test_adaptive_p_with_a_loss_that_never_scores_the_real_batch_is_a_usage_erro
         def ganplug_losses():
             return [LossSpec("cloning", "scores a copy of the real batch", Detached)]
 
-    monkeypatch.setattr(registry_module, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("c", Plugin())], report=False))
-    with pytest.raises(UsageError, match="--augment-p auto needs the critic's scores of the real batch, and loss 'cloning' does not"):
+    monkeypatch.setattr(
+        registry_module, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("c", Plugin())], report=False)
+    )
+    with pytest.raises(
+        UsageError, match="--augment-p auto needs the critic's scores of the real batch, and loss 'cloning' does not"
+    ):
         quiet_train(TrainConfig(**DIGITS, loss="cloning", steps=1, augment_p="auto"), tmp_path / "r")

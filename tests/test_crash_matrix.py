@@ -20,16 +20,37 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_run
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 STEPS, EVERY = 30, 5  # checkpoints at steps 5, 10, ..., 30; pruning from the 4th (step 20) on
 ARGS = [
-    "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
-    "--arch-opt", "d_widths=16,16", "--data-opt", "size=256", "--batch-size", "16", "--steps", str(STEPS),
-    "--log-every", "1", "--sample-every", "10", "--checkpoint-every", str(EVERY), "--device", "cpu", "-q",
+    "--arch",
+    "mlp",
+    "--loss",
+    "bce",
+    "--dataset",
+    "ring8",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--steps",
+    str(STEPS),
+    "--log-every",
+    "1",
+    "--sample-every",
+    "10",
+    "--checkpoint-every",
+    str(EVERY),
+    "--device",
+    "cpu",
+    "-q",
 ]
 
 RANDOM_STEPS = [random.Random(seed).randint(1, STEPS - 1) for seed in (0, 1, 2)]
@@ -68,7 +89,9 @@ def environment(**faults: str) -> dict[str, str]:
 
 def ganplug(*args: str, crash: str | None = None) -> subprocess.CompletedProcess:
     env = environment(GANPLUG_FAULT=crash) if crash else environment()
-    return subprocess.run([sys.executable, "-m", "ganplug", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ganplug", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +148,8 @@ def test_a_step_file_that_does_not_load_is_skipped_with_one_line_naming_it(refer
     done = ganplug("train", "--resume", str(run_dir))
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and re.search(rf"skipping {re.escape(str(damaged))}: .*truncated", warnings[0]), done.stderr
+    assert len(warnings) == 1 and re.search(rf"skipping {re.escape(str(damaged))}: .*truncated", warnings[0]), (
+        done.stderr
+    )
     assert f"resuming {run_dir} at step 15 of {STEPS}" in done.stderr
     assert_same_as(reference, run_dir)

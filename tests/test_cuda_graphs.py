@@ -20,50 +20,80 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import assert_same, quiet_train, read_metrics
 
 from ganplug import ops
 from ganplug.errors import GanplugError
 from ganplug.losses import NonSaturatingLoss, WassersteinLoss
 from ganplug.registry import origin_of
-from ganplug.train import TrainConfig
+from ganplug.train import TrainConfig, graphs
 from ganplug.train.build import build_run
-from ganplug.train.config import resolve
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
-from ganplug.train import graphs
+from ganplug.train.config import resolve
 from ganplug.train.graphs import SYNC_ERROR, CaptureFailed, CudaGraphStep, DropoutSeeds, capture_problem
 from ganplug.train.guard import StepGuard
-from ganplug.train.sums import Sums
 from ganplug.train.step import AdversarialStep, StepOutputs
+from ganplug.train.sums import Sums
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_MLP = {"g_widths": "16,16", "d_widths": "16,16"}  # D keeps mlp's dropout (0.3): the seeded dropout is used
 CONFIGS = {
     "mlp-wgan-gp-n2-ring8": dict(
-        arch="mlp", loss="wasserstein", dataset="ring8", arch_options=SMALL_MLP, data_options={"size": 200},
-        n_critic=2, ema=0.9,
+        arch="mlp",
+        loss="wasserstein",
+        dataset="ring8",
+        arch_options=SMALL_MLP,
+        data_options={"size": 200},
+        n_critic=2,
+        ema=0.9,
     ),
     "dcgan-bce-digits": dict(
-        arch="dcgan", loss="bce", dataset="digits", arch_options={"width": 8}, data_options={"image_size": 16},
-        loss_options={"label_noise": 0.1}, ema=0.9,
+        arch="dcgan",
+        loss="bce",
+        dataset="digits",
+        arch_options={"width": 8},
+        data_options={"image_size": 16},
+        loss_options={"label_noise": 0.1},
+        ema=0.9,
     ),
     "dcgan-hinge-conditional-spectral-r1-digits": dict(
-        arch="dcgan", loss="hinge", dataset="digits", conditional=True, arch_options={"width": 8, "critic_norm": "spectral"},
-        data_options={"image_size": 16}, loss_options={"r1": 1.0},
+        arch="dcgan",
+        loss="hinge",
+        dataset="digits",
+        conditional=True,
+        arch_options={"width": 8, "critic_norm": "spectral"},
+        data_options={"image_size": 16},
+        loss_options={"r1": 1.0},
     ),
     "mlp-wgan-gp-conditional-pack2-ring8": dict(
-        arch="mlp", loss="wasserstein", dataset="ring8", conditional=True, pack=2, n_critic=2, arch_options=SMALL_MLP,
-        data_options={"size": 200}, ema=0.9,
+        arch="mlp",
+        loss="wasserstein",
+        dataset="ring8",
+        conditional=True,
+        pack=2,
+        n_critic=2,
+        arch_options=SMALL_MLP,
+        data_options={"size": 200},
+        ema=0.9,
     ),
     "mlp-relativistic-r2-ring8": dict(
-        arch="mlp", loss="relativistic", dataset="ring8", arch_options=SMALL_MLP, data_options={"size": 200},
+        arch="mlp",
+        loss="relativistic",
+        dataset="ring8",
+        arch_options=SMALL_MLP,
+        data_options={"size": 200},
         loss_options={"r2": 0.5},
     ),
     "mlp-wgan-clip-rmsprop-ring8": dict(
-        arch="mlp", loss="wasserstein", dataset="ring8", arch_options=SMALL_MLP, data_options={"size": 200},
-        loss_options={"lipschitz": "clip"}, optimizer="rmsprop", n_critic=2,
+        arch="mlp",
+        loss="wasserstein",
+        dataset="ring8",
+        arch_options=SMALL_MLP,
+        data_options={"size": 200},
+        loss_options={"lipschitz": "clip"},
+        optimizer="rmsprop",
+        n_critic=2,
     ),
 }
 STEPS = 4
@@ -247,9 +277,11 @@ def test_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_line_namin
     monkeypatch.setattr(CudaGraphStep, "_record", _failing_record)
     name = "mlp-wgan-gp-n2-ring8"
     spec = build_run(resolve(config_of(name, steps=1))).loss_spec
-    line = (f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
-            "operation not permitted when stream is capturing); stopped, since a failed capture can leave this process's "
-            "CUDA RNG and memory pool unusable: train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)")
+    line = (
+        f"--cuda-graphs: capturing the step failed in loss {spec.name!r} of {origin_of(spec)} (RuntimeError: CUDA error: "
+        "operation not permitted when stream is capturing); stopped, since a failed capture can leave this process's "
+        "CUDA RNG and memory pool unusable: train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)"
+    )
     runner = CudaGraphStep(AdversarialStep(build_run(resolve(config_of(name)))), lambda text: pytest.fail(text))
     with pytest.raises(CaptureFailed) as failed:
         runner.run_step(0, Sums())
@@ -359,7 +391,11 @@ def test_changing_batch_shapes_fall_back_in_one_line(monkeypatch):
     smaller.reals = [r[:8] for r in smaller.reals]
     monkeypatch.setattr(stepper, "next_batches", lambda: smaller)
     runner.run_step(0, Sums())
-    assert len(lines) == 1 and lines[0].startswith("--cuda-graphs: the batch shapes changed") and "running the eager step" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("--cuda-graphs: the batch shapes changed")
+        and "running the eager step" in lines[0]
+    )
 
 
 # -- a replay emulated on CPU ----------------------------------------------------------------------
@@ -391,16 +427,26 @@ def _tensors(outputs: StepOutputs) -> list[torch.Tensor]:
     return found
 
 
+def _static(outputs: StepOutputs) -> StepOutputs:
+    """Copies of a step's outputs: the placeholders an emulated graph's replays overwrite."""
+
+    def clone(stats):
+        return {k: v.detach().clone() for k, v in stats.items()}
+
+    return StepOutputs(
+        [t.detach().clone() for t in outputs.d_losses],
+        [clone(d) for d in outputs.d_stats],
+        outputs.g_loss.detach().clone(),
+        clone(outputs.g_stats),
+    )
+
+
 def _emulate_capture(monkeypatch, runner: CudaGraphStep) -> None:
     """A capture records without running: here the body runs once (the runner then puts the
     state back, as after a real capture) and its outputs become the placeholders replays overwrite."""
 
     def record(body):
-        outputs = body()
-        clone = lambda d: {k: v.detach().clone() for k, v in d.items()}
-        static = StepOutputs([t.detach().clone() for t in outputs.d_losses], [clone(d) for d in outputs.d_stats],
-                             outputs.g_loss.detach().clone(), clone(outputs.g_stats))
-        return _EmulatedGraph(runner, body), static
+        return _EmulatedGraph(runner, body), _static(body())
 
     monkeypatch.setattr(runner, "_record", record)
 
@@ -463,11 +509,7 @@ def test_a_replayed_steps_check_reads_nothing_back_and_names_the_first_bad_step_
 
 
 def _emulated_record(self, body):
-    outputs = body()
-    clone = lambda d: {k: v.detach().clone() for k, v in d.items()}
-    static = StepOutputs([t.detach().clone() for t in outputs.d_losses], [clone(d) for d in outputs.d_stats],
-                         outputs.g_loss.detach().clone(), clone(outputs.g_stats))
-    return _EmulatedGraph(self, body), static
+    return _EmulatedGraph(self, body), _static(body())
 
 
 def test_a_replayed_run_that_goes_non_finite_stops_at_the_metrics_line_naming_the_step(tmp_path, monkeypatch):
@@ -488,8 +530,10 @@ def test_a_replayed_run_that_goes_non_finite_stops_at_the_metrics_line_naming_th
     run_dir = tmp_path / "run"
     with pytest.raises(GanplugError) as stopped:
         quiet_train(config_of("dcgan-bce-digits", steps=8, cuda_graphs=True, log_every=4, checkpoint_every=2), run_dir)
-    assert str(stopped.value).startswith("training diverged at step 3 (a loss is not finite): stopped without saving it; "
-                                         f"the last good checkpoint {run_dir / 'checkpoints'}")
+    assert str(stopped.value).startswith(
+        "training diverged at step 3 (a loss is not finite): stopped without saving it; "
+        f"the last good checkpoint {run_dir / 'checkpoints'}"
+    )
     assert "(step 2) is kept" in str(stopped.value)
     assert read_metrics(run_dir, missing_ok=True) == []  # no line of steps 1-4
 
@@ -560,8 +604,13 @@ def _train_in_a_subprocess(tmp_path: Path, name: str, patch: str, **changes) -> 
         finally:
             print(stream.getvalue())
     """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 @pytest.mark.cuda
@@ -582,7 +631,9 @@ def test_on_a_gpu_a_loss_that_synchronises_falls_back_before_capturing(tmp_path)
     done = _train_in_a_subprocess(tmp_path, name, syncing, steps=4, cuda_graphs=True)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "cuda-graphs" in line]
-    assert len(lines) == 1 and lines[0].startswith("--cuda-graphs: the step synchronises with the host in loss 'wasserstein'"), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        "--cuda-graphs: the step synchronises with the host in loss 'wasserstein'"
+    ), lines
     for (step, d_e, g_e), (_, d_g, g_g) in zip(_losses(tmp_path / "eager"), _losses(tmp_path / "run")):
         assert (d_g, g_g) == pytest.approx((d_e, g_e), rel=1e-4, abs=1e-5), f"step {step}"
 
@@ -604,7 +655,9 @@ def test_on_a_gpu_a_capture_that_fails_past_the_pre_check_stops_the_run_in_one_l
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert "step 1: --cuda-graphs: capturing the step failed in loss 'wasserstein'" in last, done.stderr
-    assert last.endswith("train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs); no checkpoint was written")
+    assert last.endswith(
+        "train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs); no checkpoint was written"
+    )
 
 
 @pytest.mark.cuda

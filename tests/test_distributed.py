@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from conftest import read_metrics
 
 from ganplug.errors import GanplugError
@@ -24,17 +23,48 @@ from ganplug.train.checkpoint import load_checkpoint
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, check_batch
 
-DISTRIBUTED = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
+DISTRIBUTED = pytest.mark.skipif(
+    not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)"
+)
 
 STEPS = 5
 # bce without label noise and D without dropout: no randomness inside a step besides the noise,
 # so 2 ranks and 1 process draw exactly the same numbers. The knobs ring8 has training defaults
 # for are pinned (no packing, no EMA, no input scale), on the command line and in config() alike.
 CLI_ARGS = [
-    "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
-    "--arch-opt", "d_widths=16,16", "--arch-opt", "dropout=0", "--arch-opt", "d_input_scale=1", "--pack", "1",
-    "--ema", "0", "--data-opt", "size=256", "--batch-size", "16",
-    "--log-every", "1", "--sample-every", "0", "--checkpoint-every", "3", "--device", "cpu", "--seed", "5", "-q",
+    "--arch",
+    "mlp",
+    "--loss",
+    "bce",
+    "--dataset",
+    "ring8",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--arch-opt",
+    "dropout=0",
+    "--arch-opt",
+    "d_input_scale=1",
+    "--pack",
+    "1",
+    "--ema",
+    "0",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "0",
+    "--checkpoint-every",
+    "3",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+    "-q",
 ]
 
 
@@ -43,20 +73,38 @@ pytestmark = [DISTRIBUTED, pytest.mark.usefixtures("one_thread")]
 
 def config(steps: int, **knobs) -> TrainConfig:
     values = dict(
-        arch="mlp", loss="bce", dataset="ring8",
+        arch="mlp",
+        loss="bce",
+        dataset="ring8",
         arch_options={"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0, "d_input_scale": 1.0},
-        data_options={"size": 256}, pack=1, ema=0.0, steps=steps, batch_size=16, log_every=1, sample_every=0, checkpoint_every=3, device="cpu", seed=5,
+        data_options={"size": 256},
+        pack=1,
+        ema=0.0,
+        steps=steps,
+        batch_size=16,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=3,
+        device="cpu",
+        seed=5,
     )
     values.update(knobs)
     return TrainConfig(**values)
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "ganplug", "train", "--nproc", "2", *args],
-        capture_output=True, text=True, env=env, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
 
 
@@ -100,7 +148,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(two_pro
     worst = assert_close_runs(one_process_run, run_dir)
     assert worst < 1e-5
     # rank 0 alone wrote the files: one line per step, the checkpoints of steps 3 and 5
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000003.pt", "step_000005.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest.pt",
+        "step_000003.pt",
+        "step_000005.pt",
+    ]
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, two_process_run, one_process_run):
@@ -160,13 +212,25 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_step_all_ranks_agreed_on(t
     from test_crash_matrix import environment
 
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in environment().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(GANPLUG_FAULT="in-step:3", GANPLUG_FAULT_SIGNAL="SIGTERM", GANPLUG_FAULT_TARGET="launcher", GANPLUG_FAULT_RANK="0")
+    env = {
+        k: v
+        for k, v in environment().items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        GANPLUG_FAULT="in-step:3",
+        GANPLUG_FAULT_SIGNAL="SIGTERM",
+        GANPLUG_FAULT_TARGET="launcher",
+        GANPLUG_FAULT_RANK="0",
+    )
     args = list(CLI_ARGS)
     args[args.index("--checkpoint-every") + 1] = "0"  # only the signal writes a checkpoint
     done = subprocess.run(
         [sys.executable, "-m", "ganplug", "train", "--nproc", "2", *args, "--steps", "100000", "--out", str(run_dir)],
-        capture_output=True, text=True, env=env, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert done.returncode == 143, done.stderr[-3000:]
     assert "interrupted by SIGTERM" in done.stderr

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_same_run, read_metrics
 from test_faults import install
 
@@ -126,9 +125,27 @@ from ganplug.cli import main
 main(sys.argv[1:])
 """
 ARGS = [
-    "--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16", "--loss", "gated",
-    "--dataset", "points", "--batch-size", "16", "--log-every", "1", "--sample-every", "0",
-    "--checkpoint-every", str(EVERY), "--device", "cpu", "-q",
+    "--arch",
+    "mlp",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--loss",
+    "gated",
+    "--dataset",
+    "points",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "0",
+    "--checkpoint-every",
+    str(EVERY),
+    "--device",
+    "cpu",
+    "-q",
 ]
 
 
@@ -182,7 +199,9 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def gated_process(site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = False, **faults: object) -> subprocess.Popen:
+def gated_process(
+    site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = False, **faults: object
+) -> subprocess.Popen:
     """A run that blocks inside step ``GATE_STEP`` (or at start-up) until the test opens the gate.
     Two pipes are the gate: the run writes a byte to one when it gets there, then reads the other
     until the test closes it (:func:`wait_at_gate`, :func:`open_gate`); no timer decides anything."""
@@ -193,11 +212,25 @@ def gated_process(site: Path, run_dir: Path, gate: Path, *, shell_pipe: bool = F
     command = [sys.executable, "-m", "ganplug", "train", *ARGS, "--steps", str(STEPS), "--out", str(run_dir)]
     if shell_pipe:  # `ganplug train ... 2>&1 | tee log` in its own process group, as a terminal runs it
         line = " ".join(f"'{part}'" for part in command) + f" 2>&1 | tee '{gate / 'log'}'"
-        process = subprocess.Popen(["bash", "-c", line], env=env, start_new_session=True, pass_fds=(at_write, go_read),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
+        process = subprocess.Popen(
+            ["bash", "-c", line],
+            env=env,
+            start_new_session=True,
+            pass_fds=(at_write, go_read),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=default_sigint,
+        )
     else:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   pass_fds=(at_write, go_read), preexec_fn=default_sigint)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(at_write, go_read),
+            preexec_fn=default_sigint,
+        )
     os.close(at_write)  # the run holds the only write end: its exit ends our read
     os.close(go_read)
     process.gate = (at_read, go_write)
@@ -227,10 +260,13 @@ def open_gate(process: subprocess.Popen, gate: Path) -> tuple[int, str]:
 # -- signals --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum, code, said", [
-    (signal.SIGINT, 130, "interrupted: step 17 saved in"),
-    (signal.SIGTERM, 143, "interrupted by SIGTERM: step 17 saved in"),
-])
+@pytest.mark.parametrize(
+    "signum, code, said",
+    [
+        (signal.SIGINT, 130, "interrupted: step 17 saved in"),
+        (signal.SIGTERM, 143, "interrupted by SIGTERM: step 17 saved in"),
+    ],
+)
 def test_a_signal_inside_a_step_saves_that_step_and_resume_equals_the_straight_run(
     site, reference, tmp_path, signum, code, said
 ):
@@ -294,8 +330,10 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resume_equals(sit
     done = ganplug(site, "train", *ARGS, "--steps", str(STEPS), "--out", str(run_dir), driver=True, FAULT="full")
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"Error: could not write checkpoint {run_dir / 'checkpoints' / 'step_000020.pt'} at step 20: "
-                           "No space left on device;"), done.stderr
+    assert last.startswith(
+        f"Error: could not write checkpoint {run_dir / 'checkpoints' / 'step_000020.pt'} at step 20: "
+        "No space left on device;"
+    ), done.stderr
     assert f"(step {EVERY}) is intact: free space and --resume {run_dir}" in last
     assert latest(run_dir)["step"] == EVERY
     resume(site, run_dir)

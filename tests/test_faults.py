@@ -14,13 +14,30 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import read_metrics, run_main
+
 from ganplug import registry as registry_module
 from ganplug.registry import Registry
 
-TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
-        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--log-every", "1", "--device", "cpu", "-q"]
+TINY = [
+    "--arch",
+    "mlp",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--dataset",
+    "ring8",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 # -- plugins as installed distributions --------------------------------------------------------
@@ -103,7 +120,11 @@ def test_a_run_records_its_plugins_and_a_resume_without_them_names_the_package(t
     assert err.count("shadows the built-in one") == 1, err
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
     assert state["provenance"]["loss"] == {
-        "kind": "loss", "name": "hinge", "plugin": "shadowpkg", "distribution": "ganplug-shadow", "version": "0.3",
+        "kind": "loss",
+        "name": "hinge",
+        "plugin": "shadowpkg",
+        "distribution": "ganplug-shadow",
+        "version": "0.3",
     }
     assert state["provenance"]["architecture"]["plugin"] == "ganplug"
     assert (run_dir / "config.toml").read_text().startswith("# architecture 'mlp': plugin 'ganplug'")
@@ -138,8 +159,12 @@ def test_sampling_a_run_whose_architecture_plugin_is_gone_names_the_package(tmp_
     forget(monkeypatch, "snpkg")
     code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "--out", str(tmp_path / "t.npy"))
     assert code == 2
-    assert "architecture 'sn-mlp' comes from plugin 'snpkg' (ganplug-sn 1.2), which is not installed here: " \
-           "pip install 'ganplug-sn==1.2'" in err and err.count("\n") == 1
+    assert (
+        "architecture 'sn-mlp' comes from plugin 'snpkg' (ganplug-sn 1.2), which is not installed here: "
+        "pip install 'ganplug-sn==1.2'"
+        in err
+        and err.count("\n") == 1
+    )
 
 
 # -- D4: a failing plugin metric is reported once and switched off ------------------------------
@@ -248,7 +273,9 @@ def test_a_missing_factory_is_shown_as_broken_and_named_when_used(tmp_path, monk
     assert err.startswith(
         "Error: loss 'nothere' of plugin 'brokenpkg' (ganplug-broken 0.1): its factory 'brokenpkg:missing' cannot be loaded"
     ), err
-    code, _, err = run_main(capsys, "train", "--arch", "angry", "--dataset", "ring8", "--steps", "2", "--out", str(tmp_path / "s"))
+    code, _, err = run_main(
+        capsys, "train", "--arch", "angry", "--dataset", "ring8", "--steps", "2", "--out", str(tmp_path / "s")
+    )
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(
         "Error: architecture 'angry' of plugin 'brokenpkg' (ganplug-broken 0.1) failed: ValueError: width must be even"
@@ -258,12 +285,17 @@ def test_a_missing_factory_is_shown_as_broken_and_named_when_used(tmp_path, monk
 def test_an_out_below_a_file_and_an_arch_table_in_a_config_are_usage_errors(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "2", "--out", str(tmp_path / "afile" / "sub"))
-    assert (code, err) == (2, f"Error: --out {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, not a directory: choose another --out\n")
+    assert (code, err) == (
+        2,
+        f"Error: --out {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, not a directory: choose another --out\n",
+    )
     config = tmp_path / "c.toml"
     config.write_text('[arch]\nname = "mlp"\n')
     code, _, err = run_main(capsys, "train", "--config", str(config), "--steps", "2", "--out", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f'Error: {config}: arch must be a name, a string such as arch = "dcgan" (its options go in a [arch_options] table)')
+    assert err.startswith(
+        f'Error: {config}: arch must be a name, a string such as arch = "dcgan" (its options go in a [arch_options] table)'
+    )
 
 
 # -- D7: aliases never take over names; shadowing is shown -------------------------------------
@@ -280,8 +312,10 @@ ALIAS = """
 def test_a_plugin_alias_does_not_take_over_a_built_in_one(tmp_path, monkeypatch, capsys):
     reg = use_plugins(monkeypatch, install(tmp_path / "site", "ganplug-alias", "1.0", "aliaspkg", ALIAS))
     err = capsys.readouterr().err
-    assert "ganplug: warning: plugin 'aliaspkg' (ganplug-alias 1.0): alias 'vanilla' of loss 'plain' is ignored: " \
-           "ganplug:bce already answers to it" in err
+    assert (
+        "ganplug: warning: plugin 'aliaspkg' (ganplug-alias 1.0): alias 'vanilla' of loss 'plain' is ignored: "
+        "ganplug:bce already answers to it" in err
+    )
     assert reg.resolve("loss", "vanilla").name == "bce"
     assert reg.resolve("loss", "pl").name == "plain"
 
@@ -375,8 +409,10 @@ def test_an_unmarked_or_misspelt_hook_fails_the_plugin_with_a_hint(tmp_path, mon
         install(tmp_path / "b", "ganplug-misspelt", "1.0", "misspeltpkg", MISSPELT),
     )
     err = capsys.readouterr().err
-    assert "ganplug: plugin 'unmarkedpkg' (ganplug-unmarked 1.0) skipped: ganplug_losses() is not marked as a hook: " \
-           "decorate it with @hookimpl (from ganplug.plugin import hookimpl)" in err
+    assert (
+        "ganplug: plugin 'unmarkedpkg' (ganplug-unmarked 1.0) skipped: ganplug_losses() is not marked as a hook: "
+        "decorate it with @hookimpl (from ganplug.plugin import hookimpl)" in err
+    )
     assert "ganplug: plugin 'misspeltpkg' (ganplug-misspelt 1.0) skipped: " in err
     assert "Did you mean 'ganplug_losses'?" in err
 
@@ -385,8 +421,10 @@ def test_unknown_names_in_the_plugin_lists_are_warned_about(tmp_path, monkeypatc
     site = install(tmp_path / "site", "ganplug-shadow", "0.3", "shadowpkg", SHADOW)
     use_plugins(monkeypatch, site, GANPLUG_DISABLE_PLUGINS="shadowpgk")
     err = capsys.readouterr().err
-    assert "ganplug: warning: GANPLUG_DISABLE_PLUGINS names 'shadowpgk', which is no installed plugin " \
-           "(installed: shadowpkg); check the spelling" in err
+    assert (
+        "ganplug: warning: GANPLUG_DISABLE_PLUGINS names 'shadowpgk', which is no installed plugin "
+        "(installed: shadowpkg); check the spelling" in err
+    )
     use_plugins(monkeypatch, site, GANPLUG_DISABLE_PLUGINS="shadowpkg")
     assert "GANPLUG_DISABLE_PLUGINS names" not in capsys.readouterr().err
 
@@ -404,8 +442,16 @@ def _stopped_at_start(run_dir: Path) -> None:
         def on_step_start(self, trainer, step):
             raise KeyboardInterrupt
 
-    config = TrainConfig(arch="mlp", loss="bce", dataset="ring8", steps=2, batch_size=16, log_every=1,
-                         data_options={"size": 256}, arch_options={"g_widths": "16,16", "d_widths": "16,16"})
+    config = TrainConfig(
+        arch="mlp",
+        loss="bce",
+        dataset="ring8",
+        steps=2,
+        batch_size=16,
+        log_every=1,
+        data_options={"size": 256},
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+    )
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, quiet=True, stream=io.StringIO(), callbacks=[Stop()])
     assert (run_dir / "config.toml").is_file() and not (run_dir / "checkpoints" / "latest.pt").exists()
@@ -435,8 +481,9 @@ def test_resuming_a_run_without_a_checkpoint_trains_it_from_its_config(tmp_path,
 
 def test_fork_branches_an_older_checkpoint_into_a_new_directory(tmp_path, capsys):
     run_dir, fork = tmp_path / "run", tmp_path / "fork"
-    code, _, err = run_main(capsys, "train", *TINY, "--loss", "bce", "--steps", "6", "--checkpoint-every", "2",
-                            "--out", str(run_dir))
+    code, _, err = run_main(
+        capsys, "train", *TINY, "--loss", "bce", "--steps", "6", "--checkpoint-every", "2", "--out", str(run_dir)
+    )
     assert code == 0, err
     older = run_dir / "checkpoints" / "step_000002.pt"
     code, _, err = run_main(capsys, "train", "--resume", str(older), "--steps", "4")
@@ -444,7 +491,11 @@ def test_fork_branches_an_older_checkpoint_into_a_new_directory(tmp_path, capsys
     code, _, err = run_main(capsys, "train", "--resume", str(older), "--steps", "4", "--fork", str(fork), "-q")
     assert code == 0, err
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # untouched
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000002.pt", "step_000004.pt", "step_000006.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [
+        "step_000002.pt",
+        "step_000004.pt",
+        "step_000006.pt",
+    ]
     assert [r["step"] for r in read_metrics(fork)] == [1, 2, 3, 4]
     branch = torch.load(fork / "checkpoints" / "latest.pt", weights_only=True)
     straight = torch.load(run_dir / "checkpoints" / "step_000004.pt", weights_only=True)
@@ -462,13 +513,25 @@ def test_log_lines_print_numbers_for_people():
     stream = io.StringIO()
     Progress(10, quiet=True, stream=stream).log({"step": 1, "d_loss": 0.51234, "samples_per_s": 45720.3, "lr_g": 2e-4})
     assert "samples_per_s 45720  " in stream.getvalue() and "e+0" not in stream.getvalue()
-    assert [format_number(v) for v in (3.0, 0.51234, 1234.5, 2e-4, float("nan"), 7)] == ["3", "0.5123", "1234", "0.0002", "n/a", "7"]
+    assert [format_number(v) for v in (3.0, 0.51234, 1234.5, 2e-4, float("nan"), 7)] == [
+        "3",
+        "0.5123",
+        "1234",
+        "0.0002",
+        "n/a",
+        "7",
+    ]
 
 
 def test_list_without_a_kind_lists_everything(capsys):
     code, out, _ = run_main(capsys, "list")
     assert code == 0
-    for header, name in (("archs:", "dcgan"), ("losses:", "wasserstein"), ("datasets:", "ring8"), ("metrics:", "modes")):
+    for header, name in (
+        ("archs:", "dcgan"),
+        ("losses:", "wasserstein"),
+        ("datasets:", "ring8"),
+        ("metrics:", "modes"),
+    ):
         assert f"\n{header}\n" in "\n" + out and f"\n{name}" in out
 
 
@@ -485,6 +548,9 @@ def test_the_test_kit_refuses_stats_that_would_overwrite_a_trainer_column(tmp_pa
 
     use_plugins(monkeypatch, install(tmp_path / "site", "ganplug-stats", "2.0", "statspkg", STATS_LOSS))
     loud = registry_module.get_registry().resolve("loss", "loud")
-    with pytest.raises(AssertionError, match="discriminator_loss: stat 'd_loss' would be logged as 'd_loss', which the trainer writes itself"):
+    with pytest.raises(
+        AssertionError,
+        match="discriminator_loss: stat 'd_loss' would be logged as 'd_loss', which the trainer writes itself",
+    ):
         check_loss(loud)
     check_loss(registry_module.get_registry().resolve("loss", "relay"))  # 'fake_rel' -> 'g_fake_rel' is fine

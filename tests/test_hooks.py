@@ -13,9 +13,7 @@ from ganplug.plugin import ArchitectureSpec, AugmentationSpec, DatasetSpec, Logg
 from ganplug.registry import KINDS, Registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-HOOKS = sorted(
-    name for name, func in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("ganplug_")
-)
+HOOKS = sorted(name for name, func in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("ganplug_"))
 EXAMPLE_SPECS = {
     ArchitectureSpec: ArchitectureSpec("hooked-arch", "s", "ganplug.models.mlp:build"),
     LossSpec: LossSpec("hooked-loss", "s", "ganplug.losses:HingeLoss"),
@@ -28,7 +26,11 @@ EXAMPLE_SPECS = {
 
 def test_there_are_hooks():
     assert HOOKS == [
-        "ganplug_architectures", "ganplug_augmentations", "ganplug_datasets", "ganplug_loggers", "ganplug_losses",
+        "ganplug_architectures",
+        "ganplug_augmentations",
+        "ganplug_datasets",
+        "ganplug_loggers",
+        "ganplug_losses",
         "ganplug_metrics",
     ]
 

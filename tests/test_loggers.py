@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import quiet_train, read_metrics, run_main, tiny_config
 
 from ganplug import registry as registry_module
@@ -21,8 +20,25 @@ from ganplug.train.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16", "--loss", "bce",
-        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--log-every", "1", "-q"]
+TINY = [
+    "--arch",
+    "mlp",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--loss",
+    "bce",
+    "--dataset",
+    "ring8",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "1",
+    "-q",
+]
 
 
 def events(log_dir):
@@ -51,8 +67,19 @@ def test_tensorboard_logs_every_metrics_value_the_evaluation_and_the_pictures(tm
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", *TINY, "--steps", "4", "--sample-every", "2", "--eval-every", "4",
-        "--logger", "tensorboard", "--out", str(run_dir),
+        capsys,
+        "train",
+        *TINY,
+        "--steps",
+        "4",
+        "--sample-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--logger",
+        "tensorboard",
+        "--out",
+        str(run_dir),
     )
     assert code == 0, err
     lines = read_metrics(run_dir)
@@ -72,12 +99,26 @@ def test_a_resume_from_an_older_step_leaves_no_duplicate_points(tmp_path, capsys
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--logger", "tensorboard",
-        "--out", str(run_dir),
+        capsys,
+        "train",
+        *TINY,
+        "--steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--logger",
+        "tensorboard",
+        "--out",
+        str(run_dir),
     )
     assert code == 0, err
     code, _, err = run_main(
-        capsys, "train", "--resume", str(run_dir / "checkpoints" / "step_000002.pt"), "--discard-newer", "-q",
+        capsys,
+        "train",
+        "--resume",
+        str(run_dir / "checkpoints" / "step_000002.pt"),
+        "--discard-newer",
+        "-q",
     )
     assert code == 0, err
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # appended, not replaced
@@ -86,7 +127,9 @@ def test_a_resume_from_an_older_step_leaves_no_duplicate_points(tmp_path, capsys
 
 def test_without_the_tensorboard_package_the_logger_is_a_one_line_usage_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `from torch.utils.tensorboard import` fails
-    code, _, err = run_main(capsys, "train", *TINY, "--steps", "2", "--logger", "tensorboard", "--out", str(tmp_path / "r"))
+    code, _, err = run_main(
+        capsys, "train", *TINY, "--steps", "2", "--logger", "tensorboard", "--out", str(tmp_path / "r")
+    )
     assert code == 2
     (line,) = err.strip().splitlines()
     assert line.startswith("Error: --logger tensorboard needs the tensorboard package") and line.endswith(
@@ -95,7 +138,9 @@ def test_without_the_tensorboard_package_the_logger_is_a_one_line_usage_error(tm
 
 
 def test_an_unknown_logger_is_refused_with_a_suggestion_before_training(tmp_path, capsys):
-    code, _, err = run_main(capsys, "train", *TINY, "--steps", "2", "--logger", "tensorbord", "--out", str(tmp_path / "r"))
+    code, _, err = run_main(
+        capsys, "train", *TINY, "--steps", "2", "--logger", "tensorbord", "--out", str(tmp_path / "r")
+    )
     assert code == 2 and "unknown logger 'tensorbord'. Did you mean 'tensorboard'?" in err, err
     assert not (tmp_path / "r").exists()
     code, out, _ = run_main(capsys, "list", "loggers")
@@ -171,7 +216,9 @@ def tiny(steps: int, **knobs) -> TrainConfig:
     return tiny_config(steps, **{"log_every": 2, "sample_every": 2, **knobs})
 
 
-def test_a_logger_gets_each_line_evaluation_and_picture_in_order_and_leaves_the_weights_alone(tmp_path, recorder_registry):
+def test_a_logger_gets_each_line_evaluation_and_picture_in_order_and_leaves_the_weights_alone(
+    tmp_path, recorder_registry
+):
     quiet_train(tiny(4, eval_every=4, loggers=["recorder"]), tmp_path / "logged")
     lines = read_metrics(tmp_path / "logged")
     by_step = {line["step"]: {k: v for k, v in line.items() if k != "step"} for line in lines if "eval" not in line}
@@ -179,8 +226,11 @@ def test_a_logger_gets_each_line_evaluation_and_picture_in_order_and_leaves_the_
     samples = tmp_path / "logged" / "samples"
     assert [as_json(call) for call in Recorder.calls] == [
         ("start", 0, 4, ""),
-        ("log", 2, by_step[2]), ("images", 2, samples / "step_000002.png"),
-        ("log", 4, by_step[4]), ("evaluation", 4, evaluation), ("images", 4, samples / "step_000004.png"),
+        ("log", 2, by_step[2]),
+        ("images", 2, samples / "step_000002.png"),
+        ("log", 4, by_step[4]),
+        ("evaluation", 4, evaluation),
+        ("images", 4, samples / "step_000004.png"),
         ("close",),
     ]
     quiet_train(tiny(4, eval_every=4), tmp_path / "plain")
@@ -190,7 +240,9 @@ def test_a_logger_gets_each_line_evaluation_and_picture_in_order_and_leaves_the_
         assert torch.equal(logged["generator"][key], value), key
 
 
-def test_a_resumed_run_starts_its_loggers_at_the_step_and_reads_options_from_a_config(tmp_path, capsys, recorder_registry):
+def test_a_resumed_run_starts_its_loggers_at_the_step_and_reads_options_from_a_config(
+    tmp_path, capsys, recorder_registry
+):
     config = tmp_path / "run.toml"
     config.write_text('loggers = ["recorder"]\n\n[logger_options.recorder]\ntag = "mine"\n')
     run_dir = tmp_path / "run"
@@ -199,7 +251,11 @@ def test_a_resumed_run_starts_its_loggers_at_the_step_and_reads_options_from_a_c
     Recorder.calls = []
     code, _, err = run_main(capsys, "train", "--resume", str(run_dir), "--steps", "3", "-q")
     assert code == 0, err
-    assert Recorder.calls[0] == ("start", 2, 3, "mine") and [c[:2] for c in Recorder.calls[1:]] == [("log", 3), ("images", 3), ("close",)]
+    assert Recorder.calls[0] == ("start", 2, 3, "mine") and [c[:2] for c in Recorder.calls[1:]] == [
+        ("log", 3),
+        ("images", 3),
+        ("close",),
+    ]
     bad = tmp_path / "bad.toml"
     bad.write_text('[logger_options.recorder]\ntag = "x"\n')
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "2", "--config", str(bad), "--out", str(tmp_path / "b"))
@@ -210,8 +266,19 @@ def test_a_resumed_run_starts_its_loggers_at_the_step_and_reads_options_from_a_c
 def test_a_logger_that_raises_is_reported_once_and_the_run_finishes(tmp_path, capsys, recorder_registry, fail_in):
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", *TINY, "--steps", "4", "--sample-every", "2", "--logger", "recorder",
-        "--out", str(run_dir), "--config", str(_options(tmp_path, fail_in)),
+        capsys,
+        "train",
+        *TINY,
+        "--steps",
+        "4",
+        "--sample-every",
+        "2",
+        "--logger",
+        "recorder",
+        "--out",
+        str(run_dir),
+        "--config",
+        str(_options(tmp_path, fail_in)),
     )
     assert code == 0, err
     reports = [line for line in err.splitlines() if "recorder" in line]
@@ -221,7 +288,7 @@ def test_a_logger_that_raises_is_reported_once_and_the_run_finishes(tmp_path, ca
     assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 4
     assert [line["step"] for line in read_metrics(run_dir)] == [1, 2, 3, 4]
     failed_at = next(i for i, call in enumerate(Recorder.calls) if call[0] == fail_in)
-    assert Recorder.calls[failed_at + 1:] == ([] if fail_in == "close" else [("close",)])  # then closed, once
+    assert Recorder.calls[failed_at + 1 :] == ([] if fail_in == "close" else [("close",)])  # then closed, once
 
 
 def _options(tmp_path, fail_in: str):
@@ -240,7 +307,9 @@ def test_a_logger_factory_that_raises_is_reported_and_left_out(tmp_path, capsys,
         def ganplug_loggers():
             return [LoggerSpec("broken", "fails to build", broken)]
 
-    monkeypatch.setattr(registry_module, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("brokenpkg", Plugin())], report=False))
+    monkeypatch.setattr(
+        registry_module, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("brokenpkg", Plugin())], report=False)
+    )
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "2", "--logger", "broken", "--out", str(tmp_path / "r"))
     assert code == 0, err
     (line,) = [line for line in err.splitlines() if "broken" in line]

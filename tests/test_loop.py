@@ -8,16 +8,16 @@ import math
 
 import pytest
 import torch
+from conftest import quiet_train, read_metrics
+from conftest import tiny_config as tiny
 from torch import nn
 
-from conftest import quiet_train, read_metrics, tiny_config as tiny
-
 from ganplug.errors import GanplugError
-from ganplug.train import train
 from ganplug.train import guard as guard_module
+from ganplug.train import train
 from ganplug.train.build import build_run
-from ganplug.train.config import resolve
 from ganplug.train.checkpoint import load_checkpoint, save_checkpoint
+from ganplug.train.config import resolve
 from ganplug.train.loop import Callback, Trainer
 from ganplug.train.step import make_optimizer
 from ganplug.train.sums import Sums
@@ -51,9 +51,12 @@ def test_callbacks_see_every_step_in_order_and_the_end(tmp_path):
     quiet_train(tiny(3), tmp_path / "run", callbacks=[recorder])
     assert recorder.events == [
         ("start", 0),
-        ("step_start", 1, 0), ("step_end", 1, 1),
-        ("step_start", 2, 1), ("step_end", 2, 2),
-        ("step_start", 3, 2), ("step_end", 3, 3),
+        ("step_start", 1, 0),
+        ("step_end", 1, 1),
+        ("step_start", 2, 1),
+        ("step_end", 2, 2),
+        ("step_start", 3, 2),
+        ("step_end", 3, 3),
         ("end", 3),
     ]
 
@@ -143,7 +146,7 @@ def test_fused_adam_follows_the_single_tensor_adam(tmp_path):
     b = [nn.Parameter(p.detach().clone()) for p in a]
     fused = make_optimizer("adam", a, 1e-2, (0.5, 0.999), "cpu")
     plain = torch.optim.Adam(b, lr=1e-2, betas=(0.5, 0.999), foreach=False)
-    for step in range(20):
+    for _ in range(20):
         grads = [torch.randn_like(p) for p in a]
         for p, q, g in zip(a, b, grads):
             p.grad, q.grad = g.clone(), g.clone()

@@ -4,10 +4,8 @@ command line and config file, bad values, and checkpoints from before the option
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from conftest import before_step, quiet_train, read_metrics, run_main
 
 from ganplug.cli import build_config
@@ -19,15 +17,45 @@ from ganplug.train.step import lr_factor
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LR_G, LR_D = 2e-3, 1e-3  # distinct, so a mix-up of the two bases shows
-CLI_ARGS = ["--arch", "mlp", "--dataset", "ring8", "--loss", "bce", "--arch-opt", "g_widths=8,8",
-            "--arch-opt", "d_widths=8,8", "--data-opt", "size=64", "--batch-size", "16", "--device", "cpu", "-q"]
+CLI_ARGS = [
+    "--arch",
+    "mlp",
+    "--dataset",
+    "ring8",
+    "--loss",
+    "bce",
+    "--arch-opt",
+    "g_widths=8,8",
+    "--arch-opt",
+    "d_widths=8,8",
+    "--data-opt",
+    "size=64",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 def tiny(steps: int = 10, **knobs) -> TrainConfig:
     values = dict(
-        arch="mlp", loss="bce", dataset="ring8", arch_options={"g_widths": "8,8", "d_widths": "8,8"},
-        data_options={"size": 64}, steps=steps, batch_size=16, n_critic=2, lr_g=LR_G, lr_d=LR_D,
-        log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=3,
+        arch="mlp",
+        loss="bce",
+        dataset="ring8",
+        arch_options={"g_widths": "8,8", "d_widths": "8,8"},
+        data_options={"size": 64},
+        steps=steps,
+        batch_size=16,
+        n_critic=2,
+        lr_g=LR_G,
+        lr_d=LR_D,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=0,
+        num_samples=4,
+        device="cpu",
+        seed=3,
     )
     values.update(knobs)
     return TrainConfig(**values)
@@ -41,8 +69,10 @@ def record_lrs(seen: dict[str, list[tuple[int, float]]]):
             return
         seen["g"], seen["d"] = [], []
         for key, optimizer in (("g", trainer.stepper.opt_g), ("d", trainer.stepper.opt_d)):
+
             def pre(opt, args, kwargs, key=key):
                 seen[key].append((trainer.step, opt.param_groups[0]["lr"]))
+
             optimizer.register_step_pre_hook(pre)
 
     return hook
@@ -128,8 +158,12 @@ def test_a_checkpoint_from_before_the_option_loads_as_none(tmp_path):
     old = load_checkpoint(latest)
     assert "lr_decay" not in old["config"] and stored_config(old).lr_decay == "none"
     seen: dict[str, list[tuple[int, float]]] = {}
-    quiet_train(resume_config(stored_config(old), {"steps": 3}), tmp_path / "run", resume_from=latest,
-                callbacks=[before_step(record_lrs(seen))])
+    quiet_train(
+        resume_config(stored_config(old), {"steps": 3}),
+        tmp_path / "run",
+        resume_from=latest,
+        callbacks=[before_step(record_lrs(seen))],
+    )
     assert seen["g"] == [(2, LR_G)] and {lr for _, lr in seen["d"]} == {LR_D}
     assert load_checkpoint(latest)["config"]["lr_decay"] == "none"
 
@@ -154,7 +188,9 @@ def test_cli_flag_config_file_resume_and_help(tmp_path, capsys):
     config_file = tmp_path / "run.toml"
     config_file.write_text('lr_decay = "linear"\n')
     assert build_config({"config_file": str(config_file)}).lr_decay == "linear"
-    assert build_config({"config_file": str(config_file), "lr_decay": "none"}).lr_decay == "none"  # the command line wins
+    assert (
+        build_config({"config_file": str(config_file), "lr_decay": "none"}).lr_decay == "none"
+    )  # the command line wins
     assert build_config({}).lr_decay == "none"
     code, out, _ = run_main(capsys, "train", "--help")
     assert code == 0 and "--lr-decay [none|linear]" in out
@@ -170,7 +206,10 @@ def test_a_bad_value_is_one_line_with_exit_code_2(tmp_path, capsys):
     config_file.write_text('lr_decay = "cosine"\n')
     code, out, err = run_main(capsys, "train", *CLI_ARGS, "--config", str(config_file), "--out", str(tmp_path / "b"))
     assert code == 2 and out == ""
-    assert err == f"Error: {config_file}: lr_decay must be none or linear, got 'cosine': pass --lr-decay linear (or none)\n"
+    assert (
+        err
+        == f"Error: {config_file}: lr_decay must be none or linear, got 'cosine': pass --lr-decay linear (or none)\n"
+    )
     assert not (tmp_path / "b").exists()
     with pytest.raises(UsageError, match="lr_decay must be none or linear, got 1"):
         quiet_train(tiny(2, lr_decay=1), tmp_path / "c")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-
 from test_crash_matrix import environment
 from test_distributed import CLI_ARGS, assert_close_runs, config
 
@@ -31,7 +30,8 @@ from ganplug.train.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.skipif(
-        not dist.is_available() or not sys.platform.startswith("linux"), reason="needs torch.distributed (gloo) and /proc"
+        not dist.is_available() or not sys.platform.startswith("linux"),
+        reason="needs torch.distributed (gloo) and /proc",
     ),
     pytest.mark.usefixtures("one_thread"),
 ]
@@ -98,20 +98,44 @@ class TwoNodes:
         self.rdzv_id = f"ganplug-test-{os.getpid()}-{tmp_path.name}"
         self.agents: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "TwoNodes":
-        env = {k: v for k, v in environment(**self.faults).items()
-               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("TORCHELASTIC")}
+    def __enter__(self) -> TwoNodes:
+        env = {
+            k: v
+            for k, v in environment(**self.faults).items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+            and not k.startswith("TORCHELASTIC")
+        }
         if self.max_restarts:  # else a restarted worker may read its predecessor's address (see docs/operations.md)
             env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         port = free_port()
         try:
             for node in (0, 1):
                 command = [
-                    sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                    "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
-                    "--rdzv-id", self.rdzv_id, "--max-restarts", str(self.max_restarts),
-                    "--log-dir", str(self.tmp_path / f"logs{node}"), "--redirects", "3",
-                    "-m", "ganplug", "train", *self.args,
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--node-rank",
+                    str(node),
+                    "--rdzv-backend",
+                    "c10d",
+                    "--rdzv-endpoint",
+                    f"localhost:{port}",
+                    "--rdzv-id",
+                    self.rdzv_id,
+                    "--max-restarts",
+                    str(self.max_restarts),
+                    "--log-dir",
+                    str(self.tmp_path / f"logs{node}"),
+                    "--redirects",
+                    "3",
+                    "-m",
+                    "ganplug",
+                    "train",
+                    *self.args,
                 ]
                 with open(self.tmp_path / f"agent{node}.txt", "wb") as log:
                     self.agents.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
@@ -134,7 +158,9 @@ class TwoNodes:
         deadline = time.monotonic() + WAIT_S
         while not condition():
             for node, agent in enumerate(self.agents):
-                assert agent.poll() is None, f"agent {node} exited ({agent.returncode}) while waiting for {what}\n{self.agent_output()}"
+                assert agent.poll() is None, (
+                    f"agent {node} exited ({agent.returncode}) while waiting for {what}\n{self.agent_output()}"
+                )
             assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s\n{self.agent_output()}"
             time.sleep(0.05)
 
@@ -153,7 +179,8 @@ class TwoNodes:
     def worker(self, *, node: int | None = None, rank: int | None = None) -> int:
         """The live worker of agent ``node`` (its child), or of global ``rank``."""
         matches = [
-            pid for pid in self.workers()
+            pid
+            for pid in self.workers()
             if (node is None or parent_pid(pid) == self.agents[node].pid)
             and (rank is None or process_env(pid).get("RANK") == str(rank))
         ]
@@ -198,14 +225,22 @@ def test_two_torchrun_nodes_match_one_process_with_the_same_global_batch(tmp_pat
     worst = assert_close_runs(one_process(tmp_path, 5), run_dir)
     assert worst < 1e-5
     # rank 0 alone wrote: one metrics line per step (checked above), the checkpoints of steps 3 and 5
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000003.pt", "step_000005.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest.pt",
+        "step_000003.pt",
+        "step_000005.pt",
+    ]
 
 
 def test_a_killed_worker_stops_its_peer_with_one_line_and_the_run_resumes_exactly(tmp_path):
     run_dir = tmp_path / "run"
     # rank 1 (it writes nothing) kills itself as step 5 starts: checkpoint 3 is the last one
-    with TwoNodes(tmp_path, [*CLI_ARGS, "--steps", "100000", "--out", str(run_dir)],
-                  GANPLUG_FAULT="in-step:5", GANPLUG_FAULT_RANK="1") as nodes:
+    with TwoNodes(
+        tmp_path,
+        [*CLI_ARGS, "--steps", "100000", "--out", str(run_dir)],
+        GANPLUG_FAULT="in-step:5",
+        GANPLUG_FAULT_RANK="1",
+    ) as nodes:
         codes = nodes.wait()
         survivors = [log for log in (nodes.worker_log(n, 0) for n in (0, 1)) if "Error:" in log]
     assert len(survivors) == 1, nodes.agent_output()
@@ -218,11 +253,18 @@ def test_a_killed_worker_stops_its_peer_with_one_line_and_the_run_resumes_exactl
     saved = load_checkpoint(run_dir)["step"]
     assert saved == 3 and last_step(run_dir) >= 4
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     resumed = subprocess.run(
         [sys.executable, "-m", "ganplug", "train", "--resume", str(run_dir), "--steps", str(saved + 3), "-q"],
-        capture_output=True, text=True, env=env, timeout=WAIT_S,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT_S,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {run_dir} at step {saved} of {saved + 3}" in resumed.stderr
@@ -237,8 +279,9 @@ def test_under_max_restarts_a_killed_worker_is_restarted_and_the_run_completes(t
     run_dir = tmp_path / "run"
     args = [*CLI_ARGS, "--steps", str(STEPS_RESTARTED), "--out", str(run_dir)]
     # rank 0 (the one that writes, on whichever node it is) kills itself as step 5 of the first attempt starts
-    with TwoNodes(tmp_path, args, max_restarts=1, GANPLUG_FAULT="in-step:5", GANPLUG_FAULT_RANK="0",
-                  GANPLUG_FAULT_ATTEMPT="0") as nodes:
+    with TwoNodes(
+        tmp_path, args, max_restarts=1, GANPLUG_FAULT="in-step:5", GANPLUG_FAULT_RANK="0", GANPLUG_FAULT_ATTEMPT="0"
+    ) as nodes:
         assert nodes.wait() == [0, 0], nodes.agent_output()
         restarted = [nodes.worker_log(n, 1) for n in (0, 1)]  # both nodes ran a second attempt
     rank0 = [log for log in restarted if "resuming" in log]  # rank 0 alone reports (ranks are drawn anew)

@@ -4,12 +4,10 @@ batch-size error, and checkpoints from before the option (pack 1)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from torch import nn
-
 from conftest import before_step, quiet_train, run_main
+from torch import nn
 
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
@@ -17,8 +15,8 @@ from ganplug.generate import load_generator
 from ganplug.losses import WassersteinLoss
 from ganplug.train import TrainConfig
 from ganplug.train.build import BatchCritic, build_run, pack_samples
-from ganplug.train.config import resolve
 from ganplug.train.checkpoint import load_checkpoint, resume_config, save_checkpoint, stored_config
+from ganplug.train.config import resolve
 from ganplug.train.distributed import World, check_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,11 +25,22 @@ TINY_MLP = {"g_widths": "16,16", "d_widths": "16,16"}
 
 
 def tiny(loss="bce", *, arch="mlp", dataset="ring8", loss_options=None, **knobs) -> TrainConfig:
-    values = dict(steps=3, batch_size=16, pack=1, ema=0.0, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4,
-                  device="cpu")  # pack and ema set: not ring8's defaults
+    values = dict(
+        steps=3,
+        batch_size=16,
+        pack=1,
+        ema=0.0,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=0,
+        num_samples=4,
+        device="cpu",
+    )  # pack and ema set: not ring8's defaults
     values.update(knobs)
     return TrainConfig(
-        arch=arch, loss=loss, dataset=dataset,
+        arch=arch,
+        loss=loss,
+        dataset=dataset,
         arch_options=dict(TINY_MLP) if arch == "mlp" else {"width": 8},
         loss_options=dict(loss_options or {}),
         data_options={"size": 256} if dataset == "ring8" else {},
@@ -44,7 +53,9 @@ def record_critic_inputs(shapes: list[tuple[int, ...]]):
 
     def hook(trainer, step):
         if not shapes:  # the first step: register once
-            trainer.run.discriminator.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+            trainer.run.discriminator.register_forward_pre_hook(
+                lambda module, args: shapes.append(tuple(args[0].shape))
+            )
 
     return hook
 
@@ -129,7 +140,9 @@ def test_packed_runs_train_checkpoint_and_resume_packed(tmp_path, config, packed
 
     resumed: list[tuple[int, ...]] = []
     more = resume_config(stored_config(state), {"steps": 5})
-    quiet_train(more, tmp_path / "run", resume_from=tmp_path / "run", callbacks=[before_step(record_critic_inputs(resumed))])
+    quiet_train(
+        more, tmp_path / "run", resume_from=tmp_path / "run", callbacks=[before_step(record_critic_inputs(resumed))]
+    )
     assert resumed and set(resumed) == {packed_input}
     state = load_checkpoint(tmp_path / "run")
     assert state["config"]["pack"] == 2 and state["step"] == 5
@@ -139,8 +152,25 @@ def test_packed_runs_train_checkpoint_and_resume_packed(tmp_path, config, packed
 
 def test_cli_pack_flag_config_file_resume_and_help(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--arch", "mlp", "--dataset", "ring8", "--loss", "bce", "--arch-opt", "g_widths=16,16",
-            "--arch-opt", "d_widths=16,16", "--data-opt", "size=256", "--batch-size", "16", "--device", "cpu", "-q"]
+    args = [
+        "--arch",
+        "mlp",
+        "--dataset",
+        "ring8",
+        "--loss",
+        "bce",
+        "--arch-opt",
+        "g_widths=16,16",
+        "--arch-opt",
+        "d_widths=16,16",
+        "--data-opt",
+        "size=256",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     code, _, err = run_main(capsys, "train", *args, "--pack", "4", "--steps", "2", "--out", str(run))
     assert code == 0, err
     assert "pack = 4" in (run / "config.toml").read_text()
@@ -182,7 +212,11 @@ def test_a_checkpoint_from_before_the_option_loads_as_pack_1(tmp_path):
     assert "pack" not in old["config"] and stored_config(old).pack == 1
     assert load_generator(latest)(torch.randn(2, old["model"]["latent_dim"])).shape == (2, 2)
     shapes: list[tuple[int, ...]] = []
-    quiet_train(resume_config(stored_config(old), {"steps": 3}), tmp_path / "run", resume_from=latest,
-                callbacks=[before_step(record_critic_inputs(shapes))])
+    quiet_train(
+        resume_config(stored_config(old), {"steps": 3}),
+        tmp_path / "run",
+        resume_from=latest,
+        callbacks=[before_step(record_critic_inputs(shapes))],
+    )
     assert set(shapes) == {(16, 2)}
     assert load_checkpoint(latest)["config"]["pack"] == 1

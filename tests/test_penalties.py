@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from conftest import quiet_train, read_metrics
+from torch import nn
 
 from ganplug import builtin_specs
 from ganplug.errors import GanplugError
@@ -96,11 +95,14 @@ def test_the_zero_centred_penalty_of_a_flat_critic_is_zero_with_finite_gradients
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"r1": -1.0}, "option r1 must be >= 0"),
-    ({"r2": float("nan")}, "option r2: expected a finite number"),
-    ({"r1_every": 0}, "option r1_every must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"r1": -1.0}, "option r1 must be >= 0"),
+        ({"r2": float("nan")}, "option r2: expected a finite number"),
+        ({"r1_every": 0}, "option r1_every must be an integer >= 1"),
+    ],
+)
 def test_bad_penalty_options_are_one_line_errors(options, match):
     with pytest.raises(GanplugError, match=match):
         HingeLoss(**options)
@@ -148,11 +150,19 @@ class RecordingLoss(NonSaturatingLoss):
 def test_the_generator_step_sees_the_real_batch_of_the_last_critic_update(n_critic):
     from ganplug.train.build import build_run
     from ganplug.train.config import resolve
-    from ganplug.train.sums import Sums
     from ganplug.train.step import AdversarialStep
+    from ganplug.train.sums import Sums
 
-    config = TrainConfig(arch="mlp", loss="bce", dataset="ring8", data_options={"size": 64}, batch_size=8,
-                         n_critic=n_critic, arch_options={"g_widths": "8", "d_widths": "8"}, device="cpu")
+    config = TrainConfig(
+        arch="mlp",
+        loss="bce",
+        dataset="ring8",
+        data_options={"size": 64},
+        batch_size=8,
+        n_critic=n_critic,
+        arch_options={"g_widths": "8", "d_widths": "8"},
+        device="cpu",
+    )
     run = build_run(resolve(config))
     run.loss = RecordingLoss()
     stepper = AdversarialStep(run)
@@ -173,19 +183,33 @@ def _largest_singular_values(module: nn.Module) -> list[float]:
     return values
 
 
-@pytest.mark.parametrize("arch, dataset, options, layers", [
-    ("dcgan", "digits", {"width": 8, "critic_norm": "spectral"}, 3),  # 2 convolutions at 16x16 + the head
-    ("mlp", "ring8", {"g_widths": "16", "d_widths": "16,16", "critic_norm": "spectral"}, 3),
-])
+@pytest.mark.parametrize(
+    "arch, dataset, options, layers",
+    [
+        ("dcgan", "digits", {"width": 8, "critic_norm": "spectral"}, 3),  # 2 convolutions at 16x16 + the head
+        ("mlp", "ring8", {"g_widths": "16", "d_widths": "16,16", "critic_norm": "spectral"}, 3),
+    ],
+)
 def test_spectral_norm_keeps_the_largest_singular_value_of_every_critic_weight_near_one(
     tmp_path: Path, arch, dataset, options, layers
 ):
-    from ganplug.train.checkpoint import load_checkpoint
     from ganplug.train.build import build_models
+    from ganplug.train.checkpoint import load_checkpoint
 
     data = {"image_size": 16} if dataset == "digits" else {"size": 256}
-    config = TrainConfig(arch=arch, loss="hinge", dataset=dataset, arch_options=options, data_options=data,
-                         steps=30, batch_size=32, sample_every=0, checkpoint_every=0, log_every=10, device="cpu")
+    config = TrainConfig(
+        arch=arch,
+        loss="hinge",
+        dataset=dataset,
+        arch_options=options,
+        data_options=data,
+        steps=30,
+        batch_size=32,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=10,
+        device="cpu",
+    )
     quiet_train(config, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     from ganplug.train.checkpoint import stored_config
@@ -222,9 +246,20 @@ def test_unknown_critic_norms_name_the_choices():
 
 
 def test_r1_is_logged_as_its_own_column(tmp_path: Path):
-    config = TrainConfig(arch="mlp", loss="relativistic", dataset="ring8", data_options={"size": 256},
-                         loss_options={"r1": 1.0, "r2": 1.0}, arch_options={"g_widths": "16", "d_widths": "16"},
-                         steps=4, batch_size=32, log_every=2, sample_every=0, checkpoint_every=0, device="cpu")
+    config = TrainConfig(
+        arch="mlp",
+        loss="relativistic",
+        dataset="ring8",
+        data_options={"size": 256},
+        loss_options={"r1": 1.0, "r2": 1.0},
+        arch_options={"g_widths": "16", "d_widths": "16"},
+        steps=4,
+        batch_size=32,
+        log_every=2,
+        sample_every=0,
+        checkpoint_every=0,
+        device="cpu",
+    )
     quiet_train(config, tmp_path / "run")
     lines = read_metrics(tmp_path / "run")
     assert all(line["r1"] > 0 and line["r2"] > 0 and "g_fake_score" in line for line in lines)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import before_step, read_metrics, tiny_config as tiny
+from conftest import before_step, read_metrics
+from conftest import tiny_config as tiny
 from test_crash_matrix import environment
 
 from ganplug.cli import main
@@ -26,9 +26,6 @@ POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -45,9 +42,29 @@ def cli(capsys, *args: str) -> tuple[int, str]:
 # -- signals and kill -9 against a real process -----------------------------------------------------
 
 CLI_ARGS = [
-    "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--arch-opt", "g_widths=16,16",
-    "--arch-opt", "d_widths=16,16", "--data-opt", "size=256", "--batch-size", "16", "--steps", "100000",
-    "--log-every", "1", "--sample-every", "0", "--device", "cpu", "-q",
+    "--arch",
+    "mlp",
+    "--loss",
+    "bce",
+    "--dataset",
+    "ring8",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--steps",
+    "100000",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "0",
+    "--device",
+    "cpu",
+    "-q",
 ]
 
 
@@ -56,13 +73,19 @@ def run(run_dir: Path, *extra: str, **faults: str) -> subprocess.CompletedProces
     exact point of the code (``GANPLUG_FAULT`` and friends: tests/inject/sitecustomize.py)."""
     return subprocess.run(
         [sys.executable, "-m", "ganplug", "train", *CLI_ARGS, "--out", str(run_dir), *extra],
-        capture_output=True, text=True, env=environment(**faults), timeout=300,
+        capture_output=True,
+        text=True,
+        env=environment(**faults),
+        timeout=300,
     )
 
 
 @POSIX
 # The signal arrives inside step 4: the step finishes, is saved, and the run stops.
-@pytest.mark.parametrize("signum, code, said", [("SIGTERM", 143, "interrupted by SIGTERM: step 4 saved"), ("SIGINT", 130, "interrupted: step 4 saved")])
+@pytest.mark.parametrize(
+    "signum, code, said",
+    [("SIGTERM", 143, "interrupted by SIGTERM: step 4 saved"), ("SIGINT", 130, "interrupted: step 4 saved")],
+)
 def test_a_signal_finishes_the_step_saves_it_and_resume_continues(tmp_path, capsys, signum, code, said):
     run_dir = tmp_path / "run"
     done = run(run_dir, "--checkpoint-every", "0", GANPLUG_FAULT="mid-step:4", GANPLUG_FAULT_SIGNAL=signum)
@@ -153,7 +176,9 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     before = tmp_path / "before"
     train(tiny(4, checkpoint_every=4), before, quiet=True, stream=io.StringIO())  # reference of steps 1-4
     with pytest.raises(GanplugError) as caught:
-        train(tiny(10, checkpoint_every=4), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(nan_at(6))])
+        train(
+            tiny(10, checkpoint_every=4), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(nan_at(6))]
+        )
     message = str(caught.value)
     assert message.startswith("training diverged at step 6 (d_loss is nan)") and "\n" not in message
     assert "last good checkpoint" in message and "step 4" in message and "--on-nan skip" in message
@@ -193,7 +218,13 @@ def test_skip_restores_exactly_the_state_before_the_step(tmp_path):
         if next_step == 4:
             seen["after"] = {k: v.clone() for k, v in trainer.run.discriminator.state_dict().items()}
 
-    train(tiny(4, on_nan="skip"), tmp_path / "run", quiet=True, stream=io.StringIO(), callbacks=[before_step(nan_at(3), grab)])
+    train(
+        tiny(4, on_nan="skip"),
+        tmp_path / "run",
+        quiet=True,
+        stream=io.StringIO(),
+        callbacks=[before_step(nan_at(3), grab)],
+    )
     for name, value in seen["before"].items():
         assert torch.equal(value, seen["after"][name]), name
 
@@ -217,7 +248,13 @@ def test_skip_stops_after_a_bounded_run_of_skipped_steps_saving_nothing_new(tmp_
     run_dir = tmp_path / "run"
     stream = io.StringIO()
     with pytest.raises(GanplugError) as caught:
-        train(tiny(150, on_nan="skip", checkpoint_every=4), run_dir, quiet=True, stream=stream, callbacks=[before_step(nan_from(7))])
+        train(
+            tiny(150, on_nan="skip", checkpoint_every=4),
+            run_dir,
+            quiet=True,
+            stream=stream,
+            callbacks=[before_step(nan_from(7))],
+        )
     message = str(caught.value)
     assert caught.value.exit_code == 1 and "\n" not in message
     assert message.startswith(
@@ -230,7 +267,10 @@ def test_skip_stops_after_a_bounded_run_of_skipped_steps_saving_nothing_new(tmp_
     assert len(warnings) == MAX_SKIPS_IN_A_ROW == 10 and warnings[-1].startswith("warning: step 16: d_loss is nan")
     assert load_checkpoint(run_dir)["step"] == 12
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "latest.pt", "step_000004.pt", "step_000008.pt", "step_000012.pt",
+        "latest.pt",
+        "step_000004.pt",
+        "step_000008.pt",
+        "step_000012.pt",
     ]
     assert read_metrics(run_dir)[-1]["step"] == 15  # the steps since the last line, flushed; nothing past them
 
@@ -242,7 +282,9 @@ def test_skipped_steps_count_in_a_row_only(tmp_path):
     run_dir = tmp_path / "run"
     short = MAX_SKIPS_IN_A_ROW - 1
     hooks = [nan_from(3, 3 + short - 1), nan_from(3 + short + 1, 3 + 2 * short)]
-    train(tiny(2 * short + 6, on_nan="skip"), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(*hooks)])
+    train(
+        tiny(2 * short + 6, on_nan="skip"), run_dir, quiet=True, stream=io.StringIO(), callbacks=[before_step(*hooks)]
+    )
     state = load_checkpoint(run_dir)
     assert state["step"] == 2 * short + 6 and state["skipped_steps"] == 2 * short
 
@@ -282,22 +324,34 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path
     assert message.startswith(f"could not write checkpoint {run_dir / 'checkpoints' / 'step_000006.pt'} at step 6")
     assert "No space left on device" in message and f"--resume {run_dir}" in message and "\n" not in message
     assert load_checkpoint(run_dir)["step"] == 4
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.pt", "step_000002.pt", "step_000004.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest.pt",
+        "step_000002.pt",
+        "step_000004.pt",
+    ]
     # and the run continues from there once there is space again
     train(
-        TrainConfig.from_dict({**load_checkpoint(run_dir)["config"], "steps": 6}), run_dir,
-        resume_from=run_dir / "checkpoints" / "latest.pt", quiet=True, stream=io.StringIO(),
+        TrainConfig.from_dict({**load_checkpoint(run_dir)["config"], "steps": 6}),
+        run_dir,
+        resume_from=run_dir / "checkpoints" / "latest.pt",
+        quiet=True,
+        stream=io.StringIO(),
     )
     assert load_checkpoint(run_dir)["step"] == 6
 
 
-TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"
+TORCH_FULL_DISK = (
+    "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"
+)
 
 
-@pytest.mark.parametrize("free, reason", [
-    (1000, "No space left on device"),  # less than the last checkpoint: a full disk
-    (10**12, f"torch's writer failed ({TORCH_FULL_DISK}): is the disk full?"),
-])
+@pytest.mark.parametrize(
+    "free, reason",
+    [
+        (1000, "No space left on device"),  # less than the last checkpoint: a full disk
+        (10**12, f"torch's writer failed ({TORCH_FULL_DISK}): is the disk full?"),
+    ],
+)
 def test_torch_s_writer_failing_is_the_same_one_line_error(tmp_path, monkeypatch, free, reason):
     """torch's zip writer raises RuntimeError, not OSError, when the disk fills."""
     import shutil
@@ -316,7 +370,9 @@ def test_torch_s_writer_failing_is_the_same_one_line_error(tmp_path, monkeypatch
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**13, 10**13 - free, free))
+    monkeypatch.setattr(
+        outputs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**13, 10**13 - free, free)
+    )
     with pytest.raises(GanplugError) as caught:
         train(tiny(8, checkpoint_every=2), run_dir, quiet=True, stream=io.StringIO())
     assert str(caught.value) == (
@@ -349,7 +405,10 @@ def test_a_run_whose_output_pipe_is_closed_trains_to_the_end_and_saves(tmp_path)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "ganplug", "train", *args, "--checkpoint-every", "10", "--out", str(tmp_path / "r")],
-            stdout=write_end, stderr=write_end, env=env, timeout=120,
+            stdout=write_end,
+            stderr=write_end,
+            env=env,
+            timeout=120,
         )
     finally:
         os.close(write_end)

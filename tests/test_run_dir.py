@@ -17,14 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import read_metrics, run_main
 from test_robust import cli, tiny
 
 from ganplug.errors import UsageError
 from ganplug.train import train
 from ganplug.train.checkpoint import LoadedCheckpoint, load_checkpoint
-from ganplug.train.rundir import LOCK_FILE, RUN_ID_FILE, RunDirInUse, claim_new_dir, lock_run_dir, read_run_id, unlock_run_dir
+from ganplug.train.rundir import (
+    LOCK_FILE,
+    RUN_ID_FILE,
+    RunDirInUse,
+    claim_new_dir,
+    lock_run_dir,
+    read_run_id,
+    unlock_run_dir,
+)
 
 pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX flock"), pytest.mark.usefixtures("one_thread")]
 
@@ -63,10 +70,29 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_lets_go(
     run_dir = tmp_path / "run"
     holder = Holder(run_dir)
     try:
-        with pytest.raises(RunDirInUse, match=rf"{run_dir} is in use by another ganplug run \(pid {holder.process.pid}\)"):
+        with pytest.raises(
+            RunDirInUse, match=rf"{run_dir} is in use by another ganplug run \(pid {holder.process.pid}\)"
+        ):
             train(tiny(2), run_dir, quiet=True, stream=io.StringIO())
-        status, err = cli(capsys, "train", "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--steps", "2",
-                          "--data-opt", "size=64", "--batch-size", "16", "--out", str(run_dir), "-q")
+        status, err = cli(
+            capsys,
+            "train",
+            "--arch",
+            "mlp",
+            "--loss",
+            "bce",
+            "--dataset",
+            "ring8",
+            "--steps",
+            "2",
+            "--data-opt",
+            "size=64",
+            "--batch-size",
+            "16",
+            "--out",
+            str(run_dir),
+            "-q",
+        )
         assert status == 2 and err.count("\n") == 1, err
         assert f"is in use by another ganplug run (pid {holder.process.pid})" in err and "Traceback" not in err
         assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
@@ -101,7 +127,9 @@ def test_the_lock_is_reentrant_within_a_process_and_released_by_the_last_holder(
     with pytest.raises(subprocess.CalledProcessError):  # still held: another process is refused
         subprocess.run([sys.executable, "-c", HOLDER, "lock", str(run_dir)], input="", check=True, capture_output=True)
     unlock_run_dir(run_dir)
-    done = subprocess.run([sys.executable, "-c", HOLDER, "lock", str(run_dir)], input="", capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDER, "lock", str(run_dir)], input="", capture_output=True, text=True
+    )
     assert done.returncode == 0 and done.stdout.strip() == "locked", done.stderr
 
 
@@ -124,7 +152,22 @@ def test_default_names_claimed_together_are_distinct(tmp_path):
 
 def test_two_runs_without_out_from_one_directory_get_two_run_directories(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["train", "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--steps", "2", "--data-opt", "size=64", "--batch-size", "16", "-q"]
+    args = [
+        "train",
+        "--arch",
+        "mlp",
+        "--loss",
+        "bce",
+        "--dataset",
+        "ring8",
+        "--steps",
+        "2",
+        "--data-opt",
+        "size=64",
+        "--batch-size",
+        "16",
+        "-q",
+    ]
     holder = Holder(tmp_path / "runs" / "mlp-bce-ring8", "claim")  # another run, started just before
     try:
         status, err = cli(capsys, *args)
@@ -167,7 +210,11 @@ def test_a_latest_pt_copied_in_from_another_run_is_skipped_kept_and_never_the_re
     kept = checkpoints / f"foreign-{foreign_id[:8]}-latest.pt"
     assert load_checkpoint(kept)["run_id"] == foreign_id  # moved aside, not deleted
     assert load_checkpoint(ours)["step"] == 7 and load_checkpoint(ours)["run_id"] == read_run_id(ours)
-    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_000004.pt", "step_000006.pt", "step_000007.pt"]
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == [
+        "step_000004.pt",
+        "step_000006.pt",
+        "step_000007.pt",
+    ]
     assert [r["step"] for r in read_metrics(ours)] == list(range(1, 8))
 
 
@@ -234,8 +281,17 @@ def test_fork_into_a_directory_that_holds_a_run_names_fork(tmp_path, capsys):
 def test_a_fork_is_a_run_of_its_own(tmp_path, capsys):
     ours, _ = two_runs(tmp_path)
     branch = tmp_path / "branch"
-    status, err = cli(capsys, "train", "--resume", str(ours / "checkpoints" / "step_000004.pt"), "--steps", "6",
-                      "--fork", str(branch), "-q")
+    status, err = cli(
+        capsys,
+        "train",
+        "--resume",
+        str(ours / "checkpoints" / "step_000004.pt"),
+        "--steps",
+        "6",
+        "--fork",
+        str(branch),
+        "-q",
+    )
     assert status == 0, err
     assert read_run_id(branch) not in (None, read_run_id(ours))
     assert load_checkpoint(branch)["run_id"] == read_run_id(branch)

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_main
+
 from ganplug.errors import UsageError
 from ganplug.train import threads
 from ganplug.train.config import TrainConfig, read_config_file, validate_config
 from ganplug.train.threads import available_cpus, cgroup_cpus, thread_count, torch_threads
 
 
-def fake_cgroup(root: Path, *, group: str = "/", cpu_max: dict[str, str] | None = None,
-                v1: tuple[str, str] | None = None) -> tuple[Path, Path]:
+def fake_cgroup(
+    root: Path, *, group: str = "/", cpu_max: dict[str, str] | None = None, v1: tuple[str, str] | None = None
+) -> tuple[Path, Path]:
     """A cgroup tree under ``root``: ``cpu.max`` per group path, a v1 ``cpu/`` quota, and the
     membership file naming ``group``; returns (root, membership)."""
     for path, text in (cpu_max or {}).items():
@@ -44,7 +45,8 @@ def test_cgroup_v2_quota_rounds_up_and_max_is_no_quota(tmp_path: Path):
 
 def test_cgroup_v2_takes_the_smallest_quota_of_the_group_and_its_parents(tmp_path: Path):
     root, membership = fake_cgroup(
-        tmp_path / "cg", group="/slurm/job_7/task_0",
+        tmp_path / "cg",
+        group="/slurm/job_7/task_0",
         cpu_max={"/slurm": "max 100000", "/slurm/job_7": "300000 100000", "/slurm/job_7/task_0": "max 100000"},
     )
     assert cgroup_cpus(root, membership) == 3
@@ -123,9 +125,35 @@ def test_the_start_up_line_shows_the_thread_count(tmp_path: Path, capsys, monkey
     before = torch.get_num_threads()
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", "--arch", "mlp", "--loss", "bce", "--dataset", "gaussian", "--data-opt", "size=256",
-        "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--batch-size", "16", "--steps", "1",
-        "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu", "--threads", "1", "--out", str(run_dir), "-q",
+        capsys,
+        "train",
+        "--arch",
+        "mlp",
+        "--loss",
+        "bce",
+        "--dataset",
+        "gaussian",
+        "--data-opt",
+        "size=256",
+        "--arch-opt",
+        "g_widths=8",
+        "--arch-opt",
+        "d_widths=8",
+        "--batch-size",
+        "16",
+        "--steps",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        str(run_dir),
+        "-q",
     )
     assert code == 0, err
     assert f"steps on cpu (1 thread); writing to {run_dir}" in err

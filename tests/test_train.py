@@ -49,8 +49,13 @@ def tiny(arch="mlp", loss="bce", dataset="ring8", *, loss_options=None, data_opt
     values = dict(steps=2, batch_size=16, log_every=1, sample_every=1, checkpoint_every=1, num_samples=16, device="cpu")
     values.update(knobs)
     return TrainConfig(
-        arch=arch, loss=loss, dataset=dataset, arch_options=arch_options,
-        loss_options=dict(loss_options or {}), data_options=data_options, **values,
+        arch=arch,
+        loss=loss,
+        dataset=dataset,
+        arch_options=arch_options,
+        loss_options=dict(loss_options or {}),
+        data_options=data_options,
+        **values,
     )
 
 
@@ -138,7 +143,11 @@ def test_every_pairing_trains_and_writes_its_outputs(tmp_path, arch, loss_key, d
     assert TrainConfig.from_dict(stored).to_dict() == state["config"]
 
     if loss_key == "wgan-clip":  # the critic's weights stay clipped to [-c, c]
-        assert all(t.abs().max() <= 0.01 for k, t in state["discriminator"].items() if "running" not in k and t.is_floating_point())
+        assert all(
+            t.abs().max() <= 0.01
+            for k, t in state["discriminator"].items()
+            if "running" not in k and t.is_floating_point()
+        )
 
 
 def _default_loss_options(loss):
@@ -162,14 +171,26 @@ def test_recipe_latent_and_context_fill_the_unset_knobs():
     assert (c.n_critic, c.optimizer, c.lr_g, c.lr_d, c.betas) == (5, "adam", 1e-4, 1e-4, (0.0, 0.9))
     assert (c.latent, c.latent_dim, run.data_shape, run.value_range) == ("normal", 8, (2,), None)
     # ring8's defaults under the given values, as on the command line
-    assert c.arch_options == {"g_widths": "16,16", "d_widths": "16,16", "dropout": 0.0, "slope": 0.2, "d_input_scale": 30.0,
-                             "critic_norm": "none"}
+    assert c.arch_options == {
+        "g_widths": "16,16",
+        "d_widths": "16,16",
+        "dropout": 0.0,
+        "slope": 0.2,
+        "d_input_scale": 30.0,
+        "critic_norm": "none",
+    }
     assert (c.batch_size, c.pack, c.ema, c.steps, c.lr_decay) == (16, 2, 0.999, 2, "none")
     assert c.data_options == {"std": 0.01, "size": 256}
     assert not isinstance(run.generator[-2], torch.nn.Tanh)  # unbounded data: linear output
 
     clip = build_run(resolve(tiny("mlp", "wasserstein", "gaussian", loss_options={"lipschitz": "clip"}))).config
-    assert (clip.n_critic, clip.optimizer, clip.lr_g, clip.latent, clip.latent_dim) == (5, "rmsprop", 5e-5, "uniform", 8)
+    assert (clip.n_critic, clip.optimizer, clip.lr_g, clip.latent, clip.latent_dim) == (
+        5,
+        "rmsprop",
+        5e-5,
+        "uniform",
+        8,
+    )
 
     images = build_run(resolve(tiny("dcgan", "wasserstein", "digits", data_options={"image_size": 16})))
     assert images.config.latent_dim == 64 and images.data_shape == (1, 16, 16) and images.value_range == (-1.0, 1.0)
@@ -179,8 +200,28 @@ def test_recipe_latent_and_context_fill_the_unset_knobs():
     out = bce.generator(torch.randn(4, 64))
     assert out.shape == (4, 1, 16, 16) and out.abs().max() <= 1  # tanh for bounded data
 
-    mine = build_run(resolve(tiny("mlp", "wasserstein", "ring8", n_critic=2, optimizer="rmsprop", lr_g=3e-3, latent="uniform", latent_dim=5))).config
-    assert (mine.n_critic, mine.optimizer, mine.lr_g, mine.lr_d, mine.latent, mine.latent_dim) == (2, "rmsprop", 3e-3, 1e-4, "uniform", 5)
+    mine = build_run(
+        resolve(
+            tiny(
+                "mlp",
+                "wasserstein",
+                "ring8",
+                n_critic=2,
+                optimizer="rmsprop",
+                lr_g=3e-3,
+                latent="uniform",
+                latent_dim=5,
+            )
+        )
+    ).config
+    assert (mine.n_critic, mine.optimizer, mine.lr_g, mine.lr_d, mine.latent, mine.latent_dim) == (
+        2,
+        "rmsprop",
+        3e-3,
+        1e-4,
+        "uniform",
+        5,
+    )
 
 
 def test_same_seed_same_initial_weights():
@@ -364,7 +405,9 @@ def test_load_generator_matches_the_trained_one(tmp_path, ema):
     assert (g.latent_dim, g.latent, g.value_range, g.data_shape, g.step) == (64, "normal", (-1.0, 1.0), (1, 16, 16), 3)
     assert g.uses_ema == (ema > 0) and not g.training
     assert isinstance(g, TrainedGenerator) and not any(p.requires_grad for p in g.parameters())
-    assert g.module.state_dict().keys() == (trainer.stepper.ema if ema > 0 else trainer.run.generator).state_dict().keys()
+    assert (
+        g.module.state_dict().keys() == (trainer.stepper.ema if ema > 0 else trainer.run.generator).state_dict().keys()
+    )
     z = draw_latent(5, 64, "normal", generator=torch.Generator().manual_seed(1))
     expected_model = trainer.stepper.ema if ema > 0 else trainer.run.generator.eval()
     with torch.no_grad():
@@ -401,7 +444,9 @@ def test_ema_follows_the_warmed_up_decay(tmp_path):
     snapshots = []
 
     def record(trainer, step):  # called before step `step` (1-based), after `trainer.step` steps
-        flat = lambda module: torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        def flat(module):
+            return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
         snapshots.append((trainer.step, flat(trainer.run.generator), flat(trainer.stepper.ema)))
 
     run_quiet(tiny(steps=5, ema=0.999), tmp_path / "run", callbacks=[before_step(record)])
