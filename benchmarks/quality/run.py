@@ -81,7 +81,7 @@ def _final_checkpoint(run_dir: Path, steps: int) -> Path:
 def _train_run(config: Any, run_dir: Path, quiet: bool) -> bool:
     """Train (or resume) ``config`` into ``run_dir``; False when its final checkpoint exists."""
     from ganplug.train import train
-    from ganplug.train.checkpoint import has_checkpoint
+    from ganplug.train.rundir import has_checkpoint
 
     stream = io.StringIO() if quiet else None  # the trainer's start/done lines print even when quiet
     if _final_checkpoint(run_dir, config.steps).is_file():
