@@ -73,9 +73,7 @@ if with_cuda:
         extra_link_args=["-fopenmp"],
     )
 else:
-    extension = CppExtension(
-        "ganplug._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
-    )
+    extension = CppExtension("ganplug._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
 
 print(
     f"ganplug: building ganplug._C with {'CPU and CUDA' if with_cuda else 'CPU'} kernels"
@@ -87,6 +85,8 @@ ninja = toolkit.find_ninja()
 if ninja is None:
     print(f"ganplug: {toolkit.NO_NINJA}", file=sys.stderr)
 elif os.path.dirname(ninja) not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = os.pathsep.join([os.path.dirname(ninja), os.environ.get("PATH", "")])  # torch runs `ninja` by name
+    os.environ["PATH"] = os.pathsep.join(
+        [os.path.dirname(ninja), os.environ.get("PATH", "")]
+    )  # torch runs `ninja` by name
 
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

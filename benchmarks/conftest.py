@@ -115,7 +115,12 @@ class StepBench:
         self.benchmark(fn)
         stats = getattr(self.benchmark.stats, "stats", None)  # None under --benchmark-disable
         if stats is not None:
-            self.store[(group, impl)] = {"median": stats.median, "min": stats.min, "mean": stats.mean, "samples": samples}
+            self.store[(group, impl)] = {
+                "median": stats.median,
+                "min": stats.min,
+                "mean": stats.mean,
+                "samples": samples,
+            }
 
     def refuse(self, group: str, impl: str, why: str) -> None:
         self.store[(group, impl)] = {"refused": why}
@@ -138,7 +143,8 @@ def step_table(timings: dict, stat: str) -> list[str]:
     ]
     notes: list[str] = []
     for group, t in groups.items():
-        def get(impl: str) -> float | None:
+
+        def get(impl: str, t: dict = t) -> float | None:
             return t[impl].get(stat) if impl in t else None
 
         g = get("ganplug")
@@ -165,18 +171,26 @@ def ratio_table(timings: dict, stat: str) -> list[str]:
     for (group, impl), s in timings.items():
         groups.setdefault(group, {})[impl] = s
     with_min = stat != "min"
-    head = f"| op \\| pass \\| shape \\| device-dtype | fused | eager | compile | eager/fused | compile/fused |"
+    head = "| op \\| pass \\| shape \\| device-dtype | fused | eager | compile | eager/fused | compile/fused |"
     rule = "|---|---:|---:|---:|---:|---:|"
     if with_min:
         head += " eager/fused (min) | compile/fused (min) |"
         rule += "---:|---:|"
     lines = [head, rule]
     for group, t in groups.items():  # insertion order = run order
-        def get(impl: str, key: str) -> float | None:
+
+        def get(impl: str, key: str, t: dict = t) -> float | None:
             return t[impl][key] if impl in t else None
 
         f, e, c = get("fused", stat), get("eager", stat), get("compile", stat)
-        cells = [group.replace("|", "\\|"), format_time(f), format_time(e), format_time(c), _fmt_ratio(e, f), _fmt_ratio(c, f)]
+        cells = [
+            group.replace("|", "\\|"),
+            format_time(f),
+            format_time(e),
+            format_time(c),
+            _fmt_ratio(e, f),
+            _fmt_ratio(c, f),
+        ]
         if with_min:
             fm = get("fused", "min")
             cells += [_fmt_ratio(get("eager", "min"), fm), _fmt_ratio(get("compile", "min"), fm)]

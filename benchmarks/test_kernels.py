@@ -40,7 +40,9 @@ class Case:
 
     def inputs(self, requires_grad: bool) -> tuple[torch.Tensor, ...]:
         """The seeded inputs `ganplug bench` times for the same op and shapes."""
-        row = KernelRow(self.op, "fwd+bwd" if requires_grad else "fwd", self.label, self.shapes, self.device, self.dtype, 0)
+        row = KernelRow(
+            self.op, "fwd+bwd" if requires_grad else "fwd", self.label, self.shapes, self.device, self.dtype, 0
+        )
         return row.inputs()
 
 

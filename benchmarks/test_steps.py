@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from ganplug.train import TrainConfig
-from ganplug.train.build import build_run, pack_samples
-from ganplug.train.config import resolve
-from ganplug.train.loop import Trainer
-
 # The cases, the plain models and the plain loop are the ones `ganplug bench` uses: one copy, in
 # ganplug.bench.steps.
 from ganplug.bench.steps import CASES, PlainLoop, copy_weights, plain_twin, real_samples
 from ganplug.bench.steps import StepCase as Case
+from ganplug.train import TrainConfig
+from ganplug.train.build import build_run, pack_samples
+from ganplug.train.config import resolve
+from ganplug.train.loop import Trainer
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -123,9 +122,7 @@ def _sync(device: str) -> Callable[[], None]:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["ganplug", "plain", "compile"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_step(
-    step_bench, case: Case, impl: str, device: str, threads: int, tmp_path: Path, rgb_folder: Path
-) -> None:
+def test_step(step_bench, case: Case, impl: str, device: str, threads: int, tmp_path: Path, rgb_folder: Path) -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -136,6 +133,7 @@ def test_step(
         samples = cfg.batch_size * cfg.n_critic
         sync = _sync(device)
         if impl == "ganplug":
+
             def fn() -> None:
                 trainer.run_step()
                 sync()
@@ -147,6 +145,7 @@ def test_step(
                 with _autocast(device):
                     plain.step()
                 sync()
+
         try:
             for _ in range(WARMUP_STEPS):
                 fn()

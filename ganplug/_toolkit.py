@@ -15,7 +15,9 @@ def is_toolkit(root: str | None) -> bool:
     """Whether ``root`` holds a CUDA toolkit the build can use: ``bin/nvcc`` and ``include/cuda_runtime.h``."""
     if not root:
         return False
-    return os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+    return os.path.isfile(os.path.join(root, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(root, "include", "cuda_runtime.h")
+    )
 
 
 def find_cuda_home() -> str | None:

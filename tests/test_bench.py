@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_main
 
 from ganplug.bench import kernels, runner, steps
@@ -173,6 +172,7 @@ def test_measure_interleaves_every_column_for_the_same_rounds():
     def count(name):
         def call():
             calls[name] += 1
+
         return call
 
     times = measure({"a": count("a"), "b": count("b")}, "cpu", QUICK)
@@ -214,7 +214,9 @@ def test_select_by_part_of_a_name_and_a_typo_is_named():
     assert [r.name for r in chosen if STEP in r.name] == [STEP_ROW]
     assert [r.name for r in runner.select(candidates, [KERNEL])] == [KERNEL_ROW]
     assert runner.select(candidates, []) == candidates
-    with pytest.raises(UsageError, match=r"--only 'gradient_penlty' matches no benchmark row here; did you mean 'gradient_penalty'\?"):
+    with pytest.raises(
+        UsageError, match=r"--only 'gradient_penlty' matches no benchmark row here; did you mean 'gradient_penalty'\?"
+    ):
         runner.select(candidates, ["gradient_penlty"])
     with pytest.raises(UsageError, match=r"--only 'dropout' matches"):  # every NAME must match
         runner.select(steps.rows("cpu", 1), [STEP, "dropout"])
@@ -224,7 +226,9 @@ def test_a_column_that_computes_something_else_is_one_error():
     def prepare():
         raise AssertionError("outputs differ by 0.5\nmore detail")
 
-    with pytest.raises(GanplugError, match=r"^row x: plain does not compute what it is compared with: outputs differ by 0.5$"):
+    with pytest.raises(
+        GanplugError, match=r"^row x: plain does not compute what it is compared with: outputs differ by 0.5$"
+    ):
         runner._checked("row x", "plain", prepare)
 
 
@@ -251,9 +255,11 @@ def test_a_kernel_column_is_checked_against_the_eager_twin(monkeypatch):
 
 def doubled_gradient(loss_fn):
     """``loss_fn`` with the same value and twice the gradient."""
+
     def twice(*args):
         value = loss_fn(*args)
         return 2 * value - value.detach()
+
     return twice
 
 
@@ -313,7 +319,10 @@ def test_the_plain_twins_have_ganplugs_weights(step_bench):
     "args, message",
     [
         (("--only", "no-such-row"), "--only 'no-such-row' matches no benchmark row here"),
-        (("--only", "gradient_penlty"), "--only 'gradient_penlty' matches no benchmark row here; did you mean 'gradient_penalty'?"),
+        (
+            ("--only", "gradient_penlty"),
+            "--only 'gradient_penlty' matches no benchmark row here; did you mean 'gradient_penalty'?",
+        ),
         (("--kernels", "--only", STEP), f"--only {STEP!r} matches no benchmark row here"),
         (("--steps", "--only", KERNEL), f"--only {KERNEL!r} matches no benchmark row here"),
         (("--threads", "0"), "--threads expects positive counts like 1 or 1,2, got '0'"),
@@ -323,7 +332,9 @@ def test_the_plain_twins_have_ganplugs_weights(step_bench):
     ],
 )
 def test_bench_mistakes_are_one_line_exit_2(tmp_path: Path, capsys, args, message):
-    code, out, err = run_main(capsys, "bench", "--device", "cpu", "--quick", "--no-compile", "--out", str(tmp_path), *args)
+    code, out, err = run_main(
+        capsys, "bench", "--device", "cpu", "--quick", "--no-compile", "--out", str(tmp_path), *args
+    )
     assert code == 2 and out == "", err
     assert err.count("\n") == 1 and err.startswith("Error: ") and message in err, err
     assert not (tmp_path / runner.MARKDOWN_FILE).exists() and not (tmp_path / runner.PNG_FILE).exists()

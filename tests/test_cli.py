@@ -9,19 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import read_metrics, run_main
 
 from ganplug.cli import build_config, main
-from ganplug.train.config import parse_pairs
 from ganplug.errors import UsageError
+from ganplug.train.config import parse_pairs
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ganplug", *args], capture_output=True, text=True, env=full_env
-    )
+    return subprocess.run([sys.executable, "-m", "ganplug", *args], capture_output=True, text=True, env=full_env)
 
 
 def test_help_lists_the_commands(capsys):
@@ -46,7 +43,10 @@ def test_list_json(capsys):
     assert datasets["ring8"]["value_range"] is None
     assert datasets["digits"]["value_range"] == [-1.0, 1.0]
     assert datasets["digits"]["options"][0] == {
-        "name": "image_size", "type": "int", "default": 16, "help": "resize to this square size, 8-128 (native: 8)"
+        "name": "image_size",
+        "type": "int",
+        "default": 16,
+        "help": "resize to this square size, 8-128 (native: 8)",
     }
 
 
@@ -68,9 +68,18 @@ def test_plugins_json(capsys):
         (["train", "--steps", "0"], "Error: steps must be an integer >= 1, got 0: pass e.g. --steps 2000"),
         (["train", "--arch-opt", "width"], "Error: --arch-opt expects KEY=VALUE, got 'width'"),
         (["train", "--arch-opt", "depth=3"], "Error: architecture 'dcgan' has no option 'depth'"),
-        (["train", "--loss-opt", "lipschitz=spectral"], "Error: loss 'wasserstein' option lipschitz: expected one of gp, clip, none, got 'spectral'"),
-        (["train", "--dataset", "ring8", "--image-size", "16"], "Error: --image-size does not apply to dataset 'ring8'"),
-        (["train", "--loss", "hinge", "--label-smoothing", "0.1"], "Error: --label-smoothing does not apply to loss 'hinge'"),
+        (
+            ["train", "--loss-opt", "lipschitz=spectral"],
+            "Error: loss 'wasserstein' option lipschitz: expected one of gp, clip, none, got 'spectral'",
+        ),
+        (
+            ["train", "--dataset", "ring8", "--image-size", "16"],
+            "Error: --image-size does not apply to dataset 'ring8'",
+        ),
+        (
+            ["train", "--loss", "hinge", "--label-smoothing", "0.1"],
+            "Error: --label-smoothing does not apply to loss 'hinge'",
+        ),
         (["train", "--betas", "0.5"], "Error: --betas expects two numbers like 0.5,0.999"),
         (["train", "--config", "no-such-file.toml"], "Error: --config: no file no-such-file.toml"),
         (["sample"], "Error: Missing option '--checkpoint'"),
@@ -100,9 +109,7 @@ def test_parse_pairs():
 def test_config_precedence(tmp_path: Path):
     """Command line over --config over defaults; options merge key by key."""
     config_file = tmp_path / "run.toml"
-    config_file.write_text(
-        'loss = "bce"\nsteps = 50\nbatch_size = 32\n[arch_options]\nwidth = 16\nslope = 0.1\n'
-    )
+    config_file.write_text('loss = "bce"\nsteps = 50\nbatch_size = 32\n[arch_options]\nwidth = 16\nslope = 0.1\n')
     config = build_config(
         {"config_file": str(config_file), "steps": 7, "arch_opt": ("width=8",), "label_smoothing": 0.1}
     )
@@ -126,8 +133,14 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
     config_file.write_text('dataset = "ring8"\narch = "mlp"\nsteps = 300\n[arch_options]\ng_widths = "32"\n')
     config = build_config({"config_file": str(config_file), "pack": 1, "arch_opt": ("dropout=0.1",)})
     assert (config.steps, config.pack, config.batch_size) == (300, 1, 512)  # file, command line, dataset
-    assert config.arch_options == {"g_widths": "32", "d_widths": "256,256,256", "dropout": 0.1, "slope": 0.2,
-                                   "d_input_scale": 30.0, "critic_norm": "none"}
+    assert config.arch_options == {
+        "g_widths": "32",
+        "d_widths": "256,256,256",
+        "dropout": 0.1,
+        "slope": 0.2,
+        "d_input_scale": 30.0,
+        "critic_norm": "none",
+    }
     # datasets without defaults, and architectures the dataset has no options for, keep the plain defaults
     digits = build_config({"dataset": "digits"})
     assert (digits.steps, digits.batch_size, digits.pack, digits.ema) == (2000, 64, 1, 0.0)
@@ -149,7 +162,10 @@ def test_a_dataset_recipe_for_the_loss_sits_above_the_loss_recipe_and_below_the_
 def test_list_shows_dataset_defaults(capsys):
     code, out, _ = run_main(capsys, "list", "datasets")
     assert code == 0
-    assert "    training defaults: steps=6000, batch_size=256, ema=0.999, mlp: g_widths=64,64 d_widths=64,64 dropout=0.0" in out
+    assert (
+        "    training defaults: steps=6000, batch_size=256, ema=0.999, mlp: g_widths=64,64 d_widths=64,64 dropout=0.0"
+        in out
+    )
     code, out, _ = run_main(capsys, "list", "datasets", "--json")
     ring8 = {d["name"]: d for d in json.loads(out)}["ring8"]
     assert ring8["defaults"]["pack"] == 2 and ring8["defaults"]["arch_options"]["mlp"]["d_input_scale"] == 30.0
@@ -219,8 +235,23 @@ def test_shell_completion_of_names():
 
 # -- train / sample end to end ------------------------------------------------------------------
 
-TINY = ["--arch", "mlp", "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16",
-        "--dataset", "ring8", "--data-opt", "size=256", "--batch-size", "16", "--device", "cpu", "-q"]
+TINY = [
+    "--arch",
+    "mlp",
+    "--arch-opt",
+    "g_widths=16,16",
+    "--arch-opt",
+    "d_widths=16,16",
+    "--dataset",
+    "ring8",
+    "--data-opt",
+    "size=256",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 @pytest.fixture
@@ -256,7 +287,10 @@ def test_config_file_of_a_run_reproduces_it(tiny_run: Path, tmp_path: Path, caps
 def test_an_output_dir_holding_a_run_is_refused(tiny_run: Path, capsys):
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "4", "--out", str(tiny_run))
     assert code == 2
-    assert err == f"Error: {tiny_run} already holds a run: pass --resume {tiny_run} to continue it or choose another --out\n"
+    assert (
+        err
+        == f"Error: {tiny_run} already holds a run: pass --resume {tiny_run} to continue it or choose another --out\n"
+    )
 
 
 def test_resume_continues_and_refuses_changes(tiny_run: Path, capsys):
@@ -291,7 +325,9 @@ def test_resume_reads_the_checkpoint_once(tiny_run: Path, tmp_path: Path, capsys
 def test_sample_from_a_checkpoint(tiny_run: Path, tmp_path: Path, capsys):
     import numpy as np
 
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "-n", "10", "--out", str(tmp_path / "s.npy"))
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(tiny_run), "-n", "10", "--out", str(tmp_path / "s.npy")
+    )
     assert code == 0, err
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (10, 2) and np.isfinite(samples).all()
@@ -323,9 +359,27 @@ def test_dcgan_trains_on_an_image_folder_of_colour_images(tmp_path: Path, capsys
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / f"{index}.png")
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", "--arch", "dcgan", "--arch-opt", "width=4", "--loss", "hinge",
-        "--dataset", "image-folder", "--data-dir", str(tmp_path / "images"), "--image-size", "16",
-        "--batch-size", "4", "--steps", "2", "--out", str(run_dir), "-q",
+        capsys,
+        "train",
+        "--arch",
+        "dcgan",
+        "--arch-opt",
+        "width=4",
+        "--loss",
+        "hinge",
+        "--dataset",
+        "image-folder",
+        "--data-dir",
+        str(tmp_path / "images"),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--out",
+        str(run_dir),
+        "-q",
     )
     assert code == 0, err
     code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", str(tmp_path / "s.npy"))
@@ -342,17 +396,38 @@ def test_sample_into_a_folder_writes_one_png_per_image(tmp_path: Path, capsys):
 
     run_dir = tmp_path / "run"
     code, _, err = run_main(
-        capsys, "train", "--arch", "dcgan", "--arch-opt", "width=4", "--loss", "hinge", "--dataset", "digits",
-        "--image-size", "8", "--batch-size", "8", "--steps", "2", "--out", str(run_dir), "-q",
+        capsys,
+        "train",
+        "--arch",
+        "dcgan",
+        "--arch-opt",
+        "width=4",
+        "--loss",
+        "hinge",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--out",
+        str(run_dir),
+        "-q",
     )
     assert code == 0, err
     folder = tmp_path / "fakes"
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", f"{folder}/")
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", f"{folder}/"
+    )
     assert code == 0, err
     names = sorted(p.name for p in folder.iterdir())
     assert names == [f"{i:06d}.png" for i in range(100)]
     assert "wrote 100 images" in out
-    code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", str(tmp_path / "s.npy"))
+    code, _, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "-n", "100", "--seed", "4", "--out", str(tmp_path / "s.npy")
+    )
     assert code == 0, err
     expected = np.floor((np.load(tmp_path / "s.npy")[:, 0] + 1.0) / 2.0 * 255.0 + 0.5)
     for index in (0, 57, 99):
@@ -364,19 +439,25 @@ def test_sample_into_a_folder_writes_one_png_per_image(tmp_path: Path, capsys):
     code, out, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", str(folder))
     assert code == 2 and out == "" and err.count("\n") == 1 and "is not empty" in err
     assert len(list(folder.iterdir())) == 100
-    code, _, err = run_main(capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", f"{tmp_path / 's.npy'}/")
+    code, _, err = run_main(
+        capsys, "sample", "--checkpoint", str(run_dir), "-n", "3", "--out", f"{tmp_path / 's.npy'}/"
+    )
     assert code == 2 and "is a file" in err
 
 
 def test_points_do_not_go_into_an_image_folder(tiny_run: Path, tmp_path: Path, capsys):
-    code, out, err = run_main(capsys, "sample", "--checkpoint", str(tiny_run), "-n", "5", "--out", f"{tmp_path / 'pts'}/")
+    code, out, err = run_main(
+        capsys, "sample", "--checkpoint", str(tiny_run), "-n", "5", "--out", f"{tmp_path / 'pts'}/"
+    )
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "samples of shape (2,) are not images" in err
     assert not (tmp_path / "pts").exists()
 
 
 def test_missing_data_dir_is_one_line(tmp_path: Path, capsys):
-    code, _, err = run_main(capsys, "train", "--dataset", "image-folder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    code, _, err = run_main(
+        capsys, "train", "--dataset", "image-folder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r")
+    )
     assert code != 0 and err.startswith("Error: ") and err.count("\n") == 1
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -398,7 +479,7 @@ def test_a_misspelled_name_fails_before_torch_loads():
 def test_list_losses_shows_each_recipe(capsys):
     code, out, _ = run_main(capsys, "list", "losses")
     assert code == 0
-    wasserstein = out[out.index("\nwasserstein"):out.index("\nhinge")]
+    wasserstein = out[out.index("\nwasserstein") : out.index("\nhinge")]
     assert "    recipe: n_critic=5, optimizer=adam, lr_g=0.0001, lr_d=0.0001, betas=[0.0, 0.9]" in wasserstein
     code, out, _ = run_main(capsys, "list", "losses", "--json")
     recipes = {d["name"]: d["recipe"] for d in json.loads(out)}

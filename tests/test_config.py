@@ -8,29 +8,69 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import quiet_train, run_main
 
 from ganplug.errors import UsageError
 from ganplug.train import CONFIG_FILE
 from ganplug.train.checkpoint import resume_config
 from ganplug.train.config import (
-    KNOBS, RESUMABLE, ResolvedConfig, TrainConfig, check_resume, read_config_file, resolve, validate_config,
+    KNOBS,
+    RESUMABLE,
+    ResolvedConfig,
+    TrainConfig,
+    check_resume,
+    read_config_file,
+    resolve,
+    validate_config,
 )
 
 # A ring8 run small enough for a test, leaving batch_size, pack, ema and the MLP's other widths to
 # ring8's defaults (512, 2, 0.999, d_input_scale 30).
-RING8 = dict(arch="mlp", loss="bce", dataset="ring8", steps=2, seed=3, device="cpu", sample_every=0,
-             checkpoint_every=0, log_every=1)
+RING8 = dict(
+    arch="mlp",
+    loss="bce",
+    dataset="ring8",
+    steps=2,
+    seed=3,
+    device="cpu",
+    sample_every=0,
+    checkpoint_every=0,
+    log_every=1,
+)
 RING8_OPTIONS = dict(arch_options={"g_widths": "16", "d_widths": "16"}, data_options={"size": 600})
 
 
 def test_the_command_line_and_python_write_the_same_config(tmp_path: Path, capsys):
     code, _, err = run_main(
-        capsys, "train", "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--steps", "2", "--seed", "3",
-        "--device", "cpu", "--sample-every", "0", "--checkpoint-every", "0", "--log-every", "1",
-        "--arch-opt", "g_widths=16", "--arch-opt", "d_widths=16", "--data-opt", "size=600",
-        "--out", str(tmp_path / "cli"), "--quiet",
+        capsys,
+        "train",
+        "--arch",
+        "mlp",
+        "--loss",
+        "bce",
+        "--dataset",
+        "ring8",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--log-every",
+        "1",
+        "--arch-opt",
+        "g_widths=16",
+        "--arch-opt",
+        "d_widths=16",
+        "--data-opt",
+        "size=600",
+        "--out",
+        str(tmp_path / "cli"),
+        "--quiet",
     )
     assert code == 0, err
     quiet_train(TrainConfig(**RING8, **RING8_OPTIONS), tmp_path / "python")
@@ -59,7 +99,13 @@ def test_layers_apply_in_order(tmp_path: Path):
     assert resolve(TrainConfig(**{**RING8, "ema": 0.0})).ema == 0.0
     # the main job: mnist5k's recipe for wasserstein sits above the loss's own (its betas)
     main_job = resolve(TrainConfig())
-    assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (1500, 2, 2e-4, 2e-4, (0.0, 0.9))
+    assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (
+        1500,
+        2,
+        2e-4,
+        2e-4,
+        (0.0, 0.9),
+    )
     # nothing is left unset but latent_dim, which the data's shape decides when the run is built
     assert [name for name, value in vars(main_job).items() if value is None] == ["latent_dim"]
     assert resolve(TrainConfig(loss_options={"lipschitz": "clip"})).optimizer == "rmsprop"  # the recipe of the options
@@ -106,7 +152,10 @@ def test_resume_rules_are_one_declared_list():
     assert {name.partition(".")[0] for name in RESUMABLE} <= set(KNOBS)
     assert {"steps", "device", "loggers", "sample_every"} <= RESUMABLE
     assert not {"batch_size", "pack", "lr_g", "arch", "seed"} & RESUMABLE
-    assert {name for name in RESUMABLE if name.startswith("data_options.")} == {"data_options.root", "data_options.download"}
+    assert {name for name in RESUMABLE if name.startswith("data_options.")} == {
+        "data_options.root",
+        "data_options.download",
+    }
     stored = resolve(TrainConfig(**RING8, **RING8_OPTIONS))
     assert resume_config(stored, {"steps": 10, "log_every": 5}).steps == 10
     with pytest.raises(UsageError, match="--batch-size cannot change when resuming"):
@@ -119,16 +168,21 @@ def test_resume_rules_are_one_declared_list():
     check_resume(augmented, vars(dataclasses.replace(augmented, steps=9, data_options={**augmented.data_options})))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stesp = 3\n", "unknown key 'stesp' (did you mean 'steps'?)"),
-    ("batch-size = 3\n", "unknown key 'batch-size' (did you mean 'batch_size'?)"),
-    ("zzz = 1\nsteps = 3\n", "unknown key 'zzz'"),
-    ("label_smoothing = 0.1\n", "unknown key 'label_smoothing' (it is an option: put label_smoothing in the "
-                                "[loss_options] table)"),
-    ("steps = 0\n", "steps must be an integer >= 1, got 0: pass e.g. --steps 2000"),
-    ("betas = 5\n", "betas must be two numbers in [0, 1), got 5: pass e.g. --betas 0.5,0.999"),
-    ('arch_options = "wide"\n', "arch_options must be a table of options, got 'wide'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stesp = 3\n", "unknown key 'stesp' (did you mean 'steps'?)"),
+        ("batch-size = 3\n", "unknown key 'batch-size' (did you mean 'batch_size'?)"),
+        ("zzz = 1\nsteps = 3\n", "unknown key 'zzz'"),
+        (
+            "label_smoothing = 0.1\n",
+            "unknown key 'label_smoothing' (it is an option: put label_smoothing in the [loss_options] table)",
+        ),
+        ("steps = 0\n", "steps must be an integer >= 1, got 0: pass e.g. --steps 2000"),
+        ("betas = 5\n", "betas must be two numbers in [0, 1), got 5: pass e.g. --betas 0.5,0.999"),
+        ('arch_options = "wide"\n', "arch_options must be a table of options, got 'wide'"),
+    ],
+)
 def test_a_config_file_mistake_is_one_line_naming_the_file(tmp_path: Path, capsys, text: str, message: str):
     config_file = tmp_path / "config.toml"
     config_file.write_text(text)

@@ -8,8 +8,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from conftest import run_main
+
 from ganplug import registry as registry_module
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
@@ -23,8 +23,16 @@ from ganplug.train.config import ResolvedConfig, TrainConfig, as_template, read_
 # A ring8 BCE run with three values of its user's (n_critic, batch_size, a loss option); the rest
 # came from ring8's defaults (steps 24000, pack 2, EMA, mlp widths, d_input_scale 30, BCE at lr
 # 1e-4, std 0.01) and BCE's recipe (adam, betas 0.5,0.999).
-USER = dict(arch="mlp", loss="bce", dataset="ring8", n_critic=2, batch_size=256, seed=4, device="cpu",
-            loss_options={"label_smoothing": 0.1})
+USER = dict(
+    arch="mlp",
+    loss="bce",
+    dataset="ring8",
+    n_critic=2,
+    batch_size=256,
+    seed=4,
+    device="cpu",
+    loss_options={"label_smoothing": 0.1},
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +69,9 @@ def test_another_loss_drops_the_old_loss_options_and_recipe(ring8_run: Path):
     wgan = build_run(build_config({"config_file": str(ring8_run), "loss": "wasserstein"})).config
     assert (wgan.lr_g, wgan.betas, wgan.loss_options["lipschitz"]) == (1e-4, (0.0, 0.9), "gp")  # WGAN-GP's recipe
     # the command line's options for the new loss still apply
-    assert build_config({"config_file": str(ring8_run), "loss": "hinge", "loss_opt": ("r1=5",)}).loss_options["r1"] == 5.0
+    assert (
+        build_config({"config_file": str(ring8_run), "loss": "hinge", "loss_opt": ("r1=5",)}).loss_options["r1"] == 5.0
+    )
 
 
 def test_another_dataset_drops_the_old_datasets_values(ring8_run: Path):
@@ -84,7 +94,9 @@ def test_another_architecture_drops_the_old_arch_options(ring8_run: Path):
 
 
 def test_a_value_the_user_set_differently_is_kept(tmp_path: Path):
-    run = build_run(resolve(TrainConfig(**{**USER, "lr_g": 3e-4, "arch_options": {"d_input_scale": 10.0}, "ema": 0.99})))
+    run = build_run(
+        resolve(TrainConfig(**{**USER, "lr_g": 3e-4, "arch_options": {"d_input_scale": 10.0}, "ema": 0.99}))
+    )
     write_config(run.config, tmp_path, run.provenance)
     grid = build_config({"config_file": str(tmp_path / CONFIG_FILE), "dataset": "grid25", "steps": 50})
     assert (grid.lr_g, grid.lr_d, grid.ema, grid.steps) == (3e-4, 2e-4, 0.99, 50)  # lr_d: BCE's own
@@ -142,8 +154,25 @@ def test_resume_checks_options_against_the_recorded_spec(monkeypatch):
 
 def test_resume_of_a_builtin_run_under_a_shadowing_plugin(tmp_path: Path, capsys, monkeypatch, one_thread):
     run_dir = tmp_path / "run"
-    tiny = ["--arch", "mlp", "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--dataset", "ring8",
-            "--data-opt", "size=64", "--batch-size", "16", "--sample-every", "0", "--device", "cpu", "-q"]
+    tiny = [
+        "--arch",
+        "mlp",
+        "--arch-opt",
+        "g_widths=8",
+        "--arch-opt",
+        "d_widths=8",
+        "--dataset",
+        "ring8",
+        "--data-opt",
+        "size=64",
+        "--batch-size",
+        "16",
+        "--sample-every",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     code, _, err = run_main(capsys, "train", *tiny, "--loss", "hinge", "--steps", "2", "--out", str(run_dir))
     assert code == 0, err
     shadow_hinge(monkeypatch)

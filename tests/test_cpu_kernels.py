@@ -31,8 +31,14 @@ LOSSES = {
     "generator_bce": (lambda x: ops.generator_bce(x), lambda x: reference.generator_bce(x)),
     "generator_bce_0.9": (lambda x: ops.generator_bce(x, 0.9), lambda x: reference.generator_bce(x, 0.9)),
     "minimax": (ops.minimax_generator_loss, reference.minimax_generator_loss),
-    "discriminator_bce": (lambda x: ops.discriminator_bce(x, -x.flip(0)), lambda x: reference.discriminator_bce(x, -x.flip(0))),
-    "wasserstein_critic": (lambda x: ops.wasserstein_critic_loss(x, 0.5 * x), lambda x: reference.wasserstein_critic_loss(x, 0.5 * x)),
+    "discriminator_bce": (
+        lambda x: ops.discriminator_bce(x, -x.flip(0)),
+        lambda x: reference.discriminator_bce(x, -x.flip(0)),
+    ),
+    "wasserstein_critic": (
+        lambda x: ops.wasserstein_critic_loss(x, 0.5 * x),
+        lambda x: reference.wasserstein_critic_loss(x, 0.5 * x),
+    ),
     "wasserstein_generator": (ops.wasserstein_generator_loss, reference.wasserstein_generator_loss),
 }
 

@@ -176,14 +176,22 @@ def test_the_bce_backward_ops_called_directly(n, dtype):
     grad = torch.tensor(2.5, dtype=dtype)
     got = gl.bce_loss_backward(*cuda(grad, x, t), 0.0, -0.5)
     assert got.dtype == dtype
-    close(got, gl.bce_loss_backward(grad, x, t, 0.0, -0.5), dtype, rtol=2 * RTOL[dtype], what="bce_loss_backward vs cpu")
-    want = values_and_grads(lambda x: -0.5 * reference.generator_bce(x, t.cuda().double()), x.cuda().double(),
-                            upstream=torch.tensor(2.5, dtype=F64, device="cuda"))[1]
+    close(
+        got, gl.bce_loss_backward(grad, x, t, 0.0, -0.5), dtype, rtol=2 * RTOL[dtype], what="bce_loss_backward vs cpu"
+    )
+    want = values_and_grads(
+        lambda x: -0.5 * reference.generator_bce(x, t.cuda().double()),
+        x.cuda().double(),
+        upstream=torch.tensor(2.5, dtype=F64, device="cuda"),
+    )[1]
     close(got, want, dtype, what="bce_loss_backward vs reference")
     d_real, d_fake = gl.discriminator_bce_backward(*cuda(grad, x, fake), None, None, 0.9, 0.0)
     c_real, c_fake = gl.discriminator_bce_backward(grad, x, fake, None, None, 0.9, 0.0)
-    w_real, w_fake = values_and_grads(lambda r, f: reference.discriminator_bce(r, f, 0.9, 0.0), *f64_cuda(x, fake),
-                                      upstream=torch.tensor(2.5, dtype=F64, device="cuda"))[1:]
+    w_real, w_fake = values_and_grads(
+        lambda r, f: reference.discriminator_bce(r, f, 0.9, 0.0),
+        *f64_cuda(x, fake),
+        upstream=torch.tensor(2.5, dtype=F64, device="cuda"),
+    )[1:]
     for g, c, w, what in ((d_real, c_real, w_real, "real"), (d_fake, c_fake, w_fake, "fake")):
         close(g, c, dtype, rtol=2 * RTOL[dtype], what=f"discriminator_bce_backward {what} vs cpu")
         close(g, w, dtype, what=f"discriminator_bce_backward {what} vs reference")
@@ -191,7 +199,11 @@ def test_the_bce_backward_ops_called_directly(n, dtype):
 
 def test_infinite_logits_give_the_cpu_kernels_values():
     x = torch.tensor([[math.inf], [-math.inf], [0.0], [40.0], [-40.0]])
-    for op in (lambda x: ops.generator_bce(x, 1.0), lambda x: ops.discriminator_bce(x, x, 1.0, 0.0), ops.minimax_generator_loss):
+    for op in (
+        lambda x: ops.generator_bce(x, 1.0),
+        lambda x: ops.discriminator_bce(x, x, 1.0, 0.0),
+        ops.minimax_generator_loss,
+    ):
         got, want = values_and_grads(op, x.cuda()), values_and_grads(op, x)
         for g, w in zip(got, want):
             assert torch.equal(g.isnan().cpu(), w.isnan()) and torch.equal(g.isinf().cpu(), w.isinf())
@@ -232,10 +244,19 @@ def test_gradient_penalty_matches_the_cpu_kernel_and_the_reference(shape, dtype)
     # the backward op called directly, at another upstream gradient and target
     grad = torch.tensor(1.5, dtype=dtype)
     direct = gl.gradient_penalty_backward(*cuda(grad, g), 0.5)
-    want = values_and_grads(lambda g: reference.gradient_penalty(g, 0.5), g.cuda().double(),
-                            upstream=torch.tensor(1.5, dtype=F64, device="cuda"))[1]
+    want = values_and_grads(
+        lambda g: reference.gradient_penalty(g, 0.5),
+        g.cuda().double(),
+        upstream=torch.tensor(1.5, dtype=F64, device="cuda"),
+    )[1]
     close(direct, want, dtype, what="gradient_penalty_backward vs reference")
-    close(direct, gl.gradient_penalty_backward(grad, g, 0.5), dtype, rtol=2 * RTOL[dtype], what="gradient_penalty_backward vs cpu")
+    close(
+        direct,
+        gl.gradient_penalty_backward(grad, g, 0.5),
+        dtype,
+        rtol=2 * RTOL[dtype],
+        what="gradient_penalty_backward vs cpu",
+    )
 
 
 def _rows_with_nan_inf_and_zeros(dtype, cols=300) -> torch.Tensor:
@@ -252,8 +273,10 @@ def test_gradient_penalty_backward_of_nan_inf_and_zero_rows_is_the_references(dt
     g = _rows_with_nan_inf_and_zeros(dtype)
     want = values_and_grads(lambda g: reference.gradient_penalty(g, 1.0), g.cuda().double())[1].cpu()
     assert want[1].isnan().all() and want[3].isnan().all() and not want[[0, 2, 5]].isnan().any()
-    for got in (values_and_grads(lambda g: ops.gradient_penalty(g, 1.0), g.cuda())[1].cpu(),
-                gl.gradient_penalty_backward(torch.ones((), dtype=dtype, device="cuda"), g.cuda(), 1.0).cpu()):
+    for got in (
+        values_and_grads(lambda g: ops.gradient_penalty(g, 1.0), g.cuda())[1].cpu(),
+        gl.gradient_penalty_backward(torch.ones((), dtype=dtype, device="cuda"), g.cuda(), 1.0).cpu(),
+    ):
         assert torch.equal(got.isnan(), want.isnan())
         assert torch.equal(got[4], torch.zeros_like(got[4]))
         close(got[[0, 2, 5]], want[[0, 2, 5]], dtype, what="finite rows")
@@ -284,14 +307,20 @@ def exact_matmul():
     """IEEE float32 GEMMs (no TF32) and float32 reductions in half GEMMs, for the comparisons."""
     m = torch.backends.cuda.matmul
     saved = (m.allow_tf32, m.allow_fp16_reduced_precision_reduction, m.allow_bf16_reduced_precision_reduction)
-    m.allow_tf32, m.allow_fp16_reduced_precision_reduction, m.allow_bf16_reduced_precision_reduction = False, False, False
+    m.allow_tf32, m.allow_fp16_reduced_precision_reduction, m.allow_bf16_reduced_precision_reduction = (
+        False,
+        False,
+        False,
+    )
     yield
     m.allow_tf32, m.allow_fp16_reduced_precision_reduction, m.allow_bf16_reduced_precision_reduction = saved
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("mkn", [(1, 1, 1), (64, 100, 256), (257, 129, 33), (4096, 4096, 4096)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "mkn", [(1, 1, 1), (64, 100, 256), (257, 129, 33), (4096, 4096, 4096)], ids=lambda s: "x".join(map(str, s))
+)
 def test_linear_leaky_relu_forward_and_backward(mkn, bias, dtype, exact_matmul):
     """The output against the float64 reference (and the CPU kernel at the smaller sizes); the
     gradients against the reference formulas in float64 with the LeakyReLU mask read off the
@@ -303,12 +332,21 @@ def test_linear_leaky_relu_forward_and_backward(mkn, bias, dtype, exact_matmul):
     b = randn(n, dtype=dtype, scale=0.5, seed=9) if bias else None
     dy = randn(m, n, dtype=dtype, seed=10)
     leaves = cuda(x, w) + (cuda(b) if bias else [])
-    op = (lambda x, w, b: ops.linear_leaky_relu(x, w, b, 0.2)) if bias else (lambda x, w: ops.linear_leaky_relu(x, w, None, 0.2))
+    op = (
+        (lambda x, w, b: ops.linear_leaky_relu(x, w, b, 0.2))
+        if bias
+        else (lambda x, w: ops.linear_leaky_relu(x, w, None, 0.2))
+    )
     y, *grads = values_and_grads(op, *leaves, upstream=dy.cuda())
     assert y.dtype == dtype and y.is_cuda and all(g.dtype == dtype for g in grads)
     x64, w64, dy64 = f64_cuda(x, w, dy)
-    close(y, reference.linear_leaky_relu(x64, w64, b.cuda().double() if bias else None, 0.2), dtype,
-          rtol=GEMM_RTOL[dtype], what="output vs reference")
+    close(
+        y,
+        reference.linear_leaky_relu(x64, w64, b.cuda().double() if bias else None, 0.2),
+        dtype,
+        rtol=GEMM_RTOL[dtype],
+        what="output vs reference",
+    )
     if m * k * n <= 257 * 129 * 33:
         close(y, ops.linear_leaky_relu(x, w, b, 0.2), dtype, rtol=2 * GEMM_RTOL[dtype], what="output vs cpu kernel")
     dz = dy64 * leaky_mask(y)
@@ -329,7 +367,10 @@ def test_linear_leaky_relu_at_slope_zero_and_an_empty_batch():
     # the backward kernels take empty maps as the CPU kernels do
     dz, db = gl.leaky_relu_bias_backward(torch.empty(0, 9, device="cuda"), torch.empty(0, 9, device="cuda"), 0.2)
     assert dz.shape == (0, 9) and torch.equal(db.cpu(), torch.zeros(9))
-    assert gl.leaky_relu_backward(torch.empty(0, 9, device="cuda"), torch.empty(0, 9, device="cuda"), 0.2).shape == (0, 9)
+    assert gl.leaky_relu_backward(torch.empty(0, 9, device="cuda"), torch.empty(0, 9, device="cuda"), 0.2).shape == (
+        0,
+        9,
+    )
     assert gl.dropout(torch.empty(0, 3, device="cuda"), 0.5, 7).shape == (0, 3)
     torch.cuda.synchronize()
 
@@ -365,7 +406,9 @@ def test_bias_leaky_relu_on_conv_maps(shape, channels_last, dtype):
     dy = randn(*shape, dtype=dtype, seed=15)
     got = values_and_grads(lambda x, b: ops.bias_leaky_relu(x, b, 0.2), *cuda(x, b), upstream=dy.cuda())
     on_cpu = values_and_grads(lambda x, b: ops.bias_leaky_relu(x, b, 0.2), x, b, upstream=dy)
-    want = values_and_grads(lambda x, b: reference.bias_leaky_relu(x, b, 0.2), *f64_cuda(x, b), upstream=dy.cuda().double())
+    want = values_and_grads(
+        lambda x, b: reference.bias_leaky_relu(x, b, 0.2), *f64_cuda(x, b), upstream=dy.cuda().double()
+    )
     terms = (dy.cuda().double() * leaky_mask(want[0])).abs().sum(dim=[0, 2, 3]).max().item()
     y = ops.bias_leaky_relu(x.cuda(), b.cuda(), 0.2)
     assert y.stride() == ops.bias_leaky_relu(x, b, 0.2).stride()  # the layout the CPU kernel gives
@@ -447,7 +490,9 @@ def test_results_are_bitwise_the_same_run_to_run():
     inputs = _battery_inputs("cuda")
     first = _battery(inputs)
     for run in range(2):
-        gl.discriminator_bce(_logits(300, F32).cuda(), _logits(70, F32).cuda(), None, None, 1.0, 0.0)  # other grids between
+        gl.discriminator_bce(
+            _logits(300, F32).cuda(), _logits(70, F32).cuda(), None, None, 1.0, 0.0
+        )  # other grids between
         gl.gradient_penalty(_penalty_input((3, 31), F32).cuda(), 1.0)
         _assert_bitwise(first, _battery(inputs), f"run {run + 2}")
     _assert_bitwise(first, _battery(_battery_inputs("cuda")), "fresh inputs")
@@ -493,7 +538,10 @@ def test_a_second_device():
     on_second = _battery(_battery_inputs("cuda:1"))
     assert all(t.device == torch.device("cuda:1") for t in on_second)
     assert torch.cuda.current_device() == 0
-    same_gpu = torch.cuda.get_device_properties(0).multi_processor_count == torch.cuda.get_device_properties(1).multi_processor_count
+    same_gpu = (
+        torch.cuda.get_device_properties(0).multi_processor_count
+        == torch.cuda.get_device_properties(1).multi_processor_count
+    )
     for i, (a, b) in enumerate(zip(on_first, on_second)):
         if same_gpu:
             assert torch.equal(a.cpu(), b.cpu()), f"result {i}"
@@ -508,11 +556,17 @@ def test_a_second_device():
 
 
 def _backward_calls(grad, dtype=F32):
-    x, fake, g = (torch.randn(5, device="cuda", dtype=dtype), torch.randn(3, device="cuda", dtype=dtype),
-                  torch.randn(4, 3, device="cuda", dtype=dtype))
+    x, fake, g = (
+        torch.randn(5, device="cuda", dtype=dtype),
+        torch.randn(3, device="cuda", dtype=dtype),
+        torch.randn(4, 3, device="cuda", dtype=dtype),
+    )
     return {
         "bce_loss_backward": ("logits", lambda: gl.bce_loss_backward(grad, x, None, 1.0, 1.0)),
-        "discriminator_bce_backward": ("real_logits", lambda: gl.discriminator_bce_backward(grad, x, fake, None, None, 1.0, 0.0)),
+        "discriminator_bce_backward": (
+            "real_logits",
+            lambda: gl.discriminator_bce_backward(grad, x, fake, None, None, 1.0, 0.0),
+        ),
         "gradient_penalty_backward": ("gradients", lambda: gl.gradient_penalty_backward(grad, g, 1.0)),
     }
 
@@ -536,16 +590,31 @@ def test_a_wrong_grad_is_refused_and_the_context_stays_usable():
 
 def test_the_ops_report_their_own_names():
     cases = [
-        (lambda: gl.bce_loss_and_grad(torch.empty(0, device="cuda"), None, 1.0, 1.0), ValueError,
-         r"^bce_loss_and_grad: logits is empty"),
+        (
+            lambda: gl.bce_loss_and_grad(torch.empty(0, device="cuda"), None, 1.0, 1.0),
+            ValueError,
+            r"^bce_loss_and_grad: logits is empty",
+        ),
         (lambda: gl.bce_loss(torch.empty(0, device="cuda"), None, 1.0, 1.0), ValueError, r"^bce_loss: logits is empty"),
-        (lambda: gl.bce_loss_backward(torch.ones((), device="cuda"), torch.empty(0, device="cuda"), None, 1.0, 1.0),
-         ValueError, r"^bce_loss_backward: logits is empty"),
-        (lambda: gl.discriminator_bce_and_grad(torch.randn(3, device="cuda"), torch.randn(3, device="cuda", dtype=F64),
-                                               None, None, 1.0, 0.0),
-         TypeError, r"^discriminator_bce_and_grad: fake_logits is torch.float64 but real_logits is torch.float32"),
-        (lambda: gl.discriminator_bce(torch.randn(3, device="cuda"), torch.randn(3, device="cuda", dtype=F64), None, None, 1.0, 0.0),
-         TypeError, r"^discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32"),
+        (
+            lambda: gl.bce_loss_backward(torch.ones((), device="cuda"), torch.empty(0, device="cuda"), None, 1.0, 1.0),
+            ValueError,
+            r"^bce_loss_backward: logits is empty",
+        ),
+        (
+            lambda: gl.discriminator_bce_and_grad(
+                torch.randn(3, device="cuda"), torch.randn(3, device="cuda", dtype=F64), None, None, 1.0, 0.0
+            ),
+            TypeError,
+            r"^discriminator_bce_and_grad: fake_logits is torch.float64 but real_logits is torch.float32",
+        ),
+        (
+            lambda: gl.discriminator_bce(
+                torch.randn(3, device="cuda"), torch.randn(3, device="cuda", dtype=F64), None, None, 1.0, 0.0
+            ),
+            TypeError,
+            r"^discriminator_bce: fake_logits is torch.float64 but real_logits is torch.float32",
+        ),
     ]
     for fn, error, match in cases:
         with pytest.raises(error, match=match) as info:
@@ -556,7 +625,11 @@ def test_the_ops_report_their_own_names():
 def test_autograd_moves_a_cpu_upstream_gradient_to_the_loss_device():
     """backward(a CPU 0-d tensor) of a CUDA loss: autograd moves it, so the backward ops get it on
     the loss's device (a direct call with it is refused, above)."""
-    for loss in (ops.generator_bce, lambda x: ops.discriminator_bce(x, x.flip(0)), lambda x: ops.gradient_penalty(x, 1.0)):
+    for loss in (
+        ops.generator_bce,
+        lambda x: ops.discriminator_bce(x, x.flip(0)),
+        lambda x: ops.gradient_penalty(x, 1.0),
+    ):
         x = _logits(1000, F32).reshape(100, 10).cuda().requires_grad_()
         loss(x).backward(torch.tensor(2.0))
         (once,) = torch.autograd.grad(loss(x), x)
@@ -580,9 +653,14 @@ def _gan_step(x, w, b, real, fake, grads, maps, bias):
 def test_torch_compile_on_cuda_matches_eager(exact_matmul):
     torch._dynamo.reset()
     args = cuda(
-        randn(257, 129, dtype=F32, seed=1), randn(33, 129, dtype=F32, scale=0.1, seed=2), randn(33, dtype=F32, seed=3),
-        _logits(GRID, F32, seed=4), _logits(2**16 + 1, F32, seed=5), _penalty_input((64, 3, 16, 16), F32),
-        randn(8, 16, 5, 5, dtype=F32, seed=6), randn(16, dtype=F32, seed=7),
+        randn(257, 129, dtype=F32, seed=1),
+        randn(33, 129, dtype=F32, scale=0.1, seed=2),
+        randn(33, dtype=F32, seed=3),
+        _logits(GRID, F32, seed=4),
+        _logits(2**16 + 1, F32, seed=5),
+        _penalty_input((64, 3, 16, 16), F32),
+        randn(8, 16, 5, 5, dtype=F32, seed=6),
+        randn(16, dtype=F32, seed=7),
     )
     eager = values_and_grads(_gan_step, *args)
     compiled = values_and_grads(torch.compile(_gan_step, fullgraph=True, dynamic=False), *args)
@@ -597,7 +675,9 @@ def test_torch_compile_on_cuda_matches_eager(exact_matmul):
 def test_autocast_on_cuda(dtype):
     """linear_leaky_relu and the fused conv run in the autocast dtype, the losses in float32 (as
     torch's linear, conv2d and BCE do); gradients reach the float32 leaves."""
-    x, w, b = cuda(randn(300, 64, dtype=F32, seed=1), randn(48, 64, dtype=F32, scale=0.125, seed=2), randn(48, dtype=F32, seed=3))
+    x, w, b = cuda(
+        randn(300, 64, dtype=F32, seed=1), randn(48, 64, dtype=F32, scale=0.125, seed=2), randn(48, dtype=F32, seed=3)
+    )
     leaves = [t.requires_grad_() for t in (x.clone(), w.clone(), b.clone())]
     twins = [t.detach().clone().requires_grad_() for t in leaves]
     with torch.autocast("cuda", dtype=dtype):  # slope 1: no kink, so only roundings differ
@@ -605,7 +685,9 @@ def test_autocast_on_cuda(dtype):
         h_ref = reference.linear_leaky_relu(*twins, 1.0)
         assert h.dtype == h_ref.dtype == dtype
         loss = ops.discriminator_bce(h[:, :1], h[:, 1:2]) + ops.gradient_penalty(h[:, 2:], 1.0)
-        loss_ref = reference.discriminator_bce(h_ref[:, :1].float(), h_ref[:, 1:2].float()) + reference.gradient_penalty(h_ref[:, 2:].float(), 1.0)
+        loss_ref = reference.discriminator_bce(
+            h_ref[:, :1].float(), h_ref[:, 1:2].float()
+        ) + reference.gradient_penalty(h_ref[:, 2:].float(), 1.0)
     assert loss.dtype == torch.float32
     close(h, h_ref, dtype, rtol=GEMM_RTOL[dtype], what="linear under autocast")
     close(loss, loss_ref, dtype, what="losses under autocast")

@@ -12,7 +12,6 @@ from PIL import Image
 
 from ganplug.builtin_specs import ganplug_datasets
 from ganplug.data import images as image_data
-from ganplug.data import synthetic
 from ganplug.data.images import UInt8Images, digits, fashion_mnist, image_folder, mnist
 from ganplug.data.synthetic import GRID25_MEANS, RING8_MEANS, gaussian, grid25, mode_centres, ring8
 from ganplug.errors import GanplugError
@@ -42,9 +41,7 @@ def test_mode_centres():
         mode_centres("gaussian")
 
 
-@pytest.mark.parametrize(
-    "factory, centres, std", [(ring8, RING8_MEANS, 0.01), (grid25, GRID25_MEANS, 0.05)]
-)
+@pytest.mark.parametrize("factory, centres, std", [(ring8, RING8_MEANS, 0.01), (grid25, GRID25_MEANS, 0.05)])
 def test_mixtures_sit_on_their_modes(factory, centres, std):
     x = samples(factory(DataContext(seed=0), std=std, size=5000))
     assert x.shape == (5000, 2) and x.dtype == torch.float32
@@ -285,7 +282,9 @@ def write_fake_mnist(root, folder="MNIST", n=5):
     raw.mkdir(parents=True)
     pixels = torch.arange(n * 28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8)
     for split in ("train", "t10k"):
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes())
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes()
+        )
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + bytes(range(n)))
     return pixels.view(n, 1, 28, 28)
 
@@ -353,4 +352,7 @@ def test_every_builtin_dataset_spec_loads_its_factory():
         if spec.name in ("gaussian", "ring8", "grid25"):
             ds = factory(DataContext(seed=0), **{**defaults, "size": 10})
             assert len(ds) == 10
-    assert {s.name: s.resolve_options({}).get("std") for s in ganplug_datasets() if s.name in ("ring8", "grid25")} == {"ring8": 0.01, "grid25": 0.05}
+    assert {s.name: s.resolve_options({}).get("std") for s in ganplug_datasets() if s.name in ("ring8", "grid25")} == {
+        "ring8": 0.01,
+        "grid25": 0.05,
+    }

@@ -163,7 +163,12 @@ FLOOR_KEYS = {f"{k}_real_floor" for k in im.METRIC_KEYS}
 
 
 def test_digits_quality_is_registered_for_digits():
-    assert [s.name for s in applicable_metrics("digits")] == ["digits-quality", "classifier-score", "inception", "inception-score"]
+    assert [s.name for s in applicable_metrics("digits")] == [
+        "digits-quality",
+        "classifier-score",
+        "inception",
+        "inception-score",
+    ]
     spec = get_registry().resolve("metric", "digits-quality")
     assert spec.resolve_options({}) == {"n_samples": 899, "k": 5, "confidence": 0.9}
 
@@ -262,7 +267,9 @@ def fake_mnist(tmp_path_factory, cache):
     raw.mkdir(parents=True)
     n = pixels.shape[0]
     for split in ("train", "t10k"):
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes())
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + pixels.numpy().tobytes()
+        )
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
     return {"root": str(root), "download": False, "image_size": 0}
 
@@ -302,7 +309,12 @@ def test_mnist_quality_rejects_samples_of_the_wrong_size(fake_mnist):
 def test_mnist_quality_on_the_bundled_mnist5k(cache):
     """The real MNIST digits: the classifier trained on one half is accurate on the other, the
     held-out half scores exactly the floor, noise and one class score far from it."""
-    assert {spec.name for spec in applicable_metrics("mnist5k")} == {"mnist-quality", "classifier-score", "inception", "inception-score"}
+    assert {spec.name for spec in applicable_metrics("mnist5k")} == {
+        "mnist-quality",
+        "classifier-score",
+        "inception",
+        "inception-score",
+    }
     images, labels = metric_context("mnist5k", {"image_size": 0}).real().take()
     assert images.shape == (5000, 1, 28, 28)
     _, held = im.digits_split(images.shape[0])

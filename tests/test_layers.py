@@ -16,10 +16,18 @@ ROOT = Path(ganplug.__file__).parent
 
 # Lowest first. A module belongs to the first layer with a prefix matching its dotted name.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", (
-        "ganplug.errors", "ganplug.plugin", "ganplug.hookspecs", "ganplug.registry", "ganplug.builtin_specs", "ganplug.files",
-        "ganplug._toolkit",
-    )),
+    (
+        "core",
+        (
+            "ganplug.errors",
+            "ganplug.plugin",
+            "ganplug.hookspecs",
+            "ganplug.registry",
+            "ganplug.builtin_specs",
+            "ganplug.files",
+            "ganplug._toolkit",
+        ),
+    ),
     ("kernels", ("ganplug.ops", "ganplug._C", "ganplug.nn", "ganplug.noise", "ganplug.plots")),
     ("parts", ("ganplug.models", "ganplug.losses", "ganplug.augment", "ganplug.data", "ganplug.metrics")),
     ("trainer", ("ganplug.train",)),
@@ -55,7 +63,9 @@ def imported_modules(path: Path, module: str, modules: set[str] | dict[str, Path
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if base.split(".")[0] != "ganplug":
                 continue
             for alias in node.names:
@@ -66,7 +76,9 @@ def imported_modules(path: Path, module: str, modules: set[str] | dict[str, Path
 
 
 def test_every_module_belongs_to_a_layer():
-    unplaced = [module_name(p) for p in ROOT.rglob("*.py") if layer_of(module_name(p)) is None and module_name(p) != "ganplug"]
+    unplaced = [
+        module_name(p) for p in ROOT.rglob("*.py") if layer_of(module_name(p)) is None and module_name(p) != "ganplug"
+    ]
     assert not unplaced, f"add these modules to a layer of tests/test_layers.py: {unplaced}"
 
 

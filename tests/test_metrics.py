@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from scipy import stats
-
 from conftest import run_main
+from scipy import stats
 
 from ganplug import registry as registry_module
 from ganplug.cli import main
@@ -24,6 +23,7 @@ from ganplug.metrics.mixtures import mode_coverage
 from ganplug.plugin import DataContext, MetricSpec, Option, hookimpl
 from ganplug.registry import Registry, get_registry
 from ganplug.train import TrainConfig, train
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
@@ -164,11 +164,17 @@ def test_builtin_metrics_apply_to_their_datasets():
     assert [s.name for s in applicable_metrics("grid25")] == ["modes"]
     assert [s.name for s in applicable_metrics("gaussian")] == ["gaussian-fit"]
     assert [s.name for s in applicable_metrics("digits")] == [
-        "digits-quality", "classifier-score", "inception", "inception-score",
+        "digits-quality",
+        "classifier-score",
+        "inception",
+        "inception-score",
     ]
     for images in ("mnist", "fashion-mnist"):
         assert [s.name for s in applicable_metrics(images)] == [
-            "mnist-quality", "classifier-score", "inception", "inception-score",
+            "mnist-quality",
+            "classifier-score",
+            "inception",
+            "inception-score",
         ]
     for images in ("cifar10", "image-folder"):
         assert [s.name for s in applicable_metrics(images)] == ["inception", "inception-score"]
@@ -189,9 +195,17 @@ def test_list_metrics(capsys):
 
 def _train(run_dir: Path, dataset: str, data_options: dict) -> Path:
     config = TrainConfig(
-        arch="mlp", arch_options={"g_widths": "16,16", "d_widths": "16,16"}, loss="bce",
-        dataset=dataset, data_options=data_options, steps=3, batch_size=16, device="cpu",
-        sample_every=0, checkpoint_every=0, num_samples=16,
+        arch="mlp",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        loss="bce",
+        dataset=dataset,
+        data_options=data_options,
+        steps=3,
+        batch_size=16,
+        device="cpu",
+        sample_every=0,
+        checkpoint_every=0,
+        num_samples=16,
     )
     train(config, run_dir, quiet=True, stream=io.StringIO())
     return run_dir
@@ -437,7 +451,10 @@ def test_eval_prints_how_many_samples_each_metric_scored(runs, capsys):
     [
         (("--metric-opt", "modes.threshold_std"), "--metric-opt expects NAME.KEY=VALUE"),
         (("--metric-opt", "threshold_std=2"), "--metric-opt expects NAME.KEY=VALUE"),
-        (("--metric-opt", "modes.threshold=2"), "metric 'modes' has no option 'threshold' (it accepts: n_samples, threshold_std)"),
+        (
+            ("--metric-opt", "modes.threshold=2"),
+            "metric 'modes' has no option 'threshold' (it accepts: n_samples, threshold_std)",
+        ),
         (("--metric-opt", "modes.threshold_std=wide"), "metric 'modes' option threshold_std"),
         (("--metric-opt", "gaussian-fit.n_samples=5"), "metric 'gaussian-fit' does not apply to dataset 'ring8'"),
         (("--metric-opt", "mods.n_samples=5"), "unknown metric 'mods'"),

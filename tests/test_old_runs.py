@@ -25,7 +25,11 @@ def test_an_old_config_toml_loads_and_repeats_its_run():
         assert build_config({"config_file": str(path)}) == stored  # the file alone resolves to itself
     digits = ResolvedConfig.from_stored(read_toml(str(DATA / "config-28fdcce-digits.toml")))
     assert (digits.optimizer, digits.loss_options["lipschitz"], digits.augment, digits.lr_decay) == (
-        "rmsprop", "clip", ["diffaugment"], "linear")
+        "rmsprop",
+        "clip",
+        ["diffaugment"],
+        "linear",
+    )
 
 
 def test_an_old_checkpoint_samples_as_it_did(tmp_path: Path, capsys, one_thread):

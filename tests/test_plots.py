@@ -15,9 +15,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import run_main
+from PIL import Image
 
 from benchmarks.quality.figures import quality_png
 from ganplug import plots
@@ -48,8 +47,12 @@ def pixel_of(x: float, y: float, box: tuple[float, float, float, float], size: i
 def in_plot_box(rows: np.ndarray, cols: np.ndarray, size: int = plots.SIZE, inset: float = 1.0) -> np.ndarray:
     """Which pixels lie strictly inside the plot box (the legend, above it, is left out)."""
     left, bottom, width, height = plots.AXES
-    return ((cols > left * size + inset) & (cols < (left + width) * size - inset)
-            & (rows > (1 - bottom - height) * size + inset) & (rows < (1 - bottom) * size - inset))
+    return (
+        (cols > left * size + inset)
+        & (cols < (left + width) * size - inset)
+        & (rows > (1 - bottom - height) * size + inset)
+        & (rows < (1 - bottom) * size - inset)
+    )
 
 
 def blobs(image: Image.Image, colour: str) -> list[tuple[float, float, int]]:
@@ -165,10 +168,10 @@ def test_render_draws_points_through_plots_and_save_samples_writes_them(tmp_path
     box = (-2.0, 2.0, -2.0, 2.0)
     image = render(torch.tensor([[-1.0, 1.0]]), real=torch.tensor([[1.0, 1.0]]), box=box, title="step 10")
     assert image.size == (plots.SIZE, plots.SIZE)
-    (col, row, _), = blobs(image, plots.FAKE)
+    ((col, row, _),) = blobs(image, plots.FAKE)
     expected = pixel_of(-1.0, 1.0, box)
     assert abs(col - expected[0]) < 3 and abs(row - expected[1]) < 3
-    (col, row, _), = blobs(image, plots.REAL)
+    ((col, row, _),) = blobs(image, plots.REAL)
     expected = pixel_of(1.0, 1.0, box)
     assert abs(col - expected[0]) < 3 and abs(row - expected[1]) < 3
     path = save_samples(torch.randn(50, 2), tmp_path / "deep" / "points.png")
@@ -284,17 +287,20 @@ def write_metrics(run_dir: Path, lines: list[str]) -> Path:
 
 
 def test_read_records_separates_evaluations_and_skips_a_torn_line(tmp_path):
-    run = write_metrics(tmp_path / "r", [
-        json.dumps({"step": 10, "d_loss": 1.0, "g_loss": 2.0}),
-        json.dumps({"step": 10, "eval": {"modes": {"high_quality_pct": 50.0}}}),
-        "",
-        "[1, 2]",
-        "7",
-        json.dumps({"d_loss": 1.0}),  # no step
-        json.dumps({"step": "soon", "d_loss": 1.0}),
-        json.dumps({"step": 20, "d_loss": 0.5, "g_loss": None}),
-        '{"step": 30, "d_lo',
-    ])
+    run = write_metrics(
+        tmp_path / "r",
+        [
+            json.dumps({"step": 10, "d_loss": 1.0, "g_loss": 2.0}),
+            json.dumps({"step": 10, "eval": {"modes": {"high_quality_pct": 50.0}}}),
+            "",
+            "[1, 2]",
+            "7",
+            json.dumps({"d_loss": 1.0}),  # no step
+            json.dumps({"step": "soon", "d_loss": 1.0}),
+            json.dumps({"step": 20, "d_loss": 0.5, "g_loss": None}),
+            '{"step": 30, "d_lo',
+        ],
+    )
     losses, evaluations, unreadable = plots.read_records(run / "metrics.jsonl")
     assert unreadable == 5  # the blank line is not counted
     assert losses == [{"step": 10, "d_loss": 1.0, "g_loss": 2.0}, {"step": 20, "d_loss": 0.5, "g_loss": None}]
@@ -320,8 +326,13 @@ def test_loss_figure_smooths_and_ignores_early_spikes():
 
 def test_loss_figure_has_one_panel_per_evaluation_key():
     evaluations = [
-        {"step": step, "eval": {"modes": {"high_quality_pct": 50.0 + step, "reverse_kl": 0.1, "modes": 8},
-                                "ks": {"statistic": 0.2, "p": None}}}
+        {
+            "step": step,
+            "eval": {
+                "modes": {"high_quality_pct": 50.0 + step, "reverse_kl": 0.1, "modes": 8},
+                "ks": {"statistic": 0.2, "p": None},
+            },
+        }
         for step in (100, 200)
     ]
     figure = plots.loss_figure([], evaluations)
@@ -378,12 +389,15 @@ def test_ganplug_plot(tmp_path, capsys):
     assert code == 0 and out == f"wrote {tmp_path / 'l.svg'}\n" and b"<svg" in (tmp_path / "l.svg").read_bytes()[:500]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no run directory"),
-    ("no-metrics", "has no metrics.jsonl"),
-    ("empty", "has no metrics lines yet"),
-    ("bad-suffix", "unknown file type '.gif'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no run directory"),
+        ("no-metrics", "has no metrics.jsonl"),
+        ("empty", "has no metrics lines yet"),
+        ("bad-suffix", "unknown file type '.gif'"),
+    ],
+)
 def test_ganplug_plot_errors_are_one_line(tmp_path, capsys, case, message):
     run = tmp_path / "r"
     args = [str(run)]
@@ -405,9 +419,17 @@ def test_a_run_ends_with_its_loss_plot(tmp_path):
     from ganplug.train import TrainConfig, train
 
     config = TrainConfig(
-        arch="mlp", arch_options={"g_widths": "16,16", "d_widths": "16,16"}, loss="bce", dataset="ring8",
-        data_options={"size": 256}, steps=20, batch_size=16, device="cpu", log_every=5,
-        sample_every=0, checkpoint_every=0,
+        arch="mlp",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        loss="bce",
+        dataset="ring8",
+        data_options={"size": 256},
+        steps=20,
+        batch_size=16,
+        device="cpu",
+        log_every=5,
+        sample_every=0,
+        checkpoint_every=0,
     )
     train(config, tmp_path / "run", quiet=True, stream=io.StringIO())
     picture = tmp_path / "run" / plots.LOSSES
@@ -430,11 +452,25 @@ def greenish(image: Image.Image) -> int:
 
 def test_quality_png_has_one_panel_per_benchmark():
     panels = [
-        {"name": "ring8", "key": "high_quality_pct", "seeds": [0, 1, 2], "values": [90.0, math.nan, 95.0],
-         "mean": 92.5, "target": ">= 97", "bound": 97.0},
+        {
+            "name": "ring8",
+            "key": "high_quality_pct",
+            "seeds": [0, 1, 2],
+            "values": [90.0, math.nan, 95.0],
+            "mean": 92.5,
+            "target": ">= 97",
+            "bound": 97.0,
+        },
         {"name": "gaussian", "key": "ks", "seeds": [0], "values": [0.01], "mean": 0.01, "target": None, "bound": None},
-        {"name": "grid25", "key": "modes", "seeds": [0, 1], "values": [None, "x"], "mean": None,
-         "target": None, "bound": None},
+        {
+            "name": "grid25",
+            "key": "modes",
+            "seeds": [0, 1],
+            "values": [None, "x"],
+            "mean": None,
+            "target": None,
+            "bound": None,
+        },
     ]
     data = quality_png(panels)
     assert data[:8] == PNG

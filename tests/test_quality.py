@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_metrics
 
 from benchmarks.quality import recipes as quality_recipes
 from benchmarks.quality import report
 from benchmarks.quality import run as quality
-from conftest import read_metrics
-
 from ganplug.cli import build_config
 from ganplug.errors import UsageError
 
@@ -70,7 +69,10 @@ def test_recipe_validates_like_the_cli(recipe, tmp_path):
 
 def test_the_gaussian_targets_are_its_data_options():
     read = quality_recipes.read_recipe(RECIPE_DIR / "gaussian.toml")
-    assert (read.targets["mean"].value, read.targets["std"].value) == (read.config.data_options["mean"], read.config.data_options["std"])
+    assert (read.targets["mean"].value, read.targets["std"].value) == (
+        read.config.data_options["mean"],
+        read.config.data_options["std"],
+    )
     assert read.targets["mean"].tolerance == read.targets["std"].tolerance == 0.05
 
 
@@ -80,7 +82,9 @@ def test_target_texts_parse_and_judge():
     assert parse("4 ± 0.05").text() == parse("4 +- 0.05").text() == "4 ± 0.05"
     relative = parse("<= 3 * fd_real_floor")
     assert relative == parse("≤ 3 × fd_real_floor")
-    assert relative.text() == "≤ 3 × fd_real_floor" and relative.text({"fd_real_floor": 5.0}) == "≤ 3 × fd_real_floor (15)"
+    assert (
+        relative.text() == "≤ 3 × fd_real_floor" and relative.text({"fd_real_floor": 5.0}) == "≤ 3 × fd_real_floor (15)"
+    )
     assert relative.met(15.0, {"fd_real_floor": 5.0}) is True and relative.met(15.1, {"fd_real_floor": 5.0}) is False
     assert relative.met(1.0, {}) is None
     assert parse("= 8").met(8.0, {}) is True and parse("= 8").met(7.8, {}) is False
@@ -93,7 +97,7 @@ def test_target_texts_parse_and_judge():
 def test_a_bad_quality_table_is_refused_naming_the_recipe(tmp_path):
     base = (RECIPE_DIR / "gaussian.toml").read_text(encoding="utf-8")
     for extra, message in [
-        ('typo = 1\n', "unknown keys typo"),
+        ("typo = 1\n", "unknown keys typo"),
         ('[quality.targets]\nks = "< 0.03"\n', "ks: '< 0.03' is no target"),
         ('[quality.baseline]\nname = "GMM"\n', "name 'GMM' is no baseline"),
     ]:
@@ -110,7 +114,9 @@ def test_a_bad_quality_table_is_refused_naming_the_recipe(tmp_path):
     assert read.targets == {} and read.headline is None and read.baseline is None
     # the training part's mistakes name the recipe file
     (tmp_path / "typo.toml").write_text(base.replace('loss = "bce"', 'los = "bce"'), encoding="utf-8")
-    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'typo.toml'}: unknown key 'los' (did you mean 'loss'?)")):
+    with pytest.raises(
+        UsageError, match=re.escape(f"{tmp_path / 'typo.toml'}: unknown key 'los' (did you mean 'loss'?)")
+    ):
         quality_recipes.read_recipe(tmp_path / "typo.toml")
 
 
@@ -128,14 +134,26 @@ def _orange_dots(path: Path, panels: int) -> int:
 
 
 def test_figure_draws_a_dot_per_finite_value_and_a_panel_per_benchmark(tmp_path):
-    results = {"seeds": [0, 1, 2], "benchmarks": {
-        "ring8": {"headline": "high_quality_pct", "runs": [{"seed": s} for s in (0, 1, 2)], "summary": {
-            "high_quality_pct": {"values": [80.0, None, 84.0], "mean": 82.0, "target": "≥ 97"}}},
-        "other": {"headline": None, "runs": [{"seed": s} for s in (0, 1, 2)], "summary": {
-            "score": {"values": [1.0, 2.0, float("nan")], "mean": 1.5, "target": None}}},
-    }}
+    results = {
+        "seeds": [0, 1, 2],
+        "benchmarks": {
+            "ring8": {
+                "headline": "high_quality_pct",
+                "runs": [{"seed": s} for s in (0, 1, 2)],
+                "summary": {"high_quality_pct": {"values": [80.0, None, 84.0], "mean": 82.0, "target": "≥ 97"}},
+            },
+            "other": {
+                "headline": None,
+                "runs": [{"seed": s} for s in (0, 1, 2)],
+                "summary": {"score": {"values": [1.0, 2.0, float("nan")], "mean": 1.5, "target": None}},
+            },
+        },
+    }
     panels = report.headline_panels(results)
-    assert [(p["name"], p["key"], p["bound"]) for p in panels] == [("ring8", "high_quality_pct", 97.0), ("other", "score", None)]
+    assert [(p["name"], p["key"], p["bound"]) for p in panels] == [
+        ("ring8", "high_quality_pct", 97.0),
+        ("other", "score", None),
+    ]
     from benchmarks.quality.figures import quality_png
 
     (tmp_path / "fig.png").write_bytes(quality_png(panels))
@@ -161,8 +179,10 @@ def test_tiny_sweep_writes_results_and_resumes(tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == seeds
-    expected = {"ring8": ("modes", {"modes_captured", "high_quality_pct", "reverse_kl"}),
-                "gaussian": ("gaussian-fit", {"mean", "std", "ks"})}
+    expected = {
+        "ring8": ("modes", {"modes_captured", "high_quality_pct", "reverse_kl"}),
+        "gaussian": ("gaussian-fit", {"mean", "std", "ks"}),
+    }
     for name, (metric, keys) in expected.items():
         bench = results["benchmarks"][name]
         assert len(bench["runs"]) == 2
@@ -183,7 +203,9 @@ def test_tiny_sweep_writes_results_and_resumes(tmp_path):
             assert len(rows) == 1 and "±" in rows[0], key
 
     finite = sum(
-        1 for b in results["benchmarks"].values() for v in b["summary"][b["headline"]]["values"]
+        1
+        for b in results["benchmarks"].values()
+        for v in b["summary"][b["headline"]]["values"]
         if v is not None and math.isfinite(v)
     )
     assert finite == 4  # ring8 high_quality_pct and gaussian ks are always finite
@@ -234,7 +256,9 @@ def test_the_first_evaluation_meeting_every_target_is_the_time_to_quality(tmp_pa
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     curve, met_at = quality.read_curve(tmp_path, "high_quality_pct", targets)
-    assert curve == [{"step": s, "seconds": s / 10, "value": v} for s, v in ((20, 50.0), (30, 99.0), (40, 99.0), (50, 99.0))]
+    assert curve == [
+        {"step": s, "seconds": s / 10, "value": v} for s, v in ((20, 50.0), (30, 99.0), (40, 99.0), (50, 99.0))
+    ]
     assert met_at == {"step": 40, "seconds": 4.0}
     assert quality.read_curve(tmp_path / "none", "high_quality_pct", targets) == ([], None)
 
@@ -262,10 +286,13 @@ def test_summary_targets_and_markdown():
     assert summary["high_quality_pct"]["met"] is True  # mean 97 >= 97
     assert summary["reverse_kl"]["met"] is False  # mean 0.03 > 0.02
     digits = quality_recipes.summarise(
-        [{"metrics": {"digits-quality": {"fd": 2.0, "fd_real_floor": 1.0, "classes_covered": 10.0}}}], targets_of("digits")
+        [{"metrics": {"digits-quality": {"fd": 2.0, "fd_real_floor": 1.0, "classes_covered": 10.0}}}],
+        targets_of("digits"),
     )
     assert digits["fd"]["met"] is True and digits["classes_covered"]["met"] is True
-    gauss = quality_recipes.summarise([{"metrics": {"gaussian-fit": {"mean": 4.04, "std": 1.31, "ks": 0.02}}}], targets_of("gaussian"))
+    gauss = quality_recipes.summarise(
+        [{"metrics": {"gaussian-fit": {"mean": 4.04, "std": 1.31, "ks": 0.02}}}], targets_of("gaussian")
+    )
     assert gauss["mean"]["met"] is True and gauss["std"]["met"] is False and gauss["ks"]["met"] is True
 
 
@@ -283,18 +310,31 @@ def test_main_reports_errors_in_one_line(tmp_path, capsys):
 
 
 def test_the_baseline_is_compared_and_shown_beside_the_gan():
-    gan = quality_recipes.summarise([{"metrics": {"digits-quality": {"fd": 8.0, "fd_real_floor": 5.0, "density": 0.9}}}], targets_of("digits"))
-    kde = quality_recipes.summarise([{"metrics": {"digits-quality": {"fd": 6.0, "fd_real_floor": 5.0, "density": 0.6}}}], targets_of("digits"))
+    gan = quality_recipes.summarise(
+        [{"metrics": {"digits-quality": {"fd": 8.0, "fd_real_floor": 5.0, "density": 0.9}}}], targets_of("digits")
+    )
+    kde = quality_recipes.summarise(
+        [{"metrics": {"digits-quality": {"fd": 6.0, "fd_real_floor": 5.0, "density": 0.6}}}], targets_of("digits")
+    )
     better = quality.compare_with_baseline(gan, kde, {"fd": True, "density": False, "precision": False})
     digits = quality_recipes.read_recipe(RECIPE_DIR / "digits.toml")
     assert digits.baseline == "PCA+KDE"
     assert digits.baseline_better == {"fd": True, "precision": False, "density": False, "coverage": False}
     assert better == {"fd": False, "density": True}  # precision: in neither summary
-    results = {"seeds": [0], "benchmarks": {"digits": {
-        "recipe": "digits.toml", "dataset": "digits", "steps": 1, "headline": "fd",
-        "runs": [{"seed": 0, "train_seconds": 1.0}], "summary": gan,
-        "baseline": {"name": "PCA+KDE", "runs": [], "summary": kde, "gan_better": better},
-    }}}
+    results = {
+        "seeds": [0],
+        "benchmarks": {
+            "digits": {
+                "recipe": "digits.toml",
+                "dataset": "digits",
+                "steps": 1,
+                "headline": "fd",
+                "runs": [{"seed": 0, "train_seconds": 1.0}],
+                "summary": gan,
+                "baseline": {"name": "PCA+KDE", "runs": [], "summary": kde, "gan_better": better},
+            }
+        },
+    }
     text = report.render_markdown(results)
     assert "| metric | key | mean ± std | n | target | met | PCA+KDE (same seeds) |" in text
     assert "| digits-quality | fd | 8 ± 0 | 1 | ≤ 3 × fd_real_floor (15) | yes | 6 ± 0 |" in text

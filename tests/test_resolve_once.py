@@ -17,8 +17,27 @@ from ganplug.registry import Registry
 from ganplug.train import config as config_module
 from ganplug.train.config import TrainConfig, resolve
 
-TINY = ["--arch", "mlp", "--arch-opt", "g_widths=8", "--arch-opt", "d_widths=8", "--loss", "bce", "--dataset", "ring8",
-        "--data-opt", "size=64", "--batch-size", "16", "--sample-every", "0", "--device", "cpu", "-q"]
+TINY = [
+    "--arch",
+    "mlp",
+    "--arch-opt",
+    "g_widths=8",
+    "--arch-opt",
+    "d_widths=8",
+    "--loss",
+    "bce",
+    "--dataset",
+    "ring8",
+    "--data-opt",
+    "size=64",
+    "--batch-size",
+    "16",
+    "--sample-every",
+    "0",
+    "--device",
+    "cpu",
+    "-q",
+]
 
 
 @pytest.fixture
@@ -74,8 +93,17 @@ def test_a_config_file_under_other_names_is_resolved_once(tmp_path: Path, capsys
     code, _, err = run_main(capsys, "train", *TINY, "--steps", "1", "--out", str(run_dir))
     assert code == 0, err
     calls.update(resolve=0)
-    code, _, err = run_main(capsys, "train", "--config", str(run_dir / "config.toml"), "--loss", "hinge",
-                            "--out", str(tmp_path / "hinge"), "-q")
+    code, _, err = run_main(
+        capsys,
+        "train",
+        "--config",
+        str(run_dir / "config.toml"),
+        "--loss",
+        "hinge",
+        "--out",
+        str(tmp_path / "hinge"),
+        "-q",
+    )
     assert code == 0, err
     assert calls == ONCE
 
@@ -115,8 +143,13 @@ def test_a_recipe_declared_on_the_spec_is_read_without_building_the_loss(monkeyp
     reg = _registry_with(
         monkeypatch,
         LossSpec("fixed", "a loss with a declared recipe", _never_built, recipe=fixed),
-        LossSpec("per-option", "a recipe that depends on an option", _never_built,
-                 options=(Option("steps", int, 4),), recipe=per_option),
+        LossSpec(
+            "per-option",
+            "a recipe that depends on an option",
+            _never_built,
+            options=(Option("steps", int, 4),),
+            recipe=per_option,
+        ),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", PluginAPIWarning)
@@ -133,6 +166,8 @@ def test_a_spec_without_a_recipe_builds_its_loss_with_a_warning_naming_the_plugi
         recipe = Recipe(n_critic=4, lr_g=5e-4)
 
     reg = _registry_with(monkeypatch, LossSpec("old", "a loss of plugin API 3", OwnRecipe))
-    with pytest.warns(PluginAPIWarning, match=r"recipepkg.*loss 'old' uses the old call form.*LossSpec\(recipe=\.\.\.\)"):
+    with pytest.warns(
+        PluginAPIWarning, match=r"recipepkg.*loss 'old' uses the old call form.*LossSpec\(recipe=\.\.\.\)"
+    ):
         config = resolve(TrainConfig(arch="mlp", loss="old", dataset="ring8"), reg)
     assert (config.n_critic, config.lr_g) == (4, 5e-4)

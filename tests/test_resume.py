@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_same, before_step, quiet_train, read_metrics
 
 from ganplug.errors import GanplugError, UsageError
 from ganplug.generate import load_generator
 from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,34 +28,65 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # label noise on digits (BatchNorm buffers, RNG in the loss), both with an EMA of G.
 CONFIGS = {
     "mlp-wgan-gp-ring8": dict(
-        arch="mlp", loss="wasserstein", dataset="ring8",
-        arch_options={"g_widths": "16,16", "d_widths": "16,16"}, loss_options={"lipschitz": "gp"},
-        data_options={"size": 200}, n_critic=2, ema=0.9,
+        arch="mlp",
+        loss="wasserstein",
+        dataset="ring8",
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        loss_options={"lipschitz": "gp"},
+        data_options={"size": 200},
+        n_critic=2,
+        ema=0.9,
     ),
     "dcgan-bce-digits": dict(
-        arch="dcgan", loss="bce", dataset="digits", arch_options={"width": 8},
-        loss_options={"label_noise": 0.1}, data_options={"image_size": 16}, ema=0.9,
+        arch="dcgan",
+        loss="bce",
+        dataset="digits",
+        arch_options={"width": 8},
+        loss_options={"label_noise": 0.1},
+        data_options={"image_size": 16},
+        ema=0.9,
     ),
     # spectral norm's power-iteration buffers, and lazy R1 whose schedule crosses the resume
     "dcgan-hinge-spectral-lazy-r1-digits": dict(
-        arch="dcgan", loss="hinge", dataset="digits", arch_options={"width": 8, "critic_norm": "spectral"},
-        loss_options={"r1": 1.0, "r1_every": 2}, data_options={"image_size": 16}, ema=0.9,
+        arch="dcgan",
+        loss="hinge",
+        dataset="digits",
+        arch_options={"width": 8, "critic_norm": "spectral"},
+        loss_options={"r1": 1.0, "r1_every": 2},
+        data_options={"image_size": 16},
+        ema=0.9,
     ),
     # the generator's loss takes the real batch; R2 on the fakes
     "mlp-relativistic-spectral-ring8": dict(
-        arch="mlp", loss="relativistic", dataset="ring8",
+        arch="mlp",
+        loss="relativistic",
+        dataset="ring8",
         arch_options={"g_widths": "16,16", "d_widths": "16,16", "critic_norm": "spectral"},
-        loss_options={"r1": 0.5, "r2": 0.5}, data_options={"size": 200}, ema=0.9,
+        loss_options={"r1": 0.5, "r2": 0.5},
+        data_options={"size": 200},
+        ema=0.9,
     ),
     # class-conditional: the labels follow the data order; projection D with spectral norm
     "dcgan-hinge-conditional-spectral-digits": dict(
-        arch="dcgan", loss="hinge", dataset="digits", conditional=True,
-        arch_options={"width": 8, "critic_norm": "spectral"}, data_options={"image_size": 16}, ema=0.9,
+        arch="dcgan",
+        loss="hinge",
+        dataset="digits",
+        conditional=True,
+        arch_options={"width": 8, "critic_norm": "spectral"},
+        data_options={"image_size": 16},
+        ema=0.9,
     ),
     # conditional WGAN-GP with packing: interpolates keep their labels, packed rows their pairs
     "mlp-wgan-gp-conditional-pack-ring8": dict(
-        arch="mlp", loss="wasserstein", dataset="ring8", conditional=True, pack=2, n_critic=2,
-        arch_options={"g_widths": "16,16", "d_widths": "16,16"}, data_options={"size": 200}, ema=0.9,
+        arch="mlp",
+        loss="wasserstein",
+        dataset="ring8",
+        conditional=True,
+        pack=2,
+        n_critic=2,
+        arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+        data_options={"size": 200},
+        ema=0.9,
     ),
 }
 N = 3
@@ -76,7 +105,16 @@ def resume(run_dir: Path, steps: int, checkpoint: Path | None = None, discard_ne
 
 
 COMPARED = (
-    "step", "generator", "discriminator", "ema", "optimizer_g", "optimizer_d", "rng", "data_order", "fixed_noise", "model",
+    "step",
+    "generator",
+    "discriminator",
+    "ema",
+    "optimizer_g",
+    "optimizer_d",
+    "rng",
+    "data_order",
+    "fixed_noise",
+    "model",
     "loss_state",
 )
 
@@ -87,7 +125,10 @@ def assert_same_run(run_a: Path, run_b: Path) -> None:
     for key in COMPARED:
         assert_same(a[key], b[key], key)
     assert a["ema"] is not None and a["optimizer_d"]["state"], "the comparison must cover EMA and optimiser state"
-    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run)]
+
+    def losses(run):
+        return [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run)]
+
     assert losses(run_a) == losses(run_b)
 
 
@@ -125,10 +166,16 @@ def test_resuming_an_older_checkpoint_is_refused_until_asked_to_discard_the_newe
     config.sample_every = 2
     quiet_train(config, run_dir)
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
-    steps = lambda: sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+
+    def steps():
+        return sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+
     assert steps() == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]
     older = run_dir / "checkpoints" / "step_000002.pt"
-    with pytest.raises(UsageError, match=r"newer work than step_000002.pt \(step 2\): checkpoints of steps 4, 5.*--fork DIR.*--discard-newer"):
+    with pytest.raises(
+        UsageError,
+        match=r"newer work than step_000002.pt \(step 2\): checkpoints of steps 4, 5.*--fork DIR.*--discard-newer",
+    ):
         resume(run_dir, 2 * N, checkpoint=older, checkpoint_every=0)
     assert steps() == ["step_000002.pt", "step_000004.pt", "step_000005.pt"]  # nothing touched
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
@@ -145,7 +192,10 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing_and_going_back_is_
     is done (exit 0), even when the run was killed after its last checkpoint."""
     run_dir = tmp_path / "run"
     quiet_train(config_of("mlp-wgan-gp-ring8", 2), run_dir)
-    written = lambda: {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def written():
+        return {str(p): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
     before = written()
     assert f"{run_dir} is done: step 2 of 2; pass --steps N with N > 2 to train further" in resume(run_dir, 2)
     assert written() == before
@@ -331,11 +381,28 @@ def stored(reference):
 def test_resume_may_change_length_reporting_and_device(stored):
     config = resume_config(
         stored,
-        {"steps": 50, "sample_every": 5, "checkpoint_every": 7, "log_every": 3, "device": "cpu", "num_samples": 9,
-         "quiet": True, "lr_g": None, "arch": "mlp", "lr_d": stored.lr_d, "betas": "0.0,0.9",
-         "arch_opt": ("g_widths=16,16",)},
+        {
+            "steps": 50,
+            "sample_every": 5,
+            "checkpoint_every": 7,
+            "log_every": 3,
+            "device": "cpu",
+            "num_samples": 9,
+            "quiet": True,
+            "lr_g": None,
+            "arch": "mlp",
+            "lr_d": stored.lr_d,
+            "betas": "0.0,0.9",
+            "arch_opt": ("g_widths=16,16",),
+        },
     )
-    assert (config.steps, config.sample_every, config.checkpoint_every, config.log_every, config.num_samples) == (50, 5, 7, 3, 9)
+    assert (config.steps, config.sample_every, config.checkpoint_every, config.log_every, config.num_samples) == (
+        50,
+        5,
+        7,
+        3,
+        9,
+    )
     assert config.lr_g == stored.lr_g and config.arch_options == stored.arch_options
     assert stored.steps == 2 * N  # the stored config is not changed
 
@@ -392,8 +459,13 @@ def test_checkpoints_are_plain_data_and_latest_is_the_last_step(reference):
     assert (state["format"], state["version"], state["step"]) == ("ganplug-checkpoint", 1, 2 * N)
     assert state["config"] == TrainConfig.from_dict(state["config"]).to_dict()
     assert state["model"] == {
-        "data_shape": [1, 16, 16], "latent_dim": 64, "latent": "normal", "value_range": [-1.0, 1.0],
-        "bounded": True, "critic_batchnorm": True, "num_classes": 0,
+        "data_shape": [1, 16, 16],
+        "latent_dim": 64,
+        "latent": "normal",
+        "value_range": [-1.0, 1.0],
+        "bounded": True,
+        "critic_batchnorm": True,
+        "num_classes": 0,
     }
     assert state["rng"]["cpu"].dtype == torch.uint8 and state["rng"]["cuda"] is None
     assert state["fixed_noise"].shape == (4, 64)

@@ -45,8 +45,12 @@ def test_classifier_score_of_real_digits_is_near_10_and_of_one_repeated_digit_1(
     held = images[digits_split(len(images))[1]]
     metric = build_score()
     real = metric(held, context)
-    assert set(real) == {"classifier_score", "classifier_score_std", "classifier_score_real_floor",
-                         "classifier_score_std_real_floor"}
+    assert set(real) == {
+        "classifier_score",
+        "classifier_score_std",
+        "classifier_score_real_floor",
+        "classifier_score_std_real_floor",
+    }
     assert real["classifier_score"] == real["classifier_score_real_floor"]  # the held-out half itself
     assert 8.5 < real["classifier_score"] <= 10.0
     repeated = metric(held[:1].repeat(899, 1, 1, 1), context)
@@ -94,8 +98,9 @@ def test_inception_score_is_torch_fidelity_s_with_10_splits(monkeypatch, random_
     metric = inception.build_score(n_samples=20)
     samples = images[:20]
     result = metric(samples, context)
-    model = FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"],
-                                        feature_extractor_weights_path=str(random_weights))
+    model = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(random_weights)
+    )
     with torch.no_grad():
         logits = model(inception.to_uint8_rgb(samples))[0].double()
     expected = isc_features_to_metric(logits, 10)

@@ -30,8 +30,11 @@ def builtin(kind: str, name: str):
 @pytest.mark.parametrize("bounded, critic_batchnorm", [(True, True), (False, False)])
 def test_mlp_passes(bounded, critic_batchnorm):
     g, d = testing.check_architecture(
-        builtin("architecture", "mlp"), bounded=bounded, critic_batchnorm=critic_batchnorm,
-        g_widths="16,16", d_widths="16,16",
+        builtin("architecture", "mlp"),
+        bounded=bounded,
+        critic_batchnorm=critic_batchnorm,
+        g_widths="16,16",
+        d_widths="16,16",
     )
     assert isinstance(g, nn.Module) and isinstance(d, nn.Module)
 
@@ -445,7 +448,7 @@ def test_check_metric_scores_real_data_of_the_named_dataset():
 def test_check_metric_rejects_a_metric_that_returns_no_floats():
     from ganplug.plugin import MetricSpec
 
-    broken = MetricSpec("broken", "s", lambda: (lambda samples, context: {"score": "high"}))
+    broken = MetricSpec("broken", "s", lambda: lambda samples, context: {"score": "high"})
     with pytest.raises(AssertionError, match="metric 'broken': entry 'score': 'high' is not a float"):
         testing.check_metric(broken)
 
@@ -457,7 +460,7 @@ def test_check_plugin_runs_metric_checks():
         @staticmethod
         @hookimpl
         def ganplug_metrics():
-            return [MetricSpec("spread", "s", lambda: (lambda samples, context: {"std": float(samples.std())}))]
+            return [MetricSpec("spread", "s", lambda: lambda samples, context: {"std": float(samples.std())})]
 
     assert testing.check_plugin(Plugin()) == {"metric": ["spread"]}
 

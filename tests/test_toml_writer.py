@@ -44,7 +44,11 @@ DATA = {
 def test_it_reads_back_as_tomli_ws_output_does():
     mine = tomllib.loads(dumps(DATA))
     assert mine == tomllib.loads(tomli_w.dumps(DATA))
-    assert mine["quote"] == DATA["quote"] and mine["third"] == 1 / 3 and mine["logger_options"]["my logger"] == {"a.b": [1, 2]}
+    assert (
+        mine["quote"] == DATA["quote"]
+        and mine["third"] == 1 / 3
+        and mine["logger_options"]["my logger"] == {"a.b": [1, 2]}
+    )
     assert mine["neg_zero"] == 0.0 and math.copysign(1, mine["neg_zero"]) == -1
 
 
@@ -52,11 +56,25 @@ def test_nan_reads_back_as_nan():
     assert math.isnan(tomllib.loads(dumps({"x": math.nan}))["x"])
 
 
-@pytest.mark.parametrize("config", [
-    TrainConfig(),
-    TrainConfig(arch="dcgan", loss="wasserstein", dataset="digits", arch_options={"width": 8}, loss_options={"r1": 1.0},
-                data_options={"image_size": 16}, steps=20, betas=(0.0, 0.99), lr_g=2e-4, cuda_graphs=True, amp=True),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(),
+        TrainConfig(
+            arch="dcgan",
+            loss="wasserstein",
+            dataset="digits",
+            arch_options={"width": 8},
+            loss_options={"r1": 1.0},
+            data_options={"image_size": 16},
+            steps=20,
+            betas=(0.0, 0.99),
+            lr_g=2e-4,
+            cuda_graphs=True,
+            amp=True,
+        ),
+    ],
+)
 def test_a_configs_toml_reads_back_as_tomli_ws(config):
     text = config_toml(config, {"loss": {"name": "wasserstein", "plugin": "ganplug"}})
     assert text.startswith("# loss 'wasserstein': plugin 'ganplug'\n")
@@ -65,5 +83,7 @@ def test_a_configs_toml_reads_back_as_tomli_ws(config):
 
 
 def test_a_value_toml_cannot_hold_is_one_line_naming_it():
-    with pytest.raises(TypeError, match=r"^config value arch_options.width is a complex, which config.toml cannot hold$"):
+    with pytest.raises(
+        TypeError, match=r"^config value arch_options.width is a complex, which config.toml cannot hold$"
+    ):
         dumps({"arch_options": {"width": 1j}})

@@ -7,7 +7,6 @@ import io
 
 import pytest
 import torch
-
 from conftest import quiet_train, read_metrics
 
 from ganplug.cli import build_config, main
@@ -20,10 +19,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(
-    arch="mlp", loss="wasserstein", dataset="ring8",
-    arch_options={"g_widths": "16,16", "d_widths": "16,16"}, loss_options={"lipschitz": "gp"},
-    data_options={"size": 200}, n_critic=2, ema=0.9,
-    batch_size=16, log_every=1, sample_every=0, checkpoint_every=0, num_samples=4, device="cpu", seed=5,
+    arch="mlp",
+    loss="wasserstein",
+    dataset="ring8",
+    arch_options={"g_widths": "16,16", "d_widths": "16,16"},
+    loss_options={"lipschitz": "gp"},
+    data_options={"size": 200},
+    n_critic=2,
+    ema=0.9,
+    batch_size=16,
+    log_every=1,
+    sample_every=0,
+    checkpoint_every=0,
+    num_samples=4,
+    device="cpu",
+    seed=5,
 )
 
 
@@ -51,7 +61,10 @@ def test_eval_every_logs_metric_lines_and_a_summary(tmp_path):
 
     generator = load_generator(tmp_path / "run", ema=True)
     expected = score_generator(
-        generator, prepare_metrics("ring8")[0], latent_dim=generator.latent_dim, latent=generator.latent,
+        generator,
+        prepare_metrics("ring8")[0],
+        latent_dim=generator.latent_dim,
+        latent=generator.latent,
         context=metric_context("ring8", stored_config(load_checkpoint(find_checkpoint(tmp_path / "run"))).data_options),
         seed=5,
     )
@@ -81,7 +94,10 @@ def test_eval_does_not_change_the_run_and_resumes_exactly(tmp_path):
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
     assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"])
     assert a["step"] == b["step"] == 6
-    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run) if "eval" not in r]
+
+    def losses(run):
+        return [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run) if "eval" not in r]
+
     assert losses(tmp_path / "plain") == losses(tmp_path / "eval")
     assert [r["step"] for r in read_metrics(tmp_path / "eval") if "eval" in r] == [1, 2, 3, 4, 6]
 
@@ -101,7 +117,9 @@ def test_a_failing_metric_warns_and_the_run_goes_on(tmp_path, monkeypatch):
 
 def test_eval_every_on_a_dataset_without_metrics_is_refused_before_writing(tmp_path, blobs_registry):
     config = TrainConfig(**{**TINY, "dataset": "blobs", "data_options": {}}, steps=2, eval_every=1)
-    with pytest.raises(UsageError, match=r"--eval-every: no metric applies to dataset 'blobs' \(see ganplug list metrics\)"):
+    with pytest.raises(
+        UsageError, match=r"--eval-every: no metric applies to dataset 'blobs' \(see ganplug list metrics\)"
+    ):
         quiet_train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     quiet_train(TrainConfig(**{**TINY, "dataset": "blobs", "data_options": {}}, steps=1), tmp_path / "off")  # 0 = off
@@ -126,10 +144,33 @@ def test_cli_flag_is_parsed_and_validated(tmp_path, capsys):
     capsys.readouterr()
     run = tmp_path / "cli"
     with pytest.raises(SystemExit) as exited:
-        main([
-            "train", "--arch", "mlp", "--loss", "bce", "--dataset", "ring8", "--steps", "2", "--batch-size", "16",
-            "--arch-opt", "g_widths=16,16", "--arch-opt", "d_widths=16,16", "--data-opt", "size=64",
-            "--device", "cpu", "--eval-every", "1", "--quiet", "--out", str(run),
-        ])
+        main(
+            [
+                "train",
+                "--arch",
+                "mlp",
+                "--loss",
+                "bce",
+                "--dataset",
+                "ring8",
+                "--steps",
+                "2",
+                "--batch-size",
+                "16",
+                "--arch-opt",
+                "g_widths=16,16",
+                "--arch-opt",
+                "d_widths=16,16",
+                "--data-opt",
+                "size=64",
+                "--device",
+                "cpu",
+                "--eval-every",
+                "1",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
     assert exited.value.code in (0, None), capsys.readouterr().err
     assert [r["step"] for r in read_metrics(run) if "eval" in r] == [1, 2]

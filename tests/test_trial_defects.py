@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from conftest import run_main, tiny_config as tiny
+from conftest import run_main
+from conftest import tiny_config as tiny
 
 import ganplug
 from ganplug import files, plots
@@ -24,9 +24,6 @@ from ganplug.train import TrainConfig, train
 from ganplug.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +217,13 @@ def test_train_help_resumes_the_run_the_example_makes(capsys):
 def test_the_evaluation_panels_x_labels_do_not_overlap():
     losses = [{"step": s, "d_loss": 1.0, "g_loss": 2.0} for s in range(100, 24001, 100)]
     evaluations = [
-        {"step": s, "eval": {"modes": {"modes_captured": 8, "high_quality_pct": 90.0, "reverse_kl": 0.1},
-                             "extra": {"a": 1.0, "b": 2.0}}}
+        {
+            "step": s,
+            "eval": {
+                "modes": {"modes_captured": 8, "high_quality_pct": 90.0, "reverse_kl": 0.1},
+                "extra": {"a": 1.0, "b": 2.0},
+            },
+        }
         for s in range(2000, 24001, 2000)
     ]
     figure = plots.loss_figure(losses, evaluations)
@@ -232,7 +234,11 @@ def test_the_evaluation_panels_x_labels_do_not_overlap():
     for panel in panels:
         assert panel.get_xlim() == figure.axes[0].get_xlim()  # the steps of the losses above
         boxes = sorted(
-            (label.get_window_extent(renderer) for label in panel.get_xticklabels() if label.get_visible() and label.get_text()),
+            (
+                label.get_window_extent(renderer)
+                for label in panel.get_xticklabels()
+                if label.get_visible() and label.get_text()
+            ),
             key=lambda box: box.x0,
         )
         assert len(boxes) >= 2
@@ -278,7 +284,9 @@ def test_the_bench_titles_name_only_the_columns_measured(tmp_path):
     steps = Table("Training steps", "ganplug", ("plain",))
     steps.rows.append(Row("case", {"ganplug": Timing(1e-3, 1e-3, 1e-3, 3), "plain": Timing(3e-3, 3e-3, 3e-3, 3)}))
     assert kernels.title == "Kernels: fused ops vs eager PyTorch"
-    assert header(["cpu"], [kernels, steps])[0] == "# ganplug bench: fused ops vs eager PyTorch; ganplug vs the plain loop"
+    assert (
+        header(["cpu"], [kernels, steps])[0] == "# ganplug bench: fused ops vs eager PyTorch; ganplug vs the plain loop"
+    )
     figure = chart_figure([kernels, steps])
     assert [axes.get_title() for axes in figure.axes] == [kernels.title, "Training steps: ganplug vs the plain loop"]
     assert not [t.get_text() for t in figure.findobj(Text) if "compile" in t.get_text()]

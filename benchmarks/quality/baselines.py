@@ -11,7 +11,8 @@ reproduces training images plus noise, so it is a strong baseline for fidelity a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

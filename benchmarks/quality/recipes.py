@@ -27,8 +27,9 @@ import math
 import re
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ganplug.errors import UsageError
 
@@ -57,10 +58,10 @@ class Target:
     tolerance: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Target":
+    def parse(cls, text: str) -> Target:
         """``"= 8"``, ``">= 97"``, ``"≤ 0.02"``, ``"4 ± 0.05"``, ``"<= 3 × fd_real_floor"``."""
         if not isinstance(text, str):
-            raise ValueError(f"expected a string like \">= 97\" or \"4 ± 0.05\", got {text!r}")
+            raise ValueError(f'expected a string like ">= 97" or "4 ± 0.05", got {text!r}')
         stripped = text.strip()
         match = _BOUND.match(stripped)
         if match:
@@ -68,7 +69,7 @@ class Target:
         match = _WITHIN.match(stripped)
         if match:
             return cls("±", float(match.group(1)), tolerance=float(match.group(2)))
-        raise ValueError(f"{text!r} is no target: use \"= X\", \">= X\", \"<= X\", \"C ± T\" or \"<= X × KEY\"")
+        raise ValueError(f'{text!r} is no target: use "= X", ">= X", "<= X", "C ± T" or "<= X × KEY"')
 
     def text(self, means: dict[str, float] | None = None) -> str:
         """As results.md shows it: ``"≥ 97"``, ``"4 ± 0.05"``, ``"≤ 3 × fd_real_floor (16.9)"``."""
@@ -135,13 +136,15 @@ def parse_quality(path: Path, table: dict[str, Any]) -> dict[str, Any]:
     """The checked ``[quality]`` table of ``path`` as :class:`Recipe` fields."""
     unknown = sorted(set(table) - QUALITY_KEYS)
     if unknown:
-        raise UsageError(f"{path}: [quality] has unknown keys {', '.join(unknown)} (known: {', '.join(sorted(QUALITY_KEYS))})")
+        raise UsageError(
+            f"{path}: [quality] has unknown keys {', '.join(unknown)} (known: {', '.join(sorted(QUALITY_KEYS))})"
+        )
     headline = table.get("headline")
     if headline is not None and not isinstance(headline, str):
         raise UsageError(f"{path}: [quality] headline must be a metric key (a string), got {headline!r}")
     raw_targets = table.get("targets", {})
     if not isinstance(raw_targets, dict):
-        raise UsageError(f"{path}: [quality.targets] must be a table of KEY = \"TARGET\"")
+        raise UsageError(f'{path}: [quality.targets] must be a table of KEY = "TARGET"')
     targets = {}
     for key, text in raw_targets.items():
         try:
@@ -163,7 +166,7 @@ def parse_quality(path: Path, table: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"{path}: [quality.baseline] name {name!r} is no baseline (known: {', '.join(BASELINES)})")
         better = baseline.get("better", {})
         if not isinstance(better, dict) or any(v not in ("lower", "higher") for v in better.values()):
-            raise UsageError(f"{path}: [quality.baseline] better must map metric keys to \"lower\" or \"higher\"")
+            raise UsageError(f'{path}: [quality.baseline] better must map metric keys to "lower" or "higher"')
         fields.update(baseline=name, baseline_better={key: way == "lower" for key, way in better.items()})
     return fields
 
@@ -214,8 +217,15 @@ def summarise(runs: list[dict[str, Any]], targets: dict[str, Target]) -> dict[st
     for metric, key in order:
         name = key if keys.count(key) == 1 else f"{metric}.{key}"
         mean, std = mean_std(values[(metric, key)])
-        summary[name] = {"metric": metric, "mean": mean, "std": std, "n": len(values[(metric, key)]),
-                         "values": values[(metric, key)], "target": None, "met": None}
+        summary[name] = {
+            "metric": metric,
+            "mean": mean,
+            "std": std,
+            "n": len(values[(metric, key)]),
+            "values": values[(metric, key)],
+            "target": None,
+            "met": None,
+        }
     means = {name: entry["mean"] for name, entry in summary.items()}
     for key, target in targets.items():
         if key in summary:

@@ -32,8 +32,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 if not __package__:  # python benchmarks/quality/run.py: import its siblings as benchmarks.quality.*
@@ -113,7 +114,9 @@ def _evaluate_run(checkpoint: Path, run_dir: Path, steps: int, seed: int) -> dic
     return result
 
 
-def read_curve(run_dir: Path, headline: str | None, targets: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def read_curve(
+    run_dir: Path, headline: str | None, targets: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Time to quality of one run, from the evaluations its metrics.jsonl logged (``eval_every``):
     ``[{"step", "seconds", "value"}]`` of the ``headline`` key (seconds: the run's training time
     then), and the first evaluation meeting every target its keys have (``{"step", "seconds"}``,
@@ -132,8 +135,11 @@ def read_curve(run_dir: Path, headline: str | None, targets: dict[str, Any]) -> 
         seconds = float(record["elapsed_s"])
         if headline in values:
             curve.append({"step": int(record["step"]), "seconds": seconds, "value": _clean(values[headline])})
-        judged = [target.met(float(values[key]), values) for key, target in targets.items()
-                  if isinstance(values.get(key), (int, float))]
+        judged = [
+            target.met(float(values[key]), values)
+            for key, target in targets.items()
+            if isinstance(values.get(key), (int, float))
+        ]
         if met_at is None and len(judged) == len(targets) and all(judged):
             met_at = {"step": int(record["step"]), "seconds": seconds}
     return curve, met_at
@@ -167,13 +173,17 @@ def _baseline_runs(name: str, dataset: str, data_options: dict[str, Any], seeds:
     for seed in seeds:
         draw = fit(dataset, data_options, seed)
         samples = draw(max(count for _, _, count in built))
-        metrics = {spec.name: {k: _clean(float(v)) for k, v in metric(samples[:count], context).items()}
-                   for spec, metric, count in built}
+        metrics = {
+            spec.name: {k: _clean(float(v)) for k, v in metric(samples[:count], context).items()}
+            for spec, metric, count in built
+        }
         runs.append({"seed": seed, "bandwidth": getattr(draw, "bandwidth", None), "metrics": metrics})
     return runs
 
 
-def compare_with_baseline(summary: dict[str, Any], baseline: dict[str, Any], lower_is_better: dict[str, bool]) -> dict[str, bool]:
+def compare_with_baseline(
+    summary: dict[str, Any], baseline: dict[str, Any], lower_is_better: dict[str, bool]
+) -> dict[str, bool]:
     """``{key: GAN mean better than the baseline's mean}`` for the compared keys both have."""
     better = {}
     for key, lower in lower_is_better.items():
@@ -224,8 +234,10 @@ def run_benchmarks(
     }
     for recipe, (first, *_) in read.items():
         if first.baseline and bare_dataset_name(first.config.dataset) not in BASELINES[first.baseline][0]:
-            raise UsageError(f"{recipe}: the {first.baseline} baseline fits only the datasets "
-                             f"{', '.join(BASELINES[first.baseline][0])}, not {first.config.dataset!r}")
+            raise UsageError(
+                f"{recipe}: the {first.baseline} baseline fits only the datasets "
+                f"{', '.join(BASELINES[first.baseline][0])}, not {first.config.dataset!r}"
+            )
     benchmarks: dict[str, Any] = {}
     for recipe in recipes:
         name = recipe.stem
@@ -248,17 +260,19 @@ def run_benchmarks(
             if dataset is None:
                 dataset = bare_dataset_name(config.dataset)
             curve, met_at = read_curve(run_dir, spec.headline, spec.targets)
-            runs.append({
-                "seed": seed,
-                "run_dir": str(run_dir),
-                "checkpoint": str(checkpoint),
-                "step": int(result["step"]),
-                "ema": bool(result.get("ema", False)),
-                "train_seconds": float(state.get("elapsed_s", math.nan)),
-                "trained_now": trained,
-                "metrics": result["metrics"],
-                **({"curve": curve, "target_met_at": met_at} if curve else {}),
-            })
+            runs.append(
+                {
+                    "seed": seed,
+                    "run_dir": str(run_dir),
+                    "checkpoint": str(checkpoint),
+                    "step": int(result["step"]),
+                    "ema": bool(result.get("ema", False)),
+                    "train_seconds": float(state.get("elapsed_s", math.nan)),
+                    "trained_now": trained,
+                    "metrics": result["metrics"],
+                    **({"curve": curve, "target_met_at": met_at} if curve else {}),
+                }
+            )
         summary = summarise(runs, spec.targets)
         benchmarks[name] = {
             "recipe": str(recipe),
@@ -308,11 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python benchmarks/quality/run.py",
         description="Train the quality recipes over several seeds and write results.{json,md,png}.",
     )
-    parser.add_argument("recipes", nargs="*", type=Path,
-                        help=f"recipe TOML files (default: every *.toml in {default_recipe_dir()}/)")
+    parser.add_argument(
+        "recipes", nargs="*", type=Path, help=f"recipe TOML files (default: every *.toml in {default_recipe_dir()}/)"
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
-    parser.add_argument("--out", type=Path, default=default_recipe_dir() / "results",
-                        help=f"output folder (default {default_recipe_dir() / 'results'})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=default_recipe_dir() / "results",
+        help=f"output folder (default {default_recipe_dir() / 'results'})",
+    )
     parser.add_argument("--steps", type=int, default=None, help="override every recipe's steps")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
@@ -322,8 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--steps must be >= 1, got {args.steps}")
         recipes = list(args.recipes) or default_recipes()
         started = time.perf_counter()
-        out = run_benchmarks(recipes, _parse_seeds(args.seeds), args.out, steps=args.steps,
-                             quiet=args.quiet, log=log)
+        out = run_benchmarks(recipes, _parse_seeds(args.seeds), args.out, steps=args.steps, quiet=args.quiet, log=log)
     except GanplugError as error:
         print(f"Error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return error.exit_code
@@ -334,8 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     if log:
-        log(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}, {out / RESULTS_PNG} "
-            f"in {time.perf_counter() - started:.0f} s")
+        log(
+            f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}, {out / RESULTS_PNG} "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
     return 0
 
 

@@ -121,7 +121,9 @@ def _install(point: str, nth: int) -> None:
 
         def write(path, data):
             if re.fullmatch(r"step_\d+\.png", pathlib.Path(path).name) and hit():
-                ganplug.files.atomic_write(path, lambda handle: (handle.write(data[: len(data) // 2]), handle.flush(), fire()))
+                ganplug.files.atomic_write(
+                    path, lambda handle: (handle.write(data[: len(data) // 2]), handle.flush(), fire())
+                )
             return real_write(path, data)
 
         scope["atomic_write_bytes"] = write
