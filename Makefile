@@ -1,6 +1,7 @@
 # One-command entry points; each sets up .venv (torch, build tools) and builds ganplug._C first.
 #   make train   the main job: ganplug train --arch dcgan --loss wasserstein on the bundled MNIST digits
-#   make test    the test suite (ganplug and the example plugin in plugins/)
+#   make test    make check, then the test suite (ganplug and the example plugin in plugins/)
+#   make check   ruff (lint and format), mypy over ganplug/, and the documentation site built with --strict
 #   make bench   ganplug bench: fused ops vs eager PyTorch vs torch.compile, training steps vs the plain
 #                loop, to bench-results/ (options: make bench BENCH_ARGS="--kernels --quick")
 #   make bench-pytest   the pytest-benchmark suite in benchmarks/ (ratio tables in benchmarks/results/)
@@ -16,7 +17,7 @@ BIN := $(VENV)/bin
 BUILT := $(VENV)/.ganplug-built
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup train test bench bench-pytest gpu-check docs clean
+.PHONY: setup train check test bench bench-pytest gpu-check docs clean
 
 setup: $(BUILT)
 
@@ -31,7 +32,12 @@ $(BUILT): $(BIN)/python $(SOURCES)
 train: setup
 	$(BIN)/ganplug train --arch dcgan --loss wasserstein
 
-test: setup
+check: docs
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest -q
 
 bench: setup
