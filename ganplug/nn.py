@@ -146,3 +146,71 @@ def spectral_normalise(module: nn.Module) -> nn.Module:
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
             spectral_norm(layer)
     return module
+
+
+class BatchNormLeakyReLU(nn.BatchNorm2d):
+    """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0): the statistics from torch, the per-channel affine and
+    the activation in one fused op (ganplug.ops.affine_leaky_relu).
+
+    Input (N, num_features, H, W) -> output of the same shape. Parameters, buffers, initialisation, running-statistics
+    updates and state dict are nn.BatchNorm2d's, so weights load both ways between this module and nn.BatchNorm2d.
+    """
+
+    def __init__(
+        self, num_features: int, negative_slope: float = 0.0, eps: float = 1e-5, momentum: float = 0.1
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(super().forward(input), self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class ConditionalBatchNormLeakyReLU(nn.Module):
+    """Conditional BatchNorm (de Vries et al. 2017; the class-conditional generators of Miyato et al. 2018, Brock et
+    al. 2019) followed by LeakyReLU (ReLU at slope 0): BatchNorm without affine, then per-sample gain and bias looked up
+    by class, fused with the activation (ganplug.ops.affine_leaky_relu).
+
+    ``forward(x (N, num_features, H, W), y (N,) int64 labels)`` -> x's shape. ``norm`` is the nn.BatchNorm2d without
+    affine that holds the running statistics; ``gain`` and ``bias`` are embeddings ``(num_classes, num_features)``
+    initialised to 1 and 0 (so every class starts as plain BatchNorm).
+    """
+
+    def __init__(self, num_features: int, num_classes: int, negative_slope: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_features, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        gain, bias = self.gain(y).to(h.dtype), self.bias(y).to(h.dtype)
+        return torch.nn.functional.leaky_relu(h * gain[:, :, None, None] + bias[:, :, None, None], self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class GroupNormLeakyReLU(nn.GroupNorm):
+    """nn.GroupNorm followed by LeakyReLU: the statistics from torch, folded with the per-channel affine into one scale
+    and shift per (sample, channel) that the fused op applies with the activation (ganplug.ops.affine_leaky_relu).
+
+    Input (N, num_channels, *) -> output of the same shape. Parameters, initialisation and state dict are
+    nn.GroupNorm's, so weights load both ways between this module and nn.GroupNorm.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, negative_slope: float = 0.2, eps: float = 1e-5) -> None:
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(super().forward(input), self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
