@@ -50,7 +50,8 @@ class Dropout(nn.Dropout):
 
 class FusedConv2dLeakyReLU(nn.Conv2d):
     """nn.Conv2d followed by LeakyReLU: the convolution without its bias, then the bias and the activation as one fused
-    op (ganplug.ops.bias_leaky_relu).
+    op (ganplug.ops.bias_leaky_relu). ``groups`` splits the channels into groups convolved separately, as nn.Conv2d's
+    (a grouped convolution; R3GAN's inverted bottlenecks).
 
     Input (N, in_channels, H, W) -> output (N, out_channels, H_out, W_out), channels-last in, channels-last out.
     Parameters, initialisation and state dict are nn.Conv2d's, so weights load both ways between this module and
@@ -68,8 +69,19 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        groups: int = 1,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias, device=device, dtype=dtype)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            groups=groups,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
         self.negative_slope = float(negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
