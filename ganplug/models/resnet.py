@@ -1,0 +1,256 @@
+"""The SNGAN/BigGAN residual pair (Miyato et al. 2018; Brock et al. 2019) for square images of side 28 to 128.
+
+Resolutions: the side S is halved k times while it stays even and the half is at least 4 (dcgan's rule), down to a
+base of ``S / 2**k``: 28 -> 7 (k=2: G grows 7 -> 14 -> 28), 32 -> 4 (k=3), 64 -> 4 (k=4), 128 -> 4 (k=5).
+
+Widths (BigGAN's tables): G has ``ch * g_mults[j]`` channels at side ``S / 2**j`` (j = 0 is the image side), D's j-th
+block outputs ``ch * d_mults[j]`` channels at side ``S / 2**(j+1)``; a list shorter than needed repeats its last entry.
+
+G: z (N, latent_dim) -> linear to (c, base, base) -> k up-sampling blocks, each followed by ``depth - 1`` blocks at its
+side -> BatchNorm -> ReLU -> conv3x3 -> (N, C, S, S), tanh when bounded. A block (pre-activation): BN -> ReLU ->
+upsample -> conv3x3 -> BN -> ReLU -> conv3x3, plus the shortcut: upsample and a 1x1 conv where the channels change.
+D: x (N, C, S, S) -> the optimised first block (conv3x3 -> ReLU -> conv3x3 -> avgpool, plus avgpool -> 1x1 conv) ->
+k - 1 down-sampling blocks (ReLU -> conv3x3 -> ReLU -> conv3x3 -> avgpool, plus a 1x1 conv where the channels change
+and avgpool), each level followed by ``depth - 1`` blocks at its side -> ReLU -> sum over H, W -> linear -> logits (N,).
+
+Every activation runs in a fused op: G's BatchNorm + ReLU pairs are :class:`ganplug.nn.BatchNormLeakyReLU` (the
+affine and the ReLU in one pass); in D the ReLU after a block's first conv takes that conv's bias
+(:class:`ganplug.nn.FusedConv2dLeakyReLU` at slope 0), while the ReLUs that open a block and the one before the
+pooling act on a residual sum, whose un-activated value the shortcut also reads, so they run the same op without a
+bias (:class:`FusedLeakyReLU`). Convolutions followed by BatchNorm have no bias (BatchNorm removes it), nor do the
+shortcuts (the residual branch's last conv has one). 1x1 shortcuts run at the lower side (conv then upsample in G,
+avgpool then conv in D): the same values as the other order, a quarter of the work.
+
+Conditional (``ctx.num_classes`` = K > 0): G's block norms are conditional BatchNorm
+(:class:`ganplug.nn.ConditionalBatchNormLeakyReLU`: per-class gain and bias from class embeddings), its last norm
+plain, and z enters alone; D adds ``<E[y], phi(x)>`` to its logit, phi the pooled features (a projection discriminator,
+Miyato & Koyama 2018). ``critic_norm=auto`` spectrally normalises every weight of D (Miyato et al. 2018) unless the
+loss penalises D's input gradient (WGAN-GP, R1/R2), where the penalty keeps D smooth, as in Gulrajani et al.'s ResNet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganplug import ops
+from ganplug.errors import GanplugError
+from ganplug.models.dcgan import num_stages
+from ganplug.models.mlp import check_context
+from ganplug.nn import (
+    BatchNormLeakyReLU,
+    ConditionalBatchNormLeakyReLU,
+    FusedConv2dLeakyReLU,
+    HeadedDiscriminator,
+    ProjectionDiscriminator,
+    spectral_normalise,
+)
+from ganplug.plugin import ModelContext
+
+MIN_SIDE, MAX_SIDE = 28, 128
+_RESIDUAL_GAIN = math.sqrt(2.0)  # SNGAN's Xavier gain for the 3x3 convs of the residual branches (ReLU before them)
+_Layer = TypeVar("_Layer", bound=nn.Conv2d | nn.Linear)
+
+
+class FusedLeakyReLU(nn.LeakyReLU):
+    """nn.LeakyReLU (slope 0: ReLU) on the fused op ganplug.ops.bias_leaky_relu without a bias: (N, C, *) -> the same
+    shape. For activations whose input has no bias of its own to take in."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.bias_leaky_relu(input, None, self.negative_slope)
+
+
+class SumPool(nn.Module):
+    """Global sum pooling (SNGAN's D): (N, C, H, W) -> (N, C)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return input.sum(dim=(2, 3))
+
+
+def _conv3x3(c_in: int, c_out: int, bias: bool = True, gain: float = _RESIDUAL_GAIN) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)
+    return _xavier(conv, gain)
+
+
+def _xavier(layer: _Layer, gain: float = 1.0) -> _Layer:
+    """SNGAN's initialisation, in place: weight ~ Xavier-uniform with ``gain``, bias 0. Returns ``layer``."""
+    nn.init.xavier_uniform_(layer.weight, gain)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _shortcut(c_in: int, c_out: int) -> nn.Module:
+    """The 1x1 conv of a shortcut where the channels change (no bias: the residual branch has one), else identity."""
+    return _xavier(nn.Conv2d(c_in, c_out, 1, bias=False)) if c_in != c_out else nn.Identity()
+
+
+def _norm_relu(c: int, num_classes: int) -> nn.Module:
+    """BatchNorm + ReLU in one fused module; conditional (forward(x, y)) for ``num_classes`` > 0, its class gains drawn
+    from N(1, 0.02) as SNGAN's (so the classes differ from the first step)."""
+    if not num_classes:
+        return BatchNormLeakyReLU(c, negative_slope=0.0)
+    norm = ConditionalBatchNormLeakyReLU(c, num_classes, negative_slope=0.0)
+    nn.init.normal_(norm.gain.weight, 1.0, 0.02)
+    return norm
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class GeneratorBlock(nn.Module):
+    """G's pre-activation residual block: x (N, c_in, H, W) -> (N, c_out, 2H, 2W) when ``upsample``, else (N, c_out, H,
+    W). ``forward(x, y)`` with labels y (N,) when ``num_classes`` > 0 (conditional BatchNorm), else ``forward(x)``."""
+
+    def __init__(self, c_in: int, c_out: int, upsample: bool, num_classes: int = 0) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.norm1 = _norm_relu(c_in, num_classes)
+        self.conv1 = _conv3x3(c_in, c_out, bias=False)
+        self.norm2 = _norm_relu(c_out, num_classes)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.shortcut = _shortcut(c_in, c_out)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        def norm_relu(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            return norm(h) if y is None else norm(h, y)
+
+        h = norm_relu(self.norm1, x)
+        h = self.conv2(norm_relu(self.norm2, self.conv1(_upsample(h) if self.upsample else h)))
+        skip = self.shortcut(x)
+        return h + (_upsample(skip) if self.upsample else skip)
+
+
+class ResNetGenerator(nn.Module):
+    """z (N, latent_dim) -> (N, channels, S, S), S = base * 2**(len(widths) - 1); ``widths`` are the channels from the
+    base side outward. ``forward(z, y)`` with labels y (N,) when ``num_classes`` > 0, else ``forward(z)``."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: int,
+        base: int,
+        widths: list[int],
+        depth: int,
+        bounded: bool,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.input = _xavier(nn.Linear(latent_dim, widths[0] * base * base))
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            blocks.append(GeneratorBlock(c_in, c_out, True, num_classes))
+            blocks += [GeneratorBlock(c_out, c_out, False, num_classes) for _ in range(depth - 1)]
+        self.blocks = nn.ModuleList(blocks)
+        self.output_norm = BatchNormLeakyReLU(widths[-1], negative_slope=0.0)
+        self.output = _conv3x3(widths[-1], channels, gain=1.0)
+        self.squash = nn.Tanh() if bounded else nn.Identity()
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.input(z).unflatten(1, (-1, self.base, self.base))
+        for block in self.blocks:
+            x = block(x) if y is None else block(x, y)
+        return self.squash(self.output(self.output_norm(x)))
+
+
+class OptimisedBlock(nn.Module):
+    """D's first block (Miyato et al. 2018): x (N, c_in, H, W) -> (N, c_out, H/2, W/2), avgpool(conv3x3(ReLU(conv3x3
+    x))) plus the shortcut conv1x1(avgpool(x)); no ReLU before the first conv (the input is the image)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1 = _xavier(FusedConv2dLeakyReLU(c_in, c_out, 3, 1, 1, negative_slope=0.0), _RESIDUAL_GAIN)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.shortcut = _xavier(nn.Conv2d(c_in, c_out, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(self.conv2(self.conv1(x)), 2) + self.shortcut(F.avg_pool2d(x, 2))
+
+
+class DiscriminatorBlock(nn.Module):
+    """D's residual block: x (N, c_in, H, W) -> (N, c_out, H/2, W/2) when ``downsample``, else (N, c_out, H, W):
+    conv3x3(ReLU(conv3x3(ReLU(x)))), avgpooled, plus the shortcut: avgpool and a 1x1 conv where the channels change."""
+
+    def __init__(self, c_in: int, c_out: int, downsample: bool) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.activation = FusedLeakyReLU(0.0)
+        self.conv1 = _xavier(FusedConv2dLeakyReLU(c_in, c_out, 3, 1, 1, negative_slope=0.0), _RESIDUAL_GAIN)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.shortcut = _shortcut(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(self.conv1(self.activation(x)))
+        if self.downsample:
+            return F.avg_pool2d(h, 2) + self.shortcut(F.avg_pool2d(x, 2))
+        return h + self.shortcut(x)
+
+
+class ResNetDiscriminator(HeadedDiscriminator):
+    """(N, channels, S, S) -> logits (N,); ``widths[j]`` are the channels of the j-th down-sampling block's output (the
+    optimised block first), ``depth - 1`` blocks at each side after it."""
+
+    def __init__(self, channels: int, widths: list[int], depth: int) -> None:
+        layers: list[nn.Module] = []
+        c_in = channels
+        for level, c in enumerate(widths):
+            layers.append(OptimisedBlock(c_in, c) if level == 0 else DiscriminatorBlock(c_in, c, downsample=True))
+            layers += [DiscriminatorBlock(c, c, downsample=False) for _ in range(depth - 1)]
+            c_in = c
+        head = _xavier(nn.Linear(c_in, 1))
+        super().__init__(*layers, FusedLeakyReLU(0.0), SumPool(), head, nn.Flatten(0))
+
+
+def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, side, up-sampling blocks) of an image shape resnet can model; GanplugError otherwise."""
+    shape = tuple(data_shape)
+    if len(shape) != 3:
+        raise GanplugError(f"resnet needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
+    channels, height, width = shape
+    fit = min(max(height, width, MIN_SIDE), MAX_SIDE)
+    fit += fit % 2
+    if height != width or channels < 1 or not MIN_SIDE <= height <= MAX_SIDE or num_stages(height) == 0:
+        raise GanplugError(
+            f"resnet needs square images of side {MIN_SIDE}-{MAX_SIDE} with a factor of 2; got shape {shape}: "
+            f"resize with --image-size {fit} (or use --arch dcgan for sides 8-{MIN_SIDE - 1})"
+        )
+    return channels, height, num_stages(height)
+
+
+def level_widths(name: str, ch: int, mults: str, levels: int) -> list[int]:
+    """``ch`` times each of the comma-separated ``mults`` for ``levels`` levels, the last multiplier repeated:
+    ``level_widths("g_mults", 32, "1,2", 3)`` -> ``[32, 64, 64]``; GanplugError for anything but positive integers."""
+    parts = [p.strip() for p in mults.split(",")]
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise GanplugError(
+            f"resnet option {name}={mults!r} is not a comma-separated list of positive integers; "
+            f"write e.g. --arch-opt {name}=1,2,4"
+        )
+    return [ch * int(parts[min(level, len(parts) - 1)]) for level in range(levels)]
+
+
+def build(
+    ctx: ModelContext,
+    ch: int = 16,
+    g_mults: str = "1,2,4",
+    d_mults: str = "1,2,4",
+    depth: int = 1,
+    critic_norm: str = "auto",
+) -> tuple[nn.Module, nn.Module]:
+    """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S); see the module docstring."""
+    check_context("resnet", ctx)
+    channels, side, stages = check_shape(ctx.data_shape)
+    g_widths = level_widths("g_mults", ch, g_mults, stages + 1)[::-1]  # from the base side outward
+    d_widths = level_widths("d_mults", ch, d_mults, stages)
+    classes = ctx.num_classes
+    generator = ResNetGenerator(ctx.latent_dim, channels, side >> stages, g_widths, depth, ctx.bounded, classes)
+    critic = ResNetDiscriminator(channels, d_widths, depth)
+    discriminator: nn.Module = ProjectionDiscriminator(critic, classes) if classes else critic
+    spectral = critic_norm == "spectral" or (critic_norm == "auto" and ctx.critic_batchnorm)
+    return generator, spectral_normalise(discriminator) if spectral else discriminator
