@@ -33,10 +33,12 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
 
 COLUMNS = ("ganplug", "plain", "compile")
 WARMUP_STEPS = 3
-RGB_IMAGES = 256  # random 32x32 RGB pictures: the image-folder data of case (d)
+RGB_IMAGES = 256  # random 32x32 RGB pictures: the data of the image-folder cases (d, f)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ CASES = (
     StepCase(
         "d-dcgan32-hinge-rgb",
         dict(arch="dcgan", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
+    ),
+    StepCase("e-resnet28-hinge-mnist5k", dict(arch="resnet", loss="hinge", dataset="mnist5k", batch_size=64)),
+    StepCase(
+        "f-resnet32-hinge-rgb",
+        dict(arch="resnet", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
     ),
 )
 
@@ -114,31 +121,48 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def plain_twin(model: nn.Module) -> nn.Sequential:
+def plain_twin(model: nn.Module) -> nn.Module:
     """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
-    Conv2d subclass carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (none at
-    slope 1), ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
-    ``input_scale`` becomes a first layer. The weights are not copied (see :func:`copy_weights`)."""
-    layers: list[nn.Module] = []
-    scale = float(getattr(model, "input_scale", 1.0))
-    if scale != 1.0:
-        layers.append(Scale(scale))
-    for layer in model.children():
-        slope = getattr(layer, "negative_slope", None)
-        if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
-            layers.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None))
-        elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
-            shape = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding")}
-            layers.append(nn.Conv2d(**shape, bias=layer.bias is not None))
-        elif isinstance(layer, nn.Dropout):
-            layers.append(nn.Dropout(layer.p))
-            continue
-        else:
-            layers.append(copy.deepcopy(layer))
-            continue
-        if slope is not None and slope != 1.0:
-            layers.append(nn.LeakyReLU(slope))
-    return nn.Sequential(*layers)
+    Conv2d subclass carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (nn.ReLU at
+    slope 0, none at slope 1), under torch's spectral_norm where ganplug's is, a fused activation (an nn.LeakyReLU subclass) nn.LeakyReLU or
+    nn.ReLU, ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
+    ``input_scale`` becomes a first layer. A Sequential becomes one nn.Sequential of those layers;
+    any other module with children (a residual block, a generator taking labels) is copied with
+    each child replaced by its twin, so its own forward runs on plain layers. The weights are not
+    copied (see :func:`copy_weights`)."""
+    if isinstance(model, nn.Sequential):
+        scale = float(getattr(model, "input_scale", 1.0))
+        first = [Scale(scale)] if scale != 1.0 else []
+        return nn.Sequential(*first, *(plain for layer in model.children() for plain in _plain_layers(layer)))
+    layers = _plain_layers(model)
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+def _plain_layers(layer: nn.Module) -> list[nn.Module]:
+    """The plain layers standing for one of ganplug's layers (see :func:`plain_twin`)."""
+    slope = getattr(layer, "negative_slope", None)
+    plain: nn.Module
+    if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
+        shape = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding")}
+        plain = nn.Conv2d(**shape, bias=layer.bias is not None)
+    elif isinstance(layer, nn.LeakyReLU) and type(layer) is not nn.LeakyReLU:
+        return [nn.ReLU() if layer.negative_slope == 0.0 else nn.LeakyReLU(layer.negative_slope)]
+    elif isinstance(layer, nn.Dropout):
+        return [nn.Dropout(layer.p)]
+    elif any(True for _ in layer.children()):
+        twin = copy.deepcopy(layer)
+        for name, child in layer.named_children():
+            setattr(twin, name, plain_twin(child))
+        return [twin]
+    else:
+        return [copy.deepcopy(layer)]
+    if parametrize.is_parametrized(layer, "weight"):  # ganplug's spectral_normalise, as a user writes it
+        plain = spectral_norm(plain)
+    if slope is None or slope == 1.0:
+        return [plain]
+    return [plain, nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)]
 
 
 def copy_weights(dst: nn.Module, src: nn.Module) -> None:
@@ -228,7 +252,7 @@ class PlainLoop:
 
 
 def write_rgb_folder(root: Path) -> Path:
-    """:data:`RGB_IMAGES` random 32x32 RGB PNGs (seeded) in ``root``: case (d)'s image folder."""
+    """:data:`RGB_IMAGES` random 32x32 RGB PNGs (seeded) in ``root``: the image-folder cases' folder."""
     from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
@@ -308,7 +332,7 @@ def check_equivalence(trainer, loop: PlainLoop, n: int = 8) -> None:
 
 class StepBench:
     """ganplug's trainer for ``row`` and the plain loops of the same run (same weights, checked
-    by :func:`check_equivalence`); ``workdir`` holds the run directory and case (d)'s images.
+    by :func:`check_equivalence`); ``workdir`` holds the run directory and the image-folder cases' images.
     Build it with the row's thread count set."""
 
     def __init__(self, row: StepRow, workdir: Path) -> None:
