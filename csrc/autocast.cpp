@@ -44,6 +44,16 @@ at::Tensor bias_leaky_relu(const at::Tensor& input, const OptTensor& bias, doubl
                                 slope);
 }
 
+// affine_leaky_relu as bias_leaky_relu: the input's dtype, scale and shift cast to it when it is the autocast dtype.
+template <c10::DeviceType device>
+at::Tensor affine_leaky_relu(const at::Tensor& input, const OptTensor& scale, const OptTensor& shift, double slope) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&, double)>("ganplug::affine_leaky_relu");
+  const bool in_autocast_dtype = input.scalar_type() == get_autocast_dtype(device);
+  const auto cast = [&](const OptTensor& t) { return in_autocast_dtype ? cached_cast(input.scalar_type(), t, device) : t; };
+  return below_autocast<device>(op, input, cast(scale), cast(shift), slope);
+}
+
 template <c10::DeviceType device>
 at::Tensor bce_loss(const at::Tensor& logits, const OptTensor& target, double target_value, double scale) {
   static const auto op = find_op<at::Tensor(const at::Tensor&, const OptTensor&, double, double)>("ganplug::bce_loss");
@@ -84,6 +94,7 @@ template <c10::DeviceType device>
 void register_autocast(torch::Library& m) {
   m.impl("linear_leaky_relu", &linear_leaky_relu<device>);
   m.impl("bias_leaky_relu", &bias_leaky_relu<device>);
+  m.impl("affine_leaky_relu", &affine_leaky_relu<device>);
   m.impl("bce_loss", &bce_loss<device>);
   m.impl("discriminator_bce", &discriminator_bce<device>);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss<device>);

@@ -16,6 +16,13 @@ TORCH_LIBRARY(ganplug, m) {
   m.def("bias_leaky_relu(Tensor input, Tensor? bias, float negative_slope) -> Tensor");
   // (dz, db): dz = leaky_relu_backward(dy, y) laid out like y, db (C,) = dz summed over every dim but 1.
   m.def("bias_leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope) -> (Tensor, Tensor)");
+  // y = leaky_relu(input * scale + shift over dim 1); input (N, C, *), scale and shift each None, (C,) or
+  // (N, C); y shaped and laid out like bias_leaky_relu's.
+  m.def("affine_leaky_relu(Tensor input, Tensor? scale, Tensor? shift, float negative_slope) -> Tensor");
+  // (dx, d scale, d shift) from the input (the mask is the sign of input * scale + shift): dx = g * scale
+  // laid out like y, with g = dy * mask; d scale = sum(g * input), d shift = sum(g), each shaped like its
+  // coefficient ((0,) where it is None).
+  m.def("affine_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor? scale, Tensor? shift, float negative_slope) -> (Tensor, Tensor, Tensor)");
 
   // scale * mean(bce_with_logits(logits, target)); target is the tensor if given (broadcast to the
   // logits' shape, cast to their dtype), else target_value.

@@ -160,9 +160,66 @@ def spectral_normalise(module: nn.Module) -> nn.Module:
     return module
 
 
+def _row_sums(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums of x and of x**2 over each of ``rows`` equal row-major blocks of x, (rows,) each, in float32 (float64
+    for float64 x). Row sums of a contiguous map are one fast pass each, where torch's reductions over (0, 2, 3) of
+    (N, C, H, W) and its CPU batch_norm statistics are several times slower on GAN-sized maps."""
+    flat = x.reshape(rows, -1)
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return flat.sum(1, dtype=wide), flat.square().sum(1, dtype=wide)
+
+
+def _moments(s1: torch.Tensor, s2: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased variance) from sums of x and x**2 over ``count`` elements."""
+    mean = s1 / count
+    return mean, (s2 / count - mean.square()).clamp_min(0)
+
+
+def _fold(
+    weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """scale, shift with weight * (x - mean) / sqrt(var + eps) + bias = x * scale + shift."""
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    return scale, shift if bias is None else shift + bias
+
+
+def _batch_norm_fused(
+    bn: nn.BatchNorm2d,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    negative_slope: float,
+) -> torch.Tensor:
+    """leaky_relu(batch_norm(x) * weight + bias) with ``bn``'s statistics and running-statistics update, as
+    nn.BatchNorm2d computes them; weight and bias (C,), (N, C) or None; one fused pass over x after the statistics."""
+    bn._check_input_dim(x)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    batch_stats = bn.training or bn.running_mean is None
+    if batch_stats:
+        n, c = x.shape[:2]
+        count = x.numel() // c
+        s1, s2 = _row_sums(x, n * c)
+        mean, var = _moments(s1.view(n, c).sum(0), s2.view(n, c).sum(0), count)
+        if bn.training and bn.running_mean is not None and bn.running_var is not None:
+            with torch.no_grad():
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+                bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), factor)
+    else:
+        mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+    scale, shift = _fold(weight, bias, mean, var, bn.eps)
+    return ops.affine_leaky_relu(x, scale.to(x.dtype), shift.to(x.dtype), negative_slope)
+
+
 class BatchNormLeakyReLU(nn.BatchNorm2d):
-    """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0): the statistics from torch, the per-channel affine and
-    the activation in one fused op (ganplug.ops.affine_leaky_relu).
+    """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0): the batch statistics from torch, folded with gamma and
+    beta into one scale and shift per channel that the fused op applies with the activation in one pass
+    (ganplug.ops.affine_leaky_relu; the eval mode folds the running statistics the same way).
 
     Input (N, num_features, H, W) -> output of the same shape. Parameters, buffers, initialisation, running-statistics
     updates and state dict are nn.BatchNorm2d's, so weights load both ways between this module and nn.BatchNorm2d.
@@ -175,7 +232,7 @@ class BatchNormLeakyReLU(nn.BatchNorm2d):
         self.negative_slope = float(negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.leaky_relu(super().forward(input), self.negative_slope)
+        return _batch_norm_fused(self, input, self.weight, self.bias, self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
@@ -184,7 +241,8 @@ class BatchNormLeakyReLU(nn.BatchNorm2d):
 class ConditionalBatchNormLeakyReLU(nn.Module):
     """Conditional BatchNorm (de Vries et al. 2017; the class-conditional generators of Miyato et al. 2018, Brock et
     al. 2019) followed by LeakyReLU (ReLU at slope 0): BatchNorm without affine, then per-sample gain and bias looked up
-    by class, fused with the activation (ganplug.ops.affine_leaky_relu).
+    by class; the statistics fold into one scale and shift per (sample, channel) that the fused op applies with the
+    activation (ganplug.ops.affine_leaky_relu).
 
     ``forward(x (N, num_features, H, W), y (N,) int64 labels)`` -> x's shape. ``norm`` is the nn.BatchNorm2d without
     affine that holds the running statistics; ``gain`` and ``bias`` are embeddings ``(num_classes, num_features)``
@@ -201,9 +259,7 @@ class ConditionalBatchNormLeakyReLU(nn.Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        gain, bias = self.gain(y).to(h.dtype), self.bias(y).to(h.dtype)
-        return torch.nn.functional.leaky_relu(h * gain[:, :, None, None] + bias[:, :, None, None], self.negative_slope)
+        return _batch_norm_fused(self.norm, x, self.gain(y), self.bias(y), self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -222,7 +278,13 @@ class GroupNormLeakyReLU(nn.GroupNorm):
         self.negative_slope = float(negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.leaky_relu(super().forward(input), self.negative_slope)
+        n, g = input.shape[0], self.num_groups
+        s1, s2 = _row_sums(input, n * g)
+        mean, var = _moments(s1, s2, input.numel() // (n * g))
+        per_channel = self.num_channels // g  # (N * G,) -> (N, C): each group's statistics for its channels
+        mean, var = (t.view(n, g).repeat_interleave(per_channel, dim=1) for t in (mean, var))
+        scale, shift = _fold(self.weight, self.bias, mean, var, self.eps)
+        return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

@@ -178,14 +178,16 @@ def _schema_names() -> list[str]:
     return re.findall(r'm\.def\("(\w+)\(', text)
 
 
-def test_ops_cpp_defines_eighteen_operators():
-    assert len(_schema_names()) == 18
+def test_ops_cpp_defines_twenty_operators():
+    assert len(_schema_names()) == 20
     assert set(_schema_names()) == {
         "linear_leaky_relu",
         "leaky_relu_backward",
         "leaky_relu_bias_backward",
         "bias_leaky_relu",
         "bias_leaky_relu_backward",
+        "affine_leaky_relu",
+        "affine_leaky_relu_backward",
         "bce_loss",
         "generator_bce",
         "minimax_generator_loss",

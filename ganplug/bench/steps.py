@@ -36,6 +36,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ganplug.nn import BatchNormLeakyReLU, ConditionalBatchNormLeakyReLU, GroupNormLeakyReLU
+
 COLUMNS = ("ganplug", "plain", "compile")
 WARMUP_STEPS = 3
 RGB_IMAGES = 256  # random 32x32 RGB pictures: the data of the image-folder cases (d, f)
@@ -121,10 +123,25 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+class PlainConditionalBatchNorm(nn.Module):
+    """Conditional BatchNorm then ReLU/LeakyReLU as a tutorial writes it: ``(x, y)`` -> act(BatchNorm(x) * gain[y] +
+    bias[y]); its parameters and buffers in the order of :class:`ganplug.nn.ConditionalBatchNormLeakyReLU`'s."""
+
+    def __init__(self, num_classes: int, num_features: int, negative_slope: float) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_features, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        self.act = nn.ReLU() if negative_slope == 0.0 else nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None])
+
+
 def plain_twin(model: nn.Module) -> nn.Module:
     """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
-    Conv2d subclass carrying ``negative_slope``) becomes the plain layer + nn.LeakyReLU (nn.ReLU at
-    slope 0, none at slope 1), under torch's spectral_norm where ganplug's is, a fused activation (an nn.LeakyReLU subclass) nn.LeakyReLU or
+    Conv2d subclass carrying ``negative_slope``, or a fused BatchNorm/GroupNorm block) becomes the plain layer +
+    nn.LeakyReLU (nn.ReLU at slope 0, none at slope 1), conditional BatchNorm a PlainConditionalBatchNorm, under torch's spectral_norm where ganplug's is, a fused activation (an nn.LeakyReLU subclass) nn.LeakyReLU or
     nn.ReLU, ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
     ``input_scale`` becomes a first layer. A Sequential becomes one nn.Sequential of those layers;
     any other module with children (a residual block, a generator taking labels) is copied with
@@ -151,6 +168,12 @@ def _plain_layers(layer: nn.Module) -> list[nn.Module]:
         return [nn.ReLU() if layer.negative_slope == 0.0 else nn.LeakyReLU(layer.negative_slope)]
     elif isinstance(layer, nn.Dropout):
         return [nn.Dropout(layer.p)]
+    elif isinstance(layer, BatchNormLeakyReLU):
+        plain = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    elif isinstance(layer, GroupNormLeakyReLU):
+        plain = nn.GroupNorm(layer.num_groups, layer.num_channels, eps=layer.eps)
+    elif isinstance(layer, ConditionalBatchNormLeakyReLU):
+        return [PlainConditionalBatchNorm(layer.gain.num_embeddings, layer.norm.num_features, layer.negative_slope)]
     elif any(True for _ in layer.children()):
         twin = copy.deepcopy(layer)
         for name, child in layer.named_children():

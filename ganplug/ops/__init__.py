@@ -4,7 +4,8 @@ pure-PyTorch twin in `ganplug.ops.reference`, which defines what it computes.
 All ops take float32, float64, float16 and bfloat16 (reduced precision computes in float32), any leading shape and
 non-contiguous tensors, are differentiable in every tensor input, and work under torch.compile. Under autocast,
 linear_leaky_relu runs in the autocast dtype and the losses in float32, as torch's linear and BCE do; bias_leaky_relu
-runs in its input's dtype, with the bias cast to it as conv2d casts its bias.
+runs in its input's dtype, with the bias cast to it as conv2d casts its bias (affine_leaky_relu likewise, with its
+scale and shift).
 
 Each op here only picks the implementation, the kernel (torch.ops.ganplug) or its reference twin, which take the same
 arguments: the kernels check them (csrc/checks.h) and cast for autocast (csrc/autocast.cpp) themselves, and the
@@ -31,6 +32,7 @@ __all__ = [
     "set_mode",
     "linear_leaky_relu",
     "bias_leaky_relu",
+    "affine_leaky_relu",
     "discriminator_bce",
     "generator_bce",
     "minimax_generator_loss",
@@ -72,6 +74,23 @@ def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negat
     the LeakyReLU mask off the output's sign, so only the output is saved).
     """
     return (_kernel if serves(input) else reference).bias_leaky_relu(input, bias, negative_slope)
+
+
+def affine_leaky_relu(
+    input: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    """leaky_relu(input * scale + shift, negative_slope) over dim 1 in one fused op: a norm's per-channel affine and
+    the activation after it.
+
+    input (N, C, *); scale and shift each None, (C,) (a BatchNorm's gamma and beta, or its statistics folded in) or
+    (N, C) (conditional BatchNorm's per-sample gain and bias, or GroupNorm's statistics folded per sample and channel);
+    returns input's shape, laid out as bias_leaky_relu lays it out. negative_slope must be >= 0 (0 is ReLU). Only the
+    input is saved for the backward (it needs it for d scale; the mask is the sign of the pre-activation, recomputed).
+    """
+    return (_kernel if serves(input) else reference).affine_leaky_relu(input, scale, shift, negative_slope)
 
 
 def discriminator_bce(

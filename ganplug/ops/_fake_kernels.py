@@ -64,6 +64,17 @@ def _(grad_output, output, negative_slope):
     return _empty_in_bias_act_layout(output), output.new_empty(output.shape[1:2])
 
 
+@_fake("affine_leaky_relu")
+def _(input, scale, shift, negative_slope):
+    return _empty_in_bias_act_layout(input)
+
+
+@_fake("affine_leaky_relu_backward")
+def _(grad_output, input, scale, shift, negative_slope):
+    grads = (input.new_empty((0,)) if t is None else input.new_empty(t.shape) for t in (scale, shift))
+    return _empty_in_bias_act_layout(input), *grads
+
+
 @_fake("bce_loss_and_grad")
 def _(logits, target, target_value, scale):
     return logits.new_empty(()), logits.new_empty(logits.shape)

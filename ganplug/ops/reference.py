@@ -123,6 +123,37 @@ def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negat
     return F.leaky_relu(z, negative_slope).to(input.dtype)
 
 
+def affine_leaky_relu(
+    input: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    op = "affine_leaky_relu"
+    if _tensor(op, "input", input).dim() < 2:
+        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    n, c = input.shape[:2]
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None and tuple(_tensor(op, name, t).shape) not in ((c,), (n, c)):
+            raise ValueError(
+                f"{op}: {name} must have shape ({c},) or ({n}, {c}) for input of shape {tuple(input.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+    _slope(op, negative_slope)
+    z = _wide(_nonempty(op, "input", input))
+    in_autocast_dtype = torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(
+        input.device.type
+    )
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is None:
+            continue
+        t = _autocast(t, input.dtype) if in_autocast_dtype else t
+        _like(op, name, t, "input", input)
+        t = t.to(z.dtype).reshape(*t.shape, *([1] * (input.dim() - 2)))
+        z = z * t if name == "scale" else z + t
+    return F.leaky_relu(z, negative_slope).to(input.dtype)
+
+
 def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a * b, where a == 0 gives 0 even when b is infinite (d/da stays b where b is finite)."""
     return a * torch.where((a == 0) & b.isinf(), torch.zeros_like(b), b)
