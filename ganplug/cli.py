@@ -151,6 +151,10 @@ def _list_kind(registry: Registry, kind: Kind) -> None:
             recipe = _recipe_of(spec)
             text = ", ".join(f"{key}={value}" for key, value in recipe.items()) if isinstance(recipe, dict) else recipe
             click.echo(f"    recipe: {text}")
+        for loss, arch_recipe in getattr(spec, "recipes", {}).items():
+            settings = {**dataclasses.asdict(arch_recipe.recipe), **arch_recipe.loss_options}
+            text = ", ".join(f"{key}={list(v) if isinstance(v, tuple) else v}" for key, v in settings.items())
+            click.echo(f"    recipe with --loss {loss}: {text}")
 
 
 def _recipe_of(spec: Any) -> dict[str, Any] | str:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -70,9 +70,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # The plugin API's version, raised by one with each change a plugin can see: 1, the first release
 # (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
 # ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive); 4, a loss's recipe
-# declared on its spec (``LossSpec(recipe=)``). An old form keeps working, with a PluginAPIWarning, for at least
-# OLD_FORMS_KEPT more versions (docs/plugins.md, "The plugin API as a contract").
-API_VERSION = 4
+# declared on its spec (``LossSpec(recipe=)``); 5, an architecture's recipes for losses (``ArchitectureSpec(recipes=)``,
+# additive). An old form keeps working, with a PluginAPIWarning, for at least OLD_FORMS_KEPT more versions
+# (docs/plugins.md, "The plugin API as a contract").
+API_VERSION = 5
 OLD_FORMS_KEPT = 2
 
 
@@ -188,7 +189,9 @@ class _Spec:
 
 
 def _json_ready(value: Any) -> Any:
-    """Tuples as lists and mappings as dicts, all the way down."""
+    """Tuples as lists, mappings and dataclasses as dicts, all the way down."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
     if isinstance(value, (tuple, list)):
         return [_json_ready(v) for v in value]
     return {k: _json_ready(v) for k, v in value.items()} if isinstance(value, Mapping) else value
@@ -218,15 +221,38 @@ RECIPE_KEYS = frozenset(f.name for f in fields(Recipe))
 
 
 @dataclass(frozen=True)
+class ArchRecipe:
+    """How an architecture trains with one loss: the training defaults (``recipe``, replacing the loss's own) and the
+    loss's options (``loss_options``, over the loss's defaults) its authors used. A dataset's recipe for the loss, a
+    config file and the command line override both."""
+
+    recipe: Recipe
+    loss_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec(_Spec):
     """A generator/discriminator pair: ``factory(ctx: ModelContext, **options)``.
 
     ``conditional``: the factory also builds class-conditional pairs (``ctx.num_classes`` > 0; see the module
     docstring), so ``ganplug train --conditional`` may use it.
+
+    ``recipes``: ``{loss name: ArchRecipe}``, how the architecture trains with the losses that suit it (API 5; a bare
+    :class:`Recipe` stands for ``ArchRecipe(recipe)``). A run of this architecture with one of those losses takes it
+    above the loss's recipe and below the dataset's defaults (docs/configuration.md).
     """
 
     kind = "architecture"
     conditional: bool = False
+    recipes: Mapping[str, ArchRecipe] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        recipes = {loss: ArchRecipe(r) if isinstance(r, Recipe) else r for loss, r in dict(self.recipes).items()}
+        wrong = sorted(loss for loss, r in recipes.items() if not isinstance(r, ArchRecipe))
+        if wrong:
+            raise ValueError(f"architecture {self.name!r}: recipes for {wrong} are no ArchRecipe or Recipe")
+        object.__setattr__(self, "recipes", recipes)
 
 
 @dataclass(frozen=True)
@@ -469,6 +495,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_METRIC_SAMPLES",
     "OLD_FORMS_KEPT",
+    "ArchRecipe",
     "ArchitectureSpec",
     "AugmentContext",
     "Augmentation",

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import quiet_train, run_main
 
+from ganplug import registry as registry_module
 from ganplug.errors import UsageError
+from ganplug.plugin import ArchitectureSpec, ArchRecipe, DatasetSpec, Recipe, hookimpl
+from ganplug.registry import Registry
 from ganplug.train import CONFIG_FILE
 from ganplug.train.checkpoint import resume_config
 from ganplug.train.config import (
@@ -18,10 +21,13 @@ from ganplug.train.config import (
     RESUMABLE,
     ResolvedConfig,
     TrainConfig,
+    as_template,
     check_resume,
+    command_line_values,
     read_config_file,
     resolve,
     validate_config,
+    with_changes,
 )
 
 # A ring8 run small enough for a test, leaving batch_size, pack, ema and the MLP's other widths to
@@ -109,6 +115,65 @@ def test_layers_apply_in_order(tmp_path: Path):
     # nothing is left unset but latent_dim, which the data's shape decides when the run is built
     assert [name for name, value in vars(main_job).items() if value is None] == ["latent_dim"]
     assert resolve(TrainConfig(loss_options={"lipschitz": "clip"})).optimizer == "rmsprop"  # the recipe of the options
+
+
+class _RecipePlugin:
+    """An architecture with a recipe for relativistic (over the loss's own DCGAN recipe) and a dataset with one
+    too, each setting what the layer above it does not, so every value shows the layer it came from."""
+
+    @staticmethod
+    @hookimpl
+    def ganplug_architectures():
+        recipe = Recipe(n_critic=2, optimizer="adam", lr_g=3e-4, lr_d=3e-4, betas=(0.0, 0.99))
+        return [
+            ArchitectureSpec(
+                "tuned-mlp",
+                "the mlp with a recipe",
+                "ganplug.models.mlp:build",
+                recipes={"relativistic": ArchRecipe(recipe, {"r1": 1.0, "r2": 2.0})},
+            )
+        ]
+
+    @staticmethod
+    @hookimpl
+    def ganplug_datasets():
+        defaults = {"loss_recipes": {"relativistic": {"lr_d": 5e-4}}}
+        return [DatasetSpec("tuned-ring8", "ring8, tuned", "ganplug.data.synthetic:ring8", defaults=defaults)]
+
+
+def test_an_architectures_recipe_sits_between_the_losss_and_the_datasets(tmp_path: Path, monkeypatch):
+    """the loss's recipe < the architecture's recipe for the loss (and the loss's options) < the dataset's recipe for
+    the loss < a config file < the command line."""
+    registry = Registry(entry_points=[], extra_plugins=[("tuned", _RecipePlugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", registry)
+
+    def layers(config: TrainConfig) -> tuple:
+        c = resolve(config)
+        return (c.n_critic, c.lr_g, c.lr_d, c.betas, c.loss_options["r1"], c.loss_options["r2"])
+
+    loss_only = TrainConfig(arch="mlp", loss="relativistic", dataset="ring8")
+    assert layers(loss_only) == (1, 2e-4, 2e-4, (0.5, 0.999), 0.0, 0.0)  # relativistic's own recipe and options
+    arch = TrainConfig(arch="tuned-mlp", loss="relativistic", dataset="ring8")
+    assert layers(arch) == (2, 3e-4, 3e-4, (0.0, 0.99), 1.0, 2.0)  # the architecture's, all of it
+    assert layers(dataclasses.replace(arch, loss="hinge"))[:4] == (1, 2e-4, 2e-4, (0.5, 0.999))  # no recipe for hinge
+    dataset = dataclasses.replace(arch, dataset="tuned-ring8")
+    assert layers(dataset) == (2, 3e-4, 5e-4, (0.0, 0.99), 1.0, 2.0)  # the dataset's lr_d over the architecture's
+    file = tmp_path / "run.toml"
+    file.write_text(
+        'arch = "tuned-mlp"\nloss = "relativistic"\ndataset = "tuned-ring8"\nlr_d = 6e-4\nn_critic = 3\n'
+        "[loss_options]\nr1 = 4.0\n"
+    )
+    from_file = read_config_file(str(file))
+    assert layers(from_file) == (3, 3e-4, 6e-4, (0.0, 0.99), 4.0, 2.0)  # the file over all three
+    given = command_line_values({"n_critic": 4, "loss_opt": ("r2=5",)})
+    assert layers(with_changes(from_file, given)) == (4, 3e-4, 6e-4, (0.0, 0.99), 4.0, 5.0)  # the command line last
+    # a run's config.toml as a template for another architecture: what the recipe gave is dropped with it
+    template = as_template(resolve(arch).as_input(), {"arch": "mlp", "loss": None, "dataset": None}, registry)
+    assert layers(dataclasses.replace(template, arch="mlp")) == layers(loss_only)
+    with pytest.raises(ValueError, match="recipes for \\['x'\\] are no ArchRecipe or Recipe"):
+        ArchitectureSpec("bad", "s", "m:f", recipes={"x": {"lr_g": 1.0}})
+    bare = ArchitectureSpec("bare", "s", "m:f", recipes={"relativistic": Recipe(lr_g=1e-3)})
+    assert bare.recipes == {"relativistic": ArchRecipe(Recipe(lr_g=1e-3))}  # a bare Recipe: no loss options
 
 
 def test_resolving_twice_changes_nothing_and_leaves_the_input_alone():

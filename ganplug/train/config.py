@@ -8,11 +8,13 @@ a new knob is one field here. :func:`resolve` applies the layers once per comman
 1. the base defaults (a field's default, or its knob's ``base`` where a dataset may set it);
 2. the loss's recipe (n_critic, optimiser, learning rates, betas) for its options, from the loss's
    spec (:func:`ganplug.registry.loss_recipe`), in what is still ``None`` after the layers above;
-3. the dataset's ``defaults``: its training knobs, its ``arch_options`` for the chosen
+3. the architecture's recipe for the chosen loss (``ArchitectureSpec.recipes``): a whole recipe in
+   place of the loss's, and options of the loss;
+4. the dataset's ``defaults``: its training knobs, its ``arch_options`` for the chosen
    architecture, its ``loss_recipes`` entry for the chosen loss;
-4. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
+5. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
    dataset, what the file got from the old one is dropped first, :func:`as_template`),
-5. the command line, or the values given in Python.
+6. the command line, or the values given in Python.
 
 ``None`` means "not set here; take it from a lower layer". The command line, a config file and
 ``ganplug.train.train(TrainConfig(...))`` all go through :func:`resolve`, so the same names train
@@ -174,7 +176,7 @@ def _on_off(help: str) -> Any:
     return knob(False, help=help, kind=bool)
 
 
-LOSS_RECIPE = "the dataset's recipe for the loss, else the loss's"
+LOSS_RECIPE = "the recipe for the loss: the dataset's, else the architecture's, else the loss's"
 
 
 def _lr_knob(help: str) -> Any:
@@ -208,7 +210,7 @@ class TrainConfig:
         "Class-conditional G and D on the dataset's labels (a projection discriminator); samples come one row per class."
     )
     optimizer: str | None = knob(
-        help="Optimiser of both networks", choices=("adam", "rmsprop"), default_text="the loss's"
+        help="Optimiser of both networks", choices=("adam", "rmsprop"), default_text=LOSS_RECIPE
     )
     lr_g: float | None = _lr_knob("Generator learning rate")
     lr_d: float | None = _lr_knob("Critic learning rate")
@@ -216,7 +218,7 @@ class TrainConfig:
         help="Adam betas",
         metavar="B1,B2",
         parse=parse_betas,
-        default_text="the loss's",
+        default_text=LOSS_RECIPE,
         check=lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
         must="two numbers in [0, 1)",
         example="0.5,0.999",
@@ -607,13 +609,17 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Registr
 
 def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
     """Every field of a :class:`ResolvedConfig`: ``config``'s values over the lower layers (the
-    dataset's defaults, the base, the loss's recipe for its options), its arch, loss and data
-    option tables resolved against ``specs`` (``{option table: spec}``: every option, checked).
-    latent_dim stays None unless set (the data's shape decides it)."""
+    dataset's defaults, the base, the architecture's recipe for the loss, the loss's recipe for its
+    options), its arch, loss and data option tables resolved against ``specs`` (``{option table:
+    spec}``: every option, checked). latent_dim stays None unless set (the data's shape decides it)."""
     values = {name: getattr(config, name) for name in KNOBS}
+    loss_name = specs["loss_options"].name
     dataset_defaults = dict(specs["data_options"].defaults)
-    recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(specs["loss_options"].name, {}))
+    recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(loss_name, {}))
     arch_defaults = dict(dataset_defaults.pop("arch_options", {}).get(specs["arch_options"].name, {}))
+    arch_recipe = specs["arch_options"].recipes.get(loss_name)
+    if arch_recipe is not None:
+        recipe = {**dataclasses.asdict(arch_recipe.recipe), **recipe}
     for name, setting in {**dataset_defaults, **recipe}.items():
         if values[name] is None:
             values[name] = setting
@@ -624,7 +630,7 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
         values["latent"] = specs["data_options"].latent
     options = {
         "arch_options": {**arch_defaults, **config.arch_options},
-        "loss_options": config.loss_options,
+        "loss_options": {**(arch_recipe.loss_options if arch_recipe else {}), **config.loss_options},
         "data_options": config.data_options,
     }
     for table, spec in specs.items():
