@@ -186,34 +186,68 @@ def _fold(
     return scale, shift if bias is None else shift + bias
 
 
-def _batch_norm_fused(
-    bn: nn.BatchNorm2d,
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    negative_slope: float,
+def batch_norm_leaky_relu(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    negative_slope: float = 0.0,
 ) -> torch.Tensor:
-    """leaky_relu(batch_norm(x) * weight + bias) with ``bn``'s statistics and running-statistics update, as
-    nn.BatchNorm2d computes them; weight and bias (C,), (N, C) or None; one fused pass over x after the statistics."""
+    """leaky_relu(F.batch_norm(input, ...) * weight + bias) with F.batch_norm's arguments and running-statistics update;
+    weight and bias (C,), (N, C) (conditional BatchNorm) or None. The statistics (batch or running) fold with weight
+    and bias into one scale and shift that ganplug.ops.affine_leaky_relu applies with the activation in one pass."""
+    if training:
+        n, c = input.shape[:2]
+        count = input.numel() // c
+        s1, s2 = _row_sums(input, n * c)
+        mean, var = _moments(s1.view(n, c).sum(0), s2.view(n, c).sum(0), count)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
+    elif running_mean is None or running_var is None:
+        raise ValueError("batch_norm_leaky_relu: running_mean and running_var are needed when training=False")
+    else:
+        mean, var = running_mean, running_var
+    scale, shift = _fold(weight, bias, mean, var, eps)
+    return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), negative_slope)
+
+
+def group_norm_leaky_relu(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    negative_slope: float = 0.2,
+) -> torch.Tensor:
+    """leaky_relu(F.group_norm(input, num_groups, weight, bias, eps)): each (sample, group)'s statistics fold with the
+    per-channel weight and bias into a scale and shift per (sample, channel) for ganplug.ops.affine_leaky_relu."""
+    n, c = input.shape[:2]
+    s1, s2 = _row_sums(input, n * num_groups)
+    mean, var = _moments(s1, s2, input.numel() // (n * num_groups))
+    mean, var = (t.view(n, num_groups).repeat_interleave(c // num_groups, dim=1) for t in (mean, var))
+    scale, shift = _fold(weight, bias, mean, var, eps)
+    return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), negative_slope)
+
+
+def _batch_norm_fused(
+    bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, negative_slope: float
+) -> torch.Tensor:
+    """batch_norm_leaky_relu with ``bn``'s buffers, mode and momentum, as nn.BatchNorm2d.forward passes them."""
     bn._check_input_dim(x)
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    batch_stats = bn.training or bn.running_mean is None
-    if batch_stats:
-        n, c = x.shape[:2]
-        count = x.numel() // c
-        s1, s2 = _row_sums(x, n * c)
-        mean, var = _moments(s1.view(n, c).sum(0), s2.view(n, c).sum(0), count)
-        if bn.training and bn.running_mean is not None and bn.running_var is not None:
-            with torch.no_grad():
-                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-                bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), factor)
-    else:
-        mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
-    scale, shift = _fold(weight, bias, mean, var, bn.eps)
-    return ops.affine_leaky_relu(x, scale.to(x.dtype), shift.to(x.dtype), negative_slope)
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    running_mean, running_var = (bn.running_mean, bn.running_var) if keep else (None, None)
+    return batch_norm_leaky_relu(x, running_mean, running_var, weight, bias, training, factor, bn.eps, negative_slope)
 
 
 class BatchNormLeakyReLU(nn.BatchNorm2d):
@@ -278,13 +312,7 @@ class GroupNormLeakyReLU(nn.GroupNorm):
         self.negative_slope = float(negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        n, g = input.shape[0], self.num_groups
-        s1, s2 = _row_sums(input, n * g)
-        mean, var = _moments(s1, s2, input.numel() // (n * g))
-        per_channel = self.num_channels // g  # (N * G,) -> (N, C): each group's statistics for its channels
-        mean, var = (t.view(n, g).repeat_interleave(per_channel, dim=1) for t in (mean, var))
-        scale, shift = _fold(self.weight, self.bias, mean, var, self.eps)
-        return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), self.negative_slope)
+        return group_norm_leaky_relu(input, self.num_groups, self.weight, self.bias, self.eps, self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ganplug import nn as fused_nn
 from ganplug import ops
 
 NEGATIVE_SLOPE = 0.2
@@ -28,6 +29,11 @@ DROPOUT_P = 0.3
 PASSES = ("fwd", "fwd+bwd")
 COLUMNS = ("fused", "eager", "compile")
 WARMUP_CALLS = 2  # after the first (checked) call
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """(C,) or (N, C) viewed to broadcast over (N, C, H, W)."""
+    return t.view(-1 if t.dim() == 2 else 1, t.shape[-1], 1, 1)
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -38,6 +44,12 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
 EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "linear_leaky_relu": lambda x, weight, bias: F.leaky_relu(F.linear(x, weight, bias), NEGATIVE_SLOPE),
     "bias_leaky_relu": lambda x, bias: F.leaky_relu(x + bias.view(1, -1, 1, 1), NEGATIVE_SLOPE),
+    "affine_leaky_relu": lambda x, s, t: F.leaky_relu(x * _per_channel(s) + _per_channel(t), NEGATIVE_SLOPE),
+    "batch_norm_relu": lambda x, w, b: F.relu(F.batch_norm(x, None, None, w, b, training=True)),
+    "conditional_batch_norm_relu": lambda x, g, b: F.relu(
+        F.batch_norm(x, None, None, training=True) * _per_channel(g) + _per_channel(b)
+    ),
+    "group_norm_leaky_relu": lambda x, w, b: F.leaky_relu(F.group_norm(x, 1, w, b), NEGATIVE_SLOPE),
     "discriminator_bce": lambda real, fake: _bce(real, 1.0) + _bce(fake, 0.0),
     "generator_bce": lambda fake: _bce(fake, 1.0),
     "minimax_generator_loss": lambda fake: -_bce(fake, 0.0),
@@ -49,6 +61,10 @@ EAGER: dict[str, Callable[..., torch.Tensor]] = {
 FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "linear_leaky_relu": lambda x, weight, bias: ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE),
     "bias_leaky_relu": lambda x, bias: ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE),
+    "affine_leaky_relu": lambda x, s, t: ops.affine_leaky_relu(x, s, t, NEGATIVE_SLOPE),
+    "batch_norm_relu": lambda x, w, b: fused_nn.batch_norm_leaky_relu(x, None, None, w, b, training=True),
+    "conditional_batch_norm_relu": lambda x, g, b: fused_nn.batch_norm_leaky_relu(x, None, None, g, b, training=True),
+    "group_norm_leaky_relu": lambda x, w, b: fused_nn.group_norm_leaky_relu(x, 1, w, b, negative_slope=NEGATIVE_SLOPE),
     "discriminator_bce": ops.discriminator_bce,
     "generator_bce": ops.generator_bce,
     "minimax_generator_loss": ops.minimax_generator_loss,
@@ -59,6 +75,10 @@ FUSED: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 # -- the cases: shapes from GAN practice --------------------------------------------------------
+
+# The affine + activation op and the normalisation blocks on it (ganplug.nn), with the dcgan/resnet maps they run on.
+NORM_OPS = ("affine_leaky_relu", "batch_norm_relu", "conditional_batch_norm_relu", "group_norm_leaky_relu")
+NORM_MAPS = ((64, 128, 7, 7), (64, 64, 14, 14), (64, 256, 4, 4), (64, 128, 8, 8), (64, 64, 16, 16))
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,9 @@ class KernelRow:
             ]
         elif self.op == "bias_leaky_relu":  # conv maps (N, C, H, W) and their bias (C,)
             tensors = [torch.randn(self.shapes[0], **kw), torch.randn(self.shapes[1], **kw) * 0.1]
+        elif self.op in NORM_OPS:  # maps (N, C, H, W), then a scale about 1 and a shift about 0
+            tensors = [torch.randn(self.shapes[0], **kw), 1 + 0.1 * torch.randn(self.shapes[1], **kw)]
+            tensors.append(0.1 * torch.randn(self.shapes[1], **kw))
         elif self.op == "gradient_penalty":  # per-sample gradients (N, ...) of norm about 1
             tensors = [torch.randn(self.shapes[0], **kw) / math.sqrt(math.prod(self.shapes[0][1:]))]
         else:  # logits / critic scores (N, 1)
@@ -108,7 +131,7 @@ class KernelRow:
 
     def grad_output(self) -> torch.Tensor | None:
         """The incoming gradient of an op with a non-scalar output, else None."""
-        if not self.backward or self.op not in ("linear_leaky_relu", "bias_leaky_relu", "dropout"):
+        if not self.backward or self.op not in ("linear_leaky_relu", "bias_leaky_relu", "dropout", *NORM_OPS):
             return None
         if self.op == "dropout":
             return torch.ones(self.shapes[0], device=self.device, dtype=self.dtype)
@@ -134,7 +157,11 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             specs.append(("linear_leaky_relu", f"{batch}x{fin}->{fout}", ((batch, fin), (fout, fin), (fout,))))
         for shape in [(64, 64, 8, 8), (64, 128, 4, 4), (256, 64, 16, 16)]:
             specs.append(("bias_leaky_relu", "x".join(map(str, shape)), (shape, shape[1:2])))
-        for op in list(EAGER)[2:7]:  # the losses: critic scores (N, 1) of real and fake, or of fake only
+        for op in NORM_OPS:  # per-channel coefficients, per-sample for conditional BatchNorm
+            for shape in NORM_MAPS:
+                coefficient = shape[:2] if op == "conditional_batch_norm_relu" else shape[1:2]
+                specs.append((op, "x".join(map(str, shape)), (shape, coefficient)))
+        for op in list(EAGER)[6:11]:  # the losses: critic scores (N, 1) of real and fake, or of fake only
             for n in (64, big_loss):
                 label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
                 specs.append(
