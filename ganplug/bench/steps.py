@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ganplug.losses import takes_real_batch
 from ganplug.nn import BatchNormLeakyReLU, ConditionalBatchNormLeakyReLU, GroupNormLeakyReLU
 
 COLUMNS = ("ganplug", "plain", "compile")
@@ -74,6 +75,14 @@ CASES = (
     StepCase(
         "f-resnet32-hinge-rgb",
         dict(arch="resnet", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
+    ),
+    # r3gan with its recipe: RpGAN + R1 + R2, Adam (0, 0.99)
+    StepCase(
+        "g-r3gan28-relativistic-mnist5k", dict(arch="r3gan", loss="relativistic", dataset="mnist5k", batch_size=64)
+    ),
+    StepCase(
+        "h-r3gan32-relativistic-rgb",
+        dict(arch="r3gan", loss="relativistic", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
     ),
 )
 
@@ -162,7 +171,8 @@ def _plain_layers(layer: nn.Module) -> list[nn.Module]:
     if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
-        shape = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding")}
+        keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups")
+        shape = {k: getattr(layer, k) for k in keys}
         plain = nn.Conv2d(**shape, bias=layer.bias is not None)
     elif isinstance(layer, nn.LeakyReLU) and type(layer) is not nn.LeakyReLU:
         return [nn.ReLU() if layer.negative_slope == 0.0 else nn.LeakyReLU(layer.negative_slope)]
@@ -211,6 +221,7 @@ class PlainLoop:
         self.cfg, self.G, self.D, self.data = cfg, G, D, data
         self.loss = cfg.loss
         self.gp = cfg.loss == "wasserstein" and cfg.loss_options.get("lipschitz", "gp") == "gp"
+        self.r1, self.r2 = cfg.loss_options.get("r1", 0.0), cfg.loss_options.get("r2", 0.0)  # relativistic's
         self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
         self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
         self.ema = copy.deepcopy(G).eval() if cfg.ema > 0 else None
@@ -230,6 +241,8 @@ class PlainLoop:
         return self.D(x)
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "relativistic":
+            return self.rpgan_d_loss(real, fake)
         r, f = self.critic(real), self.critic(fake)
         if self.loss == "bce":
             return F.binary_cross_entropy_with_logits(r, torch.ones_like(r)) + F.binary_cross_entropy_with_logits(
@@ -246,8 +259,21 @@ class PlainLoop:
             loss = loss + 10.0 * ((grad.reshape(scores.shape[0], -1).norm(2, dim=1) - 1) ** 2).mean()
         return loss
 
-    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+    def rpgan_d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """RpGAN's critic loss with R1 on the real and R2 on the fake batch (R3GAN's objective)."""
+        real, fake = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
+        r, f = self.critic(real), self.critic(fake)
+        loss = F.softplus(f - r).mean()
+        for x, scores, gamma in ((real, r, self.r1), (fake, f, self.r2)):
+            if gamma > 0:
+                (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+                loss = loss + gamma / 2 * grad.reshape(scores.shape[0], -1).square().sum(dim=1).mean()
+        return loss
+
+    def g_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         f = self.critic(fake)
+        if self.loss == "relativistic":
+            return F.softplus(self.critic(real) - f).mean()
         if self.loss == "bce":
             return F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
         return -f.mean()
@@ -261,7 +287,7 @@ class PlainLoop:
             self.d_loss(real, fake).backward()
             self.opt_d.step()
         self.opt_g.zero_grad()
-        self.g_loss(self.G(self.noise(batch))).backward()
+        self.g_loss(self.G(self.noise(batch)), real).backward()
         self.opt_g.step()
         if self.ema is not None:
             decay = min(self.cfg.ema, (1 + self.t) / (10 + self.t))
@@ -339,8 +365,9 @@ def check_equivalence(trainer, loop: PlainLoop, n: int = 8) -> None:
         d_ours = torch.autograd.grad(ours, list(trainer.stepper.D.parameters()))
         d_theirs = torch.autograd.grad(theirs, list(loop.D.parameters()))
         _assert_close("the critic's gradients", d_theirs, d_ours, **loose)
-        ours, _ = trainer.stepper.loss.generator_loss(critic, trainer.stepper.G(z))
-        theirs = loop.g_loss(loop.G(z))
+        real_batch = {"real": real} if takes_real_batch(trainer.stepper.loss) else {}
+        ours, _ = trainer.stepper.loss.generator_loss(critic, trainer.stepper.G(z), **real_batch)
+        theirs = loop.g_loss(loop.G(z), real)
         _assert_close("the generator loss", theirs, ours, **tight)
         g_ours = torch.autograd.grad(ours, list(trainer.stepper.G.parameters()))
         g_theirs = torch.autograd.grad(theirs, list(loop.G.parameters()))
