@@ -72,6 +72,26 @@ def ganplug_architectures() -> list[ArchitectureSpec]:
             ),
         ),
         ArchitectureSpec(
+            name="resnet",
+            conditional=True,
+            summary="SNGAN/BigGAN residual blocks, conditional BatchNorm in G, for square images 28-128 "
+            "(Miyato et al. 2018; Brock et al. 2019)",
+            factory="ganplug.models.resnet:build",
+            options=(
+                Option("ch", int, 16, "channel unit: a layer at multiplier m has ch*m channels", minimum=1),
+                Option("g_mults", str, "1,2,4", "x ch: G's channels per side, image side first (the last repeats)"),
+                Option("d_mults", str, "1,2,4", "x ch: D's blocks' channels, image side first (the last repeats)"),
+                Option("depth", int, 1, "residual blocks per side; the extra ones keep the side", minimum=1),
+                Option(
+                    "critic_norm",
+                    str,
+                    "auto",
+                    "auto = spectral normalisation of D's weights (Miyato et al. 2018), none under a gradient penalty",
+                    choices=("auto", "spectral", "none"),
+                ),
+            ),
+        ),
+        ArchitectureSpec(
             name="r3gan",
             conditional=True,
             summary="R3GAN's modern baseline: residual inverted bottlenecks with grouped convolutions, no "

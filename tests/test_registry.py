@@ -47,7 +47,7 @@ def test_builtins_register_through_the_hooks():
     assert status(reg) == {BUILTIN: "ok"}
     builtin = reg.plugins[0]
     assert builtin.registers == {
-        "architecture": ["mlp", "dcgan", "r3gan"],
+        "architecture": ["mlp", "dcgan", "resnet", "r3gan"],
         "loss": ["bce", "minimax", "wasserstein", "hinge", "relativistic"],
         "dataset": [
             "gaussian",
