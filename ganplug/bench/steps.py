@@ -193,9 +193,12 @@ def _plain_layers(layer: nn.Module) -> list[nn.Module]:
         return [copy.deepcopy(layer)]
     if parametrize.is_parametrized(layer, "weight"):  # ganplug's spectral_normalise, as a user writes it
         plain = spectral_norm(plain)
-    if slope is None or slope == 1.0:
-        return [plain]
-    return [plain, nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)]
+    # resnet's resampling convolutions: nn.Upsample before (UpsampleConv2d), nn.AvgPool2d after (ConvAvgPool2d)
+    factor, pool = getattr(layer, "scale_factor", None), getattr(layer, "pool", None)
+    layers = [*([nn.Upsample(scale_factor=float(factor))] if factor else []), plain]
+    if slope is not None and slope != 1.0:
+        layers.append(nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope))
+    return [*layers, nn.AvgPool2d(pool)] if pool else layers
 
 
 def copy_weights(dst: nn.Module, src: nn.Module) -> None:

@@ -89,6 +89,24 @@ def _shortcut(c_in: int, c_out: int) -> nn.Module:
     return _xavier(nn.Conv2d(c_in, c_out, 1, bias=False)) if c_in != c_out else nn.Identity()
 
 
+class ConvAvgPool2d(nn.Conv2d):
+    """A 3x3 convolution (padding 1), then 2x2 average pooling: (N, in_channels, H, W) -> (N, out_channels, H // 2, W
+    // 2), computed as one 4x4 convolution of stride 2 with the 3x3 kernel box-filtered (each output reads the 4x4
+    patch under its pooled window): 16 multiply-adds per output pixel and channel pair where the full-size convolution
+    takes 36, and no full-size map. Parameters, initialisation and state dict are nn.Conv2d(in_channels, out_channels,
+    3, padding=1)'s."""
+
+    pool = 2  # the plain layers: this convolution, then nn.AvgPool2d(2)
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, 1, 1, bias=bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        k = F.pad(self.weight, (1, 1, 1, 1))
+        kernel = (k[..., 1:, 1:] + k[..., :-1, 1:] + k[..., 1:, :-1] + k[..., :-1, :-1]) / 4
+        return F.conv2d(input, kernel, self.bias, stride=2, padding=1)
+
+
 def _norm_relu(c: int, num_classes: int) -> nn.Module:
     """BatchNorm + ReLU in one fused module; conditional (forward(x, y)) for ``num_classes`` > 0, its class gains drawn
     from N(1, 0.02) as SNGAN's (so the classes differ from the first step)."""
@@ -103,6 +121,31 @@ def _upsample(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
+def _upsampled_taps(kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """A 3-tap kernel (k0, k1, k2) along ``dim``, applied to a signal upsampled x2 by nearest neighbour, as the 4-tap
+    kernel (k2, k1 + k2, k0 + k1, k0) of a stride-2 transposed convolution (padding 1) of the signal itself: output 2i
+    reads inputs i - 1 and i with taps k0 and k1 + k2, output 2i + 1 reads i and i + 1 with k0 + k1 and k2."""
+    k0, k1, k2 = kernel.unbind(dim)
+    return torch.stack((k2, k1 + k2, k0 + k1, k0), dim)
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """A 3x3 convolution (padding 1) of the input upsampled x2 by nearest neighbour: (N, in_channels, H, W) -> (N,
+    out_channels, 2H, 2W), computed as one 4x4 transposed convolution of stride 2 of the input itself (each output
+    reads the 2x2 inputs its 3x3 window covers, with summed taps): 16 multiply-adds per input pixel and channel pair
+    where the upsampled map takes 36, and no upsampled copy. Parameters, initialisation and state dict are
+    nn.Conv2d(in_channels, out_channels, 3, padding=1)'s."""
+
+    scale_factor = 2  # the plain layers: nn.Upsample(scale_factor=2), then this convolution
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, 1, 1, bias=bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        kernel = _upsampled_taps(_upsampled_taps(self.weight, 2), 3)
+        return F.conv_transpose2d(input, kernel.transpose(0, 1), self.bias, stride=2, padding=1)
+
+
 class GeneratorBlock(nn.Module):
     """G's pre-activation residual block: x (N, c_in, H, W) -> (N, c_out, 2H, 2W) when ``upsample``, else (N, c_out, H,
     W). ``forward(x, y)`` with labels y (N,) when ``num_classes`` > 0 (conditional BatchNorm), else ``forward(x)``."""
@@ -111,7 +154,8 @@ class GeneratorBlock(nn.Module):
         super().__init__()
         self.upsample = upsample
         self.norm1 = _norm_relu(c_in, num_classes)
-        self.conv1 = _conv3x3(c_in, c_out, bias=False)
+        conv1 = UpsampleConv2d(c_in, c_out, bias=False) if upsample else nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.conv1 = _xavier(conv1, _RESIDUAL_GAIN)  # upsampling included
         self.norm2 = _norm_relu(c_out, num_classes)
         self.conv2 = _conv3x3(c_out, c_out)
         self.shortcut = _shortcut(c_in, c_out)
@@ -120,8 +164,7 @@ class GeneratorBlock(nn.Module):
         def norm_relu(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
             return norm(h) if y is None else norm(h, y)
 
-        h = norm_relu(self.norm1, x)
-        h = self.conv2(norm_relu(self.norm2, self.conv1(_upsample(h) if self.upsample else h)))
+        h = self.conv2(norm_relu(self.norm2, self.conv1(norm_relu(self.norm1, x))))
         skip = self.shortcut(x)
         return h + (_upsample(skip) if self.upsample else skip)
 
@@ -166,11 +209,11 @@ class OptimisedBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv1 = _xavier(FusedConv2dLeakyReLU(c_in, c_out, 3, 1, 1, negative_slope=0.0), _RESIDUAL_GAIN)
-        self.conv2 = _conv3x3(c_out, c_out)
+        self.conv2 = _xavier(ConvAvgPool2d(c_out, c_out), _RESIDUAL_GAIN)  # pooling included
         self.shortcut = _xavier(nn.Conv2d(c_in, c_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(self.conv2(self.conv1(x)), 2) + self.shortcut(F.avg_pool2d(x, 2))
+        return self.conv2(self.conv1(x)) + self.shortcut(F.avg_pool2d(x, 2))
 
 
 class DiscriminatorBlock(nn.Module):
@@ -182,14 +225,12 @@ class DiscriminatorBlock(nn.Module):
         self.downsample = downsample
         self.activation = FusedLeakyReLU(0.0)
         self.conv1 = _xavier(FusedConv2dLeakyReLU(c_in, c_out, 3, 1, 1, negative_slope=0.0), _RESIDUAL_GAIN)
-        self.conv2 = _conv3x3(c_out, c_out)
+        self.conv2 = _xavier(ConvAvgPool2d(c_out, c_out), _RESIDUAL_GAIN) if downsample else _conv3x3(c_out, c_out)
         self.shortcut = _shortcut(c_in, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(self.conv1(self.activation(x)))
-        if self.downsample:
-            return F.avg_pool2d(h, 2) + self.shortcut(F.avg_pool2d(x, 2))
-        return h + self.shortcut(x)
+        return h + self.shortcut(F.avg_pool2d(x, 2) if self.downsample else x)
 
 
 class ResNetDiscriminator(HeadedDiscriminator):
