@@ -18,8 +18,10 @@ affine and the ReLU in one pass); in D the ReLU after a block's first conv takes
 (:class:`ganplug.nn.FusedConv2dLeakyReLU` at slope 0), while the ReLUs that open a block and the one before the
 pooling act on a residual sum, whose un-activated value the shortcut also reads, so they run the same op without a
 bias (:class:`FusedLeakyReLU`). Convolutions followed by BatchNorm have no bias (BatchNorm removes it), nor do the
-shortcuts (the residual branch's last conv has one). 1x1 shortcuts run at the lower side (conv then upsample in G,
-avgpool then conv in D): the same values as the other order, a quarter of the work.
+shortcuts (the residual branch's last conv has one). The resampling runs at the lower side, with the same values:
+1x1 shortcuts as conv then upsample (G) and avgpool then conv (D); upsample -> conv3x3 as one stride-2 transposed
+convolution (:class:`UpsampleConv2d`) and conv3x3 -> avgpool as one stride-2 4x4 convolution (:class:`ConvAvgPool2d`),
+each 2.25 times fewer multiply-adds.
 
 Conditional (``ctx.num_classes`` = K > 0): G's block norms are conditional BatchNorm
 (:class:`ganplug.nn.ConditionalBatchNormLeakyReLU`: per-class gain and bias from class embeddings), its last norm
