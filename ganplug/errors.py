@@ -9,6 +9,13 @@ import os
 DEBUG_VARIABLE = "GANPLUG_DEBUG"
 
 
+def first_line(error: BaseException, fallback: str | None = None) -> str:
+    """The first line of ``error``'s message, for a one-line report; ``fallback`` (by default the error's type name)
+    when the message is blank."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else (type(error).__name__ if fallback is None else fallback)
+
+
 def debug_enabled() -> bool:
     """Whether tracebacks are shown: ``--debug`` (which sets GANPLUG_DEBUG=1) or GANPLUG_DEBUG."""
     return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")

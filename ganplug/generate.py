@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, UsageError, first_line
 
 
 class TrainedGenerator(nn.Module):
@@ -70,9 +70,8 @@ def load_generator(path: Any, *, ema: bool = True, device: str | torch.device = 
     try:
         generator.load_state_dict(state["ema"] if use_ema else state["generator"])
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
         raise GanplugError(
-            f"{checkpoint}: the stored weights do not fit architecture {config.arch!r} ({first[:200]}); "
+            f"{checkpoint}: the stored weights do not fit architecture {config.arch!r} ({first_line(error)[:200]}); "
             "was its plugin changed since training?"
         ) from None
     loaded = TrainedGenerator(

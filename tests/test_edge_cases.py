@@ -553,3 +553,12 @@ def test_device_mismatch_errors():
         ops.discriminator_bce(cpu, gpu)
     with pytest.raises(ValueError, match="generator_bce: target is on cpu but the logits are on cuda:0"):
         ops.generator_bce(gpu, torch.full((1,), 0.9))
+
+
+def test_first_line_reports_an_errors_first_line_else_its_fallback():
+    from ganplug.errors import first_line
+
+    assert first_line(RuntimeError("\n  size mismatch for w\n  more detail\n")) == "size mismatch for w"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(KeyError(), "") == ""
+    assert first_line(AssertionError("  "), "mismatch") == "mismatch"

@@ -15,7 +15,7 @@ import torch
 from ganplug.bench import kernels, steps
 from ganplug.bench.report import Row, Table, header, markdown, write_markdown, write_png
 from ganplug.bench.timing import FULL, QUICK, STEPS_FULL, measure
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import GanplugError, UsageError, first_line
 
 MARKDOWN_FILE = "bench.md"
 PNG_FILE = "bench.png"
@@ -70,8 +70,9 @@ def _checked(name: str, column: str, prepare: Callable[[], Prepared]) -> Prepare
     try:
         return prepare()
     except AssertionError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "mismatch"
-        raise GanplugError(f"{name}: {column} does not compute what it is compared with: {first}") from None
+        raise GanplugError(
+            f"{name}: {column} does not compute what it is compared with: {first_line(error, 'mismatch')}"
+        ) from None
 
 
 def run(

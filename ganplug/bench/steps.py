@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ganplug.errors import first_line
 from ganplug.losses import takes_real_batch
 from ganplug.nn import BatchNormLeakyReLU, ConditionalBatchNormLeakyReLU, GroupNormLeakyReLU
 
@@ -444,7 +445,7 @@ class StepBench:
         except RuntimeError as error:  # torch.compile refusing the loop (the penalty's double backward)
             if column != "compile":
                 raise
-            raise Refused(f"torch.compile refused it: {str(error).strip().splitlines()[0]}") from None
+            raise Refused(f"torch.compile refused it: {first_line(error)}") from None
         graph_step = self.trainer.graph_step
         if column == "ganplug" and graph_step is not None and not graph_step.captured:
             raise Refused(f"not captured: {graph_step.problem or 'no graph after the warm-up steps'}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ganplug.errors import GanplugError, MetricUnavailable
+from ganplug.errors import GanplugError, MetricUnavailable, first_line
 from ganplug.metrics.classifier import checked_samples, digits_split, feature_frechet_distance, with_floors
 from ganplug.plugin import MetricContext
 
@@ -82,7 +82,7 @@ def extractor(path: Path, feature: str = "2048") -> Any:
                 "inception-v3-compat", [feature], feature_extractor_weights_path=str(path)
             )
         except Exception as error:  # truncated or foreign file: say which, do not half-load
-            raise GanplugError(f"cannot load the Inception weights {path}: {str(error).splitlines()[0]}") from None
+            raise GanplugError(f"cannot load the Inception weights {path}: {first_line(error)}") from None
     return _EXTRACTORS[key]
 
 

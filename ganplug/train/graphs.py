@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ganplug import ops
-from ganplug.errors import GanplugError
+from ganplug.errors import GanplugError, first_line
 from ganplug.losses import ZeroCentredPenalties
 from ganplug.ops import draw_seed as _draw_seed
 from ganplug.train.step import AdversarialStep, Snapshot, StepInputs, StepOutputs, set_capturable
@@ -54,10 +54,6 @@ def no_host_sync(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(previous)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def capture_problem(stepper: AdversarialStep) -> str | None:
@@ -326,7 +322,7 @@ class CudaGraphStep:
             who = self.culprit(error) or s.loss_named
             return (
                 f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
-                f"{_first_line(error)}); {EAGER}"
+                f"{first_line(error, '')[:200]}); {EAGER}"
             )
         return self._loss_state_problem(before, s.loss_state()) or self._outputs_problem(outputs)
 
@@ -360,7 +356,7 @@ class CudaGraphStep:
         except Exception as error:  # noqa: BLE001 - whatever stops a capture past the pre-check: stop
             who = self.culprit(error) or s.loss_named
             raise CaptureFailed(
-                f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {_first_line(error)}); "
+                f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {first_line(error, '')[:200]}); "
                 "stopped, since a failed capture can leave this process's CUDA RNG and memory pool unusable: "
                 "train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)"
             ) from error

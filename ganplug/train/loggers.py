@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ganplug.errors import GanplugError, PluginError, debug_enabled
+from ganplug.errors import GanplugError, PluginError, debug_enabled, first_line
 from ganplug.plugin import LoggerSpec
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.train.config import ResolvedConfig
@@ -176,8 +176,7 @@ def tensorboard(run_dir: Path, flush_secs: int = 30) -> TensorBoardLogger:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GanplugError(
-            f"--logger tensorboard needs the tensorboard package ({reason}): pip install 'ganplug[tensorboard]'"
+            f"--logger tensorboard needs the tensorboard package ({first_line(error)}): pip install 'ganplug[tensorboard]'"
         ) from None
     return TensorBoardLogger(Path(run_dir) / TENSORBOARD, SummaryWriter, flush_secs)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ganplug import __version__
-from ganplug.errors import GanplugError, PluginError, UsageError
+from ganplug.errors import GanplugError, PluginError, UsageError, first_line
 from ganplug.noise import cycled_labels, draw_latent, grid_labels
 from ganplug.registry import get_registry
 from ganplug.train.build import Run
@@ -273,9 +273,8 @@ class Trainer:
         try:
             self.stepper.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise GanplugError(
-                f"the checkpoint does not fit the models built from its config ({first[:200]}): "
+                f"the checkpoint does not fit the models built from its config ({first_line(error)[:200]}): "
                 "was the architecture's plugin changed? start a new run with --out"
             ) from None
         self.step = int(state["step"])

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ganplug.errors import GanplugError, PluginError
+from ganplug.errors import GanplugError, PluginError, first_line
 from ganplug.files import atomic_write_bytes
 from ganplug.plots import read_metrics
 from ganplug.train.checkpoint import write_run_checkpoint
@@ -314,5 +314,4 @@ def draw_losses(run_dir: Path, message: Message) -> None:
     try:
         write_loss_plot(Path(run_dir), warn=lambda text: message(f"warning: {text}"))
     except Exception as error:  # noqa: BLE001 - a picture is not worth a run
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        message(f"warning: could not draw {Path(run_dir) / LOSSES}: {type(error).__name__}: {first}")
+        message(f"warning: could not draw {Path(run_dir) / LOSSES}: {type(error).__name__}: {first_line(error, '')}")
