@@ -210,9 +210,11 @@ def before_step(*hooks):
 
 
 def assert_same(a, b, where: str = "checkpoint") -> None:
-    """Every tensor equal (torch.equal), every other value ==, recursively."""
+    """Every tensor equal (torch.equal, NaN equal to NaN in the same places), every other value ==, recursively."""
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        same_nan = a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a, b) or (same_nan and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
         for key in a:

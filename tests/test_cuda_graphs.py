@@ -77,6 +77,18 @@ CONFIGS = {
         data_options={"size": 200},
         ema=0.9,
     ),
+    "dcgan-bce-diffaugment-auto-digits": dict(  # p adjusted after every critic update
+        arch="dcgan",
+        loss="bce",
+        dataset="digits",
+        arch_options={"width": 8},
+        data_options={"image_size": 16},
+        augment=["diffaugment"],
+        augment_p="auto",
+        augment_interval=1,
+        augment_ramp=64,
+        augment_target=0.0,
+    ),
     "mlp-relativistic-r2-ring8": dict(
         arch="mlp",
         loss="relativistic",
@@ -263,6 +275,29 @@ def test_a_loss_whose_state_changes_every_step_falls_back_with_its_state_undone(
     assert stepper.loss.calls == eager.loss.calls == 6
     assert len(lines) == 1 and "keeps state (its state_dict) that changes every step" in lines[0], lines
     assert "loss 'wasserstein' of" in lines[0] and lines[0].endswith("running the eager step")
+
+
+def test_the_warm_up_before_a_capture_leaves_the_adaptive_p_as_it_found_it(monkeypatch):
+    _pretend_cuda(monkeypatch)
+    name = "dcgan-bce-diffaugment-auto-digits"
+    eager = AdversarialStep(build_run(resolve(config_of(name))))
+    stepper = AdversarialStep(build_run(resolve(config_of(name))))
+    runner = CudaGraphStep(stepper, message=lambda line: None)
+    warmed: list[dict[str, torch.Tensor]] = []
+
+    def record(body):  # the warm-up ran and was undone: the state is the initial one again
+        warmed.append(stepper.augment.state_dict())
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner, "_record", record)
+    with pytest.raises(graphs.CaptureFailed):
+        _steps(runner.run_step, stepper, 1)
+    assert runner.warmup > 1  # eager steps ran, each adjusting p (interval 1)
+    assert_same(warmed[0], eager.augment.state_dict(), "p after the warm-up")
+    for part in ("G", "D"):
+        assert_same(getattr(stepper, part).state_dict(), getattr(eager, part).state_dict(), f"{part} after the warm-up")
+    moved = _steps(eager.run_step, eager, 1)
+    assert eager.augment.state_dict()["updates"] == 1 and eager.augment.rt.isfinite(), moved  # what one step moves
 
 
 def _failing_record(self, body):

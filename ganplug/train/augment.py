@@ -28,6 +28,7 @@ from ganplug.registry import origin_of
 from ganplug.train.distributed import World, all_reduce_sum
 
 AUTO = "auto"
+STATE = ("p", "totals", "updates", "rt")  # what a checkpoint holds of p
 
 
 class AugmentProbability:
@@ -66,12 +67,17 @@ class AugmentProbability:
         self.rt.copy_(torch.where(due, rt, self.rt))
         self.totals.mul_(~due)
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The device tensors a step changes, in ``STATE`` order (a snapshot copies them)."""
+        return tuple(getattr(self, name) for name in STATE)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"p": self.p.cpu(), "totals": self.totals.cpu(), "updates": self.updates.cpu(), "rt": self.rt.cpu()}
+        return {name: t.cpu() for name, t in zip(STATE, self.tensors())}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("p", "totals", "updates", "rt"):
-            getattr(self, name).copy_(state[name])
+        for name, t in zip(STATE, self.tensors()):
+            t.copy_(state[name])
+        self.pending = None
 
     def metrics(self) -> dict[str, float]:
         """The metrics.jsonl columns: ``augment_p``, and ``augment_rt`` when adaptive (one host read)."""

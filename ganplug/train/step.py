@@ -33,7 +33,7 @@ from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import takes_real_batch
 from ganplug.noise import draw_latent
 from ganplug.registry import origin_of
-from ganplug.train.augment import AugmentedCritic, AugmentProbability
+from ganplug.train.augment import STATE, AugmentedCritic, AugmentProbability
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
@@ -426,7 +426,7 @@ class AdversarialStep:
 class Snapshot:
     """A copy of what a step changes, put back in place by :meth:`restore` (each tensor keeps its
     identity, as a captured CUDA graph needs): the RNGs, the batch order's position, the loss's
-    state and G's and D's buffers; with ``weights`` also G's, D's and the EMA's parameters and the
+    state, an augmented run's ``p`` with its sums, and G's and D's buffers; with ``weights`` also G's, D's and the EMA's parameters and the
     optimisers' states (a state that a first step creates later is zeroed: what Adam and RMSprop
     start from)."""
 
@@ -443,11 +443,12 @@ class Snapshot:
             for o in ((s.opt_d, s.opt_g) if weights else ())
         ]
         self.rng, self.order, self.loss_state = rng_state(s.device), s.order.state_dict(), s.loss_state()
+        self.augment = [t.clone() for t in s.augment.tensors()] if s.augment is not None else []
 
     @torch.no_grad()
     def restore(self, position: bool = True) -> None:
-        """Put the copies back (``position`` False: not the RNGs, the batch order and the loss's
-        state); D trainable, ``changed`` False."""
+        """Put the copies back (``position`` False: not the RNGs, the batch order, the loss's state
+        and ``p``); D trainable, ``changed`` False."""
         s = self.stepper
         for tensor, value in zip(self.tensors, self.values):
             tensor.copy_(value)
@@ -464,6 +465,8 @@ class Snapshot:
             set_rng_state(self.rng, s.device)
             s.order.load_state_dict(self.order)
             s.load_loss_state(self.loss_state)
+            if s.augment is not None:
+                s.augment.load_state_dict(dict(zip(STATE, self.augment)))
         s.D.requires_grad_(True)
         s.changed = False
 
