@@ -19,7 +19,7 @@ from conftest import read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.train import TrainConfig, train
-from ganplug.train.checkpoint import load_checkpoint
+from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, check_batch
 
@@ -179,6 +179,30 @@ def test_a_one_process_checkpoint_resumes_in_two_with_a_gradient_penalty(tmp_pat
     for key in ("generator", "discriminator", "ema"):
         assert all(torch.isfinite(v).all() for v in state[key].values() if v.is_floating_point())
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+
+
+def test_an_adaptive_p_moves_by_the_real_images_and_signs_of_every_rank(tmp_path):
+    """--augment-p auto in 2 processes: each move of p is ADA's rule over the global batch (16 real
+    images a critic update, r_t over both ranks' logits), as metrics.jsonl logs it after each step,
+    and the run resumes in one process with its p."""
+    run_dir, ramp, target = tmp_path / "augmented", 160, -0.9  # p rises while r_t > -0.9
+    common = ["--arch", "dcgan", "--loss", "bce", "--dataset", "digits", "--arch-opt", "width=8"]
+    common += ["--data-opt", "image_size=16", "--batch-size", "16", "--n-critic", "1", "--log-every", "1"]
+    common += ["--sample-every", "0", "--device", "cpu", "--seed", "5", "-q", "--augment", "diffaugment"]
+    knobs = ["--augment-p", "auto", "--augment-interval", "1", "--augment-ramp", str(ramp)]
+    done = launch(*common, *knobs, "--augment-target", str(target), "--steps", "4", "--out", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_checkpoint(run_dir)["augment"]["updates"] == 4
+    resumed = resume_config(stored_config(load_checkpoint(run_dir)), {"steps": 5})
+    train(resumed, run_dir, resume_from=find_checkpoint(run_dir), quiet=True, stream=io.StringIO())
+    rows, p = read_metrics(run_dir), 0.0
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    for row in rows:  # steps 1-4 in two processes, step 5 in one: 16 real images a move throughout
+        rt = row["augment_rt"]
+        assert -1.0 <= rt <= 1.0
+        p = min(1.0, max(0.0, p + math.copysign(16 / ramp, rt - target) * (rt != target)))
+        assert row["augment_p"] == pytest.approx(p, abs=1e-6), (rows, p)
+    assert load_checkpoint(run_dir)["augment"]["updates"] == 5
 
 
 def test_shards_cover_the_global_batch_on_both_paths():
