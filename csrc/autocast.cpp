@@ -2,7 +2,7 @@
 // losses in float32, as torch's linear and BCE do; bias_leaky_relu runs in its input's dtype, with
 // the bias cast to it when that is the autocast dtype, as conv2d casts its own bias. float64 tensors
 // stay as they are (at::autocast::cached_cast), as under torch's own autocast. diff_augment has no
-// autocast kernel: autocast falls through to it, so it runs in its images' dtype (color is read in double).
+// autocast kernel: autocast falls through to it, so it runs in its images' dtype.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
