@@ -1,7 +1,8 @@
 // Autocast kernels: under torch.autocast, linear_leaky_relu runs in the autocast dtype and the
 // losses in float32, as torch's linear and BCE do; bias_leaky_relu runs in its input's dtype, with
 // the bias cast to it when that is the autocast dtype, as conv2d casts its own bias. float64 tensors
-// stay as they are (at::autocast::cached_cast), as under torch's own autocast.
+// stay as they are (at::autocast::cached_cast), as under torch's own autocast. diff_augment has no
+// autocast kernel: autocast falls through to it, so it runs in its images' dtype.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

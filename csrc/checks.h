@@ -197,4 +197,22 @@ inline void check_bias_act_backward(const at::Tensor& grad_output, const at::Ten
   check_nonempty(output, op, "output");
 }
 
+// diff_augment (and its linear part): images x (N, C, H, W) of floats, per-sample parameters shift
+// (N, 2) and cut (N, 4) int64 and color (N, 3) floating-point, all on x's device.
+inline void check_diff_augment(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& cut,
+                               const at::Tensor& color) {
+  constexpr const char* op = "diff_augment";
+  check_floating(x, op, "x");
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be float images (N, C, H, W), got ", dtype_of(x), " ", shape_of(x));
+  const auto check_param = [&](const at::Tensor& t, const char* name, int64_t width, const char* kind, bool kind_ok) {
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.sym_size(0) == x.sym_size(0) && t.sym_size(1) == width && kind_ok &&
+                          t.device() == x.device(),
+                      op, ": ", name, " must be ", kind, " (", x.sym_size(0), ", ", width, ") on ", x.device(),
+                      ", got ", dtype_of(t), " ", shape_of(t), " on ", t.device());
+  };
+  check_param(shift, "shift", 2, "int64", shift.scalar_type() == at::kLong);
+  check_param(cut, "cut", 4, "int64", cut.scalar_type() == at::kLong);
+  check_param(color, "color", 3, "float", at::isFloatingType(color.scalar_type()));
+}
+
 }  // namespace ganplug

@@ -24,6 +24,12 @@ TORCH_LIBRARY(ganplug, m) {
   // coefficient ((0,) where it is None).
   m.def("affine_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor? scale, Tensor? shift, float negative_slope) -> (Tensor, Tensor, Tensor)");
 
+  // DiffAugment's colour, translation and cutout with per-sample parameters shift (N, 2) and cut (N, 4)
+  // int64 and color (N, 3) on images x (N, C, H, W), as ganplug/ops/reference.py defines it: y = A x + a.
+  m.def("diff_augment(Tensor x, Tensor shift, Tensor cut, Tensor color) -> Tensor");
+  // Its linear part A x (adjoint=False: the forward without the constant) or A^T x (adjoint=True: the backward).
+  m.def("diff_augment_linear(Tensor x, Tensor shift, Tensor cut, Tensor color, bool adjoint) -> Tensor");
+
   // scale * mean(bce_with_logits(logits, target)); target is the tensor if given (broadcast to the
   // logits' shape, cast to their dtype), else target_value.
   m.def("bce_loss(Tensor logits, Tensor? target, float target_value, float scale) -> Tensor");

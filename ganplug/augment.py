@@ -4,10 +4,11 @@ An augmentation (``ganplug train --augment NAME``, see :class:`ganplug.plugin.Au
 images in, images of the same shape out, each transform applied to each sample with probability ``p``. The trainer
 applies it to every batch the discriminator sees (:mod:`ganplug.train.augment`).
 
-DiffAugment is split in two, so that a fused kernel can later replace the second half behind the same call:
-:func:`draw_diff_augment` draws every per-sample parameter as tensors from torch's global RNG of the images' device (one
-``torch.rand`` per batch, whatever ``p`` and the policy: seeded runs and resumes repeat exactly), then
-:func:`ganplug.ops.diff_augment` applies them.
+DiffAugment is split in two: :func:`draw_diff_augment` draws every per-sample parameter as tensors from torch's global
+RNG of the images' device (one ``torch.rand`` per batch, whatever ``p`` and the policy: seeded runs and resumes repeat
+exactly), then :func:`ganplug.ops.diff_augment` applies them in one fused op (CPU and CUDA kernels, its reference twin
+elsewhere), differentiable in the images to any order (the penalties differentiate through it) and in none of the
+parameters.
 """
 
 from __future__ import annotations

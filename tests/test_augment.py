@@ -219,7 +219,7 @@ def test_diffaugment_applies_what_it_draws():
     torch.manual_seed(11)
     out = augment(x, torch.tensor(0.7))
     torch.manual_seed(11)
-    expected = diff_augment(x, *draw_diff_augment(x.shape, 0.7))
+    expected = ops.diff_augment(x, *draw_diff_augment(x.shape, 0.7))  # the op; its twin: test_diff_augment_op.py
     assert torch.equal(out, expected)
 
 

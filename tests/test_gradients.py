@@ -269,6 +269,12 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
     def scalar(v):
         return torch.tensor(v, dtype=dtype, device=device).requires_grad_(requires_grad)
 
+    def augment(n):  # diff_augment's parameters (shift, cut, color): random draws, never differentiated
+        shift = torch.tensor([[1, -2], [0, 0], [7, 3]], device=device)[:n]
+        cut = torch.tensor([[-1, 2, 3, 9], [0, 0, 0, 0], [1, 3, 0, 2]], device=device)[:n]
+        color = torch.tensor([[0.2, 1.5, 0.7], [0.0, 1.0, 1.0], [-0.3, 0.4, 1.2]], dtype=dtype, device=device)[:n]
+        return shift, cut, color
+
     return [
         ("linear_leaky_relu", (t(5, 4), t(3, 4), t(3), 0.2)),
         ("linear_leaky_relu", (t(5, 4), t(3, 4), None, 0.0)),
@@ -302,6 +308,10 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("gradient_penalty", (t(4, 3, away=True), 1.0)),
         ("gradient_penalty_backward", (scalar(1.5), t(4, 3, away=True), 0.5)),
         ("dropout", (t(5, 3), 0.3, 12345)),
+        ("diff_augment", (t(3, 3, 5, 6), *augment(3))),
+        ("diff_augment", (t(3, 1, 4, 4, channels_last=True), *augment(3))),
+        ("diff_augment_linear", (t(3, 3, 5, 6), *augment(3), False)),
+        ("diff_augment_linear", (t(3, 3, 5, 6, channels_last=True), *augment(3), True)),
     ]
 
 

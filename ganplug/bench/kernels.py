@@ -7,7 +7,7 @@ Columns of a row (one op, pass, shape, device and dtype):
   compile  torch.compile(twin, dynamic=False)     (forward and backward compiled in the warm-up)
 
 Passes: ``fwd`` (inputs without requires_grad) and ``fwd+bwd`` (forward, then
-``torch.autograd.grad`` to every input, so no ``.grad`` accumulation is timed). Before timing,
+``torch.autograd.grad`` to every floating-point input, so no ``.grad`` accumulation is timed). Before timing,
 every column's output (and gradients) are checked against the eager twin.
 """
 
@@ -23,9 +23,11 @@ import torch.nn.functional as F
 
 from ganplug import nn as fused_nn
 from ganplug import ops
+from ganplug.augment import draw_diff_augment
 
 NEGATIVE_SLOPE = 0.2
 DROPOUT_P = 0.3
+CUTOUT = 0.5  # DiffAugment's cut, a fraction of the side
 PASSES = ("fwd", "fwd+bwd")
 COLUMNS = ("fused", "eager", "compile")
 WARMUP_CALLS = 2  # after the first (checked) call
@@ -38,6 +40,32 @@ def _per_channel(t: torch.Tensor) -> torch.Tensor:
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def tutorial_diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """DiffAugment composed as its tutorial code composes it (Zhao et al. 2020), given ganplug's parameters with every
+    transform applied (``draw_diff_augment(..., p=1)``): colour by broadcasts; translation by zero padding one pixel
+    and indexing with a clamped grid; cutout as a mask of ones zeroed at a grid of the cut's indices."""
+    n, _, height, width = x.shape
+    b, s, c = (color[:, k].view(n, 1, 1, 1) for k in range(3))
+    x = x + b
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * s + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    batch, rows, cols = torch.meshgrid(
+        *(torch.arange(k, device=x.device) for k in x.shape[:1] + x.shape[2:]), indexing="ij"
+    )
+    rows = (rows - shift[:, 0, None, None] + 1).clamp(0, height + 1)
+    cols = (cols - shift[:, 1, None, None] + 1).clamp(0, width + 1)
+    x = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    sides = (int(height * CUTOUT + 0.5), int(width * CUTOUT + 0.5))  # the cut's size, as the draw sizes it
+    batch, rows, cols = torch.meshgrid(*(torch.arange(k, device=x.device) for k in (n, *sides)), indexing="ij")
+    rows = (rows + cut[:, 0, None, None]).clamp(0, height - 1)
+    cols = (cols + cut[:, 2, None, None]).clamp(0, width - 1)
+    mask = torch.ones(n, height, width, dtype=x.dtype, device=x.device)
+    mask[batch, rows, cols] = 0
+    return x * mask.unsqueeze(1)
 
 
 # The eager twins, written the way a user would write them; mean(log(1 - sigmoid(x))) = -BCE(x, 0).
@@ -57,6 +85,7 @@ EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "wasserstein_generator_loss": lambda fake: -fake.mean(),
     "gradient_penalty": lambda g: ((g.flatten(1).norm(dim=1) - 1) ** 2).mean(),
     "dropout": lambda x: F.dropout(x, DROPOUT_P, training=True),
+    "diff_augment": tutorial_diff_augment,
 }
 FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "linear_leaky_relu": lambda x, weight, bias: ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE),
@@ -72,6 +101,7 @@ FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "wasserstein_generator_loss": ops.wasserstein_generator_loss,
     "gradient_penalty": ops.gradient_penalty,
     "dropout": lambda x: ops.dropout(x, DROPOUT_P),
+    "diff_augment": ops.diff_augment,
 }
 
 # -- the cases: shapes from GAN practice --------------------------------------------------------
@@ -123,6 +153,9 @@ class KernelRow:
         elif self.op in NORM_OPS:  # maps (N, C, H, W), then a scale about 1 and a shift about 0
             tensors = [torch.randn(self.shapes[0], **kw), 1 + 0.1 * torch.randn(self.shapes[1], **kw)]
             tensors.append(0.1 * torch.randn(self.shapes[1], **kw))
+        elif self.op == "diff_augment":  # images in [-1, 1], then DiffAugment's parameters with every transform on
+            x = torch.rand(self.shapes[0], **kw) * 2 - 1
+            return (x.requires_grad_(self.backward), *draw_diff_augment(self.shapes[0], 1.0, device=self.device))
         elif self.op == "gradient_penalty":  # per-sample gradients (N, ...) of norm about 1
             tensors = [torch.randn(self.shapes[0], **kw) / math.sqrt(math.prod(self.shapes[0][1:]))]
         else:  # logits / critic scores (N, 1)
@@ -131,7 +164,13 @@ class KernelRow:
 
     def grad_output(self) -> torch.Tensor | None:
         """The incoming gradient of an op with a non-scalar output, else None."""
-        if not self.backward or self.op not in ("linear_leaky_relu", "bias_leaky_relu", "dropout", *NORM_OPS):
+        if not self.backward or self.op not in (
+            "linear_leaky_relu",
+            "bias_leaky_relu",
+            "dropout",
+            "diff_augment",
+            *NORM_OPS,
+        ):
             return None
         if self.op == "dropout":
             return torch.ones(self.shapes[0], device=self.device, dtype=self.dtype)
@@ -171,6 +210,8 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             specs.append(("gradient_penalty", "x".join(map(str, grads)), (grads,)))
         for hidden in [(64, 256), (512, 256), (256, 1024)]:  # hidden layers of mlp critics
             specs.append(("dropout", "x".join(map(str, hidden)), (hidden,)))
+        for images in [(64, 1, 28, 28), (64, 3, 64, 64)]:  # mnist and 64x64 RGB batches as D sees them
+            specs.append(("diff_augment", "x".join(map(str, images)), (images,)))
         for op, label, shapes in specs:
             for pass_ in PASSES:
                 found.append(KernelRow(op, pass_, label, shapes, device, dtype, threads))
@@ -200,6 +241,7 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
     backward in ``fwd+bwd``), checked against the eager twin and warmed up. Call with the
     row's thread count set: a compiled twin is compiled for the threads it sees."""
     inputs, grad_out = row.inputs(), row.grad_output()
+    wrt = tuple(t for t in inputs if t.requires_grad)  # every float input (diff_augment's parameters are not)
     eager = EAGER[row.op]
     if column == "fused":
         op = FUSED[row.op]
@@ -214,7 +256,7 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
     if row.backward:
 
         def fn() -> object:
-            return torch.autograd.grad(op(*inputs), inputs, grad_out)
+            return torch.autograd.grad(op(*inputs), wrt, grad_out)
     else:
 
         def fn() -> object:
@@ -223,7 +265,7 @@ def prepare(row: KernelRow, column: str) -> Callable[[], object]:
     def outputs(f: Callable) -> tuple[torch.Tensor, ...]:
         """``f``'s output, then (``fwd+bwd``) its gradients to every input: what is checked."""
         out = f(*inputs)
-        return (out, *torch.autograd.grad(out, inputs, grad_out)) if row.backward else (out,)
+        return (out, *torch.autograd.grad(out, wrt, grad_out)) if row.backward else (out,)
 
     got = outputs(op)  # compiles the compile twin (forward and backward)
     if row.op == "dropout":  # random: check the distribution instead

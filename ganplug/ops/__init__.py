@@ -136,6 +136,8 @@ def gradient_penalty(gradients: torch.Tensor, target: float = 1.0) -> torch.Tens
     return (_kernel if serves(gradients) else reference).gradient_penalty(gradients, target)
 
 
-# DiffAugment has no compiled kernel yet: the reference twin runs, which the fused op will replace
-# behind this name (its parameters are drawn before the call, so the op itself is deterministic).
-diff_augment = reference.diff_augment
+def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """DiffAugment's colour, translation and cutout on images x (N, C, H, W) with per-sample parameters shift (N, 2) and
+    cut (N, 4) int64 and color (N, 3) float (ganplug.augment.draw_diff_augment draws them); returns x's shape and dtype,
+    contiguous. Differentiable in x to any order; shift, cut and color, random draws, get no gradient."""
+    return (_kernel if serves(x) else reference).diff_augment(x, shift, cut, color)

@@ -40,6 +40,8 @@ for _op, _index in (
     ("bce_loss_backward", 1),
     ("gradient_penalty_backward", 1),
     ("dropout", 0),
+    ("diff_augment", 0),  # contiguous, whatever x's layout
+    ("diff_augment_linear", 0),
 ):
     _fake(_op)(lambda *args, i=_index: args[i].new_empty(args[i].shape))
 

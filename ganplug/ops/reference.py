@@ -272,7 +272,7 @@ def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color:
       lie outside the image). Identity: y0 = y1.
 
     Returns x's shape and dtype. Made of differentiable torch ops (gathers, masks, means), so it is differentiable in
-    ``x`` (and ``color``) to any order.
+    ``x`` to any order; ``shift``, ``cut`` and ``color``, random draws, get no gradient (as from the kernels).
     """
     if _tensor("diff_augment", "x", x).dim() != 4:
         raise ValueError(f"diff_augment: x must be float images (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
@@ -288,7 +288,7 @@ def diff_augment(x: torch.Tensor, shift: torch.Tensor, cut: torch.Tensor, color:
             )
     n, channels, height, width = x.shape
     y = _wide(x)
-    b, s, c = (color[:, k].to(y.dtype).reshape(n, 1, 1, 1) for k in range(3))
+    b, s, c = (color[:, k].detach().to(y.dtype).reshape(n, 1, 1, 1) for k in range(3))
     y = y + b
     if channels > 1:
         y = y + (y - y.mean(dim=1, keepdim=True)) * (s - 1.0)  # (y - m) * s + m, exact at s = 1
