@@ -1,11 +1,11 @@
 // Autograd kernels of batch_norm_leaky_relu, group_norm_leaky_relu and their backward ops.
 //
-// The forward saves the input, weight, bias and the statistics it returned (mean and biased var, which are not
+// The forward saves the input, weight, bias and the statistics it returned (mean and biased var, not
 // differentiable outputs: they feed the running statistics). A first-order backward is one call of the backward
-// kernel. Under create_graph (a gradient penalty), the backward is instead composed of differentiable torch ops,
-// with the statistics recomputed from the input by torch so that the second derivatives see how they depend on it:
-// slower, exact, and only where gradients of gradients are asked for. The backward ops, called directly on tensors
-// that need gradients, run the same composition.
+// kernel. Under create_graph (a gradient penalty), the backward is instead composed of torch ops that torch
+// differentiates again, statistics included (differentiable_backward): as costly as eager torch there, exact, and
+// only where gradients of gradients are asked for. The backward ops, called directly on tensors that need
+// gradients, run their own formula in differentiable torch ops (composite_backward, the statistics as inputs).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -58,64 +58,30 @@ Triple call_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
                      : group.call(dy, x, mean, var, groups, weight, bias, eps, slope);
 }
 
-// A statistic ((C,) for batch norm, (N, G) for group norm) broadcast against x (N, C, *).
-at::Tensor spread(const at::Tensor& stat, const at::Tensor& x, int64_t groups) {
-  std::vector<c10::SymInt> shape(static_cast<size_t>(x.dim()), c10::SymInt(1));
-  shape[1] = x.sym_size(1);
-  if (groups == 0) return stat.reshape_symint(shape);
-  shape[0] = x.sym_size(0);
-  const at::Tensor per_channel = stat.unsqueeze(2)
-                                     .expand_symint({x.sym_size(0), groups, x.sym_size(1) / groups})
-                                     .reshape_symint({x.sym_size(0), x.sym_size(1)});
-  return per_channel.reshape_symint(shape);
-}
-
-// The mean of `full` (shaped like x) over each statistic's elements, broadcast back against x.
-at::Tensor stat_mean(const at::Tensor& full, int64_t groups) {
-  if (groups == 0) {
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < full.dim(); ++d) {
-      if (d != 1) dims.push_back(d);
-    }
-    return full.mean(dims, /*keepdim=*/true);
-  }
-  return spread(full.reshape_symint({full.sym_size(0), groups, -1}).mean(2), full, groups);
-}
-
-// (mean, biased var) of x as torch computes them, differentiable, in the statistics' dtype.
-std::tuple<at::Tensor, at::Tensor> statistics(const at::Tensor& x, int64_t groups) {
-  const at::Tensor wide = x.to(stats_dtype(x));
-  at::Tensor var, mean;
-  if (groups == 0) {
-    std::vector<int64_t> dims;
-    for (int64_t d = 0; d < x.dim(); ++d) {
-      if (d != 1) dims.push_back(d);
-    }
-    std::tie(var, mean) = at::var_mean(wide, dims, /*correction=*/0, /*keepdim=*/false);
-  } else {
-    std::tie(var, mean) = at::var_mean(wide.reshape_symint({x.sym_size(0), groups, -1}), {2}, 0, false);
-  }
-  return {mean, var};
-}
-
-// The backward in differentiable torch ops: x_hat = (x - mean) * rstd, g = dy * mask(x_hat * weight + bias),
-// h = g * weight, dx = rstd * (h - mean(h) - x_hat * mean(h * x_hat)), d weight = sum(g * x_hat), d bias = sum(g).
-Triple composite_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-                          int64_t groups, const OptTensor& weight, const OptTensor& bias, double eps, double slope) {
+// The backward under create_graph (a gradient penalty): the forward recomputed in torch's own ops (batch_norm or
+// group_norm without affine, the affine, leaky_relu) and differentiated by autograd with create_graph, so that
+// torch differentiates it again, through the statistics too: what eager BatchNorm/GroupNorm + LeakyReLU run there,
+// plus one forward.
+Triple differentiable_backward(const at::Tensor& dy, const at::Tensor& x, int64_t groups, const OptTensor& weight,
+                               const OptTensor& bias, double eps, double slope) {
   const int64_t dims = x.dim();
-  const at::Tensor rstd = spread((var + eps).rsqrt(), x, groups);
-  const at::Tensor x_hat = (x - spread(mean, x, groups)) * rstd;
-  const at::Tensor w = weight.has_value() ? broadcastable(*weight, dims) : at::Tensor();
-  at::Tensor pre = w.defined() ? x_hat * w : x_hat;
+  at::Tensor pre = groups == 0 ? at::batch_norm(x, {}, {}, {}, {}, /*training=*/true, 0.0, eps, true)
+                               : at::group_norm(x, groups, {}, {}, eps, true);
+  if (weight.has_value()) pre = pre * broadcastable(*weight, dims);
   if (bias.has_value()) pre = pre + broadcastable(*bias, dims);
-  const at::Tensor mask = (pre > 0).to(x_hat.scalar_type()) * (1.0 - slope) + slope;
-  const at::Tensor g = dy * mask;
-  const at::Tensor h = w.defined() ? g * w : g;
-  const at::Tensor dx = rstd * (h - stat_mean(h, groups) - x_hat * stat_mean(h * x_hat, groups));
-  const at::Tensor empty = at::empty({0}, x.options());
-  const at::Tensor d_weight = weight.has_value() ? reduce_to(g * x_hat, *weight).to(x.scalar_type()) : empty;
-  const at::Tensor d_bias = bias.has_value() ? reduce_to(g, *bias).to(x.scalar_type()) : empty;
-  return {dx.to(x.scalar_type()), d_weight, d_bias};
+  const at::Tensor y = at::leaky_relu(pre, slope);
+  std::vector<at::Tensor> wrt;
+  for (const at::Tensor& t : {x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())}) {
+    if (t.defined() && t.requires_grad()) wrt.push_back(t);
+  }
+  const variable_list grads = torch::autograd::grad({y}, wrt, {dy}, /*retain_graph=*/true, /*create_graph=*/true,
+                                                    /*allow_unused=*/true);
+  Triple out;
+  size_t i = 0;
+  if (x.requires_grad()) std::get<0>(out) = grads[i++];
+  if (weight.has_value() && weight->requires_grad()) std::get<1>(out) = grads[i++];
+  if (bias.has_value() && bias->requires_grad()) std::get<2>(out) = grads[i++];
+  return out;
 }
 
 class NormLeakyRelu : public torch::autograd::Function<NormLeakyRelu> {
@@ -137,13 +103,10 @@ class NormLeakyRelu : public torch::autograd::Function<NormLeakyRelu> {
     const OptTensor weight = optional(saved[1]), bias = optional(saved[2]);
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
-    at::Tensor dx, d_weight, d_bias;
-    if (at::GradMode::is_enabled()) {  // create_graph: differentiable, the statistics as functions of x
-      const auto [mean, var] = statistics(x, groups);
-      std::tie(dx, d_weight, d_bias) = composite_backward(grads[0], x, mean, var, groups, weight, bias, eps, slope);
-    } else {
-      std::tie(dx, d_weight, d_bias) = call_backward(grads[0], x, saved[3], saved[4], groups, weight, bias, eps, slope);
-    }
+    const auto [dx, d_weight, d_bias] =
+        at::GradMode::is_enabled()  // create_graph: differentiable again
+            ? differentiable_backward(grads[0], x, groups, weight, bias, eps, slope)
+            : call_backward(grads[0], x, saved[3], saved[4], groups, weight, bias, eps, slope);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(), at::Tensor(), weight ? d_weight : at::Tensor(),
             bias ? d_bias : at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -10,6 +10,7 @@
 
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,51 @@ inline void check_norm_act_backward(const at::Tensor& grad_output, const at::Ten
                       ", expected ", tuple_of(shape),
                       " for input of shape ", shape_of(input), "; pass the statistics the forward returned");
   }
+}
+
+// A statistic ((C,) for batch norm, (N, G) for group norm) broadcast against x (N, C, *).
+inline at::Tensor spread(const at::Tensor& stat, const at::Tensor& x, int64_t groups) {
+  std::vector<c10::SymInt> shape(static_cast<size_t>(x.dim()), c10::SymInt(1));
+  shape[1] = x.sym_size(1);
+  if (groups == 0) return stat.reshape_symint(shape);
+  shape[0] = x.sym_size(0);
+  const at::Tensor per_channel = stat.unsqueeze(2)
+                                     .expand_symint({x.sym_size(0), groups, x.sym_size(1) / groups})
+                                     .reshape_symint({x.sym_size(0), x.sym_size(1)});
+  return per_channel.reshape_symint(shape);
+}
+
+// The mean of `full` (shaped like x) over each statistic's elements, broadcast back against x.
+inline at::Tensor stat_mean(const at::Tensor& full, int64_t groups) {
+  if (groups == 0) {
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < full.dim(); ++d) {
+      if (d != 1) dims.push_back(d);
+    }
+    return full.mean(dims, /*keepdim=*/true);
+  }
+  return spread(full.reshape_symint({full.sym_size(0), groups, -1}).mean(2), full, groups);
+}
+
+// The backward in differentiable torch ops: x_hat = (x - mean) * rstd, g = dy * mask(x_hat * weight + bias),
+// h = g * weight, dx = rstd * (h - mean(h) - x_hat * mean(h * x_hat)), d weight = sum(g * x_hat), d bias = sum(g).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_backward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var, int64_t groups,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps, double slope) {
+  const int64_t dims = x.dim();
+  const at::Tensor rstd = spread((var + eps).rsqrt(), x, groups);
+  const at::Tensor x_hat = (x - spread(mean, x, groups)) * rstd;
+  const at::Tensor w = weight.has_value() ? broadcastable(*weight, dims) : at::Tensor();
+  at::Tensor pre = w.defined() ? x_hat * w : x_hat;
+  if (bias.has_value()) pre = pre + broadcastable(*bias, dims);
+  const at::Tensor mask = (pre > 0).to(x_hat.scalar_type()) * (1.0 - slope) + slope;
+  const at::Tensor g = dy * mask;
+  const at::Tensor h = w.defined() ? g * w : g;
+  const at::Tensor dx = rstd * (h - stat_mean(h, groups) - x_hat * stat_mean(h * x_hat, groups));
+  const at::Tensor empty = at::empty({0}, x.options());
+  const at::Tensor d_weight = weight.has_value() ? reduce_to(g * x_hat, *weight).to(x.scalar_type()) : empty;
+  const at::Tensor d_bias = bias.has_value() ? reduce_to(g, *bias).to(x.scalar_type()) : empty;
+  return {dx.to(x.scalar_type()), d_weight, d_bias};
 }
 
 }  // namespace ganplug

@@ -33,13 +33,31 @@ constexpr int64_t kTaskElements = int64_t{1} << 15;  // about this many elements
 int64_t grain(int64_t unit) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(unit, 1)); }
 
 // The map's geometry: N samples, C channels, `inner` elements per (sample, channel), and which statistic each
-// (sample, channel) belongs to (its channel for batch norm; its sample and group for group norm).
+// (sample, channel) belongs to (its channel for batch norm; its sample and group for group norm; `stat_index`).
 struct Geometry {
   int64_t batch, channels, inner, groups;
   bool innermost;
 
-  int64_t stat(int64_t n, int64_t c) const { return groups == 0 ? c : n * groups + c / (channels / groups); }
   int64_t num_stats() const { return groups == 0 ? channels : batch * groups; }
+  // The offset of the first element of statistic k: of its lowest (sample, channel).
+  int64_t first_of_stat(int64_t k) const {
+    return groups == 0 ? first(0, k) : first(k / groups, k % groups * (channels / groups));
+  }
+  // stat(n, c) for every (sample, channel), row-major (N, C), without a division per entry.
+  std::vector<int64_t> stat_index() const {
+    std::vector<int64_t> out(static_cast<size_t>(batch * channels));
+    const int64_t per_group = groups == 0 ? 1 : channels / groups;
+    for (int64_t n = 0, i = 0; n < batch; ++n) {
+      for (int64_t c = 0, group = 0, left = per_group; c < channels; ++c, ++i) {
+        out[i] = groups == 0 ? c : n * groups + group;
+        if (--left == 0) {
+          ++group;
+          left = per_group;
+        }
+      }
+    }
+    return out;
+  }
   int64_t stat_count() const { return groups == 0 ? batch * inner : (channels / groups) * inner; }
   // The offset of element 0 of (sample n, channel c).
   int64_t first(int64_t n, int64_t c) const {
@@ -217,22 +235,24 @@ void for_each_chunk(const Geometry& g, const Planes& planes, const Rows& rows) {
 
 // scale and shift per (sample, channel) from the statistics (as stored, in the compute type), weight and bias:
 // scale = weight / sqrt(var + eps), shift = bias - mean * scale. The forward and the backward compute them alike.
+// Also m, the mean per (sample, channel); returns rstd per statistic (in float64).
 template <typename op_t>
-void fold(const Geometry& g, const op_t* mean, const op_t* var, const std::vector<op_t>& w, const std::vector<op_t>& b,
-          double eps, std::vector<op_t>& s, std::vector<op_t>& t, std::vector<op_t>& m) {
+std::vector<double> fold(const Geometry& g, const std::vector<int64_t>& stat, const op_t* mean, const op_t* var,
+                         const std::vector<op_t>& w, const std::vector<op_t>& b, double eps, std::vector<op_t>& s,
+                         std::vector<op_t>& t, std::vector<op_t>& m) {
+  std::vector<double> rstd(static_cast<size_t>(g.num_stats()));
+  for (size_t k = 0; k < rstd.size(); ++k) rstd[k] = 1.0 / std::sqrt(static_cast<double>(var[k]) + eps);
   const size_t size = w.size();
   s.resize(size);
   t.resize(size);
   m.resize(size);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t c = 0; c < g.channels; ++c) {
-      const int64_t i = n * g.channels + c, k = g.stat(n, c);
-      const op_t rstd = static_cast<op_t>(1.0 / std::sqrt(static_cast<double>(var[k]) + eps));
-      s[i] = w[i] * rstd;
-      t[i] = b[i] - mean[k] * s[i];
-      m[i] = mean[k];
-    }
+  for (size_t i = 0; i < size; ++i) {
+    const int64_t k = stat[i];
+    s[i] = w[i] * static_cast<op_t>(rstd[k]);
+    t[i] = b[i] - mean[k] * s[i];
+    m[i] = mean[k];
   }
+  return rstd;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(const at::Tensor& input, int64_t groups,
@@ -249,24 +269,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(const at::Tensor& in
     using op_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     // Shifted sums per chunk: a statistic's whole block for group norm in planes (its C / G planes are
-    // contiguous), else one (sample, channel).
-    const bool block = g.groups > 0 && !g.innermost;
+    // contiguous) or with one group (a whole sample, in either layout), else one (sample, channel).
+    const bool block = g.groups > 0 && (!g.innermost || g.groups == 1);
     const size_t chunks = static_cast<size_t>(block ? g.num_stats() : g.batch * g.channels);
+    const std::vector<int64_t> stat = g.stat_index();
     std::vector<op_t> shift_of_stat(static_cast<size_t>(g.num_stats())), k(chunks), s1(chunks, 0), s2(chunks, 0);
-    for (int64_t n = g.batch - 1; n >= 0; --n) {  // each statistic's first element: its lowest (n, c)
-      for (int64_t c = g.channels - 1; c >= 0; --c) shift_of_stat[g.stat(n, c)] = static_cast<op_t>(xp[g.first(n, c)]);
+    for (size_t i = 0; i < shift_of_stat.size(); ++i) {
+      shift_of_stat[i] = static_cast<op_t>(xp[g.first_of_stat(static_cast<int64_t>(i))]);
     }
     if (block) {
       k = shift_of_stat;
     } else {
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t c = 0; c < g.channels; ++c) k[n * g.channels + c] = shift_of_stat[g.stat(n, c)];
-      }
+      for (size_t i = 0; i < chunks; ++i) k[i] = shift_of_stat[stat[i]];
     }
     const op_t* kp = k.data();
     op_t *s1p = s1.data(), *s2p = s2.data();
     if (block) {
-      const int64_t size = (g.channels / g.groups) * g.inner;
+      const int64_t size = g.channels / g.groups * g.inner;
       at::parallel_for(0, g.num_stats(), grain(size),
                        [&](int64_t p0, int64_t p1) { planes_moments(xp, p0, p1, size, kp, s1p, s2p); });
     } else {
@@ -280,9 +299,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(const at::Tensor& in
     // Per statistic, in (n, c) order, in float64: mean = k + E[d], var = E[d^2] - E[d]^2.
     std::vector<double> t1(static_cast<size_t>(g.num_stats()), 0.0), t2(t1.size(), 0.0);
     for (size_t i = 0; i < chunks; ++i) {
-      const int64_t stat = block ? static_cast<int64_t>(i) : g.stat(i / g.channels, i % g.channels);
-      t1[stat] += static_cast<double>(s1[i]);
-      t2[stat] += static_cast<double>(s2[i]);
+      const int64_t k_i = block ? static_cast<int64_t>(i) : stat[i];
+      t1[k_i] += static_cast<double>(s1[i]);
+      t2[k_i] += static_cast<double>(s2[i]);
     }
     op_t* mp = mean.data_ptr<op_t>();
     op_t* vp = var.data_ptr<op_t>();
@@ -293,7 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(const at::Tensor& in
       vp[i] = static_cast<op_t>(std::max(t2[i] / count - e1 * e1, 0.0));
     }
     std::vector<op_t> s, t, m;
-    fold(g, mp, vp, per_sample<scalar_t>(weight, g, op_t(1)), per_sample<scalar_t>(bias, g, op_t(0)), eps, s, t, m);
+    fold(g, stat, mp, vp, per_sample<scalar_t>(weight, g, op_t(1)), per_sample<scalar_t>(bias, g, op_t(0)), eps, s, t,
+         m);
     scalar_t* yp = out.data_ptr<scalar_t>();
     const op_t *sp = s.data(), *tp = t.data();
     const op_t slope = static_cast<op_t>(negative_slope);
@@ -324,7 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     const op_t* vp = var_c.const_data_ptr<op_t>();
     const std::vector<op_t> w = per_sample<scalar_t>(weight, g, op_t(1));
     std::vector<op_t> s, t, m;
-    fold(g, mp, vp, w, per_sample<scalar_t>(bias, g, op_t(0)), eps, s, t, m);
+    const std::vector<int64_t> stat = g.stat_index();
+    const std::vector<double> rstd = fold(g, stat, mp, vp, w, per_sample<scalar_t>(bias, g, op_t(0)), eps, s, t, m);
     const size_t pairs = w.size();
     std::vector<op_t> sum_g(pairs, 0), sum_gd(pairs, 0);
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
@@ -341,26 +362,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
                          g.channels, slope);
         });
     // Per statistic: a = mean(h), b = mean(h * x_hat) over its elements, h = g * weight, in float64.
-    std::vector<double> rstd(static_cast<size_t>(g.num_stats())), a(rstd.size(), 0.0), b(rstd.size(), 0.0);
-    for (size_t k = 0; k < rstd.size(); ++k) rstd[k] = 1.0 / std::sqrt(static_cast<double>(vp[k]) + eps);
-    for (int64_t n = 0; n < g.batch; ++n) {
-      for (int64_t c = 0; c < g.channels; ++c) {
-        const int64_t i = n * g.channels + c, k = g.stat(n, c);
-        a[k] += static_cast<double>(w[i]) * sum_g[i];
-        b[k] += static_cast<double>(w[i]) * sum_gd[i] * rstd[k];
-      }
+    std::vector<double> a(rstd.size(), 0.0), b(rstd.size(), 0.0);
+    for (size_t i = 0; i < pairs; ++i) {
+      const int64_t k = stat[i];
+      a[k] += static_cast<double>(w[i]) * sum_g[i];
+      b[k] += static_cast<double>(w[i]) * sum_gd[i] * rstd[k];
     }
     // dx = rstd * (h - a - x_hat * b) = g * (w rstd) + x * (-rstd^2 b) + (mean rstd^2 b - rstd a).
     const double count = static_cast<double>(g.stat_count());
     std::vector<op_t> p(pairs), q(pairs), r(pairs);
-    for (int64_t n = 0; n < g.batch; ++n) {
-      for (int64_t c = 0; c < g.channels; ++c) {
-        const int64_t i = n * g.channels + c, k = g.stat(n, c);
-        const double rs = rstd[k], ak = a[k] / count, bk = b[k] / count;
-        p[i] = static_cast<op_t>(w[i] * rs);
-        q[i] = static_cast<op_t>(-rs * rs * bk);
-        r[i] = static_cast<op_t>(static_cast<double>(mp[k]) * rs * rs * bk - rs * ak);
-      }
+    for (size_t i = 0; i < pairs; ++i) {
+      const int64_t k = stat[i];
+      const double rs = rstd[k], ak = a[k] / count, bk = b[k] / count;
+      p[i] = static_cast<op_t>(w[i] * rs);
+      q[i] = static_cast<op_t>(-rs * rs * bk);
+      r[i] = static_cast<op_t>(static_cast<double>(mp[k]) * rs * rs * bk - rs * ak);
     }
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     const op_t *pp = p.data(), *qp = q.data(), *rp = r.data();
@@ -378,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
       scalar_t* out = grad.data_ptr<scalar_t>();
       const auto term = [&](int64_t n, int64_t c) {
         const int64_t i = n * g.channels + c;
-        return normalised ? static_cast<double>(sum_gd[i]) * rstd[g.stat(n, c)] : static_cast<double>(sum_g[i]);
+        return normalised ? static_cast<double>(sum_gd[i]) * rstd[stat[i]] : static_cast<double>(sum_g[i]);
       };
       for (int64_t c = 0; c < g.channels; ++c) {
         if (grad.dim() == 2) {

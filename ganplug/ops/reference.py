@@ -231,7 +231,7 @@ def _norm_leaky_relu(
     w, b = _per_channel(weight, input), _per_channel(bias, input)
     z = z if w is None else z * w
     z = z if b is None else z + b
-    return F.leaky_relu(z, negative_slope).to(input.dtype), mean.detach(), var.detach()
+    return F.leaky_relu(z, negative_slope).to(input.dtype), mean, var
 
 
 def _norm_leaky_relu_backward(
