@@ -54,7 +54,8 @@ Triple norm_act_backward_cuda(const at::Tensor& grad_output, const at::Tensor& i
   const c10::cuda::CUDAGuard device_guard(input.device());
   const bool innermost = channels_innermost(input);
   const at::Tensor x = in_layout(input, innermost);
-  auto [dx, d_weight, d_bias] = composite_backward(grad_output, x, mean, var, groups, weight, bias, eps, negative_slope);
+  auto [dx, d_weight, d_bias] =
+      composite_backward(grad_output, x, mean, var, groups, weight, bias, eps, negative_slope);
   return {laid_out(dx, x, innermost), d_weight.contiguous(), d_bias.contiguous()};
 }
 
