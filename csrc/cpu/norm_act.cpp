@@ -369,14 +369,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
       b[k] += static_cast<double>(w[i]) * sum_gd[i] * rstd[k];
     }
     // dx = rstd * (h - a - x_hat * b) = g * (w rstd) + x * (-rstd^2 b) + (mean rstd^2 b - rstd a).
-    const double count = static_cast<double>(g.stat_count());
+    const double inv_count = 1.0 / static_cast<double>(g.stat_count());
+    std::vector<op_t> q_of_stat(rstd.size()), r_of_stat(rstd.size());
+    for (size_t k = 0; k < rstd.size(); ++k) {
+      const double rs = rstd[k], ak = a[k] * inv_count, bk = b[k] * inv_count;
+      q_of_stat[k] = static_cast<op_t>(-rs * rs * bk);
+      r_of_stat[k] = static_cast<op_t>(static_cast<double>(mp[k]) * rs * rs * bk - rs * ak);
+    }
     std::vector<op_t> p(pairs), q(pairs), r(pairs);
     for (size_t i = 0; i < pairs; ++i) {
       const int64_t k = stat[i];
-      const double rs = rstd[k], ak = a[k] / count, bk = b[k] / count;
-      p[i] = static_cast<op_t>(w[i] * rs);
-      q[i] = static_cast<op_t>(-rs * rs * bk);
-      r[i] = static_cast<op_t>(static_cast<double>(mp[k]) * rs * rs * bk - rs * ak);
+      p[i] = s[i];  // weight * rstd, as the forward scaled
+      q[i] = q_of_stat[k];
+      r[i] = r_of_stat[k];
     }
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     const op_t *pp = p.data(), *qp = q.data(), *rp = r.data();
