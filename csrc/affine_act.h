@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 #include "bias_act.h"
 #include "checks.h"
@@ -52,6 +53,23 @@ inline void check_affine_act_backward(const at::Tensor& grad_output, const at::T
 // The gradient of a coefficient: shaped like it ((C,) or (N, C)), or (0,) when it is absent.
 inline at::Tensor empty_coefficient_grad(const std::optional<at::Tensor>& t, const at::Tensor& input) {
   return t.has_value() ? at::empty(t->sizes(), input.options()) : at::empty({0}, input.options());
+}
+
+// A coefficient (C,) or (N, C) viewed to broadcast against an input of `dims` dims: (1, C, 1, ...) or (N, C, 1, ...).
+inline at::Tensor broadcastable(const at::Tensor& coefficient, int64_t dims) {
+  std::vector<c10::SymInt> shape(static_cast<size_t>(dims), c10::SymInt(1));
+  if (coefficient.dim() == 2) shape[0] = coefficient.sym_size(0);
+  shape[1] = coefficient.sym_size(-1);
+  return coefficient.reshape_symint(shape);
+}
+
+// `full` (shaped like the input) summed to a coefficient's shape: over every dim but 1, or but 0 and 1.
+inline at::Tensor reduce_to(const at::Tensor& full, const at::Tensor& coefficient) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < full.dim(); ++d) {
+    if (d != 1 && !(d == 0 && coefficient.dim() == 2)) dims.push_back(d);
+  }
+  return dims.empty() ? full : full.sum(dims);
 }
 
 }  // namespace ganplug

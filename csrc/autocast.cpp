@@ -23,7 +23,7 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 
 // Calls `op` below autocast on the given (already cast) arguments.
 template <c10::DeviceType device, typename Signature, typename... Args>
-at::Tensor below_autocast(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
+auto below_autocast(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device));
   return op.call(std::forward<Args>(args)...);
 }
@@ -53,6 +53,33 @@ at::Tensor affine_leaky_relu(const at::Tensor& input, const OptTensor& scale, co
   const bool in_autocast_dtype = input.scalar_type() == get_autocast_dtype(device);
   const auto cast = [&](const OptTensor& t) { return in_autocast_dtype ? cached_cast(input.scalar_type(), t, device) : t; };
   return below_autocast<device>(op, input, cast(scale), cast(shift), slope);
+}
+
+// The norm ops as affine_leaky_relu: the input's dtype, weight and bias cast to it when it is the autocast dtype.
+using NormOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+template <c10::DeviceType device>
+NormOutputs batch_norm_leaky_relu(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias, double eps,
+                                  double slope) {
+  static const auto op = find_op<NormOutputs(const at::Tensor&, const OptTensor&, const OptTensor&, double, double)>(
+      "ganplug::batch_norm_leaky_relu");
+  const bool in_autocast_dtype = input.scalar_type() == get_autocast_dtype(device);
+  const auto cast = [&](const OptTensor& t) {
+    return in_autocast_dtype ? cached_cast(input.scalar_type(), t, device) : t;
+  };
+  return below_autocast<device>(op, input, cast(weight), cast(bias), eps, slope);
+}
+
+template <c10::DeviceType device>
+NormOutputs group_norm_leaky_relu(const at::Tensor& input, int64_t groups, const OptTensor& weight,
+                                  const OptTensor& bias, double eps, double slope) {
+  static const auto op =
+      find_op<NormOutputs(const at::Tensor&, int64_t, const OptTensor&, const OptTensor&, double, double)>(
+          "ganplug::group_norm_leaky_relu");
+  const bool in_autocast_dtype = input.scalar_type() == get_autocast_dtype(device);
+  const auto cast = [&](const OptTensor& t) {
+    return in_autocast_dtype ? cached_cast(input.scalar_type(), t, device) : t;
+  };
+  return below_autocast<device>(op, input, groups, cast(weight), cast(bias), eps, slope);
 }
 
 template <c10::DeviceType device>
@@ -96,6 +123,8 @@ void register_autocast(torch::Library& m) {
   m.impl("linear_leaky_relu", &linear_leaky_relu<device>);
   m.impl("bias_leaky_relu", &bias_leaky_relu<device>);
   m.impl("affine_leaky_relu", &affine_leaky_relu<device>);
+  m.impl("batch_norm_leaky_relu", &batch_norm_leaky_relu<device>);
+  m.impl("group_norm_leaky_relu", &group_norm_leaky_relu<device>);
   m.impl("bce_loss", &bce_loss<device>);
   m.impl("discriminator_bce", &discriminator_bce<device>);
   m.impl("wasserstein_critic_loss", &wasserstein_critic_loss<device>);

@@ -12,6 +12,8 @@
 #include <optional>
 #include <vector>
 
+#include "affine_act.h"
+
 namespace ganplug {
 namespace {
 
@@ -28,23 +30,6 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 }
 
 OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
-// A coefficient (C,) or (N, C) viewed to broadcast against an input of `dims` dims: (1, C, 1, ...) or (N, C, 1, ...).
-at::Tensor broadcastable(const at::Tensor& coefficient, int64_t dims) {
-  std::vector<c10::SymInt> shape(static_cast<size_t>(dims), c10::SymInt(1));
-  if (coefficient.dim() == 2) shape[0] = coefficient.sym_size(0);
-  shape[1] = coefficient.sym_size(-1);
-  return coefficient.reshape_symint(shape);
-}
-
-// `full` (shaped like the input) summed to a coefficient's shape: over every dim but 1, or but 0 and 1.
-at::Tensor reduce_to(const at::Tensor& full, const at::Tensor& coefficient) {
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < full.dim(); ++d) {
-    if (d != 1 && !(d == 0 && coefficient.dim() == 2)) dims.push_back(d);
-  }
-  return dims.empty() ? full : full.sum(dims);
-}
 
 // (dx, d scale, d shift) = (g * scale, sum(g * x), sum(g)) with g = dy * mask(x * scale + shift): linear
 // in dy, linear in x but for the mask, which is piecewise constant. Its adjoint, in differentiable torch

@@ -23,6 +23,15 @@ TORCH_LIBRARY(ganplug, m) {
   // laid out like y, with g = dy * mask; d scale = sum(g * input), d shift = sum(g), each shaped like its
   // coefficient ((0,) where it is None).
   m.def("affine_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor? scale, Tensor? shift, float negative_slope) -> (Tensor, Tensor, Tensor)");
+  // (y, mean, var): y = leaky_relu((input - mean) / sqrt(var + eps) * weight + bias) with the batch statistics of
+  // input (N, C, *) per channel (mean and biased var (C,), float32, float64 for float64 input); weight and bias
+  // each None, (C,) or (N, C) (conditional BatchNorm); y laid out as bias_leaky_relu lays it out.
+  m.def("batch_norm_leaky_relu(Tensor input, Tensor? weight, Tensor? bias, float eps, float negative_slope) -> (Tensor, Tensor, Tensor)");
+  // (dx, d weight, d bias) from the input and the statistics the forward returned (the mask recomputed).
+  m.def("batch_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps, float negative_slope) -> (Tensor, Tensor, Tensor)");
+  // The same with the statistics per sample and group of C / num_groups channels: mean and var (N, num_groups).
+  m.def("group_norm_leaky_relu(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps, float negative_slope) -> (Tensor, Tensor, Tensor)");
+  m.def("group_norm_leaky_relu_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor var, int num_groups, Tensor? weight, Tensor? bias, float eps, float negative_slope) -> (Tensor, Tensor, Tensor)");
 
   // DiffAugment's colour, translation and cutout with per-sample parameters shift (N, 2) and cut (N, 4)
   // int64 and color (N, 3) on images x (N, C, H, W), as ganplug/ops/reference.py defines it: y = A x + a.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ganplug import ops
+from ganplug.ops import reference
+from ganplug.ops._extension import serves
 
 
 class FusedLinearLeakyReLU(nn.Linear):
@@ -160,21 +162,6 @@ def spectral_normalise(module: nn.Module) -> nn.Module:
     return module
 
 
-def _row_sums(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sums of x and of x**2 over each of ``rows`` equal row-major blocks of x, (rows,) each, in float32 (float64
-    for float64 x). Row sums of a contiguous map are one fast pass each, where torch's reductions over (0, 2, 3) of
-    (N, C, H, W) and its CPU batch_norm statistics are several times slower on GAN-sized maps."""
-    flat = x.reshape(rows, -1)
-    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return flat.sum(1, dtype=wide), flat.square().sum(1, dtype=wide)
-
-
-def _moments(s1: torch.Tensor, s2: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, biased variance) from sums of x and x**2 over ``count`` elements."""
-    mean = s1 / count
-    return mean, (s2 / count - mean.square()).clamp_min(0)
-
-
 def _fold(
     weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor, var: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +171,11 @@ def _fold(
         scale = scale * weight
     shift = -mean * scale
     return scale, shift if bias is None else shift + bias
+
+
+def _norm_ops(input: torch.Tensor) -> Any:
+    """The norm ops' implementation for ``input``: the compiled kernels (torch.ops.ganplug) or their reference twins."""
+    return torch.ops.ganplug if serves(input) else reference
 
 
 def batch_norm_leaky_relu(
@@ -198,23 +190,22 @@ def batch_norm_leaky_relu(
     negative_slope: float = 0.0,
 ) -> torch.Tensor:
     """leaky_relu(F.batch_norm(input, ...) * weight + bias) with F.batch_norm's arguments and running-statistics update;
-    weight and bias (C,), (N, C) (conditional BatchNorm) or None. The statistics (batch or running) fold with weight
-    and bias into one scale and shift that ganplug.ops.affine_leaky_relu applies with the activation in one pass."""
-    if training:
-        n, c = input.shape[:2]
-        count = input.numel() // c
-        s1, s2 = _row_sums(input, n * c)
-        mean, var = _moments(s1.view(n, c).sum(0), s2.view(n, c).sum(0), count)
-        if running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
-    elif running_mean is None or running_var is None:
-        raise ValueError("batch_norm_leaky_relu: running_mean and running_var are needed when training=False")
-    else:
-        mean, var = running_mean, running_var
-    scale, shift = _fold(weight, bias, mean, var, eps)
-    return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), negative_slope)
+    input (N, C, *), weight and bias (C,), (N, C) (conditional BatchNorm) or None. Training: one fused op
+    (torch.ops.ganplug.batch_norm_leaky_relu) computes the batch statistics, normalises and activates, and its backward
+    is one fused op too; the running statistics move by ``momentum`` towards the batch mean and unbiased variance.
+    Eval: the running statistics fold with weight and bias into one scale and shift for ganplug.ops.affine_leaky_relu."""
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm_leaky_relu: running_mean and running_var are needed when training=False")
+        scale, shift = _fold(weight, bias, running_mean, running_var, eps)
+        return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), negative_slope)
+    out, mean, var = _norm_ops(input).batch_norm_leaky_relu(input, weight, bias, eps, negative_slope)
+    if running_mean is not None and running_var is not None:
+        count = input.numel() // input.shape[1]
+        with torch.no_grad():
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), momentum)
+    return out
 
 
 def group_norm_leaky_relu(
@@ -225,14 +216,10 @@ def group_norm_leaky_relu(
     eps: float = 1e-5,
     negative_slope: float = 0.2,
 ) -> torch.Tensor:
-    """leaky_relu(F.group_norm(input, num_groups, weight, bias, eps)): each (sample, group)'s statistics fold with the
-    per-channel weight and bias into a scale and shift per (sample, channel) for ganplug.ops.affine_leaky_relu."""
-    n, c = input.shape[:2]
-    s1, s2 = _row_sums(input, n * num_groups)
-    mean, var = _moments(s1, s2, input.numel() // (n * num_groups))
-    mean, var = (t.view(n, num_groups).repeat_interleave(c // num_groups, dim=1) for t in (mean, var))
-    scale, shift = _fold(weight, bias, mean, var, eps)
-    return ops.affine_leaky_relu(input, scale.to(input.dtype), shift.to(input.dtype), negative_slope)
+    """leaky_relu(F.group_norm(input, num_groups, weight, bias, eps)) in one fused op
+    (torch.ops.ganplug.group_norm_leaky_relu: the statistics per sample and group, the normalisation and the activation;
+    one fused backward, differentiable again under create_graph); input (N, C, *), weight and bias (C,) or None."""
+    return _norm_ops(input).group_norm_leaky_relu(input, num_groups, weight, bias, eps, negative_slope)[0]
 
 
 def _batch_norm_fused(
@@ -251,9 +238,9 @@ def _batch_norm_fused(
 
 
 class BatchNormLeakyReLU(nn.BatchNorm2d):
-    """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0): the batch statistics from torch, folded with gamma and
-    beta into one scale and shift per channel that the fused op applies with the activation in one pass
-    (ganplug.ops.affine_leaky_relu; the eval mode folds the running statistics the same way).
+    """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0) as one fused op, batch statistics included, with a fused
+    backward (:func:`batch_norm_leaky_relu`; the eval mode folds the running statistics into one scale and shift per
+    channel for ganplug.ops.affine_leaky_relu).
 
     Input (N, num_features, H, W) -> output of the same shape. Parameters, buffers, initialisation, running-statistics
     updates and state dict are nn.BatchNorm2d's, so weights load both ways between this module and nn.BatchNorm2d.
@@ -275,8 +262,7 @@ class BatchNormLeakyReLU(nn.BatchNorm2d):
 class ConditionalBatchNormLeakyReLU(nn.Module):
     """Conditional BatchNorm (de Vries et al. 2017; the class-conditional generators of Miyato et al. 2018, Brock et
     al. 2019) followed by LeakyReLU (ReLU at slope 0): BatchNorm without affine, then per-sample gain and bias looked up
-    by class; the statistics fold into one scale and shift per (sample, channel) that the fused op applies with the
-    activation (ganplug.ops.affine_leaky_relu).
+    by class, all in one fused op with a fused backward (:func:`batch_norm_leaky_relu` with weight and bias (N, C)).
 
     ``forward(x (N, num_features, H, W), y (N,) int64 labels)`` -> x's shape. ``norm`` is the nn.BatchNorm2d without
     affine that holds the running statistics; ``gain`` and ``bias`` are embeddings ``(num_classes, num_features)``
@@ -300,8 +286,8 @@ class ConditionalBatchNormLeakyReLU(nn.Module):
 
 
 class GroupNormLeakyReLU(nn.GroupNorm):
-    """nn.GroupNorm followed by LeakyReLU: the statistics from torch, folded with the per-channel affine into one scale
-    and shift per (sample, channel) that the fused op applies with the activation (ganplug.ops.affine_leaky_relu).
+    """nn.GroupNorm followed by LeakyReLU as one fused op, statistics included, with a fused backward that is itself
+    differentiable (gradient penalties): :func:`group_norm_leaky_relu`.
 
     Input (N, num_channels, *) -> output of the same shape. Parameters, initialisation and state dict are
     nn.GroupNorm's, so weights load both ways between this module and nn.GroupNorm.

@@ -178,8 +178,8 @@ def _schema_names() -> list[str]:
     return re.findall(r'm\.def\("(\w+)\(', text)
 
 
-def test_ops_cpp_defines_twenty_two_operators():
-    assert len(_schema_names()) == 22
+def test_ops_cpp_defines_twenty_six_operators():
+    assert len(_schema_names()) == 26
     assert set(_schema_names()) == {
         "linear_leaky_relu",
         "leaky_relu_backward",
@@ -188,6 +188,10 @@ def test_ops_cpp_defines_twenty_two_operators():
         "bias_leaky_relu_backward",
         "affine_leaky_relu",
         "affine_leaky_relu_backward",
+        "batch_norm_leaky_relu",
+        "batch_norm_leaky_relu_backward",
+        "group_norm_leaky_relu",
+        "group_norm_leaky_relu_backward",
         "bce_loss",
         "generator_bce",
         "minimax_generator_loss",

@@ -275,6 +275,9 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         color = torch.tensor([[0.2, 1.5, 0.7], [0.0, 1.0, 1.0], [-0.3, 0.4, 1.2]], dtype=dtype, device=device)[:n]
         return shift, cut, color
 
+    def _stats(*shape):  # mean and (biased) var of a norm op, as its forward returns them
+        return t(*shape), (0.5 + torch.rand(*shape, dtype=dtype, device=device)).requires_grad_(requires_grad)
+
     return [
         ("linear_leaky_relu", (t(5, 4), t(3, 4), t(3), 0.2)),
         ("linear_leaky_relu", (t(5, 4), t(3, 4), None, 0.0)),
@@ -291,6 +294,18 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("affine_leaky_relu", (t(5, 3), None, None, 0.2)),
         ("affine_leaky_relu_backward", (t(3, 4, 2, 3), t(3, 4, 2, 3), p(4), t(4), 0.2)),
         ("affine_leaky_relu_backward", (t(3, 4, 2, 3), t(3, 4, 2, 3, channels_last=True), p(3, 4), None, 0.0)),
+        ("batch_norm_leaky_relu", (t(3, 4, 2, 3), p(4), t(4), 1e-5, 0.2)),
+        ("batch_norm_leaky_relu", (t(3, 4, 2, 3, channels_last=True), p(3, 4), t(3, 4), 1e-5, 0.0)),
+        ("batch_norm_leaky_relu", (t(5, 3), None, None, 1e-3, 0.2)),
+        ("group_norm_leaky_relu", (t(3, 4, 2, 3), 2, p(4), t(4), 1e-5, 0.2)),
+        ("group_norm_leaky_relu", (t(3, 4, 2, 3, channels_last=True), 1, None, t(4), 1e-5, 0.0)),
+        ("batch_norm_leaky_relu_backward", (t(3, 4, 2, 3), t(3, 4, 2, 3), *_stats(4), p(4), t(4), 1e-5, 0.2)),
+        ("batch_norm_leaky_relu_backward", (t(3, 4, 2), t(3, 4, 2), *_stats(4), p(3, 4), None, 1e-5, 0.0)),
+        ("group_norm_leaky_relu_backward", (t(3, 4, 2, 3), t(3, 4, 2, 3), *_stats(3, 2), 2, p(4), t(4), 1e-5, 0.2)),
+        (
+            "group_norm_leaky_relu_backward",
+            (t(3, 4, 2, 3), t(3, 4, 2, 3, channels_last=True), *_stats(3, 1), 1, None, None, 1e-5, 0.0),
+        ),
         ("bce_loss", (t(6, 1, scale=2.0), None, 0.9, 1.0)),
         ("bce_loss", (t(6, 1, scale=2.0), p(6, 1), 0.0, -1.0)),
         ("bce_loss_backward", (scalar(1.3), t(6, scale=2.0), p(6), 0.0, 1.0)),

@@ -12,7 +12,7 @@ from ganplug import builtin_specs
 from ganplug.bench.steps import copy_weights, plain_twin
 from ganplug.errors import GanplugError
 from ganplug.models import dcgan, mlp
-from ganplug.nn import FusedConv2dLeakyReLU, FusedLinearLeakyReLU
+from ganplug.nn import BatchNormLeakyReLU, FusedConv2dLeakyReLU, FusedLinearLeakyReLU, GroupNormLeakyReLU
 from ganplug.plugin import ModelContext
 
 LATENT = 8
@@ -317,10 +317,19 @@ def test_dcgan_critic_fuses_the_stages_without_norm(norm):
     plain = [m for m in d if type(m) is nn.Conv2d]
     assert len(fused) == (3 if norm == "none" else 1) and len(fused) + len(plain) == 3
     assert all(m.negative_slope == 0.1 and m.bias is not None for m in fused)
-    for i, m in enumerate(d):  # every plain conv is followed by its norm
+    for i, m in enumerate(d):  # every plain conv is followed by its norm fused with the LeakyReLU
         if type(m) is nn.Conv2d:
-            assert isinstance(d[i + 1], (nn.BatchNorm2d, nn.GroupNorm)) and isinstance(d[i + 2], nn.LeakyReLU)
+            block = BatchNormLeakyReLU if norm == "batch" else GroupNormLeakyReLU
+            assert type(d[i + 1]) is block and d[i + 1].negative_slope == 0.1 and type(d[i + 2]) is nn.Identity
     assert type(d[-2]) is nn.Linear and d[-2].out_features == 1
+    assert not any(isinstance(m, (nn.LeakyReLU, nn.ReLU)) for m in d.modules())  # every activation is fused
+
+
+def test_dcgan_generator_runs_every_activation_in_a_fused_block():
+    g, _ = dcgan.build(_ctx((1, 32, 32)), width=4)
+    blocks = [m for m in g if isinstance(m, nn.BatchNorm2d)]
+    assert len(blocks) == 3 and all(type(m) is BatchNormLeakyReLU and m.negative_slope == 0.0 for m in blocks)
+    assert not any(isinstance(m, (nn.LeakyReLU, nn.ReLU)) for m in g.modules())
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])

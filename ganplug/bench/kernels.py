@@ -108,7 +108,17 @@ FUSED: dict[str, Callable[..., torch.Tensor]] = {
 
 # The affine + activation op and the normalisation blocks on it (ganplug.nn), with the dcgan/resnet maps they run on.
 NORM_OPS = ("affine_leaky_relu", "batch_norm_relu", "conditional_batch_norm_relu", "group_norm_leaky_relu")
-NORM_MAPS = ((64, 128, 7, 7), (64, 64, 14, 14), (64, 256, 4, 4), (64, 128, 8, 8), (64, 64, 16, 16))
+NORM_MAPS = (
+    (64, 64, 7, 7),  # dcgan width 32 at 28x28: G's first map, D's normalised stage
+    (64, 32, 14, 14),  # G's second map
+    (64, 64, 4, 4),  # dcgan at 16x16 (step case b)
+    (64, 32, 8, 8),
+    (64, 128, 7, 7),
+    (64, 64, 14, 14),
+    (64, 256, 4, 4),
+    (64, 128, 8, 8),
+    (64, 64, 16, 16),
+)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ The side S is halved by k stride-2 stages while it stays even and at least 4 aft
 2**k`` (8 -> 4, k=1; 28 -> 7, k=2; 32 -> 4, k=3; 64 -> 4, k=4; 128 -> 4, k=5).
 
 G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU -> k ConvTranspose2d stages halving the
-channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when bounded.
+channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when bounded. Each BatchNorm+ReLU is one
+:class:`ganplug.nn.BatchNormLeakyReLU` (its affine and activation in one fused op).
 D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each, normalised from the
-second on (conv -> norm -> LeakyReLU; a stage without a norm is one FusedConv2dLeakyReLU) -> flatten -> linear
+second on (conv -> norm+LeakyReLU fused: BatchNormLeakyReLU or GroupNormLeakyReLU; a stage without a norm is one
+FusedConv2dLeakyReLU) -> flatten -> linear
 projection -> logits (N,). ``critic_norm=spectral``: no norm layers, every weight of D spectrally normalised (Miyato et
 al. 2018).
 
@@ -22,7 +24,7 @@ from torch import nn
 
 from ganplug.errors import GanplugError
 from ganplug.models.mlp import check_context, finish_pair, generator_inputs
-from ganplug.nn import FusedConv2dLeakyReLU, HeadedDiscriminator
+from ganplug.nn import BatchNormLeakyReLU, FusedConv2dLeakyReLU, GroupNormLeakyReLU, HeadedDiscriminator
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -78,11 +80,11 @@ class DCGANGenerator(nn.Sequential):
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, c * base * base, bias=False),
             nn.Unflatten(1, (c, base, base)),
-            nn.BatchNorm2d(c),
-            nn.ReLU(),
+            BatchNormLeakyReLU(c),
+            nn.Identity(),  # where the ReLU stood: the layer indices (state-dict keys) of checkpoints stay
         ]
         for _ in range(stages - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), BatchNormLeakyReLU(c // 2), nn.Identity()]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh() if bounded else nn.Identity()]
         super().__init__(*layers)
@@ -96,8 +98,8 @@ class DCGANDiscriminator(HeadedDiscriminator):
         c_in, c = channels, width
         for stage in range(stages):
             if stage > 0 and norm != "none":
-                normalise = nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(1, c)
-                layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=norm != "batch"), normalise, nn.LeakyReLU(slope)]
+                normalise = BatchNormLeakyReLU(c, slope) if norm == "batch" else GroupNormLeakyReLU(1, c, slope)
+                layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=norm != "batch"), normalise, nn.Identity()]
             else:
                 # The Identity stands where the LeakyReLU of conv -> LeakyReLU stood, so the layer
                 # indices, and with them the state-dict keys of checkpoints, stay as they were.

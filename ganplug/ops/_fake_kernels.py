@@ -77,6 +77,38 @@ def _(grad_output, input, scale, shift, negative_slope):
     return _empty_in_bias_act_layout(input), *grads
 
 
+def _norm_act_outputs(input, statistics_shape):
+    """(y, mean, var) of the norm ops: y laid out as bias_leaky_relu's, the statistics in float32 (float64 for
+    float64 input)."""
+    wide = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return _empty_in_bias_act_layout(input), *(input.new_empty(statistics_shape, dtype=wide) for _ in range(2))
+
+
+def _norm_act_grads(input, weight, bias):
+    grads = (input.new_empty((0,)) if t is None else input.new_empty(t.shape) for t in (weight, bias))
+    return _empty_in_bias_act_layout(input), *grads
+
+
+@_fake("batch_norm_leaky_relu")
+def _(input, weight, bias, eps, negative_slope):
+    return _norm_act_outputs(input, input.shape[1:2])
+
+
+@_fake("group_norm_leaky_relu")
+def _(input, num_groups, weight, bias, eps, negative_slope):
+    return _norm_act_outputs(input, (input.shape[0], num_groups))
+
+
+@_fake("batch_norm_leaky_relu_backward")
+def _(grad_output, input, mean, var, weight, bias, eps, negative_slope):
+    return _norm_act_grads(input, weight, bias)
+
+
+@_fake("group_norm_leaky_relu_backward")
+def _(grad_output, input, mean, var, num_groups, weight, bias, eps, negative_slope):
+    return _norm_act_grads(input, weight, bias)
+
+
 @_fake("bce_loss_and_grad")
 def _(logits, target, target_value, scale):
     return logits.new_empty(()), logits.new_empty(logits.shape)

@@ -154,6 +154,178 @@ def affine_leaky_relu(
     return F.leaky_relu(z, negative_slope).to(input.dtype)
 
 
+def _norm_checks(
+    op: str, input: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The norm ops' checks (csrc/norm_act.h); returns weight and bias cast for autocast as the kernels cast them."""
+    if _tensor(op, "input", input).dim() < 2:
+        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    _nonempty(op, "input", input)
+    n, c = input.shape[:2]
+    in_autocast_dtype = torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(
+        input.device.type
+    )
+    cast = []
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            if tuple(_tensor(op, name, t).shape) not in ((c,), (n, c)):
+                raise ValueError(
+                    f"{op}: {name} must have shape ({c},) or ({n}, {c}) for input of shape {tuple(input.shape)}, "
+                    f"got {tuple(t.shape)}"
+                )
+            t = _autocast(t, input.dtype) if in_autocast_dtype else t
+            _like(op, name, t, "input", input)
+        cast.append(t)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
+    if num_groups == 0 and input.numel() // c <= 1:
+        raise ValueError(
+            f"{op}: batch statistics need more than one value per channel, got input of shape {tuple(input.shape)}; "
+            "use a batch of at least 2 samples"
+        )
+    if num_groups != 0 and (num_groups < 1 or c % num_groups):
+        raise ValueError(
+            f"{op}: num_groups={num_groups} must be >= 1 and divide the {c} channels of input of shape "
+            f"{tuple(input.shape)}"
+        )
+    return cast[0], cast[1]
+
+
+def _norm_statistics(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased var) of x (N, C, *): per channel, (C,), for num_groups 0 (batch norm); per sample and group, (N,
+    G), else; in float32 (float64 for float64 x), differentiable."""
+    wide = _wide(x)
+    if num_groups == 0:
+        var, mean = torch.var_mean(wide, [d for d in range(x.dim()) if d != 1], correction=0)
+    else:
+        var, mean = torch.var_mean(wide.reshape(x.shape[0], num_groups, -1), 2, correction=0)
+    return mean, var
+
+
+def _spread(stat: torch.Tensor, x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """A statistic ((C,) or (N, G)) broadcast against x (N, C, *)."""
+    ones = [1] * (x.dim() - 2)
+    if num_groups == 0:
+        return stat.view(1, -1, *ones)
+    return stat.repeat_interleave(x.shape[1] // num_groups, dim=1).view(*x.shape[:2], *ones)
+
+
+def _per_channel(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A coefficient (C,) or (N, C) broadcast against x (N, C, *)."""
+    return None if t is None else t.reshape(t.shape[0] if t.dim() == 2 else 1, -1, *[1] * (x.dim() - 2))
+
+
+def _norm_leaky_relu(
+    op: str,
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    weight, bias = _norm_checks(op, input, num_groups, weight, bias, eps)
+    _slope(op, negative_slope)
+    mean, var = _norm_statistics(input, num_groups)
+    z = (input.to(mean.dtype) - _spread(mean, input, num_groups)) * _spread((var + eps).rsqrt(), input, num_groups)
+    w, b = _per_channel(weight, input), _per_channel(bias, input)
+    z = z if w is None else z * w
+    z = z if b is None else z + b
+    return F.leaky_relu(z, negative_slope).to(input.dtype), mean, var
+
+
+def _norm_leaky_relu_backward(
+    op: str,
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, d weight, d bias): x_hat = (x - mean) * rstd, g = grad_output * mask(x_hat * weight + bias), h = g *
+    weight, dx = rstd * (h - mean(h) - x_hat * mean(h * x_hat)) with means over each statistic's elements, d weight =
+    sum(g * x_hat), d bias = sum(g), each shaped like its coefficient ((0,) where it is None)."""
+    weight, bias = _norm_checks(op, input, num_groups, weight, bias, eps)
+    _slope(op, negative_slope)
+    _like(op, "grad_output", grad_output, "input", input)
+
+    def stat_mean(full: torch.Tensor) -> torch.Tensor:
+        if num_groups == 0:
+            return full.mean([d for d in range(full.dim()) if d != 1], keepdim=True)
+        return _spread(full.reshape(full.shape[0], num_groups, -1).mean(2), full, num_groups)
+
+    def reduce_to(full: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        if t is None:
+            return input.new_empty((0,))
+        return full.sum([d for d in range(full.dim()) if d != 1 and not (d == 0 and t.dim() == 2)]).to(input.dtype)
+
+    rstd = _spread((var + eps).rsqrt(), input, num_groups)
+    x_hat = (input - _spread(mean, input, num_groups)) * rstd
+    w, b = _per_channel(weight, input), _per_channel(bias, input)
+    pre = x_hat if w is None else x_hat * w
+    pre = pre if b is None else pre + b
+    g = grad_output * torch.where(pre > 0, 1.0, negative_slope).to(x_hat.dtype)
+    h = g if w is None else g * w
+    dx = rstd * (h - stat_mean(h) - x_hat * stat_mean(h * x_hat))
+    return dx.to(input.dtype), reduce_to(g * x_hat, weight), reduce_to(g, bias)
+
+
+def batch_norm_leaky_relu(
+    input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, negative_slope: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _norm_leaky_relu("batch_norm_leaky_relu", input, 0, weight, bias, eps, negative_slope)
+
+
+def batch_norm_leaky_relu_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _norm_leaky_relu_backward(
+        "batch_norm_leaky_relu_backward", grad_output, input, mean, var, 0, weight, bias, eps, negative_slope
+    )
+
+
+def group_norm_leaky_relu(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if num_groups < 1:
+        raise ValueError(f"group_norm_leaky_relu: num_groups must be >= 1, got {num_groups}")
+    return _norm_leaky_relu("group_norm_leaky_relu", input, num_groups, weight, bias, eps, negative_slope)
+
+
+def group_norm_leaky_relu_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if num_groups < 1:
+        raise ValueError(f"group_norm_leaky_relu_backward: num_groups must be >= 1, got {num_groups}")
+    return _norm_leaky_relu_backward(
+        "group_norm_leaky_relu_backward", grad_output, input, mean, var, num_groups, weight, bias, eps, negative_slope
+    )
+
+
 def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a * b, where a == 0 gives 0 even when b is infinite (d/da stays b where b is finite)."""
     return a * torch.where((a == 0) & b.isinf(), torch.zeros_like(b), b)
