@@ -172,12 +172,13 @@ def _recipe_of(spec: Any) -> dict[str, Any] | str:
 
 
 def _format_defaults(defaults: dict[str, Any]) -> str:
-    """``steps=6000, ema=0.999, mlp: g_widths=64,64 ..., wasserstein: n_critic=2 ...`` for
-    ``ganplug list datasets`` (architecture options, then loss recipes)."""
-    parts = [f"{key}={value}" for key, value in defaults.items() if key not in ("arch_options", "loss_recipes")]
-    for table in ("arch_options", "loss_recipes"):
+    """``steps=6000, ema=0.999, mlp: g_widths=64,64 ..., dcgan data: image_size=32, wasserstein: n_critic=2 ...``
+    for ``ganplug list datasets`` (architecture options, the data's options per architecture, loss recipes)."""
+    tables = {"arch_options": "", "data_options": " data", "loss_recipes": ""}
+    parts = [f"{key}={value}" for key, value in defaults.items() if key not in tables]
+    for table, label in tables.items():
         for name, options in defaults.get(table, {}).items():
-            parts.append(f"{name}: " + " ".join(f"{key}={value}" for key, value in options.items()))
+            parts.append(f"{name}{label}: " + " ".join(f"{key}={value}" for key, value in options.items()))
     return ", ".join(parts)
 
 

@@ -212,10 +212,12 @@ class Recipe:
 
 
 # What a dataset's ``defaults`` may set: training knobs that depend on the data. ``arch_options`` is
-# ``{architecture name: {option: value}}``; ``loss_recipes`` is ``{loss name: {recipe field: value}}``
-# (fields of :class:`Recipe`), which replaces those fields of that loss's recipe on this data.
+# ``{architecture name: {option: value}}``; ``data_options`` is ``{architecture name: {option of this
+# dataset: value}}`` (how the data is shaped for that architecture, e.g. an image size); ``loss_recipes``
+# is ``{loss name: {recipe field: value}}`` (fields of :class:`Recipe`), which replaces those fields of
+# that loss's recipe on this data.
 DATASET_DEFAULT_KEYS = frozenset(
-    {"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options", "loss_recipes"}
+    {"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options", "data_options", "loss_recipes"}
 )
 RECIPE_KEYS = frozenset(f.name for f in fields(Recipe))
 
@@ -303,6 +305,14 @@ class DatasetSpec(_Spec):
                 raise ValueError(
                     f"dataset {self.name!r}: loss_recipes[{loss!r}] sets {wrong}, which are no recipe fields "
                     f"(a recipe has: {', '.join(sorted(RECIPE_KEYS))})"
+                )
+        names = {option.name for option in self.options}
+        for arch, options in dict(self.defaults.get("data_options", {})).items():
+            wrong = sorted(set(options) - names)
+            if wrong:
+                raise ValueError(
+                    f"dataset {self.name!r}: data_options[{arch!r}] sets {wrong}, which are no options of this "
+                    f"dataset (it has: {', '.join(sorted(names)) or 'none'})"
                 )
 
 

@@ -12,7 +12,7 @@ from conftest import quiet_train, run_main
 
 from ganplug import registry as registry_module
 from ganplug.errors import UsageError
-from ganplug.plugin import ArchitectureSpec, ArchRecipe, DatasetSpec, Recipe, hookimpl
+from ganplug.plugin import ArchitectureSpec, ArchRecipe, DatasetSpec, Option, Recipe, hookimpl
 from ganplug.registry import Registry
 from ganplug.train import CONFIG_FILE
 from ganplug.train.checkpoint import resume_config
@@ -139,6 +139,37 @@ class _RecipePlugin:
     def ganplug_datasets():
         defaults = {"loss_recipes": {"relativistic": {"lr_d": 5e-4}}}
         return [DatasetSpec("tuned-ring8", "ring8, tuned", "ganplug.data.synthetic:ring8", defaults=defaults)]
+
+
+class _SizedDataPlugin:
+    """A dataset that asks dcgan for 16-pixel images and every other architecture for its option's default, 8."""
+
+    @staticmethod
+    @hookimpl
+    def ganplug_datasets():
+        options = (Option("image_size", int, 8, "square size"),)
+        defaults = {"data_options": {"dcgan": {"image_size": 16}}}
+        return [DatasetSpec("sized", "digits", "ganplug.data.images:digits", options=options, defaults=defaults)]
+
+
+def test_a_dataset_sets_its_own_options_per_architecture(tmp_path: Path, monkeypatch):
+    registry = Registry(entry_points=[], extra_plugins=[("sized", _SizedDataPlugin())], report=False)
+    monkeypatch.setattr(registry_module, "_REGISTRY", registry)
+    dcgan = TrainConfig(arch="dcgan", loss="hinge", dataset="sized")
+    assert resolve(dcgan).data_options == {"image_size": 16}
+    assert resolve(dataclasses.replace(dcgan, arch="mlp")).data_options == {"image_size": 8}
+    given = dataclasses.replace(dcgan, data_options={"image_size": 32})
+    assert resolve(given).data_options == {"image_size": 32}  # a config file or the command line over it
+    template = as_template(resolve(dcgan).as_input(), {"arch": "mlp", "loss": None, "dataset": None}, registry)
+    assert resolve(dataclasses.replace(template, arch="mlp")).data_options == {"image_size": 8}  # dropped with dcgan
+    with pytest.raises(ValueError, match=r"data_options\['dcgan'\] sets \['size'\], which are no options of this"):
+        DatasetSpec(
+            "bad",
+            "s",
+            "m:f",
+            options=(Option("image_size", int, 8, "h"),),
+            defaults={"data_options": {"dcgan": {"size": 1}}},
+        )
 
 
 def test_an_architectures_recipe_sits_between_the_losss_and_the_datasets(tmp_path: Path, monkeypatch):

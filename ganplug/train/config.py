@@ -10,8 +10,8 @@ a new knob is one field here. :func:`resolve` applies the layers once per comman
    spec (:func:`ganplug.registry.loss_recipe`), in what is still ``None`` after the layers above;
 3. the architecture's recipe for the chosen loss (``ArchitectureSpec.recipes``): a whole recipe in
    place of the loss's, and options of the loss;
-4. the dataset's ``defaults``: its training knobs, its ``arch_options`` for the chosen
-   architecture, its ``loss_recipes`` entry for the chosen loss;
+4. the dataset's ``defaults``: its training knobs, its ``arch_options`` and its own
+   ``data_options`` for the chosen architecture, its ``loss_recipes`` entry for the chosen loss;
 5. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
    dataset, what the file got from the old one is dropped first, :func:`as_template`),
 6. the command line, or the values given in Python.
@@ -616,7 +616,9 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
     loss_name = specs["loss_options"].name
     dataset_defaults = dict(specs["data_options"].defaults)
     recipe = dict(dataset_defaults.pop("loss_recipes", {}).get(loss_name, {}))
-    arch_defaults = dict(dataset_defaults.pop("arch_options", {}).get(specs["arch_options"].name, {}))
+    arch = specs["arch_options"].name
+    arch_defaults = dict(dataset_defaults.pop("arch_options", {}).get(arch, {}))
+    data_defaults = dict(dataset_defaults.pop("data_options", {}).get(arch, {}))
     arch_recipe = specs["arch_options"].recipes.get(loss_name)
     if arch_recipe is not None:
         recipe = {**dataclasses.asdict(arch_recipe.recipe), **recipe}
@@ -631,7 +633,7 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
     options = {
         "arch_options": {**arch_defaults, **config.arch_options},
         "loss_options": {**(arch_recipe.loss_options if arch_recipe else {}), **config.loss_options},
-        "data_options": config.data_options,
+        "data_options": {**data_defaults, **config.data_options},
     }
     for table, spec in specs.items():
         values[table] = spec.resolve_options(options[table])
