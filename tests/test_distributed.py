@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import assert_same, read_metrics
+from conftest import DEVICES, assert_same, read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.train import TrainConfig, train
@@ -24,6 +24,7 @@ from ganplug.train.augment import AugmentedCritic, RankDraws, rank_draws
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, check_batch
+from ganplug.train.rng import rng_state
 
 DISTRIBUTED = pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)"
@@ -406,7 +407,11 @@ def test_one_process_augmentations_draw_from_the_global_rng_as_before(tmp_path, 
     assert untimed(tmp_path / "now") == untimed(tmp_path / "plain")
 
 
-def test_rank_draws_are_per_rank_repeatable_and_leave_the_global_rng_alone():
+@pytest.mark.parametrize("device", DEVICES)
+def test_rank_draws_are_per_rank_repeatable_and_leave_the_global_rng_alone(device):
+    """Draws on ``device`` (the CPU's RNG, or the GPU's) inside RankDraws.forked: apart per rank,
+    call, step and seed, repeated at the same position, and the global RNG states as before."""
+    device = torch.device(device, 0) if device == "cuda" else torch.device(device)
     assert rank_draws(None, 5) is None and rank_draws(World(0, 1, 0, "gloo"), 5) is None
     ranks = [rank_draws(World(r, 2, r, "gloo"), 5) for r in (0, 1)]
     assert all(isinstance(draws, RankDraws) for draws in ranks)
@@ -415,13 +420,13 @@ def test_rank_draws_are_per_rank_repeatable_and_leave_the_global_rng_alone():
         draws.begin_step(step)
         out = []
         for _ in range(calls):
-            with draws.forked(torch.device("cpu")):
-                out.append(torch.rand(4))
+            with draws.forked(device):
+                out.append(torch.rand(4, device=device).cpu())
         return out
 
-    before = torch.get_rng_state()
+    before = rng_state(device)
     rank0, rank1 = (draw(draws, 7, 3) for draws in ranks)
-    assert torch.equal(torch.get_rng_state(), before)  # the shared stream did not move
+    assert_same(rng_state(device), before)  # the shared streams did not move
     assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1))  # ranks apart
     assert len({tuple(t.tolist()) for t in rank0}) == 3  # calls apart
     assert all(torch.equal(a, b) for a, b in zip(draw(ranks[0], 7, 3), rank0))  # the same position, the same draws
