@@ -5,6 +5,7 @@ checkpoints move between process counts."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shutil
@@ -15,13 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import read_metrics
+from conftest import DEVICES, assert_same, read_metrics
 
 from ganplug.errors import GanplugError
 from ganplug.train import TrainConfig, train
+from ganplug.train.augment import AugmentedCritic, RankDraws, rank_draws
 from ganplug.train.checkpoint import find_checkpoint, load_checkpoint, resume_config, stored_config
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, check_batch
+from ganplug.train.rng import rng_state
 
 DISTRIBUTED = pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)"
@@ -92,13 +95,13 @@ def config(steps: int, **knobs) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
+def launch(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     }
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(extra_env or {}))
     return subprocess.run(
         [sys.executable, "-m", "ganplug", "train", "--nproc", "2", *args],
         capture_output=True,
@@ -260,3 +263,172 @@ def test_sigterm_to_a_two_process_run_checkpoints_the_step_all_ranks_agreed_on(t
     assert "interrupted by SIGTERM" in done.stderr
     saved = load_checkpoint(run_dir)["step"]
     assert saved >= 3 and read_metrics(run_dir)[-1]["step"] == saved
+
+
+# -- augmentation draws in several processes -----------------------------------------------------
+
+# A plugin augmentation: DiffAugment that appends what it draws, one JSON line a call, to
+# SPY_DIR/rank<RANK>.jsonl (installed for the launched processes as a distribution on PYTHONPATH).
+SPY_PLUGIN = """
+import json
+import os
+
+from ganplug import ops
+from ganplug.augment import draw_diff_augment
+from ganplug.plugin import AugmentationSpec, hookimpl
+
+
+@hookimpl
+def ganplug_augmentations():
+    return [AugmentationSpec("spied", "DiffAugment writing its draws", "spyaug:build")]
+
+
+def build(ctx):
+    def augment(x, p):
+        shift, cut, color = draw_diff_augment(x.shape, p, device=x.device)
+        path = os.path.join(os.environ["SPY_DIR"], "rank" + os.environ.get("RANK", "0") + ".jsonl")
+        with open(path, "a") as handle:
+            handle.write(json.dumps([shift.tolist(), cut.tolist(), color.tolist()]) + "\\n")
+        return ops.diff_augment(x, shift, cut, color)
+
+    return augment
+"""
+AUGMENTED_STEPS = 4
+AUGMENTED = dict(
+    arch="dcgan",
+    loss="bce",
+    dataset="digits",
+    arch_options={"width": 8},
+    data_options={"image_size": 16},
+    batch_size=16,
+    n_critic=1,
+    log_every=1,
+    sample_every=0,
+    checkpoint_every=2,
+    device="cpu",
+    seed=5,
+)
+AUGMENTED_ARGS = ["--arch", "dcgan", "--loss", "bce", "--dataset", "digits", "--arch-opt", "width=8"]
+AUGMENTED_ARGS += ["--data-opt", "image_size=16", "--batch-size", "16", "--n-critic", "1", "--log-every", "1"]
+AUGMENTED_ARGS += ["--sample-every", "0", "--checkpoint-every", "2", "--device", "cpu", "--seed", "5", "-q"]
+
+
+def spy_env(plugin_dir: Path, spy_dir: Path) -> dict[str, str]:
+    spy_dir.mkdir(parents=True)
+    return {"PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]), "SPY_DIR": str(spy_dir)}
+
+
+def spied(spy_dir: Path) -> list[list]:
+    """Per rank, what each augmentation call drew: [shift, cut, color] as lists, in call order."""
+    return [[json.loads(line) for line in (spy_dir / f"rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def augmented_two_process_run(tmp_path_factory):
+    from test_cli import _fake_distribution
+
+    root = tmp_path_factory.mktemp("augmented")
+    (root / "plugin").mkdir()
+    _fake_distribution(root / "plugin", "spyaug", SPY_PLUGIN)
+    env = spy_env(root / "plugin", root / "spy")
+    args = [*AUGMENTED_ARGS, "--augment", "spied", "--steps", str(AUGMENTED_STEPS)]
+    done = launch(*args, "--out", str(root / "run"), extra_env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_each_rank_draws_its_own_augmentations_and_none_from_the_shared_rng(augmented_two_process_run, tmp_path):
+    """At every augmentation call of a 2-process run, rank 1 applies other parameters to its
+    samples than rank 0 to its own (before, both drew alike from the RNG they share: sample i of
+    each rank got the same translation, cutout and colour), and the RNG state in the checkpoint
+    is that of the run without augmentation (no shared draw consumed)."""
+    root = augmented_two_process_run
+    rank0, rank1 = spied(root / "spy")
+    calls = AUGMENTED_STEPS * 3  # a step: the critic sees real and fake, then the generator's fake
+    assert len(rank0) == len(rank1) == calls
+    for a, b in zip(rank0, rank1):
+        shift, cut, color = a
+        assert len(shift) == len(cut) == len(color) == 8  # each rank's half of the global batch
+        assert all(mine != theirs for mine, theirs in zip(color, b[2]))  # p = 1: continuous draws, all apart
+        assert a[:2] != b[:2]  # translation and cutout apart too
+    assert len({json.dumps(record) for record in rank0 + rank1}) == 2 * calls  # fresh draws at every call
+    plain = tmp_path / "plain"  # one process, no augmentation: the shared RNG draws only the noise
+    train(TrainConfig(**AUGMENTED, steps=AUGMENTED_STEPS), plain, quiet=True, stream=io.StringIO())
+    assert torch.equal(load_checkpoint(root / "run")["rng"]["cpu"], load_checkpoint(plain)["rng"]["cpu"])
+
+
+def test_a_two_process_augmented_run_resumes_bit_for_bit(augmented_two_process_run, tmp_path):
+    """Resumed in 2 processes from its step-2 checkpoint, the augmented run draws the same
+    augmentations at steps 3 and 4 and ends with the same weights, optimiser states, RNG and p,
+    bit for bit, as without the stop."""
+    root = augmented_two_process_run
+    env = spy_env(root / "plugin", tmp_path / "spy")
+    branch = tmp_path / "branch"
+    shutil.copytree(root / "run", branch)
+    checkpoint = branch / "checkpoints" / "step_000002.pt"
+    done = launch("--resume", str(checkpoint), "--discard-newer", extra_env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, resumed = load_checkpoint(root / "run"), load_checkpoint(branch)
+    assert whole["step"] == resumed["step"] == AUGMENTED_STEPS
+    for key in ("generator", "discriminator", "optimizer_g", "optimizer_d", "rng", "augment", "data_order"):
+        assert_same(resumed[key], whole[key], key)
+    losses = lambda run: [(r["step"], r["d_loss"], r["g_loss"]) for r in read_metrics(run)]  # noqa: E731
+    assert losses(branch) == losses(root / "run")
+    later = 2 * 3  # the calls of steps 3 and 4
+    assert spied(tmp_path / "spy") == [calls[-later:] for calls in spied(root / "spy")]
+
+
+def test_one_process_augmentations_draw_from_the_global_rng_as_before(tmp_path, monkeypatch):
+    """One process keeps its exact random stream: a run (WGAN-GP, n_critic 2, pack 2: penalty
+    inputs augmented too) equals, bit for bit, the run whose augmentations are called plainly on the
+    global RNG (the code before several processes got their own draws)."""
+    config = TrainConfig(
+        **{**AUGMENTED, "loss": "wasserstein", "n_critic": 2, "pack": 2, "checkpoint_every": 0},
+        augment=["diffaugment"],
+        augment_p=0.5,
+        steps=2,
+    )
+    train(config, tmp_path / "now", quiet=True, stream=io.StringIO())
+
+    def plain(self, x):
+        for _, augment in self.entries:
+            x = augment(x, self.probability.p)
+        return x
+
+    monkeypatch.setattr(AugmentedCritic, "augment", plain)
+    train(config, tmp_path / "plain", quiet=True, stream=io.StringIO())
+    now, before = load_checkpoint(tmp_path / "now"), load_checkpoint(tmp_path / "plain")
+    for key in ("generator", "discriminator", "optimizer_g", "optimizer_d", "rng", "augment"):
+        assert_same(now[key], before[key], key)
+
+    def untimed(run: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")} for row in read_metrics(run)]
+
+    assert untimed(tmp_path / "now") == untimed(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rank_draws_are_per_rank_repeatable_and_leave_the_global_rng_alone(device):
+    """Draws on ``device`` (the CPU's RNG, or the GPU's) inside RankDraws.forked: apart per rank,
+    call, step and seed, repeated at the same position, and the global RNG states as before."""
+    device = torch.device(device, 0) if device == "cuda" else torch.device(device)
+    assert rank_draws(None, 5) is None and rank_draws(World(0, 1, 0, "gloo"), 5) is None
+    ranks = [rank_draws(World(r, 2, r, "gloo"), 5) for r in (0, 1)]
+    assert all(isinstance(draws, RankDraws) for draws in ranks)
+
+    def draw(draws: RankDraws, step: int, calls: int) -> list[torch.Tensor]:
+        draws.begin_step(step)
+        out = []
+        for _ in range(calls):
+            with draws.forked(device):
+                out.append(torch.rand(4, device=device).cpu())
+        return out
+
+    before = rng_state(device)
+    rank0, rank1 = (draw(draws, 7, 3) for draws in ranks)
+    assert_same(rng_state(device), before)  # the shared streams did not move
+    assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1))  # ranks apart
+    assert len({tuple(t.tolist()) for t in rank0}) == 3  # calls apart
+    assert all(torch.equal(a, b) for a, b in zip(draw(ranks[0], 7, 3), rank0))  # the same position, the same draws
+    assert not torch.equal(draw(ranks[0], 8, 1)[0], rank0[0])  # steps apart
+    assert not torch.equal(draw(RankDraws(6, 0), 7, 1)[0], rank0[0])  # seeds apart

@@ -15,20 +15,32 @@ augment_ramp`` (``images``: the interval's real images over every process), clam
 ADA's rule. All of it is device tensors updated in place (no host read), committed after the
 critic's optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
 (``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's); checkpoints hold it (``augment``).
+
+In a run of several processes every rank's global RNG moves alike (:mod:`ganplug.train.distributed`),
+so augmentations drawing from it would give sample i of every rank the same parameters. There
+each augmentation call runs in the global RNG forked and seeded by :class:`RankDraws` from the
+run's seed, the generator step, the call's number within the step and the rank: draws differ per
+rank, the shared RNG is untouched by them, and a resume repeats them (the step is in the
+checkpoint). A single process draws from the global RNG itself, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from functools import reduce
 from typing import Any
 
 import torch
 
 from ganplug.errors import PluginError, UsageError
 from ganplug.registry import origin_of
+from ganplug.train.data_order import epoch_seed
 from ganplug.train.distributed import World, all_reduce_sum
 
 AUTO = "auto"
 STATE = ("p", "totals", "updates", "rt")  # what a checkpoint holds of p
+_STREAM = 0x6175676D  # "augm": sets these seeds apart from any other stream derived from the same position
 
 
 class AugmentProbability:
@@ -87,16 +99,68 @@ class AugmentProbability:
         return {"augment_p": p, "augment_rt": rt}
 
 
+class RankDraws:
+    """Where the augmentations of one rank of a multi-process run draw: each call in torch's global
+    RNG forked (:func:`torch.random.fork_rng`) and seeded with a 63-bit number mixed (SplitMix64,
+    :func:`~ganplug.train.data_order.epoch_seed`) from the run's ``seed``, the generator step, the
+    call's 0-based number within that step and ``rank``; nothing is drawn from the shared RNG."""
+
+    def __init__(self, seed: int, rank: int) -> None:
+        self.seed, self.rank = int(seed), int(rank)
+        self.step: int | None = None  # the generator step under way
+        self.calls = 0  # augmentation calls made in it
+
+    def begin_step(self, step: int) -> None:
+        """Generator step ``step`` (0-based) starts (again, after a rollback): calls count from 0."""
+        self.step, self.calls = int(step), 0
+
+    def next_seed(self) -> int:
+        """The seed of the next call, counted."""
+        assert self.step is not None, "RankDraws.begin_step() comes before the first augmentation call"
+        seed = reduce(epoch_seed, (_STREAM, self.step, self.calls, self.rank), self.seed)
+        self.calls += 1
+        return seed
+
+    @contextlib.contextmanager
+    def forked(self, device: torch.device) -> Iterator[None]:
+        """Inside: the CPU's global RNG, and ``device``'s when it is a GPU, seeded for the next call;
+        after: both as they were."""
+        gpus = [device] if device.type == "cuda" else []
+        seed = self.next_seed()
+        with torch.random.fork_rng(devices=gpus):
+            torch.default_generator.manual_seed(seed)
+            for gpu in gpus:
+                torch.cuda.default_generators[
+                    gpu.index if gpu.index is not None else torch.cuda.current_device()
+                ].manual_seed(seed)
+            yield
+
+
+def rank_draws(world: World | None, seed: int) -> RankDraws | None:
+    """The :class:`RankDraws` of this rank in a run of several processes; None in one process (whose
+    augmentations draw from the global RNG itself)."""
+    if world is None or world.world_size <= 1:
+        return None
+    return RankDraws(seed, world.rank)
+
+
 class AugmentedCritic:
     """What the losses call in an augmented run: ``x`` (N, *data_shape) -> ``critic(T(x))``, T the
     run's augmentations (``entries``: (spec, augment) pairs) with probability ``probability.p``.
 
     ``real``: the real batch of the current critic update (None outside them): scores of it, or of
     a tensor sharing its storage and shape, feed the adaptive ``p``. ``labels`` is the wrapped
-    critic's (a conditional run binds them)."""
+    critic's (a conditional run binds them). ``draws``: where each augmentation call draws in a
+    run of several processes (:func:`rank_draws`; None: the global RNG)."""
 
-    def __init__(self, critic: Any, entries: list[tuple[Any, Any]], probability: AugmentProbability) -> None:
-        self.critic, self.entries, self.probability = critic, entries, probability
+    def __init__(
+        self,
+        critic: Any,
+        entries: list[tuple[Any, Any]],
+        probability: AugmentProbability,
+        draws: RankDraws | None = None,
+    ) -> None:
+        self.critic, self.entries, self.probability, self.draws = critic, entries, probability, draws
         self.real: torch.Tensor | None = None
 
     @property
@@ -112,7 +176,8 @@ class AugmentedCritic:
         raises or returns other than a tensor of x's shape and dtype (Python checks only)."""
         for spec, augment in self.entries:
             try:
-                out = augment(x, self.probability.p)
+                with self.draws.forked(x.device) if self.draws is not None else contextlib.nullcontext():
+                    out = augment(x, self.probability.p)
             except (UsageError, PluginError):
                 raise
             except Exception as error:
@@ -132,6 +197,11 @@ class AugmentedCritic:
         if real is not None and x.shape == real.shape and x.data_ptr() == real.data_ptr():
             self.probability.record_real(scores, x.shape[0])
         return scores
+
+    def begin_step(self, step: int) -> None:
+        """Generator step ``step`` (0-based) starts: the position of its draws in several processes."""
+        if self.draws is not None:
+            self.draws.begin_step(step)
 
     def begin_critic_update(self, real: torch.Tensor) -> None:
         self.real = real

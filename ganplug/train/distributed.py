@@ -2,7 +2,9 @@
 
 What a user sees is docs/operations.md, "Several processes". Here: ``batch_size`` is the global
 batch, each rank takes its consecutive slice (:meth:`World.shard`) of the same epoch order
-(:class:`~ganplug.train.data_order.BatchOrder`) and of the noise drawn for the whole batch;
+(:class:`~ganplug.train.data_order.BatchOrder`) and of the noise drawn for the whole batch, so every
+rank's global RNG moves alike (augmentations alone draw per rank, from it forked:
+:class:`~ganplug.train.augment.RankDraws`);
 gradients are averaged by one flattened ``all_reduce`` after each backward
 (:func:`average_gradients`; ``DistributedDataParallel``'s reducer supports neither the gradient
 penalty's double backward nor toggling D's ``requires_grad``); the initial weights are broadcast

@@ -33,7 +33,7 @@ from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import takes_real_batch
 from ganplug.noise import draw_latent
 from ganplug.registry import origin_of
-from ganplug.train.augment import STATE, AugmentedCritic, AugmentProbability
+from ganplug.train.augment import STATE, AugmentedCritic, AugmentProbability, rank_draws
 from ganplug.train.build import BatchCritic, Run
 from ganplug.train.data_order import BatchOrder
 from ganplug.train.distributed import World, average_gradients
@@ -175,7 +175,8 @@ class AdversarialStep:
         self.augment: AugmentProbability | None = None  # p of an augmented run
         if run.augmentations:
             self.augment = AugmentProbability(cfg, self.device, world)
-            self.critic = AugmentedCritic(self.critic, run.augmentations, self.augment)
+            draws = rank_draws(world, cfg.seed)  # several processes: each rank's own augmentation draws
+            self.critic = AugmentedCritic(self.critic, run.augmentations, self.augment, draws)
         self.opt_g, self.opt_d = (
             make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], lr, cfg.betas, self.device)
             for m, lr in ((self.G, cfg.lr_g), (self.D, cfg.lr_d))
@@ -267,6 +268,8 @@ class AdversarialStep:
         outputs are copied, since the next replay rewrites them)."""
         self.changed = False
         self.set_learning_rates(step)
+        if self.augment is not None:
+            self.critic.begin_step(step)
         inputs = self.next_batches()
         if body is None:
             self.publish(self.step_body(inputs, graph_safe=False), sums, copy=False)
