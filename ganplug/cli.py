@@ -306,11 +306,15 @@ def train(ctx: click.Context, **given: Any) -> None:
     explicit = {name: value for name, value in given.items() if source(name) is not click.core.ParameterSource.DEFAULT}
     torchrun_worker = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")  # launched by torchrun
     nproc = explicit.pop("nproc", None)
+    _check_resume_flags(explicit)
     if nproc is not None and nproc > 1:
         from ganplug.train.distributed import launch
 
         if torchrun_worker:
             raise UsageError("--nproc: already running under torchrun; drop --nproc")
+        if explicit.get("fork"):  # branch once, here; every rank resumes the branch
+            explicit["resume"] = str(_fork_before_launch(explicit).path)
+            del explicit["fork"]
         if not explicit.get("resume") and not explicit.get("out"):  # pick the directory once, for every rank
             from ganplug.train.rundir import unlock_run_dir
 
@@ -329,9 +333,6 @@ def train(ctx: click.Context, **given: Any) -> None:
             else:
                 args += [flag, str(value)]
         raise click.exceptions.Exit(launch(nproc, args))
-    for flag in ("fork", "discard_newer"):
-        if explicit.get(flag) and not explicit.get("resume"):
-            raise UsageError(f"--{flag.replace('_', '-')} applies to a resume: pass --resume RUN_DIR or a checkpoint")
     peer_lost: Any = ()  # catches nothing: only a torchrun worker has peers (and the import loads torch)
     if torchrun_worker:
         from ganplug.train.distributed import PeerLost as peer_lost
@@ -431,28 +432,48 @@ def _exit_peer_lost(lost: Exception, run_dir: str | Path) -> None:
     exit_worker(getattr(lost, "exit_code", 1))
 
 
-def _resume(explicit: dict[str, Any]) -> None:
-    """``--resume PATH``: continue the run (in place, or a branch with ``--fork DIR``); a run
-    stopped before its first checkpoint trains again from step 0 with its config.toml (and the
-    changes a resume allows), in place of what it had logged."""
-    from ganplug.train import train as run_training
-    from ganplug.train.checkpoint import (
-        LoadedCheckpoint,
-        check_belongs,
-        fork_run,
-        resume_config,
-        run_dir_of,
-        stored_config,
-    )
-    from ganplug.train.config import ResolvedConfig, read_toml
-    from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
-
+def _check_resume_flags(explicit: dict[str, Any]) -> None:
+    """UsageError for options that do not go with ``--resume`` (or, without it, with ``--fork``)."""
+    for flag in ("fork", "discard_newer"):
+        if explicit.get(flag) and not explicit.get("resume"):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to a resume: pass --resume RUN_DIR or a checkpoint")
+    if not explicit.get("resume"):
+        return
     if explicit.get("out"):
         raise UsageError("--resume continues in the run's own directory (or a new one with --fork DIR); drop --out")
     if explicit.get("config_file"):
         raise UsageError("--resume takes the run's stored config; drop --config")
     if explicit.get("fork") and explicit.get("discard_newer"):
         raise UsageError("--fork leaves the original run as it is, so --discard-newer does not apply: pass one of them")
+
+
+def _fork(loaded: Any, new_dir: str) -> Any:
+    """``--fork DIR``: the run of checkpoint ``loaded`` branched into ``DIR``; the checkpoint there."""
+    from ganplug.train.checkpoint import check_belongs, fork_run
+
+    check_belongs(loaded)
+    return fork_run(loaded, Path(new_dir))
+
+
+def _fork_before_launch(explicit: dict[str, Any]) -> Any:
+    """``--fork DIR --nproc N``: the resume's changes checked, then the branch made once by the launcher (not by
+    every rank); its checkpoint, which the ranks resume."""
+    from ganplug.train.checkpoint import LoadedCheckpoint, resume_config, stored_config
+
+    loaded = LoadedCheckpoint.read(Path(explicit["resume"]))
+    resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
+    return _fork(loaded, explicit["fork"])
+
+
+def _resume(explicit: dict[str, Any]) -> None:
+    """``--resume PATH``: continue the run (in place, or a branch with ``--fork DIR``); a run
+    stopped before its first checkpoint trains again from step 0 with its config.toml (and the
+    changes a resume allows), in place of what it had logged."""
+    from ganplug.train import train as run_training
+    from ganplug.train.checkpoint import LoadedCheckpoint, resume_config, run_dir_of, stored_config
+    from ganplug.train.config import ResolvedConfig, read_toml
+    from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
+
     target = Path(explicit["resume"])
     quiet = bool(explicit.get("quiet"))
     if target.is_dir() and (target / CONFIG_FILE).is_file() and not has_checkpoint(target):
@@ -475,9 +496,8 @@ def _resume(explicit: dict[str, Any]) -> None:
     run_dir = run_dir_of(loaded.path)
     config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
     if explicit.get("fork"):
-        check_belongs(loaded)
-        run_dir = Path(explicit["fork"])
-        loaded = fork_run(loaded, run_dir)
+        loaded = _fork(loaded, explicit["fork"])
+        run_dir = run_dir_of(loaded.path)
     run_training(config, run_dir, resume_from=loaded, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet)
 
 

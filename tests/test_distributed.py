@@ -208,6 +208,18 @@ def test_an_adaptive_p_moves_by_the_real_images_and_signs_of_every_rank(tmp_path
     assert load_checkpoint(run_dir)["augment"]["updates"] == 5
 
 
+def test_fork_with_nproc_branches_once_and_every_rank_trains_the_branch(tmp_path):
+    original, branch = tmp_path / "original", tmp_path / "branch"
+    train(config(3), original, quiet=True, stream=io.StringIO())
+    before = sorted(p.name for p in original.rglob("*"))
+    done = launch("--resume", str(original), "--fork", str(branch), "--steps", "5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in 2 processes" in done.stderr
+    assert load_checkpoint(branch)["step"] == 5 and load_checkpoint(original)["step"] == 3
+    assert [r["step"] for r in read_metrics(branch)] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in original.rglob("*")) == before  # the original run untouched
+
+
 def test_shards_cover_the_global_batch_on_both_paths():
     data = torch.arange(40, dtype=torch.float32).reshape(20, 2)
 
