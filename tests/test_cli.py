@@ -148,12 +148,12 @@ def test_dataset_defaults_sit_below_the_config_file_and_the_command_line(tmp_pat
 
 def test_a_dataset_recipe_for_the_loss_sits_above_the_loss_recipe_and_below_the_user(tmp_path: Path):
     bare = build_config({"arch": "dcgan", "loss": "wasserstein"})  # the main job: mnist5k
-    assert (bare.dataset, bare.steps, bare.n_critic, bare.lr_g, bare.lr_d) == ("mnist5k", 1500, 2, 2e-4, 2e-4)
+    assert (bare.dataset, bare.steps, bare.n_critic, bare.lr_g, bare.lr_d) == ("mnist5k", 1500, 2, 5e-4, 5e-4)
     assert bare.betas == (0.0, 0.9)  # not in the dataset's recipe: the loss's
     other_loss = build_config({"loss": "bce"})
     assert (other_loss.n_critic, other_loss.lr_g) == (1, 2e-4)  # the recipe is per loss: bce's own
     user = build_config({"loss": "wasserstein", "n_critic": 5, "lr_g": 1e-4})
-    assert (user.n_critic, user.lr_g, user.lr_d) == (5, 1e-4, 2e-4)
+    assert (user.n_critic, user.lr_g, user.lr_d) == (5, 1e-4, 5e-4)
     config_file = tmp_path / "run.toml"
     config_file.write_text("n_critic = 3\n")
     assert build_config({"config_file": str(config_file)}).n_critic == 3

@@ -108,10 +108,11 @@ def test_layers_apply_in_order(tmp_path: Path):
     assert (main_job.steps, main_job.n_critic, main_job.lr_g, main_job.lr_d, main_job.betas) == (
         1500,
         2,
-        2e-4,
-        2e-4,
+        5e-4,
+        5e-4,
         (0.0, 0.9),
     )
+    assert (main_job.ema, main_job.data_options) == (0.999, {"image_size": 32})  # dcgan at 32x32 on mnist5k
     # nothing is left unset but latent_dim, which the data's shape decides when the run is built
     assert [name for name, value in vars(main_job).items() if value is None] == ["latent_dim"]
     assert resolve(TrainConfig(loss_options={"lipschitz": "clip"})).optimizer == "rmsprop"  # the recipe of the options
