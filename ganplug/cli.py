@@ -721,7 +721,7 @@ def bench(
     """Time ganplug here: fused ops and training steps against plain PyTorch and torch.compile.
 
     Kernels: each fused op (fwd, fwd+bwd) against the eager PyTorch a user writes and
-    torch.compile of it. Steps: cases a-h (mlp/bce digits, dcgan/wgan-gp digits, the ring8
+    torch.compile of it. Steps: cases a-h (mlp/bce digits, the main job (dcgan/wgan-gp, mnist5k 32x32), the ring8
     recipe, dcgan/hinge 32x32 RGB, resnet/hinge and r3gan with its recipe each on 28x28 mnist5k and
     32x32 RGB), ganplug's training step against the plain loop with the same
     weights (checked to compute the same) and torch.compile of that loop. On CUDA also in
