@@ -160,6 +160,7 @@ def ganplug_losses() -> list[LossSpec]:
             summary="Wasserstein critic with a gradient penalty, weight clipping or none (Arjovsky/Gulrajani et al. 2017)",
             factory="ganplug.losses:WassersteinLoss",
             recipe=wasserstein_recipe,
+            shift_invariant=True,
             options=(
                 LIPSCHITZ,
                 Option("gp_weight", float, 10.0, "gradient penalty weight lambda"),
@@ -178,6 +179,7 @@ def ganplug_losses() -> list[LossSpec]:
             summary="paired relativistic GAN, RpGAN (Jolicoeur-Martineau 2018); with r1 and r2 the R3GAN objective",
             factory="ganplug.losses:RelativisticLoss",
             recipe=DCGAN_RECIPE,
+            shift_invariant=True,
             options=_PENALTIES,
             aliases=("rpgan",),
         ),

@@ -71,9 +71,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
 # ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive); 4, a loss's recipe
 # declared on its spec (``LossSpec(recipe=)``); 5, an architecture's recipes for losses (``ArchitectureSpec(recipes=)``,
-# additive). An old form keeps working, with a PluginAPIWarning, for at least OLD_FORMS_KEPT more versions
+# additive); 6, ``LossSpec(shift_invariant=)`` (additive). An old form keeps working, with a PluginAPIWarning, for at least OLD_FORMS_KEPT more versions
 # (docs/plugins.md, "The plugin API as a contract").
-API_VERSION = 5
+API_VERSION = 6
 OLD_FORMS_KEPT = 2
 
 
@@ -264,10 +264,15 @@ class LossSpec(_Spec):
     ``recipe``: the training defaults the objective is known to work with, read without building the loss: a
     :class:`Recipe`, or a function of the resolved options returning one (when they depend on an option). None, API 3's
     form, still works: the loss is built to read its ``recipe``, with a :class:`PluginAPIWarning`.
+
+    ``shift_invariant``: the objective is unchanged when a constant is added to every score of the critic (Wasserstein,
+    relativistic), so no score separates real from fake by itself; ``--augment-p auto`` then reads the critic's scores
+    about the midpoint of its real and generated batches' means instead of about 0 (API 6).
     """
 
     kind = "loss"
     recipe: Recipe | Callable[[Mapping[str, Any]], Recipe] | None = None
+    shift_invariant: bool = False
 
 
 @dataclass(frozen=True)

@@ -90,14 +90,49 @@ def test_the_critic_sees_every_batch_augmented_and_real_scores_are_told_apart():
     prob = _probability()
     wrapped = AugmentedCritic(critic, [(AugmentationSpec("spy", "s", lambda ctx: spy), spy)], prob)
     real, fake = torch.zeros(3, 2), -torch.ones(3, 2)
-    wrapped.begin_critic_update(real)
-    wrapped(fake)
-    assert prob.pending is None  # fake scores do not count
+    wrapped.begin_critic_update(real, fake)
+    wrapped(torch.zeros(3, 2))  # another batch (an interpolate): neither
+    assert prob.real is None and prob.fake_mean is None
+    wrapped(fake.detach())
+    assert prob.real is None and float(prob.fake_mean) == 0.0  # (-1 + 1) * 2 each
     wrapped(real.detach().requires_grad_(True))  # R1's view of the real batch counts
     assert torch.equal(seen[-1], real + 1.0)
-    assert prob.pending.tolist() == [3.0, 3.0, 3.0]  # signs of 2.0 each, 3 logits, 3 images
+    scores, images = prob.real
+    assert scores.tolist() == [2.0, 2.0, 2.0] and images == 3
     wrapped.end_critic_update("loss 'x'")
-    assert wrapped.real is None
+    assert wrapped.real is None and wrapped.fake is None
+
+
+@pytest.mark.parametrize("shift", [0.0, -10.0, 1e4])
+def test_for_a_shift_invariant_loss_r_t_reads_signs_about_the_real_fake_midpoint(shift):
+    """Real scores 1..4 and generated scores 0 (+ any constant): the midpoint is 1.25 above the
+    constant, so the signs are (-, +, +, +) and r_t = 0.5 whatever the constant; ADA's signs about
+    0 (a loss with a fixed boundary) follow the constant instead."""
+    real, fake = torch.tensor([1.0, 2.0, 3.0, 4.0]) + shift, torch.zeros(4) + shift
+    for shift_invariant, expected in ((True, 0.5), (False, {0.0: 1.0, -10.0: -1.0, 1e4: 1.0}[shift])):
+        prob = AugmentProbability(
+            TrainConfig(augment_p="auto", augment_interval=1, augment_ramp=100),
+            torch.device("cpu"),
+            None,
+            shift_invariant,
+        )
+        prob.begin_update()
+        prob.record_real(real, images=4)
+        prob.record_fake(fake)
+        prob.critic_updated()
+        assert float(prob.rt) == expected
+        assert float(prob.p) == pytest.approx(0.0 if expected < 0.6 else 0.04)  # below the target 0.6: stays at 0
+
+
+def test_a_wasserstein_critic_update_records_its_generated_batch_once_and_not_the_interpolates(tmp_path, monkeypatch):
+    fakes = []
+    record = AugmentProbability.record_fake
+    monkeypatch.setattr(AugmentProbability, "record_fake", lambda self, s: (fakes.append(s.shape), record(self, s)))
+    config = TrainConfig(**DIGITS, loss="wasserstein", n_critic=2, steps=3, augment_p="auto")
+    quiet_train(config, tmp_path / "run")
+    assert fakes == [(16,)] * (2 * 3)  # each critic update's D(T(fake)); not the GP's nor the G step's
+    rts = [r["augment_rt"] for r in read_metrics(tmp_path / "run")]
+    assert all(-1.0 <= rt <= 1.0 for rt in rts[1:])  # moved at every interval of 4 updates
 
 
 def test_in_training_every_d_input_is_augmented_per_sample_also_when_packing(tmp_path, monkeypatch):
@@ -130,6 +165,17 @@ def _use(monkeypatch, *specs):
     [
         ("bce", {"augment_p": "auto", "augment_interval": 1, "augment_ramp": 64, "augment_target": 0.0}),
         ("wasserstein", {"augment_p": 0.5, "pack": 2, "n_critic": 2, "ema": 0.9}),  # the penalty through T
+        # r_t about the real/fake midpoint (a shift-invariant loss), with R1 through T
+        (
+            "relativistic",
+            {
+                "augment_p": "auto",
+                "augment_interval": 1,
+                "augment_ramp": 64,
+                "augment_target": 0.0,
+                "loss_options": {"r1": 1.0},
+            },
+        ),
     ],
 )
 def test_augmented_training_resumes_bit_for_bit_with_its_p(tmp_path, loss, extra):
@@ -364,12 +410,16 @@ def test_a_plugin_augmentation_changing_the_shape_is_named(tmp_path, monkeypatch
         quiet_train(TrainConfig(**{**DIGITS, "augment": ["crop"]}, loss="bce", steps=1), tmp_path / "r")
 
 
-def test_adaptive_p_with_a_loss_that_never_scores_the_real_batch_is_a_usage_error(tmp_path, monkeypatch):
-    from ganplug.losses import HingeLoss
+@pytest.mark.parametrize("batch", ["real", "generated"])
+def test_adaptive_p_with_a_loss_that_never_scores_a_batch_it_needs_is_a_usage_error(tmp_path, monkeypatch, batch):
+    """ADA's r_t needs the real batch's scores; a shift-invariant loss's also the generated batch's."""
+    from ganplug.losses import WassersteinLoss
 
-    class Detached(HingeLoss):
+    class Detached(WassersteinLoss):
         def discriminator_loss(self, critic, real, fake):
-            return super().discriminator_loss(critic, real.clone(), fake)
+            return super().discriminator_loss(
+                critic, *((real.clone(), fake) if batch == "real" else (real, fake.clone()))
+            )
 
     from ganplug import registry as registry_module
     from ganplug.plugin import LossSpec
@@ -378,12 +428,13 @@ def test_adaptive_p_with_a_loss_that_never_scores_the_real_batch_is_a_usage_erro
         @staticmethod
         @hookimpl
         def ganplug_losses():
-            return [LossSpec("cloning", "scores a copy of the real batch", Detached)]
+            return [LossSpec("cloning", "scores a copy of a batch", Detached, shift_invariant=True)]
 
     monkeypatch.setattr(
         registry_module, "_REGISTRY", Registry(entry_points=[], extra_plugins=[("c", Plugin())], report=False)
     )
     with pytest.raises(
-        UsageError, match="--augment-p auto needs the critic's scores of the real batch, and loss 'cloning' does not"
+        UsageError,
+        match=f"--augment-p auto needs the critic's scores of the {batch} batch, and loss 'cloning' does not",
     ):
         quiet_train(TrainConfig(**DIGITS, loss="cloning", steps=1, augment_p="auto"), tmp_path / "r")

@@ -501,14 +501,14 @@ def test_the_docs_name_every_public_type_and_every_api_version():
     missing = [name for name in ganplug.plugin.__all__ if f"`{name}`" not in table and name != "OLD_FORMS_KEPT"]
     assert not missing, f"docs/plugins.md's table of ganplug.plugin lacks {missing}"
     assert "`OLD_FORMS_KEPT` (2)" in docs and ganplug.plugin.OLD_FORMS_KEPT == 2
-    assert isinstance(API_VERSION, int) and API_VERSION == 5
+    assert isinstance(API_VERSION, int) and API_VERSION == 6
     rows = re.findall(r"^\| (\d+) \|", docs, flags=re.MULTILINE)
     assert [int(r) for r in rows] == list(range(1, API_VERSION + 1))
 
 
 def test_old_import_paths_and_positional_specs_keep_working():
-    from ganplug.losses import GANLoss, Recipe  # noqa: F401 (Recipe came through ganplug.losses in API 1 code)
-    from ganplug.plugin import ArchitectureSpec, DatasetSpec, ModelContext, Option
+    from ganplug.losses import GANLoss, HingeLoss, Recipe  # noqa: F401 (Recipe came through ganplug.losses in API 1 code)
+    from ganplug.plugin import ArchitectureSpec, DatasetSpec, LossSpec, ModelContext, Option
 
     spec = DatasetSpec("p", "s", "m:f", (Option("scale", float, 1.0),), ("alias",), None, "uniform")
     assert (spec.value_range, spec.latent, spec.aliases, spec.num_classes) == (None, "uniform", ("alias",), 0)
@@ -518,6 +518,8 @@ def test_old_import_paths_and_positional_specs_keep_working():
     assert DataContext(3).seed == 3
     arch = ArchitectureSpec("a", "s", "m:f", (Option("width", int, 8),), ("alias",), True)  # API 4's fields, in order
     assert (arch.conditional, arch.aliases, arch.recipes) == (True, ("alias",), {})  # API 5's recipes: none
+    loss = LossSpec("l", "s", "m:f", (), ("alias",), HingeLoss.recipe)  # API 5's fields, in order
+    assert (loss.recipe, loss.shift_invariant) == (HingeLoss.recipe, False)  # API 6's default: scores centred on 0
 
 
 # -- plugin faults, each one line naming the plugin ---------------------------------------------

@@ -12,7 +12,12 @@ update sums the signs of D's logits on its real batch (the call whose input is t
 view of it, such as R1's ``real.detach()``); every ``augment_interval`` critic updates,
 ``r_t = E[sign(D(real))]`` over them moves ``p`` by ``sign(r_t - augment_target) * images /
 augment_ramp`` (``images``: the interval's real images over every process), clamped to [0, 1]:
-ADA's rule. All of it is device tensors updated in place (no host read), committed after the
+ADA's rule. It reads 0 as the score that separates real from fake. An objective unchanged by a
+constant added to every score (``LossSpec.shift_invariant``: wasserstein, relativistic) has no such
+fixed score, and its critic's outputs drift by any offset; there the signs are taken about the
+update's midpoint ``m = (mean D(real) + mean D(fake)) / 2`` (the scores of its generated batch,
+likewise told apart): ``r_t = E[sign(D(real) - m)]``, the share of reals on the real side of the
+critic's decision boundary, less the share on the fake side, as ADA's ``r_t`` is for a logit. All of it is device tensors updated in place (no host read), committed after the
 critic's optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
 (``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's); checkpoints hold it (``augment``).
 
@@ -46,9 +51,12 @@ _STREAM = 0x6175676D  # "augm": sets these seeds apart from any other stream der
 class AugmentProbability:
     """``p`` of a run (0-d float32 on ``device``) and, when adaptive, the sums that move it."""
 
-    def __init__(self, config: Any, device: torch.device, world: World | None = None) -> None:
+    def __init__(
+        self, config: Any, device: torch.device, world: World | None = None, shift_invariant: bool = False
+    ) -> None:
         self.adaptive = config.augment_p == AUTO
         self.world = world
+        self.shift_invariant = shift_invariant  # signs about the real/fake midpoint, not about 0
         self.p = torch.full((), 0.0 if self.adaptive else float(config.augment_p), device=device)
         self.target = float(config.augment_target)
         self.interval = int(config.augment_interval)
@@ -56,20 +64,44 @@ class AugmentProbability:
         self.totals = torch.zeros(3, device=device)  # signs summed, logits counted, real images: this interval
         self.updates = torch.zeros((), dtype=torch.int64, device=device)  # critic updates done
         self.rt = torch.full((), float("nan"), device=device)  # r_t of the last adjustment
-        self.pending: torch.Tensor | None = None  # (3,): this critic update's real scores, until committed
+        self.real: tuple[torch.Tensor, int] | None = None  # this critic update's real scores and images
+        self.fake_mean: torch.Tensor | None = None  # and its generated batch's mean score
+
+    def begin_update(self) -> None:
+        """A critic update starts: nothing of it recorded yet."""
+        self.real = self.fake_mean = None
 
     def record_real(self, scores: torch.Tensor, images: int) -> None:
         """The critic's logits on this critic update's real batch of ``images`` images."""
-        signs = torch.sign(scores.detach().float()).sum()
-        self.pending = torch.stack((signs, signs.new_full((), scores.numel()), signs.new_full((), images)))
+        self.real = (scores.detach().float(), images)
+
+    def record_fake(self, scores: torch.Tensor) -> None:
+        """The critic's logits on this critic update's generated batch."""
+        self.fake_mean = scores.detach().float().mean()
+
+    def missing(self) -> str | None:
+        """Which batch's scores this critic update has not recorded but ``r_t`` needs: ``"real"``,
+        ``"generated"`` or None."""
+        if self.real is None:
+            return "real"
+        if self.shift_invariant and self.fake_mean is None:
+            return "generated"
+        return None
 
     def critic_updated(self) -> None:
         """After a critic update's optimiser step: add its real scores, and every ``interval``-th
         update move ``p`` by ADA's rule (see the module docstring)."""
         if not self.adaptive:
             return
-        assert self.pending is not None
-        pending, self.pending = all_reduce_sum(self.world, self.pending), None
+        assert self.real is not None and self.missing() is None
+        scores, images = self.real
+        if self.shift_invariant:
+            assert self.fake_mean is not None
+            scores = scores - (scores.mean() + self.fake_mean) / 2
+        signs = torch.sign(scores).sum()
+        pending = torch.stack((signs, signs.new_full((), scores.numel()), signs.new_full((), images)))
+        pending = all_reduce_sum(self.world, pending)
+        self.begin_update()
         self.totals.add_(pending)
         self.updates.add_(1)
         due = self.updates % self.interval == 0
@@ -89,7 +121,7 @@ class AugmentProbability:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, t in zip(STATE, self.tensors()):
             t.copy_(state[name])
-        self.pending = None
+        self.begin_update()
 
     def metrics(self) -> dict[str, float]:
         """The metrics.jsonl columns: ``augment_p``, and ``augment_rt`` when adaptive (one host read)."""
@@ -148,8 +180,9 @@ class AugmentedCritic:
     """What the losses call in an augmented run: ``x`` (N, *data_shape) -> ``critic(T(x))``, T the
     run's augmentations (``entries``: (spec, augment) pairs) with probability ``probability.p``.
 
-    ``real``: the real batch of the current critic update (None outside them): scores of it, or of
-    a tensor sharing its storage and shape, feed the adaptive ``p``. ``labels`` is the wrapped
+    ``real`` and ``fake``: the real and generated batches of the current critic update (None
+    outside them): scores of them, or of a tensor sharing the storage and shape of one, feed the
+    adaptive ``p``. ``labels`` is the wrapped
     critic's (a conditional run binds them). ``draws``: where each augmentation call draws in a
     run of several processes (:func:`rank_draws`; None: the global RNG)."""
 
@@ -162,6 +195,7 @@ class AugmentedCritic:
     ) -> None:
         self.critic, self.entries, self.probability, self.draws = critic, entries, probability, draws
         self.real: torch.Tensor | None = None
+        self.fake: torch.Tensor | None = None
 
     @property
     def labels(self) -> torch.Tensor | None:
@@ -193,9 +227,10 @@ class AugmentedCritic:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.critic(self.augment(x))
-        real = self.real
-        if real is not None and x.shape == real.shape and x.data_ptr() == real.data_ptr():
+        if _same_batch(x, self.real):
             self.probability.record_real(scores, x.shape[0])
+        elif _same_batch(x, self.fake):
+            self.probability.record_fake(scores)
         return scores
 
     def begin_step(self, step: int) -> None:
@@ -203,19 +238,26 @@ class AugmentedCritic:
         if self.draws is not None:
             self.draws.begin_step(step)
 
-    def begin_critic_update(self, real: torch.Tensor) -> None:
-        self.real = real
-        self.probability.pending = None
+    def begin_critic_update(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """A critic update on ``real`` and the generated ``fake`` starts."""
+        self.real, self.fake = real, fake
+        self.probability.begin_update()
 
     def end_critic_update(self, loss_name: str) -> None:
         """After the loss scored a critic update: UsageError when an adaptive ``p`` got no scores
-        of the real batch (the loss never called the critic on it)."""
-        self.real = None
-        if self.probability.adaptive and self.probability.pending is None:
+        of a batch it needs (the loss never called the critic on it)."""
+        self.real = self.fake = None
+        missing = self.probability.missing() if self.probability.adaptive else None
+        if missing is not None:
             raise UsageError(
-                f"--augment-p auto needs the critic's scores of the real batch, and {loss_name} does not call the "
-                "critic on the real batch it is given: pass a fixed --augment-p (e.g. 0.3) or another loss"
+                f"--augment-p auto needs the critic's scores of the {missing} batch, and {loss_name} does not call the "
+                f"critic on the {missing} batch it is given: pass a fixed --augment-p (e.g. 0.3) or another loss"
             )
+
+
+def _same_batch(x: torch.Tensor, batch: torch.Tensor | None) -> bool:
+    """Whether ``x`` is ``batch`` or a view of all of it (as ``batch.detach()``)."""
+    return batch is not None and x.shape == batch.shape and x.data_ptr() == batch.data_ptr()
 
 
 def _named(spec: Any) -> str:

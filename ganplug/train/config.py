@@ -314,7 +314,8 @@ class TrainConfig:
     augment_p: float | str = knob(
         1.0,
         help="Probability of applying each augmentation transform to each sample: a number in [0, 1], or auto "
-        "(ADA: adapted so that r_t = E[sign D(real)] tracks --augment-target)",
+        "(ADA: adapted so that r_t = E[sign D(real)] tracks --augment-target; for a loss without a fixed decision "
+        "boundary, wasserstein or relativistic, the signs are taken about the midpoint of the mean real and fake score)",
         metavar="P|auto",
         parse=parse_augment_p,
         check=lambda v: v == AUGMENT_AUTO or (_is_number(v) and 0 <= v <= 1),

@@ -174,7 +174,7 @@ class AdversarialStep:
         self.critic: Any = BatchCritic(self.D, cfg.pack) if cfg.pack > 1 or self.conditional else self.D
         self.augment: AugmentProbability | None = None  # p of an augmented run
         if run.augmentations:
-            self.augment = AugmentProbability(cfg, self.device, world)
+            self.augment = AugmentProbability(cfg, self.device, world, run.loss_spec.shift_invariant)
             draws = rank_draws(world, cfg.seed)  # several processes: each rank's own augmentation draws
             self.critic = AugmentedCritic(self.critic, run.augmentations, self.augment, draws)
         self.opt_g, self.opt_d = (
@@ -318,16 +318,16 @@ class AdversarialStep:
                 labels = inputs.labels[i]
                 critic.labels = labels
             z = self.batch_noise()
-            if self.augment is not None:
-                critic.begin_critic_update(real)
             with self.autocast(cache=not graph_safe):
                 if reuse:
                     fake = self.generate(z, labels)
-                    d_result = loss.discriminator_loss(critic, real, fake.detach())
+                    d_fake = fake.detach()
                 else:
                     with torch.no_grad():
                         d_fake = self.generate(z, labels)
-                    d_result = loss.discriminator_loss(critic, real, d_fake)
+                if self.augment is not None:
+                    critic.begin_critic_update(real, d_fake)
+                d_result = loss.discriminator_loss(critic, real, d_fake)
             if self.augment is not None:
                 critic.end_critic_update(f"loss {self.run.loss_spec.name!r}")
             d_loss, d_stats = self.checked_result(d_result, "discriminator_loss")
