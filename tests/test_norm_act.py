@@ -103,7 +103,7 @@ def test_layouts_and_sizes_across_task_blocks(groups, layout, shape):
         )
 
 
-@pytest.mark.parametrize("groups", [0, 1])
+@pytest.mark.parametrize("groups", [0, 1, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_results_do_not_depend_on_the_thread_count(groups, channels_last):
     x = torch.randn(16, 32, 24, 24)
