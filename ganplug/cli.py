@@ -151,6 +151,8 @@ def _list_kind(registry: Registry, kind: Kind) -> None:
             recipe = _recipe_of(spec)
             text = ", ".join(f"{key}={value}" for key, value in recipe.items()) if isinstance(recipe, dict) else recipe
             click.echo(f"    recipe: {text}")
+            if spec.shift_invariant:
+                click.echo("    shift-invariant scores: --augment-p auto reads them about the real/fake midpoint")
         for loss, arch_recipe in getattr(spec, "recipes", {}).items():
             settings = {**dataclasses.asdict(arch_recipe.recipe), **arch_recipe.loss_options}
             text = ", ".join(f"{key}={list(v) if isinstance(v, tuple) else v}" for key, v in settings.items())

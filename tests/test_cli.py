@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def test_list_losses(capsys):
     assert code == 0
     assert out.splitlines()[0] == "bce (alias vanilla)"
     assert "lipschitz: str = 'gp' (gp|clip|none)" in out
+    shifted = [block.split("\n")[0] for block in re.split(r"\n(?=\S)", out) if "shift-invariant scores" in block]
+    assert shifted == ["wasserstein", "relativistic (alias rpgan)"]
 
 
 def test_list_json(capsys):
