@@ -17,8 +17,9 @@ constant added to every score (``LossSpec.shift_invariant``: wasserstein, relati
 fixed score, and its critic's outputs drift by any offset; there the signs are taken about the
 update's midpoint ``m = (mean D(real) + mean D(fake)) / 2`` (the scores of its generated batch,
 likewise told apart): ``r_t = E[sign(D(real) - m)]``, the share of reals on the real side of the
-critic's decision boundary, less the share on the fake side, as ADA's ``r_t`` is for a logit. All of it is device tensors updated in place (no host read), committed after the
-critic's optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
+critic's decision boundary, less the share on the fake side, as ADA's ``r_t`` is for a logit.
+All of it is device tensors updated in place (no host read), committed after the critic's
+optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
 (``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's); checkpoints hold it (``augment``).
 
 In a run of several processes every rank's global RNG moves alike (:mod:`ganplug.train.distributed`),
@@ -182,8 +183,7 @@ class AugmentedCritic:
 
     ``real`` and ``fake``: the real and generated batches of the current critic update (None
     outside them): scores of them, or of a tensor sharing the storage and shape of one, feed the
-    adaptive ``p``. ``labels`` is the wrapped
-    critic's (a conditional run binds them). ``draws``: where each augmentation call draws in a
+    adaptive ``p``. ``labels`` is the wrapped critic's (a conditional run binds them). ``draws``: where each augmentation call draws in a
     run of several processes (:func:`rank_draws`; None: the global RNG)."""
 
     def __init__(
