@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../loss_math.h"
@@ -233,6 +235,28 @@ void for_each_chunk(const Geometry& g, const Planes& planes, const Rows& rows) {
   }
 }
 
+// A statistic's mean and biased variance, in the compute type, from the sums t1 = sum(x - shift), t2 = sum((x -
+// shift)^2) over its `count` elements, combined in float64.
+template <typename op_t>
+void mean_and_var(double shift, double t1, double t2, double count, op_t& mean, op_t& var) {
+  const double e1 = t1 / count;
+  mean = static_cast<op_t>(shift + e1);
+  var = static_cast<op_t>(std::max(t2 / count - e1 * e1, 0.0));
+}
+
+// 1 / sqrt(var + eps) of a stored variance, in float64.
+template <typename op_t>
+double rstd_of(op_t var, double eps) {
+  return 1.0 / std::sqrt(static_cast<double>(var) + eps);
+}
+
+// The dx coefficients of a statistic, dx = g * p + x * q + r: q = -rstd^2 b, r = mean rstd^2 b - rstd a, where
+// a = mean(h) and b = mean(h * x_hat) over its elements, h = g * weight.
+template <typename op_t>
+std::pair<op_t, op_t> dx_coefficients(double rs, op_t mean, double a, double b) {
+  return {static_cast<op_t>(-rs * rs * b), static_cast<op_t>(static_cast<double>(mean) * rs * rs * b - rs * a)};
+}
+
 // scale and shift per (sample, channel) from the statistics (as stored, in the compute type), weight and bias:
 // scale = weight / sqrt(var + eps), shift = bias - mean * scale. The forward and the backward compute them alike.
 // Also m, the mean per (sample, channel); returns rstd per statistic (in float64).
@@ -241,7 +265,7 @@ std::vector<double> fold(const Geometry& g, const std::vector<int64_t>& stat, co
                          const std::vector<op_t>& w, const std::vector<op_t>& b, double eps, std::vector<op_t>& s,
                          std::vector<op_t>& t, std::vector<op_t>& m) {
   std::vector<double> rstd(static_cast<size_t>(g.num_stats()));
-  for (size_t k = 0; k < rstd.size(); ++k) rstd[k] = 1.0 / std::sqrt(static_cast<double>(var[k]) + eps);
+  for (size_t k = 0; k < rstd.size(); ++k) rstd[k] = rstd_of(var[k], eps);
   const size_t size = w.size();
   s.resize(size);
   t.resize(size);
@@ -325,10 +349,8 @@ void group_planes_forward(const Geometry& g, const scalar_t* xp, scalar_t* yp, o
       const op_t shift = static_cast<op_t>(xk[0]);
       op_t s1, s2;
       planes_moments(xk, 0, 1, size, &shift, &s1, &s2);
-      const double e1 = static_cast<double>(s1) / count;
-      const op_t mean = mp[k] = static_cast<op_t>(static_cast<double>(shift) + e1);
-      const op_t var = vp[k] = static_cast<op_t>(std::max(static_cast<double>(s2) / count - e1 * e1, 0.0));
-      const op_t rstd = static_cast<op_t>(1.0 / std::sqrt(static_cast<double>(var) + eps));
+      mean_and_var(static_cast<double>(shift), static_cast<double>(s1), static_cast<double>(s2), count, mp[k], vp[k]);
+      const op_t mean = mp[k], rstd = static_cast<op_t>(rstd_of(vp[k], eps));
       const int64_t n = k / g.groups, c0 = k % g.groups * per_group;
       for (int64_t j = 0; j < per_group; ++j) {
         scale[j] = w(n, c0 + j) * rstd;
@@ -354,7 +376,7 @@ void group_planes_backward(const Geometry& g, const scalar_t* dyp, const scalar_
     const size_t planes = static_cast<size_t>(per_group);
     std::vector<op_t> wv(planes), scale(planes), offset(planes), mean_v(planes), q_v(planes), r_v(planes);
     for (int64_t k = k0; k < k1; ++k) {
-      const double rs = 1.0 / std::sqrt(static_cast<double>(vp[k]) + eps);
+      const double rs = rstd_of(vp[k], eps);
       rstd_of_stat[k] = rs;
       const op_t mean = mp[k], rstd = static_cast<op_t>(rs);
       const int64_t n = k / g.groups, c0 = k % g.groups * per_group, o = k * size, i0 = n * g.channels + c0;
@@ -371,9 +393,9 @@ void group_planes_backward(const Geometry& g, const scalar_t* dyp, const scalar_
         a += static_cast<double>(wv[j]) * sum_g[i0 + j];
         bsum += static_cast<double>(wv[j]) * sum_gd[i0 + j] * rs;
       }
-      const double ak = a * inv_count, bk = bsum * inv_count;
-      std::fill(q_v.begin(), q_v.end(), static_cast<op_t>(-rs * rs * bk));
-      std::fill(r_v.begin(), r_v.end(), static_cast<op_t>(static_cast<double>(mean) * rs * rs * bk - rs * ak));
+      const auto [q, r] = dx_coefficients(rs, mean, a * inv_count, bsum * inv_count);
+      std::fill(q_v.begin(), q_v.end(), q);
+      std::fill(r_v.begin(), r_v.end(), r);
       planes_dx(dyp + o, xp + o, dxp + o, 0, per_group, g.inner, scale.data(), offset.data(), scale.data(), q_v.data(),
                 r_v.data(), slope);
     }
@@ -437,9 +459,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_cpu(const at::Tensor& in
     op_t* vp = var.data_ptr<op_t>();
     const double count = static_cast<double>(g.stat_count());
     for (size_t i = 0; i < t1.size(); ++i) {
-      const double e1 = t1[i] / count;
-      mp[i] = static_cast<op_t>(static_cast<double>(shift_of_stat[i]) + e1);
-      vp[i] = static_cast<op_t>(std::max(t2[i] / count - e1 * e1, 0.0));
+      mean_and_var(static_cast<double>(shift_of_stat[i]), t1[i], t2[i], count, mp[i], vp[i]);
     }
     std::vector<op_t> s, t, m;
     fold(g, stat, mp, vp, per_sample<scalar_t>(weight, g, op_t(1)), per_sample<scalar_t>(bias, g, op_t(0)), eps, s, t,
@@ -512,9 +532,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_act_backward_cpu(
     const double inv_count = 1.0 / static_cast<double>(g.stat_count());
     std::vector<op_t> q_of_stat(rstd.size()), r_of_stat(rstd.size());
     for (size_t k = 0; k < rstd.size(); ++k) {
-      const double rs = rstd[k], ak = a[k] * inv_count, bk = b[k] * inv_count;
-      q_of_stat[k] = static_cast<op_t>(-rs * rs * bk);
-      r_of_stat[k] = static_cast<op_t>(static_cast<double>(mp[k]) * rs * rs * bk - rs * ak);
+      std::tie(q_of_stat[k], r_of_stat[k]) = dx_coefficients(rstd[k], mp[k], a[k] * inv_count, b[k] * inv_count);
     }
     std::vector<op_t> p(pairs), q(pairs), r(pairs);
     for (size_t i = 0; i < pairs; ++i) {
