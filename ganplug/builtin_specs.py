@@ -270,10 +270,11 @@ def ganplug_datasets() -> list[DatasetSpec]:
             # The main job (README): readable digits in under 4 minutes of training on 2 CPU cores. WGAN-GP's
             # paper recipe (5 critic steps, lr 1e-4) needs about 3x the time for the same quality here; dcgan
             # at 32x32 (three stages), lr 5e-4 and an EMA generator each cut the FD (docs/quality.md#the-main-job).
+            # resnet at 32x32 too: at 28x28 its critic is two blocks whose receptive field misses a digit's shape.
             defaults={
                 "steps": 1500,
                 "ema": 0.999,
-                "data_options": {"dcgan": {"image_size": 32}},
+                "data_options": {"dcgan": {"image_size": 32}, "resnet": {"image_size": 32}},
                 "loss_recipes": {"wasserstein": {"n_critic": 2, "lr_g": 5e-4, "lr_d": 5e-4}},
             },
         ),

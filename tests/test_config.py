@@ -113,6 +113,8 @@ def test_layers_apply_in_order(tmp_path: Path):
         (0.0, 0.9),
     )
     assert (main_job.ema, main_job.data_options) == (0.999, {"image_size": 32})  # dcgan at 32x32 on mnist5k
+    assert resolve(TrainConfig(arch="resnet")).data_options == {"image_size": 32}  # resnet too
+    assert resolve(TrainConfig(arch="r3gan")).data_options == {"image_size": 0}  # r3gan at the native 28
     # nothing is left unset but latent_dim, which the data's shape decides when the run is built
     assert [name for name, value in vars(main_job).items() if value is None] == ["latent_dim"]
     assert resolve(TrainConfig(loss_options={"lipschitz": "clip"})).optimizer == "rmsprop"  # the recipe of the options

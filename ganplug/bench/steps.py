@@ -73,7 +73,10 @@ CASES = (
         "d-dcgan32-hinge-rgb",
         dict(arch="dcgan", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
     ),
-    StepCase("e-resnet28-hinge-mnist5k", dict(arch="resnet", loss="hinge", dataset="mnist5k", batch_size=64)),
+    StepCase(
+        "e-resnet28-hinge-mnist5k",
+        dict(arch="resnet", loss="hinge", dataset="mnist5k", batch_size=64, data_options={"image_size": 28}),
+    ),
     StepCase(
         "f-resnet32-hinge-rgb",
         dict(arch="resnet", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
