@@ -1,6 +1,5 @@
-"""Build-time facts shared by setup.py and ``make gpu-check``, in one place: where the CUDA
-toolkit is and where ninja is. Standard library only: setup.py loads this file by path, before
-torch or ganplug can be imported."""
+"""Build-time facts shared by setup.py and ``make gpu-check``, in one place: where the CUDA toolkit is and where ninja
+is. Standard library only: setup.py loads this file by path, before torch or ganplug can be imported."""
 
 from __future__ import annotations
 
@@ -21,9 +20,9 @@ def is_toolkit(root: str | None) -> bool:
 
 
 def find_cuda_home() -> str | None:
-    """The CUDA toolkit root the build uses, or None: the first of $CUDA_HOME, $CUDA_PATH,
-    /usr/local/cuda and the root above ``which nvcc`` that :func:`is_toolkit` accepts (torch's own
-    search stops at an nvcc wrapper outside the toolkit, so the standard place comes first)."""
+    """The CUDA toolkit root the build uses, or None: the first of $CUDA_HOME, $CUDA_PATH, /usr/local/cuda and the root
+    above ``which nvcc`` that :func:`is_toolkit` accepts (torch's own search stops at an nvcc wrapper outside the
+    toolkit, so the standard place comes first)."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
     if nvcc:
@@ -32,8 +31,8 @@ def find_cuda_home() -> str | None:
 
 
 def find_ninja() -> str | None:
-    """The ninja binary: on PATH, else beside this Python (a venv's bin/, where ``pip install
-    ninja`` puts it but which may not be on PATH); None when there is none."""
+    """The ninja binary: on PATH, else beside this Python (a venv's bin/, where ``pip install ninja`` puts it but which
+    may not be on PATH); None when there is none."""
     found = shutil.which("ninja")
     if found:
         return found

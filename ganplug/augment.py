@@ -1,14 +1,8 @@
-"""The built-in augmentation: DiffAugment (Zhao et al. 2020), its three transforms in one op.
-
-An augmentation (``ganplug train --augment NAME``, see :class:`ganplug.plugin.AugmentationSpec`) is ``augment(x, p)``:
-images in, images of the same shape out, each transform applied to each sample with probability ``p``. The trainer
-applies it to every batch the discriminator sees (:mod:`ganplug.train.augment`).
-
-DiffAugment is split in two: :func:`draw_diff_augment` draws every per-sample parameter as tensors from torch's global
-RNG of the images' device (one ``torch.rand`` per batch, whatever ``p`` and the policy: seeded runs and resumes repeat
-exactly), then :func:`ganplug.ops.diff_augment` applies them in one fused op (CPU and CUDA kernels, its reference twin
-elsewhere), differentiable in the images to any order (the penalties differentiate through it) and in none of the
-parameters.
+"""The built-in augmentation (``ganplug train --augment diffaugment``, see :class:`ganplug.plugin.AugmentationSpec`):
+DiffAugment (Zhao et al. 2020), its three transforms in one op, in two parts. :func:`draw_diff_augment` draws every
+per-sample parameter from torch's global RNG of the images' device (one ``torch.rand`` per batch, whatever ``p`` and the
+policy: seeded runs and resumes repeat exactly); :func:`ganplug.ops.diff_augment` applies them in one fused op,
+differentiable in the images to any order (the penalties differentiate through it) and in none of the parameters.
 """
 
 from __future__ import annotations
@@ -31,18 +25,17 @@ def draw_diff_augment(
     cutout: float = 0.5,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The parameters ``(shift, cut, color)`` of :func:`ganplug.ops.diff_augment` for images of ``shape`` (N, C, H, W):
-    one ``torch.rand(N, 12)`` on ``device`` (the global RNG), then per sample, each of brightness, saturation, contrast,
-    translation and cutout applied with probability ``p`` (a float or a 0-d tensor on ``device``; transforms not in
-    ``policy`` never):
+    """The parameters ``(shift, cut, color)`` of :func:`ganplug.ops.diff_augment` for images of ``shape`` (N, C, H, W),
+    from one ``torch.rand(N, 12)`` on ``device``; per sample each of brightness, saturation, contrast, translation and
+    cutout is applied with probability ``p`` (a float or a 0-d tensor on ``device``; never when not in ``policy``):
 
-    - brightness b ~ U(-0.5, 0.5), saturation s ~ U(0, 2), contrast c ~ U(0.5, 1.5) (DiffAugment's ranges for images in
-      [-1, 1]); not applied: (0, 1, 1);
+    - brightness b ~ U(-0.5, 0.5), saturation s ~ U(0, 2), contrast c ~ U(0.5, 1.5) (DiffAugment's ranges for [-1, 1]
+      images); not applied: (0, 1, 1);
     - translation (dy, dx), each uniform in [-t, t] pixels with t = round(``translation`` * side);
-    - cutout: a square of round(``cutout`` * side) pixels (a rectangle for non-square images) whose corner is at o -
+    - cutout: a square (a rectangle for non-square images) of round(``cutout`` * side) pixels with its corner at o -
       size // 2, o uniform in [0, side - size % 2].
 
-    Returns ``shift`` (N, 2) int64, ``cut`` (N, 4) int64 (y0, y1, x0, x1) and ``color`` (N, 3) float32. No value is read
+    Returns ``shift`` (N, 2) int64, ``cut`` (N, 4) int64 (y0, y1, x0, x1), ``color`` (N, 3) float32; reads nothing
     back to the host.
     """
     n, _, height, width = shape

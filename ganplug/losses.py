@@ -1,14 +1,10 @@
-"""Adversarial objectives: the :class:`GANLoss` interface (defined in :mod:`ganplug.plugin`, the plugin API's one
-module, and the same class here) and the built-in losses.
+"""Adversarial objectives: the :class:`GANLoss` interface (:class:`ganplug.plugin.GANLoss`) and the built-in losses.
 
-A loss computes the critic's logits itself, so it can add penalties that need the critic and the samples (WGAN-GP).
-Shapes: ``real`` and ``fake`` are ``(N, *data_shape)``; the critic returns logits ``(N,)``, or ``(N / M,)`` when it
-packs M samples (PacGAN, ``pack`` = M). Every loss returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of
-detached 0-d tensors that the trainer logs (``wasserstein``, ``gp``, ``d_real``, ``d_fake``, ``r1``, ...).
-
-In a conditional run the critic the losses receive is bound to the batch's class labels (fake samples are drawn for the
-labels of the real batch), so every loss works unchanged; the labels are its ``labels`` attribute, ``(N,)`` int64, for a
-loss that wants them.
+A loss calls the critic itself, so it can add penalties that need the critic and the samples (WGAN-GP). ``real`` and
+``fake`` are ``(N, *data_shape)``; the critic returns logits ``(N,)``, or ``(N / M,)`` when it packs M samples
+(PacGAN). Every loss returns ``(loss, stats)``: a 0-d tensor to minimise and a dict of detached 0-d tensors to log.
+In a conditional run the critic is bound to the batch's class labels (its ``labels`` attribute, ``(N,)`` int64; fakes
+are drawn for the real batch's labels), so every loss works unchanged.
 """
 
 from __future__ import annotations
@@ -68,10 +64,6 @@ def _repr(loss: object, *options: str) -> str:
     return f"{type(loss).__name__}({', '.join(f'{name}={getattr(loss, name)!r}' for name in options)})"
 
 
-def _target_dtype(logits: Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
 def _mean_sigmoid(logits: Tensor) -> Tensor:
     return torch.sigmoid(logits.detach().float()).mean()
 
@@ -81,9 +73,8 @@ def _mean(scores: Tensor) -> Tensor:
 
 
 def input_gradient_norms(critic: Critic, x: Tensor, target: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i (||grad_x D(x)_i|| - target)^2 over its scores
-    (the fused gradient-penalty op; target 0: the squared norms), differentiable in the critic's parameters (double
-    backward). A packing critic's norms each cover a whole pack."""
+    """``(scores, penalty)``: the critic's scores of ``x`` and mean_i (||grad_x D(x)_i|| - target)^2 (the fused op;
+    target 0: the squared norms), differentiable in the critic's parameters. A packing critic's norms cover a pack."""
     x = x.detach().requires_grad_(True)
     scores = critic(x)
     (grads,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
@@ -167,12 +158,13 @@ class _LabelledBCELoss(ZeroCentredPenalties, GANLoss):
         real_target = 1.0 - self.label_smoothing
         if self.label_noise == 0.0:
             return real_target, 0.0
-        # float32 (float64 for float64 logits), so that 1 - s is not rounded to bf16 under autocast
-        real_t, fake_t = (
-            torch.where(torch.rand(x.shape, device=x.device) < self.label_noise, 1.0 - t, t).to(_target_dtype(x))
-            for x, t in ((real_logits, real_target), (fake_logits, 0.0))
-        )
-        return real_t, fake_t
+
+        def noisy(x: Tensor, t: float) -> Tensor:
+            flip = torch.rand(x.shape, device=x.device) < self.label_noise
+            # float32 (float64 for float64 logits), so that 1 - s is not rounded to bf16 under autocast
+            return torch.where(flip, 1.0 - t, t).to(torch.promote_types(x.dtype, torch.float32))
+
+        return noisy(real_logits, real_target), noisy(fake_logits, 0.0)
 
     def discriminator_loss(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         real_logits, fake_logits, penalty, stats = self.penalised_scores(critic, real, fake)
@@ -236,11 +228,9 @@ class WassersteinLoss(GANLoss):
         return _repr(self, "lipschitz", "gp_weight", "clip")
 
     def gradient_penalty(self, critic: Critic, real: Tensor, fake: Tensor) -> Tensor:
-        """mean_i (||grad_x D(x_hat_i)|| - 1)^2 at x_hat = eps * real + (1 - eps) * fake, with one eps ~ U(0, 1) per
-        sample (global RNG, on the samples' device); differentiable in the critic's parameters (double backward).
-        Unweighted. The norm is over the input of each
-        score: a packing critic (PacGAN) scores M consecutive samples at once, so its N / M norms each cover the
-        gradient of a whole pack."""
+        """mean_i (||grad_x D(x_hat_i)|| - 1)^2, unweighted, at x_hat = eps * real + (1 - eps) * fake, one eps ~ U(0,
+        1) per sample (global RNG, on the samples' device); differentiable in the critic's parameters. A packing
+        critic's N / M norms each cover the gradient of a whole pack."""
         real, fake = real.detach(), fake.detach()
         eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
         return input_gradient_norms(critic, eps * real + (1.0 - eps) * fake, 1.0)[1]

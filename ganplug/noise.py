@@ -1,8 +1,5 @@
-"""What generators are fed: the noise z and, for a class-conditional generator, the labels.
-
-Shared by training (the step's noise, the fixed noise of the pictures), sampling
-(:mod:`ganplug.generate`) and the metrics' scoring of a generator; below all of them.
-"""
+"""What generators are fed: the noise z and, for a class-conditional generator, the labels. Shared by training,
+sampling (:mod:`ganplug.generate`) and the metrics' scoring of a generator; below all of them."""
 
 from __future__ import annotations
 
@@ -37,19 +34,12 @@ def cycled_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 def grid_labels(n: int, num_classes: int) -> tuple[torch.Tensor, int]:
-    """The labels of a picture with one row per class, and the row length: ``n // K`` samples of
-    each class, class-major (``(K * (n // K),)``); with fewer than K samples, classes ``0..n-1``
-    in one row."""
+    """The labels of a picture with one row per class, and the row length: ``n // K`` samples of each class,
+    class-major (``(K * (n // K),)``); with fewer than K samples, classes ``0..n-1`` in one row."""
     if n < num_classes:
         return torch.arange(n, dtype=torch.int64), n
     per = n // num_classes
     return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(per), per
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -63,12 +53,11 @@ def draw_samples(
     seed: int = 0,
     batch_size: int = 1024,
 ) -> torch.Tensor:
-    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (used as it is: put
-    it in eval mode first) from ``latent`` noise of size ``latent_dim`` drawn by a CPU
-    ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), ``batch_size`` at a
-    time; a conditional generator gets ``labels`` ``(n,)`` (``G(z, labels)``)."""
+    """``n`` samples ``(n, *data_shape)`` (float32, on CPU) of ``generator`` (as it is: put it in eval mode first)
+    from ``latent`` noise of size ``latent_dim`` drawn by a CPU ``torch.Generator`` seeded with ``seed`` (the global
+    RNG is untouched), ``batch_size`` at a time; a conditional generator gets ``labels`` ``(n,)``: ``G(z, labels)``."""
     noise = draw_latent(n, int(latent_dim), latent, generator=torch.Generator().manual_seed(int(seed)))
-    device = _device_of(generator)
+    device = next((t.device for t in (*generator.parameters(), *generator.buffers())), torch.device("cpu"))
     step = max(1, int(batch_size))
     if labels is None:
         return torch.cat([generator(z.to(device)).float().cpu() for z in noise.split(step)])

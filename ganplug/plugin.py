@@ -1,50 +1,37 @@
 """The plugin API, in one module: the ``hookimpl`` marker, the spec dataclasses a plugin's hooks return, the contexts
 its factories are called with, the :class:`GANLoss` base class, the protocols of metrics and loggers, the errors a
-plugin raises, and :data:`API_VERSION`.
+plugin raises, and :data:`API_VERSION`. Importing it never imports torch.
 
-Importing this module never imports torch, so ``ganplug --help`` and ``ganplug list`` stay fast. A spec names its
-factory either as a callable or, better, as a ``"package.module:function"`` string that is imported only when the thing
-is built (or checked by ``ganplug plugins``).
+A spec names its factory as a callable or, better, as a ``"package.module:function"`` string imported only when the
+thing is built (or checked by ``ganplug plugins``). What ``spec.load()(...)`` must return:
 
-Factory contracts (what ``spec.load()(...)`` must return):
+- architecture: ``factory(ctx: ModelContext, **options) -> (generator, discriminator)``, two ``torch.nn.Module``s:
+  ``(N, ctx.latent_dim) -> (N, *ctx.data_shape)`` and ``(N, *ctx.data_shape) ->`` logits ``(N,)``. With ``pack`` =
+  M > 1 (PacGAN) it is called again with data shape ``(M * C, *rest)`` and that discriminator is trained. Conditional
+  (``ctx.num_classes`` = K > 0, a spec with ``conditional=True``): ``G(z, y)`` and ``D(x, y)``, ``y`` int64 labels in
+  ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed discriminator (the labels of each row's M samples).
+- loss: ``factory(**options) -> GANLoss``.
+- dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a float sample, or a
+  tuple whose first element is one (``(sample,)``, ``(sample, label)``), in ``spec.value_range``, all of one shape.
+  Labelled data (integer labels in ``[0, K)``) declares K as ``spec.num_classes`` or as the dataset's ``num_classes``
+  attribute (class subfolders); ``ganplug train --conditional`` can then use it.
+- metric: ``factory(**options) -> metric(samples, context) -> dict[str, float]`` (:class:`Metric`): ``samples``
+  ``(N, *data_shape)`` float32 on CPU from a trained generator (``n_samples`` of them when the spec has that option,
+  else :data:`DEFAULT_METRIC_SAMPLES`), ``context`` a :class:`MetricContext`. ``spec.datasets`` names the datasets it
+  applies to (empty: any). In a conditional run a metric with a ``labels`` keyword gets each sample's class ``(N,)``.
+  API 1's form ``metric(samples, *, dataset, dataset_options)`` still works, with a :class:`PluginAPIWarning`.
+- logger: ``factory(run_dir: Path, **options) -> logger`` (:class:`Logger`): ``start(config)``, ``log(step, values)``
+  (each metrics.jsonl line), ``images(step, path)``, ``evaluation(step, results)``, ``close()``; rank 0 only. A logger
+  that raises is reported once and switched off; the run goes on.
+- augmentation: ``factory(ctx: AugmentContext, **options) -> augment(x, p)`` (:class:`Augmentation`), applied to every
+  batch the discriminator sees: ``x`` ``(N, *ctx.data_shape)``, ``p`` a 0-d float32 tensor on x's device (each
+  transform's probability per sample, fixed or adapted: ``--augment-p``). It returns x's shape and dtype,
+  differentiable in ``x`` to second order (R1, the gradient penalty), drawing from the global RNG of x's device with no
+  read back to the host.
 
-- architecture: ``factory(ctx: ModelContext, **options) -> (generator, discriminator)``, two ``torch.nn.Module``s. The
-  generator maps ``(N, ctx.latent_dim)`` to ``(N, *ctx.data_shape)``; the discriminator maps ``(N, *ctx.data_shape)`` to
-  logits of shape ``(N,)``. A data shape the architecture cannot handle raises :class:`ganplug.errors.GanplugError` with
-  a one-line reason. With ``pack`` = M > 1 (PacGAN) the factory is called again with data shape ``(M * C, *rest)`` and
-  that call's discriminator is the one trained. Conditional (``ctx.num_classes`` = K > 0, only for a spec with
-  ``conditional=True``): the generator maps ``(z, y)`` and the discriminator ``(x, y)``, ``y`` int64 class labels in
-  ``[0, K)`` of shape ``(N,)``, or ``(N, M)`` for a packed discriminator (the labels of the M samples in each row).
-- loss: ``factory(**options) -> GANLoss`` (see :class:`GANLoss` for the interface).
-- dataset: ``factory(ctx: DataContext, **options) -> torch.utils.data.Dataset`` whose items are a float tensor of one
-  sample, or a tuple whose first element is one (``(sample,)`` from a ``TensorDataset``, ``(sample, label)``), with
-  values in ``spec.value_range``, every sample of one shape. A dataset with class labels (``(sample, label)`` items,
-  integer labels in ``[0, K)``) declares K as ``spec.num_classes``, or as a ``num_classes`` attribute of the dataset
-  when K depends on the data (class subfolders); then ``ganplug train --conditional`` can use it.
-- metric: ``factory(**options) -> metric``, a callable ``metric(samples: Tensor, context: MetricContext) -> dict[str,
-  float]`` (:class:`Metric`). ``samples`` is ``(N, *data_shape)`` float32 on CPU, drawn from a trained generator;
-  ``context`` (:class:`MetricContext`) names the run's dataset, its resolved options (so a metric follows a run's
-  settings, e.g. the std of a mixture) and its spec, and loads the real samples on request. ``ganplug eval`` draws
-  ``n_samples`` samples when the spec has that option, else :data:`DEFAULT_METRIC_SAMPLES`. ``spec.datasets`` names the
-  datasets the metric applies to (empty: any). Samples the metric cannot score raise
-  :class:`ganplug.errors.GanplugError` with a one-line reason. In a conditional run a metric that accepts a ``labels``
-  keyword also gets the class each sample was drawn for, ``(N,)`` int64. API 1's form ``metric(samples, *, dataset,
-  dataset_options)`` still works, with a :class:`PluginAPIWarning`.
-- logger: ``factory(run_dir: Path, **options) -> logger`` (:class:`Logger`) with methods ``start(config: dict)``,
-  ``log(step, values: dict[str, float])`` (each metrics.jsonl line), ``images(step, path)`` (each sample picture),
-  ``evaluation(step, results: dict[str, dict[str, float]])`` and ``close()``; called on rank 0 only. A logger that
-  raises is reported once and switched off; the run goes on.
-- augmentation: ``factory(ctx: AugmentContext, **options) -> augment`` (:class:`Augmentation`), a callable ``augment(x:
-  Tensor, p: Tensor) -> Tensor`` applied to every batch the discriminator sees (``ganplug train --augment NAME``): ``x``
-  is ``(N, *ctx.data_shape)``, ``p`` a 0-d float32 tensor on x's device, the probability with which each transform is
-  applied to each sample (fixed, or adapted during the run: ``--augment-p``); it returns a tensor of x's shape and
-  dtype, differentiable in ``x`` to second order (R1 and the gradient penalty differentiate through it), and draws its
-  randomness from torch's global RNG of x's device (the run's, saved in checkpoints) without reading values back to the
-  host. A data shape it cannot take raises :class:`ganplug.errors.GanplugError` with a one-line reason.
-
-Errors: a :class:`ganplug.errors.GanplugError` a factory raises is the user's to fix (shown as it is, exit code 2);
-anything else a factory, a loss, a dataset or a metric raises is reported as the plugin's bug, naming the plugin, its
-distribution and version (see docs/plugins.md).
+A data shape a factory cannot handle, or samples a metric cannot score, raise :class:`ganplug.errors.GanplugError` with
+a one-line reason: the user's to fix (shown as it is, exit code 2). Anything else a factory, loss, dataset or metric
+raises is reported as the plugin's bug, naming the plugin, its distribution and version (see docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -67,19 +54,17 @@ if TYPE_CHECKING:
 PROJECT = "ganplug"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-# The plugin API's version, raised by one with each change a plugin can see: 1, the first release
-# (metrics called as ``metric(samples, *, dataset, dataset_options)``); 2, metrics called as
-# ``metric(samples, context)``; 3, the ``ganplug_augmentations`` hook (additive); 4, a loss's recipe
-# declared on its spec (``LossSpec(recipe=)``); 5, an architecture's recipes for losses (``ArchitectureSpec(recipes=)``,
-# additive); 6, ``LossSpec(shift_invariant=)`` (additive). An old form keeps working, with a PluginAPIWarning, for at least OLD_FORMS_KEPT more versions
-# (docs/plugins.md, "The plugin API as a contract").
+# The plugin API's version, raised with each change a plugin can see (docs/plugins.md, "The plugin API as a
+# contract"): 1, metric(samples, *, dataset, dataset_options); 2, metric(samples, context); 3, ganplug_augmentations;
+# 4, LossSpec(recipe=); 5, ArchitectureSpec(recipes=); 6, LossSpec(shift_invariant=). An old form keeps working, with a
+# PluginAPIWarning, for at least OLD_FORMS_KEPT more versions.
 API_VERSION = 6
 OLD_FORMS_KEPT = 2
 
 
 class PluginAPIWarning(FutureWarning):
-    """A plugin uses an older form of the plugin API: it still works; the message names the plugin, the old form and the
-    form to write instead. A FutureWarning, so Python shows it by default, pointing at the plugin's function."""
+    """A plugin uses an older, still working form of the plugin API; the message names the plugin, the old form and the
+    new one. A FutureWarning, so Python shows it by default, pointing at the plugin's function."""
 
 
 OPTION_TYPES = (bool, int, float, str)
@@ -103,10 +88,7 @@ class Option:
             raise TypeError(f"option {self.name!r}: type must be one of bool, int, float, str")
 
     def convert(self, value: Any) -> Any:
-        """Turn ``value`` (a string from the command line, or a TOML value) into ``self.type``.
-
-        Raises ``ValueError`` with a message that names the expected type.
-        """
+        """``value`` (a command-line string or a TOML value) as ``self.type``; ``ValueError`` naming the expected type."""
         kind = self.type.__name__
         if isinstance(value, str) and self.type is not str:
             text = value.strip()
@@ -159,10 +141,8 @@ class _Spec:
         return getattr(importlib.import_module(module), attribute)
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Every option of this spec: defaults, overridden by ``given`` after type checks.
-
-        Raises :class:`ganplug.errors.UsageError` naming the bad option and the accepted ones.
-        """
+        """Every option of this spec: defaults, overridden by ``given`` after type checks; a
+        :class:`ganplug.errors.UsageError` names a bad option and the accepted ones."""
         known = {o.name: o for o in self.options}
         resolved = {o.name: o.default for o in self.options}
         for key, value in given.items():
@@ -177,8 +157,8 @@ class _Spec:
         return resolved
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description for ``ganplug list --json``: name, summary, aliases, options, then the fields of
-        this kind of spec (a loss's recipe is listed by the CLI)."""
+        """A JSON-ready description for ``ganplug list --json``: the common fields, then this kind's own (a loss's
+        recipe is listed by the CLI)."""
         options = [
             {"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
             | ({"choices": list(o.choices)} if o.choices else {})
@@ -211,11 +191,9 @@ class Recipe:
     betas: tuple[float, float] = (0.5, 0.999)
 
 
-# What a dataset's ``defaults`` may set: training knobs that depend on the data. ``arch_options`` is
-# ``{architecture name: {option: value}}``; ``data_options`` is ``{architecture name: {option of this
-# dataset: value}}`` (how the data is shaped for that architecture, e.g. an image size); ``loss_recipes``
-# is ``{loss name: {recipe field: value}}`` (fields of :class:`Recipe`), which replaces those fields of
-# that loss's recipe on this data.
+# What a dataset's ``defaults`` may set: training knobs that depend on the data. ``arch_options``: ``{arch: {option:
+# value}}``; ``data_options``: ``{arch: {option of this dataset: value}}`` (e.g. an image size per architecture);
+# ``loss_recipes``: ``{loss: {Recipe field: value}}``, replacing those fields of that loss's recipe on this data.
 DATASET_DEFAULT_KEYS = frozenset(
     {"steps", "batch_size", "pack", "ema", "lr_decay", "latent_dim", "arch_options", "data_options", "loss_recipes"}
 )
@@ -298,27 +276,22 @@ class DatasetSpec(_Spec):
             raise ValueError(f"dataset {self.name!r}: latent must be one of {', '.join(LATENTS)}, got {self.latent!r}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"dataset {self.name!r}: num_classes must be an integer >= 0, got {self.num_classes!r}")
-        unknown = sorted(set(self.defaults) - DATASET_DEFAULT_KEYS)
-        if unknown:
-            raise ValueError(
-                f"dataset {self.name!r}: defaults {unknown} are not settable by a dataset "
-                f"(it may set: {', '.join(sorted(DATASET_DEFAULT_KEYS))})"
-            )
+
+        def refuse_unknown(keys: Any, allowed: frozenset[str], problem: str, listing: str) -> None:
+            wrong = sorted(set(keys) - allowed)
+            if wrong:
+                known = ", ".join(sorted(allowed)) or "none"
+                raise ValueError(f"dataset {self.name!r}: {problem.format(wrong)} ({listing}: {known})")
+
+        refuse_unknown(self.defaults, DATASET_DEFAULT_KEYS, "defaults {} are not settable by a dataset", "it may set")
         for loss, recipe in dict(self.defaults.get("loss_recipes", {})).items():
-            wrong = sorted(set(recipe) - RECIPE_KEYS)
-            if wrong:
-                raise ValueError(
-                    f"dataset {self.name!r}: loss_recipes[{loss!r}] sets {wrong}, which are no recipe fields "
-                    f"(a recipe has: {', '.join(sorted(RECIPE_KEYS))})"
-                )
-        names = {option.name for option in self.options}
+            refuse_unknown(
+                recipe, RECIPE_KEYS, f"loss_recipes[{loss!r}] sets {{}}, which are no recipe fields", "a recipe has"
+            )
+        names = frozenset(option.name for option in self.options)
         for arch, options in dict(self.defaults.get("data_options", {})).items():
-            wrong = sorted(set(options) - names)
-            if wrong:
-                raise ValueError(
-                    f"dataset {self.name!r}: data_options[{arch!r}] sets {wrong}, which are no options of this "
-                    f"dataset (it has: {', '.join(sorted(names)) or 'none'})"
-                )
+            problem = f"data_options[{arch!r}] sets {{}}, which are no options of this dataset"
+            refuse_unknown(options, names, problem, "it has")
 
 
 # Samples ``ganplug eval`` draws for a metric whose spec has no ``n_samples`` option.
@@ -427,9 +400,8 @@ class MetricContext:
     _loaded: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def real(self) -> RealData:
-        """The real samples, as a run with these options loads the dataset (seed 0): ``len()`` and
-        ``take(indices=None) -> (samples, labels)``, float32 ``(n, *data_shape)`` and int64 ``(n,)`` or None
-        (:class:`RealData`). Loaded on the first call, then kept."""
+        """The real samples (:class:`RealData`), as a run with these options loads the dataset (seed 0); loaded on the
+        first call, then kept."""
         if not self._loaded:
             if self.load_real is None:
                 raise GanplugError(
@@ -473,9 +445,8 @@ class GANLoss:
     def after_critic_step(self, critic: Module) -> None:
         """Called after each optimiser step of the critic (weight clipping lives here)."""
 
-    # Optional: a loss with state that must survive a resume (a counter, an adaptive weight)
-    # defines ``state_dict() -> dict`` and ``load_state_dict(dict)``; the trainer saves it in
-    # checkpoints and restores it on resume and when a step is rolled back.
+    # Optional: a loss with state that must survive a resume defines ``state_dict() -> dict`` and
+    # ``load_state_dict(dict)``; the trainer saves it in checkpoints and restores it on resume and rollback.
 
 
 class Metric(Protocol):

@@ -1,18 +1,11 @@
-"""Names to specs: the built-ins and every installed plugin of entry-point group ``ganplug``.
+"""Names to specs: the built-ins and every installed plugin of entry-point group ``ganplug``. Does not import torch.
 
-A plugin that fails to import, implements an unknown hook, raises in a hook or returns something that is not a list of
-specs is reported on stderr (plugin, distribution, version, error) and skipped; everything else keeps working.
-Environment:
-
-- ``GANPLUG_LOAD_PLUGINS=a,b`` loads only these plugins; set and empty, built-ins only.
-- ``GANPLUG_DISABLE_PLUGINS=a,b`` skips these plugins (entry-point or distribution names).
-
-A name in either list that no installed plugin has is warned about. A function named like a hook but not marked
-``@hookimpl``, or a hook name that does not exist, fails the plugin with a suggestion. A plugin's spec whose name is a
-built-in's shadows it (warned once per process); a plugin's alias that another spec already claims is dropped with a
-warning.
-
-Importing this module does not import torch.
+A plugin that fails to import, implements an unknown hook (or a hook without ``@hookimpl``: failed with a suggestion),
+raises in a hook or returns no list of specs is reported on stderr (plugin, distribution, version, error) and skipped.
+``GANPLUG_LOAD_PLUGINS=a,b`` loads only these plugins (set and empty: built-ins only); ``GANPLUG_DISABLE_PLUGINS=a,b``
+skips these (entry-point or distribution names); a name in either that no installed plugin has is warned about. A
+plugin's spec named like a built-in shadows it (warned once per process); an alias another spec claims is dropped with
+a warning.
 """
 
 from __future__ import annotations
@@ -220,13 +213,12 @@ class Registry:
             return
         found: dict[str, list[Entry]] = {}
         for kind in KINDS.values():
-            implementations = [
-                impl for impl in getattr(self._manager.hook, kind.hook).get_hookimpls() if impl.plugin_name == info.name
-            ]
-            if not implementations:
+            hookimpls = getattr(self._manager.hook, kind.hook).get_hookimpls()
+            implementation = next((impl for impl in hookimpls if impl.plugin_name == info.name), None)
+            if implementation is None:
                 continue
             try:
-                specs = implementations[0].function()
+                specs = implementation.function()
                 if not isinstance(specs, (list, tuple)) or not all(isinstance(s, kind.spec_type) for s in specs):
                     raise TypeError(f"expected a list of {kind.spec_type.__name__}, got {specs!r:.80}")
                 found[kind.name] = [Entry(info.name, spec) for spec in specs]
@@ -243,8 +235,7 @@ class Registry:
         self.plugins.append(info)
 
     def _claim_aliases(self, kind: str, info: PluginInfo, entry: Entry) -> Entry:
-        """``entry`` without the aliases another plugin's spec already has as name or alias (a warning names them): an
-        alias never takes over a name."""
+        """``entry`` without the aliases another spec already answers to (warned): an alias never takes over a name."""
         taken = {name: e for e in self._entries[kind] for name in e.spec.names}
         for alias in (a for a in entry.spec.aliases if a in taken):
             self._warn(
@@ -252,13 +243,13 @@ class Registry:
                 f"{taken[alias].qualified_name} already answers to it"
             )
         kept = tuple(a for a in entry.spec.aliases if a not in taken)
-        return (
-            entry if kept == entry.spec.aliases else Entry(entry.plugin, dataclasses.replace(entry.spec, aliases=kept))
-        )
+        if kept == entry.spec.aliases:
+            return entry
+        return Entry(entry.plugin, dataclasses.replace(entry.spec, aliases=kept))
 
     def check_factories(self) -> None:
-        """Import every string factory of the loaded plugins (this imports their code, and so torch); a plugin with one
-        that cannot be loaded becomes ``broken``, with the reason."""
+        """Import every string factory of the loaded plugins (and so torch); a plugin with one that cannot be loaded
+        becomes ``broken``, with the reason."""
         for info in [p for p in self.plugins if p.status == "ok"]:
             for kind, spec in [(k, e.spec) for k in KINDS for e in self._entries[k] if e.plugin == info.name]:
                 try:
@@ -282,7 +273,7 @@ class Registry:
         return entry
 
     def _info_of(self, spec: Any) -> PluginInfo:
-        """The plugin that registered ``spec`` (every entry's plugin is in :attr:`plugins`)."""
+        """The plugin that registered ``spec``."""
         name = self.entry_of(spec).plugin
         return next(p for p in self.plugins if p.name == name)
 
@@ -297,9 +288,9 @@ class Registry:
         return dict(kind=kind, name=spec.name, plugin=info.name, distribution=info.distribution, version=info.version)
 
     def resolve_recorded(self, kind: str, name: str, recorded: Mapping[str, Any] | None) -> Any:
-        """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same plugin's, whatever now
-        shadows or no longer shadows the bare name. UsageError naming the distribution to install when that plugin is
-        missing; a warning when its version changed. Without a record (a run of an older ganplug): :meth:`resolve`."""
+        """The spec a run recorded for ``name`` (``recorded`` from :meth:`provenance`): the same plugin's, whatever
+        shadows the bare name now. UsageError naming the distribution to install when that plugin is missing; a warning
+        when its version changed. Without a record (an older ganplug's run): :meth:`resolve`."""
         if not recorded:
             return self.resolve(kind, name)
         plugin, bare = str(recorded["plugin"]), str(recorded.get("name") or name.rpartition(":")[2])
@@ -330,8 +321,8 @@ class Registry:
         return {e.spec.name: e.plugin for e in self._entries[kind] if e.plugin != BUILTIN and e.spec.name in builtin}
 
     def blame(self, error: BaseException) -> PluginInfo | None:
-        """The non-built-in plugin whose code raised ``error``: the innermost frame of its traceback in one of a loaded
-        plugin's packages; None when no plugin's code is in it."""
+        """The non-built-in plugin whose code raised ``error`` (the innermost traceback frame in a loaded plugin's
+        packages), or None."""
         owners = {module: info for info in self.plugins if info.status in ("ok", "broken") for module in info.modules}
         found = None
         tb = error.__traceback__
@@ -394,9 +385,9 @@ def _normal(name: str) -> str:
 
 
 def _may_provide(info: PluginInfo, plugin: str, bare: str) -> bool:
-    """Whether a failed plugin is the one a requested ``plugin:bare`` (``plugin`` empty for a bare name) would come
-    from, as far as its names tell: ``plugin`` is its entry-point or distribution name, or ``bare`` is one of those
-    (``ganplug-`` dropped), or starts with one and a dash."""
+    """Whether failed plugin ``info`` would provide ``plugin:bare`` (``plugin`` empty for a bare name), by its names:
+    ``plugin`` is its entry-point or distribution name, or ``bare`` is one of those (``ganplug-`` dropped), or starts
+    with one and a dash."""
     own = {_normal(n) for n in (info.name, info.distribution) if n}
     own |= {n.removeprefix("ganplug-") for n in own}
     if plugin:
@@ -410,11 +401,9 @@ _IMPL_MARK = f"{PROJECT}_impl"  # the attribute pluggy's HookimplMarker sets on 
 
 
 def _unmarked_hooks(plugin: object) -> str | None:
-    """Why ``plugin`` cannot be registered as written: a function named like a hook (or like a misspelt one) without
-    ``@hookimpl``, which pluggy would ignore silently."""
-    for attribute in dir(plugin):
-        if not attribute.startswith(f"{PROJECT}_"):
-            continue
+    """Why ``plugin`` cannot be registered: a function named like a (misspelt) hook without ``@hookimpl``, which pluggy
+    would ignore silently."""
+    for attribute in (name for name in dir(plugin) if name.startswith(f"{PROJECT}_")):
         function = getattr(plugin, attribute, None)
         if not callable(function) or hasattr(function, _IMPL_MARK):
             continue
@@ -434,9 +423,8 @@ def _hook_suggestion(message: str) -> str:
     for word in message.replace('"', "'").split("'"):
         if word.startswith(f"{PROJECT}_") and word not in HOOK_NAMES:
             close = difflib.get_close_matches(word, HOOK_NAMES, n=1, cutoff=0.6)
-            if close:
-                return f". Did you mean {close[0]!r}? (hooks: {', '.join(HOOK_NAMES)})"
-            return f" (hooks: {', '.join(HOOK_NAMES)})"
+            hint = f". Did you mean {close[0]!r}?" if close else ""
+            return f"{hint} (hooks: {', '.join(HOOK_NAMES)})"
     return ""
 
 
@@ -456,8 +444,8 @@ def load_factory(kind: str, spec: Any) -> Any:
 
 
 def origin_of(spec: Any) -> str:
-    """Who provides ``spec``, for messages (see :meth:`Registry.origin_of`); for a spec made outside the process
-    registry (``ganplug.testing``, tests) the plugin of an equal registered spec, else "its plugin"."""
+    """:meth:`Registry.origin_of` in the process registry; for a spec made outside it (``ganplug.testing``, tests) the
+    plugin of an equal registered spec, else "its plugin"."""
     registry = get_registry()
     try:
         return registry.origin_of(spec)
@@ -470,10 +458,9 @@ _OLD_FORMS_WARNED: dict[Any, Any] = {}  # the warnings registry of warn_old_form
 
 
 def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> None:
-    """A :class:`~ganplug.plugin.PluginAPIWarning` that ``spec``'s plugin calls for the ``old`` form of the plugin API
-    in ``function`` (which still works): the message names the plugin and the ``new`` form to write, which came with API
-    ``since`` (the old form is kept until API ``since + OLD_FORMS_KEPT``), and points at ``function``'s definition;
-    shown once per function."""
+    """A :class:`~ganplug.plugin.PluginAPIWarning`, once per function, pointing at ``function``: ``spec``'s plugin uses
+    the ``old`` (still working) form of the plugin API; write ``new``, from API ``since`` (the old form is kept until
+    API ``since + OLD_FORMS_KEPT``)."""
     target = inspect.unwrap(function)
     code = getattr(target, "__code__", None) or getattr(type(target).__call__, "__code__", None)
     message = (
@@ -486,10 +473,9 @@ def warn_old_form(spec: Any, function: Any, old: str, new: str, since: int) -> N
 
 
 def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
-    """Build what ``spec`` describes: ``spec.load()(*args, **options)``, with the error contract of
-    :mod:`ganplug.plugin`: a :class:`GanplugError` the factory raises says what the user must change (it becomes a
-    :class:`UsageError`, exit 2; MetricUnavailable and PluginError pass as they are); anything else it raises is the
-    plugin's fault: a :class:`PluginError` naming it."""
+    """``spec.load()(*args, **options)`` with the error contract of :mod:`ganplug.plugin`: a :class:`GanplugError` the
+    factory raises becomes a :class:`UsageError` (MetricUnavailable and PluginError pass as they are); anything else is
+    the plugin's fault: a :class:`PluginError` naming it."""
     factory = load_factory(kind, spec)
     try:
         return factory(*args, **options)
@@ -508,10 +494,9 @@ def call_factory(kind: str, spec: Any, *args: Any, **options: Any) -> Any:
 
 
 def loss_recipe(spec: LossSpec, options: Mapping[str, Any]) -> Recipe:
-    """The training recipe of loss ``spec`` with its resolved ``options``: the one its spec declares (a Recipe, or a
-    function of the options). A spec without one (plugin API 3) gets the ``recipe`` of a loss built from it, with a
-    PluginAPIWarning; a built loss without a whole recipe gets Recipe()'s fields here (the run refuses that loss when it
-    is built, naming the plugin)."""
+    """The recipe loss ``spec`` declares for its resolved ``options`` (a Recipe, or a function of them). A spec without
+    one (plugin API 3) gets the ``recipe`` of a loss built from it, with a PluginAPIWarning, or Recipe() when that is
+    incomplete (the run refuses that loss when it is built, naming the plugin)."""
     if spec.recipe is not None:
         return spec.recipe(dict(options)) if callable(spec.recipe) else spec.recipe
     factory = load_factory("loss", spec)

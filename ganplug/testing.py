@@ -9,10 +9,9 @@ One line checks a whole plugin (every spec it registers, with default options)::
         ganplug.testing.check_plugin(my_plugin.plugin)
 
 or one spec with chosen options: :func:`check_architecture`, :func:`check_loss`, :func:`check_dataset`,
-:func:`check_metric`, :func:`check_logger`, :func:`check_augmentation`. Every check runs on CPU with
-the global RNG seeded (its state is restored afterwards, so checks do not disturb the caller's
-randomness) and raises ``AssertionError`` that starts with the spec (``"loss 'hinge': ..."``) and
-says what is wrong.
+:func:`check_metric`, :func:`check_logger`, :func:`check_augmentation`. Every check runs on CPU with the global RNG
+seeded (its state is restored afterwards, so checks do not disturb the caller's randomness) and raises
+``AssertionError`` that starts with the spec (``"loss 'hinge': ..."``) and says what is wrong.
 
 Importing this module does not import torch; the checks do.
 """
@@ -20,6 +19,7 @@ Importing this module does not import torch; the checks do.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +39,8 @@ __all__ = [
 
 # Shapes check_plugin tries, in order, for an architecture: 2-D points, then small images.
 DATA_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (1, 8, 8), (3, 16, 16))
+# Shapes check_plugin tries, in order, for an augmentation: images first, then 2-D points.
+AUGMENTATION_SHAPES: tuple[tuple[int, ...], ...] = ((3, 16, 16), (1, 8, 8), (2,))
 
 
 def _label(spec: Any) -> str:
@@ -55,11 +57,9 @@ def _require(condition: bool, spec: Any, message: str) -> None:
 
 
 def check_defaults(spec: Any) -> None:
-    """Each option of ``spec`` is a keyword of its factory, and a default the factory gives it
-    is the option's (the spec's default is the one users get: a different one in the signature
-    only misleads whoever calls the factory directly)."""
-    import inspect
-
+    """Each option of ``spec`` is a keyword of its factory, and a default the factory gives it is the option's (the
+    spec's default is the one users get: a different one in the signature only misleads whoever calls the factory
+    directly)."""
     factory = spec.load()
     try:
         parameters = inspect.signature(factory).parameters
@@ -80,6 +80,12 @@ def check_defaults(spec: Any) -> None:
                 f"option {option.name!r} defaults to {option.default!r} in the spec but to {parameter.default!r} in "
                 "the factory's signature: make them agree (or drop the factory's default)",
             )
+
+
+def _resolve(spec: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`check_defaults`, then ``spec``'s options resolved (UsageError for a bad one)."""
+    check_defaults(spec)
+    return spec.resolve_options(options)
 
 
 def _trainable(module: Any) -> list[tuple[str, Any]]:
@@ -121,30 +127,26 @@ def check_architecture(
     num_classes: int = 0,
     **options: Any,
 ):
-    """Build ``spec`` for ``ModelContext(data_shape, latent_dim, bounded, critic_batchnorm,
-    num_classes)`` with ``options`` (checked by ``spec.resolve_options``) and check the factory
-    contract:
+    """Build ``spec`` for ``ModelContext(data_shape, latent_dim, bounded, critic_batchnorm, num_classes)`` with
+    ``options`` (checked by ``spec.resolve_options``) and check the factory contract:
 
     - it returns two ``torch.nn.Module``s ``(G, D)``;
-    - ``G(z)``: z ``(batch_size, latent_dim)`` -> ``(batch_size, *data_shape)``, finite, within
-      [-1, 1] when ``bounded``;
+    - ``G(z)``: z ``(batch_size, latent_dim)`` -> ``(batch_size, *data_shape)``, finite, within [-1, 1] when
+      ``bounded``;
     - ``D(x)``: x ``(batch_size, *data_shape)`` -> ``(batch_size,)``, finite;
     - without ``critic_batchnorm``, D holds no BatchNorm layer;
-    - one backward pass of ``D(G(z))`` gives every trainable parameter of D and of G a non-zero
-      gradient.
+    - one backward pass of ``D(G(z))`` gives every trainable parameter of D and of G a non-zero gradient.
 
-    With ``num_classes`` = K > 0 (a spec with ``conditional=True``) the same for ``G(z, y)`` and
-    ``D(x, y)``, labels ``y`` ``(batch_size,)`` in ``[0, K)``, and besides: other labels change
-    both outputs, and the discriminator built for two packed samples (data shape ``(2 * C,
-    *rest)``) takes labels ``(batch_size, 2)``.
+    With ``num_classes`` = K > 0 (a spec with ``conditional=True``) the same for ``G(z, y)`` and ``D(x, y)``, labels
+    ``y`` ``(batch_size,)`` in ``[0, K)``, and besides: other labels change both outputs, and the discriminator built
+    for two packed samples (data shape ``(2 * C, *rest)``) takes labels ``(batch_size, 2)``.
 
     Returns ``(G, D)`` (in train mode, gradients left in place).
     """
     import torch
 
     data_shape = tuple(data_shape)
-    check_defaults(spec)
-    resolved = spec.resolve_options(options)
+    resolved = _resolve(spec, options)
     _require(num_classes == 0 or spec.conditional, spec, "num_classes > 0 needs a spec declared with conditional=True")
     ctx = ModelContext(
         data_shape, latent_dim, bounded=bounded, critic_batchnorm=critic_batchnorm, num_classes=num_classes
@@ -170,13 +172,9 @@ def check_architecture(
         )
     z = torch.randn(batch_size, latent_dim)
     x = torch.rand(batch_size, *data_shape) * 2 - 1
-    y = torch.arange(batch_size) % num_classes if num_classes else None
-    if y is not None:  # the conditional calls, under the names the checks below use
-        conditional_g, conditional_d = generator, discriminator
-        generator = lambda noise: conditional_g(noise, y)  # noqa: E731
-        discriminator = lambda samples: conditional_d(samples, y)  # noqa: E731
+    labels = (torch.arange(batch_size) % num_classes,) if num_classes else ()  # a conditional pair's extra argument
 
-    fake = generator(z)
+    fake = generator(z, *labels)
     want = (batch_size, *data_shape)
     _require(
         isinstance(fake, torch.Tensor) and tuple(fake.shape) == want,
@@ -195,7 +193,7 @@ def check_architecture(
             "(end G in tanh when ctx.bounded)",
         )
 
-    scores = discriminator(x)
+    scores = discriminator(x, *labels)
     _require(
         isinstance(scores, torch.Tensor) and tuple(scores.shape) == (batch_size,),
         spec,
@@ -204,7 +202,7 @@ def check_architecture(
     )
     _require(bool(torch.isfinite(scores).all()), spec, "discriminator output has non-finite values (nan or inf)")
 
-    fake_scores = discriminator(fake)
+    fake_scores = discriminator(fake, *labels)
     _require(
         tuple(fake_scores.shape) == (batch_size,),
         spec,
@@ -214,7 +212,6 @@ def check_architecture(
     # A random weighting, not a plain sum: the sum of a BatchNorm-then-linear output over the
     # batch does not depend on the input, which would hide G's gradient.
     weights = torch.randn(batch_size, dtype=fake_scores.dtype)
-    generator, discriminator = built
     generator.zero_grad(set_to_none=True)
     discriminator.zero_grad(set_to_none=True)
     (fake_scores * weights).sum().backward()
@@ -227,20 +224,18 @@ def check_architecture(
             f"backward of D(G(z)) gives no gradient to {network} parameters {missing} "
             "(detached, unused, or a non-differentiable op)",
         )
-    if y is not None:
-        _check_labels_matter(spec, ctx, resolved, generator, discriminator, z, x, y)
+    if labels:
+        _check_labels_matter(spec, ctx, resolved, built, z, x, labels[0])
     return generator, discriminator
 
 
-def _check_labels_matter(
-    spec: Any, ctx: Any, options: dict, generator: Any, discriminator: Any, z: Any, x: Any, y: Any
-) -> None:
-    """A conditional pair's outputs depend on the labels, and its packed discriminator takes
-    labels ``(N, 2)``."""
+def _check_labels_matter(spec: Any, ctx: Any, options: dict, built: tuple, z: Any, x: Any, y: Any) -> None:
+    """A conditional pair's outputs depend on the labels, and its packed discriminator takes labels ``(N, 2)``."""
     import dataclasses
 
     import torch
 
+    generator, discriminator = built
     other = (y + 1) % ctx.num_classes
     generator.eval()  # no dropout: only the labels differ
     discriminator.eval()
@@ -277,6 +272,8 @@ def _check_labels_matter(
 def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
     import torch
 
+    from ganplug.train.step import GENERATOR_PREFIX, RESERVED_STATS
+
     _require(
         isinstance(result, tuple) and len(result) == 2,
         spec,
@@ -296,8 +293,6 @@ def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
         loss.requires_grad, spec, f"{side}: the loss does not require grad: it is cut off from the critic/generator"
     )
     _require(isinstance(stats, dict), spec, f"{side}: stats is a {type(stats).__name__}, expected a dict")
-    from ganplug.train.step import GENERATOR_PREFIX, RESERVED_STATS
-
     for key, value in stats.items():
         _require(isinstance(key, str), spec, f"{side}: stats key {key!r} is not a string")
         logged = GENERATOR_PREFIX + key if side == "generator_loss" else key
@@ -319,8 +314,7 @@ def _check_result(spec: Any, side: str, result: Any) -> tuple[Any, dict]:
 
 
 def _sgd_step(spec: Any, loss: Any, module: Any, side: str, network: str) -> None:
-    """Backward ``loss`` and one SGD step (lr 1e-2) on ``module``: some gradient must reach it and
-    the step change it."""
+    """Backward ``loss`` and one SGD step (lr 1e-2) on ``module``: some gradient must reach it and the step change it."""
     import torch
 
     before = [p.detach().clone() for p in module.parameters()]
@@ -335,27 +329,25 @@ def _sgd_step(spec: Any, loss: Any, module: Any, side: str, network: str) -> Non
 
 @_seeded
 def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: Any):
-    """Build the loss ``spec.load()(**options)`` and check the :class:`ganplug.losses.GANLoss`
-    contract with a linear critic ``(N, *data_shape) -> (N,)`` and a linear generator
-    ``(N, 4) -> (N, *data_shape)`` on random CPU data (batch 16):
+    """Build the loss ``spec.load()(**options)`` and check the :class:`ganplug.losses.GANLoss` contract with a linear
+    critic ``(N, *data_shape) -> (N,)`` and a linear generator ``(N, 4) -> (N, *data_shape)`` on random CPU batches of
+    16:
 
     - ``recipe`` is a :class:`ganplug.plugin.Recipe`, ``penalises_critic_gradient`` a bool;
-    - ``discriminator_loss(critic, real, fake)`` and ``generator_loss(critic, fake)`` return a
-      finite, differentiable 0-d loss and a dict of detached, finite 0-d stats;
-    - one SGD step (lr 1e-2) on the critic changes its parameters and lowers its loss on the same
-      batch (same random state); ``after_critic_step(critic)`` then runs;
+    - ``discriminator_loss(critic, real, fake)`` and ``generator_loss(critic, fake)`` return a finite, differentiable
+      0-d loss and a dict of detached, finite 0-d stats;
+    - one SGD step (lr 1e-2) on the critic changes its parameters and lowers its loss on the same batch (same random
+      state); ``after_critic_step(critic)`` then runs;
     - one SGD step on the generator changes its parameters.
 
     Returns the loss object.
     """
     import torch
 
-    data_shape = tuple(data_shape)
-    check_defaults(spec)
-    resolved = spec.resolve_options(options)
-    loss_fn = spec.load()(**resolved)
     from ganplug.losses import interface_problem, takes_real_batch
 
+    data_shape = tuple(data_shape)
+    loss_fn = spec.load()(**_resolve(spec, options))
     problem = interface_problem(loss_fn)
     _require(problem is None, spec, f"the factory {problem}")
     recipe = getattr(loss_fn, "recipe", None)
@@ -371,12 +363,12 @@ def check_loss(spec: LossSpec, data_shape: tuple[int, ...] = (2,), **options: An
     generator = torch.nn.Sequential(torch.nn.Linear(latent_dim, size), torch.nn.Unflatten(1, data_shape))
     real = 0.5 * torch.randn(batch, *data_shape) + 0.5
     z = torch.randn(batch, latent_dim)
+    fake = generator(z).detach()
 
     def critic_loss():
         torch.manual_seed(1)  # the same label noise / interpolates on every evaluation
         return _check_result(spec, "discriminator_loss", loss_fn.discriminator_loss(critic, real, fake))
 
-    fake = generator(z).detach()
     loss, _ = critic_loss()
     _sgd_step(spec, loss, critic, "discriminator_loss", "critic")
     after, _ = critic_loss()
@@ -420,23 +412,27 @@ def _sample_of(spec: Any, item: Any, index: int):
     return sample
 
 
+def _is_count(value: Any, bound: float = math.inf) -> bool:
+    """``value`` is an int (not a bool) in ``[0, bound)``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < bound
+
+
 def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **options: Any):
-    """Build ``spec.load()(DataContext(seed), **options)`` and check the dataset contract on
-    ``batch_size`` items spread over the dataset:
+    """Build ``spec.load()(DataContext(seed), **options)`` and check the dataset contract on ``batch_size`` items spread
+    over the dataset:
 
     - ``len(dataset) >= batch_size``;
     - each item is a float tensor, ``(sample,)`` or ``(sample, label)``, every sample of one shape;
     - values are finite and, when ``spec.value_range`` is not None, inside it;
-    - with classes (``spec.num_classes``, or the dataset's ``num_classes`` attribute) every
-      checked item is ``(sample, label)``, the label an integer in ``[0, num_classes)``;
+    - with classes (``spec.num_classes``, or the dataset's ``num_classes`` attribute) every checked item is
+      ``(sample, label)``, the label an integer in ``[0, num_classes)``;
     - building again with the same seed gives the same samples.
 
     Returns those samples stacked: ``(batch_size, *sample_shape)``.
     """
     import torch
 
-    check_defaults(spec)
-    resolved = spec.resolve_options(options)
+    resolved = _resolve(spec, options)
 
     def build(global_seed: int):
         # A different global seed for each build: data drawn from the global RNG instead of a
@@ -452,21 +448,17 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
     samples = [_sample_of(spec, dataset[i], i) for i in indices]
     classes = getattr(dataset, "num_classes", None)
     classes = spec.num_classes if classes is None else classes
-    _require(
-        isinstance(classes, int) and not isinstance(classes, bool) and classes >= 0,
-        spec,
-        f"num_classes must be an integer >= 0, got {classes!r}",
-    )
+    _require(_is_count(classes), spec, f"num_classes must be an integer >= 0, got {classes!r}")
     for i in indices if classes else ():
         item = dataset[i]
-        label = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else None
-        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
-            label = int(label)
+        label = given = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else "no label"
+        if isinstance(given, torch.Tensor) and given.numel() == 1 and not given.is_floating_point():
+            label = int(given)
         _require(
-            isinstance(label, int) and not isinstance(label, bool) and 0 <= label < classes,
+            _is_count(label, classes),
             spec,
             f"item {i}: with num_classes={classes} items must be (sample, label), the label an integer in "
-            f"0..{classes - 1}; got {item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else 'no label'!r}",
+            f"0..{classes - 1}; got {given!r}",
         )
     shape = tuple(samples[0].shape)
     for i, sample in zip(indices, samples):
@@ -499,7 +491,7 @@ def check_dataset(spec: DatasetSpec, seed: int = 0, batch_size: int = 8, **optio
     return batch
 
 
-# -- whole plugins -----------------------------------------------------------------------------------
+# -- metrics, loggers, augmentations -----------------------------------------------------------------
 
 
 def check_metric(
@@ -509,27 +501,23 @@ def check_metric(
     dataset_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, float]:
-    """Build the metric and score ``samples`` of ``dataset`` as ganplug does (a metric of plugin
-    API 1's call form too, with its :class:`~ganplug.plugin.PluginAPIWarning`); asserts the result
-    is a non-empty dict of str to float and returns it. By default ``dataset`` is the first the
-    spec names (samples: 256 real ones, drawn with its default options) or ``"any"`` (256
-    standard-normal 2-D points)."""
+    """Build the metric and score ``samples`` of ``dataset`` as ganplug does (a metric of plugin API 1's call form too,
+    with its :class:`~ganplug.plugin.PluginAPIWarning`); asserts the result is a non-empty dict of str to float and
+    returns it. By default ``dataset`` is the first the spec names (samples: 256 real ones, drawn with its default
+    options) or ``"any"`` (256 standard-normal 2-D points)."""
     import torch
 
-    check_defaults(spec)
-    metric = spec.load()(**spec.resolve_options(options))
-    _require(callable(metric), spec, f"the factory returned {type(metric).__name__}, expected a callable")
     from ganplug.metrics import current_form
+    from ganplug.metrics.context import metric_context
+    from ganplug.registry import get_registry
 
+    metric = spec.load()(**_resolve(spec, options))
+    _require(callable(metric), spec, f"the factory returned {type(metric).__name__}, expected a callable")
     metric = current_form(spec, metric)
     if dataset is None:
         dataset = spec.datasets[0] if spec.datasets else "any"
-    from ganplug.metrics.context import metric_context
-
     context = metric_context(dataset, dataset_options or {})
     if samples is None and dataset != "any":
-        from ganplug.registry import get_registry
-
         data_spec = get_registry().resolve("dataset", dataset)
         data = data_spec.load()(DataContext(seed=0), **context.options)
         samples = torch.stack([_sample_of(data_spec, data[i], i) for i in range(min(256, len(data)))])
@@ -546,10 +534,10 @@ def check_metric(
 
 @_seeded
 def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
-    """Build the logger in ``run_dir`` (default: a temporary folder) and drive it as a run of 2
-    steps does: ``start(config)``, ``log`` of two metrics lines, ``images`` of a 4x4 PNG,
-    ``evaluation``, ``close()``. Asserts it has the five methods, that none raises (an exception
-    propagates) and that no call draws from the global RNG. Returns the logger."""
+    """Build the logger in ``run_dir`` (default: a temporary folder) and drive it as a run of 2 steps does:
+    ``start(config)``, ``log`` of two metrics lines, ``images`` of a 4x4 PNG, ``evaluation``, ``close()``. Asserts it
+    has the five methods, that none raises (an exception propagates) and that no call draws from the global RNG. Returns
+    the logger."""
     import tempfile
     from pathlib import Path
 
@@ -561,8 +549,7 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(run_dir) if run_dir is not None else Path(scratch)
-        check_defaults(spec)
-        logger = spec.load()(folder, **spec.resolve_options(options))
+        logger = spec.load()(folder, **_resolve(spec, options))
         missing = [m for m in METHODS if not callable(getattr(logger, m, None))]
         _require(not missing, spec, f"the factory returned a {type(logger).__name__} without {', '.join(missing)}")
         picture = Path(scratch) / "samples.png"
@@ -578,23 +565,17 @@ def check_logger(spec: Any, run_dir: Any = None, **options: Any) -> Any:
     return logger
 
 
-# Shapes check_plugin tries, in order, for an augmentation: images first, then 2-D points.
-AUGMENTATION_SHAPES: tuple[tuple[int, ...], ...] = ((3, 16, 16), (1, 8, 8), (2,))
-
-
 @_seeded
 def check_augmentation(
     spec: Any, data_shape: tuple[int, ...] = (3, 16, 16), batch_size: int = 8, **options: Any
 ) -> Any:
     """Build the augmentation for samples of ``data_shape`` and apply it, with p = 1, to a batch
-    ``(batch_size, *data_shape)`` as the trainer does. Asserts that the output is a tensor of the
-    input's shape and dtype; that the gradient reaches the input (non-zero) and can be
-    differentiated again (R1 and the gradient penalty need the second order); that a draw
-    seeded with ``torch.manual_seed`` repeats exactly. Returns the augmentation."""
+    ``(batch_size, *data_shape)`` as the trainer does. Asserts that the output is a tensor of the input's shape and
+    dtype; that the gradient reaches the input (non-zero) and can be differentiated again (R1 and the gradient penalty
+    need the second order); that a draw seeded with ``torch.manual_seed`` repeats exactly. Returns the augmentation."""
     import torch
 
-    check_defaults(spec)
-    augment = spec.load()(AugmentContext(tuple(data_shape)), **spec.resolve_options(options))
+    augment = spec.load()(AugmentContext(tuple(data_shape)), **_resolve(spec, options))
     _require(
         callable(augment), spec, f"the factory returned {type(augment).__name__}, expected a callable augment(x, p)"
     )
@@ -621,15 +602,17 @@ def check_augmentation(
     return augment
 
 
+# -- whole plugins -----------------------------------------------------------------------------------
+
+
 def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[str]]:
-    """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the
-    built-ins, assert it loads (status ok) and registers at least one spec, then run
-    :func:`check_architecture` (on the first of :data:`DATA_SHAPES` it accepts, bounded with
-    BatchNorm allowed and again unbounded without; a conditional spec also with 3 classes),
-    :func:`check_loss`, :func:`check_dataset`, :func:`check_metric`, :func:`check_logger` or
-    :func:`check_augmentation` (on the first of :data:`AUGMENTATION_SHAPES` it accepts) on every
-    spec it registers. ``options`` maps a spec name to keyword options for its check (default
-    options otherwise). Returns what it registers, ``{kind: [names]}``.
+    """Load ``plugin`` (a module or object with hookimpls) into a fresh registry beside the built-ins, assert it loads
+    (status ok) and registers at least one spec, then run :func:`check_architecture` (on the first of
+    :data:`DATA_SHAPES` it accepts, bounded with BatchNorm allowed and again unbounded without; a conditional spec also
+    with 3 classes), :func:`check_loss`, :func:`check_dataset`, :func:`check_metric`, :func:`check_logger` or
+    :func:`check_augmentation` (on the first of :data:`AUGMENTATION_SHAPES` it accepts) on every spec it registers.
+    ``options`` maps a spec name to keyword options for its check (default options otherwise). Returns what it
+    registers, ``{kind: [names]}``.
     """
     from ganplug.registry import Registry
 
@@ -646,31 +629,23 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
     unknown = set(options) - {n for names in info.registers.values() for n in names}
     if unknown:
         raise ValueError(f"check_plugin options name specs the plugin does not register: {sorted(unknown)}")
+    checks = {"loss": check_loss, "dataset": check_dataset, "metric": check_metric, "logger": check_logger}
     for kind in info.registers:
-        for entry in registry.entries(kind):
-            if entry.plugin != "under-test":
-                continue
-            spec = entry.spec
+        for spec in [e.spec for e in registry.entries(kind) if e.plugin == "under-test"]:
             given = dict(options.get(spec.name, {}))
             if kind == "architecture":
-                # Bounded with BatchNorm allowed, then unbounded without (a gradient penalty);
-                # options that name either flag replace both runs with one.
-                variants: list[dict[str, bool]] = [
-                    {"bounded": True, "critic_batchnorm": True},
-                    {"bounded": False, "critic_batchnorm": False},
-                ]
+                # Bounded with BatchNorm allowed, then unbounded without (a gradient penalty), a conditional spec
+                # also with 3 classes; options that name either flag replace the first two runs with one.
+                flags: list[dict[str, Any]] = [{"bounded": b, "critic_batchnorm": b} for b in (True, False)]
                 if {"bounded", "critic_batchnorm"} & set(given):
-                    variants = [{}]
-                shape = _first_shape(check_architecture, spec, given, DATA_SHAPES, **variants[0])
-                for variant in variants[1:]:
+                    flags = [{}]
+                shape = _first_shape(check_architecture, spec, given, DATA_SHAPES, **flags[0])
+                classes = [0, 3] if spec.conditional and "num_classes" not in given else [0]
+                for variant in [{**f, "num_classes": k} if k else f for k in classes for f in flags][1:]:
                     check_architecture(spec, data_shape=shape, **variant, **given)
-                if spec.conditional and "num_classes" not in given:
-                    for variant in variants:
-                        check_architecture(spec, data_shape=shape, num_classes=3, **variant, **given)
             elif kind == "augmentation":
                 _first_shape(check_augmentation, spec, given, AUGMENTATION_SHAPES)
             else:
-                checks = {"loss": check_loss, "dataset": check_dataset, "metric": check_metric, "logger": check_logger}
                 checks[kind](spec, **given)
     return dict(info.registers)
 
@@ -678,8 +653,8 @@ def check_plugin(plugin: object, options: Mapping[str, Mapping[str, Any]] | None
 def _first_shape(
     check: Callable[..., object], spec: Any, given: dict[str, Any], shapes: tuple[tuple[int, ...], ...], **flags: bool
 ) -> tuple[int, ...]:
-    """``check(spec, data_shape, **flags, **given)`` on ``given.pop("data_shape")``, else on the first
-    of ``shapes`` the factory accepts (one it refuses raises GanplugError: "cannot handle this shape")."""
+    """``check(spec, data_shape, **flags, **given)`` on ``given.pop("data_shape")``, else on the first of ``shapes`` the
+    factory accepts (one it refuses raises GanplugError: "cannot handle this shape")."""
     from ganplug.errors import GanplugError
 
     reasons = []
