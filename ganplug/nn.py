@@ -13,7 +13,16 @@ from ganplug.ops import reference
 from ganplug.ops._extension import serves
 
 
-class FusedLinearLeakyReLU(nn.Linear):
+class _ShowsSlope(nn.Module):
+    """Adds ``negative_slope`` to the module's repr."""
+
+    negative_slope: float
+
+    def extra_repr(self) -> str:
+        return ", ".join(filter(None, (super().extra_repr(), f"negative_slope={self.negative_slope}")))
+
+
+class FusedLinearLeakyReLU(_ShowsSlope, nn.Linear):
     """nn.Linear followed by LeakyReLU, as one fused op (ganplug.ops.linear_leaky_relu).
 
     Input (*, in_features) -> output (*, out_features). Parameters, initialisation and state dict are nn.Linear's, so
@@ -35,9 +44,6 @@ class FusedLinearLeakyReLU(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.linear_leaky_relu(input, self.weight, self.bias, self.negative_slope)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
-
 
 class Dropout(nn.Dropout):
     """nn.Dropout on the fused op (ganplug.ops.dropout): the same distribution, arguments and (empty) state dict, with a
@@ -50,7 +56,7 @@ class Dropout(nn.Dropout):
         return ops.dropout(input, self.p, self.training)
 
 
-class FusedConv2dLeakyReLU(nn.Conv2d):
+class FusedConv2dLeakyReLU(_ShowsSlope, nn.Conv2d):
     """nn.Conv2d followed by LeakyReLU: the convolution without its bias, then the bias and the activation as one fused
     op (ganplug.ops.bias_leaky_relu). ``groups`` splits the channels into groups convolved separately, as nn.Conv2d's
     (a grouped convolution; R3GAN's inverted bottlenecks).
@@ -88,9 +94,6 @@ class FusedConv2dLeakyReLU(nn.Conv2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.bias_leaky_relu(self._conv_forward(input, self.weight, None), self.bias, self.negative_slope)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
 
 
 class HeadedDiscriminator(nn.Sequential):
@@ -237,7 +240,7 @@ def _batch_norm_fused(
     return batch_norm_leaky_relu(x, running_mean, running_var, weight, bias, training, factor, bn.eps, negative_slope)
 
 
-class BatchNormLeakyReLU(nn.BatchNorm2d):
+class BatchNormLeakyReLU(_ShowsSlope, nn.BatchNorm2d):
     """nn.BatchNorm2d followed by LeakyReLU (ReLU at slope 0) as one fused op, batch statistics included, with a fused
     backward (:func:`batch_norm_leaky_relu`; the eval mode folds the running statistics into one scale and shift per
     channel for ganplug.ops.affine_leaky_relu).
@@ -255,11 +258,8 @@ class BatchNormLeakyReLU(nn.BatchNorm2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return _batch_norm_fused(self, input, self.weight, self.bias, self.negative_slope)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
 
-
-class ConditionalBatchNormLeakyReLU(nn.Module):
+class ConditionalBatchNormLeakyReLU(_ShowsSlope):
     """Conditional BatchNorm (de Vries et al. 2017; the class-conditional generators of Miyato et al. 2018, Brock et
     al. 2019) followed by LeakyReLU (ReLU at slope 0): BatchNorm without affine, then per-sample gain and bias looked up
     by class, all in one fused op with a fused backward (:func:`batch_norm_leaky_relu` with weight and bias (N, C)).
@@ -281,11 +281,8 @@ class ConditionalBatchNormLeakyReLU(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _batch_norm_fused(self.norm, x, self.gain(y), self.bias(y), self.negative_slope)
 
-    def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
 
-
-class GroupNormLeakyReLU(nn.GroupNorm):
+class GroupNormLeakyReLU(_ShowsSlope, nn.GroupNorm):
     """nn.GroupNorm followed by LeakyReLU as one fused op, statistics included, with a fused backward that is itself
     differentiable (gradient penalties): :func:`group_norm_leaky_relu`.
 
@@ -299,6 +296,3 @@ class GroupNormLeakyReLU(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return group_norm_leaky_relu(input, self.num_groups, self.weight, self.bias, self.eps, self.negative_slope)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

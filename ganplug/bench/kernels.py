@@ -1,14 +1,9 @@
 """Fused ganplug ops vs the eager PyTorch a user would write vs torch.compile of that eager code.
 
-Columns of a row (one op, pass, shape, device and dtype):
-
-  fused    ganplug.ops.<op>                       (the compiled kernel of ganplug._C)
-  eager    the plain PyTorch twin below           (what a user writes without ganplug)
-  compile  torch.compile(twin, dynamic=False)     (forward and backward compiled in the warm-up)
-
-Passes: ``fwd`` (inputs without requires_grad) and ``fwd+bwd`` (forward, then
-``torch.autograd.grad`` to every floating-point input, so no ``.grad`` accumulation is timed). Before timing,
-every column's output (and gradients) are checked against the eager twin.
+Columns of a row (op, pass, shape, device, dtype): ``fused`` (ganplug.ops.<op>, the kernel of ganplug._C), ``eager``
+(the plain PyTorch twin in :data:`EAGER`), ``compile`` (torch.compile(twin, dynamic=False), compiled in the warm-up).
+Passes: ``fwd``, and ``fwd+bwd`` (then ``torch.autograd.grad`` to every floating-point input: no ``.grad``
+accumulation is timed). Every column's output and gradients are checked against the eager twin before timing.
 """
 
 from __future__ import annotations
@@ -87,21 +82,20 @@ EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "dropout": lambda x: F.dropout(x, DROPOUT_P, training=True),
     "diff_augment": tutorial_diff_augment,
 }
+LOSSES = tuple(list(EAGER)[6:11])  # scalar outputs of critic scores (N, 1), as gradient_penalty's output is
+
+
+def _fused_batch_norm_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return fused_nn.batch_norm_leaky_relu(x, None, None, w, b, training=True)
+
+
+# ganplug.ops by name (their default negative_slope is NEGATIVE_SLOPE), the norm blocks of ganplug.nn
 FUSED: dict[str, Callable[..., torch.Tensor]] = {
-    "linear_leaky_relu": lambda x, weight, bias: ops.linear_leaky_relu(x, weight, bias, NEGATIVE_SLOPE),
-    "bias_leaky_relu": lambda x, bias: ops.bias_leaky_relu(x, bias, NEGATIVE_SLOPE),
-    "affine_leaky_relu": lambda x, s, t: ops.affine_leaky_relu(x, s, t, NEGATIVE_SLOPE),
-    "batch_norm_relu": lambda x, w, b: fused_nn.batch_norm_leaky_relu(x, None, None, w, b, training=True),
-    "conditional_batch_norm_relu": lambda x, g, b: fused_nn.batch_norm_leaky_relu(x, None, None, g, b, training=True),
-    "group_norm_leaky_relu": lambda x, w, b: fused_nn.group_norm_leaky_relu(x, 1, w, b, negative_slope=NEGATIVE_SLOPE),
-    "discriminator_bce": ops.discriminator_bce,
-    "generator_bce": ops.generator_bce,
-    "minimax_generator_loss": ops.minimax_generator_loss,
-    "wasserstein_critic_loss": ops.wasserstein_critic_loss,
-    "wasserstein_generator_loss": ops.wasserstein_generator_loss,
-    "gradient_penalty": ops.gradient_penalty,
+    **{op: getattr(ops, op) for op in EAGER if hasattr(ops, op)},
+    "batch_norm_relu": _fused_batch_norm_relu,
+    "conditional_batch_norm_relu": _fused_batch_norm_relu,
+    "group_norm_leaky_relu": lambda x, w, b: fused_nn.group_norm_leaky_relu(x, 1, w, b),
     "dropout": lambda x: ops.dropout(x, DROPOUT_P),
-    "diff_augment": ops.diff_augment,
 }
 
 # -- the cases: shapes from GAN practice --------------------------------------------------------
@@ -174,13 +168,7 @@ class KernelRow:
 
     def grad_output(self) -> torch.Tensor | None:
         """The incoming gradient of an op with a non-scalar output, else None."""
-        if not self.backward or self.op not in (
-            "linear_leaky_relu",
-            "bias_leaky_relu",
-            "dropout",
-            "diff_augment",
-            *NORM_OPS,
-        ):
+        if not self.backward or self.op in (*LOSSES, "gradient_penalty"):
             return None
         if self.op == "dropout":
             return torch.ones(self.shapes[0], device=self.device, dtype=self.dtype)
@@ -210,7 +198,7 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             for shape in NORM_MAPS:
                 coefficient = shape[:2] if op == "conditional_batch_norm_relu" else shape[1:2]
                 specs.append((op, "x".join(map(str, shape)), (shape, coefficient)))
-        for op in list(EAGER)[6:11]:  # the losses: critic scores (N, 1) of real and fake, or of fake only
+        for op in LOSSES:  # critic scores (N, 1) of real and fake, or of fake only
             for n in (64, big_loss):
                 label = f"{n} logits" if n < 1024 else f"2^{int(math.log2(n))} logits"
                 specs.append(

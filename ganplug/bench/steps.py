@@ -1,23 +1,14 @@
 """Whole training steps: ganplug's trainer vs the plain PyTorch loop a user would write.
 
-One call is one generator step with its ``n_critic`` critic steps. Columns of a row (one case,
-device and thread count):
+One call is one generator step with its ``n_critic`` critic steps. Columns of a row (case, device, threads):
 
-  ganplug   the trainer's step (``Trainer.run_step``: the step maths and the per-step guard)
-  plain     :class:`PlainLoop`, written the way the PyTorch tutorials write it:
-            nn.Linear/nn.Conv2d + nn.LeakyReLU, nn.Dropout, F.binary_cross_entropy_with_logits,
-            autograd.grad(create_graph=True) for the gradient penalty, torch.optim.Adam with its
-            default implementation
-  compile   that loop with torch.compile(G) and torch.compile(D); where torch refuses it (the
-            penalty's double backward through a compiled D) the row says why
+  ganplug   the trainer's step (``Trainer.run_step``); on CUDA also a ``cuda-graphs`` row (``--cuda-graphs``)
+  plain     :class:`PlainLoop`, as the PyTorch tutorials write it: torch.nn layers, F.binary_cross_entropy_with_logits,
+            autograd.grad(create_graph=True) for the penalties, torch.optim.Adam
+  compile   that loop with torch.compile(G) and torch.compile(D), or why torch refused it
 
-On CUDA every case also has a ``cuda-graphs`` row: its ganplug column is the trainer with
-``--cuda-graphs`` (the step captured once and replayed; the row says why where it fell back to
-the eager step), the plain and compile columns as in the float32 row.
-
-The plain models get ganplug's initial weights (copied parameter by parameter), the same batch
-size, loss, optimiser, learning rates, betas and EMA; :func:`check_equivalence` checks before
-timing that both compute the same losses and gradients. Samples/s = batch * n_critic / time.
+The plain models get ganplug's initial weights and recipe (batch, loss, optimiser, EMA); :func:`check_equivalence`
+checks that both compute the same losses and gradients before timing. Samples/s = batch * n_critic / time.
 """
 
 from __future__ import annotations
@@ -53,42 +44,23 @@ class StepCase:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def _case(name: str, arch: str, loss: str, dataset: str, batch_size: int = 64, **config: Any) -> StepCase:
+    return StepCase(name, dict(arch=arch, loss=loss, dataset=dataset, batch_size=batch_size, **config))
+
+
+_RGB32: dict[str, Any] = {"data_options": {"image_size": 32}}  # the image-folder cases' 32x32 RGB images
+_RING8_MLP = {"g_widths": "256,256,256", "d_widths": "256,256,256", "dropout": 0.0, "d_input_scale": 30.0}
 CASES = (
-    StepCase("a-mlp-bce-digits16", dict(arch="mlp", loss="bce", dataset="digits", batch_size=64)),
+    _case("a-mlp-bce-digits16", "mlp", "bce", "digits"),
     # the main job (make train) with mnist5k's defaults: 32x32, 2 critic steps, Adam 5e-4, EMA 0.999
-    StepCase("b-dcgan32-wgan-gp-mnist5k", dict(arch="dcgan", loss="wasserstein", dataset="mnist5k", batch_size=64)),
-    StepCase(
-        "c-ring8-recipe",
-        dict(
-            arch="mlp",
-            loss="bce",
-            dataset="ring8",
-            batch_size=512,
-            pack=2,
-            ema=0.999,
-            arch_options={"g_widths": "256,256,256", "d_widths": "256,256,256", "dropout": 0.0, "d_input_scale": 30.0},
-        ),
-    ),
-    StepCase(
-        "d-dcgan32-hinge-rgb",
-        dict(arch="dcgan", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
-    ),
-    StepCase(
-        "e-resnet28-hinge-mnist5k",
-        dict(arch="resnet", loss="hinge", dataset="mnist5k", batch_size=64, data_options={"image_size": 28}),
-    ),
-    StepCase(
-        "f-resnet32-hinge-rgb",
-        dict(arch="resnet", loss="hinge", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
-    ),
+    _case("b-dcgan32-wgan-gp-mnist5k", "dcgan", "wasserstein", "mnist5k"),
+    _case("c-ring8-recipe", "mlp", "bce", "ring8", 512, pack=2, ema=0.999, arch_options=_RING8_MLP),
+    _case("d-dcgan32-hinge-rgb", "dcgan", "hinge", "image-folder", **_RGB32),
+    _case("e-resnet28-hinge-mnist5k", "resnet", "hinge", "mnist5k", data_options={"image_size": 28}),
+    _case("f-resnet32-hinge-rgb", "resnet", "hinge", "image-folder", **_RGB32),
     # r3gan with its recipe: RpGAN + R1 + R2, Adam (0, 0.99)
-    StepCase(
-        "g-r3gan28-relativistic-mnist5k", dict(arch="r3gan", loss="relativistic", dataset="mnist5k", batch_size=64)
-    ),
-    StepCase(
-        "h-r3gan32-relativistic-rgb",
-        dict(arch="r3gan", loss="relativistic", dataset="image-folder", batch_size=64, data_options={"image_size": 32}),
-    ),
+    _case("g-r3gan28-relativistic-mnist5k", "r3gan", "relativistic", "mnist5k"),
+    _case("h-r3gan32-relativistic-rgb", "r3gan", "relativistic", "image-folder", **_RGB32),
 )
 
 
@@ -126,6 +98,10 @@ def rows(device: str, threads: int) -> list[StepRow]:
 # -- the plain models: the same layers as ganplug's, from torch.nn only ----------------------------
 
 
+def _act(slope: float) -> nn.Module:
+    return nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)
+
+
 class Scale(nn.Module):
     """x -> x * scale (the mlp critic's d_input_scale)."""
 
@@ -146,21 +122,17 @@ class PlainConditionalBatchNorm(nn.Module):
         self.norm = nn.BatchNorm2d(num_features, affine=False)
         self.gain = nn.Embedding(num_classes, num_features)
         self.bias = nn.Embedding(num_classes, num_features)
-        self.act = nn.ReLU() if negative_slope == 0.0 else nn.LeakyReLU(negative_slope)
+        self.act = _act(negative_slope)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None])
 
 
 def plain_twin(model: nn.Module) -> nn.Module:
-    """The torch.nn layers a user writes for ganplug's ``model``: every fused layer (a Linear or
-    Conv2d subclass carrying ``negative_slope``, or a fused BatchNorm/GroupNorm block) becomes the plain layer +
-    nn.LeakyReLU (nn.ReLU at slope 0, none at slope 1), conditional BatchNorm a PlainConditionalBatchNorm, under torch's spectral_norm where ganplug's is, a fused activation (an nn.LeakyReLU subclass) nn.LeakyReLU or
-    nn.ReLU, ganplug's Dropout becomes nn.Dropout, everything else is copied; an mlp critic's
-    ``input_scale`` becomes a first layer. A Sequential becomes one nn.Sequential of those layers;
-    any other module with children (a residual block, a generator taking labels) is copied with
-    each child replaced by its twin, so its own forward runs on plain layers. The weights are not
-    copied (see :func:`copy_weights`)."""
+    """The torch.nn layers a user writes for ganplug's ``model`` (weights not copied: :func:`copy_weights`): each
+    fused layer becomes its plain layer + nn.LeakyReLU (nn.ReLU at slope 0, none at 1), under spectral_norm where
+    ganplug's is; an mlp critic's ``input_scale`` a first layer; a Sequential one nn.Sequential; any other module
+    with children a copy with each child replaced by its twin."""
     if isinstance(model, nn.Sequential):
         scale = float(getattr(model, "input_scale", 1.0))
         first = [Scale(scale)] if scale != 1.0 else []
@@ -170,17 +142,15 @@ def plain_twin(model: nn.Module) -> nn.Module:
 
 
 def _plain_layers(layer: nn.Module) -> list[nn.Module]:
-    """The plain layers standing for one of ganplug's layers (see :func:`plain_twin`)."""
     slope = getattr(layer, "negative_slope", None)
     plain: nn.Module
     if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
         keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups")
-        shape = {k: getattr(layer, k) for k in keys}
-        plain = nn.Conv2d(**shape, bias=layer.bias is not None)
+        plain = nn.Conv2d(**{k: getattr(layer, k) for k in keys}, bias=layer.bias is not None)
     elif isinstance(layer, nn.LeakyReLU) and type(layer) is not nn.LeakyReLU:
-        return [nn.ReLU() if layer.negative_slope == 0.0 else nn.LeakyReLU(layer.negative_slope)]
+        return [_act(layer.negative_slope)]
     elif isinstance(layer, nn.Dropout):
         return [nn.Dropout(layer.p)]
     elif isinstance(layer, BatchNormLeakyReLU):
@@ -202,7 +172,7 @@ def _plain_layers(layer: nn.Module) -> list[nn.Module]:
     factor, pool = getattr(layer, "scale_factor", None), getattr(layer, "pool", None)
     layers = [*([nn.Upsample(scale_factor=float(factor))] if factor else []), plain]
     if slope is not None and slope != 1.0:
-        layers.append(nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope))
+        layers.append(_act(slope))
     return [*layers, nn.AvgPool2d(pool)] if pool else layers
 
 
@@ -253,9 +223,8 @@ class PlainLoop:
             return self.rpgan_d_loss(real, fake)
         r, f = self.critic(real), self.critic(fake)
         if self.loss == "bce":
-            return F.binary_cross_entropy_with_logits(r, torch.ones_like(r)) + F.binary_cross_entropy_with_logits(
-                f, torch.zeros_like(f)
-            )
+            bce = F.binary_cross_entropy_with_logits
+            return bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f))
         if self.loss == "hinge":
             return F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean()
         loss = f.mean() - r.mean()
@@ -361,35 +330,30 @@ def _assert_close(what: str, ours: Any, theirs: Any, *, rtol: float, atol: float
 
 
 def check_equivalence(trainer, loop: PlainLoop, n: int = 8) -> None:
-    """AssertionError unless ``loop`` computes what ``trainer``'s step computes on ``n`` real
-    samples and ``n`` noise vectors: G's samples, the critic loss (the penalty's interpolation
-    seeded alike) and its gradients in D's parameters, the generator loss and its gradients in
-    G's parameters, and the recipe (batch, critic steps, learning rates, betas, EMA decay). In
-    eval mode and float32, so dropout's masks and batch statistics do not enter."""
-    cfg, critic = trainer.config, trainer.stepper.critic
+    """AssertionError unless ``loop`` computes ``trainer``'s step on ``n`` samples and noise vectors: G's samples,
+    both losses and their gradients, and the recipe. In eval mode and float32 (no dropout masks, batch statistics)."""
+    cfg, stepper = trainer.config, trainer.stepper
     real = loop.data[:n]
     z = torch.randn(n, loop.latent_dim, generator=torch.Generator().manual_seed(0)).to(real.device)
-    tight, loose = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=1e-5)
-    with _eval(trainer.stepper.G, trainer.stepper.D, loop.G, loop.D):
+
+    def compare(what: str, ours: torch.Tensor, theirs: torch.Tensor, model: nn.Module, twin: nn.Module) -> None:
+        _assert_close(f"the {what} loss", theirs, ours, rtol=1e-4, atol=1e-5)
+        ours_grads = torch.autograd.grad(ours, list(model.parameters()))
+        theirs_grads = torch.autograd.grad(theirs, list(twin.parameters()))
+        _assert_close(f"the {what}'s gradients", theirs_grads, ours_grads, rtol=1e-3, atol=1e-5)
+
+    with _eval(stepper.G, stepper.D, loop.G, loop.D):
         with torch.no_grad():
-            fake = trainer.stepper.G(z)
-            _assert_close("G(z)", loop.G(z), fake, **tight)
+            fake = stepper.G(z)
+            _assert_close("G(z)", loop.G(z), fake, rtol=1e-4, atol=1e-5)
         torch.manual_seed(1)
-        ours, _ = trainer.stepper.loss.discriminator_loss(critic, real, fake)
+        ours, _ = stepper.loss.discriminator_loss(stepper.critic, real, fake)
         torch.manual_seed(1)
-        theirs = loop.d_loss(real, fake)
-        _assert_close("the critic loss", theirs, ours, **tight)
-        d_ours = torch.autograd.grad(ours, list(trainer.stepper.D.parameters()))
-        d_theirs = torch.autograd.grad(theirs, list(loop.D.parameters()))
-        _assert_close("the critic's gradients", d_theirs, d_ours, **loose)
-        real_batch = {"real": real} if takes_real_batch(trainer.stepper.loss) else {}
-        ours, _ = trainer.stepper.loss.generator_loss(critic, trainer.stepper.G(z), **real_batch)
-        theirs = loop.g_loss(loop.G(z), real)
-        _assert_close("the generator loss", theirs, ours, **tight)
-        g_ours = torch.autograd.grad(ours, list(trainer.stepper.G.parameters()))
-        g_theirs = torch.autograd.grad(theirs, list(loop.G.parameters()))
-        _assert_close("the generator's gradients", g_theirs, g_ours, **loose)
-    for ours_opt, theirs_opt in ((trainer.stepper.opt_g, loop.opt_g), (trainer.stepper.opt_d, loop.opt_d)):
+        compare("critic", ours, loop.d_loss(real, fake), stepper.D, loop.D)
+        real_batch = {"real": real} if takes_real_batch(stepper.loss) else {}
+        ours, _ = stepper.loss.generator_loss(stepper.critic, stepper.G(z), **real_batch)
+        compare("generator", ours, loop.g_loss(loop.G(z), real), stepper.G, loop.G)
+    for ours_opt, theirs_opt in ((stepper.opt_g, loop.opt_g), (stepper.opt_d, loop.opt_d)):
         a, b = ours_opt.param_groups[0], theirs_opt.param_groups[0]
         if type(ours_opt) is not type(theirs_opt) or a["lr"] != b["lr"] or tuple(a["betas"]) != tuple(b["betas"]):
             raise AssertionError(f"the plain loop's optimiser {b} differs from ganplug's {a}")
@@ -427,10 +391,7 @@ class StepBench:
 
     def plain_loop(self) -> PlainLoop:
         """A fresh plain loop on twins of ganplug's models, with ganplug's initial weights."""
-        G, D = (
-            plain_twin(self.run.generator).to(self.run.device),
-            plain_twin(self.run.discriminator).to(self.run.device),
-        )
+        G, D = (plain_twin(m).to(self.run.device) for m in (self.run.generator, self.run.discriminator))
         copy_weights(G, self.run.generator)
         copy_weights(D, self.run.discriminator)
         return PlainLoop(self.run, G, D, self.data)

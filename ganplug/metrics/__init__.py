@@ -1,15 +1,12 @@
-"""Sample-quality metrics, registered as plugins through ``ganplug_metrics()`` (see
-:class:`ganplug.plugin.MetricSpec`) and computed by ``ganplug eval`` and
-periodically during training (``--eval-every``, logged to metrics.jsonl).
+"""Sample-quality metrics, registered through ``ganplug_metrics()`` (:class:`ganplug.plugin.MetricSpec`), computed by
+``ganplug eval`` and during training (``--eval-every``, logged to metrics.jsonl).
 
 - :mod:`ganplug.metrics.mixtures`: mode coverage of the 2-D mixtures (PacGAN/VEEGAN protocol).
 - :mod:`ganplug.metrics.gaussian`: moments and Kolmogorov-Smirnov fit of the 1-D Gaussian.
 - :mod:`ganplug.metrics.classifier`: a digit classifier's features (Fréchet distance, PRDC, classes).
 - :mod:`ganplug.metrics.inception`: FID and KID with Inception-v3, when its weights are local.
-- :func:`prepare_metrics`, :func:`metric_context` and :func:`score_generator`: build the metrics
-  that apply to a dataset, the context they score with, and score a live generator with them
-  (``ganplug train --eval-every``; a checkpoint's generator through
-  :func:`ganplug.evaluation.evaluate`, above the trainer).
+- :func:`prepare_metrics`, :func:`metric_context`, :func:`score_generator`: build a dataset's metrics, their
+  context, and score a generator with them (``--eval-every``; checkpoints via :func:`ganplug.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -63,9 +60,8 @@ def samples_needed(spec: Any, options: dict[str, Any]) -> int:
 
 
 def metric_options(pairs: tuple[str, ...], dataset: str, names: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
-    """``("NAME.KEY=VALUE", ...)`` (``--metric-opt``) -> ``{metric name: {key: value}}`` with
-    each NAME resolved through the registry (aliases, ``plugin:name``). UsageError for a pair
-    not of that form, a metric that does not apply to ``dataset`` or one left out by ``names``."""
+    """``("NAME.KEY=VALUE", ...)`` (``--metric-opt``) -> ``{metric name: {key: value}}``, NAME resolved through the
+    registry; UsageError for another form, a metric not for ``dataset`` or one left out by ``names``."""
     from ganplug.registry import get_registry
 
     registry = get_registry()
@@ -93,14 +89,10 @@ def prepare_metrics(
     num_samples: int | None = None,
     failed: dict[str, GanplugError] | None = None,
 ) -> tuple[list[tuple[Any, Any, int]], dict[str, str]]:
-    """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics applying to
-    ``dataset`` (a bare name; see :func:`applicable_metrics`), each built with its default options
-    overridden by ``options[spec.name]`` (checked by the spec: UsageError naming a bad one).
-    ``num_samples`` sets every metric's ``n_samples`` (one in ``options`` wins); a metric without
-    that option then still scores ``num_samples`` samples. A metric whose factory raises
-    MetricUnavailable, or fails (a PluginError naming its plugin), is skipped with its message,
-    or, when it was named in ``names``, that error is raised; with ``failed``, a failed one goes
-    there (``{name: error}``) instead."""
+    """``([(spec, metric, n_samples)], {name: why skipped})`` for the metrics of :func:`applicable_metrics`, each
+    built with ``options[spec.name]`` over its defaults (UsageError for a bad one). ``num_samples`` sets every
+    ``n_samples`` unless ``options`` does. A factory raising MetricUnavailable or failing (PluginError) is skipped with
+    its message, raised when named in ``names``, or, with ``failed``, a failure is stored there by name."""
     from ganplug.registry import call_factory
 
     if num_samples is not None and num_samples < 1:  # click and the config check the type
@@ -146,9 +138,8 @@ NEW_FORM = "metric(samples, context)"
 
 
 def uses_old_form(metric: Any) -> bool:
-    """Whether ``metric`` is written in plugin API 1's call form ``metric(samples, *, dataset,
-    dataset_options)``: it names ``dataset`` or ``dataset_options`` as a parameter (or takes
-    ``**kwargs``) and has no second positional parameter, or its second one is ``dataset``."""
+    """Whether ``metric`` is in plugin API 1's form :data:`OLD_FORM`: its second positional parameter is ``dataset``
+    (or ``dataset_options``), or it has none and takes ``dataset``, ``dataset_options`` or ``**kwargs``."""
     try:
         parameters = list(inspect.signature(metric).parameters.values())
     except (TypeError, ValueError):
@@ -163,10 +154,8 @@ def uses_old_form(metric: Any) -> bool:
 
 
 def current_form(spec: Any, metric: Any) -> Any:
-    """``metric`` (built from ``spec``) as called now, ``metric(samples, context)``: itself, or
-    for one in plugin API 1's form (:func:`uses_old_form`) a function that calls it with
-    ``dataset=context.dataset, dataset_options=context.options`` (and ``labels`` when it takes
-    them), after a :class:`~ganplug.plugin.PluginAPIWarning` naming the plugin."""
+    """``metric`` as :data:`NEW_FORM` calls it: itself, or for the old form (:func:`uses_old_form`) a wrapper passing
+    ``dataset`` and ``dataset_options`` (and ``labels``), after a PluginAPIWarning naming the plugin."""
     if not uses_old_form(metric):
         return metric
     from ganplug.registry import warn_old_form
@@ -198,19 +187,14 @@ def score_generator(
     batch_size: int = 1024,
     failed: dict[str, GanplugError] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{metric name: {key: float}}`` of ``generator`` (a module mapping noise to samples, used
-    as it is: put it in eval mode first) for the ``built`` metrics of :func:`prepare_metrics`,
-    each called as ``metric(samples, context)`` (see :func:`metric_context`).
+    """``{metric name: {key: float}}`` of ``generator`` (used as it is: eval mode first) for the ``built`` metrics of
+    :func:`prepare_metrics`, each called as ``metric(samples, context)``, without grad.
 
-    One set of noise is drawn from a private CPU ``torch.Generator`` seeded with ``seed`` (the
-    global RNGs are untouched; it equals ``ganplug.generate.sample(G, n, seed=seed)``) for the
-    largest ``n_samples``; each metric scores the first ``n_samples`` of it. Runs without grad.
-    A conditional generator (``num_classes`` K > 0) draws them for the classes 0..K-1 in turn,
-    and a metric that takes ``labels`` gets them.
-
-    A metric that raises: a GanplugError (it refuses the samples, e.g. NaN) as it is, anything
-    else as a :class:`PluginError` naming the metric's plugin; with ``failed`` (a dict) the error
-    is stored there under the metric's name and the other metrics still run, else it is raised.
+    One set of samples for the largest ``n_samples``, from a private CPU ``torch.Generator`` seeded with ``seed`` (as
+    ``ganplug.generate.sample(G, n, seed=seed)``); each metric scores its first ``n_samples``. A conditional generator
+    (``num_classes`` K > 0) draws the classes 0..K-1 in turn, passed as ``labels`` to a metric that takes them.
+    A metric's GanplugError stays as it is, anything else becomes a PluginError naming its plugin; with ``failed`` the
+    error is stored there by name and the other metrics still run, else it is raised.
     """
     from ganplug.noise import cycled_labels, draw_samples
 

@@ -1,43 +1,27 @@
-"""Sample quality of 10-class greyscale images (``digits``, the bundled ``mnist5k``, and the
-MNIST-like ``mnist`` and ``fashion-mnist`` when their files are present) in the feature space of
-a small classifier.
+"""Sample quality of 10-class greyscale images (``digits``, ``mnist5k``, and ``mnist``/``fashion-mnist`` when their
+files are present) in the feature space of a small classifier.
 
-The classifier (:class:`DigitClassifier`, an MLP on the flattened ``S x S`` image) is trained
-deterministically on a fixed half of the real images (:func:`digits_split`, a seeded permutation;
-for scikit-learn's 1797 digits: 898 reference images, 899 held out) and cached as a state dict
-under ``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``), one file per dataset, image size and
-:data:`CLASSIFIER_VERSION`; a missing or unreadable cache file is retrained (and rewritten
-atomically). Its features are the penultimate layer's activations (mnist5k: 2500 reference
-images, 2500 held out). For the MNIST-like sets (60 000 images) the statistics use at most
-:data:`REFERENCE_CAP` images of each half.
+The classifier (:class:`DigitClassifier`, an MLP on the flattened ``S x S`` image) is trained deterministically on a
+fixed half of the real images (:func:`digits_split`, a seeded permutation) and cached as a state dict under
+``$GANPLUG_CACHE`` (default ``~/.cache/ganplug``) per dataset, image size and :data:`CLASSIFIER_VERSION`; a missing
+or unreadable cache file is retrained. Its features are the penultimate layer's activations; the statistics use at
+most :data:`REFERENCE_CAP` images of each half.
 
-``digits-quality`` (digits) and ``mnist-quality`` (mnist5k, mnist, fashion-mnist) score generated samples
-against the reference half and report, beside each number, the same number for the real
-held-out half (``*_real_floor``: what a perfect generator would score with that many samples):
+``digits-quality`` (digits) and ``mnist-quality`` (the others) score samples against the reference half, each number
+beside the same for as many real held-out images (``*_real_floor``: what a perfect generator would score):
 
 - ``fd``: Fréchet distance of the two feature Gaussians (FID's formula, in this feature space);
-- ``precision``, ``recall`` (Kynkäänniemi et al. 2019) and ``density``, ``coverage`` (Naeem et al.
-  2020) with k-nearest-neighbour radii (``k``, default 5). For two large samples of the same
-  distribution, density ~ 1 and coverage ~ 1 - 2^-k (0.969 at k = 5);
+- ``precision``, ``recall`` (Kynkäänniemi et al. 2019), ``density``, ``coverage`` (Naeem et al. 2020) with
+  k-nearest-neighbour radii (``k``, default 5); for one distribution density ~ 1, coverage ~ 1 - 2^-k;
 - ``confident_pct``: % of samples whose top softmax probability is >= ``confidence``;
-- ``classes_covered``: the classes that are the prediction of at least one confident sample
-  (of 10);
-- ``class_kl``: ``KL(p || uniform)`` of the histogram ``p`` of the predicted (argmax) classes of
-  all samples: 0 for balanced classes, ``log 10`` when every sample gets one class;
-- ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor).
+- ``classes_covered``: the classes predicted for at least one confident sample (of 10);
+- ``class_kl``: ``KL(p || uniform)`` of the predicted classes' histogram: 0 balanced, ``log 10`` for one class;
+- ``classifier_accuracy``: the classifier's accuracy on the held-out half (no floor);
+- conditional runs: ``class_accuracy_pct`` (% of samples classified as the class they were drawn for; floor: the
+  classifier's accuracy) and ``worst_class_accuracy_pct`` (the same for the worst class).
 
-``classifier-score`` (the same datasets) is the Inception Score's formula over this classifier's
-softmax instead of Inception-v3's (:func:`split_score`, 10 splits): offline, and in the classes
-that matter for digits; 10 at best, 1 when every sample looks alike.
-
-For a conditional run (the metric gets each sample's requested ``labels``) also
-``class_accuracy_pct``: % of samples the classifier assigns to the class they were drawn for
-(floor: the classifier's accuracy on the held-out half, in %), and ``worst_class_accuracy_pct``:
-the same for the class it is lowest on.
-
-The floor uses ``min(N, held-out size)`` held-out images for ``N`` generated samples. Coverage
-and recall depend on the reference size against ``N`` (with a 5000-image reference and 1000
-samples, real held-out images cover ~0.6 of it): read them against their floor.
+``classifier-score``: the Inception Score's formula over this classifier's softmax (:func:`split_score`), 1 to 10.
+Coverage and recall depend on the reference size against the number of samples: read them against their floor.
 """
 
 from __future__ import annotations
@@ -329,14 +313,9 @@ def build_score(n_samples: int = 899, splits: int = 10) -> Callable[..., dict[st
         wanted = f"at least {splits} samples of shape (N, 1, {size}, {size})"
         x = checked_samples(samples, "classifier-score", wanted, lambda x: x.shape[1:] == (1, size, size), splits)
         _, probs = classify(reference.model, x)
-        mean, std = split_score(probs, splits)
-        floor, floor_std = split_score(reference.held_probs[: x.shape[0]], splits)
-        return {
-            "classifier_score": mean,
-            "classifier_score_std": std,
-            "classifier_score_real_floor": floor,
-            "classifier_score_std_real_floor": floor_std,
-        }
+        return score_with_floor(
+            "classifier_score", split_score(probs, splits), split_score(reference.held_probs[: x.shape[0]], splits)
+        )
 
     return metric
 
@@ -351,6 +330,11 @@ def checked_samples(samples: Any, name: str, wanted: str, fits: Callable[[Tensor
     if not torch.isfinite(x).all():
         raise GanplugError(f"{name}: the samples contain NaN or infinite values")
     return x
+
+
+def score_with_floor(name: str, score: tuple[float, float], floor: tuple[float, float]) -> dict[str, float]:
+    """``{name, name_std}`` of a (mean, std) ``score`` and the same of ``floor`` as ``*_real_floor``."""
+    return {name: score[0], f"{name}_std": score[1], f"{name}_real_floor": floor[0], f"{name}_std_real_floor": floor[1]}
 
 
 def with_floors(scores: dict[str, float], floor: dict[str, float], keys: tuple[str, ...]) -> dict[str, float]:

@@ -1,27 +1,15 @@
-"""FID and KID in the features of the Inception-v3 network that FID was defined with, for image
-datasets, computed with torch-fidelity's port of the TensorFlow graph (the numbers other papers
-report) when its weights are on this machine.
+"""FID, KID and the Inception Score in the features of the Inception-v3 network FID was defined with (torch-fidelity's
+port of the TensorFlow graph: the numbers papers report), when its weights are on this machine.
 
-Nothing is downloaded. The weights file is ``$GANPLUG_INCEPTION_WEIGHTS`` when set, else where
-torch-fidelity itself would cache it (``<torch.hub.get_dir()>/checkpoints/`` +
-:data:`WEIGHTS_FILE`). Without the optional package (``pip install 'ganplug[inception]'``) or the
-file, building the metric raises :class:`~ganplug.errors.MetricUnavailable`, which ``ganplug eval``
-and ``--eval-every`` report as a one-line "skipped" with what to do.
+Nothing is downloaded: the weights are ``$GANPLUG_INCEPTION_WEIGHTS``, else torch-fidelity's cache location
+(:func:`weights_path`). Without the package (``pip install 'ganplug[inception]'``) or the file, building the metric
+raises :class:`~ganplug.errors.MetricUnavailable`, reported as "skipped" with what to do.
 
-Keys, each beside the same number for real images (``*_real_floor``: real against real, what a
-perfect generator would score with that many samples):
-
-- ``fid``: Fréchet distance of the 2048-d pool features of the samples and of the reference set;
-- ``kid``, ``kid_std``: the unbiased polynomial-kernel MMD² (Bińkowski et al. 2018), mean and std
-  over :data:`KID_SUBSETS` seeded subsets of up to :data:`KID_SUBSET_SIZE` per side.
-
-``inception-score`` (:func:`build_score`): ``inception_score``, ``inception_score_std``, the
-Inception Score (Salimans et al. 2016) as torch-fidelity computes it (:data:`ISC_SPLITS` splits),
-beside the same for as many real held-out images.
-
-Reference and floor sets: the classifier metric's fixed halves of the real images
-(:func:`ganplug.metrics.classifier.digits_split`, a seeded permutation), each cut to
-``n_samples`` (digits at the default 1000: all 898 and 899).
+Keys, each beside the same for real images (``*_real_floor``): ``fid`` (Fréchet distance of the 2048-d pool
+features), ``kid``, ``kid_std`` (unbiased polynomial-kernel MMD², Bińkowski et al. 2018, over :data:`KID_SUBSETS`
+seeded subsets of up to :data:`KID_SUBSET_SIZE`); ``inception-score`` (:func:`build_score`): ``inception_score``,
+``inception_score_std`` as torch-fidelity computes them. Reference and floor sets: the classifier metric's halves of
+the real images (:func:`ganplug.metrics.classifier.digits_split`), each cut to ``n_samples``.
 """
 
 from __future__ import annotations
@@ -37,7 +25,13 @@ import torch
 from torch import Tensor
 
 from ganplug.errors import GanplugError, MetricUnavailable, first_line
-from ganplug.metrics.classifier import checked_samples, digits_split, feature_frechet_distance, with_floors
+from ganplug.metrics.classifier import (
+    checked_samples,
+    digits_split,
+    feature_frechet_distance,
+    score_with_floor,
+    with_floors,
+)
 from ganplug.plugin import MetricContext
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -192,13 +186,8 @@ def build_score(n_samples: int = 1000, splits: int = ISC_SPLITS) -> Callable[...
     def metric(samples: Tensor, context: MetricContext) -> dict[str, float]:
         x = _checked_images(samples, "inception-score", splits)
         _, held = _real_images(context, x.shape[0])
-        mean, std = inception_score(x, path, splits)
-        floor, floor_std = inception_score(held, path, splits)
-        return {
-            "inception_score": mean,
-            "inception_score_std": std,
-            "inception_score_real_floor": floor,
-            "inception_score_std_real_floor": floor_std,
-        }
+        return score_with_floor(
+            "inception_score", inception_score(x, path, splits), inception_score(held, path, splits)
+        )
 
     return metric

@@ -3,22 +3,20 @@
 The side S is halved by k stride-2 stages while it stays even and at least 4 after halving, down to a base of ``S /
 2**k`` (8 -> 4, k=1; 28 -> 7, k=2; 32 -> 4, k=3; 64 -> 4, k=4; 128 -> 4, k=5).
 
-G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base), BatchNorm, ReLU -> k ConvTranspose2d stages halving the
-channels (BatchNorm+ReLU between) -> (N, C, S, S), tanh when bounded. Each BatchNorm+ReLU is one
-:class:`ganplug.nn.BatchNormLeakyReLU` (its affine and activation in one fused op).
+G: z (N, latent_dim) -> linear to (width*2**(k-1), base, base) -> k ConvTranspose2d stages halving the channels ->
+(N, C, S, S), tanh when bounded; BatchNorm+ReLU (one fused :class:`ganplug.nn.BatchNormLeakyReLU`) before each stage.
 D: x (N, C, S, S) -> k Conv2d stages doubling the channels from ``width``, LeakyReLU after each, normalised from the
-second on (conv -> norm+LeakyReLU fused: BatchNormLeakyReLU or GroupNormLeakyReLU; a stage without a norm is one
-FusedConv2dLeakyReLU) -> flatten -> linear
-projection -> logits (N,). ``critic_norm=spectral``: no norm layers, every weight of D spectrally normalised (Miyato et
-al. 2018).
+second on (BatchNormLeakyReLU or GroupNormLeakyReLU; FusedConv2dLeakyReLU without a norm) -> flatten -> linear ->
+logits (N,). ``critic_norm=spectral``: no norm layers, every weight of D spectrally normalised (Miyato et al. 2018).
 
-Conditional (``ctx.num_classes`` = K > 0): G's first linear layer gets ``cat(z, E_G[y])`` (a class embedding of size
-``latent_dim``, initialised N(0, 0.02) like the weights: see :class:`ganplug.nn.ConditionalGenerator`), D adds
-``<E_D[y], phi(x)>`` to its logit, phi its flattened last feature map (a projection discriminator, Miyato & Koyama
-2018).
+Conditional (``ctx.num_classes`` = K > 0): G's input is ``cat(z, E_G[y])`` (an embedding of size ``latent_dim``,
+N(0, 0.02) like the weights), D adds ``<E_D[y], phi(x)>`` to its logit, phi its flattened last feature map (a
+projection discriminator, Miyato & Koyama 2018).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -40,21 +38,26 @@ def num_stages(side: int) -> int:
     return k
 
 
-def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(channels, side, stages) of an image shape dcgan can model; GanplugError otherwise."""
+def square_image(
+    arch: str, data_shape: tuple[int, ...], min_side: int, max_side: int, fit: Callable[[int], int], hint: str = ""
+) -> tuple[int, int, int]:
+    """(channels, side, stages) of a square image shape with ``min_side <= side <= max_side`` and at least one stage;
+    GanplugError otherwise, suggesting ``--image-size fit(the longer side)``."""
     shape = tuple(data_shape)
     if len(shape) != 3:
-        raise GanplugError(f"dcgan needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
+        raise GanplugError(f"{arch} needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
     channels, height, width = shape
-    nearest = min(_SIDES, key=lambda s: (abs(s - max(height, width)), s))
-    if height != width:
-        raise GanplugError(f"dcgan needs square images; got shape {shape}: resize with --image-size {nearest}")
-    if channels < 1 or not MIN_SIDE <= height <= MAX_SIDE or num_stages(height) == 0:
+    if height != width or channels < 1 or not min_side <= height <= max_side or num_stages(height) == 0:
         raise GanplugError(
-            f"dcgan needs square images of side {MIN_SIDE}-{MAX_SIDE} with a factor of 2; got shape {shape}: "
-            f"resize with --image-size {nearest}"
+            f"{arch} needs square images of side {min_side}-{max_side} with a factor of 2; got shape {shape}: "
+            f"resize with --image-size {fit(max(height, width))}{hint}"
         )
     return channels, height, num_stages(height)
+
+
+def nearest(sides: tuple[int, ...]) -> Callable[[int], int]:
+    """The side of ``sides`` nearest to a given one (the smaller on a tie)."""
+    return lambda side: min(sides, key=lambda s: (abs(s - side), s))
 
 
 def init_dcgan_weights(module: nn.Module) -> nn.Module:
@@ -115,7 +118,7 @@ def build(
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S)."""
     check_context("dcgan", ctx)
-    channels, side, stages = check_shape(ctx.data_shape)
+    channels, side, stages = square_image("dcgan", ctx.data_shape, MIN_SIDE, MAX_SIDE, nearest(_SIDES))
     if width < 1:
         raise GanplugError(f"dcgan option width={width} must be at least 1; write e.g. --arch-opt width=64")
     if critic_norm == "auto":

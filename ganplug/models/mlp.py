@@ -9,10 +9,8 @@ projection. Works for any data shape (vectors and images alike).
 Conditional (``ctx.num_classes`` = K > 0): G gets ``cat(z, E_G[y])`` (a class embedding of size ``latent_dim``), D adds
 ``<E_D[y], phi(x)>`` to its logit, phi its last hidden layer (a projection discriminator, Miyato & Koyama 2018).
 
-``d_input_scale`` multiplies D's input before its first layer: the critic's spatial resolution. A ReLU-type MLP resolves
-structure finer than about 1/10 of its input's range only slowly, so on low-dimensional data with sharp modes (ring8:
-std 0.01 on the unit circle) a scale of 10-30 lets D tell a sample 0.03 from a mode centre from one on it, and G's
-samples land on the modes.
+``d_input_scale`` multiplies D's input: a ReLU MLP resolves structure finer than about 1/10 of its input's range only
+slowly, so on sharp low-dimensional modes (ring8: std 0.01) a scale of 10-30 lets D, and so G, find the modes.
 """
 
 from __future__ import annotations
@@ -33,13 +31,13 @@ from ganplug.nn import (
 from ganplug.plugin import ModelContext
 
 
-def parse_widths(name: str, text: str) -> tuple[int, ...]:
-    """``"256,512,1024"`` -> ``(256, 512, 1024)``; anything else raises GanplugError."""
+def positive_ints(arch: str, name: str, text: str, example: str) -> tuple[int, ...]:
+    """``"256,512,1024"`` -> ``(256, 512, 1024)``; GanplugError for anything but positive integers."""
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise GanplugError(
-            f"mlp option {name}={text!r} is not a comma-separated list of positive integers; "
-            f"write e.g. --arch-opt {name}=256,512,1024"
+            f"{arch} option {name}={text!r} is not a comma-separated list of positive integers; "
+            f"write e.g. --arch-opt {name}={example}"
         )
     return tuple(int(p) for p in parts)
 
@@ -136,8 +134,8 @@ def build(
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for ``ctx``; see the module docstring for the layers."""
     check_context("mlp", ctx)
-    g = parse_widths("g_widths", g_widths)
-    d = parse_widths("d_widths", d_widths)
+    g = positive_ints("mlp", "g_widths", g_widths, "256,512,1024")
+    d = positive_ints("mlp", "d_widths", d_widths, "256,512,1024")
     if not 0.0 <= dropout < 1.0:
         raise GanplugError(f"mlp option dropout={dropout} is outside [0, 1); write e.g. --arch-opt dropout=0.3")
     if not (math.isfinite(d_input_scale) and d_input_scale > 0.0):

@@ -30,13 +30,14 @@ Koyama 2018).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ganplug.errors import GanplugError
-from ganplug.models.dcgan import num_stages
+from ganplug.models.dcgan import nearest, square_image
 from ganplug.models.mlp import check_context, finish_pair, generator_inputs
 from ganplug.nn import FusedConv2dLeakyReLU, HeadedDiscriminator
 from ganplug.plugin import ModelContext
@@ -97,51 +98,24 @@ class GenerativeBasis(nn.Module):
         return (self.gains(z)[:, :, None, None] * self.basis).contiguous(memory_format=torch.channels_last)
 
 
-def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(channels, side, stages) of an image shape r3gan can model; GanplugError otherwise."""
-    shape = tuple(data_shape)
-    if len(shape) != 3:
-        raise GanplugError(f"r3gan needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
-    channels, height, width = shape
-    if height != width or not MIN_SIDE <= height <= MAX_SIDE or num_stages(height) == 0:
-        nearest = min((28, 32, 64, 128), key=lambda s: (abs(s - max(height, width)), s))
-        raise GanplugError(
-            f"r3gan needs square images of side {MIN_SIDE}-{MAX_SIDE} with a factor of 2; got shape {shape}: "
-            f"resize with --image-size {nearest}"
-        )
-    return channels, height, num_stages(height)
-
-
 def stage_widths(width: int, max_width: int, stages: int) -> list[int]:
     """Channels of stages 0 (the base) to ``stages`` (full size): ``width`` at full size, doubling per halving up to
     ``max_width``."""
     return [min(width * 2 ** (stages - i), max_width) for i in range(stages + 1)]
 
 
-def _blocks(channels: int, blocks: int, expansion: int, group_size: int, slope: float) -> list[nn.Module]:
-    return [InvertedBottleneck(channels, expansion, group_size, slope) for _ in range(blocks)]
+Stage = Callable[[int], list[nn.Module]]  # the residual blocks of a stage with that many channels
 
 
 class R3GANGenerator(nn.Sequential):
     """(N, latent_dim) -> (N, channels, S, S), S = base * 2**(len(widths) - 1); see the module docstring."""
 
     def __init__(
-        self,
-        latent_dim: int,
-        channels: int,
-        base: int,
-        widths: list[int],
-        blocks: int,
-        expansion: int,
-        group_size: int,
-        slope: float,
-        bounded: bool,
+        self, latent_dim: int, channels: int, base: int, widths: list[int], stage: Stage, bounded: bool
     ) -> None:
-        layers: list[nn.Module] = [GenerativeBasis(latent_dim, widths[0], base)]
-        layers += _blocks(widths[0], blocks, expansion, group_size, slope)
+        layers: list[nn.Module] = [GenerativeBasis(latent_dim, widths[0], base), *stage(widths[0])]
         for c_in, c in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c, 1, bias=False), Upsample()]
-            layers += _blocks(c, blocks, expansion, group_size, slope)
+            layers += [nn.Conv2d(c_in, c, 1, bias=False), Upsample(), *stage(c)]
         layers += [nn.Conv2d(widths[-1], channels, 1), nn.Tanh() if bounded else nn.Identity()]
         super().__init__(*layers)
 
@@ -149,20 +123,12 @@ class R3GANGenerator(nn.Sequential):
 class R3GANDiscriminator(HeadedDiscriminator):
     """(N, channels, S, S) -> logits (N,); ``features`` (N, widths[0]); see the module docstring."""
 
-    def __init__(
-        self, channels: int, base: int, widths: list[int], blocks: int, expansion: int, group_size: int, slope: float
-    ) -> None:
+    def __init__(self, channels: int, base: int, widths: list[int], stage: Stage, slope: float) -> None:
         layers: list[nn.Module] = [FusedConv2dLeakyReLU(channels, widths[-1], 1, negative_slope=slope), ChannelsLast()]
         for c, c_out in zip(widths[:0:-1], widths[-2::-1]):
-            layers += _blocks(c, blocks, expansion, group_size, slope)
-            layers += [Downsample(), nn.Conv2d(c, c_out, 1, bias=False)]
-        layers += _blocks(widths[0], blocks, expansion, group_size, slope)
-        layers += [
-            nn.Conv2d(widths[0], widths[0], base, groups=widths[0], bias=False),
-            nn.Flatten(),
-            nn.Linear(widths[0], 1),
-            nn.Flatten(0),
-        ]
+            layers += [*stage(c), Downsample(), nn.Conv2d(c, c_out, 1, bias=False)]
+        c = widths[0]
+        layers += [*stage(c), nn.Conv2d(c, c, base, groups=c, bias=False), nn.Flatten(), nn.Linear(c, 1), nn.Flatten(0)]
         super().__init__(*layers)
 
 
@@ -196,9 +162,7 @@ def build(
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S); see the module docstring."""
     check_context("r3gan", ctx)
-    channels, side, stages = check_shape(ctx.data_shape)
-    if min(width, max_width, blocks, expansion, group_size) < 1:
-        raise GanplugError("r3gan options width, max_width, blocks, expansion and group_size must be at least 1")
+    channels, side, stages = square_image("r3gan", ctx.data_shape, MIN_SIDE, MAX_SIDE, nearest((28, 32, 64, 128)))
     widths = stage_widths(width, max_width, stages)
     odd = sorted({c * expansion for c in widths if (c * expansion) % group_size})
     if odd:
@@ -207,10 +171,12 @@ def build(
             f"(width x expansion): choose a group_size dividing them, e.g. --arch-opt group_size={math.gcd(*odd)}"
         )
     base = side >> stages
-    generator = R3GANGenerator(
-        generator_inputs(ctx), channels, base, widths, blocks, expansion, group_size, slope, ctx.bounded
-    )
-    discriminator = R3GANDiscriminator(channels, base, widths, blocks, expansion, group_size, slope)
+
+    def stage(c: int) -> list[nn.Module]:
+        return [InvertedBottleneck(c, expansion, group_size, slope) for _ in range(blocks)]
+
+    generator = R3GANGenerator(generator_inputs(ctx), channels, base, widths, stage, ctx.bounded)
+    discriminator = R3GANDiscriminator(channels, base, widths, stage, slope)
     init_r3gan_weights(generator, slope)
     init_r3gan_weights(discriminator, slope)
     return finish_pair(ctx, generator, discriminator, spectral=False)

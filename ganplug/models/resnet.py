@@ -13,15 +13,10 @@ D: x (N, C, S, S) -> the optimised first block (conv3x3 -> ReLU -> conv3x3 -> av
 k - 1 down-sampling blocks (ReLU -> conv3x3 -> ReLU -> conv3x3 -> avgpool, plus a 1x1 conv where the channels change
 and avgpool), each level followed by ``depth - 1`` blocks at its side -> ReLU -> sum over H, W -> linear -> logits (N,).
 
-Every activation runs in a fused op: G's BatchNorm + ReLU pairs are :class:`ganplug.nn.BatchNormLeakyReLU` (the
-affine and the ReLU in one pass); in D the ReLU after a block's first conv takes that conv's bias
-(:class:`ganplug.nn.FusedConv2dLeakyReLU` at slope 0), while the ReLUs that open a block and the one before the
-pooling act on a residual sum, whose un-activated value the shortcut also reads, so they run the same op without a
-bias (:class:`FusedLeakyReLU`). Convolutions followed by BatchNorm have no bias (BatchNorm removes it), nor do the
-shortcuts (the residual branch's last conv has one). The resampling runs at the lower side, with the same values:
-1x1 shortcuts as conv then upsample (G) and avgpool then conv (D); upsample -> conv3x3 as one stride-2 transposed
-convolution (:class:`UpsampleConv2d`) and conv3x3 -> avgpool as one stride-2 4x4 convolution (:class:`ConvAvgPool2d`),
-each 2.25 times fewer multiply-adds.
+Every activation runs in a fused op (:mod:`ganplug.nn`; :class:`FusedLeakyReLU` where a residual sum has no bias to
+take in). Convolutions before BatchNorm and the shortcuts have no bias. Resampling runs at the lower side with the same
+values: :class:`UpsampleConv2d` and :class:`ConvAvgPool2d`, and 1x1 shortcuts as conv, then upsample (G) or avgpool,
+then conv (D).
 
 Conditional (``ctx.num_classes`` = K > 0): G's block norms are conditional BatchNorm
 (:class:`ganplug.nn.ConditionalBatchNormLeakyReLU`: per-class gain and bias from class embeddings), its last norm
@@ -40,9 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganplug import ops
-from ganplug.errors import GanplugError
-from ganplug.models.dcgan import num_stages
-from ganplug.models.mlp import check_context
+from ganplug.models.dcgan import square_image
+from ganplug.models.mlp import check_context, positive_ints
 from ganplug.nn import (
     BatchNormLeakyReLU,
     ConditionalBatchNormLeakyReLU,
@@ -250,32 +244,17 @@ class ResNetDiscriminator(HeadedDiscriminator):
         super().__init__(*layers, FusedLeakyReLU(0.0), SumPool(), head, nn.Flatten(0))
 
 
-def check_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(channels, side, up-sampling blocks) of an image shape resnet can model; GanplugError otherwise."""
-    shape = tuple(data_shape)
-    if len(shape) != 3:
-        raise GanplugError(f"resnet needs images of shape (C, S, S); got shape {shape}: use --arch mlp for vector data")
-    channels, height, width = shape
-    fit = min(max(height, width, MIN_SIDE), MAX_SIDE)
-    fit += fit % 2
-    if height != width or channels < 1 or not MIN_SIDE <= height <= MAX_SIDE or num_stages(height) == 0:
-        raise GanplugError(
-            f"resnet needs square images of side {MIN_SIDE}-{MAX_SIDE} with a factor of 2; got shape {shape}: "
-            f"resize with --image-size {fit} (or use --arch dcgan for sides 8-{MIN_SIDE - 1})"
-        )
-    return channels, height, num_stages(height)
+def _fit(side: int) -> int:
+    """An even side in MIN_SIDE-MAX_SIDE near ``side``."""
+    fit = min(max(side, MIN_SIDE), MAX_SIDE)
+    return fit + fit % 2
 
 
 def level_widths(name: str, ch: int, mults: str, levels: int) -> list[int]:
     """``ch`` times each of the comma-separated ``mults`` for ``levels`` levels, the last multiplier repeated:
     ``level_widths("g_mults", 32, "1,2", 3)`` -> ``[32, 64, 64]``; GanplugError for anything but positive integers."""
-    parts = [p.strip() for p in mults.split(",")]
-    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
-        raise GanplugError(
-            f"resnet option {name}={mults!r} is not a comma-separated list of positive integers; "
-            f"write e.g. --arch-opt {name}=1,2,4"
-        )
-    return [ch * int(parts[min(level, len(parts) - 1)]) for level in range(levels)]
+    parts = positive_ints("resnet", name, mults, "1,2,4")
+    return [ch * parts[min(level, len(parts) - 1)] for level in range(levels)]
 
 
 def build(
@@ -288,7 +267,8 @@ def build(
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair for image shape ``ctx.data_shape`` = (C, S, S); see the module docstring."""
     check_context("resnet", ctx)
-    channels, side, stages = check_shape(ctx.data_shape)
+    hint = f" (or use --arch dcgan for sides 8-{MIN_SIDE - 1})"
+    channels, side, stages = square_image("resnet", ctx.data_shape, MIN_SIDE, MAX_SIDE, _fit, hint)
     g_widths = level_widths("g_mults", ch, g_mults, stages + 1)[::-1]  # from the base side outward
     d_widths = level_widths("d_mults", ch, d_mults, stages)
     classes = ctx.num_classes

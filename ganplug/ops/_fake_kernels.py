@@ -27,13 +27,7 @@ def _empty_in_bias_act_layout(t: torch.Tensor) -> torch.Tensor:
 
 
 # Ops whose output is a scalar, and ops whose output is shaped like one of their arguments (its index).
-for _op in (
-    "bce_loss",
-    "discriminator_bce",
-    "wasserstein_critic_loss",
-    "wasserstein_generator_loss",
-    "gradient_penalty",
-):
+for _op in "bce_loss discriminator_bce wasserstein_critic_loss wasserstein_generator_loss gradient_penalty".split():
     _fake(_op)(lambda x, *args: x.new_empty(()))
 for _op, _index in (
     ("leaky_relu_backward", 1),
@@ -71,12 +65,6 @@ def _(input, scale, shift, negative_slope):
     return _empty_in_bias_act_layout(input)
 
 
-@_fake("affine_leaky_relu_backward")
-def _(grad_output, input, scale, shift, negative_slope):
-    grads = (input.new_empty((0,)) if t is None else input.new_empty(t.shape) for t in (scale, shift))
-    return _empty_in_bias_act_layout(input), *grads
-
-
 def _norm_act_outputs(input, statistics_shape):
     """(y, mean, var) of the norm ops: y laid out as bias_leaky_relu's, the statistics in float32 (float64 for
     float64 input)."""
@@ -85,8 +73,14 @@ def _norm_act_outputs(input, statistics_shape):
 
 
 def _norm_act_grads(input, weight, bias):
+    """(d input, d weight, d bias) of the affine and norm ops: (0,) for a None coefficient."""
     grads = (input.new_empty((0,)) if t is None else input.new_empty(t.shape) for t in (weight, bias))
     return _empty_in_bias_act_layout(input), *grads
+
+
+@_fake("affine_leaky_relu_backward")
+def _(grad_output, input, scale, shift, negative_slope):
+    return _norm_act_grads(input, scale, shift)
 
 
 @_fake("batch_norm_leaky_relu")

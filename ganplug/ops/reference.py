@@ -78,6 +78,31 @@ def _target(op: str, name: str, target: object, logits: torch.Tensor) -> None:
         )
 
 
+def _channels(op: str, input: torch.Tensor) -> torch.Tensor:
+    if _tensor(op, "input", input).dim() < 2:
+        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    return input
+
+
+def _coefficient(op: str, name: str, t: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    n, c = input.shape[:2]
+    if tuple(_tensor(op, name, t).shape) not in ((c,), (n, c)):
+        raise ValueError(
+            f"{op}: {name} must have shape ({c},) or ({n}, {c}) for input of shape {tuple(input.shape)}, "
+            f"got {tuple(t.shape)}"
+        )
+    return t
+
+
+def _cast_like(op: str, name: str, t: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """``t`` cast as conv2d casts its bias under autocast, on input's device and in its dtype."""
+    device = input.device.type
+    if torch.is_autocast_enabled(device) and input.dtype == torch.get_autocast_dtype(device):
+        t = _autocast(t, input.dtype)
+    _like(op, name, t, "input", input)
+    return t
+
+
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """x in the dtype the ops compute in: float64 stays, anything else becomes float32."""
     return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -106,8 +131,7 @@ def linear_leaky_relu(
 
 def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negative_slope: float = 0.2) -> torch.Tensor:
     op = "bias_leaky_relu"
-    if _tensor(op, "input", input).dim() < 2:
-        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
+    _channels(op, input)
     if bias is not None and _tensor(op, "bias", bias).shape != (input.shape[1],):
         raise ValueError(
             f"{op}: bias must have shape ({input.shape[1]},) for input of shape {tuple(input.shape)}, "
@@ -116,9 +140,7 @@ def bias_leaky_relu(input: torch.Tensor, bias: torch.Tensor | None = None, negat
     _slope(op, negative_slope)
     z = _wide(_nonempty(op, "input", input))
     if bias is not None:
-        if torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(input.device.type):
-            bias = _autocast(bias, input.dtype)
-        _like(op, "bias", bias, "input", input)
+        bias = _cast_like(op, "bias", bias, input)
         z = z + bias.to(z.dtype).reshape(-1, *([1] * (input.dim() - 2)))
     return F.leaky_relu(z, negative_slope).to(input.dtype)
 
@@ -130,25 +152,14 @@ def affine_leaky_relu(
     negative_slope: float = 0.2,
 ) -> torch.Tensor:
     op = "affine_leaky_relu"
-    if _tensor(op, "input", input).dim() < 2:
-        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
-    n, c = input.shape[:2]
-    for name, t in (("scale", scale), ("shift", shift)):
-        if t is not None and tuple(_tensor(op, name, t).shape) not in ((c,), (n, c)):
-            raise ValueError(
-                f"{op}: {name} must have shape ({c},) or ({n}, {c}) for input of shape {tuple(input.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
+    _channels(op, input)
+    coefficients = [(name, t) for name, t in (("scale", scale), ("shift", shift)) if t is not None]
+    for name, t in coefficients:
+        _coefficient(op, name, t, input)
     _slope(op, negative_slope)
     z = _wide(_nonempty(op, "input", input))
-    in_autocast_dtype = torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(
-        input.device.type
-    )
-    for name, t in (("scale", scale), ("shift", shift)):
-        if t is None:
-            continue
-        t = _autocast(t, input.dtype) if in_autocast_dtype else t
-        _like(op, name, t, "input", input)
+    for name, t in coefficients:
+        t = _cast_like(op, name, t, input)
         t = t.to(z.dtype).reshape(*t.shape, *([1] * (input.dim() - 2)))
         z = z * t if name == "scale" else z + t
     return F.leaky_relu(z, negative_slope).to(input.dtype)
@@ -158,24 +169,12 @@ def _norm_checks(
     op: str, input: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The norm ops' checks (csrc/norm_act.h); returns weight and bias cast for autocast as the kernels cast them."""
-    if _tensor(op, "input", input).dim() < 2:
-        raise ValueError(f"{op}: input must be (N, C, *) with at least 2 dims, got shape {tuple(input.shape)}")
-    _nonempty(op, "input", input)
-    n, c = input.shape[:2]
-    in_autocast_dtype = torch.is_autocast_enabled(input.device.type) and input.dtype == torch.get_autocast_dtype(
-        input.device.type
-    )
-    cast = []
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
-            if tuple(_tensor(op, name, t).shape) not in ((c,), (n, c)):
-                raise ValueError(
-                    f"{op}: {name} must have shape ({c},) or ({n}, {c}) for input of shape {tuple(input.shape)}, "
-                    f"got {tuple(t.shape)}"
-                )
-            t = _autocast(t, input.dtype) if in_autocast_dtype else t
-            _like(op, name, t, "input", input)
-        cast.append(t)
+    _nonempty(op, "input", _channels(op, input))
+    c = input.shape[1]
+    cast = [
+        None if t is None else _cast_like(op, name, _coefficient(op, name, t, input), input)
+        for name, t in (("weight", weight), ("bias", bias))
+    ]
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
     if num_groups == 0 and input.numel() // c <= 1:
