@@ -28,15 +28,10 @@ CHECKPOINT = click.option(
     "--checkpoint", required=True, type=click.Path(), help="A checkpoint file or a run directory."
 )
 SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise.")
-NO_EMA = click.option("--no-ema", is_flag=True, help="Use the raw generator even when the run kept an EMA.")
+NO_EMA = click.option(
+    "--no-ema", "ema", flag_value=False, default=True, help="Use the raw generator even when the run kept an EMA."
+)
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-
-
-def _complete_names(kind: str) -> Callable[[click.Context, click.Parameter, str], list[str]]:
-    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
-        return [name for name in get_registry().names(kind) if name.startswith(incomplete)]
-
-    return complete
 
 
 def _echo_json(data: Any) -> None:
@@ -129,10 +124,9 @@ def _list_kind(registry: Registry, kind: Kind) -> None:
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         source = "" if entry.plugin == "ganplug" else f"  [{entry.plugin}]"
         if spec.name in shadowed:
-            builtin = entry.plugin == "ganplug"
             source += (
                 f"  (shadowed by plugin {shadowed[spec.name]!r}: use ganplug:{spec.name})"
-                if builtin
+                if entry.plugin == "ganplug"
                 else "  (shadows the built-in)"
             )
         click.echo(f"{spec.name}{aliases}{source}")
@@ -197,8 +191,11 @@ def _knob_option(name: str) -> Callable[[Any], Any]:
     kwargs: dict[str, Any] = {"help": help_text}
     if meta.metavar:
         kwargs["metavar"] = meta.metavar
-    if meta.completes:
-        kwargs["shell_complete"] = _complete_names(meta.completes)
+    completes = meta.completes
+    if completes:  # the names of that plugin kind
+        kwargs["shell_complete"] = lambda ctx, param, incomplete: [
+            name for name in get_registry().names(completes) if name.startswith(incomplete)
+        ]
     if meta.kind is bool:
         kwargs.update(is_flag=True, default=None)
     elif meta.kind in ("pairs", "named_pairs", "names"):
@@ -315,7 +312,7 @@ def train(ctx: click.Context, **given: Any) -> None:
         if torchrun_worker:
             raise UsageError("--nproc: already running under torchrun; drop --nproc")
         if explicit.get("fork"):  # branch once, here; every rank resumes the branch
-            explicit["resume"] = str(_fork_before_launch(explicit).path)
+            explicit["resume"] = str(_resumed(explicit)[1].path)
             del explicit["fork"]
         if not explicit.get("resume") and not explicit.get("out"):  # pick the directory once, for every rank
             from ganplug.train.rundir import unlock_run_dir
@@ -340,6 +337,7 @@ def train(ctx: click.Context, **given: Any) -> None:
         from ganplug.train.distributed import PeerLost as peer_lost
 
         _continue_after_torchrun_restart(explicit)
+    code = 0
     try:
         if explicit.get("resume"):
             _resume(explicit)
@@ -361,28 +359,20 @@ def train(ctx: click.Context, **given: Any) -> None:
         if not getattr(stop, "reported", False):  # the trainer said nothing yet (start-up)
             what = f"terminated by signal {stop.signum}" if isinstance(stop, Terminated) else "interrupted"
             click.echo(f"ganplug: {what}", err=True)
-        if torchrun_worker:
-            from ganplug.train.distributed import exit_worker
-
-            exit_worker(code)
-        raise click.exceptions.Exit(code) from None
     if torchrun_worker:  # done and flushed: skip gloo's racy interpreter shutdown (see exit_worker)
         from ganplug.train.distributed import exit_worker
 
-        exit_worker(0)
+        exit_worker(code)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def _continue_after_torchrun_restart(explicit: dict[str, Any]) -> None:
-    """Under ``torchrun --max-restarts N`` (N > 0), make a restarted worker continue its run.
-
-    torchrun reruns the same command line, whose ``--out DIR`` then holds the run: with a checkpoint
-    there it becomes ``--resume DIR`` (the other options as a resume takes them); without one, what
-    the run logged before its first checkpoint is dropped and it starts again into DIR. Decided by
-    TORCHELASTIC_MAX_RESTARTS, not TORCHELASTIC_RESTART_COUNT: a node whose workers torchrun
-    restarts because another node rejoined (a membership change) gets RESTART_COUNT 0, yet every
-    rank must choose alike. Changes ``explicit`` in place; ``--resume DIR`` stays as it is.
-    Rank 0 warns when torchrun shares its rendezvous store with the workers (torch's default), whose
-    keys outlive a restart (pytorch/pytorch#135712).
+    """Under ``torchrun --max-restarts N`` (N > 0), make a restarted worker continue its run (``explicit`` changed
+    in place). torchrun reruns the same command line: ``--out DIR`` holding a checkpoint becomes ``--resume DIR``;
+    without one, what the run logged is dropped and it starts again into DIR. Decided by TORCHELASTIC_MAX_RESTARTS,
+    not RESTART_COUNT (0 on a node restarted for a membership change), so every rank chooses alike. Rank 0 warns
+    when the rendezvous store is shared with the workers (its keys outlive a restart, pytorch/pytorch#135712).
     """
     try:
         max_restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
@@ -449,22 +439,17 @@ def _check_resume_flags(explicit: dict[str, Any]) -> None:
         raise UsageError("--fork leaves the original run as it is, so --discard-newer does not apply: pass one of them")
 
 
-def _fork(loaded: Any, new_dir: str) -> Any:
-    """``--fork DIR``: the run of checkpoint ``loaded`` branched into ``DIR``; the checkpoint there."""
-    from ganplug.train.checkpoint import check_belongs, fork_run
+def _resumed(explicit: dict[str, Any]) -> tuple[ResolvedConfig, Any]:
+    """``--resume PATH``: the config to continue with (the resume's changes checked) and the checkpoint to continue
+    from; with ``--fork DIR``, the run branched into DIR and the checkpoint there."""
+    from ganplug.train.checkpoint import LoadedCheckpoint, check_belongs, fork_run, resume_config, stored_config
 
-    check_belongs(loaded)
-    return fork_run(loaded, Path(new_dir))
-
-
-def _fork_before_launch(explicit: dict[str, Any]) -> Any:
-    """``--fork DIR --nproc N``: the resume's changes checked, then the branch made once by the launcher (not by
-    every rank); its checkpoint, which the ranks resume."""
-    from ganplug.train.checkpoint import LoadedCheckpoint, resume_config, stored_config
-
-    loaded = LoadedCheckpoint.read(Path(explicit["resume"]))
-    resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
-    return _fork(loaded, explicit["fork"])
+    loaded = LoadedCheckpoint.read(Path(explicit["resume"]))  # a file that is no checkpoint is named first
+    config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
+    if explicit.get("fork"):
+        check_belongs(loaded)
+        loaded = fork_run(loaded, Path(explicit["fork"]))
+    return config, loaded
 
 
 def _resume(explicit: dict[str, Any]) -> None:
@@ -472,7 +457,7 @@ def _resume(explicit: dict[str, Any]) -> None:
     stopped before its first checkpoint trains again from step 0 with its config.toml (and the
     changes a resume allows), in place of what it had logged."""
     from ganplug.train import train as run_training
-    from ganplug.train.checkpoint import LoadedCheckpoint, resume_config, run_dir_of, stored_config
+    from ganplug.train.checkpoint import resume_config, run_dir_of
     from ganplug.train.config import ResolvedConfig, read_toml
     from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
 
@@ -494,13 +479,9 @@ def _resume(explicit: dict[str, Any]) -> None:
         clear_run(target)
         run_training(config, target, quiet=quiet)
         return
-    loaded = LoadedCheckpoint.read(target)  # a file that is no checkpoint is named before anything else
-    run_dir = run_dir_of(loaded.path)
-    config = resume_config(stored_config(loaded.state), explicit, loaded.state.get("provenance"))
-    if explicit.get("fork"):
-        loaded = _fork(loaded, explicit["fork"])
-        run_dir = run_dir_of(loaded.path)
-    run_training(config, run_dir, resume_from=loaded, discard_newer=bool(explicit.get("discard_newer")), quiet=quiet)
+    config, loaded = _resumed(explicit)
+    discard = bool(explicit.get("discard_newer"))
+    run_training(config, run_dir_of(loaded.path), resume_from=loaded, discard_newer=discard, quiet=quiet)
 
 
 # -- eval, sample, plot ------------------------------------------------------------------------------
@@ -510,7 +491,7 @@ def _resume(explicit: dict[str, Any]) -> None:
 @CHECKPOINT
 @click.option(
     "--metric",
-    "metric_names",
+    "metrics",
     multiple=True,
     metavar="NAME",
     help="Only this metric (repeatable) [default: every one that applies].",
@@ -526,22 +507,13 @@ def _resume(explicit: dict[str, Any]) -> None:
 )
 @click.option(
     "--metric-opt",
-    "metric_opts",
+    "options",
     multiple=True,
     metavar="NAME.KEY=VALUE",
     help="A metric's option, e.g. mnist-quality.k=3 (repeatable; see: ganplug list metrics).",
 )
 @DEVICE
-def eval_command(
-    checkpoint: str,
-    metric_names: tuple[str, ...],
-    as_json: bool,
-    seed: int,
-    no_ema: bool,
-    num_samples: int | None,
-    metric_opts: tuple[str, ...],
-    device: str,
-) -> None:
+def eval_command(checkpoint: str, as_json: bool, **options: Any) -> None:
     """Score a trained generator with every metric that applies to its dataset.
 
     Exit 1 when a metric failed (its plugin could not build or compute it); a metric skipped
@@ -560,15 +532,7 @@ def eval_command(
     from ganplug.train.threads import torch_threads
 
     with torch_threads(0):  # the CPUs this process may use, as a training run
-        report = evaluate(
-            checkpoint,
-            seed=seed,
-            ema=not no_ema,
-            device=device,
-            metrics=metric_names,
-            options=metric_opts,
-            num_samples=num_samples,
-        )
+        report = evaluate(checkpoint, **options)  # the other options are evaluate's keyword arguments
     if as_json:
         nan_as_null = {
             name: {key: (v if v == v else None) for key, v in values.items()}
@@ -611,7 +575,7 @@ def eval_command(
 )
 @NO_EMA
 @DEVICE
-def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, no_ema: bool, device: str) -> None:
+def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, ema: bool, device: str) -> None:
     """Draw samples from a trained generator into a picture, an array file or a folder of images.
 
     --out ending in / (or an existing folder, or a name without a suffix) writes one PNG per
@@ -632,7 +596,6 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
     from ganplug.generate import load_generator
     from ganplug.generate import sample as draw
     from ganplug.noise import grid_labels
-    from ganplug.train.checkpoint import LoadedCheckpoint
     from ganplug.train.render import check_new_folder, save_image_files, save_samples
     from ganplug.train.threads import torch_threads
 
@@ -640,7 +603,7 @@ def sample(checkpoint: str, num: int, out: str, seed: int, class_: int | None, n
     folder = out.endswith(("/", os.sep)) or target.is_dir() or not target.suffix
     if folder:
         check_new_folder(target)  # before the generator is loaded
-    generator = load_generator(LoadedCheckpoint.read(Path(checkpoint)), ema=not no_ema, device=device)
+    generator = load_generator(checkpoint, ema=ema, device=device)
     labels: Any = class_
     nrow, classes = None, ""
     if generator.num_classes and class_ is None:
@@ -723,11 +686,10 @@ def bench(
     """Time ganplug here: fused ops and training steps against plain PyTorch and torch.compile.
 
     Kernels: each fused op (fwd, fwd+bwd) against the eager PyTorch a user writes and
-    torch.compile of it. Steps: cases a-h (mlp/bce digits, the main job (dcgan/wgan-gp, mnist5k 32x32), the ring8
-    recipe, dcgan/hinge 32x32 RGB, resnet/hinge and r3gan with its recipe each on 28x28 mnist5k and
-    32x32 RGB), ganplug's training step against the plain loop with the same
-    weights (checked to compute the same) and torch.compile of that loop. On CUDA also in
-    bfloat16 (kernels) and under bf16 autocast (steps).
+    torch.compile of it. Steps: ganplug's training step in cases a-h (their names give the
+    architecture, loss and data) against the plain loop with the same weights (checked to compute
+    the same) and torch.compile of that loop. On CUDA also in bfloat16 (kernels) and under bf16
+    autocast (steps).
 
     Every row times its columns interleaved in one run (warm-up, CUDA synchronised, median of
     the rounds); ratios are other/ganplug, so > 1 means ganplug is faster. The tables are printed

@@ -32,21 +32,17 @@ def evaluate(
     options: tuple[str, ...] = (),
     num_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Score the generator of ``checkpoint`` (a file or run directory) with every registered
-    metric that applies to its run's dataset (or the ``metrics`` named), built with ``options``
-    (``("NAME.KEY=VALUE", ...)``, see :func:`metric_options`) and ``num_samples`` samples each when
-    given (see :func:`prepare_metrics`).
+    """Score the generator of ``checkpoint`` (a file or run directory) with every registered metric that
+    applies to its run's dataset, or the ``metrics`` named, built with ``options`` (``("NAME.KEY=VALUE", ...)``,
+    see :func:`metric_options`), each on ``num_samples`` samples when given (see :func:`prepare_metrics`). One
+    set of noise (``seed``) is drawn for the largest count; each metric scores its first samples of it
+    (:func:`score_generator`, as training's ``--eval-every``). UsageError when no metric applies to the dataset.
 
-    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "num_samples": {name: int},
-    "metrics": {name: {key: float}},
-    "skipped": {name: why}, "failed": {name: why}}``: skipped, a metric whose optional package or
-    files are missing here (MetricUnavailable, see :func:`prepare_metrics`); failed, one whose
-    plugin failed building or scoring it (the others are still scored).
-    One set of noise (``seed``) is drawn for the largest ``n_samples``; each metric scores the
-    first ``n_samples`` of it (see :func:`score_generator`, which training's ``--eval-every``
-    uses too). UsageError when no metric applies to the dataset.
+    Returns ``{"checkpoint", "step", "dataset", "ema", "seed", "num_samples": {name: int}, "metrics": {name:
+    {key: float}}, "skipped": {name: why}, "failed": {name: why}}``: skipped, a metric whose optional package or
+    files are missing here (MetricUnavailable); failed, one whose plugin failed building or scoring it (the
+    others are still scored).
     """
-
     loaded = LoadedCheckpoint.read(Path(checkpoint))
     path, config = loaded.path, stored_config(loaded.state)
     dataset = bare_dataset_name(config.dataset)

@@ -6,6 +6,7 @@ Torch-free and used by every layer (checkpoints, metrics.jsonl, pictures, the cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -15,16 +16,12 @@ from typing import BinaryIO
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort; not every platform allows it)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -104,8 +104,8 @@ def check_class_labels(generator: nn.Module, labels: object, n: int) -> torch.Te
         return cycled_labels(n, num_classes)
     if isinstance(labels, bool):
         raise UsageError(f"a class must be an integer in 0..{num_classes - 1}, got {labels!r}")
-    tensor = torch.full((n,), labels, dtype=torch.int64) if isinstance(labels, int) else torch.as_tensor(labels)
-    if tensor.dim() == 0:  # one class as a 0-d tensor or a NumPy integer
+    tensor = torch.as_tensor(labels)
+    if tensor.dim() == 0:  # one class: an int, a 0-d tensor or a NumPy integer
         tensor = tensor.reshape(1).expand(n)
     if tensor.shape != (n,) or tensor.is_floating_point() or tensor.dtype == torch.bool:
         raise UsageError(

@@ -226,10 +226,7 @@ def histogram_figure(
             peaks.append(float(np.nanmax(np.where(np.isfinite(curve), curve, np.nan))))
     axes.set_xlim(edges[0], edges[-1])
     top = max(1.5 * max(peaks, default=0.0), 1.05 * float(fake_h.max(initial=0.0)))
-    if top > 0:
-        axes.set_ylim(0.0, top)
-    else:
-        axes.set_ylim(bottom=0.0)
+    axes.set_ylim(0.0, top if top > 0 else None)  # None: matplotlib's own top
     axes.set_ylabel("density", fontsize=8)
     _legend(axes)
     return figure
