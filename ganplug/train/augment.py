@@ -1,33 +1,18 @@
 """``--augment``: the run's augmentations, applied to everything the discriminator sees, and their
-probability ``p``, fixed or adapted as in ADA (Karras et al. 2020).
+probability ``p``, fixed or adapted as in ADA (Karras et al. 2020; docs/training.md, docs/plugins.md).
 
-:class:`AugmentedCritic` is what the losses call as the critic in an augmented run: ``x`` ->
-``critic(T(x))``, ``T`` the augmentations in order, each call with fresh parameters. So the real
-and generated batches and the penalties' inputs are all augmented (the input gradient of the
-gradient penalty, R1 and R2 is that of ``D(T(x))`` in ``x``, as DiffAugment and StyleGAN2-ADA
-compute it); it wraps the packing critic, so each sample of a pack is augmented on its own.
+:class:`AugmentedCritic` is the critic the losses call in an augmented run: ``x`` ->
+``critic(T(x))``, fresh parameters at each call, so real and generated batches and the penalties'
+inputs are all augmented (it wraps the packing critic: each sample of a pack on its own).
 
-Adaptive ``p`` (``augment_p = "auto"``, :class:`AugmentProbability`) starts at 0. Each critic
-update sums the signs of D's logits on its real batch (the call whose input is that batch or a
-view of it, such as R1's ``real.detach()``); every ``augment_interval`` critic updates,
-``r_t = E[sign(D(real))]`` over them moves ``p`` by ``sign(r_t - augment_target) * images /
-augment_ramp`` (``images``: the interval's real images over every process), clamped to [0, 1]:
-ADA's rule. It reads 0 as the score that separates real from fake. An objective unchanged by a
-constant added to every score (``LossSpec.shift_invariant``: wasserstein, relativistic) has no such
-fixed score, and its critic's outputs drift by any offset; there the signs are taken about the
-update's midpoint ``m = (mean D(real) + mean D(fake)) / 2`` (the scores of its generated batch,
-likewise told apart): ``r_t = E[sign(D(real) - m)]``, the share of reals on the real side of the
-critic's decision boundary, less the share on the fake side, as ADA's ``r_t`` is for a logit.
-All of it is device tensors updated in place (no host read), committed after the critic's
-optimiser step, so a step rolled back before it changed anything leaves ``p`` as it was
-(``on_nan = "skip"`` keeps ``p``'s move, as it keeps the RNG's); checkpoints hold it (``augment``).
+Adaptive ``p`` (:class:`AugmentProbability`) starts at 0 and every ``augment_interval`` critic
+updates moves by ``sign(r_t - augment_target) * images / augment_ramp``, clamped to [0, 1], where
+``r_t = E[sign(D(real))]`` over those updates (for a ``shift_invariant`` loss, signs taken about
+the midpoint of the update's mean real and mean generated score). All of it is device tensors
+updated in place after the critic's optimiser step (no host read); checkpoints hold it.
 
-In a run of several processes every rank's global RNG moves alike (:mod:`ganplug.train.distributed`),
-so augmentations drawing from it would give sample i of every rank the same parameters. There
-each augmentation call runs in the global RNG forked and seeded by :class:`RankDraws` from the
-run's seed, the generator step, the call's number within the step and the rank: draws differ per
-rank, the shared RNG is untouched by them, and a resume repeats them (the step is in the
-checkpoint). A single process draws from the global RNG itself, as before.
+With several processes each augmentation call draws in the global RNG forked and seeded per
+rank, step and call (:class:`RankDraws`), so ranks draw differently and a resume repeats them.
 """
 
 from __future__ import annotations
@@ -81,8 +66,7 @@ class AugmentProbability:
         self.fake_mean = scores.detach().float().mean()
 
     def missing(self) -> str | None:
-        """Which batch's scores this critic update has not recorded but ``r_t`` needs: ``"real"``,
-        ``"generated"`` or None."""
+        """``"real"`` or ``"generated"``: the batch whose scores ``r_t`` needs and this update lacks."""
         if self.real is None:
             return "real"
         if self.shift_invariant and self.fake_mean is None:
@@ -90,8 +74,7 @@ class AugmentProbability:
         return None
 
     def critic_updated(self) -> None:
-        """After a critic update's optimiser step: add its real scores, and every ``interval``-th
-        update move ``p`` by ADA's rule (see the module docstring)."""
+        """After a critic update's optimiser step: add its scores, and move ``p`` when due."""
         if not self.adaptive:
             return
         assert self.real is not None and self.missing() is None
@@ -133,10 +116,9 @@ class AugmentProbability:
 
 
 class RankDraws:
-    """Where the augmentations of one rank of a multi-process run draw: each call in torch's global
-    RNG forked (:func:`torch.random.fork_rng`) and seeded with a 63-bit number mixed (SplitMix64,
-    :func:`~ganplug.train.data_order.epoch_seed`) from the run's ``seed``, the generator step, the
-    call's 0-based number within that step and ``rank``; nothing is drawn from the shared RNG."""
+    """Where one rank's augmentations draw in a multi-process run: each call in torch's global RNG
+    forked and seeded (:func:`~ganplug.train.data_order.epoch_seed`) from ``seed``, the generator
+    step, the call's number within it and ``rank``; the shared RNG is untouched."""
 
     def __init__(self, seed: int, rank: int) -> None:
         self.seed, self.rank = int(seed), int(rank)
@@ -147,19 +129,13 @@ class RankDraws:
         """Generator step ``step`` (0-based) starts (again, after a rollback): calls count from 0."""
         self.step, self.calls = int(step), 0
 
-    def next_seed(self) -> int:
-        """The seed of the next call, counted."""
+    @contextlib.contextmanager
+    def forked(self, device: torch.device) -> Iterator[None]:
+        """The CPU's global RNG (and ``device``'s, a GPU) seeded for the next call inside the block."""
         assert self.step is not None, "RankDraws.begin_step() comes before the first augmentation call"
         seed = reduce(epoch_seed, (_STREAM, self.step, self.calls, self.rank), self.seed)
         self.calls += 1
-        return seed
-
-    @contextlib.contextmanager
-    def forked(self, device: torch.device) -> Iterator[None]:
-        """Inside: the CPU's global RNG, and ``device``'s when it is a GPU, seeded for the next call;
-        after: both as they were."""
         gpus = [device] if device.type == "cuda" else []
-        seed = self.next_seed()
         with torch.random.fork_rng(devices=gpus):
             torch.default_generator.manual_seed(seed)
             for gpu in gpus:
@@ -170,8 +146,7 @@ class RankDraws:
 
 
 def rank_draws(world: World | None, seed: int) -> RankDraws | None:
-    """The :class:`RankDraws` of this rank in a run of several processes; None in one process (whose
-    augmentations draw from the global RNG itself)."""
+    """The :class:`RankDraws` of this rank with several processes; None in one process."""
     if world is None or world.world_size <= 1:
         return None
     return RankDraws(seed, world.rank)
@@ -179,12 +154,10 @@ def rank_draws(world: World | None, seed: int) -> RankDraws | None:
 
 class AugmentedCritic:
     """What the losses call in an augmented run: ``x`` (N, *data_shape) -> ``critic(T(x))``, T the
-    run's augmentations (``entries``: (spec, augment) pairs) with probability ``probability.p``.
+    augmentations (``entries``: (spec, augment) pairs) at probability ``probability.p``.
 
-    ``real`` and ``fake``: the real and generated batches of the current critic update (None
-    outside them): scores of them, or of a tensor sharing the storage and shape of one, feed the
-    adaptive ``p``. ``labels`` is the wrapped critic's (a conditional run binds them). ``draws``: where each augmentation call draws in a
-    run of several processes (:func:`rank_draws`; None: the global RNG)."""
+    Scores of the current critic update's ``real`` or ``fake`` batch (or a view of all of it) feed
+    the adaptive ``p``. ``labels`` is the wrapped critic's; ``draws``: :func:`rank_draws`."""
 
     def __init__(
         self,
@@ -206,8 +179,7 @@ class AugmentedCritic:
         self.critic.labels = value
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` through every augmentation; PluginError naming the augmentation's plugin when one
-        raises or returns other than a tensor of x's shape and dtype (Python checks only)."""
+        """``x`` through every augmentation; PluginError naming a failing augmentation's plugin."""
         for spec, augment in self.entries:
             try:
                 with self.draws.forked(x.device) if self.draws is not None else contextlib.nullcontext():
@@ -215,12 +187,11 @@ class AugmentedCritic:
             except (UsageError, PluginError):
                 raise
             except Exception as error:
-                raise PluginError(f"{_named(spec)} failed: {type(error).__name__}: {error}{_whose(spec)}") from error
+                raise _fault(spec, f"failed: {type(error).__name__}: {error}") from error
             if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype):
                 got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
-                raise PluginError(
-                    f"{_named(spec)} returned {got} for a batch {tuple(x.shape)} {x.dtype}: it must keep the shape "
-                    f"and dtype{_whose(spec)}"
+                raise _fault(
+                    spec, f"returned {got} for a batch {tuple(x.shape)} {x.dtype}: it must keep the shape and dtype"
                 )
             x = out
         return x
@@ -244,8 +215,7 @@ class AugmentedCritic:
         self.probability.begin_update()
 
     def end_critic_update(self, loss_name: str) -> None:
-        """After the loss scored a critic update: UsageError when an adaptive ``p`` got no scores
-        of a batch it needs (the loss never called the critic on it)."""
+        """UsageError when an adaptive ``p`` got no scores of a batch it needs from the loss."""
         self.real = self.fake = None
         missing = self.probability.missing() if self.probability.adaptive else None
         if missing is not None:
@@ -260,11 +230,9 @@ def _same_batch(x: torch.Tensor, batch: torch.Tensor | None) -> bool:
     return batch is not None and x.shape == batch.shape and x.data_ptr() == batch.data_ptr()
 
 
-def _named(spec: Any) -> str:
-    return f"augmentation {spec.name!r} of {origin_of(spec)}"
-
-
-def _whose(spec: Any) -> str:
-    if origin_of(spec) == "the built-ins":
-        return " (a bug in ganplug: please report it; rerun with --debug for the traceback)"
-    return " (a bug in the plugin: report it to its author; rerun with --debug for the traceback)"
+def _fault(spec: Any, what: str) -> PluginError:
+    """PluginError: augmentation ``spec`` ``what``, saying whose bug that is."""
+    whose = "ganplug: please report it" if origin_of(spec) == "the built-ins" else "the plugin: report it to its author"
+    return PluginError(
+        f"augmentation {spec.name!r} of {origin_of(spec)} {what} (a bug in {whose}; rerun with --debug for the traceback)"
+    )

@@ -1,20 +1,15 @@
 """An exactly resumable order of training batches.
 
-Epoch ``e`` visits the dataset in the permutation drawn by a ``torch.Generator`` seeded from
-``(seed, e)``; batches are consecutive slices of it and the last incomplete one is dropped. The
-whole position is ``(epoch, position)`` (``position``: how many samples of the epoch's permutation
-were already used), so a checkpoint holding :meth:`BatchOrder.state_dict` resumes with exactly the
-batches an uninterrupted run would have seen. No global RNG is touched.
-
-A ``TensorDataset`` (its first tensor is the sample) or a dataset exposing a uint8 ``images``
-tensor and ``to_float`` (:class:`ganplug.data.images.UInt8Images`) is indexed directly with the
-permutation slice, and kept on a CUDA device when it fits in 1 GiB; any other dataset goes through
-a ``DataLoader`` whose sampler yields the same indices.
+Epoch ``e`` visits the dataset in a permutation seeded from ``(seed, e)`` (no global RNG);
+batches are consecutive slices of it, the incomplete last one dropped, so the position ``(epoch,
+position)`` in a checkpoint resumes with exactly the batches an uninterrupted run would see.
+Whole-tensor datasets (:func:`ganplug.data.access.whole_tensors`) are indexed directly (kept on a
+CUDA device up to 1 GiB); others go through a ``DataLoader`` whose sampler yields the same indices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,8 +38,7 @@ def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _split(batch: Any) -> tuple[torch.Tensor, Any]:
-    """``(samples, labels or None)`` of a collated batch: the batch itself, or the first two
-    entries of a tuple/list."""
+    """``(samples, labels or None)`` of a collated batch, or of a tuple/list's first two entries."""
     labels = None
     if isinstance(batch, (tuple, list)):
         labels = batch[1] if len(batch) > 1 else None
@@ -55,8 +49,8 @@ def _split(batch: Any) -> tuple[torch.Tensor, Any]:
 
 
 def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
-    """``labels`` as an int64 ``(N,)`` tensor of classes in ``[0, num_classes)``; GanplugError
-    saying what is wrong with them otherwise (``where``: "the dataset's labels", ...)."""
+    """``labels`` as an int64 ``(N,)`` tensor of classes in ``[0, num_classes)``, else GanplugError
+    saying what is wrong with ``where`` ("the dataset's labels", ...)."""
     if labels is None:
         raise GanplugError("the dataset has no labels: its items are samples without a (sample, label) pair")
     if not isinstance(labels, torch.Tensor):
@@ -73,14 +67,9 @@ def check_labels(labels: Any, num_classes: int, where: str) -> torch.Tensor:
 
 
 class BatchOrder:
-    """Batches of ``batch_size`` samples ``(B, *data_shape)`` (float, on ``device``), forever.
-
-    ``next_batch()`` returns the next batch; with ``num_classes`` = K > 0, ``next_labelled_batch()``
-    returns it with its class labels ``(B,)`` int64 in ``[0, K)`` (checked); ``state_dict()`` / ``load_state_dict()`` save and
-    restore the position as plain ints. ``shard=(start, stop)``: batches are that slice of each
-    global batch of ``batch_size`` (one rank's part in distributed training); the position stays
-    global, so the state does not depend on the number of ranks.
-    """
+    """Batches of ``batch_size`` samples ``(B, *data_shape)`` (float, on ``device``), forever, with
+    their labels ``(B,)`` int64 in ``[0, num_classes)`` when ``num_classes`` > 0. ``shard=(start,
+    stop)``: that slice of each global batch (one rank's part); the position stays global."""
 
     def __init__(
         self,
@@ -108,7 +97,6 @@ class BatchOrder:
             raise GanplugError(f"shard {shard} is not a slice of a batch of {batch_size}")
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.batches_per_epoch = self.size // batch_size
         self.epoch = 0
         self.position = 0
         self._perm: torch.Tensor | None = None
@@ -116,7 +104,6 @@ class BatchOrder:
         self._iterator: Iterator[Any] | None = None
         self.samples: torch.Tensor | None = None  # the fast path's whole data, indexed directly
         self.labels: torch.Tensor | None = None  # and its labels (with num_classes)
-        self._convert: Callable[[torch.Tensor], torch.Tensor] | None = None
         samples, labels, self._convert = whole_tensors(dataset)
         if samples is not None:
             if self._convert is None and not samples.is_floating_point():
@@ -149,28 +136,21 @@ class BatchOrder:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def _permutation(self) -> torch.Tensor:
-        if self._perm_epoch != self.epoch:
-            self._perm = epoch_permutation(self.size, self.seed, self.epoch)
-            self._perm_epoch = self.epoch
-            self._iterator = None
-        assert self._perm is not None
-        return self._perm
-
     def _epoch_order(self) -> torch.Tensor:
-        """The permutation the next batch comes from: the next epoch's when the rest of this one is
-        shorter than a batch (the incomplete tail is dropped)."""
+        """The next batch's permutation: the next epoch's when this one has less than a batch left."""
         if self.position + self.batch_size > self.size:
             self.epoch, self.position = self.epoch + 1, 0
-        return self._permutation()
+        if self._perm is None or self._perm_epoch != self.epoch:
+            self._perm = epoch_permutation(self.size, self.seed, self.epoch)
+            self._perm_epoch, self._iterator = self.epoch, None
+        return self._perm
 
     def next_batch(self) -> torch.Tensor:
         """The next batch of samples, ``(batch_size, *data_shape)`` float, on the device."""
         return self._next(False)[0]
 
     def next_labelled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch and its labels: ``(batch_size, *data_shape)`` float and ``(batch_size,)``
-        int64, on the device (needs ``num_classes``)."""
+        """The next batch ``(B, *data_shape)`` float and its labels ``(B,)`` int64, on the device."""
         batch, labels = self._next(True)
         assert labels is not None
         return batch, labels
@@ -187,9 +167,9 @@ class BatchOrder:
             labels = check_labels(labels, self.num_classes, "the dataset's labels") if labelled else None
         if not batch.is_floating_point():
             batch = batch.float()
-        return batch.to(self.device, non_blocking=True), None if labels is None else labels.to(
-            self.device, non_blocking=True
-        )
+        if labels is not None:
+            labels = labels.to(self.device, non_blocking=True)
+        return batch.to(self.device, non_blocking=True), labels
 
     def _loader_batch(self) -> tuple[torch.Tensor, Any]:
         perm = self._epoch_order()

@@ -1,19 +1,13 @@
 """``--cuda-graphs``: the training step captured once as a CUDA graph and replayed every step.
 
-The user's account (what the graph holds, its randomness, where it falls back, why a failed
-capture stops the run) is docs/kernels.md, "CUDA graphs"; this is how the code does it.
-:class:`CudaGraphStep` captures :meth:`~ganplug.train.step.AdversarialStep.step_body` (static
-inputs: each critic update's real batch and labels; static outputs: the losses and stats). The
-first step (and the first after a rollback or a restore, which invalidate the graph) runs the body
-``WARMUP`` times on a side stream, the first time as a pre-check (:meth:`CudaGraphStep._precheck`:
-under :func:`no_host_sync`, with the dropout seeds read from the device buffer of
-:class:`DropoutSeeds`), puts the state back in place (:class:`~ganplug.train.step.Snapshot`),
-captures and replays; the learning rates, the EMA, the sums and the checks stay eager. A reason
-to run eagerly (:func:`capture_problem`, the pre-check, changing batch shapes) is said once and
-the eager step runs; a capture failing past the pre-check raises :class:`CaptureFailed`, since
-torch's CUDA RNG and memory pool may be unusable after it. Not yet run on a GPU: on CPU the
-capture-ready step (:meth:`CudaGraphStep.run_capture_ready_step`) equals the eager step bit for
-bit (tests/test_cuda_graphs.py).
+The user's account is docs/kernels.md, "CUDA graphs". :class:`CudaGraphStep` captures
+:meth:`~ganplug.train.step.AdversarialStep.step_body` (static inputs: the real batches and labels;
+static outputs: the losses and stats). A first step (and the first after a rollback or a restore)
+pre-checks the body (:meth:`CudaGraphStep._precheck`), warms it up on a side stream, puts the state
+back (:class:`~ganplug.train.step.Snapshot`), captures and replays; learning rates, EMA, sums and
+checks stay eager. A reason not to capture is said once and the eager step runs; a capture failing
+past the pre-check raises :class:`CaptureFailed`. On CPU the capture-ready step equals the eager
+step bit for bit (tests/test_cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -43,8 +37,8 @@ class CaptureFailed(GanplugError):
 
 @contextlib.contextmanager
 def no_host_sync(device: torch.device) -> Iterator[None]:
-    """On a CUDA ``device``, any operation that synchronises with the host raises a RuntimeError
-    containing :data:`SYNC_ERROR` inside the block; elsewhere nothing changes."""
+    """On a CUDA ``device``, a host synchronisation inside the block raises a RuntimeError
+    containing :data:`SYNC_ERROR`; elsewhere nothing changes."""
     if device.type != "cuda":
         yield
         return
@@ -57,35 +51,29 @@ def no_host_sync(device: torch.device) -> Iterator[None]:
 
 
 def capture_problem(stepper: AdversarialStep) -> str | None:
-    """Why the step of ``stepper`` cannot be captured, as the line to print, or None when it
-    may be tried (a capture can still fail: see :meth:`CudaGraphStep.run_step`)."""
-    cfg, loss = stepper.config, stepper.loss
+    """Why the step of ``stepper`` cannot be captured, as the line to print, or None."""
+    cfg, loss, cannot = stepper.config, stepper.loss, "--cuda-graphs does not capture"
     if stepper.device.type != "cuda":
-        return f"--cuda-graphs needs a CUDA device; {EAGER}"
-    if stepper.world is not None:
-        return (
-            f"--cuda-graphs does not capture a step of several processes (the gradient all-reduce between them); "
-            f"{EAGER}"
+        why = "--cuda-graphs needs a CUDA device"
+    elif stepper.world is not None:
+        why = f"{cannot} a step of several processes (the gradient all-reduce between them)"
+    elif cfg.lr_decay != "none":
+        why = f"{cannot} --lr-decay {cfg.lr_decay} (the learning rate would be baked into the graph)"
+    elif isinstance(loss, ZeroCentredPenalties) and loss.r1_every > 1 and (loss.r1 > 0 or loss.r2 > 0):
+        why = (
+            f"{cannot} lazy R1/R2 of {stepper.loss_named} (r1_every={loss.r1_every}: the host chooses the critic "
+            "updates that compute the penalty)"
         )
-    if cfg.lr_decay != "none":
-        return (
-            f"--cuda-graphs does not capture --lr-decay {cfg.lr_decay} (the learning rate would be baked into the "
-            f"graph); {EAGER}"
-        )
-    if isinstance(loss, ZeroCentredPenalties) and loss.r1_every > 1 and (loss.r1 > 0 or loss.r2 > 0):
-        return (
-            f"--cuda-graphs does not capture lazy R1/R2 of {stepper.loss_named} (r1_every={loss.r1_every}: the host "
-            f"chooses the critic updates that compute the penalty); {EAGER}"
-        )
-    return None
+    else:
+        return None
+    return f"{why}; {EAGER}"
 
 
 class DropoutSeeds:
-    """The seeds of ganplug's dropout in a capture-ready step (the source of
-    :class:`ganplug.ops.dropout_seeds`). Drawing (:meth:`drawing`): each call draws its seed from
-    the default CPU generator then and there, as the eager op does, into a device tensor.
-    Capturing (:meth:`capturing`): call k reads element k of a device buffer; :meth:`fill` then
-    draws as many seeds, in the same order, into it before each replay."""
+    """The seeds of ganplug's dropout in a capture-ready step (:func:`ganplug.ops.dropout_seeds`).
+    :meth:`drawing`: each call draws its seed from the CPU generator, as the eager op does.
+    :meth:`capturing`: call k reads element k of a device buffer, which :meth:`fill` draws into
+    before each replay."""
 
     def __init__(self, capacity: int = MAX_DROPOUT_CALLS) -> None:
         self.capacity = capacity
@@ -112,7 +100,7 @@ class DropoutSeeds:
             yield
 
     def prepare(self, device: torch.device) -> None:
-        """The buffer, allocated before a capture (inside one its zero fill would be captured)."""
+        """Allocate the buffer before a capture (inside one, its zero fill would be captured)."""
         if self.buffer is None or self.buffer.device != torch.device(device):
             self.buffer = torch.zeros(self.capacity, dtype=torch.int64, device=device)
 
@@ -127,8 +115,7 @@ class DropoutSeeds:
             self.mode = "draw"
 
     def fill(self) -> None:
-        """The seeds of the captured calls, drawn now from the CPU generator, copied (without a
-        host wait) into the buffer the graph reads."""
+        """Draw the captured calls' seeds from the CPU generator into the buffer (no host wait)."""
         if not self.count:
             return
         assert self.buffer is not None
@@ -153,18 +140,17 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class CudaGraphStep:
-    """``stepper``'s step as a replayed CUDA graph (see the module docstring); :meth:`run_step`
-    has :meth:`AdversarialStep.run_step`'s contract. ``message`` prints a line (the trainer's
-    progress channel); ``culprit(error)`` names the plugin whose code raised ``error``, or None."""
+    """``stepper``'s step as a replayed CUDA graph; :meth:`run_step` as
+    :meth:`AdversarialStep.run_step`. ``message`` prints a line; ``culprit(error)`` names the
+    plugin whose code raised ``error``, or None."""
 
     def __init__(
         self,
         stepper: AdversarialStep,
         message: Callable[[str], None],
         culprit: Callable[[BaseException], str | None] = lambda error: None,
-        warmup: int = WARMUP,
     ) -> None:
-        self.stepper, self.message, self.culprit, self.warmup = stepper, message, culprit, warmup
+        self.stepper, self.message, self.culprit, self.warmup = stepper, message, culprit, WARMUP
         self.device = stepper.device
         self.problem = capture_problem(stepper)
         self.said = False
@@ -197,18 +183,15 @@ class CudaGraphStep:
             self.said = True
             self.message(self.problem)
 
-    # -- the step ----------------------------------------------------------------------------------
-
     def run_step(self, step: int, sums: Sums) -> None:
-        """Generator step ``step``: a replay of the captured graph (capturing it first when there
-        is none), or the eager step where capture is impossible (said once)."""
+        """Generator step ``step``: a replay of the graph (captured first when there is none), or
+        the eager step where capture is impossible (said once)."""
         self._say()
         self.stepper.run_step(step, sums, self._body if self.problem is None else None)
 
     def run_capture_ready_step(self, step: int, sums: Sums) -> None:
-        """The capture-ready step with capture off: the step's batches copied into the static
-        inputs and the body run on them eagerly: the code a capture records (the warm-up runs it;
-        on CPU it equals :meth:`AdversarialStep.run_step` bit for bit)."""
+        """The code a capture records, run eagerly on the static inputs (on CPU it equals
+        :meth:`AdversarialStep.run_step` bit for bit)."""
         self.stepper.run_step(step, sums, lambda batches: self._eager(self._load(batches)))
 
     def _body(self, batches: StepInputs) -> StepOutputs:
@@ -241,8 +224,6 @@ class CudaGraphStep:
             self.inputs.copy_(batches)
         return self.inputs
 
-    # -- the capture -------------------------------------------------------------------------------
-
     @contextlib.contextmanager
     def _side_stream(self) -> Iterator[None]:
         """A side stream for the warm-up, ordered after and before the current one (CUDA)."""
@@ -272,18 +253,15 @@ class CudaGraphStep:
         return graph, outputs
 
     def _loss_state_problem(self, before: Any, after: Any) -> str | None:
-        """None when a replay can keep the loss's state as the eager step does (it has none that
-        changes, or it is the built-in losses' count of critic updates), else the line to print."""
+        """None when a replay keeps the loss's state as the eager step does (unchanged, or the
+        built-in losses' count of critic updates), else the line to print."""
         if _same(before, after):
             return None
         s, n = self.stepper, self.stepper.config.n_critic
-        if (
-            isinstance(s.loss, ZeroCentredPenalties)
-            and isinstance(before, dict)
-            and isinstance(after, dict)
-            and set(before) == set(after) == {"critic_updates"}
-            and after["critic_updates"] == before["critic_updates"] + n
-        ):
+        counts = (
+            isinstance(s.loss, ZeroCentredPenalties) and isinstance(before, dict) and set(before) == {"critic_updates"}
+        )
+        if counts and after == {"critic_updates": before["critic_updates"] + n}:
             self.counted_updates = n
             return None
         return (
@@ -292,8 +270,8 @@ class CudaGraphStep:
         )
 
     def _outputs_problem(self, outputs: StepOutputs) -> str | None:
-        """None when every loss and stat of ``outputs`` is a tensor on the step's device (what a
-        graph's outputs must be), else the line to print."""
+        """None when every loss and stat of ``outputs`` is a tensor on the step's device, else the
+        line to print."""
         s = self.stepper
         named = [("discriminator_loss()", outputs.d_losses[0]), ("generator_loss()", outputs.g_loss)]
         named += [(f"the stat {k!r}", v) for stats in (*outputs.d_stats, outputs.g_stats) for k, v in stats.items()]
@@ -308,9 +286,8 @@ class CudaGraphStep:
         return None
 
     def _precheck(self, inputs: StepInputs) -> str | None:
-        """The first warm-up run: the step body as the capture will run it (dropout seeds from the
-        device buffer) with every host synchronisation an error (:func:`no_host_sync`). None when
-        it may be captured, else the line to print; another error of the step is raised."""
+        """The first warm-up run, as the capture will run it, with host synchronisation an error
+        (:func:`no_host_sync`): None when it may be captured, else the line to print."""
         s = self.stepper
         before = s.loss_state()
         try:
@@ -319,17 +296,12 @@ class CudaGraphStep:
         except RuntimeError as error:
             if SYNC_ERROR not in str(error):
                 raise
-            who = self.culprit(error) or s.loss_named
-            return (
-                f"--cuda-graphs: the step synchronises with the host in {who} ({type(error).__name__}: "
-                f"{first_line(error, '')[:200]}); {EAGER}"
-            )
+            return f"--cuda-graphs: the step synchronises with the host in {self._blame(error)}; {EAGER}"
         return self._loss_state_problem(before, s.loss_state()) or self._outputs_problem(outputs)
 
     def _capture(self, inputs: StepInputs) -> bool:
-        """Pre-check and warm up, put the state back, capture: True with the graph ready to replay,
-        False after falling back (said). An error of the eager warm-up is raised with the state put
-        back; a failed capture raises :class:`CaptureFailed`."""
+        """Pre-check, warm up, put the state back, capture: True with the graph ready, False after
+        falling back. A failed capture raises :class:`CaptureFailed`."""
         s = self.stepper
         saved = Snapshot(s, weights=True)
         self.counted_updates = 0
@@ -354,12 +326,16 @@ class CudaGraphStep:
         try:
             graph, outputs = self._record(body)
         except Exception as error:  # noqa: BLE001 - whatever stops a capture past the pre-check: stop
-            who = self.culprit(error) or s.loss_named
             raise CaptureFailed(
-                f"--cuda-graphs: capturing the step failed in {who} ({type(error).__name__}: {first_line(error, '')[:200]}); "
+                f"--cuda-graphs: capturing the step failed in {self._blame(error)}; "
                 "stopped, since a failed capture can leave this process's CUDA RNG and memory pool unusable: "
                 "train without --cuda-graphs (continuing a run: --resume RUN --no-cuda-graphs)"
             ) from error
         saved.restore()  # what the capture's Python changed (the loss's count, host RNG draws)
         self.graph, self.outputs = graph, outputs
         return True
+
+    def _blame(self, error: BaseException) -> str:
+        """``who (Type: first line)`` of an error raised in the step, for a message."""
+        who = self.culprit(error) or self.stepper.loss_named
+        return f"{who} ({type(error).__name__}: {first_line(error, '')[:200]})"

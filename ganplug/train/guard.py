@@ -1,21 +1,16 @@
 """What keeps a run safe: rollback of an interrupted step, the non-finite policy, deferred signals.
 
-Rollback: :meth:`StepGuard.begin` remembers what a step changes before its first optimiser step
-(the RNG states, the data position, the models' buffers), so a ``KeyboardInterrupt`` raised inside
-the step before any parameter changed restores the state of the step before.
+Rollback: :meth:`StepGuard.begin` snapshots what a step changes before its first optimiser step,
+so an interrupt before any parameter changed restores the step before.
 
-Non-finite policy (``on_nan``): the step's losses are checked after every step (one host read);
-the weights of G and D at every metrics line and before every checkpoint, which costs the same
-whatever the parameter count per step: a checkpoint is never written from non-finite weights.
-A replayed CUDA-graph step (``deferred``) with ``stop`` in one process reads nothing back: its
-losses are checked on the device and the first non-finite step is read at the next metrics line
-or checkpoint (:meth:`StepGuard.deferred_bad_step`), which then stops the run naming that step.
-``stop`` ends the run naming the step; ``skip`` checks the weights after every step too and
-restores the weights, optimiser states and EMA of before the step (the data and RNG move on);
-:data:`MAX_SKIPS_IN_A_ROW` skipped steps in a row end the run as diverged, saving nothing new.
+Non-finite policy (``on_nan``): the losses are checked after every step, the weights at every
+metrics line and before every checkpoint (with ``skip``: after every step). ``stop`` ends the run
+naming the step; ``skip`` restores the weights, optimiser states and EMA of before the step (data
+and RNG move on), and :data:`MAX_SKIPS_IN_A_ROW` in a row end the run. A replayed CUDA-graph step
+with ``stop`` in one process checks its losses on the device; the next metrics line or checkpoint
+reads the first bad step (:meth:`StepGuard.deferred_bad_step`).
 
-Signals: :class:`DeferredSignals` turns the first SIGINT/SIGTERM inside a step (or while it writes
-its outputs) into a request to stop after it; a second one, or one between steps, raises at once.
+Signals: :class:`DeferredSignals`.
 """
 
 from __future__ import annotations
@@ -39,16 +34,13 @@ MAX_SKIPS_IN_A_ROW = 10  # on_nan "skip": this many non-finite steps in a row en
 
 
 def _all_finite(modules: tuple[nn.Module, ...]) -> torch.Tensor:
-    """One flag per module: True when every floating-point parameter is finite (one fused
-    max-norm over all parameters: inf or NaN anywhere makes it non-finite)."""
+    """One flag per module (on the CPU): whether every floating-point parameter is finite."""
     flags = []
     for module in modules:
         params = [p.detach() for p in module.parameters() if p.is_floating_point()]
-        if params:
-            flags.append(torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all())
-        else:
-            flags.append(torch.tensor(True))
-    return torch.stack([f.cpu() if f.device.type != "cpu" else f for f in flags])
+        norms = torch._foreach_norm(params, float("inf")) if params else [torch.zeros(())]
+        flags.append(torch.stack(norms).isfinite().all().cpu())
+    return torch.stack(flags)
 
 
 class StepGuard:
@@ -69,31 +61,25 @@ class StepGuard:
         return (self.stepper.G, self.stepper.D)
 
     def begin(self) -> None:
-        """Remember what the coming step changes before its first optimiser step; with ``skip``
-        also the weights and optimiser states."""
+        """Snapshot what the coming step changes (with ``skip`` also the weights)."""
         self._before = Snapshot(self.stepper, weights=self.on_nan == "skip")
 
-    def rollback(self) -> None:
-        """Back to the state :meth:`begin` saw (valid while no parameter changed)."""
+    def rollback(self, position: bool = True) -> None:
+        """Back to the state :meth:`begin` saw (valid while no parameter changed); ``position``
+        False (``skip``): only the weights, EMA and optimiser states."""
         assert self._before is not None
-        self._before.restore()
-        self.stepper.zero_grad()
-
-    def restore_weights(self) -> None:
-        """``skip``: the weights, EMA and optimiser states of before the step."""
-        assert self._before is not None
-        self._before.restore(position=False)
+        self._before.restore(position)
         self.stepper.zero_grad()
 
     def check_step(self, sums: Sums, stop_requested: bool) -> tuple[str | None, bool]:
-        """After a step: (what is not finite, or None; whether any rank asked to stop). The
-        losses always, the weights too with ``skip``; one host read, one all-reduce with ranks."""
+        """After a step: (what is not finite, or None; whether any rank asked to stop); one host
+        read, one all-reduce with ranks."""
         losses = [k for k in LOSSES if k in sums.sums]
         flags = [torch.isfinite(sums.sums[k]).reshape(()) for k in losses]
         if self.on_nan == "stop" and self.world is None and self.deferred():
             self._defer(flags)
             return None, stop_requested
-        flags = [f.cpu() if f.device.type != "cpu" else f for f in flags]
+        flags = [f.cpu() for f in flags]
         weights = self.on_nan == "skip"
         if weights:
             flags += list(_all_finite(self._modules()))
@@ -116,8 +102,8 @@ class StepGuard:
         self._first_bad = torch.where(ok | (self._first_bad > 0), self._first_bad, index)
 
     def deferred_bad_step(self, step: int) -> int | None:
-        """The first non-finite step (1-based) among those checked on the device since the last
-        call, ``step`` being the last of them; None when all were finite. One host read."""
+        """The first non-finite step among those checked on the device since the last call, the
+        last being ``step``; None when all were finite."""
         if not self._pending:
             return None
         first, pending = int(self._first_bad or 0), self._pending
@@ -129,8 +115,7 @@ class StepGuard:
         return self._weights_verdict(self._agreed(_all_finite(self._modules())))
 
     def _agreed(self, flags: torch.Tensor) -> list[bool]:
-        """``flags`` (booleans on the CPU) read back, each True only where it is on every rank: the
-        ranks decide alike, and bad anywhere is bad everywhere (one all-reduce)."""
+        """``flags`` (CPU booleans) read back, each True only where it is on every rank."""
         ok = flags.float()
         if self.world is not None:
             ok = (all_reduce_sum(self.world, ok.to(self.device)) == self.world.world_size).float()
@@ -152,10 +137,10 @@ def signal_name(signum: int) -> str:
 
 
 class DeferredSignals:
-    """SIGINT and SIGTERM while training: inside a step (``in_step``) or while it writes its
-    outputs (``finishing``), and always with several ranks, the first one only sets
-    ``requested`` (and calls ``notify(signum)``); a second SIGINT, or one between steps, raises
-    at once. SIGINT raises ``KeyboardInterrupt``, SIGTERM :class:`Terminated`."""
+    """SIGINT and SIGTERM while training: inside a step (``in_step``), while it writes its outputs
+    (``finishing``) or with several ranks, the first only sets ``requested`` and calls
+    ``notify(signum)``; a second SIGINT, or one between steps, raises at once
+    (``KeyboardInterrupt``, or :class:`Terminated` for SIGTERM)."""
 
     def __init__(self, distributed: bool, notify=lambda signum: None) -> None:
         self.distributed = distributed
@@ -183,19 +168,14 @@ class DeferredSignals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """The handlers for SIGINT and SIGTERM inside the block (main thread only); the previous
-        handlers are put back after it."""
+        """The handlers for SIGINT and SIGTERM inside the block (main thread only)."""
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
-                if signum is None:
-                    continue
-                try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, OSError):
                     previous[signum] = signal.signal(signum, self._handle)
-                except (ValueError, OSError):
-                    pass
         try:
             yield
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)

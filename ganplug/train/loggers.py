@@ -1,16 +1,13 @@
-"""The run's loggers (``--logger NAME``, ``loggers = [...]`` in a config), beside metrics.jsonl,
-which is always written and stays the source of truth.
+"""The run's loggers (``--logger NAME``), beside metrics.jsonl, which stays the source of truth.
 
-:class:`Loggers` builds each logger (on rank 0 only) and hands it every metrics.jsonl line,
-sample picture and evaluation the loop passes on. A logger that raises is reported once on
-the progress stream, naming it and its plugin, and switched off; the run goes on. Every logger
-call runs with the RNG state saved and restored, so a logger never changes a run's weights.
-
-Built-in: ``tensorboard`` (:class:`TensorBoardLogger`), into ``RUN_DIR/tensorboard/``.
+:class:`Loggers` builds each one (rank 0 only) and hands it every metrics line, sample picture and
+evaluation. One that raises is reported once, naming its plugin, and switched off; every call runs
+with the RNG state restored after it, so a logger never changes a run. Built-in: ``tensorboard``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +38,8 @@ def resolve_loggers(config: ResolvedConfig) -> list[tuple[LoggerSpec, dict[str, 
 
 
 class Loggers:
-    """The loggers of ``config``, built now on rank 0 (``writes``): a factory's GanplugError (a
-    missing package, a bad option) is a UsageError before training; a factory's bug, or an object
-    without the five methods, is reported when the run starts and that logger is left out.
+    """The loggers of ``config``, built now on rank 0 (``writes``); a factory's bug, or an object
+    without the five :data:`METHODS`, is reported when the run starts and that logger left out.
     ``message`` prints a line on the progress stream."""
 
     def __init__(
@@ -79,8 +75,7 @@ class Loggers:
             set_rng_state(state, self.device)
 
     def _call(self, step: int, method: str, *args: Any) -> None:
-        """``logger.method(*args)`` of every active logger at ``step``; one that raises is reported
-        and dropped."""
+        """``logger.method(*args)`` of every active logger; one that raises is reported and dropped."""
         for spec, logger in list(self.active):
             try:
                 self._guarded(getattr(logger, method), *args)
@@ -94,10 +89,8 @@ class Loggers:
                 if debug_enabled():
                     self.message("".join(traceback.format_exception(error)).rstrip())
                 if method != "close":
-                    try:
+                    with contextlib.suppress(Exception):  # it failed already and was reported
                         self._guarded(logger.close)
-                    except Exception:  # it failed already and was reported
-                        pass
 
     def start(self, config: dict[str, Any], step: int) -> None:
         """A session starts at ``step`` (0, or the step resumed from) of the run of ``config``."""
@@ -124,10 +117,9 @@ class Loggers:
 
 
 class TensorBoardLogger:
-    """Every metrics value as a scalar, evaluations as ``eval/METRIC/KEY`` and the sample pictures
-    as image ``samples``, through ``torch.utils.tensorboard.SummaryWriter`` into ``log_dir``. The
-    event file is opened at the first point; a resumed (or restarted) run appends to ``log_dir``
-    and hides the points past the step it starts from (``purge_step``)."""
+    """Metrics values as scalars, evaluations as ``eval/METRIC/KEY``, pictures as image ``samples``,
+    into ``log_dir`` by a ``SummaryWriter`` opened at the first point (a resumed run hides the points
+    past its start: ``purge_step``)."""
 
     def __init__(self, log_dir: Path, writer_type: type, flush_secs: int) -> None:
         self.log_dir, self.writer_type, self.flush_secs = Path(log_dir), writer_type, flush_secs
@@ -158,10 +150,7 @@ class TensorBoardLogger:
         self._writer().add_image("samples", pixels, step, dataformats="HWC")
 
     def evaluation(self, step: int, results: dict[str, dict[str, float]]) -> None:
-        writer = self._writer()
-        for metric, values in results.items():
-            for key, value in values.items():
-                writer.add_scalar(f"eval/{metric}/{key}", value, step)
+        self.log(step, {f"eval/{metric}/{key}": v for metric, values in results.items() for key, v in values.items()})
 
     def close(self) -> None:
         if self.writer is not None:

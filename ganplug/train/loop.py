@@ -1,19 +1,14 @@
-"""The training loop: drives the step (:mod:`~ganplug.train.step`), its guard
+"""The training loop (:class:`Trainer`): drives the step (:mod:`~ganplug.train.step`), its guard
 (:mod:`~ganplug.train.guard`) and the writers (:mod:`~ganplug.train.outputs`,
 :mod:`~ganplug.train.loggers`), and owns the callback protocol (:class:`Callback`).
 
-Per step: ``on_step_start`` of every callback, the guarded step, the outputs due (metrics line,
-evaluation, sample picture, checkpoint; the weights are checked for non-finite values before a
-line or a checkpoint), then ``on_step_end``. Each line, evaluation and picture goes on, with its
-data, to the loggers and the callbacks. All randomness is torch's and saved, so on CPU ``N``
-steps, a checkpoint and ``N`` more equal ``2N`` at once, bit for bit.
+Per step: ``on_step_start``, the guarded step, the outputs due (metrics line, evaluation, sample
+picture, checkpoint; the weights checked before a line or a checkpoint), ``on_step_end``. All
+randomness is torch's and saved, so on CPU N steps, a checkpoint and N more equal 2N at once.
 
-A stop (Ctrl-C, SIGTERM: :class:`~ganplug.train.guard.DeferredSignals`) finishes the step and its
-outputs, flushes the metrics, saves the step, calls ``on_interrupt`` and raises. An interrupt or
-error inside a step before any parameter changed rolls the step back and saves the one before;
-after, nothing new is saved. ``on_nan`` (see :mod:`~ganplug.train.guard`): ``stop`` raises naming
-the step, keeping the last good checkpoint; ``skip`` restores the weights of before the step,
-warns and counts it, and :data:`~ganplug.train.guard.MAX_SKIPS_IN_A_ROW` in a row stop the run.
+A stop (Ctrl-C, SIGTERM) finishes the step and its outputs, saves it and raises. An error inside
+a step before any parameter changed rolls it back and saves the step before; after, nothing new
+is saved. Non-finite steps: ``on_nan`` (:mod:`~ganplug.train.guard`).
 """
 
 from __future__ import annotations
@@ -23,10 +18,11 @@ import math
 import shlex
 import signal
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -62,12 +58,6 @@ PLOT_SAMPLES = 1024  # generated samples (fixed noise) of a 1-D or 2-D picture, 
 _CHUNK = 1024  # generator batch when drawing the fixed noise
 
 Hook = Callable[["Trainer", int], None]
-
-
-def fixed_noise(n: int, latent_dim: int, latent: str, seed: int) -> torch.Tensor:
-    """The noise of the sample pictures: ``(n, latent_dim)`` on CPU, from a generator seeded by
-    ``seed``; ``ganplug.generate.sample(G, n, seed=seed)`` draws the same."""
-    return draw_latent(n, latent_dim, latent, generator=torch.Generator().manual_seed(int(seed)))
 
 
 class Callback:
@@ -122,10 +112,8 @@ def deprecated_hooks(hooks: Sequence[Hook]) -> list[Callback]:
 
 
 def culprit(run: Run, error: BaseException) -> str | None:
-    """``loss 'x' of plugin 'p' (dist 1.0)`` when code of a plugin of ``run`` raised ``error``
-    (the registry's ``blame``). One plugin may provide several of the run's specs (the fault
-    matrix's provides its loss and its dataset), so the one named is the spec whose object
-    (``self``) the innermost frame of the traceback ran in, else the plugin's first."""
+    """``loss 'x' of plugin 'p' (dist 1.0)`` when code of a plugin of ``run`` raised ``error``; of
+    several specs of that plugin, the one whose object (``self``) the innermost frame ran in."""
     registry = get_registry()
     info = registry.blame(error)
     if info is None:
@@ -141,24 +129,20 @@ def culprit(run: Run, error: BaseException) -> str | None:
     ]
     if not ours:
         return info.origin
-    selves, tb = [], error.__traceback__
-    while tb is not None:
-        selves.append(tb.tb_frame.f_locals.get("self"))
-        tb = tb.tb_next
-    for this in reversed([s for s in selves if s is not None]):
-        for kind, spec, owners in ours:
-            if any(this is o or (isinstance(o, nn.Module) and any(this is m for m in o.modules())) for o in owners):
-                return f"{kind} {spec.name!r} of {info.origin}"
-    kind, spec, _ = ours[0]
+    selves = [frame.f_locals.get("self") for frame, _ in traceback.walk_tb(error.__traceback__)]
+    ran_in = [
+        (kind, spec, owners)
+        for this in reversed(selves)
+        for kind, spec, owners in ours
+        if any(this is m for o in owners for m in (o.modules() if isinstance(o, nn.Module) else [o]))
+    ]
+    kind, spec, _ = (ran_in or ours)[0]
     return f"{kind} {spec.name!r} of {info.origin}"
 
 
 class Trainer:
-    """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``.
-
-    ``callbacks`` (:class:`Callback`) are called after the built-in outputs; ``stream`` receives
-    the progress output (default stderr).
-    """
+    """Trains ``run`` into ``run_dir``; :meth:`fit` runs to ``run.config.steps``. ``callbacks``
+    are called after the built-in outputs; ``stream`` receives the progress (default stderr)."""
 
     def __init__(
         self,
@@ -174,6 +158,7 @@ class Trainer:
         cfg = self.config
         self.is_main = world is None or world.is_main
         self.run_dir = Path(run_dir)
+        self._resume_command = f"ganplug train --resume {shlex.quote(str(self.run_dir))}"
         self.quiet, self.stream = quiet, stream
         self.progress = Progress(0, quiet=True, stream=stream if stream is not None else io.StringIO())
         self.stepper = AdversarialStep(run, world)
@@ -195,12 +180,14 @@ class Trainer:
             self.fixed_labels, count = labels.to(self.device), len(labels)
         elif run.num_classes:
             self.fixed_labels = cycled_labels(count, run.num_classes).to(self.device)
-        self.fixed_noise = fixed_noise(count, run.latent_dim, run.latent, cfg.seed).to(self.device)
-        reference: tuple[Any, ...] = (None, None, None)
+        # the noise of the sample pictures: what ganplug.generate.sample(G, n, seed=seed) draws
+        seeded = torch.Generator().manual_seed(int(cfg.seed))
+        self.fixed_noise = draw_latent(count, run.latent_dim, run.latent, generator=seeded).to(self.device)
+        reference = {}
         if self.picture in ("points", "histogram"):
             reference = plot_reference(run.dataset, self.stepper.order.samples, cfg.seed, self.picture)
         self.metrics = MetricsLog(self.run_dir, world, self.is_main, cfg.n_critic * cfg.batch_size)
-        self.samples = SampleWriter(self.run_dir, self.is_main, run.value_range, grid_row, reference)
+        self.samples = SampleWriter(self.run_dir, value_range=run.value_range, nrow=grid_row, **reference)
         self.checkpoints = CheckpointWriter(self.run_dir, self.is_main)
         self.evaluator = Evaluator(run, self.is_main, self._message)
         self.loggers = Loggers(self.run_dir, cfg, self.device, self.is_main, self._message)
@@ -306,8 +293,7 @@ class Trainer:
         self.signals.in_step = False
 
     def write_outputs(self) -> None:
-        """The outputs due after the step just counted: metrics line, evaluation, sample picture,
-        checkpoint."""
+        """The outputs due after the step just counted: metrics line, evaluation, picture, checkpoint."""
         cfg, step = self.config, self.step
         if due(step, cfg.steps, cfg.log_every):
             self.ensure_finite_weights()
@@ -395,7 +381,7 @@ class Trainer:
         self._step_sums.clear()
         cause = f"training diverged at step {step} ({what})"
         if self.config.on_nan == "skip":
-            self.guard.restore_weights()
+            self.guard.rollback(position=False)
             self.skipped_steps += 1
             self.skipped_in_a_row += 1
             self.progress.message(f"warning: step {step}: {what}; step skipped (its updates discarded)")
@@ -460,10 +446,7 @@ class Trainer:
                 except Exception as error:
                     if isinstance(error, GanplugError) and not isinstance(error, PluginError):
                         raise  # a diverged run or a failed write: its message says what was kept
-                    failure = self._failed(error)
-                    if failure is error:
-                        raise
-                    raise failure from error
+                    self._failed(error)
         finally:
             self.progress.close()
             if self.is_main:
@@ -476,10 +459,10 @@ class Trainer:
             f"{where}checkpoint {self.checkpoints.dir / LATEST}"
         )
 
-    def _failed(self, error: Exception) -> Exception:
+    def _failed(self, error: Exception) -> NoReturn:
         """After an exception in a step or its outputs: save the last completed step when nothing
-        of the failed step changed the weights (one process), then the error to raise: a
-        :class:`PluginError` naming the plugin whose code raised, or ``error`` itself."""
+        of the failed step changed the weights (one process), then raise a :class:`PluginError`
+        naming the plugin whose code raised, or ``error`` itself."""
         step = self.step + 1 if self.signals.in_step else self.step
         saved = ""
         if self.world is None and self.signals.in_step and not self.stepper.changed:
@@ -490,25 +473,22 @@ class Trainer:
                 saved = f"step {self.step} saved in {self.checkpoints.dir / LATEST}"
         if not saved:
             saved = self.checkpoints.describe_last()
-        resume = (
-            f"continue with: ganplug train --resume {shlex.quote(str(self.run_dir))}" if self.checkpoints.last else ""
-        )
+        resume = f"continue with: {self._resume_command}" if self.checkpoints.last else ""
         if isinstance(error, PluginError):
-            return PluginError(f"step {step}: {error}; {saved}" + (f"; {resume}" if resume else ""))
+            raise PluginError(f"step {step}: {error}; {saved}" + (f"; {resume}" if resume else "")) from error
         who = culprit(self.run, error)
         if who is None:
             self.progress.message(f"step {step} failed: {saved}" + (f"; after a fix, {resume}" if resume else ""))
-            return error
-        return PluginError(
+            raise error
+        raise PluginError(
             f"step {step} failed in {who}: {type(error).__name__}: {error}; {saved}; fix or update the plugin"
             + (f", then {resume}" if resume else "")
             + " (rerun with --debug for the traceback)"
-        )
+        ) from error
 
     def _interrupted(self) -> None:
         """After a KeyboardInterrupt: save the last completed step if the state allows it."""
         self.progress.close()
-        resume = f"ganplug train --resume {shlex.quote(str(self.run_dir))}"
         if self.signals.in_step:
             if self.stepper.changed:
                 last = self.checkpoints.last
@@ -519,7 +499,7 @@ class Trainer:
                 )
                 self.progress.message(
                     f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: {where}"
-                    + (f"; continue with: {resume}" if last else "")
+                    + (f"; continue with: {self._resume_command}" if last else "")
                 )
                 return
             self.guard.rollback()
@@ -532,5 +512,6 @@ class Trainer:
         self.progress.close()
         by = "" if self.signals.signum == signal.SIGINT else f" by {signal_name(self.signals.signum)}"
         self.progress.message(
-            f"interrupted{by}: step {self.step} saved in {self.checkpoints.dir / LATEST}; continue with: {resume}"
+            f"interrupted{by}: step {self.step} saved in {self.checkpoints.dir / LATEST}; "
+            f"continue with: {self._resume_command}"
         )

@@ -1,14 +1,14 @@
 """What a run writes: metrics.jsonl, evaluations, sample pictures, checkpoints, loss curves.
 
-The loop (:mod:`ganplug.train.loop`) calls each writer when its output is due, with the data it
-writes; no writer knows the trainer. Rank 0 alone writes files (``writes``); their names and the
-run directory's layout are :mod:`ganplug.train.rundir`'s. metrics.jsonl holds one JSON object per
-``log_every`` steps and, with ``eval_every`` > 0, ``{"step", "elapsed_s", "eval": {metric: {key:
-value}}}`` lines; losses.png draws it when a session ends.
+The loop calls each writer when its output is due; no writer knows the trainer. Rank 0 alone
+writes files (``writes``), named as :mod:`ganplug.train.rundir` says. metrics.jsonl holds one JSON
+object per ``log_every`` steps and ``{"step", "elapsed_s", "eval": {metric: {key: value}}}`` per
+evaluation; losses.png draws it when a session ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -50,9 +50,8 @@ def due(step: int, steps: int, every: int) -> bool:
 
 
 class MetricsLog:
-    """metrics.jsonl: every ``log_every`` steps the means of the losses and stats since the last
-    line and the training speed (``samples_per_step`` samples per generator step), with the
-    loop's own columns."""
+    """metrics.jsonl: the means of the losses and stats since the last line, the speed
+    (``samples_per_step`` samples per generator step) and the loop's own columns."""
 
     def __init__(self, run_dir: Path, world: World | None, writes: bool, samples_per_step: int) -> None:
         self.path = Path(run_dir) / METRICS
@@ -84,10 +83,12 @@ class MetricsLog:
         record.update(columns)
         self.window_start, self.window_steps = now, 0
         if self.writes:
-            line = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
+            self._append({k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()})
         return record
+
+    def _append(self, line: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
 
     def trim(self, step: int) -> int:
         """Drop lines past ``step`` (written after the checkpoint a run resumes from) and lines
@@ -100,15 +101,8 @@ class MetricsLog:
         return unreadable
 
     def append_eval(self, step: int, elapsed_s: float, results: dict[str, dict[str, float]]) -> None:
-        line = {
-            "step": step,
-            "elapsed_s": round(elapsed_s, 3),
-            "eval": {
-                name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()
-            },
-        }
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        scores = {name: {k: finite_or_none(float(v)) for k, v in values.items()} for name, values in results.items()}
+        self._append({"step": step, "elapsed_s": round(elapsed_s, 3), "eval": scores})
 
 
 def eval_line(step: int, results: dict[str, dict[str, float]]) -> str:
@@ -121,12 +115,9 @@ def eval_line(step: int, results: dict[str, dict[str, float]]) -> str:
 
 
 class Evaluator:
-    """The dataset's metrics (rank 0) on a model, in eval mode and without grad, on noise of a
-    private generator seeded with the run's seed; the training RNGs are restored after it, so a
-    run's weights do not depend on ``eval_every``. A metric refusing the samples (GanplugError,
-    e.g. NaN) is a warning for that step; a metric that fails (a plugin's bug) is reported once,
-    naming its plugin, and switched off; the run goes on. ``run`` is the built
-    :class:`~ganplug.train.build.Run`."""
+    """The dataset's metrics (rank 0) on a model, in eval mode, on noise seeded with the run's seed;
+    the training RNGs are restored after it. A metric refusing the samples is a warning for that
+    step; one that fails (a plugin's bug) is reported, naming its plugin, and switched off."""
 
     def __init__(self, run: Any, writes: bool, message: Message) -> None:
         self.run, self.writes, self.message = run, writes, message
@@ -176,13 +167,11 @@ class Evaluator:
         return results or {}
 
 
-def plot_reference(
-    dataset: Any, samples: torch.Tensor | None, seed: int, picture: str
-) -> tuple[torch.Tensor | None, tuple[float, ...], Callable | None]:
-    """What a run's 1-D (``picture`` "histogram") or 2-D ("points") pictures are drawn against:
-    real samples ``(M, D)`` (drawn in a private order; ``samples`` is the batch order's whole
-    data, when it has it), a box around them (data units), and the density a 1-D dataset offers
-    as its ``density`` attribute (NumPy values -> pdf; then no real samples are drawn)."""
+def plot_reference(dataset: Any, samples: torch.Tensor | None, seed: int, picture: str) -> dict[str, Any]:
+    """What 1-D (``picture`` "histogram") or 2-D ("points") pictures are drawn against, as
+    :func:`~ganplug.train.render.render`'s ``real`` (samples ``(M, D)`` in a private order; ``samples``:
+    the batch order's whole data, if any), ``box`` (data units) and ``density`` (a 1-D dataset's
+    ``density`` attribute, NumPy values -> pdf; then no real samples)."""
     count = min(len(dataset), REAL_PLOT_POINTS)
     from ganplug.data.access import sample_of
     from ganplug.train.data_order import epoch_permutation
@@ -192,49 +181,35 @@ def plot_reference(
         real = samples[indices.to(samples.device)]
     else:
         real = torch.stack([sample_of(dataset[int(i)]) for i in indices])
-    real = real.detach().to("cpu", torch.float32)
-    real = real.reshape(real.shape[0], -1)
+    real = real.detach().to("cpu", torch.float32).reshape(len(indices), -1)
     lows, highs = real.min(dim=0).values, real.max(dim=0).values
     span = (highs - lows).clamp_min(1e-3)
     lows, highs = lows - 0.25 * span, highs + 0.25 * span
     if picture == "histogram":
         density = getattr(dataset, "density", None)
-        return (None if callable(density) else real), (float(lows[0]), float(highs[0])), density
+        return {
+            "real": None if callable(density) else real,
+            "box": (float(lows[0]), float(highs[0])),
+            "density": density,
+        }
     side = float((highs - lows).max())
     cx, cy = float((lows[0] + highs[0]) / 2), float((lows[1] + highs[1]) / 2)
-    return real, (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2), None
+    return {"real": real, "box": (cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2)}
 
 
 class SampleWriter:
-    """``samples/step_NNNNNN.png`` and ``samples/latest.png`` (rank 0): samples drawn as
-    :func:`~ganplug.train.render.render` does, ``nrow`` images per row, 1-D and 2-D samples
-    against ``reference`` (:func:`plot_reference`)."""
+    """``samples/step_NNNNNN.png`` and ``samples/latest.png``: samples drawn by
+    :func:`~ganplug.train.render.render` with ``style``, its keyword arguments (``value_range``,
+    ``nrow``; 1-D and 2-D samples: those of :func:`plot_reference`)."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        writes: bool,
-        value_range: tuple[float, float] | None,
-        nrow: int | None,
-        reference: tuple[torch.Tensor | None, tuple[float, ...] | None, Callable | None] = (None, None, None),
-    ) -> None:
+    def __init__(self, run_dir: Path, **style: Any) -> None:
         self.dir = Path(run_dir) / SAMPLES
-        self.writes, self.value_range, self.nrow = writes, value_range, nrow
-        self.real, self.box, self.density = reference
+        self.style = style
 
     def write(self, step: int, samples: torch.Tensor) -> Path:
         """The picture of ``samples`` ``(N, *data_shape)`` at ``step``; returns its path."""
-        image = render(
-            samples,
-            value_range=self.value_range,
-            real=self.real,
-            box=self.box,
-            density=self.density,
-            title=f"step {step}",
-            nrow=self.nrow,
-        )
         path = self.dir / step_file_name(step, ".png")
-        save_png(image, path, self.dir / "latest.png")
+        save_png(render(samples, title=f"step {step}", **self.style), path, self.dir / "latest.png")
         return path
 
 
@@ -281,10 +256,9 @@ class CheckpointWriter:
         return path
 
     def _write_failure(self, error: OSError | RuntimeError) -> str | None:
-        """Why writing a checkpoint failed, or None for an error that is no failed write. An
-        OSError says it; torch's zip writer raises a RuntimeError without the errno ("[enforce
-        fail at inline_container.cc:...] ... file write failed"), read as a full disk when the
-        free space is below the size of the last checkpoint (or :data:`MIN_FREE_BYTES`)."""
+        """Why writing a checkpoint failed, or None for an error that is no failed write. torch's
+        zip writer raises a RuntimeError without the errno: a full disk when the free space is
+        below the last checkpoint's size (or :data:`MIN_FREE_BYTES`)."""
         if isinstance(error, OSError):
             return error.strerror or str(error)
         text = str(error)
@@ -293,19 +267,16 @@ class CheckpointWriter:
         needed = MIN_FREE_BYTES
         if self.last is not None and self.last.is_file():
             needed = max(needed, self.last.stat().st_size)
-        try:
-            full = shutil.disk_usage(self.dir).free < needed
-        except OSError:
-            full = False
-        if full:
-            return os.strerror(errno.ENOSPC)
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self.dir).free < needed:
+                return os.strerror(errno.ENOSPC)
         first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
         return f"torch's writer failed ({first[:200]}): is the disk full?"
 
 
 def draw_losses(run_dir: Path, message: Message) -> None:
-    """``losses.png``: metrics.jsonl drawn (:func:`ganplug.plots.write_loss_plot`), when it has a
-    line. A plot that fails is one warning line: it never ends a run."""
+    """``losses.png`` of a non-empty metrics.jsonl (:func:`ganplug.plots.write_loss_plot`); a
+    failure is one warning line, never the end of a run."""
     metrics = Path(run_dir) / METRICS
     if not metrics.is_file() or metrics.stat().st_size == 0:
         return

@@ -1,20 +1,14 @@
-"""Progress on stderr.
-
-On a terminal (and not quiet): a tqdm bar, redrawn in place at most 10 times a second::
+"""Progress on stderr: on a terminal (and not quiet) a tqdm bar, redrawn at most 10 times a second::
 
     step 1200/2000 |██████    | 60%  d_loss -0.412  g_loss 1.037  38.2 steps/s  ETA 0:00:21
 
-Quiet, or when stderr is not a terminal (a log file, CI): no bar, one plain line per
-``log_every`` steps instead. Messages (:meth:`Progress.message`) always print on their own line.
-Numbers are written by :func:`format_number`, durations by :func:`format_duration`.
-
-A stream that closes under a run (``ganplug train ... | tee log`` and the ``tee`` gone) never
-ends it: the progress output is dropped from then on, and the run carries on (and saves on
-Ctrl-C) with its metrics, samples and checkpoints on disk.
+else one plain line per ``log_every`` steps. Messages always print on their own line. A stream
+that closes under a run (``| tee log``, the tee gone) never ends it: the output is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -67,20 +61,6 @@ class _Bar(tqdm):
         return values
 
 
-class _Sink:
-    """What the bar writes to: :meth:`Progress._write`, so a closed stream silences it too."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.encoding = getattr(progress.stream, "encoding", None)  # tqdm draws unicode only on UTF-8
-
-    def write(self, text: str) -> None:
-        self.progress._write(text)
-
-    def flush(self) -> None:
-        """:meth:`Progress._write` flushed already."""
-
-
 def _columns(stream: TextIO) -> int | None:
     """The bar's width: the terminal's less 2 columns, room for the ``^C`` a terminal echoes (a
     full-width line would wrap with it, and a message would then not replace the bar)."""
@@ -91,7 +71,8 @@ def _columns(stream: TextIO) -> int | None:
 
 
 class Progress:
-    """Reports a run of ``total`` steps that starts at ``start`` (non-zero when resuming)."""
+    """Reports a run of ``total`` steps that starts at ``start`` (non-zero when resuming); the bar
+    writes through :meth:`write`, so a closed stream silences it too."""
 
     def __init__(
         self,
@@ -105,6 +86,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.total = total
         self.start = start
+        self.encoding = getattr(self.stream, "encoding", None)  # tqdm draws unicode only on UTF-8
         self.closed = False  # the stream's reader went away: output is dropped
         self._t0 = time.perf_counter()
         isatty = getattr(self.stream, "isatty", None)
@@ -113,7 +95,7 @@ class Progress:
             self._bar = _Bar(
                 total=total,
                 initial=start,
-                file=_Sink(self),
+                file=self,
                 mininterval=min_interval,
                 position=0,
                 ncols=_columns(self.stream),
@@ -121,7 +103,7 @@ class Progress:
                 leave=True,
             )
 
-    def _write(self, text: str) -> None:
+    def write(self, text: str) -> None:
         if self.closed:
             return
         try:
@@ -130,6 +112,9 @@ class Progress:
         except (BrokenPipeError, ValueError, OSError):  # a closed pipe or file
             self.closed = True
             _silence(self.stream)
+
+    def flush(self) -> None:
+        """:meth:`write` flushed already."""
 
     def _eta(self, step: int) -> str:
         done = step - self.start
@@ -156,13 +141,13 @@ class Progress:
         fields = "  ".join(
             f"{key} {format_number(value)}" for key, value in record.items() if key not in ("step", "elapsed_s")
         )
-        self._write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
+        self.write(f"step {step}/{self.total}  {fields}  ETA {self._eta(step)}\n")
 
     def message(self, text: str) -> None:
         """A line of its own, the bar redrawn below it."""
         if self._bar is not None:
             self._bar.clear()
-        self._write(text + "\n")
+        self.write(text + "\n")
         if self._bar is not None:
             self._bar.refresh()
 
@@ -183,11 +168,8 @@ def _silence(stream: TextIO) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         for fd in {stream.fileno(), 1, 2}:
-            try:
-                same = os.path.samestat(os.fstat(fd), closed)
-            except OSError:
-                continue
-            if same:
-                os.dup2(devnull, fd)
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(fd), closed):
+                    os.dup2(devnull, fd)
     finally:
         os.close(devnull)

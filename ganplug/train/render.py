@@ -1,14 +1,7 @@
-"""Pictures and files of samples. :func:`render` picks the picture by a sample's shape:
-
-- images ``(N, C, H, W)`` (C = 1 or 3) in ``value_range`` -> a grid, ``ceil(sqrt N)`` per row,
-  images under 32 px enlarged by an integer factor (torchvision, no matplotlib);
-- 2-D points ``(N, 2)`` -> a 512 x 512 px scatter plot over optional real points, in a fixed box
-  (:func:`ganplug.plots.render_points`);
-- 1-D values ``(N, 1)`` or ``(N,)`` -> a 512 x 512 px histogram against an optional true density
-  and/or the real data's (:func:`ganplug.plots.render_histogram`).
-
-:func:`save_samples` writes ``.png``, ``.npy`` or ``.pt`` by suffix; :func:`save_image_files` one
-PNG per image at its own size (a folder for FID tools). PNGs are written atomically.
+"""Pictures and files of samples. :func:`render` picks the picture by a sample's shape: images
+``(N, C, H, W)`` (C = 1 or 3) or ``(N, H, W)`` -> a grid; 2-D points -> a scatter plot; 1-D values
+-> a histogram (:mod:`ganplug.plots`). :func:`save_samples` writes ``.png``, ``.npy`` or ``.pt``;
+:func:`save_image_files` one PNG per image (a folder for FID tools). Files are written atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ganplug.errors import GanplugError, UsageError
+from ganplug.errors import UsageError
 from ganplug.files import atomic_write_bytes
 
 MIN_IMAGE_SIDE = 32  # smaller images are enlarged by an integer factor in grids
@@ -31,10 +24,8 @@ SUFFIXES = (".png", ".npy", ".pt")
 def picture_kind(sample_shape: Sequence[int]) -> str | None:
     """``"images"``, ``"points"``, ``"histogram"`` for one sample's shape, or None if not drawable."""
     shape = tuple(sample_shape)
-    if len(shape) == 3 and shape[0] in (1, 3):
+    if len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3)):  # (H, W): greyscale
         return "images"
-    if len(shape) == 2:
-        return "images"  # (H, W): greyscale
     if shape == (2,):
         return "points"
     if shape in ((), (1,)):
@@ -42,8 +33,16 @@ def picture_kind(sample_shape: Sequence[int]) -> str | None:
     return None
 
 
-def _unit(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
-    """``x`` with ``value_range`` (default: its min..max) mapped to 0..1, clamped, NaN as 0."""
+def _unit_images(samples: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` or ``(N, H, W)`` as float ``(N, C, H, W)`` on the CPU with
+    ``value_range`` (default: their min..max) mapped to 0..1, clamped, NaN as 0; UsageError if no images."""
+    x = samples.detach().to("cpu", torch.float32)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or picture_kind(tuple(x.shape[1:])) != "images":
+        raise UsageError(
+            f"samples of shape {tuple(samples.shape[1:])} are not images: write one .png picture, .npy or .pt instead"
+        )
     low, high = (float(v) for v in value_range) if value_range is not None else (float(x.min()), float(x.max()))
     scale = high - low if high > low else 1.0
     return torch.nan_to_num(((x - low) / scale).clamp_(0.0, 1.0), nan=0.0)
@@ -55,18 +54,12 @@ def render_images(
     nrow: int | None = None,
     min_side: int = MIN_IMAGE_SIDE,
 ) -> Image.Image:
-    """A grid of ``samples`` ``(N, C, H, W)`` (or ``(N, H, W)``) with 2 px gaps, ``nrow`` (default
-    ``ceil(sqrt N)``) per row. Values map ``value_range`` to black..white (clamped); without a
-    range, the batch's min..max does. Images smaller than ``min_side`` px are first enlarged by
-    the integer factor ``ceil(min_side / side)`` (nearest neighbour), so 8x8 digits stay visible."""
+    """A grid of images ``(N, C, H, W)`` (or ``(N, H, W)``) with 2 px gaps, ``nrow`` (default
+    ``ceil(sqrt N)``) per row, ``value_range`` (default: the batch's min..max) mapped to
+    black..white. Images under ``min_side`` px are enlarged by an integer factor (nearest)."""
     from torchvision.utils import make_grid
 
-    x = samples.detach().to("cpu", torch.float32)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise GanplugError(f"cannot draw images of shape {tuple(samples.shape)}: expected (N, 1 or 3, H, W)")
-    x = _unit(x, value_range)
+    x = _unit_images(samples, value_range)
     factor = max(1, math.ceil(min_side / max(1, min(x.shape[-2:]))))
     if factor > 1:
         x = x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
@@ -86,9 +79,9 @@ def render(
     title: str | None = None,
     nrow: int | None = None,
 ) -> Image.Image:
-    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``; ``nrow``
-    (images per row, default ``ceil(sqrt N)``) applies to image grids; ``real``, ``box``,
-    ``density`` (NumPy values -> pdf) and ``title`` to points and histograms (see :mod:`ganplug.plots`)."""
+    """The picture :func:`picture_kind` picks for ``samples`` ``(N, *sample_shape)``: ``nrow``
+    applies to image grids; ``real``, ``box``, ``density`` (NumPy values -> pdf) and ``title`` to
+    points and histograms (see :mod:`ganplug.plots`)."""
     kind = picture_kind(tuple(samples.shape[1:]))
     if kind == "images":
         return render_images(samples, value_range, nrow=nrow)
@@ -125,8 +118,7 @@ def save_samples(
     nrow: int | None = None,
 ) -> Path:
     """Write ``samples`` ``(N, *sample_shape)`` by ``path``'s suffix: ``.png`` a picture
-    (:func:`render`, ``nrow`` images per row of a grid), ``.npy`` a float32 NumPy array, ``.pt`` a CPU tensor (``torch.save``).
-    Other suffixes raise UsageError. Parent folders are created. Returns ``path``."""
+    (:func:`render`), ``.npy`` a float32 NumPy array, ``.pt`` a CPU tensor; returns ``path``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -135,30 +127,21 @@ def save_samples(
     data = samples.detach().to("cpu", torch.float32).contiguous()
     if suffix == ".png":
         save_png(render(data, value_range=value_range, nrow=nrow), path)
-    elif suffix == ".npy":
-        import numpy as np
-
-        buffer = io.BytesIO()
-        np.save(buffer, data.numpy())
-        atomic_write_bytes(path, buffer.getvalue())
     else:
         buffer = io.BytesIO()
-        torch.save(data, buffer)
+        if suffix == ".npy":
+            import numpy as np
+
+            np.save(buffer, data.numpy())
+        else:
+            torch.save(data, buffer)
         atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def image_bytes(samples: torch.Tensor, value_range: tuple[float, float] | None = (-1.0, 1.0)) -> list[bytes]:
-    """Each image of ``samples`` ``(N, C, H, W)`` (C = 1 or 3) or ``(N, H, W)`` as PNG bytes at
-    its own size, ``value_range`` mapped to 0..255 as in :func:`render_images` (greyscale or RGB)."""
-    x = samples.detach().to("cpu", torch.float32)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if picture_kind(tuple(x.shape[1:])) != "images":
-        raise UsageError(
-            f"samples of shape {tuple(samples.shape[1:])} are not images: write one .png picture, .npy or .pt instead"
-        )
-    pixels = _unit(x, value_range).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """Each image of ``samples`` as PNG bytes at its own size, as :func:`render_images` maps it."""
+    pixels = _unit_images(samples, value_range).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [png_bytes(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)) for image in pixels]
 
 
@@ -174,17 +157,14 @@ def check_new_folder(folder: Path) -> None:
 def save_image_files(
     samples: torch.Tensor, folder: Path, *, value_range: tuple[float, float] | None = (-1.0, 1.0)
 ) -> list[Path]:
-    """Write each image of ``samples`` as ``folder/000000.png``, ``000001.png``, ... (see
-    :func:`image_bytes`), creating ``folder``; returns the paths. UsageError if ``folder`` is a
-    file or already holds files (nothing there is overwritten) or the samples are not images."""
+    """Write each image of ``samples`` as ``folder/000000.png``, ``000001.png``, ...
+    (:func:`image_bytes`); returns the paths. UsageError unless ``folder`` is new or empty."""
     folder = Path(folder)
     check_new_folder(folder)
     encoded = image_bytes(samples, value_range)
     width = max(6, len(str(len(encoded) - 1)))
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, data in enumerate(encoded):
-        path = folder / f"{index:0{width}d}.png"
+    paths = [folder / f"{index:0{width}d}.png" for index in range(len(encoded))]
+    for path, data in zip(paths, encoded):
         atomic_write_bytes(path, data)
-        paths.append(path)
     return paths

@@ -1,21 +1,18 @@
-"""The maths of one training step: critic and generator updates, the EMA, the learning rates.
+"""One training step: the critic and generator updates, the EMA, the learning rates.
 
-One *step* is one generator update: ``n_critic`` critic updates (each on a fresh real batch and
-``G(z)`` of fresh noise; then ``loss.after_critic_step(D)``), then one generator update with D
-frozen (a loss whose ``generator_loss`` takes ``real`` gets the last critic update's batch). With
-``n_critic`` = 1 the generator update reuses the critic update's noise and ``G(z)``, as the
-PyTorch DCGAN example does (the same gradient: G does not change in between). A conditional run
-draws each critic update's fakes for its real batch's labels and binds the critic to them; the
-generator update uses the last ones. The losses call :attr:`AdversarialStep.critic`: D, or D
-behind :class:`~ganplug.train.build.BatchCritic` (packing, labels) and
-:class:`~ganplug.train.augment.AugmentedCritic`; ``after_critic_step`` gets D itself. The EMA
-decay (:func:`ema_decay`) and the learning rates (:func:`lr_factor`) follow from the step and the
-config alone, so a resume needs no saved schedule.
+A step is ``n_critic`` critic updates (each on a fresh real batch and ``G(z)`` of fresh noise,
+then ``loss.after_critic_step(D)``) and one generator update with D frozen (a loss whose
+``generator_loss`` takes ``real`` gets the last critic update's batch). With ``n_critic`` = 1 the
+generator update reuses the critic update's ``G(z)``, as PyTorch's DCGAN example does. A
+conditional run draws each critic update's fakes for its batch's labels. The losses call
+:attr:`AdversarialStep.critic`: D, or D behind :class:`~ganplug.train.build.BatchCritic` and
+:class:`~ganplug.train.augment.AugmentedCritic` (``after_critic_step`` gets D itself). The EMA
+decay and the learning rates follow from the step and the config alone, so a resume needs no
+saved schedule.
 
-Nothing here reads a value back to the host. The step is three parts, so that a CUDA graph can
-capture the middle one (:mod:`ganplug.train.graphs`): :meth:`~AdversarialStep.next_batches`,
-:meth:`~AdversarialStep.step_body` (a function of those tensors alone) and
-:meth:`~AdversarialStep.publish` (into the sums).
+Nothing here reads a value back to the host. The step is :meth:`~AdversarialStep.next_batches`,
+:meth:`~AdversarialStep.step_body` (a function of those tensors alone, which a CUDA graph can
+capture: :mod:`ganplug.train.graphs`) and :meth:`~AdversarialStep.publish` (into the sums).
 """
 
 from __future__ import annotations
@@ -42,18 +39,14 @@ from ganplug.train.sums import Sums
 
 
 def ema_decay(decay: float, step: int) -> float:
-    """The EMA decay at generator step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``.
-
-    Without the warm-up the average keeps ``decay ** steps`` of the initial weights (5 % after
-    3000 steps at 0.999), which biases short runs; with it the first steps are followed closely.
-    """
+    """The EMA decay at generator step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``;
+    the warm-up keeps short runs from holding ``decay ** steps`` of the initial weights."""
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
 def lr_factor(schedule: str, step: int, steps: int) -> float:
-    """The learning-rate multiplier at generator step ``step`` (0-based) of a run of ``steps``:
-    1 for ``none``; ``1 - step / steps`` for ``linear`` (1 at the first step, ``1 / steps`` at the
-    last, reaching 0 only after the run). A pure function, so a resume needs no saved schedule."""
+    """The learning-rate multiplier at generator step ``step`` (0-based) of ``steps``: 1 for
+    ``none``; ``1 - step / steps`` for ``linear`` (``1 / steps`` at the last step)."""
     if schedule == "none":
         return 1.0
     if schedule == "linear":
@@ -62,10 +55,8 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
 
 
 def _fast_flags(name: str, device: torch.device) -> dict[str, bool]:
-    """The fastest implementation torch has for optimiser ``name`` on ``device``: the fused
-    kernel for Adam on CPU and CUDA (one pass over all parameters), the multi-tensor
-    ``foreach`` path otherwise. Each gives the same update as the single-tensor loop up to
-    rounding and is deterministic, so exact resume holds."""
+    """torch's fastest deterministic implementation of optimiser ``name`` on ``device``: fused
+    Adam on CPU and CUDA, the multi-tensor ``foreach`` path otherwise."""
     if name == "adam" and device.type in ("cpu", "cuda"):
         return {"fused": True}
     return {"foreach": True}
@@ -74,8 +65,7 @@ def _fast_flags(name: str, device: torch.device) -> dict[str, bool]:
 def make_optimizer(
     name: str, parameters: Sequence[nn.Parameter], lr: float, betas: Sequence[float], device: torch.device | str = "cpu"
 ) -> torch.optim.Optimizer:
-    """``adam`` (lr, betas) or ``rmsprop`` (lr) over ``parameters``, in torch's fastest
-    implementation for ``device`` (see :func:`use_fast_implementation`)."""
+    """``adam`` (lr, betas) or ``rmsprop`` (lr) over ``parameters``, fastest for ``device``."""
     flags = _fast_flags(name, torch.device(device))
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, betas=(float(betas[0]), float(betas[1])), **flags)
@@ -85,9 +75,8 @@ def make_optimizer(
 
 
 def use_fast_implementation(optimizer: torch.optim.Optimizer, name: str, device: torch.device) -> None:
-    """Set the implementation flags again after ``load_state_dict``, which copies them from the
-    checkpoint (older checkpoints hold the single-tensor path's ``fused=None, foreach=None``; one
-    written by a ``--cuda-graphs`` run ``capturable=True``, which only a capture turns on)."""
+    """Set the implementation flags again after ``load_state_dict``, which copies them (and a
+    ``--cuda-graphs`` run's ``capturable=True``) from the checkpoint."""
     flags = _fast_flags(name, device)
     for group in optimizer.param_groups:
         group["fused"] = flags.get("fused")
@@ -96,9 +85,8 @@ def use_fast_implementation(optimizer: torch.optim.Optimizer, name: str, device:
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
-    """Turn ``capturable`` on (before a CUDA-graph capture) or off, with each parameter's ``step``
-    where torch keeps it then: on the parameter's device when capturable or fused, else on the
-    CPU (as torch's lazy state creates it). Neither changes the update's maths."""
+    """Turn ``capturable`` on (before a CUDA-graph capture) or off, moving each parameter's
+    ``step`` where torch keeps it then (the parameter's device when capturable or fused, else CPU)."""
     for group in optimizer.param_groups:
         group["capturable"] = on
         on_device = on or bool(group.get("fused"))
@@ -126,9 +114,11 @@ class StepInputs:
     reals: list[torch.Tensor]
     labels: list[torch.Tensor] | None
 
+    def tensors(self) -> list[torch.Tensor]:
+        return self.reals + (self.labels or [])
+
     def shapes(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
-        tensors = self.reals + (self.labels or [])
-        return [(tuple(t.shape), t.dtype) for t in tensors]
+        return [(tuple(t.shape), t.dtype) for t in self.tensors()]
 
     def clone(self) -> StepInputs:
         return StepInputs(
@@ -137,14 +127,14 @@ class StepInputs:
 
     def copy_(self, other: StepInputs) -> None:
         """Copy ``other``'s batches into these tensors (the static inputs of a CUDA graph)."""
-        for mine, theirs in zip(self.reals + (self.labels or []), other.reals + (other.labels or [])):
+        for mine, theirs in zip(self.tensors(), other.tensors()):
             mine.copy_(theirs)
 
 
 @dataclass
 class StepOutputs:
-    """What a capture-ready step leaves: the loss and stats of each critic update, the generator's
-    loss and stats (0-d device tensors; a CUDA graph's static outputs, rewritten by each replay)."""
+    """The loss and stats of each critic update and of the generator update (0-d device tensors;
+    a CUDA graph's static outputs, rewritten by each replay)."""
 
     d_losses: list[torch.Tensor]
     d_stats: list[dict[str, Any]]
@@ -160,9 +150,8 @@ RESERVED_STATS = frozenset(
 
 
 class AdversarialStep:
-    """The models, optimisers, EMA and batch order of a run, and :meth:`run_step`, one generator
-    step. ``changed`` is False from the start of a step until its first optimiser step changes a
-    parameter (until then an interrupted step can be rolled back)."""
+    """The models, optimisers, EMA and batch order of a run, and :meth:`run_step`. ``changed`` is
+    False until a step's first optimiser step (until then it can be rolled back)."""
 
     def __init__(self, run: Run, world: World | None = None) -> None:
         cfg = run.config
@@ -188,8 +177,7 @@ class AdversarialStep:
         )
         self.generator_takes_real = takes_real_batch(self.loss)
         self.changed = False
-        # Called when the state changes from outside a step (a rollback, a load): a captured CUDA
-        # graph is then stale (ganplug.train.graphs).
+        # called when the state changes from outside a step (a rollback, a load): a CUDA graph is stale
         self.on_state_reset: list[Callable[[], None]] = []
 
     # -- state ---------------------------------------------------------------------------------
@@ -237,21 +225,18 @@ class AdversarialStep:
     # -- the step ------------------------------------------------------------------------------
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
-        """bf16 autocast with ``amp`` on CUDA, else nothing. ``cache=False``: no cache of cast
-        weights (what CUDA-graph capture needs; the same values)."""
+        """bf16 autocast with ``amp`` on CUDA, else nothing; ``cache=False`` for a CUDA-graph capture."""
         if self.config.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
     def batch_noise(self) -> torch.Tensor:
-        """Noise of a step ``(B_rank, latent_dim)``: the global batch's, drawn whole so every
-        rank's RNG moves alike, and this rank's slice of it."""
+        """This rank's slice of the global batch's noise, drawn whole so every rank's RNG moves alike."""
         z = draw_latent(self.config.batch_size, self.run.latent_dim, self.run.latent, device=self.device)
         return z[self.shard[0] : self.shard[1]] if self.shard is not None else z
 
     def set_learning_rates(self, step: int) -> None:
-        """Both optimisers' learning rates for generator step ``step`` (0-based) from the config
-        alone; with ``lr_decay`` none they are never touched."""
+        """Both learning rates for generator step ``step`` (0-based); untouched with ``lr_decay`` none."""
         cfg = self.config
         if cfg.lr_decay == "none":
             return
@@ -261,11 +246,9 @@ class AdversarialStep:
                 group["lr"] = base * factor
 
     def run_step(self, step: int, sums: Sums, body: Callable[[StepInputs], StepOutputs] | None = None) -> None:
-        """Generator step ``step`` (0-based): the learning rates, ``n_critic`` critic updates, one
-        generator update, the EMA. ``sums`` receives ``d_loss`` (per critic update), the critic
-        stats, ``g_loss`` and the generator stats (``g_``-prefixed), all as device tensors.
-        ``body`` runs the updates in place of :meth:`step_body` (a CUDA graph's replay: its
-        outputs are copied, since the next replay rewrites them)."""
+        """Generator step ``step`` (0-based): learning rates, updates, EMA; the losses and stats go
+        to ``sums`` (:meth:`publish`). ``body`` runs the updates in place of :meth:`step_body` (a
+        CUDA graph's replay: its outputs are copied)."""
         self.changed = False
         self.set_learning_rates(step)
         if self.augment is not None:
@@ -281,9 +264,8 @@ class AdversarialStep:
     # -- the capture-ready step (--cuda-graphs) --------------------------------------------------
 
     def next_batches(self) -> StepInputs:
-        """The real batches (and labels) of the next step's ``n_critic`` critic updates, fetched
-        now, in the order :meth:`run_step` fetches them. Items the batch order refuses (samples of
-        different shapes, bad labels) are a PluginError naming the dataset's plugin."""
+        """The real batches (and labels) of the next step's critic updates. Items the batch order
+        refuses (samples of different shapes, bad labels) are a PluginError naming the dataset's plugin."""
         reals, labels = [], []
         try:
             for _ in range(self.config.n_critic):
@@ -293,19 +275,17 @@ class AdversarialStep:
                 else:
                     real = self.order.next_batch()
                 reals.append(real)
+        except (UsageError, PluginError):
+            raise
         except GanplugError as error:
-            if isinstance(error, (UsageError, PluginError)):
-                raise
             spec = self.run.dataset_spec
             raise PluginError(f"dataset {spec.name!r} of {origin_of(spec)}: {error}") from error
         return StepInputs(reals, labels if self.conditional else None)
 
     def step_body(self, inputs: StepInputs, graph_safe: bool = True) -> StepOutputs:
-        """The critic updates and the generator update of one step on ``inputs``, as a function of
-        those tensors alone (noise drawn inside, no host read, no branch on a tensor's value), so a
-        CUDA graph can capture it; ``graph_safe`` zeroes the gradients in place and turns off
-        autocast's weight cache (what a capture needs; the same values), else the gradients are
-        set to None (:meth:`run_step`). The learning rates, the sums and the EMA are the caller's."""
+        """The critic and generator updates of one step on ``inputs``, a function of those tensors
+        alone (no host read, no branch on a value). ``graph_safe`` (for a capture) zeroes the
+        gradients in place and turns off autocast's weight cache; the same values either way."""
         cfg = self.config
         set_to_none = not graph_safe
         D, critic, loss = self.D, self.critic, self.loss
@@ -331,11 +311,7 @@ class AdversarialStep:
             if self.augment is not None:
                 critic.end_critic_update(f"loss {self.run.loss_spec.name!r}")
             d_loss, d_stats = self.checked_result(d_result, "discriminator_loss")
-            self.opt_d.zero_grad(set_to_none=set_to_none)
-            d_loss.backward()
-            average_gradients(self.world, self.opt_d.param_groups[0]["params"])
-            self.changed = True
-            self.opt_d.step()
+            self._update(self.opt_d, d_loss, set_to_none)
             if self.augment is not None:
                 self.augment.critic_updated()
             loss.after_critic_step(D)
@@ -348,18 +324,22 @@ class AdversarialStep:
                     fake = self.generate(self.batch_noise(), labels)
                 g_result = loss.generator_loss(critic, fake, **({"real": real} if self.generator_takes_real else {}))
                 g_loss, g_stats = self.checked_result(g_result, "generator_loss")
-            self.opt_g.zero_grad(set_to_none=set_to_none)
-            g_loss.backward()
-            average_gradients(self.world, self.opt_g.param_groups[0]["params"])
-            self.opt_g.step()
+            self._update(self.opt_g, g_loss, set_to_none)
         finally:
             D.requires_grad_(True)
         return StepOutputs(d_losses, d_stats_all, g_loss, g_stats)
 
+    def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, set_to_none: bool) -> None:
+        """Backward ``loss``, average the gradients over the ranks and step ``optimizer``."""
+        optimizer.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        average_gradients(self.world, optimizer.param_groups[0]["params"])
+        self.changed = True
+        optimizer.step()
+
     @staticmethod
     def publish(outputs: StepOutputs, sums: Sums, copy: bool = True) -> None:
-        """Add a step's losses and stats to ``sums``; ``copy``: each a copy (a graph's outputs are
-        rewritten by its next replay)."""
+        """Add a step's losses and stats to ``sums`` (``copy``: copies, as a replay rewrites them)."""
         copy_of = _copy if copy else lambda value: value
         for d_loss, d_stats in zip(outputs.d_losses, outputs.d_stats):
             sums.add("d_loss", copy_of(d_loss))
@@ -372,23 +352,16 @@ class AdversarialStep:
         return self.G(z) if labels is None else self.G(z, labels)
 
     def checked_result(self, result: Any, method: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``(loss, stats)`` of what a loss method returned, its stats checked
-        (:meth:`checked_stats`); PluginError naming the loss's plugin when it is no such pair with a
-        tensor first. Python type checks only: no host sync."""
+        """``(loss, stats)`` of what a loss method returned; PluginError naming the loss's plugin
+        when it is no such pair with a tensor first, or when a stat would overwrite a metrics.jsonl
+        column (:data:`RESERVED_STATS`, or a critic stat with the generator prefix). No host sync."""
         if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
             got = "None" if result is None else f"a {type(result).__name__}"
             raise PluginError(
                 f"{self.loss_named}: {method}() returned {got}, not (loss, stats), a tensor and a "
                 "dict: report this to the plugin's author"
             )
-        return result[0], self.checked_stats(result[1], method)
-
-    def checked_stats(self, stats: dict[str, Any] | None, method: str) -> dict[str, Any]:
-        """The stats a loss method returned, unless a name would collide in metrics.jsonl: the
-        trainer's own columns (:data:`RESERVED_STATS`), or a critic stat with the generator
-        stats' prefix. PluginError naming the loss's plugin."""
-        if not stats:
-            return {}
+        stats = result[1] or {}
         names = {GENERATOR_PREFIX + k for k in stats} if method == "generator_loss" else set(stats)
         clash = sorted(names & RESERVED_STATS)
         if method == "discriminator_loss":
@@ -399,7 +372,7 @@ class AdversarialStep:
                 f"metrics.jsonl columns (the trainer's own: {', '.join(sorted(RESERVED_STATS))}; generator stats "
                 f"are logged with the prefix {GENERATOR_PREFIX!r}, so critic stats must not start with it): rename them"
             )
-        return stats
+        return result[0], stats
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -414,8 +387,7 @@ class AdversarialStep:
             ema_buffer.copy_(buffer)
 
     def zero_grad(self) -> None:
-        """After a rollback or a restore: no gradients, D trainable again (and a captured graph,
-        whose gradient buffers these were, stale)."""
+        """After a rollback or a restore: no gradients, D trainable, a captured graph stale."""
         self.state_reset()
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -427,11 +399,10 @@ class AdversarialStep:
 
 
 class Snapshot:
-    """A copy of what a step changes, put back in place by :meth:`restore` (each tensor keeps its
-    identity, as a captured CUDA graph needs): the RNGs, the batch order's position, the loss's
-    state, an augmented run's ``p`` with its sums, and G's and D's buffers; with ``weights`` also G's, D's and the EMA's parameters and the
-    optimisers' states (a state that a first step creates later is zeroed: what Adam and RMSprop
-    start from)."""
+    """A copy of what a step changes, put back in place by :meth:`restore` (tensors keep their
+    identity, as a CUDA graph needs): the RNGs, the batch position, the loss's state, ``p``, G's and
+    D's buffers; with ``weights`` also the parameters (EMA too) and optimiser states (a state a
+    first step creates later is zeroed)."""
 
     def __init__(self, stepper: AdversarialStep, weights: bool) -> None:
         s = self.stepper = stepper
@@ -450,8 +421,8 @@ class Snapshot:
 
     @torch.no_grad()
     def restore(self, position: bool = True) -> None:
-        """Put the copies back (``position`` False: not the RNGs, the batch order, the loss's state
-        and ``p``); D trainable, ``changed`` False."""
+        """Put the copies back (``position`` False: not the RNGs, batch position, loss state and
+        ``p``); D trainable, ``changed`` False."""
         s = self.stepper
         for tensor, value in zip(self.tensors, self.values):
             tensor.copy_(value)

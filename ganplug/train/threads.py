@@ -1,11 +1,9 @@
 """torch's CPU thread count: by default the CPUs this process may use, not the machine's cores.
 
-torch starts as many threads as the machine has cores, whatever share of them the process gets.
-Under a CPU affinity mask (``taskset``, SLURM's ``--cpus-per-task``) or a cgroup CPU quota
-(containers: ``docker --cpus``, Kubernetes limits) the surplus threads wait on each other: on a
-2-core box with another process busy, 60 ring8 steps took 41 s at torch's default and 2 s on one
-thread. :func:`available_cpus` reads the affinity and the quota (importing nothing heavy);
-:func:`torch_threads` applies ``--threads`` for a run.
+Under an affinity mask (``taskset``, SLURM) or a cgroup CPU quota (containers) torch's default of
+one thread per core oversubscribes (60 ring8 steps on a busy 2-core box: 41 s, against 2 s on one
+thread). :func:`available_cpus` reads the affinity and the quota; :func:`torch_threads` applies
+``--threads``.
 """
 
 from __future__ import annotations
@@ -44,20 +42,13 @@ def _v2_groups(root: Path, membership: Path) -> list[Path]:
     """The cgroup v2 directories of this process: its own group's, then each parent's up to ``root``."""
     own = next((line[3:] for line in (_read(membership) or "").splitlines() if line.startswith("0::")), "/")
     group = root / own.strip().lstrip("/")
-    groups = [group]
-    while group != root and root in group.parents:
-        group = group.parent
-        groups.append(group)
-    return groups
+    return [group, *(parent for parent in group.parents if parent == root or root in parent.parents)]
 
 
 def cgroup_cpus(root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> int | None:
-    """The CPUs this process's cgroup CPU quota allows, rounded up; None without a quota.
-
-    cgroup v2: ``cpu.max`` (``"QUOTA PERIOD"`` or ``"max PERIOD"``) of the process's group (from
-    ``membership``, ``/proc/self/cgroup``) and of each parent, the smallest; cgroup v1:
-    ``cpu/cpu.cfs_quota_us`` over ``cpu/cpu.cfs_period_us`` (``-1``: none).
-    """
+    """The CPUs this process's cgroup CPU quota allows, rounded up; None without a quota: the
+    smallest ``cpu.max`` of its v2 group (from ``membership``) and the parents, and v1's
+    ``cpu/cpu.cfs_quota_us`` over ``cpu/cpu.cfs_period_us``."""
     limits = []
     for group in _v2_groups(Path(root), Path(membership)):
         text = _read(group / "cpu.max")
@@ -81,10 +72,9 @@ def available_cpus(root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> i
 
 
 def thread_count(requested: int, current: int, environ: Mapping[str, str] = os.environ) -> int | None:
-    """The thread count to give torch for ``--threads requested``: ``requested`` when > 0; for 0
-    (auto), :func:`available_cpus` where torch has ``current`` (its count now: its default, one
-    per physical core, or what the caller set) or more; None (leave torch alone) where
-    OMP_NUM_THREADS is set, which torch already follows."""
+    """The thread count for ``--threads requested``: ``requested`` when > 0; for 0 (auto),
+    :func:`available_cpus` capped at torch's ``current`` count, or None (leave torch alone) where
+    OMP_NUM_THREADS is set."""
     if requested > 0:
         return requested
     if environ.get("OMP_NUM_THREADS", "").strip():

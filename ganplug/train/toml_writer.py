@@ -9,7 +9,11 @@ import re
 from typing import Any
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+# control characters as \uXXXX, except those TOML has a short escape for
+_ESCAPES = str.maketrans(
+    {chr(c): f"\\u{c:04x}" for c in (*range(0x20), 0x7F)}
+    | {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+)
 
 
 def _key(key: str) -> str:
@@ -17,15 +21,7 @@ def _key(key: str) -> str:
 
 
 def _string(text: str) -> str:
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def _value(value: Any, where: str) -> str:
