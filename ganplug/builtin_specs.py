@@ -1,6 +1,6 @@
 """The built-in architectures, losses, datasets, metrics, loggers and augmentations, registered through the same hooks
-as any third-party plugin (see :mod:`ganplug.hookspecs`). Only specs live
-here: the factories are named as ``"module:function"`` strings so listing them does not import torch."""
+as any third-party plugin (:mod:`ganplug.hookspecs`). Only specs live here: factories are ``"module:function"``
+strings, so listing them does not import torch."""
 
 from __future__ import annotations
 
@@ -28,83 +28,63 @@ R3GAN_RECIPE = ArchRecipe(
 _SLOPE = Option("slope", float, 0.2, "negative slope of the LeakyReLU activations", minimum=0.0)
 
 
+_SPECTRAL = "spectral normalisation of D's weights (Miyato et al. 2018)"
+
+
+def _critic_norm(default: str, help: str, choices: tuple[str, ...]) -> Option:
+    """An architecture's ``critic_norm`` option: how D is normalised."""
+    return Option("critic_norm", str, default, help, choices=choices)
+
+
+def _arch(name: str, summary: str, *options: Option, **extra: Any) -> ArchitectureSpec:
+    """A built-in architecture: class-conditional, built by ``ganplug.models.NAME:build``."""
+    return ArchitectureSpec(name, summary, f"ganplug.models.{name}:build", options, conditional=True, **extra)
+
+
 @hookimpl
 def ganplug_architectures() -> list[ArchitectureSpec]:
     return [
-        ArchitectureSpec(
-            name="mlp",
-            conditional=True,
-            summary="fully connected G and D on fused linear+LeakyReLU layers (Goodfellow et al. 2014)",
-            factory="ganplug.models.mlp:build",
-            options=(
-                Option("g_widths", str, "256,512,1024", "comma-separated hidden widths of G"),
-                Option("d_widths", str, "256,128,64", "comma-separated hidden widths of D"),
-                Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
-                _SLOPE,
-                Option(
-                    "d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"
-                ),
-                Option(
-                    "critic_norm",
-                    str,
-                    "none",
-                    "spectral: spectral normalisation of D's weights (Miyato et al. 2018)",
-                    choices=("none", "spectral"),
-                ),
-            ),
+        _arch(
+            "mlp",
+            "fully connected G and D on fused linear+LeakyReLU layers (Goodfellow et al. 2014)",
+            Option("g_widths", str, "256,512,1024", "comma-separated hidden widths of G"),
+            Option("d_widths", str, "256,128,64", "comma-separated hidden widths of D"),
+            Option("dropout", float, 0.3, "dropout after each hidden layer of D"),
+            _SLOPE,
+            Option("d_input_scale", float, 1.0, "factor on D's input: its resolution of fine structure (ring8: 30)"),
+            _critic_norm("none", f"spectral: {_SPECTRAL}", ("none", "spectral")),
         ),
-        ArchitectureSpec(
-            name="dcgan",
-            conditional=True,
-            summary="strided (de)convolutions, BatchNorm in G, for square images 8-128 (Radford et al. 2016)",
-            factory="ganplug.models.dcgan:build",
-            options=(
-                Option("width", int, 32, "channels of D's first and G's last hidden layer (the paper: 64 at 64x64)"),
-                Option(
-                    "critic_norm",
-                    str,
-                    "auto",
-                    "normalisation in D: auto = batch, or layer under a gradient penalty; spectral = "
-                    "spectral normalisation of D's weights (Miyato et al. 2018)",
-                    choices=("auto", "batch", "layer", "none", "spectral"),
-                ),
-                _SLOPE,
+        _arch(
+            "dcgan",
+            "strided (de)convolutions, BatchNorm in G, for square images 8-128 (Radford et al. 2016)",
+            Option("width", int, 32, "channels of D's first and G's last hidden layer (the paper: 64 at 64x64)"),
+            _critic_norm(
+                "auto",
+                f"normalisation in D: auto = batch, or layer under a gradient penalty; spectral = {_SPECTRAL}",
+                ("auto", "batch", "layer", "none", "spectral"),
             ),
+            _SLOPE,
         ),
-        ArchitectureSpec(
-            name="resnet",
-            conditional=True,
-            summary="SNGAN/BigGAN residual blocks, conditional BatchNorm in G, for square images 28-128 "
+        _arch(
+            "resnet",
+            "SNGAN/BigGAN residual blocks, conditional BatchNorm in G, for square images 28-128 "
             "(Miyato et al. 2018; Brock et al. 2019)",
-            factory="ganplug.models.resnet:build",
-            options=(
-                Option("ch", int, 16, "channel unit: a layer at multiplier m has ch*m channels", minimum=1),
-                Option("g_mults", str, "1,2,4", "x ch: G's channels per side, image side first (the last repeats)"),
-                Option("d_mults", str, "1,2,4", "x ch: D's blocks' channels, image side first (the last repeats)"),
-                Option("depth", int, 1, "residual blocks per side; the extra ones keep the side", minimum=1),
-                Option(
-                    "critic_norm",
-                    str,
-                    "auto",
-                    "auto = spectral normalisation of D's weights (Miyato et al. 2018), none under a gradient penalty",
-                    choices=("auto", "spectral", "none"),
-                ),
-            ),
+            Option("ch", int, 16, "channel unit: a layer at multiplier m has ch*m channels", minimum=1),
+            Option("g_mults", str, "1,2,4", "x ch: G's channels per side, image side first (the last repeats)"),
+            Option("d_mults", str, "1,2,4", "x ch: D's blocks' channels, image side first (the last repeats)"),
+            Option("depth", int, 1, "residual blocks per side; the extra ones keep the side", minimum=1),
+            _critic_norm("auto", f"auto = {_SPECTRAL}, none under a gradient penalty", ("auto", "spectral", "none")),
         ),
-        ArchitectureSpec(
-            name="r3gan",
-            conditional=True,
-            summary="R3GAN's modern baseline: residual inverted bottlenecks with grouped convolutions, no "
+        _arch(
+            "r3gan",
+            "R3GAN's modern baseline: residual inverted bottlenecks with grouped convolutions, no "
             "normalisation, fix-up initialisation, for square images 28-128 (Huang et al. 2024)",
-            factory="ganplug.models.r3gan:build",
-            options=(
-                Option("width", int, 16, "channels of the full-size stage, doubling per halving", minimum=1),
-                Option("max_width", int, 64, "the most channels of a stage", minimum=1),
-                Option("blocks", int, 1, "residual blocks per stage", minimum=1),
-                Option("expansion", int, 2, "an inverted bottleneck's expansion ratio", minimum=1),
-                Option("group_size", int, 16, "channels per group of the grouped 3x3 convolutions", minimum=1),
-                _SLOPE,
-            ),
+            Option("width", int, 16, "channels of the full-size stage, doubling per halving", minimum=1),
+            Option("max_width", int, 64, "the most channels of a stage", minimum=1),
+            Option("blocks", int, 1, "residual blocks per stage", minimum=1),
+            Option("expansion", int, 2, "an inverted bottleneck's expansion ratio", minimum=1),
+            Option("group_size", int, 16, "channels per group of the grouped 3x3 convolutions", minimum=1),
+            _SLOPE,
             recipes={"relativistic": R3GAN_RECIPE},
         ),
     ]
@@ -137,50 +117,41 @@ def wasserstein_recipe(options: Mapping[str, Any]) -> Recipe:
     return WGAN_CLIP_RECIPE if options.get("lipschitz") == "clip" else WGAN_GP_RECIPE
 
 
+def _loss(name: str, summary: str, cls: str, *options: Option, recipe: Any = DCGAN_RECIPE, **extra: Any) -> LossSpec:
+    """A built-in loss: the class ``cls`` of :mod:`ganplug.losses`, DCGAN's recipe unless given."""
+    return LossSpec(name, summary, f"ganplug.losses:{cls}", options, recipe=recipe, **extra)
+
+
 @hookimpl
 def ganplug_losses() -> list[LossSpec]:
     return [
-        LossSpec(
-            name="bce",
-            summary="non-saturating binary cross-entropy, -log D(G(z)) for G (Goodfellow et al. 2014)",
-            factory="ganplug.losses:NonSaturatingLoss",
-            recipe=DCGAN_RECIPE,
-            options=_LABELS,
+        _loss(
+            "bce",
+            "non-saturating binary cross-entropy, -log D(G(z)) for G (Goodfellow et al. 2014)",
+            "NonSaturatingLoss",
+            *_LABELS,
             aliases=("vanilla",),
         ),
-        LossSpec(
-            name="minimax",
-            summary="the saturating 2014 objective, log(1 - D(G(z))) for G",
-            factory="ganplug.losses:MinimaxLoss",
-            recipe=DCGAN_RECIPE,
-            options=_LABELS,
-        ),
-        LossSpec(
-            name="wasserstein",
-            summary="Wasserstein critic with a gradient penalty, weight clipping or none (Arjovsky/Gulrajani et al. 2017)",
-            factory="ganplug.losses:WassersteinLoss",
+        _loss("minimax", "the saturating 2014 objective, log(1 - D(G(z))) for G", "MinimaxLoss", *_LABELS),
+        _loss(
+            "wasserstein",
+            "Wasserstein critic with a gradient penalty, weight clipping or none (Arjovsky/Gulrajani et al. 2017)",
+            "WassersteinLoss",
+            LIPSCHITZ,
+            Option("gp_weight", float, 10.0, "gradient penalty weight lambda"),
+            Option("clip", float, 0.01, "weight clipping bound c"),
             recipe=wasserstein_recipe,
             shift_invariant=True,
-            options=(
-                LIPSCHITZ,
-                Option("gp_weight", float, 10.0, "gradient penalty weight lambda"),
-                Option("clip", float, 0.01, "weight clipping bound c"),
-            ),
         ),
-        LossSpec(
-            name="hinge",
-            summary="hinge loss for D, -D(G(z)) for G (Lim & Ye 2017; Miyato et al. 2018)",
-            factory="ganplug.losses:HingeLoss",
-            recipe=DCGAN_RECIPE,
-            options=_PENALTIES,
+        _loss(
+            "hinge", "hinge loss for D, -D(G(z)) for G (Lim & Ye 2017; Miyato et al. 2018)", "HingeLoss", *_PENALTIES
         ),
-        LossSpec(
-            name="relativistic",
-            summary="paired relativistic GAN, RpGAN (Jolicoeur-Martineau 2018); with r1 and r2 the R3GAN objective",
-            factory="ganplug.losses:RelativisticLoss",
-            recipe=DCGAN_RECIPE,
+        _loss(
+            "relativistic",
+            "paired relativistic GAN, RpGAN (Jolicoeur-Martineau 2018); with r1 and r2 the R3GAN objective",
+            "RelativisticLoss",
+            *_PENALTIES,
             shift_invariant=True,
-            options=_PENALTIES,
             aliases=("rpgan",),
         ),
     ]

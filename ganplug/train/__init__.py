@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ganplug.errors import UsageError
+from ganplug.files import atomic_write_bytes
 from ganplug.train.config import KNOBS, ResolvedConfig, TrainConfig, check_resume, resolve, resolve_resume
 from ganplug.train.rundir import CONFIG_FILE, check_new_run_dir, clear_run, is_unstarted, make_run_dir
 
@@ -52,8 +53,6 @@ def config_toml(config: ResolvedConfig, provenance: dict[str, dict[str, Any]] | 
 
 def write_config(config: ResolvedConfig, run_dir: Path, provenance: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``RUN_DIR/config.toml`` atomically; returns its path."""
-    from ganplug.files import atomic_write_bytes
-
     path = Path(run_dir) / CONFIG_FILE
     atomic_write_bytes(path, config_toml(config, provenance).encode("utf-8"))
     return path
@@ -110,16 +109,8 @@ def train(
 
 
 def _train(config, run_dir, resume_from, discard_newer, quiet, stream, callbacks, world) -> Path:
-    from ganplug.train import distributed
+    from ganplug.train import checkpoint, distributed
     from ganplug.train.build import build_run
-    from ganplug.train.checkpoint import (
-        LoadedCheckpoint,
-        check_belongs,
-        discard_newer_work,
-        newer_checkpoints,
-        repair_latest,
-        stored_config,
-    )
     from ganplug.train.loop import Trainer
     from ganplug.train.progress import Progress
     from ganplug.train.rundir import locked, new_run_id, read_run_id, write_run_id
@@ -156,17 +147,19 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, callbacks
             if main:
                 make_run_dir(run_dir)
                 hold.enter_context(locked(run_dir))
-            loaded = resume_from if isinstance(resume_from, LoadedCheckpoint) else LoadedCheckpoint.read(resume_from)
-            check_belongs(loaded)
+            loaded = resume_from
+            if not isinstance(loaded, checkpoint.LoadedCheckpoint):
+                loaded = checkpoint.LoadedCheckpoint.read(resume_from)
+            checkpoint.check_belongs(loaded)
             state = loaded.state
-            stored = stored_config(state)
+            stored = checkpoint.stored_config(state)
             if isinstance(config, ResolvedConfig):  # resolved against this run (ganplug train --resume, resume_config)
                 check_resume(stored, {name: getattr(config, name) for name in KNOBS})
             else:  # its set values are the changes asked for
                 changes = {name: value for name in KNOBS if (value := getattr(config, name)) is not None}
                 config = resolve_resume(stored, changes, state.get("provenance"))
             distributed.check_batch(world, config.batch_size, config.pack)
-            newer = newer_checkpoints(loaded.path.parent, loaded)
+            newer = checkpoint.newer_checkpoints(loaded.path.parent, loaded)
             if newer and not discard_newer:
                 raise UsageError(
                     f"{run_dir} has newer work than {loaded.path.name} (step {loaded.step}): checkpoints of steps "
@@ -181,17 +174,17 @@ def _train(config, run_dir, resume_from, discard_newer, quiet, stream, callbacks
                 )
             recorded_id = read_run_id(run_dir)  # None for a run from before runs had ids
             run_id = recorded_id or loaded.run_id or new_run_id()
-            checkpoint = loaded.path
+            resume_path = loaded.path
             if main:
                 if recorded_id is None:
                     write_run_id(run_dir, run_id)
                 if newer:
-                    checkpoint = discard_newer_work(run_dir, loaded)
+                    resume_path = checkpoint.discard_newer_work(run_dir, loaded)
                 else:
-                    checkpoint = repair_latest(loaded.path.parent, loaded)
+                    resume_path = checkpoint.repair_latest(loaded.path.parent, loaded)
             distributed.barrier(world)
             trainer = Trainer(run, run_dir, quiet=quiet, stream=stream, callbacks=callbacks, world=world)
-            trainer.load_state_dict(state, checkpoint)
+            trainer.load_state_dict(state, resume_path)
             further = f"pass --steps N with N > {trainer.step} to train further"
             if trainer.step > run.config.steps:
                 raise UsageError(

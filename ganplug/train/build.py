@@ -1,11 +1,9 @@
 """From a resolved config to everything a run needs: specs, data, loss, models, device.
 
-:func:`build_run` builds the dataset, the loss and the seeded generator/discriminator pair of a
-:class:`~ganplug.train.config.ResolvedConfig` (trusted: resolved and checked once, by
-:func:`~ganplug.train.config.resolve`), with a one-line :class:`GanplugError` for what only the
-built pieces can tell (an empty dataset, a device that is not there). :func:`build_models`
-rebuilds the pair from a stored config and model description without the dataset (what
-:func:`ganplug.generate.load_generator` uses).
+:func:`build_run` builds the dataset, loss and seeded generator/discriminator pair of a (trusted)
+:class:`~ganplug.train.config.ResolvedConfig`, with a one-line :class:`GanplugError` for what only the built pieces
+can tell (an empty dataset, a missing device). :func:`build_models` rebuilds the pair from a stored config and model
+description without the dataset (:func:`ganplug.generate.load_generator`).
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganplug.data.access import check_sample_shapes, sample_of
+from ganplug.data.access import check_sample_shapes, sample_of, whole_tensors
 from ganplug.errors import GanplugError, PluginError, UsageError
 from ganplug.losses import interface_problem
 from ganplug.plugin import (
@@ -32,10 +30,12 @@ from ganplug.plugin import (
 from ganplug.registry import call_factory, get_registry, origin_of
 from ganplug.train.config import (
     IMAGE_LATENT_DIM,
+    SPEC_KIND,
     VECTOR_LATENT_DIM,
     ResolvedConfig,
     augment_provenance_key,
     augment_specs,
+    resolve_specs,
 )
 
 
@@ -88,37 +88,32 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N`` to a device."""
     text = str(name).strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        try:
-            device = torch.device(text)
-        except (RuntimeError, ValueError):
-            raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}): use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
-        return device
-    raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text) if text == "cpu" or text.split(":")[0] == "cuda" else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}): use --device cpu")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
+    return device
 
 
 def pack_samples(x: torch.Tensor, m: int) -> torch.Tensor:
-    """PacGAN packing (Lin et al. 2018): ``(B, C, *rest)`` -> ``(B / m, m * C, *rest)``, row ``i``
-    the samples ``i*m .. i*m + m - 1`` concatenated along dim 1 (channels, or coordinates)."""
+    """PacGAN packing (Lin et al. 2018): ``(B, C, *rest)`` -> ``(B / m, m * C, *rest)``, row ``i`` the samples
+    ``i*m .. i*m + m - 1`` concatenated along dim 1 (channels, or coordinates)."""
     return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
 
 
 class BatchCritic(nn.Module):
-    """What the losses call as the critic with ``pack`` = m > 1 or class labels: ``x (B,
-    *data_shape)`` -> ``discriminator(pack_samples(x, m))``, logits ``(B / m,)``, and in a
-    conditional run ``discriminator(packed x, y)`` with the bound ``labels`` ``(B,)`` (reshaped to
-    ``(B / m, m)`` when packing): every batch the losses pass (real, fake, their interpolates) is
-    one of the bound batch's size, row i of the class ``labels[i]``. Its parameters are D's."""
+    """What the losses call as the critic with ``pack`` = m > 1 or class labels: ``x (B, *data_shape)`` ->
+    ``discriminator(pack_samples(x, m))``, logits ``(B / m,)``, and in a conditional run ``discriminator(packed x,
+    y)`` with the bound ``labels`` ``(B,)`` (``(B / m, m)`` when packing): every batch the losses pass (real, fake,
+    their interpolates) is one of the bound batch's size, row i of class ``labels[i]``. Its parameters are D's."""
 
     def __init__(self, discriminator: nn.Module, m: int = 1) -> None:
         super().__init__()
@@ -147,31 +142,14 @@ def sample_shape(item: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in sample.shape)
 
 
-SPEC_FIELDS = (("architecture", "arch"), ("loss", "loss"), ("dataset", "dataset"))
-
-
-def resolve_specs(
-    config: ResolvedConfig, provenance: dict[str, Any] | None = None
-) -> tuple[ArchitectureSpec, LossSpec, DatasetSpec]:
-    """The specs ``config.arch``, ``config.loss`` and ``config.dataset`` name (UsageError if
-    unknown); with a run's recorded ``provenance``, the ones of the plugins it recorded."""
-    registry = get_registry()
-    return tuple(
-        registry.resolve_recorded(kind, getattr(config, field), (provenance or {}).get(kind))
-        for kind, field in SPEC_FIELDS
-    )
-
-
 def build_models(
     config: ResolvedConfig, model_info: dict[str, Any], arch_spec: ArchitectureSpec | None = None
 ) -> tuple[nn.Module, nn.Module]:
     """The (generator, discriminator) pair of a resolved config, on CPU, seeded by ``config.seed``.
 
-    ``model_info`` is :meth:`Run.model_info` (data_shape, latent_dim, bounded, critic_batchnorm,
-    num_classes: 0 when absent, as in checkpoints of older versions);
-    no dataset or loss is built, so a stored checkpoint can be rebuilt anywhere. With
-    ``config.pack`` = M > 1 (PacGAN) the factory is called a second time with data shape
-    ``(M * C, *rest)`` and the discriminator of that call is kept.
+    ``model_info`` is :meth:`Run.model_info` (num_classes 0 when absent, as in older checkpoints); no dataset or loss
+    is built, so a stored checkpoint can be rebuilt anywhere. With ``config.pack`` = M > 1 (PacGAN) the factory is
+    called again with data shape ``(M * C, *rest)`` and the discriminator of that call is kept.
     """
     if arch_spec is None:
         arch_spec = get_registry().resolve("architecture", config.arch)
@@ -203,9 +181,9 @@ def _build_pair(arch_spec: ArchitectureSpec, ctx: ModelContext, options: dict[st
 
 
 def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: ArchitectureSpec) -> int:
-    """The number of classes K of a conditional run on ``dataset``: its ``num_classes``
-    attribute, else its spec's. UsageError when the data has no labels or the architecture
-    cannot take them; PluginError naming the dataset's plugin when its labels do not fit K."""
+    """The number of classes K of a conditional run on ``dataset``: its ``num_classes`` attribute, else its spec's.
+    UsageError when the data has no labels or the architecture cannot take them; PluginError naming the dataset's
+    plugin when its labels do not fit K."""
     if not arch_spec.conditional:
         raise UsageError(
             f"--conditional: architecture {arch_spec.name!r} of {origin_of(arch_spec)} does not build "
@@ -223,7 +201,6 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
             f"--conditional: dataset {dataset_spec.name!r} has no class labels: drop --conditional, or train on one "
             f"that has them ({', '.join(labelled)}; an image folder with one subfolder per class)"
         )
-    from ganplug.data.access import whole_tensors
     from ganplug.train.data_order import check_labels
 
     samples, labels, _ = whole_tensors(dataset)  # all labels at once, as BatchOrder reads them
@@ -243,17 +220,15 @@ def dataset_classes(dataset: Any, dataset_spec: DatasetSpec, arch_spec: Architec
 
 
 def build_run(config: ResolvedConfig, provenance: dict[str, Any] | None = None) -> Run:
-    """Build the dataset, loss and models of ``config`` (moved to the run's device).
+    """Build the dataset, loss and models of ``config`` (moved to the run's device); ``config`` is not changed.
 
-    ``provenance``: a resumed run's record of which plugin provided each name (see
-    :func:`resolve_specs`); the built run records its own in ``Run.provenance``.
-
-    Order: the specs; device; dataset (``DataContext(seed)``) and the data shape of its first
-    item, which decides latent_dim where the config leaves it unset; the loss; then the models,
-    built right after ``torch.manual_seed(seed)``. The input ``config`` is not changed.
+    ``provenance``: a resumed run's record of which plugin provided each name; the built run records its own in
+    ``Run.provenance``. Order: the specs; device; dataset (``DataContext(seed)``) and its first item's shape, which
+    decides latent_dim where unset; the loss; the models, built right after ``torch.manual_seed(seed)``.
     """
     registry = get_registry()
-    specs = arch_spec, loss_spec, dataset_spec = resolve_specs(config, provenance)
+    specs = resolve_specs(config, registry, provenance)
+    arch_spec, loss_spec, dataset_spec = specs.values()
     augment_list = augment_specs(config.augment, provenance)
     if config.eval_every > 0:
         from ganplug.metrics import applicable_metrics
@@ -342,7 +317,7 @@ def build_run(config: ResolvedConfig, provenance: dict[str, Any] | None = None) 
         critic_batchnorm=not penalises,
         num_classes=num_classes,
         provenance={
-            **{kind: registry.provenance(kind, spec) for (kind, _), spec in zip(SPEC_FIELDS, specs)},
+            **{SPEC_KIND[table]: registry.provenance(SPEC_KIND[table], spec) for table, spec in specs.items()},
             **{augment_provenance_key(i): registry.provenance("augmentation", s) for i, s in enumerate(augment_list)},
         },
         augmentations=augmentations,

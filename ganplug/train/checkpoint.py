@@ -14,36 +14,25 @@ A checkpoint is a ``torch.save``d dict of tensors and plain data only, so it loa
     skipped_steps: int (optional; steps dropped by on_nan="skip")
     loss_state: the loss's ``state_dict()`` or None (optional; e.g. R1's count of critic updates)
     augment: the augmentation probability's state (``--augment``; ganplug.train.augment), or None
-    provenance: {kind: {"kind", "name", "plugin", "distribution", "version"}} (optional; which
-        plugin provided the architecture, loss and dataset, and each augmentation under the keys
-        "augmentation", "augmentation 2", ...: resume and sample use the same)
+    provenance: {kind: {"kind", "name", "plugin", "distribution", "version"}} (optional; the plugin of the
+        architecture, loss, dataset and each augmentation ("augmentation", "augmentation 2", ...))
 
-Checkpoints do not depend on the number of training processes (the data position is global,
-the RNG state is rank 0's, which every rank shares), so a run continues with any number.
-
-``checkpoints/latest.pt`` is a hard link to (where links are refused, a copy of) the newest step
-file; the last :data:`KEEP` step files are kept.
-
-Writing order and what a crash leaves (``kill -9``, an OOM kill, a lost node), at each point of
+Checkpoints do not depend on the number of processes (the data position is global, the RNG state rank 0's, which
+every rank shares). ``checkpoints/latest.pt`` is a hard link to (else a copy of) the newest step file; the last
+:data:`KEEP` step files are kept. What a crash (``kill -9``, an OOM kill, a lost node) leaves at each point of
 :func:`write_run_checkpoint` of step N:
 
 1. orphaned temp files of dead writers are deleted;
-2. the step file is written to ``.step_N.pt.tmp-PID``, flushed and fsynced (a crash leaves the
-   temp file: an orphan, deleted by the next writer);
+2. the step file is written to ``.step_N.pt.tmp-PID`` and fsynced (a crash leaves an orphan);
 3. it is renamed to ``step_N.pt`` and the directory fsynced (from here step N is complete);
-4. ``latest.pt`` is pointed at it through ``.latest.pt.tmp-PID`` and a rename (a crash before the
-   rename leaves ``latest.pt`` at step N - every, which is fine: see below);
+4. ``latest.pt`` is pointed at it through ``.latest.pt.tmp-PID`` and a rename (before it, at step N - every);
 5. step files beyond the newest :data:`KEEP` are deleted, oldest first.
 
-Before step N's checkpoint, its metrics line (appended) and its sample picture (atomic) may be
-written; a crash there leaves lines and pictures of steps after the newest checkpoint.
-
-Resuming a run directory therefore never trusts ``latest.pt`` alone: :func:`newest_checkpoint`
-takes the newest step file that loads and belongs to the run (one line names each one skipped),
-and the trainer points ``latest.pt`` back at it. Metrics lines past the resumed step are dropped
-and the steps run again, bit for bit as before. Resuming an older checkpoint than the newest
-never deletes the newer ones silently: it is refused unless the run is rewound
-(:func:`discard_newer_work`) or branched into a new directory (:func:`fork_run`).
+Step N's metrics line and sample picture may be written before its checkpoint. So a resume never trusts
+``latest.pt`` alone: :func:`newest_checkpoint` takes the newest step file that loads and belongs to the run (one
+line names each one skipped), the trainer points ``latest.pt`` back at it, and metrics lines past its step are
+dropped and run again, bit for bit. Resuming an older checkpoint than the newest is refused unless the run is
+rewound (:func:`discard_newer_work`) or branched into a new directory (:func:`fork_run`).
 """
 
 from __future__ import annotations
@@ -92,8 +81,7 @@ REQUIRED_KEYS = tuple(
 
 
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
-    """``torch.save`` ``state`` to ``path`` atomically; a crash or Ctrl-C leaves the previous
-    file intact. Returns ``path``."""
+    """``torch.save`` ``state`` to ``path`` atomically (a crash leaves the previous file intact); ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda handle: torch.save(dict(state), handle))
@@ -101,8 +89,7 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
 
 
 def _point_latest(directory: Path, path: Path) -> None:
-    """Make ``directory/latest.pt`` the file ``path`` (a hard link, or an atomic copy where
-    links are not allowed)."""
+    """Make ``directory/latest.pt`` the file ``path`` (a hard link, or an atomic copy where links are refused)."""
     latest = directory / LATEST
     tmp = latest.with_name(f".{LATEST}.tmp-{os.getpid()}")
     try:
@@ -121,8 +108,8 @@ def _point_latest(directory: Path, path: Path) -> None:
 
 
 def write_run_checkpoint(state: Mapping[str, Any], directory: Path, step: int, keep: int = KEEP) -> Path:
-    """Save ``state`` as ``directory/step_NNNNNN.pt``, point ``latest.pt`` at it and delete all
-    but the newest ``keep`` step files. Returns the step file's path."""
+    """Save ``state`` as ``directory/step_NNNNNN.pt``, point ``latest.pt`` at it and delete all but the newest
+    ``keep`` step files. Returns the step file's path."""
     directory = Path(directory)
     remove_orphaned_temps(directory)
     path = save_checkpoint(state, directory / step_file_name(step))
@@ -141,8 +128,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _unlinked_latest(directory: Path) -> Path | None:
-    """``directory/latest.pt`` when it is not a link to one of the step files there (a copy, where
-    links are refused, or a checkpoint of its own), else None."""
+    """``directory/latest.pt`` when it is no link to a step file there (a copy, or a checkpoint of its own)."""
     latest = Path(directory) / LATEST
     if latest.is_file() and not any(_same_file(latest, file) for _, file in step_files(directory)):
         return latest
@@ -150,9 +136,8 @@ def _unlinked_latest(directory: Path) -> Path | None:
 
 
 def newer_checkpoints(directory: Path, resumed: LoadedCheckpoint) -> list[int]:
-    """The steps of the complete checkpoints of ``resumed``'s run in ``directory`` that are newer
-    than it: step files, and ``latest.pt`` when it is a newer checkpoint of its own. Files that do
-    not load, or belong to another run, hold no work of this run."""
+    """The steps of the complete checkpoints of ``resumed``'s run in ``directory`` newer than it (step files, and
+    ``latest.pt`` when a checkpoint of its own). Files that do not load, or of another run, hold no work of it."""
     directory = Path(directory)
     files = [file for step, file in step_files(directory) if step > resumed.step]
     latest = _unlinked_latest(directory)
@@ -176,10 +161,8 @@ def _later_files(directory: Path, step: int) -> list[Path]:
 
 
 def discard_newer_work(run_dir: Path, loaded: LoadedCheckpoint) -> Path:
-    """Rewind ``run_dir`` to the checkpoint ``loaded``, as ``--discard-newer`` asks: its
-    ``latest.pt`` becomes that checkpoint, and the step files and sample pictures of later steps
-    are deleted (metrics lines are trimmed when training resumes). Returns the checkpoint to
-    resume from."""
+    """``--discard-newer``: rewind ``run_dir`` to the checkpoint ``loaded`` (its ``latest.pt``; the step files and
+    sample pictures of later steps deleted, metrics lines trimmed on resume). Returns the checkpoint to resume."""
     directory = Path(run_dir) / CHECKPOINTS
     repair_latest(directory, loaded)
     for later in _later_files(directory, loaded.step) + _later_files(Path(run_dir) / SAMPLES, loaded.step):
@@ -188,19 +171,17 @@ def discard_newer_work(run_dir: Path, loaded: LoadedCheckpoint) -> Path:
 
 
 def fork_run(loaded: LoadedCheckpoint, new_dir: Path) -> LoadedCheckpoint:
-    """Branch the run of the checkpoint ``loaded`` into the new run directory ``new_dir``
-    (``--fork``), a run of its own (a new run id): its config, its metrics lines and sample
-    pictures up to the checkpoint's step, and the checkpoint as ``new_dir``'s first. The
-    original run is not touched. Returns the checkpoint in ``new_dir`` to resume from."""
+    """``--fork``: branch the run of checkpoint ``loaded`` into the new run directory ``new_dir``, a run of its own
+    (a new run id) with its config, metrics lines and sample pictures up to the checkpoint's step, and the
+    checkpoint as its first; the original is not touched. Returns the checkpoint in ``new_dir`` to resume from."""
     source, new_dir = run_dir_of(loaded.path), Path(new_dir)
     check_new_run_dir(new_dir, flag="--fork")
     make_run_dir(new_dir)
     run_id = new_run_id()
     write_run_id(new_dir, run_id)
-    if (source / CONFIG_FILE).is_file():
-        shutil.copyfile(source / CONFIG_FILE, new_dir / CONFIG_FILE)
-    if (source / METRICS).is_file():
-        shutil.copyfile(source / METRICS, new_dir / METRICS)  # lines past the step are trimmed on resume
+    for name in (CONFIG_FILE, METRICS):  # metrics lines past the step are trimmed on resume
+        if (source / name).is_file():
+            shutil.copyfile(source / name, new_dir / name)
     samples = source / SAMPLES
     if samples.is_dir():
         (new_dir / SAMPLES).mkdir(exist_ok=True)
@@ -214,13 +195,10 @@ def fork_run(loaded: LoadedCheckpoint, new_dir: Path) -> LoadedCheckpoint:
 
 
 def check_belongs(loaded: LoadedCheckpoint) -> None:
-    """UsageError when the checkpoint file ``loaded`` lies in a run directory of another run (it
-    was copied in): it is neither resumed there nor a reason to delete that run's work."""
-    if loaded.path.parent.name != CHECKPOINTS:
-        return
+    """UsageError when the checkpoint ``loaded`` lies in the run directory of another run (it was copied in): it is
+    neither resumed there nor a reason to delete that run's work."""
     run_dir = loaded.path.parent.parent
-    run_id = read_run_id(run_dir)
-    if not belongs(loaded.state, run_id):
+    if loaded.path.parent.name == CHECKPOINTS and not belongs(loaded.state, run_id := read_run_id(run_dir)):
         raise UsageError(
             f"{loaded.path} is a checkpoint of another run (run id {loaded.run_id}) than {run_dir} (run id {run_id}): "
             f"it was copied in: move it out of {run_dir} and resume its own run"
@@ -235,25 +213,22 @@ def _warn(text: str) -> None:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """The checkpoint file ``path`` names: a file as is; a run directory (or its ``checkpoints``
-    folder) gives its newest complete checkpoint (see :func:`newest_checkpoint`)."""
+    """The checkpoint file ``path`` names: a file, or a run directory's newest (:func:`newest_checkpoint`)."""
     path = Path(path)
     return path if path.is_file() else newest_checkpoint(path).path
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A checkpoint read once: its file and its checked contents (see :func:`load_checkpoint`).
-    ``--resume`` reads the file to check it and its config before training, and the trainer
-    resumes from the same contents instead of loading the file again."""
+    """A checkpoint read once: its file and checked contents (:func:`load_checkpoint`), which ``--resume`` checks
+    before training and the trainer resumes from without loading the file again."""
 
     path: Path
     state: dict[str, Any]
 
     @classmethod
     def read(cls, target: Path, warn: Callable[[str], None] = _warn) -> LoadedCheckpoint:
-        """The checkpoint ``target`` names: a file, or a run directory's newest complete one
-        (:func:`newest_checkpoint`; ``warn`` gets a line for each file skipped)."""
+        """The checkpoint ``target`` names: a file, or a run directory's newest (``warn``: a line per file skipped)."""
         target = Path(target)
         if target.is_file():
             return cls(target, load_checkpoint(target))
@@ -269,29 +244,24 @@ class LoadedCheckpoint:
 
 
 def belongs(state: Mapping[str, Any], run_id: str | None) -> bool:
-    """Whether a checkpoint's contents are of the run with id ``run_id`` (either id unknown, as
-    in runs written before runs had ids, counts as yes)."""
+    """Whether a checkpoint's contents are of the run ``run_id`` (either id unknown, as in older runs: yes)."""
     return run_id is None or state.get("run_id") in (None, run_id)
 
 
 def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> LoadedCheckpoint:
-    """The newest complete checkpoint of the run directory ``path`` (or of its ``checkpoints``
-    folder): the newest step file that loads and belongs to the run, or ``latest.pt`` when it is
-    a newer checkpoint of the run than any step file. Whatever ``latest.pt`` says: a crash may
-    have stopped the writer between a step file and ``latest.pt``. Each file passed over gets one
-    line through ``warn``; UsageError when none is left."""
+    """The newest complete checkpoint of the run directory ``path`` (or its ``checkpoints`` folder): the newest step
+    file that loads and belongs to the run, or ``latest.pt`` when it is a newer one of its own (a crash may have
+    come between the two). Each file passed over gets a line through ``warn``; UsageError when none is left."""
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"no run directory or checkpoint at {path}")
     directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path  # or any folder of step files
     run_id = read_run_id(directory.parent if directory.name == CHECKPOINTS else directory)
-    files = [file for _, file in reversed(step_files(directory))]
     latest = directory / LATEST
-    if _unlinked_latest(directory) is not None:
-        files.append(latest)
+    files = [file for _, file in reversed(step_files(directory))] + ([latest] if _unlinked_latest(directory) else [])
     found: LoadedCheckpoint | None = None
     for file in files:
-        if found is not None and file.name != LATEST:
+        if found is not None and file != latest:
             continue  # older step files are not needed
         try:
             state = load_checkpoint(file)
@@ -315,10 +285,8 @@ def newest_checkpoint(path: Path, warn: Callable[[str], None] = _warn) -> Loaded
 
 
 def repair_latest(directory: Path, loaded: LoadedCheckpoint, warn: Callable[[str], None] = _warn) -> Path:
-    """Point ``directory/latest.pt`` at the checkpoint a run resumes from, when it does not
-    already (a crash between a step file and ``latest.pt``, or a damaged ``latest.pt``). A
-    ``latest.pt`` of another run is kept, renamed beside it, never overwritten. Returns the
-    path to resume from."""
+    """Point ``directory/latest.pt`` at the checkpoint ``loaded`` a run resumes from, where it is not (a crash, a
+    damaged file); one of another run is renamed beside it, never overwritten. Returns the path to resume from."""
     directory = Path(directory)
     latest = directory / LATEST
     if loaded.path == latest or _same_file(latest, loaded.path) or loaded.path.parent != directory:
@@ -351,10 +319,8 @@ def run_dir_of(checkpoint: Path) -> Path:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a ganplug checkpoint (a file, or a run directory's newest: :func:`newest_checkpoint`).
 
-    Only tensors and plain data are unpickled (``weights_only=True``). GanplugError for a
-    missing file, a file that is not a torch file (or is truncated, or holds refused objects),
-    a torch file without the ganplug format tag (a foreign checkpoint), a newer format version,
-    or missing entries.
+    Only tensors and plain data are unpickled (``weights_only=True``). GanplugError for a missing file, no torch file
+    (or a truncated one, or one with refused objects), a foreign checkpoint, a newer format version, missing entries.
     """
     path = Path(path)
     if path.is_dir():
@@ -366,21 +332,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             first = handle.read(1)
     except OSError as error:
         raise GanplugError(f"{path} could not be read ({error.strerror or error})") from None
+    reason = "not a torch file, or a truncated one"
     if first != b"\x80" and not zipfile.is_zipfile(path):  # neither torch's zip format nor a raw pickle
-        raise UsageError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)")
+        raise UsageError(f"{path} is not a ganplug checkpoint ({reason})")
     try:
         with warnings.catch_warnings():  # a raw pickle of another protocol: refused below anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        message = str(error)
-        if "weights_only" in message.lower() or "weights only" in message.lower():
+    except Exception as error:  # UnpicklingError, RuntimeError (bad zip), OSError (truncated), EOFError, ...
+        if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower().replace("_", " "):
             reason = "it holds objects other than tensors and plain data; refused without running them"
-        else:
-            reason = "not a torch file, or a truncated one"
         raise UsageError(f"{path} is not a ganplug checkpoint ({reason})") from error
-    except Exception as error:  # RuntimeError (bad zip), OSError (truncated), EOFError, ValueError, ...
-        raise UsageError(f"{path} is not a ganplug checkpoint (not a torch file, or a truncated one)") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(
             f"{path} is a foreign checkpoint (a torch file without the {FORMAT!r} tag): "
@@ -408,9 +370,7 @@ def stored_config(state: Mapping[str, Any]) -> ResolvedConfig:
 def resume_config(
     stored: ResolvedConfig, overrides: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
 ) -> ResolvedConfig:
-    """The config to resume with: ``stored`` (a checkpoint's config) with ``overrides``, the command
-    line's options (click's parameter names such as ``arch_opt`` and ``data_dir``, or field names;
-    None ignored: :func:`~ganplug.train.config.command_line_values`), resolved as
-    :func:`~ganplug.train.config.resolve_resume` does against the specs the run recorded in
-    ``provenance``; UsageError naming the option for a change a resume may not make."""
+    """The config to resume with: ``stored`` (a checkpoint's) with ``overrides``, the command line's options (click's
+    parameter names or field names, None ignored: :func:`~ganplug.train.config.command_line_values`), resolved by
+    :func:`~ganplug.train.config.resolve_resume` against the specs recorded in ``provenance``."""
     return resolve_resume(stored, command_line_values(overrides), provenance)

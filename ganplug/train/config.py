@@ -1,26 +1,21 @@
-"""The run configuration: every knob of ``ganplug train``, torch-free so the CLI stays fast, and
-its one resolver.
+"""The run configuration: every knob of ``ganplug train`` (torch-free, so the CLI stays fast) and its one resolver.
 
-Each :class:`TrainConfig` field carries a :class:`Knob` (its flag, help, check), from which the
-command line's options (:mod:`ganplug.cli`) and the validation (:func:`validate_config`) are made:
-a new knob is one field here. :func:`resolve` applies the layers once per command, lowest first:
+Each :class:`TrainConfig` field carries a :class:`Knob` (flag, help, check), from which :mod:`ganplug.cli` makes
+the options and :func:`validate_config` the checks: a new knob is one field here. :func:`resolve` applies the
+layers once per command, lowest first:
 
 1. the base defaults (a field's default, or its knob's ``base`` where a dataset may set it);
-2. the loss's recipe (n_critic, optimiser, learning rates, betas) for its options, from the loss's
-   spec (:func:`ganplug.registry.loss_recipe`), in what is still ``None`` after the layers above;
-3. the architecture's recipe for the chosen loss (``ArchitectureSpec.recipes``): a whole recipe in
-   place of the loss's, and options of the loss;
-4. the dataset's ``defaults``: its training knobs, its ``arch_options`` and its own
-   ``data_options`` for the chosen architecture, its ``loss_recipes`` entry for the chosen loss;
-5. a config file (``--config FILE.toml``; where the command line replaces its arch, loss or
-   dataset, what the file got from the old one is dropped first, :func:`as_template`),
+2. the loss's recipe for its options (:func:`ganplug.registry.loss_recipe`), in what is still ``None`` at the end;
+3. the architecture's recipe for the loss (``ArchitectureSpec.recipes``): a whole recipe, and loss options;
+4. the dataset's ``defaults``: training knobs, ``arch_options`` and ``data_options`` per architecture,
+   ``loss_recipes`` per loss;
+5. a config file (``--config FILE.toml``; under other names first through :func:`as_template`);
 6. the command line, or the values given in Python.
 
 ``None`` means "not set here; take it from a lower layer". The command line, a config file and
-``ganplug.train.train(TrainConfig(...))`` all go through :func:`resolve`, so the same names train
-the same run and write the same config.toml. Its result, a frozen :class:`ResolvedConfig`, is what
-every later layer takes and trusts. A resume is the same resolve of the run's stored config with
-the changes asked for (:func:`resolve_resume`); :data:`RESUMABLE` lists what may change.
+``train(TrainConfig(...))`` all go through :func:`resolve`, so the same names train the same run. Its result, a frozen
+:class:`ResolvedConfig`, is what every later layer trusts. A resume resolves the run's stored config with the changes
+asked for (:func:`resolve_resume`); :data:`RESUMABLE` lists what may change.
 """
 
 from __future__ import annotations
@@ -53,8 +48,8 @@ SPEC_NAME = {"arch_options": "arch", "loss_options": "loss", "data_options": "da
 
 
 def parse_pairs(flag: str, pairs: Any) -> dict[str, str]:
-    """``("width=32", "critic-norm = layer")`` -> ``{"width": "32", "critic_norm": "layer"}``
-    (``--arch-opt`` and friends); UsageError naming ``flag`` for a pair without ``KEY=``."""
+    """``("width=32", "critic-norm = layer")`` -> ``{"width": "32", "critic_norm": "layer"}`` (``--arch-opt`` and
+    friends); UsageError naming ``flag`` for a pair without ``KEY=``."""
     options: dict[str, str] = {}
     for pair in pairs or ():
         key, sep, value = str(pair).partition("=")
@@ -65,9 +60,8 @@ def parse_pairs(flag: str, pairs: Any) -> dict[str, str]:
 
 
 def parse_named_pairs(flag: str, pairs: Any) -> dict[str, dict[str, str]]:
-    """``("diffaugment.policy=color", "flip.vertical = true")`` -> ``{"diffaugment": {"policy":
-    "color"}, "flip": {"vertical": "true"}}`` (``--augment-opt``); UsageError naming ``flag`` for
-    a pair without ``NAME.KEY=``."""
+    """``("diffaugment.policy=color", "flip.vertical = true")`` -> ``{"diffaugment": {"policy": "color"}, "flip":
+    {"vertical": "true"}}`` (``--augment-opt``); UsageError naming ``flag`` for a pair without ``NAME.KEY=``."""
     options: dict[str, dict[str, str]] = {}
     for pair in pairs or ():
         key, sep, value = str(pair).partition("=")
@@ -122,10 +116,9 @@ def _is_tables(value: Any) -> bool:
 class Knob:
     """What one :class:`TrainConfig` field is to the command line, its check and a resume.
 
-    A valid value passes ``check``; any other is refused as "NAME must be MUST, got VALUE: pass e.g.
-    FLAG EXAMPLE" (without an example, no hint). :data:`KNOBS` makes ``check`` and ``must`` from
-    ``kind`` (on-off flags, option tables, lists of names), from ``choices`` ("pass FLAG CHOICE"),
-    and for integers from ``low`` (the least value) and ``note`` ("an integer >= LOW (NOTE)").
+    A valid value passes ``check``; any other is refused as "NAME must be MUST, got VALUE: pass e.g. FLAG EXAMPLE"
+    (without an example, no hint). :data:`KNOBS` makes ``check`` and ``must`` from ``kind``, from ``choices`` ("pass
+    FLAG CHOICE"), and for integers from ``low`` (the least value) and ``note`` ("an integer >= LOW (NOTE)").
     """
 
     help: str = ""  # the flag's --help; "" for no flag. Without a final period, " [default: ...]." follows
@@ -387,8 +380,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISS
 
 
 def default_text(name: str) -> str:
-    """What ``--help`` says a knob defaults to: ``the dataset's, else 2000``, ``250``, ...;
-    "" for on-off flags."""
+    """What ``--help`` says a knob defaults to (``the dataset's, else 2000``, ``250``); "" for on-off flags."""
     meta = KNOBS[name]
     if meta.default_text is not None:
         return meta.default_text
@@ -400,12 +392,9 @@ def default_text(name: str) -> str:
 
 @dataclass(frozen=True)
 class ResolvedConfig:
-    """A run's configuration with every layer applied and checked, made by :func:`resolve` (or
-    read back from a run: :meth:`from_stored`): what the trainer, config.toml and checkpoints
-    hold, trusted by every layer below the resolver. The fields of :class:`TrainConfig`, none
-    unset, except latent_dim until the data is seen (None: decided by the data's shape,
-    :data:`IMAGE_LATENT_DIM` or :data:`VECTOR_LATENT_DIM`; a built run's config holds the number).
-    """
+    """A run's configuration, every layer applied and checked (:func:`resolve`, or read back from a run:
+    :meth:`from_stored`): what the trainer, config.toml and checkpoints hold. The fields of :class:`TrainConfig`,
+    none unset except latent_dim until the data's shape decides it (a built run's config holds the number)."""
 
     arch: str
     loss: str
@@ -455,17 +444,16 @@ class ResolvedConfig:
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any]) -> ResolvedConfig:
-        """The config a run wrote (its checkpoints', its config.toml), as written: a knob its
-        version did not have yet takes its base value, else its default (what that run used).
-        KeyError for an unknown key."""
-        values = TrainConfig.from_dict(dict(data)).to_dict()  # KeyError for an unknown key
+        """The config a run wrote (its checkpoints', its config.toml), as written: a knob its version did not have
+        yet takes its base value, else its default (what that run used). KeyError for an unknown key."""
+        values = TrainConfig.from_dict(dict(data)).to_dict()
         for name in KNOBS.keys() - data.keys():
             values[name] = values[name] if KNOBS[name].base is None else KNOBS[name].base
         return cls(**{**values, "betas": tuple(values["betas"])})
 
 
-# What a resume may change, the one list of it: how long, how often and where to report, where and
-# how fast to run, and the options that only say where the data lives. Everything else shapes the run.
+# What a resume may change: how long, how often and where to report, where and how fast to run, and the
+# options that only say where the data lives. Everything else shapes the run.
 RESUMABLE = frozenset(
     "steps amp cuda_graphs device threads sample_every checkpoint_every log_every eval_every num_samples on_nan "
     "loggers logger_options data_options.root data_options.download".split()
@@ -473,8 +461,8 @@ RESUMABLE = frozenset(
 
 
 def check_knob(name: str, value: Any) -> None:
-    """One-line :class:`UsageError` ("NAME must be ..., got VALUE: pass e.g. FLAG EXAMPLE") unless
-    ``value`` suits knob ``name``; ``None`` passes where the field's default is ``None`` (unset)."""
+    """One-line :class:`UsageError` ("NAME must be ..., got VALUE: pass e.g. FLAG EXAMPLE") unless ``value`` suits
+    knob ``name``; ``None`` passes where the field's default is ``None`` (unset)."""
     meta = KNOBS[name]
     if value is None and _DEFAULTS[name] is None:
         return
@@ -503,8 +491,8 @@ def validate_config(config: TrainConfig | ResolvedConfig) -> None:
 
 
 def _unknown_key(key: str) -> str:
-    """``'stesp' (did you mean 'steps'?)``: an unknown config-file key and the nearest knob, or
-    the option table where a command line shorthand's option goes."""
+    """``'stesp' (did you mean 'steps'?)``: an unknown config-file key and the nearest knob, or the option table
+    where a command line shorthand's option goes."""
     if key in SHORTHANDS:
         table, option, _ = SHORTHANDS[key]
         return f"{key!r} (it is an option: put {option} in the [{table}] table)"
@@ -513,8 +501,8 @@ def _unknown_key(key: str) -> str:
 
 
 def config_from_dict(data: Mapping[str, Any], source: str) -> TrainConfig:
-    """A :class:`TrainConfig` of a config file's table; a one-line UsageError naming ``source``
-    (the file) for an unknown key (with the nearest knob) or a wrong value."""
+    """A :class:`TrainConfig` of a config file's table; a one-line UsageError naming ``source`` (the file) for an
+    unknown key (with the nearest knob) or a wrong value."""
     unknown = [key for key in data if key not in KNOBS]
     if unknown:
         what = "key" if len(unknown) == 1 else "keys"
@@ -547,18 +535,18 @@ def read_config_file(path: str) -> TrainConfig:
     return config_from_dict(read_toml(path), path)
 
 
-# The fields a lower layer fills where a config leaves them None: the base, the loss's recipe, the
-# dataset's defaults (and, for latent_dim, the data's shape).
+# The fields a lower layer fills where a config leaves them None (latent_dim: the data's shape).
 LAYERED = tuple(name for name, default in _DEFAULTS.items() if default is None)
 IMAGE_LATENT_DIM = 64  # the size of z of a run on 3-D (image) data, unless set
 VECTOR_LATENT_DIM = 8  # the size of z of a run on any other data, unless set
 
 
-def _specs(
-    config: TrainConfig | ResolvedConfig, registry: Registry, provenance: Mapping[str, Any] | None
+def resolve_specs(
+    config: TrainConfig | ResolvedConfig, registry: Registry | None = None, provenance: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``{option table: spec}`` of ``config``'s arch, loss and dataset: the specs a run recorded in
-    ``provenance`` (the same plugins', whatever answers to the names now), else the registry's."""
+    """``{option table: spec}`` of ``config``'s arch, loss and dataset (UsageError if unknown): the specs a run
+    recorded in ``provenance`` (the same plugins', whatever answers to the names now), else the registry's."""
+    registry = registry or get_registry()
     recorded = provenance or {}
     return {
         table: registry.resolve_recorded(kind, getattr(config, SPEC_NAME[table]), recorded.get(kind))
@@ -567,15 +555,13 @@ def _specs(
 
 
 def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Registry | None = None) -> TrainConfig:
-    """A config file's ``config`` under a command line that names another architecture, loss or
-    dataset (``names``: the ``arch``, ``loss`` and ``dataset`` given, None where not given).
+    """A config file's ``config`` under a command line that names another architecture, loss or dataset (``names``:
+    the ``arch``, ``loss`` and ``dataset`` given, None where not given).
 
-    For each replaced spec (a name for the same spec, such as an alias, replaces nothing) the
-    file's option table is dropped. Then every value in the file equal to what its own names give
-    a run by default (the base, the dataset's defaults, the loss's recipe) is dropped too, so the
-    new names' defaults apply; a value that differs from them was set by the user and is kept. A
-    file naming a spec not installed here loses only the replaced tables. ``config`` itself when
-    nothing is replaced, so ``--config RUN/config.toml`` alone repeats a run.
+    The option table of each replaced spec (an alias of the same spec replaces nothing) is dropped, and so is every
+    value equal to what the file's own names give by default, so the new names' defaults apply; values the user set
+    are kept. A spec not installed here loses only its table. ``config`` itself when nothing is replaced, so
+    ``--config RUN/config.toml`` alone repeats a run.
     """
     changed = {attr: name for attr, name in names.items() if name is not None and name != getattr(config, attr)}
     if not changed:
@@ -583,7 +569,7 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Registr
     registry = registry or get_registry()
     values: dict[str, Any] = {table: {} for table in SPEC_KIND if SPEC_NAME[table] in changed}
     try:
-        old = _specs(config, registry, None)
+        old = resolve_specs(config, registry)
     except UsageError:  # a spec not installed here: its defaults are unknown
         return dataclasses.replace(config, **values)
     replaced = [
@@ -609,10 +595,8 @@ def as_template(config: TrainConfig, names: Mapping[str, Any], registry: Registr
 
 
 def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
-    """Every field of a :class:`ResolvedConfig`: ``config``'s values over the lower layers (the
-    dataset's defaults, the base, the architecture's recipe for the loss, the loss's recipe for its
-    options), its arch, loss and data option tables resolved against ``specs`` (``{option table:
-    spec}``: every option, checked). latent_dim stays None unless set (the data's shape decides it)."""
+    """Every field of a :class:`ResolvedConfig`: ``config``'s values over the lower layers, its option tables
+    resolved against ``specs`` (:func:`resolve_specs`). latent_dim stays None unless set."""
     values = {name: getattr(config, name) for name in KNOBS}
     loss_name = specs["loss_options"].name
     dataset_defaults = dict(specs["data_options"].defaults)
@@ -652,15 +636,13 @@ def _layered(config: TrainConfig, specs: Mapping[str, Any]) -> dict[str, Any]:
 def resolve(
     config: TrainConfig, registry: Registry | None = None, provenance: Mapping[str, Any] | None = None
 ) -> ResolvedConfig:
-    """``config`` with every layer applied (the module docstring), checked before and after (one-line
-    UsageError): the one resolution of a command, whose result every later layer trusts. Option tables
-    are resolved against the specs a run recorded in ``provenance``, else the ``registry``'s; latent_dim,
-    unless set, stays None for the data's shape to decide. A config file under other names goes
-    through :func:`as_template` first (as ``ganplug train --config`` does).
+    """``config`` with every layer applied (the module docstring), checked before and after (one-line UsageError):
+    the one resolution of a command. Option tables are resolved against the specs a run recorded in ``provenance``,
+    else the ``registry``'s; latent_dim, unless set, stays None for the data's shape to decide.
     """
     registry = registry or get_registry()
     validate_config(config)
-    values = _layered(config, _specs(config, registry, provenance))
+    values = _layered(config, resolve_specs(config, registry, provenance))
     for name in config.logger_options:
         if name not in config.loggers:
             raise UsageError(f"logger_options names {name!r}, which is no logger of this run: add --logger {name}")
@@ -680,10 +662,10 @@ _PARAMS = {**{name: name for name in KNOBS}, **{meta.param: name for name, meta 
 
 
 def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
-    """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field
-    names; None and empty repeatable options left out): --betas and --augment-p parsed, KEY=VALUE
-    pairs as the entries of their option table (to merge: :func:`with_changes`), the shorthands
-    (--image-size, ...) as entries of theirs. UsageError for a malformed value or an unknown name."""
+    """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field names; None and
+    empty repeatable options left out): --betas and --augment-p parsed, KEY=VALUE pairs and the shorthands
+    (--image-size, ...) as entries of their option table (to merge: :func:`with_changes`). UsageError for a
+    malformed value or an unknown name."""
     values: dict[str, Any] = {}
     for key, value in given.items():
         if value is None or key in _NOT_KNOBS or key in SHORTHANDS or (isinstance(value, tuple) and not value):
@@ -695,12 +677,10 @@ def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
         if meta.kind == "pairs":
             entries = value.items() if isinstance(value, Mapping) else parse_pairs(meta.flag, value).items()
             value = {**values.get(name, {}), **{str(k).replace("-", "_"): v for k, v in entries}}
+        elif meta.kind == "named_pairs" and isinstance(value, Mapping):
+            value = {k: dict(v) for k, v in value.items()}
         elif meta.kind == "named_pairs":
-            value = (
-                {k: dict(v) for k, v in value.items()}
-                if isinstance(value, Mapping)
-                else parse_named_pairs(meta.flag, value)
-            )
+            value = parse_named_pairs(meta.flag, value)
         elif meta.kind == "names":
             value = list(value)
         elif meta.parse is not None and isinstance(value, str):
@@ -713,8 +693,8 @@ def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def with_changes(config: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
-    """``config`` with ``changes`` (``{field: value}``): the entries of an option table (arch, loss,
-    data options) merged into its table, and an augmentation's into its, any other value replaced."""
+    """``config`` with ``changes`` (``{field: value}``): the entries of an option table (arch, loss, data options)
+    merged into its table, and an augmentation's into its, any other value replaced."""
     values: dict[str, Any] = {}
     for name, value in changes.items():
         kind, old = KNOBS[name].kind, getattr(config, name)
@@ -726,36 +706,6 @@ def with_changes(config: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig
     return dataclasses.replace(config, **values)
 
 
-def _flag(table: str, key: str) -> str:
-    """The flag of option ``key`` of option table ``table`` (``--image-size``, ``--arch-opt width``)."""
-    shorthand = next((flag for t, option, flag in SHORTHANDS.values() if (t, option) == (table, key)), None)
-    return shorthand or f"{KNOBS[table].flag} {key}"
-
-
-def _same(old: Any, new: Any) -> bool:
-    return (list(old) if isinstance(old, (list, tuple)) else old) == (
-        list(new) if isinstance(new, (list, tuple)) else new
-    )
-
-
-def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
-    """UsageError naming the flag when ``values`` (``{field: value}``, e.g. a resolved config's)
-    change anything of ``stored`` that :data:`RESUMABLE` does not list: it shapes the run. An
-    option the stored run did not have yet (its spec gained it since) counts as a change only
-    where ``given`` (the changes asked for) sets it."""
-    for name, new in values.items():
-        old = getattr(stored, name)
-        if name in SPEC_KIND or name == "augment_options":
-            was, now, asked = _entries(name, old), _entries(name, new), _entries(name, (given or {}).get(name, {}))
-            for key, value in now.items():
-                if (key in was or key in asked) and not _same(was.get(key), value) and f"{name}.{key}" not in RESUMABLE:
-                    _refuse(
-                        f"--augment-opt {key}" if name == "augment_options" else _flag(name, key), was.get(key), value
-                    )
-        elif name not in RESUMABLE and not _same(old, new):
-            _refuse(KNOBS[name].flag, old, new)
-
-
 def _entries(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
     """An option table as ``{key: value}``; the augmentations' as ``{"NAME.KEY": value}``."""
     if name == "augment_options":
@@ -763,11 +713,34 @@ def _entries(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
     return dict(table)
 
 
-def _refuse(flag: Any, old: Any, new: Any) -> None:
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _refuse(flag: str, old: Any, new: Any) -> None:
     raise UsageError(
         f"{flag} cannot change when resuming (the run has {old!r}, you asked for {new!r}): "
         "it shapes the run; start a new run with --out instead"
     )
+
+
+def check_resume(stored: ResolvedConfig, values: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
+    """UsageError naming the flag when ``values`` (``{field: value}``, e.g. a resolved config's) change anything of
+    ``stored`` that :data:`RESUMABLE` does not list: it shapes the run. An option the stored run did not have yet
+    (its spec gained it since) counts as a change only where ``given`` (the changes asked for) sets it."""
+    for name, new in values.items():
+        old = getattr(stored, name)
+        if name not in SPEC_KIND and name != "augment_options":
+            if name not in RESUMABLE and _plain(old) != _plain(new):
+                _refuse(KNOBS[name].flag, old, new)
+            continue
+        was, now, asked = (_entries(name, table) for table in (old, new, (given or {}).get(name, {})))
+        for key, value in now.items():
+            if f"{name}.{key}" in RESUMABLE or (key not in was and key not in asked):
+                continue
+            if _plain(was.get(key)) != _plain(value):  # --image-size, --arch-opt width, --augment-opt NAME.KEY
+                shorthand = [flag for table, option, flag in SHORTHANDS.values() if (table, option) == (name, key)]
+                _refuse(shorthand[0] if shorthand else f"{KNOBS[name].flag} {key}", was.get(key), value)
 
 
 def resolve_resume(
@@ -776,13 +749,12 @@ def resolve_resume(
     provenance: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> ResolvedConfig:
-    """A resume's config: :func:`resolve` applied to ``stored`` (the run's config) with ``changes``
-    (``{field: value}``, option tables' entries merged as by :func:`with_changes`), against the specs
-    the run recorded in ``provenance``. UsageError (:func:`check_resume`) for a change of anything
-    :data:`RESUMABLE` does not list; a name for the recorded arch, loss or dataset (an alias,
+    """A resume's config: :func:`resolve` applied to ``stored`` with ``changes`` (``{field: value}``, merged as by
+    :func:`with_changes`), against the specs the run recorded in ``provenance``. UsageError (:func:`check_resume`)
+    for a change :data:`RESUMABLE` does not list; another name of the recorded arch, loss or dataset (an alias,
     ``ganplug:bce``) is no change."""
     registry = registry or get_registry()
-    recorded = _specs(stored, registry, provenance)
+    recorded = resolve_specs(stored, registry, provenance)
     given = dict(changes)
     for table, name in SPEC_NAME.items():
         if name in given and given[name] != getattr(stored, name):
@@ -802,15 +774,14 @@ def resolve_resume(
 
 def augment_provenance_key(index: int) -> str:
     """The key of the ``index``-th augmentation (0-based) in a run's provenance: ``augmentation``,
-    ``augmentation 2``, ... (one record per key, as for the other kinds)."""
+    ``augmentation 2``, ..."""
     return "augmentation" if index == 0 else f"augmentation {index + 1}"
 
 
 def augment_specs(
     names: list[str], provenance: Mapping[str, Any] | None = None, registry: Registry | None = None
 ) -> list[Any]:
-    """The specs of augmentations ``names``: those a run recorded in ``provenance`` (the same
-    plugins', whatever answers to the names now), else the registry's."""
+    """The specs of augmentations ``names``: those a run recorded in ``provenance``, else the registry's."""
     registry = registry or get_registry()
     recorded = provenance or {}
     return [
@@ -820,10 +791,8 @@ def augment_specs(
 
 
 def resolve_augment_options(config: TrainConfig, specs: list[Any]) -> dict[str, dict[str, Any]]:
-    """``{name: every option}`` of each augmentation of ``config.augment`` (``specs``: the specs
-    its names stand for), its ``augment_options`` applied. UsageError for a name given twice,
-    options of an augmentation the run does not use, or an ``augment_p`` other than 1 without an
-    augmentation."""
+    """``{name: every option}`` of each augmentation of ``config.augment`` (``specs``: their specs). UsageError for a
+    name given twice, options of an augmentation the run does not use, or an ``augment_p`` other than 1 without one."""
     names = list(config.augment)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:

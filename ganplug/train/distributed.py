@@ -1,14 +1,11 @@
 """Multi-process data-parallel training (``torchrun ... -m ganplug train`` or ``ganplug train --nproc N``).
 
-What a user sees is docs/operations.md, "Several processes". Here: ``batch_size`` is the global
-batch, each rank takes its consecutive slice (:meth:`World.shard`) of the same epoch order
-(:class:`~ganplug.train.data_order.BatchOrder`) and of the noise drawn for the whole batch, so every
-rank's global RNG moves alike (augmentations alone draw per rank, from it forked:
-:class:`~ganplug.train.augment.RankDraws`);
-gradients are averaged by one flattened ``all_reduce`` after each backward
-(:func:`average_gradients`; ``DistributedDataParallel``'s reducer supports neither the gradient
-penalty's double backward nor toggling D's ``requires_grad``); the initial weights are broadcast
-from rank 0; a collective that fails raises :class:`PeerLost`.
+What a user sees is docs/operations.md, "Several processes". ``batch_size`` is the global batch: each rank takes its
+slice (:meth:`World.shard`) of the same epoch order and of the noise drawn for the whole batch, so every rank's RNG
+moves alike (augmentations alone draw per rank: :class:`~ganplug.train.augment.RankDraws`). Gradients are averaged
+by one flattened ``all_reduce`` after each backward (:func:`average_gradients`; ``DistributedDataParallel``'s reducer
+supports neither the gradient penalty's double backward nor toggling D's ``requires_grad``); the initial weights are
+broadcast from rank 0; a collective that fails raises :class:`PeerLost`.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ganplug.errors import GanplugError, UsageError
 
@@ -47,25 +45,17 @@ class World:
         return self.rank * per_rank, (self.rank + 1) * per_rank
 
 
-def env_world_size() -> int:
-    """WORLD_SIZE set by torchrun (1 when not launched by it)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
 def setup(device: str) -> World | None:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*); None for one process.
 
-    None when not launched with more than one process. ``device`` is the run's ``--device``:
-    cuda (or auto with a GPU) uses NCCL and ``cuda:LOCAL_RANK``, cpu uses gloo.
+    ``device`` is the run's ``--device``: cuda (or auto with a GPU) uses NCCL and ``cuda:LOCAL_RANK``, cpu gloo.
     """
-    world_size = env_world_size()
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    except ValueError:
+        world_size = 1
     if world_size <= 1:
         return None
-    import torch.distributed as dist
-
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -88,19 +78,15 @@ def setup(device: str) -> World | None:
 def teardown(world: World | None) -> None:
     if world is None or not world.owns_group:
         return
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def exit_worker(code: int) -> None:
-    """End a torchrun worker process now, skipping interpreter finalisation.
+    """End a torchrun worker process now, skipping interpreter finalisation, once its output is flushed.
 
-    With gloo, a worker that finished cleanly (barrier, ``destroy_process_group``) still aborts
-    now and then while the interpreter shuts down ("terminate called without an active exception",
-    SIGABRT, seen with torch 2.14 on CPU), which torchrun reports as a failed run. The CLI calls
-    this once its output is written and flushed.
+    With gloo, a worker that finished cleanly still aborts now and then while the interpreter shuts down
+    ("terminate called without an active exception", SIGABRT, torch 2.14 on CPU): torchrun reports a failed run.
     """
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -111,14 +97,13 @@ def exit_worker(code: int) -> None:
 
 
 class PeerLost(GanplugError):
-    """A collective operation failed: another process of the run died (killed, crashed, its node
-    gone) or its connection broke. gloo raises a RuntimeError naming a socket; this names the
-    cause. The CLI adds where the last checkpoint is and how to continue."""
+    """A collective operation failed: another process of the run died (killed, crashed, its node gone) or its
+    connection broke (gloo's RuntimeError names a socket). The CLI adds the last checkpoint and how to continue."""
 
 
 def _first_line(error: BaseException) -> str:
-    """gloo's "[.../pair.cc:545] Read error [127.0.0.1]:20901: Connection reset by peer. This is ..."
-    as "Read error [127.0.0.1]:20901: Connection reset by peer"."""
+    """gloo's "[.../pair.cc:545] Read error [...]: Connection reset by peer. This is ..." as "Read error [...]:
+    Connection reset by peer"."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", text)
     return text.split(". ")[0].rstrip(".")[:200]
@@ -126,8 +111,7 @@ def _first_line(error: BaseException) -> str:
 
 @contextmanager
 def _collective(world: World, what: str):
-    """Run one collective; a RuntimeError (gloo's or NCCL's on a dead peer, torch's DistError) becomes
-    :class:`PeerLost` naming this rank and the operation."""
+    """Run one collective; a RuntimeError (a dead peer's) becomes :class:`PeerLost` naming this rank and ``what``."""
     try:
         yield
     except RuntimeError as error:
@@ -139,8 +123,6 @@ def _collective(world: World, what: str):
 
 def barrier(world: World | None) -> None:
     if world is not None:
-        import torch.distributed as dist
-
         with _collective(world, "barrier"):
             dist.barrier()
 
@@ -166,8 +148,6 @@ def broadcast_parameters(world: World | None, modules: Iterable[torch.nn.Module]
     """Make every rank start from rank 0's weights and buffers."""
     if world is None:
         return
-    import torch.distributed as dist
-
     with torch.no_grad(), _collective(world, "broadcast"):
         for module in modules:
             for tensor in list(module.parameters()) + list(module.buffers()):
@@ -178,8 +158,6 @@ def average_gradients(world: World | None, parameters: Sequence[torch.nn.Paramet
     """Replace each gradient by its mean over the ranks (one flattened all_reduce)."""
     if world is None:
         return
-    import torch.distributed as dist
-
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
@@ -197,8 +175,6 @@ def average_gradients(world: World | None, parameters: Sequence[torch.nn.Paramet
 def all_reduce_sum(world: World | None, values: torch.Tensor) -> torch.Tensor:
     if world is None:
         return values
-    import torch.distributed as dist
-
     values = values.clone()
     with _collective(world, "all_reduce"):
         dist.all_reduce(values)
@@ -207,17 +183,8 @@ def all_reduce_sum(world: World | None, values: torch.Tensor) -> torch.Tensor:
 
 def launch(nproc: int, args: Sequence[str]) -> int:
     """Run ``ganplug <args>`` in ``nproc`` processes through torchrun's launcher; its exit code."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "ganplug",
-        *args,
-    ]
-    process = subprocess.Popen(command)
+    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    process = subprocess.Popen([*runner, "-m", "ganplug", *args])
     received: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:

@@ -8,13 +8,10 @@ Layout::
     checkpoints/step_000500.pt   checkpoints (:data:`CHECKPOINTS`), latest.pt (:data:`LATEST`)
     run_id, .lock                bookkeeping (:data:`BOOKKEEPING`), no work of the run
 
-- ``RUN_DIR/run_id`` holds a random id written when the run starts. Every checkpoint carries it,
-  so a checkpoint copied in from another run is recognised: it is never resumed, and never the
-  reason to delete this run's work.
-- ``RUN_DIR/.lock`` is an advisory lock (``flock``) held by the process that trains into RUN_DIR,
-  for the whole run, with its pid written inside. A second writer is refused with one line naming
-  that pid. The kernel drops the lock when its process dies (``kill -9`` included), so a lock left
-  by a dead run never blocks its resume.
+- ``run_id`` holds a random id written when the run starts. Every checkpoint carries it, so one copied in from
+  another run is recognised: never resumed, never the reason to delete this run's work.
+- ``.lock`` is an advisory lock (``flock``) held, with its pid inside, by the process that trains into RUN_DIR; a
+  second writer is refused naming that pid. The kernel drops it when its process dies (``kill -9`` too).
 """
 
 from __future__ import annotations
@@ -47,14 +44,12 @@ except ImportError:  # not POSIX: runs are not locked
 
 
 def step_file_name(step: int, suffix: str = ".pt") -> str:
-    """``step_000500.pt``: the name of the checkpoint (or, with ``suffix`` ".png", the picture)
-    of generator step ``step``."""
+    """``step_000500.pt``: the checkpoint (with ``suffix`` ".png", the picture) of generator step ``step``."""
     return f"step_{step:06d}{suffix}"
 
 
 def step_files(directory: Path, suffix: str | None = ".pt") -> list[tuple[int, Path]]:
-    """``(step, path)`` of every :func:`step_file_name` file in ``directory`` with ``suffix``
-    (None: any), by step."""
+    """``(step, path)`` of every :func:`step_file_name` file in ``directory`` with ``suffix`` (None: any), by step."""
     found = []
     if Path(directory).is_dir():
         for entry in Path(directory).iterdir():
@@ -71,8 +66,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def remove_orphaned_temps(directory: Path) -> None:
-    """Delete temporary files left by writers that died mid-write (``kill -9``): those whose
-    process no longer exists."""
+    """Delete the temp files of writers that died mid-write (``kill -9``): those whose process is gone."""
     if not Path(directory).is_dir():
         return
     for entry in Path(directory).iterdir():
@@ -83,13 +77,13 @@ def remove_orphaned_temps(directory: Path) -> None:
             os.kill(int(match.group(1)), 0)
         except ProcessLookupError:
             entry.unlink(missing_ok=True)
-        except (PermissionError, OSError, OverflowError):
+        except (OSError, OverflowError):  # alive (another user's), or no valid pid
             pass
 
 
 def is_unstarted(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run stopped before it wrote anything but its config (Ctrl-C
-    during start-up): config.toml, and no checkpoint, metrics line or sample picture."""
+    """Whether ``run_dir`` holds a run stopped before it wrote anything but its config.toml (Ctrl-C during
+    start-up): no checkpoint, metrics line or sample picture."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         return False
@@ -105,9 +99,8 @@ def is_unstarted(run_dir: Path) -> bool:
 
 
 def check_new_run_dir(run_dir: Path, flag: str = "--out") -> None:
-    """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never
-    started (see :func:`is_unstarted`; its config.toml is replaced). ``flag`` is the option that
-    named it, for the message."""
+    """UsageError unless ``run_dir`` can take a new run: absent, empty, or a run that never started
+    (:func:`is_unstarted`; its config.toml is replaced). ``flag``: the option that named it."""
     run_dir = Path(run_dir)
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
@@ -127,10 +120,8 @@ def check_new_run_dir(run_dir: Path, flag: str = "--out") -> None:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures, the temp
-    file of a first checkpoint that was never finished), to train it again from step 0
-    (:func:`is_unstarted` then holds; its config.toml is rewritten when it starts); other files
-    are left alone. Idempotent, so every rank of a run may call it."""
+    """Delete what a run without a checkpoint logged (metrics.jsonl, sample pictures, an unfinished first
+    checkpoint's temp file), to train it again from step 0; other files are left alone. Idempotent (every rank)."""
     run_dir = Path(run_dir)
     assert not has_checkpoint(run_dir), run_dir
     remove_orphaned_temps(run_dir / CHECKPOINTS)  # a first checkpoint killed mid-write
@@ -175,8 +166,8 @@ _held: dict[str, list[int]] = {}  # realpath -> [fd, count]: re-entrant within a
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """Take ``RUN_DIR/.lock`` for this process (``run_dir`` must exist); again from the same
-    process it only counts. RunDirInUse naming the holder's pid when another process has it."""
+    """Take ``RUN_DIR/.lock`` for this process (``run_dir`` must exist; again, it only counts). RunDirInUse naming
+    the holder's pid when another process has it."""
     key = os.path.realpath(run_dir)
     if key in _held:
         _held[key][1] += 1
@@ -226,9 +217,8 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 
 def claim_new_dir(base: Path) -> Path:
-    """The first of ``base``, ``base-2``, ``base-3`` ... that no run holds: created if absent,
-    empty or holding only bookkeeping, and locked for this process (release it with
-    :func:`unlock_run_dir`). Two processes claiming at once get different directories."""
+    """The first of ``base``, ``base-2``, ``base-3`` ... that no run holds (absent, empty or only bookkeeping),
+    created and locked for this process (:func:`unlock_run_dir`): two processes at once get different ones."""
     number = 1
     while True:
         candidate = base if number == 1 else Path(f"{base}-{number}")
