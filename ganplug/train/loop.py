@@ -491,15 +491,10 @@ class Trainer:
         self.progress.close()
         if self.signals.in_step:
             if self.stepper.changed:
-                last = self.checkpoints.last
-                where = (
-                    f"the last checkpoint is {last} (step {self.checkpoints.last_step})"
-                    if last
-                    else "no checkpoint was written"
-                )
                 self.progress.message(
-                    f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: {where}"
-                    + (f"; continue with: {self._resume_command}" if last else "")
+                    f"interrupted inside step {self.step + 1} after weights changed; nothing new saved: "
+                    + self.checkpoints.describe_last()
+                    + (f"; continue with: {self._resume_command}" if self.checkpoints.last else "")
                 )
                 return
             self.guard.rollback()

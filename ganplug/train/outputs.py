@@ -270,8 +270,7 @@ class CheckpointWriter:
         with contextlib.suppress(OSError):
             if shutil.disk_usage(self.dir).free < needed:
                 return os.strerror(errno.ENOSPC)
-        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        return f"torch's writer failed ({first[:200]}): is the disk full?"
+        return f"torch's writer failed ({first_line(error)[:200]}): is the disk full?"
 
 
 def draw_losses(run_dir: Path, message: Message) -> None:
