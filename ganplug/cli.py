@@ -9,17 +9,28 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from ganplug import __version__
 from ganplug.errors import DEBUG_VARIABLE, GanplugError, Terminated, UsageError, debug_enabled
 from ganplug.registry import KINDS, Kind, Registry, get_registry, resolve_kind
-from ganplug.train.config import KNOBS, RESUMABLE, SHORTHANDS, SPEC_KIND, SPEC_NAME, default_text
-
-if TYPE_CHECKING:
-    from ganplug.train.config import ResolvedConfig
+from ganplug.train.config import (
+    KNOBS,
+    RESUMABLE,
+    SHORTHANDS,
+    SPEC_KIND,
+    SPEC_NAME,
+    ResolvedConfig,
+    TrainConfig,
+    as_template,
+    command_line_values,
+    read_config_file,
+    read_toml,
+    resolve,
+    with_changes,
+)
 
 FILE, DIR, COUNT = click.Path(dir_okay=False), click.Path(file_okay=False), click.IntRange(min=1)  # option types
 # Options that more than one command takes.
@@ -143,14 +154,17 @@ def _list_kind(registry: Registry, kind: Kind) -> None:
             click.echo(f"    training defaults: {_format_defaults(defaults)}")
         if kind.name == "loss":
             recipe = _recipe_of(spec)
-            text = ", ".join(f"{key}={value}" for key, value in recipe.items()) if isinstance(recipe, dict) else recipe
-            click.echo(f"    recipe: {text}")
+            click.echo(f"    recipe: {_settings(recipe) if isinstance(recipe, dict) else recipe}")
             if spec.shift_invariant:
                 click.echo("    shift-invariant scores: --augment-p auto reads them about the real/fake midpoint")
         for loss, arch_recipe in getattr(spec, "recipes", {}).items():
             settings = {**dataclasses.asdict(arch_recipe.recipe), **arch_recipe.loss_options}
-            text = ", ".join(f"{key}={list(v) if isinstance(v, tuple) else v}" for key, v in settings.items())
-            click.echo(f"    recipe with --loss {loss}: {text}")
+            click.echo(f"    recipe with --loss {loss}: {_settings(settings)}")
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    """``n_critic=5, betas=[0.0, 0.9]``: a recipe's settings as ``ganplug list`` shows them."""
+    return ", ".join(f"{key}={list(v) if isinstance(v, tuple) else v}" for key, v in settings.items())
 
 
 def _recipe_of(spec: Any) -> dict[str, Any] | str:
@@ -159,12 +173,9 @@ def _recipe_of(spec: Any) -> dict[str, Any] | str:
     from ganplug.registry import loss_recipe
 
     try:
-        recipe = loss_recipe(spec, spec.resolve_options({}))
+        return dataclasses.asdict(loss_recipe(spec, spec.resolve_options({})))
     except GanplugError as error:
         return f"unavailable ({error})"
-    return {
-        key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(recipe).items()
-    }
 
 
 def _format_defaults(defaults: dict[str, Any]) -> str:
@@ -184,31 +195,22 @@ def _format_defaults(defaults: dict[str, Any]) -> str:
 def _knob_option(name: str) -> Callable[[Any], Any]:
     """The click option of the :class:`~ganplug.train.config.Knob` of TrainConfig field ``name``."""
     meta = KNOBS[name]
-    help_text = meta.help
-    if not help_text.endswith("."):
-        shown = default_text(name)
-        help_text += f" [default: {shown}]." if shown else "."
-    kwargs: dict[str, Any] = {"help": help_text}
-    if meta.metavar:
-        kwargs["metavar"] = meta.metavar
-    completes = meta.completes
-    if completes:  # the names of that plugin kind
+    kwargs: dict[str, Any] = {"help": meta.help, "metavar": meta.metavar}
+    if meta.completes:  # the names of that plugin kind
         kwargs["shell_complete"] = lambda ctx, param, incomplete: [
-            name for name in get_registry().names(completes) if name.startswith(incomplete)
+            name for name in get_registry().names(meta.completes) if name.startswith(incomplete)
         ]
     if meta.kind is bool:
         kwargs.update(is_flag=True, default=None)
-    elif meta.kind in ("pairs", "named_pairs", "names"):
+    elif isinstance(meta.kind, str):  # "pairs", "named_pairs", "names"
         kwargs["multiple"] = True
-    elif meta.choices:
-        kwargs["type"] = click.Choice(list(meta.choices))
-    elif meta.kind in (int, float):
-        kwargs["type"] = meta.kind
+    else:
+        kwargs["type"] = click.Choice(meta.choices) if meta.choices else meta.kind
     if meta.bare is not None:
         kwargs.update(is_flag=False, flag_value=meta.bare)
     if meta.kind is bool and name in RESUMABLE:  # --no-amp, --no-cuda-graphs: switch it off on a resume
-        return click.option(f"{meta.flag}/--no-{meta.flag[2:]}", meta.param, **kwargs)
-    return click.option(meta.flag, meta.param, **kwargs)
+        return click.option(f"{meta.flag}/--no-{meta.flag[2:]}", **kwargs)
+    return click.option(meta.flag, **kwargs)
 
 
 def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -251,20 +253,9 @@ def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_config(given: dict[str, Any]) -> ResolvedConfig:
-    """The resolved config of the command line's explicitly given values (and ``--config``): the
-    file's values (without what belonged to an arch, loss or dataset the command line replaces,
-    :func:`ganplug.train.config.as_template`), the flags over them, then the command's one
-    :func:`ganplug.train.config.resolve`. Names and options are checked here, before torch loads.
-    """
-    from ganplug.train.config import (
-        TrainConfig,
-        as_template,
-        command_line_values,
-        read_config_file,
-        resolve,
-        with_changes,
-    )
-
+    """The resolved config of the command line's explicitly given values: ``--config``'s file (less what belonged to
+    an arch, loss or dataset the command line replaces: :func:`~ganplug.train.config.as_template`), the flags over
+    it, then the command's one :func:`~ganplug.train.config.resolve`. Checked here, before torch loads."""
     config = TrainConfig()
     if given.get("config_file"):
         config = as_template(
@@ -458,7 +449,6 @@ def _resume(explicit: dict[str, Any]) -> None:
     changes a resume allows), in place of what it had logged."""
     from ganplug.train import train as run_training
     from ganplug.train.checkpoint import resume_config, run_dir_of
-    from ganplug.train.config import ResolvedConfig, read_toml
     from ganplug.train.rundir import CONFIG_FILE, clear_run, has_checkpoint
 
     target = Path(explicit["resume"])

@@ -125,8 +125,7 @@ class Knob:
     # the flag's value: int, float, str, bool (on-off), "names" (repeatable), "pairs" (repeatable KEY=VALUE into
     # the option table), "named_pairs" (repeatable NAME.KEY=VALUE into the table of NAME)
     kind: Any = str
-    flag: str = ""  # "--" + the field's name, unless given
-    param: str = ""  # click's parameter name: the field's, unless given
+    flag: str = ""  # "--" + the field's name, unless given; click names its parameter after it
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     bare: Any = None  # the value of the flag given without one (--ema)
@@ -156,8 +155,7 @@ def _name_knob(default: str, what: str, kind: str, table: str) -> Any:
 
 
 def _options_knob(flag: str, what: str) -> Any:
-    param = flag[2:].replace("-", "_")
-    return knob({}, help=f"{what} option (repeatable).", kind="pairs", flag=flag, param=param, metavar="KEY=VALUE")
+    return knob({}, help=f"{what} option (repeatable).", kind="pairs", flag=flag, metavar="KEY=VALUE")
 
 
 def _every_knob(default: int, what: str, low: int = 0, note: str = "0 = end only", example: int = 500) -> Any:
@@ -300,7 +298,6 @@ class TrainConfig:
         help="An augmentation's option, e.g. diffaugment.policy=translation,cutout (repeatable).",
         kind="named_pairs",
         flag="--augment-opt",
-        param="augment_opt",
         metavar="NAME.KEY=V",
         must="a table per augmentation ([augment_options.NAME])",
     )
@@ -353,9 +350,14 @@ def _as_dict(config: TrainConfig | ResolvedConfig) -> dict[str, Any]:
     return data
 
 
-def _filled(name: str, meta: Knob) -> Knob:
-    """``meta`` with its flag, param, check, error text and example made where not given (see :class:`Knob`)."""
+def _filled(name: str, meta: Knob, default: Any) -> Knob:
+    """``meta`` with its flag, check, error text and example made where not given, its help ended by what the
+    default is (``[default: the dataset's, else 2000].``, see :class:`Knob`)."""
     flag = meta.flag or "--" + name.replace("_", "-")
+    help = meta.help
+    if help and not help.endswith("."):
+        shown = meta.default_text or (f"the dataset's, else {meta.base}" if meta.base is not None else default)
+        help += f" [default: {shown}]."
     check, must, example, low = meta.check, meta.must, meta.example, meta.low
     if meta.kind is bool:
         check, must = (lambda value: isinstance(value, bool)), "true or false"
@@ -370,24 +372,13 @@ def _filled(name: str, meta: Knob) -> Knob:
     elif meta.kind is int:
         check = lambda value: _is_int(value) and (low is None or value >= low)  # noqa: E731
         must = "an integer" + ("" if low is None else f" >= {low}") + (f" ({meta.note})" if meta.note else "")
-    param = meta.param or name
-    return dataclasses.replace(meta, flag=flag, param=param, check=check, must=must, example=example)
+    return dataclasses.replace(meta, help=help, flag=flag, check=check, must=must, example=example)
 
 
-# field name -> its Knob (flag, param, check and error text filled in), in field order
-KNOBS: Mapping[str, Knob] = {f.name: _filled(f.name, f.metadata["knob"]) for f in dataclasses.fields(TrainConfig)}
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # MISSING for list and dict fields
-
-
-def default_text(name: str) -> str:
-    """What ``--help`` says a knob defaults to (``the dataset's, else 2000``, ``250``); "" for on-off flags."""
-    meta = KNOBS[name]
-    if meta.default_text is not None:
-        return meta.default_text
-    if meta.base is not None:
-        return f"the dataset's, else {meta.base}"
-    default = _DEFAULTS[name]
-    return "" if default is None or default is dataclasses.MISSING or meta.kind is bool else str(default)
+_FIELDS = dataclasses.fields(TrainConfig)
+# field name -> its Knob (flag, help, check and error text filled in), in field order
+KNOBS: Mapping[str, Knob] = {f.name: _filled(f.name, f.metadata["knob"], f.default) for f in _FIELDS}
+_DEFAULTS = {f.name: f.default for f in _FIELDS}  # MISSING for list and dict fields
 
 
 @dataclass(frozen=True)
@@ -656,27 +647,24 @@ def resolve(
 
 # -- resuming --------------------------------------------------------------------------------------------------
 
-# train's options that are no part of the config
-_NOT_KNOBS = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
-_PARAMS = {**{name: name for name in KNOBS}, **{meta.param: name for name, meta in KNOBS.items()}}
+# click's parameter name or the field's -> the field
+_PARAMS = {**{name: name for name in KNOBS}, **{meta.flag[2:].replace("-", "_"): name for name, meta in KNOBS.items()}}
 
 
 def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
-    """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field names; None and
-    empty repeatable options left out): --betas and --augment-p parsed, KEY=VALUE pairs and the shorthands
-    (--image-size, ...) as entries of their option table (to merge: :func:`with_changes`). UsageError for a
-    malformed value or an unknown name."""
+    """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field names; None,
+    empty repeatable options and the command's own options such as --out left out): --betas and --augment-p parsed,
+    KEY=VALUE pairs and the shorthands (--image-size, ...) as entries of their option table (to merge:
+    :func:`with_changes`). UsageError for a malformed value."""
     values: dict[str, Any] = {}
     for key, value in given.items():
-        if value is None or key in _NOT_KNOBS or key in SHORTHANDS or (isinstance(value, tuple) and not value):
+        if value is None or key not in _PARAMS or (isinstance(value, tuple) and not value):
             continue
-        if key not in _PARAMS:
-            raise UsageError(f"unknown option {key!r} of ganplug train")
         name = _PARAMS[key]
         meta = KNOBS[name]
         if meta.kind == "pairs":
-            entries = value.items() if isinstance(value, Mapping) else parse_pairs(meta.flag, value).items()
-            value = {**values.get(name, {}), **{str(k).replace("-", "_"): v for k, v in entries}}
+            pairs = value if isinstance(value, Mapping) else parse_pairs(meta.flag, value)
+            value = {str(k).replace("-", "_"): v for k, v in pairs.items()}
         elif meta.kind == "named_pairs" and isinstance(value, Mapping):
             value = {k: dict(v) for k, v in value.items()}
         elif meta.kind == "named_pairs":
