@@ -504,3 +504,7 @@ def test_betas_and_option_pairs_parse_alike_on_the_command_line_and_on_resume():
     assert resume_config(stored, {"betas": "0.5,0.999"}).betas == (0.5, 0.999)  # the same: no change
     with pytest.raises(UsageError, match="--arch-opt expects KEY=VALUE"):
         resume_config(stored, {"arch_opt": ("width",)})
+    # a name that is no option of ganplug train is refused, not dropped (the command's own options never get here)
+    with pytest.raises(UsageError, match="unknown option 'stepz' of ganplug train"):
+        resume_config(stored, {"stepz": 10})
+    assert resume_config(stored, {"steps": 10, "image_size": None}).steps == 10

@@ -647,6 +647,8 @@ def resolve(
 
 # -- resuming --------------------------------------------------------------------------------------------------
 
+# ganplug train's own options (ganplug.cli declares them), which command_line_values leaves out
+_NOT_KNOBS = frozenset({"quiet", "resume", "out", "config_file", "nproc", "fork", "discard_newer"})
 # click's parameter name or the field's -> the field
 _PARAMS = {**{name: name for name in KNOBS}, **{meta.flag[2:].replace("-", "_"): name for name, meta in KNOBS.items()}}
 
@@ -655,11 +657,13 @@ def command_line_values(given: Mapping[str, Any]) -> dict[str, Any]:
     """``{field: value}`` of ``ganplug train``'s options ``given`` (click's parameter names or field names; None,
     empty repeatable options and the command's own options such as --out left out): --betas and --augment-p parsed,
     KEY=VALUE pairs and the shorthands (--image-size, ...) as entries of their option table (to merge:
-    :func:`with_changes`). UsageError for a malformed value."""
+    :func:`with_changes`). UsageError for a malformed value or an unknown name."""
     values: dict[str, Any] = {}
     for key, value in given.items():
-        if value is None or key not in _PARAMS or (isinstance(value, tuple) and not value):
+        if value is None or key in _NOT_KNOBS or key in SHORTHANDS or (isinstance(value, tuple) and not value):
             continue
+        if key not in _PARAMS:
+            raise UsageError(f"unknown option {key!r} of ganplug train")
         name = _PARAMS[key]
         meta = KNOBS[name]
         if meta.kind == "pairs":
