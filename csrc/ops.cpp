@@ -58,6 +58,13 @@ TORCH_LIBRARY(ganplug, m) {
   m.def("wasserstein_critic_loss(Tensor real_scores, Tensor fake_scores) -> Tensor");
   m.def("wasserstein_generator_loss(Tensor fake_scores) -> Tensor");
 
+  // Plane convolutions (cpu/plane_conv.cpp), stride and padding (rows, columns), zero padding: y (N, C, OH, OW) =
+  // conv2d(x (N, 1, H, W), weight (C, 1, KH, KW)); its adjoint x = conv_transpose2d(y, weight) of output_size
+  // (H, W); and the weight gradient sum over n, pixels of y * x's taps, (C, 1, KH, KW). No bias.
+  m.def("plane_conv(Tensor input, Tensor weight, int[2] stride, int[2] padding) -> Tensor");
+  m.def("plane_conv_transpose(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] output_size) -> Tensor");
+  m.def("plane_conv_weight(Tensor input, Tensor maps, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+
   // mean_i (||g_i||_2 - target)^2, g of shape (B, ...), norms over all but the first dim.
   m.def("gradient_penalty(Tensor gradients, float target) -> Tensor");
   m.def("gradient_penalty_backward(Tensor grad, Tensor gradients, float target) -> Tensor");

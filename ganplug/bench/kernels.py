@@ -81,6 +81,9 @@ EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "gradient_penalty": lambda g: ((g.flatten(1).norm(dim=1) - 1) ** 2).mean(),
     "dropout": lambda x: F.dropout(x, DROPOUT_P, training=True),
     "diff_augment": tutorial_diff_augment,
+    # dcgan's edge layers on grey images: the critic's first convolution, the generator's last
+    "plane_conv": lambda x, w: F.conv2d(x, w, None, 2, 1),
+    "plane_conv_transpose": lambda y, w: F.conv_transpose2d(y, w, None, 2, 1),
 }
 LOSSES = tuple(list(EAGER)[6:11])  # scalar outputs of critic scores (N, 1), as gradient_penalty's output is
 
@@ -96,6 +99,8 @@ FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "conditional_batch_norm_relu": _fused_batch_norm_relu,
     "group_norm_leaky_relu": lambda x, w, b: fused_nn.group_norm_leaky_relu(x, 1, w, b),
     "dropout": lambda x: ops.dropout(x, DROPOUT_P),
+    "plane_conv": lambda x, w: ops.plane_conv(x, w, 2, 1),
+    "plane_conv_transpose": lambda y, w: ops.plane_conv_transpose(y, w, 2, 1),
 }
 
 # -- the cases: shapes from GAN practice --------------------------------------------------------
@@ -174,6 +179,8 @@ class KernelRow:
             return torch.ones(self.shapes[0], device=self.device, dtype=self.dtype)
         torch.manual_seed(1)
         shape = (self.shapes[0][0], self.shapes[1][0]) if self.op == "linear_leaky_relu" else self.shapes[0]
+        if self.op in ("plane_conv", "plane_conv_transpose"):  # the output's shape, from the eager twin on meta
+            shape = EAGER[self.op](*(torch.empty(s, device="meta") for s in self.shapes)).shape
         return torch.randn(shape, device=self.device, dtype=self.dtype)
 
 
@@ -210,6 +217,11 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             specs.append(("dropout", "x".join(map(str, hidden)), (hidden,)))
         for images in [(64, 1, 28, 28), (64, 3, 64, 64)]:  # mnist and 64x64 RGB batches as D sees them
             specs.append(("diff_augment", "x".join(map(str, images)), (images,)))
+        for batch, side, channels in [(64, 32, 32), (64, 28, 32), (256, 64, 64)]:  # 4x4 filters, stride 2
+            weight = (channels, 1, 4, 4)
+            specs.append(("plane_conv", f"{batch}x1x{side}x{side}->{channels}", ((batch, 1, side, side), weight)))
+            maps = (batch, channels, side // 2, side // 2)
+            specs.append(("plane_conv_transpose", f"{'x'.join(map(str, maps))}->1", (maps, weight)))
         for op, label, shapes in specs:
             for pass_ in PASSES:
                 found.append(KernelRow(op, pass_, label, shapes, device, dtype, threads))

@@ -146,9 +146,12 @@ def _plain_layers(layer: nn.Module) -> list[nn.Module]:
     plain: nn.Module
     if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear:
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    elif isinstance(layer, nn.Conv2d) and type(layer) is not nn.Conv2d:
+    elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and type(layer) not in (nn.Conv2d, nn.ConvTranspose2d):
+        transposed = isinstance(layer, nn.ConvTranspose2d)
         keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups")
-        plain = nn.Conv2d(**{k: getattr(layer, k) for k in keys}, bias=layer.bias is not None)
+        base = nn.ConvTranspose2d if transposed else nn.Conv2d
+        extra: dict[str, Any] = {"output_padding": layer.output_padding} if transposed else {}
+        plain = base(**{k: getattr(layer, k) for k in keys}, **extra, bias=layer.bias is not None)
     elif isinstance(layer, nn.LeakyReLU) and type(layer) is not nn.LeakyReLU:
         return [_act(layer.negative_slope)]
     elif isinstance(layer, nn.Dropout):

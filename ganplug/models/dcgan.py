@@ -22,7 +22,13 @@ from torch import nn
 
 from ganplug.errors import GanplugError
 from ganplug.models.mlp import check_context, finish_pair, generator_inputs
-from ganplug.nn import BatchNormLeakyReLU, FusedConv2dLeakyReLU, GroupNormLeakyReLU, HeadedDiscriminator
+from ganplug.nn import (
+    BatchNormLeakyReLU,
+    FusedConv2dLeakyReLU,
+    GroupNormLeakyReLU,
+    HeadedDiscriminator,
+    PlaneConvTranspose2d,
+)
 from ganplug.plugin import ModelContext
 
 MIN_SIDE, MAX_SIDE = 8, 128
@@ -89,7 +95,7 @@ class DCGANGenerator(nn.Sequential):
         for _ in range(stages - 1):
             layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), BatchNormLeakyReLU(c // 2), nn.Identity()]
             c //= 2
-        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh() if bounded else nn.Identity()]
+        layers += [PlaneConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh() if bounded else nn.Identity()]
         super().__init__(*layers)
 
 

@@ -21,6 +21,7 @@ import torch
 from ganplug.ops import reference
 from ganplug.ops._dropout import draw_seed, dropout, dropout_seeds  # noqa: F401  (draw_seed: the CUDA-graph step draws alike)
 from ganplug.ops._extension import LOAD_ERROR, backend, mode, serves, set_mode
+from ganplug.ops._plane_conv import plane_conv, plane_conv_transpose
 from ganplug.ops.reference import Target
 
 if LOAD_ERROR is None:
@@ -33,6 +34,8 @@ __all__ = [
     "linear_leaky_relu",
     "bias_leaky_relu",
     "affine_leaky_relu",
+    "plane_conv",
+    "plane_conv_transpose",
     "discriminator_bce",
     "generator_bce",
     "minimax_generator_loss",

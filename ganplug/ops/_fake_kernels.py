@@ -1,6 +1,6 @@
 """Fake (shape) kernels of the torch.ops.ganplug operators, for torch.compile and opcheck.
 
-The autograd formulas of every op, backward ops included, are in C++ (csrc/autograd.cpp): a Python autograd wrapper
+The autograd formulas of every op, backward ops included, are in C++ (csrc/autograd*.cpp): a Python autograd wrapper
 costs more than a loss or a small layer itself on a GAN batch. Every backward is built from ops that are themselves
 differentiable, so gradients of gradients work: a WGAN-GP or R1 step can backpropagate through `autograd.grad(...,
 create_graph=True)` of a critic made of these ops.
@@ -116,3 +116,19 @@ def _(real_logits, fake_logits, real_target, fake_target, real_value, fake_value
 @_fake("discriminator_bce_backward")
 def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake_value):
     return real_logits.new_empty(real_logits.shape), fake_logits.new_empty(fake_logits.shape)
+
+
+@_fake("plane_conv")
+def _plane_conv(x: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int]) -> torch.Tensor:
+    rows, cols = ((x.shape[2 + i] + 2 * padding[i] - w.shape[2 + i]) // stride[i] + 1 for i in (0, 1))
+    return x.new_empty((x.shape[0], w.shape[0], rows, cols))
+
+
+@_fake("plane_conv_transpose")
+def _plane_conv_transpose(y: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int], size: list[int]):
+    return y.new_empty((y.shape[0], 1, *size))
+
+
+@_fake("plane_conv_weight")
+def _plane_conv_weight(x: torch.Tensor, y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int]):
+    return y.new_empty((y.shape[1], 1, *kernel))

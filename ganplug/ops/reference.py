@@ -325,6 +325,38 @@ def group_norm_leaky_relu_backward(
     )
 
 
+def _plane_checks(op: str, input: torch.Tensor, weight: torch.Tensor, planes: str) -> None:
+    """A plane convolution's checks: ``planes`` says which side has the one channel, "input" or "output"."""
+    _tensor(op, "input", input)
+    _like(op, "weight", _tensor(op, "weight", weight), "input", input)
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        shape = tuple(weight.shape)
+        raise ValueError(f"{op}: weight must be (C, 1, KH, KW), one input plane per output channel, got shape {shape}")
+    if input.dim() != 4 or input.shape[1] != (1 if planes == "input" else weight.shape[0]):
+        expected = "(N, 1, H, W)" if planes == "input" else f"(N, {weight.shape[0]}, H, W), the weight's C channels"
+        raise ValueError(f"{op}: input must be {expected}, got shape {tuple(input.shape)}")
+
+
+def plane_conv(input: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> torch.Tensor:
+    _plane_checks("plane_conv", input, weight, "input")
+    return F.conv2d(input, weight, None, stride, padding)
+
+
+def plane_conv_transpose(
+    input: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], output_size: list[int]
+) -> torch.Tensor:
+    _plane_checks("plane_conv_transpose", input, weight, "output")
+    extra = [
+        output_size[i] - ((input.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + weight.shape[2 + i]) for i in (0, 1)
+    ]
+    if not all(0 <= e < s for e, s in zip(extra, stride)):
+        raise ValueError(
+            f"plane_conv_transpose: output_size {list(output_size)} is not reached from input of shape "
+            f"{tuple(input.shape)} with stride {list(stride)} and padding {list(padding)}"
+        )
+    return F.conv_transpose2d(input, weight, None, stride, padding, extra)
+
+
 def _weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a * b, where a == 0 gives 0 even when b is infinite (d/da stays b where b is finite)."""
     return a * torch.where((a == 0) & b.isinf(), torch.zeros_like(b), b)
