@@ -10,6 +10,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <tuple>
 #include <vector>
 
 namespace ganplug {
@@ -18,7 +20,10 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Ints = c10::IntArrayRef;
-using ConvOp = at::Tensor(const at::Tensor&, const at::Tensor&, Ints, Ints);
+using OptTensor = std::optional<at::Tensor>;
+using ConvOp = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, Ints, Ints, double);
+using BiasActBackwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
+using ActBackwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, double);
 using ThreeIntsOp = at::Tensor(const at::Tensor&, const at::Tensor&, Ints, Ints, Ints);
 
 template <typename Signature>
@@ -26,10 +31,11 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// y (N, C, OH, OW) = conv2d(x (N, 1, H, W), w (C, 1, KH, KW)).
-at::Tensor conv(const at::Tensor& x, const at::Tensor& w, Ints stride, Ints padding) {
+// y (N, C, OH, OW) = leaky_relu(conv2d(x (N, 1, H, W), w (C, 1, KH, KW)) + bias, slope), slope 1: none.
+at::Tensor conv(const at::Tensor& x, const at::Tensor& w, Ints stride, Ints padding, const OptTensor& bias = {},
+                double slope = 1.0) {
   static const auto op = find_op<ConvOp>("ganplug::plane_conv");
-  return op.call(x, w, stride, padding);
+  return op.call(x, w, bias, stride, padding, slope);
 }
 
 // x (N, 1, H, W) of size (H, W) = conv_transpose2d(y (N, C, OH, OW), w).
@@ -46,40 +52,56 @@ at::Tensor weight(const at::Tensor& x, const at::Tensor& y, Ints kernel, Ints st
 
 std::vector<int64_t> last_two(const at::Tensor& t) { return {t.size(2), t.size(3)}; }
 
-// Saves the two tensors and the geometry; returns nothing.
-void save(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b, Ints stride, Ints padding) {
-  ctx->save_for_backward({a, b});
+// Saves the two tensors (and plane_conv's activated output, where it has one) and the geometry.
+void save(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b, Ints stride, Ints padding,
+          const at::Tensor& output = at::Tensor()) {
+  ctx->save_for_backward({a, b, output});
   ctx->saved_data["stride"] = stride.vec();
   ctx->saved_data["padding"] = padding.vec();
 }
 
 struct Saved {
-  at::Tensor a, b;
+  at::Tensor a, b, output;
   std::vector<int64_t> stride, padding;
   explicit Saved(AutogradContext* ctx)
       : stride(ctx->saved_data["stride"].toIntVector()), padding(ctx->saved_data["padding"].toIntVector()) {
     const auto tensors = ctx->get_saved_variables();
     a = tensors[0];
     b = tensors[1];
+    output = tensors[2];
   }
 };
 
 at::Tensor when(bool wanted, const std::function<at::Tensor()>& gradient) { return wanted ? gradient() : at::Tensor(); }
 
+// The bias and LeakyReLU are differentiated by the fused bias_leaky_relu's backward ops, from the saved output.
 class PlaneConv : public torch::autograd::Function<PlaneConv> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, Ints stride, Ints padding) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const OptTensor& bias,
+                            Ints stride, Ints padding, double slope) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    save(ctx, x, w, stride, padding);
-    return conv(x, w, stride, padding);
+    at::Tensor y = conv(x, w, stride, padding, bias, slope);
+    save(ctx, x, w, stride, padding, bias.has_value() || slope != 1.0 ? y : at::Tensor());
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bias_act = find_op<BiasActBackwardOp>("ganplug::bias_leaky_relu_backward");
+    static const auto act = find_op<ActBackwardOp>("ganplug::leaky_relu_backward");
     const Saved s(ctx);
-    const at::Tensor& g = grads[0];
+    const double slope = ctx->saved_data["slope"].toDouble();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    at::Tensor g = grads[0], g_bias;
+    if (has_bias) {
+      std::tie(g, g_bias) = bias_act.call(g, s.output, slope);
+    } else if (slope != 1.0) {
+      g = act.call(g, s.output, slope);
+    }
     return {when(ctx->needs_input_grad(0), [&] { return transpose(g, s.b, s.stride, s.padding, last_two(s.a)); }),
             when(ctx->needs_input_grad(1), [&] { return weight(s.a, g, last_two(s.b), s.stride, s.padding); }),
-            at::Tensor(), at::Tensor()};
+            has_bias && ctx->needs_input_grad(2) ? g_bias : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -119,8 +141,9 @@ class PlaneConvWeight : public torch::autograd::Function<PlaneConvWeight> {
   }
 };
 
-at::Tensor plane_conv_autograd(const at::Tensor& x, const at::Tensor& w, Ints stride, Ints padding) {
-  return PlaneConv::apply(x, w, stride, padding);
+at::Tensor plane_conv_autograd(const at::Tensor& x, const at::Tensor& w, const OptTensor& bias, Ints stride,
+                               Ints padding, double slope) {
+  return PlaneConv::apply(x, w, bias, stride, padding, slope);
 }
 
 at::Tensor plane_conv_transpose_autograd(const at::Tensor& y, const at::Tensor& w, Ints stride, Ints padding,

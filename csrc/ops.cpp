@@ -59,9 +59,10 @@ TORCH_LIBRARY(ganplug, m) {
   m.def("wasserstein_generator_loss(Tensor fake_scores) -> Tensor");
 
   // Plane convolutions (cpu/plane_conv.cpp), stride and padding (rows, columns), zero padding: y (N, C, OH, OW) =
-  // conv2d(x (N, 1, H, W), weight (C, 1, KH, KW)); its adjoint x = conv_transpose2d(y, weight) of output_size
-  // (H, W); and the weight gradient sum over n, pixels of y * x's taps, (C, 1, KH, KW). No bias.
-  m.def("plane_conv(Tensor input, Tensor weight, int[2] stride, int[2] padding) -> Tensor");
+  // leaky_relu(conv2d(x (N, 1, H, W), weight (C, 1, KH, KW)) + bias (C,) or None, negative_slope >= 0; 1: none);
+  // the adjoint of its convolution x = conv_transpose2d(y, weight) of output_size (H, W), no bias; and their weight
+  // gradient, sum over n, pixels of y * x's taps, (C, 1, KH, KW).
+  m.def("plane_conv(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, float negative_slope) -> Tensor");
   m.def("plane_conv_transpose(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] output_size) -> Tensor");
   m.def("plane_conv_weight(Tensor input, Tensor maps, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
 

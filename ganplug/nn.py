@@ -62,7 +62,7 @@ class FusedConv2dLeakyReLU(_ShowsSlope, nn.Conv2d):
     (a grouped convolution; R3GAN's inverted bottlenecks).
 
     Input (N, in_channels, H, W) -> output (N, out_channels, H_out, W_out), channels-last in, channels-last out. With
-    one input channel (a critic's first layer on grey images) the convolution is ganplug.ops.plane_conv. Parameters,
+    one input channel (a critic's first layer on grey images) all three are one ganplug.ops.plane_conv. Parameters,
     initialisation and state dict are nn.Conv2d's, so weights load both ways between this module and nn.Conv2d.
     """
 
@@ -94,11 +94,10 @@ class FusedConv2dLeakyReLU(_ShowsSlope, nn.Conv2d):
         self.plane = _is_plane(self, in_channels)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.plane:
-            conv = ops.plane_conv(input, self.weight, cast(Any, self.stride), cast(Any, self.padding))
-        else:
-            conv = self._conv_forward(input, self.weight, None)
-        return ops.bias_leaky_relu(conv, self.bias, self.negative_slope)
+        if self.plane:  # the bias and activation in the convolution's own kernel
+            stride, padding = cast(Any, self.stride), cast(Any, self.padding)
+            return ops.plane_conv(input, self.weight, self.bias, stride, padding, self.negative_slope)
+        return ops.bias_leaky_relu(self._conv_forward(input, self.weight, None), self.bias, self.negative_slope)
 
 
 def _is_plane(conv: nn.Conv2d | nn.ConvTranspose2d, channels: int) -> bool:

@@ -327,8 +327,8 @@ def _opcheck_cases(dtype, requires_grad, device="cpu"):
         ("diff_augment", (t(3, 1, 4, 4, channels_last=True), *augment(3))),
         ("diff_augment_linear", (t(3, 3, 5, 6), *augment(3), False)),
         ("diff_augment_linear", (t(3, 3, 5, 6, channels_last=True), *augment(3), True)),
-        ("plane_conv", (t(3, 1, 7, 6), t(4, 1, 3, 2), [2, 1], [1, 0])),
-        ("plane_conv", (t(2, 1, 5, 5, channels_last=True), t(3, 1, 4, 4), [2, 2], [1, 1])),
+        ("plane_conv", (t(3, 1, 7, 6), t(4, 1, 3, 2), None, [2, 1], [1, 0], 1.0)),
+        ("plane_conv", (t(2, 1, 5, 5, channels_last=True), t(3, 1, 4, 4), t(3), [2, 2], [1, 1], 0.2)),
         ("plane_conv_transpose", (t(3, 4, 4, 5), t(4, 1, 3, 2), [2, 1], [1, 0], [7, 6])),
         ("plane_conv_weight", (t(3, 1, 7, 6), t(3, 4, 4, 5), [3, 2], [2, 1], [1, 0])),
     ]

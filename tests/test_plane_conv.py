@@ -57,14 +57,27 @@ def _data(geometry, dtype=torch.float64, device="cpu"):
     return x, weight, torch.randn(maps.shape, dtype=torch.float64).to(device=device, dtype=dtype), stride, padding
 
 
+# (bias, negative_slope): the convolution alone, the critic's layer, ReLU without bias, bias without activation
+EPILOGUES = [(False, None), (True, 0.2), (False, 0.0), (True, None)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_plane_conv_and_its_gradients_equal_conv2d(device, dtype, geometry):
+@pytest.mark.parametrize("with_bias, slope", EPILOGUES)
+def test_plane_conv_and_its_gradients_equal_conv2d_then_leaky_relu(device, dtype, geometry, with_bias, slope):
     x, weight, upstream, stride, padding = _data(geometry, dtype, device)
-    got, got_g = _grads(lambda a, b: ops.plane_conv(a, b, stride, padding), [x, weight], upstream)
-    wide = [x.double(), weight.double()]
-    want, want_g = _grads(lambda a, b: F.conv2d(a, b, None, stride, padding), wide, upstream.double())
+    leaves = [x, weight] + ([torch.randn(weight.shape[0], dtype=torch.float64).to(device, dtype)] if with_bias else [])
+
+    def fused(a, w, b=None):
+        return ops.plane_conv(a, w, b, stride, padding, slope)
+
+    def eager(a, w, b=None):
+        y = F.conv2d(a, w, b, stride, padding)
+        return y if slope is None else F.leaky_relu(y, slope)
+
+    got, got_g = _grads(fused, leaves, upstream)
+    want, want_g = _grads(eager, [t.double() for t in leaves], upstream.double())
     assert got.dtype == dtype and got.shape == want.shape and got.is_contiguous()
     _close(got, want, dtype)
     for g, w in zip(got_g, want_g):
@@ -103,7 +116,9 @@ def test_strided_inputs_give_the_contiguous_result(layout):
     else:
         x2, maps2 = (torch.stack([t, -t], -1).flatten(-2)[..., ::2] for t in (x, maps))
         assert not x2.is_contiguous() and torch.equal(x2, x)
-    assert torch.equal(ops.plane_conv(x2, weight, stride, padding), ops.plane_conv(x, weight, stride, padding))
+    assert torch.equal(
+        ops.plane_conv(x2, weight, None, stride, padding), ops.plane_conv(x, weight, None, stride, padding)
+    )
     size = tuple(x.shape[2:])
     want = ops.plane_conv_transpose(maps, weight, stride, padding, size)
     assert torch.equal(ops.plane_conv_transpose(maps2, weight, stride, padding, size), want)
@@ -119,7 +134,7 @@ def test_results_do_not_depend_on_the_thread_count():
             torch.set_num_threads(count)
             outputs.append(
                 (
-                    ops.plane_conv(x, weight, stride, padding),
+                    ops.plane_conv(x, weight, None, stride, padding, 0.2),
                     ops.plane_conv_transpose(maps, weight, stride, padding, size),
                 )
             )
@@ -134,7 +149,11 @@ def test_gradcheck_and_gradgradcheck(geometry):
     x, weight, maps, stride, padding = _data(geometry)
     size = tuple(x.shape[2:])
     for fn, inputs in (
-        (lambda a, b: ops.plane_conv(a, b, stride, padding), (x, weight)),
+        (lambda a, b: ops.plane_conv(a, b, None, stride, padding), (x, weight)),
+        (
+            lambda a, b, c: ops.plane_conv(a, b, c, stride, padding, 0.2),
+            (x, weight, torch.randn(weight.shape[0]).double()),
+        ),
         (lambda a, b: ops.plane_conv_transpose(a, b, stride, padding, size), (maps, weight)),
     ):
         inputs = tuple(t.clone().requires_grad_(True) for t in inputs)
@@ -148,7 +167,9 @@ def test_torch_compile():
 
     def critic_edge(x, weight):
         return (
-            ops.plane_conv_transpose(ops.plane_conv(x, weight, stride, padding), weight, stride, padding).square().sum()
+            ops.plane_conv_transpose(ops.plane_conv(x, weight, None, stride, padding), weight, stride, padding)
+            .square()
+            .sum()
         )
 
     compiled = torch.compile(critic_edge, fullgraph=True)
@@ -208,11 +229,15 @@ def test_refusals_name_what_is_wrong(implementation):
     op = torch.ops.ganplug if implementation == "kernel" else reference
     x, weight = torch.randn(2, 1, 8, 8), torch.randn(4, 1, 3, 3)
     with pytest.raises((RuntimeError, ValueError), match=r"weight must be \(C, 1, KH, KW\)"):
-        op.plane_conv(x, torch.randn(4, 2, 3, 3), [1, 1], [0, 0])
+        op.plane_conv(x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0], 1.0)
     with pytest.raises((RuntimeError, ValueError), match=r"\(N, 1, H, W\)"):
-        op.plane_conv(torch.randn(2, 3, 8, 8), weight, [1, 1], [0, 0])
+        op.plane_conv(torch.randn(2, 3, 8, 8), weight, None, [1, 1], [0, 0], 1.0)
     with pytest.raises((RuntimeError, TypeError), match="dtype"):
-        op.plane_conv(x, weight.double(), [1, 1], [0, 0])
+        op.plane_conv(x, weight.double(), None, [1, 1], [0, 0], 1.0)
+    with pytest.raises((RuntimeError, ValueError), match=r"bias must be \(C,\)"):
+        op.plane_conv(x, weight, torch.randn(5), [1, 1], [0, 0], 1.0)
+    with pytest.raises((RuntimeError, ValueError), match="negative_slope"):
+        op.plane_conv(x, weight, None, [1, 1], [0, 0], -0.1)
     maps = torch.randn(2, 4, 6, 6)
     with pytest.raises((RuntimeError, ValueError), match=r"output_size|cannot give"):
         op.plane_conv_transpose(maps, weight, [1, 1], [0, 0], [12, 12])

@@ -1,5 +1,5 @@
 // Plane convolutions: a 2-D convolution whose input has one channel (plane_conv, a critic's first layer on
-// grey images), its adjoint, whose output has one channel (plane_conv_transpose, a generator's last layer),
+// grey images, with its bias and LeakyReLU applied as each sum is stored), its adjoint, whose output has one channel (plane_conv_transpose, a generator's last layer),
 // and the weight gradient both share (plane_conv_weight). oneDNN runs the transposed one several times slower
 // than its arithmetic allows; here each sample is an im2col of its plane (kh*kw rows of Ho*Wo pixels, in cache)
 // times the (C, kh*kw) weight, vectorised along the pixels, or that product's adjoint.
@@ -11,8 +11,11 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <optional>
 #include <vector>
 
+#include "../loss_math.h"
 #include "simd.h"
 
 namespace ganplug {
@@ -106,11 +109,27 @@ void col2im(const T* cols, T* x, const Plane& g) {
   }
 }
 
-// out[r, p] = sum_q A[r, q] * rows[q, p] for r < R, p < P, with A[r, q] = a[r * rs + q * qs]: a small matrix
-// product, summed over q in order; two rows of out and four vectors of pixels at a time share their loads.
+// What combine does to each sum before storing it: + bias[r] (none when null), then leaky_relu with slope (none
+// at 1), as loss_math.h's leaky_relu computes it.
+template <typename T>
+struct Epilogue {
+  const T* bias = nullptr;
+  T slope = T(1);
+  T scalar(T v, int64_t r) const { return leaky_relu(bias ? v + bias[r] : v, slope); }
+  at::vec::Vectorized<T> vector(at::vec::Vectorized<T> v, int64_t r) const {
+    using V = at::vec::Vectorized<T>;
+    if (bias) v = v + V(bias[r]);
+    if (slope == T(1)) return v;
+    const V positive = V::blendv(V(T(0)), V(T(1)), v > V(T(0)));
+    return v * (V(slope) + (V(T(1)) - V(slope)) * positive);
+  }
+};
+
+// out[r, p] = epilogue(sum_q A[r, q] * rows[q, p]) for r < R, p < P, with A[r, q] = a[r * rs + q * qs]: a small
+// matrix product, summed over q in order; two rows of out and four vectors of pixels at a time share their loads.
 template <typename T>
 GANPLUG_SIMD_CLONES void combine(const T* a, int64_t rs, int64_t qs, const T* rows, T* out, int64_t R, int64_t Q,
-                                 int64_t P) {
+                                 int64_t P, Epilogue<T> epilogue = {}) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t U = 4;
   for (int64_t r = 0; r < R; r += 2) {
@@ -133,8 +152,9 @@ GANPLUG_SIMD_CLONES void combine(const T* a, int64_t rs, int64_t qs, const T* ro
         }
       }
       for (int64_t u = 0; u < U; ++u) {
-        acc1[u].store(o1 + p + u * V::size());  // o1 == o0 for a single last row: o0's store below wins
-        acc0[u].store(o0 + p + u * V::size());
+        // o1 == o0 for a single last row: o0's store below wins
+        epilogue.vector(acc1[u], pair ? r + 1 : r).store(o1 + p + u * V::size());
+        epilogue.vector(acc0[u], r).store(o0 + p + u * V::size());
       }
     }
     for (; p < P; ++p) {
@@ -143,8 +163,8 @@ GANPLUG_SIMD_CLONES void combine(const T* a, int64_t rs, int64_t qs, const T* ro
         s0 += a0[q * qs] * rows[q * P + p];
         s1 += a1[q * qs] * rows[q * P + p];
       }
-      o1[p] = s1;
-      o0[p] = s0;
+      o1[p] = epilogue.scalar(s1, pair ? r + 1 : r);
+      o0[p] = epilogue.scalar(s0, r);
     }
   }
 }
@@ -161,27 +181,41 @@ std::vector<int64_t> output_padding(const Plane& g) {
 }
 
 // On CPU in float32 and float64, the kernels above; otherwise ATen's convolutions (cuDNN on CUDA).
-at::Tensor plane_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding) {
+at::Tensor plane_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, double slope) {
   same_kind("plane_conv", x, weight);
+  if (bias.has_value()) {
+    same_kind("plane_conv", x, *bias);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "ganplug.ops.plane_conv: bias must be (C,) with "
+                "the weight's C = ", weight.size(0), ", got shape ", bias->sizes());
+  }
+  TORCH_CHECK(std::isfinite(slope) && slope >= 0, "ganplug.ops.plane_conv: negative_slope must be a finite number "
+              ">= 0, got ", slope);
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && stride.size() == 2 && padding.size() == 2,
               "ganplug.ops.plane_conv: input must be (N, 1, H, W) and weight (C, 1, KH, KW), got shapes ", x.sizes(),
               " and ", weight.sizes());
   const std::vector<int64_t> maps{x.size(0), weight.size(0), (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1,
                                   (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1};
   const Plane g = plane_of("plane_conv", x.sizes(), maps, weight.sizes(), stride, padding);
-  if (!runs_here(x)) return at::conv2d(x, weight, {}, stride, padding);
+  if (!runs_here(x)) {
+    const auto y = at::conv2d(x, weight, bias, stride, padding);
+    return slope == 1.0 ? y : at::leaky_relu(y, slope);
+  }
   auto y = at::empty(maps, x.options());
   const auto xc = x.contiguous();
   const auto wc = weight.contiguous();
+  const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "plane_conv", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const Epilogue<scalar_t> epilogue{bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, scalar_t(slope)};
     at::parallel_for(0, g.n, sample_grain(g), [&](int64_t n0, int64_t n1) {
       std::vector<scalar_t> cols(g.taps() * g.pixels());
       for (int64_t n = n0; n < n1; ++n) {
         im2col(xp + n * g.h * g.w, cols.data(), g);
-        combine(wp, g.taps(), int64_t{1}, cols.data(), yp + n * g.c * g.pixels(), g.c, g.taps(), g.pixels());
+        scalar_t* out = yp + n * g.c * g.pixels();
+        combine(wp, g.taps(), int64_t{1}, cols.data(), out, g.c, g.taps(), g.pixels(), epilogue);
       }
     });
   });

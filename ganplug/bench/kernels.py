@@ -81,8 +81,8 @@ EAGER: dict[str, Callable[..., torch.Tensor]] = {
     "gradient_penalty": lambda g: ((g.flatten(1).norm(dim=1) - 1) ** 2).mean(),
     "dropout": lambda x: F.dropout(x, DROPOUT_P, training=True),
     "diff_augment": tutorial_diff_augment,
-    # dcgan's edge layers on grey images: the critic's first convolution, the generator's last
-    "plane_conv": lambda x, w: F.conv2d(x, w, None, 2, 1),
+    # dcgan's edge layers on grey images: the critic's first (convolution, bias, LeakyReLU), the generator's last
+    "plane_conv": lambda x, w, b: F.leaky_relu(F.conv2d(x, w, b, 2, 1), NEGATIVE_SLOPE),
     "plane_conv_transpose": lambda y, w: F.conv_transpose2d(y, w, None, 2, 1),
 }
 LOSSES = tuple(list(EAGER)[6:11])  # scalar outputs of critic scores (N, 1), as gradient_penalty's output is
@@ -99,7 +99,7 @@ FUSED: dict[str, Callable[..., torch.Tensor]] = {
     "conditional_batch_norm_relu": _fused_batch_norm_relu,
     "group_norm_leaky_relu": lambda x, w, b: fused_nn.group_norm_leaky_relu(x, 1, w, b),
     "dropout": lambda x: ops.dropout(x, DROPOUT_P),
-    "plane_conv": lambda x, w: ops.plane_conv(x, w, 2, 1),
+    "plane_conv": lambda x, w, b: ops.plane_conv(x, w, b, 2, 1, NEGATIVE_SLOPE),
     "plane_conv_transpose": lambda y, w: ops.plane_conv_transpose(y, w, 2, 1),
 }
 
@@ -219,7 +219,8 @@ def rows(device: str, threads: int) -> list[KernelRow]:
             specs.append(("diff_augment", "x".join(map(str, images)), (images,)))
         for batch, side, channels in [(64, 32, 32), (64, 28, 32), (256, 64, 64)]:  # 4x4 filters, stride 2
             weight = (channels, 1, 4, 4)
-            specs.append(("plane_conv", f"{batch}x1x{side}x{side}->{channels}", ((batch, 1, side, side), weight)))
+            images = (batch, 1, side, side)
+            specs.append(("plane_conv", f"{batch}x1x{side}x{side}->{channels}", (images, weight, (channels,))))
             maps = (batch, channels, side // 2, side // 2)
             specs.append(("plane_conv_transpose", f"{'x'.join(map(str, maps))}->1", (maps, weight)))
         for op, label, shapes in specs:

@@ -119,7 +119,7 @@ def _(grad, real_logits, fake_logits, real_target, fake_target, real_value, fake
 
 
 @_fake("plane_conv")
-def _plane_conv(x: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int]) -> torch.Tensor:
+def _plane_conv(x: torch.Tensor, w: torch.Tensor, bias, stride: list[int], padding: list[int], slope: float):
     rows, cols = ((x.shape[2 + i] + 2 * padding[i] - w.shape[2 + i]) // stride[i] + 1 for i in (0, 1))
     return x.new_empty((x.shape[0], w.shape[0], rows, cols))
 

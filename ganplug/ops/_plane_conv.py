@@ -1,4 +1,5 @@
-"""Plane convolutions: a convolution with one input channel (a critic's first layer on grey images) and its
+"""Plane convolutions: a convolution with one input channel (a critic's first layer on grey images, bias and
+LeakyReLU included) and its
 transpose with one output channel (a generator's last layer), on kernels oneDNN is slow for (csrc/cpu/plane_conv.cpp;
 their autograd formulas, to any order, in csrc/autograd_plane_conv.cpp).
 """
@@ -25,13 +26,23 @@ def _kernels_serve(x: torch.Tensor) -> bool:
     return serves(x) and not torch.is_autocast_enabled(x.device.type)
 
 
-def plane_conv(input: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1, padding: IntPair = 0) -> torch.Tensor:
-    """conv2d(input, weight, stride=stride, padding=padding) of one-channel images, without bias.
+def plane_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    negative_slope: float | None = None,
+) -> torch.Tensor:
+    """conv2d(input, weight, bias, stride, padding) of one-channel images, then leaky_relu(., negative_slope) unless
+    it is None, in one op: a grey-image critic's first layer.
 
-    input (N, 1, H, W), weight (C, 1, KH, KW); returns (N, C, OH, OW), contiguous, OH = (H + 2 padding - KH) // stride
-    + 1. Zero padding; stride and padding an int or (rows, columns). Differentiable in both to any order.
+    input (N, 1, H, W), weight (C, 1, KH, KW), bias (C,) or None; returns (N, C, OH, OW), contiguous, OH = (H + 2
+    padding - KH) // stride + 1. Zero padding; stride and padding an int or (rows, columns); negative_slope >= 0.
+    Differentiable in every tensor to any order.
     """
-    args = (input, weight, _pair(stride), _pair(padding))
+    slope = 1.0 if negative_slope is None else negative_slope  # leaky_relu with slope 1 is no activation
+    args = (input, weight, bias, _pair(stride), _pair(padding), slope)
     return (_kernel if _kernels_serve(input) else reference).plane_conv(*args)
 
 

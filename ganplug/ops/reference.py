@@ -337,9 +337,23 @@ def _plane_checks(op: str, input: torch.Tensor, weight: torch.Tensor, planes: st
         raise ValueError(f"{op}: input must be {expected}, got shape {tuple(input.shape)}")
 
 
-def plane_conv(input: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> torch.Tensor:
+def plane_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    negative_slope: float,
+) -> torch.Tensor:
     _plane_checks("plane_conv", input, weight, "input")
-    return F.conv2d(input, weight, None, stride, padding)
+    if bias is not None:
+        _like("plane_conv", "bias", _tensor("plane_conv", "bias", bias), "input", input)
+        if bias.shape != weight.shape[:1]:
+            c, shape = weight.shape[0], tuple(bias.shape)
+            raise ValueError(f"plane_conv: bias must be (C,) with the weight's C = {c}, got shape {shape}")
+    _slope("plane_conv", negative_slope)
+    y = F.conv2d(input, weight, bias, stride, padding)
+    return y if negative_slope == 1.0 else F.leaky_relu(y, negative_slope)
 
 
 def plane_conv_transpose(
