@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FLOAT_DTYPES
+from conftest import FLOAT_DTYPES, TOLERANCE
 from torch import nn
 
 import ganplug.ops as ops
@@ -36,15 +36,6 @@ def _values_and_grads(fn, leaves, upstream):
     return out, grads
 
 
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {
-        torch.float64: dict(rtol=1e-10, atol=1e-10),
-        torch.float32: dict(rtol=1e-5, atol=1e-5),
-        torch.float16: dict(rtol=1e-2, atol=1e-2),
-        torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
-    }[dtype]
-
-
 def _check(device, dtype, x, scale, shift, slope, ref_dtype=None):
     n, c = x.shape[:2]
     upstream = torch.randn(x.shape, device=device)
@@ -53,10 +44,12 @@ def _check(device, dtype, x, scale, shift, slope, ref_dtype=None):
     wide = [None if t is None else t.to(ref_dtype or dtype) for t in leaves]
     want, want_g = _values_and_grads(lambda a, s, t: reference.affine_leaky_relu(a, s, t, slope), wide, upstream)
     assert got.dtype == dtype and got.shape == x.shape
-    torch.testing.assert_close(got.to(want.dtype), want, **_tol(dtype))
+    torch.testing.assert_close(got.to(want.dtype), want, **TOLERANCE[dtype])
     for g, w in zip(got_g, want_g):
         scale_of = max(w.abs().max().item(), 1.0)
-        torch.testing.assert_close(g.to(w.dtype), w, rtol=_tol(dtype)["rtol"], atol=_tol(dtype)["atol"] * scale_of)
+        torch.testing.assert_close(
+            g.to(w.dtype), w, rtol=TOLERANCE[dtype]["rtol"], atol=TOLERANCE[dtype]["atol"] * scale_of
+        )
     return got
 
 

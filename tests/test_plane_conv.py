@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, FLOAT_DTYPES
+from conftest import DEVICES, FLOAT_DTYPES, TOLERANCE
 from torch import nn
 
 import ganplug.ops as ops
@@ -27,18 +27,9 @@ GEOMETRIES = [
 ]
 
 
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {
-        torch.float64: dict(rtol=1e-10, atol=1e-10),
-        torch.float32: dict(rtol=1e-5, atol=1e-5),
-        torch.float16: dict(rtol=1e-2, atol=1e-2),
-        torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
-    }[dtype]
-
-
 def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
     """Equal within dtype's tolerance, relative to the larger of 1 and want's largest magnitude."""
-    tol = _tol(dtype)
+    tol = TOLERANCE[dtype]
     scale = max(want.abs().max().item(), 1.0)
     torch.testing.assert_close(got.double(), want.double(), rtol=tol["rtol"], atol=tol["atol"] * scale)
 
