@@ -227,6 +227,10 @@ def test_refusals_name_what_is_wrong(implementation):
         op.plane_conv(x, weight.double(), None, [1, 1], [0, 0], 1.0)
     with pytest.raises((RuntimeError, ValueError), match=r"bias must be \(C,\)"):
         op.plane_conv(x, weight, torch.randn(5), [1, 1], [0, 0], 1.0)
+    with pytest.raises((RuntimeError, ValueError), match="stride"):
+        op.plane_conv(x, weight, None, [0, 1], [0, 0], 1.0)
+    with pytest.raises((RuntimeError, ValueError), match="stride"):
+        op.plane_conv_transpose(torch.randn(2, 4, 6, 6), weight, [1, 0], [0, 0], [8, 8])
     with pytest.raises((RuntimeError, ValueError), match="negative_slope"):
         op.plane_conv(x, weight, None, [1, 1], [0, 0], -0.1)
     maps = torch.randn(2, 4, 6, 6)

@@ -191,9 +191,11 @@ at::Tensor plane_conv(const at::Tensor& x, const at::Tensor& weight, const std::
   }
   TORCH_CHECK(std::isfinite(slope) && slope >= 0, "ganplug.ops.plane_conv: negative_slope must be a finite number "
               ">= 0, got ", slope);
-  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && stride.size() == 2 && padding.size() == 2,
-              "ganplug.ops.plane_conv: input must be (N, 1, H, W) and weight (C, 1, KH, KW), got shapes ", x.sizes(),
-              " and ", weight.sizes());
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "ganplug.ops.plane_conv: input must be (N, 1, H, W) and weight "
+              "(C, 1, KH, KW), got shapes ", x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
+              "ganplug.ops.plane_conv: stride must be two ints >= 1 and padding two ints, got stride ", stride,
+              " and padding ", padding);  // before the output size divides by the stride
   const std::vector<int64_t> maps{x.size(0), weight.size(0), (x.size(2) + 2 * padding[0] - weight.size(2)) / stride[0] + 1,
                                   (x.size(3) + 2 * padding[1] - weight.size(3)) / stride[1] + 1};
   const Plane g = plane_of("plane_conv", x.sizes(), maps, weight.sizes(), stride, padding);
