@@ -143,6 +143,14 @@ def test_every_activation_is_the_fused_op(monkeypatch, num_classes):
         return real_op(x, bias, slope)
 
     monkeypatch.setattr(ganplug.ops, "bias_leaky_relu", counting)
+    real_plane = ganplug.ops.plane_conv  # a one-channel input's conv, bias and activation in one op
+
+    def counting_plane(x, weight, bias, stride, padding, slope):
+        if slope is not None:
+            calls.append(weight.shape[0])
+        return real_plane(x, weight, bias, stride, padding, slope)
+
+    monkeypatch.setattr(ganplug.ops, "plane_conv", counting_plane)
     y = torch.arange(2) % 10 if num_classes else None
     fake = G(torch.randn(2, 8), *([y] if num_classes else []))
     # G: three stages of one block, each an expand and a grouped conv (expanded channels 2 x 64, 32, 16)
