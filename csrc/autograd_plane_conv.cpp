@@ -72,8 +72,6 @@ struct Saved {
   }
 };
 
-at::Tensor when(bool wanted, const std::function<at::Tensor()>& gradient) { return wanted ? gradient() : at::Tensor(); }
-
 // The bias and LeakyReLU are differentiated by the fused bias_leaky_relu's backward ops, from the saved output.
 class PlaneConv : public torch::autograd::Function<PlaneConv> {
  public:
@@ -99,8 +97,8 @@ class PlaneConv : public torch::autograd::Function<PlaneConv> {
     } else if (slope != 1.0) {
       g = act.call(g, s.output, slope);
     }
-    return {when(ctx->needs_input_grad(0), [&] { return transpose(g, s.b, s.stride, s.padding, last_two(s.a)); }),
-            when(ctx->needs_input_grad(1), [&] { return weight(s.a, g, last_two(s.b), s.stride, s.padding); }),
+    return {ctx->needs_input_grad(0) ? transpose(g, s.b, s.stride, s.padding, last_two(s.a)) : at::Tensor(),
+            ctx->needs_input_grad(1) ? weight(s.a, g, last_two(s.b), s.stride, s.padding) : at::Tensor(),
             has_bias && ctx->needs_input_grad(2) ? g_bias : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -117,8 +115,8 @@ class PlaneConvTranspose : public torch::autograd::Function<PlaneConvTranspose> 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Saved s(ctx);
     const at::Tensor& g = grads[0];
-    return {when(ctx->needs_input_grad(0), [&] { return conv(g, s.b, s.stride, s.padding); }),
-            when(ctx->needs_input_grad(1), [&] { return weight(g, s.a, last_two(s.b), s.stride, s.padding); }),
+    return {ctx->needs_input_grad(0) ? conv(g, s.b, s.stride, s.padding) : at::Tensor(),
+            ctx->needs_input_grad(1) ? weight(g, s.a, last_two(s.b), s.stride, s.padding) : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -135,8 +133,8 @@ class PlaneConvWeight : public torch::autograd::Function<PlaneConvWeight> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Saved s(ctx);
     const at::Tensor& g = grads[0];
-    return {when(ctx->needs_input_grad(0), [&] { return transpose(s.b, g, s.stride, s.padding, last_two(s.a)); }),
-            when(ctx->needs_input_grad(1), [&] { return conv(s.a, g, s.stride, s.padding); }), at::Tensor(),
+    return {ctx->needs_input_grad(0) ? transpose(s.b, g, s.stride, s.padding, last_two(s.a)) : at::Tensor(),
+            ctx->needs_input_grad(1) ? conv(s.a, g, s.stride, s.padding) : at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }
 };

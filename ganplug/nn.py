@@ -118,12 +118,12 @@ class PlaneConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if not _is_plane(self, self.out_channels):
             return super().forward(input, output_size)
-        padding = cast(Any, self.padding)
-        extra = self._output_padding(input, output_size, list(self.stride), list(padding), list(self.kernel_size), 2)
-        size = [
-            (input.shape[2 + i] - 1) * self.stride[i] - 2 * padding[i] + self.kernel_size[i] + extra[i] for i in (0, 1)
-        ]
-        output = ops.plane_conv_transpose(input, self.weight, cast(Any, self.stride), padding, (size[0], size[1]))
+        stride, padding = list(self.stride), list(cast(Any, self.padding))
+        extra = self._output_padding(input, output_size, stride, padding, list(self.kernel_size), 2)
+        rows, cols = (
+            least + e for least, e in zip(reference.transposed_size(input, self.weight, stride, padding), extra)
+        )
+        output = ops.plane_conv_transpose(input, self.weight, cast(Any, stride), cast(Any, padding), (rows, cols))
         return output if self.bias is None else output + self.bias.view(1, -1, 1, 1)
 
 

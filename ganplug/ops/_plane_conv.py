@@ -62,7 +62,7 @@ def plane_conv_transpose(
     """
     steps, pads = _pair(stride), _pair(padding)
     if output_size is None:
-        size = [(input.shape[2 + i] - 1) * steps[i] - 2 * pads[i] + weight.shape[2 + i] for i in (0, 1)]
+        size = reference.transposed_size(input, weight, steps, pads)
     else:
         size = [int(v) for v in output_size]
     return (_kernel if _kernels_serve(input) else reference).plane_conv_transpose(input, weight, steps, pads, size)

@@ -356,13 +356,17 @@ def plane_conv(
     return y if negative_slope == 1.0 else F.leaky_relu(y, negative_slope)
 
 
+def transposed_size(input: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int]) -> list[int]:
+    """(H, W) of conv_transpose2d(input, weight, stride, padding) without output_padding: (OH - 1) stride - 2 padding
+    + KH, likewise W."""
+    return [(input.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + weight.shape[2 + i] for i in (0, 1)]
+
+
 def plane_conv_transpose(
     input: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], output_size: list[int]
 ) -> torch.Tensor:
     _plane_checks("plane_conv_transpose", input, weight, "output")
-    extra = [
-        output_size[i] - ((input.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + weight.shape[2 + i]) for i in (0, 1)
-    ]
+    extra = [size - least for size, least in zip(output_size, transposed_size(input, weight, stride, padding))]
     if not all(0 <= e < s for e, s in zip(extra, stride)):
         raise ValueError(
             f"plane_conv_transpose: output_size {list(output_size)} is not reached from input of shape "
